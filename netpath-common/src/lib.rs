@@ -1,0 +1,149 @@
+//! Types shared by the BPF programs and the userspace loader.
+//!
+//! Every type here is `#[repr(C)]` and plain old data: the loader writes and
+//! reads them in BPF maps byte for byte, so layout changes are ABI changes.
+#![no_std]
+
+/// Key of the forwarding database: a MAC address, with room for a VLAN id
+/// (0 = untagged) so VLAN-aware forwarding does not need a new map layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FdbKey {
+    pub mac: [u8; 6],
+    pub vlan: u16,
+}
+
+impl FdbKey {
+    pub const fn new(mac: [u8; 6], vlan: u16) -> Self {
+        Self { mac, vlan }
+    }
+}
+
+/// The entry was installed by the loader for one of the topology's own
+/// containers; learning never overrides or ages it.
+pub const FDB_FLAG_STATIC: u32 = 1;
+
+/// Value of the forwarding database.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FdbEntry {
+    /// ifindex of the host-side veth the MAC lives behind.
+    pub ifindex: u32,
+    pub flags: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last frame seen from it.
+    pub last_seen_ns: u64,
+}
+
+impl FdbEntry {
+    pub const fn is_static(&self) -> bool {
+        self.flags & FDB_FLAG_STATIC != 0
+    }
+}
+
+/// What the programs count, per port and per CPU. The discriminant is the
+/// index into [`PortCounters::packets`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Sent straight to the destination port, bypassing the bridge.
+    Redirected = 0,
+    /// Passed to the bridge: broadcast or multicast destination (ARP, ND, ...).
+    PassMulticast,
+    /// Passed to the bridge: destination MAC not in the FDB.
+    PassUnknown,
+    /// Passed to the bridge: destination is the bridge itself (host, NAT).
+    PassHost,
+    /// Passed to the bridge: destination lives on the ingress port.
+    PassHairpin,
+    /// Passed to the bridge: the redirect helper refused the frame.
+    PassRedirectFailed,
+    /// Dropped: shorter than an Ethernet header.
+    DropRunt,
+    /// Not learned: multicast or all-zero source MAC.
+    BadSource,
+    /// Not learned: the source MAC belongs to a static entry on another port.
+    SpoofedSource,
+    /// A new or moved learned FDB entry.
+    Learned,
+}
+
+impl Counter {
+    pub const COUNT: usize = 10;
+    pub const ALL: [Counter; Self::COUNT] = [
+        Counter::Redirected,
+        Counter::PassMulticast,
+        Counter::PassUnknown,
+        Counter::PassHost,
+        Counter::PassHairpin,
+        Counter::PassRedirectFailed,
+        Counter::DropRunt,
+        Counter::BadSource,
+        Counter::SpoofedSource,
+        Counter::Learned,
+    ];
+
+    /// Stable snake_case name, used in tables, JSON and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Redirected => "redirected",
+            Counter::PassMulticast => "pass_multicast",
+            Counter::PassUnknown => "pass_unknown",
+            Counter::PassHost => "pass_host",
+            Counter::PassHairpin => "pass_hairpin",
+            Counter::PassRedirectFailed => "pass_redirect_failed",
+            Counter::DropRunt => "drop_runt",
+            Counter::BadSource => "bad_source",
+            Counter::SpoofedSource => "spoofed_source",
+            Counter::Learned => "learned",
+        }
+    }
+}
+
+/// Per-port packet counters (one copy per CPU in a per-CPU map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PortCounters {
+    pub packets: [u64; Counter::COUNT],
+}
+
+/// Topology-wide settings the programs read from index 0 of the config array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DatapathConfig {
+    /// MAC of the bridge: frames to it are for the host and go to the bridge.
+    pub bridge_mac: [u8; 6],
+    /// Non-zero: learn source MACs of frames from the ports.
+    pub learning: u8,
+    pub _pad: u8,
+}
+
+/// Map names, shared so the loader finds what the programs declare.
+pub mod maps {
+    pub const FDB: &str = "FDB";
+    pub const PORTS: &str = "PORTS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const CONFIG: &str = "CONFIG";
+}
+
+/// Program names (the BPF function names).
+pub mod programs {
+    pub const XDP_FORWARD: &str = "netpath_xdp";
+    pub const XDP_PASS: &str = "netpath_xdp_pass";
+    pub const TC_FORWARD: &str = "netpath_tc";
+}
+
+/// Capacity of the FDB map; large enough for a busy host.
+pub const FDB_CAPACITY: u32 = 65536;
+/// Capacity of the port maps (devmap and counters).
+pub const PORT_CAPACITY: u32 = 1024;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)] with only integer fields and
+    // explicit padding, so every byte pattern is a valid value.
+    unsafe impl aya::Pod for FdbKey {}
+    unsafe impl aya::Pod for FdbEntry {}
+    unsafe impl aya::Pod for PortCounters {}
+    unsafe impl aya::Pod for DatapathConfig {}
+}

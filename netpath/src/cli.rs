@@ -1,0 +1,268 @@
+//! The `netpath` command line: one function per verb.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use log::info;
+use rtnetlink::Handle;
+
+use crate::{
+    fdb,
+    spec::{self, Mac, Mode, Overrides, TopologySpec},
+    topology::{self, UpOutcome},
+};
+
+#[derive(Parser)]
+#[command(name = "netpath", version, about = "eBPF fast path between containers, with the Linux bridge as fallback")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct NameArg {
+    /// Topology name: prefix of every object netpath creates for it.
+    #[arg(long, default_value = spec::DEFAULT_NAME)]
+    pub name: String,
+}
+
+#[derive(Args, Clone)]
+pub struct UpArgs {
+    /// Topology name [default: np]: prefix of every object netpath creates.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Number of containers (network namespaces) [default: 2].
+    #[arg(long)]
+    pub containers: Option<usize>,
+    /// IPv4 subnet; the bridge gets its first address [default: 10.77.0.0/24].
+    #[arg(long)]
+    pub subnet: Option<String>,
+    /// Datapath mode [default: tc].
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// TOML file with the same settings and per-container names, IPs, MACs.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Enable IPv4 forwarding and masquerade the subnet (removed on down).
+    #[arg(long)]
+    pub nat: bool,
+}
+
+impl UpArgs {
+    fn resolve(&self) -> Result<TopologySpec> {
+        let overrides = Overrides {
+            name: self.name.clone(),
+            containers: self.containers,
+            subnet: self.subnet.clone(),
+            mode: self.mode,
+            nat: self.nat,
+        };
+        TopologySpec::resolve(self.config.as_deref(), &overrides)
+    }
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a topology: namespaces, veth pairs, bridge, addresses, datapath.
+    Up(UpArgs),
+    /// Remove everything a topology created, and nothing else.
+    Down(NameArg),
+    /// Add or remove one container while the topology runs.
+    #[command(subcommand)]
+    Port(PortCommand),
+    /// Show the topology as it is on the machine.
+    Status {
+        #[command(flatten)]
+        name: NameArg,
+        /// JSON output, like `ip -j`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect or change the forwarding database.
+    #[command(subcommand)]
+    Fdb(FdbCommand),
+    /// Bring a topology up and keep it running until Ctrl-C.
+    Run {
+        #[command(flatten)]
+        up: UpArgs,
+        /// Leave the topology up on exit.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PortCommand {
+    /// Plug one more container in.
+    Add {
+        #[command(flatten)]
+        name: NameArg,
+        /// Container name (its namespace and host veth are NAME-PORT).
+        port: String,
+        /// Address, e.g. 10.77.0.50/24 [default: the next free one].
+        #[arg(long)]
+        ip: Option<String>,
+        /// MAC of the container's eth0 [default: derived from the address].
+        #[arg(long)]
+        mac: Option<Mac>,
+    },
+    /// Unplug a container and remove its namespace.
+    Del {
+        #[command(flatten)]
+        name: NameArg,
+        port: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum FdbCommand {
+    /// List the entries, like `bridge fdb show`.
+    Dump {
+        #[command(flatten)]
+        name: NameArg,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+async fn netlink_handle() -> Result<Handle> {
+    let (connection, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+fn require_root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("this needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF): run it with sudo");
+    }
+    Ok(())
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Up(args) => {
+            let spec = args.resolve()?;
+            require_root()?;
+            up(&netlink_handle().await?, spec).await
+        }
+        Command::Down(NameArg { name }) => {
+            spec::validate_topology_name(&name)?;
+            require_root()?;
+            if topology::down(&netlink_handle().await?, &name).await? {
+                println!("topology {name} removed");
+            } else {
+                println!("topology {name} is not up; nothing to remove");
+            }
+            Ok(())
+        }
+        Command::Port(PortCommand::Add { name: NameArg { name }, port, ip, mac }) => {
+            require_root()?;
+            let added = topology::port_add(&netlink_handle().await?, &name, &port, ip.as_deref(), mac).await?;
+            println!("port {} added: {} {}", spec::port_name(&name, &added.name), added.ip, added.mac);
+            Ok(())
+        }
+        Command::Port(PortCommand::Del { name: NameArg { name }, port }) => {
+            require_root()?;
+            topology::port_del(&netlink_handle().await?, &name, &port).await?;
+            println!("port {port} removed from topology {name}");
+            Ok(())
+        }
+        Command::Status { name: NameArg { name }, json } => {
+            require_root()?;
+            let status = topology::status(&netlink_handle().await?, &name).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }
+        Command::Fdb(FdbCommand::Dump { name: NameArg { name }, json }) => {
+            require_root()?;
+            fdb_dump(&netlink_handle().await?, &name, json).await
+        }
+        Command::Run { up: args, keep } => {
+            let spec = args.resolve()?;
+            require_root()?;
+            let handle = netlink_handle().await?;
+            let name = spec.name.clone();
+            up(&handle, spec).await?;
+            info!("topology {name} running; Ctrl-C to {}", if keep { "exit (keeping it)" } else { "tear it down" });
+            tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+            if !keep {
+                topology::down(&handle, &name).await?;
+                info!("topology {name} removed");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn up(handle: &Handle, spec: TopologySpec) -> Result<()> {
+    let (name, count, mode) = (spec.name.clone(), spec.containers.len(), spec.mode);
+    let started = std::time::Instant::now();
+    match topology::up(handle, spec).await? {
+        UpOutcome::Created => println!(
+            "topology {name} up: {count} containers, mode {mode} ({:.2} s)",
+            started.elapsed().as_secs_f64()
+        ),
+        UpOutcome::AlreadyUp => println!("topology {name} is already up as asked; nothing to do"),
+    }
+    Ok(())
+}
+
+fn print_status(s: &topology::Status) {
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    println!(
+        "topology {}  mode {}  subnet {}  nat {}  bridge {} {}",
+        s.name,
+        s.mode,
+        s.subnet,
+        if s.nat { "on" } else { "off" },
+        s.bridge.name,
+        or_dash(s.bridge.ip.map(|i| i.to_string()))
+    );
+    println!("{:<16} {:>8}  {:<16} {:<7} {:<18} {}", "PORT", "IFINDEX", "NETNS", "IFNAME", "MAC", "IP");
+    for p in &s.ports {
+        println!(
+            "{:<16} {:>8}  {:<16} {:<7} {:<18} {}",
+            p.name,
+            or_dash(p.ifindex.map(|i| i.to_string())),
+            p.netns,
+            p.ifname,
+            or_dash(p.mac.map(|m| m.to_string())),
+            or_dash(p.ip.map(|i| i.to_string()))
+        );
+    }
+}
+
+async fn fdb_dump(handle: &Handle, topology: &str, json: bool) -> Result<()> {
+    let rows = fdb::Fdb::open(topology)?.rows()?;
+    let mut names = std::collections::HashMap::new();
+    for link in crate::netlink::links(handle).await? {
+        names.insert(link.index, link.name);
+    }
+    let ifname = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}"));
+    if json {
+        let out: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "mac": r.mac, "ifname": ifname(r.ifindex), "ifindex": r.ifindex,
+                    "vlan": r.vlan, "state": r.state, "age_s": r.age_s,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("No entries found.");
+    }
+    for r in rows {
+        let age = r.age_s.map(|a| format!(" age {a}s")).unwrap_or_default();
+        println!("{} dev {} {}{age}", r.mac, ifname(r.ifindex), r.state);
+    }
+    Ok(())
+}

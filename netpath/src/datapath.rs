@@ -1,0 +1,294 @@
+//! Loading the BPF programs, attaching them to the ports of a topology, and
+//! pinning maps and links under bpffs so the datapath outlives the loader.
+
+use std::{
+    collections::HashSet,
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use aya::{
+    Ebpf, EbpfLoader, include_bytes_aligned,
+    maps::{Array, DevMapHash, MapData, PerCpuHashMap, PerCpuValues},
+    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::{FdLink, PinnedLink}},
+    util::nr_cpus,
+};
+use log::{debug, info};
+use netpath_common::{DatapathConfig, PortCounters, maps, programs};
+use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
+use rtnetlink::Handle;
+
+use crate::{
+    fdb, netlink, netns,
+    spec::{ContainerSpec, Mode, TopologySpec, port_name},
+    topology::CONTAINER_IFNAME,
+};
+
+/// The BPF object built by `cargo xtask build` from netpath-ebpf.
+pub static OBJECT: &[u8] = include_bytes_aligned!(env!("NETPATH_BPF_OBJECT"));
+
+pub const BPFFS: &str = "/sys/fs/bpf";
+const MAP_NAMES: [&str; 4] = [maps::FDB, maps::PORTS, maps::COUNTERS, maps::CONFIG];
+
+/// Where a topology's maps and links are pinned.
+pub fn pin_dir(topology: &str) -> PathBuf {
+    Path::new(BPFFS).join("netpath").join(topology)
+}
+
+fn links_dir(topology: &str) -> PathBuf {
+    pin_dir(topology).join("links")
+}
+
+/// The hooks netpath attaches, one pinned link each per port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hook {
+    /// XDP forwarding program on the host-side veth.
+    Xdp,
+    /// XDP_PASS program on the container-side veth, so redirects into it land.
+    XdpPeer,
+    /// tc ingress forwarding program on the host-side veth.
+    Tc,
+}
+
+impl Hook {
+    const ALL: [Hook; 3] = [Hook::Xdp, Hook::XdpPeer, Hook::Tc];
+
+    fn for_mode(mode: Mode) -> &'static [Hook] {
+        match mode {
+            Mode::Xdp => &[Hook::XdpPeer, Hook::Xdp],
+            Mode::Tc => &[Hook::Tc],
+            Mode::Bridge => &[],
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::XdpPeer => "xdp-peer",
+            Hook::Tc => "tc",
+        }
+    }
+
+    /// bpffs reserves names with dots, so each hook gets a directory.
+    fn pin_path(self, topology: &str, port: &str) -> PathBuf {
+        links_dir(topology).join(self.suffix()).join(port)
+    }
+}
+
+/// Mounts bpffs on /sys/fs/bpf if it is not there yet.
+fn ensure_bpffs() -> Result<()> {
+    let mounted = statfs(BPFFS).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC);
+    if !mounted {
+        fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+        nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .with_context(|| format!("mounting bpffs on {BPFFS}"))?;
+    }
+    Ok(())
+}
+
+/// Loads the object and every program in it, with maps created fresh
+/// (`pins` = None) or opened from / pinned to the given directory.
+pub fn load(pins: Option<&Path>) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    let paths: Vec<(&str, PathBuf)> = match pins {
+        Some(dir) => MAP_NAMES.iter().map(|m| (*m, dir.join(m))).collect(),
+        None => Vec::new(),
+    };
+    for (name, path) in &paths {
+        loader.map_pin_path(*name, path.as_path());
+    }
+    let mut ebpf = loader.load(OBJECT).context("loading the BPF object (maps and relocations)")?;
+    for name in [programs::XDP_FORWARD, programs::XDP_PASS] {
+        let program: &mut Xdp = program_mut(&mut ebpf, name)?;
+        program.load().with_context(|| format!("verifier rejected BPF program {name}"))?;
+    }
+    let tc: &mut SchedClassifier = program_mut(&mut ebpf, programs::TC_FORWARD)?;
+    tc.load().with_context(|| format!("verifier rejected BPF program {}", programs::TC_FORWARD))?;
+    Ok(ebpf)
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .with_context(|| format!("BPF object has no program {name}"))?
+        .try_into()
+        .with_context(|| format!("BPF program {name} has an unexpected type"))
+}
+
+/// Opens one of a running topology's pinned maps.
+pub fn open_map(topology: &str, name: &str) -> Result<MapData> {
+    let path = pin_dir(topology).join(name);
+    MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening pinned map {} (is topology {topology} up in xdp or tc mode?)",
+            path.display()
+        )
+    })
+}
+
+/// Makes the datapath match the spec: programs of the spec's mode attached
+/// to every port, the other modes' programs detached, maps filled. New links
+/// are attached before old ones go, so switching modes keeps forwarding.
+pub async fn ensure(handle: &Handle, spec: &TopologySpec) -> Result<()> {
+    if spec.mode == Mode::Bridge {
+        return remove(handle, spec).await;
+    }
+    ensure_bpffs()?;
+    let dir = pin_dir(&spec.name);
+    for hook in Hook::ALL {
+        let hook_dir = links_dir(&spec.name).join(hook.suffix());
+        fs::create_dir_all(&hook_dir).with_context(|| format!("creating {}", hook_dir.display()))?;
+    }
+    // Pinned maps hold the FDB: only root may read or change them.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+
+    let mut ebpf = load(Some(&dir))?;
+    let bridge = netlink::link_by_name(handle, &spec.bridge_name())
+        .await?
+        .with_context(|| format!("bridge {} is missing", spec.bridge_name()))?;
+
+    let mut ports = Vec::new();
+    for c in &spec.containers {
+        let name = port_name(&spec.name, &c.name);
+        let link = netlink::link_by_name(handle, &name)
+            .await?
+            .with_context(|| format!("port {name} is missing"))?;
+        ports.push((c.clone(), link.index));
+    }
+    fill_maps(&mut ebpf, &spec.name, bridge.mac.map(|m| m.0).unwrap_or_default(), &ports)?;
+
+    let wanted = Hook::for_mode(spec.mode);
+    for (c, ifindex) in &ports {
+        for hook in wanted {
+            attach(&mut ebpf, spec, c, *ifindex, *hook)?;
+        }
+    }
+    for (c, _) in &ports {
+        for hook in Hook::ALL.iter().filter(|h| !wanted.contains(h)) {
+            detach(&spec.name, &port_name(&spec.name, &c.name), *hook)?;
+        }
+    }
+    let names: HashSet<String> = ports.iter().map(|(c, _)| port_name(&spec.name, &c.name)).collect();
+    remove_stale_links(&spec.name, &names)?;
+    info!("topology {}: datapath {} on {} ports", spec.name, spec.mode, ports.len());
+    Ok(())
+}
+
+fn fill_maps(ebpf: &mut Ebpf, topology: &str, bridge_mac: [u8; 6], ports: &[(ContainerSpec, u32)]) -> Result<()> {
+    let mut config: Array<_, DatapathConfig> = Array::try_from(ebpf.map_mut(maps::CONFIG).context("map CONFIG")?)?;
+    config
+        .set(0, DatapathConfig { bridge_mac, learning: 1, _pad: 0 }, 0)
+        .context("writing map CONFIG")?;
+
+    let mut devmap = DevMapHash::try_from(ebpf.map_mut(maps::PORTS).context("map PORTS")?)?;
+    for (_, ifindex) in ports {
+        devmap.insert(*ifindex, *ifindex, None, 0).with_context(|| format!("adding port {ifindex} to map PORTS"))?;
+    }
+    let mut counters: PerCpuHashMap<_, u32, PortCounters> =
+        PerCpuHashMap::try_from(ebpf.map_mut(maps::COUNTERS).context("map COUNTERS")?)?;
+    let cpus = nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+    for (_, ifindex) in ports {
+        if counters.get(ifindex, 0).is_err() {
+            let zero = PerCpuValues::try_from(vec![PortCounters::default(); cpus])?;
+            counters.insert(ifindex, zero, 0).with_context(|| format!("adding port {ifindex} to map COUNTERS"))?;
+        }
+    }
+    let mut table = fdb::Fdb::open(topology)?;
+    for (c, ifindex) in ports {
+        table.add_static(c.mac, *ifindex)?;
+    }
+    Ok(())
+}
+
+fn attach(ebpf: &mut Ebpf, spec: &TopologySpec, c: &ContainerSpec, ifindex: u32, hook: Hook) -> Result<()> {
+    let port = port_name(&spec.name, &c.name);
+    let pin = hook.pin_path(&spec.name, &port);
+    if pin.exists() {
+        debug!("{port}: {} link already pinned", hook.suffix());
+        return Ok(());
+    }
+    let link: FdLink = match hook {
+        Hook::Xdp => {
+            let program: &mut Xdp = program_mut(ebpf, programs::XDP_FORWARD)?;
+            let id = program
+                .attach_to_if_index(ifindex, XdpMode::Driver)
+                .with_context(|| format!("attaching XDP to {port}"))?;
+            program.take_link(id)?.try_into().context("XDP link is not a bpf_link")?
+        }
+        Hook::XdpPeer => {
+            let program: &mut Xdp = program_mut(ebpf, programs::XDP_PASS)?;
+            // An ifindex is resolved in the caller's namespace: attach from inside.
+            netns::enter_and(&port, || {
+                let index = nix::net::if_::if_nametoindex(CONTAINER_IFNAME)
+                    .with_context(|| format!("no {CONTAINER_IFNAME}"))?;
+                let id = program.attach_to_if_index(index, XdpMode::Driver)?;
+                program.take_link(id)?.try_into().context("XDP link is not a bpf_link")
+            })
+            .with_context(|| format!("attaching XDP pass to {CONTAINER_IFNAME} in namespace {port}"))?
+        }
+        Hook::Tc => {
+            let program: &mut SchedClassifier = program_mut(ebpf, programs::TC_FORWARD)?;
+            let id = program
+                .attach(&port, TcAttachType::Ingress)
+                .with_context(|| format!("attaching tc ingress to {port}"))?;
+            program.take_link(id)?.try_into().context("tc link is not a bpf_link (kernel without tcx?)")?
+        }
+    };
+    link.pin(&pin).with_context(|| format!("pinning link {}", pin.display()))?;
+    Ok(())
+}
+
+/// Unpins (and so detaches) one hook's link of one port, if pinned.
+fn detach(topology: &str, port: &str, hook: Hook) -> Result<()> {
+    let pin = hook.pin_path(topology, port);
+    if pin.exists() {
+        let link = PinnedLink::from_pin(&pin).with_context(|| format!("opening pinned link {}", pin.display()))?;
+        link.unpin().with_context(|| format!("unpinning {}", pin.display()))?;
+    }
+    Ok(())
+}
+
+fn remove_stale_links(topology: &str, ports: &HashSet<String>) -> Result<()> {
+    for hook in Hook::ALL {
+        let Ok(entries) = fs::read_dir(links_dir(topology).join(hook.suffix())) else { continue };
+        for entry in entries.flatten() {
+            if !ports.contains(entry.file_name().to_string_lossy().as_ref()) {
+                fs::remove_file(entry.path()).with_context(|| format!("unpinning {}", entry.path().display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Detaches everything and removes the topology's pins.
+pub async fn remove(_handle: &Handle, spec: &TopologySpec) -> Result<()> {
+    let dir = pin_dir(&spec.name);
+    if !dir.exists() {
+        return Ok(());
+    }
+    remove_stale_links(&spec.name, &HashSet::new())?;
+    fs::remove_dir_all(&dir).with_context(|| format!("removing pins in {}", dir.display()))
+}
+
+/// Removes a port that is leaving the topology from the maps and its links.
+pub async fn forget_port(handle: &Handle, spec: &TopologySpec, c: &ContainerSpec) -> Result<()> {
+    if spec.mode == Mode::Bridge || !pin_dir(&spec.name).exists() {
+        return Ok(());
+    }
+    let port = port_name(&spec.name, &c.name);
+    for hook in Hook::ALL {
+        detach(&spec.name, &port, hook)?;
+    }
+    let Some(link) = netlink::link_by_name(handle, &port).await? else { return Ok(()) };
+    fdb::Fdb::open(&spec.name)?.remove_port(link.index)?;
+    let mut devmap = DevMapHash::try_from(aya::maps::Map::DevMapHash(open_map(&spec.name, maps::PORTS)?))?;
+    let _ = devmap.remove(link.index);
+    let mut counters: PerCpuHashMap<_, u32, PortCounters> =
+        PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(open_map(&spec.name, maps::COUNTERS)?))?;
+    let _ = counters.remove(&link.index);
+    Ok(())
+}

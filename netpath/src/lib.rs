@@ -1,0 +1,12 @@
+//! netpath: an eBPF fast path between containers on one host, with the
+//! Linux bridge as the fallback.
+
+pub mod cli;
+pub mod datapath;
+pub mod fdb;
+pub mod nat;
+pub mod netlink;
+pub mod netns;
+pub mod spec;
+pub mod state;
+pub mod topology;

@@ -1,0 +1,167 @@
+//! Small helpers over rtnetlink for the links and addresses netpath manages.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{Context, Result};
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    packet_route::{
+        address::AddressAttribute,
+        link::{InfoData, InfoVeth, LinkAttribute, LinkMessage},
+    },
+};
+
+use crate::spec::Mac;
+
+/// The alias netpath writes on every link it creates: what it may delete.
+pub fn owner_alias(topology: &str) -> String {
+    format!("netpath:{topology}")
+}
+
+/// A link as netpath needs to see it.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub alias: Option<String>,
+    pub mac: Option<Mac>,
+    pub controller: Option<u32>,
+}
+
+impl From<LinkMessage> for Link {
+    fn from(msg: LinkMessage) -> Self {
+        let mut link = Link { index: msg.header.index, name: String::new(), alias: None, mac: None, controller: None };
+        for attr in msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n,
+                LinkAttribute::IfAlias(a) => link.alias = Some(a),
+                LinkAttribute::Address(a) if a.len() == 6 => {
+                    link.mac = Some(Mac(a.try_into().expect("length checked")))
+                }
+                LinkAttribute::Controller(c) => link.controller = Some(c),
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(err, rtnetlink::Error::NetlinkError(m) if m.code.map(|c| c.get()) == Some(-errno))
+}
+
+pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<Link>> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(link) => Ok(link.map(Link::from)),
+        Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("looking up link {name}")),
+    }
+}
+
+pub async fn links(handle: &Handle) -> Result<Vec<Link>> {
+    let msgs: Vec<LinkMessage> =
+        handle.link().get().execute().try_collect().await.context("listing links")?;
+    Ok(msgs.into_iter().map(Link::from).collect())
+}
+
+pub async fn create_bridge(handle: &Handle, name: &str, alias: &str) -> Result<Link> {
+    let msg = LinkBridge::new(name).up().build();
+    handle.link().add(msg).execute().await.with_context(|| format!("creating bridge {name}"))?;
+    let link = link_by_name(handle, name).await?.with_context(|| format!("bridge {name} vanished after creation"))?;
+    set_alias(handle, &link, alias).await
+}
+
+/// Marks a link as netpath's. The kernel ignores IFLA_IFALIAS when creating
+/// a link, so this is a change right after.
+async fn set_alias(handle: &Handle, link: &Link, alias: &str) -> Result<Link> {
+    let msg = LinkUnspec::new_with_index(link.index).alias(alias).build();
+    handle.link().set(msg).execute().await.with_context(|| format!("marking {} as netpath's", link.name))?;
+    Ok(Link { alias: Some(alias.to_owned()), ..link.clone() })
+}
+
+/// Creates a veth pair whose host end `host` is enslaved to `bridge` and
+/// whose other end is created directly inside the namespace `netns_fd` as
+/// `peer_name` with MAC `peer_mac`.
+pub async fn create_veth(
+    handle: &Handle,
+    host: &str,
+    alias: &str,
+    bridge: u32,
+    netns_fd: i32,
+    peer_name: &str,
+    peer_mac: Mac,
+) -> Result<Link> {
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(peer_name.to_owned())
+        .address(peer_mac.0.to_vec())
+        .setns_by_fd(netns_fd)
+        .build();
+    let msg = LinkVeth::new(host, peer_name)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .controller(bridge)
+        .up()
+        .build();
+    handle.link().add(msg).execute().await.with_context(|| format!("creating veth pair {host}"))?;
+    let link = link_by_name(handle, host).await?.with_context(|| format!("veth {host} vanished after creation"))?;
+    set_alias(handle, &link, alias).await
+}
+
+pub async fn set_up(handle: &Handle, index: u32) -> Result<()> {
+    let msg = LinkUnspec::new_with_index(index).up().build();
+    handle.link().set(msg).execute().await.with_context(|| format!("setting link {index} up"))
+}
+
+/// Deletes a link; returns false if it was already gone.
+pub async fn delete_link(handle: &Handle, index: u32) -> Result<bool> {
+    match handle.link().del(index).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if is_errno(&e, libc::ENODEV) => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("deleting link {index}")),
+    }
+}
+
+pub async fn add_address(handle: &Handle, index: u32, net: Ipv4Net) -> Result<()> {
+    handle
+        .address()
+        .add(index, IpAddr::V4(net.addr()), net.prefix_len())
+        .execute()
+        .await
+        .with_context(|| format!("adding address {net} to link {index}"))
+}
+
+pub async fn ipv4_addresses(handle: &Handle, index: u32) -> Result<Vec<Ipv4Net>> {
+    let msgs: Vec<_> = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .with_context(|| format!("listing addresses of link {index}"))?;
+    Ok(msgs
+        .into_iter()
+        .filter(|m| m.header.index == index)
+        .filter_map(|m| {
+            let prefix = m.header.prefix_len;
+            m.attributes.into_iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => {
+                    Ipv4Net::new(ip, prefix).ok()
+                }
+                _ => None,
+            })
+        })
+        .collect())
+}
+
+pub async fn add_default_route(handle: &Handle, gateway: Ipv4Addr) -> Result<()> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+    handle
+        .route()
+        .add(route)
+        .execute()
+        .await
+        .with_context(|| format!("adding default route via {gateway}"))
+}

@@ -1,0 +1,126 @@
+//! Named network namespaces, compatible with `ip netns` (bind mounts under
+//! /run/netns), and running netlink work inside one of them.
+
+use std::{
+    fs::File,
+    future::Future,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, anyhow};
+use nix::{
+    mount::{MntFlags, MsFlags, mount, umount2},
+    sched::{CloneFlags, setns, unshare},
+};
+use rtnetlink::Handle;
+
+pub const NETNS_DIR: &str = "/run/netns";
+
+pub fn path(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
+pub fn exists(name: &str) -> bool {
+    path(name).exists()
+}
+
+/// Makes /run/netns a shared mount point, as `ip netns add` does, so that
+/// namespaces created here are seen by other mount namespaces too.
+fn prepare_dir() -> Result<()> {
+    std::fs::create_dir_all(NETNS_DIR).with_context(|| format!("creating {NETNS_DIR}"))?;
+    let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
+    if mount(None::<&str>, NETNS_DIR, None::<&str>, shared, None::<&str>).is_ok() {
+        return Ok(());
+    }
+    mount(Some(NETNS_DIR), NETNS_DIR, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .with_context(|| format!("bind-mounting {NETNS_DIR} on itself"))?;
+    mount(None::<&str>, NETNS_DIR, None::<&str>, shared, None::<&str>)
+        .with_context(|| format!("making {NETNS_DIR} a shared mount"))?;
+    Ok(())
+}
+
+/// Creates the named namespace; fails if it already exists.
+pub fn create(name: &str) -> Result<()> {
+    prepare_dir()?;
+    let target = path(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&target)
+        .with_context(|| format!("creating network namespace file {}", target.display()))?;
+    let mount_target = target.clone();
+    // unshare() changes the calling thread only; do it on a throw-away thread.
+    let result = std::thread::spawn(move || -> Result<()> {
+        unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &mount_target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .context("bind-mounting the new namespace")
+    })
+    .join()
+    .map_err(|_| anyhow!("namespace creation thread panicked"))?;
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&target);
+        return Err(e.context(format!("creating network namespace {name}")));
+    }
+    Ok(())
+}
+
+/// Deletes the named namespace; its interfaces go with it once nothing else
+/// holds it. Returns false if there was none.
+pub fn delete(name: &str) -> Result<bool> {
+    let target = path(name);
+    if !target.exists() {
+        return Ok(false);
+    }
+    let _ = umount2(&target, MntFlags::MNT_DETACH);
+    std::fs::remove_file(&target)
+        .with_context(|| format!("removing network namespace {name} ({})", target.display()))?;
+    Ok(true)
+}
+
+/// Runs `work` on a thread that has entered namespace `name` (setns only
+/// changes the calling thread, so the caller's thread stays where it is).
+pub fn enter_and<T, F>(name: &str, work: F) -> Result<T>
+where
+    T: Send,
+    F: FnOnce() -> Result<T> + Send,
+{
+    let ns_path = path(name);
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<T> {
+                let ns = File::open(&ns_path)
+                    .with_context(|| format!("opening network namespace {name} ({})", ns_path.display()))?;
+                setns(&ns, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering network namespace {name}"))?;
+                work()
+            })
+            .join()
+            .map_err(|_| anyhow!("thread working in namespace {name} panicked"))?
+    })
+}
+
+/// Runs `work` with a netlink handle bound inside namespace `name` (a
+/// netlink socket stays in the namespace it was opened in).
+pub fn run_in<T, F, Fut>(name: &str, work: F) -> Result<T>
+where
+    T: Send,
+    F: FnOnce(Handle) -> Fut + Send,
+    Fut: Future<Output = Result<T>>,
+{
+    enter_and(name, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building a runtime for the namespace thread")?;
+        runtime.block_on(async move {
+            let (connection, handle, _) = rtnetlink::new_connection().context("opening netlink socket")?;
+            tokio::spawn(connection);
+            work(handle).await
+        })
+    })
+}

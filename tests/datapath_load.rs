@@ -1,0 +1,24 @@
+//! The BPF object embedded in netpath loads, and the kernel's verifier
+//! accepts every program in it.
+
+mod common;
+
+use netpath_common::programs;
+
+#[test]
+fn every_program_passes_the_verifier() {
+    common::require_root();
+    let ebpf = netpath::datapath::load(None).expect("loading the BPF object");
+    let mut loaded: Vec<&str> = ebpf
+        .programs()
+        .map(|(name, program)| {
+            let info = program.info().unwrap_or_else(|e| panic!("{name} is not loaded in the kernel: {e}"));
+            assert!(info.id() > 0, "{name} has no kernel program id");
+            name
+        })
+        .collect();
+    loaded.sort();
+    let mut expected = vec![programs::TC_FORWARD, programs::XDP_FORWARD, programs::XDP_PASS];
+    expected.sort();
+    assert_eq!(loaded, expected);
+}

@@ -1,0 +1,84 @@
+//! `cargo xtask`: set up the toolchain, build the BPF object and the loader,
+//! run netpath and its tests. These are the only commands a newcomer needs.
+
+mod build;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, run and test netpath")]
+struct Cli {
+    #[command(subcommand)]
+    command: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Install what is missing: nightly rust-src, bpf-linker, Debian tools.
+    Setup,
+    /// Build the BPF object and the netpath binary (release).
+    Build,
+    /// Build, then run `netpath run` as root (arguments go to `netpath run`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run every test (arguments go to `cargo test`).
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run `netpath bench` (arguments go to `netpath bench`).
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Verb::Setup => setup::run(),
+        Verb::Build => {
+            setup::run()?;
+            build::all()
+        }
+        Verb::Run { args } => {
+            setup::run()?;
+            build::all()?;
+            require_root("cargo xtask run")?;
+            let mut netpath = Command::new(build::netpath_binary());
+            netpath.arg("run").args(args);
+            build::status(&mut netpath)
+        }
+        Verb::Bench { args } => {
+            setup::run()?;
+            build::all()?;
+            require_root("cargo xtask bench")?;
+            let mut netpath = Command::new(build::netpath_binary());
+            netpath.arg("bench").args(args);
+            build::status(&mut netpath)
+        }
+        Verb::Test { args } => {
+            setup::run()?;
+            build::ebpf()?;
+            // Tests that need root fail (not skip) without it, with a message.
+            build::status(&mut build::cargo_test(&args))
+        }
+    }
+}
+
+fn require_root(what: &str) -> Result<()> {
+    if !is_root() {
+        bail!("{what} needs root (CAP_NET_ADMIN and CAP_BPF): run it as root, e.g. `sudo -E {what}`");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
