@@ -21,7 +21,7 @@ use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 use rtnetlink::Handle;
 
 use crate::{
-    fdb, netlink, netns,
+    ethtool, fdb, netlink, netns,
     spec::{ContainerSpec, Mode, TopologySpec, port_name},
     topology::CONTAINER_IFNAME,
 };
@@ -226,7 +226,9 @@ fn attach(ebpf: &mut Ebpf, spec: &TopologySpec, c: &ContainerSpec, ifindex: u32,
                 let index = nix::net::if_::if_nametoindex(CONTAINER_IFNAME)
                     .with_context(|| format!("no {CONTAINER_IFNAME}"))?;
                 let id = program.attach_to_if_index(index, XdpMode::Driver)?;
-                program.take_link(id)?.try_into().context("XDP link is not a bpf_link")
+                let link = program.take_link(id)?.try_into().context("XDP link is not a bpf_link")?;
+                set_xdp_offloads(true)?;
+                Ok(link)
             })
             .with_context(|| format!("attaching XDP pass to {CONTAINER_IFNAME} in namespace {port}"))?
         }
@@ -242,12 +244,27 @@ fn attach(ebpf: &mut Ebpf, spec: &TopologySpec, c: &ContainerSpec, ifindex: u32,
     Ok(())
 }
 
+/// What XDP redirect between veths needs on the container's `eth0`, run
+/// inside its namespace (see docs/fast-path.md):
+/// - no transmit checksum offload: a CHECKSUM_PARTIAL frame loses its
+///   "checksum pending" mark when XDP redirects it, and the receiver drops it;
+/// - GRO, so the receiving end batches the redirected frames into large skbs.
+/// `enable = false` restores the veth defaults when XDP mode is left.
+fn set_xdp_offloads(enable: bool) -> Result<()> {
+    ethtool::set(CONTAINER_IFNAME, ethtool::Offload::TxChecksum, !enable)?;
+    ethtool::set(CONTAINER_IFNAME, ethtool::Offload::Gro, enable)
+}
+
 /// Unpins (and so detaches) one hook's link of one port, if pinned.
 fn detach(topology: &str, port: &str, hook: Hook) -> Result<()> {
     let pin = hook.pin_path(topology, port);
     if pin.exists() {
         let link = PinnedLink::from_pin(&pin).with_context(|| format!("opening pinned link {}", pin.display()))?;
         link.unpin().with_context(|| format!("unpinning {}", pin.display()))?;
+        if hook == Hook::XdpPeer && netns::exists(port) {
+            netns::enter_and(port, || set_xdp_offloads(false))
+                .with_context(|| format!("restoring offloads of {CONTAINER_IFNAME} in namespace {port}"))?;
+        }
     }
     Ok(())
 }

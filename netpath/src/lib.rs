@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod datapath;
+pub mod ethtool;
 pub mod fdb;
 pub mod nat;
 pub mod netlink;
