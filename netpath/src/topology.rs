@@ -71,6 +71,7 @@ async fn build(handle: &Handle, record: &mut TopologyState) -> Result<()> {
         .await
         .with_context(|| format!("addressing bridge {}", spec.bridge_name()))?;
     for (done, container) in spec.containers.iter().enumerate() {
+        inject_fault(done)?;
         create_container(handle, &spec, bridge.index, container).await?;
         if spec.containers.len() >= 16 && (done + 1) % 16 == 0 {
             info!("topology {}: {}/{} containers", spec.name, done + 1, spec.containers.len());
@@ -81,6 +82,17 @@ async fn build(handle: &Handle, record: &mut TopologyState) -> Result<()> {
         state::save(record)?;
     }
     datapath::ensure(handle, &spec).await
+}
+
+/// Test hook: `up` fails before the container with this (0-based) index,
+/// so the tests can prove that a failure halfway rolls everything back.
+pub const FAULT_ENV: &str = "NETPATH_FAIL_AT_CONTAINER";
+
+fn inject_fault(index: usize) -> Result<()> {
+    if std::env::var(FAULT_ENV).ok().and_then(|v| v.parse::<usize>().ok()) == Some(index) {
+        bail!("injected fault before container {index} ({FAULT_ENV})");
+    }
+    Ok(())
 }
 
 async fn create_container(handle: &Handle, spec: &TopologySpec, bridge: u32, c: &ContainerSpec) -> Result<()> {

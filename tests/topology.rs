@@ -1,0 +1,182 @@
+//! Issue 3: namespaces, veth pairs, the bridge fallback, addressing, and
+//! transactional, idempotent up/down. Every test uses its own topology name
+//! and subnet so they run in parallel.
+
+mod common;
+
+use std::{process::Command, time::Instant};
+
+use common::{Topology, in_ns, leftovers, netpath, netpath_ok, ping, require_root, sh, unique_name};
+
+#[test]
+fn four_containers_reach_each_other_and_status_matches_the_machine() {
+    let t = Topology::up("mesh", &["--containers", "4", "--subnet", "10.101.0.0/24", "--mode", "bridge"]);
+    let status = t.status();
+    let ports = status["ports"].as_array().expect("ports");
+    assert_eq!(ports.len(), 4);
+    assert_eq!(status["bridge"]["ip"], "10.101.0.1/24");
+    assert_eq!(status["bridge"]["name"], format!("{}-br", t.name));
+
+    let mut ips = Vec::new();
+    for port in ports {
+        let ns = port["netns"].as_str().unwrap();
+        // What the kernel says, independently of netpath.
+        let out = sh("ip", &["-n", ns, "-j", "addr", "show", "dev", "eth0"]);
+        let addr: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j addr");
+        let kernel_mac = addr[0]["address"].as_str().unwrap();
+        let info = addr[0]["addr_info"].as_array().unwrap().iter().find(|a| a["family"] == "inet").unwrap();
+        let kernel_ip = format!("{}/{}", info["local"].as_str().unwrap(), info["prefixlen"]);
+        assert_eq!(port["mac"], kernel_mac, "MAC of {ns}");
+        assert_eq!(port["ip"], kernel_ip.as_str(), "IP of {ns}");
+        assert_eq!(port["ifname"], "eth0");
+        assert!(port["ifindex"].as_u64().unwrap() > 0);
+        ips.push((ns.to_owned(), info["local"].as_str().unwrap().to_owned()));
+    }
+    let mut pairs = 0;
+    for (from, _) in &ips {
+        assert!(ping(from, "10.101.0.1"), "{from} cannot reach the bridge");
+        for (to, ip) in &ips {
+            if from != to {
+                assert!(ping(from, ip), "{from} cannot reach {to} ({ip})");
+                pairs += 1;
+            }
+        }
+    }
+    assert_eq!(pairs, 12);
+}
+
+/// Each bad input: non-zero exit, a message naming the problem, nothing left.
+#[test]
+fn bad_input_is_refused_and_leaves_nothing() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("netpath-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = |name: &str, body: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, body).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let dup_names = config("dup-names.toml", "[[container]]\nname = \"a\"\n[[container]]\nname = \"a\"\n");
+    let dup_ips = config(
+        "dup-ips.toml",
+        "[[container]]\nname = \"a\"\nip = \"10.102.0.5/24\"\n[[container]]\nname = \"b\"\nip = \"10.102.0.5/24\"\n",
+    );
+    let dup_macs = config(
+        "dup-macs.toml",
+        "[[container]]\nname = \"a\"\nmac = \"02:00:00:00:00:01\"\n[[container]]\nname = \"b\"\nmac = \"02:00:00:00:00:01\"\n",
+    );
+    let unknown_key = config("unknown.toml", "containers = 2\ncolour = \"blue\"\n");
+    let missing = dir.join("missing.toml").to_string_lossy().into_owned();
+
+    let name = unique_name("bad");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--containers", "2", "--name", "averyveryverylongname"], "15 bytes"),
+        (vec!["--name", &name, "--subnet", "10.102.0.0/33"], "not an IPv4 CIDR"),
+        (vec!["--name", &name, "--subnet", "banana"], "not an IPv4 CIDR"),
+        (vec!["--name", &name, "--subnet", "10.102.0.0/29", "--containers", "7"], "too small"),
+        (vec!["--name", &name, "--containers", "0"], "at least 1"),
+        (vec!["--name", &name, "--subnet", "10.102.0.0/24", "--config", &dup_names], "used twice"),
+        (vec!["--name", &name, "--subnet", "10.102.0.0/24", "--config", &dup_ips], "used by two containers"),
+        (vec!["--name", &name, "--subnet", "10.102.0.0/24", "--config", &dup_macs], "used by two containers"),
+        (vec!["--name", &name, "--config", &unknown_key], "unknown field"),
+        (vec!["--name", &name, "--config", &missing], "missing.toml"),
+    ];
+    for (args, expected) in cases {
+        let mut full = vec!["up"];
+        full.extend(args.iter().copied());
+        let out = netpath(&full);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "netpath {full:?} succeeded");
+        assert!(stderr.contains(expected), "netpath {full:?}: expected {expected:?} in {stderr:?}");
+        assert_eq!(leftovers(&name), Vec::<String>::new(), "after netpath {full:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_name_taken_by_someone_else_is_refused_and_left_alone() {
+    require_root();
+    let name = unique_name("own");
+    let foreign = format!("{name}-c1");
+    assert!(sh("ip", &["link", "add", &foreign, "type", "bridge"]).status.success());
+    let out = netpath(&["up", "--name", &name, "--containers", "3", "--subnet", "10.103.0.0/24"]);
+    let foreign_still_there = sh("ip", &["link", "show", &foreign]).status.success();
+    sh("ip", &["link", "del", &foreign]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("something other than netpath"));
+    assert!(foreign_still_there, "netpath removed {foreign}, which it did not create");
+    assert_eq!(leftovers(&name), Vec::<String>::new());
+}
+
+#[test]
+fn a_failure_halfway_rolls_back_everything() {
+    require_root();
+    let name = unique_name("half");
+    let out = Command::new(env!("CARGO_BIN_EXE_netpath"))
+        .args(["up", "--name", &name, "--containers", "8", "--subnet", "10.104.0.0/24", "--nat"])
+        .env("NETPATH_FAIL_AT_CONTAINER", "6")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rolled back"));
+    assert_eq!(leftovers(&name), Vec::<String>::new());
+}
+
+#[test]
+fn down_removes_everything_and_is_idempotent() {
+    let t = Topology::up("down", &["--containers", "3", "--subnet", "10.105.0.0/24", "--nat"]);
+    let tables = String::from_utf8_lossy(&sh("nft", &["list", "tables"]).stdout).into_owned();
+    assert!(tables.contains(&format!("netpath-{}", t.name)), "no NAT table in {tables}");
+    assert!(!leftovers(&t.name).is_empty());
+    netpath_ok(&["down", "--name", &t.name]);
+    assert_eq!(leftovers(&t.name), Vec::<String>::new());
+    let again = netpath_ok(&["down", "--name", &t.name]);
+    assert!(again.contains("not up"), "{again}");
+}
+
+#[test]
+fn up_is_idempotent_and_refuses_a_different_topology() {
+    let t = Topology::up("idem", &["--containers", "2", "--subnet", "10.106.0.0/24"]);
+    let same = netpath_ok(&["up", "--name", &t.name, "--containers", "2", "--subnet", "10.106.0.0/24"]);
+    assert!(same.contains("already up"), "{same}");
+    let out = netpath(&["up", "--name", &t.name, "--containers", "3", "--subnet", "10.106.0.0/24"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("differs") && stderr.contains("2 containers (asked 3)"), "{stderr}");
+    assert!(ping(&t.ns("c0"), "10.106.0.3"));
+}
+
+#[test]
+fn ports_come_and_go_while_the_others_keep_talking() {
+    let t = Topology::up("port", &["--containers", "3", "--subnet", "10.107.0.0/24"]);
+    let mut background = Command::new("ip")
+        .args(["netns", "exec", &t.ns("c0"), "ping", "-c", "40", "-i", "0.05", "-q", "10.107.0.3"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    netpath_ok(&["port", "add", "--name", &t.name, "web", "--ip", "10.107.0.50/24", "--mac", "02:00:00:00:07:50"]);
+    assert!(ping(&t.ns("c1"), "10.107.0.50"));
+    assert_eq!(
+        t.status()["ports"].as_array().unwrap().iter().filter(|p| p["mac"] == "02:00:00:00:07:50").count(),
+        1
+    );
+    netpath_ok(&["port", "del", "--name", &t.name, "web"]);
+    assert!(!std::path::Path::new(&format!("/run/netns/{}", t.ns("web"))).exists());
+    assert!(!sh("ip", &["link", "show", &t.ns("web")]).status.success());
+    let out = background.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("40 received"), "c0 -> c1 lost packets meanwhile: {summary}");
+    assert_eq!(t.status()["ports"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn thirty_two_containers_come_up_in_seconds() {
+    require_root();
+    let started = Instant::now();
+    let t = Topology::up("big", &["--containers", "32", "--subnet", "10.108.0.0/24"]);
+    let elapsed = started.elapsed();
+    println!("up of 32 containers took {:.2} s", elapsed.as_secs_f64());
+    assert!(elapsed.as_secs() < 20, "up of 32 containers took {elapsed:?}");
+    assert!(ping(&t.ns("c0"), "10.108.0.33"));
+    assert!(in_ns(&t.ns("c31"), &["ping", "-c", "1", "-W", "2", "10.108.0.1"]).status.success());
+}
