@@ -18,7 +18,7 @@ fn every_program_passes_the_verifier() {
         })
         .collect();
     loaded.sort();
-    let mut expected = vec![programs::TC_FORWARD, programs::XDP_FORWARD, programs::XDP_PASS];
+    let mut expected = vec![programs::TC_FORWARD, programs::XDP_FORWARD, programs::XDP_PEER];
     expected.sort();
     assert_eq!(loaded, expected);
 }

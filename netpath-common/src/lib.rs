@@ -115,6 +115,8 @@ pub struct DatapathConfig {
     /// Non-zero: learn source MACs of frames from the ports.
     pub learning: u8,
     pub _pad: u8,
+    /// Learned entries not refreshed for this long are ignored (and removed).
+    pub ageing_ns: u64,
 }
 
 /// Map names, shared so the loader finds what the programs declare.
@@ -125,10 +127,10 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
 }
 
-/// Program names (the BPF function names).
+/// Program names (the BPF function names; the kernel keeps 15 bytes).
 pub mod programs {
     pub const XDP_FORWARD: &str = "netpath_xdp";
-    pub const XDP_PASS: &str = "netpath_xdp_pass";
+    pub const XDP_PEER: &str = "netpath_peer";
     pub const TC_FORWARD: &str = "netpath_tc";
 }
 

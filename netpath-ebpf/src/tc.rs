@@ -14,7 +14,7 @@ use crate::forward::{Verdict, count, decide};
 pub fn netpath_tc(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
     let ingress = unsafe { (*ctx.skb.skb).ifindex };
-    match decide(ctx.data(), ctx.data_end(), ingress) {
+    match decide(&ctx, ctx.data(), ctx.data_end(), ingress) {
         Verdict::Redirect(port) => {
             // Peer redirect: the frame enters the destination container's
             // eth0 directly, skipping the host veth and the backlog queue.

@@ -11,7 +11,7 @@ use crate::{
 #[xdp]
 pub fn netpath_xdp(ctx: XdpContext) -> u32 {
     let ingress = ctx.ingress_ifindex() as u32;
-    match decide(ctx.data(), ctx.data_end(), ingress) {
+    match decide(&ctx, ctx.data(), ctx.data_end(), ingress) {
         Verdict::Redirect(port) => match PORTS.redirect(port, xdp_action::XDP_PASS.into()) {
             Ok(action) if action == xdp_action::XDP_REDIRECT => {
                 count(ingress, Counter::Redirected);
@@ -36,6 +36,6 @@ pub fn netpath_xdp(ctx: XdpContext) -> u32 {
 /// Attached to the container-side veth ends: a veth only accepts frames
 /// redirected into it by XDP when its peer runs an XDP program (or NAPI).
 #[xdp]
-pub fn netpath_xdp_pass(_ctx: XdpContext) -> u32 {
+pub fn netpath_peer(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }

@@ -2,9 +2,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, Parser, Subcommand};
-use log::info;
 use rtnetlink::Handle;
 
 use crate::{
@@ -47,6 +46,9 @@ pub struct UpArgs {
     /// Enable IPv4 forwarding and masquerade the subnet (removed on down).
     #[arg(long)]
     pub nat: bool,
+    /// Seconds before a learned FDB entry ages out [default: 300].
+    #[arg(long)]
+    pub ageing: Option<u64>,
 }
 
 impl UpArgs {
@@ -57,6 +59,7 @@ impl UpArgs {
             subnet: self.subnet.clone(),
             mode: self.mode,
             nat: self.nat,
+            ageing: self.ageing,
         };
         TopologySpec::resolve(self.config.as_deref(), &overrides)
     }
@@ -82,7 +85,25 @@ pub enum Command {
     /// Inspect or change the forwarding database.
     #[command(subcommand)]
     Fdb(FdbCommand),
-    /// Bring a topology up and keep it running until Ctrl-C.
+    /// Per-port packet counters of the BPF programs.
+    Stats {
+        #[command(flatten)]
+        name: NameArg,
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second, showing rates.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+    },
+    /// Switch the datapath mode of a running topology.
+    Mode {
+        #[command(flatten)]
+        name: NameArg,
+        #[arg(value_enum)]
+        mode: Mode,
+    },
+    /// Bring a topology up (or adopt it) and run it: BPF logs, FDB ageing,
+    /// periodic stats; Ctrl-C tears it down unless --keep.
     Run {
         #[command(flatten)]
         up: UpArgs,
@@ -123,6 +144,26 @@ pub enum FdbCommand {
         name: NameArg,
         #[arg(long)]
         json: bool,
+    },
+    /// Add a static entry: frames to MAC go to PORT.
+    Add {
+        #[command(flatten)]
+        name: NameArg,
+        mac: Mac,
+        /// Container name or host-side veth of the topology.
+        #[arg(long)]
+        port: String,
+    },
+    /// Delete the entry for MAC.
+    Del {
+        #[command(flatten)]
+        name: NameArg,
+        mac: Mac,
+    },
+    /// Delete every learned entry (static ones stay).
+    Flush {
+        #[command(flatten)]
+        name: NameArg,
     },
 }
 
@@ -178,28 +219,29 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Fdb(FdbCommand::Dump { name: NameArg { name }, json }) => {
+        Command::Fdb(command) => {
             require_root()?;
-            fdb_dump(&netlink_handle().await?, &name, json).await
+            fdb_command(&netlink_handle().await?, command).await
+        }
+        Command::Stats { name: NameArg { name }, json, watch } => {
+            require_root()?;
+            stats(&netlink_handle().await?, &name, json, watch).await
+        }
+        Command::Mode { name: NameArg { name }, mode } => {
+            require_root()?;
+            topology::set_mode(&netlink_handle().await?, &name, mode).await?;
+            println!("topology {name}: mode {mode}");
+            Ok(())
         }
         Command::Run { up: args, keep } => {
             let spec = args.resolve()?;
             require_root()?;
-            let handle = netlink_handle().await?;
-            let name = spec.name.clone();
-            up(&handle, spec).await?;
-            info!("topology {name} running; Ctrl-C to {}", if keep { "exit (keeping it)" } else { "tear it down" });
-            tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-            if !keep {
-                topology::down(&handle, &name).await?;
-                info!("topology {name} removed");
-            }
-            Ok(())
+            crate::run::run(&netlink_handle().await?, spec, keep).await
         }
     }
 }
 
-async fn up(handle: &Handle, spec: TopologySpec) -> Result<()> {
+pub async fn up(handle: &Handle, spec: TopologySpec) -> Result<()> {
     let (name, count, mode) = (spec.name.clone(), spec.containers.len(), spec.mode);
     let started = std::time::Instant::now();
     match topology::up(handle, spec).await? {
@@ -223,26 +265,81 @@ fn print_status(s: &topology::Status) {
         s.bridge.name,
         or_dash(s.bridge.ip.map(|i| i.to_string()))
     );
-    println!("{:<16} {:>8}  {:<16} {:<7} {:<18} {}", "PORT", "IFINDEX", "NETNS", "IFNAME", "MAC", "IP");
+    println!("datapath: {}", s.datapath);
+    println!("{:<16} {:>8}  {:<16} {:<7} {:<18} {:<18} {}", "PORT", "IFINDEX", "NETNS", "IFNAME", "MAC", "IP", "PROGRAMS");
     for p in &s.ports {
         println!(
-            "{:<16} {:>8}  {:<16} {:<7} {:<18} {}",
+            "{:<16} {:>8}  {:<16} {:<7} {:<18} {:<18} {}",
             p.name,
             or_dash(p.ifindex.map(|i| i.to_string())),
             p.netns,
             p.ifname,
             or_dash(p.mac.map(|m| m.to_string())),
-            or_dash(p.ip.map(|i| i.to_string()))
+            or_dash(p.ip.map(|i| i.to_string())),
+            if p.programs.is_empty() { "-".into() } else { p.programs.join(",") }
         );
+    }
+}
+
+/// ifindex -> interface name, for tables.
+pub async fn link_names(handle: &Handle) -> Result<std::collections::HashMap<u32, String>> {
+    Ok(crate::netlink::links(handle).await?.into_iter().map(|l| (l.index, l.name)).collect())
+}
+
+async fn fdb_command(handle: &Handle, command: FdbCommand) -> Result<()> {
+    match command {
+        FdbCommand::Dump { name: NameArg { name }, json } => fdb_dump(handle, &name, json).await,
+        FdbCommand::Add { name: NameArg { name }, mac, port } => {
+            ensure!(mac.is_unicast(), "{mac} is not a unicast MAC address");
+            let ifindex = topology::port_ifindex(handle, &name, &port).await?;
+            fdb::Fdb::open(&name)?.add_static(mac, ifindex)?;
+            println!("{mac} dev {} static", spec::port_name(&name, topology::container_of(&name, &port)));
+            Ok(())
+        }
+        FdbCommand::Del { name: NameArg { name }, mac } => {
+            if !fdb::Fdb::open(&name)?.remove(mac)? {
+                bail!("topology {name} has no FDB entry for {mac}");
+            }
+            Ok(())
+        }
+        FdbCommand::Flush { name: NameArg { name } } => {
+            let removed = fdb::Fdb::open(&name)?.flush_learned()?;
+            println!("{removed} learned entries removed");
+            Ok(())
+        }
+    }
+}
+
+async fn stats(handle: &Handle, topology: &str, json: bool, watch: bool) -> Result<()> {
+    let names = link_names(handle).await?;
+    let name_of = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}"));
+    let mut current = crate::stats::read(topology, name_of)?;
+    if json {
+        println!("{}", serde_json::to_string(&current)?);
+        return Ok(());
+    }
+    if !watch {
+        print!("{}", crate::stats::table(&current, None));
+        return Ok(());
+    }
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        let next = crate::stats::read(topology, name_of)?;
+        // Clear the screen and redraw in place, like `watch`.
+        print!("\x1b[H\x1b[2Jnetpath stats --name {topology} (rates per second; Ctrl-C to quit)\n\n{}",
+            crate::stats::table(&next, Some((&current, 1.0))));
+        current = next;
     }
 }
 
 async fn fdb_dump(handle: &Handle, topology: &str, json: bool) -> Result<()> {
     let rows = fdb::Fdb::open(topology)?.rows()?;
-    let mut names = std::collections::HashMap::new();
-    for link in crate::netlink::links(handle).await? {
-        names.insert(link.index, link.name);
-    }
+    let names = link_names(handle).await?;
     let ifname = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}"));
     if json {
         let out: Vec<_> = rows

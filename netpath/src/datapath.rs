@@ -100,7 +100,7 @@ pub fn load(pins: Option<&Path>) -> Result<Ebpf> {
         loader.map_pin_path(*name, path.as_path());
     }
     let mut ebpf = loader.load(OBJECT).context("loading the BPF object (maps and relocations)")?;
-    for name in [programs::XDP_FORWARD, programs::XDP_PASS] {
+    for name in [programs::XDP_FORWARD, programs::XDP_PEER] {
         let program: &mut Xdp = program_mut(&mut ebpf, name)?;
         program.load().with_context(|| format!("verifier rejected BPF program {name}"))?;
     }
@@ -159,7 +159,13 @@ pub async fn ensure(handle: &Handle, spec: &TopologySpec) -> Result<()> {
             .with_context(|| format!("port {name} is missing"))?;
         ports.push((c.clone(), link.index));
     }
-    fill_maps(&mut ebpf, &spec.name, bridge.mac.map(|m| m.0).unwrap_or_default(), &ports)?;
+    let config = DatapathConfig {
+        bridge_mac: bridge.mac.map(|m| m.0).unwrap_or_default(),
+        learning: 1,
+        _pad: 0,
+        ageing_ns: spec.ageing_s * 1_000_000_000,
+    };
+    fill_maps(&mut ebpf, &spec.name, config, &ports)?;
 
     let wanted = Hook::for_mode(spec.mode);
     for (c, ifindex) in &ports {
@@ -178,11 +184,10 @@ pub async fn ensure(handle: &Handle, spec: &TopologySpec) -> Result<()> {
     Ok(())
 }
 
-fn fill_maps(ebpf: &mut Ebpf, topology: &str, bridge_mac: [u8; 6], ports: &[(ContainerSpec, u32)]) -> Result<()> {
-    let mut config: Array<_, DatapathConfig> = Array::try_from(ebpf.map_mut(maps::CONFIG).context("map CONFIG")?)?;
-    config
-        .set(0, DatapathConfig { bridge_mac, learning: 1, _pad: 0 }, 0)
-        .context("writing map CONFIG")?;
+fn fill_maps(ebpf: &mut Ebpf, topology: &str, config: DatapathConfig, ports: &[(ContainerSpec, u32)]) -> Result<()> {
+    let mut config_map: Array<_, DatapathConfig> =
+        Array::try_from(ebpf.map_mut(maps::CONFIG).context("map CONFIG")?)?;
+    config_map.set(0, config, 0).context("writing map CONFIG")?;
 
     let mut devmap = DevMapHash::try_from(ebpf.map_mut(maps::PORTS).context("map PORTS")?)?;
     for (_, ifindex) in ports {
@@ -220,7 +225,7 @@ fn attach(ebpf: &mut Ebpf, spec: &TopologySpec, c: &ContainerSpec, ifindex: u32,
             program.take_link(id)?.try_into().context("XDP link is not a bpf_link")?
         }
         Hook::XdpPeer => {
-            let program: &mut Xdp = program_mut(ebpf, programs::XDP_PASS)?;
+            let program: &mut Xdp = program_mut(ebpf, programs::XDP_PEER)?;
             // An ifindex is resolved in the caller's namespace: attach from inside.
             netns::enter_and(&port, || {
                 let index = nix::net::if_::if_nametoindex(CONTAINER_IFNAME)
@@ -279,6 +284,52 @@ fn remove_stale_links(topology: &str, ports: &HashSet<String>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Names of the BPF programs hooked on a host-side port, as the kernel
+/// reports them: `xdp:NAME` and `tc:NAME` (tcx ingress).
+pub fn programs_on(port: &str, xdp_prog_id: Option<u32>) -> Vec<String> {
+    let mut out: Vec<String> = xdp_prog_id.map(|id| format!("xdp:{}", program_name(id))).into_iter().collect();
+    if let Ok((_, programs)) = SchedClassifier::query_tcx(port, TcAttachType::Ingress) {
+        out.extend(programs.iter().map(|p| format!("tc:{}", p.name_as_str().unwrap_or("?"))));
+    }
+    out
+}
+
+pub fn program_name(id: u32) -> String {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("id {id}"))
+}
+
+/// What carries container-to-container traffic in each mode, for `status`.
+pub fn describe(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Tc => "tc ingress + bpf_redirect_peer on every host-side veth; carries all unicast between containers, GSO packets included",
+        Mode::Xdp => "XDP + devmap redirect; carries all unicast between containers, with TSO and tx checksum offload off in the containers (XDP on veth cannot pass GSO packets or pending checksums), so TCP costs more CPU than in tc mode",
+        Mode::Bridge => "no programs: the Linux bridge forwards everything",
+    }
+}
+
+/// Ids of the programs behind the topology's pinned links (to read their logs).
+pub fn attached_program_ids(topology: &str) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for hook in Hook::ALL {
+        let Ok(entries) = fs::read_dir(links_dir(topology).join(hook.suffix())) else { continue };
+        for entry in entries.flatten() {
+            let link = FdLink::from(
+                PinnedLink::from_pin(entry.path())
+                    .with_context(|| format!("opening pinned link {}", entry.path().display()))?,
+            );
+            let id = link.info().context("reading link info")?.program_id();
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    Ok(ids)
 }
 
 /// Detaches everything and removes the topology's pins.

@@ -10,9 +10,6 @@ use serde::Serialize;
 
 use crate::{datapath, spec::Mac};
 
-/// Default ageing time of learned entries, as the Linux bridge's.
-pub const DEFAULT_AGEING: Duration = Duration::from_secs(300);
-
 pub struct Fdb {
     map: HashMap<MapData, FdbKey, FdbEntry>,
 }

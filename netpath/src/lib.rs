@@ -8,6 +8,8 @@ pub mod fdb;
 pub mod nat;
 pub mod netlink;
 pub mod netns;
+pub mod run;
 pub mod spec;
 pub mod state;
+pub mod stats;
 pub mod topology;

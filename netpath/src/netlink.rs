@@ -9,7 +9,7 @@ use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         address::AddressAttribute,
-        link::{InfoData, InfoVeth, LinkAttribute, LinkMessage},
+        link::{InfoData, InfoVeth, LinkAttribute, LinkMessage, LinkXdp},
     },
 };
 
@@ -28,11 +28,20 @@ pub struct Link {
     pub alias: Option<String>,
     pub mac: Option<Mac>,
     pub controller: Option<u32>,
+    /// Id of the XDP program attached to the link, if any.
+    pub xdp_prog_id: Option<u32>,
 }
 
 impl From<LinkMessage> for Link {
     fn from(msg: LinkMessage) -> Self {
-        let mut link = Link { index: msg.header.index, name: String::new(), alias: None, mac: None, controller: None };
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            alias: None,
+            mac: None,
+            controller: None,
+            xdp_prog_id: None,
+        };
         for attr in msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => link.name = n,
@@ -41,6 +50,12 @@ impl From<LinkMessage> for Link {
                     link.mac = Some(Mac(a.try_into().expect("length checked")))
                 }
                 LinkAttribute::Controller(c) => link.controller = Some(c),
+                LinkAttribute::Xdp(xdp) => {
+                    link.xdp_prog_id = xdp.iter().find_map(|x| match x {
+                        LinkXdp::ProgId(id) if *id != 0 => Some(*id),
+                        _ => None,
+                    })
+                }
                 _ => {}
             }
         }

@@ -12,6 +12,8 @@ pub const IFNAME_MAX: usize = 15;
 pub const DEFAULT_NAME: &str = "np";
 pub const DEFAULT_SUBNET: &str = "10.77.0.0/24";
 pub const DEFAULT_CONTAINERS: usize = 2;
+/// Ageing time of learned FDB entries, as the Linux bridge's default.
+pub const DEFAULT_AGEING_S: u64 = 300;
 
 /// How frames between containers are forwarded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -100,6 +102,8 @@ pub struct ConfigFile {
     pub subnet: Option<String>,
     pub mode: Option<Mode>,
     pub nat: Option<bool>,
+    /// Seconds before a learned FDB entry ages out.
+    pub ageing: Option<u64>,
     #[serde(default, rename = "container")]
     pub container_list: Vec<ContainerConfig>,
 }
@@ -128,6 +132,7 @@ pub struct Overrides {
     pub subnet: Option<String>,
     pub mode: Option<Mode>,
     pub nat: bool,
+    pub ageing: Option<u64>,
 }
 
 /// One container: a namespace with `eth0`, and its host-side veth.
@@ -147,6 +152,8 @@ pub struct TopologySpec {
     pub mode: Mode,
     pub subnet: Ipv4Net,
     pub nat: bool,
+    /// Seconds before a learned FDB entry ages out.
+    pub ageing_s: u64,
     pub containers: Vec<ContainerSpec>,
 }
 
@@ -176,6 +183,8 @@ impl TopologySpec {
         let subnet = parse_subnet(&subnet_text)?;
         let mode = flags.mode.or(config.mode).unwrap_or(Mode::DEFAULT);
         let nat = flags.nat || config.nat.unwrap_or(false);
+        let ageing_s = flags.ageing.or(config.ageing).unwrap_or(DEFAULT_AGEING_S);
+        ensure!(ageing_s > 0, "the ageing time must be at least 1 second");
         let listed = config.container_list.len();
         let count = flags.containers.or(config.containers).unwrap_or(listed.max(DEFAULT_CONTAINERS));
         ensure!(count > 0, "--containers must be at least 1");
@@ -184,7 +193,7 @@ impl TopologySpec {
             "the config file describes {listed} containers but {count} were asked for"
         );
 
-        let mut spec = TopologySpec { name, mode, subnet, nat, containers: Vec::new() };
+        let mut spec = TopologySpec { name, mode, subnet, nat, ageing_s, containers: Vec::new() };
         for entry in config.container_list {
             let ip = entry.ip.as_deref().map(|ip| parse_container_ip(ip, subnet)).transpose()?;
             let mac = entry.mac.as_deref().map(str::parse).transpose()?;

@@ -209,6 +209,9 @@ fn differences(have: &TopologySpec, want: &TopologySpec) -> Vec<String> {
     if have.nat != want.nat {
         out.push(format!("nat is {} (asked {})", have.nat, want.nat));
     }
+    if have.ageing_s != want.ageing_s {
+        out.push(format!("ageing is {} s (asked {} s)", have.ageing_s, want.ageing_s));
+    }
     if have.containers.len() != want.containers.len() {
         out.push(format!("{} containers (asked {})", have.containers.len(), want.containers.len()));
     }
@@ -260,10 +263,35 @@ pub async fn port_add(
     Ok(added)
 }
 
+/// Accepts a container name or its host-side veth name.
+pub fn container_of<'a>(topology: &str, port: &'a str) -> &'a str {
+    port.strip_prefix(topology).and_then(|p| p.strip_prefix('-')).unwrap_or(port)
+}
+
+/// The ifindex of a port of the topology, by container or veth name.
+pub async fn port_ifindex(handle: &Handle, topology: &str, port: &str) -> Result<u32> {
+    let record = load_complete(topology)?;
+    let container = container_of(topology, port);
+    if record.spec.container(container).is_none() {
+        bail!("topology {topology} has no port {port}");
+    }
+    let name = port_name(topology, container);
+    Ok(netlink::link_by_name(handle, &name).await?.with_context(|| format!("port {name} is missing"))?.index)
+}
+
+/// Switches the datapath of a running topology; the new mode's programs are
+/// attached before the old ones are detached.
+pub async fn set_mode(handle: &Handle, topology: &str, mode: Mode) -> Result<()> {
+    let mut record = load_complete(topology)?;
+    record.spec.mode = mode;
+    datapath::ensure(handle, &record.spec).await?;
+    state::save(&record)
+}
+
 /// Unplugs a container and removes its namespace.
 pub async fn port_del(handle: &Handle, topology: &str, container: &str) -> Result<()> {
     let mut record = load_complete(topology)?;
-    let container = container.strip_prefix(&format!("{topology}-")).unwrap_or(container).to_owned();
+    let container = container_of(topology, container).to_owned();
     let Some(index) = record.spec.containers.iter().position(|c| c.name == container) else {
         bail!("topology {topology} has no port {container}");
     };
@@ -290,12 +318,17 @@ pub struct PortStatus {
     pub ifname: String,
     pub mac: Option<Mac>,
     pub ip: Option<Ipv4Net>,
+    /// BPF programs on the host-side veth (`xdp:NAME`, `tc:NAME`) and on
+    /// the container's interface (`peer-xdp:NAME`).
+    pub programs: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub name: String,
     pub mode: Mode,
+    /// What carries the traffic in this mode.
+    pub datapath: &'static str,
     pub subnet: Ipv4Net,
     pub nat: bool,
     pub bridge: BridgeStatus,
@@ -315,18 +348,24 @@ pub async fn status(handle: &Handle, topology: &str) -> Result<Status> {
     for c in &spec.containers {
         let name = port_name(&spec.name, &c.name);
         let host = netlink::link_by_name(handle, &name).await?;
-        let (mac, ip) = if netns::exists(&name) {
+        let (mac, ip, peer_xdp) = if netns::exists(&name) {
             netns::run_in(&name, |h| async move {
                 let Some(eth0) = netlink::link_by_name(&h, CONTAINER_IFNAME).await? else {
-                    return Ok((None, None));
+                    return Ok((None, None, None));
                 };
                 let ip = netlink::ipv4_addresses(&h, eth0.index).await?.into_iter().next();
-                Ok((eth0.mac, ip))
+                Ok((eth0.mac, ip, eth0.xdp_prog_id))
             })?
         } else {
-            (None, None)
+            (None, None, None)
         };
+        let mut programs = match &host {
+            Some(link) => datapath::programs_on(&name, link.xdp_prog_id),
+            None => Vec::new(),
+        };
+        programs.extend(peer_xdp.map(|id| format!("peer-xdp:{}", datapath::program_name(id))));
         ports.push(PortStatus {
+            programs,
             ifindex: host.map(|l| l.index),
             netns: name.clone(),
             name,
@@ -338,6 +377,7 @@ pub async fn status(handle: &Handle, topology: &str) -> Result<Status> {
     Ok(Status {
         name: spec.name.clone(),
         mode: spec.mode,
+        datapath: datapath::describe(spec.mode),
         subnet: spec.subnet,
         nat: spec.nat,
         bridge: BridgeStatus {

@@ -1,0 +1,104 @@
+//! `netpath run`: the topology up, BPF logs forwarded to the logger, learned
+//! FDB entries aged out, and counters reported, until Ctrl-C.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use aya_log::EbpfLogger;
+use log::{debug, info, warn};
+use netpath_common::Counter;
+use rtnetlink::Handle;
+use tokio::io::unix::AsyncFd;
+
+use crate::{cli, datapath, fdb, spec::TopologySpec, stats, topology};
+
+const STATS_EVERY: Duration = Duration::from_secs(10);
+
+pub async fn run(handle: &Handle, spec: TopologySpec, keep: bool) -> Result<()> {
+    let name = spec.name.clone();
+    let ageing = Duration::from_secs(spec.ageing_s);
+    let fast_path = spec.mode != crate::spec::Mode::Bridge;
+    cli::up(handle, spec).await?;
+    if fast_path {
+        forward_bpf_logs(&name)?;
+    }
+    info!("topology {name} running; Ctrl-C to {}", if keep { "exit and keep it" } else { "tear it down" });
+
+    let mut stats_ticker = tokio::time::interval(STATS_EVERY);
+    // Sweep often enough that an entry lives at most 1.5 ageing times.
+    let mut ageing_ticker = tokio::time::interval((ageing / 2).clamp(Duration::from_secs(1), STATS_EVERY));
+    let mut last_redirected = 0;
+    let mut last_passed = 0;
+    loop {
+        let report = tokio::select! {
+            _ = stats_ticker.tick() => true,
+            _ = ageing_ticker.tick() => false,
+            signal = tokio::signal::ctrl_c() => {
+                signal.context("waiting for Ctrl-C")?;
+                break;
+            }
+        };
+        if !fast_path {
+            continue;
+        }
+        if !report {
+            match fdb::Fdb::open(&name).and_then(|mut f| f.age_out(ageing)) {
+                Ok(0) => {}
+                Ok(n) => debug!("topology {name}: {n} learned FDB entries aged out"),
+                Err(e) => warn!("ageing the FDB of {name}: {e:#}"),
+            }
+            continue;
+        }
+        if let Ok(ports) = stats::read(&name, |i| i.to_string()) {
+            let sum = |counters: &[Counter]| -> u64 {
+                ports.iter().flat_map(|p| counters.iter().map(|c| p.get(*c))).sum()
+            };
+            let redirected = sum(&[Counter::Redirected]);
+            let passed = sum(&[
+                Counter::PassMulticast,
+                Counter::PassUnknown,
+                Counter::PassHost,
+                Counter::PassHairpin,
+                Counter::PassRedirectFailed,
+            ]);
+            if redirected != last_redirected || passed != last_passed {
+                info!(
+                    "topology {name}: last {}s: {} frames redirected, {} passed to the bridge",
+                    STATS_EVERY.as_secs(),
+                    redirected - last_redirected,
+                    passed - last_passed
+                );
+                (last_redirected, last_passed) = (redirected, passed);
+            }
+        }
+    }
+    if keep {
+        info!("topology {name} kept; `netpath down --name {name}` removes it");
+    } else {
+        topology::down(handle, &name).await?;
+        info!("topology {name} removed");
+    }
+    Ok(())
+}
+
+/// Feeds the log records of every attached program into `log`, whichever
+/// loader attached them.
+fn forward_bpf_logs(topology: &str) -> Result<()> {
+    for id in datapath::attached_program_ids(topology)? {
+        // Programs without log statements have no log map: nothing to forward.
+        let Ok(logger) = EbpfLogger::init_from_id(id) else { continue };
+        // SAFETY: the logger owns the ring buffer fd and moves into the
+        // AsyncFd, so the fd stays open for as long as it is registered.
+        let mut fd = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+            .map_err(std::io::Error::from)
+            .context("polling the BPF log ring buffer")?;
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut guard) = fd.readable_mut().await else { return };
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,363 @@
+//! Issue 4: the fast path really carries the traffic. Counts are taken
+//! outside the programs (an nftables counter on the bridge's forward hook,
+//! veth statistics) beside the programs' own counters.
+
+mod common;
+
+use std::{
+    process::{Child, Command, Stdio},
+    thread::sleep,
+    time::Duration,
+};
+
+use common::{Topology, in_ns, netpath, netpath_ok, ping, require_root, sh, unique_name};
+use serde_json::Value;
+
+/// An nftables counter in the bridge family's forward hook for frames from
+/// the topology's ports: it only moves for frames the bridge forwards.
+struct BridgeForwardCounter {
+    table: String,
+}
+
+impl BridgeForwardCounter {
+    fn new(topology: &str) -> Self {
+        let table = format!("nptest_{topology}");
+        let script = format!(
+            "table bridge {table} {{\n chain forward_count {{\n  type filter hook forward priority 0;\n  \
+             iifname \"{topology}-*\" counter\n }}\n}}\n"
+        );
+        let mut nft = Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).spawn().unwrap();
+        std::io::Write::write_all(nft.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+        drop(nft.stdin.take());
+        assert!(nft.wait().unwrap().success(), "adding the nftables counter");
+        Self { table }
+    }
+
+    fn packets(&self) -> u64 {
+        let out = sh("nft", &["-j", "list", "table", "bridge", &self.table]);
+        let doc: Value = serde_json::from_slice(&out.stdout).expect("nft -j");
+        doc["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o.get("rule"))
+            .flat_map(|r| r["expr"].as_array().unwrap().iter())
+            .filter_map(|e| e.get("counter"))
+            .map(|c| c["packets"].as_u64().unwrap())
+            .sum()
+    }
+}
+
+impl Drop for BridgeForwardCounter {
+    fn drop(&mut self) {
+        sh("nft", &["delete", "table", "bridge", &self.table]);
+    }
+}
+
+/// rx and tx packets of a link, as the kernel counts them.
+fn link_packets(ns: Option<&str>, dev: &str) -> (u64, u64) {
+    let mut args = vec![];
+    if let Some(ns) = ns {
+        args.extend(["-n", ns]);
+    }
+    args.extend(["-s", "-j", "link", "show", "dev", dev]);
+    let doc: Value = serde_json::from_slice(&sh("ip", &args).stdout).expect("ip -s -j link");
+    let stats = &doc[0]["stats64"];
+    (stats["rx"]["packets"].as_u64().unwrap(), stats["tx"]["packets"].as_u64().unwrap())
+}
+
+/// `ethtool -S` counter of a host-side veth.
+fn ethtool_stat(dev: &str, name: &str) -> u64 {
+    let out = String::from_utf8_lossy(&sh("ethtool", &["-S", dev]).stdout).into_owned();
+    out.lines()
+        .filter_map(|l| l.trim().split_once(": "))
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// The programs' counters per port: name -> (counter -> packets).
+fn program_counters(topology: &str) -> Vec<(String, Value)> {
+    let doc: Value = serde_json::from_str(&netpath_ok(&["stats", "--name", topology, "--json"])).unwrap();
+    doc.as_array().unwrap().iter().map(|p| (p["port"].as_str().unwrap().to_owned(), p["packets"].clone())).collect()
+}
+
+/// Frames the program decided on (every verdict, not the side counters).
+fn verdicts(counters: &Value) -> u64 {
+    ["redirected", "pass_multicast", "pass_unknown", "pass_host", "pass_hairpin", "pass_redirect_failed", "drop_runt"]
+        .iter()
+        .map(|k| counters[*k].as_u64().unwrap())
+        .sum()
+}
+
+fn counter(topology: &str, port: &str, name: &str) -> u64 {
+    program_counters(topology).iter().find(|(p, _)| p == port).map(|(_, c)| c[name].as_u64().unwrap()).unwrap_or(0)
+}
+
+fn iperf_server(ns: &str, port: u16) -> Child {
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "iperf3", "-s", "-1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(300));
+    child
+}
+
+/// Runs an iperf3 client; returns its JSON report.
+fn iperf(from: &str, server_ns: &str, to_ip: &str, port: u16, extra: &[&str]) -> Value {
+    let mut server = iperf_server(server_ns, port);
+    let port = port.to_string();
+    let mut args = vec!["iperf3", "-c", to_ip, "-p", &port, "-t", "2", "-J"];
+    args.extend_from_slice(extra);
+    let out = in_ns(from, &args);
+    let _ = server.wait();
+    assert!(out.status.success(), "iperf3 {extra:?} failed: {}", String::from_utf8_lossy(&out.stdout));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Drives TCP both ways, UDP and a ping flood from c0 to c1 and checks that
+/// the bridge forwarded at most 1% of the frames, and that the programs'
+/// counters agree with the kernel's.
+fn bulk_traffic_takes_the_fast_path(mode: &str, subnet: &str, ip1: &str) {
+    let t = Topology::up(mode, &["--containers", "2", "--subnet", subnet, "--mode", mode]);
+    let (c0, c1) = (t.ns("c0"), t.ns("c1"));
+    assert!(ping(&c0, ip1));
+    let bridge = BridgeForwardCounter::new(&t.name);
+    let before_tx: Vec<u64> = [&c0, &c1].iter().map(|ns| link_packets(Some(ns), "eth0").1).collect();
+    let before_host: Vec<(u64, u64)> =
+        ["c0", "c1"].iter().map(|c| (link_packets(None, &t.ns(c)).0, ethtool_stat(&t.ns(c), "rx_queue_0_xdp_packets"))).collect();
+    let before_verdicts: Vec<u64> = program_counters(&t.name).iter().map(|(_, c)| verdicts(c)).collect();
+
+    let tcp = iperf(&c0, &c1, ip1, 5201, &[]);
+    let tcp_reverse = iperf(&c0, &c1, ip1, 5202, &["-R"]);
+    let udp = iperf(&c0, &c1, ip1, 5203, &["-u", "-b", "200M", "-l", "64"]);
+    let flood = in_ns(&c0, &["ping", "-f", "-c", "2000", "-q", ip1]);
+    assert!(flood.status.success());
+    for (name, report) in [("TCP", &tcp), ("TCP -R", &tcp_reverse)] {
+        let bps = report["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
+        println!("{mode}: {name} {:.2} Gbit/s", bps / 1e9);
+        assert!(bps > 1e8, "{mode}: {name} only {bps} bit/s");
+    }
+    let udp_received = udp["end"]["sum"]["packets"].as_u64().unwrap()
+        - udp["end"]["sum"]["lost_packets"].as_u64().unwrap_or(0);
+    assert!(udp_received > 10_000, "{mode}: UDP delivered only {udp_received} packets");
+
+    let sent: Vec<u64> =
+        [&c0, &c1].iter().zip(&before_tx).map(|(ns, b)| link_packets(Some(ns), "eth0").1 - b).collect();
+    let total: u64 = sent.iter().sum();
+    let through_bridge = bridge.packets();
+    println!("{mode}: containers sent {total} frames, the bridge forwarded {through_bridge}");
+    assert!(
+        through_bridge * 100 <= total,
+        "{mode}: the bridge forwarded {through_bridge} of {total} frames (> 1%): the fast path is bypassed"
+    );
+
+    // Every frame a container sent reached its host-side veth and one of the
+    // program's verdicts; the kernel's own counter says the same.
+    let after_verdicts: Vec<u64> = program_counters(&t.name).iter().map(|(_, c)| verdicts(c)).collect();
+    for (i, c) in ["c0", "c1"].iter().enumerate() {
+        let port = t.ns(c);
+        let decided = after_verdicts[i] - before_verdicts[i];
+        let seen_by_kernel = if mode == "xdp" {
+            ethtool_stat(&port, "rx_queue_0_xdp_packets") - before_host[i].1
+        } else {
+            link_packets(None, &port).0 - before_host[i].0
+        };
+        let slack = 5 + sent[i] / 1000;
+        println!("{mode}: {port}: sent {} frames, program decided {decided}, kernel counted {seen_by_kernel}", sent[i]);
+        assert!(decided.abs_diff(sent[i]) <= slack, "{mode}: {port}: program decided {decided} of {} frames", sent[i]);
+        assert!(
+            seen_by_kernel.abs_diff(decided) <= slack,
+            "{mode}: {port}: kernel counted {seen_by_kernel}, program {decided}"
+        );
+    }
+}
+
+#[test]
+fn xdp_mode_carries_bulk_traffic() {
+    bulk_traffic_takes_the_fast_path("xdp", "10.111.0.0/24", "10.111.0.3");
+}
+
+#[test]
+fn tc_mode_carries_bulk_traffic() {
+    bulk_traffic_takes_the_fast_path("tc", "10.112.0.0/24", "10.112.0.3");
+}
+
+/// The check above can fail: in bridge mode the bridge carries everything.
+#[test]
+fn bridge_mode_shows_up_on_the_bridge_counter() {
+    let t = Topology::up("brm", &["--containers", "2", "--subnet", "10.113.0.0/24", "--mode", "bridge"]);
+    let bridge = BridgeForwardCounter::new(&t.name);
+    let before = link_packets(Some(&t.ns("c0")), "eth0").1;
+    let flood = in_ns(&t.ns("c0"), &["ping", "-f", "-c", "2000", "-q", "10.113.0.3"]);
+    assert!(flood.status.success());
+    let sent = link_packets(Some(&t.ns("c0")), "eth0").1 - before;
+    assert!(bridge.packets() >= sent * 9 / 10, "bridge forwarded {} of {sent}", bridge.packets());
+}
+
+/// ARP, broadcast, the bridge's own address and unknown destinations take
+/// the bridge in every mode.
+#[test]
+fn what_the_fast_path_does_not_know_still_works() {
+    for (i, mode) in ["xdp", "tc", "bridge"].iter().enumerate() {
+        let subnet = format!("10.{}.0.0/24", 114 + i);
+        let t = Topology::up("fb", &["--containers", "3", "--subnet", &subnet, "--mode", mode]);
+        let ip = |n: u8| format!("10.{}.0.{n}", 114 + i);
+        let (c0, c1) = (t.ns("c0"), t.ns("c1"));
+        // ARP: no neighbour entry, so the first ping must resolve it.
+        in_ns(&c0, &["ip", "neigh", "flush", "all"]);
+        assert!(ping(&c0, &ip(3)), "{mode}: ARP + ping");
+        assert!(ping(&c0, &ip(1)), "{mode}: the bridge's own address");
+        // Broadcast ping: c1 answers when it does not ignore broadcasts.
+        in_ns(&c1, &["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_broadcasts=0"]);
+        let out = in_ns(&c0, &["ping", "-b", "-c", "2", "-W", "2", &ip(255)]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&ip(3)), "{mode}: broadcast ping unanswered");
+        if *mode != "bridge" {
+            assert!(counter(&t.name, &t.ns("c0"), "pass_multicast") > 0, "{mode}: broadcast not counted");
+            assert!(counter(&t.name, &t.ns("c0"), "pass_host") > 0, "{mode}: bridge traffic not counted");
+            // An unknown destination: forget c2, and let c0 send to its MAC
+            // without asking ARP first (which would make c2 answer and be learned).
+            let mac = t.status()["ports"][2]["mac"].as_str().unwrap().to_owned();
+            in_ns(&c0, &["ip", "neigh", "replace", &ip(4), "lladdr", &mac, "dev", "eth0"]);
+            netpath_ok(&["fdb", "del", "--name", &t.name, &mac]);
+            let before = counter(&t.name, &t.ns("c0"), "pass_unknown");
+            assert!(ping(&c0, &ip(4)), "{mode}: unknown destination");
+            assert!(counter(&t.name, &t.ns("c0"), "pass_unknown") > before, "{mode}: unknown not counted");
+        } else {
+            assert!(ping(&c0, &ip(4)));
+        }
+    }
+}
+
+#[test]
+fn a_forged_source_mac_does_not_steal_traffic() {
+    for (i, mode) in ["xdp", "tc"].iter().enumerate() {
+        let t = Topology::up("forge", &["--containers", "3", "--subnet", &format!("10.{}.0.0/24", 117 + i), "--mode", mode]);
+        let status = t.status();
+        let victim_mac = status["ports"][1]["mac"].as_str().unwrap().to_owned();
+        let victim_ip = format!("10.{}.0.3", 117 + i);
+        let attacker = t.ns("c2");
+        // c2 takes c1's MAC and sends frames with it.
+        in_ns(&attacker, &["ip", "link", "set", "dev", "eth0", "address", &victim_mac]);
+        in_ns(&attacker, &["ping", "-c", "3", "-i", "0.2", "-W", "1", &format!("10.{}.0.2", 117 + i)]);
+        let fdb: Value = serde_json::from_str(&netpath_ok(&["fdb", "dump", "--name", &t.name, "--json"])).unwrap();
+        let entry = fdb.as_array().unwrap().iter().find(|e| e["mac"] == victim_mac.as_str()).unwrap().clone();
+        assert_eq!(entry["state"], "static", "{mode}");
+        assert_eq!(entry["ifname"], t.ns("c1").as_str(), "{mode}: static entry moved");
+        assert!(counter(&t.name, &t.ns("c2"), "spoofed_source") > 0, "{mode}: spoofing not counted");
+        let before = link_packets(Some(&t.ns("c1")), "eth0").0;
+        assert!(ping(&t.ns("c0"), &victim_ip), "{mode}: the victim no longer gets its traffic");
+        assert!(link_packets(Some(&t.ns("c1")), "eth0").0 > before, "{mode}");
+    }
+}
+
+#[test]
+fn fdb_lists_every_container_and_learned_entries_age_out() {
+    require_root();
+    let name = unique_name("age");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_netpath"))
+        .args(["run", "--name", &name, "--containers", "3", "--subnet", "10.119.0.0/24", "--ageing", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Topology { name: name.clone() };
+    let mut fdb = Value::Null;
+    for _ in 0..50 {
+        if let Ok(v) = serde_json::from_str::<Value>(&String::from_utf8_lossy(
+            &netpath(&["fdb", "dump", "--name", &name, "--json"]).stdout,
+        )) {
+            fdb = v;
+            break;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    let status = t.status();
+    for port in status["ports"].as_array().unwrap() {
+        let entry = fdb.as_array().unwrap().iter().find(|e| e["mac"] == port["mac"]).expect("container MAC in FDB");
+        assert_eq!(entry["ifname"], port["name"]);
+        assert_eq!(entry["state"], "static");
+    }
+    // Replace c1's static entry by a learned one, then let it age.
+    let mac = status["ports"][1]["mac"].as_str().unwrap().to_owned();
+    netpath_ok(&["fdb", "del", "--name", &name, &mac]);
+    assert!(ping(&t.ns("c0"), "10.119.0.3"));
+    let learned = |dump: &str| -> Option<Value> {
+        let v: Value = serde_json::from_str(dump).unwrap();
+        v.as_array().unwrap().iter().find(|e| e["mac"] == mac.as_str()).cloned()
+    };
+    let entry = learned(&netpath_ok(&["fdb", "dump", "--name", &name, "--json"])).expect("c1 relearned");
+    assert_eq!(entry["state"], "learned");
+    assert_eq!(entry["ifname"], t.ns("c1").as_str());
+    sleep(Duration::from_secs(5));
+    assert!(learned(&netpath_ok(&["fdb", "dump", "--name", &name, "--json"])).is_none(), "learned entry did not age out");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(run.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    assert!(run.wait().unwrap().success());
+    assert!(!std::path::Path::new(&format!("/run/netpath/{name}.json")).exists(), "run did not tear down");
+}
+
+#[test]
+fn the_datapath_survives_a_killed_loader_and_is_adopted() {
+    require_root();
+    let name = unique_name("kill");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_netpath"))
+        .args(["run", "--name", &name, "--containers", "2", "--subnet", "10.121.0.0/24", "--mode", "tc"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Topology { name: name.clone() };
+    for _ in 0..50 {
+        if netpath(&["status", "--name", &name]).status.success() {
+            break;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    let mut server = iperf_server(&t.ns("c1"), 5301);
+    let client = Command::new("ip")
+        .args(["netns", "exec", &t.ns("c0"), "iperf3", "-c", "10.121.0.3", "-p", "5301", "-t", "3", "-J"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_secs(1));
+    run.kill().unwrap(); // SIGKILL
+    run.wait().unwrap();
+    let before = counter(&name, &t.ns("c0"), "redirected");
+    let out = client.wait_with_output().unwrap();
+    let _ = server.wait();
+    assert!(out.status.success(), "iperf3 failed after the loader was killed");
+    let after = counter(&name, &t.ns("c0"), "redirected");
+    assert!(after > before, "the fast path stopped counting after SIGKILL ({before} -> {after})");
+    // A new loader adopts the pinned datapath instead of attaching it twice.
+    let again = netpath_ok(&["up", "--name", &name, "--containers", "2", "--subnet", "10.121.0.0/24", "--mode", "tc"]);
+    assert!(again.contains("already up"), "{again}");
+    for port in t.status()["ports"].as_array().unwrap() {
+        assert_eq!(port["programs"], serde_json::json!(["tc:netpath_tc"]), "{port}");
+    }
+}
+
+#[test]
+fn mode_switches_live_without_losing_the_ping() {
+    let t = Topology::up("mode", &["--containers", "2", "--subnet", "10.122.0.0/24", "--mode", "xdp"]);
+    let pinger = Command::new("ip")
+        .args(["netns", "exec", &t.ns("c0"), "ping", "-c", "250", "-i", "0.02", "-W", "1", "-q", "10.122.0.3"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for mode in ["tc", "bridge", "xdp"] {
+        sleep(Duration::from_millis(1000));
+        netpath_ok(&["mode", "--name", &t.name, mode]);
+        assert_eq!(t.status()["mode"], mode);
+    }
+    let out = pinger.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    let received: u64 = summary
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" received"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary in {summary}"));
+    assert!(received >= 247, "lost {} pings while switching modes: {summary}", 250 - received);
+    assert!(counter(&t.name, &t.ns("c0"), "redirected") > 0);
+}
