@@ -250,7 +250,7 @@ fn attach(ebpf: &mut Ebpf, spec: &TopologySpec, c: &ContainerSpec, ifindex: u32,
 }
 
 /// What XDP redirect between veths needs on the container's `eth0`, run
-/// inside its namespace (see docs/fast-path.md):
+/// inside its namespace (see netpath-ebpf/FAST-PATH.md):
 /// - no transmit checksum offload: a CHECKSUM_PARTIAL frame loses its
 ///   "checksum pending" mark when XDP redirects it, and the receiver drops it;
 /// - GRO, so the receiving end batches the redirected frames into large skbs.
