@@ -206,6 +206,9 @@ fn what_the_fast_path_does_not_know_still_works() {
         let t = Topology::up("fb", &["--containers", "3", "--subnet", &subnet, "--mode", mode]);
         let ip = |n: u8| format!("10.{}.0.{n}", 114 + i);
         let (c0, c1) = (t.ns("c0"), t.ns("c1"));
+        // c2 must stay silent until it is asked (no IPv6 ND/MLD chatter), so
+        // that it is still unknown when c0 sends to it below.
+        in_ns(&t.ns("c2"), &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
         // ARP: no neighbour entry, so the first ping must resolve it.
         in_ns(&c0, &["ip", "neigh", "flush", "all"]);
         assert!(ping(&c0, &ip(3)), "{mode}: ARP + ping");

@@ -149,7 +149,7 @@ fn up_is_idempotent_and_refuses_a_different_topology() {
 #[test]
 fn ports_come_and_go_while_the_others_keep_talking() {
     let t = Topology::up("port", &["--containers", "3", "--subnet", "10.107.0.0/24"]);
-    let mut background = Command::new("ip")
+    let background = Command::new("ip")
         .args(["netns", "exec", &t.ns("c0"), "ping", "-c", "40", "-i", "0.05", "-q", "10.107.0.3"])
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -49,6 +49,9 @@ pub struct UpArgs {
     /// Seconds before a learned FDB entry ages out [default: 300].
     #[arg(long)]
     pub ageing: Option<u64>,
+    /// Capacity of the FDB map in entries [default: 65536].
+    #[arg(long)]
+    pub fdb_size: Option<u32>,
 }
 
 impl UpArgs {
@@ -60,6 +63,7 @@ impl UpArgs {
             mode: self.mode,
             nat: self.nat,
             ageing: self.ageing,
+            fdb_size: self.fdb_size,
         };
         TopologySpec::resolve(self.config.as_deref(), &overrides)
     }
@@ -101,6 +105,27 @@ pub enum Command {
         name: NameArg,
         #[arg(value_enum)]
         mode: Mode,
+    },
+    /// Measure the modes against the Linux bridge and a direct veth pair.
+    Bench {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Runs of every measurement; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// What to measure.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "bridge,xdp,tc,wire")]
+        targets: Vec<crate::bench::Target>,
+        /// Write every raw figure as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Draw the comparison as an SVG bar chart.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Also sweep 2..128 containers and 10k/100k extra FDB entries.
+        #[arg(long)]
+        scale: bool,
     },
     /// Bring a topology up (or adopt it) and run it: BPF logs, FDB ageing,
     /// periodic stats; Ctrl-C tears it down unless --keep.
@@ -231,6 +256,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             require_root()?;
             topology::set_mode(&netlink_handle().await?, &name, mode).await?;
             println!("topology {name}: mode {mode}");
+            Ok(())
+        }
+        Command::Bench { seconds, repeat, targets, json, plot, scale } => {
+            require_root()?;
+            let options = crate::bench::Options { seconds, repeat, targets, json, plot, scale };
+            let report = crate::bench::run(&netlink_handle().await?, options).await?;
+            print!("{}", crate::bench::table(&report));
             Ok(())
         }
         Command::Run { up: args, keep } => {

@@ -90,8 +90,9 @@ fn ensure_bpffs() -> Result<()> {
 
 /// Loads the object and every program in it, with maps created fresh
 /// (`pins` = None) or opened from / pinned to the given directory.
-pub fn load(pins: Option<&Path>) -> Result<Ebpf> {
+pub fn load(pins: Option<&Path>, fdb_size: u32) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
+    loader.map_max_entries(maps::FDB, fdb_size);
     let paths: Vec<(&str, PathBuf)> = match pins {
         Some(dir) => MAP_NAMES.iter().map(|m| (*m, dir.join(m))).collect(),
         None => Vec::new(),
@@ -146,7 +147,7 @@ pub async fn ensure(handle: &Handle, spec: &TopologySpec) -> Result<()> {
     // Pinned maps hold the FDB: only root may read or change them.
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
 
-    let mut ebpf = load(Some(&dir))?;
+    let mut ebpf = load(Some(&dir), spec.fdb_size)?;
     let bridge = netlink::link_by_name(handle, &spec.bridge_name())
         .await?
         .with_context(|| format!("bridge {} is missing", spec.bridge_name()))?;

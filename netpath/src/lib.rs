@@ -1,6 +1,7 @@
 //! netpath: an eBPF fast path between containers on one host, with the
 //! Linux bridge as the fallback.
 
+pub mod bench;
 pub mod cli;
 pub mod datapath;
 pub mod ethtool;

@@ -91,37 +91,33 @@ pub async fn create_bridge(handle: &Handle, name: &str, alias: &str) -> Result<L
 
 /// Marks a link as netpath's. The kernel ignores IFLA_IFALIAS when creating
 /// a link, so this is a change right after.
-async fn set_alias(handle: &Handle, link: &Link, alias: &str) -> Result<Link> {
+pub async fn set_alias(handle: &Handle, link: &Link, alias: &str) -> Result<Link> {
     let msg = LinkUnspec::new_with_index(link.index).alias(alias).build();
     handle.link().set(msg).execute().await.with_context(|| format!("marking {} as netpath's", link.name))?;
     Ok(Link { alias: Some(alias.to_owned()), ..link.clone() })
 }
 
-/// Creates a veth pair whose host end `host` is enslaved to `bridge` and
-/// whose other end is created directly inside the namespace `netns_fd` as
-/// `peer_name` with MAC `peer_mac`.
+/// Creates a veth pair: `name` here (enslaved to `bridge` if given, and up)
+/// and `peer_name` created directly inside the namespace `peer_netns_fd`,
+/// with `peer_mac` if given.
 pub async fn create_veth(
     handle: &Handle,
-    host: &str,
-    alias: &str,
-    bridge: u32,
-    netns_fd: i32,
+    name: &str,
+    bridge: Option<u32>,
+    peer_netns_fd: i32,
     peer_name: &str,
-    peer_mac: Mac,
+    peer_mac: Option<Mac>,
 ) -> Result<Link> {
-    let peer = LinkMessageBuilder::<LinkUnspec>::new()
-        .name(peer_name.to_owned())
-        .address(peer_mac.0.to_vec())
-        .setns_by_fd(netns_fd)
-        .build();
-    let msg = LinkVeth::new(host, peer_name)
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-        .controller(bridge)
-        .up()
-        .build();
-    handle.link().add(msg).execute().await.with_context(|| format!("creating veth pair {host}"))?;
-    let link = link_by_name(handle, host).await?.with_context(|| format!("veth {host} vanished after creation"))?;
-    set_alias(handle, &link, alias).await
+    let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(peer_name.to_owned()).setns_by_fd(peer_netns_fd);
+    if let Some(mac) = peer_mac {
+        peer = peer.address(mac.0.to_vec());
+    }
+    let mut msg = LinkVeth::new(name, peer_name).set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build()))).up();
+    if let Some(bridge) = bridge {
+        msg = msg.controller(bridge);
+    }
+    handle.link().add(msg.build()).execute().await.with_context(|| format!("creating veth pair {name}"))?;
+    link_by_name(handle, name).await?.with_context(|| format!("veth {name} vanished after creation"))
 }
 
 pub async fn set_up(handle: &Handle, index: u32) -> Result<()> {

@@ -124,3 +124,17 @@ where
         })
     })
 }
+
+/// A command that runs inside namespace `name`: the child enters it between
+/// fork and exec. It is killed if dropped, so a cancelled caller leaves no
+/// process behind.
+pub fn command(name: &str, program: &str) -> Result<tokio::process::Command> {
+    let ns = File::open(path(name)).with_context(|| format!("opening network namespace {name}"))?;
+    let mut cmd = tokio::process::Command::new(program);
+    // SAFETY: the hook only makes the setns syscall, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || setns(&ns, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from));
+    }
+    cmd.kill_on_drop(true);
+    Ok(cmd)
+}

@@ -14,6 +14,8 @@ pub const DEFAULT_SUBNET: &str = "10.77.0.0/24";
 pub const DEFAULT_CONTAINERS: usize = 2;
 /// Ageing time of learned FDB entries, as the Linux bridge's default.
 pub const DEFAULT_AGEING_S: u64 = 300;
+pub const MIN_FDB_SIZE: u32 = 16;
+pub const MAX_FDB_SIZE: u32 = 4 * 1024 * 1024;
 
 /// How frames between containers are forwarded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -104,6 +106,8 @@ pub struct ConfigFile {
     pub nat: Option<bool>,
     /// Seconds before a learned FDB entry ages out.
     pub ageing: Option<u64>,
+    /// Capacity of the FDB map (entries).
+    pub fdb_size: Option<u32>,
     #[serde(default, rename = "container")]
     pub container_list: Vec<ContainerConfig>,
 }
@@ -133,6 +137,7 @@ pub struct Overrides {
     pub mode: Option<Mode>,
     pub nat: bool,
     pub ageing: Option<u64>,
+    pub fdb_size: Option<u32>,
 }
 
 /// One container: a namespace with `eth0`, and its host-side veth.
@@ -154,6 +159,8 @@ pub struct TopologySpec {
     pub nat: bool,
     /// Seconds before a learned FDB entry ages out.
     pub ageing_s: u64,
+    /// Capacity of the FDB map (entries).
+    pub fdb_size: u32,
     pub containers: Vec<ContainerSpec>,
 }
 
@@ -185,6 +192,11 @@ impl TopologySpec {
         let nat = flags.nat || config.nat.unwrap_or(false);
         let ageing_s = flags.ageing.or(config.ageing).unwrap_or(DEFAULT_AGEING_S);
         ensure!(ageing_s > 0, "the ageing time must be at least 1 second");
+        let fdb_size = flags.fdb_size.or(config.fdb_size).unwrap_or(netpath_common::FDB_CAPACITY);
+        ensure!(
+            (MIN_FDB_SIZE..=MAX_FDB_SIZE).contains(&fdb_size),
+            "the FDB size must be between {MIN_FDB_SIZE} and {MAX_FDB_SIZE} entries"
+        );
         let listed = config.container_list.len();
         let count = flags.containers.or(config.containers).unwrap_or(listed.max(DEFAULT_CONTAINERS));
         ensure!(count > 0, "--containers must be at least 1");
@@ -193,7 +205,7 @@ impl TopologySpec {
             "the config file describes {listed} containers but {count} were asked for"
         );
 
-        let mut spec = TopologySpec { name, mode, subnet, nat, ageing_s, containers: Vec::new() };
+        let mut spec = TopologySpec { name, mode, subnet, nat, ageing_s, fdb_size, containers: Vec::new() };
         for entry in config.container_list {
             let ip = entry.ip.as_deref().map(|ip| parse_container_ip(ip, subnet)).transpose()?;
             let mac = entry.mac.as_deref().map(str::parse).transpose()?;

@@ -99,17 +99,10 @@ async fn create_container(handle: &Handle, spec: &TopologySpec, bridge: u32, c: 
     let port = port_name(&spec.name, &c.name);
     netns::create(&port)?;
     let ns = File::open(netns::path(&port)).with_context(|| format!("opening namespace {port}"))?;
-    netlink::create_veth(
-        handle,
-        &port,
-        &netlink::owner_alias(&spec.name),
-        bridge,
-        ns.as_raw_fd(),
-        CONTAINER_IFNAME,
-        c.mac,
-    )
-    .await
-    .with_context(|| format!("container {}", c.name))?;
+    let host = netlink::create_veth(handle, &port, Some(bridge), ns.as_raw_fd(), CONTAINER_IFNAME, Some(c.mac))
+        .await
+        .with_context(|| format!("container {}", c.name))?;
+    netlink::set_alias(handle, &host, &netlink::owner_alias(&spec.name)).await?;
     let (ip, gateway) = (c.ip, spec.gateway().addr());
     netns::run_in(&port, move |h| async move {
         let lo = netlink::link_by_name(&h, "lo").await?.context("namespace has no lo")?;
@@ -211,6 +204,9 @@ fn differences(have: &TopologySpec, want: &TopologySpec) -> Vec<String> {
     }
     if have.ageing_s != want.ageing_s {
         out.push(format!("ageing is {} s (asked {} s)", have.ageing_s, want.ageing_s));
+    }
+    if have.fdb_size != want.fdb_size {
+        out.push(format!("FDB size is {} (asked {})", have.fdb_size, want.fdb_size));
     }
     if have.containers.len() != want.containers.len() {
         out.push(format!("{} containers (asked {})", have.containers.len(), want.containers.len()));
