@@ -99,10 +99,13 @@ impl Counter {
     }
 }
 
-/// Per-port packet counters (one copy per CPU in a per-CPU map).
+/// What the programs keep per port, one copy per CPU: the MAC of the
+/// container behind it (frames from it need no learning) and the counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct PortCounters {
+pub struct PortState {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
     pub packets: [u64; Counter::COUNT],
 }
 
@@ -123,7 +126,7 @@ pub struct DatapathConfig {
 pub mod maps {
     pub const FDB: &str = "FDB";
     pub const PORTS: &str = "PORTS";
-    pub const COUNTERS: &str = "COUNTERS";
+    pub const PORT_STATE: &str = "PORT_STATE";
     pub const CONFIG: &str = "CONFIG";
 }
 
@@ -136,7 +139,7 @@ pub mod programs {
 
 /// Capacity of the FDB map; large enough for a busy host.
 pub const FDB_CAPACITY: u32 = 65536;
-/// Capacity of the port maps (devmap and counters).
+/// Capacity of the port maps (devmap and port state).
 pub const PORT_CAPACITY: u32 = 1024;
 
 #[cfg(feature = "user")]
@@ -146,6 +149,6 @@ mod pod {
     // explicit padding, so every byte pattern is a valid value.
     unsafe impl aya::Pod for FdbKey {}
     unsafe impl aya::Pod for FdbEntry {}
-    unsafe impl aya::Pod for PortCounters {}
+    unsafe impl aya::Pod for PortState {}
     unsafe impl aya::Pod for DatapathConfig {}
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, PerCpuHashMap},
 };
 use netpath_common::{
-    DatapathConfig, FDB_CAPACITY, FdbEntry, FdbKey, PORT_CAPACITY, PortCounters,
+    DatapathConfig, FDB_CAPACITY, FdbEntry, FdbKey, PORT_CAPACITY, PortState,
 };
 
 #[map(name = "FDB")]
@@ -16,10 +16,10 @@ pub static FDB: HashMap<FdbKey, FdbEntry> = HashMap::with_max_entries(FDB_CAPACI
 #[map(name = "PORTS")]
 pub static PORTS: DevMapHash = DevMapHash::with_max_entries(PORT_CAPACITY, 0);
 
-/// Per-port, per-CPU counters, keyed by the ingress ifindex.
-#[map(name = "COUNTERS")]
-pub static COUNTERS: PerCpuHashMap<u32, PortCounters> =
-    PerCpuHashMap::with_max_entries(PORT_CAPACITY, 0);
+/// Per-port, per-CPU state and counters, keyed by the ingress ifindex. A
+/// frame from a port not in here is not netpath's: it goes to the bridge.
+#[map(name = "PORT_STATE")]
+pub static PORT_STATE: PerCpuHashMap<u32, PortState> = PerCpuHashMap::with_max_entries(PORT_CAPACITY, 0);
 
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);

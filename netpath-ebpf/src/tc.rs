@@ -1,4 +1,4 @@
-//! tc (clsact/tcx) ingress hook on the host-side veth ends.
+//! tc (tcx) ingress hook on the host-side veth ends.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
@@ -8,32 +8,33 @@ use aya_ebpf::{
 };
 use netpath_common::Counter;
 
-use crate::forward::{Verdict, count, decide};
+use crate::forward::{Port, Verdict, decide};
 
 #[classifier]
 pub fn netpath_tc(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
-    let ingress = unsafe { (*ctx.skb.skb).ifindex };
-    match decide(&ctx, ctx.data(), ctx.data_end(), ingress) {
-        Verdict::Redirect(port) => {
+    let Some(port) = Port::lookup(unsafe { (*ctx.skb.skb).ifindex }) else {
+        return TC_ACT_OK;
+    };
+    match decide(&ctx, &port, ctx.data(), ctx.data_end()) {
+        Verdict::Redirect(dst) => {
             // Peer redirect: the frame enters the destination container's
             // eth0 directly, skipping the host veth and the backlog queue.
             // SAFETY: helper call with plain integer arguments.
-            let action = unsafe { bpf_redirect_peer(port, 0) } as i32;
-            if action == TC_ACT_REDIRECT {
-                count(ingress, Counter::Redirected);
-                action
+            if unsafe { bpf_redirect_peer(dst, 0) } as i32 == TC_ACT_REDIRECT {
+                port.count(Counter::Redirected);
+                TC_ACT_REDIRECT
             } else {
-                count(ingress, Counter::PassRedirectFailed);
+                port.count(Counter::PassRedirectFailed);
                 TC_ACT_OK
             }
         }
         Verdict::Pass(reason) => {
-            count(ingress, reason);
+            port.count(reason);
             TC_ACT_OK
         }
         Verdict::DropRunt => {
-            count(ingress, Counter::DropRunt);
+            port.count(Counter::DropRunt);
             TC_ACT_SHOT
         }
     }

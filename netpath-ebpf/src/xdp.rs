@@ -4,30 +4,32 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use netpath_common::Counter;
 
 use crate::{
-    forward::{Verdict, count, decide},
+    forward::{Port, Verdict, decide},
     maps::PORTS,
 };
 
 #[xdp]
 pub fn netpath_xdp(ctx: XdpContext) -> u32 {
-    let ingress = ctx.ingress_ifindex() as u32;
-    match decide(&ctx, ctx.data(), ctx.data_end(), ingress) {
-        Verdict::Redirect(port) => match PORTS.redirect(port, xdp_action::XDP_PASS.into()) {
+    let Some(port) = Port::lookup(ctx.ingress_ifindex() as u32) else {
+        return xdp_action::XDP_PASS;
+    };
+    match decide(&ctx, &port, ctx.data(), ctx.data_end()) {
+        Verdict::Redirect(dst) => match PORTS.redirect(dst, xdp_action::XDP_PASS.into()) {
             Ok(action) if action == xdp_action::XDP_REDIRECT => {
-                count(ingress, Counter::Redirected);
+                port.count(Counter::Redirected);
                 action
             }
             _ => {
-                count(ingress, Counter::PassRedirectFailed);
+                port.count(Counter::PassRedirectFailed);
                 xdp_action::XDP_PASS
             }
         },
         Verdict::Pass(reason) => {
-            count(ingress, reason);
+            port.count(reason);
             xdp_action::XDP_PASS
         }
         Verdict::DropRunt => {
-            count(ingress, Counter::DropRunt);
+            port.count(Counter::DropRunt);
             xdp_action::XDP_DROP
         }
     }

@@ -332,7 +332,7 @@ async fn fdb_command(handle: &Handle, command: FdbCommand) -> Result<()> {
             if !fdb::Fdb::open(&name)?.remove(mac)? {
                 bail!("topology {name} has no FDB entry for {mac}");
             }
-            Ok(())
+            crate::datapath::unset_port_mac(&name, mac)
         }
         FdbCommand::Flush { name: NameArg { name } } => {
             let removed = fdb::Fdb::open(&name)?.flush_learned()?;

@@ -16,13 +16,13 @@ use aya::{
     util::nr_cpus,
 };
 use log::{debug, info};
-use netpath_common::{DatapathConfig, PortCounters, maps, programs};
+use netpath_common::{DatapathConfig, PortState, maps, programs};
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 use rtnetlink::Handle;
 
 use crate::{
     ethtool, fdb, netlink, netns,
-    spec::{ContainerSpec, Mode, TopologySpec, port_name},
+    spec::{ContainerSpec, Mac, Mode, TopologySpec, port_name},
     topology::CONTAINER_IFNAME,
 };
 
@@ -30,7 +30,7 @@ use crate::{
 pub static OBJECT: &[u8] = include_bytes_aligned!(env!("NETPATH_BPF_OBJECT"));
 
 pub const BPFFS: &str = "/sys/fs/bpf";
-const MAP_NAMES: [&str; 4] = [maps::FDB, maps::PORTS, maps::COUNTERS, maps::CONFIG];
+const MAP_NAMES: [&str; 4] = [maps::FDB, maps::PORTS, maps::PORT_STATE, maps::CONFIG];
 
 /// Where a topology's maps and links are pinned.
 pub fn pin_dir(topology: &str) -> PathBuf {
@@ -194,14 +194,22 @@ fn fill_maps(ebpf: &mut Ebpf, topology: &str, config: DatapathConfig, ports: &[(
     for (_, ifindex) in ports {
         devmap.insert(*ifindex, *ifindex, None, 0).with_context(|| format!("adding port {ifindex} to map PORTS"))?;
     }
-    let mut counters: PerCpuHashMap<_, u32, PortCounters> =
-        PerCpuHashMap::try_from(ebpf.map_mut(maps::COUNTERS).context("map COUNTERS")?)?;
+    let mut port_state: PerCpuHashMap<_, u32, PortState> =
+        PerCpuHashMap::try_from(ebpf.map_mut(maps::PORT_STATE).context("map PORT_STATE")?)?;
     let cpus = nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
-    for (_, ifindex) in ports {
-        if counters.get(ifindex, 0).is_err() {
-            let zero = PerCpuValues::try_from(vec![PortCounters::default(); cpus])?;
-            counters.insert(ifindex, zero, 0).with_context(|| format!("adding port {ifindex} to map COUNTERS"))?;
+    for (c, ifindex) in ports {
+        // Keep the counters of a port that is already there.
+        let mut states: Vec<PortState> = match port_state.get(ifindex, 0) {
+            Ok(existing) => existing.iter().copied().collect(),
+            Err(_) => vec![PortState::default(); cpus],
+        };
+        if states.iter().all(|s| s.mac == c.mac.0) && states.len() == cpus {
+            continue;
         }
+        states.iter_mut().for_each(|s| s.mac = c.mac.0);
+        port_state
+            .insert(ifindex, PerCpuValues::try_from(states)?, 0)
+            .with_context(|| format!("adding port {ifindex} to map PORT_STATE"))?;
     }
     let mut table = fdb::Fdb::open(topology)?;
     for (c, ifindex) in ports {
@@ -343,6 +351,28 @@ pub async fn remove(_handle: &Handle, spec: &TopologySpec) -> Result<()> {
     fs::remove_dir_all(&dir).with_context(|| format!("removing pins in {}", dir.display()))
 }
 
+/// Clears the container MAC recorded for a port, after that MAC's static FDB
+/// entry was deleted: the programs skip learning a port's own MAC, so without
+/// this it could never be learned again.
+pub fn unset_port_mac(topology: &str, mac: Mac) -> Result<()> {
+    let mut port_state: PerCpuHashMap<_, u32, PortState> =
+        PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(open_map(topology, maps::PORT_STATE)?))?;
+    let ports: Vec<(u32, Vec<PortState>)> = port_state
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(ifindex, states)| (ifindex, states.iter().copied().collect()))
+        .collect();
+    for (ifindex, mut states) in ports {
+        if states.iter().any(|s| s.mac == mac.0) {
+            states.iter_mut().for_each(|s| s.mac = [0; 6]);
+            port_state
+                .insert(ifindex, PerCpuValues::try_from(states)?, 0)
+                .with_context(|| format!("updating port {ifindex} in map PORT_STATE"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes a port that is leaving the topology from the maps and its links.
 pub async fn forget_port(handle: &Handle, spec: &TopologySpec, c: &ContainerSpec) -> Result<()> {
     if spec.mode == Mode::Bridge || !pin_dir(&spec.name).exists() {
@@ -356,8 +386,8 @@ pub async fn forget_port(handle: &Handle, spec: &TopologySpec, c: &ContainerSpec
     fdb::Fdb::open(&spec.name)?.remove_port(link.index)?;
     let mut devmap = DevMapHash::try_from(aya::maps::Map::DevMapHash(open_map(&spec.name, maps::PORTS)?))?;
     let _ = devmap.remove(link.index);
-    let mut counters: PerCpuHashMap<_, u32, PortCounters> =
-        PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(open_map(&spec.name, maps::COUNTERS)?))?;
-    let _ = counters.remove(&link.index);
+    let mut port_state: PerCpuHashMap<_, u32, PortState> =
+        PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(open_map(&spec.name, maps::PORT_STATE)?))?;
+    let _ = port_state.remove(&link.index);
     Ok(())
 }

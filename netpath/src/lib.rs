@@ -7,6 +7,7 @@ pub mod datapath;
 pub mod ethtool;
 pub mod fdb;
 pub mod nat;
+pub mod lock;
 pub mod netlink;
 pub mod netns;
 pub mod run;

@@ -10,12 +10,18 @@ use netpath_common::Counter;
 use rtnetlink::Handle;
 use tokio::io::unix::AsyncFd;
 
-use crate::{cli, datapath, fdb, spec::TopologySpec, stats, topology};
+use crate::{
+    cli, datapath, fdb,
+    lock::{Lock, Purpose},
+    spec::TopologySpec,
+    stats, topology,
+};
 
 const STATS_EVERY: Duration = Duration::from_secs(10);
 
 pub async fn run(handle: &Handle, spec: TopologySpec, keep: bool) -> Result<()> {
     let name = spec.name.clone();
+    let _running = Lock::acquire(&name, Purpose::Run)?;
     let ageing = Duration::from_secs(spec.ageing_s);
     let fast_path = spec.mode != crate::spec::Mode::Bridge;
     cli::up(handle, spec).await?;

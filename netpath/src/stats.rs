@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use aya::maps::{Map, PerCpuHashMap};
-use netpath_common::{Counter, PortCounters, maps};
+use netpath_common::{Counter, PortState, maps};
 use serde::Serialize;
 
 use crate::datapath;
@@ -25,12 +25,12 @@ impl PortStats {
 
 /// Reads the counters of every port; `name_of` maps ifindex to a name.
 pub fn read(topology: &str, name_of: impl Fn(u32) -> String) -> Result<Vec<PortStats>> {
-    let map = datapath::open_map(topology, maps::COUNTERS)?;
-    let counters: PerCpuHashMap<_, u32, PortCounters> =
-        PerCpuHashMap::try_from(Map::PerCpuHashMap(map)).context("map COUNTERS has an unexpected type")?;
+    let map = datapath::open_map(topology, maps::PORT_STATE)?;
+    let counters: PerCpuHashMap<_, u32, PortState> =
+        PerCpuHashMap::try_from(Map::PerCpuHashMap(map)).context("map PORT_STATE has an unexpected type")?;
     let mut out = Vec::new();
     for item in counters.iter() {
-        let (ifindex, per_cpu) = item.context("reading map COUNTERS")?;
+        let (ifindex, per_cpu) = item.context("reading map PORT_STATE")?;
         let mut packets = BTreeMap::new();
         for counter in Counter::ALL {
             let total = per_cpu.iter().map(|c| c.packets[counter as usize]).sum();

@@ -10,7 +10,9 @@ use rtnetlink::Handle;
 use serde::Serialize;
 
 use crate::{
-    datapath, nat, netlink, netns,
+    datapath,
+    lock::{self, Lock, Purpose},
+    nat, netlink, netns,
     spec::{ContainerSpec, Mac, Mode, TopologySpec, port_name},
     state::{self, TopologyState},
 };
@@ -26,6 +28,7 @@ pub enum UpOutcome {
 /// Creates the topology, or does nothing if an identical one is up. On any
 /// failure, everything this call created is removed again.
 pub async fn up(handle: &Handle, spec: TopologySpec) -> Result<UpOutcome> {
+    let _lock = Lock::acquire(&spec.name, Purpose::Change)?;
     if let Some(existing) = state::load(&spec.name)? {
         if existing.complete {
             let differences = differences(&existing.spec, &spec);
@@ -117,12 +120,19 @@ async fn create_container(handle: &Handle, spec: &TopologySpec, bridge: u32, c: 
     .with_context(|| format!("configuring {CONTAINER_IFNAME} in namespace {port}"))
 }
 
+/// Whether a link may be deleted: it carries the topology's mark, or the
+/// record is of an `up` that was interrupted between creating the link and
+/// marking it (its names were checked free before anything was created).
+fn owned(link: &netlink::Link, topology: &str, interrupted: bool) -> bool {
+    link.alias.as_deref() == Some(netlink::owner_alias(topology).as_str()) || (interrupted && link.alias.is_none())
+}
+
 /// Removes a container's host veth (and so its pair) and namespace, if they
 /// are netpath's.
-async fn remove_container(handle: &Handle, topology: &str, container: &str) -> Result<()> {
+async fn remove_container(handle: &Handle, topology: &str, container: &str, interrupted: bool) -> Result<()> {
     let port = port_name(topology, container);
     if let Some(link) = netlink::link_by_name(handle, &port).await? {
-        if link.alias.as_deref() == Some(netlink::owner_alias(topology).as_str()) {
+        if owned(&link, topology, interrupted) {
             netlink::delete_link(handle, link.index).await?;
         } else {
             warn!("not deleting link {port}: netpath did not create it");
@@ -135,12 +145,13 @@ async fn remove_container(handle: &Handle, topology: &str, container: &str) -> R
 /// Removes everything the record names that still exists, then the record.
 async fn teardown(handle: &Handle, record: &TopologyState) -> Result<()> {
     let spec = &record.spec;
+    let interrupted = !record.complete;
     datapath::remove(handle, spec).await?;
     for container in &spec.containers {
-        remove_container(handle, &spec.name, &container.name).await?;
+        remove_container(handle, &spec.name, &container.name, interrupted).await?;
     }
     if let Some(bridge) = netlink::link_by_name(handle, &spec.bridge_name()).await? {
-        if bridge.alias.as_deref() == Some(netlink::owner_alias(&spec.name).as_str()) {
+        if owned(&bridge, &spec.name, interrupted) {
             netlink::delete_link(handle, bridge.index).await?;
         }
     }
@@ -150,8 +161,11 @@ async fn teardown(handle: &Handle, record: &TopologyState) -> Result<()> {
 
 /// Removes the topology. Returns false if there was nothing to remove.
 pub async fn down(handle: &Handle, topology: &str) -> Result<bool> {
+    let lock = Lock::acquire(topology, Purpose::Change)?;
     if let Some(record) = state::load(topology)? {
         teardown(handle, &record).await?;
+        drop(lock);
+        lock::remove_files(topology);
         return Ok(true);
     }
     // No record: still remove links that carry this topology's mark.
@@ -235,6 +249,7 @@ pub async fn port_add(
     ip: Option<&str>,
     mac: Option<Mac>,
 ) -> Result<ContainerSpec> {
+    let _lock = Lock::acquire(topology, Purpose::Change)?;
     let mut record = load_complete(topology)?;
     let ip = ip.map(|ip| crate::spec::parse_container_ip(ip, record.spec.subnet)).transpose()?;
     record.spec.push_container(container, ip, mac)?;
@@ -251,7 +266,7 @@ pub async fn port_add(
     }
     .await;
     if let Err(e) = result {
-        if let Err(cleanup) = remove_container(handle, topology, container).await {
+        if let Err(cleanup) = remove_container(handle, topology, container, true).await {
             warn!("rolling back port {container}: {cleanup:#}");
         }
         return Err(e.context(format!("adding port {container} (rolled back)")));
@@ -278,6 +293,7 @@ pub async fn port_ifindex(handle: &Handle, topology: &str, port: &str) -> Result
 /// Switches the datapath of a running topology; the new mode's programs are
 /// attached before the old ones are detached.
 pub async fn set_mode(handle: &Handle, topology: &str, mode: Mode) -> Result<()> {
+    let _lock = Lock::acquire(topology, Purpose::Change)?;
     let mut record = load_complete(topology)?;
     record.spec.mode = mode;
     datapath::ensure(handle, &record.spec).await?;
@@ -286,6 +302,7 @@ pub async fn set_mode(handle: &Handle, topology: &str, mode: Mode) -> Result<()>
 
 /// Unplugs a container and removes its namespace.
 pub async fn port_del(handle: &Handle, topology: &str, container: &str) -> Result<()> {
+    let _lock = Lock::acquire(topology, Purpose::Change)?;
     let mut record = load_complete(topology)?;
     let container = container_of(topology, container).to_owned();
     let Some(index) = record.spec.containers.iter().position(|c| c.name == container) else {
@@ -293,7 +310,7 @@ pub async fn port_del(handle: &Handle, topology: &str, container: &str) -> Resul
     };
     let removed = record.spec.containers.remove(index);
     datapath::forget_port(handle, &record.spec, &removed).await?;
-    remove_container(handle, topology, &container).await?;
+    remove_container(handle, topology, &container, false).await?;
     state::save(&record)
 }
 
