@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Topology, in_ns, netpath, netpath_ok, ping, require_root, sh, unique_name};
+use common::{Running, Topology, counter, in_ns, link_packets, netpath_ok, ping, sh};
 use serde_json::Value;
 
 /// An nftables counter in the bridge family's forward hook for frames from
@@ -54,18 +54,6 @@ impl Drop for BridgeForwardCounter {
     }
 }
 
-/// rx and tx packets of a link, as the kernel counts them.
-fn link_packets(ns: Option<&str>, dev: &str) -> (u64, u64) {
-    let mut args = vec![];
-    if let Some(ns) = ns {
-        args.extend(["-n", ns]);
-    }
-    args.extend(["-s", "-j", "link", "show", "dev", dev]);
-    let doc: Value = serde_json::from_slice(&sh("ip", &args).stdout).expect("ip -s -j link");
-    let stats = &doc[0]["stats64"];
-    (stats["rx"]["packets"].as_u64().unwrap(), stats["tx"]["packets"].as_u64().unwrap())
-}
-
 /// `ethtool -S` counter of a host-side veth.
 fn ethtool_stat(dev: &str, name: &str) -> u64 {
     let out = String::from_utf8_lossy(&sh("ethtool", &["-S", dev]).stdout).into_owned();
@@ -88,10 +76,6 @@ fn verdicts(counters: &Value) -> u64 {
         .iter()
         .map(|k| counters[*k].as_u64().unwrap())
         .sum()
-}
-
-fn counter(topology: &str, port: &str, name: &str) -> u64 {
-    program_counters(topology).iter().find(|(p, _)| p == port).map(|(_, c)| c[name].as_u64().unwrap()).unwrap_or(0)
 }
 
 fn iperf_server(ns: &str, port: u16) -> Child {
@@ -258,25 +242,9 @@ fn a_forged_source_mac_does_not_steal_traffic() {
 
 #[test]
 fn fdb_lists_every_container_and_learned_entries_age_out() {
-    require_root();
-    let name = unique_name("age");
-    let mut run = Command::new(env!("CARGO_BIN_EXE_netpath"))
-        .args(["run", "--name", &name, "--containers", "3", "--subnet", "10.119.0.0/24", "--ageing", "2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Topology { name: name.clone() };
-    let mut fdb = Value::Null;
-    for _ in 0..50 {
-        if let Ok(v) = serde_json::from_str::<Value>(&String::from_utf8_lossy(
-            &netpath(&["fdb", "dump", "--name", &name, "--json"]).stdout,
-        )) {
-            fdb = v;
-            break;
-        }
-        sleep(Duration::from_millis(100));
-    }
+    let mut run = Running::start("age", &["--containers", "3", "--subnet", "10.119.0.0/24", "--ageing", "2"]);
+    let (t, name) = (&run.topology, run.topology.name.clone());
+    let fdb: Value = serde_json::from_str(&netpath_ok(&["fdb", "dump", "--name", &name, "--json"])).unwrap();
     let status = t.status();
     for port in status["ports"].as_array().unwrap() {
         let entry = fdb.as_array().unwrap().iter().find(|e| e["mac"] == port["mac"]).expect("container MAC in FDB");
@@ -296,28 +264,14 @@ fn fdb_lists_every_container_and_learned_entries_age_out() {
     assert_eq!(entry["ifname"], t.ns("c1").as_str());
     sleep(Duration::from_secs(5));
     assert!(learned(&netpath_ok(&["fdb", "dump", "--name", &name, "--json"])).is_none(), "learned entry did not age out");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(run.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
-    assert!(run.wait().unwrap().success());
+    assert!(run.interrupt());
     assert!(!std::path::Path::new(&format!("/run/netpath/{name}.json")).exists(), "run did not tear down");
 }
 
 #[test]
 fn the_datapath_survives_a_killed_loader_and_is_adopted() {
-    require_root();
-    let name = unique_name("kill");
-    let mut run = Command::new(env!("CARGO_BIN_EXE_netpath"))
-        .args(["run", "--name", &name, "--containers", "2", "--subnet", "10.121.0.0/24", "--mode", "tc"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Topology { name: name.clone() };
-    for _ in 0..50 {
-        if netpath(&["status", "--name", &name]).status.success() {
-            break;
-        }
-        sleep(Duration::from_millis(100));
-    }
+    let mut run = Running::start("kill", &["--containers", "2", "--subnet", "10.121.0.0/24", "--mode", "tc"]);
+    let (t, name) = (&run.topology, run.topology.name.clone());
     let mut server = iperf_server(&t.ns("c1"), 5301);
     let client = Command::new("ip")
         .args(["netns", "exec", &t.ns("c0"), "iperf3", "-c", "10.121.0.3", "-p", "5301", "-t", "3", "-J"])
@@ -325,8 +279,8 @@ fn the_datapath_survives_a_killed_loader_and_is_adopted() {
         .spawn()
         .unwrap();
     sleep(Duration::from_secs(1));
-    run.kill().unwrap(); // SIGKILL
-    run.wait().unwrap();
+    run.child.kill().unwrap(); // SIGKILL
+    run.child.wait().unwrap();
     let before = counter(&name, &t.ns("c0"), "redirected");
     let out = client.wait_with_output().unwrap();
     let _ = server.wait();

@@ -533,6 +533,7 @@ async fn make_bed(handle: &Handle, target: Target, index: usize, containers: usi
         nat: false,
         ageing: None,
         fdb_size: Some(fdb_size),
+        mtu: None,
     };
     let spec = TopologySpec::resolve(None, &overrides)?;
     let server = &spec.containers[1];
@@ -561,7 +562,8 @@ async fn make_wire(handle: &Handle, name: &str, subnet: &str) -> Result<Bed> {
     let raw = b_fd.as_raw_fd();
     let prefix = net.prefix_len();
     netns::run_in(&a, move |h| async move {
-        let eth0 = netlink::create_veth(&h, "eth0", None, raw, "eth0", None).await?;
+        let peer = netlink::VethPeer { netns_fd: raw, name: "eth0", mac: None };
+        let eth0 = netlink::create_veth(&h, "eth0", None, crate::spec::DEFAULT_MTU, peer).await?;
         netlink::add_address(&h, eth0.index, Ipv4Net::new(a_ip, prefix)?).await?;
         let lo = netlink::link_by_name(&h, "lo").await?.context("no lo")?;
         netlink::set_up(&h, lo.index).await

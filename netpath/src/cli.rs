@@ -52,6 +52,9 @@ pub struct UpArgs {
     /// Capacity of the FDB map in entries [default: 65536].
     #[arg(long)]
     pub fdb_size: Option<u32>,
+    /// MTU of the bridge and every veth [default: 1500; xdp mode: at most 3506].
+    #[arg(long)]
+    pub mtu: Option<u32>,
 }
 
 impl UpArgs {
@@ -64,6 +67,7 @@ impl UpArgs {
             nat: self.nat,
             ageing: self.ageing,
             fdb_size: self.fdb_size,
+            mtu: self.mtu,
         };
         TopologySpec::resolve(self.config.as_deref(), &overrides)
     }

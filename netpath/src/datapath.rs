@@ -4,7 +4,7 @@
 use std::{
     collections::HashSet,
     fs,
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -140,11 +140,15 @@ pub async fn ensure(handle: &Handle, spec: &TopologySpec) -> Result<()> {
     }
     ensure_bpffs()?;
     let dir = pin_dir(&spec.name);
+    // Pinned maps hold the FDB: only root may read or change them.
     for hook in Hook::ALL {
         let hook_dir = links_dir(&spec.name).join(hook.suffix());
-        fs::create_dir_all(&hook_dir).with_context(|| format!("creating {}", hook_dir.display()))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&hook_dir)
+            .with_context(|| format!("creating {}", hook_dir.display()))?;
     }
-    // Pinned maps hold the FDB: only root may read or change them.
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
 
     let mut ebpf = load(Some(&dir), spec.fdb_size)?;
@@ -373,21 +377,21 @@ pub fn unset_port_mac(topology: &str, mac: Mac) -> Result<()> {
     Ok(())
 }
 
-/// Removes a port that is leaving the topology from the maps and its links.
-pub async fn forget_port(handle: &Handle, spec: &TopologySpec, c: &ContainerSpec) -> Result<()> {
+/// Removes a port that is leaving the topology (or has vanished) from the
+/// maps, and unpins its links.
+pub fn forget_port(spec: &TopologySpec, port: &str, ifindex: Option<u32>) -> Result<()> {
     if spec.mode == Mode::Bridge || !pin_dir(&spec.name).exists() {
         return Ok(());
     }
-    let port = port_name(&spec.name, &c.name);
     for hook in Hook::ALL {
-        detach(&spec.name, &port, hook)?;
+        detach(&spec.name, port, hook)?;
     }
-    let Some(link) = netlink::link_by_name(handle, &port).await? else { return Ok(()) };
-    fdb::Fdb::open(&spec.name)?.remove_port(link.index)?;
+    let Some(ifindex) = ifindex else { return Ok(()) };
+    fdb::Fdb::open(&spec.name)?.remove_port(ifindex)?;
     let mut devmap = DevMapHash::try_from(aya::maps::Map::DevMapHash(open_map(&spec.name, maps::PORTS)?))?;
-    let _ = devmap.remove(link.index);
+    let _ = devmap.remove(ifindex);
     let mut port_state: PerCpuHashMap<_, u32, PortState> =
         PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(open_map(&spec.name, maps::PORT_STATE)?))?;
-    let _ = port_state.remove(&link.index);
+    let _ = port_state.remove(&ifindex);
     Ok(())
 }

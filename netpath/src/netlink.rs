@@ -82,8 +82,8 @@ pub async fn links(handle: &Handle) -> Result<Vec<Link>> {
     Ok(msgs.into_iter().map(Link::from).collect())
 }
 
-pub async fn create_bridge(handle: &Handle, name: &str, alias: &str) -> Result<Link> {
-    let msg = LinkBridge::new(name).up().build();
+pub async fn create_bridge(handle: &Handle, name: &str, alias: &str, mtu: u32) -> Result<Link> {
+    let msg = LinkBridge::new(name).mtu(mtu).up().build();
     handle.link().add(msg).execute().await.with_context(|| format!("creating bridge {name}"))?;
     let link = link_by_name(handle, name).await?.with_context(|| format!("bridge {name} vanished after creation"))?;
     set_alias(handle, &link, alias).await
@@ -97,22 +97,29 @@ pub async fn set_alias(handle: &Handle, link: &Link, alias: &str) -> Result<Link
     Ok(Link { alias: Some(alias.to_owned()), ..link.clone() })
 }
 
-/// Creates a veth pair: `name` here (enslaved to `bridge` if given, and up)
-/// and `peer_name` created directly inside the namespace `peer_netns_fd`,
-/// with `peer_mac` if given.
+/// The far end of a veth pair: created directly inside a namespace.
+pub struct VethPeer<'a> {
+    pub netns_fd: i32,
+    pub name: &'a str,
+    pub mac: Option<Mac>,
+}
+
+/// Creates a veth pair with MTU `mtu` on both ends: `name` here (enslaved
+/// to `bridge` if given, and up) and `peer` inside its namespace.
 pub async fn create_veth(
     handle: &Handle,
     name: &str,
     bridge: Option<u32>,
-    peer_netns_fd: i32,
-    peer_name: &str,
-    peer_mac: Option<Mac>,
+    mtu: u32,
+    peer: VethPeer<'_>,
 ) -> Result<Link> {
-    let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(peer_name.to_owned()).setns_by_fd(peer_netns_fd);
-    if let Some(mac) = peer_mac {
-        peer = peer.address(mac.0.to_vec());
+    let mut peer_msg =
+        LinkMessageBuilder::<LinkUnspec>::new().name(peer.name.to_owned()).mtu(mtu).setns_by_fd(peer.netns_fd);
+    if let Some(mac) = peer.mac {
+        peer_msg = peer_msg.address(mac.0.to_vec());
     }
-    let mut msg = LinkVeth::new(name, peer_name).set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build()))).up();
+    let mut msg =
+        LinkVeth::new(name, peer.name).set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build()))).mtu(mtu).up();
     if let Some(bridge) = bridge {
         msg = msg.controller(bridge);
     }

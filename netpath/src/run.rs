@@ -8,10 +8,16 @@ use aya_log::EbpfLogger;
 use log::{debug, info, warn};
 use netpath_common::Counter;
 use rtnetlink::Handle;
+use futures::StreamExt;
+use rtnetlink::{
+    MulticastGroup,
+    packet_core::NetlinkPayload,
+    packet_route::RouteNetlinkMessage,
+};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    cli, datapath, fdb,
+    cli, datapath, fdb, netlink,
     lock::{Lock, Purpose},
     spec::TopologySpec,
     stats, topology,
@@ -28,6 +34,7 @@ pub async fn run(handle: &Handle, spec: TopologySpec, keep: bool) -> Result<()> 
     if fast_path {
         forward_bpf_logs(&name)?;
     }
+    let watcher = tokio::spawn(watch_vanishing_ports(handle.clone(), name.clone()));
     info!("topology {name} running; Ctrl-C to {}", if keep { "exit and keep it" } else { "tear it down" });
 
     let mut stats_ticker = tokio::time::interval(STATS_EVERY);
@@ -78,6 +85,7 @@ pub async fn run(handle: &Handle, spec: TopologySpec, keep: bool) -> Result<()> 
             }
         }
     }
+    watcher.abort();
     if keep {
         info!("topology {name} kept; `netpath down --name {name}` removes it");
     } else {
@@ -85,6 +93,32 @@ pub async fn run(handle: &Handle, spec: TopologySpec, keep: bool) -> Result<()> 
         info!("topology {name} removed");
     }
     Ok(())
+}
+
+/// Cleans up after ports whose veth vanished behind netpath's back (a
+/// namespace deleted by a crashed runtime), as soon as the kernel says so.
+async fn watch_vanishing_ports(handle: Handle, topology: String) {
+    let (connection, _, mut events) = match rtnetlink::new_multicast_connection(&[MulticastGroup::Link]) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("not watching link events of {topology}: {e}");
+            return;
+        }
+    };
+    tokio::spawn(connection);
+    let prefix = format!("{topology}-");
+    while let Some((message, _)) = events.next().await {
+        let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) = message.payload else { continue };
+        let link = netlink::Link::from(link);
+        if !link.name.starts_with(&prefix) || link.name == crate::spec::bridge_name(&topology) {
+            continue;
+        }
+        match topology::forget_vanished_port(&handle, &topology, &link.name, link.index).await {
+            Ok(true) => info!("topology {topology}: port {} vanished; forgot it", link.name),
+            Ok(false) => {}
+            Err(e) => warn!("forgetting vanished port {}: {e:#}", link.name),
+        }
+    }
 }
 
 /// Feeds the log records of every attached program into `log`, whichever

@@ -15,6 +15,15 @@ pub const DEFAULT_CONTAINERS: usize = 2;
 /// Ageing time of learned FDB entries, as the Linux bridge's default.
 pub const DEFAULT_AGEING_S: u64 = 300;
 pub const MIN_FDB_SIZE: u32 = 16;
+/// The port maps hold 1024 ports; leave room for ports added later.
+pub const MAX_CONTAINERS: usize = 1000;
+pub const DEFAULT_MTU: u32 = 1500;
+pub const MIN_MTU: u32 = 68;
+pub const MAX_MTU: u32 = 65535;
+/// Largest MTU a veth accepts while an XDP program without multi-buffer
+/// support is attached to its peer: one page less XDP headroom and
+/// skb_shared_info, less the Ethernet header.
+pub const XDP_MAX_MTU: u32 = 3506;
 pub const MAX_FDB_SIZE: u32 = 4 * 1024 * 1024;
 
 /// How frames between containers are forwarded.
@@ -108,6 +117,8 @@ pub struct ConfigFile {
     pub ageing: Option<u64>,
     /// Capacity of the FDB map (entries).
     pub fdb_size: Option<u32>,
+    /// MTU of the bridge and of both ends of every veth.
+    pub mtu: Option<u32>,
     #[serde(default, rename = "container")]
     pub container_list: Vec<ContainerConfig>,
 }
@@ -138,6 +149,7 @@ pub struct Overrides {
     pub nat: bool,
     pub ageing: Option<u64>,
     pub fdb_size: Option<u32>,
+    pub mtu: Option<u32>,
 }
 
 /// One container: a namespace with `eth0`, and its host-side veth.
@@ -161,6 +173,8 @@ pub struct TopologySpec {
     pub ageing_s: u64,
     /// Capacity of the FDB map (entries).
     pub fdb_size: u32,
+    /// MTU of the bridge and of both ends of every veth.
+    pub mtu: u32,
     pub containers: Vec<ContainerSpec>,
 }
 
@@ -200,12 +214,14 @@ impl TopologySpec {
         let listed = config.container_list.len();
         let count = flags.containers.or(config.containers).unwrap_or(listed.max(DEFAULT_CONTAINERS));
         ensure!(count > 0, "--containers must be at least 1");
+        ensure!(count <= MAX_CONTAINERS, "--containers must be at most {MAX_CONTAINERS}");
         ensure!(
             count >= listed,
             "the config file describes {listed} containers but {count} were asked for"
         );
 
-        let mut spec = TopologySpec { name, mode, subnet, nat, ageing_s, fdb_size, containers: Vec::new() };
+        let mtu = flags.mtu.or(config.mtu).unwrap_or(DEFAULT_MTU);
+        let mut spec = TopologySpec { name, mode, subnet, nat, ageing_s, fdb_size, mtu, containers: Vec::new() };
         for entry in config.container_list {
             let ip = entry.ip.as_deref().map(|ip| parse_container_ip(ip, subnet)).transpose()?;
             let mac = entry.mac.as_deref().map(str::parse).transpose()?;
@@ -250,9 +266,10 @@ impl TopologySpec {
     /// Checks everything that can be checked without touching the machine.
     pub fn validate(&self) -> Result<()> {
         validate_topology_name(&self.name)?;
-        let hosts = self.subnet.hosts().count();
+        validate_mtu(self.mode, self.mtu)?;
+        let hosts = (1u64 << (32 - self.subnet.prefix_len())) - 2;
         ensure!(
-            hosts > self.containers.len(),
+            hosts > self.containers.len() as u64,
             "subnet {} has {} host addresses: too small for the bridge and {} containers",
             self.subnet,
             hosts,
@@ -290,6 +307,17 @@ impl TopologySpec {
         }
         Ok(())
     }
+}
+
+/// Refuses MTUs the kernel would refuse, before anything is created.
+pub fn validate_mtu(mode: Mode, mtu: u32) -> Result<()> {
+    ensure!((MIN_MTU..=MAX_MTU).contains(&mtu), "MTU {mtu} is out of range ({MIN_MTU}..={MAX_MTU})");
+    ensure!(
+        mode != Mode::Xdp || mtu <= XDP_MAX_MTU,
+        "xdp mode carries frames up to MTU {XDP_MAX_MTU} on veth (its program is single-buffer); \
+         use --mode tc (or bridge) for MTU {mtu}"
+    );
+    Ok(())
 }
 
 pub fn bridge_name(topology: &str) -> String {
@@ -401,6 +429,52 @@ mod tests {
         f.subnet = None;
         f.name = Some("a-very-long-name".into());
         assert!(TopologySpec::resolve(None, &f).unwrap_err().to_string().contains("15 bytes"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 3000, ..Default::default() })]
+
+        #[test]
+        fn parsers_never_panic(text in "(?s).{0,48}") {
+            let _ = text.parse::<Mac>();
+            let _ = parse_subnet(&text);
+            let _ = parse_container_ip(&text, "10.0.0.0/24".parse().unwrap());
+            let _ = toml::from_str::<ConfigFile>(&text);
+        }
+
+        #[test]
+        fn macs_round_trip(bytes in proptest::prelude::any::<[u8; 6]>()) {
+            let mac = Mac(bytes);
+            proptest::prop_assert_eq!(mac.to_string().parse::<Mac>().unwrap(), mac);
+        }
+
+        #[test]
+        fn configs_resolve_or_fail_cleanly(
+            containers in 0usize..40,
+            prefix in 20u8..33,
+            listed in proptest::collection::vec(("[a-z0-9_-]{0,12}", 0u8..=255, proptest::prelude::any::<[u8; 6]>()), 0..5),
+            unknown in proptest::option::of("[a-z]{1,8}"),
+        ) {
+            let mut text = format!("containers = {containers}\nsubnet = \"10.9.0.0/{prefix}\"\n");
+            if let Some(key) = unknown {
+                text.push_str(&format!("{key} = 1\n"));
+            }
+            for (name, host, mac) in &listed {
+                text.push_str(&format!(
+                    "[[container]]\nname = \"{name}\"\nip = \"10.9.0.{host}\"\nmac = \"{}\"\n",
+                    Mac(*mac)
+                ));
+            }
+            let dir = std::env::temp_dir().join(format!("netpath-prop-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("c.toml");
+            std::fs::write(&path, &text).unwrap();
+            // Either a spec that passes validation, or an error: never a panic.
+            if let Ok(spec) = TopologySpec::resolve(Some(&path), &Overrides::default()) {
+                proptest::prop_assert!(spec.validate().is_ok());
+                proptest::prop_assert_eq!(spec.containers.len(), containers);
+            }
+        }
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub async fn up(handle: &Handle, spec: TopologySpec) -> Result<UpOutcome> {
 async fn build(handle: &Handle, record: &mut TopologyState) -> Result<()> {
     let spec = record.spec.clone();
     let alias = netlink::owner_alias(&spec.name);
-    let bridge = netlink::create_bridge(handle, &spec.bridge_name(), &alias).await?;
+    let bridge = netlink::create_bridge(handle, &spec.bridge_name(), &alias, spec.mtu).await?;
     netlink::add_address(handle, bridge.index, spec.gateway())
         .await
         .with_context(|| format!("addressing bridge {}", spec.bridge_name()))?;
@@ -102,7 +102,8 @@ async fn create_container(handle: &Handle, spec: &TopologySpec, bridge: u32, c: 
     let port = port_name(&spec.name, &c.name);
     netns::create(&port)?;
     let ns = File::open(netns::path(&port)).with_context(|| format!("opening namespace {port}"))?;
-    let host = netlink::create_veth(handle, &port, Some(bridge), ns.as_raw_fd(), CONTAINER_IFNAME, Some(c.mac))
+    let peer = netlink::VethPeer { netns_fd: ns.as_raw_fd(), name: CONTAINER_IFNAME, mac: Some(c.mac) };
+    let host = netlink::create_veth(handle, &port, Some(bridge), spec.mtu, peer)
         .await
         .with_context(|| format!("container {}", c.name))?;
     netlink::set_alias(handle, &host, &netlink::owner_alias(&spec.name)).await?;
@@ -219,6 +220,9 @@ fn differences(have: &TopologySpec, want: &TopologySpec) -> Vec<String> {
     if have.ageing_s != want.ageing_s {
         out.push(format!("ageing is {} s (asked {} s)", have.ageing_s, want.ageing_s));
     }
+    if have.mtu != want.mtu {
+        out.push(format!("MTU is {} (asked {})", have.mtu, want.mtu));
+    }
     if have.fdb_size != want.fdb_size {
         out.push(format!("FDB size is {} (asked {})", have.fdb_size, want.fdb_size));
     }
@@ -295,6 +299,7 @@ pub async fn port_ifindex(handle: &Handle, topology: &str, port: &str) -> Result
 pub async fn set_mode(handle: &Handle, topology: &str, mode: Mode) -> Result<()> {
     let _lock = Lock::acquire(topology, Purpose::Change)?;
     let mut record = load_complete(topology)?;
+    crate::spec::validate_mtu(mode, record.spec.mtu)?;
     record.spec.mode = mode;
     datapath::ensure(handle, &record.spec).await?;
     state::save(&record)
@@ -308,10 +313,44 @@ pub async fn port_del(handle: &Handle, topology: &str, container: &str) -> Resul
     let Some(index) = record.spec.containers.iter().position(|c| c.name == container) else {
         bail!("topology {topology} has no port {container}");
     };
-    let removed = record.spec.containers.remove(index);
-    datapath::forget_port(handle, &record.spec, &removed).await?;
+    record.spec.containers.remove(index);
+    let port = port_name(topology, &container);
+    let ifindex = netlink::link_by_name(handle, &port).await?.map(|l| l.index);
+    datapath::forget_port(&record.spec, &port, ifindex)?;
     remove_container(handle, topology, &container, false).await?;
     state::save(&record)
+}
+
+/// Forgets a port whose host-side veth disappeared without netpath (its
+/// namespace was deleted, e.g. by a crashed runtime): its FDB entries, maps,
+/// links, namespace and record go. Returns false if it was not a port.
+pub async fn forget_vanished_port(handle: &Handle, topology: &str, port: &str, ifindex: u32) -> Result<bool> {
+    let container = container_of(topology, port).to_owned();
+    let mut attempts = 0;
+    let _lock = loop {
+        match Lock::acquire(topology, Purpose::Change) {
+            Ok(lock) => break lock,
+            // Someone else is changing the topology (maybe deleting this
+            // very port): wait for them, then look again.
+            Err(_) if attempts < 50 => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let Some(mut record) = state::load(topology)?.filter(|r| r.complete) else { return Ok(false) };
+    let Some(index) = record.spec.containers.iter().position(|c| c.name == container) else {
+        return Ok(false);
+    };
+    if netlink::link_by_name(handle, port).await?.is_some() {
+        return Ok(false); // re-created meanwhile: not vanished
+    }
+    record.spec.containers.remove(index);
+    datapath::forget_port(&record.spec, port, Some(ifindex))?;
+    netns::delete(port)?;
+    state::save(&record)?;
+    Ok(true)
 }
 
 #[derive(Debug, Serialize)]

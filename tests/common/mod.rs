@@ -123,3 +123,130 @@ pub fn leftovers(prefix: &str) -> Vec<String> {
     }
     found
 }
+
+/// Sends raw Ethernet frames out of `ifname` inside namespace `ns` through
+/// an AF_PACKET socket; returns how many the kernel accepted (it refuses
+/// frames shorter than an Ethernet header).
+pub fn send_raw_frames(ns: &str, ifname: &str, frames: &[Vec<u8>]) -> usize {
+    use std::os::fd::AsRawFd;
+    let ns_file = std::fs::File::open(format!("/run/netns/{ns}")).expect("namespace");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                let index = nix::net::if_::if_nametoindex(ifname).expect("interface");
+                // SAFETY: plain socket(2) call.
+                let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+                assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+                // SAFETY: fd is a socket we just opened and now own.
+                let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                // SAFETY: sockaddr_ll is plain data; zeroed is a valid start.
+                let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_ifindex = index as i32;
+                addr.sll_halen = 6;
+                let mut sent = 0;
+                for frame in frames {
+                    // SAFETY: frame and addr are valid for the lengths given.
+                    let n = unsafe {
+                        libc::sendto(
+                            sock.as_raw_fd(),
+                            frame.as_ptr().cast(),
+                            frame.len(),
+                            0,
+                            (&addr as *const libc::sockaddr_ll).cast(),
+                            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                        )
+                    };
+                    if n >= 0 {
+                        sent += 1;
+                    }
+                }
+                sent
+            })
+            .join()
+            .expect("sender thread")
+    })
+}
+
+/// A frame from `src` to `dst` with the given EtherType and payload.
+pub fn frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+pub fn parse_mac(s: &str) -> [u8; 6] {
+    let v: Vec<u8> = s.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
+    v.try_into().unwrap()
+}
+
+/// A per-port counter of the programs (`netpath stats --json`).
+pub fn counter(topology: &str, port: &str, name: &str) -> u64 {
+    let doc: serde_json::Value = serde_json::from_str(&netpath_ok(&["stats", "--name", topology, "--json"])).unwrap();
+    doc.as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == port)
+        .map(|p| p["packets"][name].as_u64().unwrap())
+        .unwrap_or(0)
+}
+
+/// rx and tx packets of a link, as the kernel counts them.
+pub fn link_packets(ns: Option<&str>, dev: &str) -> (u64, u64) {
+    let mut args = vec![];
+    if let Some(ns) = ns {
+        args.extend(["-n", ns]);
+    }
+    args.extend(["-s", "-j", "link", "show", "dev", dev]);
+    let doc: serde_json::Value = serde_json::from_slice(&sh("ip", &args).stdout).expect("ip -s -j link");
+    let stats = &doc[0]["stats64"];
+    (stats["rx"]["packets"].as_u64().unwrap(), stats["tx"]["packets"].as_u64().unwrap())
+}
+
+/// `netpath run` in the background, on a topology of its own; killed and
+/// torn down when dropped.
+pub struct Running {
+    pub child: std::process::Child,
+    pub topology: Topology,
+}
+
+impl Running {
+    /// Starts `netpath run --name <unique> ARGS` and waits until it is up.
+    pub fn start(tag: &str, args: &[&str]) -> Self {
+        require_root();
+        let name = unique_name(tag);
+        let child = Command::new(env!("CARGO_BIN_EXE_netpath"))
+            .args(["run", "--name", &name])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting netpath run");
+        let running = Running { child, topology: Topology { name: name.clone() } };
+        for _ in 0..100 {
+            if netpath(&["status", "--name", &name]).status.success() {
+                return running;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("netpath run never brought {name} up");
+    }
+
+    /// Ctrl-C, as a user would; true if `run` then exited successfully.
+    pub fn interrupt(&mut self) -> bool {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGINT)
+            .expect("SIGINT");
+        self.child.wait().expect("waiting for netpath run").success()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

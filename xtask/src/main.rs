@@ -46,22 +46,8 @@ fn main() -> Result<()> {
             setup::run()?;
             build::all()
         }
-        Verb::Run { args } => {
-            setup::run()?;
-            build::all()?;
-            require_root("cargo xtask run")?;
-            let mut netpath = Command::new(build::netpath_binary());
-            netpath.arg("run").args(args);
-            build::status(&mut netpath)
-        }
-        Verb::Bench { args } => {
-            setup::run()?;
-            build::all()?;
-            require_root("cargo xtask bench")?;
-            let mut netpath = Command::new(build::netpath_binary());
-            netpath.arg("bench").args(args);
-            build::status(&mut netpath)
-        }
+        Verb::Run { args } => build_and_run_netpath("run", &args),
+        Verb::Bench { args } => build_and_run_netpath("bench", &args),
         Verb::Test { args } => {
             setup::run()?;
             build::ebpf()?;
@@ -71,11 +57,14 @@ fn main() -> Result<()> {
     }
 }
 
-fn require_root(what: &str) -> Result<()> {
+/// `cargo xtask VERB ARGS`: set up, build, then `netpath VERB ARGS` as root.
+fn build_and_run_netpath(verb: &str, args: &[String]) -> Result<()> {
+    setup::run()?;
+    build::all()?;
     if !is_root() {
-        bail!("{what} needs root (CAP_NET_ADMIN and CAP_BPF): run it as root, e.g. `sudo -E {what}`");
+        bail!("cargo xtask {verb} needs root (CAP_NET_ADMIN and CAP_BPF): run it as root, e.g. `sudo -E cargo xtask {verb}`");
     }
-    Ok(())
+    build::status(Command::new(build::netpath_binary()).arg(verb).args(args))
 }
 
 fn is_root() -> bool {
