@@ -117,9 +117,31 @@ pub struct DatapathConfig {
     pub bridge_mac: [u8; 6],
     /// Non-zero: learn source MACs of frames from the ports.
     pub learning: u8,
-    pub _pad: u8,
+    /// Non-zero: copy redirected frames to the TRACE ring buffer.
+    pub trace: u8,
     /// Learned entries not refreshed for this long are ignored (and removed).
     pub ageing_ns: u64,
+}
+
+/// Bytes of each redirected frame copied to userspace by `netpath trace`
+/// (a power of two: the programs bound the copy's length with a mask).
+pub const TRACE_SNAPLEN: usize = 128;
+/// Size of the TRACE ring buffer (a power of two, in bytes).
+pub const TRACE_RING_BYTES: u32 = 1 << 20;
+
+/// One redirected frame, as `netpath trace` receives it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TraceEvent {
+    /// bpf_ktime_get_ns() when the frame was redirected.
+    pub timestamp_ns: u64,
+    pub ingress: u32,
+    pub egress: u32,
+    /// Length of the frame.
+    pub len: u32,
+    /// Bytes of it in `data`.
+    pub captured: u32,
+    pub data: [u8; TRACE_SNAPLEN],
 }
 
 /// Map names, shared so the loader finds what the programs declare.
@@ -127,6 +149,7 @@ pub mod maps {
     pub const FDB: &str = "FDB";
     pub const PORTS: &str = "PORTS";
     pub const PORT_STATE: &str = "PORT_STATE";
+    pub const TRACE: &str = "TRACE";
     pub const CONFIG: &str = "CONFIG";
 }
 

@@ -42,6 +42,11 @@ impl Port {
     }
 
     #[inline(always)]
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    #[inline(always)]
     fn mac(&self) -> [u8; 6] {
         // SAFETY: as in count().
         unsafe { (*self.state).mac }

@@ -2,10 +2,13 @@
 //! destination MAC, and hand everything else to the Linux bridge untouched.
 #![no_std]
 #![no_main]
+// Inline assembly on BPF (one mask instruction in trace.rs) is nightly-only.
+#![feature(asm_experimental_arch)]
 
 mod forward;
 mod maps;
 mod tc;
+mod trace;
 mod xdp;
 
 #[cfg(not(test))]

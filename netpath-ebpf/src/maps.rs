@@ -3,10 +3,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, PerCpuHashMap},
+    maps::{Array, DevMapHash, HashMap, PerCpuHashMap, RingBuf},
 };
 use netpath_common::{
-    DatapathConfig, FDB_CAPACITY, FdbEntry, FdbKey, PORT_CAPACITY, PortState,
+    DatapathConfig, FDB_CAPACITY, FdbEntry, FdbKey, PORT_CAPACITY, PortState, TRACE_RING_BYTES,
 };
 
 #[map(name = "FDB")]
@@ -23,3 +23,7 @@ pub static PORT_STATE: PerCpuHashMap<u32, PortState> = PerCpuHashMap::with_max_e
 
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
+
+/// Redirected frames for `netpath trace`, written only while tracing is on.
+#[map(name = "TRACE")]
+pub static TRACE: RingBuf = RingBuf::with_byte_size(TRACE_RING_BYTES, 0);

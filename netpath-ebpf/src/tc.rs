@@ -1,14 +1,18 @@
 //! tc (tcx) ingress hook on the host-side veth ends.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::bpf_redirect_peer,
+    helpers::{bpf_redirect_peer, bpf_skb_load_bytes},
     macros::classifier,
     programs::TcContext,
 };
 use netpath_common::Counter;
 
-use crate::forward::{Port, Verdict, decide};
+use crate::{
+    forward::{Port, Verdict, decide},
+    trace,
+};
 
 #[classifier]
 pub fn netpath_tc(ctx: TcContext) -> i32 {
@@ -23,6 +27,10 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
             // SAFETY: helper call with plain integer arguments.
             if unsafe { bpf_redirect_peer(dst, 0) } as i32 == TC_ACT_REDIRECT {
                 port.count(Counter::Redirected);
+                // SAFETY: the helper copies at most `n` bytes of this skb into `to`.
+                trace::redirected(port.ifindex(), dst, ctx.len(), |to, n| unsafe {
+                    bpf_skb_load_bytes(ctx.as_ptr(), 0, to.cast(), n)
+                });
                 TC_ACT_REDIRECT
             } else {
                 port.count(Counter::PassRedirectFailed);

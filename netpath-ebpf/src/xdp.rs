@@ -1,11 +1,12 @@
 //! XDP hook on the host-side veth ends.
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{EbpfContext, bindings::xdp_action, helpers::bpf_xdp_load_bytes, macros::xdp, programs::XdpContext};
 use netpath_common::Counter;
 
 use crate::{
     forward::{Port, Verdict, decide},
     maps::PORTS,
+    trace,
 };
 
 #[xdp]
@@ -17,6 +18,11 @@ pub fn netpath_xdp(ctx: XdpContext) -> u32 {
         Verdict::Redirect(dst) => match PORTS.redirect(dst, xdp_action::XDP_PASS.into()) {
             Ok(action) if action == xdp_action::XDP_REDIRECT => {
                 port.count(Counter::Redirected);
+                let len = (ctx.data_end() - ctx.data()) as u32;
+                // SAFETY: the helper copies at most `n` bytes of this frame into `to`.
+                trace::redirected(port.ifindex(), dst, len, |to, n| unsafe {
+                    bpf_xdp_load_bytes(ctx.as_ptr().cast(), 0, to.cast(), n)
+                });
                 action
             }
             _ => {

@@ -103,6 +103,32 @@ pub enum Command {
         #[arg(long, conflicts_with = "json")]
         watch: bool,
     },
+    /// Show the frames the fast path redirected (tcpdump on a host veth
+    /// cannot see them), as lines or a pcap file.
+    Trace {
+        #[command(flatten)]
+        name: NameArg,
+        /// Only frames that entered through this port (container or veth name).
+        #[arg(long)]
+        port: Option<String>,
+        /// Stop after this many frames.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Write a pcap file (for tcpdump -r, tshark, Wireshark) instead of lines.
+        #[arg(long)]
+        write: Option<PathBuf>,
+        /// 'mac XX:XX:XX:XX:XX:XX' or 'ip ADDRESS'.
+        #[arg(long)]
+        filter: Option<crate::trace::Filter>,
+    },
+    /// Print FDB events (learned, moved, aged out, static added/removed),
+    /// like `bridge monitor fdb`.
+    Monitor {
+        #[command(flatten)]
+        name: NameArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// Switch the datapath mode of a running topology.
     Mode {
         #[command(flatten)]
@@ -139,6 +165,9 @@ pub enum Command {
         /// Leave the topology up on exit.
         #[arg(long)]
         keep: bool,
+        /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9465).
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
     },
 }
 
@@ -269,10 +298,38 @@ pub async fn run(cli: Cli) -> Result<()> {
             print!("{}", crate::bench::table(&report));
             Ok(())
         }
-        Command::Run { up: args, keep } => {
+        Command::Run { up: args, keep, metrics } => {
             let spec = args.resolve()?;
             require_root()?;
-            crate::run::run(&netlink_handle().await?, spec, keep).await
+            crate::run::run(&netlink_handle().await?, spec, keep, metrics).await
+        }
+        Command::Trace { name: NameArg { name }, port, count, write, filter } => {
+            require_root()?;
+            let handle = netlink_handle().await?;
+            let port = match port {
+                Some(p) => Some(topology::port_ifindex(&handle, &name, &p).await?),
+                None => None,
+            };
+            let names = link_names(&handle).await?;
+            let name_of = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}"));
+            let to_file = write.is_some();
+            let options = crate::trace::Options { port, count, write, filter };
+            let shown = crate::trace::run(&name, options, &name_of).await?;
+            if to_file {
+                eprintln!("{shown} frames written");
+            }
+            Ok(())
+        }
+        Command::Monitor { name: NameArg { name }, json } => {
+            require_root()?;
+            let ageing_s = crate::state::load(&name)?
+                .with_context(|| format!("topology {name} is not up"))?
+                .spec
+                .ageing_s;
+            let handle = netlink_handle().await?;
+            let names = link_names(&handle).await?;
+            let name_of = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}"));
+            crate::monitor::run(&name, ageing_s, json, &name_of).await
         }
     }
 }

@@ -30,7 +30,7 @@ use crate::{
 pub static OBJECT: &[u8] = include_bytes_aligned!(env!("NETPATH_BPF_OBJECT"));
 
 pub const BPFFS: &str = "/sys/fs/bpf";
-const MAP_NAMES: [&str; 4] = [maps::FDB, maps::PORTS, maps::PORT_STATE, maps::CONFIG];
+const MAP_NAMES: [&str; 5] = [maps::FDB, maps::PORTS, maps::PORT_STATE, maps::CONFIG, maps::TRACE];
 
 /// Where a topology's maps and links are pinned.
 pub fn pin_dir(topology: &str) -> PathBuf {
@@ -167,7 +167,7 @@ pub async fn ensure(handle: &Handle, spec: &TopologySpec) -> Result<()> {
     let config = DatapathConfig {
         bridge_mac: bridge.mac.map(|m| m.0).unwrap_or_default(),
         learning: 1,
-        _pad: 0,
+        trace: 0,
         ageing_ns: spec.ageing_s * 1_000_000_000,
     };
     fill_maps(&mut ebpf, &spec.name, config, &ports)?;
@@ -192,7 +192,9 @@ pub async fn ensure(handle: &Handle, spec: &TopologySpec) -> Result<()> {
 fn fill_maps(ebpf: &mut Ebpf, topology: &str, config: DatapathConfig, ports: &[(ContainerSpec, u32)]) -> Result<()> {
     let mut config_map: Array<_, DatapathConfig> =
         Array::try_from(ebpf.map_mut(maps::CONFIG).context("map CONFIG")?)?;
-    config_map.set(0, config, 0).context("writing map CONFIG")?;
+    // A `netpath trace` running meanwhile keeps its frames coming.
+    let trace = config_map.get(&0, 0).map(|c| c.trace).unwrap_or(0);
+    config_map.set(0, DatapathConfig { trace, ..config }, 0).context("writing map CONFIG")?;
 
     let mut devmap = DevMapHash::try_from(ebpf.map_mut(maps::PORTS).context("map PORTS")?)?;
     for (_, ifindex) in ports {

@@ -4,6 +4,7 @@
 use std::{
     fs::{File, OpenOptions},
     io::{Read, Seek, Write},
+    os::unix::fs::MetadataExt,
     path::PathBuf,
 };
 
@@ -16,9 +17,13 @@ use nix::{
 use crate::state::STATE_DIR;
 
 /// Held while the lock is; released on drop (and by the kernel if the
-/// process dies, so a SIGKILLed netpath never leaves a stale lock).
+/// process dies, so a SIGKILLed netpath never leaves a stale lock). The
+/// lock file goes when its topology is gone (or `run` ends).
 pub struct Lock {
     _flock: Flock<File>,
+    path: PathBuf,
+    topology: String,
+    purpose: Purpose,
 }
 
 #[derive(Clone, Copy)]
@@ -51,10 +56,17 @@ impl Lock {
             .with_context(|| format!("opening lock file {}", path.display()))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(mut flock) => {
+                // The previous holder may have removed the file after we
+                // opened it: then this lock guards nothing; take a new one.
+                let same = std::fs::metadata(&path).is_ok_and(|m| m.ino() == flock.metadata().map(|f| f.ino()).unwrap_or(0));
+                if !same {
+                    drop(flock);
+                    return Self::acquire(topology, purpose);
+                }
                 flock.set_len(0)?;
                 flock.rewind()?;
                 write!(flock, "{}", std::process::id())?;
-                Ok(Lock { _flock: flock })
+                Ok(Lock { _flock: flock, path, topology: topology.to_owned(), purpose })
             }
             Err((mut file, Errno::EWOULDBLOCK)) => {
                 let mut holder = String::new();
@@ -75,9 +87,15 @@ impl Lock {
     }
 }
 
-/// Removes the lock files of a topology that is gone.
-pub fn remove_files(topology: &str) {
-    for purpose in [Purpose::Change, Purpose::Run] {
-        let _ = std::fs::remove_file(path(topology, purpose));
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // Removed while still held, so nobody can be holding the old file.
+        let gone = match self.purpose {
+            Purpose::Run => true,
+            Purpose::Change => !crate::state::path(&self.topology).exists(),
+        };
+        if gone {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! `netpath run`: the topology up, BPF logs forwarded to the logger, learned
 //! FDB entries aged out, and counters reported, until Ctrl-C.
 
-use std::time::Duration;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use aya_log::EbpfLogger;
@@ -19,14 +19,17 @@ use tokio::io::unix::AsyncFd;
 use crate::{
     cli, datapath, fdb, netlink,
     lock::{Lock, Purpose},
+    metrics::RunTotals,
     spec::TopologySpec,
     stats, topology,
 };
 
 const STATS_EVERY: Duration = Duration::from_secs(10);
 
-pub async fn run(handle: &Handle, spec: TopologySpec, keep: bool) -> Result<()> {
+pub async fn run(handle: &Handle, spec: TopologySpec, keep: bool, metrics: Option<SocketAddr>) -> Result<()> {
     let name = spec.name.clone();
+    let mode = spec.mode;
+    let totals = Arc::new(RunTotals::default());
     let _running = Lock::acquire(&name, Purpose::Run)?;
     let ageing = Duration::from_secs(spec.ageing_s);
     let fast_path = spec.mode != crate::spec::Mode::Bridge;
@@ -35,6 +38,19 @@ pub async fn run(handle: &Handle, spec: TopologySpec, keep: bool) -> Result<()> 
         forward_bpf_logs(&name)?;
     }
     let watcher = tokio::spawn(watch_vanishing_ports(handle.clone(), name.clone()));
+    let server = match metrics {
+        Some(addr) => {
+            let server = tokio::spawn(crate::metrics::serve(addr, name.clone(), mode, totals.clone(), handle.clone()));
+            // Fail now, not silently, if the address cannot be served.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if server.is_finished() {
+                server.await.context("metrics server")??;
+                unreachable!("the metrics server only returns on errors");
+            }
+            Some(server)
+        }
+        None => None,
+    };
     info!("topology {name} running; Ctrl-C to {}", if keep { "exit and keep it" } else { "tear it down" });
 
     let mut stats_ticker = tokio::time::interval(STATS_EVERY);
@@ -57,7 +73,10 @@ pub async fn run(handle: &Handle, spec: TopologySpec, keep: bool) -> Result<()> 
         if !report {
             match fdb::Fdb::open(&name).and_then(|mut f| f.age_out(ageing)) {
                 Ok(0) => {}
-                Ok(n) => debug!("topology {name}: {n} learned FDB entries aged out"),
+                Ok(n) => {
+                    totals.aged.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    debug!("topology {name}: {n} learned FDB entries aged out");
+                }
                 Err(e) => warn!("ageing the FDB of {name}: {e:#}"),
             }
             continue;
@@ -86,6 +105,9 @@ pub async fn run(handle: &Handle, spec: TopologySpec, keep: bool) -> Result<()> 
         }
     }
     watcher.abort();
+    if let Some(server) = server {
+        server.abort();
+    }
     if keep {
         info!("topology {name} kept; `netpath down --name {name}` removes it");
     } else {

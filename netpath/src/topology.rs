@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::{
     datapath,
-    lock::{self, Lock, Purpose},
+    lock::{Lock, Purpose},
     nat, netlink, netns,
     spec::{ContainerSpec, Mac, Mode, TopologySpec, port_name},
     state::{self, TopologyState},
@@ -162,11 +162,9 @@ async fn teardown(handle: &Handle, record: &TopologyState) -> Result<()> {
 
 /// Removes the topology. Returns false if there was nothing to remove.
 pub async fn down(handle: &Handle, topology: &str) -> Result<bool> {
-    let lock = Lock::acquire(topology, Purpose::Change)?;
+    let _lock = Lock::acquire(topology, Purpose::Change)?;
     if let Some(record) = state::load(topology)? {
         teardown(handle, &record).await?;
-        drop(lock);
-        lock::remove_files(topology);
         return Ok(true);
     }
     // No record: still remove links that carry this topology's mark.

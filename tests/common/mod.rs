@@ -118,8 +118,10 @@ pub fn leftovers(prefix: &str) -> Vec<String> {
     if std::path::Path::new(&format!("/sys/fs/bpf/netpath/{prefix}")).exists() {
         found.push(format!("pins /sys/fs/bpf/netpath/{prefix}"));
     }
-    if std::path::Path::new(&format!("/run/netpath/{prefix}.json")).exists() {
-        found.push(format!("state /run/netpath/{prefix}.json"));
+    for file in [format!("{prefix}.json"), format!("{prefix}.lock"), format!("{prefix}.run.lock")] {
+        if std::path::Path::new("/run/netpath").join(&file).exists() {
+            found.push(format!("/run/netpath/{file}"));
+        }
     }
     found
 }

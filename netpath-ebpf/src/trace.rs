@@ -1,0 +1,49 @@
+//! Copies of redirected frames for `netpath trace` (tcpdump on a host veth
+//! cannot see them). One array load and a branch when tracing is off.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use netpath_common::{TRACE_SNAPLEN, TraceEvent};
+
+use crate::maps::{CONFIG, TRACE};
+
+/// Records a frame of `len` bytes redirected from `ingress` to `egress`;
+/// `load(dst, n)` copies its first `n` bytes (1..=TRACE_SNAPLEN) to `dst`.
+#[inline(always)]
+pub fn redirected(ingress: u32, egress: u32, len: u32, load: impl FnOnce(*mut u8, u32) -> i64) {
+    match CONFIG.get(0) {
+        Some(config) if config.trace != 0 => {}
+        _ => return,
+    }
+    if len == 0 {
+        return;
+    }
+    let Some(mut entry) = TRACE.reserve::<TraceEvent>(0) else { return };
+    let event = entry.as_mut_ptr();
+    let captured = bounded_snaplen(len);
+    // SAFETY: `event` points at a reserved ring buffer slot of TraceEvent size.
+    unsafe {
+        (*event).timestamp_ns = bpf_ktime_get_ns();
+        (*event).ingress = ingress;
+        (*event).egress = egress;
+        (*event).len = len;
+        (*event).captured = captured;
+    }
+    if load(unsafe { (*event).data.as_mut_ptr() }, captured) != 0 {
+        entry.discard(0);
+        return;
+    }
+    entry.submit(0);
+}
+
+/// `min(len, TRACE_SNAPLEN)` for `len >= 1`, computed so that the verifier
+/// sees the result in 1..=TRACE_SNAPLEN, as the copy helpers' length must
+/// be. The mask is in assembly because LLVM would otherwise fold it into a
+/// compare on another copy of the register, which the verifier cannot use.
+#[inline(always)]
+fn bounded_snaplen(len: u32) -> u32 {
+    let mut n = (len.min(TRACE_SNAPLEN as u32) - 1) as u64;
+    // SAFETY: one ALU instruction on a register we own.
+    unsafe { core::arch::asm!("{0} &= 127", inout(reg) n, options(pure, nomem, nostack)) };
+    const _: () = assert!(TRACE_SNAPLEN == 128, "the mask above is TRACE_SNAPLEN - 1");
+    n as u32 + 1
+}

@@ -1,0 +1,254 @@
+//! `netpath trace`: the frames the fast path redirected (which tcpdump on a
+//! host veth never sees), as tcpdump-like lines or a pcap file.
+
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    str::FromStr,
+};
+
+use anyhow::{Context, Result, bail};
+use aya::maps::{Array, Map, RingBuf};
+use netpath_common::{DatapathConfig, TRACE_SNAPLEN, TraceEvent, maps};
+use tokio::io::unix::AsyncFd;
+
+use crate::{datapath, fdb::monotonic_ns, spec::Mac};
+
+/// Which frames to show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// Frames from or to this MAC.
+    Mac(Mac),
+    /// IPv4/IPv6 packets from or to this address.
+    Ip(IpAddr),
+}
+
+impl FromStr for Filter {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().split_once(char::is_whitespace) {
+            Some(("mac", mac)) => Ok(Filter::Mac(mac.trim().parse()?)),
+            Some(("ip", ip)) => Ok(Filter::Ip(ip.trim().parse().with_context(|| format!("{ip:?} is not an IP address"))?)),
+            _ => bail!("filter {s:?}: use 'mac XX:XX:XX:XX:XX:XX' or 'ip ADDRESS'"),
+        }
+    }
+}
+
+pub struct Options {
+    /// Only frames that entered through this port (ifindex).
+    pub port: Option<u32>,
+    pub count: Option<usize>,
+    pub write: Option<PathBuf>,
+    pub filter: Option<Filter>,
+}
+
+/// A decoded view of a captured frame.
+struct Frame<'a> {
+    dst: Mac,
+    src: Mac,
+    ethertype: u16,
+    payload: &'a [u8],
+}
+
+impl<'a> Frame<'a> {
+    fn parse(data: &'a [u8]) -> Option<Self> {
+        if data.len() < 14 {
+            return None;
+        }
+        let mut ethertype = u16::from_be_bytes([data[12], data[13]]);
+        let mut payload = &data[14..];
+        if ethertype == 0x8100 && payload.len() >= 4 {
+            ethertype = u16::from_be_bytes([payload[2], payload[3]]);
+            payload = &payload[4..];
+        }
+        Some(Frame {
+            dst: Mac(data[0..6].try_into().ok()?),
+            src: Mac(data[6..12].try_into().ok()?),
+            ethertype,
+            payload,
+        })
+    }
+
+    /// (source, destination, protocol) of an IPv4/IPv6 payload.
+    fn ip(&self) -> Option<(IpAddr, IpAddr, u8)> {
+        let p = self.payload;
+        match self.ethertype {
+            0x0800 if p.len() >= 20 => Some((
+                IpAddr::V4(Ipv4Addr::new(p[12], p[13], p[14], p[15])),
+                IpAddr::V4(Ipv4Addr::new(p[16], p[17], p[18], p[19])),
+                p[9],
+            )),
+            0x86dd if p.len() >= 40 => Some((
+                IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&p[8..24]).ok()?)),
+                IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&p[24..40]).ok()?)),
+                p[6],
+            )),
+            _ => None,
+        }
+    }
+
+    fn matches(&self, filter: &Filter) -> bool {
+        match filter {
+            Filter::Mac(mac) => self.src == *mac || self.dst == *mac,
+            Filter::Ip(ip) => self.ip().is_some_and(|(s, d, _)| s == *ip || d == *ip),
+        }
+    }
+}
+
+fn protocol_name(p: u8) -> String {
+    match p {
+        1 => "ICMP".into(),
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        58 => "ICMP6".into(),
+        other => format!("proto {other}"),
+    }
+}
+
+/// One line per frame, in the manner of `tcpdump -e -n`.
+fn describe(event: &TraceEvent, frame: &Frame<'_>, name_of: &dyn Fn(u32) -> String, wall_ns: u64) -> String {
+    let secs = wall_ns / 1_000_000_000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let micros = (wall_ns / 1000) % 1_000_000;
+    let mut line = format!(
+        "{h:02}:{m:02}:{s:02}.{micros:06} {} > {} {} > {}, ethertype 0x{:04x}, length {}",
+        name_of(event.ingress),
+        name_of(event.egress),
+        frame.src,
+        frame.dst,
+        frame.ethertype,
+        event.len
+    );
+    if let Some((src, dst, proto)) = frame.ip() {
+        line.push_str(&format!(": {src} > {dst} {}", protocol_name(proto)));
+    }
+    line
+}
+
+/// The classic pcap format (microseconds, Ethernet link type).
+struct PcapWriter {
+    out: BufWriter<File>,
+}
+
+impl PcapWriter {
+    fn create(path: &PathBuf) -> Result<Self> {
+        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let mut out = BufWriter::new(file);
+        out.write_all(&0xa1b2c3d4u32.to_le_bytes())?;
+        out.write_all(&2u16.to_le_bytes())?;
+        out.write_all(&4u16.to_le_bytes())?;
+        out.write_all(&0i32.to_le_bytes())?; // thiszone
+        out.write_all(&0u32.to_le_bytes())?; // sigfigs
+        out.write_all(&(TRACE_SNAPLEN as u32).to_le_bytes())?;
+        out.write_all(&1u32.to_le_bytes())?; // LINKTYPE_ETHERNET
+        Ok(Self { out })
+    }
+
+    fn write(&mut self, event: &TraceEvent, wall_ns: u64) -> Result<()> {
+        let captured = (event.captured as usize).min(TRACE_SNAPLEN);
+        self.out.write_all(&((wall_ns / 1_000_000_000) as u32).to_le_bytes())?;
+        self.out.write_all(&(((wall_ns / 1000) % 1_000_000) as u32).to_le_bytes())?;
+        self.out.write_all(&(captured as u32).to_le_bytes())?;
+        self.out.write_all(&event.len.to_le_bytes())?;
+        self.out.write_all(&event.data[..captured])?;
+        Ok(())
+    }
+}
+
+fn set_tracing(topology: &str, on: bool) -> Result<()> {
+    let mut config: Array<_, DatapathConfig> = Array::try_from(Map::Array(datapath::open_map(topology, maps::CONFIG)?))?;
+    let mut value = config.get(&0, 0).context("reading map CONFIG")?;
+    value.trace = on as u8;
+    config.set(0, value, 0).context("writing map CONFIG")
+}
+
+/// Turns tracing off again however `run` ends.
+struct TracingOn<'a>(&'a str);
+
+impl Drop for TracingOn<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = set_tracing(self.0, false) {
+            log::warn!("turning tracing off for {}: {e:#}", self.0);
+        }
+    }
+}
+
+/// Shows redirected frames until `count` are shown or Ctrl-C; returns how many.
+pub async fn run(topology: &str, options: Options, name_of: &dyn Fn(u32) -> String) -> Result<usize> {
+    let ring = RingBuf::try_from(Map::RingBuf(datapath::open_map(topology, maps::TRACE)?))?;
+    // SAFETY: the RingBuf owns its fd and moves into the AsyncFd.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(std::io::Error::from)
+        .context("polling the TRACE ring buffer")?;
+    let mut pcap = options.write.as_ref().map(PcapWriter::create).transpose()?;
+    set_tracing(topology, true)?;
+    let _off = TracingOn(topology);
+    let wall_offset = wall_clock_ns().saturating_sub(monotonic_ns());
+    let mut shown = 0;
+    loop {
+        if options.count.is_some_and(|c| shown >= c) {
+            break;
+        }
+        let mut guard = tokio::select! {
+            guard = ring.readable_mut() => guard.context("waiting for traced frames")?,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        while let Some(item) = guard.get_inner_mut().next() {
+            if item.len() < size_of::<TraceEvent>() {
+                continue;
+            }
+            // SAFETY: the programs write whole TraceEvents; read unaligned.
+            let event: TraceEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            drop(item);
+            let captured = (event.captured as usize).min(TRACE_SNAPLEN);
+            let Some(frame) = Frame::parse(&event.data[..captured]) else { continue };
+            if options.port.is_some_and(|p| p != event.ingress)
+                || options.filter.as_ref().is_some_and(|f| !frame.matches(f))
+            {
+                continue;
+            }
+            let wall_ns = event.timestamp_ns + wall_offset;
+            match pcap.as_mut() {
+                Some(writer) => writer.write(&event, wall_ns)?,
+                None => println!("{}", describe(&event, &frame, name_of, wall_ns)),
+            }
+            shown += 1;
+            if options.count.is_some_and(|c| shown >= c) {
+                break;
+            }
+        }
+        guard.clear_ready();
+    }
+    if let Some(mut writer) = pcap {
+        writer.out.flush()?;
+    }
+    Ok(shown)
+}
+
+fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_and_match() {
+        let mut data = vec![0u8; 34];
+        data[..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+        data[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        data[12..14].copy_from_slice(&[0x08, 0x00]);
+        data[14 + 9] = 1;
+        data[14 + 12..14 + 16].copy_from_slice(&[10, 0, 0, 1]);
+        data[14 + 16..14 + 20].copy_from_slice(&[10, 0, 0, 2]);
+        let frame = Frame::parse(&data).unwrap();
+        assert!(frame.matches(&"mac 02:00:00:00:00:01".parse().unwrap()));
+        assert!(frame.matches(&"ip 10.0.0.2".parse().unwrap()));
+        assert!(!frame.matches(&"ip 10.0.0.3".parse().unwrap()));
+        assert!("host 10.0.0.1".parse::<Filter>().is_err());
+        assert_eq!(frame.ip().unwrap().2, 1);
+    }
+}

@@ -1,0 +1,156 @@
+//! Issue 7: the fast path made visible: pcap of redirected frames, FDB
+//! events, Prometheus metrics.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    process::{Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use common::{Running, Topology, in_ns, netpath_ok, ping, sh};
+use serde_json::Value;
+
+fn trace(topology: &str, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_netpath"))
+        .args(["trace", "--name", topology])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn trace_writes_a_pcap_that_tcpdump_reads() {
+    for (i, mode) in ["xdp", "tc"].iter().enumerate() {
+        let t = Topology::up("trc", &["--containers", "2", "--subnet", &format!("10.{}.0.0/24", 160 + i), "--mode", mode]);
+        let status = t.status();
+        let (mac0, mac1) = (status["ports"][0]["mac"].as_str().unwrap().to_owned(), status["ports"][1]["mac"].as_str().unwrap().to_owned());
+        let peer = format!("10.{}.0.3", 160 + i);
+        assert!(ping(&t.ns("c0"), &peer)); // ARP done before the capture
+        let pcap = std::env::temp_dir().join(format!("{}.pcap", t.name));
+        let filter = format!("ip {peer}");
+        let tracer = trace(&t.name, &["--count", "6", "--write", pcap.to_str().unwrap(), "--filter", &filter]);
+        sleep(Duration::from_millis(500));
+        let out = in_ns(&t.ns("c0"), &["ping", "-c", "3", "-i", "0.2", &peer]);
+        assert!(out.status.success());
+        let traced = tracer.wait_with_output().unwrap();
+        assert!(traced.status.success(), "{mode}: trace failed: {}", String::from_utf8_lossy(&traced.stderr));
+        let read = sh("tcpdump", &["-r", pcap.to_str().unwrap(), "-n", "-e"]);
+        let text = String::from_utf8_lossy(&read.stdout).into_owned();
+        std::fs::remove_file(&pcap).unwrap();
+        let requests = text.lines().filter(|l| l.contains("ICMP echo request")).count();
+        let replies = text.lines().filter(|l| l.contains("ICMP echo reply")).count();
+        assert_eq!((requests, replies), (3, 3), "{mode}: {text}");
+        for line in text.lines() {
+            assert!(line.contains(&format!("{mac0} > {mac1}")) || line.contains(&format!("{mac1} > {mac0}")), "{mode}: {line}");
+            assert!(line.contains("length 98"), "{mode}: {line}");
+        }
+    }
+}
+
+/// While nobody traces, the programs copy nothing: frames sent before a
+/// trace starts never reach it.
+#[test]
+fn tracing_is_off_unless_asked() {
+    let t = Topology::up("toff", &["--containers", "2", "--subnet", "10.162.0.0/24"]);
+    let flood = in_ns(&t.ns("c0"), &["ping", "-f", "-c", "500", "-q", "10.162.0.3"]);
+    assert!(flood.status.success());
+    let tracer = trace(&t.name, &["--count", "1"]);
+    sleep(Duration::from_millis(1500));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(tracer.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = tracer.wait_with_output().unwrap();
+    assert!(out.stdout.is_empty(), "frames traced while tracing was off: {}", String::from_utf8_lossy(&out.stdout));
+    // And when asked, it does see them, as lines.
+    let tracer = trace(&t.name, &["--count", "2", "--port", "c0"]);
+    sleep(Duration::from_millis(500));
+    assert!(ping(&t.ns("c0"), "10.162.0.3"));
+    assert!(in_ns(&t.ns("c0"), &["ping", "-c", "1", "10.162.0.3"]).status.success());
+    let out = tracer.wait_with_output().unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(lines.lines().count(), 2, "{lines}");
+    assert!(lines.lines().all(|l| l.contains(&format!("{} > {}", t.ns("c0"), t.ns("c1"))) && l.contains("ICMP")), "{lines}");
+}
+
+#[test]
+fn monitor_reports_learned_and_aged_out_entries() {
+    let run = Running::start("mon", &["--containers", "2", "--subnet", "10.163.0.0/24", "--ageing", "2"]);
+    let t = &run.topology;
+    let mac = t.status()["ports"][1]["mac"].as_str().unwrap().to_owned();
+    let mut monitor = Command::new(env!("CARGO_BIN_EXE_netpath"))
+        .args(["monitor", "--name", &t.name, "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(monitor.stdout.take().unwrap()).lines();
+    sleep(Duration::from_millis(300));
+    netpath_ok(&["fdb", "del", "--name", &t.name, &mac]);
+    assert!(ping(&t.ns("c0"), "10.163.0.3")); // c1 answers: learned
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    while !seen.iter().any(|(k, m): &(String, String)| k == "aged_out" && *m == mac) {
+        assert!(started.elapsed() < Duration::from_secs(15), "no aged_out event; saw {seen:?}");
+        let line = lines.next().expect("monitor ended").unwrap();
+        let event: Value = serde_json::from_str(&line).unwrap();
+        seen.push((event["event"].as_str().unwrap().to_owned(), event["mac"].as_str().unwrap().to_owned()));
+    }
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let kinds: Vec<&str> = seen.iter().filter(|(_, m)| *m == mac).map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["static_removed", "learned", "aged_out"]);
+}
+
+fn scrape(addr: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+/// Checks the Prometheus text format: HELP and TYPE before each family,
+/// then `name{labels} value` lines; returns name{labels} -> value.
+fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut typed = std::collections::HashSet::new();
+    let mut samples = std::collections::HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(["counter", "gauge"].contains(&kind), "{line}");
+            assert!(!name.ends_with("_total") || kind == "counter", "{line}");
+            typed.insert(name.to_owned());
+        } else if line.starts_with("# HELP ") {
+        } else {
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
+            let name = series.split('{').next().unwrap();
+            assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && name.starts_with("netpath_"), "{line}");
+            assert!(typed.contains(name), "{name} has no TYPE before it");
+            if let Some(labels) = series.strip_prefix(name) {
+                assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "{line}");
+            }
+            samples.insert(series.to_owned(), value.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {line:?}")));
+        }
+    }
+    samples
+}
+
+#[test]
+fn metrics_answer_on_loopback_and_move_with_traffic() {
+    let port = 19000 + std::process::id() % 1000;
+    let addr = format!("127.0.0.1:{port}");
+    let run = Running::start("met", &["--containers", "2", "--subnet", "10.164.0.0/24", "--metrics", &addr]);
+    let t = &run.topology;
+    let series = format!("netpath_redirected_packets_total{{topology=\"{}\",port=\"{}\"}}", t.name, t.ns("c0"));
+    let before = parse_prometheus(&scrape(&addr));
+    assert_eq!(before[&format!("netpath_info{{topology=\"{}\",mode=\"tc\"}}", t.name)], 1.0);
+    assert_eq!(before[&format!("netpath_fdb_entries{{topology=\"{}\",state=\"static\"}}", t.name)], 2.0);
+    let flood = in_ns(&t.ns("c0"), &["ping", "-f", "-c", "200", "-q", "10.164.0.3"]);
+    assert!(flood.status.success());
+    let after = parse_prometheus(&scrape(&addr));
+    assert!(after[&series] >= before[&series] + 200.0, "{series}: {} -> {}", before[&series], after[&series]);
+}
