@@ -22,7 +22,7 @@ use rtnetlink::Handle;
 
 use crate::{
     ethtool, fdb, netlink, netns,
-    spec::{ContainerSpec, Mac, Mode, TopologySpec, port_name},
+    spec::{Mac, Mode, TopologySpec, port_name},
     topology::CONTAINER_IFNAME,
 };
 
@@ -31,6 +31,52 @@ pub static OBJECT: &[u8] = include_bytes_aligned!(env!("NETPATH_BPF_OBJECT"));
 
 pub const BPFFS: &str = "/sys/fs/bpf";
 const MAP_NAMES: [&str; 5] = [maps::FDB, maps::PORTS, maps::PORT_STATE, maps::CONFIG, maps::TRACE];
+
+/// One container port of a datapath.
+#[derive(Clone, Debug)]
+pub struct Port {
+    /// Host-side veth.
+    pub name: String,
+    /// The container's network namespace (a bind mount or /proc/PID/ns/net).
+    pub netns: PathBuf,
+    /// The container-side interface inside it.
+    pub ifname: String,
+    /// The container's MAC: its static FDB entry.
+    pub mac: Mac,
+}
+
+/// Everything the datapath needs: a set of ports sharing one bridge, one
+/// FDB and one pin directory (a topology, or a CNI network).
+#[derive(Clone, Debug)]
+pub struct Datapath {
+    /// Key of the pin directory.
+    pub name: String,
+    pub bridge: String,
+    pub mode: Mode,
+    pub ageing_s: u64,
+    pub fdb_size: u32,
+    pub ports: Vec<Port>,
+}
+
+impl From<&TopologySpec> for Datapath {
+    fn from(spec: &TopologySpec) -> Self {
+        Datapath {
+            name: spec.name.clone(),
+            bridge: spec.bridge_name(),
+            mode: spec.mode,
+            ageing_s: spec.ageing_s,
+            fdb_size: spec.fdb_size,
+            ports: spec
+                .containers
+                .iter()
+                .map(|c| {
+                    let name = port_name(&spec.name, &c.name);
+                    Port { netns: netns::path(&name), name, ifname: CONTAINER_IFNAME.into(), mac: c.mac }
+                })
+                .collect(),
+        }
+    }
+}
 
 /// Where a topology's maps and links are pinned.
 pub fn pin_dir(topology: &str) -> PathBuf {
@@ -131,18 +177,18 @@ pub fn open_map(topology: &str, name: &str) -> Result<MapData> {
     })
 }
 
-/// Makes the datapath match the spec: programs of the spec's mode attached
-/// to every port, the other modes' programs detached, maps filled. New links
-/// are attached before old ones go, so switching modes keeps forwarding.
-pub async fn ensure(handle: &Handle, spec: &TopologySpec) -> Result<()> {
-    if spec.mode == Mode::Bridge {
-        return remove(handle, spec).await;
+/// Makes the datapath match: programs of its mode attached to every port,
+/// the other modes' programs detached, maps filled. New links are attached
+/// before old ones go, so switching modes keeps forwarding.
+pub async fn ensure(handle: &Handle, dp: &Datapath) -> Result<()> {
+    if dp.mode == Mode::Bridge {
+        return remove(&dp.name);
     }
     ensure_bpffs()?;
-    let dir = pin_dir(&spec.name);
+    let dir = pin_dir(&dp.name);
     // Pinned maps hold the FDB: only root may read or change them.
     for hook in Hook::ALL {
-        let hook_dir = links_dir(&spec.name).join(hook.suffix());
+        let hook_dir = links_dir(&dp.name).join(hook.suffix());
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -151,45 +197,44 @@ pub async fn ensure(handle: &Handle, spec: &TopologySpec) -> Result<()> {
     }
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
 
-    let mut ebpf = load(Some(&dir), spec.fdb_size)?;
-    let bridge = netlink::link_by_name(handle, &spec.bridge_name())
+    let mut ebpf = load(Some(&dir), dp.fdb_size)?;
+    let bridge = netlink::link_by_name(handle, &dp.bridge)
         .await?
-        .with_context(|| format!("bridge {} is missing", spec.bridge_name()))?;
+        .with_context(|| format!("bridge {} is missing", dp.bridge))?;
 
     let mut ports = Vec::new();
-    for c in &spec.containers {
-        let name = port_name(&spec.name, &c.name);
-        let link = netlink::link_by_name(handle, &name)
+    for port in &dp.ports {
+        let link = netlink::link_by_name(handle, &port.name)
             .await?
-            .with_context(|| format!("port {name} is missing"))?;
-        ports.push((c.clone(), link.index));
+            .with_context(|| format!("port {} is missing", port.name))?;
+        ports.push((port, link.index));
     }
     let config = DatapathConfig {
         bridge_mac: bridge.mac.map(|m| m.0).unwrap_or_default(),
         learning: 1,
         trace: 0,
-        ageing_ns: spec.ageing_s * 1_000_000_000,
+        ageing_ns: dp.ageing_s * 1_000_000_000,
     };
-    fill_maps(&mut ebpf, &spec.name, config, &ports)?;
+    fill_maps(&mut ebpf, &dp.name, config, &ports)?;
 
-    let wanted = Hook::for_mode(spec.mode);
-    for (c, ifindex) in &ports {
+    let wanted = Hook::for_mode(dp.mode);
+    for (port, ifindex) in &ports {
         for hook in wanted {
-            attach(&mut ebpf, spec, c, *ifindex, *hook)?;
+            attach(&mut ebpf, &dp.name, port, *ifindex, *hook)?;
         }
     }
-    for (c, _) in &ports {
+    for (port, _) in &ports {
         for hook in Hook::ALL.iter().filter(|h| !wanted.contains(h)) {
-            detach(&spec.name, &port_name(&spec.name, &c.name), *hook)?;
+            detach(&dp.name, port, *hook)?;
         }
     }
-    let names: HashSet<String> = ports.iter().map(|(c, _)| port_name(&spec.name, &c.name)).collect();
-    remove_stale_links(&spec.name, &names)?;
-    info!("topology {}: datapath {} on {} ports", spec.name, spec.mode, ports.len());
+    let names: HashSet<String> = ports.iter().map(|(p, _)| p.name.clone()).collect();
+    remove_stale_links(&dp.name, &names)?;
+    info!("{}: datapath {} on {} ports", dp.name, dp.mode, ports.len());
     Ok(())
 }
 
-fn fill_maps(ebpf: &mut Ebpf, topology: &str, config: DatapathConfig, ports: &[(ContainerSpec, u32)]) -> Result<()> {
+fn fill_maps(ebpf: &mut Ebpf, topology: &str, config: DatapathConfig, ports: &[(&Port, u32)]) -> Result<()> {
     let mut config_map: Array<_, DatapathConfig> =
         Array::try_from(ebpf.map_mut(maps::CONFIG).context("map CONFIG")?)?;
     // A `netpath trace` running meanwhile keeps its frames coming.
@@ -224,11 +269,11 @@ fn fill_maps(ebpf: &mut Ebpf, topology: &str, config: DatapathConfig, ports: &[(
     Ok(())
 }
 
-fn attach(ebpf: &mut Ebpf, spec: &TopologySpec, c: &ContainerSpec, ifindex: u32, hook: Hook) -> Result<()> {
-    let port = port_name(&spec.name, &c.name);
-    let pin = hook.pin_path(&spec.name, &port);
+fn attach(ebpf: &mut Ebpf, datapath: &str, port: &Port, ifindex: u32, hook: Hook) -> Result<()> {
+    let name = &port.name;
+    let pin = hook.pin_path(datapath, name);
     if pin.exists() {
-        debug!("{port}: {} link already pinned", hook.suffix());
+        debug!("{name}: {} link already pinned", hook.suffix());
         return Ok(());
     }
     let link: FdLink = match hook {
@@ -236,27 +281,27 @@ fn attach(ebpf: &mut Ebpf, spec: &TopologySpec, c: &ContainerSpec, ifindex: u32,
             let program: &mut Xdp = program_mut(ebpf, programs::XDP_FORWARD)?;
             let id = program
                 .attach_to_if_index(ifindex, XdpMode::Driver)
-                .with_context(|| format!("attaching XDP to {port}"))?;
+                .with_context(|| format!("attaching XDP to {name}"))?;
             program.take_link(id)?.try_into().context("XDP link is not a bpf_link")?
         }
         Hook::XdpPeer => {
             let program: &mut Xdp = program_mut(ebpf, programs::XDP_PEER)?;
             // An ifindex is resolved in the caller's namespace: attach from inside.
-            netns::enter_and(&port, || {
-                let index = nix::net::if_::if_nametoindex(CONTAINER_IFNAME)
-                    .with_context(|| format!("no {CONTAINER_IFNAME}"))?;
+            netns::enter_path_and(&port.netns, || {
+                let index = nix::net::if_::if_nametoindex(port.ifname.as_str())
+                    .with_context(|| format!("no {}", port.ifname))?;
                 let id = program.attach_to_if_index(index, XdpMode::Driver)?;
                 let link = program.take_link(id)?.try_into().context("XDP link is not a bpf_link")?;
-                set_xdp_offloads(true)?;
+                set_xdp_offloads(&port.ifname, true)?;
                 Ok(link)
             })
-            .with_context(|| format!("attaching XDP pass to {CONTAINER_IFNAME} in namespace {port}"))?
+            .with_context(|| format!("attaching XDP pass to {} in {}", port.ifname, port.netns.display()))?
         }
         Hook::Tc => {
             let program: &mut SchedClassifier = program_mut(ebpf, programs::TC_FORWARD)?;
             let id = program
-                .attach(&port, TcAttachType::Ingress)
-                .with_context(|| format!("attaching tc ingress to {port}"))?;
+                .attach(name, TcAttachType::Ingress)
+                .with_context(|| format!("attaching tc ingress to {name}"))?;
             program.take_link(id)?.try_into().context("tc link is not a bpf_link (kernel without tcx?)")?
         }
     };
@@ -270,20 +315,21 @@ fn attach(ebpf: &mut Ebpf, spec: &TopologySpec, c: &ContainerSpec, ifindex: u32,
 ///   "checksum pending" mark when XDP redirects it, and the receiver drops it;
 /// - GRO, so the receiving end batches the redirected frames into large skbs.
 /// `enable = false` restores the veth defaults when XDP mode is left.
-fn set_xdp_offloads(enable: bool) -> Result<()> {
-    ethtool::set(CONTAINER_IFNAME, ethtool::Offload::TxChecksum, !enable)?;
-    ethtool::set(CONTAINER_IFNAME, ethtool::Offload::Gro, enable)
+fn set_xdp_offloads(ifname: &str, enable: bool) -> Result<()> {
+    ethtool::set(ifname, ethtool::Offload::TxChecksum, !enable)?;
+    ethtool::set(ifname, ethtool::Offload::Gro, enable)
 }
 
-/// Unpins (and so detaches) one hook's link of one port, if pinned.
-fn detach(topology: &str, port: &str, hook: Hook) -> Result<()> {
-    let pin = hook.pin_path(topology, port);
+/// Unpins (and so detaches) one hook's link of one port, if pinned; leaving
+/// XDP, restores the container interface's offloads if it is still there.
+fn detach(datapath: &str, port: &Port, hook: Hook) -> Result<()> {
+    let pin = hook.pin_path(datapath, &port.name);
     if pin.exists() {
         let link = PinnedLink::from_pin(&pin).with_context(|| format!("opening pinned link {}", pin.display()))?;
         link.unpin().with_context(|| format!("unpinning {}", pin.display()))?;
-        if hook == Hook::XdpPeer && netns::exists(port) {
-            netns::enter_and(port, || set_xdp_offloads(false))
-                .with_context(|| format!("restoring offloads of {CONTAINER_IFNAME} in namespace {port}"))?;
+        if hook == Hook::XdpPeer && port.netns.exists() {
+            netns::enter_path_and(&port.netns, || set_xdp_offloads(&port.ifname, false))
+                .with_context(|| format!("restoring offloads of {} in {}", port.ifname, port.netns.display()))?;
         }
     }
     Ok(())
@@ -347,13 +393,13 @@ pub fn attached_program_ids(topology: &str) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-/// Detaches everything and removes the topology's pins.
-pub async fn remove(_handle: &Handle, spec: &TopologySpec) -> Result<()> {
-    let dir = pin_dir(&spec.name);
+/// Detaches everything and removes the datapath's pins.
+pub fn remove(datapath: &str) -> Result<()> {
+    let dir = pin_dir(datapath);
     if !dir.exists() {
         return Ok(());
     }
-    remove_stale_links(&spec.name, &HashSet::new())?;
+    remove_stale_links(datapath, &HashSet::new())?;
     fs::remove_dir_all(&dir).with_context(|| format!("removing pins in {}", dir.display()))
 }
 
@@ -379,21 +425,21 @@ pub fn unset_port_mac(topology: &str, mac: Mac) -> Result<()> {
     Ok(())
 }
 
-/// Removes a port that is leaving the topology (or has vanished) from the
+/// Removes a port that is leaving the datapath (or has vanished) from the
 /// maps, and unpins its links.
-pub fn forget_port(spec: &TopologySpec, port: &str, ifindex: Option<u32>) -> Result<()> {
-    if spec.mode == Mode::Bridge || !pin_dir(&spec.name).exists() {
+pub fn forget_port(datapath: &str, port: &Port, ifindex: Option<u32>) -> Result<()> {
+    if !pin_dir(datapath).exists() {
         return Ok(());
     }
     for hook in Hook::ALL {
-        detach(&spec.name, port, hook)?;
+        detach(datapath, port, hook)?;
     }
     let Some(ifindex) = ifindex else { return Ok(()) };
-    fdb::Fdb::open(&spec.name)?.remove_port(ifindex)?;
-    let mut devmap = DevMapHash::try_from(aya::maps::Map::DevMapHash(open_map(&spec.name, maps::PORTS)?))?;
+    fdb::Fdb::open(datapath)?.remove_port(ifindex)?;
+    let mut devmap = DevMapHash::try_from(aya::maps::Map::DevMapHash(open_map(datapath, maps::PORTS)?))?;
     let _ = devmap.remove(ifindex);
     let mut port_state: PerCpuHashMap<_, u32, PortState> =
-        PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(open_map(&spec.name, maps::PORT_STATE)?))?;
+        PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(open_map(datapath, maps::PORT_STATE)?))?;
     let _ = port_state.remove(&ifindex);
     Ok(())
 }

@@ -90,17 +90,25 @@ where
     T: Send,
     F: FnOnce() -> Result<T> + Send,
 {
-    let ns_path = path(name);
+    enter_path_and(&path(name), work)
+}
+
+/// As [`enter_and`], for a namespace given by path (e.g. a CNI_NETNS).
+pub fn enter_path_and<T, F>(ns_path: &Path, work: F) -> Result<T>
+where
+    T: Send,
+    F: FnOnce() -> Result<T> + Send,
+{
+    let shown = ns_path.display();
     std::thread::scope(|scope| {
         scope
             .spawn(|| -> Result<T> {
-                let ns = File::open(&ns_path)
-                    .with_context(|| format!("opening network namespace {name} ({})", ns_path.display()))?;
-                setns(&ns, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering network namespace {name}"))?;
+                let ns = File::open(ns_path).with_context(|| format!("opening network namespace {shown}"))?;
+                setns(&ns, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering network namespace {shown}"))?;
                 work()
             })
             .join()
-            .map_err(|_| anyhow!("thread working in namespace {name} panicked"))?
+            .map_err(|_| anyhow!("thread working in namespace {shown} panicked"))?
     })
 }
 
@@ -112,7 +120,17 @@ where
     F: FnOnce(Handle) -> Fut + Send,
     Fut: Future<Output = Result<T>>,
 {
-    enter_and(name, || {
+    run_in_path(&path(name), work)
+}
+
+/// As [`run_in`], for a namespace given by path.
+pub fn run_in_path<T, F, Fut>(ns_path: &Path, work: F) -> Result<T>
+where
+    T: Send,
+    F: FnOnce(Handle) -> Fut + Send,
+    Fut: Future<Output = Result<T>>,
+{
+    enter_path_and(ns_path, || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

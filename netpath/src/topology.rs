@@ -33,7 +33,7 @@ pub async fn up(handle: &Handle, spec: TopologySpec) -> Result<UpOutcome> {
         if existing.complete {
             let differences = differences(&existing.spec, &spec);
             if differences.is_empty() {
-                datapath::ensure(handle, &existing.spec).await?;
+                datapath::ensure(handle, &(&existing.spec).into()).await?;
                 return Ok(UpOutcome::AlreadyUp);
             }
             bail!(
@@ -84,7 +84,7 @@ async fn build(handle: &Handle, record: &mut TopologyState) -> Result<()> {
         record.ip_forward_before = nat::enable(&spec)?;
         state::save(record)?;
     }
-    datapath::ensure(handle, &spec).await
+    datapath::ensure(handle, &(&spec).into()).await
 }
 
 /// Test hook: `up` fails before the container with this (0-based) index,
@@ -147,7 +147,7 @@ async fn remove_container(handle: &Handle, topology: &str, container: &str, inte
 async fn teardown(handle: &Handle, record: &TopologyState) -> Result<()> {
     let spec = &record.spec;
     let interrupted = !record.complete;
-    datapath::remove(handle, spec).await?;
+    datapath::remove(&spec.name)?;
     for container in &spec.containers {
         remove_container(handle, &spec.name, &container.name, interrupted).await?;
     }
@@ -263,7 +263,7 @@ pub async fn port_add(
         .with_context(|| format!("bridge {} of topology {topology} is missing", record.spec.bridge_name()))?;
     let result = async {
         create_container(handle, &record.spec, bridge.index, &added).await?;
-        datapath::ensure(handle, &record.spec).await?;
+        datapath::ensure(handle, &(&record.spec).into()).await?;
         state::save(&record)
     }
     .await;
@@ -274,6 +274,11 @@ pub async fn port_add(
         return Err(e.context(format!("adding port {container} (rolled back)")));
     }
     Ok(added)
+}
+
+/// The datapath's view of the topology's `index`-th container.
+fn datapath_port(spec: &TopologySpec, index: usize) -> datapath::Port {
+    datapath::Datapath::from(spec).ports.swap_remove(index)
 }
 
 /// Accepts a container name or its host-side veth name.
@@ -299,7 +304,7 @@ pub async fn set_mode(handle: &Handle, topology: &str, mode: Mode) -> Result<()>
     let mut record = load_complete(topology)?;
     crate::spec::validate_mtu(mode, record.spec.mtu)?;
     record.spec.mode = mode;
-    datapath::ensure(handle, &record.spec).await?;
+    datapath::ensure(handle, &(&record.spec).into()).await?;
     state::save(&record)
 }
 
@@ -311,10 +316,10 @@ pub async fn port_del(handle: &Handle, topology: &str, container: &str) -> Resul
     let Some(index) = record.spec.containers.iter().position(|c| c.name == container) else {
         bail!("topology {topology} has no port {container}");
     };
+    let port = datapath_port(&record.spec, index);
     record.spec.containers.remove(index);
-    let port = port_name(topology, &container);
-    let ifindex = netlink::link_by_name(handle, &port).await?.map(|l| l.index);
-    datapath::forget_port(&record.spec, &port, ifindex)?;
+    let ifindex = netlink::link_by_name(handle, &port.name).await?.map(|l| l.index);
+    datapath::forget_port(topology, &port, ifindex)?;
     remove_container(handle, topology, &container, false).await?;
     state::save(&record)
 }
@@ -344,8 +349,9 @@ pub async fn forget_vanished_port(handle: &Handle, topology: &str, port: &str, i
     if netlink::link_by_name(handle, port).await?.is_some() {
         return Ok(false); // re-created meanwhile: not vanished
     }
+    let gone = datapath_port(&record.spec, index);
     record.spec.containers.remove(index);
-    datapath::forget_port(&record.spec, port, Some(ifindex))?;
+    datapath::forget_port(topology, &gone, Some(ifindex))?;
     netns::delete(port)?;
     state::save(&record)?;
     Ok(true)
