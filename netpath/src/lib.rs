@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod cni;
 pub mod datapath;
 pub mod ethtool;
 pub mod fdb;

@@ -163,6 +163,9 @@ async fn teardown(handle: &Handle, record: &TopologyState) -> Result<()> {
 /// Removes the topology. Returns false if there was nothing to remove.
 pub async fn down(handle: &Handle, topology: &str) -> Result<bool> {
     let _lock = Lock::acquire(topology, Purpose::Change)?;
+    // A `run` killed with SIGKILL left its lock file; taking and dropping
+    // the lock removes it (a live `run` keeps its own).
+    drop(Lock::acquire(topology, Purpose::Run));
     if let Some(record) = state::load(topology)? {
         teardown(handle, &record).await?;
         return Ok(true);

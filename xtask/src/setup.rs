@@ -15,8 +15,9 @@ use crate::build::status;
 /// bpf-linker release line known to build against the nightly's LLVM here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages, each with the command that shows it is installed.
+/// Debian packages, each with the command (or file) that shows it is installed.
 const DEBIAN_TOOLS: &[(&str, &str)] = &[
+    ("/usr/lib/cni/host-local", "containernetworking-plugins"),
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("iperf3", "iperf3"),

@@ -1,0 +1,220 @@
+//! Issue 8: netpath as a CNI plugin, driven exactly as a runtime drives it
+//! (CNI_* environment, network configuration on stdin, JSON on stdout).
+
+mod common;
+
+use std::{
+    io::Write,
+    process::{Command, Output, Stdio},
+};
+
+use common::{in_ns, leftovers, ping, require_root, sh, unique_name};
+use serde_json::{Value, json};
+
+/// Runs the plugin; returns its exit status and parsed stdout.
+fn cni(command: &str, container: &str, netns: Option<&str>, ifname: &str, conf: &Value) -> (bool, Value) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_netpath-cni"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_IFNAME", ifname)
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(ns) = netns {
+        cmd.env("CNI_NETNS", ns);
+    }
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+    let out: Output = child.wait_with_output().unwrap();
+    let value = if out.stdout.is_empty() { Value::Null } else { serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&out.stdout))) };
+    (out.status.success(), value)
+}
+
+fn conf(bridge: &str, ipam: Value) -> Value {
+    json!({"cniVersion": "1.0.0", "name": "testnet", "type": "netpath-cni", "bridge": bridge, "ipam": ipam})
+}
+
+/// A namespace the "runtime" made, removed on drop.
+struct Sandbox(String);
+
+impl Sandbox {
+    fn new(name: String) -> Self {
+        assert!(sh("ip", &["netns", "add", &name]).status.success());
+        Sandbox(name)
+    }
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        sh("ip", &["netns", "del", &self.0]);
+    }
+}
+
+fn assert_gone(bridge: &str) {
+    assert!(!sh("ip", &["link", "show", bridge]).status.success(), "bridge {bridge} left behind");
+    assert!(!std::path::Path::new(&format!("/sys/fs/bpf/netpath/_cni-{bridge}")).exists(), "pins left behind");
+    assert!(!std::path::Path::new(&format!("/run/netpath/cni/{bridge}.json")).exists(), "state left behind");
+    let links = String::from_utf8_lossy(&sh("ip", &["-o", "link", "show"]).stdout).into_owned();
+    assert!(!links.contains(&format!("master {bridge} ")), "ports left on {bridge}");
+}
+
+#[test]
+fn version_add_check_del_as_a_runtime_drives_them() {
+    require_root();
+    let (ok, out) = cni("VERSION", "", None, "", &json!({"cniVersion": "1.0.0"}));
+    assert!(ok);
+    assert!(out["supportedVersions"].as_array().unwrap().contains(&json!("1.0.0")), "{out}");
+
+    let bridge = unique_name("cb");
+    let config = conf(&bridge, json!({"type": "netpath", "subnet": "10.180.0.0/24"}));
+    let (a, b) = (Sandbox::new(format!("{bridge}-a")), Sandbox::new(format!("{bridge}-b")));
+    let (ok, ra) = cni("ADD", "ctr-a", Some(&a.path()), "eth0", &config);
+    assert!(ok, "{ra}");
+    assert_eq!(ra["cniVersion"], "1.0.0");
+    assert_eq!(ra["ips"][0]["address"], "10.180.0.2/24");
+    assert_eq!(ra["ips"][0]["gateway"], "10.180.0.1");
+    assert_eq!(ra["ips"][0]["interface"], 1);
+    assert_eq!(ra["interfaces"][1]["sandbox"], a.path().as_str());
+    assert_eq!(ra["routes"][0]["dst"], "0.0.0.0/0");
+    let (ok, rb) = cni("ADD", "ctr-b", Some(&b.path()), "eth0", &config);
+    assert!(ok, "{rb}");
+    assert_eq!(rb["ips"][0]["address"], "10.180.0.3/24");
+    // What the result says is what the container has.
+    let addr = String::from_utf8_lossy(&sh("ip", &["-n", &a.0, "-j", "addr", "show", "dev", "eth0"]).stdout).into_owned();
+    assert!(addr.contains(ra["interfaces"][1]["mac"].as_str().unwrap()) && addr.contains("10.180.0.2"), "{addr}");
+    assert!(ping(&a.0, "10.180.0.3"), "attached containers cannot talk");
+    assert!(ping(&a.0, "10.180.0.1"), "the gateway is not on the bridge");
+    let (ok, again) = cni("ADD", "ctr-a", Some(&a.path()), "eth0", &config);
+    assert!(ok && again["ips"] == ra["ips"], "a repeated ADD must give the same result");
+
+    let (ok, out) = cni("CHECK", "ctr-a", Some(&a.path()), "eth0", &config);
+    assert!(ok, "{out}");
+    in_ns(&a.0, &["ip", "addr", "flush", "dev", "eth0"]);
+    let (ok, out) = cni("CHECK", "ctr-a", Some(&a.path()), "eth0", &config);
+    assert!(!ok && out["code"].as_u64().is_some() && out["msg"].as_str().unwrap().contains("expected"), "{out}");
+
+    for (ctr, sandbox) in [("ctr-a", &a), ("ctr-b", &b)] {
+        let (ok, out) = cni("DEL", ctr, Some(&sandbox.path()), "eth0", &config);
+        assert!(ok, "{out}");
+        let (ok, out) = cni("DEL", ctr, Some(&sandbox.path()), "eth0", &config);
+        assert!(ok, "a second DEL must succeed: {out}");
+    }
+    let (ok, out) = cni("CHECK", "ctr-a", Some(&a.path()), "eth0", &config);
+    assert!(!ok && out["code"] == 3, "{out}");
+    assert_gone(&bridge);
+}
+
+#[test]
+fn bad_configs_and_environments_get_the_specs_errors() {
+    require_root();
+    let bridge = unique_name("cx");
+    let good = conf(&bridge, json!({"type": "netpath", "subnet": "10.181.0.0/24"}));
+    let sandbox = Sandbox::new(format!("{bridge}-a"));
+    let cases: Vec<(&str, Option<String>, Value, u64)> = vec![
+        ("ADD", Some(sandbox.path()), json!("not a config"), 6),
+        ("ADD", Some(sandbox.path()), json!({"cniVersion": "9.9.9", "name": "n", "type": "netpath-cni", "bridge": "b", "ipam": {"type": "netpath", "subnet": "10.0.0.0/24"}}), 1),
+        ("ADD", Some(sandbox.path()), json!({"cniVersion": "1.0.0", "name": "n", "type": "netpath-cni", "ipam": {"type": "netpath", "subnet": "10.0.0.0/24"}}), 6),
+        ("ADD", Some(sandbox.path()), conf("a-bridge-name-too-long", json!({"type": "netpath", "subnet": "10.0.0.0/24"})), 7),
+        ("ADD", Some(sandbox.path()), conf(&bridge, json!({"type": "netpath", "subnet": "10.0.0.1/24"})), 7),
+        ("ADD", Some(sandbox.path()), conf(&bridge, json!({"type": "dhcp9000"})), 6),
+        ("ADD", None, good.clone(), 4),
+        ("ADD", Some(format!("/run/netns/{bridge}-missing")), good.clone(), 4),
+        ("FROB", Some(sandbox.path()), good.clone(), 4),
+    ];
+    for (command, netns, config, code) in cases {
+        let (ok, out) = cni(command, "ctr", netns.as_deref(), "eth0", &config);
+        assert!(!ok, "{command} {config} succeeded");
+        assert_eq!(out["code"], code, "{command} {config}: {out}");
+        assert!(!out["msg"].as_str().unwrap().is_empty());
+        assert!(out["cniVersion"].is_string());
+    }
+    assert_gone(&bridge);
+    assert_eq!(leftovers(&bridge).iter().filter(|l| !l.starts_with("netns")).count(), 0);
+}
+
+#[test]
+fn host_local_ipam_is_delegated() {
+    require_root();
+    let bridge = unique_name("ch");
+    let data_dir = std::env::temp_dir().join(format!("netpath-cni-{bridge}"));
+    let ipam = json!({"type": "host-local", "ranges": [[{"subnet": "10.182.0.0/24"}]], "dataDir": data_dir});
+    let config = conf(&bridge, ipam);
+    let sandbox = Sandbox::new(format!("{bridge}-a"));
+    let (ok, out) = cni("ADD", "ctr-h", Some(&sandbox.path()), "eth0", &config);
+    assert!(ok, "{out}");
+    let address = out["ips"][0]["address"].as_str().unwrap().to_owned();
+    assert!(address.starts_with("10.182.0."), "{out}");
+    let reserved = data_dir.join("testnet").join(address.split('/').next().unwrap());
+    assert!(reserved.exists(), "host-local did not record {address}");
+    let (ok, out) = cni("DEL", "ctr-h", Some(&sandbox.path()), "eth0", &config);
+    assert!(ok, "{out}");
+    assert!(!reserved.exists(), "host-local still holds {address}");
+    let _ = std::fs::remove_dir_all(&data_dir);
+    assert_gone(&bridge);
+}
+
+/// 50 ADDs at once, then 50 DELs at once: no address, link or FDB entry
+/// leaks, and the containers talk over the fast path meanwhile.
+#[test]
+fn fifty_concurrent_adds_and_dels() {
+    require_root();
+    let bridge = unique_name("cc");
+    let config = conf(&bridge, json!({"type": "netpath", "subnet": "10.183.0.0/24"}));
+    let sandboxes: Vec<Sandbox> = (0..50).map(|i| Sandbox::new(format!("{bridge}-{i}"))).collect();
+    let run_all = |command: &'static str| -> Vec<(bool, Value)> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = sandboxes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let config = config.clone();
+                    scope.spawn(move || cni(command, &format!("ctr-{i}"), Some(&s.path()), "eth0", &config))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let added = run_all("ADD");
+    let mut addresses: Vec<String> = added
+        .iter()
+        .map(|(ok, out)| {
+            assert!(ok, "{out}");
+            out["ips"][0]["address"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(addresses.len(), 50, "addresses were handed out twice");
+
+    let fdb: Value = serde_json::from_str(&String::from_utf8_lossy(
+        &Command::new(env!("CARGO_BIN_EXE_netpath")).args(["fdb", "dump", "--name", &format!("_cni-{bridge}"), "--json"]).output().unwrap().stdout,
+    ))
+    .unwrap();
+    assert_eq!(fdb.as_array().unwrap().iter().filter(|e| e["state"] == "static").count(), 50);
+
+    // Two attached containers over the fast path: the bridge forwards ~nothing.
+    let target = added[1].1["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned();
+    assert!(ping(&sandboxes[0].0, &target));
+    let table = format!("nptest_{bridge}");
+    let script = format!("table bridge {table} {{\n chain f {{\n  type filter hook forward priority 0;\n  iifname \"np*\" counter\n }}\n}}\n");
+    let mut nft = Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).spawn().unwrap();
+    nft.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    assert!(nft.wait().unwrap().success(), "adding the nftables counter");
+    let flood = in_ns(&sandboxes[0].0, &["ping", "-f", "-c", "1000", "-q", &target]);
+    let counted = String::from_utf8_lossy(&sh("nft", &["list", "table", "bridge", &table]).stdout).into_owned();
+    sh("nft", &["delete", "table", "bridge", &table]);
+    assert!(flood.status.success());
+    let packets: u64 = counted.split("packets ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap();
+    assert!(packets <= 20, "the bridge forwarded {packets} of 2000 frames: not on the fast path");
+
+    for (ok, out) in run_all("DEL") {
+        assert!(ok, "{out}");
+    }
+    assert_gone(&bridge);
+}
