@@ -218,3 +218,70 @@ fn fifty_concurrent_adds_and_dels() {
     }
     assert_gone(&bridge);
 }
+
+/// Builds tests/cni-client (a cnitool-like driver on libcni) with Go.
+fn build_cni_client() -> std::path::PathBuf {
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cni-client");
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/cni-client/main.go");
+    let build = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(&source)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("gocache"))
+        .output()
+        .expect("running go (installed by `cargo xtask setup`)");
+    assert!(build.status.success(), "building the CNI client: {}", String::from_utf8_lossy(&build.stderr));
+    out
+}
+
+/// libcni, the library container runtimes use, runs a conflist with
+/// netpath-cni followed by the standard portmap plugin (chained: it gets
+/// netpath's result as prevResult).
+#[test]
+fn libcni_drives_the_plugin_in_a_chain() {
+    require_root();
+    let client = build_cni_client();
+    let bridge = unique_name("cl");
+    let conf_dir = std::env::temp_dir().join(format!("netpath-conf-{bridge}"));
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let conflist = json!({
+        "cniVersion": "1.0.0",
+        "name": bridge,
+        "plugins": [
+            {"type": "netpath-cni", "bridge": bridge, "ipam": {"type": "netpath", "subnet": "10.184.0.0/24"}},
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+        ],
+    });
+    std::fs::write(conf_dir.join("10-netpath.conflist"), conflist.to_string()).unwrap();
+    let plugin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_netpath-cni")).parent().unwrap().to_owned();
+    let cni_path = format!("{}:/usr/lib/cni", plugin_dir.display());
+    let run = |verb: &str, sandbox: &Sandbox| -> Output {
+        Command::new(&client)
+            .args([verb, conf_dir.to_str().unwrap(), &bridge, &sandbox.path()])
+            .env("CNI_PATH", &cni_path)
+            .output()
+            .unwrap()
+    };
+    let sandboxes = [Sandbox::new(format!("{bridge}-a")), Sandbox::new(format!("{bridge}-b"))];
+    let mut addresses = Vec::new();
+    for sandbox in &sandboxes {
+        let out = run("add", sandbox);
+        assert!(out.status.success(), "libcni ADD: {}", String::from_utf8_lossy(&out.stderr));
+        let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+        addresses.push(result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned());
+    }
+    assert_eq!(addresses, ["10.184.0.2", "10.184.0.3"]);
+    assert!(ping(&sandboxes[0].0, &addresses[1]));
+    for sandbox in &sandboxes {
+        let out = run("check", sandbox);
+        assert!(out.status.success(), "libcni CHECK: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    for sandbox in &sandboxes {
+        let out = run("del", sandbox);
+        assert!(out.status.success(), "libcni DEL: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::remove_dir_all(&conf_dir).unwrap();
+    assert_gone(&bridge);
+}

@@ -18,6 +18,10 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages, each with the command (or file) that shows it is installed.
 const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("/usr/lib/cni/host-local", "containernetworking-plugins"),
+    ("iptables", "iptables"),
+    // A CNI client for the tests: libcni, built with Debian's Go.
+    ("go", "golang-go"),
+    ("/usr/share/gocode/src/github.com/containernetworking/cni/libcni/api.go", "golang-github-appc-cni-dev"),
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("iperf3", "iperf3"),

@@ -1,0 +1,49 @@
+// A minimal CNI client on libcni, the containernetworking/cni library that
+// runtimes (and cnitool) use: `cni-client add|check|del CONFDIR NETNAME NETNS`
+// loads the network's conflist from CONFDIR and runs the whole plugin chain
+// for NETNS, finding plugins in CNI_PATH, as cnitool does. cnitool itself is
+// not packaged in Debian; libcni is (golang-github-appc-cni-dev).
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/containernetworking/cni/libcni"
+)
+
+func main() {
+	if len(os.Args) != 5 {
+		fmt.Fprintln(os.Stderr, "usage: cni-client add|check|del CONFDIR NETNAME NETNS")
+		os.Exit(2)
+	}
+	verb, dir, name, netns := os.Args[1], os.Args[2], os.Args[3], os.Args[4]
+	conf, err := libcni.LoadConfList(dir, name)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	cni := libcni.NewCNIConfig(filepath.SplitList(os.Getenv("CNI_PATH")), nil)
+	rt := &libcni.RuntimeConf{ContainerID: "cni-client-" + filepath.Base(netns), NetNS: netns, IfName: "eth0"}
+	ctx := context.Background()
+	switch verb {
+	case "add":
+		var result interface{ Print() error }
+		result, err = cni.AddNetworkList(ctx, conf, rt)
+		if err == nil {
+			err = result.Print()
+		}
+	case "check":
+		err = cni.CheckNetworkList(ctx, conf, rt)
+	case "del":
+		err = cni.DelNetworkList(ctx, conf, rt)
+	default:
+		err = fmt.Errorf("unknown verb %q", verb)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
