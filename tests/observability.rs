@@ -80,6 +80,8 @@ fn tracing_is_off_unless_asked() {
 fn monitor_reports_learned_and_aged_out_entries() {
     let run = Running::start("mon", &["--containers", "2", "--subnet", "10.163.0.0/24", "--ageing", "2"]);
     let t = &run.topology;
+    // c1 speaks only when spoken to, so its learned entry can age.
+    in_ns(&t.ns("c1"), &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
     let mac = t.status()["ports"][1]["mac"].as_str().unwrap().to_owned();
     let mut monitor = Command::new(env!("CARGO_BIN_EXE_netpath"))
         .args(["monitor", "--name", &t.name, "--json"])

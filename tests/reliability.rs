@@ -198,6 +198,9 @@ fn two_loaders_on_one_topology() {
 #[test]
 fn a_full_fdb_keeps_static_entries_and_falls_back_to_the_bridge() {
     let t = Topology::up("full", &["--containers", "3", "--subnet", "10.144.0.0/24", "--fdb-size", "64"]);
+    // c1 speaks only when spoken to (no IPv6 chatter), so nothing of it can
+    // be learned behind the test's back.
+    in_ns(&t.ns("c1"), &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
     let status = t.status();
     let macs: Vec<String> = status["ports"].as_array().unwrap().iter().map(|p| p["mac"].as_str().unwrap().to_owned()).collect();
     // c2 floods the FDB with 2000 made-up source MACs.
@@ -218,9 +221,13 @@ fn a_full_fdb_keeps_static_entries_and_falls_back_to_the_bridge() {
     let before = counter(&t.name, &t.ns("c0"), "redirected");
     assert!(ping(&t.ns("c0"), "10.144.0.3"));
     assert!(counter(&t.name, &t.ns("c0"), "redirected") > before, "the fast path stopped");
-    // c1's entry deleted: it cannot be learned back into a full FDB, so
-    // its traffic takes the bridge, and still arrives.
+    // c1's entry deleted and its slot taken at once by another made-up MAC:
+    // c1 cannot be learned back into the full FDB, so its traffic takes the
+    // bridge, and still arrives.
     netpath_ok(&["fdb", "del", "--name", &t.name, &macs[1]]);
+    let refill: Vec<Vec<u8>> = (0..5u8).map(|n| frame([0xff; 6], [0x02, 0xef, 0, 0, 0, n], 0x88b5, &[0; 46])).collect();
+    assert_eq!(send_raw_frames(&t.ns("c2"), "eth0", &refill), 5);
+    assert_eq!(fdb(&t.name).len(), 64, "the freed slot was not taken");
     let unknown = counter(&t.name, &t.ns("c0"), "pass_unknown");
     assert!(ping(&t.ns("c0"), "10.144.0.3"), "unknown destination dropped with a full FDB");
     assert!(counter(&t.name, &t.ns("c0"), "pass_unknown") > unknown);
