@@ -86,10 +86,13 @@ fn monitor_reports_learned_and_aged_out_entries() {
     let mut monitor = Command::new(env!("CARGO_BIN_EXE_netpath"))
         .args(["monitor", "--name", &t.name, "--json"])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(monitor.stdout.take().unwrap()).lines();
-    sleep(Duration::from_millis(300));
+    // Wait until it has its first snapshot, or it would miss the first events.
+    let ready = BufReader::new(monitor.stderr.take().unwrap()).lines().next().unwrap().unwrap();
+    assert!(ready.starts_with("monitoring the FDB"), "{ready}");
     netpath_ok(&["fdb", "del", "--name", &t.name, &mac]);
     assert!(ping(&t.ns("c0"), "10.163.0.3")); // c1 answers: learned
     let mut seen = Vec::new();

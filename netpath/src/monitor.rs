@@ -39,14 +39,20 @@ pub struct Event {
 pub fn diff(before: &HashMap<Mac, Row>, after: &HashMap<Mac, Row>, ageing_s: u64) -> Vec<(Kind, Row)> {
     let mut events = Vec::new();
     for (mac, row) in after {
-        let kind = match before.get(mac) {
-            None if row.state == "static" => Some(Kind::StaticAdded),
-            None => Some(Kind::Learned),
-            Some(old) if old.state != row.state && row.state == "static" => Some(Kind::StaticAdded),
-            Some(old) if old.ifindex != row.ifindex => Some(Kind::Moved),
-            Some(_) => None,
-        };
-        events.extend(kind.map(|k| (k, row.clone())));
+        let learned = row.state == "learned";
+        match before.get(mac) {
+            None => events.push((if learned { Kind::Learned } else { Kind::StaticAdded }, row.clone())),
+            // Within one poll: a static entry deleted, then the MAC learned.
+            Some(old) if old.state == "static" && learned => {
+                events.push((Kind::StaticRemoved, old.clone()));
+                events.push((Kind::Learned, row.clone()));
+            }
+            Some(old) if old.state != row.state => events.push((Kind::StaticAdded, row.clone())),
+            Some(old) if old.ifindex != row.ifindex => {
+                events.push((if learned { Kind::Moved } else { Kind::StaticAdded }, row.clone()))
+            }
+            Some(_) => {}
+        }
     }
     for (mac, row) in before {
         if !after.contains_key(mac) {
@@ -69,6 +75,7 @@ fn snapshot(fdb: &Fdb) -> Result<HashMap<Mac, Row>> {
 pub async fn run(topology: &str, ageing_s: u64, json: bool, name_of: &dyn Fn(u32) -> String) -> Result<()> {
     let fdb = Fdb::open(topology)?;
     let mut before = snapshot(&fdb)?;
+    eprintln!("monitoring the FDB of {topology} ({} entries; Ctrl-C to stop)", before.len());
     let mut ticker = tokio::time::interval(POLL);
     loop {
         tokio::select! {
@@ -110,12 +117,29 @@ mod tests {
         let before: HashMap<_, _> =
             [row(1, 10, "learned", Some(1)), row(2, 10, "learned", Some(299)), row(3, 11, "static", None), row(4, 10, "learned", Some(0))]
                 .into();
-        let after: HashMap<_, _> = [row(1, 12, "learned", Some(0)), row(5, 10, "learned", Some(0)), row(6, 10, "static", None)].into();
+        let after: HashMap<_, _> = [
+            row(1, 12, "learned", Some(0)),
+            row(5, 10, "learned", Some(0)),
+            row(6, 10, "static", None),
+            row(7, 10, "learned", Some(0)),
+        ]
+        .into();
+        let mut before = before;
+        before.extend([row(7, 10, "static", None)]);
         let mut kinds: Vec<(Kind, u8)> = diff(&before, &after, 300).into_iter().map(|(k, r)| (k, r.mac.0[5])).collect();
-        kinds.sort_by_key(|(_, m)| *m);
+        kinds.sort_by_key(|(k, m)| (*m, *k as u8));
         assert_eq!(
             kinds,
-            [(Kind::Moved, 1), (Kind::AgedOut, 2), (Kind::StaticRemoved, 3), (Kind::Deleted, 4), (Kind::Learned, 5), (Kind::StaticAdded, 6)]
+            [
+                (Kind::Moved, 1),
+                (Kind::AgedOut, 2),
+                (Kind::StaticRemoved, 3),
+                (Kind::Deleted, 4),
+                (Kind::Learned, 5),
+                (Kind::StaticAdded, 6),
+                (Kind::Learned, 7),
+                (Kind::StaticRemoved, 7),
+            ]
         );
     }
 }
