@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Running, Topology, counter, in_ns, link_packets, netpath_ok, ping, sh};
+use common::{Running, Topology, counter, in_ns, link_packets, netpath_ok, ping, quiet, sh};
 use serde_json::Value;
 
 /// An nftables counter in the bridge family's forward hook for frames from
@@ -192,7 +192,7 @@ fn what_the_fast_path_does_not_know_still_works() {
         let (c0, c1) = (t.ns("c0"), t.ns("c1"));
         // c2 must stay silent until it is asked (no IPv6 ND/MLD chatter), so
         // that it is still unknown when c0 sends to it below.
-        in_ns(&t.ns("c2"), &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        quiet(&t.ns("c2"));
         // ARP: no neighbour entry, so the first ping must resolve it.
         in_ns(&c0, &["ip", "neigh", "flush", "all"]);
         assert!(ping(&c0, &ip(3)), "{mode}: ARP + ping");
@@ -253,6 +253,7 @@ fn fdb_lists_every_container_and_learned_entries_age_out() {
     }
     // Replace c1's static entry by a learned one, then let it age.
     let mac = status["ports"][1]["mac"].as_str().unwrap().to_owned();
+    quiet(&t.ns("c1"));
     netpath_ok(&["fdb", "del", "--name", &name, &mac]);
     assert!(ping(&t.ns("c0"), "10.119.0.3"));
     let learned = |dump: &str| -> Option<Value> {

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Running, Topology, in_ns, netpath_ok, ping, sh};
+use common::{Running, Topology, in_ns, netpath_ok, ping, quiet, sh};
 use serde_json::Value;
 
 fn trace(topology: &str, args: &[&str]) -> std::process::Child {
@@ -81,7 +81,7 @@ fn monitor_reports_learned_and_aged_out_entries() {
     let run = Running::start("mon", &["--containers", "2", "--subnet", "10.163.0.0/24", "--ageing", "2"]);
     let t = &run.topology;
     // c1 speaks only when spoken to, so its learned entry can age.
-    in_ns(&t.ns("c1"), &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+    quiet(&t.ns("c1"));
     let mac = t.status()["ports"][1]["mac"].as_str().unwrap().to_owned();
     let mut monitor = Command::new(env!("CARGO_BIN_EXE_netpath"))
         .args(["monitor", "--name", &t.name, "--json"])

@@ -10,7 +10,7 @@ use std::{
 };
 
 use common::{
-    Running, Topology, counter, frame, in_ns, leftovers, link_packets, netpath, netpath_ok, parse_mac, ping, require_root,
+    Running, Topology, counter, frame, in_ns, leftovers, quiet, link_packets, netpath, netpath_ok, parse_mac, ping, require_root,
     send_raw_frames, sh, unique_name,
 };
 use serde_json::Value;
@@ -200,7 +200,7 @@ fn a_full_fdb_keeps_static_entries_and_falls_back_to_the_bridge() {
     let t = Topology::up("full", &["--containers", "3", "--subnet", "10.144.0.0/24", "--fdb-size", "64"]);
     // c1 speaks only when spoken to (no IPv6 chatter), so nothing of it can
     // be learned behind the test's back.
-    in_ns(&t.ns("c1"), &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+    quiet(&t.ns("c1"));
     let status = t.status();
     let macs: Vec<String> = status["ports"].as_array().unwrap().iter().map(|p| p["mac"].as_str().unwrap().to_owned()).collect();
     // c2 floods the FDB with 2000 made-up source MACs.

@@ -55,6 +55,13 @@ pub fn in_ns(ns: &str, args: &[&str]) -> Output {
     sh("ip", &full)
 }
 
+/// Stops a container's unprompted traffic (IPv6 router solicitations, MLD
+/// and ND), so it speaks only when spoken to: tests of learning and ageing
+/// need that.
+pub fn quiet(ns: &str) {
+    assert!(in_ns(ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]).status.success());
+}
+
 pub fn ping(ns: &str, ip: &str) -> bool {
     in_ns(ns, &["ping", "-c", "1", "-W", "2", "-q", ip]).status.success()
 }
