@@ -170,8 +170,9 @@ struct Bed {
     server_ip: String,
 }
 
-fn bench_name(target: Target) -> String {
-    format!("nb{}{}", std::process::id() % 10000, &target.to_string()[..1])
+/// `prefix` + pid + the target's initial: unique per process and target.
+fn bench_name(prefix: &str, target: Target) -> String {
+    format!("{prefix}{}{}", std::process::id() % 10000, &target.to_string()[..1])
 }
 
 fn mode_of(target: Target) -> Option<Mode> {
@@ -211,7 +212,7 @@ pub async fn run(handle: &Handle, options: Options) -> Result<Report> {
 async fn measure(handle: &Handle, options: &Options, beds: &mut Vec<Bed>) -> Result<Report> {
     for (i, target) in options.targets.iter().enumerate() {
         eprintln!("bench: setting up {target}");
-        let bed = make_bed(handle, *target, i, 2, netpath_common::FDB_CAPACITY).await?;
+        let bed = make_bed(handle, bench_name("nb", *target), *target, i, 2, netpath_common::FDB_CAPACITY).await?;
         beds.push(bed);
     }
     let tests = 6;
@@ -519,8 +520,7 @@ pub fn svg(report: &Report) -> String {
     svg
 }
 
-async fn make_bed(handle: &Handle, target: Target, index: usize, containers: usize, fdb_size: u32) -> Result<Bed> {
-    let name = bench_name(target);
+async fn make_bed(handle: &Handle, name: String, target: Target, index: usize, containers: usize, fdb_size: u32) -> Result<Bed> {
     let subnet = format!("10.250.{index}.0/24");
     let Some(mode) = mode_of(target) else {
         return make_wire(handle, &name, &subnet).await;
@@ -607,7 +607,7 @@ async fn scale_sweep(handle: &Handle, seconds: u64) -> Result<Vec<ScaleRow>> {
         for (index, target) in [Target::Bridge, Target::Xdp, Target::Tc].into_iter().enumerate() {
             eprintln!("bench: scale: {containers} containers, {target}");
             let started = Instant::now();
-            let mut bed = make_bed(handle, target, 10 + index, containers, 131_072).await?;
+            let mut bed = make_bed(handle, bench_name("ns", target), target, 10 + index, containers, 131_072).await?;
             let up_s = started.elapsed().as_secs_f64();
             let result = async {
                 let (i, mut j) = (rng.next(containers), rng.next(containers));
