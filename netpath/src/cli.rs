@@ -359,7 +359,7 @@ fn print_status(s: &topology::Status) {
         or_dash(s.bridge.ip.map(|i| i.to_string()))
     );
     println!("datapath: {}", s.datapath);
-    println!("{:<16} {:>8}  {:<16} {:<7} {:<18} {:<18} {}", "PORT", "IFINDEX", "NETNS", "IFNAME", "MAC", "IP", "PROGRAMS");
+    println!("{:<16} {:>8}  {:<16} {:<7} {:<18} {:<18} PROGRAMS", "PORT", "IFINDEX", "NETNS", "IFNAME", "MAC", "IP");
     for p in &s.ports {
         println!(
             "{:<16} {:>8}  {:<16} {:<7} {:<18} {:<18} {}",

@@ -144,7 +144,7 @@ pub fn load(pins: Option<&Path>, fdb_size: u32) -> Result<Ebpf> {
         None => Vec::new(),
     };
     for (name, path) in &paths {
-        loader.map_pin_path(*name, path.as_path());
+        loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(OBJECT).context("loading the BPF object (maps and relocations)")?;
     for name in [programs::XDP_FORWARD, programs::XDP_PEER] {
@@ -314,6 +314,7 @@ fn attach(ebpf: &mut Ebpf, datapath: &str, port: &Port, ifindex: u32, hook: Hook
 /// - no transmit checksum offload: a CHECKSUM_PARTIAL frame loses its
 ///   "checksum pending" mark when XDP redirects it, and the receiver drops it;
 /// - GRO, so the receiving end batches the redirected frames into large skbs.
+///
 /// `enable = false` restores the veth defaults when XDP mode is left.
 fn set_xdp_offloads(ifname: &str, enable: bool) -> Result<()> {
     ethtool::set(ifname, ethtool::Offload::TxChecksum, !enable)?;

@@ -36,7 +36,9 @@ pub fn render(topology: &str, mode: Mode, totals: &RunTotals, name_of: &dyn Fn(u
         return Ok(out);
     }
     let ports = stats::read(topology, name_of)?;
-    let families: [(&str, &str, &[(Counter, &str)]); 5] = [
+    // (metric name, help, the counters in it with their `reason` label)
+    type Family<'a> = (&'a str, &'a str, &'a [(Counter, &'a str)]);
+    let families: [Family; 5] = [
         ("redirected_packets", "Frames sent straight to their destination port.", &[(Counter::Redirected, "")]),
         (
             "passed_packets",

@@ -65,11 +65,10 @@ pub fn all() -> Result<Vec<TopologyState>> {
     let mut states = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(topology) = name.strip_suffix(".json") {
-            if let Some(state) = load(topology)? {
+        if let Some(topology) = name.strip_suffix(".json")
+            && let Some(state) = load(topology)? {
                 states.push(state);
             }
-        }
     }
     Ok(states)
 }

@@ -151,11 +151,10 @@ async fn teardown(handle: &Handle, record: &TopologyState) -> Result<()> {
     for container in &spec.containers {
         remove_container(handle, &spec.name, &container.name, interrupted).await?;
     }
-    if let Some(bridge) = netlink::link_by_name(handle, &spec.bridge_name()).await? {
-        if owned(&bridge, &spec.name, interrupted) {
+    if let Some(bridge) = netlink::link_by_name(handle, &spec.bridge_name()).await?
+        && owned(&bridge, &spec.name, interrupted) {
             netlink::delete_link(handle, bridge.index).await?;
         }
-    }
     nat::disable(&spec.name, record.ip_forward_before.as_deref())?;
     state::remove(&spec.name)
 }
