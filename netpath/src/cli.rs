@@ -8,6 +8,7 @@ use rtnetlink::Handle;
 
 use crate::{
     fdb,
+    netlink::LinkNames,
     spec::{self, Mac, Mode, Overrides, TopologySpec},
     topology::{self, UpOutcome},
 };
@@ -310,8 +311,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Some(p) => Some(topology::port_ifindex(&handle, &name, &p).await?),
                 None => None,
             };
-            let names = link_names(&handle).await?;
-            let name_of = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}"));
+            let names = LinkNames::load(&handle).await?;
+            let name_of = |i: u32| names.name(i);
             let to_file = write.is_some();
             let options = crate::trace::Options { port, count, write, filter };
             let shown = crate::trace::run(&name, options, &name_of).await?;
@@ -327,8 +328,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .spec
                 .ageing_s;
             let handle = netlink_handle().await?;
-            let names = link_names(&handle).await?;
-            let name_of = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}"));
+            let names = LinkNames::load(&handle).await?;
+            let name_of = |i: u32| names.name(i);
             crate::monitor::run(&name, ageing_s, json, &name_of).await
         }
     }
@@ -374,11 +375,6 @@ fn print_status(s: &topology::Status) {
     }
 }
 
-/// ifindex -> interface name, for tables.
-pub async fn link_names(handle: &Handle) -> Result<std::collections::HashMap<u32, String>> {
-    Ok(crate::netlink::links(handle).await?.into_iter().map(|l| (l.index, l.name)).collect())
-}
-
 async fn fdb_command(handle: &Handle, command: FdbCommand) -> Result<()> {
     match command {
         FdbCommand::Dump { name: NameArg { name }, json } => fdb_dump(handle, &name, json).await,
@@ -404,8 +400,8 @@ async fn fdb_command(handle: &Handle, command: FdbCommand) -> Result<()> {
 }
 
 async fn stats(handle: &Handle, topology: &str, json: bool, watch: bool) -> Result<()> {
-    let names = link_names(handle).await?;
-    let name_of = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}"));
+    let names = LinkNames::load(handle).await?;
+    let name_of = |i: u32| names.name(i);
     let mut current = crate::stats::read(topology, name_of)?;
     if json {
         println!("{}", serde_json::to_string(&current)?);
@@ -432,8 +428,8 @@ async fn stats(handle: &Handle, topology: &str, json: bool, watch: bool) -> Resu
 
 async fn fdb_dump(handle: &Handle, topology: &str, json: bool) -> Result<()> {
     let rows = fdb::Fdb::open(topology)?.rows()?;
-    let names = link_names(handle).await?;
-    let ifname = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}"));
+    let names = LinkNames::load(handle).await?;
+    let ifname = |i: u32| names.name(i);
     if json {
         let out: Vec<_> = rows
             .iter()

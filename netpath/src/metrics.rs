@@ -93,8 +93,8 @@ pub async fn serve(
         let mut request = vec![0u8; 2048];
         let n = stream.read(&mut request).await.unwrap_or(0);
         let first = String::from_utf8_lossy(&request[..n]).lines().next().unwrap_or("").to_owned();
-        let names = crate::cli::link_names(&handle).await.unwrap_or_default();
-        let name_of = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}"));
+        let names = crate::netlink::LinkNames::load(&handle).await.unwrap_or_default();
+        let name_of = |i: u32| names.name(i);
         let (status, body) = if first.starts_with("GET /metrics ") {
             match render(&topology, mode, &totals, &name_of) {
                 Ok(body) => ("200 OK", body),

@@ -82,6 +82,21 @@ pub async fn links(handle: &Handle) -> Result<Vec<Link>> {
     Ok(msgs.into_iter().map(Link::from).collect())
 }
 
+/// Interface names by ifindex, for tables and logs.
+#[derive(Default)]
+pub struct LinkNames(std::collections::HashMap<u32, String>);
+
+impl LinkNames {
+    pub async fn load(handle: &Handle) -> Result<Self> {
+        Ok(Self(links(handle).await?.into_iter().map(|l| (l.index, l.name)).collect()))
+    }
+
+    /// The interface's name, or `ifN` for one that is gone.
+    pub fn name(&self, ifindex: u32) -> String {
+        self.0.get(&ifindex).cloned().unwrap_or_else(|| format!("if{ifindex}"))
+    }
+}
+
 pub async fn create_bridge(handle: &Handle, name: &str, alias: &str, mtu: u32) -> Result<Link> {
     let msg = LinkBridge::new(name).mtu(mtu).up().build();
     handle.link().add(msg).execute().await.with_context(|| format!("creating bridge {name}"))?;
