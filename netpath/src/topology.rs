@@ -208,24 +208,17 @@ async fn check_names_free(handle: &Handle, spec: &TopologySpec, containers: &[Co
 
 fn differences(have: &TopologySpec, want: &TopologySpec) -> Vec<String> {
     let mut out = Vec::new();
-    if have.mode != want.mode {
-        out.push(format!("mode is {} (asked {})", have.mode, want.mode));
-    }
-    if have.subnet != want.subnet {
-        out.push(format!("subnet is {} (asked {})", have.subnet, want.subnet));
-    }
-    if have.nat != want.nat {
-        out.push(format!("nat is {} (asked {})", have.nat, want.nat));
-    }
-    if have.ageing_s != want.ageing_s {
-        out.push(format!("ageing is {} s (asked {} s)", have.ageing_s, want.ageing_s));
-    }
-    if have.mtu != want.mtu {
-        out.push(format!("MTU is {} (asked {})", have.mtu, want.mtu));
-    }
-    if have.fdb_size != want.fdb_size {
-        out.push(format!("FDB size is {} (asked {})", have.fdb_size, want.fdb_size));
-    }
+    let mut compare = |what: &str, have: String, want: String| {
+        if have != want {
+            out.push(format!("{what} is {have} (asked {want})"));
+        }
+    };
+    compare("mode", have.mode.to_string(), want.mode.to_string());
+    compare("subnet", have.subnet.to_string(), want.subnet.to_string());
+    compare("nat", have.nat.to_string(), want.nat.to_string());
+    compare("ageing", format!("{} s", have.ageing_s), format!("{} s", want.ageing_s));
+    compare("MTU", have.mtu.to_string(), want.mtu.to_string());
+    compare("FDB size", have.fdb_size.to_string(), want.fdb_size.to_string());
     if have.containers.len() != want.containers.len() {
         out.push(format!("{} containers (asked {})", have.containers.len(), want.containers.len()));
     }
