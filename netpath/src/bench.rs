@@ -523,7 +523,7 @@ pub fn svg(report: &Report) -> String {
 async fn make_bed(handle: &Handle, name: String, target: Target, index: usize, containers: usize, fdb_size: u32) -> Result<Bed> {
     let subnet = format!("10.250.{index}.0/24");
     let Some(mode) = mode_of(target) else {
-        return make_wire(handle, &name, &subnet).await;
+        return make_wire(&name, &subnet);
     };
     let overrides = Overrides {
         name: Some(name.clone()),
@@ -549,8 +549,7 @@ async fn make_bed(handle: &Handle, name: String, target: Target, index: usize, c
 }
 
 /// Two namespaces `NAME-a` and `NAME-b` joined by one veth pair.
-async fn make_wire(handle: &Handle, name: &str, subnet: &str) -> Result<Bed> {
-    let _ = handle;
+fn make_wire(name: &str, subnet: &str) -> Result<Bed> {
     let net: Ipv4Net = subnet.parse()?;
     let mut hosts = net.hosts();
     let (a_ip, b_ip) = (hosts.next().unwrap(), hosts.next().unwrap());
