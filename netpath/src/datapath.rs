@@ -22,7 +22,7 @@ use rtnetlink::Handle;
 
 use crate::{
     ethtool, fdb, netlink, netns,
-    spec::{Mac, Mode, TopologySpec, port_name},
+    spec::{ContainerSpec, Mac, Mode, TopologySpec, port_name},
     topology::CONTAINER_IFNAME,
 };
 
@@ -66,15 +66,16 @@ impl From<&TopologySpec> for Datapath {
             mode: spec.mode,
             ageing_s: spec.ageing_s,
             fdb_size: spec.fdb_size,
-            ports: spec
-                .containers
-                .iter()
-                .map(|c| {
-                    let name = port_name(&spec.name, &c.name);
-                    Port { netns: netns::path(&name), name, ifname: CONTAINER_IFNAME.into(), mac: c.mac }
-                })
-                .collect(),
+            ports: spec.containers.iter().map(|c| Port::of_container(spec, c)).collect(),
         }
+    }
+}
+
+impl Port {
+    /// A topology's container: host veth and namespace both `NAME-CONTAINER`.
+    pub fn of_container(spec: &TopologySpec, c: &ContainerSpec) -> Self {
+        let name = port_name(&spec.name, &c.name);
+        Port { netns: netns::path(&name), name, ifname: CONTAINER_IFNAME.into(), mac: c.mac }
     }
 }
 

@@ -271,11 +271,6 @@ pub async fn port_add(
     Ok(added)
 }
 
-/// The datapath's view of the topology's `index`-th container.
-fn datapath_port(spec: &TopologySpec, index: usize) -> datapath::Port {
-    datapath::Datapath::from(spec).ports.swap_remove(index)
-}
-
 /// Accepts a container name or its host-side veth name.
 pub fn container_of<'a>(topology: &str, port: &'a str) -> &'a str {
     port.strip_prefix(topology).and_then(|p| p.strip_prefix('-')).unwrap_or(port)
@@ -311,8 +306,8 @@ pub async fn port_del(handle: &Handle, topology: &str, container: &str) -> Resul
     let Some(index) = record.spec.containers.iter().position(|c| c.name == container) else {
         bail!("topology {topology} has no port {container}");
     };
-    let port = datapath_port(&record.spec, index);
-    record.spec.containers.remove(index);
+    let removed = record.spec.containers.remove(index);
+    let port = datapath::Port::of_container(&record.spec, &removed);
     let ifindex = netlink::link_by_name(handle, &port.name).await?.map(|l| l.index);
     datapath::forget_port(topology, &port, ifindex)?;
     remove_container(handle, topology, &container, false).await?;
@@ -344,8 +339,8 @@ pub async fn forget_vanished_port(handle: &Handle, topology: &str, port: &str, i
     if netlink::link_by_name(handle, port).await?.is_some() {
         return Ok(false); // re-created meanwhile: not vanished
     }
-    let gone = datapath_port(&record.spec, index);
-    record.spec.containers.remove(index);
+    let removed = record.spec.containers.remove(index);
+    let gone = datapath::Port::of_container(&record.spec, &removed);
     datapath::forget_port(topology, &gone, Some(ifindex))?;
     netns::delete(port)?;
     state::save(&record)?;
