@@ -82,6 +82,15 @@ impl Counter {
         Counter::Learned,
     ];
 
+    /// The reasons a frame is passed to the bridge.
+    pub const PASSED: [Counter; 5] = [
+        Counter::PassMulticast,
+        Counter::PassUnknown,
+        Counter::PassHost,
+        Counter::PassHairpin,
+        Counter::PassRedirectFailed,
+    ];
+
     /// Stable snake_case name, used in tables, JSON and metrics.
     pub const fn name(self) -> &'static str {
         match self {

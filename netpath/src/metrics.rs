@@ -38,18 +38,15 @@ pub fn render(topology: &str, mode: Mode, totals: &RunTotals, name_of: &dyn Fn(u
     let ports = stats::read(topology, name_of)?;
     // (metric name, help, the counters in it with their `reason` label)
     type Family<'a> = (&'a str, &'a str, &'a [(Counter, &'a str)]);
+    // The reason label is the counter's name without its `pass_` prefix.
+    let passed: Vec<(Counter, &str)> =
+        Counter::PASSED.iter().map(|c| (*c, c.name().trim_start_matches("pass_"))).collect();
     let families: [Family; 5] = [
         ("redirected_packets", "Frames sent straight to their destination port.", &[(Counter::Redirected, "")]),
         (
             "passed_packets",
             "Frames handed to the Linux bridge, by reason.",
-            &[
-                (Counter::PassMulticast, "multicast"),
-                (Counter::PassUnknown, "unknown"),
-                (Counter::PassHost, "host"),
-                (Counter::PassHairpin, "hairpin"),
-                (Counter::PassRedirectFailed, "redirect_failed"),
-            ],
+            &passed,
         ),
         ("dropped_packets", "Frames dropped, by reason.", &[(Counter::DropRunt, "runt")]),
         (

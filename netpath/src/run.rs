@@ -86,13 +86,7 @@ pub async fn run(handle: &Handle, spec: TopologySpec, keep: bool, metrics: Optio
                 ports.iter().flat_map(|p| counters.iter().map(|c| p.get(*c))).sum()
             };
             let redirected = sum(&[Counter::Redirected]);
-            let passed = sum(&[
-                Counter::PassMulticast,
-                Counter::PassUnknown,
-                Counter::PassHost,
-                Counter::PassHairpin,
-                Counter::PassRedirectFailed,
-            ]);
+            let passed = sum(&Counter::PASSED);
             if redirected != last_redirected || passed != last_passed {
                 info!(
                     "topology {name}: last {}s: {} frames redirected, {} passed to the bridge",
