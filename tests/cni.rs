@@ -8,7 +8,7 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use common::{in_ns, leftovers, ping, require_root, sh, unique_name};
+use common::{BridgeForwardCounter, in_ns, leftovers, ping, require_root, sh, unique_name};
 use serde_json::{Value, json};
 
 /// Runs the plugin; returns its exit status and parsed stdout.
@@ -227,16 +227,11 @@ fn fifty_concurrent_adds_and_dels() {
     // bridges and the new containers' own multicast chatter are not ours).
     let target = added[1].1["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned();
     assert!(ping(&sandboxes[0].0, &target));
-    let table = format!("nptest_{bridge}");
-    let script = format!("table bridge {table} {{\n chain f {{\n  type filter hook forward priority 0;\n  ip saddr 10.183.0.0/24 ip protocol icmp counter\n }}\n}}\n");
-    let mut nft = Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).spawn().unwrap();
-    nft.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-    assert!(nft.wait().unwrap().success(), "adding the nftables counter");
+    let bridge_counter = BridgeForwardCounter::new(&bridge, "ip saddr 10.183.0.0/24 ip protocol icmp");
     let flood = in_ns(&sandboxes[0].0, &["ping", "-f", "-c", "1000", "-q", &target]);
-    let counted = String::from_utf8_lossy(&sh("nft", &["list", "table", "bridge", &table]).stdout).into_owned();
-    sh("nft", &["delete", "table", "bridge", &table]);
     assert!(flood.status.success());
-    let packets: u64 = counted.split("packets ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap();
+    let packets = bridge_counter.packets();
+    drop(bridge_counter);
     assert!(packets <= 20, "the bridge forwarded {packets} of 2000 frames: not on the fast path");
 
     for (ok, out) in run_all("DEL") {

@@ -10,49 +10,8 @@ use std::{
     time::Duration,
 };
 
-use common::{Running, Topology, counter, in_ns, link_packets, netpath_ok, ping, quiet, sh};
+use common::{BridgeForwardCounter, Running, Topology, counter, in_ns, link_packets, netpath_ok, ping, program_counters, quiet, sh, verdicts};
 use serde_json::Value;
-
-/// An nftables counter in the bridge family's forward hook for frames from
-/// the topology's ports: it only moves for frames the bridge forwards.
-struct BridgeForwardCounter {
-    table: String,
-}
-
-impl BridgeForwardCounter {
-    fn new(topology: &str) -> Self {
-        let table = format!("nptest_{topology}");
-        let script = format!(
-            "table bridge {table} {{\n chain forward_count {{\n  type filter hook forward priority 0;\n  \
-             iifname \"{topology}-*\" counter\n }}\n}}\n"
-        );
-        let mut nft = Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).spawn().unwrap();
-        std::io::Write::write_all(nft.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
-        drop(nft.stdin.take());
-        assert!(nft.wait().unwrap().success(), "adding the nftables counter");
-        Self { table }
-    }
-
-    fn packets(&self) -> u64 {
-        let out = sh("nft", &["-j", "list", "table", "bridge", &self.table]);
-        let doc: Value = serde_json::from_slice(&out.stdout).expect("nft -j");
-        doc["nftables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|o| o.get("rule"))
-            .flat_map(|r| r["expr"].as_array().unwrap().iter())
-            .filter_map(|e| e.get("counter"))
-            .map(|c| c["packets"].as_u64().unwrap())
-            .sum()
-    }
-}
-
-impl Drop for BridgeForwardCounter {
-    fn drop(&mut self) {
-        sh("nft", &["delete", "table", "bridge", &self.table]);
-    }
-}
 
 /// `ethtool -S` counter of a host-side veth.
 fn ethtool_stat(dev: &str, name: &str) -> u64 {
@@ -61,20 +20,6 @@ fn ethtool_stat(dev: &str, name: &str) -> u64 {
         .filter_map(|l| l.trim().split_once(": "))
         .filter(|(k, _)| *k == name)
         .map(|(_, v)| v.trim().parse::<u64>().unwrap())
-        .sum()
-}
-
-/// The programs' counters per port: name -> (counter -> packets).
-fn program_counters(topology: &str) -> Vec<(String, Value)> {
-    let doc: Value = serde_json::from_str(&netpath_ok(&["stats", "--name", topology, "--json"])).unwrap();
-    doc.as_array().unwrap().iter().map(|p| (p["port"].as_str().unwrap().to_owned(), p["packets"].clone())).collect()
-}
-
-/// Frames the program decided on (every verdict, not the side counters).
-fn verdicts(counters: &Value) -> u64 {
-    ["redirected", "pass_multicast", "pass_unknown", "pass_host", "pass_hairpin", "pass_redirect_failed", "drop_runt"]
-        .iter()
-        .map(|k| counters[*k].as_u64().unwrap())
         .sum()
 }
 
@@ -108,7 +53,7 @@ fn bulk_traffic_takes_the_fast_path(mode: &str, subnet: &str, ip1: &str) {
     let t = Topology::up(mode, &["--containers", "2", "--subnet", subnet, "--mode", mode]);
     let (c0, c1) = (t.ns("c0"), t.ns("c1"));
     assert!(ping(&c0, ip1));
-    let bridge = BridgeForwardCounter::new(&t.name);
+    let bridge = BridgeForwardCounter::from_ports_of(&t.name);
     let before_tx: Vec<u64> = [&c0, &c1].iter().map(|ns| link_packets(Some(ns), "eth0").1).collect();
     let before_host: Vec<(u64, u64)> =
         ["c0", "c1"].iter().map(|c| (link_packets(None, &t.ns(c)).0, ethtool_stat(&t.ns(c), "rx_queue_0_xdp_packets"))).collect();
@@ -173,7 +118,7 @@ fn tc_mode_carries_bulk_traffic() {
 #[test]
 fn bridge_mode_shows_up_on_the_bridge_counter() {
     let t = Topology::up("brm", &["--containers", "2", "--subnet", "10.113.0.0/24", "--mode", "bridge"]);
-    let bridge = BridgeForwardCounter::new(&t.name);
+    let bridge = BridgeForwardCounter::from_ports_of(&t.name);
     let before = link_packets(Some(&t.ns("c0")), "eth0").1;
     let flood = in_ns(&t.ns("c0"), &["ping", "-f", "-c", "2000", "-q", "10.113.0.3"]);
     assert!(flood.status.success());

@@ -10,7 +10,7 @@ use std::{
 };
 
 use common::{
-    Running, Topology, counter, frame, in_ns, leftovers, quiet, link_packets, netpath, netpath_ok, parse_mac, ping, require_root,
+    Running, Topology, counter, frame, in_ns, leftovers, program_counters, quiet, verdicts, link_packets, netpath, netpath_ok, parse_mac, ping, require_root,
     send_raw_frames, sh, unique_name,
 };
 use serde_json::Value;
@@ -21,10 +21,9 @@ fn spawn_in(ns: &str, args: &[&str]) -> Child {
     Command::new("ip").args(&full).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
-fn verdicts(topology: &str) -> u64 {
-    let doc: Value = serde_json::from_str(&netpath_ok(&["stats", "--name", topology, "--json"])).unwrap();
-    let keys = ["redirected", "pass_multicast", "pass_unknown", "pass_host", "pass_hairpin", "pass_redirect_failed", "drop_runt"];
-    doc.as_array().unwrap().iter().map(|p| keys.iter().map(|k| p["packets"][*k].as_u64().unwrap()).sum::<u64>()).sum()
+/// Every verdict of every port of the topology.
+fn all_verdicts(topology: &str) -> u64 {
+    program_counters(topology).iter().map(|(_, packets)| verdicts(packets)).sum()
 }
 
 fn fdb(topology: &str) -> Vec<Value> {
@@ -44,7 +43,7 @@ fn sixteen_pairs_of_tcp_in_every_mode() {
             .collect();
         sleep(Duration::from_millis(500));
         let sent_before: u64 = (0..32).map(|c| link_packets(Some(&t.ns(&format!("c{c}"))), "eth0").1).sum();
-        let verdicts_before = if mode == "bridge" { 0 } else { verdicts(&t.name) };
+        let verdicts_before = if mode == "bridge" { 0 } else { all_verdicts(&t.name) };
         let clients: Vec<Child> = (0..16)
             .map(|p| {
                 let server_ip = format!("10.140.0.{}", 2 * p + 3);
@@ -75,7 +74,7 @@ fn sixteen_pairs_of_tcp_in_every_mode() {
             // Every frame the containers sent met a verdict of the programs.
             let sent: u64 =
                 (0..32).map(|c| link_packets(Some(&t.ns(&format!("c{c}"))), "eth0").1).sum::<u64>() - sent_before;
-            let decided = verdicts(&t.name) - verdicts_before;
+            let decided = all_verdicts(&t.name) - verdicts_before;
             assert!(decided.abs_diff(sent) <= 50 + sent / 1000, "{mode}: {sent} frames sent, {decided} decided");
         }
     }

@@ -193,14 +193,29 @@ pub fn parse_mac(s: &str) -> [u8; 6] {
     v.try_into().unwrap()
 }
 
+/// The programs' counters per port (`netpath stats --json`): port -> packets.
+pub fn program_counters(topology: &str) -> Vec<(String, serde_json::Value)> {
+    let doc: serde_json::Value = serde_json::from_str(&netpath_ok(&["stats", "--name", topology, "--json"])).unwrap();
+    doc.as_array().unwrap().iter().map(|p| (p["port"].as_str().unwrap().to_owned(), p["packets"].clone())).collect()
+}
+
+/// Frames a port's program decided on: every verdict (redirected, passed,
+/// dropped), not the side counters (learned, bad or spoofed sources).
+pub fn verdicts(packets: &serde_json::Value) -> u64 {
+    use netpath_common::Counter;
+    std::iter::once(Counter::Redirected)
+        .chain(Counter::PASSED)
+        .chain([Counter::DropRunt])
+        .map(|c| packets[c.name()].as_u64().unwrap())
+        .sum()
+}
+
 /// A per-port counter of the programs (`netpath stats --json`).
 pub fn counter(topology: &str, port: &str, name: &str) -> u64 {
-    let doc: serde_json::Value = serde_json::from_str(&netpath_ok(&["stats", "--name", topology, "--json"])).unwrap();
-    doc.as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["port"] == port)
-        .map(|p| p["packets"][name].as_u64().unwrap())
+    program_counters(topology)
+        .into_iter()
+        .find(|(p, _)| p == port)
+        .map(|(_, packets)| packets[name].as_u64().unwrap())
         .unwrap_or(0)
 }
 
@@ -257,5 +272,51 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// An nftables counter in the bridge family's forward hook: it only moves
+/// for frames the bridge forwards, whatever the BPF programs claim.
+pub struct BridgeForwardCounter {
+    table: String,
+}
+
+impl BridgeForwardCounter {
+    /// Counts forwarded frames that match `rule` (nft match expressions).
+    pub fn new(tag: &str, rule: &str) -> Self {
+        let table = format!("nptest_{tag}");
+        let script = format!(
+            "table bridge {table} {{\n chain forward_count {{\n  type filter hook forward priority 0;\n  {rule} counter\n }}\n}}\n"
+        );
+        let mut nft = Command::new("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+        std::io::Write::write_all(nft.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+        drop(nft.stdin.take());
+        assert!(nft.wait().unwrap().success(), "adding the nftables counter");
+        Self { table }
+    }
+
+    /// Counts every frame forwarded from a port of the topology.
+    pub fn from_ports_of(topology: &str) -> Self {
+        Self::new(topology, &format!("iifname \"{topology}-*\""))
+    }
+
+    pub fn packets(&self) -> u64 {
+        let out = sh("nft", &["-j", "list", "table", "bridge", &self.table]);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft -j");
+        doc["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o.get("rule"))
+            .flat_map(|r| r["expr"].as_array().unwrap().iter())
+            .filter_map(|e| e.get("counter"))
+            .map(|c| c["packets"].as_u64().unwrap())
+            .sum()
+    }
+}
+
+impl Drop for BridgeForwardCounter {
+    fn drop(&mut self) {
+        sh("nft", &["delete", "table", "bridge", &self.table]);
     }
 }
