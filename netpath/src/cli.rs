@@ -386,10 +386,10 @@ async fn fdb_command(handle: &Handle, command: FdbCommand) -> Result<()> {
             Ok(())
         }
         FdbCommand::Del { name: NameArg { name }, mac } => {
-            if !fdb::Fdb::open(&name)?.remove(mac)? {
+            if !crate::datapath::forget_mac(&name, mac)? {
                 bail!("topology {name} has no FDB entry for {mac}");
             }
-            crate::datapath::unset_port_mac(&name, mac)
+            Ok(())
         }
         FdbCommand::Flush { name: NameArg { name } } => {
             let removed = fdb::Fdb::open(&name)?.flush_learned()?;

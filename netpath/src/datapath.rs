@@ -405,10 +405,18 @@ pub fn remove(datapath: &str) -> Result<()> {
     fs::remove_dir_all(&dir).with_context(|| format!("removing pins in {}", dir.display()))
 }
 
-/// Clears the container MAC recorded for a port, after that MAC's static FDB
-/// entry was deleted: the programs skip learning a port's own MAC, so without
-/// this it could never be learned again.
-pub fn unset_port_mac(topology: &str, mac: Mac) -> Result<()> {
+/// Deletes the FDB entry for `mac`; returns false if there was none. If it
+/// was a port's own container MAC, the port forgets it too: the programs skip
+/// learning a port's own MAC, so otherwise it could never be learned again.
+pub fn forget_mac(topology: &str, mac: Mac) -> Result<bool> {
+    if !fdb::Fdb::open(topology)?.remove(mac)? {
+        return Ok(false);
+    }
+    unset_port_mac(topology, mac)?;
+    Ok(true)
+}
+
+fn unset_port_mac(topology: &str, mac: Mac) -> Result<()> {
     let mut port_state: PerCpuHashMap<_, u32, PortState> =
         PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(open_map(topology, maps::PORT_STATE)?))?;
     let ports: Vec<(u32, Vec<PortState>)> = port_state
