@@ -14,7 +14,7 @@ fn four_containers_reach_each_other_and_status_matches_the_machine() {
     let status = t.status();
     let ports = status["ports"].as_array().expect("ports");
     assert_eq!(ports.len(), 4);
-    assert_eq!(status["bridge"]["ip"], "10.101.0.1/24");
+    assert_eq!(status["bridge"]["ips"][0], "10.101.0.1/24");
     assert_eq!(status["bridge"]["name"], format!("{}-br", t.name));
 
     let mut ips = Vec::new();
@@ -27,7 +27,7 @@ fn four_containers_reach_each_other_and_status_matches_the_machine() {
         let info = addr[0]["addr_info"].as_array().unwrap().iter().find(|a| a["family"] == "inet").unwrap();
         let kernel_ip = format!("{}/{}", info["local"].as_str().unwrap(), info["prefixlen"]);
         assert_eq!(port["mac"], kernel_mac, "MAC of {ns}");
-        assert_eq!(port["ip"], kernel_ip.as_str(), "IP of {ns}");
+        assert_eq!(port["ips"][0], kernel_ip.as_str(), "IP of {ns}");
         assert_eq!(port["ifname"], "eth0");
         assert!(port["ifindex"].as_u64().unwrap() > 0);
         ips.push((ns.to_owned(), info["local"].as_str().unwrap().to_owned()));
@@ -71,8 +71,8 @@ fn bad_input_is_refused_and_leaves_nothing() {
     let name = unique_name("bad");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--containers", "2", "--name", "averyveryverylongname"], "15 bytes"),
-        (vec!["--name", &name, "--subnet", "10.102.0.0/33"], "not an IPv4 CIDR"),
-        (vec!["--name", &name, "--subnet", "banana"], "not an IPv4 CIDR"),
+        (vec!["--name", &name, "--subnet", "10.102.0.0/33"], "is not a CIDR"),
+        (vec!["--name", &name, "--subnet", "banana"], "is not a CIDR"),
         (vec!["--name", &name, "--subnet", "10.102.0.0/29", "--containers", "7"], "too small"),
         (vec!["--name", &name, "--containers", "0"], "at least 1"),
         (vec!["--name", &name, "--subnet", "10.102.0.0/24", "--config", &dup_names], "used twice"),

@@ -153,8 +153,16 @@ pub struct TraceEvent {
     pub data: [u8; TRACE_SNAPLEN],
 }
 
+/// Version of the layout of the maps: their names, types, key and value
+/// types. The loader writes it into the pinned `LAYOUT` map when it creates
+/// a datapath's maps, and refuses pins of another version instead of
+/// misreading them. Bump it with every change to a map or a type above.
+pub const LAYOUT_VERSION: u32 = 2;
+
 /// Map names, shared so the loader finds what the programs declare.
 pub mod maps {
+    /// One u32: the [`LAYOUT_VERSION`](super::LAYOUT_VERSION) of the pins.
+    pub const LAYOUT: &str = "LAYOUT";
     pub const FDB: &str = "FDB";
     pub const PORTS: &str = "PORTS";
     pub const PORT_STATE: &str = "PORT_STATE";

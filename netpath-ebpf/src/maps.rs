@@ -21,6 +21,11 @@ pub static PORTS: DevMapHash = DevMapHash::with_max_entries(PORT_CAPACITY, 0);
 #[map(name = "PORT_STATE")]
 pub static PORT_STATE: PerCpuHashMap<u32, PortState> = PerCpuHashMap::with_max_entries(PORT_CAPACITY, 0);
 
+/// The layout version of these maps, written by the loader (see
+/// `netpath_common::LAYOUT_VERSION`); the programs never read it.
+#[map(name = "LAYOUT")]
+pub static LAYOUT: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 

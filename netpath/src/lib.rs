@@ -1,21 +1,19 @@
-//! netpath: an eBPF fast path between containers on one host, with the
-//! Linux bridge as the fallback.
+//! netpath: an eBPF fast path between containers, with the Linux bridge as
+//! the fallback.
+//!
+//! Layers, each using only those below it:
+//! - `cli`, `bench`: the products a person runs;
+//! - `ops`: transactions (topology, status, supervise, CNI), `observe`;
+//! - `datapath`: the BPF object, hooks, typed maps, FDB, counters;
+//! - `host`: netlink, namespaces, the container plumbing, ethtool, NAT;
+//!   `store`: records and locks under /run/netpath;
+//! - `model`: plain data and validation.
 
 pub mod bench;
 pub mod cli;
-pub mod cni;
 pub mod datapath;
-pub mod ethtool;
-pub mod fdb;
-pub mod nat;
-pub mod lock;
-pub mod metrics;
-pub mod monitor;
-pub mod netlink;
-pub mod netns;
-pub mod run;
-pub mod spec;
-pub mod state;
-pub mod stats;
-pub mod topology;
-pub mod trace;
+pub mod host;
+pub mod model;
+pub mod observe;
+pub mod ops;
+pub mod store;

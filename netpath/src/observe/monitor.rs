@@ -9,8 +9,8 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
-    fdb::{Fdb, Row},
-    spec::Mac,
+    datapath::{self, fdb::{Fdb, Row}},
+    model::Mac,
 };
 
 const POLL: Duration = Duration::from_millis(100);
@@ -71,9 +71,9 @@ fn snapshot(fdb: &Fdb) -> Result<HashMap<Mac, Row>> {
     Ok(fdb.rows()?.into_iter().map(|r| (r.mac, r)).collect())
 }
 
-/// Prints events until Ctrl-C.
-pub async fn run(topology: &str, ageing_s: u64, json: bool, name_of: &dyn Fn(u32) -> String) -> Result<()> {
-    let fdb = Fdb::open(topology)?;
+/// Hands every FDB event to `on_event` until Ctrl-C.
+pub async fn run(topology: &str, ageing_s: u64, name_of: &dyn Fn(u32) -> String, mut on_event: impl FnMut(&Event) -> Result<()>) -> Result<()> {
+    let fdb = Fdb::open(&datapath::maps(topology)?)?;
     let mut before = snapshot(&fdb)?;
     eprintln!("monitoring the FDB of {topology} ({} entries; Ctrl-C to stop)", before.len());
     let mut ticker = tokio::time::interval(POLL);
@@ -84,20 +84,7 @@ pub async fn run(topology: &str, ageing_s: u64, json: bool, name_of: &dyn Fn(u32
         }
         let after = snapshot(&fdb)?;
         for (kind, row) in diff(&before, &after, ageing_s) {
-            let event = Event { event: kind, mac: row.mac, ifname: name_of(row.ifindex), ifindex: row.ifindex };
-            if json {
-                println!("{}", serde_json::to_string(&event)?);
-            } else {
-                let (prefix, what) = match kind {
-                    Kind::Learned => ("", "learned"),
-                    Kind::Moved => ("", "learned (moved)"),
-                    Kind::StaticAdded => ("", "static"),
-                    Kind::AgedOut => ("Deleted ", "learned (aged out)"),
-                    Kind::Deleted => ("Deleted ", "learned"),
-                    Kind::StaticRemoved => ("Deleted ", "static"),
-                };
-                println!("{prefix}{} dev {} {what}", event.mac, event.ifname);
-            }
+            on_event(&Event { event: kind, mac: row.mac, ifname: name_of(row.ifindex), ifindex: row.ifindex })?;
         }
         before = after;
     }

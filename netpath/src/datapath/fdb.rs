@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, Map, MapData};
-use netpath_common::{FDB_FLAG_STATIC, FdbEntry, FdbKey, maps};
+use aya::maps::{HashMap, MapData};
+use netpath_common::{FDB_FLAG_STATIC, FdbEntry, FdbKey};
 use serde::Serialize;
 
-use crate::{datapath, spec::Mac};
+use super::maps::Maps;
+use crate::model::Mac;
 
 pub struct Fdb {
     map: HashMap<MapData, FdbKey, FdbEntry>,
@@ -32,10 +33,8 @@ pub fn monotonic_ns() -> u64 {
 }
 
 impl Fdb {
-    pub fn open(topology: &str) -> Result<Self> {
-        let data = datapath::open_map(topology, maps::FDB)?;
-        let map = HashMap::try_from(Map::HashMap(data)).context("map FDB has an unexpected type")?;
-        Ok(Self { map })
+    pub fn open(maps: &Maps) -> Result<Self> {
+        Ok(Self { map: maps.fdb()? })
     }
 
     pub fn add_static(&mut self, mac: Mac, ifindex: u32) -> Result<()> {

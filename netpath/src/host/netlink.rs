@@ -1,24 +1,19 @@
 //! Small helpers over rtnetlink for the links and addresses netpath manages.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
-        address::AddressAttribute,
+        address::{AddressAttribute, AddressFlags},
         link::{InfoData, InfoVeth, LinkAttribute, LinkMessage, LinkXdp},
     },
 };
 
-use crate::spec::Mac;
-
-/// The alias netpath writes on every link it creates: what it may delete.
-pub fn owner_alias(topology: &str) -> String {
-    format!("netpath:{topology}")
-}
+use crate::model::Mac;
 
 /// A link as netpath needs to see it.
 #[derive(Clone, Debug)]
@@ -156,16 +151,19 @@ pub async fn delete_link(handle: &Handle, index: u32) -> Result<bool> {
     }
 }
 
-pub async fn add_address(handle: &Handle, index: u32, net: Ipv4Net) -> Result<()> {
-    handle
-        .address()
-        .add(index, IpAddr::V4(net.addr()), net.prefix_len())
-        .execute()
-        .await
-        .with_context(|| format!("adding address {net} to link {index}"))
+/// Adds an address; an IPv6 one is usable at once (no duplicate address
+/// detection: netpath hands out the addresses itself).
+pub async fn add_address(handle: &Handle, index: u32, net: IpNet) -> Result<()> {
+    let mut request = handle.address().add(index, net.addr(), net.prefix_len());
+    if net.addr().is_ipv6() {
+        request.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    request.execute().await.with_context(|| format!("adding address {net} to link {index}"))
 }
 
-pub async fn ipv4_addresses(handle: &Handle, index: u32) -> Result<Vec<Ipv4Net>> {
+/// The link's addresses of both families, without IPv6 link-local ones
+/// (the kernel adds those itself).
+pub async fn addresses(handle: &Handle, index: u32) -> Result<Vec<IpNet>> {
     let msgs: Vec<_> = handle
         .address()
         .get()
@@ -180,21 +178,19 @@ pub async fn ipv4_addresses(handle: &Handle, index: u32) -> Result<Vec<Ipv4Net>>
         .filter_map(|m| {
             let prefix = m.header.prefix_len;
             m.attributes.into_iter().find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => {
-                    Ipv4Net::new(ip, prefix).ok()
-                }
+                AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => IpNet::new(ip, prefix).ok(),
                 _ => None,
             })
         })
+        .filter(|net| !matches!(net.addr(), IpAddr::V6(v6) if v6.is_unicast_link_local()))
         .collect())
 }
 
-pub async fn add_default_route(handle: &Handle, gateway: Ipv4Addr) -> Result<()> {
-    let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
-    handle
-        .route()
-        .add(route)
-        .execute()
-        .await
-        .with_context(|| format!("adding default route via {gateway}"))
+/// The default route of the gateway's family.
+pub async fn add_default_route(handle: &Handle, gateway: IpAddr) -> Result<()> {
+    let route = match gateway {
+        IpAddr::V4(gw) => RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).build(),
+        IpAddr::V6(gw) => RouteMessageBuilder::<Ipv6Addr>::new().gateway(gw).build(),
+    };
+    handle.route().add(route).execute().await.with_context(|| format!("adding default route via {gateway}"))
 }

@@ -10,10 +10,12 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use aya::maps::{Array, Map, RingBuf};
-use netpath_common::{DatapathConfig, TRACE_SNAPLEN, TraceEvent, maps};
+use netpath_common::{TRACE_SNAPLEN, TraceEvent};
 
-use crate::{datapath, fdb::monotonic_ns, spec::Mac};
+use crate::{
+    datapath::{self, fdb::monotonic_ns, maps::Maps},
+    model::Mac,
+};
 
 const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
@@ -158,30 +160,33 @@ impl PcapWriter {
     }
 }
 
-fn set_tracing(topology: &str, on: bool) -> Result<()> {
-    let mut config: Array<_, DatapathConfig> = Array::try_from(Map::Array(datapath::open_map(topology, maps::CONFIG)?))?;
+fn set_tracing(maps: &Maps, on: bool) -> Result<()> {
+    let mut config = maps.config()?;
     let mut value = config.get(&0, 0).context("reading map CONFIG")?;
     value.trace = on as u8;
     config.set(0, value, 0).context("writing map CONFIG")
 }
 
 /// Turns tracing off again however `run` ends.
-struct TracingOn<'a>(&'a str);
+struct TracingOn<'a>(&'a Maps);
 
 impl Drop for TracingOn<'_> {
     fn drop(&mut self) {
         if let Err(e) = set_tracing(self.0, false) {
-            log::warn!("turning tracing off for {}: {e:#}", self.0);
+            log::warn!("turning tracing off: {e:#}");
         }
     }
 }
 
-/// Shows redirected frames until `count` are shown or Ctrl-C; returns how many.
-pub async fn run(topology: &str, options: Options, name_of: &dyn Fn(u32) -> String) -> Result<usize> {
-    let mut ring = RingBuf::try_from(Map::RingBuf(datapath::open_map(topology, maps::TRACE)?))?;
+/// Hands redirected frames to `show` (as tcpdump-like lines), or writes them
+/// to the pcap file of `options.write`, until `count` are done or Ctrl-C;
+/// returns how many.
+pub async fn run(topology: &str, options: Options, name_of: &dyn Fn(u32) -> String, mut show: impl FnMut(String)) -> Result<usize> {
+    let maps = datapath::maps(topology)?;
+    let mut ring = maps.trace()?;
     let mut pcap = options.write.as_ref().map(PcapWriter::create).transpose()?;
-    set_tracing(topology, true)?;
-    let _off = TracingOn(topology);
+    set_tracing(&maps, true)?;
+    let _off = TracingOn(&maps);
     let wall_offset = wall_clock_ns().saturating_sub(monotonic_ns());
     let mut shown = 0;
     loop {
@@ -211,7 +216,7 @@ pub async fn run(topology: &str, options: Options, name_of: &dyn Fn(u32) -> Stri
             let wall_ns = event.timestamp_ns + wall_offset;
             match pcap.as_mut() {
                 Some(writer) => writer.write(&event, wall_ns)?,
-                None => println!("{}", describe(&event, &frame, name_of, wall_ns)),
+                None => show(describe(&event, &frame, name_of, wall_ns)),
             }
             shown += 1;
             if options.count.is_some_and(|c| shown >= c) {

@@ -4,24 +4,23 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    fs::File,
-    os::fd::AsRawFd,
     path::PathBuf,
     process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use log::warn;
 use rtnetlink::Handle;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    fdb, netlink, netns,
-    spec::{Mac, Mode, Overrides, TopologySpec, port_name},
-    topology,
+    datapath::{self, fdb::Fdb},
+    host::{netlink, netns, plumbing},
+    model::{Mac, Mode, Settings, TopologySpec, naming::port_name, spec::DEFAULT_MTU},
+    ops::topology,
 };
 
 /// What a measurement runs over.
@@ -525,24 +524,22 @@ async fn make_bed(handle: &Handle, name: String, target: Target, index: usize, c
     let Some(mode) = mode_of(target) else {
         return make_wire(&name, &subnet);
     };
-    let overrides = Overrides {
+    let settings = Settings {
         name: Some(name.clone()),
         containers: Some(containers),
-        subnet: Some(subnet),
+        subnet: vec![subnet],
         mode: Some(mode),
-        nat: false,
-        ageing: None,
         fdb_size: Some(fdb_size),
-        mtu: None,
+        ..Default::default()
     };
-    let spec = TopologySpec::resolve(None, &overrides)?;
+    let spec = TopologySpec::resolve(settings)?;
     let server = &spec.containers[1];
     let bed = Bed {
         target,
         name: name.clone(),
         client: port_name(&name, &spec.containers[0].name),
         server: port_name(&name, &server.name),
-        server_ip: server.ip.addr().to_string(),
+        server_ip: server.ips[0].addr().to_string(),
     };
     topology::up(handle, spec).await?;
     Ok(bed)
@@ -550,30 +547,31 @@ async fn make_bed(handle: &Handle, name: String, target: Target, index: usize, c
 
 /// Two namespaces `NAME-a` and `NAME-b` joined by one veth pair.
 fn make_wire(name: &str, subnet: &str) -> Result<Bed> {
-    let net: Ipv4Net = subnet.parse()?;
+    let net: IpNet = subnet.parse()?;
     let mut hosts = net.hosts();
-    let (a_ip, b_ip) = (hosts.next().unwrap(), hosts.next().unwrap());
+    let (a_ip, b_ip) = (hosts.next().context("wire subnet")?, hosts.next().context("wire subnet")?);
+    let (a_ip, b_ip) = (IpNet::new(a_ip, net.prefix_len())?, IpNet::new(b_ip, net.prefix_len())?);
     let (a, b) = (format!("{name}-a"), format!("{name}-b"));
-    let bed = Bed { target: Target::Wire, name: name.into(), client: a.clone(), server: b.clone(), server_ip: b_ip.to_string() };
+    let bed = Bed { target: Target::Wire, name: name.into(), client: a.clone(), server: b.clone(), server_ip: b_ip.addr().to_string() };
     netns::create(&a)?;
     netns::create(&b)?;
-    let b_fd = File::open(netns::path(&b))?;
-    let raw = b_fd.as_raw_fd();
-    let prefix = net.prefix_len();
+    let (a_path, b_path) = (netns::path(&a), netns::path(&b));
+    let owner = name.to_owned();
     netns::run_in(&a, move |h| async move {
-        let peer = netlink::VethPeer { netns_fd: raw, name: "eth0", mac: None };
-        let eth0 = netlink::create_veth(&h, "eth0", None, crate::spec::DEFAULT_MTU, peer).await?;
-        netlink::add_address(&h, eth0.index, Ipv4Net::new(a_ip, prefix)?).await?;
-        let lo = netlink::link_by_name(&h, "lo").await?.context("no lo")?;
-        netlink::set_up(&h, lo.index).await
+        let wire = plumbing::Plug {
+            host_veth: "eth0",
+            netns: &b_path,
+            ifname: "eth0",
+            mac: None,
+            mtu: DEFAULT_MTU,
+            bridge: None,
+            owner: &owner,
+            addresses: &[b_ip],
+            gateways: &[],
+        };
+        plumbing::plug(&h, &wire).await.map(drop)
     })?;
-    netns::run_in(&b, move |h| async move {
-        let eth0 = netlink::link_by_name(&h, "eth0").await?.context("wire peer missing")?;
-        netlink::add_address(&h, eth0.index, Ipv4Net::new(b_ip, prefix)?).await?;
-        netlink::set_up(&h, eth0.index).await?;
-        let lo = netlink::link_by_name(&h, "lo").await?.context("no lo")?;
-        netlink::set_up(&h, lo.index).await
-    })?;
+    plumbing::configure_inside(&a_path, "eth0", &[a_ip], &[])?;
     Ok(bed)
 }
 
@@ -646,7 +644,7 @@ async fn scale_sweep(handle: &Handle, seconds: u64) -> Result<Vec<ScaleRow>> {
 /// Adds `count` static entries for MACs no container has, on port c0.
 async fn fill_fdb(handle: &Handle, topology: &str, count: u32) -> Result<()> {
     let port = netlink::link_by_name(handle, &port_name(topology, "c0")).await?.context("port c0 missing")?;
-    let mut table = fdb::Fdb::open(topology)?;
+    let mut table = Fdb::open(&datapath::maps(topology)?)?;
     let base = table.entries()?.len() as u32;
     for n in base..base + count {
         let b = n.to_be_bytes();

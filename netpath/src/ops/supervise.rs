@@ -1,5 +1,6 @@
-//! `netpath run`: the topology up, BPF logs forwarded to the logger, learned
-//! FDB entries aged out, and counters reported, until Ctrl-C.
+//! Supervising a running topology (`netpath run`): BPF logs forwarded to
+//! the logger, learned FDB entries aged out, ports that vanished behind
+//! netpath's back forgotten, counters reported and served, until Ctrl-C.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -16,31 +17,35 @@ use rtnetlink::{
 };
 use tokio::io::unix::AsyncFd;
 
+use super::topology::{self, UpOutcome};
 use crate::{
-    cli, datapath, fdb, netlink,
-    lock::{Lock, Purpose},
-    metrics::RunTotals,
-    spec::TopologySpec,
-    stats, topology,
+    datapath::{self, counters, fdb::Fdb},
+    host::netlink,
+    model::{Mode, TopologySpec, naming::{bridge_name, port_name}},
+    observe::metrics::{self, RunTotals},
+    store::lock::{Lock, Purpose},
 };
 
 const STATS_EVERY: Duration = Duration::from_secs(10);
 
-pub async fn run(handle: &Handle, spec: TopologySpec, keep: bool, metrics: Option<SocketAddr>) -> Result<()> {
+pub async fn run(handle: &Handle, spec: TopologySpec, keep: bool, metrics_addr: Option<SocketAddr>) -> Result<()> {
     let name = spec.name.clone();
     let mode = spec.mode;
     let totals = Arc::new(RunTotals::default());
     let _running = Lock::acquire(&name, Purpose::Run)?;
     let ageing = Duration::from_secs(spec.ageing_s);
-    let fast_path = spec.mode != crate::spec::Mode::Bridge;
-    cli::up(handle, spec).await?;
+    let fast_path = spec.mode != Mode::Bridge;
+    match topology::up(handle, spec).await? {
+        UpOutcome::Created => info!("topology {name} up, mode {mode}"),
+        UpOutcome::AlreadyUp => info!("topology {name} was up as asked; adopted it"),
+    }
     if fast_path {
         forward_bpf_logs(&name)?;
     }
     let watcher = tokio::spawn(watch_vanishing_ports(handle.clone(), name.clone()));
-    let server = match metrics {
+    let server = match metrics_addr {
         Some(addr) => {
-            let server = tokio::spawn(crate::metrics::serve(addr, name.clone(), mode, totals.clone(), handle.clone()));
+            let server = tokio::spawn(metrics::serve(addr, name.clone(), mode, totals.clone(), handle.clone()));
             // Fail now, not silently, if the address cannot be served.
             tokio::time::sleep(Duration::from_millis(100)).await;
             if server.is_finished() {
@@ -71,7 +76,7 @@ pub async fn run(handle: &Handle, spec: TopologySpec, keep: bool, metrics: Optio
             continue;
         }
         if !report {
-            match fdb::Fdb::open(&name).and_then(|mut f| f.age_out(ageing)) {
+            match datapath::maps(&name).and_then(|maps| Fdb::open(&maps)?.age_out(ageing)) {
                 Ok(0) => {}
                 Ok(n) => {
                     totals.aged.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
@@ -81,7 +86,7 @@ pub async fn run(handle: &Handle, spec: TopologySpec, keep: bool, metrics: Optio
             }
             continue;
         }
-        if let Ok(ports) = stats::read(&name, |i| i.to_string()) {
+        if let Ok(ports) = datapath::maps(&name).and_then(|maps| counters::read(&maps, |i| i.to_string())) {
             let sum = |counters: &[Counter]| -> u64 {
                 ports.iter().flat_map(|p| counters.iter().map(|c| p.get(*c))).sum()
             };
@@ -122,11 +127,11 @@ async fn watch_vanishing_ports(handle: Handle, topology: String) {
         }
     };
     tokio::spawn(connection);
-    let prefix = format!("{topology}-");
+    let prefix = port_name(&topology, "");
     while let Some((message, _)) = events.next().await {
         let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) = message.payload else { continue };
         let link = netlink::Link::from(link);
-        if !link.name.starts_with(&prefix) || link.name == crate::spec::bridge_name(&topology) {
+        if !link.name.starts_with(&prefix) || link.name == bridge_name(&topology) {
             continue;
         }
         match topology::forget_vanished_port(&handle, &topology, &link.name, link.index).await {

@@ -17,7 +17,11 @@ use tokio::{
     net::TcpListener,
 };
 
-use crate::{fdb::Fdb, spec::Mode, stats};
+use crate::{
+    datapath::{self, counters, fdb::Fdb},
+    host::netlink::LinkNames,
+    model::Mode,
+};
 
 /// Totals kept by `run` itself.
 #[derive(Default)]
@@ -35,7 +39,8 @@ pub fn render(topology: &str, mode: Mode, totals: &RunTotals, name_of: &dyn Fn(u
     if mode == Mode::Bridge {
         return Ok(out);
     }
-    let ports = stats::read(topology, name_of)?;
+    let maps = datapath::maps(topology)?;
+    let ports = counters::read(&maps, name_of)?;
     // (metric name, help, the counters in it with their `reason` label)
     type Family<'a> = (&'a str, &'a str, &'a [(Counter, &'a str)]);
     // The reason label is the counter's name without its `pass_` prefix.
@@ -65,7 +70,7 @@ pub fn render(topology: &str, mode: Mode, totals: &RunTotals, name_of: &dyn Fn(u
             }
         }
     }
-    let rows = Fdb::open(topology)?.rows()?;
+    let rows = Fdb::open(&maps)?.rows()?;
     writeln!(out, "# HELP netpath_fdb_entries FDB entries, by state.\n# TYPE netpath_fdb_entries gauge")?;
     for state in ["static", "learned"] {
         writeln!(out, "netpath_fdb_entries{{topology=\"{t}\",state=\"{state}\"}} {}", rows.iter().filter(|r| r.state == state).count())?;
@@ -90,7 +95,7 @@ pub async fn serve(
         let mut request = vec![0u8; 2048];
         let n = stream.read(&mut request).await.unwrap_or(0);
         let first = String::from_utf8_lossy(&request[..n]).lines().next().unwrap_or("").to_owned();
-        let names = crate::netlink::LinkNames::load(&handle).await.unwrap_or_default();
+        let names = LinkNames::load(&handle).await.unwrap_or_default();
         let name_of = |i: u32| names.name(i);
         let (status, body) = if first.starts_with("GET /metrics ") {
             match render(&topology, mode, &totals, &name_of) {

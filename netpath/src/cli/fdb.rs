@@ -1,0 +1,89 @@
+//! `fdb dump|add|del|flush`.
+
+use anyhow::{Result, bail, ensure};
+use clap::Subcommand;
+
+use super::{NameArg, netlink_handle, render, require_root};
+use crate::{
+    datapath::{self, fdb::Fdb},
+    host::netlink::LinkNames,
+    model::{Mac, naming::{container_of, port_name}},
+    ops::topology,
+};
+
+#[derive(Subcommand)]
+pub enum FdbCommand {
+    /// List the entries, like `bridge fdb show`.
+    Dump {
+        #[command(flatten)]
+        name: NameArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a static entry: frames to MAC go to PORT.
+    Add {
+        #[command(flatten)]
+        name: NameArg,
+        mac: Mac,
+        /// Container name or host-side veth of the topology.
+        #[arg(long)]
+        port: String,
+    },
+    /// Delete the entry for MAC.
+    Del {
+        #[command(flatten)]
+        name: NameArg,
+        mac: Mac,
+    },
+    /// Delete every learned entry (static ones stay).
+    Flush {
+        #[command(flatten)]
+        name: NameArg,
+    },
+}
+
+impl FdbCommand {
+    pub fn name(&self) -> &NameArg {
+        match self {
+            FdbCommand::Dump { name, .. }
+            | FdbCommand::Add { name, .. }
+            | FdbCommand::Del { name, .. }
+            | FdbCommand::Flush { name } => name,
+        }
+    }
+}
+
+pub async fn run(command: FdbCommand) -> Result<()> {
+    require_root()?;
+    let handle = netlink_handle().await?;
+    match command {
+        FdbCommand::Dump { name: NameArg { name }, json } => {
+            let rows = Fdb::open(&datapath::maps(&name)?)?.rows()?;
+            let names = LinkNames::load(&handle).await?;
+            if json {
+                render::json_line(&render::fdb_json(&rows, &names))
+            } else {
+                print!("{}", render::fdb_table(&rows, &names));
+                Ok(())
+            }
+        }
+        FdbCommand::Add { name: NameArg { name }, mac, port } => {
+            ensure!(mac.is_unicast(), "{mac} is not a unicast MAC address");
+            let ifindex = topology::port_ifindex(&handle, &name, &port).await?;
+            Fdb::open(&datapath::maps(&name)?)?.add_static(mac, ifindex)?;
+            println!("{mac} dev {} static", port_name(&name, container_of(&name, &port)));
+            Ok(())
+        }
+        FdbCommand::Del { name: NameArg { name }, mac } => {
+            if !datapath::forget_mac(&name, mac)? {
+                bail!("topology {name} has no FDB entry for {mac}");
+            }
+            Ok(())
+        }
+        FdbCommand::Flush { name: NameArg { name } } => {
+            let removed = Fdb::open(&datapath::maps(&name)?)?.flush_learned()?;
+            println!("{removed} learned entries removed");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The `netpath` command line: the verbs, one file each, on top of `ops`,
+//! `datapath`, `observe` and `bench`; tables and JSON in `render`.
+
+mod bench;
+mod fdb;
+mod monitor;
+mod port;
+mod render;
+mod run;
+mod stats;
+mod status;
+mod topology;
+mod trace;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use rtnetlink::Handle;
+
+use crate::model::{Settings, naming::validate_topology_name, spec::DEFAULT_NAME};
+
+#[derive(Parser)]
+#[command(name = "netpath", version, about = "eBPF fast path between containers, with the Linux bridge as fallback")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct NameArg {
+    /// Topology name: prefix of every object netpath creates for it.
+    #[arg(long, default_value = DEFAULT_NAME)]
+    pub name: String,
+}
+
+impl NameArg {
+    /// The name, checked before any file or object is touched.
+    fn checked(&self) -> Result<&str> {
+        validate_topology_name(&self.name)?;
+        Ok(&self.name)
+    }
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a topology: namespaces, veth pairs, bridge, addresses, datapath.
+    Up(Settings),
+    /// Remove everything a topology created, and nothing else.
+    Down(NameArg),
+    /// Add or remove one container while the topology runs.
+    #[command(subcommand)]
+    Port(port::PortCommand),
+    /// Show the topology as it is on the machine.
+    Status {
+        #[command(flatten)]
+        name: NameArg,
+        /// JSON output, like `ip -j`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect or change the forwarding database.
+    #[command(subcommand)]
+    Fdb(fdb::FdbCommand),
+    /// Per-port packet counters of the BPF programs.
+    Stats {
+        #[command(flatten)]
+        name: NameArg,
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second, showing rates.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+    },
+    /// Show the frames the fast path redirected (tcpdump on a host veth
+    /// cannot see them), as lines or a pcap file.
+    Trace(trace::TraceArgs),
+    /// Print FDB events (learned, moved, aged out, static added/removed),
+    /// like `bridge monitor fdb`.
+    Monitor {
+        #[command(flatten)]
+        name: NameArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch the datapath mode of a running topology.
+    Mode {
+        #[command(flatten)]
+        name: NameArg,
+        #[arg(value_enum)]
+        mode: crate::model::Mode,
+    },
+    /// Measure the modes against the Linux bridge and a direct veth pair.
+    Bench(bench::BenchArgs),
+    /// Bring a topology up (or adopt it) and run it: BPF logs, FDB ageing,
+    /// periodic stats; Ctrl-C tears it down unless --keep.
+    Run(run::RunArgs),
+}
+
+async fn netlink_handle() -> Result<Handle> {
+    let (connection, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+fn require_root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("this needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF): run it with sudo");
+    }
+    Ok(())
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    // Input is checked before anything else, root or not.
+    let command = cli.command;
+    match &command {
+        Command::Up(_) | Command::Bench(_) | Command::Run(_) => {}
+        Command::Down(name)
+        | Command::Status { name, .. }
+        | Command::Stats { name, .. }
+        | Command::Monitor { name, .. }
+        | Command::Mode { name, .. } => {
+            name.checked()?;
+        }
+        Command::Port(command) => command.name().checked().map(drop)?,
+        Command::Fdb(command) => command.name().checked().map(drop)?,
+        Command::Trace(args) => args.name.checked().map(drop)?,
+    }
+    match command {
+        Command::Up(settings) => topology::up(settings).await,
+        Command::Down(name) => topology::down(name.checked()?).await,
+        Command::Mode { name, mode } => topology::mode(name.checked()?, mode).await,
+        Command::Port(command) => port::run(command).await,
+        Command::Status { name, json } => status::run(name.checked()?, json).await,
+        Command::Fdb(command) => fdb::run(command).await,
+        Command::Stats { name, json, watch } => stats::run(name.checked()?, json, watch).await,
+        Command::Trace(args) => trace::run(args).await,
+        Command::Monitor { name, json } => monitor::run(name.checked()?, json).await,
+        Command::Bench(args) => bench::run(args).await,
+        Command::Run(args) => run::run(args).await,
+    }
+}

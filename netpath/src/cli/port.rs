@@ -1,0 +1,59 @@
+//! `port add` and `port del`.
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use super::{NameArg, netlink_handle, require_root};
+use crate::{
+    model::{Mac, naming::port_name},
+    ops::topology,
+};
+
+#[derive(Subcommand)]
+pub enum PortCommand {
+    /// Plug one more container in.
+    Add {
+        #[command(flatten)]
+        name: NameArg,
+        /// Container name (its namespace and host veth are NAME-PORT).
+        port: String,
+        /// Address, e.g. 10.77.0.50/24; once per subnet family
+        /// [default: the next free one of each subnet].
+        #[arg(long)]
+        ip: Vec<String>,
+        /// MAC of the container's eth0 [default: derived from the address].
+        #[arg(long)]
+        mac: Option<Mac>,
+    },
+    /// Unplug a container and remove its namespace.
+    Del {
+        #[command(flatten)]
+        name: NameArg,
+        port: String,
+    },
+}
+
+impl PortCommand {
+    pub fn name(&self) -> &NameArg {
+        match self {
+            PortCommand::Add { name, .. } | PortCommand::Del { name, .. } => name,
+        }
+    }
+}
+
+pub async fn run(command: PortCommand) -> Result<()> {
+    require_root()?;
+    let handle = netlink_handle().await?;
+    match command {
+        PortCommand::Add { name: NameArg { name }, port, ip, mac } => {
+            let added = topology::port_add(&handle, &name, &port, &ip, mac).await?;
+            let ips: Vec<String> = added.ips.iter().map(ToString::to_string).collect();
+            println!("port {} added: {} {}", port_name(&name, &added.name), ips.join(" "), added.mac);
+        }
+        PortCommand::Del { name: NameArg { name }, port } => {
+            topology::port_del(&handle, &name, &port).await?;
+            println!("port {port} removed from topology {name}");
+        }
+    }
+    Ok(())
+}

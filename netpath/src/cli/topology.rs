@@ -1,0 +1,41 @@
+//! `up`, `down` and `mode`.
+
+use anyhow::Result;
+
+use super::{netlink_handle, require_root};
+use crate::{
+    model::{Mode, Settings, TopologySpec},
+    ops::topology::{self, UpOutcome},
+};
+
+pub async fn up(settings: Settings) -> Result<()> {
+    let spec = TopologySpec::resolve(settings)?;
+    require_root()?;
+    let (name, count, mode) = (spec.name.clone(), spec.containers.len(), spec.mode);
+    let started = std::time::Instant::now();
+    match topology::up(&netlink_handle().await?, spec).await? {
+        UpOutcome::Created => println!(
+            "topology {name} up: {count} containers, mode {mode} ({:.2} s)",
+            started.elapsed().as_secs_f64()
+        ),
+        UpOutcome::AlreadyUp => println!("topology {name} is already up as asked; nothing to do"),
+    }
+    Ok(())
+}
+
+pub async fn down(name: &str) -> Result<()> {
+    require_root()?;
+    if topology::down(&netlink_handle().await?, name).await? {
+        println!("topology {name} removed");
+    } else {
+        println!("topology {name} is not up; nothing to remove");
+    }
+    Ok(())
+}
+
+pub async fn mode(name: &str, mode: Mode) -> Result<()> {
+    require_root()?;
+    topology::set_mode(&netlink_handle().await?, name, mode).await?;
+    println!("topology {name}: mode {mode}");
+    Ok(())
+}

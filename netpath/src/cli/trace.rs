@@ -1,0 +1,45 @@
+//! `trace`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::{NameArg, netlink_handle, require_root};
+use crate::{host::netlink::LinkNames, observe::trace, ops::topology};
+
+#[derive(Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// Only frames that entered through this port (container or veth name).
+    #[arg(long)]
+    port: Option<String>,
+    /// Stop after this many frames.
+    #[arg(long)]
+    count: Option<usize>,
+    /// Write a pcap file (for tcpdump -r, tshark, Wireshark) instead of lines.
+    #[arg(long)]
+    write: Option<PathBuf>,
+    /// 'mac XX:XX:XX:XX:XX:XX' or 'ip ADDRESS'.
+    #[arg(long)]
+    filter: Option<trace::Filter>,
+}
+
+pub async fn run(args: TraceArgs) -> Result<()> {
+    require_root()?;
+    let handle = netlink_handle().await?;
+    let name = args.name.name;
+    let port = match args.port {
+        Some(p) => Some(topology::port_ifindex(&handle, &name, &p).await?),
+        None => None,
+    };
+    let names = LinkNames::load(&handle).await?;
+    let to_file = args.write.is_some();
+    let options = trace::Options { port, count: args.count, write: args.write, filter: args.filter };
+    let shown = trace::run(&name, options, &|i| names.name(i), |line| println!("{line}")).await?;
+    if to_file {
+        eprintln!("{shown} frames written");
+    }
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! The BPF object: embedded in the binary, loaded with its maps created
+//! fresh or opened from (and pinned to) a datapath's bpffs directory.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader, include_bytes_aligned,
+    maps::Array,
+    programs::{SchedClassifier, Xdp},
+};
+use netpath_common::{LAYOUT_VERSION, programs};
+use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
+
+use super::maps::{MapName, check_layout};
+
+/// The BPF object built by `cargo xtask build` from netpath-ebpf.
+pub static OBJECT: &[u8] = include_bytes_aligned!(env!("NETPATH_BPF_OBJECT"));
+
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// Where a datapath's maps and links are pinned.
+pub fn pin_dir(datapath: &str) -> PathBuf {
+    Path::new(BPFFS).join("netpath").join(datapath)
+}
+
+/// Mounts bpffs on /sys/fs/bpf if it is not there yet.
+pub fn ensure_bpffs() -> Result<()> {
+    let mounted = statfs(BPFFS).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC);
+    if !mounted {
+        fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+        nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .with_context(|| format!("mounting bpffs on {BPFFS}"))?;
+    }
+    Ok(())
+}
+
+/// Loads the object and every program in it, with maps created fresh
+/// (`pins` = None) or opened from / pinned to the given directory, whose
+/// layout version is checked first (and written when the maps are new).
+pub fn load(pins: Option<&Path>, fdb_size: u32) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(MapName::Fdb.as_str(), fdb_size);
+    let fresh = match pins {
+        Some(dir) => {
+            check_layout(dir, Some(fdb_size))?;
+            for map in MapName::ALL.into_iter().filter(|m| m.pinned()) {
+                loader.map_pin_path(map.as_str(), dir.join(map.as_str()));
+            }
+            !dir.join(MapName::Layout.as_str()).exists()
+        }
+        None => true,
+    };
+    let mut ebpf = loader.load(OBJECT).context("loading the BPF object (maps and relocations)")?;
+    // Sections such as .rodata are the object's constants, not shared state.
+    let declared = ebpf.maps().map(|(name, _)| name).filter(|name| !name.starts_with('.'));
+    if let Some(unknown) = declared.into_iter().find(|name| !MapName::known(name)) {
+        bail!("the BPF object declares map {unknown}, which datapath::maps::MapName does not list (so it would not be pinned)");
+    }
+    if fresh {
+        let mut layout: Array<_, u32> =
+            Array::try_from(ebpf.map_mut(MapName::Layout.as_str()).context("the BPF object has no LAYOUT map")?)?;
+        layout.set(0, LAYOUT_VERSION, 0).context("writing map LAYOUT")?;
+    }
+    for name in [programs::XDP_FORWARD, programs::XDP_PEER] {
+        let program: &mut Xdp = program_mut(&mut ebpf, name)?;
+        program.load().with_context(|| format!("verifier rejected BPF program {name}"))?;
+    }
+    let tc: &mut SchedClassifier = program_mut(&mut ebpf, programs::TC_FORWARD)?;
+    tc.load().with_context(|| format!("verifier rejected BPF program {}", programs::TC_FORWARD))?;
+    Ok(ebpf)
+}
+
+pub fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .with_context(|| format!("BPF object has no program {name}"))?
+        .try_into()
+        .with_context(|| format!("BPF program {name} has an unexpected type"))
+}
+
+/// The name of a loaded program, for `status`.
+pub fn program_name(id: u32) -> String {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("id {id}"))
+}

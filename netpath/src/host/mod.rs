@@ -1,0 +1,12 @@
+//! The machine side: netlink, network namespaces, the one plumbing that
+//! plugs a container into a bridge (used by topologies, the CNI plugin and
+//! the benchmark alike), ethtool offloads and NAT.
+//!
+//! "Host" is whatever network namespace netpath runs in: the machine's own,
+//! or a namespace a test (or a simulated host of an overlay) made for it.
+
+pub mod ethtool;
+pub mod nat;
+pub mod netlink;
+pub mod netns;
+pub mod plumbing;

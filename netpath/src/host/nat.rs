@@ -1,0 +1,85 @@
+//! `--nat`: forwarding and an nftables masquerade rule for the subnets (IPv4
+//! and IPv6), in a table of netpath's own so removing it touches nothing else.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+use ipnet::IpNet;
+
+use crate::model::naming::nat_table;
+
+const IPV4_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+const IPV6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+fn nft(script: &str) -> Result<()> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running nft (install nftables, or run `cargo xtask setup`)")?;
+    child.stdin.take().expect("piped").write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("nft failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+pub fn table_exists(topology: &str) -> bool {
+    Command::new("nft")
+        .args(["list", "table", "inet", &nat_table(topology)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The sysctl that forwards a subnet's family.
+fn forward_sysctl(subnet: &IpNet) -> &'static str {
+    if subnet.addr().is_ipv4() { IPV4_FORWARD } else { IPV6_FORWARD }
+}
+
+/// Installs the masquerade rules and turns forwarding on for the subnets'
+/// families; returns the previous value of each sysctl this call changed.
+pub fn enable(topology: &str, subnets: &[IpNet]) -> Result<BTreeMap<String, String>> {
+    let rules: String = subnets
+        .iter()
+        .map(|s| {
+            let family = if s.addr().is_ipv4() { "ip" } else { "ip6" };
+            format!("    {family} saddr {s} {family} daddr != {s} masquerade\n")
+        })
+        .collect();
+    nft(&format!(
+        "table inet {table} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat;\n{rules}  }}\n}}\n",
+        table = nat_table(topology)
+    ))
+    .with_context(|| format!("adding the masquerade rules of topology {topology}"))?;
+    let mut before = BTreeMap::new();
+    for sysctl in subnets.iter().map(forward_sysctl) {
+        let value = std::fs::read_to_string(sysctl).with_context(|| format!("reading {sysctl}"))?;
+        if value.trim() != "1" {
+            std::fs::write(sysctl, "1").with_context(|| format!("enabling {sysctl}"))?;
+            before.insert(sysctl.to_owned(), value.trim().to_owned());
+        }
+    }
+    Ok(before)
+}
+
+/// Removes the table, and restores the forwarding sysctls when `others`
+/// (another topology with NAT) does not still need them.
+pub fn disable(topology: &str, forwarding_before: &BTreeMap<String, String>, others: bool) -> Result<()> {
+    if table_exists(topology) {
+        nft(&format!("delete table inet {}\n", nat_table(topology)))?;
+    }
+    if !others {
+        for (sysctl, value) in forwarding_before {
+            std::fs::write(sysctl, value).with_context(|| format!("restoring {sysctl}"))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! Plugging a container in and out: a veth pair whose far end is created
+//! directly inside the container's namespace, the host end on a bridge and
+//! marked as its owner's, and the container side addressed and routed.
+
+use std::{net::IpAddr, os::fd::AsRawFd, path::Path};
+
+use anyhow::{Context, Result};
+use ipnet::IpNet;
+use rtnetlink::Handle;
+
+use super::{netlink, netns};
+use crate::model::{Mac, naming::owner_alias};
+
+/// One container's connection.
+pub struct Plug<'a> {
+    /// Name of the veth end that stays on this side.
+    pub host_veth: &'a str,
+    /// The container's network namespace (a bind mount or /proc/PID/ns/net).
+    pub netns: &'a Path,
+    /// Name of the veth end inside the container.
+    pub ifname: &'a str,
+    pub mac: Option<Mac>,
+    pub mtu: u32,
+    /// The bridge the host end joins, if any.
+    pub bridge: Option<u32>,
+    /// Topology or CNI datapath whose alias marks the host end.
+    pub owner: &'a str,
+    /// The container's addresses, one per family.
+    pub addresses: &'a [IpNet],
+    /// Default routes of the container, one per family.
+    pub gateways: &'a [IpAddr],
+}
+
+/// Creates and configures the pair; returns the host end. On failure the
+/// caller unplugs (the host end may exist).
+pub async fn plug(handle: &Handle, p: &Plug<'_>) -> Result<netlink::Link> {
+    let ns = std::fs::File::open(p.netns).with_context(|| format!("opening namespace {}", p.netns.display()))?;
+    let peer = netlink::VethPeer { netns_fd: ns.as_raw_fd(), name: p.ifname, mac: p.mac };
+    let host = netlink::create_veth(handle, p.host_veth, p.bridge, p.mtu, peer).await?;
+    let host = netlink::set_alias(handle, &host, &owner_alias(p.owner)).await?;
+    configure_inside(p.netns, p.ifname, p.addresses, p.gateways)
+        .with_context(|| format!("configuring {} in namespace {}", p.ifname, p.netns.display()))?;
+    Ok(host)
+}
+
+/// Inside a namespace: `lo` up, the addresses on `ifname`, `ifname` up,
+/// and a default route per gateway.
+pub fn configure_inside(ns: &Path, ifname: &str, addresses: &[IpNet], gateways: &[IpAddr]) -> Result<()> {
+    let (ifname, addresses, gateways) = (ifname.to_owned(), addresses.to_vec(), gateways.to_vec());
+    netns::run_in_path(ns, move |h| async move {
+        if let Some(lo) = netlink::link_by_name(&h, "lo").await? {
+            netlink::set_up(&h, lo.index).await?;
+        }
+        let link = netlink::link_by_name(&h, &ifname).await?.with_context(|| format!("{ifname} is missing"))?;
+        for address in addresses {
+            netlink::add_address(&h, link.index, address).await?;
+        }
+        netlink::set_up(&h, link.index).await?;
+        for gateway in gateways {
+            netlink::add_default_route(&h, gateway).await?;
+        }
+        Ok(())
+    })
+}
+
+/// Whether `owner` may delete `link`: it carries the owner's mark, or the
+/// owner's record is of an interrupted change that created the link but
+/// had not marked it yet (its names were checked free before).
+pub fn owned(link: &netlink::Link, owner: &str, interrupted: bool) -> bool {
+    link.alias.as_deref() == Some(owner_alias(owner).as_str()) || (interrupted && link.alias.is_none())
+}
+
+/// Deletes the host end (and so the pair) if it is `owner`'s; returns
+/// whether a link was deleted.
+pub async fn unplug(handle: &Handle, host_veth: &str, owner: &str, interrupted: bool) -> Result<bool> {
+    let Some(link) = netlink::link_by_name(handle, host_veth).await? else { return Ok(false) };
+    if !owned(&link, owner, interrupted) {
+        log::warn!("not deleting link {host_veth}: netpath did not create it");
+        return Ok(false);
+    }
+    netlink::delete_link(handle, link.index).await
+}
+
+/// The bridge `name` with every gateway address, created (marked as
+/// `owner`'s) if missing. Returns it and whether this call created it.
+pub async fn ensure_bridge(
+    handle: &Handle,
+    name: &str,
+    owner: &str,
+    mtu: u32,
+    gateways: &[IpNet],
+) -> Result<(netlink::Link, bool)> {
+    let (bridge, created) = match netlink::link_by_name(handle, name).await? {
+        Some(bridge) => (bridge, false),
+        None => (netlink::create_bridge(handle, name, &owner_alias(owner), mtu).await?, true),
+    };
+    let present = netlink::addresses(handle, bridge.index).await?;
+    for gateway in gateways.iter().filter(|g| !present.iter().any(|p| p.addr() == g.addr())) {
+        netlink::add_address(handle, bridge.index, *gateway)
+            .await
+            .with_context(|| format!("addressing bridge {name}"))?;
+    }
+    Ok((bridge, created))
+}

@@ -1,0 +1,197 @@
+//! What a container runtime hands the CNI plugin: the network configuration
+//! on stdin, the CNI_* environment, and the spec's error codes. Parsing and
+//! validation only; the commands themselves are in `ops::cni`.
+
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Mode, ipam, naming};
+
+pub const SUPPORTED_VERSIONS: [&str; 4] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+
+/// A CNI error: printed as the spec's error JSON on stdout.
+#[derive(Debug)]
+pub struct CniError {
+    pub code: u32,
+    pub msg: String,
+    pub details: String,
+}
+
+impl CniError {
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    pub const UNKNOWN_CONTAINER: u32 = 3;
+    pub const INVALID_ENVIRONMENT: u32 = 4;
+    pub const IO_FAILURE: u32 = 5;
+    pub const DECODING_FAILURE: u32 = 6;
+    pub const INVALID_CONFIG: u32 = 7;
+    pub const TRY_AGAIN_LATER: u32 = 11;
+
+    pub fn new(code: u32, msg: impl Into<String>) -> Self {
+        CniError { code, msg: msg.into(), details: String::new() }
+    }
+
+    pub fn io(e: anyhow::Error) -> Self {
+        CniError { code: Self::IO_FAILURE, msg: format!("{e}"), details: format!("{e:#}") }
+    }
+
+    pub fn to_json(&self, cni_version: &str) -> Value {
+        json!({"cniVersion": cni_version, "code": self.code, "msg": self.msg, "details": self.details})
+    }
+}
+
+pub type CniResult<T> = std::result::Result<T, CniError>;
+
+/// The network configuration the runtime passes on stdin.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub bridge: String,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    pub ipam: Ipam,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Ipam {
+    /// netpath's own allocator over one IPv4 and/or one IPv6 subnet; each
+    /// subnet's first address is the gateway.
+    Netpath {
+        #[serde(deserialize_with = "one_or_many")]
+        subnet: Vec<String>,
+    },
+    /// Delegated to the standard host-local plugin found in CNI_PATH.
+    HostLocal(Value),
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+impl NetConf {
+    pub fn parse(stdin: &[u8]) -> CniResult<Self> {
+        let conf: NetConf = serde_json::from_slice(stdin)
+            .map_err(|e| CniError::new(CniError::DECODING_FAILURE, format!("network configuration: {e}")))?;
+        if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
+            return Err(CniError::new(
+                CniError::INCOMPATIBLE_VERSION,
+                format!("cniVersion {} is not supported (supported: {})", conf.cni_version, SUPPORTED_VERSIONS.join(", ")),
+            ));
+        }
+        let invalid = |msg: String| CniError::new(CniError::INVALID_CONFIG, msg);
+        naming::validate_ifname("bridge", &conf.bridge).map_err(|e| invalid(format!("{e:#}")))?;
+        if conf.mode == Some(Mode::Xdp) {
+            // xdp mode needs the offload changes inside each container that
+            // only `netpath up` makes; keep the plugin to what it can prove.
+            return Err(invalid("the CNI plugin supports mode tc and bridge".into()));
+        }
+        conf.subnets().map_err(|e| invalid(format!("ipam: {e:#}")))?;
+        Ok(conf)
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode.unwrap_or(Mode::Tc)
+    }
+
+    /// The datapath's pin and lock key.
+    pub fn datapath_name(&self) -> String {
+        naming::cni_datapath(&self.bridge)
+    }
+
+    /// The subnets of netpath's own IPAM (none when delegated).
+    pub fn subnets(&self) -> anyhow::Result<Vec<IpNet>> {
+        match &self.ipam {
+            Ipam::Netpath { subnet } => ipam::parse_subnets(subnet),
+            Ipam::HostLocal(_) => Ok(Vec::new()),
+        }
+    }
+}
+
+/// The CNI_* environment.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub command: String,
+    pub container_id: String,
+    pub netns: Option<PathBuf>,
+    pub ifname: String,
+    pub path: Vec<PathBuf>,
+}
+
+impl Env {
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> CniResult<Self> {
+        let missing = |v: &str| CniError::new(CniError::INVALID_ENVIRONMENT, format!("{v} is not set"));
+        let command = get("CNI_COMMAND").ok_or_else(|| missing("CNI_COMMAND"))?;
+        let needs_container = matches!(command.as_str(), "ADD" | "DEL" | "CHECK");
+        let container_id = get("CNI_CONTAINERID").unwrap_or_default();
+        let ifname = get("CNI_IFNAME").unwrap_or_default();
+        if needs_container && container_id.is_empty() {
+            return Err(missing("CNI_CONTAINERID"));
+        }
+        if needs_container {
+            naming::validate_ifname("CNI_IFNAME", &ifname)
+                .map_err(|e| CniError::new(CniError::INVALID_ENVIRONMENT, format!("{e:#}")))?;
+        }
+        let netns = get("CNI_NETNS").filter(|n| !n.is_empty()).map(PathBuf::from);
+        if matches!(command.as_str(), "ADD" | "CHECK") && netns.is_none() {
+            return Err(missing("CNI_NETNS"));
+        }
+        let path = get("CNI_PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+        Ok(Env { command, container_id, netns, ifname, path })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(extra: Value) -> Vec<u8> {
+        let mut c = json!({"cniVersion": "1.0.0", "name": "n", "type": "netpath-cni", "bridge": "cni0",
+                           "ipam": {"type": "netpath", "subnet": "10.0.0.0/24"}});
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        serde_json::to_vec(&c).unwrap()
+    }
+
+    #[test]
+    fn configs_map_to_the_spec_codes() {
+        assert!(NetConf::parse(&conf(json!({}))).is_ok());
+        let code = |extra: Value| NetConf::parse(&conf(extra)).unwrap_err().code;
+        assert_eq!(code(json!({"cniVersion": "9.9.9"})), CniError::INCOMPATIBLE_VERSION);
+        assert_eq!(code(json!({"bridge": "a-bridge-name-too-long"})), CniError::INVALID_CONFIG);
+        assert_eq!(code(json!({"bridge": "../x"})), CniError::INVALID_CONFIG);
+        assert_eq!(code(json!({"mode": "xdp"})), CniError::INVALID_CONFIG);
+        assert_eq!(code(json!({"mode": "warp"})), CniError::DECODING_FAILURE);
+        assert_eq!(code(json!({"ipam": {"type": "netpath", "subnet": "10.0.0.1/24"}})), CniError::INVALID_CONFIG);
+        assert_eq!(NetConf::parse(b"{").unwrap_err().code, CniError::DECODING_FAILURE);
+        let dual = NetConf::parse(&conf(json!({"ipam": {"type": "netpath", "subnet": ["10.0.0.0/24", "fd00::/64"]}}))).unwrap();
+        assert_eq!(dual.subnets().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_environment_is_checked() {
+        fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        }
+        assert_eq!(Env::from_vars(vars(&[])).unwrap_err().code, CniError::INVALID_ENVIRONMENT);
+        let add = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "x"), ("CNI_IFNAME", "eth0")];
+        assert!(Env::from_vars(vars(&add)).unwrap_err().msg.contains("CNI_NETNS"));
+        assert!(Env::from_vars(vars(&[("CNI_COMMAND", "VERSION")])).is_ok());
+        let bad = [("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "x"), ("CNI_IFNAME", "../../x")];
+        assert_eq!(Env::from_vars(vars(&bad)).unwrap_err().code, CniError::INVALID_ENVIRONMENT);
+    }
+}

@@ -1,0 +1,151 @@
+//! The settings of a topology, written once: clap derives the flags of `up`
+//! and `run` from this type, serde the keys of the TOML config file. Flags
+//! win over the file; what neither sets takes the defaults of [`spec`].
+//!
+//! [`spec`]: super::spec
+
+use std::{fmt, path::PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// How frames between containers are forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// XDP on the host-side veth ends, redirect through a devmap.
+    Xdp,
+    /// tc ingress on the host-side veth ends, bpf_redirect_peer.
+    Tc,
+    /// No programs: the Linux bridge forwards everything.
+    Bridge,
+}
+
+impl Mode {
+    pub const DEFAULT: Mode = Mode::Tc;
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Xdp => "xdp",
+            Mode::Tc => "tc",
+            Mode::Bridge => "bridge",
+        })
+    }
+}
+
+/// The flags of `up`/`run` and the keys of the config file.
+#[derive(Clone, Debug, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Topology name [default: np]: prefix of every object netpath creates.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Number of containers (network namespaces) [default: 2].
+    #[arg(long)]
+    pub containers: Option<usize>,
+    /// Subnet, IPv4 or IPv6; give it twice for dual-stack (one of each). The
+    /// bridge gets each subnet's first address [default: 10.77.0.0/24].
+    #[arg(long)]
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub subnet: Vec<String>,
+    /// Datapath mode [default: tc].
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Forward and masquerade the subnets to the outside (IPv4 and IPv6);
+    /// removed on down.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub nat: Option<bool>,
+    /// Seconds before a learned FDB entry ages out [default: 300].
+    #[arg(long)]
+    pub ageing: Option<u64>,
+    /// Capacity of the FDB map in entries [default: 65536].
+    #[arg(long)]
+    pub fdb_size: Option<u32>,
+    /// MTU of the bridge and every veth [default: 1500; xdp mode: at most 3506].
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// TOML file with the same settings and per-container names, IPs, MACs.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Containers described one by one (`[[container]]`, file only).
+    #[arg(skip)]
+    #[serde(default, rename = "container")]
+    pub containers_listed: Vec<ContainerSettings>,
+}
+
+/// One `[[container]]` of the config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSettings {
+    pub name: String,
+    /// One address per subnet family, e.g. `"10.77.0.9"` or
+    /// `["10.77.0.9/24", "fd00:77::9"]`.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub ip: Vec<String>,
+    pub mac: Option<String>,
+}
+
+impl Settings {
+    /// These settings (the flags) over the file they name, if any.
+    pub fn with_file(self) -> Result<Settings> {
+        let Some(path) = &self.config else { return Ok(self) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+        let file: Settings = toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?;
+        Ok(self.over(file))
+    }
+
+    /// Each setting given here wins over the one in `base`.
+    pub fn over(self, base: Settings) -> Settings {
+        Settings {
+            name: self.name.or(base.name),
+            containers: self.containers.or(base.containers),
+            subnet: if self.subnet.is_empty() { base.subnet } else { self.subnet },
+            mode: self.mode.or(base.mode),
+            nat: self.nat.or(base.nat),
+            ageing: self.ageing.or(base.ageing),
+            fdb_size: self.fdb_size.or(base.fdb_size),
+            mtu: self.mtu.or(base.mtu),
+            config: self.config.or(base.config),
+            containers_listed: if self.containers_listed.is_empty() { base.containers_listed } else { self.containers_listed },
+        }
+    }
+}
+
+/// A TOML value that is either one string or a list of them.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_lists_take_one_or_many() {
+        let file: Settings = toml::from_str(
+            "name = \"f\"\nsubnet = [\"10.1.0.0/24\", \"fd00::/64\"]\nnat = true\n[[container]]\nname = \"a\"\nip = \"10.1.0.9\"\n",
+        )
+        .unwrap();
+        assert_eq!(file.subnet.len(), 2);
+        assert_eq!(file.containers_listed[0].ip, ["10.1.0.9"]);
+        let flags = Settings { name: Some("x".into()), nat: Some(false), ..Default::default() };
+        let merged = flags.over(file);
+        assert_eq!(merged.name.as_deref(), Some("x"));
+        assert_eq!(merged.nat, Some(false));
+        assert_eq!(merged.subnet, ["10.1.0.0/24", "fd00::/64"]);
+        assert!(toml::from_str::<Settings>("config = \"x\"\n").is_err(), "config is a flag, not a key");
+        assert!(toml::from_str::<Settings>("colour = 1\n").is_err());
+    }
+}

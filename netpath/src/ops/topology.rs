@@ -1,0 +1,313 @@
+//! Building and removing topologies: namespaces, veth pairs, the bridge,
+//! addresses and routes, transactionally.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use log::{info, warn};
+use rtnetlink::Handle;
+
+use crate::{
+    datapath::{self, Datapath, Port},
+    host::{nat, netlink, netns, plumbing},
+    model::{
+        ContainerSpec, Mac, Mode, TopologySpec,
+        naming::{CONTAINER_IFNAME, OWNER_ALIAS_PREFIX, container_of, owner_alias, port_name, validate_topology_name},
+        spec::validate_mtu,
+    },
+    store::{
+        lock::{Lock, Purpose},
+        topology::{self as record, TopologyRecord},
+    },
+};
+
+pub enum UpOutcome {
+    Created,
+    AlreadyUp,
+}
+
+/// The datapath of a topology.
+pub fn datapath_of(spec: &TopologySpec) -> Datapath {
+    Datapath {
+        name: spec.name.clone(),
+        bridge: spec.bridge_name(),
+        mode: spec.mode,
+        ageing_s: spec.ageing_s,
+        fdb_size: spec.fdb_size,
+        ports: spec.containers.iter().map(|c| port_of(spec, c)).collect(),
+    }
+}
+
+/// A topology's container: host veth and namespace both `NAME-CONTAINER`.
+pub fn port_of(spec: &TopologySpec, c: &ContainerSpec) -> Port {
+    let name = port_name(&spec.name, &c.name);
+    Port { netns: netns::path(&name), name, ifname: CONTAINER_IFNAME.into(), mac: c.mac }
+}
+
+/// Creates the topology, or does nothing if an identical one is up. On any
+/// failure, everything this call created is removed again.
+pub async fn up(handle: &Handle, spec: TopologySpec) -> Result<UpOutcome> {
+    let _lock = Lock::acquire(&spec.name, Purpose::Change)?;
+    if let Some(existing) = record::load(&spec.name)? {
+        if existing.complete {
+            let differences = existing.spec.differences(&spec);
+            if differences.is_empty() {
+                datapath::ensure(handle, &datapath_of(&existing.spec)).await?;
+                return Ok(UpOutcome::AlreadyUp);
+            }
+            bail!(
+                "topology {} is already up and differs from what was asked: {}\n\
+                 (run `netpath down --name {}` first, or `netpath mode` to change the mode)",
+                spec.name,
+                differences.join("; "),
+                spec.name
+            );
+        }
+        warn!("topology {}: finishing the cleanup of an interrupted `up`", spec.name);
+        teardown(handle, &existing).await?;
+    }
+    check_names_free(handle, &spec, &spec.containers).await?;
+
+    let mut rec = TopologyRecord { spec: spec.clone(), complete: false, forwarding_before: Default::default() };
+    record::save(&rec)?;
+    match build(handle, &mut rec).await {
+        Ok(()) => {
+            rec.complete = true;
+            record::save(&rec)?;
+            Ok(UpOutcome::Created)
+        }
+        Err(e) => {
+            if let Err(cleanup) = teardown(handle, &rec).await {
+                warn!("rolling back topology {}: {cleanup:#}", spec.name);
+            }
+            Err(e.context(format!("creating topology {} (rolled back)", spec.name)))
+        }
+    }
+}
+
+async fn build(handle: &Handle, rec: &mut TopologyRecord) -> Result<()> {
+    let spec = rec.spec.clone();
+    let (bridge, _) =
+        plumbing::ensure_bridge(handle, &spec.bridge_name(), &spec.name, spec.mtu, &spec.gateways()).await?;
+    for (done, container) in spec.containers.iter().enumerate() {
+        inject_fault(done)?;
+        create_container(handle, &spec, bridge.index, container).await?;
+        if spec.containers.len() >= 16 && (done + 1) % 16 == 0 {
+            info!("topology {}: {}/{} containers", spec.name, done + 1, spec.containers.len());
+        }
+    }
+    if spec.nat {
+        rec.forwarding_before = nat::enable(&spec.name, &spec.subnets)?;
+        record::save(rec)?;
+    }
+    datapath::ensure(handle, &datapath_of(&spec)).await
+}
+
+/// Test hook: `up` fails before the container with this (0-based) index,
+/// so the tests can prove that a failure halfway rolls everything back.
+pub const FAULT_ENV: &str = "NETPATH_FAIL_AT_CONTAINER";
+
+fn inject_fault(index: usize) -> Result<()> {
+    if std::env::var(FAULT_ENV).ok().and_then(|v| v.parse::<usize>().ok()) == Some(index) {
+        bail!("injected fault before container {index} ({FAULT_ENV})");
+    }
+    Ok(())
+}
+
+async fn create_container(handle: &Handle, spec: &TopologySpec, bridge: u32, c: &ContainerSpec) -> Result<()> {
+    let port = port_name(&spec.name, &c.name);
+    netns::create(&port)?;
+    let gateways: Vec<_> = spec.gateways().iter().map(|g| g.addr()).collect();
+    plumbing::plug(
+        handle,
+        &plumbing::Plug {
+            host_veth: &port,
+            netns: &netns::path(&port),
+            ifname: CONTAINER_IFNAME,
+            mac: Some(c.mac),
+            mtu: spec.mtu,
+            bridge: Some(bridge),
+            owner: &spec.name,
+            addresses: &c.ips,
+            gateways: &gateways,
+        },
+    )
+    .await
+    .with_context(|| format!("container {}", c.name))?;
+    Ok(())
+}
+
+/// Removes a container's host veth (and so its pair), if netpath's, and
+/// its namespace.
+async fn remove_container(handle: &Handle, topology: &str, container: &str, interrupted: bool) -> Result<()> {
+    let port = port_name(topology, container);
+    plumbing::unplug(handle, &port, topology, interrupted).await?;
+    netns::delete(&port)?;
+    Ok(())
+}
+
+/// Removes everything the record names that still exists, then the record.
+async fn teardown(handle: &Handle, rec: &TopologyRecord) -> Result<()> {
+    let spec = &rec.spec;
+    let interrupted = !rec.complete;
+    datapath::remove(&spec.name)?;
+    for container in &spec.containers {
+        remove_container(handle, &spec.name, &container.name, interrupted).await?;
+    }
+    plumbing::unplug(handle, &spec.bridge_name(), &spec.name, interrupted).await?;
+    let others = record::all()?.into_iter().any(|r| r.spec.name != spec.name && r.spec.nat);
+    nat::disable(&spec.name, &rec.forwarding_before, others)?;
+    record::remove(&spec.name)
+}
+
+/// Removes the topology. Returns false if there was nothing to remove.
+pub async fn down(handle: &Handle, topology: &str) -> Result<bool> {
+    validate_topology_name(topology)?;
+    let _lock = Lock::acquire(topology, Purpose::Change)?;
+    // A `run` killed with SIGKILL left its lock file; taking and dropping
+    // the lock removes it (a live `run` keeps its own).
+    drop(Lock::acquire(topology, Purpose::Run));
+    if let Some(rec) = record::load(topology)? {
+        teardown(handle, &rec).await?;
+        return Ok(true);
+    }
+    // No record: still remove links that carry this topology's mark.
+    let alias = owner_alias(topology);
+    let mut found = false;
+    for link in netlink::links(handle).await? {
+        if link.alias.as_deref() == Some(alias.as_str()) {
+            netlink::delete_link(handle, link.index).await?;
+            found = true;
+        }
+    }
+    Ok(found)
+}
+
+/// Fails if any interface or namespace the containers (and the bridge, for
+/// a new topology) would use already exists.
+async fn check_names_free(handle: &Handle, spec: &TopologySpec, containers: &[ContainerSpec]) -> Result<()> {
+    let mut links: Vec<String> = containers.iter().map(|c| port_name(&spec.name, &c.name)).collect();
+    let namespaces = links.clone();
+    if record::load(&spec.name)?.is_none() {
+        links.push(spec.bridge_name());
+    }
+    for name in &links {
+        if let Some(link) = netlink::link_by_name(handle, name).await? {
+            let owner = match link.alias.as_deref().and_then(|a| a.strip_prefix(OWNER_ALIAS_PREFIX)) {
+                Some(other) => format!("netpath topology {other:?}"),
+                None => "something other than netpath".into(),
+            };
+            bail!("interface {name} already exists (created by {owner}); choose another topology or container name");
+        }
+    }
+    for name in &namespaces {
+        if netns::exists(name) {
+            bail!("network namespace {name} already exists; choose another topology or container name");
+        }
+    }
+    Ok(())
+}
+
+/// The record of a topology that is up (not half built).
+pub fn load_complete(topology: &str) -> Result<TopologyRecord> {
+    match record::load(topology)? {
+        Some(s) if s.complete => Ok(s),
+        Some(_) => bail!("topology {topology} is half built; run `netpath down --name {topology}` or `up` again"),
+        None => bail!("topology {topology} is not up (see `netpath up --help`)"),
+    }
+}
+
+/// Plugs one more container into a running topology.
+pub async fn port_add(
+    handle: &Handle,
+    topology: &str,
+    container: &str,
+    ips: &[String],
+    mac: Option<Mac>,
+) -> Result<ContainerSpec> {
+    validate_topology_name(topology)?;
+    let _lock = Lock::acquire(topology, Purpose::Change)?;
+    let mut rec = load_complete(topology)?;
+    rec.spec.push_container(container, ips, mac)?;
+    rec.spec.validate()?;
+    let added = rec.spec.containers.last().expect("just pushed").clone();
+    check_names_free(handle, &rec.spec, std::slice::from_ref(&added)).await?;
+    let bridge = netlink::link_by_name(handle, &rec.spec.bridge_name())
+        .await?
+        .with_context(|| format!("bridge {} of topology {topology} is missing", rec.spec.bridge_name()))?;
+    let result = async {
+        create_container(handle, &rec.spec, bridge.index, &added).await?;
+        datapath::ensure(handle, &datapath_of(&rec.spec)).await?;
+        record::save(&rec)
+    }
+    .await;
+    if let Err(e) = result {
+        if let Err(cleanup) = remove_container(handle, topology, container, true).await {
+            warn!("rolling back port {container}: {cleanup:#}");
+        }
+        return Err(e.context(format!("adding port {container} (rolled back)")));
+    }
+    Ok(added)
+}
+
+/// The ifindex of a port of the topology, by container or veth name.
+pub async fn port_ifindex(handle: &Handle, topology: &str, port: &str) -> Result<u32> {
+    let rec = load_complete(topology)?;
+    let container = container_of(topology, port);
+    if rec.spec.container(container).is_none() {
+        bail!("topology {topology} has no port {port}");
+    }
+    let name = port_name(topology, container);
+    Ok(netlink::link_by_name(handle, &name).await?.with_context(|| format!("port {name} is missing"))?.index)
+}
+
+/// Switches the datapath of a running topology; the new mode's programs are
+/// attached before the old ones are detached.
+pub async fn set_mode(handle: &Handle, topology: &str, mode: Mode) -> Result<()> {
+    validate_topology_name(topology)?;
+    let _lock = Lock::acquire(topology, Purpose::Change)?;
+    let mut rec = load_complete(topology)?;
+    validate_mtu(mode, rec.spec.mtu, &rec.spec.subnets)?;
+    rec.spec.mode = mode;
+    datapath::ensure(handle, &datapath_of(&rec.spec)).await?;
+    record::save(&rec)
+}
+
+/// Unplugs a container and removes its namespace.
+pub async fn port_del(handle: &Handle, topology: &str, container: &str) -> Result<()> {
+    validate_topology_name(topology)?;
+    let _lock = Lock::acquire(topology, Purpose::Change)?;
+    let mut rec = load_complete(topology)?;
+    let container = container_of(topology, container).to_owned();
+    let Some(index) = rec.spec.containers.iter().position(|c| c.name == container) else {
+        bail!("topology {topology} has no port {container}");
+    };
+    let removed = rec.spec.containers.remove(index);
+    let port = port_of(&rec.spec, &removed);
+    let ifindex = netlink::link_by_name(handle, &port.name).await?.map(|l| l.index);
+    datapath::forget_port(topology, &port, ifindex)?;
+    remove_container(handle, topology, &container, false).await?;
+    record::save(&rec)
+}
+
+/// Forgets a port whose host-side veth disappeared without netpath (its
+/// namespace was deleted, e.g. by a crashed runtime): its FDB entries, maps,
+/// links, namespace and record go. Returns false if it was not a port.
+pub async fn forget_vanished_port(handle: &Handle, topology: &str, port: &str, ifindex: u32) -> Result<bool> {
+    let container = container_of(topology, port).to_owned();
+    // Someone else may be changing the topology (maybe deleting this very
+    // port): wait for them, then look again.
+    let _lock = Lock::acquire_waiting(topology, Purpose::Change, Duration::from_secs(5))?;
+    let Some(mut rec) = record::load(topology)?.filter(|r| r.complete) else { return Ok(false) };
+    let Some(index) = rec.spec.containers.iter().position(|c| c.name == container) else {
+        return Ok(false);
+    };
+    if netlink::link_by_name(handle, port).await?.is_some() {
+        return Ok(false); // re-created meanwhile: not vanished
+    }
+    let removed = rec.spec.containers.remove(index);
+    datapath::forget_port(topology, &port_of(&rec.spec, &removed), Some(ifindex))?;
+    netns::delete(port)?;
+    record::save(&rec)?;
+    Ok(true)
+}

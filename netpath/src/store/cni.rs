@@ -1,0 +1,65 @@
+//! What the CNI plugin keeps per bridge: the containers it attached.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Result;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::{STATE_DIR, atomic};
+use crate::model::Mac;
+
+/// One container the plugin attached.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: PathBuf,
+    pub host_veth: String,
+    pub mac: Mac,
+    pub ips: Vec<IpNet>,
+    pub gateways: Vec<IpAddr>,
+}
+
+/// The plugin's record of one bridge.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    /// The plugin created the bridge (and so removes it with the last DEL).
+    pub bridge_created: bool,
+    pub attachments: Vec<Attachment>,
+}
+
+/// The record's path; `bridge` is a validated interface name.
+fn path(bridge: &str) -> PathBuf {
+    Path::new(STATE_DIR).join("cni").join(format!("{bridge}.json"))
+}
+
+impl NetworkRecord {
+    pub fn load(bridge: &str) -> Result<Self> {
+        Ok(atomic::read_json(&path(bridge))?.unwrap_or_default())
+    }
+
+    /// Saves the record, or removes it when there is nothing left to remember.
+    pub fn save(&self, bridge: &str) -> Result<()> {
+        if self.attachments.is_empty() && !self.bridge_created {
+            return atomic::remove(&path(bridge));
+        }
+        atomic::write_json(&path(bridge), self)
+    }
+
+    pub fn find(&self, container_id: &str, ifname: &str) -> Option<usize> {
+        self.attachments.iter().position(|a| a.container_id == container_id && a.ifname == ifname)
+    }
+
+    /// Bridges with a record on this machine.
+    pub fn bridges() -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(Path::new(STATE_DIR).join("cni")) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".json").map(str::to_owned))
+            .collect()
+    }
+}

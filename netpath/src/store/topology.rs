@@ -1,0 +1,60 @@
+//! The record of a topology netpath created.
+//!
+//! It is written *before* anything is created, so that an `up` interrupted at
+//! any point leaves a record that `down` (or the next `up`) can clean.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use super::{STATE_DIR, atomic};
+use crate::model::{TopologySpec, naming::validate_topology_name};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TopologyRecord {
+    pub spec: TopologySpec,
+    /// False while `up` is still creating objects.
+    pub complete: bool,
+    /// Forwarding sysctls `--nat` turned on, with their values before.
+    #[serde(default)]
+    pub forwarding_before: BTreeMap<String, String>,
+}
+
+/// The record's path; the name is validated first, so no name reaches
+/// outside the state directory.
+pub fn path(topology: &str) -> Result<PathBuf> {
+    validate_topology_name(topology)?;
+    Ok(Path::new(STATE_DIR).join(format!("{topology}.json")))
+}
+
+pub fn load(topology: &str) -> Result<Option<TopologyRecord>> {
+    atomic::read_json(&path(topology)?)
+}
+
+pub fn save(record: &TopologyRecord) -> Result<()> {
+    atomic::write_json(&path(&record.spec.name)?, record)
+}
+
+pub fn remove(topology: &str) -> Result<()> {
+    atomic::remove(&path(topology)?)
+}
+
+/// Every topology with a record on this machine.
+pub fn all() -> Result<Vec<TopologyRecord>> {
+    let Ok(entries) = std::fs::read_dir(STATE_DIR) else { return Ok(Vec::new()) };
+    let mut records = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(topology) = name.strip_suffix(".json")
+            && validate_topology_name(topology).is_ok()
+            && let Some(record) = load(topology)?
+        {
+            records.push(record);
+        }
+    }
+    Ok(records)
+}
