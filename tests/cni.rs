@@ -217,7 +217,7 @@ fn fifty_concurrent_adds_and_dels() {
     assert_eq!(addresses.len(), 50, "addresses were handed out twice");
 
     let fdb: Value = serde_json::from_str(&String::from_utf8_lossy(
-        &Command::new(env!("CARGO_BIN_EXE_netpath")).args(["fdb", "dump", "--name", &format!("_cni-{bridge}"), "--json"]).output().unwrap().stdout,
+        &Command::new(env!("CARGO_BIN_EXE_netpath")).args(["fdb", "dump", "--name", &bridge, "--json"]).output().unwrap().stdout,
     ))
     .unwrap();
     assert_eq!(fdb.as_array().unwrap().iter().filter(|e| e["state"] == "static").count(), 50);

@@ -57,8 +57,8 @@ pub async fn run(command: FdbCommand) -> Result<()> {
     require_root()?;
     let handle = netlink_handle().await?;
     match command {
-        FdbCommand::Dump { name: NameArg { name }, json } => {
-            let rows = Fdb::open(&datapath::maps(&name)?)?.rows()?;
+        FdbCommand::Dump { name, json } => {
+            let rows = Fdb::open(&datapath::maps(&name.datapath()?)?)?.rows()?;
             let names = LinkNames::load(&handle).await?;
             if json {
                 render::json_line(&render::fdb_json(&rows, &names))
@@ -74,14 +74,14 @@ pub async fn run(command: FdbCommand) -> Result<()> {
             println!("{mac} dev {} static", port_name(&name, container_of(&name, &port)));
             Ok(())
         }
-        FdbCommand::Del { name: NameArg { name }, mac } => {
-            if !datapath::forget_mac(&name, mac)? {
-                bail!("topology {name} has no FDB entry for {mac}");
+        FdbCommand::Del { name, mac } => {
+            if !datapath::forget_mac(&name.datapath()?, mac)? {
+                bail!("{} has no FDB entry for {mac}", name.name);
             }
             Ok(())
         }
-        FdbCommand::Flush { name: NameArg { name } } => {
-            let removed = Fdb::open(&datapath::maps(&name)?)?.flush_learned()?;
+        FdbCommand::Flush { name } => {
+            let removed = Fdb::open(&datapath::maps(&name.datapath()?)?)?.flush_learned()?;
             println!("{removed} learned entries removed");
             Ok(())
         }

@@ -33,10 +33,15 @@ pub struct NameArg {
 }
 
 impl NameArg {
-    /// The name, checked before any file or object is touched.
+    /// The topology name, checked before any file or object is touched.
     fn checked(&self) -> Result<&str> {
         validate_topology_name(&self.name)?;
         Ok(&self.name)
+    }
+
+    /// The datapath key of a topology or a CNI bridge of this name.
+    fn datapath(&self) -> Result<String> {
+        crate::ops::datapath_named(&self.name)
     }
 }
 
@@ -113,16 +118,15 @@ pub async fn run(cli: Cli) -> Result<()> {
     let command = cli.command;
     match &command {
         Command::Up(_) | Command::Bench(_) | Command::Run(_) => {}
-        Command::Down(name)
-        | Command::Status { name, .. }
-        | Command::Stats { name, .. }
-        | Command::Monitor { name, .. }
-        | Command::Mode { name, .. } => {
+        Command::Down(name) | Command::Status { name, .. } | Command::Mode { name, .. } => {
             name.checked()?;
         }
+        Command::Stats { name, .. } | Command::Monitor { name, .. } => {
+            name.datapath()?;
+        }
         Command::Port(command) => command.name().checked().map(drop)?,
-        Command::Fdb(command) => command.name().checked().map(drop)?,
-        Command::Trace(args) => args.name.checked().map(drop)?,
+        Command::Fdb(command) => command.name().datapath().map(drop)?,
+        Command::Trace(args) => args.name.datapath().map(drop)?,
     }
     match command {
         Command::Up(settings) => topology::up(settings).await,
@@ -131,9 +135,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Port(command) => port::run(command).await,
         Command::Status { name, json } => status::run(name.checked()?, json).await,
         Command::Fdb(command) => fdb::run(command).await,
-        Command::Stats { name, json, watch } => stats::run(name.checked()?, json, watch).await,
+        Command::Stats { name, json, watch } => stats::run(&name.datapath()?, json, watch).await,
         Command::Trace(args) => trace::run(args).await,
-        Command::Monitor { name, json } => monitor::run(name.checked()?, json).await,
+        Command::Monitor { name, json } => monitor::run(&name.datapath()?, json).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Run(args) => run::run(args).await,
     }

@@ -3,13 +3,12 @@
 use anyhow::Result;
 
 use super::{netlink_handle, render, require_root};
-use crate::{host::netlink::LinkNames, observe::monitor, ops::topology::load_complete};
+use crate::{host::netlink::LinkNames, observe::monitor};
 
-pub async fn run(name: &str, json: bool) -> Result<()> {
+pub async fn run(datapath: &str, json: bool) -> Result<()> {
     require_root()?;
-    let ageing_s = load_complete(name)?.spec.ageing_s;
     let names = LinkNames::load(&netlink_handle().await?).await?;
-    monitor::run(name, ageing_s, &|i| names.name(i), |event| {
+    monitor::run(datapath, &|i| names.name(i), |event| {
         if json {
             render::json_line(event)
         } else {

@@ -29,7 +29,7 @@ pub struct TraceArgs {
 pub async fn run(args: TraceArgs) -> Result<()> {
     require_root()?;
     let handle = netlink_handle().await?;
-    let name = args.name.name;
+    let name = args.name.datapath()?;
     let port = match args.port {
         Some(p) => Some(topology::port_ifindex(&handle, &name, &p).await?),
         None => None,

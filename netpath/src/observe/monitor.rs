@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::{
@@ -72,8 +72,10 @@ fn snapshot(fdb: &Fdb) -> Result<HashMap<Mac, Row>> {
 }
 
 /// Hands every FDB event to `on_event` until Ctrl-C.
-pub async fn run(topology: &str, ageing_s: u64, name_of: &dyn Fn(u32) -> String, mut on_event: impl FnMut(&Event) -> Result<()>) -> Result<()> {
-    let fdb = Fdb::open(&datapath::maps(topology)?)?;
+pub async fn run(topology: &str, name_of: &dyn Fn(u32) -> String, mut on_event: impl FnMut(&Event) -> Result<()>) -> Result<()> {
+    let maps = datapath::maps(topology)?;
+    let ageing_s = maps.config()?.get(&0, 0).context("reading map CONFIG")?.ageing_ns / 1_000_000_000;
+    let fdb = Fdb::open(&maps)?;
     let mut before = snapshot(&fdb)?;
     eprintln!("monitoring the FDB of {topology} ({} entries; Ctrl-C to stop)", before.len());
     let mut ticker = tokio::time::interval(POLL);

@@ -6,3 +6,25 @@ pub mod cni;
 pub mod status;
 pub mod supervise;
 pub mod topology;
+
+use anyhow::Result;
+
+use crate::{
+    model::naming::{cni_datapath, validate_ifname, validate_topology_name},
+    store::{cni::NetworkRecord, topology as record},
+};
+
+/// The datapath a user means by `name`: a topology, or the CNI network on
+/// the bridge of that name (so nobody needs the internal `_cni-` key). The
+/// name is validated before any file is looked at.
+pub fn datapath_named(name: &str) -> Result<String> {
+    if validate_topology_name(name).is_ok() && record::path(name)?.exists() {
+        return Ok(name.to_owned());
+    }
+    validate_ifname("topology or CNI bridge name", name)?;
+    if NetworkRecord::exists(name) {
+        return Ok(cni_datapath(name));
+    }
+    validate_topology_name(name)?;
+    Ok(name.to_owned())
+}

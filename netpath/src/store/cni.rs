@@ -50,6 +50,11 @@ impl NetworkRecord {
         atomic::write_json(&path(bridge), self)
     }
 
+    /// Whether the plugin keeps a record of `bridge` (a validated name).
+    pub fn exists(bridge: &str) -> bool {
+        path(bridge).exists()
+    }
+
     pub fn find(&self, container_id: &str, ifname: &str) -> Option<usize> {
         self.attachments.iter().position(|a| a.container_id == container_id && a.ifname == ifname)
     }
