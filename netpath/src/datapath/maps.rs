@@ -65,7 +65,7 @@ impl Maps {
     /// first that they are of this binary's layout.
     pub fn open(dir: &Path) -> Result<Self> {
         if !dir.join(maps::CONFIG).exists() {
-            bail!("no datapath is pinned in {} (is it up in xdp or tc mode?)", dir.display());
+            bail!("no datapath is pinned in {}", dir.display());
         }
         check_layout(dir, None)?;
         Ok(Maps { dir: dir.to_owned() })

@@ -31,7 +31,7 @@ use self::{
 };
 use crate::{
     host::netlink,
-    model::{Mac, Mode},
+    model::{Mac, Mode, naming},
 };
 
 /// One container port of a datapath.
@@ -62,7 +62,13 @@ pub struct Datapath {
 
 /// The pinned maps of a running datapath.
 pub fn maps(datapath: &str) -> Result<Maps> {
-    Maps::open(&pin_dir(datapath)).with_context(|| format!("datapath {datapath}"))
+    Maps::open(&pin_dir(datapath)).with_context(|| {
+        let owner = match naming::cni_bridge_of(datapath) {
+            Some(bridge) => format!("the CNI network on bridge {bridge}"),
+            None => format!("topology {datapath}"),
+        };
+        format!("is {owner} up in xdp or tc mode?")
+    })
 }
 
 /// Makes the datapath match: programs of its mode attached to every port,
