@@ -22,3 +22,35 @@ fn every_program_passes_the_verifier() {
     expected.sort();
     assert_eq!(loaded, expected);
 }
+
+/// Pins made by a netpath of another map layout are refused with the pin
+/// directory and the fix, by every verb that would read them; `down` still
+/// removes them.
+#[test]
+fn pins_of_another_layout_are_refused() {
+    use aya::maps::{Array, Map, MapData};
+
+    let t = common::Topology::up("lay", &["--containers", "2", "--subnet", "10.160.0.0/24", "--mode", "tc"]);
+    let dir = netpath::datapath::object::pin_dir(&t.name);
+    let set_layout = |version: u32| {
+        let data = MapData::from_pin(dir.join(netpath_common::maps::LAYOUT)).expect("pinned LAYOUT map");
+        let mut layout: Array<_, u32> = Array::try_from(Map::Array(data)).unwrap();
+        layout.set(0, version, 0).unwrap();
+    };
+    // What a build of another layout would have left.
+    set_layout(netpath_common::LAYOUT_VERSION + 7);
+    let up = ["up", "--name", &t.name, "--containers", "2", "--subnet", "10.160.0.0/24", "--mode", "tc"];
+    for args in [&up[..], &["fdb", "dump", "--name", &t.name], &["stats", "--name", &t.name]] {
+        let out = common::netpath(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "netpath {args:?} used pins of another layout");
+        let expected = format!("map layout {}", netpath_common::LAYOUT_VERSION + 7);
+        assert!(stderr.contains(&expected) && stderr.contains(&dir.display().to_string()), "netpath {args:?}: {stderr}");
+    }
+    set_layout(netpath_common::LAYOUT_VERSION);
+    common::netpath_ok(&up);
+    common::netpath_ok(&["fdb", "dump", "--name", &t.name]);
+    set_layout(netpath_common::LAYOUT_VERSION + 7);
+    common::netpath_ok(&["down", "--name", &t.name]);
+    assert!(!dir.exists(), "down left the pins of another layout");
+}
