@@ -49,8 +49,12 @@ fn iperf(from: &str, server_ns: &str, to_ip: &str, port: u16, extra: &[&str]) ->
 /// Drives TCP both ways, UDP and a ping flood from c0 to c1 and checks that
 /// the bridge forwarded at most 1% of the frames, and that the programs'
 /// counters agree with the kernel's.
-fn bulk_traffic_takes_the_fast_path(mode: &str, subnet: &str, ip1: &str) {
-    let t = Topology::up(mode, &["--containers", "2", "--subnet", subnet, "--mode", mode]);
+fn bulk_traffic_takes_the_fast_path(mode: &str, subnets: &[&str], ip1: &str) {
+    let mut args = vec!["--containers", "2", "--mode", mode];
+    for subnet in subnets {
+        args.extend(["--subnet", subnet]);
+    }
+    let t = Topology::up(mode, &args);
     let (c0, c1) = (t.ns("c0"), t.ns("c1"));
     assert!(ping(&c0, ip1));
     let bridge = BridgeForwardCounter::from_ports_of(&t.name);
@@ -106,12 +110,38 @@ fn bulk_traffic_takes_the_fast_path(mode: &str, subnet: &str, ip1: &str) {
 
 #[test]
 fn xdp_mode_carries_bulk_traffic() {
-    bulk_traffic_takes_the_fast_path("xdp", "10.111.0.0/24", "10.111.0.3");
+    bulk_traffic_takes_the_fast_path("xdp", &["10.111.0.0/24"], "10.111.0.3");
+}
+
+#[test]
+fn xdp_mode_carries_ipv6_bulk_traffic() {
+    bulk_traffic_takes_the_fast_path("xdp", &["10.114.0.0/24", "fd00:114::/64"], "fd00:114::3");
+}
+
+#[test]
+fn tc_mode_carries_ipv6_bulk_traffic() {
+    bulk_traffic_takes_the_fast_path("tc", &["10.115.0.0/24", "fd00:115::/64"], "fd00:115::3");
+}
+
+/// Dual-stack containers find each other through neighbour discovery, which
+/// the bridge carries (multicast), and reach each other and the bridge's
+/// IPv6 address.
+#[test]
+fn ipv6_neighbour_discovery_goes_through_the_bridge() {
+    let t = Topology::up("nd", &["--containers", "2", "--subnet", "10.116.0.0/24", "--subnet", "fd00:116::/64"]);
+    let solicitations = BridgeForwardCounter::new(&format!("{}nd", t.name), &format!("iifname \"{}-*\" icmpv6 type nd-neighbor-solicit", t.name));
+    in_ns(&t.ns("c0"), &["ip", "-6", "neigh", "flush", "all"]);
+    assert!(ping(&t.ns("c0"), "fd00:116::3"), "c0 cannot reach c1 over IPv6");
+    assert!(ping(&t.ns("c0"), "fd00:116::1"), "c0 cannot reach the bridge over IPv6");
+    assert!(solicitations.packets() >= 1, "no neighbour solicitation crossed the bridge");
+    let status = t.status();
+    assert_eq!(status["bridge"]["ips"], serde_json::json!(["10.116.0.1/24", "fd00:116::1/64"]));
+    assert_eq!(status["ports"][1]["ips"], serde_json::json!(["10.116.0.3/24", "fd00:116::3/64"]));
 }
 
 #[test]
 fn tc_mode_carries_bulk_traffic() {
-    bulk_traffic_takes_the_fast_path("tc", "10.112.0.0/24", "10.112.0.3");
+    bulk_traffic_takes_the_fast_path("tc", &["10.112.0.0/24"], "10.112.0.3");
 }
 
 /// The check above can fail: in bridge mode the bridge carries everything.
