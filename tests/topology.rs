@@ -180,3 +180,16 @@ fn thirty_two_containers_come_up_in_seconds() {
     assert!(ping(&t.ns("c0"), "10.108.0.33"));
     assert!(in_ns(&t.ns("c31"), &["ping", "-c", "1", "-W", "2", "10.108.0.1"]).status.success());
 }
+
+/// `--nat` masquerades every subnet of a dual-stack topology, in netpath's
+/// own table, which `down` removes.
+#[test]
+fn nat_covers_both_families() {
+    let t = Topology::up("nat", &["--containers", "1", "--subnet", "10.108.0.0/24", "--subnet", "fd00:108::/64", "--nat"]);
+    let table = netpath::model::naming::nat_table(&t.name);
+    let rules = String::from_utf8_lossy(&sh("nft", &["list", "table", "inet", &table]).stdout).into_owned();
+    assert!(rules.contains("ip saddr 10.108.0.0/24") && rules.contains("ip6 saddr fd00:108::/64"), "{rules}");
+    assert_eq!(rules.matches("masquerade").count(), 2, "{rules}");
+    netpath_ok(&["down", "--name", &t.name]);
+    assert!(!sh("nft", &["list", "table", "inet", &table]).status.success(), "down left table {table}");
+}
