@@ -306,3 +306,36 @@ fn libcni_drives_the_plugin_in_a_chain() {
     std::fs::remove_dir_all(&conf_dir).unwrap();
     assert_gone(&bridge);
 }
+
+/// netpath IPAM over an IPv4 and an IPv6 subnet: the result lists both
+/// addresses and default routes, and the containers reach each other over
+/// IPv6 on the fast path (the bridge forwards almost none of a flood; in
+/// bridge mode it forwards all of it).
+#[test]
+fn dual_stack_addresses_and_routes() {
+    require_root();
+    let bridge = unique_name("c6");
+    let config = conf(&bridge, json!({"type": "netpath", "subnet": ["10.185.0.0/24", "fd00:185::/64"]}));
+    let (a, b) = (Sandbox::new(format!("{bridge}-a")), Sandbox::new(format!("{bridge}-b")));
+    let _cleanup = Network::new(&config, [("ctr-a".into(), a.path()), ("ctr-b".into(), b.path())]);
+    let (ok, ra) = cni("ADD", "ctr-a", Some(&a.path()), "eth0", &config);
+    assert!(ok, "{ra}");
+    assert_eq!(ra["ips"][0]["address"], "10.185.0.2/24");
+    assert_eq!(ra["ips"][1]["address"], "fd00:185::2/64");
+    assert_eq!(ra["ips"][1]["gateway"], "fd00:185::1");
+    assert_eq!(ra["routes"][1]["dst"], "::/0");
+    let (ok, rb) = cni("ADD", "ctr-b", Some(&b.path()), "eth0", &config);
+    assert!(ok, "{rb}");
+    assert_eq!(rb["ips"][1]["address"], "fd00:185::3/64");
+    let (ok, out) = cni("CHECK", "ctr-b", Some(&b.path()), "eth0", &config);
+    assert!(ok, "{out}");
+    assert!(ping(&a.0, "fd00:185::3"), "containers cannot talk over IPv6");
+    assert!(ping(&a.0, "fd00:185::1"), "the IPv6 gateway is not on the bridge");
+    let counter = BridgeForwardCounter::new(&bridge, "ip6 daddr fd00:185::3 icmpv6 type echo-request");
+    assert!(in_ns(&a.0, &["ping", "-f", "-c", "1000", "-q", "fd00:185::3"]).status.success());
+    assert!(counter.packets() <= 10, "the bridge forwarded {} of 1000 IPv6 pings", counter.packets());
+    for (ctr, sandbox) in [("ctr-a", &a), ("ctr-b", &b)] {
+        assert!(cni("DEL", ctr, Some(&sandbox.path()), "eth0", &config).0);
+    }
+    assert_gone(&bridge);
+}
