@@ -8,6 +8,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
+use setup::Need;
 
 #[derive(Parser)]
 #[command(about = "Build, run and test netpath")]
@@ -18,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Verb {
-    /// Install what is missing: nightly rust-src, bpf-linker, Debian tools.
+    /// Install what is missing: nightly rust-src, bpf-linker, and the Debian
+    /// tools of every verb.
     Setup,
     /// Build the BPF object and the netpath binary (release).
     Build,
@@ -41,15 +43,15 @@ enum Verb {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Verb::Setup => setup::run(),
+        Verb::Setup => setup::run(Need::Test),
         Verb::Build => {
-            setup::run()?;
+            setup::run(Need::Run)?;
             build::all()
         }
-        Verb::Run { args } => build_and_run_netpath("run", &args),
-        Verb::Bench { args } => build_and_run_netpath("bench", &args),
+        Verb::Run { args } => build_and_run_netpath("run", Need::Run, &args),
+        Verb::Bench { args } => build_and_run_netpath("bench", Need::Bench, &args),
         Verb::Test { args } => {
-            setup::run()?;
+            setup::run(Need::Test)?;
             build::ebpf()?;
             // Tests that need root fail (not skip) without it, with a message.
             build::status(&mut build::cargo_test(&args))
@@ -58,8 +60,8 @@ fn main() -> Result<()> {
 }
 
 /// `cargo xtask VERB ARGS`: set up, build, then `netpath VERB ARGS` as root.
-fn build_and_run_netpath(verb: &str, args: &[String]) -> Result<()> {
-    setup::run()?;
+fn build_and_run_netpath(verb: &str, need: Need, args: &[String]) -> Result<()> {
+    setup::run(need)?;
     build::all()?;
     if !is_root() {
         bail!("cargo xtask {verb} needs root (CAP_NET_ADMIN and CAP_BPF): run it as root, e.g. `sudo -E cargo xtask {verb}`");

@@ -15,27 +15,41 @@ use crate::build::status;
 /// bpf-linker release line known to build against the nightly's LLVM here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages, each with the command (or file) that shows it is installed.
-const DEBIAN_TOOLS: &[(&str, &str)] = &[
-    ("/usr/lib/cni/host-local", "containernetworking-plugins"),
-    ("iptables", "iptables"),
+/// Debian packages, each with the command (or file) that shows it is
+/// installed, and which verbs of `cargo xtask` need it.
+const DEBIAN_TOOLS: &[(&str, &str, &[Need])] = &[
+    // `--nat` runs nft.
+    ("nft", "nftables", &[Need::Run, Need::Bench, Need::Test]),
+    ("ip", "iproute2", &[Need::Test]),
+    ("iperf3", "iperf3", &[Need::Bench, Need::Test]),
+    ("sockperf", "sockperf", &[Need::Bench, Need::Test]),
+    ("ping", "iputils-ping", &[Need::Test]),
+    ("ethtool", "ethtool", &[Need::Test]),
+    ("bpftool", "bpftool", &[Need::Test]),
+    ("tcpdump", "tcpdump", &[Need::Test]),
+    // The standard CNI plugins the CNI tests chain with, and iptables for portmap.
+    ("/usr/lib/cni/host-local", "containernetworking-plugins", &[Need::Test]),
+    ("iptables", "iptables", &[Need::Test]),
     // A CNI client for the tests: libcni, built with Debian's Go.
-    ("go", "golang-go"),
-    ("/usr/share/gocode/src/github.com/containernetworking/cni/libcni/api.go", "golang-github-appc-cni-dev"),
-    ("ip", "iproute2"),
-    ("ping", "iputils-ping"),
-    ("iperf3", "iperf3"),
-    ("ethtool", "ethtool"),
-    ("nft", "nftables"),
-    ("bpftool", "bpftool"),
-    ("tcpdump", "tcpdump"),
-    ("sockperf", "sockperf"),
+    ("go", "golang-go", &[Need::Test]),
+    ("/usr/share/gocode/src/github.com/containernetworking/cni/libcni/api.go", "golang-github-appc-cni-dev", &[Need::Test]),
 ];
 
-pub fn run() -> Result<()> {
+/// What the set-up is for: each verb installs only what it uses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Building and running netpath.
+    Run,
+    /// `netpath bench`: iperf3 and sockperf as well.
+    Bench,
+    /// The test suite: every tool the tests drive.
+    Test,
+}
+
+pub fn run(need: Need) -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
-    debian_tools()?;
+    debian_tools(need)?;
     Ok(())
 }
 
@@ -149,11 +163,11 @@ fn on_path(command: &str) -> bool {
         .any(|dir| Path::new(dir).join(command).is_file())
 }
 
-fn debian_tools() -> Result<()> {
+fn debian_tools(need: Need) -> Result<()> {
     let missing: Vec<&str> = DEBIAN_TOOLS
         .iter()
-        .filter(|(command, _)| !on_path(command))
-        .map(|(_, package)| *package)
+        .filter(|(command, _, needs)| needs.contains(&need) && !on_path(command))
+        .map(|(_, package, _)| *package)
         .collect();
     if missing.is_empty() {
         step("Debian tools", "present");
