@@ -13,3 +13,18 @@ pub mod spec;
 pub use mac::Mac;
 pub use settings::{Mode, Settings};
 pub use spec::{ContainerSpec, TopologySpec};
+
+/// A config value that is either one string or a list of them (a subnet,
+/// or an IPv4 and an IPv6 one), in TOML and JSON alike.
+pub(crate) fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match <OneOrMany as serde::Deserialize>::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}

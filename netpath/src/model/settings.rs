@@ -7,7 +7,9 @@
 use std::{fmt, path::PathBuf};
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
+
+use super::one_or_many;
 
 /// How frames between containers are forwarded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -112,20 +114,6 @@ impl Settings {
             containers_listed: if self.containers_listed.is_empty() { base.containers_listed } else { self.containers_listed },
         }
     }
-}
-
-/// A TOML value that is either one string or a list of them.
-fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => vec![s],
-        OneOrMany::Many(v) => v,
-    })
 }
 
 #[cfg(test)]
