@@ -266,8 +266,14 @@ fn the_datapath_survives_a_killed_loader_and_is_adopted() {
     // A new loader adopts the pinned datapath instead of attaching it twice.
     let again = netpath_ok(&["up", "--name", &name, "--containers", "2", "--subnet", "10.121.0.0/24", "--mode", "tc"]);
     assert!(again.contains("already up"), "{again}");
+    // Exactly one tc program per port, attached the way this kernel (or
+    // NETPATH_TC_METHOD) asks for.
+    let attached = match netpath::datapath::hooks::TcMethod::for_this_kernel() {
+        netpath::datapath::hooks::TcMethod::Tcx => "tc:netpath_tc",
+        netpath::datapath::hooks::TcMethod::Clsact => "tc-clsact:netpath_tc",
+    };
     for port in t.status()["ports"].as_array().unwrap() {
-        assert_eq!(port["programs"], serde_json::json!(["tc:netpath_tc"]), "{port}");
+        assert_eq!(port["programs"], serde_json::json!([attached]), "{port}");
     }
 }
 

@@ -13,10 +13,17 @@ use aya::{
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::{NlOptions, TcAttachOptions, TcError, TcHandle, qdisc_add_clsact, qdisc_detach_program},
     },
+    util::KernelVersion,
 };
+use futures::TryStreamExt;
 use log::debug;
 use netpath_common::programs;
+use rtnetlink::{
+    Handle,
+    packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption},
+};
 
 use super::{Port, object::program_mut};
 use crate::{
@@ -64,14 +71,52 @@ impl Hook {
     }
 }
 
-/// Attaches `hook`'s program to `port` and pins the link, unless a link is
-/// pinned already (attached by an earlier loader).
-pub fn attach(ebpf: &mut Ebpf, pins: &Path, port: &Port, ifindex: u32, hook: Hook) -> Result<()> {
+/// How the tc program is attached to the ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcMethod {
+    /// A tcx bpf_link (Linux 6.6+), pinned like the XDP links.
+    Tcx,
+    /// A clsact qdisc with a direct-action cls_bpf filter (every kernel):
+    /// the filter holds the program on the device with no link to pin, and
+    /// the next loader finds it by asking the kernel for the port's filters.
+    Clsact,
+}
+
+/// Overrides the choice of [`TcMethod`] (`tcx` or `clsact`): the tests take
+/// the clsact path on kernels that have tcx.
+pub const TC_METHOD_ENV: &str = "NETPATH_TC_METHOD";
+
+/// Priority and handle of netpath's cls_bpf filter on its own ports.
+const CLSACT_PRIORITY: u16 = 50;
+const CLSACT_HANDLE: TcHandle = TcHandle::new(0, 1);
+
+impl TcMethod {
+    /// tcx where the kernel has it, clsact before 6.6.
+    pub fn for_this_kernel() -> TcMethod {
+        match std::env::var(TC_METHOD_ENV).as_deref() {
+            Ok("clsact") => return TcMethod::Clsact,
+            Ok("tcx") => return TcMethod::Tcx,
+            _ => {}
+        }
+        match KernelVersion::current() {
+            Ok(v) if v < KernelVersion::new(6, 6, 0) => TcMethod::Clsact,
+            _ => TcMethod::Tcx,
+        }
+    }
+}
+
+/// Attaches `hook`'s program to `port` and pins the link, unless it is
+/// attached already (by an earlier loader: a pinned link, or for tc through
+/// clsact, netpath's filter on the port).
+pub async fn attach(handle: &Handle, ebpf: &mut Ebpf, pins: &Path, port: &Port, ifindex: u32, hook: Hook) -> Result<()> {
     let name = &port.name;
     let pin = hook.pin_path(pins, name);
     if pin.exists() {
         debug!("{name}: {} link already pinned", hook.suffix());
         return Ok(());
+    }
+    if hook == Hook::Tc && TcMethod::for_this_kernel() == TcMethod::Clsact {
+        return attach_clsact(handle, ebpf, port, ifindex).await;
     }
     let link: FdLink = match hook {
         Hook::Xdp => {
@@ -106,6 +151,63 @@ pub fn attach(ebpf: &mut Ebpf, pins: &Path, port: &Port, ifindex: u32, hook: Hoo
     Ok(())
 }
 
+/// tc through a clsact qdisc and a direct-action filter, unless netpath's
+/// filter is on the port already.
+async fn attach_clsact(handle: &Handle, ebpf: &mut Ebpf, port: &Port, ifindex: u32) -> Result<()> {
+    let name = &port.name;
+    if clsact_program_id(handle, ifindex).await?.is_some() {
+        debug!("{name}: tc filter already attached");
+        return Ok(());
+    }
+    match qdisc_add_clsact(name) {
+        Ok(()) => {}
+        // The qdisc is already there (an earlier netpath added it, and the
+        // port is netpath's own): reuse it.
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(e).with_context(|| format!("adding a clsact qdisc to {name}")),
+    }
+    let program: &mut SchedClassifier = program_mut(ebpf, programs::TC_FORWARD)?;
+    let options = NlOptions { priority: CLSACT_PRIORITY, handle: CLSACT_HANDLE, classid: None };
+    let id = program
+        .attach_with_options(name, TcAttachType::Ingress, TcAttachOptions::Netlink(options))
+        .with_context(|| format!("attaching tc ingress (clsact) to {name}"))?;
+    // The filter must outlive this loader: dropping the link would detach it.
+    std::mem::forget(program.take_link(id)?);
+    Ok(())
+}
+
+/// The id of the program of netpath's cls_bpf filter on the port's ingress.
+pub async fn clsact_program_id(handle: &Handle, ifindex: u32) -> Result<Option<u32>> {
+    let filters: Vec<_> = match handle.traffic_filter(ifindex as i32).get().ingress().execute().try_collect().await {
+        Ok(filters) => filters,
+        // No clsact qdisc (or no such device): no filter.
+        Err(rtnetlink::Error::NetlinkError(_)) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("listing the tc filters of link {ifindex}")),
+    };
+    let mut ours = None;
+    for filter in filters {
+        let mut id = None;
+        let mut named = false;
+        for attribute in &filter.attributes {
+            if let TcAttribute::Options(options) = attribute {
+                for option in options {
+                    match option {
+                        TcOption::Bpf(TcFilterBpfOption::ProgId(i)) => id = Some(*i),
+                        TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => {
+                            named = n.split(':').next() == Some(programs::TC_FORWARD)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if named {
+            ours = ours.or(id);
+        }
+    }
+    Ok(ours)
+}
+
 /// What XDP redirect between veths needs on the container's `eth0`, run
 /// inside its namespace (see netpath-ebpf/FAST-PATH.md):
 /// - no transmit checksum offload: a CHECKSUM_PARTIAL frame loses its
@@ -118,9 +220,19 @@ fn set_xdp_offloads(ifname: &str, enable: bool) -> Result<()> {
     ethtool::set(ifname, ethtool::Offload::Gro, enable)
 }
 
-/// Unpins (and so detaches) one hook's link of one port, if pinned; leaving
-/// XDP, restores the container interface's offloads if it is still there.
+/// Unpins (and so detaches) one hook's link of one port, if pinned, or
+/// removes netpath's clsact filter; leaving XDP, restores the container
+/// interface's offloads if it is still there.
 pub fn detach(pins: &Path, port: &Port, hook: Hook) -> Result<()> {
+    if hook == Hook::Tc && TcMethod::for_this_kernel() == TcMethod::Clsact {
+        match qdisc_detach_program(&port.name, TcAttachType::Ingress, programs::TC_FORWARD) {
+            Ok(()) => {}
+            // Not attached, or the port (and its filter) are gone already.
+            Err(TcError::IoError(e)) if matches!(e.kind(), std::io::ErrorKind::NotFound) || e.raw_os_error() == Some(libc::ENODEV) => {}
+            Err(TcError::NetlinkError(e)) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT) | Some(libc::ENODEV)) => {}
+            Err(e) => return Err(e).with_context(|| format!("detaching the tc filter of {}", port.name)),
+        }
+    }
     let pin = hook.pin_path(pins, &port.name);
     if pin.exists() {
         let link = PinnedLink::from_pin(&pin).with_context(|| format!("opening pinned link {}", pin.display()))?;
@@ -166,12 +278,16 @@ pub fn attached_program_ids(pins: &Path) -> Result<Vec<u32>> {
 }
 
 /// Names of the BPF programs hooked on a host-side port, as the kernel
-/// reports them: `xdp:NAME` and `tc:NAME` (tcx ingress).
-pub fn programs_on(port: &str, xdp_prog_id: Option<u32>) -> Vec<String> {
+/// reports them: `xdp:NAME`, `tc:NAME` (tcx ingress) and `tc-clsact:NAME`
+/// (a cls_bpf filter on the clsact qdisc).
+pub async fn programs_on(handle: &Handle, port: &str, ifindex: u32, xdp_prog_id: Option<u32>) -> Result<Vec<String>> {
     let mut out: Vec<String> =
         xdp_prog_id.map(|id| format!("xdp:{}", super::object::program_name(id))).into_iter().collect();
     if let Ok((_, programs)) = SchedClassifier::query_tcx(port, TcAttachType::Ingress) {
         out.extend(programs.iter().map(|p| format!("tc:{}", p.name_as_str().unwrap_or("?"))));
     }
-    out
+    if let Some(id) = clsact_program_id(handle, ifindex).await? {
+        out.push(format!("tc-clsact:{}", super::object::program_name(id)));
+    }
+    Ok(out)
 }

@@ -114,7 +114,7 @@ pub async fn ensure(handle: &Handle, dp: &Datapath) -> Result<()> {
     let wanted = Hook::for_mode(dp.mode);
     for (port, ifindex) in &ports {
         for hook in wanted {
-            hooks::attach(&mut ebpf, &dir, port, *ifindex, *hook)?;
+            hooks::attach(handle, &mut ebpf, &dir, port, *ifindex, *hook).await?;
         }
     }
     for (port, _) in &ports {

@@ -69,7 +69,7 @@ pub async fn status(handle: &Handle, topology: &str) -> Result<Status> {
             (None, Vec::new(), None)
         };
         let mut programs = match &host {
-            Some(link) => hooks::programs_on(&name, link.xdp_prog_id),
+            Some(link) => hooks::programs_on(handle, &name, link.index, link.xdp_prog_id).await?,
             None => Vec::new(),
         };
         programs.extend(peer_xdp.map(|id| format!("peer-xdp:{}", program_name(id))));
