@@ -300,3 +300,68 @@ fn mode_switches_live_without_losing_the_ping() {
     assert!(received >= 247, "lost {} pings while switching modes: {summary}", 250 - received);
     assert!(counter(&t.name, &t.ns("c0"), "redirected") > 0);
 }
+
+/// The two offloads xdp mode changes inside a container, as `ethtool -k`
+/// shows them: (tx-checksumming, generic-receive-offload).
+fn offloads(ns: &str) -> (String, String) {
+    let out = String::from_utf8_lossy(&in_ns(ns, &["ethtool", "-k", "eth0"]).stdout).into_owned();
+    let get = |key: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().split_whitespace().next().unwrap_or("").to_owned())
+            .unwrap_or_else(|| panic!("no {key} in {out}"))
+    };
+    (get("tx-checksumming:"), get("generic-receive-offload:"))
+}
+
+/// Every path between modes ends with the offloads of the target mode, the
+/// programs of the target mode only, and a running ping loses at most a few
+/// packets per switch.
+#[test]
+fn every_mode_switch_leaves_the_target_modes_offloads() {
+    let t = Topology::up("msw", &["--containers", "2", "--subnet", "10.123.0.0/24", "--mode", "tc"]);
+    let plain = offloads(&t.ns("c0"));
+    let xdp = ("off".to_owned(), "on".to_owned());
+    assert_ne!(plain, xdp, "veth defaults look like xdp mode's already");
+    let pinger = Command::new("ip")
+        .args(["netns", "exec", &t.ns("c0"), "ping", "-c", "500", "-i", "0.02", "-W", "1", "-q", "10.123.0.3"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let paths = [["xdp", "bridge", "tc"], ["tc", "xdp", "bridge"], ["bridge", "xdp", "tc"]];
+    let mut switches = 0;
+    for path in paths {
+        for mode in path {
+            if t.status()["mode"] == mode {
+                continue;
+            }
+            netpath_ok(&["mode", "--name", &t.name, mode]);
+            switches += 1;
+            sleep(Duration::from_millis(300));
+            let want = if mode == "xdp" { &xdp } else { &plain };
+            for c in ["c0", "c1"] {
+                assert_eq!(&offloads(&t.ns(c)), want, "{c} after switching to {mode} on the path {path:?}");
+            }
+            let programs: Vec<String> = t.status()["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|p| p["programs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()))
+                .collect();
+            let expected = match mode {
+                "bridge" => 0,
+                "tc" => 2,
+                _ => 4, // xdp on both host ends and XDP_PASS on both container ends
+            };
+            assert_eq!(programs.len(), expected, "programs after switching to {mode}: {programs:?}");
+        }
+    }
+    let out = pinger.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    let received: u64 = summary
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" received"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary in {summary}"));
+    assert!(500 - received <= 3 * switches, "lost {} pings in {switches} switches: {summary}", 500 - received);
+}

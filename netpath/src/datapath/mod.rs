@@ -76,6 +76,14 @@ pub fn maps(datapath: &str) -> Result<Maps> {
 /// before old ones go, so switching modes keeps forwarding.
 pub async fn ensure(handle: &Handle, dp: &Datapath) -> Result<()> {
     if dp.mode == Mode::Bridge {
+        // Detach port by port first: that restores the containers' offloads
+        // after xdp mode and removes clsact filters, which no pin holds.
+        let dir = pin_dir(&dp.name);
+        for port in &dp.ports {
+            for hook in Hook::ALL {
+                hooks::detach(&dir, port, hook)?;
+            }
+        }
         return remove(&dp.name);
     }
     ensure_bpffs()?;

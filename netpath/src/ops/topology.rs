@@ -268,8 +268,15 @@ pub async fn set_mode(handle: &Handle, topology: &str, mode: Mode) -> Result<()>
     let _lock = Lock::acquire(topology, Purpose::Change)?;
     let mut rec = load_complete(topology)?;
     validate_mtu(mode, rec.spec.mtu, &rec.spec.subnets)?;
+    let before = rec.spec.mode;
     rec.spec.mode = mode;
-    datapath::ensure(handle, &datapath_of(&rec.spec)).await?;
+    if let Err(e) = datapath::ensure(handle, &datapath_of(&rec.spec)).await {
+        rec.spec.mode = before;
+        if let Err(back) = datapath::ensure(handle, &datapath_of(&rec.spec)).await {
+            warn!("topology {topology}: going back to mode {before}: {back:#}");
+        }
+        return Err(e.context(format!("switching topology {topology} to mode {mode} (back in mode {before})")));
+    }
     record::save(&rec)
 }
 
