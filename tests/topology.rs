@@ -193,3 +193,47 @@ fn nat_covers_both_families() {
     netpath_ok(&["down", "--name", &t.name]);
     assert!(!sh("nft", &["list", "table", "inet", &table]).status.success(), "down left table {table}");
 }
+
+/// Two NAT topologies in one (private) host namespace, taken down in both
+/// orders: forwarding stays on while one needs it and ends exactly as it
+/// was before the first, for both families.
+#[test]
+fn nat_restores_forwarding_in_any_down_order() {
+    require_root();
+    let host = unique_name("hnat");
+    assert!(sh("ip", &["netns", "add", &host]).status.success());
+    struct DropNs(String);
+    impl Drop for DropNs {
+        fn drop(&mut self) {
+            sh("ip", &["netns", "del", &self.0]);
+        }
+    }
+    let _host = DropNs(host.clone());
+    // Bridge mode: `ip netns exec` hides /sys/fs/bpf, and NAT needs no pins.
+    let in_host = |args: &[&str]| {
+        let mut full = vec!["netns", "exec", &host, env!("CARGO_BIN_EXE_netpath")];
+        full.extend_from_slice(args);
+        sh("ip", &full)
+    };
+    let sysctl = |key: &str| {
+        String::from_utf8_lossy(&sh("ip", &["netns", "exec", &host, "sysctl", "-n", key]).stdout).trim().to_owned()
+    };
+    let forwarding = || (sysctl("net.ipv4.ip_forward"), sysctl("net.ipv6.conf.all.forwarding"));
+    assert_eq!(forwarding(), ("0".into(), "0".into()), "a new namespace forwards nothing");
+    let (a, b) = (unique_name("na"), unique_name("nb"));
+    let up = |name: &str, n: u8| {
+        let (v4, v6) = (format!("10.109.{n}.0/24"), format!("fd00:109:{n}::/64"));
+        let out = in_host(&["up", "--name", name, "--containers", "1", "--mode", "bridge", "--subnet", &v4, "--subnet", &v6, "--nat"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let down = |name: &str| assert!(in_host(&["down", "--name", name]).status.success());
+    for (first, second) in [(&a, &b), (&b, &a)] {
+        up(&a, 1);
+        up(&b, 2);
+        assert_eq!(forwarding(), ("1".into(), "1".into()));
+        down(first);
+        assert_eq!(forwarding(), ("1".into(), "1".into()), "{second} still needs forwarding");
+        down(second);
+        assert_eq!(forwarding(), ("0".into(), "0".into()), "down {first} then {second} did not restore forwarding");
+    }
+}

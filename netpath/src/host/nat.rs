@@ -2,15 +2,21 @@
 //! and IPv6), in a table of netpath's own so removing it touches nothing else.
 
 use std::{
-    collections::BTreeMap,
     io::Write,
     process::{Command, Stdio},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
 
-use crate::model::naming::nat_table;
+use crate::{
+    model::naming::nat_table,
+    store::{
+        lock::{Lock, Purpose},
+        nat::{self, NatRecord},
+    },
+};
 
 const IPV4_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 const IPV6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
@@ -44,9 +50,14 @@ fn forward_sysctl(subnet: &IpNet) -> &'static str {
     if subnet.addr().is_ipv4() { IPV4_FORWARD } else { IPV6_FORWARD }
 }
 
+/// Topologies of one namespace change its NAT record one at a time.
+fn lock(key: &str) -> Result<Lock> {
+    Lock::acquire_waiting(key, Purpose::Change, Duration::from_secs(10))
+}
+
 /// Installs the masquerade rules and turns forwarding on for the subnets'
-/// families; returns the previous value of each sysctl this call changed.
-pub fn enable(topology: &str, subnets: &[IpNet]) -> Result<BTreeMap<String, String>> {
+/// families, remembering (before changing anything) what it was.
+pub fn enable(topology: &str, subnets: &[IpNet]) -> Result<()> {
     let rules: String = subnets
         .iter()
         .map(|s| {
@@ -59,27 +70,41 @@ pub fn enable(topology: &str, subnets: &[IpNet]) -> Result<BTreeMap<String, Stri
         table = nat_table(topology)
     ))
     .with_context(|| format!("adding the masquerade rules of topology {topology}"))?;
-    let mut before = BTreeMap::new();
+    let key = nat::key()?;
+    let _lock = lock(&key)?;
+    let mut record = NatRecord::load(&key)?;
+    record.users.insert(topology.to_owned());
+    let mut turn_on = Vec::new();
     for sysctl in subnets.iter().map(forward_sysctl) {
         let value = std::fs::read_to_string(sysctl).with_context(|| format!("reading {sysctl}"))?;
-        if value.trim() != "1" {
-            std::fs::write(sysctl, "1").with_context(|| format!("enabling {sysctl}"))?;
-            before.insert(sysctl.to_owned(), value.trim().to_owned());
+        if value.trim() != "1" && !record.forwarding_before.contains_key(sysctl) {
+            record.forwarding_before.insert(sysctl.to_owned(), value.trim().to_owned());
+            turn_on.push(sysctl);
         }
     }
-    Ok(before)
+    record.save(&key)?;
+    for sysctl in turn_on {
+        std::fs::write(sysctl, "1").with_context(|| format!("enabling {sysctl}"))?;
+    }
+    Ok(())
 }
 
-/// Removes the table, and restores the forwarding sysctls when `others`
-/// (another topology with NAT) does not still need them.
-pub fn disable(topology: &str, forwarding_before: &BTreeMap<String, String>, others: bool) -> Result<()> {
+/// Removes the topology's table; the last NAT topology of the namespace
+/// restores the forwarding sysctls to what they were before the first.
+pub fn disable(topology: &str) -> Result<()> {
     if table_exists(topology) {
         nft(&format!("delete table inet {}\n", nat_table(topology)))?;
     }
-    if !others {
-        for (sysctl, value) in forwarding_before {
+    let key = nat::key()?;
+    let _lock = lock(&key)?;
+    let mut record = NatRecord::load(&key)?;
+    if !record.users.remove(topology) {
+        return Ok(());
+    }
+    if record.users.is_empty() {
+        for (sysctl, value) in &record.forwarding_before {
             std::fs::write(sysctl, value).with_context(|| format!("restoring {sysctl}"))?;
         }
     }
-    Ok(())
+    record.save(&key)
 }

@@ -68,9 +68,9 @@ pub async fn up(handle: &Handle, spec: TopologySpec) -> Result<UpOutcome> {
     }
     check_names_free(handle, &spec, &spec.containers).await?;
 
-    let mut rec = TopologyRecord { spec: spec.clone(), complete: false, forwarding_before: Default::default() };
+    let mut rec = TopologyRecord { spec: spec.clone(), complete: false };
     record::save(&rec)?;
-    match build(handle, &mut rec).await {
+    match build(handle, &rec).await {
         Ok(()) => {
             rec.complete = true;
             record::save(&rec)?;
@@ -85,7 +85,7 @@ pub async fn up(handle: &Handle, spec: TopologySpec) -> Result<UpOutcome> {
     }
 }
 
-async fn build(handle: &Handle, rec: &mut TopologyRecord) -> Result<()> {
+async fn build(handle: &Handle, rec: &TopologyRecord) -> Result<()> {
     let spec = rec.spec.clone();
     let (bridge, _) =
         plumbing::ensure_bridge(handle, &spec.bridge_name(), &spec.name, spec.mtu, &spec.gateways()).await?;
@@ -97,8 +97,7 @@ async fn build(handle: &Handle, rec: &mut TopologyRecord) -> Result<()> {
         }
     }
     if spec.nat {
-        rec.forwarding_before = nat::enable(&spec.name, &spec.subnets)?;
-        record::save(rec)?;
+        nat::enable(&spec.name, &spec.subnets)?;
     }
     datapath::ensure(handle, &datapath_of(&spec)).await
 }
@@ -155,8 +154,7 @@ async fn teardown(handle: &Handle, rec: &TopologyRecord) -> Result<()> {
         remove_container(handle, &spec.name, &container.name, interrupted).await?;
     }
     plumbing::unplug(handle, &spec.bridge_name(), &spec.name, interrupted).await?;
-    let others = record::all()?.into_iter().any(|r| r.spec.name != spec.name && r.spec.nat);
-    nat::disable(&spec.name, &rec.forwarding_before, others)?;
+    nat::disable(&spec.name)?;
     record::remove(&spec.name)
 }
 

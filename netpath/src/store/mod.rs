@@ -5,6 +5,7 @@
 pub mod atomic;
 pub mod cni;
 pub mod lock;
+pub mod nat;
 pub mod topology;
 
 pub const STATE_DIR: &str = "/run/netpath";

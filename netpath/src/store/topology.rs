@@ -3,10 +3,7 @@
 //! It is written *before* anything is created, so that an `up` interrupted at
 //! any point leaves a record that `down` (or the next `up`) can clean.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -19,9 +16,6 @@ pub struct TopologyRecord {
     pub spec: TopologySpec,
     /// False while `up` is still creating objects.
     pub complete: bool,
-    /// Forwarding sysctls `--nat` turned on, with their values before.
-    #[serde(default)]
-    pub forwarding_before: BTreeMap<String, String>,
 }
 
 /// The record's path; the name is validated first, so no name reaches
