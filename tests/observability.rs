@@ -109,32 +109,71 @@ fn monitor_reports_learned_and_aged_out_entries() {
     assert_eq!(kinds, ["static_removed", "learned", "aged_out"]);
 }
 
-fn scrape(addr: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+/// `netpath run` of 2 containers on `subnet`, serving metrics on a free
+/// loopback port; returns once that port answers, with its address.
+fn run_with_metrics(tag: &str, subnet: &str) -> (Running, String) {
+    // The kernel's pick of a port no one listens on now.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let run = Running::start(tag, &["--containers", "2", "--subnet", subnet, "--metrics", &addr]);
+    // `run` serves metrics a moment after the topology is up.
+    let started = Instant::now();
+    while TcpStream::connect(&addr).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(5), "nothing listens on {addr}");
+        sleep(Duration::from_millis(50));
+    }
+    (run, addr)
+}
+
+/// GET `path`; the whole response must come within `SCRAPE_TIMEOUT`.
+fn get(addr: &str, path: &str) -> String {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect_timeout(&addr.parse().unwrap(), SCRAPE_TIMEOUT).unwrap();
+    stream.set_read_timeout(Some(SCRAPE_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(SCRAPE_TIMEOUT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    if let Err(e) = stream.read_to_string(&mut response) {
+        panic!("GET {path} from {addr}: {e} after {:?}; got {response:?}", started.elapsed());
+    }
+    assert!(started.elapsed() < SCRAPE_TIMEOUT, "GET {path} from {addr} took {:?}", started.elapsed());
+    response
+}
+
+/// The body of a successful GET /metrics.
+fn scrape(addr: &str) -> String {
+    let response = get(addr, "/metrics");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response.split_once("\r\n\r\n").unwrap().1.to_owned()
 }
 
-/// Checks the Prometheus text format: HELP and TYPE before each family,
-/// then `name{labels} value` lines; returns name{labels} -> value.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Checks the OpenMetrics text format (which Prometheus reads): HELP and
+/// TYPE before each family, then `name{labels} value` lines, where a
+/// counter's samples carry the `_total` suffix, and `# EOF` last; returns
+/// name{labels} -> value.
 fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
-    let mut typed = std::collections::HashSet::new();
+    let mut kinds = std::collections::HashMap::new();
     let mut samples = std::collections::HashMap::new();
+    assert_eq!(text.lines().last(), Some("# EOF"), "{text}");
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
             assert!(["counter", "gauge"].contains(&kind), "{line}");
-            assert!(!name.ends_with("_total") || kind == "counter", "{line}");
-            typed.insert(name.to_owned());
-        } else if line.starts_with("# HELP ") {
+            kinds.insert(name.to_owned(), kind.to_owned());
+        } else if line.starts_with("# HELP ") || line == "# EOF" {
         } else {
             let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
             let name = series.split('{').next().unwrap();
             assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && name.starts_with("netpath_"), "{line}");
-            assert!(typed.contains(name), "{name} has no TYPE before it");
+            let family = match name.strip_suffix("_total") {
+                Some(family) => {
+                    assert_eq!(kinds.get(family).map(String::as_str), Some("counter"), "{name} is not a counter's sample");
+                    family
+                }
+                None => name,
+            };
+            assert!(kinds.contains_key(family), "{name} has no TYPE before it");
             if let Some(labels) = series.strip_prefix(name) {
                 assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "{line}");
             }
@@ -146,9 +185,7 @@ fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
 
 #[test]
 fn metrics_answer_on_loopback_and_move_with_traffic() {
-    let port = 19000 + std::process::id() % 1000;
-    let addr = format!("127.0.0.1:{port}");
-    let run = Running::start("met", &["--containers", "2", "--subnet", "10.164.0.0/24", "--metrics", &addr]);
+    let (run, addr) = run_with_metrics("met", "10.164.0.0/24");
     let t = &run.topology;
     let series = format!("netpath_redirected_packets_total{{topology=\"{}\",port=\"{}\"}}", t.name, t.ns("c0"));
     let before = parse_prometheus(&scrape(&addr));
@@ -158,4 +195,19 @@ fn metrics_answer_on_loopback_and_move_with_traffic() {
     assert!(flood.status.success());
     let after = parse_prometheus(&scrape(&addr));
     assert!(after[&series] >= before[&series] + 200.0, "{series}: {} -> {}", before[&series], after[&series]);
+}
+
+/// Issue 11: a client that connects and sends nothing must not hold up a
+/// scrape (the hand-rolled server read each connection in its accept loop).
+#[test]
+fn metrics_scrape_succeeds_while_a_client_idles() {
+    let (run, addr) = run_with_metrics("mid", "10.165.0.0/24");
+    let idle = TcpStream::connect(&addr).unwrap();
+    sleep(Duration::from_millis(200)); // accepted by now
+    let started = Instant::now();
+    let samples = parse_prometheus(&scrape(&addr));
+    eprintln!("scrape with an idle client open: {:?}", started.elapsed());
+    assert_eq!(samples[&format!("netpath_info{{topology=\"{}\",mode=\"tc\"}}", run.topology.name)], 1.0);
+    assert!(get(&addr, "/").starts_with("HTTP/1.1 404"));
+    drop(idle);
 }

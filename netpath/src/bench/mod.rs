@@ -1,6 +1,8 @@
 //! `netpath bench`: netpath's modes against the Linux bridge and a direct
 //! veth pair (the wire), measured in one run, interleaved, as medians.
 
+mod chart;
+
 use std::{
     collections::BTreeMap,
     fmt,
@@ -203,7 +205,7 @@ pub async fn run(handle: &Handle, options: Options) -> Result<Report> {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &options.plot {
-        std::fs::write(path, svg(&report)).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, chart::svg(&report)?).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(report)
 }
@@ -440,83 +442,6 @@ pub fn table(report: &Report) -> String {
     }
     out.push_str(&format!("UDP generator: {}\n", report.udp_generator));
     out
-}
-
-/// A grouped bar chart: each metric's medians relative to the bridge
-/// (inverted for latency, so taller is better everywhere).
-pub fn svg(report: &Report) -> String {
-    let targets: Vec<Target> = {
-        let mut t: Vec<Target> = report.rows.iter().map(|r| r.target).collect();
-        t.sort();
-        t.dedup();
-        t
-    };
-    let colors = ["#7f7f7f", "#1f77b4", "#2ca02c", "#d62728"];
-    let (width, height, left, top, bottom) = (980.0, 420.0, 60.0, 50.0, 70.0);
-    let plot_h = height - top - bottom;
-    let group_w = (width - left - 20.0) / Metric::ALL.len() as f64;
-    let bar_w = group_w * 0.8 / targets.len().max(1) as f64;
-    let relative = |r: &Row| match r.vs_bridge {
-        Some(v) if r.metric.higher_is_better() => v,
-        Some(v) if v > 0.0 => 1.0 / v,
-        _ => 0.0,
-    };
-    let max = report.rows.iter().map(relative).fold(1.2_f64, f64::max) * 1.1;
-    let y = |v: f64| top + plot_h * (1.0 - v / max);
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{left}\" y=\"22\" font-size=\"15\">netpath vs Linux bridge (1.0) and the veth wire; higher is better (latency inverted)</text>\n\
-         <text x=\"{left}\" y=\"38\" fill=\"#555\">kernel {}, {} CPUs, medians of {} runs of {} s</text>\n",
-        report.kernel, report.cpus, report.repeat, report.seconds
-    );
-    for tick in 0..=((max * 4.0) as usize) {
-        let v = tick as f64 / 4.0;
-        svg.push_str(&format!(
-            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"{}\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.2}x</text>\n",
-            width - 20.0,
-            if tick == 4 { "#000" } else { "#ddd" },
-            left - 6.0,
-            y(v) + 4.0,
-            y = y(v)
-        ));
-    }
-    for (g, metric) in Metric::ALL.iter().enumerate() {
-        let x0 = left + g as f64 * group_w + group_w * 0.1;
-        for (i, target) in targets.iter().enumerate() {
-            let Some(row) = report.rows.iter().find(|r| r.metric == *metric && r.target == *target) else { continue };
-            let v = relative(row);
-            let x = x0 + i as f64 * bar_w;
-            svg.push_str(&format!(
-                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{} {}: {:.2} ({v:.2}x bridge)</title></rect>\n",
-                y(v),
-                bar_w - 2.0,
-                top + plot_h - y(v),
-                colors[*target as usize % colors.len()],
-                metric.label(),
-                target,
-                row.median
-            ));
-        }
-        svg.push_str(&format!(
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n",
-            x0 + group_w * 0.4,
-            top + plot_h + 18.0,
-            metric.short()
-        ));
-    }
-    for (i, target) in targets.iter().enumerate() {
-        let x = left + i as f64 * 110.0;
-        svg.push_str(&format!(
-            "<rect x=\"{x}\" y=\"{:.1}\" width=\"14\" height=\"14\" fill=\"{}\"/><text x=\"{}\" y=\"{:.1}\">{target}</text>\n",
-            height - 30.0,
-            colors[*target as usize % colors.len()],
-            x + 20.0,
-            height - 19.0
-        ));
-    }
-    svg.push_str("</svg>\n");
-    svg
 }
 
 async fn make_bed(handle: &Handle, name: String, target: Target, index: usize, containers: usize, fdb_size: u32) -> Result<Bed> {

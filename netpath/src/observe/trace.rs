@@ -5,12 +5,18 @@ use std::{
     fs::File,
     io::{BufWriter, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     str::FromStr,
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
+use bytes::{Bytes, BytesMut};
 use netpath_common::{TRACE_SNAPLEN, TraceEvent};
+use pcap_file::{
+    DataLink,
+    pcap::{PcapHeader, PcapPacket, PcapWriter},
+};
 
 use crate::{
     datapath::{self, fdb::monotonic_ns, maps::Maps},
@@ -110,8 +116,42 @@ fn protocol_name(p: u8) -> String {
     }
 }
 
+/// A redirected frame taken off the ring: owned, so the ring slot is given
+/// back at once.
+struct Captured {
+    /// bpf_ktime_get_ns() when the frame was redirected.
+    timestamp_ns: u64,
+    ingress: u32,
+    egress: u32,
+    /// Length of the whole frame.
+    len: u32,
+    /// Its first bytes, at most TRACE_SNAPLEN.
+    data: Bytes,
+}
+
+impl Captured {
+    /// Copies a ring item's frame into `buffer` and splits it off, so the
+    /// frames of a drain share `buffer`'s allocation instead of one each.
+    fn take(item: &[u8], buffer: &mut BytesMut) -> Option<Self> {
+        if item.len() < size_of::<TraceEvent>() {
+            return None;
+        }
+        // SAFETY: the programs write whole TraceEvents; read unaligned.
+        let event: TraceEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        let captured = (event.captured as usize).min(TRACE_SNAPLEN);
+        buffer.extend_from_slice(&event.data[..captured]);
+        Some(Captured {
+            timestamp_ns: event.timestamp_ns,
+            ingress: event.ingress,
+            egress: event.egress,
+            len: event.len,
+            data: buffer.split().freeze(),
+        })
+    }
+}
+
 /// One line per frame, in the manner of `tcpdump -e -n`.
-fn describe(event: &TraceEvent, frame: &Frame<'_>, name_of: &dyn Fn(u32) -> String, wall_ns: u64) -> String {
+fn describe(event: &Captured, frame: &Frame<'_>, name_of: &dyn Fn(u32) -> String, wall_ns: u64) -> String {
     let secs = wall_ns / 1_000_000_000;
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
     let micros = (wall_ns / 1000) % 1_000_000;
@@ -131,33 +171,10 @@ fn describe(event: &TraceEvent, frame: &Frame<'_>, name_of: &dyn Fn(u32) -> Stri
 }
 
 /// The classic pcap format (microseconds, Ethernet link type).
-struct PcapWriter {
-    out: BufWriter<File>,
-}
-
-impl PcapWriter {
-    fn create(path: &PathBuf) -> Result<Self> {
-        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        let mut out = BufWriter::new(file);
-        out.write_all(&0xa1b2c3d4u32.to_le_bytes())?;
-        out.write_all(&2u16.to_le_bytes())?;
-        out.write_all(&4u16.to_le_bytes())?;
-        out.write_all(&0i32.to_le_bytes())?; // thiszone
-        out.write_all(&0u32.to_le_bytes())?; // sigfigs
-        out.write_all(&(TRACE_SNAPLEN as u32).to_le_bytes())?;
-        out.write_all(&1u32.to_le_bytes())?; // LINKTYPE_ETHERNET
-        Ok(Self { out })
-    }
-
-    fn write(&mut self, event: &TraceEvent, wall_ns: u64) -> Result<()> {
-        let captured = (event.captured as usize).min(TRACE_SNAPLEN);
-        self.out.write_all(&((wall_ns / 1_000_000_000) as u32).to_le_bytes())?;
-        self.out.write_all(&(((wall_ns / 1000) % 1_000_000) as u32).to_le_bytes())?;
-        self.out.write_all(&(captured as u32).to_le_bytes())?;
-        self.out.write_all(&event.len.to_le_bytes())?;
-        self.out.write_all(&event.data[..captured])?;
-        Ok(())
-    }
+fn create_pcap(path: &Path) -> Result<PcapWriter<BufWriter<File>>> {
+    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let header = PcapHeader { datalink: DataLink::ETHERNET, snaplen: TRACE_SNAPLEN as u32, ..Default::default() };
+    PcapWriter::with_header(BufWriter::new(file), header).with_context(|| format!("writing the pcap header to {}", path.display()))
 }
 
 fn set_tracing(maps: &Maps, on: bool) -> Result<()> {
@@ -184,7 +201,9 @@ impl Drop for TracingOn<'_> {
 pub async fn run(topology: &str, options: Options, name_of: &dyn Fn(u32) -> String, mut show: impl FnMut(String)) -> Result<usize> {
     let maps = datapath::maps(topology)?;
     let mut ring = maps.trace()?;
-    let mut pcap = options.write.as_ref().map(PcapWriter::create).transpose()?;
+    let mut pcap = options.write.as_deref().map(create_pcap).transpose()?;
+    // Room for a drain's frames; reused once they are written or shown.
+    let mut buffer = BytesMut::with_capacity(64 * TRACE_SNAPLEN);
     set_tracing(&maps, true)?;
     let _off = TracingOn(&maps);
     let wall_offset = wall_clock_ns().saturating_sub(monotonic_ns());
@@ -200,14 +219,10 @@ pub async fn run(topology: &str, options: Options, name_of: &dyn Fn(u32) -> Stri
             _ = tokio::signal::ctrl_c() => break,
         }
         while let Some(item) = ring.next() {
-            if item.len() < size_of::<TraceEvent>() {
-                continue;
-            }
-            // SAFETY: the programs write whole TraceEvents; read unaligned.
-            let event: TraceEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let captured = Captured::take(&item, &mut buffer);
             drop(item);
-            let captured = (event.captured as usize).min(TRACE_SNAPLEN);
-            let Some(frame) = Frame::parse(&event.data[..captured]) else { continue };
+            let Some(event) = captured else { continue };
+            let Some(frame) = Frame::parse(&event.data) else { continue };
             if options.port.is_some_and(|p| p != event.ingress)
                 || options.filter.as_ref().is_some_and(|f| !frame.matches(f))
             {
@@ -215,7 +230,10 @@ pub async fn run(topology: &str, options: Options, name_of: &dyn Fn(u32) -> Stri
             }
             let wall_ns = event.timestamp_ns + wall_offset;
             match pcap.as_mut() {
-                Some(writer) => writer.write(&event, wall_ns)?,
+                Some(writer) => {
+                    let packet = PcapPacket::new(Duration::from_nanos(wall_ns), event.len, &event.data);
+                    writer.write_packet(&packet).context("writing a frame to the pcap file")?;
+                }
                 None => show(describe(&event, &frame, name_of, wall_ns)),
             }
             shown += 1;
@@ -224,8 +242,8 @@ pub async fn run(topology: &str, options: Options, name_of: &dyn Fn(u32) -> Stri
             }
         }
     }
-    if let Some(mut writer) = pcap {
-        writer.out.flush()?;
+    if let Some(writer) = pcap {
+        writer.into_writer().flush().context("writing the pcap file")?;
     }
     Ok(shown)
 }
