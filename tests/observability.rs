@@ -6,17 +6,18 @@ mod common;
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
-    process::{Command, Stdio},
+    process::Stdio,
     thread::sleep,
     time::{Duration, Instant},
 };
 
-use common::{Running, Topology, in_ns, netpath_ok, ping, quiet, sh};
+use common::{Host, Running, Topology, in_ns, outside, ping, quiet};
 use serde_json::Value;
 
-fn trace(topology: &str, args: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_netpath"))
-        .args(["trace", "--name", topology])
+fn trace(topology: &Topology, args: &[&str]) -> std::process::Child {
+    topology
+        .netpath_command()
+        .args(["trace", "--name", &topology.name])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -34,13 +35,13 @@ fn trace_writes_a_pcap_that_tcpdump_reads() {
         assert!(ping(&t.ns("c0"), &peer)); // ARP done before the capture
         let pcap = std::env::temp_dir().join(format!("{}.pcap", t.name));
         let filter = format!("ip {peer}");
-        let tracer = trace(&t.name, &["--count", "6", "--write", pcap.to_str().unwrap(), "--filter", &filter]);
+        let tracer = trace(&t, &["--count", "6", "--write", pcap.to_str().unwrap(), "--filter", &filter]);
         sleep(Duration::from_millis(500));
         let out = in_ns(&t.ns("c0"), &["ping", "-c", "3", "-i", "0.2", &peer]);
         assert!(out.status.success());
         let traced = tracer.wait_with_output().unwrap();
         assert!(traced.status.success(), "{mode}: trace failed: {}", String::from_utf8_lossy(&traced.stderr));
-        let read = sh("tcpdump", &["-r", pcap.to_str().unwrap(), "-n", "-e"]);
+        let read = outside("tcpdump", &["-r", pcap.to_str().unwrap(), "-n", "-e"]);
         let text = String::from_utf8_lossy(&read.stdout).into_owned();
         std::fs::remove_file(&pcap).unwrap();
         let requests = text.lines().filter(|l| l.contains("ICMP echo request")).count();
@@ -60,13 +61,13 @@ fn tracing_is_off_unless_asked() {
     let t = Topology::up("toff", &["--containers", "2", "--subnet", "10.162.0.0/24"]);
     let flood = in_ns(&t.ns("c0"), &["ping", "-f", "-c", "500", "-q", "10.162.0.3"]);
     assert!(flood.status.success());
-    let tracer = trace(&t.name, &["--count", "1"]);
+    let tracer = trace(&t, &["--count", "1"]);
     sleep(Duration::from_millis(1500));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(tracer.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     let out = tracer.wait_with_output().unwrap();
     assert!(out.stdout.is_empty(), "frames traced while tracing was off: {}", String::from_utf8_lossy(&out.stdout));
     // And when asked, it does see them, as lines.
-    let tracer = trace(&t.name, &["--count", "2", "--port", "c0"]);
+    let tracer = trace(&t, &["--count", "2", "--port", "c0"]);
     sleep(Duration::from_millis(500));
     assert!(ping(&t.ns("c0"), "10.162.0.3"));
     assert!(in_ns(&t.ns("c0"), &["ping", "-c", "1", "10.162.0.3"]).status.success());
@@ -83,7 +84,8 @@ fn monitor_reports_learned_and_aged_out_entries() {
     // c1 speaks only when spoken to, so its learned entry can age.
     quiet(&t.ns("c1"));
     let mac = t.status()["ports"][1]["mac"].as_str().unwrap().to_owned();
-    let mut monitor = Command::new(env!("CARGO_BIN_EXE_netpath"))
+    let mut monitor = t
+        .netpath_command()
         .args(["monitor", "--name", &t.name, "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -93,7 +95,7 @@ fn monitor_reports_learned_and_aged_out_entries() {
     // Wait until it has its first snapshot, or it would miss the first events.
     let ready = BufReader::new(monitor.stderr.take().unwrap()).lines().next().unwrap().unwrap();
     assert!(ready.starts_with("monitoring the FDB"), "{ready}");
-    netpath_ok(&["fdb", "del", "--name", &t.name, &mac]);
+    t.netpath_ok(&["fdb", "del", "--name", &t.name, &mac]);
     assert!(ping(&t.ns("c0"), "10.163.0.3")); // c1 answers: learned
     let mut seen = Vec::new();
     let started = Instant::now();
@@ -109,7 +111,12 @@ fn monitor_reports_learned_and_aged_out_entries() {
     assert_eq!(kinds, ["static_removed", "learned", "aged_out"]);
 }
 
-fn scrape(addr: &str) -> String {
+/// GET /metrics from `addr` on `host` (where `run` listens).
+fn scrape(host: &Host, addr: &str) -> String {
+    host.run(|| scrape_here(addr))
+}
+
+fn scrape_here(addr: &str) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     let mut response = String::new();
@@ -151,11 +158,11 @@ fn metrics_answer_on_loopback_and_move_with_traffic() {
     let run = Running::start("met", &["--containers", "2", "--subnet", "10.164.0.0/24", "--metrics", &addr]);
     let t = &run.topology;
     let series = format!("netpath_redirected_packets_total{{topology=\"{}\",port=\"{}\"}}", t.name, t.ns("c0"));
-    let before = parse_prometheus(&scrape(&addr));
+    let before = parse_prometheus(&scrape(t, &addr));
     assert_eq!(before[&format!("netpath_info{{topology=\"{}\",mode=\"tc\"}}", t.name)], 1.0);
     assert_eq!(before[&format!("netpath_fdb_entries{{topology=\"{}\",state=\"static\"}}", t.name)], 2.0);
     let flood = in_ns(&t.ns("c0"), &["ping", "-f", "-c", "200", "-q", "10.164.0.3"]);
     assert!(flood.status.success());
-    let after = parse_prometheus(&scrape(&addr));
+    let after = parse_prometheus(&scrape(t, &addr));
     assert!(after[&series] >= before[&series] + 200.0, "{series}: {} -> {}", before[&series], after[&series]);
 }
