@@ -150,7 +150,7 @@ fn bad_configs_and_environments_get_the_specs_errors() {
         ("ADD", Some(sandbox.path()), conf(&bridge, json!({"type": "netpath", "subnet": "10.0.0.1/24"})), 7),
         ("ADD", Some(sandbox.path()), conf(&bridge, json!({"type": "dhcp9000"})), 6),
         ("ADD", None, good.clone(), 4),
-        ("ADD", Some(format!("/run/netns/{bridge}-missing")), good.clone(), 4),
+        ("ADD", Some(netns::path(&format!("{bridge}-missing")).display().to_string()), good.clone(), 4),
         ("FROB", Some(sandbox.path()), good.clone(), 4),
     ];
     for (command, netns, config, code) in cases {
