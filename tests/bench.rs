@@ -5,10 +5,10 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Command, Stdio},
+    process::Stdio,
 };
 
-use common::{leftovers, require_root};
+use common::Host;
 use serde_json::Value;
 
 const METRICS: [&str; 7] = [
@@ -23,17 +23,18 @@ const METRICS: [&str; 7] = [
 const TARGETS: [&str; 4] = ["bridge", "xdp", "tc", "wire"];
 
 /// What the bench calls its topologies: `nb` + pid + the target's initial.
-fn bench_leftovers(pid: u32) -> Vec<String> {
-    TARGETS.iter().flat_map(|t| leftovers(&format!("nb{}{}", pid % 10000, &t[..1]))).collect()
+fn bench_leftovers(host: &Host, pid: u32) -> Vec<String> {
+    TARGETS.iter().flat_map(|t| host.leftovers(&format!("nb{}{}", pid % 10000, &t[..1]))).collect()
 }
 
 #[test]
 fn bench_runs_end_to_end_and_reports_every_figure() {
-    require_root();
+    let host = Host::new();
     let dir = std::env::temp_dir().join(format!("netpath-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (json, plot) = (dir.join("bench.json"), dir.join("bench.svg"));
-    let child = Command::new(env!("CARGO_BIN_EXE_netpath"))
+    let child = host
+        .netpath_command()
         .args(["bench", "--seconds", "1", "--repeat", "1", "--json"])
         .arg(&json)
         .arg("--plot")
@@ -70,14 +71,15 @@ fn bench_runs_end_to_end_and_reports_every_figure() {
     }
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.starts_with("<svg") && svg.matches("<rect").count() > 28, "chart has no bars");
-    assert_eq!(bench_leftovers(pid), Vec::<String>::new());
+    assert_eq!(bench_leftovers(&host, pid), Vec::<String>::new());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn an_interrupted_bench_leaves_nothing_behind() {
-    require_root();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_netpath"))
+    let host = Host::new();
+    let mut child = host
+        .netpath_command()
         .args(["bench", "--seconds", "1", "--repeat", "1"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -90,5 +92,5 @@ fn an_interrupted_bench_leaves_nothing_behind() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     let status = child.wait().unwrap();
     assert!(!status.success(), "an interrupted bench must not report success");
-    assert_eq!(bench_leftovers(pid), Vec::<String>::new());
+    assert_eq!(bench_leftovers(&host, pid), Vec::<String>::new());
 }

@@ -6,14 +6,17 @@ mod common;
 use std::{
     io::Write,
     process::{Command, Output, Stdio},
+    sync::Arc,
 };
 
-use common::{BridgeForwardCounter, in_ns, leftovers, ping, require_root, sh, unique_name};
+use common::{BridgeForwardCounter, Host, in_ns, outside, ping, unique_name};
+use netpath::{datapath::object::pin_dir, host::netns, model::naming::cni_datapath, store};
 use serde_json::{Value, json};
 
-/// Runs the plugin; returns its exit status and parsed stdout.
-fn cni(command: &str, container: &str, netns: Option<&str>, ifname: &str, conf: &Value) -> (bool, Value) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_netpath-cni"));
+/// Runs the plugin on `host`, as a runtime there would; returns its exit
+/// status and parsed stdout.
+fn cni(host: &Host, command: &str, container: &str, netns: Option<&str>, ifname: &str, conf: &Value) -> (bool, Value) {
+    let mut cmd = host.command(env!("CARGO_BIN_EXE_netpath-cni"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CNI_COMMAND", command)
@@ -42,61 +45,62 @@ struct Sandbox(String);
 
 impl Sandbox {
     fn new(name: String) -> Self {
-        assert!(sh("ip", &["netns", "add", &name]).status.success());
+        assert!(outside("ip", &["netns", "add", &name]).status.success());
         Sandbox(name)
     }
     fn path(&self) -> String {
-        format!("/run/netns/{}", self.0)
+        netns::path(&self.0).display().to_string()
     }
 }
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        sh("ip", &["netns", "del", &self.0]);
+        outside("ip", &["netns", "del", &self.0]);
     }
 }
 
 /// DELs every container of a test's network when dropped, so a failing test
 /// leaves no bridge, veth, pin or state behind.
 struct Network {
+    host: Arc<Host>,
     config: Value,
     containers: Vec<(String, String)>,
 }
 
 impl Network {
-    fn new(config: &Value, containers: impl IntoIterator<Item = (String, String)>) -> Self {
-        Network { config: config.clone(), containers: containers.into_iter().collect() }
+    fn new(host: &Arc<Host>, config: &Value, containers: impl IntoIterator<Item = (String, String)>) -> Self {
+        Network { host: host.clone(), config: config.clone(), containers: containers.into_iter().collect() }
     }
 }
 
 impl Drop for Network {
     fn drop(&mut self) {
         for (container, netns) in &self.containers {
-            cni("DEL", container, Some(netns), "eth0", &self.config);
+            cni(&self.host, "DEL", container, Some(netns), "eth0", &self.config);
         }
     }
 }
 
-fn assert_gone(bridge: &str) {
-    assert!(!sh("ip", &["link", "show", bridge]).status.success(), "bridge {bridge} left behind");
-    assert!(!std::path::Path::new(&format!("/sys/fs/bpf/netpath/_cni-{bridge}")).exists(), "pins left behind");
-    assert!(!std::path::Path::new(&format!("/run/netpath/cni/{bridge}.json")).exists(), "state left behind");
-    let links = String::from_utf8_lossy(&sh("ip", &["-o", "link", "show"]).stdout).into_owned();
+fn assert_gone(host: &Host, bridge: &str) {
+    assert!(!host.sh("ip", &["link", "show", bridge]).status.success(), "bridge {bridge} left behind");
+    assert!(!pin_dir(&cni_datapath(bridge)).exists(), "pins left behind");
+    assert!(!store::cni::path(bridge).exists(), "state left behind");
+    let links = String::from_utf8_lossy(&host.sh("ip", &["-o", "link", "show"]).stdout).into_owned();
     assert!(!links.contains(&format!("master {bridge} ")), "ports left on {bridge}");
 }
 
 #[test]
 fn version_add_check_del_as_a_runtime_drives_them() {
-    require_root();
-    let (ok, out) = cni("VERSION", "", None, "", &json!({"cniVersion": "1.0.0"}));
+    let host = Host::new();
+    let (ok, out) = cni(&host, "VERSION", "", None, "", &json!({"cniVersion": "1.0.0"}));
     assert!(ok);
     assert!(out["supportedVersions"].as_array().unwrap().contains(&json!("1.0.0")), "{out}");
 
     let bridge = unique_name("cb");
     let config = conf(&bridge, json!({"type": "netpath", "subnet": "10.180.0.0/24"}));
     let (a, b) = (Sandbox::new(format!("{bridge}-a")), Sandbox::new(format!("{bridge}-b")));
-    let _cleanup = Network::new(&config, [("ctr-a".into(), a.path()), ("ctr-b".into(), b.path())]);
-    let (ok, ra) = cni("ADD", "ctr-a", Some(&a.path()), "eth0", &config);
+    let _cleanup = Network::new(&host, &config, [("ctr-a".into(), a.path()), ("ctr-b".into(), b.path())]);
+    let (ok, ra) = cni(&host, "ADD", "ctr-a", Some(&a.path()), "eth0", &config);
     assert!(ok, "{ra}");
     assert_eq!(ra["cniVersion"], "1.0.0");
     assert_eq!(ra["ips"][0]["address"], "10.180.0.2/24");
@@ -104,37 +108,37 @@ fn version_add_check_del_as_a_runtime_drives_them() {
     assert_eq!(ra["ips"][0]["interface"], 1);
     assert_eq!(ra["interfaces"][1]["sandbox"], a.path().as_str());
     assert_eq!(ra["routes"][0]["dst"], "0.0.0.0/0");
-    let (ok, rb) = cni("ADD", "ctr-b", Some(&b.path()), "eth0", &config);
+    let (ok, rb) = cni(&host, "ADD", "ctr-b", Some(&b.path()), "eth0", &config);
     assert!(ok, "{rb}");
     assert_eq!(rb["ips"][0]["address"], "10.180.0.3/24");
     // What the result says is what the container has.
-    let addr = String::from_utf8_lossy(&sh("ip", &["-n", &a.0, "-j", "addr", "show", "dev", "eth0"]).stdout).into_owned();
+    let addr = String::from_utf8_lossy(&outside("ip", &["-n", &a.0, "-j", "addr", "show", "dev", "eth0"]).stdout).into_owned();
     assert!(addr.contains(ra["interfaces"][1]["mac"].as_str().unwrap()) && addr.contains("10.180.0.2"), "{addr}");
     assert!(ping(&a.0, "10.180.0.3"), "attached containers cannot talk");
     assert!(ping(&a.0, "10.180.0.1"), "the gateway is not on the bridge");
-    let (ok, again) = cni("ADD", "ctr-a", Some(&a.path()), "eth0", &config);
+    let (ok, again) = cni(&host, "ADD", "ctr-a", Some(&a.path()), "eth0", &config);
     assert!(ok && again["ips"] == ra["ips"], "a repeated ADD must give the same result");
 
-    let (ok, out) = cni("CHECK", "ctr-a", Some(&a.path()), "eth0", &config);
+    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &config);
     assert!(ok, "{out}");
     in_ns(&a.0, &["ip", "addr", "flush", "dev", "eth0"]);
-    let (ok, out) = cni("CHECK", "ctr-a", Some(&a.path()), "eth0", &config);
+    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &config);
     assert!(!ok && out["code"].as_u64().is_some() && out["msg"].as_str().unwrap().contains("expected"), "{out}");
 
     for (ctr, sandbox) in [("ctr-a", &a), ("ctr-b", &b)] {
-        let (ok, out) = cni("DEL", ctr, Some(&sandbox.path()), "eth0", &config);
+        let (ok, out) = cni(&host, "DEL", ctr, Some(&sandbox.path()), "eth0", &config);
         assert!(ok, "{out}");
-        let (ok, out) = cni("DEL", ctr, Some(&sandbox.path()), "eth0", &config);
+        let (ok, out) = cni(&host, "DEL", ctr, Some(&sandbox.path()), "eth0", &config);
         assert!(ok, "a second DEL must succeed: {out}");
     }
-    let (ok, out) = cni("CHECK", "ctr-a", Some(&a.path()), "eth0", &config);
+    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &config);
     assert!(!ok && out["code"] == 3, "{out}");
-    assert_gone(&bridge);
+    assert_gone(&host, &bridge);
 }
 
 #[test]
 fn bad_configs_and_environments_get_the_specs_errors() {
-    require_root();
+    let host = Host::new();
     let bridge = unique_name("cx");
     let good = conf(&bridge, json!({"type": "netpath", "subnet": "10.181.0.0/24"}));
     let sandbox = Sandbox::new(format!("{bridge}-a"));
@@ -146,59 +150,60 @@ fn bad_configs_and_environments_get_the_specs_errors() {
         ("ADD", Some(sandbox.path()), conf(&bridge, json!({"type": "netpath", "subnet": "10.0.0.1/24"})), 7),
         ("ADD", Some(sandbox.path()), conf(&bridge, json!({"type": "dhcp9000"})), 6),
         ("ADD", None, good.clone(), 4),
-        ("ADD", Some(format!("/run/netns/{bridge}-missing")), good.clone(), 4),
+        ("ADD", Some(netns::path(&format!("{bridge}-missing")).display().to_string()), good.clone(), 4),
         ("FROB", Some(sandbox.path()), good.clone(), 4),
     ];
     for (command, netns, config, code) in cases {
-        let (ok, out) = cni(command, "ctr", netns.as_deref(), "eth0", &config);
+        let (ok, out) = cni(&host, command, "ctr", netns.as_deref(), "eth0", &config);
         assert!(!ok, "{command} {config} succeeded");
         assert_eq!(out["code"], code, "{command} {config}: {out}");
         assert!(!out["msg"].as_str().unwrap().is_empty());
         assert!(out["cniVersion"].is_string());
     }
-    assert_gone(&bridge);
-    assert_eq!(leftovers(&bridge).iter().filter(|l| !l.starts_with("netns")).count(), 0);
+    assert_gone(&host, &bridge);
+    assert_eq!(host.leftovers(&bridge).iter().filter(|l| !l.starts_with("netns")).count(), 0);
 }
 
 #[test]
 fn host_local_ipam_is_delegated() {
-    require_root();
+    let host = Host::new();
     let bridge = unique_name("ch");
     let data_dir = std::env::temp_dir().join(format!("netpath-cni-{bridge}"));
     let ipam = json!({"type": "host-local", "ranges": [[{"subnet": "10.182.0.0/24"}]], "dataDir": data_dir});
     let config = conf(&bridge, ipam);
     let sandbox = Sandbox::new(format!("{bridge}-a"));
-    let _cleanup = Network::new(&config, [("ctr-h".into(), sandbox.path())]);
-    let (ok, out) = cni("ADD", "ctr-h", Some(&sandbox.path()), "eth0", &config);
+    let _cleanup = Network::new(&host, &config, [("ctr-h".into(), sandbox.path())]);
+    let (ok, out) = cni(&host, "ADD", "ctr-h", Some(&sandbox.path()), "eth0", &config);
     assert!(ok, "{out}");
     let address = out["ips"][0]["address"].as_str().unwrap().to_owned();
     assert!(address.starts_with("10.182.0."), "{out}");
     let reserved = data_dir.join("testnet").join(address.split('/').next().unwrap());
     assert!(reserved.exists(), "host-local did not record {address}");
-    let (ok, out) = cni("DEL", "ctr-h", Some(&sandbox.path()), "eth0", &config);
+    let (ok, out) = cni(&host, "DEL", "ctr-h", Some(&sandbox.path()), "eth0", &config);
     assert!(ok, "{out}");
     assert!(!reserved.exists(), "host-local still holds {address}");
     let _ = std::fs::remove_dir_all(&data_dir);
-    assert_gone(&bridge);
+    assert_gone(&host, &bridge);
 }
 
 /// 50 ADDs at once, then 50 DELs at once: no address, link or FDB entry
 /// leaks, and the containers talk over the fast path meanwhile.
 #[test]
 fn fifty_concurrent_adds_and_dels() {
-    require_root();
+    let host = Host::new();
     let bridge = unique_name("cc");
     let config = conf(&bridge, json!({"type": "netpath", "subnet": "10.183.0.0/24"}));
     let sandboxes: Vec<Sandbox> = (0..50).map(|i| Sandbox::new(format!("{bridge}-{i}"))).collect();
-    let _cleanup = Network::new(&config, sandboxes.iter().enumerate().map(|(i, s)| (format!("ctr-{i}"), s.path())));
+    let _cleanup = Network::new(&host, &config, sandboxes.iter().enumerate().map(|(i, s)| (format!("ctr-{i}"), s.path())));
     let run_all = |command: &'static str| -> Vec<(bool, Value)> {
+        let host = &host;
         std::thread::scope(|scope| {
             let handles: Vec<_> = sandboxes
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
                     let config = config.clone();
-                    scope.spawn(move || cni(command, &format!("ctr-{i}"), Some(&s.path()), "eth0", &config))
+                    scope.spawn(move || cni(host, command, &format!("ctr-{i}"), Some(&s.path()), "eth0", &config))
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -216,18 +221,15 @@ fn fifty_concurrent_adds_and_dels() {
     addresses.dedup();
     assert_eq!(addresses.len(), 50, "addresses were handed out twice");
 
-    let fdb: Value = serde_json::from_str(&String::from_utf8_lossy(
-        &Command::new(env!("CARGO_BIN_EXE_netpath")).args(["fdb", "dump", "--name", &bridge, "--json"]).output().unwrap().stdout,
-    ))
-    .unwrap();
+    let fdb: Value = serde_json::from_str(&host.netpath_ok(&["fdb", "dump", "--name", &bridge, "--json"])).unwrap();
     assert_eq!(fdb.as_array().unwrap().iter().filter(|e| e["state"] == "static").count(), 50);
 
     // Two attached containers over the fast path: the bridge forwards ~none
-    // of their ping flood (counted by this test's subnet: the other tests'
-    // bridges and the new containers' own multicast chatter are not ours).
+    // of their ping flood (counted by this test's subnet: the new
+    // containers' own multicast chatter is not ours).
     let target = added[1].1["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned();
     assert!(ping(&sandboxes[0].0, &target));
-    let bridge_counter = BridgeForwardCounter::new(&bridge, "ip saddr 10.183.0.0/24 ip protocol icmp");
+    let bridge_counter = BridgeForwardCounter::new(&host, &bridge, "ip saddr 10.183.0.0/24 ip protocol icmp");
     let flood = in_ns(&sandboxes[0].0, &["ping", "-f", "-c", "1000", "-q", &target]);
     assert!(flood.status.success());
     let packets = bridge_counter.packets();
@@ -237,7 +239,7 @@ fn fifty_concurrent_adds_and_dels() {
     for (ok, out) in run_all("DEL") {
         assert!(ok, "{out}");
     }
-    assert_gone(&bridge);
+    assert_gone(&host, &bridge);
 }
 
 /// Builds tests/cni-client (a cnitool-like driver on libcni) with Go.
@@ -262,7 +264,7 @@ fn build_cni_client() -> std::path::PathBuf {
 /// netpath's result as prevResult).
 #[test]
 fn libcni_drives_the_plugin_in_a_chain() {
-    require_root();
+    let host = Host::new();
     let client = build_cni_client();
     let bridge = unique_name("cl");
     let conf_dir = std::env::temp_dir().join(format!("netpath-conf-{bridge}"));
@@ -279,7 +281,7 @@ fn libcni_drives_the_plugin_in_a_chain() {
     let plugin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_netpath-cni")).parent().unwrap().to_owned();
     let cni_path = format!("{}:/usr/lib/cni", plugin_dir.display());
     let run = |verb: &str, sandbox: &Sandbox| -> Output {
-        Command::new(&client)
+        host.command(&client)
             .args([verb, conf_dir.to_str().unwrap(), &bridge, &sandbox.path()])
             .env("CNI_PATH", &cni_path)
             .output()
@@ -304,7 +306,7 @@ fn libcni_drives_the_plugin_in_a_chain() {
         assert!(out.status.success(), "libcni DEL: {}", String::from_utf8_lossy(&out.stderr));
     }
     std::fs::remove_dir_all(&conf_dir).unwrap();
-    assert_gone(&bridge);
+    assert_gone(&host, &bridge);
 }
 
 /// netpath IPAM over an IPv4 and an IPv6 subnet: the result lists both
@@ -313,29 +315,29 @@ fn libcni_drives_the_plugin_in_a_chain() {
 /// bridge mode it forwards all of it).
 #[test]
 fn dual_stack_addresses_and_routes() {
-    require_root();
+    let host = Host::new();
     let bridge = unique_name("c6");
     let config = conf(&bridge, json!({"type": "netpath", "subnet": ["10.185.0.0/24", "fd00:185::/64"]}));
     let (a, b) = (Sandbox::new(format!("{bridge}-a")), Sandbox::new(format!("{bridge}-b")));
-    let _cleanup = Network::new(&config, [("ctr-a".into(), a.path()), ("ctr-b".into(), b.path())]);
-    let (ok, ra) = cni("ADD", "ctr-a", Some(&a.path()), "eth0", &config);
+    let _cleanup = Network::new(&host, &config, [("ctr-a".into(), a.path()), ("ctr-b".into(), b.path())]);
+    let (ok, ra) = cni(&host, "ADD", "ctr-a", Some(&a.path()), "eth0", &config);
     assert!(ok, "{ra}");
     assert_eq!(ra["ips"][0]["address"], "10.185.0.2/24");
     assert_eq!(ra["ips"][1]["address"], "fd00:185::2/64");
     assert_eq!(ra["ips"][1]["gateway"], "fd00:185::1");
     assert_eq!(ra["routes"][1]["dst"], "::/0");
-    let (ok, rb) = cni("ADD", "ctr-b", Some(&b.path()), "eth0", &config);
+    let (ok, rb) = cni(&host, "ADD", "ctr-b", Some(&b.path()), "eth0", &config);
     assert!(ok, "{rb}");
     assert_eq!(rb["ips"][1]["address"], "fd00:185::3/64");
-    let (ok, out) = cni("CHECK", "ctr-b", Some(&b.path()), "eth0", &config);
+    let (ok, out) = cni(&host, "CHECK", "ctr-b", Some(&b.path()), "eth0", &config);
     assert!(ok, "{out}");
     assert!(ping(&a.0, "fd00:185::3"), "containers cannot talk over IPv6");
     assert!(ping(&a.0, "fd00:185::1"), "the IPv6 gateway is not on the bridge");
-    let counter = BridgeForwardCounter::new(&bridge, "ip6 daddr fd00:185::3 icmpv6 type echo-request");
+    let counter = BridgeForwardCounter::new(&host, &bridge, "ip6 daddr fd00:185::3 icmpv6 type echo-request");
     assert!(in_ns(&a.0, &["ping", "-f", "-c", "1000", "-q", "fd00:185::3"]).status.success());
     assert!(counter.packets() <= 10, "the bridge forwarded {} of 1000 IPv6 pings", counter.packets());
     for (ctr, sandbox) in [("ctr-a", &a), ("ctr-b", &b)] {
-        assert!(cni("DEL", ctr, Some(&sandbox.path()), "eth0", &config).0);
+        assert!(cni(&host, "DEL", ctr, Some(&sandbox.path()), "eth0", &config).0);
     }
-    assert_gone(&bridge);
+    assert_gone(&host, &bridge);
 }

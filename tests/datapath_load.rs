@@ -41,16 +41,16 @@ fn pins_of_another_layout_are_refused() {
     set_layout(netpath_common::LAYOUT_VERSION + 7);
     let up = ["up", "--name", &t.name, "--containers", "2", "--subnet", "10.160.0.0/24", "--mode", "tc"];
     for args in [&up[..], &["fdb", "dump", "--name", &t.name], &["stats", "--name", &t.name]] {
-        let out = common::netpath(args);
+        let out = t.netpath(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "netpath {args:?} used pins of another layout");
         let expected = format!("map layout {}", netpath_common::LAYOUT_VERSION + 7);
         assert!(stderr.contains(&expected) && stderr.contains(&dir.display().to_string()), "netpath {args:?}: {stderr}");
     }
     set_layout(netpath_common::LAYOUT_VERSION);
-    common::netpath_ok(&up);
-    common::netpath_ok(&["fdb", "dump", "--name", &t.name]);
+    t.netpath_ok(&up);
+    t.netpath_ok(&["fdb", "dump", "--name", &t.name]);
     set_layout(netpath_common::LAYOUT_VERSION + 7);
-    common::netpath_ok(&["down", "--name", &t.name]);
+    t.netpath_ok(&["down", "--name", &t.name]);
     assert!(!dir.exists(), "down left the pins of another layout");
 }

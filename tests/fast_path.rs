@@ -10,12 +10,12 @@ use std::{
     time::Duration,
 };
 
-use common::{BridgeForwardCounter, Running, Topology, counter, in_ns, link_packets, netpath_ok, ping, program_counters, quiet, sh, verdicts};
+use common::{BridgeForwardCounter, Host, Running, Topology, in_ns, link_packets, ping, quiet, state_path, verdicts};
 use serde_json::Value;
 
 /// `ethtool -S` counter of a host-side veth.
-fn ethtool_stat(dev: &str, name: &str) -> u64 {
-    let out = String::from_utf8_lossy(&sh("ethtool", &["-S", dev]).stdout).into_owned();
+fn ethtool_stat(host: &Host, dev: &str, name: &str) -> u64 {
+    let out = String::from_utf8_lossy(&host.sh("ethtool", &["-S", dev]).stdout).into_owned();
     out.lines()
         .filter_map(|l| l.trim().split_once(": "))
         .filter(|(k, _)| *k == name)
@@ -57,11 +57,11 @@ fn bulk_traffic_takes_the_fast_path(mode: &str, subnets: &[&str], ip1: &str) {
     let t = Topology::up(mode, &args);
     let (c0, c1) = (t.ns("c0"), t.ns("c1"));
     assert!(ping(&c0, ip1));
-    let bridge = BridgeForwardCounter::from_ports_of(&t.name);
-    let before_tx: Vec<u64> = [&c0, &c1].iter().map(|ns| link_packets(Some(ns), "eth0").1).collect();
+    let bridge = BridgeForwardCounter::from_ports_of(&t);
+    let before_tx: Vec<u64> = [&c0, &c1].iter().map(|ns| link_packets(ns, "eth0").1).collect();
     let before_host: Vec<(u64, u64)> =
-        ["c0", "c1"].iter().map(|c| (link_packets(None, &t.ns(c)).0, ethtool_stat(&t.ns(c), "rx_queue_0_xdp_packets"))).collect();
-    let before_verdicts: Vec<u64> = program_counters(&t.name).iter().map(|(_, c)| verdicts(c)).collect();
+        ["c0", "c1"].iter().map(|c| (t.link_packets(&t.ns(c)).0, ethtool_stat(&t, &t.ns(c), "rx_queue_0_xdp_packets"))).collect();
+    let before_verdicts: Vec<u64> = t.program_counters().iter().map(|(_, c)| verdicts(c)).collect();
 
     let tcp = iperf(&c0, &c1, ip1, 5201, &[]);
     let tcp_reverse = iperf(&c0, &c1, ip1, 5202, &["-R"]);
@@ -78,7 +78,7 @@ fn bulk_traffic_takes_the_fast_path(mode: &str, subnets: &[&str], ip1: &str) {
     assert!(udp_received > 10_000, "{mode}: UDP delivered only {udp_received} packets");
 
     let sent: Vec<u64> =
-        [&c0, &c1].iter().zip(&before_tx).map(|(ns, b)| link_packets(Some(ns), "eth0").1 - b).collect();
+        [&c0, &c1].iter().zip(&before_tx).map(|(ns, b)| link_packets(ns, "eth0").1 - b).collect();
     let total: u64 = sent.iter().sum();
     let through_bridge = bridge.packets();
     println!("{mode}: containers sent {total} frames, the bridge forwarded {through_bridge}");
@@ -89,14 +89,14 @@ fn bulk_traffic_takes_the_fast_path(mode: &str, subnets: &[&str], ip1: &str) {
 
     // Every frame a container sent reached its host-side veth and one of the
     // program's verdicts; the kernel's own counter says the same.
-    let after_verdicts: Vec<u64> = program_counters(&t.name).iter().map(|(_, c)| verdicts(c)).collect();
+    let after_verdicts: Vec<u64> = t.program_counters().iter().map(|(_, c)| verdicts(c)).collect();
     for (i, c) in ["c0", "c1"].iter().enumerate() {
         let port = t.ns(c);
         let decided = after_verdicts[i] - before_verdicts[i];
         let seen_by_kernel = if mode == "xdp" {
-            ethtool_stat(&port, "rx_queue_0_xdp_packets") - before_host[i].1
+            ethtool_stat(&t, &port, "rx_queue_0_xdp_packets") - before_host[i].1
         } else {
-            link_packets(None, &port).0 - before_host[i].0
+            t.link_packets(&port).0 - before_host[i].0
         };
         let slack = 5 + sent[i] / 1000;
         println!("{mode}: {port}: sent {} frames, program decided {decided}, kernel counted {seen_by_kernel}", sent[i]);
@@ -129,7 +129,7 @@ fn tc_mode_carries_ipv6_bulk_traffic() {
 #[test]
 fn ipv6_neighbour_discovery_goes_through_the_bridge() {
     let t = Topology::up("nd", &["--containers", "2", "--subnet", "10.116.0.0/24", "--subnet", "fd00:116::/64"]);
-    let solicitations = BridgeForwardCounter::new(&format!("{}nd", t.name), &format!("iifname \"{}-*\" icmpv6 type nd-neighbor-solicit", t.name));
+    let solicitations = BridgeForwardCounter::new(&t.host, &format!("{}nd", t.name), &format!("iifname \"{}-*\" icmpv6 type nd-neighbor-solicit", t.name));
     in_ns(&t.ns("c0"), &["ip", "-6", "neigh", "flush", "all"]);
     assert!(ping(&t.ns("c0"), "fd00:116::3"), "c0 cannot reach c1 over IPv6");
     assert!(ping(&t.ns("c0"), "fd00:116::1"), "c0 cannot reach the bridge over IPv6");
@@ -148,11 +148,11 @@ fn tc_mode_carries_bulk_traffic() {
 #[test]
 fn bridge_mode_shows_up_on_the_bridge_counter() {
     let t = Topology::up("brm", &["--containers", "2", "--subnet", "10.113.0.0/24", "--mode", "bridge"]);
-    let bridge = BridgeForwardCounter::from_ports_of(&t.name);
-    let before = link_packets(Some(&t.ns("c0")), "eth0").1;
+    let bridge = BridgeForwardCounter::from_ports_of(&t);
+    let before = link_packets(&t.ns("c0"), "eth0").1;
     let flood = in_ns(&t.ns("c0"), &["ping", "-f", "-c", "2000", "-q", "10.113.0.3"]);
     assert!(flood.status.success());
-    let sent = link_packets(Some(&t.ns("c0")), "eth0").1 - before;
+    let sent = link_packets(&t.ns("c0"), "eth0").1 - before;
     assert!(bridge.packets() >= sent * 9 / 10, "bridge forwarded {} of {sent}", bridge.packets());
 }
 
@@ -177,16 +177,16 @@ fn what_the_fast_path_does_not_know_still_works() {
         let out = in_ns(&c0, &["ping", "-b", "-c", "2", "-W", "2", &ip(255)]);
         assert!(String::from_utf8_lossy(&out.stdout).contains(&ip(3)), "{mode}: broadcast ping unanswered");
         if *mode != "bridge" {
-            assert!(counter(&t.name, &t.ns("c0"), "pass_multicast") > 0, "{mode}: broadcast not counted");
-            assert!(counter(&t.name, &t.ns("c0"), "pass_host") > 0, "{mode}: bridge traffic not counted");
+            assert!(t.counter(&t.ns("c0"), "pass_multicast") > 0, "{mode}: broadcast not counted");
+            assert!(t.counter(&t.ns("c0"), "pass_host") > 0, "{mode}: bridge traffic not counted");
             // An unknown destination: forget c2, and let c0 send to its MAC
             // without asking ARP first (which would make c2 answer and be learned).
             let mac = t.status()["ports"][2]["mac"].as_str().unwrap().to_owned();
             in_ns(&c0, &["ip", "neigh", "replace", &ip(4), "lladdr", &mac, "dev", "eth0"]);
-            netpath_ok(&["fdb", "del", "--name", &t.name, &mac]);
-            let before = counter(&t.name, &t.ns("c0"), "pass_unknown");
+            t.netpath_ok(&["fdb", "del", "--name", &t.name, &mac]);
+            let before = t.counter(&t.ns("c0"), "pass_unknown");
             assert!(ping(&c0, &ip(4)), "{mode}: unknown destination");
-            assert!(counter(&t.name, &t.ns("c0"), "pass_unknown") > before, "{mode}: unknown not counted");
+            assert!(t.counter(&t.ns("c0"), "pass_unknown") > before, "{mode}: unknown not counted");
         } else {
             assert!(ping(&c0, &ip(4)));
         }
@@ -204,14 +204,14 @@ fn a_forged_source_mac_does_not_steal_traffic() {
         // c2 takes c1's MAC and sends frames with it.
         in_ns(&attacker, &["ip", "link", "set", "dev", "eth0", "address", &victim_mac]);
         in_ns(&attacker, &["ping", "-c", "3", "-i", "0.2", "-W", "1", &format!("10.{}.0.2", 117 + i)]);
-        let fdb: Value = serde_json::from_str(&netpath_ok(&["fdb", "dump", "--name", &t.name, "--json"])).unwrap();
+        let fdb: Value = serde_json::from_str(&t.netpath_ok(&["fdb", "dump", "--name", &t.name, "--json"])).unwrap();
         let entry = fdb.as_array().unwrap().iter().find(|e| e["mac"] == victim_mac.as_str()).unwrap().clone();
         assert_eq!(entry["state"], "static", "{mode}");
         assert_eq!(entry["ifname"], t.ns("c1").as_str(), "{mode}: static entry moved");
-        assert!(counter(&t.name, &t.ns("c2"), "spoofed_source") > 0, "{mode}: spoofing not counted");
-        let before = link_packets(Some(&t.ns("c1")), "eth0").0;
+        assert!(t.counter(&t.ns("c2"), "spoofed_source") > 0, "{mode}: spoofing not counted");
+        let before = link_packets(&t.ns("c1"), "eth0").0;
         assert!(ping(&t.ns("c0"), &victim_ip), "{mode}: the victim no longer gets its traffic");
-        assert!(link_packets(Some(&t.ns("c1")), "eth0").0 > before, "{mode}");
+        assert!(link_packets(&t.ns("c1"), "eth0").0 > before, "{mode}");
     }
 }
 
@@ -219,7 +219,7 @@ fn a_forged_source_mac_does_not_steal_traffic() {
 fn fdb_lists_every_container_and_learned_entries_age_out() {
     let mut run = Running::start("age", &["--containers", "3", "--subnet", "10.119.0.0/24", "--ageing", "2"]);
     let (t, name) = (&run.topology, run.topology.name.clone());
-    let fdb: Value = serde_json::from_str(&netpath_ok(&["fdb", "dump", "--name", &name, "--json"])).unwrap();
+    let fdb: Value = serde_json::from_str(&t.netpath_ok(&["fdb", "dump", "--name", &name, "--json"])).unwrap();
     let status = t.status();
     for port in status["ports"].as_array().unwrap() {
         let entry = fdb.as_array().unwrap().iter().find(|e| e["mac"] == port["mac"]).expect("container MAC in FDB");
@@ -229,19 +229,19 @@ fn fdb_lists_every_container_and_learned_entries_age_out() {
     // Replace c1's static entry by a learned one, then let it age.
     let mac = status["ports"][1]["mac"].as_str().unwrap().to_owned();
     quiet(&t.ns("c1"));
-    netpath_ok(&["fdb", "del", "--name", &name, &mac]);
+    t.netpath_ok(&["fdb", "del", "--name", &name, &mac]);
     assert!(ping(&t.ns("c0"), "10.119.0.3"));
     let learned = |dump: &str| -> Option<Value> {
         let v: Value = serde_json::from_str(dump).unwrap();
         v.as_array().unwrap().iter().find(|e| e["mac"] == mac.as_str()).cloned()
     };
-    let entry = learned(&netpath_ok(&["fdb", "dump", "--name", &name, "--json"])).expect("c1 relearned");
+    let entry = learned(&t.netpath_ok(&["fdb", "dump", "--name", &name, "--json"])).expect("c1 relearned");
     assert_eq!(entry["state"], "learned");
     assert_eq!(entry["ifname"], t.ns("c1").as_str());
     sleep(Duration::from_secs(5));
-    assert!(learned(&netpath_ok(&["fdb", "dump", "--name", &name, "--json"])).is_none(), "learned entry did not age out");
+    assert!(learned(&t.netpath_ok(&["fdb", "dump", "--name", &name, "--json"])).is_none(), "learned entry did not age out");
     assert!(run.interrupt());
-    assert!(!std::path::Path::new(&format!("/run/netpath/{name}.json")).exists(), "run did not tear down");
+    assert!(!state_path(&name).exists(), "run did not tear down");
 }
 
 #[test]
@@ -257,14 +257,14 @@ fn the_datapath_survives_a_killed_loader_and_is_adopted() {
     sleep(Duration::from_secs(1));
     run.child.kill().unwrap(); // SIGKILL
     run.child.wait().unwrap();
-    let before = counter(&name, &t.ns("c0"), "redirected");
+    let before = t.counter(&t.ns("c0"), "redirected");
     let out = client.wait_with_output().unwrap();
     let _ = server.wait();
     assert!(out.status.success(), "iperf3 failed after the loader was killed");
-    let after = counter(&name, &t.ns("c0"), "redirected");
+    let after = t.counter(&t.ns("c0"), "redirected");
     assert!(after > before, "the fast path stopped counting after SIGKILL ({before} -> {after})");
     // A new loader adopts the pinned datapath instead of attaching it twice.
-    let again = netpath_ok(&["up", "--name", &name, "--containers", "2", "--subnet", "10.121.0.0/24", "--mode", "tc"]);
+    let again = t.netpath_ok(&["up", "--name", &name, "--containers", "2", "--subnet", "10.121.0.0/24", "--mode", "tc"]);
     assert!(again.contains("already up"), "{again}");
     // Exactly one tc program per port, attached the way this kernel (or
     // NETPATH_TC_METHOD) asks for.
@@ -287,7 +287,7 @@ fn mode_switches_live_without_losing_the_ping() {
         .unwrap();
     for mode in ["tc", "bridge", "xdp"] {
         sleep(Duration::from_millis(1000));
-        netpath_ok(&["mode", "--name", &t.name, mode]);
+        t.netpath_ok(&["mode", "--name", &t.name, mode]);
         assert_eq!(t.status()["mode"], mode);
     }
     let out = pinger.wait_with_output().unwrap();
@@ -298,7 +298,7 @@ fn mode_switches_live_without_losing_the_ping() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no summary in {summary}"));
     assert!(received >= 247, "lost {} pings while switching modes: {summary}", 250 - received);
-    assert!(counter(&t.name, &t.ns("c0"), "redirected") > 0);
+    assert!(t.counter(&t.ns("c0"), "redirected") > 0);
 }
 
 /// The two offloads xdp mode changes inside a container, as `ethtool -k`
@@ -335,7 +335,7 @@ fn every_mode_switch_leaves_the_target_modes_offloads() {
             if t.status()["mode"] == mode {
                 continue;
             }
-            netpath_ok(&["mode", "--name", &t.name, mode]);
+            t.netpath_ok(&["mode", "--name", &t.name, mode]);
             switches += 1;
             sleep(Duration::from_millis(300));
             let want = if mode == "xdp" { &xdp } else { &plain };

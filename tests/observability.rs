@@ -6,17 +6,18 @@ mod common;
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
-    process::{Command, Stdio},
+    process::Stdio,
     thread::sleep,
     time::{Duration, Instant},
 };
 
-use common::{Running, Topology, in_ns, netpath_ok, ping, quiet, sh};
+use common::{Host, Running, Topology, in_ns, outside, ping, quiet};
 use serde_json::Value;
 
-fn trace(topology: &str, args: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_netpath"))
-        .args(["trace", "--name", topology])
+fn trace(topology: &Topology, args: &[&str]) -> std::process::Child {
+    topology
+        .netpath_command()
+        .args(["trace", "--name", &topology.name])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -34,13 +35,13 @@ fn trace_writes_a_pcap_that_tcpdump_reads() {
         assert!(ping(&t.ns("c0"), &peer)); // ARP done before the capture
         let pcap = std::env::temp_dir().join(format!("{}.pcap", t.name));
         let filter = format!("ip {peer}");
-        let tracer = trace(&t.name, &["--count", "6", "--write", pcap.to_str().unwrap(), "--filter", &filter]);
+        let tracer = trace(&t, &["--count", "6", "--write", pcap.to_str().unwrap(), "--filter", &filter]);
         sleep(Duration::from_millis(500));
         let out = in_ns(&t.ns("c0"), &["ping", "-c", "3", "-i", "0.2", &peer]);
         assert!(out.status.success());
         let traced = tracer.wait_with_output().unwrap();
         assert!(traced.status.success(), "{mode}: trace failed: {}", String::from_utf8_lossy(&traced.stderr));
-        let read = sh("tcpdump", &["-r", pcap.to_str().unwrap(), "-n", "-e"]);
+        let read = outside("tcpdump", &["-r", pcap.to_str().unwrap(), "-n", "-e"]);
         let text = String::from_utf8_lossy(&read.stdout).into_owned();
         std::fs::remove_file(&pcap).unwrap();
         let requests = text.lines().filter(|l| l.contains("ICMP echo request")).count();
@@ -60,13 +61,13 @@ fn tracing_is_off_unless_asked() {
     let t = Topology::up("toff", &["--containers", "2", "--subnet", "10.162.0.0/24"]);
     let flood = in_ns(&t.ns("c0"), &["ping", "-f", "-c", "500", "-q", "10.162.0.3"]);
     assert!(flood.status.success());
-    let tracer = trace(&t.name, &["--count", "1"]);
+    let tracer = trace(&t, &["--count", "1"]);
     sleep(Duration::from_millis(1500));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(tracer.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     let out = tracer.wait_with_output().unwrap();
     assert!(out.stdout.is_empty(), "frames traced while tracing was off: {}", String::from_utf8_lossy(&out.stdout));
     // And when asked, it does see them, as lines.
-    let tracer = trace(&t.name, &["--count", "2", "--port", "c0"]);
+    let tracer = trace(&t, &["--count", "2", "--port", "c0"]);
     sleep(Duration::from_millis(500));
     assert!(ping(&t.ns("c0"), "10.162.0.3"));
     assert!(in_ns(&t.ns("c0"), &["ping", "-c", "1", "10.162.0.3"]).status.success());
@@ -83,7 +84,8 @@ fn monitor_reports_learned_and_aged_out_entries() {
     // c1 speaks only when spoken to, so its learned entry can age.
     quiet(&t.ns("c1"));
     let mac = t.status()["ports"][1]["mac"].as_str().unwrap().to_owned();
-    let mut monitor = Command::new(env!("CARGO_BIN_EXE_netpath"))
+    let mut monitor = t
+        .netpath_command()
         .args(["monitor", "--name", &t.name, "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -93,7 +95,7 @@ fn monitor_reports_learned_and_aged_out_entries() {
     // Wait until it has its first snapshot, or it would miss the first events.
     let ready = BufReader::new(monitor.stderr.take().unwrap()).lines().next().unwrap().unwrap();
     assert!(ready.starts_with("monitoring the FDB"), "{ready}");
-    netpath_ok(&["fdb", "del", "--name", &t.name, &mac]);
+    t.netpath_ok(&["fdb", "del", "--name", &t.name, &mac]);
     assert!(ping(&t.ns("c0"), "10.163.0.3")); // c1 answers: learned
     let mut seen = Vec::new();
     let started = Instant::now();
@@ -109,23 +111,28 @@ fn monitor_reports_learned_and_aged_out_entries() {
     assert_eq!(kinds, ["static_removed", "learned", "aged_out"]);
 }
 
-/// `netpath run` of 2 containers on `subnet`, serving metrics on a free
-/// loopback port; returns once that port answers, with its address.
+/// `netpath run` of 2 containers on `subnet`, serving metrics on the
+/// loopback of its own host namespace (where every port is free); returns
+/// once that port answers, with its address.
 fn run_with_metrics(tag: &str, subnet: &str) -> (Running, String) {
-    // The kernel's pick of a port no one listens on now.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let addr = "127.0.0.1:9465".to_owned();
     let run = Running::start(tag, &["--containers", "2", "--subnet", subnet, "--metrics", &addr]);
     // `run` serves metrics a moment after the topology is up.
     let started = Instant::now();
-    while TcpStream::connect(&addr).is_err() {
+    while !run.topology.run(|| TcpStream::connect(&addr).is_ok()) {
         assert!(started.elapsed() < Duration::from_secs(5), "nothing listens on {addr}");
         sleep(Duration::from_millis(50));
     }
     (run, addr)
 }
 
-/// GET `path`; the whole response must come within `SCRAPE_TIMEOUT`.
-fn get(addr: &str, path: &str) -> String {
+/// GET `path` on `host` (where `run` listens); the whole response must come
+/// within `SCRAPE_TIMEOUT`.
+fn get(host: &Host, addr: &str, path: &str) -> String {
+    host.run(|| get_here(addr, path))
+}
+
+fn get_here(addr: &str, path: &str) -> String {
     let started = Instant::now();
     let mut stream = TcpStream::connect_timeout(&addr.parse().unwrap(), SCRAPE_TIMEOUT).unwrap();
     stream.set_read_timeout(Some(SCRAPE_TIMEOUT)).unwrap();
@@ -140,8 +147,8 @@ fn get(addr: &str, path: &str) -> String {
 }
 
 /// The body of a successful GET /metrics.
-fn scrape(addr: &str) -> String {
-    let response = get(addr, "/metrics");
+fn scrape(host: &Host, addr: &str) -> String {
+    let response = get(host, addr, "/metrics");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response.split_once("\r\n\r\n").unwrap().1.to_owned()
 }
@@ -188,12 +195,12 @@ fn metrics_answer_on_loopback_and_move_with_traffic() {
     let (run, addr) = run_with_metrics("met", "10.164.0.0/24");
     let t = &run.topology;
     let series = format!("netpath_redirected_packets_total{{topology=\"{}\",port=\"{}\"}}", t.name, t.ns("c0"));
-    let before = parse_prometheus(&scrape(&addr));
+    let before = parse_prometheus(&scrape(t, &addr));
     assert_eq!(before[&format!("netpath_info{{topology=\"{}\",mode=\"tc\"}}", t.name)], 1.0);
     assert_eq!(before[&format!("netpath_fdb_entries{{topology=\"{}\",state=\"static\"}}", t.name)], 2.0);
     let flood = in_ns(&t.ns("c0"), &["ping", "-f", "-c", "200", "-q", "10.164.0.3"]);
     assert!(flood.status.success());
-    let after = parse_prometheus(&scrape(&addr));
+    let after = parse_prometheus(&scrape(t, &addr));
     assert!(after[&series] >= before[&series] + 200.0, "{series}: {} -> {}", before[&series], after[&series]);
 }
 
@@ -202,12 +209,13 @@ fn metrics_answer_on_loopback_and_move_with_traffic() {
 #[test]
 fn metrics_scrape_succeeds_while_a_client_idles() {
     let (run, addr) = run_with_metrics("mid", "10.165.0.0/24");
-    let idle = TcpStream::connect(&addr).unwrap();
+    let t = &run.topology;
+    let idle = t.run(|| TcpStream::connect(&addr).unwrap());
     sleep(Duration::from_millis(200)); // accepted by now
     let started = Instant::now();
-    let samples = parse_prometheus(&scrape(&addr));
+    let samples = parse_prometheus(&scrape(t, &addr));
     eprintln!("scrape with an idle client open: {:?}", started.elapsed());
-    assert_eq!(samples[&format!("netpath_info{{topology=\"{}\",mode=\"tc\"}}", run.topology.name)], 1.0);
-    assert!(get(&addr, "/").starts_with("HTTP/1.1 404"));
+    assert_eq!(samples[&format!("netpath_info{{topology=\"{}\",mode=\"tc\"}}", t.name)], 1.0);
+    assert!(get(t, &addr, "/").starts_with("HTTP/1.1 404"));
     drop(idle);
 }

@@ -9,10 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    Running, Topology, counter, frame, in_ns, leftovers, program_counters, quiet, verdicts, link_packets, netpath, netpath_ok, parse_mac, ping, require_root,
-    send_raw_frames, sh, unique_name,
-};
+use common::{Host, Running, Topology, frame, in_ns, link_packets, outside, parse_mac, ping, quiet, send_raw_frames, unique_name};
+use netpath::datapath::object::pin_dir;
 use serde_json::Value;
 
 fn spawn_in(ns: &str, args: &[&str]) -> Child {
@@ -21,13 +19,8 @@ fn spawn_in(ns: &str, args: &[&str]) -> Child {
     Command::new("ip").args(&full).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
-/// Every verdict of every port of the topology.
-fn all_verdicts(topology: &str) -> u64 {
-    program_counters(topology).iter().map(|(_, packets)| verdicts(packets)).sum()
-}
-
-fn fdb(topology: &str) -> Vec<Value> {
-    let doc: Value = serde_json::from_str(&netpath_ok(&["fdb", "dump", "--name", topology, "--json"])).unwrap();
+fn fdb(topology: &Topology) -> Vec<Value> {
+    let doc: Value = serde_json::from_str(&topology.netpath_ok(&["fdb", "dump", "--name", &topology.name, "--json"])).unwrap();
     doc.as_array().unwrap().clone()
 }
 
@@ -37,13 +30,13 @@ fn fdb(topology: &str) -> Vec<Value> {
 fn sixteen_pairs_of_tcp_in_every_mode() {
     let t = Topology::up("load", &["--containers", "32", "--subnet", "10.140.0.0/24", "--mode", "xdp"]);
     for mode in ["xdp", "tc", "bridge"] {
-        netpath_ok(&["mode", "--name", &t.name, mode]);
+        t.netpath_ok(&["mode", "--name", &t.name, mode]);
         let servers: Vec<Child> = (0..16)
             .map(|p| spawn_in(&t.ns(&format!("c{}", 2 * p + 1)), &["iperf3", "-s", "-1", "-p", "5401"]))
             .collect();
         sleep(Duration::from_millis(500));
-        let sent_before: u64 = (0..32).map(|c| link_packets(Some(&t.ns(&format!("c{c}"))), "eth0").1).sum();
-        let verdicts_before = if mode == "bridge" { 0 } else { all_verdicts(&t.name) };
+        let sent_before: u64 = (0..32).map(|c| link_packets(&t.ns(&format!("c{c}")), "eth0").1).sum();
+        let verdicts_before = if mode == "bridge" { 0 } else { t.all_verdicts() };
         let clients: Vec<Child> = (0..16)
             .map(|p| {
                 let server_ip = format!("10.140.0.{}", 2 * p + 3);
@@ -73,8 +66,8 @@ fn sixteen_pairs_of_tcp_in_every_mode() {
         if mode != "bridge" {
             // Every frame the containers sent met a verdict of the programs.
             let sent: u64 =
-                (0..32).map(|c| link_packets(Some(&t.ns(&format!("c{c}"))), "eth0").1).sum::<u64>() - sent_before;
-            let decided = all_verdicts(&t.name) - verdicts_before;
+                (0..32).map(|c| link_packets(&t.ns(&format!("c{c}")), "eth0").1).sum::<u64>() - sent_before;
+            let decided = t.all_verdicts() - verdicts_before;
             assert!(decided.abs_diff(sent) <= 50 + sent / 1000, "{mode}: {sent} frames sent, {decided} decided");
         }
     }
@@ -92,16 +85,16 @@ fn churn_under_load() {
     sleep(Duration::from_millis(300));
     let client = spawn_in(&t.ns("c2"), &["iperf3", "-c", "10.141.0.5", "-p", "5402", "-t", "5", "-J"]);
 
-    netpath_ok(&["port", "add", "--name", &name, "x1"]);
-    netpath_ok(&["port", "del", "--name", &name, "x1"]);
+    t.netpath_ok(&["port", "add", "--name", &name, "x1"]);
+    t.netpath_ok(&["port", "del", "--name", &name, "x1"]);
     let status = t.status();
     let c4 = status["ports"].as_array().unwrap().iter().find(|p| p["netns"] == t.ns("c4")).unwrap().clone();
     let (c4_mac, c4_ifindex) = (c4["mac"].as_str().unwrap().to_owned(), c4["ifindex"].as_u64().unwrap());
     // A crashed runtime: the namespace goes, netpath is not asked.
-    assert!(sh("ip", &["netns", "del", &t.ns("c4")]).status.success());
+    assert!(outside("ip", &["netns", "del", &t.ns("c4")]).status.success());
     let started = Instant::now();
     loop {
-        let gone = fdb(&name).iter().all(|e| e["ifindex"].as_u64() != Some(c4_ifindex));
+        let gone = fdb(t).iter().all(|e| e["ifindex"].as_u64() != Some(c4_ifindex));
         if gone && !t.status()["ports"].as_array().unwrap().iter().any(|p| p["netns"] == t.ns("c4")) {
             break;
         }
@@ -110,8 +103,8 @@ fn churn_under_load() {
     }
     // The container comes back on a new port, same MAC, same address.
     let started = Instant::now();
-    netpath_ok(&["port", "add", "--name", &name, "c4b", "--mac", &c4_mac, "--ip", "10.141.0.6/24"]);
-    let entry = fdb(&name).into_iter().find(|e| e["mac"] == c4_mac.as_str()).expect("MAC back in the FDB");
+    t.netpath_ok(&["port", "add", "--name", &name, "c4b", "--mac", &c4_mac, "--ip", "10.141.0.6/24"]);
+    let entry = fdb(t).into_iter().find(|e| e["mac"] == c4_mac.as_str()).expect("MAC back in the FDB");
     assert_eq!(entry["ifname"], t.ns("c4b").as_str());
     assert!(ping(&t.ns("c0"), "10.141.0.6"), "the re-created container gets no traffic");
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -123,17 +116,19 @@ fn churn_under_load() {
     let summary = String::from_utf8_lossy(&pinger.wait_with_output().unwrap().stdout).into_owned();
     assert!(summary.contains(" 300 received"), "c0 -> c1 lost packets during churn: {summary}");
     assert!(run.interrupt());
-    assert_eq!(leftovers(&name), Vec::<String>::new());
+    assert_eq!(run.topology.leftovers(&name), Vec::<String>::new());
 }
 
 /// SIGKILL at points all through `up`: the next `down` cleans, or the next
 /// `up` completes.
 #[test]
 fn sigkill_during_up_is_recovered() {
-    require_root();
+    let host = Host::new();
     for round in 0..6u64 {
         let name = unique_name("kil");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_netpath"))
+        let t = Topology::adopt(&host, &name);
+        let mut child = host
+            .netpath_command()
             .args(["up", "--name", &name, "--containers", "12", "--subnet", "10.142.0.0/24", "--mode", "tc", "--nat"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -143,15 +138,14 @@ fn sigkill_during_up_is_recovered() {
         let _ = child.kill();
         let _ = child.wait();
         if round % 2 == 0 {
-            netpath_ok(&["down", "--name", &name]);
+            host.netpath_ok(&["down", "--name", &name]);
         } else {
-            netpath_ok(&["up", "--name", &name, "--containers", "12", "--subnet", "10.142.0.0/24", "--mode", "tc", "--nat"]);
-            let t = Topology { name: name.clone() };
+            host.netpath_ok(&["up", "--name", &name, "--containers", "12", "--subnet", "10.142.0.0/24", "--mode", "tc", "--nat"]);
             assert_eq!(t.status()["ports"].as_array().unwrap().len(), 12, "round {round}");
             assert!(ping(&t.ns("c0"), "10.142.0.13"), "round {round}");
-            netpath_ok(&["down", "--name", &name]);
+            host.netpath_ok(&["down", "--name", &name]);
         }
-        assert_eq!(leftovers(&name), Vec::<String>::new(), "round {round}");
+        assert_eq!(host.leftovers(&name), Vec::<String>::new(), "round {round}");
     }
 }
 
@@ -159,13 +153,13 @@ fn sigkill_during_up_is_recovered() {
 /// two `run`s at once: the second is refused.
 #[test]
 fn two_loaders_on_one_topology() {
-    require_root();
+    let host = Host::new();
     let name = unique_name("two");
+    let t = Topology::adopt(&host, &name);
     let args = ["up", "--name", &name, "--containers", "16", "--subnet", "10.143.0.0/24"];
-    let spawn = || Command::new(env!("CARGO_BIN_EXE_netpath")).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let spawn = || host.netpath_command().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let (a, b) = (spawn(), spawn());
     let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
-    let t = Topology { name: name.clone() };
     let created = outs.iter().filter(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("containers, mode")).count();
     assert_eq!(created, 1, "exactly one up must build the topology");
     for out in &outs {
@@ -178,14 +172,15 @@ fn two_loaders_on_one_topology() {
     assert_eq!(t.status()["ports"].as_array().unwrap().len(), 16);
     assert!(ping(&t.ns("c0"), "10.143.0.17"));
 
-    let mut run = Command::new(env!("CARGO_BIN_EXE_netpath"))
+    let mut run = host
+        .netpath_command()
         .args(["run", "--name", &name, "--containers", "16", "--subnet", "10.143.0.0/24", "--keep"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     sleep(Duration::from_millis(800));
-    let second = netpath(&["run", "--name", &name, "--containers", "16", "--subnet", "10.143.0.0/24"]);
+    let second = host.netpath(&["run", "--name", &name, "--containers", "16", "--subnet", "10.143.0.0/24"]);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(run.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     let _ = run.wait();
     assert!(!second.status.success());
@@ -210,26 +205,26 @@ fn a_full_fdb_keeps_static_entries_and_falls_back_to_the_bridge() {
         })
         .collect();
     assert_eq!(send_raw_frames(&t.ns("c2"), "eth0", &frames), 2000);
-    let entries = fdb(&t.name);
+    let entries = fdb(&t);
     assert_eq!(entries.len(), 64, "the FDB is not full or overflowed");
     for (i, mac) in macs.iter().enumerate() {
         let e = entries.iter().find(|e| e["mac"] == mac.as_str()).expect("a static entry was evicted");
         assert_eq!(e["state"], "static");
         assert_eq!(e["ifname"], t.ns(&format!("c{i}")).as_str());
     }
-    let before = counter(&t.name, &t.ns("c0"), "redirected");
+    let before = t.counter(&t.ns("c0"), "redirected");
     assert!(ping(&t.ns("c0"), "10.144.0.3"));
-    assert!(counter(&t.name, &t.ns("c0"), "redirected") > before, "the fast path stopped");
+    assert!(t.counter(&t.ns("c0"), "redirected") > before, "the fast path stopped");
     // c1's entry deleted and its slot taken at once by another made-up MAC:
     // c1 cannot be learned back into the full FDB, so its traffic takes the
     // bridge, and still arrives.
-    netpath_ok(&["fdb", "del", "--name", &t.name, &macs[1]]);
+    t.netpath_ok(&["fdb", "del", "--name", &t.name, &macs[1]]);
     let refill: Vec<Vec<u8>> = (0..5u8).map(|n| frame([0xff; 6], [0x02, 0xef, 0, 0, 0, n], 0x88b5, &[0; 46])).collect();
     assert_eq!(send_raw_frames(&t.ns("c2"), "eth0", &refill), 5);
-    assert_eq!(fdb(&t.name).len(), 64, "the freed slot was not taken");
-    let unknown = counter(&t.name, &t.ns("c0"), "pass_unknown");
+    assert_eq!(fdb(&t).len(), 64, "the freed slot was not taken");
+    let unknown = t.counter(&t.ns("c0"), "pass_unknown");
     assert!(ping(&t.ns("c0"), "10.144.0.3"), "unknown destination dropped with a full FDB");
-    assert!(counter(&t.name, &t.ns("c0"), "pass_unknown") > unknown);
+    assert!(t.counter(&t.ns("c0"), "pass_unknown") > unknown);
 }
 
 /// MTU 9000: jumbo TCP works in tc and bridge mode; xdp mode refuses it
@@ -252,13 +247,14 @@ fn jumbo_frames_work_or_are_refused_clearly() {
         let _ = server.wait_with_output();
         assert!(out.status.success(), "{mode}: jumbo TCP failed");
     }
+    let host = Host::new();
     let name = unique_name("jx");
-    let out = netpath(&["up", "--name", &name, "--containers", "2", "--subnet", "10.147.0.0/24", "--mode", "xdp", "--mtu", "9000"]);
+    let out = host.netpath(&["up", "--name", &name, "--containers", "2", "--subnet", "10.147.0.0/24", "--mode", "xdp", "--mtu", "9000"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("xdp mode carries frames up to MTU"));
-    assert_eq!(leftovers(&name), Vec::<String>::new());
+    assert_eq!(host.leftovers(&name), Vec::<String>::new());
     // Within its limit xdp mode carries large frames too.
-    let t = Topology::up("jx", &["--containers", "2", "--subnet", "10.147.0.0/24", "--mode", "xdp", "--mtu", "3500"]);
+    let t = Topology::up_on(&host, "jx", &["--containers", "2", "--subnet", "10.147.0.0/24", "--mode", "xdp", "--mtu", "3500"]);
     let out = in_ns(&t.ns("c0"), &["ping", "-c", "2", "-W", "2", "-M", "do", "-s", "3400", "10.147.0.3"]);
     assert!(out.status.success(), "xdp: 3400-byte ping failed");
 }
@@ -274,22 +270,22 @@ fn ipv6_and_vlan_frames_work() {
         for (ns, n) in [(&c0, 1), (&c1, 2)] {
             in_ns(ns, &["ip", "-6", "addr", "add", &format!("fd00:{i}::{n}/64"), "dev", "eth0", "nodad"]);
         }
-        let before = counter(&t.name, &c0, "redirected");
+        let before = t.counter(&c0, "redirected");
         let out = in_ns(&c0, &["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", &format!("fd00:{i}::2")]);
         assert!(out.status.success(), "{mode}: IPv6 ping failed");
-        let after_v6 = counter(&t.name, &c0, "redirected");
+        let after_v6 = t.counter(&c0, "redirected");
         assert!(after_v6 >= before + 3, "{mode}: IPv6 unicast did not take the fast path");
-        assert!(counter(&t.name, &c0, "pass_multicast") > 0, "{mode}: ND did not go to the bridge");
+        assert!(t.counter(&c0, "pass_multicast") > 0, "{mode}: ND did not go to the bridge");
 
         let c1_mac = parse_mac(t.status()["ports"][1]["mac"].as_str().unwrap());
         let c0_mac = parse_mac(t.status()["ports"][0]["mac"].as_str().unwrap());
         // 802.1Q tag, VLAN 10, then an experimental EtherType.
         let tagged = frame(c1_mac, c0_mac, 0x8100, &[0x00, 0x0a, 0x88, 0xb5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        let rx_before = link_packets(Some(&c1), "eth0").0;
+        let rx_before = link_packets(&c1, "eth0").0;
         assert_eq!(send_raw_frames(&c0, "eth0", &vec![tagged; 20]), 20);
         sleep(Duration::from_millis(200));
-        assert!(counter(&t.name, &c0, "redirected") >= after_v6 + 20, "{mode}: tagged frames did not take the fast path");
-        assert!(link_packets(Some(&c1), "eth0").0 >= rx_before + 20, "{mode}: tagged frames did not arrive");
+        assert!(t.counter(&c0, "redirected") >= after_v6 + 20, "{mode}: tagged frames did not take the fast path");
+        assert!(link_packets(&c1, "eth0").0 >= rx_before + 20, "{mode}: tagged frames did not arrive");
     }
 }
 
@@ -325,15 +321,15 @@ fn bad_frames_are_counted_and_never_learned() {
             })
             .collect();
         let random_bad_sources = random.iter().filter(|f| f[6] & 1 == 1 || f[6..12] == [0; 6]).count() as u64;
-        let bad_before = counter(&t.name, &port, "bad_source");
-        let runt_before = counter(&t.name, &port, "drop_runt");
+        let bad_before = t.counter(&port, "bad_source");
+        let runt_before = t.counter(&port, "drop_runt");
         assert_eq!(send_raw_frames(&attacker, "eth0", &bad_sources), 20);
         assert_eq!(send_raw_frames(&attacker, "eth0", &truncated), 2);
         assert_eq!(send_raw_frames(&attacker, "eth0", &random), 200);
         sleep(Duration::from_millis(200));
-        assert_eq!(counter(&t.name, &port, "drop_runt") - runt_before, sent_runts, "{mode}: runts miscounted");
-        assert_eq!(counter(&t.name, &port, "bad_source") - bad_before, 20 + random_bad_sources, "{mode}");
-        for e in fdb(&t.name) {
+        assert_eq!(t.counter(&port, "drop_runt") - runt_before, sent_runts, "{mode}: runts miscounted");
+        assert_eq!(t.counter(&port, "bad_source") - bad_before, 20 + random_bad_sources, "{mode}");
+        for e in fdb(&t) {
             let mac = parse_mac(e["mac"].as_str().unwrap());
             assert!(mac[0] & 1 == 0 && mac != [0; 6], "{mode}: learned bad MAC {}", e["mac"]);
         }
@@ -341,15 +337,16 @@ fn bad_frames_are_counted_and_never_learned() {
     }
 }
 
-/// Two topologies side by side share nothing; pins are root's alone.
+/// Two topologies side by side (on one host) share nothing; pins are root's alone.
 #[test]
 fn topologies_are_isolated_and_pins_are_private() {
-    let a = Topology::up("isa", &["--containers", "2", "--subnet", "10.152.0.0/24"]);
-    let b = Topology::up("isb", &["--containers", "2", "--subnet", "10.153.0.0/24"]);
+    let host = Host::new();
+    let a = Topology::up_on(&host, "isa", &["--containers", "2", "--subnet", "10.152.0.0/24"]);
+    let b = Topology::up_on(&host, "isb", &["--containers", "2", "--subnet", "10.153.0.0/24"]);
     let b_macs: Vec<[u8; 6]> =
         b.status()["ports"].as_array().unwrap().iter().map(|p| parse_mac(p["mac"].as_str().unwrap())).collect();
     let a_mac = parse_mac(a.status()["ports"][0]["mac"].as_str().unwrap());
-    let unknown_before = counter(&a.name, &a.ns("c0"), "pass_unknown");
+    let unknown_before = a.counter(&a.ns("c0"), "pass_unknown");
     // Watch B's containers for any frame from A's c0.
     let captures: Vec<Child> = ["c0", "c1"]
         .iter()
@@ -366,11 +363,11 @@ fn topologies_are_isolated_and_pins_are_private() {
         let report = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(report.contains("0 packets captured"), "frames of topology {} reached topology {}: {report}", a.name, b.name);
     }
-    assert_eq!(counter(&a.name, &a.ns("c0"), "pass_unknown") - unknown_before, 100, "B's MACs are unknown in A");
+    assert_eq!(a.counter(&a.ns("c0"), "pass_unknown") - unknown_before, 100, "B's MACs are unknown in A");
     use std::os::unix::fs::PermissionsExt;
-    let dir = format!("/sys/fs/bpf/netpath/{}", a.name);
+    let dir = pin_dir(&a.name);
     assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
-    let mut pending = vec![std::path::PathBuf::from(&dir)];
+    let mut pending = vec![dir.clone()];
     while let Some(path) = pending.pop() {
         for entry in std::fs::read_dir(&path).unwrap().flatten() {
             let meta = entry.metadata().unwrap();
@@ -389,7 +386,7 @@ fn topologies_are_isolated_and_pins_are_private() {
 fn bad_input_to_every_verb() {
     let t = Topology::up("cli", &["--containers", "2", "--subnet", "10.154.0.0/24"]);
     let ghost = unique_name("ghost");
-    let fdb_before = fdb(&t.name).len();
+    let fdb_before = fdb(&t).len();
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (vec!["up", "--bogus"], 2, "unexpected argument"),
         (vec!["up", "--name", &ghost, "--ageing", "0"], 1, "ageing"),
@@ -411,12 +408,12 @@ fn bad_input_to_every_verb() {
         (vec!["down", "--name", "bad name"], 1, "topology name"),
     ];
     for (args, code, expected) in cases {
-        let out = netpath(&args);
+        let out = t.netpath(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "netpath {args:?}: {stderr}");
         assert!(stderr.contains(expected), "netpath {args:?}: expected {expected:?} in {stderr}");
     }
-    assert_eq!(leftovers(&ghost), Vec::<String>::new());
-    assert_eq!(fdb(&t.name).len(), fdb_before);
+    assert_eq!(t.leftovers(&ghost), Vec::<String>::new());
+    assert_eq!(fdb(&t).len(), fdb_before);
     assert_eq!(t.status()["ports"].as_array().unwrap().len(), 2);
 }

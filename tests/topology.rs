@@ -1,12 +1,14 @@
 //! Issue 3: namespaces, veth pairs, the bridge fallback, addressing, and
 //! transactional, idempotent up/down. Every test uses its own topology name
-//! and subnet so they run in parallel.
+//! and host namespace so they run in parallel.
 
 mod common;
 
 use std::{process::Command, time::Instant};
 
-use common::{Topology, in_ns, leftovers, netpath, netpath_ok, ping, require_root, sh, unique_name};
+use netpath::{host::netns, model::naming::nat_table};
+
+use common::{Host, Topology, in_ns, outside, ping, unique_name};
 
 #[test]
 fn four_containers_reach_each_other_and_status_matches_the_machine() {
@@ -21,7 +23,7 @@ fn four_containers_reach_each_other_and_status_matches_the_machine() {
     for port in ports {
         let ns = port["netns"].as_str().unwrap();
         // What the kernel says, independently of netpath.
-        let out = sh("ip", &["-n", ns, "-j", "addr", "show", "dev", "eth0"]);
+        let out = outside("ip", &["-n", ns, "-j", "addr", "show", "dev", "eth0"]);
         let addr: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j addr");
         let kernel_mac = addr[0]["address"].as_str().unwrap();
         let info = addr[0]["addr_info"].as_array().unwrap().iter().find(|a| a["family"] == "inet").unwrap();
@@ -48,7 +50,7 @@ fn four_containers_reach_each_other_and_status_matches_the_machine() {
 /// Each bad input: non-zero exit, a message naming the problem, nothing left.
 #[test]
 fn bad_input_is_refused_and_leaves_nothing() {
-    require_root();
+    let host = Host::new();
     let dir = std::env::temp_dir().join(format!("netpath-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = |name: &str, body: &str| {
@@ -84,62 +86,63 @@ fn bad_input_is_refused_and_leaves_nothing() {
     for (args, expected) in cases {
         let mut full = vec!["up"];
         full.extend(args.iter().copied());
-        let out = netpath(&full);
+        let out = host.netpath(&full);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "netpath {full:?} succeeded");
         assert!(stderr.contains(expected), "netpath {full:?}: expected {expected:?} in {stderr:?}");
-        assert_eq!(leftovers(&name), Vec::<String>::new(), "after netpath {full:?}");
+        assert_eq!(host.leftovers(&name), Vec::<String>::new(), "after netpath {full:?}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_name_taken_by_someone_else_is_refused_and_left_alone() {
-    require_root();
+    let host = Host::new();
     let name = unique_name("own");
     let foreign = format!("{name}-c1");
-    assert!(sh("ip", &["link", "add", &foreign, "type", "bridge"]).status.success());
-    let out = netpath(&["up", "--name", &name, "--containers", "3", "--subnet", "10.103.0.0/24"]);
-    let foreign_still_there = sh("ip", &["link", "show", &foreign]).status.success();
-    sh("ip", &["link", "del", &foreign]);
+    assert!(host.sh("ip", &["link", "add", &foreign, "type", "bridge"]).status.success());
+    let out = host.netpath(&["up", "--name", &name, "--containers", "3", "--subnet", "10.103.0.0/24"]);
+    let foreign_still_there = host.sh("ip", &["link", "show", &foreign]).status.success();
+    host.sh("ip", &["link", "del", &foreign]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("something other than netpath"));
     assert!(foreign_still_there, "netpath removed {foreign}, which it did not create");
-    assert_eq!(leftovers(&name), Vec::<String>::new());
+    assert_eq!(host.leftovers(&name), Vec::<String>::new());
 }
 
 #[test]
 fn a_failure_halfway_rolls_back_everything() {
-    require_root();
+    let host = Host::new();
     let name = unique_name("half");
-    let out = Command::new(env!("CARGO_BIN_EXE_netpath"))
+    let out = host
+        .netpath_command()
         .args(["up", "--name", &name, "--containers", "8", "--subnet", "10.104.0.0/24", "--nat"])
         .env("NETPATH_FAIL_AT_CONTAINER", "6")
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("rolled back"));
-    assert_eq!(leftovers(&name), Vec::<String>::new());
+    assert_eq!(host.leftovers(&name), Vec::<String>::new());
 }
 
 #[test]
 fn down_removes_everything_and_is_idempotent() {
     let t = Topology::up("down", &["--containers", "3", "--subnet", "10.105.0.0/24", "--nat"]);
-    let tables = String::from_utf8_lossy(&sh("nft", &["list", "tables"]).stdout).into_owned();
-    assert!(tables.contains(&format!("netpath-{}", t.name)), "no NAT table in {tables}");
-    assert!(!leftovers(&t.name).is_empty());
-    netpath_ok(&["down", "--name", &t.name]);
-    assert_eq!(leftovers(&t.name), Vec::<String>::new());
-    let again = netpath_ok(&["down", "--name", &t.name]);
+    let tables = String::from_utf8_lossy(&t.sh("nft", &["list", "tables"]).stdout).into_owned();
+    assert!(tables.contains(&nat_table(&t.name)), "no NAT table in {tables}");
+    assert!(!t.leftovers(&t.name).is_empty());
+    t.netpath_ok(&["down", "--name", &t.name]);
+    assert_eq!(t.leftovers(&t.name), Vec::<String>::new());
+    let again = t.netpath_ok(&["down", "--name", &t.name]);
     assert!(again.contains("not up"), "{again}");
 }
 
 #[test]
 fn up_is_idempotent_and_refuses_a_different_topology() {
     let t = Topology::up("idem", &["--containers", "2", "--subnet", "10.106.0.0/24"]);
-    let same = netpath_ok(&["up", "--name", &t.name, "--containers", "2", "--subnet", "10.106.0.0/24"]);
+    let same = t.netpath_ok(&["up", "--name", &t.name, "--containers", "2", "--subnet", "10.106.0.0/24"]);
     assert!(same.contains("already up"), "{same}");
-    let out = netpath(&["up", "--name", &t.name, "--containers", "3", "--subnet", "10.106.0.0/24"]);
+    let out = t.netpath(&["up", "--name", &t.name, "--containers", "3", "--subnet", "10.106.0.0/24"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("differs") && stderr.contains("2 containers (asked 3)"), "{stderr}");
@@ -154,15 +157,15 @@ fn ports_come_and_go_while_the_others_keep_talking() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    netpath_ok(&["port", "add", "--name", &t.name, "web", "--ip", "10.107.0.50/24", "--mac", "02:00:00:00:07:50"]);
+    t.netpath_ok(&["port", "add", "--name", &t.name, "web", "--ip", "10.107.0.50/24", "--mac", "02:00:00:00:07:50"]);
     assert!(ping(&t.ns("c1"), "10.107.0.50"));
     assert_eq!(
         t.status()["ports"].as_array().unwrap().iter().filter(|p| p["mac"] == "02:00:00:00:07:50").count(),
         1
     );
-    netpath_ok(&["port", "del", "--name", &t.name, "web"]);
-    assert!(!std::path::Path::new(&format!("/run/netns/{}", t.ns("web"))).exists());
-    assert!(!sh("ip", &["link", "show", &t.ns("web")]).status.success());
+    t.netpath_ok(&["port", "del", "--name", &t.name, "web"]);
+    assert!(!netns::exists(&t.ns("web")));
+    assert!(!t.sh("ip", &["link", "show", &t.ns("web")]).status.success());
     let out = background.wait_with_output().unwrap();
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(summary.contains("40 received"), "c0 -> c1 lost packets meanwhile: {summary}");
@@ -171,9 +174,9 @@ fn ports_come_and_go_while_the_others_keep_talking() {
 
 #[test]
 fn thirty_two_containers_come_up_in_seconds() {
-    require_root();
+    let host = Host::new();
     let started = Instant::now();
-    let t = Topology::up("big", &["--containers", "32", "--subnet", "10.108.0.0/24"]);
+    let t = Topology::up_on(&host, "big", &["--containers", "32", "--subnet", "10.108.0.0/24"]);
     let elapsed = started.elapsed();
     println!("up of 32 containers took {:.2} s", elapsed.as_secs_f64());
     assert!(elapsed.as_secs() < 20, "up of 32 containers took {elapsed:?}");
@@ -187,53 +190,36 @@ fn thirty_two_containers_come_up_in_seconds() {
 fn nat_covers_both_families() {
     let t = Topology::up("nat", &["--containers", "1", "--subnet", "10.108.0.0/24", "--subnet", "fd00:108::/64", "--nat"]);
     let table = netpath::model::naming::nat_table(&t.name);
-    let rules = String::from_utf8_lossy(&sh("nft", &["list", "table", "inet", &table]).stdout).into_owned();
+    let rules = String::from_utf8_lossy(&t.sh("nft", &["list", "table", "inet", &table]).stdout).into_owned();
     assert!(rules.contains("ip saddr 10.108.0.0/24") && rules.contains("ip6 saddr fd00:108::/64"), "{rules}");
     assert_eq!(rules.matches("masquerade").count(), 2, "{rules}");
-    netpath_ok(&["down", "--name", &t.name]);
-    assert!(!sh("nft", &["list", "table", "inet", &table]).status.success(), "down left table {table}");
+    t.netpath_ok(&["down", "--name", &t.name]);
+    assert!(!t.sh("nft", &["list", "table", "inet", &table]).status.success(), "down left table {table}");
 }
 
-/// Two NAT topologies in one (private) host namespace, taken down in both
-/// orders: forwarding stays on while one needs it and ends exactly as it
-/// was before the first, for both families.
+/// Two NAT topologies on one host, taken down in both orders: forwarding
+/// stays on while one needs it and ends exactly as it was before the first,
+/// for both families.
 #[test]
 fn nat_restores_forwarding_in_any_down_order() {
-    require_root();
-    let host = unique_name("hnat");
-    assert!(sh("ip", &["netns", "add", &host]).status.success());
-    struct DropNs(String);
-    impl Drop for DropNs {
-        fn drop(&mut self) {
-            sh("ip", &["netns", "del", &self.0]);
-        }
-    }
-    let _host = DropNs(host.clone());
-    // Bridge mode: `ip netns exec` hides /sys/fs/bpf, and NAT needs no pins.
-    let in_host = |args: &[&str]| {
-        let mut full = vec!["netns", "exec", &host, env!("CARGO_BIN_EXE_netpath")];
-        full.extend_from_slice(args);
-        sh("ip", &full)
-    };
-    let sysctl = |key: &str| {
-        String::from_utf8_lossy(&sh("ip", &["netns", "exec", &host, "sysctl", "-n", key]).stdout).trim().to_owned()
-    };
+    let host = Host::new();
+    let sysctl = |key: &str| String::from_utf8_lossy(&host.sh("sysctl", &["-n", key]).stdout).trim().to_owned();
     let forwarding = || (sysctl("net.ipv4.ip_forward"), sysctl("net.ipv6.conf.all.forwarding"));
     assert_eq!(forwarding(), ("0".into(), "0".into()), "a new namespace forwards nothing");
     let (a, b) = (unique_name("na"), unique_name("nb"));
     let up = |name: &str, n: u8| {
         let (v4, v6) = (format!("10.109.{n}.0/24"), format!("fd00:109:{n}::/64"));
-        let out = in_host(&["up", "--name", name, "--containers", "1", "--mode", "bridge", "--subnet", &v4, "--subnet", &v6, "--nat"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        host.netpath_ok(&["up", "--name", name, "--containers", "1", "--subnet", &v4, "--subnet", &v6, "--nat"]);
     };
-    let down = |name: &str| assert!(in_host(&["down", "--name", name]).status.success());
     for (first, second) in [(&a, &b), (&b, &a)] {
         up(&a, 1);
         up(&b, 2);
+        // Taken down on drop if an assertion fails.
+        let (_ta, _tb) = (Topology::adopt(&host, &a), Topology::adopt(&host, &b));
         assert_eq!(forwarding(), ("1".into(), "1".into()));
-        down(first);
+        host.netpath_ok(&["down", "--name", first]);
         assert_eq!(forwarding(), ("1".into(), "1".into()), "{second} still needs forwarding");
-        down(second);
+        host.netpath_ok(&["down", "--name", second]);
         assert_eq!(forwarding(), ("0".into(), "0".into()), "down {first} then {second} did not restore forwarding");
     }
 }

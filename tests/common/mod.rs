@@ -1,11 +1,26 @@
-//! Helpers for the root-only integration tests: unique names, running the
-//! netpath binary and `ip`, and a guard that tears a topology down even when
-//! the test fails.
+//! Helpers for the root-only integration tests: a private network namespace
+//! that plays the machine ("host") for each test, unique names, running the
+//! netpath binary and `ip`, and guards that tear a topology (and then its
+//! host) down even when the test fails.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::{
+    ffi::OsStr,
+    fs::File,
+    ops::Deref,
+    os::unix::process::CommandExt,
     process::{Command, Output},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+};
+
+use netpath::{
+    datapath::object::pin_dir,
+    host::{netlink, netns},
+    model::naming::nat_table,
+    store,
 };
 
 /// Fails (never skips) when not root: these tests are the product's proof.
@@ -25,34 +40,156 @@ pub fn unique_name(tag: &str) -> String {
     format!("{}{pid}{n}", &tag[..tag.len().min(3)])
 }
 
-pub fn netpath(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_netpath"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running netpath")
+/// A network namespace of the test's own that is the "host" netpath runs
+/// on: its bridges, host-side veths, nftables tables and sysctls are seen by
+/// no other test and never touch the machine's. Containers' namespaces stay
+/// global (netpath names them under /run/netns), as do bpffs pins and state
+/// files. Dropping the last handle deletes the namespace (after the
+/// topologies holding it were torn down: they hold an `Arc` of it).
+pub struct Host {
+    pub name: String,
 }
 
-/// Runs netpath and asserts success, returning stdout.
-pub fn netpath_ok(args: &[&str]) -> String {
-    let out = netpath(args);
-    assert!(
-        out.status.success(),
-        "netpath {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+impl Host {
+    pub fn new() -> Arc<Host> {
+        require_root();
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!("nphost-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        netns::create(&name).unwrap_or_else(|e| panic!("creating host namespace {name}: {e:#}"));
+        let host = Host { name }; // deleted again if what follows fails
+        // A fresh namespace has `lo` down (the metrics test listens on it).
+        netns::run_in(&host.name, |h| async move {
+            let lo = netlink::link_by_name(&h, "lo").await?.expect("every namespace has lo");
+            netlink::set_up(&h, lo.index).await
+        })
+        .unwrap_or_else(|e| panic!("setting lo up in {}: {e:#}", host.name));
+        Arc::new(host)
+    }
+
+    /// `program` to run inside the host namespace. The child enters only the
+    /// network namespace (setns between fork and exec): `ip netns exec` would
+    /// also remount /sys and hide the bpffs pins from netpath.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let ns = File::open(netns::path(&self.name)).expect("opening the host namespace");
+        let mut cmd = Command::new(program);
+        // SAFETY: the hook only makes the setns syscall, which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+            });
+        }
+        cmd
+    }
+
+    pub fn netpath_command(&self) -> Command {
+        let mut cmd = self.command(env!("CARGO_BIN_EXE_netpath"));
+        cmd.env("RUST_LOG", "warn");
+        cmd
+    }
+
+    pub fn netpath(&self, args: &[&str]) -> Output {
+        self.netpath_command().args(args).output().expect("running netpath")
+    }
+
+    /// Runs netpath and asserts success, returning stdout.
+    pub fn netpath_ok(&self, args: &[&str]) -> String {
+        let out = self.netpath(args);
+        assert!(
+            out.status.success(),
+            "netpath {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `program` with `args`, run on the host.
+    pub fn sh(&self, program: &str, args: &[&str]) -> Output {
+        self.command(program).args(args).output().unwrap_or_else(|e| panic!("running {program}: {e}"))
+    }
+
+    /// Runs `work` in this process on a thread inside the host namespace
+    /// (e.g. a TCP client of something netpath serves there).
+    pub fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        netns::enter_and(&self.name, || Ok(work())).expect("entering the host namespace")
+    }
+
+    /// rx and tx packets of a host link, as the kernel counts them.
+    pub fn link_packets(&self, dev: &str) -> (u64, u64) {
+        parse_link_packets(&self.sh("ip", &["-s", "-j", "link", "show", "dev", dev]))
+    }
+
+    /// Names of links and nftables tables on this host, and of namespaces,
+    /// bpffs pins and state files (global), that carry `prefix`: what must
+    /// be empty after a failed or torn-down topology.
+    pub fn leftovers(&self, prefix: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        let links = String::from_utf8_lossy(&self.sh("ip", &["-o", "link", "show"]).stdout).into_owned();
+        for line in links.lines() {
+            if let Some(name) = line.split(": ").nth(1) {
+                let name = name.split('@').next().unwrap_or(name);
+                if name.starts_with(&format!("{prefix}-")) {
+                    found.push(format!("link {name}"));
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(netns::NETNS_DIR) {
+            for e in entries.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(&format!("{prefix}-")) {
+                    found.push(format!("netns {n}"));
+                }
+            }
+        }
+        let table = nat_table(prefix);
+        let tables = String::from_utf8_lossy(&self.sh("nft", &["list", "tables"]).stdout).into_owned();
+        if tables.lines().any(|l| l.split_whitespace().last() == Some(table.as_str())) {
+            found.push(format!("nft table {table}"));
+        }
+        let pins = pin_dir(prefix);
+        if pins.exists() {
+            found.push(format!("pins {}", pins.display()));
+        }
+        let state = [store::topology::path(prefix).expect("a valid topology name"), lock_path(prefix), run_lock_path(prefix)];
+        found.extend(state.into_iter().filter(|p| p.exists()).map(|p| p.display().to_string()));
+        found
+    }
 }
 
-pub fn sh(program: &str, args: &[&str]) -> Output {
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Err(e) = netns::delete(&self.name) {
+            eprintln!("deleting host namespace {}: {e:#}", self.name);
+        }
+    }
+}
+
+/// The lock files of a topology, named by the product.
+pub fn lock_path(topology: &str) -> std::path::PathBuf {
+    store::lock::path(topology, store::lock::Purpose::Change)
+}
+
+pub fn run_lock_path(topology: &str) -> std::path::PathBuf {
+    store::lock::path(topology, store::lock::Purpose::Run)
+}
+
+/// The state record of a topology, named by the product.
+pub fn state_path(topology: &str) -> std::path::PathBuf {
+    store::topology::path(topology).expect("a valid topology name")
+}
+
+/// Runs a command that is not the host's: `ip netns add|del`, `ip -n
+/// CONTAINER ...`, `tcpdump -r FILE` (from the test's own namespace).
+pub fn outside(program: &str, args: &[&str]) -> Output {
     Command::new(program).args(args).output().unwrap_or_else(|e| panic!("running {program}: {e}"))
 }
 
+/// Runs a command inside container namespace `ns` (made by netpath or a
+/// test: global names under /run/netns).
 pub fn in_ns(ns: &str, args: &[&str]) -> Output {
     let mut full = vec!["netns", "exec", ns];
     full.extend_from_slice(args);
-    sh("ip", &full)
+    outside("ip", &full)
 }
 
 /// Stops a container's unprompted traffic (IPv6 router solicitations, MLD
@@ -66,20 +203,31 @@ pub fn ping(ns: &str, ip: &str) -> bool {
     in_ns(ns, &["ping", "-c", "1", "-W", "2", "-q", ip]).status.success()
 }
 
-/// Tears its topology down when dropped, so a failing test leaves nothing.
+/// Tears its topology down when dropped, so a failing test leaves nothing;
+/// its host namespace goes when the last topology on it is gone.
 pub struct Topology {
     pub name: String,
+    pub host: Arc<Host>,
 }
 
 impl Topology {
+    /// `netpath up` of a new topology on a host of its own.
     pub fn up(tag: &str, extra: &[&str]) -> Self {
-        require_root();
-        let name = unique_name(tag);
-        let topology = Topology { name: name.clone() };
-        let mut args = vec!["up", "--name", &name];
+        Self::up_on(&Host::new(), tag, extra)
+    }
+
+    /// `netpath up` of a new topology on `host`.
+    pub fn up_on(host: &Arc<Host>, tag: &str, extra: &[&str]) -> Self {
+        let topology = Self::adopt(host, &unique_name(tag));
+        let mut args = vec!["up", "--name", &topology.name];
         args.extend_from_slice(extra);
-        netpath_ok(&args);
+        host.netpath_ok(&args);
         topology
+    }
+
+    /// Takes over the teardown of topology `name` on `host`, up or not.
+    pub fn adopt(host: &Arc<Host>, name: &str) -> Self {
+        Topology { name: name.to_owned(), host: host.clone() }
     }
 
     pub fn ns(&self, container: &str) -> String {
@@ -87,50 +235,54 @@ impl Topology {
     }
 
     pub fn status(&self) -> serde_json::Value {
-        serde_json::from_str(&netpath_ok(&["status", "--name", &self.name, "--json"])).expect("status JSON")
+        serde_json::from_str(&self.netpath_ok(&["status", "--name", &self.name, "--json"])).expect("status JSON")
+    }
+
+    /// The programs' counters per port (`netpath stats --json`): port -> packets.
+    pub fn program_counters(&self) -> Vec<(String, serde_json::Value)> {
+        let doc: serde_json::Value =
+            serde_json::from_str(&self.netpath_ok(&["stats", "--name", &self.name, "--json"])).unwrap();
+        doc.as_array().unwrap().iter().map(|p| (p["port"].as_str().unwrap().to_owned(), p["packets"].clone())).collect()
+    }
+
+    /// A per-port counter of the programs (`netpath stats --json`).
+    pub fn counter(&self, port: &str, name: &str) -> u64 {
+        self.program_counters()
+            .into_iter()
+            .find(|(p, _)| p == port)
+            .map(|(_, packets)| packets[name].as_u64().unwrap())
+            .unwrap_or(0)
+    }
+
+    /// Every verdict of every port of the topology.
+    pub fn all_verdicts(&self) -> u64 {
+        self.program_counters().iter().map(|(_, packets)| verdicts(packets)).sum()
+    }
+}
+
+/// A topology's host commands are its host's.
+impl Deref for Topology {
+    type Target = Host;
+    fn deref(&self) -> &Host {
+        &self.host
     }
 }
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        let _ = netpath(&["down", "--name", &self.name]);
+        let _ = self.host.netpath(&["down", "--name", &self.name]);
     }
 }
 
-/// Names of links, namespaces, nftables tables and bpffs pins that carry
-/// `prefix`: what must be empty after a failed or torn-down topology.
-pub fn leftovers(prefix: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    let links = String::from_utf8_lossy(&sh("ip", &["-o", "link", "show"]).stdout).into_owned();
-    for line in links.lines() {
-        if let Some(name) = line.split(": ").nth(1) {
-            let name = name.split('@').next().unwrap_or(name);
-            if name.starts_with(&format!("{prefix}-")) {
-                found.push(format!("link {name}"));
-            }
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir("/run/netns") {
-        for e in entries.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with(&format!("{prefix}-")) {
-                found.push(format!("netns {n}"));
-            }
-        }
-    }
-    let tables = String::from_utf8_lossy(&sh("nft", &["list", "tables"]).stdout).into_owned();
-    if tables.contains(&format!("netpath-{prefix}\n")) || tables.ends_with(&format!("netpath-{prefix}")) {
-        found.push(format!("nft table netpath-{prefix}"));
-    }
-    if std::path::Path::new(&format!("/sys/fs/bpf/netpath/{prefix}")).exists() {
-        found.push(format!("pins /sys/fs/bpf/netpath/{prefix}"));
-    }
-    for file in [format!("{prefix}.json"), format!("{prefix}.lock"), format!("{prefix}.run.lock")] {
-        if std::path::Path::new("/run/netpath").join(&file).exists() {
-            found.push(format!("/run/netpath/{file}"));
-        }
-    }
-    found
+/// Frames a port's program decided on: every verdict (redirected, passed,
+/// dropped), not the side counters (learned, bad or spoofed sources).
+pub fn verdicts(packets: &serde_json::Value) -> u64 {
+    use netpath_common::Counter;
+    std::iter::once(Counter::Redirected)
+        .chain(Counter::PASSED)
+        .chain([Counter::DropRunt])
+        .map(|c| packets[c.name()].as_u64().unwrap())
+        .sum()
 }
 
 /// Sends raw Ethernet frames out of `ifname` inside namespace `ns` through
@@ -138,7 +290,7 @@ pub fn leftovers(prefix: &str) -> Vec<String> {
 /// frames shorter than an Ethernet header).
 pub fn send_raw_frames(ns: &str, ifname: &str, frames: &[Vec<u8>]) -> usize {
     use std::os::fd::AsRawFd;
-    let ns_file = std::fs::File::open(format!("/run/netns/{ns}")).expect("namespace");
+    let ns_file = File::open(netns::path(ns)).expect("namespace");
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -193,46 +345,19 @@ pub fn parse_mac(s: &str) -> [u8; 6] {
     v.try_into().unwrap()
 }
 
-/// The programs' counters per port (`netpath stats --json`): port -> packets.
-pub fn program_counters(topology: &str) -> Vec<(String, serde_json::Value)> {
-    let doc: serde_json::Value = serde_json::from_str(&netpath_ok(&["stats", "--name", topology, "--json"])).unwrap();
-    doc.as_array().unwrap().iter().map(|p| (p["port"].as_str().unwrap().to_owned(), p["packets"].clone())).collect()
+/// rx and tx packets of a link inside container namespace `ns`.
+pub fn link_packets(ns: &str, dev: &str) -> (u64, u64) {
+    parse_link_packets(&outside("ip", &["-n", ns, "-s", "-j", "link", "show", "dev", dev]))
 }
 
-/// Frames a port's program decided on: every verdict (redirected, passed,
-/// dropped), not the side counters (learned, bad or spoofed sources).
-pub fn verdicts(packets: &serde_json::Value) -> u64 {
-    use netpath_common::Counter;
-    std::iter::once(Counter::Redirected)
-        .chain(Counter::PASSED)
-        .chain([Counter::DropRunt])
-        .map(|c| packets[c.name()].as_u64().unwrap())
-        .sum()
-}
-
-/// A per-port counter of the programs (`netpath stats --json`).
-pub fn counter(topology: &str, port: &str, name: &str) -> u64 {
-    program_counters(topology)
-        .into_iter()
-        .find(|(p, _)| p == port)
-        .map(|(_, packets)| packets[name].as_u64().unwrap())
-        .unwrap_or(0)
-}
-
-/// rx and tx packets of a link, as the kernel counts them.
-pub fn link_packets(ns: Option<&str>, dev: &str) -> (u64, u64) {
-    let mut args = vec![];
-    if let Some(ns) = ns {
-        args.extend(["-n", ns]);
-    }
-    args.extend(["-s", "-j", "link", "show", "dev", dev]);
-    let doc: serde_json::Value = serde_json::from_slice(&sh("ip", &args).stdout).expect("ip -s -j link");
+fn parse_link_packets(out: &Output) -> (u64, u64) {
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -s -j link");
     let stats = &doc[0]["stats64"];
     (stats["rx"]["packets"].as_u64().unwrap(), stats["tx"]["packets"].as_u64().unwrap())
 }
 
-/// `netpath run` in the background, on a topology of its own; killed and
-/// torn down when dropped.
+/// `netpath run` in the background, on a topology (and host) of its own;
+/// killed and torn down when dropped.
 pub struct Running {
     pub child: std::process::Child,
     pub topology: Topology,
@@ -241,18 +366,19 @@ pub struct Running {
 impl Running {
     /// Starts `netpath run --name <unique> ARGS` and waits until it is up.
     pub fn start(tag: &str, args: &[&str]) -> Self {
-        require_root();
+        let host = Host::new();
         let name = unique_name(tag);
-        let child = Command::new(env!("CARGO_BIN_EXE_netpath"))
+        let child = host
+            .netpath_command()
             .args(["run", "--name", &name])
             .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("starting netpath run");
-        let running = Running { child, topology: Topology { name: name.clone() } };
+        let running = Running { child, topology: Topology::adopt(&host, &name) };
         for _ in 0..100 {
-            if netpath(&["status", "--name", &name]).status.success() {
+            if host.netpath(&["status", "--name", &name]).status.success() {
                 return running;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
@@ -279,29 +405,30 @@ impl Drop for Running {
 /// for frames the bridge forwards, whatever the BPF programs claim.
 pub struct BridgeForwardCounter {
     table: String,
+    host: Arc<Host>,
 }
 
 impl BridgeForwardCounter {
-    /// Counts forwarded frames that match `rule` (nft match expressions).
-    pub fn new(tag: &str, rule: &str) -> Self {
+    /// Counts forwarded frames on `host` that match `rule` (nft match expressions).
+    pub fn new(host: &Arc<Host>, tag: &str, rule: &str) -> Self {
         let table = format!("nptest_{tag}");
         let script = format!(
             "table bridge {table} {{\n chain forward_count {{\n  type filter hook forward priority 0;\n  {rule} counter\n }}\n}}\n"
         );
-        let mut nft = Command::new("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+        let mut nft = host.command("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
         std::io::Write::write_all(nft.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
         drop(nft.stdin.take());
         assert!(nft.wait().unwrap().success(), "adding the nftables counter");
-        Self { table }
+        Self { table, host: host.clone() }
     }
 
     /// Counts every frame forwarded from a port of the topology.
-    pub fn from_ports_of(topology: &str) -> Self {
-        Self::new(topology, &format!("iifname \"{topology}-*\""))
+    pub fn from_ports_of(topology: &Topology) -> Self {
+        Self::new(&topology.host, &topology.name, &format!("iifname \"{}-*\"", topology.name))
     }
 
     pub fn packets(&self) -> u64 {
-        let out = sh("nft", &["-j", "list", "table", "bridge", &self.table]);
+        let out = self.host.sh("nft", &["-j", "list", "table", "bridge", &self.table]);
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft -j");
         doc["nftables"]
             .as_array()
@@ -317,6 +444,6 @@ impl BridgeForwardCounter {
 
 impl Drop for BridgeForwardCounter {
     fn drop(&mut self) {
-        sh("nft", &["delete", "table", "bridge", &self.table]);
+        self.host.sh("nft", &["delete", "table", "bridge", &self.table]);
     }
 }

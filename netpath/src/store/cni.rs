@@ -33,7 +33,7 @@ pub struct NetworkRecord {
 }
 
 /// The record's path; `bridge` is a validated interface name.
-fn path(bridge: &str) -> PathBuf {
+pub fn path(bridge: &str) -> PathBuf {
     Path::new(STATE_DIR).join("cni").join(format!("{bridge}.json"))
 }
 

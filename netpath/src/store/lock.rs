@@ -41,7 +41,7 @@ const RETRY_EVERY: Duration = Duration::from_millis(20);
 
 /// `owner` is a validated topology name or CNI datapath name: it contains
 /// no path separator.
-fn path(owner: &str, purpose: Purpose) -> PathBuf {
+pub fn path(owner: &str, purpose: Purpose) -> PathBuf {
     let suffix = match purpose {
         Purpose::Change => "lock",
         Purpose::Run => "run.lock",
