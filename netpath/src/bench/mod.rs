@@ -577,3 +577,44 @@ async fn fill_fdb(handle: &Handle, topology: &str, count: u32) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(value: f64, cpu: Option<f64>) -> Sample {
+        Sample { value, cpu }
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_runs() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn rows_carry_medians_and_ratios_to_the_bridge_and_the_wire() {
+        let mut samples = BTreeMap::new();
+        samples.insert((Metric::Tcp1Gbps, Target::Bridge), vec![sample(10.0, Some(100.0)), sample(12.0, Some(80.0)), sample(11.0, Some(90.0))]);
+        samples.insert((Metric::Tcp1Gbps, Target::Tc), vec![sample(22.0, Some(45.0)), sample(20.0, Some(45.0))]);
+        samples.insert((Metric::Tcp1Gbps, Target::Wire), vec![sample(21.0, None)]);
+        let rows = rows(&samples);
+        let tc = rows.iter().find(|r| r.target == Target::Tc).unwrap();
+        assert_eq!(tc.median, 21.0);
+        assert_eq!(tc.vs_bridge, Some(21.0 / 11.0));
+        assert_eq!(tc.vs_wire, Some(1.0));
+        assert_eq!(tc.cpu_vs_bridge, Some(45.0 / 90.0));
+        let wire = rows.iter().find(|r| r.target == Target::Wire).unwrap();
+        assert_eq!((wire.cpu_median, wire.cpu_vs_bridge), (None, None));
+        let table = table(&Report {
+            kernel: "k".into(),
+            cpus: 2,
+            seconds: 1,
+            repeat: 3,
+            udp_generator: "g",
+            rows,
+            scale: Vec::new(),
+        });
+        assert!(table.contains("TCP 1 stream (Gbit/s)") && table.contains("1.909"), "{table}");
+    }
+}
