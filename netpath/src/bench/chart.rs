@@ -10,7 +10,7 @@ use plotters::{
     style::text_anchor::{HPos, Pos, VPos},
 };
 
-use super::{Metric, Report, Row, Target};
+use super::report::{Metric, Report, Row, Target};
 
 const SIZE: (u32, u32) = (980, 420);
 /// Heights of the heading above the plot and the legend below it.

@@ -1,0 +1,103 @@
+//! The throw-away beds measured over: a topology in one of netpath's modes
+//! (the bridge mode is the Linux bridge alone), or the wire, two namespaces
+//! joined by one veth pair.
+
+use anyhow::{Context, Result};
+use ipnet::IpNet;
+use rtnetlink::Handle;
+
+use super::report::Target;
+use crate::{
+    host::{netns, plumbing},
+    model::{Mode, Settings, TopologySpec, naming::port_name, spec::DEFAULT_MTU},
+    ops::topology,
+};
+
+/// Two endpoints to measure between.
+pub(super) struct Bed {
+    pub target: Target,
+    pub name: String,
+    pub client: String,
+    pub server: String,
+    pub server_ip: String,
+}
+
+/// `prefix` + pid + the target's initial: unique per process and target.
+pub(super) fn bench_name(prefix: &str, target: Target) -> String {
+    format!("{prefix}{}{}", std::process::id() % 10000, &target.to_string()[..1])
+}
+
+pub(super) fn mode_of(target: Target) -> Option<Mode> {
+    match target {
+        Target::Bridge => Some(Mode::Bridge),
+        Target::Xdp => Some(Mode::Xdp),
+        Target::Tc => Some(Mode::Tc),
+        Target::Wire => None,
+    }
+}
+
+/// Runs the benchmark; Ctrl-C stops it and still removes every topology.
+pub(super) async fn make_bed(handle: &Handle, name: String, target: Target, index: usize, containers: usize, fdb_size: u32) -> Result<Bed> {
+    let subnet = format!("10.250.{index}.0/24");
+    let Some(mode) = mode_of(target) else {
+        return make_wire(&name, &subnet);
+    };
+    let settings = Settings {
+        name: Some(name.clone()),
+        containers: Some(containers),
+        subnet: vec![subnet],
+        mode: Some(mode),
+        fdb_size: Some(fdb_size),
+        ..Default::default()
+    };
+    let spec = TopologySpec::resolve(settings)?;
+    let server = &spec.containers[1];
+    let bed = Bed {
+        target,
+        name: name.clone(),
+        client: port_name(&name, &spec.containers[0].name),
+        server: port_name(&name, &server.name),
+        server_ip: server.ips[0].addr().to_string(),
+    };
+    topology::up(handle, spec).await?;
+    Ok(bed)
+}
+
+/// Two namespaces `NAME-a` and `NAME-b` joined by one veth pair.
+pub(super) fn make_wire(name: &str, subnet: &str) -> Result<Bed> {
+    let net: IpNet = subnet.parse()?;
+    let mut hosts = net.hosts();
+    let (a_ip, b_ip) = (hosts.next().context("wire subnet")?, hosts.next().context("wire subnet")?);
+    let (a_ip, b_ip) = (IpNet::new(a_ip, net.prefix_len())?, IpNet::new(b_ip, net.prefix_len())?);
+    let (a, b) = (format!("{name}-a"), format!("{name}-b"));
+    let bed = Bed { target: Target::Wire, name: name.into(), client: a.clone(), server: b.clone(), server_ip: b_ip.addr().to_string() };
+    netns::create(&a)?;
+    netns::create(&b)?;
+    let (a_path, b_path) = (netns::path(&a), netns::path(&b));
+    let owner = name.to_owned();
+    netns::run_in(&a, move |h| async move {
+        let wire = plumbing::Plug {
+            host_veth: "eth0",
+            netns: &b_path,
+            ifname: "eth0",
+            mac: None,
+            mtu: DEFAULT_MTU,
+            bridge: None,
+            owner: &owner,
+            addresses: &[b_ip],
+            gateways: &[],
+        };
+        plumbing::plug(&h, &wire).await.map(drop)
+    })?;
+    plumbing::configure_inside(&a_path, "eth0", &[a_ip], &[])?;
+    Ok(bed)
+}
+
+pub(super) async fn remove_bed(handle: &Handle, bed: &Bed) -> Result<()> {
+    if bed.target == Target::Wire {
+        netns::delete(&bed.client)?;
+        netns::delete(&bed.server)?;
+        return Ok(());
+    }
+    topology::down(handle, &bed.name).await.map(|_| ())
+}

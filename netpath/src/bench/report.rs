@@ -1,0 +1,259 @@
+//! What a benchmark run reports: the targets and metrics, every sample,
+//! medians with their ratios to the bridge and the wire, and the table.
+
+use std::{collections::BTreeMap, fmt};
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// The Linux bridge alone (netpath's `bridge` mode).
+    Bridge,
+    Xdp,
+    Tc,
+    /// Two namespaces joined by one veth pair: the bound for any veth datapath.
+    Wire,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Target::Bridge => "bridge",
+            Target::Xdp => "xdp",
+            Target::Tc => "tc",
+            Target::Wire => "wire",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    Tcp1Gbps,
+    Tcp1ReverseGbps,
+    Tcp4Gbps,
+    Tcp4ReverseGbps,
+    Udp64Pps,
+    RttP50Us,
+    RttP99Us,
+}
+
+impl Metric {
+    pub(super) const ALL: [Metric; 7] = [
+        Metric::Tcp1Gbps,
+        Metric::Tcp1ReverseGbps,
+        Metric::Tcp4Gbps,
+        Metric::Tcp4ReverseGbps,
+        Metric::Udp64Pps,
+        Metric::RttP50Us,
+        Metric::RttP99Us,
+    ];
+
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Metric::Tcp1Gbps => "TCP 1 stream (Gbit/s)",
+            Metric::Tcp1ReverseGbps => "TCP 1 stream, reverse (Gbit/s)",
+            Metric::Tcp4Gbps => "TCP 4 streams (Gbit/s)",
+            Metric::Tcp4ReverseGbps => "TCP 4 streams, reverse (Gbit/s)",
+            Metric::Udp64Pps => "UDP 64 B delivered (kpps)",
+            Metric::RttP50Us => "request/response p50 RTT (us)",
+            Metric::RttP99Us => "request/response p99 RTT (us)",
+        }
+    }
+
+    pub(super) fn short(self) -> &'static str {
+        match self {
+            Metric::Tcp1Gbps => "TCP 1",
+            Metric::Tcp1ReverseGbps => "TCP 1 rev",
+            Metric::Tcp4Gbps => "TCP 4",
+            Metric::Tcp4ReverseGbps => "TCP 4 rev",
+            Metric::Udp64Pps => "UDP 64B pps",
+            Metric::RttP50Us => "RTT p50",
+            Metric::RttP99Us => "RTT p99",
+        }
+    }
+
+    pub(super) fn higher_is_better(self) -> bool {
+        !matches!(self, Metric::RttP50Us | Metric::RttP99Us)
+    }
+
+    /// Unit of the CPU cost recorded beside the metric.
+    pub(super) fn cpu_unit(self) -> Option<&'static str> {
+        match self {
+            Metric::Tcp1Gbps | Metric::Tcp1ReverseGbps | Metric::Tcp4Gbps | Metric::Tcp4ReverseGbps => {
+                Some("CPU ms per Gbit")
+            }
+            Metric::Udp64Pps => Some("CPU ns per packet"),
+            Metric::RttP50Us | Metric::RttP99Us => None,
+        }
+    }
+}
+
+/// One measured value and the CPU it cost.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Sample {
+    pub value: f64,
+    pub cpu: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub metric: Metric,
+    pub label: &'static str,
+    pub target: Target,
+    pub runs: Vec<Sample>,
+    pub median: f64,
+    pub cpu_unit: Option<&'static str>,
+    pub cpu_median: Option<f64>,
+    pub vs_bridge: Option<f64>,
+    pub vs_wire: Option<f64>,
+    pub cpu_vs_bridge: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScaleRow {
+    pub containers: usize,
+    pub target: Target,
+    pub up_s: f64,
+    pub down_s: f64,
+    /// TCP 1-stream Gbit/s between a random pair, by extra FDB entries.
+    pub tcp1_gbps_by_fdb_extra: BTreeMap<u32, f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub kernel: String,
+    pub cpus: usize,
+    pub seconds: u64,
+    pub repeat: usize,
+    pub udp_generator: &'static str,
+    pub rows: Vec<Row>,
+    pub scale: Vec<ScaleRow>,
+}
+
+pub(super) fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 }
+}
+
+pub(super) fn rows(samples: &BTreeMap<(Metric, Target), Vec<Sample>>) -> Vec<Row> {
+    let medians: BTreeMap<(Metric, Target), (f64, Option<f64>)> = samples
+        .iter()
+        .map(|(key, runs)| {
+            let value = median(&mut runs.iter().map(|s| s.value).collect::<Vec<_>>());
+            let mut cpus: Vec<f64> = runs.iter().filter_map(|s| s.cpu).collect();
+            let cpu = (!cpus.is_empty()).then(|| median(&mut cpus));
+            (*key, (value, cpu))
+        })
+        .collect();
+    samples
+        .iter()
+        .map(|((metric, target), runs)| {
+            let (median, cpu_median) = medians[&(*metric, *target)];
+            let ratio = |other: Target| medians.get(&(*metric, other)).map(|(v, _)| median / v);
+            let cpu_vs_bridge = match (cpu_median, medians.get(&(*metric, Target::Bridge)).and_then(|(_, c)| *c)) {
+                (Some(mine), Some(bridge)) => Some(mine / bridge),
+                _ => None,
+            };
+            Row {
+                metric: *metric,
+                label: metric.label(),
+                target: *target,
+                runs: runs.clone(),
+                median,
+                cpu_unit: metric.cpu_unit(),
+                cpu_median,
+                vs_bridge: ratio(Target::Bridge),
+                vs_wire: ratio(Target::Wire),
+                cpu_vs_bridge,
+            }
+        })
+        .collect()
+}
+
+/// The aligned result table: one row per metric and target.
+pub fn table(report: &Report) -> String {
+    let mut out = format!(
+        "netpath bench: kernel {}, {} CPUs, {} s x {} runs (medians; ratios from the same run)\n",
+        report.kernel, report.cpus, report.seconds, report.repeat
+    );
+    out.push_str(&format!(
+        "{:<32} {:<7} {:>10} {:>9} {:>9}  {:>10} {:>9}  {}\n",
+        "TEST", "TARGET", "MEDIAN", "xBRIDGE", "xWIRE", "CPU", "CPUxBR", "CPU UNIT"
+    ));
+    let f = |v: Option<f64>, digits: usize| v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into());
+    for row in &report.rows {
+        out.push_str(&format!(
+            "{:<32} {:<7} {:>10.2} {:>9} {:>9}  {:>10} {:>9}  {}\n",
+            row.label,
+            row.target.to_string(),
+            row.median,
+            f(row.vs_bridge, 3),
+            f(row.vs_wire, 3),
+            f(row.cpu_median, 2),
+            f(row.cpu_vs_bridge, 3),
+            row.cpu_unit.unwrap_or("")
+        ));
+    }
+    if !report.scale.is_empty() {
+        out.push_str("\nscale: TCP 1 stream between a random pair (Gbit/s), by extra FDB entries\n");
+        out.push_str(&format!("{:>10} {:<7} {:>8} {:>8}  {}\n", "CONTAINERS", "TARGET", "UP s", "DOWN s", "GBIT/S BY EXTRA FDB ENTRIES"));
+        for s in &report.scale {
+            let by: Vec<String> = s.tcp1_gbps_by_fdb_extra.iter().map(|(k, v)| format!("{k}: {v:.2}")).collect();
+            out.push_str(&format!(
+                "{:>10} {:<7} {:>8.2} {:>8.2}  {}\n",
+                s.containers,
+                s.target.to_string(),
+                s.up_s,
+                s.down_s,
+                by.join("  ")
+            ));
+        }
+    }
+    out.push_str(&format!("UDP generator: {}\n", report.udp_generator));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(value: f64, cpu: Option<f64>) -> Sample {
+        Sample { value, cpu }
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_runs() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn rows_carry_medians_and_ratios_to_the_bridge_and_the_wire() {
+        let mut samples = BTreeMap::new();
+        samples.insert((Metric::Tcp1Gbps, Target::Bridge), vec![sample(10.0, Some(100.0)), sample(12.0, Some(80.0)), sample(11.0, Some(90.0))]);
+        samples.insert((Metric::Tcp1Gbps, Target::Tc), vec![sample(22.0, Some(45.0)), sample(20.0, Some(45.0))]);
+        samples.insert((Metric::Tcp1Gbps, Target::Wire), vec![sample(21.0, None)]);
+        let rows = rows(&samples);
+        let tc = rows.iter().find(|r| r.target == Target::Tc).unwrap();
+        assert_eq!(tc.median, 21.0);
+        assert_eq!(tc.vs_bridge, Some(21.0 / 11.0));
+        assert_eq!(tc.vs_wire, Some(1.0));
+        assert_eq!(tc.cpu_vs_bridge, Some(45.0 / 90.0));
+        let wire = rows.iter().find(|r| r.target == Target::Wire).unwrap();
+        assert_eq!((wire.cpu_median, wire.cpu_vs_bridge), (None, None));
+        let table = table(&Report {
+            kernel: "k".into(),
+            cpus: 2,
+            seconds: 1,
+            repeat: 3,
+            udp_generator: "g",
+            rows,
+            scale: Vec::new(),
+        });
+        assert!(table.contains("TCP 1 stream (Gbit/s)") && table.contains("1.909"), "{table}");
+    }
+}
+
