@@ -16,7 +16,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, DevMapHash, HashMap, PerCpuHashMap, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{SchedClassifier, Xdp},
     util::nr_cpus,
 };
@@ -109,11 +109,16 @@ struct XdpMd {
 /// Runs program `fd` once on `data` with context `ctx`; the program's
 /// return value, or the syscall's error.
 fn test_run<C>(fd: i32, data: &[u8], ctx: &C) -> io::Result<u32> {
+    test_run_repeated(fd, data, ctx, 1)
+}
+
+/// As [`test_run`], `repeat` times in a row (the last run's return value).
+fn test_run_repeated<C>(fd: i32, data: &[u8], ctx: &C, repeat: u32) -> io::Result<u32> {
     let mut attr = TestRunAttr {
         prog_fd: fd as u32,
         data_size_in: data.len() as u32,
         data_in: data.as_ptr() as u64,
-        repeat: 1,
+        repeat,
         ctx_size_in: std::mem::size_of::<C>() as u32,
         ctx_in: ctx as *const C as u64,
         ..Default::default()
@@ -167,7 +172,7 @@ impl Datapath {
     /// One topology: two ports with a static FDB entry each, the bridge's
     /// MAC, learning on; nothing else in any map, every counter 0.
     fn reset(&mut self) {
-        self.set_config(DatapathConfig { bridge_mac: BRIDGE_MAC, learning: 1, trace: 0, ageing_ns: AGEING_NS });
+        self.set_config(DatapathConfig { bridge_mac: BRIDGE_MAC, learning: 1, ageing_ns: AGEING_NS, ..Default::default() });
         let mut states: PerCpuHashMap<_, u32, PortState> =
             PerCpuHashMap::try_from(self.ebpf.map_mut(maps::PORT_STATE).unwrap()).unwrap();
         for key in states.keys().collect::<Result<Vec<_>, _>>().unwrap() {
@@ -253,8 +258,22 @@ impl Datapath {
 
     /// The tc program's verdict on `data` arriving on `PORT`.
     fn tc(&self, data: &[u8]) -> io::Result<u32> {
+        self.tc_repeated(data, 1)
+    }
+
+    fn tc_repeated(&self, data: &[u8], repeat: u32) -> io::Result<u32> {
         let ctx = SkBuff { ifindex: PORT, ingress_ifindex: PORT, ..Default::default() };
-        test_run(self.fd(programs::TC_FORWARD), data, &ctx)
+        test_run_repeated(self.fd(programs::TC_FORWARD), data, &ctx, repeat)
+    }
+
+    /// Frames in the trace ring buffer, which this takes out.
+    fn drain_trace(&mut self) -> usize {
+        let mut ring = RingBuf::try_from(self.ebpf.map_mut(maps::TRACE).unwrap()).unwrap();
+        let mut frames = 0;
+        while ring.next().is_some() {
+            frames += 1;
+        }
+        frames
     }
 
     /// The XDP program's verdict on `data` arriving on `PORT`, of which the
@@ -447,7 +466,7 @@ fn new_sources_are_learned_once() {
 fn learning_off_learns_nothing() {
     in_private_netns(|| {
         let mut dp = datapath();
-        dp.set_config(DatapathConfig { bridge_mac: BRIDGE_MAC, learning: 0, trace: 0, ageing_ns: AGEING_NS });
+        dp.set_config(DatapathConfig { bridge_mac: BRIDGE_MAC, learning: 0, ageing_ns: AGEING_NS, ..Default::default() });
         assert_eq!(dp.tc(&eth(OTHER_MAC, NEW_MAC, ETH_P_IP)).unwrap(), TC_ACT_REDIRECT);
         assert_eq!(dp.fdb(NEW_MAC), None);
         dp.assert_counters(PORT, &[(Counter::Redirected, 1)]);
@@ -485,5 +504,39 @@ fn frames_from_unmanaged_interfaces_are_passed_untouched() {
         assert_eq!(dp.tc(&[0xaa; 14]).unwrap(), TC_ACT_OK);
         assert_eq!(dp.fdb(NEW_MAC), None);
         dp.assert_counters(OTHER, &[]);
+    });
+}
+
+/// Redirected frames are copied for `netpath trace` only while its lease
+/// runs (a killed tracer stops tracing by itself); when the ring buffer is
+/// full, the frames it could not take are counted, not silently lost.
+#[test]
+fn tracing_follows_the_lease_and_counts_what_the_ring_cannot_take() {
+    in_private_netns(|| {
+        let mut dp = datapath();
+        dp.drain_trace();
+        let frame = eth(OTHER_MAC, PORT_MAC, ETH_P_IP);
+        let config = |trace_until_ns| DatapathConfig {
+            bridge_mac: BRIDGE_MAC,
+            learning: 1,
+            ageing_ns: AGEING_NS,
+            trace_until_ns,
+            ..Default::default()
+        };
+        // A lease that ran out (1 ns after boot): nothing is copied.
+        dp.set_config(config(1));
+        assert_eq!(dp.tc(&frame).unwrap(), TC_ACT_REDIRECT);
+        assert_eq!(dp.drain_trace(), 0, "frames copied after the lease ran out");
+        dp.assert_counters(PORT, &[(Counter::Redirected, 1)]);
+
+        // A live lease, and more frames than the 1 MiB ring holds.
+        dp.reset();
+        dp.set_config(config(u64::MAX));
+        let sent = 20_000;
+        assert_eq!(dp.tc_repeated(&frame, sent).unwrap(), TC_ACT_REDIRECT);
+        let copied = dp.drain_trace() as u64;
+        let lost = dp.counters(PORT)[Counter::TraceLost as usize];
+        assert!(copied > 1000 && lost > 0, "copied {copied}, lost {lost}");
+        dp.assert_counters(PORT, &[(Counter::Redirected, sent as u64), (Counter::TraceLost, sent as u64 - copied)]);
     });
 }

@@ -219,3 +219,42 @@ fn metrics_scrape_succeeds_while_a_client_idles() {
     assert!(get(t, &addr, "/").starts_with("HTTP/1.1 404"));
     drop(idle);
 }
+
+/// A SIGKILLed tracer cannot leave tracing on: its lease runs out and the
+/// programs copy nothing more into the ring. While one tracer lives, a
+/// second is refused with the holder's pid.
+#[test]
+fn a_killed_tracer_stops_tracing_and_a_second_is_refused() {
+    let t = Topology::up("tkil", &["--containers", "2", "--subnet", "10.166.0.0/24"]);
+    let mut tracer = trace(&t, &[]);
+    sleep(Duration::from_millis(500));
+    let second = trace(&t, &["--count", "1"]).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success() && stderr.contains("already traced"), "second tracer: {stderr}");
+    tracer.kill().unwrap(); // SIGKILL: no chance to turn tracing off
+    tracer.wait().unwrap();
+    sleep(netpath::observe::trace::LEASE + Duration::from_millis(200));
+    let maps = netpath::datapath::maps(&t.name).unwrap();
+    let mut ring = maps.trace().unwrap();
+    while ring.next().is_some() {} // what the dead tracer left unread
+    assert!(in_ns(&t.ns("c0"), &["ping", "-f", "-c", "200", "-q", "10.166.0.3"]).status.success());
+    let mut copied = 0;
+    while ring.next().is_some() {
+        copied += 1;
+    }
+    assert_eq!(copied, 0, "frames copied for a tracer killed {:?} ago", netpath::observe::trace::LEASE);
+    // The lock died with the tracer: a new one may start and sees frames.
+    let mut again = trace(&t, &["--count", "1"]);
+    sleep(Duration::from_millis(300));
+    assert!(ping(&t.ns("c0"), "10.166.0.3"));
+    let started = std::time::Instant::now();
+    while again.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(5) {
+            again.kill().unwrap();
+            panic!("the new tracer saw no frame in 5 s");
+        }
+        sleep(Duration::from_millis(50));
+    }
+    let out = again.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

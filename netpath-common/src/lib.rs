@@ -65,10 +65,12 @@ pub enum Counter {
     SpoofedSource,
     /// A new or moved learned FDB entry.
     Learned,
+    /// A redirected frame `netpath trace` did not get: its ring buffer was full.
+    TraceLost,
 }
 
 impl Counter {
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::Redirected,
         Counter::PassMulticast,
@@ -80,6 +82,7 @@ impl Counter {
         Counter::BadSource,
         Counter::SpoofedSource,
         Counter::Learned,
+        Counter::TraceLost,
     ];
 
     /// The reasons a frame is passed to the bridge.
@@ -104,6 +107,7 @@ impl Counter {
             Counter::BadSource => "bad_source",
             Counter::SpoofedSource => "spoofed_source",
             Counter::Learned => "learned",
+            Counter::TraceLost => "trace_lost",
         }
     }
 }
@@ -126,10 +130,14 @@ pub struct DatapathConfig {
     pub bridge_mac: [u8; 6],
     /// Non-zero: learn source MACs of frames from the ports.
     pub learning: u8,
-    /// Non-zero: copy redirected frames to the TRACE ring buffer.
-    pub trace: u8,
+    pub _pad: u8,
     /// Learned entries not refreshed for this long are ignored (and removed).
     pub ageing_ns: u64,
+    /// Copy redirected frames to the TRACE ring buffer until this
+    /// `bpf_ktime_get_ns()` time (0: off). A live `netpath trace` keeps
+    /// pushing it forward, so tracing stops by itself soon after the tracer
+    /// dies, SIGKILL included.
+    pub trace_until_ns: u64,
 }
 
 /// Bytes of each redirected frame copied to userspace by `netpath trace`
@@ -157,7 +165,7 @@ pub struct TraceEvent {
 /// types. The loader writes it into the pinned `LAYOUT` map when it creates
 /// a datapath's maps, and refuses pins of another version instead of
 /// misreading them. Bump it with every change to a map or a type above.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Map names, shared so the loader finds what the programs declare.
 pub mod maps {

@@ -2,22 +2,33 @@
 //! cannot see them). One array load and a branch when tracing is off.
 
 use aya_ebpf::{bindings::BPF_RB_NO_WAKEUP, helpers::bpf_ktime_get_ns};
-use netpath_common::{TRACE_SNAPLEN, TraceEvent};
+use netpath_common::{Counter, TRACE_SNAPLEN, TraceEvent};
 
-use crate::maps::{CONFIG, TRACE};
+use crate::{
+    forward::Port,
+    maps::{CONFIG, TRACE},
+};
 
 /// Records a frame of `len` bytes redirected from `ingress` to `egress`;
 /// `load(dst, n)` copies its first `n` bytes (1..=TRACE_SNAPLEN) to `dst`.
 #[inline(always)]
 pub fn redirected(ingress: u32, egress: u32, len: u32, load: impl FnOnce(*mut u8, u32) -> i64) {
-    match CONFIG.get(0) {
-        Some(config) if config.trace != 0 => {}
+    let until = match CONFIG.get(0) {
+        Some(config) if config.trace_until_ns != 0 => config.trace_until_ns,
         _ => return,
-    }
-    if len == 0 {
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    if len == 0 || unsafe { bpf_ktime_get_ns() } >= until {
         return;
     }
-    let Some(mut entry) = TRACE.reserve::<TraceEvent>(0) else { return };
+    let Some(mut entry) = TRACE.reserve::<TraceEvent>(0) else {
+        // The tracer is behind: say so in its counters (a rare path, so the
+        // port's state is looked up again here rather than passed in).
+        if let Some(port) = Port::lookup(ingress) {
+            port.count(Counter::TraceLost);
+        }
+        return;
+    };
     let event = entry.as_mut_ptr();
     let captured = bounded_snaplen(len);
     // SAFETY: `event` points at a reserved ring buffer slot of TraceEvent size.

@@ -114,8 +114,8 @@ pub async fn ensure(handle: &Handle, dp: &Datapath) -> Result<()> {
     let config = DatapathConfig {
         bridge_mac: bridge.mac.map(|m| m.0).unwrap_or_default(),
         learning: 1,
-        trace: 0,
         ageing_ns: dp.ageing_s * 1_000_000_000,
+        ..Default::default()
     };
     fill_maps(&Maps::open(&dir)?, config, &ports)?;
 
@@ -139,8 +139,8 @@ pub async fn ensure(handle: &Handle, dp: &Datapath) -> Result<()> {
 fn fill_maps(maps: &Maps, config: DatapathConfig, ports: &[(&Port, u32)]) -> Result<()> {
     let mut config_map = maps.config()?;
     // A `netpath trace` running meanwhile keeps its frames coming.
-    let trace = config_map.get(&0, 0).map(|c| c.trace).unwrap_or(0);
-    config_map.set(0, DatapathConfig { trace, ..config }, 0).context("writing map CONFIG")?;
+    let trace_until_ns = config_map.get(&0, 0).map(|c| c.trace_until_ns).unwrap_or(0);
+    config_map.set(0, DatapathConfig { trace_until_ns, ..config }, 0).context("writing map CONFIG")?;
 
     let mut devmap = maps.ports()?;
     for (_, ifindex) in ports {

@@ -103,7 +103,7 @@ impl Snapshot {
 /// `reason` label, None for a family without reasons).
 type PortFamily<'a> = (&'a str, &'a str, Vec<(Counter, Option<&'a str>)>);
 
-fn port_families() -> [PortFamily<'static>; 5] {
+fn port_families() -> [PortFamily<'static>; 6] {
     [
         ("netpath_redirected_packets", "Frames sent straight to their destination port.", vec![(Counter::Redirected, None)]),
         (
@@ -119,6 +119,11 @@ fn port_families() -> [PortFamily<'static>; 5] {
             vec![(Counter::BadSource, Some("bad_source")), (Counter::SpoofedSource, Some("spoofed_source"))],
         ),
         ("netpath_learned", "FDB entries learned or moved by the programs.", vec![(Counter::Learned, None)]),
+        (
+            "netpath_trace_lost_frames",
+            "Redirected frames netpath trace did not get because its ring buffer was full.",
+            vec![(Counter::TraceLost, None)],
+        ),
     ]
 }
 

@@ -12,15 +12,16 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use bytes::{Bytes, BytesMut};
-use netpath_common::{TRACE_SNAPLEN, TraceEvent};
+use netpath_common::{Counter, TRACE_SNAPLEN, TraceEvent};
 use pcap_file::{
     DataLink,
     pcap::{PcapHeader, PcapPacket, PcapWriter},
 };
 
 use crate::{
-    datapath::{self, fdb::monotonic_ns, maps::Maps},
+    datapath::{self, counters, fdb::monotonic_ns, maps::Maps},
     model::Mac,
+    store::lock::{Lock, Purpose},
 };
 
 const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
@@ -177,34 +178,53 @@ fn create_pcap(path: &Path) -> Result<PcapWriter<BufWriter<File>>> {
     PcapWriter::with_header(BufWriter::new(file), header).with_context(|| format!("writing the pcap header to {}", path.display()))
 }
 
-fn set_tracing(maps: &Maps, on: bool) -> Result<()> {
+/// How long the programs go on copying frames without hearing from the
+/// tracer: a killed tracer stops tracing within this time.
+pub const LEASE: Duration = Duration::from_secs(1);
+
+/// Tells the programs to copy frames until `until_ns` (0: stop now).
+fn trace_until(maps: &Maps, until_ns: u64) -> Result<()> {
     let mut config = maps.config()?;
     let mut value = config.get(&0, 0).context("reading map CONFIG")?;
-    value.trace = on as u8;
+    value.trace_until_ns = until_ns;
     config.set(0, value, 0).context("writing map CONFIG")
 }
 
-/// Turns tracing off again however `run` ends.
+/// Turns tracing off again however `run` ends (a SIGKILL lets the lease
+/// run out instead).
 struct TracingOn<'a>(&'a Maps);
 
 impl Drop for TracingOn<'_> {
     fn drop(&mut self) {
-        if let Err(e) = set_tracing(self.0, false) {
+        if let Err(e) = trace_until(self.0, 0) {
             log::warn!("turning tracing off: {e:#}");
         }
     }
 }
 
+/// What a trace saw.
+pub struct Summary {
+    /// Frames shown or written.
+    pub shown: usize,
+    /// Redirected frames the programs could not hand over (ring full).
+    pub lost: u64,
+}
+
+fn frames_lost(maps: &Maps) -> Result<u64> {
+    Ok(counters::read(maps, |i| i.to_string())?.iter().map(|p| p.get(Counter::TraceLost)).sum())
+}
+
 /// Hands redirected frames to `show` (as tcpdump-like lines), or writes them
-/// to the pcap file of `options.write`, until `count` are done or Ctrl-C;
-/// returns how many.
-pub async fn run(topology: &str, options: Options, name_of: &dyn Fn(u32) -> String, mut show: impl FnMut(String)) -> Result<usize> {
+/// to the pcap file of `options.write`, until `count` are done or Ctrl-C.
+/// One tracer per datapath: a second is refused.
+pub async fn run(topology: &str, options: Options, name_of: &dyn Fn(u32) -> String, mut show: impl FnMut(String)) -> Result<Summary> {
+    let _one_tracer = Lock::acquire(topology, Purpose::Trace)?;
     let maps = datapath::maps(topology)?;
     let mut ring = maps.trace()?;
     let mut pcap = options.write.as_deref().map(create_pcap).transpose()?;
     // Room for a drain's frames; reused once they are written or shown.
     let mut buffer = BytesMut::with_capacity(64 * TRACE_SNAPLEN);
-    set_tracing(&maps, true)?;
+    let lost_before = frames_lost(&maps)?;
     let _off = TracingOn(&maps);
     let wall_offset = wall_clock_ns().saturating_sub(monotonic_ns());
     let mut shown = 0;
@@ -212,6 +232,7 @@ pub async fn run(topology: &str, options: Options, name_of: &dyn Fn(u32) -> Stri
         if options.count.is_some_and(|c| shown >= c) {
             break;
         }
+        trace_until(&maps, monotonic_ns() + LEASE.as_nanos() as u64)?;
         // The programs submit without waking us (cheaper for the datapath):
         // drain the ring every DRAIN_EVERY.
         tokio::select! {
@@ -245,7 +266,7 @@ pub async fn run(topology: &str, options: Options, name_of: &dyn Fn(u32) -> Stri
     if let Some(writer) = pcap {
         writer.into_writer().flush().context("writing the pcap file")?;
     }
-    Ok(shown)
+    Ok(Summary { shown, lost: frames_lost(&maps)?.saturating_sub(lost_before) })
 }
 
 fn wall_clock_ns() -> u64 {

@@ -34,6 +34,8 @@ pub enum Purpose {
     Change,
     /// `netpath run` supervising it.
     Run,
+    /// `netpath trace` reading its frames (one ring buffer, one reader).
+    Trace,
 }
 
 /// How often a waiting acquirer looks again.
@@ -45,6 +47,7 @@ pub fn path(owner: &str, purpose: Purpose) -> PathBuf {
     let suffix = match purpose {
         Purpose::Change => "lock",
         Purpose::Run => "run.lock",
+        Purpose::Trace => "trace.lock",
     };
     PathBuf::from(STATE_DIR).join(format!("{owner}.{suffix}"))
 }
@@ -87,6 +90,11 @@ impl Lock {
                     Purpose::Run => {
                         bail!("topology {owner} is already run by another `netpath run` (pid {})", holder.trim())
                     }
+                    Purpose::Trace => bail!(
+                        "{owner} is already traced by another `netpath trace` (pid {}): the programs have one \
+                         ring buffer, so one tracer at a time; stop that one first",
+                        holder.trim()
+                    ),
                 }
             }
             Err((_, errno)) => Err(errno).with_context(|| format!("locking {}", path.display())),
@@ -111,7 +119,7 @@ impl Drop for Lock {
     fn drop(&mut self) {
         // Removed while still held, so nobody can be holding the old file.
         let gone = match self.purpose {
-            Purpose::Run => true,
+            Purpose::Run | Purpose::Trace => true,
             // A topology's lock file lives as long as its record.
             Purpose::Change => !PathBuf::from(STATE_DIR).join(format!("{}.json", self.owner)).exists(),
         };
