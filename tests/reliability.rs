@@ -10,7 +10,7 @@ use std::{
 };
 
 use common::{Host, Running, Topology, frame, in_ns, link_packets, outside, parse_mac, ping, quiet, send_raw_frames, unique_name};
-use netpath::datapath::object::pin_dir;
+use netpath::datapath::object::{BPFFS, pin_dir};
 use serde_json::Value;
 
 fn spawn_in(ns: &str, args: &[&str]) -> Child {
@@ -416,4 +416,48 @@ fn bad_input_to_every_verb() {
     assert_eq!(t.leftovers(&ghost), Vec::<String>::new());
     assert_eq!(fdb(&t).len(), fdb_before);
     assert_eq!(t.status()["ports"].as_array().unwrap().len(), 2);
+}
+
+/// A `--name` that would reach outside netpath's directories (`../x`) is
+/// refused by every verb before any file is touched.
+#[test]
+fn every_verb_refuses_a_name_that_escapes() {
+    let host = Host::new();
+    let victim = unique_name("esc");
+    let escaping = format!("../{victim}");
+    let bystanders: Vec<std::path::PathBuf> = ["lock", "run.lock", "trace.lock", "json"]
+        .iter()
+        .map(|suffix| std::path::Path::new("/run").join(format!("{victim}.{suffix}")))
+        .collect();
+    for path in &bystanders {
+        std::fs::write(path, "not netpath's").unwrap();
+    }
+    let n = escaping.as_str();
+    let verbs: Vec<Vec<&str>> = vec![
+        vec!["up", "--name", n],
+        vec!["run", "--name", n],
+        vec!["down", "--name", n],
+        vec!["status", "--name", n],
+        vec!["mode", "--name", n, "tc"],
+        vec!["port", "add", "--name", n, "x"],
+        vec!["port", "del", "--name", n, "x"],
+        vec!["fdb", "dump", "--name", n],
+        vec!["fdb", "add", "--name", n, "02:00:00:00:00:01", "--port", "x"],
+        vec!["fdb", "del", "--name", n, "02:00:00:00:00:01"],
+        vec!["fdb", "flush", "--name", n],
+        vec!["stats", "--name", n],
+        vec!["trace", "--name", n, "--count", "1"],
+        vec!["monitor", "--name", n],
+    ];
+    for args in &verbs {
+        let out = host.netpath(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "netpath {args:?}: {stderr}");
+        assert!(stderr.contains("name"), "netpath {args:?} does not say what is wrong: {stderr}");
+    }
+    for path in &bystanders {
+        assert_eq!(std::fs::read_to_string(path).unwrap(), "not netpath's", "{} was touched", path.display());
+        std::fs::remove_file(path).unwrap();
+    }
+    assert!(!std::path::Path::new(BPFFS).join(&victim).exists());
 }
