@@ -461,3 +461,30 @@ fn every_verb_refuses_a_name_that_escapes() {
     }
     assert!(!std::path::Path::new(BPFFS).join(&victim).exists());
 }
+
+/// A container's namespace deleted while no `netpath run` watches leaves a
+/// stale FDB entry; frames to it are passed to the bridge and counted, never
+/// dropped silently by a redirect to a device that is gone.
+#[test]
+fn a_port_gone_without_run_is_no_black_hole() {
+    for mode in ["tc", "xdp"] {
+        let t = Topology::up("hole", &["--containers", "2", "--subnet", "10.146.0.0/24", "--mode", mode]);
+        let c1_mac = t.status()["ports"][1]["mac"].as_str().unwrap().to_owned();
+        assert!(ping(&t.ns("c0"), "10.146.0.3"));
+        assert!(outside("ip", &["netns", "del", &t.ns("c1")]).status.success());
+        // The kernel dismantles the namespace (and so c1's veth) a moment later.
+        let started = Instant::now();
+        while t.sh("ip", &["link", "show", &t.ns("c1")]).status.success() {
+            assert!(started.elapsed() < Duration::from_secs(3), "{mode}: c1's host veth outlived its namespace");
+            sleep(Duration::from_millis(20));
+        }
+        // c0 still believes c1 is there (its neighbour entry), as a peer would.
+        in_ns(&t.ns("c0"), &["ip", "neigh", "replace", "10.146.0.3", "lladdr", &c1_mac, "dev", "eth0"]);
+        let c0 = t.ns("c0");
+        let before = (t.counter(&c0, "redirected"), t.counter(&c0, "pass_redirect_failed"));
+        in_ns(&c0, &["ping", "-c", "20", "-i", "0.01", "-W", "1", "-q", "10.146.0.3"]);
+        let after = (t.counter(&c0, "redirected"), t.counter(&c0, "pass_redirect_failed"));
+        assert_eq!(after.0, before.0, "{mode}: frames redirected to a port that is gone");
+        assert!(after.1 >= before.1 + 20, "{mode}: {} of 20 frames to the vanished port reached the bridge", after.1 - before.1);
+    }
+}

@@ -55,7 +55,9 @@ pub enum Counter {
     PassHost,
     /// Passed to the bridge: destination lives on the ingress port.
     PassHairpin,
-    /// Passed to the bridge: the redirect helper refused the frame.
+    /// Passed to the bridge: the destination port is gone (no longer in the
+    /// devmap, which the kernel keeps to live devices) or the redirect
+    /// helper refused the frame.
     PassRedirectFailed,
     /// Dropped: shorter than an Ethernet header.
     DropRunt,

@@ -11,6 +11,7 @@ use netpath_common::Counter;
 
 use crate::{
     forward::{Port, Verdict, decide},
+    maps::PORTS,
     trace,
 };
 
@@ -22,6 +23,14 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
     };
     match decide(&ctx, &port, ctx.data(), ctx.data_end()) {
         Verdict::Redirect(dst) => {
+            // bpf_redirect_peer() accepts any ifindex and the kernel drops
+            // the frame later if it names no device (a stale FDB entry), so
+            // first ask the devmap, which holds only live ports: the kernel
+            // takes a device out of it when the device goes.
+            if PORTS.get_ifindex(dst).is_none() {
+                port.count(Counter::PassRedirectFailed);
+                return TC_ACT_OK;
+            }
             // Peer redirect: the frame enters the destination container's
             // eth0 directly, skipping the host veth and the backlog queue.
             // SAFETY: helper call with plain integer arguments.
