@@ -407,6 +407,20 @@ fn aged_entries_are_unknown_and_removed() {
     });
 }
 
+/// An entry refreshed (on another CPU) after the program read the clock is
+/// younger than "now": it is live, never aged out by a wrapped difference.
+#[test]
+fn entries_refreshed_after_the_clock_read_are_live() {
+    in_private_netns(|| {
+        let mut dp = datapath();
+        let future = netpath::datapath::fdb::monotonic_ns() + 10_000_000_000;
+        dp.set_fdb(NEW_MAC, FdbEntry { ifindex: OTHER, flags: 0, last_seen_ns: future });
+        assert_eq!(dp.tc(&eth(NEW_MAC, PORT_MAC, ETH_P_IP)).unwrap(), TC_ACT_REDIRECT);
+        dp.assert_counters(PORT, &[(Counter::Redirected, 1)]);
+        assert!(dp.fdb(NEW_MAC).is_some(), "a live entry was aged out");
+    });
+}
+
 /// Another port's static MAC as source: counted, never learned; the frame
 /// itself is still decided by its destination.
 #[test]

@@ -87,8 +87,10 @@ pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, data: usize, data_end: usize
     let Some(entry) = (unsafe { FDB.get(key) }) else {
         return Verdict::Pass(Counter::PassUnknown);
     };
+    // Saturating: a frame on another CPU may have refreshed the entry after
+    // this clock read, and a wrapped difference would age a live entry out.
     // SAFETY: bpf_ktime_get_ns has no preconditions.
-    if !entry.is_static() && unsafe { bpf_ktime_get_ns() }.wrapping_sub(entry.last_seen_ns) > config.ageing_ns {
+    if !entry.is_static() && unsafe { bpf_ktime_get_ns() }.saturating_sub(entry.last_seen_ns) > config.ageing_ns {
         // Aged out: forget it here, so ageing works without the loader.
         let _ = FDB.remove(key);
         return Verdict::Pass(Counter::PassUnknown);
@@ -121,7 +123,7 @@ fn learn<C: EbpfContext>(ctx: &C, port: &Port, src: [u8; 6]) {
                 entry.ifindex = port.ifindex;
                 entry.last_seen_ns = now;
                 port.count(Counter::Learned);
-            } else if now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
+            } else if now.saturating_sub(entry.last_seen_ns) > REFRESH_NS {
                 entry.last_seen_ns = now;
             }
         }
