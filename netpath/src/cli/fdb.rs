@@ -1,6 +1,6 @@
 //! `fdb dump|add|del|flush`.
 
-use anyhow::{Result, bail, ensure};
+use anyhow::Result;
 use clap::Subcommand;
 
 use super::{NameArg, netlink_handle, render, require_root};
@@ -8,7 +8,7 @@ use crate::{
     datapath::{self, fdb::Fdb},
     host::netlink::LinkNames,
     model::{Mac, naming::{container_of, port_name}},
-    ops::topology,
+    ops::fdb,
 };
 
 #[derive(Subcommand)]
@@ -68,21 +68,13 @@ pub async fn run(command: FdbCommand) -> Result<()> {
             }
         }
         FdbCommand::Add { name: NameArg { name }, mac, port } => {
-            ensure!(mac.is_unicast(), "{mac} is not a unicast MAC address");
-            let ifindex = topology::port_ifindex(&handle, &name, &port).await?;
-            Fdb::open(&datapath::maps(&name)?)?.add_static(mac, ifindex)?;
+            fdb::add(&handle, &name, mac, &port).await?;
             println!("{mac} dev {} static", port_name(&name, container_of(&name, &port)));
             Ok(())
         }
-        FdbCommand::Del { name, mac } => {
-            if !datapath::forget_mac(&name.datapath()?, mac)? {
-                bail!("{} has no FDB entry for {mac}", name.name);
-            }
-            Ok(())
-        }
+        FdbCommand::Del { name, mac } => fdb::del(&name.datapath()?, &name.name, mac),
         FdbCommand::Flush { name } => {
-            let removed = Fdb::open(&datapath::maps(&name.datapath()?)?)?.flush_learned()?;
-            println!("{removed} learned entries removed");
+            println!("{} learned entries removed", fdb::flush(&name.datapath()?)?);
             Ok(())
         }
     }

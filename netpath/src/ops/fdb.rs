@@ -1,0 +1,36 @@
+//! Changes to a datapath's FDB by hand (`fdb add|del|flush`), under the
+//! datapath's lock like every other change, so an edit never races a
+//! `port del` (an entry for a port being removed) or a mode switch.
+
+use anyhow::{Result, bail, ensure};
+use rtnetlink::Handle;
+
+use super::topology::port_ifindex;
+use crate::{
+    datapath::{self, fdb::Fdb},
+    model::Mac,
+    store::lock::{Lock, Purpose},
+};
+
+/// Adds a static entry: frames to `mac` go to `port` of topology `datapath`.
+pub async fn add(handle: &Handle, datapath: &str, mac: Mac, port: &str) -> Result<()> {
+    ensure!(mac.is_unicast(), "{mac} is not a unicast MAC address");
+    let _lock = Lock::acquire(datapath, Purpose::Change)?;
+    let ifindex = port_ifindex(handle, datapath, port).await?;
+    Fdb::open(&datapath::maps(datapath)?)?.add_static(mac, ifindex)
+}
+
+/// Deletes the entry for `mac`.
+pub fn del(datapath: &str, shown_name: &str, mac: Mac) -> Result<()> {
+    let _lock = Lock::acquire(datapath, Purpose::Change)?;
+    if !datapath::forget_mac(datapath, mac)? {
+        bail!("{shown_name} has no FDB entry for {mac}");
+    }
+    Ok(())
+}
+
+/// Deletes every learned entry; returns how many.
+pub fn flush(datapath: &str) -> Result<usize> {
+    let _lock = Lock::acquire(datapath, Purpose::Change)?;
+    Fdb::open(&datapath::maps(datapath)?)?.flush_learned()
+}
