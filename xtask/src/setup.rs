@@ -32,11 +32,25 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("sockperf", "sockperf"),
 ];
 
+/// What `cargo xtask test --kernel` needs on top: qemu boots the kernels,
+/// busybox is the initramfs, kmod builds modules.dep (and is the guest's
+/// modprobe), xz unpacks the kernel image.
+const VM_TOOLS: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("/bin/busybox", "busybox-static"),
+    ("depmod", "kmod"),
+    ("xz", "xz-utils"),
+];
+
 pub fn run() -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
-    debian_tools()?;
-    Ok(())
+    debian_packages("Debian tools", DEBIAN_TOOLS)
+}
+
+/// The extra tools of the kernel matrix (`cargo xtask test --kernel`).
+pub fn vm_tools() -> Result<()> {
+    debian_packages("kernel matrix tools", VM_TOOLS)
 }
 
 fn step(what: &str, outcome: &str) {
@@ -149,14 +163,14 @@ fn on_path(command: &str) -> bool {
         .any(|dir| Path::new(dir).join(command).is_file())
 }
 
-fn debian_tools() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_TOOLS
+fn debian_packages(what: &str, packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(command, _)| !on_path(command))
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
-        step("Debian tools", "present");
+        step(what, "present");
         return Ok(());
     }
     if !on_path("apt-get") {
@@ -166,7 +180,7 @@ fn debian_tools() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("missing Debian packages ({}): run as root so setup can apt-get them", missing.join(", "));
     }
-    step("Debian tools", &format!("installing {}", missing.join(" ")));
+    step(what, &format!("installing {}", missing.join(" ")));
     status(Command::new("apt-get").args(["update", "-qq"])).context("apt-get update")?;
     status(
         Command::new("apt-get")
