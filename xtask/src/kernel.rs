@@ -153,6 +153,8 @@ impl Apt {
             .arg(format!("Dir::State::Lists={}", self.dir.join("lists").display()))
             .arg("-o")
             .arg(format!("Dir::Cache={}", self.dir.join("cache").display()))
+            // The cache is root's: apt's unprivileged download user cannot write it.
+            .args(["-o", "APT::Sandbox::User=root"])
             // Only the package lists: no translations, no AppStream metadata.
             .args(["-o", "Acquire::Languages=none", "-o", "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"]);
         cmd

@@ -237,11 +237,12 @@ mount -t bpf bpf /sys/fs/bpf
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
+echo "vm: $(uname -r): userland from the host after $(cut -d' ' -f1 /proc/uptime) s"
 mkdir -p /lib/modules/{release}
 mount --bind {modules} /lib/modules/{release}
-for m in {guest_modules}; do modprobe -q $m || echo "vm: $m: no such module in {release}"; done
+for m in {guest_modules}; do modprobe -q $m || echo "vm: no module $m in {release} (built in, or absent)"; done
 ip link set lo up
-echo "vm: $(uname -r) up in $(cut -d' ' -f1 /proc/uptime) s"
+echo "vm: modules loaded after $(cut -d' ' -f1 /proc/uptime) s"
 cd {workdir}
 "#,
         release = kernel.release,
