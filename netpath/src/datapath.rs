@@ -138,6 +138,7 @@ fn ensure_bpffs() -> Result<()> {
 /// Loads the object and every program in it, with maps created fresh
 /// (`pins` = None) or opened from / pinned to the given directory.
 pub fn load(pins: Option<&Path>, fdb_size: u32) -> Result<Ebpf> {
+    crate::memlock::raise_for_bpf()?;
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(maps::FDB, fdb_size);
     let paths: Vec<(&str, PathBuf)> = match pins {

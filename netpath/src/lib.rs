@@ -9,6 +9,7 @@ pub mod ethtool;
 pub mod fdb;
 pub mod nat;
 pub mod lock;
+pub mod memlock;
 pub mod metrics;
 pub mod monitor;
 pub mod netlink;

@@ -240,10 +240,14 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 echo "vm: $(uname -r): userland from the host after $(cut -d' ' -f1 /proc/uptime) s"
 mkdir -p /lib/modules/{release}
 mount --bind {modules} /lib/modules/{release}
-for m in {guest_modules}; do modprobe -q $m || echo "vm: no module $m in {release} (built in, or absent)"; done
+modprobe -aq {guest_modules} || for m in {guest_modules}; do
+    grep -q "^$m " /proc/modules || grep -q "/$m.ko" /lib/modules/{release}/modules.builtin || echo "vm: {release} has no module $m"
+done
 ip link set lo up
 echo "vm: modules loaded after $(cut -d' ' -f1 /proc/uptime) s"
 cd {workdir}
+# What still runs, every 30 s: shows where a guest that timed out hung.
+(while sleep 30; do ps -eo pid,etimes,args > /vmout/ps.new && mv /vmout/ps.new /vmout/ps.txt; done) &
 "#,
         release = kernel.release,
         modules = kernel.modules.display(),
@@ -306,7 +310,7 @@ fn wait_with_timeout(qemu: &mut Child, timeout: Duration) -> Result<Option<Strin
         if Instant::now() >= deadline {
             qemu.kill()?;
             qemu.wait()?;
-            return Ok(Some(format!("timed out after {} s: killed", timeout.as_secs())));
+            return Ok(Some(format!("timed out after {} s: killed (ps.txt lists what ran)", timeout.as_secs())));
         }
         thread::sleep(Duration::from_millis(200));
     }
