@@ -43,6 +43,10 @@ const SELECTION: &[(&str, &[&str])] = &[
     ("observability", &["trace_writes_a_pcap_that_tcpdump_reads"]),
 ];
 
+/// NETPATH_TEST_SLOW for the tests in the guest: how much longer their
+/// fixed waits (e.g. for a server to start) should be under TCG.
+const TEST_SLOWDOWN: u32 = 10;
+
 /// Modules netpath and its tests use that Debian builds as modules; the
 /// guest loads each one its kernel has (some are built in, some absent).
 const GUEST_MODULES: &[&str] = &[
@@ -226,7 +230,7 @@ fn run_kernel(series: &Series, kernel: &Kernel, runs: &[TestRun], timeout: Durat
 fn stage_two(kernel: &Kernel, runs: &[TestRun]) -> String {
     let workdir = build::workspace_root().join("netpath");
     let mut script = format!(
-        r#"export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTRACE=1
+        r#"export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTRACE=1 NETPATH_TEST_SLOW={slow}
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -253,11 +257,12 @@ cd {workdir}
         modules = kernel.modules.display(),
         guest_modules = GUEST_MODULES.join(" "),
         workdir = workdir.display(),
+        slow = TEST_SLOWDOWN,
     );
     for run in runs {
         let exact = if run.filters.is_empty() { "" } else { " --exact" };
         script.push_str(&format!(
-            "echo \"vm: {name}\"\n({exe} --test-threads=1{exact} {filters} 2>&1; echo $? > /vmout/{name}.rc) | tee /vmout/{name}.log\n",
+            "echo \"vm: {name}\"\n({exe} --test-threads=1 --show-output{exact} {filters} 2>&1; echo $? > /vmout/{name}.rc) | tee /vmout/{name}.log\n",
             name = run.name,
             exe = run.executable.display(),
             filters = run.filters.join(" "),
