@@ -339,10 +339,14 @@ fn report(outcomes: &[Outcome]) {
             o.wall.as_secs()
         );
     }
-    for o in outcomes.iter().filter(|o| !o.failed.is_empty()) {
-        eprintln!("\nfailed on {} ({}):", o.series, o.release);
-        for test in &o.failed {
-            eprintln!("  {test}");
+    for o in outcomes {
+        for (verdict, tests) in [("passed", &o.passed), ("FAILED", &o.failed)] {
+            if !tests.is_empty() {
+                eprintln!("\n{verdict} on {} ({}):", o.series, o.release);
+                for test in tests {
+                    eprintln!("  {test}");
+                }
+            }
         }
     }
 }
