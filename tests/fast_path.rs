@@ -30,7 +30,7 @@ fn iperf_server(ns: &str, port: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    sleep(Duration::from_millis(300));
+    sleep(common::patience(Duration::from_millis(300)));
     child
 }
 

@@ -31,6 +31,14 @@ pub fn require_root() {
     );
 }
 
+/// A fixed wait of a test, scaled by NETPATH_TEST_SLOW (a whole number,
+/// default 1) where everything runs slower: the kernel matrix sets it, as
+/// its guests run under qemu without KVM.
+pub fn patience(wait: std::time::Duration) -> std::time::Duration {
+    let factor = std::env::var("NETPATH_TEST_SLOW").ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(1);
+    wait * factor.max(1)
+}
+
 /// A topology name unique to this process and call, short enough that
 /// `NAME-cNN` fits in 15 bytes.
 pub fn unique_name(tag: &str) -> String {

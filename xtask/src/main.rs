@@ -2,9 +2,12 @@
 //! run netpath and its tests. These are the only commands a newcomer needs.
 
 mod build;
+mod initramfs;
+mod kernel;
 mod setup;
+mod vm;
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
@@ -29,8 +32,17 @@ enum Verb {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, then run every test (arguments go to `cargo test`).
+    /// Build, then run every test (arguments go to `cargo test`). With
+    /// --kernel: boot that Debian kernel in qemu and run the integration
+    /// tests of the kernel matrix inside (arguments, if any, replace the
+    /// matrix's selection: BINARY or BINARY::TEST).
     Test {
+        /// 5.10, 6.1 or all; repeat or give a comma list.
+        #[arg(long = "kernel", value_delimiter = ',')]
+        kernels: Vec<String>,
+        /// Seconds a kernel may take to boot and run its tests before it is killed.
+        #[arg(long, default_value_t = 1800)]
+        kernel_timeout: u64,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -50,7 +62,13 @@ fn main() -> Result<()> {
         }
         Verb::Run { args } => build_and_run_netpath("run", Need::Run, &args),
         Verb::Bench { args } => build_and_run_netpath("bench", Need::Bench, &args),
-        Verb::Test { args } => {
+        Verb::Test { kernels, kernel_timeout, args } if !kernels.is_empty() => {
+            let kernels = vm::parse(&kernels)?;
+            setup::run(Need::KernelMatrix)?;
+            build::ebpf()?;
+            vm::test(&kernels, &args, Duration::from_secs(kernel_timeout))
+        }
+        Verb::Test { args, .. } => {
             setup::run(Need::Test)?;
             build::ebpf()?;
             // Tests that need root fail (not skip) without it, with a message.

@@ -33,6 +33,13 @@ const DEBIAN_TOOLS: &[(&str, &str, &[Need])] = &[
     // A CNI client for the tests: libcni, built with Debian's Go.
     ("go", "golang-go", &[Need::Test]),
     ("/usr/share/gocode/src/github.com/containernetworking/cni/libcni/api.go", "golang-github-appc-cni-dev", &[Need::Test]),
+    // The kernel matrix: qemu boots the kernels, busybox is the initramfs,
+    // kmod builds modules.dep (and is the guest's modprobe), xz unpacks the
+    // kernel image.
+    ("qemu-system-x86_64", "qemu-system-x86", &[Need::KernelMatrix]),
+    ("/bin/busybox", "busybox-static", &[Need::KernelMatrix]),
+    ("depmod", "kmod", &[Need::KernelMatrix]),
+    ("xz", "xz-utils", &[Need::KernelMatrix]),
 ];
 
 /// What the set-up is for: each verb installs only what it uses.
@@ -44,12 +51,17 @@ pub enum Need {
     Bench,
     /// The test suite: every tool the tests drive.
     Test,
+    /// `cargo xtask test --kernel`: what boots the kernels, on top of Test.
+    KernelMatrix,
 }
 
 pub fn run(need: Need) -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     debian_tools(need)?;
+    if need == Need::KernelMatrix {
+        debian_tools(Need::Test)?;
+    }
     Ok(())
 }
 

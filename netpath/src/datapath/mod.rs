@@ -6,6 +6,7 @@ pub mod counters;
 pub mod fdb;
 pub mod hooks;
 pub mod maps;
+pub mod memlock;
 pub mod object;
 
 use std::{

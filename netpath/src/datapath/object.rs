@@ -42,6 +42,7 @@ pub fn ensure_bpffs() -> Result<()> {
 /// (`pins` = None) or opened from / pinned to the given directory, whose
 /// layout version is checked first (and written when the maps are new).
 pub fn load(pins: Option<&Path>, fdb_size: u32) -> Result<Ebpf> {
+    super::memlock::raise_for_bpf()?;
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MapName::Fdb.as_str(), fdb_size);
     let fresh = match pins {

@@ -1,0 +1,352 @@
+//! `cargo xtask test --kernel K`: netpath's integration tests inside a
+//! Debian kernel booted in qemu. The guest runs this machine's own
+//! userland (its `/` over 9p, read-only, under a tmpfs overlay), so the
+//! test binaries built here run there unchanged; results come back through
+//! a second, writable 9p share.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    build,
+    initramfs,
+    kernel::{self, Kernel, SERIES, Series},
+};
+
+/// The integration tests the matrix runs: binary, then exact test names.
+/// Up/down in every mode, the bridge-counter proof that xdp and tc carry
+/// TCP, UDP and ping, the FDB, mode switches, pins surviving the loader,
+/// and trace.
+const SELECTION: &[(&str, &[&str])] = &[
+    ("datapath_load", &["every_program_passes_the_verifier"]),
+    ("topology", &["four_containers_reach_each_other_and_status_matches_the_machine", "down_removes_everything_and_is_idempotent"]),
+    (
+        "fast_path",
+        &[
+            "bridge_mode_shows_up_on_the_bridge_counter",
+            "xdp_mode_carries_bulk_traffic",
+            "tc_mode_carries_bulk_traffic",
+            "what_the_fast_path_does_not_know_still_works",
+            "fdb_lists_every_container_and_learned_entries_age_out",
+            "the_datapath_survives_a_killed_loader_and_is_adopted",
+            "mode_switches_live_without_losing_the_ping",
+        ],
+    ),
+    ("observability", &["trace_writes_a_pcap_that_tcpdump_reads"]),
+];
+
+/// NETPATH_TEST_SLOW for the tests in the guest: how much longer their
+/// fixed waits (e.g. for a server to start) should be under TCG.
+const TEST_SLOWDOWN: u32 = 10;
+
+/// Modules netpath and its tests use that Debian builds as modules; the
+/// guest loads each one its kernel has (some are built in, some absent).
+const GUEST_MODULES: &[&str] = &[
+    "veth", "bridge", "8021q", "ipv6", "sch_ingress", "cls_bpf", "act_bpf", "nf_tables", "nft_counter",
+    "nft_ct", "nft_nat", "nft_chain_nat", "nft_masq", "nft_meta_bridge", "nf_conntrack_bridge",
+];
+
+/// Kernels named by `--kernel` (repeated, comma lists, or `all`), in order.
+pub fn parse(names: &[String]) -> Result<Vec<&'static Series>> {
+    let mut chosen: Vec<&'static Series> = Vec::new();
+    for name in names.iter().flat_map(|n| n.split(',')).map(str::trim) {
+        let wanted: Vec<&'static Series> = match name {
+            "all" => SERIES.iter().collect(),
+            _ => SERIES.iter().filter(|s| s.name == name).collect(),
+        };
+        if wanted.is_empty() {
+            let known: Vec<&str> = SERIES.iter().map(|s| s.name).collect();
+            bail!("unknown kernel {name:?}: --kernel takes {} or all", known.join(", "));
+        }
+        for series in wanted {
+            if !chosen.iter().any(|c| c.name == series.name) {
+                chosen.push(series);
+            }
+        }
+    }
+    Ok(chosen)
+}
+
+/// What one test binary runs in the guest.
+struct TestRun {
+    name: String,
+    executable: PathBuf,
+    filters: Vec<String>,
+}
+
+/// Outcome of one kernel.
+struct Outcome {
+    series: &'static str,
+    release: String,
+    passed: Vec<String>,
+    failed: Vec<String>,
+    /// Why the run as a whole failed (boot, timeout, crash), if it did.
+    problem: Option<String>,
+    wall: Duration,
+}
+
+/// Builds the tests natively, then boots each kernel in turn and runs them
+/// inside; prints a table and fails if any test failed on any kernel.
+/// `only`, when not empty, replaces the selection: `BINARY` or `BINARY::TEST`.
+pub fn test(kernels: &[&'static Series], only: &[String], timeout: Duration) -> Result<()> {
+    if !crate::is_root() {
+        bail!("cargo xtask test --kernel shares the host's / with qemu and needs root: run it as root, e.g. `sudo -E cargo xtask test --kernel 6.1`");
+    }
+    let runs = test_binaries(only)?;
+    let mut outcomes = Vec::new();
+    for series in kernels {
+        let kernel = kernel::get(series)?;
+        outcomes.push(run_kernel(series, &kernel, &runs, timeout)?);
+    }
+    report(&outcomes);
+    if outcomes.iter().any(|o| !o.failed.is_empty() || o.problem.is_some()) {
+        bail!("the kernel matrix has failures (logs in {})", results_root().display());
+    }
+    Ok(())
+}
+
+/// `cargo test --no-run` builds the test binaries (and the netpath binary
+/// they run); cargo prints where each binary is.
+fn test_binaries(only: &[String]) -> Result<Vec<TestRun>> {
+    let out = build::cargo("stable")
+        .args(["test", "--release", "--no-run", "--message-format=json-render-diagnostics"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the integration tests failed");
+    }
+    let mut executables = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let is_test = message["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"));
+        if let (true, Some(name), Some(path)) =
+            (is_test, message["target"]["name"].as_str(), message["executable"].as_str())
+        {
+            executables.push((name.to_owned(), PathBuf::from(path)));
+        }
+    }
+    let selection: Vec<(String, Vec<String>)> = if only.is_empty() {
+        SELECTION
+            .iter()
+            .map(|(binary, tests)| (binary.to_string(), tests.iter().map(|t| t.to_string()).collect()))
+            .collect()
+    } else {
+        let mut chosen: Vec<(String, Vec<String>)> = Vec::new();
+        for spec in only {
+            let (binary, test) = match spec.split_once("::") {
+                Some((b, t)) => (b, Some(t.to_owned())),
+                None => (spec.as_str(), None),
+            };
+            match chosen.iter_mut().find(|(b, _)| b == binary) {
+                Some((_, tests)) => tests.extend(test),
+                None => chosen.push((binary.to_owned(), test.into_iter().collect())),
+            }
+        }
+        chosen
+    };
+    selection
+        .into_iter()
+        .map(|(name, filters)| {
+            let executable = executables
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, p)| p.clone())
+                .with_context(|| format!("no integration test binary {name} (known: {})", known(&executables)))?;
+            Ok(TestRun { name, executable, filters })
+        })
+        .collect()
+}
+
+fn known(executables: &[(String, PathBuf)]) -> String {
+    executables.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+fn results_root() -> PathBuf {
+    build::workspace_root().join("target/kernel-matrix")
+}
+
+fn run_kernel(series: &Series, kernel: &Kernel, runs: &[TestRun], timeout: Duration) -> Result<Outcome> {
+    let dir = results_root().join(series.name);
+    let share = dir.join("share");
+    let _ = fs::remove_dir_all(&share);
+    fs::create_dir_all(&share).with_context(|| format!("creating {}", share.display()))?;
+    let initrd = dir.join("initramfs.cpio");
+    initramfs::build(kernel, &initrd)?;
+    fs::write(share.join("run.sh"), stage_two(kernel, runs))?;
+
+    eprintln!("kernel {}: booting {} (TCG), timeout {} s", series.name, kernel.release, timeout.as_secs());
+    let started = Instant::now();
+    let mut qemu = qemu(kernel, &initrd, &share)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64 (cargo xtask setup installs qemu-system-x86)")?;
+    let console = copy_console(&mut qemu, series.name, &dir.join("console.log"))?;
+    let problem = wait_with_timeout(&mut qemu, timeout)?;
+    let _ = console.join();
+    let wall = started.elapsed();
+
+    let mut outcome = Outcome {
+        series: series.name,
+        release: kernel.release.clone(),
+        passed: Vec::new(),
+        failed: Vec::new(),
+        problem,
+        wall,
+    };
+    for run in runs {
+        let log = fs::read_to_string(share.join(format!("{}.log", run.name))).unwrap_or_default();
+        let finished = share.join(format!("{}.rc", run.name)).exists();
+        for line in log.lines() {
+            let Some(rest) = line.strip_prefix("test ") else { continue };
+            if let Some(test) = rest.strip_suffix(" ... ok") {
+                outcome.passed.push(format!("{}::{test}", run.name));
+            } else if let Some(test) = rest.strip_suffix(" ... FAILED") {
+                outcome.failed.push(format!("{}::{test}", run.name));
+            }
+        }
+        if !finished && outcome.problem.is_none() {
+            outcome.problem = Some(format!("{} did not finish", run.name));
+        }
+    }
+    if outcome.problem.is_none() && !share.join("exit").exists() {
+        outcome.problem = Some("the guest stopped before the tests finished (see console.log)".into());
+    }
+    Ok(outcome)
+}
+
+/// Stage two, run by the host's /bin/sh as PID 1 of the guest in the new
+/// root: fresh kernel filesystems, the kernel's modules, then the tests.
+fn stage_two(kernel: &Kernel, runs: &[TestRun]) -> String {
+    let workdir = build::workspace_root().join("netpath");
+    let mut script = format!(
+        r#"export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTRACE=1 NETPATH_TEST_SLOW={slow}
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t bpf bpf /sys/fs/bpf
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+echo "vm: $(uname -r): userland from the host after $(cut -d' ' -f1 /proc/uptime) s"
+mkdir -p /lib/modules/{release}
+mount --bind {modules} /lib/modules/{release}
+modprobe -aq {guest_modules} || for m in {guest_modules}; do
+    grep -q "^$m " /proc/modules || grep -q "/$m.ko" /lib/modules/{release}/modules.builtin || echo "vm: {release} has no module $m"
+done
+ip link set lo up
+echo "vm: modules loaded after $(cut -d' ' -f1 /proc/uptime) s"
+cd {workdir}
+# What still runs, every 30 s: shows where a guest that timed out hung.
+(while sleep 30; do ps -eo pid,etimes,args > /vmout/ps.new && mv /vmout/ps.new /vmout/ps.txt; done) &
+"#,
+        release = kernel.release,
+        modules = kernel.modules.display(),
+        guest_modules = GUEST_MODULES.join(" "),
+        workdir = workdir.display(),
+        slow = TEST_SLOWDOWN,
+    );
+    for run in runs {
+        let exact = if run.filters.is_empty() { "" } else { " --exact" };
+        script.push_str(&format!(
+            "echo \"vm: {name}\"\n({exe} --test-threads=1 --show-output{exact} {filters} 2>&1; echo $? > /vmout/{name}.rc) | tee /vmout/{name}.log\n",
+            name = run.name,
+            exe = run.executable.display(),
+            filters = run.filters.join(" "),
+        ));
+    }
+    script.push_str("echo done > /vmout/exit\nsync\necho o > /proc/sysrq-trigger\nsleep 10\n");
+    script
+}
+
+fn qemu(kernel: &Kernel, initrd: &Path, share: &Path) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    // KVM here is a software module without vmx/svm: qemu aborts with it.
+    cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m", "2G", "-smp", "2"])
+        .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-nic", "none"])
+        .arg("-kernel")
+        .arg(&kernel.image)
+        .arg("-initrd")
+        .arg(initrd)
+        // panic=-1: a guest that panics reboots, which -no-reboot turns into exit.
+        .args(["-append", "console=ttyS0 panic=-1 loglevel=4 mitigations=off"])
+        .args(["-virtfs", "local,path=/,mount_tag=root,readonly=on,multidevs=remap,security_model=none"])
+        .arg("-virtfs")
+        .arg(format!("local,path={},mount_tag=out,security_model=none", share.display()));
+    cmd
+}
+
+/// Shows the guest's console with a `[K]` prefix and keeps it in `log`.
+fn copy_console(qemu: &mut Child, name: &str, log: &Path) -> Result<thread::JoinHandle<()>> {
+    let stdout = qemu.stdout.take().context("qemu stdout")?;
+    let mut file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let prefix = format!("[{name}] ");
+    Ok(thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches('\r');
+            eprintln!("{prefix}{line}");
+            let _ = writeln!(file, "{line}");
+        }
+    }))
+}
+
+/// Waits for qemu; kills it after `timeout`, so a hung guest fails the
+/// kernel instead of hanging the matrix.
+fn wait_with_timeout(qemu: &mut Child, timeout: Duration) -> Result<Option<String>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = qemu.try_wait()? {
+            return Ok((!status.success()).then(|| format!("qemu exited with {status}")));
+        }
+        if Instant::now() >= deadline {
+            qemu.kill()?;
+            qemu.wait()?;
+            return Ok(Some(format!("timed out after {} s: killed (ps.txt lists what ran)", timeout.as_secs())));
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn report(outcomes: &[Outcome]) {
+    eprintln!("\nkernel matrix:");
+    eprintln!("{:<7} {:<22} {:>6} {:>6} {:>8}  result", "kernel", "release", "passed", "failed", "wall");
+    for o in outcomes {
+        let result = match &o.problem {
+            Some(problem) => problem.clone(),
+            None if o.failed.is_empty() => "ok".into(),
+            None => "FAILED".into(),
+        };
+        eprintln!(
+            "{:<7} {:<22} {:>6} {:>6} {:>7}s  {result}",
+            o.series,
+            o.release,
+            o.passed.len(),
+            o.failed.len(),
+            o.wall.as_secs()
+        );
+    }
+    for o in outcomes {
+        for (verdict, tests) in [("passed", &o.passed), ("FAILED", &o.failed)] {
+            if !tests.is_empty() {
+                eprintln!("\n{verdict} on {} ({}):", o.series, o.release);
+                for test in tests {
+                    eprintln!("  {test}");
+                }
+            }
+        }
+    }
+}
