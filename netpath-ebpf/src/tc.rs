@@ -3,7 +3,7 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::{bpf_redirect_peer, bpf_skb_load_bytes},
+    helpers::{bpf_redirect_peer, bpf_skb_change_type, bpf_skb_load_bytes},
     macros::classifier,
     programs::TcContext,
 };
@@ -14,6 +14,10 @@ use crate::{
     maps::PORTS,
     trace,
 };
+
+/// `skb->pkt_type` values (linux/if_packet.h).
+const PACKET_HOST: u32 = 0;
+const PACKET_OTHERHOST: u32 = 3;
 
 #[classifier]
 pub fn netpath_tc(ctx: TcContext) -> i32 {
@@ -30,6 +34,17 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
             if PORTS.get_ifindex(dst).is_none() {
                 port.count(Counter::PassRedirectFailed);
                 return TC_ACT_OK;
+            }
+            // The frame arrived addressed to a container's MAC, not to this
+            // veth's, so the kernel marked it for another host; kernels
+            // before 6.1 keep that mark across bpf_redirect_peer() and the
+            // container drops the frame (measured on 5.10).
+            // SAFETY: the context pointer is valid for the program's run;
+            // the helper takes the skb and a packet type.
+            unsafe {
+                if (*ctx.skb.skb).pkt_type == PACKET_OTHERHOST {
+                    bpf_skb_change_type(ctx.skb.skb, PACKET_HOST);
+                }
             }
             // Peer redirect: the frame enters the destination container's
             // eth0 directly, skipping the host veth and the backlog queue.

@@ -32,14 +32,18 @@ enum Verb {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, then run every test (arguments go to `cargo test`). With
-    /// --kernel: boot that Debian kernel in qemu and run the integration
-    /// tests of the kernel matrix inside (arguments, if any, replace the
-    /// matrix's selection: BINARY or BINARY::TEST).
+    /// Build, then run every test on this machine's kernel, then the kernel
+    /// matrix (the integration tests that matter per kernel, inside every
+    /// Debian kernel of the matrix, booted in qemu). Arguments go to `cargo
+    /// test` and skip the matrix; with --kernel, only the matrix runs, and
+    /// arguments, if any, replace its selection (BINARY or BINARY::TEST).
     Test {
         /// 5.10, 6.1 or all; repeat or give a comma list.
-        #[arg(long = "kernel", value_delimiter = ',')]
+        #[arg(long = "kernel", value_delimiter = ',', conflicts_with = "native")]
         kernels: Vec<String>,
+        /// Only this machine's kernel: no kernel matrix.
+        #[arg(long)]
+        native: bool,
         /// Seconds a kernel may take to boot and run its tests before it is killed.
         #[arg(long, default_value_t = 1800)]
         kernel_timeout: u64,
@@ -62,17 +66,22 @@ fn main() -> Result<()> {
         }
         Verb::Run { args } => build_and_run_netpath("run", Need::Run, &args),
         Verb::Bench { args } => build_and_run_netpath("bench", Need::Bench, &args),
-        Verb::Test { kernels, kernel_timeout, args } if !kernels.is_empty() => {
+        Verb::Test { kernels, kernel_timeout, args, .. } if !kernels.is_empty() => {
             let kernels = vm::parse(&kernels)?;
             setup::run(Need::KernelMatrix)?;
             build::ebpf()?;
             vm::test(&kernels, &args, Duration::from_secs(kernel_timeout))
         }
-        Verb::Test { args, .. } => {
-            setup::run(Need::Test)?;
+        Verb::Test { native, kernel_timeout, args, .. } => {
+            let matrix = !native && args.is_empty();
+            setup::run(if matrix { Need::KernelMatrix } else { Need::Test })?;
             build::ebpf()?;
             // Tests that need root fail (not skip) without it, with a message.
-            build::status(&mut build::cargo_test(&args))
+            build::status(&mut build::cargo_test(&args))?;
+            if !matrix {
+                return Ok(());
+            }
+            vm::test(&vm::parse(&["all".to_owned()])?, &[], Duration::from_secs(kernel_timeout))
         }
     }
 }

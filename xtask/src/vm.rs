@@ -26,7 +26,9 @@ use crate::{
 /// TCP, UDP and ping, the FDB, mode switches, pins surviving the loader,
 /// and trace.
 const SELECTION: &[(&str, &[&str])] = &[
-    ("datapath_load", &["every_program_passes_the_verifier"]),
+    ("datapath_load", &["every_program_passes_the_verifier", "pins_of_another_layout_are_refused"]),
+    // The programs' decision on crafted frames, on this kernel's verifier and helpers.
+    ("decision", &[]),
     ("topology", &["four_containers_reach_each_other_and_status_matches_the_machine", "down_removes_everything_and_is_idempotent"]),
     (
         "fast_path",
@@ -38,9 +40,12 @@ const SELECTION: &[(&str, &[&str])] = &[
             "fdb_lists_every_container_and_learned_entries_age_out",
             "the_datapath_survives_a_killed_loader_and_is_adopted",
             "mode_switches_live_without_losing_the_ping",
+            "every_mode_switch_leaves_the_target_modes_offloads",
+            "tc_mode_carries_ipv6_bulk_traffic",
         ],
     ),
-    ("observability", &["trace_writes_a_pcap_that_tcpdump_reads"]),
+    ("observability", &["trace_writes_a_pcap_that_tcpdump_reads", "a_killed_tracer_stops_tracing_and_a_second_is_refused"]),
+    ("reliability", &["a_port_gone_without_run_is_no_black_hole"]),
 ];
 
 /// NETPATH_TEST_SLOW for the tests in the guest: how much longer their
