@@ -400,6 +400,9 @@ fn hairpin_frames_go_to_the_bridge() {
 fn aged_entries_are_unknown_and_removed() {
     in_private_netns(|| {
         let mut dp = datapath();
+        // Seen 1 ns after boot, with a 1 ms ageing time: aged on any machine
+        // up for longer than that (a fresh VM is up for seconds, not 300).
+        dp.set_config(DatapathConfig { bridge_mac: BRIDGE_MAC, learning: 1, ageing_ns: 1_000_000, ..Default::default() });
         dp.set_fdb(NEW_MAC, FdbEntry { ifindex: OTHER, flags: 0, last_seen_ns: 1 });
         assert_eq!(dp.tc(&eth(NEW_MAC, PORT_MAC, ETH_P_IP)).unwrap(), TC_ACT_OK);
         dp.assert_counters(PORT, &[(Counter::PassUnknown, 1)]);

@@ -229,6 +229,10 @@ fn fdb_lists_every_container_and_learned_entries_age_out() {
     // Replace c1's static entry by a learned one, then let it age.
     let mac = status["ports"][1]["mac"].as_str().unwrap().to_owned();
     quiet(&t.ns("c1"));
+    // Nor may c1 probe c0's address a few seconds after the ping (ARP's
+    // delay_first_probe_time is 5 s): that would refresh its entry.
+    let c0_mac = status["ports"][0]["mac"].as_str().unwrap();
+    in_ns(&t.ns("c1"), &["ip", "neigh", "replace", "10.119.0.2", "lladdr", c0_mac, "dev", "eth0", "nud", "permanent"]);
     t.netpath_ok(&["fdb", "del", "--name", &name, &mac]);
     assert!(ping(&t.ns("c0"), "10.119.0.3"));
     let learned = |dump: &str| -> Option<Value> {

@@ -134,7 +134,7 @@ pub async fn attach(handle: &Handle, ebpf: &mut Ebpf, pins: &Path, port: &Port, 
                     .with_context(|| format!("no {}", port.ifname))?;
                 let id = program.attach_to_if_index(index, XdpMode::Driver)?;
                 let link = program.take_link(id)?.try_into().context("XDP link is not a bpf_link")?;
-                set_xdp_offloads(&port.ifname, true)?;
+                set_xdp_offloads(&port.ifname)?;
                 Ok(link)
             })
             .with_context(|| format!("attaching XDP pass to {} in {}", port.ifname, port.netns.display()))?
@@ -213,11 +213,25 @@ pub async fn clsact_program_id(handle: &Handle, ifindex: u32) -> Result<Option<u
 /// - no transmit checksum offload: a CHECKSUM_PARTIAL frame loses its
 ///   "checksum pending" mark when XDP redirects it, and the receiver drops it;
 /// - GRO, so the receiving end batches the redirected frames into large skbs.
-///
-/// `enable = false` restores the veth defaults when XDP mode is left.
-fn set_xdp_offloads(ifname: &str, enable: bool) -> Result<()> {
-    ethtool::set(ifname, ethtool::Offload::TxChecksum, !enable)?;
-    ethtool::set(ifname, ethtool::Offload::Gro, enable)
+fn set_xdp_offloads(ifname: &str) -> Result<()> {
+    ethtool::set(ifname, ethtool::Offload::TxChecksum, false)?;
+    ethtool::set(ifname, ethtool::Offload::Gro, true)
+}
+
+/// Gives the container's interface back the veth defaults of this kernel
+/// when XDP mode is left: transmit checksumming on, and GRO as the port's
+/// host end has it (the same driver's default, which netpath never changes:
+/// off on recent kernels, on for instance on 5.10).
+fn restore_veth_offloads(port: &Port) -> Result<()> {
+    if nix::net::if_::if_nametoindex(port.name.as_str()).is_err() {
+        return Ok(()); // the pair is gone, and with it the container's end
+    }
+    let gro = ethtool::get(&port.name, ethtool::Offload::Gro)?;
+    netns::enter_path_and(&port.netns, || {
+        ethtool::set(&port.ifname, ethtool::Offload::TxChecksum, true)?;
+        ethtool::set(&port.ifname, ethtool::Offload::Gro, gro)
+    })
+    .with_context(|| format!("restoring offloads of {} in {}", port.ifname, port.netns.display()))
 }
 
 /// Unpins (and so detaches) one hook's link of one port, if pinned, or
@@ -238,8 +252,7 @@ pub fn detach(pins: &Path, port: &Port, hook: Hook) -> Result<()> {
         let link = PinnedLink::from_pin(&pin).with_context(|| format!("opening pinned link {}", pin.display()))?;
         link.unpin().with_context(|| format!("unpinning {}", pin.display()))?;
         if hook == Hook::XdpPeer && port.netns.exists() {
-            netns::enter_path_and(&port.netns, || set_xdp_offloads(&port.ifname, false))
-                .with_context(|| format!("restoring offloads of {} in {}", port.ifname, port.netns.display()))?;
+            restore_veth_offloads(port)?;
         }
     }
     Ok(())

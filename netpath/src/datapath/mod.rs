@@ -120,6 +120,13 @@ pub async fn ensure(handle: &Handle, dp: &Datapath) -> Result<()> {
     };
     fill_maps(&Maps::open(&dir)?, config, &ports)?;
 
+    if dp.mode == Mode::Tc && hooks::TcMethod::for_this_kernel() == hooks::TcMethod::Clsact {
+        info!(
+            "{}: this kernel has no tcx (Linux 6.6): the tc programs attach through a clsact qdisc and \
+             cls_bpf filters instead, with the same forwarding",
+            dp.name
+        );
+    }
     let wanted = Hook::for_mode(dp.mode);
     for (port, ifindex) in &ports {
         for hook in wanted {
