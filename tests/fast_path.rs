@@ -369,3 +369,36 @@ fn every_mode_switch_leaves_the_target_modes_offloads() {
         .unwrap_or_else(|| panic!("no summary in {summary}"));
     assert!(500 - received <= 3 * switches, "lost {} pings in {switches} switches: {summary}", 500 - received);
 }
+
+/// What `cargo xtask run` runs once it has built netpath: `netpath run` with
+/// every default (2 containers, 10.77.0.0/24, tc mode). Its programs carry
+/// the traffic, attached as this kernel allows; on a kernel without tcx the
+/// log says so, and everything works all the same.
+#[test]
+fn run_brings_up_the_default_topology_in_tc_mode() {
+    let mut run = Running::start("dflt", &[]);
+    let t = &run.topology;
+    let status = t.status();
+    assert_eq!(status["mode"], "tc");
+    assert_eq!(status["subnets"], serde_json::json!(["10.77.0.0/24"]));
+    let method = netpath::datapath::hooks::TcMethod::for_this_kernel();
+    let attached = match method {
+        netpath::datapath::hooks::TcMethod::Tcx => "tc:netpath_tc",
+        netpath::datapath::hooks::TcMethod::Clsact => "tc-clsact:netpath_tc",
+    };
+    let ports = status["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 2);
+    for port in ports {
+        assert_eq!(port["programs"], serde_json::json!([attached]), "{port}");
+    }
+    assert!(ping(&t.ns("c0"), "10.77.0.3"));
+    let bridge = BridgeForwardCounter::from_ports_of(t);
+    let before = t.counter(&t.ns("c0"), "redirected");
+    assert!(in_ns(&t.ns("c0"), &["ping", "-f", "-c", "500", "-q", "10.77.0.3"]).status.success());
+    assert!(t.counter(&t.ns("c0"), "redirected") >= before + 500, "the flood did not take the fast path");
+    assert!(bridge.packets() <= 5, "the bridge forwarded {} of 1000 frames", bridge.packets());
+    if method == netpath::datapath::hooks::TcMethod::Clsact {
+        assert!(run.log().contains("no tcx"), "run did not say why it attached through clsact: {}", run.log());
+    }
+    assert!(run.interrupt(), "run did not end cleanly on Ctrl-C: {}", run.log());
+}

@@ -369,6 +369,8 @@ fn parse_link_packets(out: &Output) -> (u64, u64) {
 pub struct Running {
     pub child: std::process::Child,
     pub topology: Topology,
+    /// Where `run`'s log (its stderr) goes.
+    log: std::path::PathBuf,
 }
 
 impl Running {
@@ -376,22 +378,31 @@ impl Running {
     pub fn start(tag: &str, args: &[&str]) -> Self {
         let host = Host::new();
         let name = unique_name(tag);
+        let log = std::env::temp_dir().join(format!("netpath-run-{name}.log"));
         let child = host
             .netpath_command()
             .args(["run", "--name", &name])
             .args(args)
+            // The log as a user sees it (netpath's default level).
+            .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("run's log file"))
             .spawn()
             .expect("starting netpath run");
-        let running = Running { child, topology: Topology::adopt(&host, &name) };
-        for _ in 0..100 {
+        let running = Running { child, topology: Topology::adopt(&host, &name), log };
+        let started = std::time::Instant::now();
+        while started.elapsed() < patience(std::time::Duration::from_secs(10)) {
             if host.netpath(&["status", "--name", &name]).status.success() {
                 return running;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        panic!("netpath run never brought {name} up");
+        panic!("netpath run never brought {name} up: {}", running.log());
+    }
+
+    /// What `run` logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Ctrl-C, as a user would; true if `run` then exited successfully.
@@ -406,6 +417,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 

@@ -42,6 +42,7 @@ const SELECTION: &[(&str, &[&str])] = &[
             "mode_switches_live_without_losing_the_ping",
             "every_mode_switch_leaves_the_target_modes_offloads",
             "tc_mode_carries_ipv6_bulk_traffic",
+            "run_brings_up_the_default_topology_in_tc_mode",
         ],
     ),
     ("observability", &["trace_writes_a_pcap_that_tcpdump_reads", "a_killed_tracer_stops_tracing_and_a_second_is_refused"]),
