@@ -294,15 +294,20 @@ fn mode_switches_live_without_losing_the_ping() {
         t.netpath_ok(&["mode", "--name", &t.name, mode]);
         assert_eq!(t.status()["mode"], mode);
     }
-    let out = pinger.wait_with_output().unwrap();
-    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
-    let received: u64 = summary
+    let (received, summary) = pings_received(pinger);
+    assert!(received >= 247, "lost {} pings while switching modes: {summary}", 250 - received);
+    assert!(t.counter(&t.ns("c0"), "redirected") > 0);
+}
+
+/// How many replies a `ping -q` child received, and its summary.
+fn pings_received(pinger: std::process::Child) -> (u64, String) {
+    let summary = String::from_utf8_lossy(&pinger.wait_with_output().unwrap().stdout).into_owned();
+    let received = summary
         .split(", ")
         .find_map(|part| part.strip_suffix(" received"))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no summary in {summary}"));
-    assert!(received >= 247, "lost {} pings while switching modes: {summary}", 250 - received);
-    assert!(t.counter(&t.ns("c0"), "redirected") > 0);
+    (received, summary)
 }
 
 /// The two offloads xdp mode changes inside a container, as `ethtool -k`
@@ -360,13 +365,7 @@ fn every_mode_switch_leaves_the_target_modes_offloads() {
             assert_eq!(programs.len(), expected, "programs after switching to {mode}: {programs:?}");
         }
     }
-    let out = pinger.wait_with_output().unwrap();
-    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
-    let received: u64 = summary
-        .split(", ")
-        .find_map(|part| part.strip_suffix(" received"))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no summary in {summary}"));
+    let (received, summary) = pings_received(pinger);
     assert!(500 - received <= 3 * switches, "lost {} pings in {switches} switches: {summary}", 500 - received);
 }
 

@@ -231,17 +231,28 @@ fn run_kernel(series: &'static Series, kernel: &Kernel, runs: &[TestRun], timeou
     };
     for run in runs {
         let log = fs::read_to_string(share.join(format!("{}.log", run.name))).unwrap_or_default();
-        let finished = share.join(format!("{}.rc", run.name)).exists();
+        let rc = fs::read_to_string(share.join(format!("{}.rc", run.name))).ok();
+        let (mut passed, mut failed) = (0, 0);
         for line in log.lines() {
             let Some(rest) = line.strip_prefix("test ") else { continue };
             if let Some(test) = rest.strip_suffix(" ... ok") {
                 outcome.passed.push(format!("{}::{test}", run.name));
+                passed += 1;
             } else if let Some(test) = rest.strip_suffix(" ... FAILED") {
                 outcome.failed.push(format!("{}::{test}", run.name));
+                failed += 1;
             }
         }
-        if !finished && outcome.problem.is_none() {
-            outcome.problem = Some(format!("{} did not finish", run.name));
+        // A binary that did not run, crashed, or ran nothing is a failure,
+        // never a quiet pass.
+        let problem = match rc.as_deref().map(str::trim) {
+            None => Some(format!("{} did not finish", run.name)),
+            Some("0") if passed == 0 => Some(format!("{} ran no test", run.name)),
+            Some(code) if code != "0" && failed == 0 => Some(format!("{} exited with {code} (see its log)", run.name)),
+            _ => None,
+        };
+        if outcome.problem.is_none() {
+            outcome.problem = problem;
         }
     }
     if outcome.problem.is_none() && !share.join("exit").exists() {
@@ -264,7 +275,8 @@ mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t bpf bpf /sys/fs/bpf
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
+# /tmp stays the overlay's: writable, and the host's own /tmp (a checkout
+# may live there) shows through.
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 echo "vm: $(uname -r): userland from the host after $(cut -d' ' -f1 /proc/uptime) s"
 mkdir -p /lib/modules/{release}
