@@ -100,10 +100,6 @@ impl Maps {
     pub fn trace(&self) -> Result<RingBuf<MapData>> {
         self.open_map(MapName::Trace)
     }
-
-    pub fn layout(&self) -> Result<Array<MapData, u32>> {
-        self.open_map(MapName::Layout)
-    }
 }
 
 /// Refuses pins in `dir` made by a netpath of another map layout, or (when

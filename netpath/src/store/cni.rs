@@ -58,13 +58,4 @@ impl NetworkRecord {
     pub fn find(&self, container_id: &str, ifname: &str) -> Option<usize> {
         self.attachments.iter().position(|a| a.container_id == container_id && a.ifname == ifname)
     }
-
-    /// Bridges with a record on this machine.
-    pub fn bridges() -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(Path::new(STATE_DIR).join("cni")) else { return Vec::new() };
-        entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".json").map(str::to_owned))
-            .collect()
-    }
 }

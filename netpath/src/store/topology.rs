@@ -36,19 +36,3 @@ pub fn save(record: &TopologyRecord) -> Result<()> {
 pub fn remove(topology: &str) -> Result<()> {
     atomic::remove(&path(topology)?)
 }
-
-/// Every topology with a record on this machine.
-pub fn all() -> Result<Vec<TopologyRecord>> {
-    let Ok(entries) = std::fs::read_dir(STATE_DIR) else { return Ok(Vec::new()) };
-    let mut records = Vec::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(topology) = name.strip_suffix(".json")
-            && validate_topology_name(topology).is_ok()
-            && let Some(record) = load(topology)?
-        {
-            records.push(record);
-        }
-    }
-    Ok(records)
-}
