@@ -20,8 +20,13 @@ use aya::{
     programs::{SchedClassifier, Xdp},
     util::nr_cpus,
 };
-use common::frame;
-use netpath_common::{Counter, DatapathConfig, FDB_FLAG_STATIC, FdbEntry, FdbKey, PortState, maps, programs};
+use common::{
+    frame,
+    packets::{self, ETH_P_ARP, ETH_P_IP, ND_NEIGHBOR_ADVERT, ND_NEIGHBOR_SOLICIT, ND_ROUTER_ADVERT},
+};
+use netpath_common::{
+    Counter, DatapathConfig, FdbEntry, FdbKey, PORT_SOURCE_CHECK, PortPolicy, PortState, maps, programs,
+};
 
 /// The ingress port: `lo` of the test's namespace, the device test_run
 /// frames arrive on (and the only one an XDP test run may name).
@@ -35,18 +40,24 @@ const BRIDGE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xbb];
 const NEW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
 const UNKNOWN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
 const BROADCAST: [u8; 6] = [0xff; 6];
+const PORT_IP: [u8; 4] = [10, 0, 0, 1];
+const OTHER_IP: [u8; 4] = [10, 0, 0, 7];
+const PORT_IPV6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const OTHER_IPV6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+/// Learned entries a port may hold, in these tests.
+const LEARN_LIMIT: u32 = 4;
 
 const FDB_SIZE: u32 = 64;
 const AGEING_NS: u64 = 300_000_000_000;
 
 // Verdicts (linux/pkt_cls.h, linux/bpf.h).
 const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 /// IEEE 802 local experimental EtherType: no L3 header to parse.
 const ETH_P_EXPERIMENTAL: u16 = 0x88b5;
@@ -168,8 +179,9 @@ fn datapath() -> MutexGuard<'static, Datapath> {
 }
 
 impl Datapath {
-    /// One topology: two ports with a static FDB entry each, the bridge's
-    /// MAC, learning on; nothing else in any map, every counter 0.
+    /// One topology: two ports that check their sources, with a static FDB
+    /// entry each, the bridge's MAC, learning on; nothing else in any map,
+    /// every counter 0.
     fn reset(&mut self) {
         self.set_config(DatapathConfig { bridge_mac: BRIDGE_MAC, learning: 1, ageing_ns: AGEING_NS, ..Default::default() });
         let mut states: PerCpuHashMap<_, u32, PortState> =
@@ -177,14 +189,18 @@ impl Datapath {
         for key in states.keys().collect::<Result<Vec<_>, _>>().unwrap() {
             states.remove(&key).unwrap();
         }
-        let mut fdb: HashMap<_, FdbKey, FdbEntry> = HashMap::try_from(self.ebpf.map_mut(maps::FDB).unwrap()).unwrap();
-        for key in fdb.keys().collect::<Result<Vec<_>, _>>().unwrap() {
-            fdb.remove(&key).unwrap();
+        let mut statics = self.statics();
+        for key in statics.keys().collect::<Result<Vec<_>, _>>().unwrap() {
+            statics.remove(&key).unwrap();
         }
-        self.add_port(PORT, PORT_MAC);
-        self.add_port(OTHER, OTHER_MAC);
-        self.set_fdb(PORT_MAC, FdbEntry { ifindex: PORT, flags: FDB_FLAG_STATIC, last_seen_ns: 0 });
-        self.set_fdb(OTHER_MAC, FdbEntry { ifindex: OTHER, flags: FDB_FLAG_STATIC, last_seen_ns: 0 });
+        let mut learned = self.learned();
+        for key in learned.keys().collect::<Result<Vec<_>, _>>().unwrap() {
+            learned.remove(&key).unwrap();
+        }
+        self.add_port(PORT, PORT_MAC, PORT_IP, PORT_IPV6);
+        self.add_port(OTHER, OTHER_MAC, OTHER_IP, OTHER_IPV6);
+        self.set_static(PORT_MAC, PORT);
+        self.set_static(OTHER_MAC, OTHER);
         // XDP redirects through the devmap: OTHER's frames leave by `lo`.
         let mut ports = DevMapHash::try_from(self.ebpf.map_mut(maps::PORTS).unwrap()).unwrap();
         for key in ports.keys().collect::<Result<Vec<_>, _>>().unwrap() {
@@ -198,28 +214,70 @@ impl Datapath {
         map.set(0, config, 0).unwrap();
     }
 
-    fn add_port(&mut self, ifindex: u32, mac: [u8; 6]) {
-        let mut map: PerCpuHashMap<_, u32, PortState> =
-            PerCpuHashMap::try_from(self.ebpf.map_mut(maps::PORT_STATE).unwrap()).unwrap();
-        let state = PortState { mac, ..Default::default() };
+    fn port_states(&mut self) -> PerCpuHashMap<&mut aya::maps::MapData, u32, PortState> {
+        PerCpuHashMap::try_from(self.ebpf.map_mut(maps::PORT_STATE).unwrap()).unwrap()
+    }
+
+    fn add_port(&mut self, ifindex: u32, mac: [u8; 6], ipv4: [u8; 4], ipv6: [u8; 16]) {
+        let mut policy = PortPolicy { mac, flags: PORT_SOURCE_CHECK, learn_limit: LEARN_LIMIT, ..Default::default() };
+        policy.ipv4[0] = ipv4;
+        policy.ipv6[0] = packets::link_local(mac);
+        policy.ipv6[1] = ipv6;
+        let state = PortState { policy, ..Default::default() };
         let values = PerCpuValues::try_from(vec![state; nr_cpus().unwrap()]).unwrap();
-        map.insert(ifindex, values, 0).unwrap();
+        self.port_states().insert(ifindex, values, 0).unwrap();
+        self.set_learned_count(ifindex, 0);
+    }
+
+    /// Turns the port's source check on or off (off: it learns).
+    fn set_source_check(&mut self, ifindex: u32, on: bool) {
+        let mut states = self.port_states();
+        let mut values: Vec<PortState> = states.get(&ifindex, 0).unwrap().iter().copied().collect();
+        values.iter_mut().for_each(|s| s.policy.flags = if on { PORT_SOURCE_CHECK } else { 0 });
+        states.insert(ifindex, PerCpuValues::try_from(values).unwrap(), 0).unwrap();
     }
 
     fn remove_port(&mut self, ifindex: u32) {
-        let mut map: PerCpuHashMap<_, u32, PortState> =
-            PerCpuHashMap::try_from(self.ebpf.map_mut(maps::PORT_STATE).unwrap()).unwrap();
-        map.remove(&ifindex).unwrap();
+        self.port_states().remove(&ifindex).unwrap();
     }
 
-    fn set_fdb(&mut self, mac: [u8; 6], entry: FdbEntry) {
-        let mut map: HashMap<_, FdbKey, FdbEntry> = HashMap::try_from(self.ebpf.map_mut(maps::FDB).unwrap()).unwrap();
-        map.insert(FdbKey::new(mac, 0), entry, 0).unwrap();
+    fn statics(&mut self) -> HashMap<&mut aya::maps::MapData, FdbKey, u32> {
+        HashMap::try_from(self.ebpf.map_mut(maps::FDB_STATIC).unwrap()).unwrap()
     }
 
-    fn fdb(&self, mac: [u8; 6]) -> Option<FdbEntry> {
-        let map: HashMap<_, FdbKey, FdbEntry> = HashMap::try_from(self.ebpf.map(maps::FDB).unwrap()).unwrap();
+    fn learned(&mut self) -> HashMap<&mut aya::maps::MapData, FdbKey, FdbEntry> {
+        HashMap::try_from(self.ebpf.map_mut(maps::FDB_LEARNED).unwrap()).unwrap()
+    }
+
+    fn set_static(&mut self, mac: [u8; 6], ifindex: u32) {
+        self.statics().insert(FdbKey::new(mac, 0), ifindex, 0).unwrap();
+    }
+
+    fn static_entry(&self, mac: [u8; 6]) -> Option<u32> {
+        let map: HashMap<_, FdbKey, u32> = HashMap::try_from(self.ebpf.map(maps::FDB_STATIC).unwrap()).unwrap();
         map.get(&FdbKey::new(mac, 0), 0).ok()
+    }
+
+    /// A learned entry, as the programs would have made it (with its count).
+    fn set_learned(&mut self, mac: [u8; 6], ifindex: u32, last_seen_ns: u64) {
+        self.learned().insert(FdbKey::new(mac, 0), FdbEntry { ifindex, _pad: 0, last_seen_ns }, 0).unwrap();
+        let count = self.learned_count(ifindex);
+        self.set_learned_count(ifindex, count + 1);
+    }
+
+    fn learned_entry(&self, mac: [u8; 6]) -> Option<FdbEntry> {
+        let map: HashMap<_, FdbKey, FdbEntry> = HashMap::try_from(self.ebpf.map(maps::FDB_LEARNED).unwrap()).unwrap();
+        map.get(&FdbKey::new(mac, 0), 0).ok()
+    }
+
+    fn learned_count(&self, ifindex: u32) -> u32 {
+        let map: HashMap<_, u32, u32> = HashMap::try_from(self.ebpf.map(maps::PORT_LEARNED).unwrap()).unwrap();
+        map.get(&ifindex, 0).unwrap()
+    }
+
+    fn set_learned_count(&mut self, ifindex: u32, count: u32) {
+        let mut map: HashMap<_, u32, u32> = HashMap::try_from(self.ebpf.map_mut(maps::PORT_LEARNED).unwrap()).unwrap();
+        map.insert(ifindex, count, 0).unwrap();
     }
 
     /// A port's counters, summed over the CPUs.
@@ -287,79 +345,103 @@ impl Datapath {
     }
 }
 
-/// An Ethernet frame from `src` to `dst`, padded to the 60-byte minimum.
-fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Vec<u8> {
-    frame(dst, src, ethertype, &[0x45; 46])
+/// An IPv4 frame from PORT's container (its MAC and address) to `dst`.
+fn eth(dst: [u8; 6]) -> Vec<u8> {
+    packets::ipv4(dst, PORT_MAC, PORT_IP, OTHER_IP)
+}
+
+/// An IPv4 frame from `src` (a MAC behind PORT, which then must not check
+/// sources) to `dst`.
+fn from(src: [u8; 6], dst: [u8; 6]) -> Vec<u8> {
+    packets::ipv4(dst, src, [10, 0, 0, 99], OTHER_IP)
 }
 
 /// Runs both programs on `data` (tc first), each on a freshly reset
-/// datapath, and asserts their verdicts and that both counted exactly
-/// `counters` on PORT.
-fn both_decide(data: &[u8], tc_verdict: u32, xdp_verdict: u32, counters: &[(Counter, u64)]) {
+/// datapath changed by `setup`, and asserts their verdicts and that both
+/// counted exactly `counters` on PORT.
+fn both_decide_after(
+    setup: impl Fn(&mut Datapath),
+    data: &[u8],
+    tc_verdict: u32,
+    xdp_verdict: u32,
+    counters: &[(Counter, u64)],
+) {
     let mut dp = datapath();
+    setup(&mut dp);
     assert_eq!(dp.tc(data).expect("tc test run"), tc_verdict, "tc verdict");
     dp.assert_counters(PORT, counters);
     dp.assert_counters(OTHER, &[]);
     dp.reset();
+    setup(&mut dp);
     assert_eq!(dp.xdp(data).expect("xdp test run"), xdp_verdict, "xdp verdict");
     dp.assert_counters(PORT, counters);
     dp.assert_counters(OTHER, &[]);
 }
 
+fn both_decide(data: &[u8], tc_verdict: u32, xdp_verdict: u32, counters: &[(Counter, u64)]) {
+    both_decide_after(|_| {}, data, tc_verdict, xdp_verdict, counters);
+}
+
+/// Both programs drop `data` from PORT (checking its sources), counted as `reason`.
+fn both_drop(data: &[u8], reason: Counter) {
+    both_decide(data, TC_ACT_SHOT, XDP_DROP, &[(reason, 1)]);
+}
+
+fn unchecked(dp: &mut Datapath) {
+    dp.set_source_check(PORT, false);
+}
+
 #[test]
 fn unicast_to_another_port_is_redirected() {
     in_private_netns(|| {
-        both_decide(&eth(OTHER_MAC, PORT_MAC, ETH_P_IP), TC_ACT_REDIRECT, XDP_REDIRECT, &[(Counter::Redirected, 1)]);
+        both_decide(&eth(OTHER_MAC), TC_ACT_REDIRECT, XDP_REDIRECT, &[(Counter::Redirected, 1)]);
     });
 }
 
-/// A destination whose port is gone (its FDB entry is stale) is never a
-/// black hole: bpf_redirect_peer() would accept any ifindex (the device is
-/// looked up after the program, in skb_do_redirect(), and a missing one
-/// drops the frame), so the tc program first asks the devmap, which the
-/// kernel keeps to live devices; XDP's redirect goes through the devmap
-/// anyway. Both pass the frame to the bridge and count it.
+/// A destination whose port is gone (a stale FDB entry) is never a black
+/// hole: bpf_redirect_peer() would accept any ifindex (the device is looked
+/// up after the program, in skb_do_redirect(), and a missing one drops the
+/// frame), so the decision first asks the devmap, which the kernel keeps to
+/// live devices. The frame passes to the bridge, counted; a learned entry
+/// for the dead port is forgotten and its port's count goes down.
 #[test]
 fn a_destination_port_that_is_gone_passes_to_the_bridge() {
     in_private_netns(|| {
         let mut dp = datapath();
-        let ghost = [0x02, 0, 0, 0, 0x0e, 0xe0];
-        dp.set_fdb(ghost, FdbEntry { ifindex: 4242, flags: FDB_FLAG_STATIC, last_seen_ns: 0 });
-        let data = eth(ghost, PORT_MAC, ETH_P_IP);
-        assert_eq!(dp.tc(&data).unwrap(), TC_ACT_OK);
-        dp.assert_counters(PORT, &[(Counter::PassRedirectFailed, 1)]);
-        assert_eq!(dp.xdp(&data).unwrap(), XDP_PASS);
-        dp.assert_counters(PORT, &[(Counter::PassRedirectFailed, 2)]);
+        let (static_ghost, learned_ghost) = ([0x02, 0, 0, 0, 0x0e, 0xe0], [0x02, 0, 0, 0, 0x0e, 0xe1]);
+        dp.set_static(static_ghost, 4242);
+        dp.add_port(4243, [0x02, 0, 0, 0, 0x0e, 0xe2], [10, 0, 0, 43], [0; 16]);
+        dp.set_learned(learned_ghost, 4243, netpath::datapath::fdb::monotonic_ns());
+        assert_eq!(dp.tc(&eth(static_ghost)).unwrap(), TC_ACT_OK);
+        assert_eq!(dp.xdp(&eth(static_ghost)).unwrap(), XDP_PASS);
+        assert_eq!(dp.tc(&eth(learned_ghost)).unwrap(), TC_ACT_OK);
+        dp.assert_counters(PORT, &[(Counter::PassRedirectFailed, 3)]);
+        assert_eq!(dp.learned_entry(learned_ghost), None, "the dead port's learned entry stayed");
+        assert_eq!(dp.learned_count(4243), 0, "the dead port's learned count stayed");
+        assert_eq!(dp.static_entry(static_ghost), Some(4242), "static entries are the loader's to remove");
     });
 }
 
 /// A runt never reaches the programs: test_run refuses data shorter than an
-/// Ethernet header (EINVAL), for tc and for XDP, and on this kernel (6.18)
-/// also when XDP metadata stands in front of a frame shorter than a header
-/// (`xdp_md.data` = 4 in 14 bytes of data: a 10-byte frame). AF_PACKET
-/// refuses them too (reliability.rs), so the programs' runt check and
-/// `drop_runt` are a guard for the verifier that nothing here can trigger.
-/// A frame of exactly a header is no runt and is decided normally.
+/// Ethernet header (EINVAL), as AF_PACKET does (reliability.rs). A frame
+/// too short for the header its EtherType announces does reach them, and a
+/// port that checks its sources drops it: the check cannot read its sender.
 #[test]
-fn runts_are_refused_before_the_programs() {
+fn frames_cut_short_are_dropped() {
     in_private_netns(|| {
         let dp = datapath();
         let einval = |result: io::Result<u32>| result.map_err(|e| e.raw_os_error());
         assert_eq!(einval(dp.tc(&[0xaa; 13])), Err(Some(libc::EINVAL)), "tc test run of 13 bytes");
         assert_eq!(einval(dp.xdp(&[0xaa; 13])), Err(Some(libc::EINVAL)), "xdp test run of 13 bytes");
-        assert_eq!(einval(dp.xdp_with_meta(&[0xaa; 14], 4)), Err(Some(libc::EINVAL)), "xdp: 10-byte frame behind metadata");
-        // For tc, test_run also parses the L3 header of IPv4 frames and
-        // refuses a truncated one, so such frames cannot be crafted there.
+        drop(dp);
+        // 10 of ARP's 28 bytes (test_run for tc parses no ARP, so both run).
+        both_drop(&frame(BROADCAST, PORT_MAC, ETH_P_ARP, &[0, 1, 8, 0, 6, 4, 0, 1, 0, 0]), Counter::DropMalformed);
+        // An IPv4 header of 19 bytes: test_run for tc refuses it, XDP takes it.
+        let dp = datapath();
         let truncated_ipv4 = frame(UNKNOWN_MAC, PORT_MAC, ETH_P_IP, &[0x45; 19]);
         assert_eq!(einval(dp.tc(&truncated_ipv4)), Err(Some(libc::EINVAL)), "tc: truncated IPv4 header");
-        dp.assert_counters(PORT, &[]);
-        let header_only = frame(UNKNOWN_MAC, PORT_MAC, ETH_P_EXPERIMENTAL, &[]);
-        assert_eq!(dp.tc(&header_only).unwrap(), TC_ACT_OK);
-        assert_eq!(dp.xdp(&header_only).unwrap(), XDP_PASS);
-        // The metadata path itself works: 4 bytes of it in front of a header.
-        assert_eq!(dp.xdp_with_meta(&[&[0; 4][..], &header_only].concat(), 4).unwrap(), XDP_PASS);
-        assert_eq!(dp.xdp(&truncated_ipv4).unwrap(), XDP_PASS);
-        dp.assert_counters(PORT, &[(Counter::PassUnknown, 4)]);
+        assert_eq!(dp.xdp(&truncated_ipv4).unwrap(), XDP_DROP);
+        dp.assert_counters(PORT, &[(Counter::DropMalformed, 1)]);
     });
 }
 
@@ -367,7 +449,7 @@ fn runts_are_refused_before_the_programs() {
 fn multicast_destinations_go_to_the_bridge() {
     in_private_netns(|| {
         for dst in [BROADCAST, [0x01, 0x00, 0x5e, 0, 0, 0x01], [0x33, 0x33, 0xff, 0, 0, 0x02]] {
-            both_decide(&eth(dst, PORT_MAC, ETH_P_IP), TC_ACT_OK, XDP_PASS, &[(Counter::PassMulticast, 1)]);
+            both_decide(&eth(dst), TC_ACT_OK, XDP_PASS, &[(Counter::PassMulticast, 1)]);
         }
     });
 }
@@ -375,14 +457,14 @@ fn multicast_destinations_go_to_the_bridge() {
 #[test]
 fn unknown_destinations_go_to_the_bridge() {
     in_private_netns(|| {
-        both_decide(&eth(UNKNOWN_MAC, PORT_MAC, ETH_P_IP), TC_ACT_OK, XDP_PASS, &[(Counter::PassUnknown, 1)]);
+        both_decide(&eth(UNKNOWN_MAC), TC_ACT_OK, XDP_PASS, &[(Counter::PassUnknown, 1)]);
     });
 }
 
 #[test]
 fn frames_for_the_bridge_mac_go_to_the_host() {
     in_private_netns(|| {
-        both_decide(&eth(BRIDGE_MAC, PORT_MAC, ETH_P_IP), TC_ACT_OK, XDP_PASS, &[(Counter::PassHost, 1)]);
+        both_decide(&eth(BRIDGE_MAC), TC_ACT_OK, XDP_PASS, &[(Counter::PassHost, 1)]);
     });
 }
 
@@ -390,12 +472,12 @@ fn frames_for_the_bridge_mac_go_to_the_host() {
 #[test]
 fn hairpin_frames_go_to_the_bridge() {
     in_private_netns(|| {
-        both_decide(&eth(PORT_MAC, PORT_MAC, ETH_P_IP), TC_ACT_OK, XDP_PASS, &[(Counter::PassHairpin, 1)]);
+        both_decide(&eth(PORT_MAC), TC_ACT_OK, XDP_PASS, &[(Counter::PassHairpin, 1)]);
     });
 }
 
 /// A learned entry older than the ageing time is unknown, and the program
-/// removes it.
+/// removes it and gives its port the slot back.
 #[test]
 fn aged_entries_are_unknown_and_removed() {
     in_private_netns(|| {
@@ -403,10 +485,11 @@ fn aged_entries_are_unknown_and_removed() {
         // Seen 1 ns after boot, with a 1 ms ageing time: aged on any machine
         // up for longer than that (a fresh VM is up for seconds, not 300).
         dp.set_config(DatapathConfig { bridge_mac: BRIDGE_MAC, learning: 1, ageing_ns: 1_000_000, ..Default::default() });
-        dp.set_fdb(NEW_MAC, FdbEntry { ifindex: OTHER, flags: 0, last_seen_ns: 1 });
-        assert_eq!(dp.tc(&eth(NEW_MAC, PORT_MAC, ETH_P_IP)).unwrap(), TC_ACT_OK);
+        dp.set_learned(NEW_MAC, OTHER, 1);
+        assert_eq!(dp.tc(&eth(NEW_MAC)).unwrap(), TC_ACT_OK);
         dp.assert_counters(PORT, &[(Counter::PassUnknown, 1)]);
-        assert_eq!(dp.fdb(NEW_MAC), None, "the aged entry was not removed");
+        assert_eq!(dp.learned_entry(NEW_MAC), None, "the aged entry was not removed");
+        assert_eq!(dp.learned_count(OTHER), 0, "the aged entry still counts");
     });
 }
 
@@ -417,64 +500,190 @@ fn entries_refreshed_after_the_clock_read_are_live() {
     in_private_netns(|| {
         let mut dp = datapath();
         let future = netpath::datapath::fdb::monotonic_ns() + 10_000_000_000;
-        dp.set_fdb(NEW_MAC, FdbEntry { ifindex: OTHER, flags: 0, last_seen_ns: future });
-        assert_eq!(dp.tc(&eth(NEW_MAC, PORT_MAC, ETH_P_IP)).unwrap(), TC_ACT_REDIRECT);
+        dp.set_learned(NEW_MAC, OTHER, future);
+        assert_eq!(dp.tc(&eth(NEW_MAC)).unwrap(), TC_ACT_REDIRECT);
         dp.assert_counters(PORT, &[(Counter::Redirected, 1)]);
-        assert!(dp.fdb(NEW_MAC).is_some(), "a live entry was aged out");
+        assert!(dp.learned_entry(NEW_MAC).is_some(), "a live entry was aged out");
     });
 }
 
-/// Another port's static MAC as source: counted, never learned; the frame
-/// itself is still decided by its destination.
+/// Another port's static MAC as source is dropped, from a port that checks
+/// its sources (it is not the port's own) and from one that does not (a
+/// static MAC never moves); the static entry stays where it was.
 #[test]
-fn spoofed_sources_are_counted_not_learned() {
+fn another_ports_mac_as_source_is_dropped() {
     in_private_netns(|| {
-        let runs: [(fn(&Datapath, &[u8]) -> io::Result<u32>, u32); 2] = [(Datapath::tc, TC_ACT_OK), (Datapath::xdp, XDP_PASS)];
-        for (run, verdict) in runs {
-            let dp = datapath();
-            assert_eq!(run(&dp, &eth(UNKNOWN_MAC, OTHER_MAC, ETH_P_IP)).unwrap(), verdict);
-            dp.assert_counters(PORT, &[(Counter::SpoofedSource, 1), (Counter::PassUnknown, 1)]);
-            let entry = dp.fdb(OTHER_MAC).expect("OTHER's static entry");
-            assert_eq!((entry.ifindex, entry.flags), (OTHER, FDB_FLAG_STATIC), "the static entry moved");
-        }
-    });
-}
-
-/// Multicast and all-zero sources: counted, never learned.
-#[test]
-fn bad_sources_are_counted_not_learned() {
-    in_private_netns(|| {
-        for src in [[0x01, 0x00, 0x5e, 0, 0, 0x09], [0; 6]] {
-            both_decide(
-                &eth(OTHER_MAC, src, ETH_P_IP),
-                TC_ACT_REDIRECT,
-                XDP_REDIRECT,
-                &[(Counter::BadSource, 1), (Counter::Redirected, 1)],
+        for check in [true, false] {
+            both_decide_after(
+                |dp| dp.set_source_check(PORT, check),
+                &from(OTHER_MAC, UNKNOWN_MAC),
+                TC_ACT_SHOT,
+                XDP_DROP,
+                &[(Counter::DropSpoofedMac, 1)],
             );
             let dp = datapath();
-            dp.tc(&eth(OTHER_MAC, src, ETH_P_IP)).unwrap();
-            assert_eq!(dp.fdb(src), None, "bad source {src:x?} learned");
+            assert_eq!(dp.static_entry(OTHER_MAC), Some(OTHER), "the static entry moved");
+            assert_eq!(dp.learned_entry(OTHER_MAC), None);
         }
     });
 }
 
-/// A new unicast source is learned on the ingress port, once; the port's own
-/// container MAC needs no learning.
+/// Multicast and all-zero sources: no valid frame has one; dropped, counted.
+#[test]
+fn bad_source_macs_are_dropped() {
+    in_private_netns(|| {
+        for src in [[0x01, 0x00, 0x5e, 0, 0, 0x09], [0; 6]] {
+            both_decide_after(unchecked, &from(src, OTHER_MAC), TC_ACT_SHOT, XDP_DROP, &[(Counter::DropBadSourceMac, 1)]);
+            let dp = datapath();
+            assert_eq!(dp.learned_entry(src), None, "bad source {src:x?} learned");
+        }
+    });
+}
+
+/// A port that checks its sources sends only from its own MAC, IPv4 and
+/// IPv6 addresses (link-local included); ARP and ND messages only announce
+/// those; it sends no router advertisement, and nothing but IPv4, IPv6 and
+/// ARP. Each forgery is dropped and counted; the honest frames next to them
+/// pass. (Broken check: the forgeries pass and the counts are wrong.)
+#[test]
+fn a_port_that_checks_sources_sends_only_its_own() {
+    in_private_netns(|| {
+        use Counter::*;
+        let ll = packets::link_local(PORT_MAC);
+        let victim_ll = packets::link_local(OTHER_MAC);
+        let honest: Vec<(&str, Vec<u8>, Counter)> = vec![
+            ("IPv4", eth(OTHER_MAC), Redirected),
+            ("IPv6", packets::ipv6_udp(OTHER_MAC, PORT_MAC, PORT_IPV6, OTHER_IPV6), Redirected),
+            ("IPv6 from the link-local address", packets::ipv6_udp(OTHER_MAC, PORT_MAC, ll, victim_ll), Redirected),
+            ("ARP request", packets::arp(1, PORT_MAC, PORT_MAC, PORT_IP, OTHER_IP), PassMulticast),
+            ("ARP probe", packets::arp(1, PORT_MAC, PORT_MAC, [0; 4], PORT_IP), PassMulticast),
+            ("NS", packets::nd(ND_NEIGHBOR_SOLICIT, PORT_MAC, ll, OTHER_IPV6, Some(PORT_MAC)), PassMulticast),
+            ("DAD NS", packets::nd(ND_NEIGHBOR_SOLICIT, PORT_MAC, [0; 16], PORT_IPV6, None), PassMulticast),
+            ("NA", packets::nd(ND_NEIGHBOR_ADVERT, PORT_MAC, PORT_IPV6, PORT_IPV6, Some(PORT_MAC)), PassMulticast),
+        ];
+        for (what, data, counter) in &honest {
+            let verdicts = if *counter == Redirected { (TC_ACT_REDIRECT, XDP_REDIRECT) } else { (TC_ACT_OK, XDP_PASS) };
+            eprintln!("honest {what}");
+            both_decide(data, verdicts.0, verdicts.1, &[(*counter, 1)]);
+        }
+        let forged: Vec<(&str, Vec<u8>, Counter)> = vec![
+            ("another MAC", packets::ipv4(OTHER_MAC, UNKNOWN_MAC, PORT_IP, OTHER_IP), DropSpoofedMac),
+            ("another IPv4", packets::ipv4(OTHER_MAC, PORT_MAC, OTHER_IP, PORT_IP), DropSpoofedIp),
+            ("another IPv6", packets::ipv6_udp(OTHER_MAC, PORT_MAC, OTHER_IPV6, PORT_IPV6), DropSpoofedIp),
+            ("another link-local", packets::ipv6_udp(OTHER_MAC, PORT_MAC, victim_ll, ll), DropSpoofedIp),
+            ("ARP for another IP", packets::arp(2, PORT_MAC, PORT_MAC, OTHER_IP, OTHER_IP), DropSpoofedIp),
+            ("ARP for another MAC", packets::arp(1, PORT_MAC, OTHER_MAC, PORT_IP, OTHER_IP), DropSpoofedMac),
+            ("NA for another IP", packets::nd(ND_NEIGHBOR_ADVERT, PORT_MAC, ll, OTHER_IPV6, Some(PORT_MAC)), DropSpoofedIp),
+            ("NA with another MAC", packets::nd(ND_NEIGHBOR_ADVERT, PORT_MAC, ll, PORT_IPV6, Some(OTHER_MAC)), DropSpoofedMac),
+            ("NS with another MAC", packets::nd(ND_NEIGHBOR_SOLICIT, PORT_MAC, ll, OTHER_IPV6, Some(OTHER_MAC)), DropSpoofedMac),
+            ("router advertisement", packets::nd(ND_ROUTER_ADVERT, PORT_MAC, ll, [0; 16], Some(PORT_MAC)), DropSpoofedIp),
+            ("RA behind hop-by-hop", packets::ra_behind_hop_by_hop(PORT_MAC, ll), DropSpoofedIp),
+            ("ICMPv6 in fragments", packets::icmpv6_fragment(PORT_MAC, ll), DropProtocol),
+            ("UDP from ::", packets::ipv6_udp(OTHER_MAC, PORT_MAC, [0; 16], OTHER_IPV6), DropSpoofedIp),
+            ("802.1Q", frame(OTHER_MAC, PORT_MAC, ETH_P_8021Q, &[&[0x00, 0x0a, 0x08, 0x00][..], &[0x45; 42]].concat()), DropProtocol),
+            ("unknown EtherType", frame(OTHER_MAC, PORT_MAC, ETH_P_EXPERIMENTAL, &[0; 46]), DropProtocol),
+        ];
+        for (what, data, counter) in &forged {
+            eprintln!("forged: {what}");
+            both_drop(data, *counter);
+        }
+    });
+}
+
+/// A port that does not check its sources (it routes for others) takes
+/// any source MAC and address, learning the MAC.
+#[test]
+fn a_port_without_the_check_sends_anything_and_learns() {
+    in_private_netns(|| {
+        both_decide_after(
+            unchecked,
+            &packets::ipv6_udp(OTHER_MAC, NEW_MAC, OTHER_IPV6, PORT_IPV6),
+            TC_ACT_REDIRECT,
+            XDP_REDIRECT,
+            &[(Counter::Learned, 1), (Counter::Redirected, 1)],
+        );
+        let tagged = frame(OTHER_MAC, PORT_MAC, ETH_P_8021Q, &[&[0x00, 0x0a, 0x88, 0xb5][..], &[0; 42]].concat());
+        both_decide_after(unchecked, &tagged, TC_ACT_REDIRECT, XDP_REDIRECT, &[(Counter::Redirected, 1)]);
+    });
+}
+
+/// A new unicast source is learned on the ingress port, once, and counts
+/// against the port's limit; the port's own container MAC needs no learning.
 #[test]
 fn new_sources_are_learned_once() {
     in_private_netns(|| {
         for run in [Datapath::tc, Datapath::xdp] {
             let mut dp = datapath();
-            run(&dp, &eth(OTHER_MAC, NEW_MAC, ETH_P_IP)).unwrap();
-            let entry = dp.fdb(NEW_MAC).expect("NEW_MAC learned");
-            assert_eq!((entry.ifindex, entry.flags), (PORT, 0));
+            dp.set_source_check(PORT, false);
+            run(&dp, &from(NEW_MAC, OTHER_MAC)).unwrap();
+            let entry = dp.learned_entry(NEW_MAC).expect("NEW_MAC learned");
+            assert_eq!(entry.ifindex, PORT);
             assert!(entry.last_seen_ns > 0);
-            run(&dp, &eth(OTHER_MAC, NEW_MAC, ETH_P_IP)).unwrap();
-            dp.assert_counters(PORT, &[(Counter::Learned, 1), (Counter::Redirected, 2)]);
+            run(&dp, &from(NEW_MAC, OTHER_MAC)).unwrap();
+            run(&dp, &eth(OTHER_MAC)).unwrap();
+            dp.assert_counters(PORT, &[(Counter::Learned, 1), (Counter::Redirected, 3)]);
+            assert_eq!(dp.learned_count(PORT), 1);
             // And the learned entry is a destination like any other.
-            dp.set_fdb(NEW_MAC, FdbEntry { ifindex: OTHER, ..entry });
-            assert_eq!(dp.tc(&eth(NEW_MAC, PORT_MAC, ETH_P_IP)).unwrap(), TC_ACT_REDIRECT);
+            dp.set_learned(NEW_MAC, OTHER, netpath::datapath::fdb::monotonic_ns());
+            assert_eq!(dp.tc(&eth(NEW_MAC)).unwrap(), TC_ACT_REDIRECT);
         }
+    });
+}
+
+/// A port learns at most its limit of MACs; frames from further new MACs
+/// are dropped (so the bridge does not learn them either), counted. Another
+/// port's entries stay, and a MAC that moves takes a slot of its new port
+/// and frees one of its old.
+#[test]
+fn learning_stops_at_the_port_limit() {
+    in_private_netns(|| {
+        let mut dp = datapath();
+        dp.set_source_check(PORT, false);
+        dp.set_learned(UNKNOWN_MAC, OTHER, netpath::datapath::fdb::monotonic_ns());
+        let macs: Vec<[u8; 6]> = (0..LEARN_LIMIT as u8 + 3).map(|n| [0x02, 0, 0, 0, 0x1e, n]).collect();
+        for mac in &macs {
+            dp.tc(&from(*mac, OTHER_MAC)).unwrap();
+        }
+        let over = macs.len() as u64 - LEARN_LIMIT as u64;
+        dp.assert_counters(
+            PORT,
+            &[(Counter::Learned, LEARN_LIMIT as u64), (Counter::Redirected, LEARN_LIMIT as u64), (Counter::DropLearnLimit, over)],
+        );
+        assert_eq!(dp.learned_count(PORT), LEARN_LIMIT);
+        assert!(macs[LEARN_LIMIT as usize..].iter().all(|m| dp.learned_entry(*m).is_none()), "learned beyond the limit");
+        assert_eq!(dp.learned_entry(UNKNOWN_MAC).map(|e| e.ifindex), Some(OTHER), "another port's entry went");
+        // OTHER's MAC moves to PORT: refused, PORT is full.
+        assert_eq!(dp.tc(&from(UNKNOWN_MAC, OTHER_MAC)).unwrap(), TC_ACT_SHOT);
+        // With room again, it moves: PORT's count up, OTHER's down.
+        dp.set_learned_count(PORT, LEARN_LIMIT - 1);
+        assert_eq!(dp.tc(&from(UNKNOWN_MAC, OTHER_MAC)).unwrap(), TC_ACT_REDIRECT);
+        assert_eq!(dp.learned_entry(UNKNOWN_MAC).map(|e| e.ifindex), Some(PORT));
+        assert_eq!((dp.learned_count(PORT), dp.learned_count(OTHER)), (LEARN_LIMIT, 0));
+    });
+}
+
+/// The learned FDB is an LRU map: full, it still learns (evicting the
+/// least recently used entry), and static entries, in their own map, are
+/// never evicted. (A plain hash map refuses the new entries instead.)
+#[test]
+fn a_full_fdb_still_learns_and_keeps_static_entries() {
+    in_private_netns(|| {
+        let mut dp = datapath();
+        dp.set_source_check(PORT, false);
+        let mut states = dp.port_states();
+        let mut values: Vec<PortState> = states.get(&PORT, 0).unwrap().iter().copied().collect();
+        values.iter_mut().for_each(|s| s.policy.learn_limit = 10 * FDB_SIZE);
+        states.insert(PORT, PerCpuValues::try_from(values).unwrap(), 0).unwrap();
+        let flood = 3 * FDB_SIZE;
+        for n in 0..flood {
+            let b = n.to_be_bytes();
+            dp.tc(&from([0x02, 0xf1, b[0], b[1], b[2], b[3]], OTHER_MAC)).unwrap();
+        }
+        let last = (flood - 1).to_be_bytes();
+        assert!(dp.learned_entry([0x02, 0xf1, last[0], last[1], last[2], last[3]]).is_some(), "a full FDB stopped learning");
+        assert_eq!(dp.counters(PORT)[Counter::Learned as usize], flood as u64);
+        assert_eq!((dp.static_entry(PORT_MAC), dp.static_entry(OTHER_MAC)), (Some(PORT), Some(OTHER)));
+        assert_eq!(dp.tc(&eth(OTHER_MAC)).unwrap(), TC_ACT_REDIRECT);
     });
 }
 
@@ -482,19 +691,11 @@ fn new_sources_are_learned_once() {
 fn learning_off_learns_nothing() {
     in_private_netns(|| {
         let mut dp = datapath();
+        dp.set_source_check(PORT, false);
         dp.set_config(DatapathConfig { bridge_mac: BRIDGE_MAC, learning: 0, ageing_ns: AGEING_NS, ..Default::default() });
-        assert_eq!(dp.tc(&eth(OTHER_MAC, NEW_MAC, ETH_P_IP)).unwrap(), TC_ACT_REDIRECT);
-        assert_eq!(dp.fdb(NEW_MAC), None);
+        assert_eq!(dp.tc(&from(NEW_MAC, OTHER_MAC)).unwrap(), TC_ACT_REDIRECT);
+        assert_eq!(dp.learned_entry(NEW_MAC), None);
         dp.assert_counters(PORT, &[(Counter::Redirected, 1)]);
-    });
-}
-
-/// 802.1Q-tagged frames are forwarded by destination MAC like any other.
-#[test]
-fn vlan_tagged_frames_are_forwarded() {
-    in_private_netns(|| {
-        let tagged = frame(OTHER_MAC, PORT_MAC, ETH_P_8021Q, &[&[0x00, 0x0a, 0x88, 0xb5][..], &[0; 42]].concat());
-        both_decide(&tagged, TC_ACT_REDIRECT, XDP_REDIRECT, &[(Counter::Redirected, 1)]);
     });
 }
 
@@ -502,9 +703,10 @@ fn vlan_tagged_frames_are_forwarded() {
 #[test]
 fn ipv6_unicast_is_forwarded_and_nd_goes_to_the_bridge() {
     in_private_netns(|| {
-        let v6 = |dst| frame(dst, PORT_MAC, ETH_P_IPV6, &[&[0x60][..], &[0; 53]].concat());
-        both_decide(&v6(OTHER_MAC), TC_ACT_REDIRECT, XDP_REDIRECT, &[(Counter::Redirected, 1)]);
-        both_decide(&v6([0x33, 0x33, 0xff, 0, 0, 0x07]), TC_ACT_OK, XDP_PASS, &[(Counter::PassMulticast, 1)]);
+        let unicast = packets::ipv6_udp(OTHER_MAC, PORT_MAC, PORT_IPV6, OTHER_IPV6);
+        both_decide(&unicast, TC_ACT_REDIRECT, XDP_REDIRECT, &[(Counter::Redirected, 1)]);
+        let ns = packets::nd(ND_NEIGHBOR_SOLICIT, PORT_MAC, PORT_IPV6, OTHER_IPV6, Some(PORT_MAC));
+        both_decide(&ns, TC_ACT_OK, XDP_PASS, &[(Counter::PassMulticast, 1)]);
     });
 }
 
@@ -515,10 +717,10 @@ fn frames_from_unmanaged_interfaces_are_passed_untouched() {
     in_private_netns(|| {
         let mut dp = datapath();
         dp.remove_port(PORT);
-        assert_eq!(dp.tc(&eth(OTHER_MAC, NEW_MAC, ETH_P_IP)).unwrap(), TC_ACT_OK);
-        assert_eq!(dp.xdp(&eth(OTHER_MAC, NEW_MAC, ETH_P_IP)).unwrap(), XDP_PASS);
+        assert_eq!(dp.tc(&from(NEW_MAC, OTHER_MAC)).unwrap(), TC_ACT_OK);
+        assert_eq!(dp.xdp(&from(NEW_MAC, OTHER_MAC)).unwrap(), XDP_PASS);
         assert_eq!(dp.tc(&[0xaa; 14]).unwrap(), TC_ACT_OK);
-        assert_eq!(dp.fdb(NEW_MAC), None);
+        assert_eq!(dp.learned_entry(NEW_MAC), None);
         dp.assert_counters(OTHER, &[]);
     });
 }
@@ -531,7 +733,7 @@ fn tracing_follows_the_lease_and_counts_what_the_ring_cannot_take() {
     in_private_netns(|| {
         let mut dp = datapath();
         dp.drain_trace();
-        let frame = eth(OTHER_MAC, PORT_MAC, ETH_P_IP);
+        let frame = eth(OTHER_MAC);
         let config = |trace_until_ns| DatapathConfig {
             bridge_mac: BRIDGE_MAC,
             learning: 1,

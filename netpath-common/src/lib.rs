@@ -19,29 +19,22 @@ impl FdbKey {
     }
 }
 
-/// The entry was installed by the loader for one of the topology's own
-/// containers; learning never overrides or ages it.
-pub const FDB_FLAG_STATIC: u32 = 1;
-
-/// Value of the forwarding database.
+/// Value of the learned half of the FDB. Static entries (the containers'
+/// own MACs, `fdb add`) live in a map of their own, keyed alike, whose value
+/// is just the port's ifindex: a flood of learned addresses can never crowd
+/// them out.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FdbEntry {
     /// ifindex of the host-side veth the MAC lives behind.
     pub ifindex: u32,
-    pub flags: u32,
+    pub _pad: u32,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last frame seen from it.
     pub last_seen_ns: u64,
 }
 
-impl FdbEntry {
-    pub const fn is_static(&self) -> bool {
-        self.flags & FDB_FLAG_STATIC != 0
-    }
-}
-
 /// What the programs count, per port and per CPU. The discriminant is the
-/// index into [`PortCounters::packets`].
+/// index into [`PortState::packets`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -56,15 +49,27 @@ pub enum Counter {
     /// Passed to the bridge: destination lives on the ingress port.
     PassHairpin,
     /// Passed to the bridge: the destination port is gone (no longer in the
-    /// devmap, which the kernel keeps to live devices) or the redirect
-    /// helper refused the frame.
+    /// devmap, which the kernel keeps to live devices; its learned entry is
+    /// removed) or the redirect helper refused the frame.
     PassRedirectFailed,
-    /// Dropped: shorter than an Ethernet header.
-    DropRunt,
-    /// Not learned: multicast or all-zero source MAC.
-    BadSource,
-    /// Not learned: the source MAC belongs to a static entry on another port.
-    SpoofedSource,
+    /// Dropped: shorter than the headers it announces.
+    DropMalformed,
+    /// Dropped: multicast or all-zero source MAC (no valid frame has one).
+    DropBadSourceMac,
+    /// Dropped: the source MAC is not the port's own (source check), or is
+    /// the static MAC of another port.
+    DropSpoofedMac,
+    /// Dropped (source check): the IPv4/IPv6 source, the ARP sender or the
+    /// ND target or link-layer option is not the port's own, or a container
+    /// sent a router advertisement or redirect.
+    DropSpoofedIp,
+    /// Dropped (source check): neither IPv4, IPv6 nor ARP, or an IPv6
+    /// header chain the check cannot see through.
+    DropProtocol,
+    /// Dropped: a new source MAC on a port that holds its limit of learned
+    /// entries. Dropping (not just not learning) keeps the flood from the
+    /// bridge, whose own learning would otherwise take it in.
+    DropLearnLimit,
     /// A new or moved learned FDB entry.
     Learned,
     /// A redirected frame `netpath trace` did not get: its ring buffer was full.
@@ -72,7 +77,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 14;
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::Redirected,
         Counter::PassMulticast,
@@ -80,9 +85,12 @@ impl Counter {
         Counter::PassHost,
         Counter::PassHairpin,
         Counter::PassRedirectFailed,
-        Counter::DropRunt,
-        Counter::BadSource,
-        Counter::SpoofedSource,
+        Counter::DropMalformed,
+        Counter::DropBadSourceMac,
+        Counter::DropSpoofedMac,
+        Counter::DropSpoofedIp,
+        Counter::DropProtocol,
+        Counter::DropLearnLimit,
         Counter::Learned,
         Counter::TraceLost,
     ];
@@ -96,6 +104,16 @@ impl Counter {
         Counter::PassRedirectFailed,
     ];
 
+    /// The reasons a frame is dropped.
+    pub const DROPPED: [Counter; 6] = [
+        Counter::DropMalformed,
+        Counter::DropBadSourceMac,
+        Counter::DropSpoofedMac,
+        Counter::DropSpoofedIp,
+        Counter::DropProtocol,
+        Counter::DropLearnLimit,
+    ];
+
     /// Stable snake_case name, used in tables, JSON and metrics.
     pub const fn name(self) -> &'static str {
         match self {
@@ -105,22 +123,54 @@ impl Counter {
             Counter::PassHost => "pass_host",
             Counter::PassHairpin => "pass_hairpin",
             Counter::PassRedirectFailed => "pass_redirect_failed",
-            Counter::DropRunt => "drop_runt",
-            Counter::BadSource => "bad_source",
-            Counter::SpoofedSource => "spoofed_source",
+            Counter::DropMalformed => "drop_malformed",
+            Counter::DropBadSourceMac => "drop_bad_source_mac",
+            Counter::DropSpoofedMac => "drop_spoofed_mac",
+            Counter::DropSpoofedIp => "drop_spoofed_ip",
+            Counter::DropProtocol => "drop_protocol",
+            Counter::DropLearnLimit => "drop_learn_limit",
             Counter::Learned => "learned",
             Counter::TraceLost => "trace_lost",
         }
     }
 }
 
-/// What the programs keep per port, one copy per CPU: the MAC of the
-/// container behind it (frames from it need no learning) and the counters.
+/// Addresses a port may send from, per family (unused slots are zero).
+pub const PORT_IPV4_SLOTS: usize = 4;
+/// The IPv6 slots hold the container's link-local address too.
+pub const PORT_IPV6_SLOTS: usize = 4;
+
+/// [`PortPolicy::flags`]: frames from the port must carry its own MAC and
+/// addresses. Off for containers that route or bridge for others.
+pub const PORT_SOURCE_CHECK: u32 = 1;
+
+/// What a port may send, set by the loader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PortPolicy {
+    /// MAC of the container behind the port: frames from it need no learning.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+    pub flags: u32,
+    /// Most learned FDB entries the port may hold at once.
+    pub learn_limit: u32,
+    pub ipv4: [[u8; 4]; PORT_IPV4_SLOTS],
+    pub ipv6: [[u8; 16]; PORT_IPV6_SLOTS],
+}
+
+impl PortPolicy {
+    pub const fn checks_source(&self) -> bool {
+        self.flags & PORT_SOURCE_CHECK != 0
+    }
+}
+
+/// What the programs keep per port, one copy per CPU (one lookup per frame
+/// finds both): the port's policy, which the loader writes to every copy,
+/// and the counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PortState {
-    pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    pub policy: PortPolicy,
     pub packets: [u64; Counter::COUNT],
 }
 
@@ -167,13 +217,18 @@ pub struct TraceEvent {
 /// types. The loader writes it into the pinned `LAYOUT` map when it creates
 /// a datapath's maps, and refuses pins of another version instead of
 /// misreading them. Bump it with every change to a map or a type above.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Map names, shared so the loader finds what the programs declare.
 pub mod maps {
     /// One u32: the [`LAYOUT_VERSION`](super::LAYOUT_VERSION) of the pins.
     pub const LAYOUT: &str = "LAYOUT";
-    pub const FDB: &str = "FDB";
+    /// Static FDB entries: MAC -> ifindex.
+    pub const FDB_STATIC: &str = "FDB_STATIC";
+    /// Learned FDB entries, least recently used evicted first.
+    pub const FDB_LEARNED: &str = "FDB_LEARNED";
+    /// Per port: how many learned entries point at it (shared by the CPUs).
+    pub const PORT_LEARNED: &str = "PORT_LEARNED";
     pub const PORTS: &str = "PORTS";
     pub const PORT_STATE: &str = "PORT_STATE";
     pub const TRACE: &str = "TRACE";
@@ -187,8 +242,12 @@ pub mod programs {
     pub const TC_FORWARD: &str = "netpath_tc";
 }
 
-/// Capacity of the FDB map; large enough for a busy host.
+/// Capacity of each FDB map (static, learned); large enough for a busy host.
 pub const FDB_CAPACITY: u32 = 65536;
+/// Default most learned entries per port: with every port at it, the
+/// learned FDB is just full (PORT_CAPACITY x 64 = FDB_CAPACITY), so by
+/// default no port's learning ever evicts another's entries.
+pub const DEFAULT_LEARN_LIMIT: u32 = 64;
 /// Capacity of the port maps (devmap and port state).
 pub const PORT_CAPACITY: u32 = 1024;
 
@@ -200,5 +259,6 @@ mod pod {
     unsafe impl aya::Pod for FdbKey {}
     unsafe impl aya::Pod for FdbEntry {}
     unsafe impl aya::Pod for PortState {}
+    unsafe impl aya::Pod for PortPolicy {}
     unsafe impl aya::Pod for DatapathConfig {}
 }

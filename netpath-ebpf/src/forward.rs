@@ -1,12 +1,15 @@
 //! The forwarding decision both hooks share: parse the Ethernet header,
-//! learn the source, and look the destination up in the FDB.
+//! check or learn the source, and look the destination up in the FDB.
 
 use aya_ebpf::{EbpfContext, bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use aya_log_ebpf::debug;
-use netpath_common::{Counter, FdbEntry, FdbKey, PortState};
+use netpath_common::{Counter, FdbEntry, FdbKey, PortPolicy, PortState};
 use network_types::eth::EthHdr;
 
-use crate::maps::{CONFIG, FDB, PORT_STATE};
+use crate::{
+    maps::{CONFIG, FDB_LEARNED, FDB_STATIC, PORT_LEARNED, PORT_STATE, PORTS},
+    source,
+};
 
 /// A learned entry's timestamp is refreshed at most this often, so steady
 /// traffic does not write to the shared FDB on every frame.
@@ -17,8 +20,8 @@ pub enum Verdict {
     Redirect(u32),
     /// Let the bridge handle it; the counter says why.
     Pass(Counter),
-    /// Not even an Ethernet header.
-    DropRunt,
+    /// Drop it; the counter says why.
+    Drop(Counter),
 }
 
 /// The ingress port's per-CPU state.
@@ -47,20 +50,20 @@ impl Port {
     }
 
     #[inline(always)]
-    fn mac(&self) -> [u8; 6] {
-        // SAFETY: as in count().
-        unsafe { (*self.state).mac }
+    pub fn policy(&self) -> &PortPolicy {
+        // SAFETY: as in count(); the loader writes the policy, never the programs.
+        unsafe { &(*self.state).policy }
     }
 }
 
 /// Decides what happens to the frame in `[data, data_end)` that arrived on
-/// `port`. Costs two hash lookups in the common case (port, destination):
-/// frames from the port's own container need no learning, and the clock
-/// is read only for learned entries.
+/// `port`. Costs three hash lookups in the common case (port, static
+/// destination, devmap): frames from the port's own container need no
+/// learning, and the clock is read only for learned entries.
 #[inline(always)]
 pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, data: usize, data_end: usize) -> Verdict {
     if data + EthHdr::LEN > data_end {
-        return Verdict::DropRunt;
+        return Verdict::Drop(Counter::DropMalformed);
     }
     // SAFETY: bounds-checked just above; EthHdr is packed plain data.
     let eth = unsafe { &*(data as *const EthHdr) };
@@ -69,9 +72,20 @@ pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, data: usize, data_end: usize
     };
     let src = eth.src_addr;
     if src[0] & 1 != 0 || src == [0; 6] {
-        port.count(Counter::BadSource);
-    } else if config.learning != 0 && src != port.mac() {
-        learn(ctx, port, src);
+        return Verdict::Drop(Counter::DropBadSourceMac);
+    }
+    let policy = port.policy();
+    if policy.checks_source() {
+        if src != policy.mac {
+            return Verdict::Drop(Counter::DropSpoofedMac);
+        }
+        if let Err(reason) = source::check(policy, data, data_end) {
+            return Verdict::Drop(reason);
+        }
+    } else if src != policy.mac && config.learning != 0 {
+        if let Err(reason) = learn(ctx, port, src) {
+            return Verdict::Drop(reason);
+        }
     }
 
     let dst = eth.dst_addr;
@@ -82,59 +96,144 @@ pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, data: usize, data_end: usize
         return Verdict::Pass(Counter::PassHost);
     }
     let key = FdbKey::new(dst, 0);
-    // SAFETY: entries are only read; a concurrent update yields a stale but
-    // well-formed entry, and a stale ifindex at worst reaches the bridge.
-    let Some(entry) = (unsafe { FDB.get(key) }) else {
-        return Verdict::Pass(Counter::PassUnknown);
+    // SAFETY (both gets): entries are only read; a concurrent update yields
+    // a stale but well-formed value, and a stale ifindex at worst reaches
+    // the bridge (the hooks check the port is alive).
+    let (target, learned) = match unsafe { FDB_STATIC.get(key) } {
+        Some(ifindex) => (*ifindex, false),
+        None => {
+            let Some(entry) = (unsafe { FDB_LEARNED.get(key) }) else {
+                return Verdict::Pass(Counter::PassUnknown);
+            };
+            // Saturating: a frame on another CPU may have refreshed the
+            // entry after this clock read, and a wrapped difference would
+            // age a live entry out.
+            // SAFETY: bpf_ktime_get_ns has no preconditions.
+            if unsafe { bpf_ktime_get_ns() }.saturating_sub(entry.last_seen_ns) > config.ageing_ns {
+                // Aged out: forget it here, so ageing works without the loader.
+                forget_learned(key, entry.ifindex);
+                return Verdict::Pass(Counter::PassUnknown);
+            }
+            (entry.ifindex, true)
+        }
     };
-    // Saturating: a frame on another CPU may have refreshed the entry after
-    // this clock read, and a wrapped difference would age a live entry out.
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    if !entry.is_static() && unsafe { bpf_ktime_get_ns() }.saturating_sub(entry.last_seen_ns) > config.ageing_ns {
-        // Aged out: forget it here, so ageing works without the loader.
-        let _ = FDB.remove(key);
-        return Verdict::Pass(Counter::PassUnknown);
-    }
-    if entry.ifindex == port.ifindex {
+    if target == port.ifindex {
         return Verdict::Pass(Counter::PassHairpin);
     }
-    Verdict::Redirect(entry.ifindex)
+    // The devmap holds only live ports: the kernel takes a device out of it
+    // when the device goes. An entry for a port that vanished behind the
+    // loader's back (namespace deleted, runtime crashed) must not swallow
+    // frames; a learned one is forgotten here, static ones by the loader.
+    if PORTS.get_ifindex(target).is_none() {
+        if learned {
+            forget_learned(key, target);
+        }
+        return Verdict::Pass(Counter::PassRedirectFailed);
+    }
+    Verdict::Redirect(target)
 }
 
-/// Records that unicast `src` lives behind `port`, unless it is the static
-/// address of another port (spoofing).
+/// Records that unicast `src` lives behind `port` (a port that does not
+/// check sources: it routes or bridges for others). Refuses the static MAC
+/// of another port, and a new MAC beyond the port's learn limit.
 #[inline(always)]
-fn learn<C: EbpfContext>(ctx: &C, port: &Port, src: [u8; 6]) {
+fn learn<C: EbpfContext>(ctx: &C, port: &Port, src: [u8; 6]) -> Result<(), Counter> {
     let key = FdbKey::new(src, 0);
-    match FDB.get_ptr_mut(key) {
+    // SAFETY: read only, as in decide().
+    if let Some(owner) = unsafe { FDB_STATIC.get(key) } {
+        if *owner != port.ifindex {
+            debug!(ctx, "port {}: refusing static MAC {:mac} of port {}", port.ifindex, src, *owner);
+            return Err(Counter::DropSpoofedMac);
+        }
+        return Ok(());
+    }
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match FDB_LEARNED.get_ptr_mut(key) {
         Some(entry) => {
             // SAFETY: the pointer comes from a successful map lookup.
             let entry = unsafe { &mut *entry };
-            if entry.is_static() {
-                if entry.ifindex != port.ifindex {
-                    debug!(ctx, "port {}: ignoring static MAC {:mac} of port {}", port.ifindex, src, entry.ifindex);
-                    port.count(Counter::SpoofedSource);
+            if entry.ifindex == port.ifindex {
+                if now.saturating_sub(entry.last_seen_ns) > REFRESH_NS {
+                    entry.last_seen_ns = now;
                 }
-                return;
+                return Ok(());
             }
-            // SAFETY: bpf_ktime_get_ns has no preconditions.
-            let now = unsafe { bpf_ktime_get_ns() };
-            if entry.ifindex != port.ifindex {
-                entry.ifindex = port.ifindex;
-                entry.last_seen_ns = now;
-                port.count(Counter::Learned);
-            } else if now.saturating_sub(entry.last_seen_ns) > REFRESH_NS {
-                entry.last_seen_ns = now;
+            // The MAC moved here.
+            if !take_learn_slot(port) {
+                return Err(Counter::DropLearnLimit);
             }
+            release_learn_slot(entry.ifindex);
+            entry.ifindex = port.ifindex;
+            entry.last_seen_ns = now;
         }
         None => {
-            // SAFETY: bpf_ktime_get_ns has no preconditions.
-            let entry = FdbEntry { ifindex: port.ifindex, flags: 0, last_seen_ns: unsafe { bpf_ktime_get_ns() } };
-            // NOEXIST: never overwrite a static entry the loader added meanwhile.
-            if FDB.insert(key, entry, BPF_NOEXIST.into()).is_ok() {
-                debug!(ctx, "port {}: learned {:mac}", port.ifindex, src);
-                port.count(Counter::Learned);
+            if !take_learn_slot(port) {
+                return Err(Counter::DropLearnLimit);
+            }
+            let entry = FdbEntry { ifindex: port.ifindex, _pad: 0, last_seen_ns: now };
+            // NOEXIST: another CPU may have learned it meanwhile.
+            if FDB_LEARNED.insert(key, entry, BPF_NOEXIST.into()).is_err() {
+                release_learn_slot(port.ifindex);
+                return Ok(());
             }
         }
     }
+    debug!(ctx, "port {}: learned {:mac}", port.ifindex, src);
+    port.count(Counter::Learned);
+    Ok(())
+}
+
+/// Removes a learned entry and frees its port's slot (only if this call
+/// removed it: two CPUs ageing one entry free one slot).
+#[inline(always)]
+fn forget_learned(key: FdbKey, ifindex: u32) {
+    if FDB_LEARNED.remove(key).is_ok() {
+        release_learn_slot(ifindex);
+    }
+}
+
+/// Counts one more learned entry for `port`, unless it holds its limit
+/// already (or the loader gave it no count: it learns nothing then).
+#[inline(always)]
+fn take_learn_slot(port: &Port) -> bool {
+    let Some(count) = PORT_LEARNED.get_ptr_mut(port.ifindex) else {
+        return false;
+    };
+    // SAFETY: a u32 in a map value, shared by every CPU: read once, then
+    // changed only atomically. Two CPUs may both pass the check; the port
+    // then holds one entry over its limit, no more than one per CPU.
+    unsafe {
+        if *count >= port.policy().learn_limit {
+            return false;
+        }
+        atomic_add(count, 1);
+    }
+    true
+}
+
+#[inline(always)]
+fn release_learn_slot(ifindex: u32) {
+    if let Some(count) = PORT_LEARNED.get_ptr_mut(ifindex) {
+        // SAFETY: as in take_learn_slot().
+        unsafe {
+            if *count > 0 {
+                atomic_add(count, u32::MAX); // wraps: minus one
+            }
+        }
+    }
+}
+
+/// `*target += delta` atomically, as one XADD instruction: core has no
+/// atomics for BPF, and XADD (without fetching the old value, which needs
+/// Linux 5.12) is what every kernel netpath supports knows.
+///
+/// # Safety
+/// `target` points to a u32 in a map value.
+#[inline(always)]
+unsafe fn atomic_add(target: *mut u32, delta: u32) {
+    // SAFETY: one locked add to memory the caller vouches for.
+    unsafe {
+        core::arch::asm!("lock *(u32 *)({0} + 0) += {1}", in(reg) target, in(reg) delta as u64, options(nostack))
+    };
 }

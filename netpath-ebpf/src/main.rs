@@ -7,6 +7,7 @@
 
 mod forward;
 mod maps;
+mod source;
 mod tc;
 mod trace;
 mod xdp;

@@ -1,22 +1,33 @@
 //! The maps shared by every program. The loader pins them under the
-//! topology's bpffs directory, so a restarted loader reuses them.
+//! datapath's bpffs directory, so a restarted loader reuses them.
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, PerCpuHashMap, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuHashMap, RingBuf},
 };
 use netpath_common::{
     DatapathConfig, FDB_CAPACITY, FdbEntry, FdbKey, PORT_CAPACITY, PortState, TRACE_RING_BYTES,
 };
 
-#[map(name = "FDB")]
-pub static FDB: HashMap<FdbKey, FdbEntry> = HashMap::with_max_entries(FDB_CAPACITY, 0);
+/// Static FDB entries: MAC -> ifindex, written only by the loader.
+#[map(name = "FDB_STATIC")]
+pub static FDB_STATIC: HashMap<FdbKey, u32> = HashMap::with_max_entries(FDB_CAPACITY, 0);
+
+/// Learned FDB entries. When it is full, learning evicts the entry used
+/// least recently (a lookup counts as a use), never a static one.
+#[map(name = "FDB_LEARNED")]
+pub static FDB_LEARNED: LruHashMap<FdbKey, FdbEntry> = LruHashMap::with_max_entries(FDB_CAPACITY, 0);
+
+/// How many learned entries point at each port: the programs add and take
+/// away atomically (every CPU shares one count, unlike PORT_STATE).
+#[map(name = "PORT_LEARNED")]
+pub static PORT_LEARNED: HashMap<u32, u32> = HashMap::with_max_entries(PORT_CAPACITY, 0);
 
 /// Destination ports for XDP redirect: ifindex -> ifindex.
 #[map(name = "PORTS")]
 pub static PORTS: DevMapHash = DevMapHash::with_max_entries(PORT_CAPACITY, 0);
 
-/// Per-port, per-CPU state and counters, keyed by the ingress ifindex. A
+/// Per-port, per-CPU policy and counters, keyed by the ingress ifindex. A
 /// frame from a port not in here is not netpath's: it goes to the bridge.
 #[map(name = "PORT_STATE")]
 pub static PORT_STATE: PerCpuHashMap<u32, PortState> = PerCpuHashMap::with_max_entries(PORT_CAPACITY, 0);

@@ -11,8 +11,7 @@ use netpath_common::Counter;
 
 use crate::{
     forward::{Port, Verdict, decide},
-    maps::PORTS,
-    trace,
+    source, trace,
 };
 
 /// `skb->pkt_type` values (linux/if_packet.h).
@@ -25,16 +24,17 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
     let Some(port) = Port::lookup(unsafe { (*ctx.skb.skb).ifindex }) else {
         return TC_ACT_OK;
     };
+    if port.policy().checks_source() {
+        // The source check reads headers in place: make them linear (a
+        // raw socket can put them in the paged part of a large frame).
+        let want = ctx.len().min(source::HEADROOM);
+        if ((ctx.data_end() - ctx.data()) as u32) < want && ctx.pull_data(want).is_err() {
+            port.count(Counter::DropMalformed);
+            return TC_ACT_SHOT;
+        }
+    }
     match decide(&ctx, &port, ctx.data(), ctx.data_end()) {
         Verdict::Redirect(dst) => {
-            // bpf_redirect_peer() accepts any ifindex and the kernel drops
-            // the frame later if it names no device (a stale FDB entry), so
-            // first ask the devmap, which holds only live ports: the kernel
-            // takes a device out of it when the device goes.
-            if PORTS.get_ifindex(dst).is_none() {
-                port.count(Counter::PassRedirectFailed);
-                return TC_ACT_OK;
-            }
             // The frame arrived addressed to a container's MAC, not to this
             // veth's, so the kernel marked it for another host; kernels
             // before 6.1 keep that mark across bpf_redirect_peer() and the
@@ -48,6 +48,9 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
             }
             // Peer redirect: the frame enters the destination container's
             // eth0 directly, skipping the host veth and the backlog queue.
+            // The helper accepts any ifindex (the kernel would drop the
+            // frame later for one naming no device); decide() checked that
+            // the port is alive.
             // SAFETY: helper call with plain integer arguments.
             if unsafe { bpf_redirect_peer(dst, 0) } as i32 == TC_ACT_REDIRECT {
                 port.count(Counter::Redirected);
@@ -65,8 +68,8 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
             port.count(reason);
             TC_ACT_OK
         }
-        Verdict::DropRunt => {
-            port.count(Counter::DropRunt);
+        Verdict::Drop(reason) => {
+            port.count(reason);
             TC_ACT_SHOT
         }
     }

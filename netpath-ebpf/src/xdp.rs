@@ -31,8 +31,8 @@ pub fn netpath_xdp(ctx: XdpContext) -> u32 {
             port.count(reason);
             xdp_action::XDP_PASS
         }
-        Verdict::DropRunt => {
-            port.count(Counter::DropRunt);
+        Verdict::Drop(reason) => {
+            port.count(reason);
             xdp_action::XDP_DROP
         }
     }

@@ -4,6 +4,8 @@
 //! host) down even when the test fails.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod packets;
+
 use std::{
     ffi::OsStr,
     fs::File,
@@ -283,12 +285,12 @@ impl Drop for Topology {
 }
 
 /// Frames a port's program decided on: every verdict (redirected, passed,
-/// dropped), not the side counters (learned, bad or spoofed sources).
+/// dropped), not the side counters (learned, trace lost).
 pub fn verdicts(packets: &serde_json::Value) -> u64 {
     use netpath_common::Counter;
     std::iter::once(Counter::Redirected)
         .chain(Counter::PASSED)
-        .chain([Counter::DropRunt])
+        .chain(Counter::DROPPED)
         .map(|c| packets[c.name()].as_u64().unwrap())
         .sum()
 }

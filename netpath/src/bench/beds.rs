@@ -86,6 +86,7 @@ pub(super) fn make_wire(name: &str, subnet: &str) -> Result<Bed> {
             owner: &owner,
             addresses: &[b_ip],
             gateways: &[],
+            source_check: false,
         };
         plumbing::plug(&h, &wire).await.map(drop)
     })?;

@@ -78,7 +78,7 @@ pub(super) async fn scale_sweep(handle: &Handle, seconds: u64) -> Result<Vec<Sca
 async fn fill_fdb(handle: &Handle, topology: &str, count: u32) -> Result<()> {
     let port = netlink::link_by_name(handle, &port_name(topology, "c0")).await?.context("port c0 missing")?;
     let mut table = Fdb::open(&datapath::maps(topology)?)?;
-    let base = table.entries()?.len() as u32;
+    let base = table.rows()?.len() as u32;
     for n in base..base + count {
         let b = n.to_be_bytes();
         table.add_static(Mac([0x06, 0xfd, b[0], b[1], b[2], b[3]]), port.index)?;

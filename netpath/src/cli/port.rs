@@ -24,6 +24,11 @@ pub enum PortCommand {
         /// MAC of the container's eth0 [default: derived from the address].
         #[arg(long)]
         mac: Option<Mac>,
+        /// Let the container send from any MAC and address: for one that
+        /// routes or bridges for others. It learns MACs then, up to the
+        /// topology's learn limit.
+        #[arg(long)]
+        no_source_check: bool,
     },
     /// Unplug a container and remove its namespace.
     Del {
@@ -45,8 +50,8 @@ pub async fn run(command: PortCommand) -> Result<()> {
     require_root()?;
     let handle = netlink_handle().await?;
     match command {
-        PortCommand::Add { name: NameArg { name }, port, ip, mac } => {
-            let added = topology::port_add(&handle, &name, &port, &ip, mac).await?;
+        PortCommand::Add { name: NameArg { name }, port, ip, mac, no_source_check } => {
+            let added = topology::port_add(&handle, &name, &port, &ip, mac, !no_source_check).await?;
             let ips: Vec<String> = added.ips.iter().map(ToString::to_string).collect();
             println!("port {} added: {} {}", port_name(&name, &added.name), ips.join(" "), added.mac);
         }

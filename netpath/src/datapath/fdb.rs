@@ -1,18 +1,21 @@
-//! The forwarding database in the pinned BPF hash map: static entries for
-//! the topology's containers, entries the programs learned, and ageing.
+//! The forwarding database in two pinned BPF maps: static entries (the
+//! containers' own MACs, `fdb add`), written only here, and the entries the
+//! programs learned (an LRU map), with each port's count of them.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData};
-use netpath_common::{FDB_FLAG_STATIC, FdbEntry, FdbKey};
+use netpath_common::{FdbEntry, FdbKey};
 use serde::Serialize;
 
 use super::maps::Maps;
 use crate::model::Mac;
 
 pub struct Fdb {
-    map: HashMap<MapData, FdbKey, FdbEntry>,
+    statics: HashMap<MapData, FdbKey, u32>,
+    learned: HashMap<MapData, FdbKey, FdbEntry>,
+    counts: HashMap<MapData, u32, u32>,
 }
 
 /// One row of `fdb dump`.
@@ -34,72 +37,110 @@ pub fn monotonic_ns() -> u64 {
 
 impl Fdb {
     pub fn open(maps: &Maps) -> Result<Self> {
-        Ok(Self { map: maps.fdb()? })
+        Ok(Self { statics: maps.fdb_static()?, learned: maps.fdb_learned()?, counts: maps.port_learned()? })
     }
 
+    /// Adds (or moves) a static entry. A learned entry of the same MAC goes:
+    /// the static one wins every lookup anyway, and the learned one would
+    /// hold a slot of its port's learn limit.
     pub fn add_static(&mut self, mac: Mac, ifindex: u32) -> Result<()> {
-        let entry = FdbEntry { ifindex, flags: FDB_FLAG_STATIC, last_seen_ns: monotonic_ns() };
-        self.map
-            .insert(FdbKey::new(mac.0, 0), entry, 0)
-            .with_context(|| format!("adding static FDB entry {mac} -> ifindex {ifindex} (is the FDB full?)"))
+        let key = FdbKey::new(mac.0, 0);
+        self.statics
+            .insert(key, ifindex, 0)
+            .with_context(|| format!("adding static FDB entry {mac} -> ifindex {ifindex} to map FDB_STATIC (is it full?)"))?;
+        self.remove_learned(&key);
+        Ok(())
     }
 
-    /// Removes one entry; returns false if there was none.
+    /// Removes one entry, static or learned; returns false if there was none.
     pub fn remove(&mut self, mac: Mac) -> Result<bool> {
         let key = FdbKey::new(mac.0, 0);
-        if self.map.get(&key, 0).is_err() {
-            return Ok(false);
+        if self.statics.get(&key, 0).is_ok() {
+            self.statics.remove(&key).with_context(|| format!("deleting FDB entry {mac} from map FDB_STATIC"))?;
+            return Ok(true);
         }
-        self.map.remove(&key).with_context(|| format!("deleting FDB entry {mac}"))?;
-        Ok(true)
-    }
-
-    pub fn entries(&self) -> Result<Vec<(FdbKey, FdbEntry)>> {
-        self.map.iter().map(|r| r.context("reading map FDB")).collect()
+        Ok(self.remove_learned(&key))
     }
 
     pub fn rows(&self) -> Result<Vec<Row>> {
         let now = monotonic_ns();
-        let mut rows: Vec<Row> = self
-            .entries()?
-            .into_iter()
-            .map(|(key, entry)| Row {
+        let mut rows = Vec::new();
+        for entry in self.statics.iter() {
+            let (key, ifindex) = entry.context("reading map FDB_STATIC")?;
+            rows.push(Row { mac: Mac(key.mac), vlan: key.vlan, ifindex, state: "static", age_s: None });
+        }
+        for (key, entry) in self.learned_entries()? {
+            rows.push(Row {
                 mac: Mac(key.mac),
                 vlan: key.vlan,
                 ifindex: entry.ifindex,
-                state: if entry.is_static() { "static" } else { "learned" },
-                age_s: (!entry.is_static()).then(|| now.saturating_sub(entry.last_seen_ns) / 1_000_000_000),
-            })
-            .collect();
+                state: "learned",
+                age_s: Some(now.saturating_sub(entry.last_seen_ns) / 1_000_000_000),
+            });
+        }
         rows.sort_by_key(|r| (r.ifindex, r.mac.0));
         Ok(rows)
     }
 
-    /// Removes entries that match `doomed`; returns how many.
-    fn remove_where(&mut self, doomed: impl Fn(&FdbEntry) -> bool) -> Result<usize> {
-        let keys: Vec<FdbKey> =
-            self.entries()?.into_iter().filter(|(_, e)| doomed(e)).map(|(k, _)| k).collect();
-        for key in &keys {
-            // Already gone (aged or removed concurrently) is fine.
-            let _ = self.map.remove(key);
-        }
-        Ok(keys.len())
+    fn learned_entries(&self) -> Result<Vec<(FdbKey, FdbEntry)>> {
+        self.learned.iter().map(|r| r.context("reading map FDB_LEARNED")).collect()
     }
 
-    /// Drops every entry (static and learned) that points at `ifindex`.
+    /// Deletes a learned entry and gives its port the slot back; returns
+    /// whether this call deleted it (the programs may have, meanwhile).
+    ///
+    /// The count is read, then written: a program's change to the same
+    /// port's count in those microseconds is lost, so a port may hold one
+    /// entry more, or one less, than its limit until it learns again.
+    fn remove_learned(&mut self, key: &FdbKey) -> bool {
+        let Ok(entry) = self.learned.get(key, 0) else { return false };
+        if self.learned.remove(key).is_err() {
+            return false;
+        }
+        if let Ok(count) = self.counts.get(&entry.ifindex, 0) {
+            let _ = self.counts.insert(entry.ifindex, count.saturating_sub(1), 0);
+        }
+        true
+    }
+
+    /// Removes learned entries that match `doomed` (checked again right
+    /// before each delete, so an entry refreshed meanwhile stays); returns
+    /// how many went.
+    fn remove_learned_where(&mut self, doomed: impl Fn(&FdbEntry) -> bool) -> Result<usize> {
+        let keys: Vec<FdbKey> =
+            self.learned_entries()?.into_iter().filter(|(_, e)| doomed(e)).map(|(k, _)| k).collect();
+        let mut removed = 0;
+        for key in &keys {
+            if self.learned.get(key, 0).is_ok_and(|e| doomed(&e)) && self.remove_learned(key) {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Drops every entry, static and learned, that points at `ifindex`.
     pub fn remove_port(&mut self, ifindex: u32) -> Result<usize> {
-        self.remove_where(|e| e.ifindex == ifindex)
+        let statics: Vec<FdbKey> = self
+            .statics
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, port)| *port == ifindex)
+            .map(|(key, _)| key)
+            .collect();
+        for key in &statics {
+            let _ = self.statics.remove(key);
+        }
+        Ok(statics.len() + self.remove_learned_where(|e| e.ifindex == ifindex)?)
     }
 
     /// Drops learned entries, as `bridge fdb flush dynamic` does.
     pub fn flush_learned(&mut self) -> Result<usize> {
-        self.remove_where(|e| !e.is_static())
+        self.remove_learned_where(|_| true)
     }
 
     /// Drops learned entries not refreshed within `ageing`.
     pub fn age_out(&mut self, ageing: Duration) -> Result<usize> {
-        let now = monotonic_ns();
         let limit = ageing.as_nanos() as u64;
-        self.remove_where(|e| !e.is_static() && now.saturating_sub(e.last_seen_ns) > limit)
+        self.remove_learned_where(|e| monotonic_ns().saturating_sub(e.last_seen_ns) > limit)
     }
 }

@@ -14,7 +14,9 @@ use netpath_common::{DatapathConfig, FdbEntry, FdbKey, LAYOUT_VERSION, PortState
 pub enum MapName {
     Layout,
     Config,
-    Fdb,
+    FdbStatic,
+    FdbLearned,
+    PortLearned,
     Ports,
     PortState,
     Trace,
@@ -24,10 +26,12 @@ pub enum MapName {
 }
 
 impl MapName {
-    pub const ALL: [MapName; 7] = [
+    pub const ALL: [MapName; 9] = [
         MapName::Layout,
         MapName::Config,
-        MapName::Fdb,
+        MapName::FdbStatic,
+        MapName::FdbLearned,
+        MapName::PortLearned,
         MapName::Ports,
         MapName::PortState,
         MapName::Trace,
@@ -42,7 +46,9 @@ impl MapName {
         match self {
             MapName::Layout => maps::LAYOUT,
             MapName::Config => maps::CONFIG,
-            MapName::Fdb => maps::FDB,
+            MapName::FdbStatic => maps::FDB_STATIC,
+            MapName::FdbLearned => maps::FDB_LEARNED,
+            MapName::PortLearned => maps::PORT_LEARNED,
             MapName::Ports => maps::PORTS,
             MapName::PortState => maps::PORT_STATE,
             MapName::Trace => maps::TRACE,
@@ -85,8 +91,16 @@ impl Maps {
         self.open_map(MapName::Config)
     }
 
-    pub fn fdb(&self) -> Result<HashMap<MapData, FdbKey, FdbEntry>> {
-        self.open_map(MapName::Fdb)
+    pub fn fdb_static(&self) -> Result<HashMap<MapData, FdbKey, u32>> {
+        self.open_map(MapName::FdbStatic)
+    }
+
+    pub fn fdb_learned(&self) -> Result<HashMap<MapData, FdbKey, FdbEntry>> {
+        self.open_map(MapName::FdbLearned)
+    }
+
+    pub fn port_learned(&self) -> Result<HashMap<MapData, u32, u32>> {
+        self.open_map(MapName::PortLearned)
     }
 
     pub fn ports(&self) -> Result<DevMapHash<MapData>> {
@@ -128,7 +142,7 @@ pub fn check_layout(dir: &Path, fdb_size: Option<u32>) -> Result<()> {
         bail!("the pins in {} are of {made_by}, this netpath uses layout {LAYOUT_VERSION}: {fix}", dir.display());
     }
     if let Some(want) = fdb_size {
-        let fdb = dir.join(maps::FDB);
+        let fdb = dir.join(maps::FDB_LEARNED);
         if let Ok(info) = MapInfo::from_pin(&fdb) {
             let have = info.max_entries();
             if have != want {

@@ -17,13 +17,19 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use std::net::IpAddr;
+
+use anyhow::ensure;
 use aya::{
-    maps::{PerCpuValues},
+    maps::{MapError, PerCpuValues},
     util::nr_cpus,
 };
 use log::info;
-use netpath_common::{DatapathConfig, PortState};
+use netpath_common::{DatapathConfig, PORT_IPV4_SLOTS, PORT_IPV6_SLOTS, PORT_SOURCE_CHECK, PortPolicy, PortState};
 use rtnetlink::Handle;
+
+/// BPF_NOEXIST: create, never overwrite.
+const BPF_NOEXIST: u64 = 1;
 
 use self::{
     hooks::Hook,
@@ -46,6 +52,11 @@ pub struct Port {
     pub ifname: String,
     /// The container's MAC: its static FDB entry.
     pub mac: Mac,
+    /// The container's addresses (its IPv6 link-local one is derived).
+    pub addresses: Vec<IpAddr>,
+    /// Frames must come from `mac` and `addresses` (off for containers
+    /// that route or bridge for others: those learn, up to a limit).
+    pub source_check: bool,
 }
 
 /// Everything the datapath needs: a set of ports sharing one bridge, one
@@ -58,18 +69,48 @@ pub struct Datapath {
     pub mode: Mode,
     pub ageing_s: u64,
     pub fdb_size: u32,
+    /// Most learned FDB entries per port.
+    pub learn_limit: u32,
     pub ports: Vec<Port>,
 }
 
-/// The pinned maps of a running datapath.
+/// The pinned maps of a running datapath, after forgetting the ports that
+/// vanished (see [`forget_vanished_ports`]): whoever opens them sees no
+/// entry of a port that is gone, whether or not `netpath run` watches.
 pub fn maps(datapath: &str) -> Result<Maps> {
-    Maps::open(&pin_dir(datapath)).with_context(|| {
+    let maps = Maps::open(&pin_dir(datapath)).with_context(|| {
         let owner = match naming::cni_bridge_of(datapath) {
             Some(bridge) => format!("the CNI network on bridge {bridge}"),
             None => format!("topology {datapath}"),
         };
         format!("is {owner} up in xdp or tc mode?")
-    })
+    })?;
+    forget_vanished_ports(&maps)?;
+    Ok(maps)
+}
+
+/// Removes the state and FDB entries of every port whose device is gone
+/// (namespace deleted, runtime crashed): the kernel took it out of the
+/// devmap, which the programs already treat as "not there" (frames to it
+/// pass to the bridge, counted). Returns their ifindexes.
+pub fn forget_vanished_ports(maps: &Maps) -> Result<Vec<u32>> {
+    let devmap = maps.ports()?;
+    let live: HashSet<u32> = devmap.iter().filter_map(Result::ok).map(|(ifindex, _)| ifindex).collect();
+    let mut port_state = maps.port_state()?;
+    let vanished: Vec<u32> =
+        port_state.keys().filter_map(Result::ok).filter(|ifindex| !live.contains(ifindex)).collect();
+    if vanished.is_empty() {
+        return Ok(vanished);
+    }
+    let mut table = fdb::Fdb::open(maps)?;
+    let mut counts = maps.port_learned()?;
+    for ifindex in &vanished {
+        let entries = table.remove_port(*ifindex)?;
+        let _ = port_state.remove(ifindex);
+        let _ = counts.remove(ifindex);
+        info!("forgot vanished port {ifindex} and its {entries} FDB entries");
+    }
+    Ok(vanished)
 }
 
 /// Makes the datapath match: programs of its mode attached to every port,
@@ -112,13 +153,15 @@ pub async fn ensure(handle: &Handle, dp: &Datapath) -> Result<()> {
             .with_context(|| format!("port {} is missing", port.name))?;
         ports.push((port, link.index));
     }
+    let maps = Maps::open(&dir)?;
+    forget_vanished_ports(&maps)?;
     let config = DatapathConfig {
         bridge_mac: bridge.mac.map(|m| m.0).unwrap_or_default(),
         learning: 1,
         ageing_ns: dp.ageing_s * 1_000_000_000,
         ..Default::default()
     };
-    fill_maps(&Maps::open(&dir)?, config, &ports)?;
+    fill_maps(&maps, config, dp.learn_limit, &ports)?;
 
     if dp.mode == Mode::Tc && hooks::TcMethod::for_this_kernel() == hooks::TcMethod::Clsact {
         info!(
@@ -144,37 +187,78 @@ pub async fn ensure(handle: &Handle, dp: &Datapath) -> Result<()> {
     Ok(())
 }
 
-fn fill_maps(maps: &Maps, config: DatapathConfig, ports: &[(&Port, u32)]) -> Result<()> {
+fn fill_maps(maps: &Maps, config: DatapathConfig, learn_limit: u32, ports: &[(&Port, u32)]) -> Result<()> {
     let mut config_map = maps.config()?;
     // A `netpath trace` running meanwhile keeps its frames coming.
     let trace_until_ns = config_map.get(&0, 0).map(|c| c.trace_until_ns).unwrap_or(0);
     config_map.set(0, DatapathConfig { trace_until_ns, ..config }, 0).context("writing map CONFIG")?;
 
     let mut devmap = maps.ports()?;
+    let mut counts = maps.port_learned()?;
     for (_, ifindex) in ports {
         devmap.insert(*ifindex, *ifindex, None, 0).with_context(|| format!("adding port {ifindex} to map PORTS"))?;
+        // NOEXIST: a port that is already there keeps its count.
+        match counts.insert(ifindex, 0, BPF_NOEXIST) {
+            Ok(()) => {}
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e).with_context(|| format!("adding port {ifindex} to map PORT_LEARNED")),
+        }
     }
     let mut port_state = maps.port_state()?;
     let cpus = nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
-    for (c, ifindex) in ports {
+    for (port, ifindex) in ports {
+        let policy = policy_of(port, learn_limit)?;
         // Keep the counters of a port that is already there.
         let mut states: Vec<PortState> = match port_state.get(ifindex, 0) {
             Ok(existing) => existing.iter().copied().collect(),
             Err(_) => vec![PortState::default(); cpus],
         };
-        if states.iter().all(|s| s.mac == c.mac.0) && states.len() == cpus {
+        if states.len() == cpus && states.iter().all(|s| s.policy == policy) {
             continue;
         }
-        states.iter_mut().for_each(|s| s.mac = c.mac.0);
+        states.iter_mut().for_each(|s| s.policy = policy);
         port_state
             .insert(ifindex, PerCpuValues::try_from(states)?, 0)
-            .with_context(|| format!("adding port {ifindex} to map PORT_STATE"))?;
+            .with_context(|| format!("adding port {} (ifindex {ifindex}) to map PORT_STATE", port.name))?;
     }
     let mut table = fdb::Fdb::open(maps)?;
-    for (c, ifindex) in ports {
-        table.add_static(c.mac, *ifindex)?;
+    for (port, ifindex) in ports {
+        table.add_static(port.mac, *ifindex)?;
     }
     Ok(())
+}
+
+/// What the programs enforce for `port`.
+fn policy_of(port: &Port, learn_limit: u32) -> Result<PortPolicy> {
+    let mut policy = PortPolicy {
+        mac: port.mac.0,
+        flags: if port.source_check { PORT_SOURCE_CHECK } else { 0 },
+        learn_limit,
+        ..Default::default()
+    };
+    let ipv4: Vec<[u8; 4]> = port
+        .addresses
+        .iter()
+        .filter_map(|a| match a {
+            IpAddr::V4(v4) => Some(v4.octets()),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    let mut ipv6: Vec<[u8; 16]> = vec![port.mac.ipv6_link_local().octets()];
+    ipv6.extend(port.addresses.iter().filter_map(|a| match a {
+        IpAddr::V6(v6) => Some(v6.octets()),
+        IpAddr::V4(_) => None,
+    }));
+    ensure!(
+        ipv4.len() <= PORT_IPV4_SLOTS && ipv6.len() <= PORT_IPV6_SLOTS,
+        "port {} has more addresses than the source check holds ({PORT_IPV4_SLOTS} IPv4, {} IPv6 besides the \
+         link-local one)",
+        port.name,
+        PORT_IPV6_SLOTS - 1
+    );
+    policy.ipv4[..ipv4.len()].copy_from_slice(&ipv4);
+    policy.ipv6[..ipv6.len()].copy_from_slice(&ipv6);
+    Ok(policy)
 }
 
 /// What carries container-to-container traffic in each mode, for `status`.
@@ -196,29 +280,12 @@ pub fn remove(datapath: &str) -> Result<()> {
     fs::remove_dir_all(&dir).with_context(|| format!("removing pins in {}", dir.display()))
 }
 
-/// Deletes the FDB entry for `mac`; returns false if there was none. If it
-/// was a port's own container MAC, the port forgets it too: the programs skip
-/// learning a port's own MAC, so otherwise it could never be learned again.
+/// Deletes the FDB entry for `mac`, static or learned; returns false if
+/// there was none. Frames to it then go through the bridge until the
+/// entry is back (`fdb add`, or learned again on a port without a source
+/// check; a port's own container MAC is never learned).
 pub fn forget_mac(datapath: &str, mac: Mac) -> Result<bool> {
-    let maps = maps(datapath)?;
-    if !fdb::Fdb::open(&maps)?.remove(mac)? {
-        return Ok(false);
-    }
-    let mut port_state = maps.port_state()?;
-    let ports: Vec<(u32, Vec<PortState>)> = port_state
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(ifindex, states)| (ifindex, states.iter().copied().collect()))
-        .collect();
-    for (ifindex, mut states) in ports {
-        if states.iter().any(|s| s.mac == mac.0) {
-            states.iter_mut().for_each(|s| s.mac = [0; 6]);
-            port_state
-                .insert(ifindex, PerCpuValues::try_from(states)?, 0)
-                .with_context(|| format!("updating port {ifindex} in map PORT_STATE"))?;
-        }
-    }
-    Ok(true)
+    fdb::Fdb::open(&maps(datapath)?)?.remove(mac)
 }
 
 /// Removes a port that is leaving the datapath (or has vanished) from the
@@ -236,6 +303,7 @@ pub fn forget_port(datapath: &str, port: &Port, ifindex: Option<u32>) -> Result<
     fdb::Fdb::open(&maps)?.remove_port(ifindex)?;
     let _ = maps.ports()?.remove(ifindex);
     let _ = maps.port_state()?.remove(&ifindex);
+    let _ = maps.port_learned()?.remove(&ifindex);
     Ok(())
 }
 

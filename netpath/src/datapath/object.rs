@@ -44,7 +44,8 @@ pub fn ensure_bpffs() -> Result<()> {
 pub fn load(pins: Option<&Path>, fdb_size: u32) -> Result<Ebpf> {
     super::memlock::raise_for_bpf()?;
     let mut loader = EbpfLoader::new();
-    loader.map_max_entries(MapName::Fdb.as_str(), fdb_size);
+    loader.map_max_entries(MapName::FdbStatic.as_str(), fdb_size);
+    loader.map_max_entries(MapName::FdbLearned.as_str(), fdb_size);
     let fresh = match pins {
         Some(dir) => {
             check_layout(dir, Some(fdb_size))?;

@@ -6,10 +6,11 @@ use anyhow::{Context, Result};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         address::{AddressAttribute, AddressFlags},
-        link::{InfoData, InfoVeth, LinkAttribute, LinkMessage, LinkXdp},
+        link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, LinkAttribute, LinkMessage, LinkXdp},
+        neighbour::{NeighbourFlags, NeighbourState},
     },
 };
 
@@ -149,6 +150,46 @@ pub async fn delete_link(handle: &Handle, index: u32) -> Result<bool> {
         Err(e) if is_errno(&e, libc::ENODEV) => Ok(false),
         Err(e) => Err(e).with_context(|| format!("deleting link {index}")),
     }
+}
+
+/// Sets the link's IPv6 address generation to EUI-64, so its link-local
+/// address follows from its MAC (see `Mac::ipv6_link_local`) whatever the
+/// namespace's default. Before the link goes up; a namespace without IPv6
+/// has nothing to set.
+pub async fn set_eui64_link_local(handle: &Handle, index: u32) -> Result<()> {
+    let mode = AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::Eui64)]);
+    let msg = LinkUnspec::new_with_index(index).append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![mode])).build();
+    match handle.link().set(msg).execute().await {
+        Err(e) if is_errno(&e, libc::EAFNOSUPPORT) => Ok(()),
+        other => other.with_context(|| format!("setting IPv6 address generation of link {index} to EUI-64")),
+    }
+}
+
+/// `bridge link set dev PORT learning on|off`.
+pub async fn set_bridge_port_learning(handle: &Handle, index: u32, learning: bool) -> Result<()> {
+    let msg = LinkBridgePort::new(index).learning(learning).build();
+    // A change through RTM_NEWLINK: RTM_SETLINK ignores port settings.
+    handle
+        .link()
+        .change(msg)
+        .execute()
+        .await
+        .with_context(|| format!("turning learning {} on bridge port {index}", if learning { "on" } else { "off" }))
+}
+
+/// `bridge fdb replace MAC dev PORT master static sticky`: the bridge
+/// sends frames for `mac` to this port, and frames from another port with
+/// that source MAC never move the entry (sticky; static alone would move).
+pub async fn add_bridge_static_entry(handle: &Handle, index: u32, mac: Mac) -> Result<()> {
+    handle
+        .neighbours()
+        .add_bridge(index, &mac.0)
+        .state(NeighbourState::Noarp)
+        .flags(NeighbourFlags::Controller | NeighbourFlags::Sticky)
+        .replace()
+        .execute()
+        .await
+        .with_context(|| format!("adding static bridge FDB entry {mac} on port {index}"))
 }
 
 /// Adds an address; an IPv6 one is usable at once (no duplicate address

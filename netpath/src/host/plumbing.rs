@@ -29,6 +29,9 @@ pub struct Plug<'a> {
     pub addresses: &'a [IpNet],
     /// Default routes of the container, one per family.
     pub gateways: &'a [IpAddr],
+    /// The container sends only from its own MAC and addresses (see
+    /// `datapath::Port::source_check`).
+    pub source_check: bool,
 }
 
 /// Creates and configures the pair; returns the host end. On failure the
@@ -38,9 +41,21 @@ pub async fn plug(handle: &Handle, p: &Plug<'_>) -> Result<netlink::Link> {
     let peer = netlink::VethPeer { netns_fd: ns.as_raw_fd(), name: p.ifname, mac: p.mac };
     let host = netlink::create_veth(handle, p.host_veth, p.bridge, p.mtu, peer).await?;
     let host = netlink::set_alias(handle, &host, &owner_alias(p.owner)).await?;
+    if let (Some(_), Some(mac)) = (p.bridge, p.mac) {
+        secure_bridge_port(handle, host.index, mac, p.source_check).await?;
+    }
     configure_inside(p.netns, p.ifname, p.addresses, p.gateways)
         .with_context(|| format!("configuring {} in namespace {}", p.ifname, p.netns.display()))?;
     Ok(host)
+}
+
+/// The bridge learns nothing from a container that checks its sources:
+/// it knows its one MAC from a static entry, which no forged frame moves
+/// (in every mode: in bridge mode no program checks sources). A container
+/// that routes for others keeps learning, within the bridge's own rules.
+async fn secure_bridge_port(handle: &Handle, index: u32, mac: Mac, source_check: bool) -> Result<()> {
+    netlink::add_bridge_static_entry(handle, index, mac).await?;
+    netlink::set_bridge_port_learning(handle, index, !source_check).await
 }
 
 /// Inside a namespace: `lo` up, the addresses on `ifname`, `ifname` up,
@@ -52,6 +67,7 @@ pub fn configure_inside(ns: &Path, ifname: &str, addresses: &[IpNet], gateways: 
             netlink::set_up(&h, lo.index).await?;
         }
         let link = netlink::link_by_name(&h, &ifname).await?.with_context(|| format!("{ifname} is missing"))?;
+        netlink::set_eui64_link_local(&h, link.index).await?;
         for address in addresses {
             netlink::add_address(&h, link.index, address).await?;
         }

@@ -29,6 +29,16 @@ impl Mac {
             hash = stable_hash(&b);
         }
     }
+
+    /// The IPv6 link-local address a Linux interface with this MAC gets
+    /// (modified EUI-64, RFC 4291 appendix A). netpath sets the container
+    /// interface's address generation mode to EUI-64, so this is its address.
+    pub fn ipv6_link_local(&self) -> std::net::Ipv6Addr {
+        let m = self.0;
+        std::net::Ipv6Addr::from([
+            0xfe, 0x80, 0, 0, 0, 0, 0, 0, m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5],
+        ])
+    }
 }
 
 impl fmt::Display for Mac {
@@ -73,6 +83,12 @@ impl<'de> Deserialize<'de> for Mac {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn link_local_is_modified_eui64() {
+        let mac: super::Mac = "02:00:5e:10:00:01".parse().unwrap();
+        assert_eq!(mac.ipv6_link_local(), "fe80::5e:10ff:fe00:1".parse::<std::net::Ipv6Addr>().unwrap());
+    }
+
     use super::*;
 
     #[test]

@@ -65,6 +65,11 @@ pub struct Settings {
     /// Capacity of the FDB map in entries [default: 65536].
     #[arg(long)]
     pub fdb_size: Option<u32>,
+    /// Most FDB entries a container without a source check may have
+    /// learned at once; frames from further new MACs are dropped, counted
+    /// [default: 64].
+    #[arg(long)]
+    pub learn_limit: Option<u32>,
     /// MTU of the bridge and every veth [default: 1500; xdp mode: at most 3506].
     #[arg(long)]
     pub mtu: Option<u32>,
@@ -88,6 +93,9 @@ pub struct ContainerSettings {
     #[serde(default, deserialize_with = "one_or_many")]
     pub ip: Vec<String>,
     pub mac: Option<String>,
+    /// false: the container routes or bridges for others, so it may send
+    /// from any MAC and address (and learns, up to `learn_limit`).
+    pub source_check: Option<bool>,
 }
 
 impl Settings {
@@ -109,6 +117,7 @@ impl Settings {
             nat: self.nat.or(base.nat),
             ageing: self.ageing.or(base.ageing),
             fdb_size: self.fdb_size.or(base.fdb_size),
+            learn_limit: self.learn_limit.or(base.learn_limit),
             mtu: self.mtu.or(base.mtu),
             config: self.config.or(base.config),
             containers_listed: if self.containers_listed.is_empty() { base.containers_listed } else { self.containers_listed },

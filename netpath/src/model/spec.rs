@@ -39,6 +39,18 @@ pub struct ContainerSpec {
     /// One address per subnet, with the subnet's prefix length.
     pub ips: Vec<IpNet>,
     pub mac: Mac,
+    /// Frames from it must carry its own MAC and addresses (off for a
+    /// container that routes or bridges for others).
+    #[serde(default = "enabled")]
+    pub source_check: bool,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+fn default_learn_limit() -> u32 {
+    netpath_common::DEFAULT_LEARN_LIMIT
 }
 
 /// A whole topology, complete and valid.
@@ -51,8 +63,11 @@ pub struct TopologySpec {
     pub nat: bool,
     /// Seconds before a learned FDB entry ages out.
     pub ageing_s: u64,
-    /// Capacity of the FDB map (entries).
+    /// Capacity of each FDB map (entries).
     pub fdb_size: u32,
+    /// Most learned FDB entries per port.
+    #[serde(default = "default_learn_limit")]
+    pub learn_limit: u32,
     /// MTU of the bridge and of both ends of every veth.
     pub mtu: u32,
     pub containers: Vec<ContainerSpec>,
@@ -86,6 +101,8 @@ impl TopologySpec {
             (MIN_FDB_SIZE..=MAX_FDB_SIZE).contains(&fdb_size),
             "the FDB size must be between {MIN_FDB_SIZE} and {MAX_FDB_SIZE} entries"
         );
+        let learn_limit = settings.learn_limit.unwrap_or(netpath_common::DEFAULT_LEARN_LIMIT);
+        ensure!(learn_limit <= fdb_size, "the learn limit ({learn_limit}) cannot exceed the FDB size ({fdb_size})");
         let listed = settings.containers_listed.len();
         let count = settings.containers.unwrap_or(listed.max(DEFAULT_CONTAINERS));
         ensure!(count > 0, "--containers must be at least 1");
@@ -99,19 +116,20 @@ impl TopologySpec {
             nat: settings.nat.unwrap_or(false),
             ageing_s,
             fdb_size,
+            learn_limit,
             mtu: settings.mtu.unwrap_or(DEFAULT_MTU),
             containers: Vec::new(),
         };
         for entry in settings.containers_listed {
             let mac = entry.mac.as_deref().map(str::parse).transpose()?;
-            spec.push_container(&entry.name, &entry.ip, mac)?;
+            spec.push_container(&entry.name, &entry.ip, mac, entry.source_check.unwrap_or(true))?;
         }
         let mut index = 0;
         while spec.containers.len() < count {
             let name = format!("c{index}");
             index += 1;
             if spec.container(&name).is_none() {
-                spec.push_container(&name, &[], None)?;
+                spec.push_container(&name, &[], None, true)?;
             }
         }
         spec.validate()?;
@@ -119,7 +137,7 @@ impl TopologySpec {
     }
 
     /// Adds a container; addresses (per family) and MAC not given are chosen.
-    pub fn push_container(&mut self, name: &str, ips: &[String], mac: Option<Mac>) -> Result<()> {
+    pub fn push_container(&mut self, name: &str, ips: &[String], mac: Option<Mac>, source_check: bool) -> Result<()> {
         validate_container_name(&self.name, name)?;
         ensure!(self.container(name).is_none(), "container name {name:?} is used twice");
         let given: Vec<IpNet> = ips.iter().map(|ip| ipam::parse_address(ip, &self.subnets)).collect::<Result<_>>()?;
@@ -145,7 +163,7 @@ impl TopologySpec {
                 Mac::derive(&format!("{}/{}", self.name, chosen[0].addr()), |m| taken.contains(&m))
             }
         };
-        self.containers.push(ContainerSpec { name: name.into(), ips: chosen, mac });
+        self.containers.push(ContainerSpec { name: name.into(), ips: chosen, mac, source_check });
         Ok(())
     }
 
@@ -188,6 +206,7 @@ impl TopologySpec {
             ("ageing", format!("{} s", self.ageing_s), format!("{} s", want.ageing_s)),
             ("MTU", self.mtu.to_string(), want.mtu.to_string()),
             ("FDB size", self.fdb_size.to_string(), want.fdb_size.to_string()),
+            ("learn limit", self.learn_limit.to_string(), want.learn_limit.to_string()),
         ];
         for (what, have, want) in settings {
             if have != want {

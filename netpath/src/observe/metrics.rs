@@ -103,7 +103,7 @@ impl Snapshot {
 /// `reason` label, None for a family without reasons).
 type PortFamily<'a> = (&'a str, &'a str, Vec<(Counter, Option<&'a str>)>);
 
-fn port_families() -> [PortFamily<'static>; 6] {
+fn port_families() -> [PortFamily<'static>; 5] {
     [
         ("netpath_redirected_packets", "Frames sent straight to their destination port.", vec![(Counter::Redirected, None)]),
         (
@@ -112,11 +112,11 @@ fn port_families() -> [PortFamily<'static>; 6] {
             // The reason label is the counter's name without its `pass_` prefix.
             Counter::PASSED.iter().map(|c| (*c, Some(c.name().trim_start_matches("pass_")))).collect(),
         ),
-        ("netpath_dropped_packets", "Frames dropped, by reason.", vec![(Counter::DropRunt, Some("runt"))]),
         (
-            "netpath_unlearned_sources",
-            "Frames whose source MAC was not learned, by reason.",
-            vec![(Counter::BadSource, Some("bad_source")), (Counter::SpoofedSource, Some("spoofed_source"))],
+            "netpath_dropped_packets",
+            "Frames dropped, by reason.",
+            // The reason label is the counter's name without its `drop_` prefix.
+            Counter::DROPPED.iter().map(|c| (*c, Some(c.name().trim_start_matches("drop_")))).collect(),
         ),
         ("netpath_learned", "FDB entries learned or moved by the programs.", vec![(Counter::Learned, None)]),
         (

@@ -45,12 +45,20 @@ fn datapath_of<'a>(conf: &NetConf, attachments: impl Iterator<Item = &'a Attachm
         mode: conf.mode(),
         ageing_s: DEFAULT_AGEING_S,
         fdb_size: netpath_common::FDB_CAPACITY,
+        learn_limit: netpath_common::DEFAULT_LEARN_LIMIT,
         ports: attachments.map(port_of).collect(),
     }
 }
 
 fn port_of(a: &Attachment) -> Port {
-    Port { name: a.host_veth.clone(), netns: a.netns.clone(), ifname: a.ifname.clone(), mac: a.mac }
+    Port {
+        name: a.host_veth.clone(),
+        netns: a.netns.clone(),
+        ifname: a.ifname.clone(),
+        mac: a.mac,
+        addresses: a.ips.iter().map(|ip| ip.addr()).collect(),
+        source_check: true,
+    }
 }
 
 /// Runs the delegated IPAM plugin (host-local) with the same environment.
@@ -219,6 +227,7 @@ async fn plug(handle: &Handle, conf: &NetConf, rec: &mut NetworkRecord, a: &Atta
             owner: &conf.datapath_name(),
             addresses: &a.ips,
             gateways: &a.gateways,
+            source_check: true,
         },
     )
     .await?;

@@ -34,6 +34,7 @@ pub fn datapath_of(spec: &TopologySpec) -> Datapath {
         mode: spec.mode,
         ageing_s: spec.ageing_s,
         fdb_size: spec.fdb_size,
+        learn_limit: spec.learn_limit,
         ports: spec.containers.iter().map(|c| port_of(spec, c)).collect(),
     }
 }
@@ -41,7 +42,14 @@ pub fn datapath_of(spec: &TopologySpec) -> Datapath {
 /// A topology's container: host veth and namespace both `NAME-CONTAINER`.
 pub fn port_of(spec: &TopologySpec, c: &ContainerSpec) -> Port {
     let name = port_name(&spec.name, &c.name);
-    Port { netns: netns::path(&name), name, ifname: CONTAINER_IFNAME.into(), mac: c.mac }
+    Port {
+        netns: netns::path(&name),
+        name,
+        ifname: CONTAINER_IFNAME.into(),
+        mac: c.mac,
+        addresses: c.ips.iter().map(|ip| ip.addr()).collect(),
+        source_check: c.source_check,
+    }
 }
 
 /// Creates the topology, or does nothing if an identical one is up. On any
@@ -129,6 +137,7 @@ async fn create_container(handle: &Handle, spec: &TopologySpec, bridge: u32, c: 
             owner: &spec.name,
             addresses: &c.ips,
             gateways: &gateways,
+            source_check: c.source_check,
         },
     )
     .await
@@ -222,11 +231,12 @@ pub async fn port_add(
     container: &str,
     ips: &[String],
     mac: Option<Mac>,
+    source_check: bool,
 ) -> Result<ContainerSpec> {
     validate_topology_name(topology)?;
     let _lock = Lock::acquire(topology, Purpose::Change)?;
     let mut rec = load_complete(topology)?;
-    rec.spec.push_container(container, ips, mac)?;
+    rec.spec.push_container(container, ips, mac, source_check)?;
     rec.spec.validate()?;
     let added = rec.spec.containers.last().expect("just pushed").clone();
     check_names_free(handle, &rec.spec, std::slice::from_ref(&added)).await?;
