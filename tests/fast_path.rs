@@ -208,7 +208,7 @@ fn a_forged_source_mac_does_not_steal_traffic() {
         let entry = fdb.as_array().unwrap().iter().find(|e| e["mac"] == victim_mac.as_str()).unwrap().clone();
         assert_eq!(entry["state"], "static", "{mode}");
         assert_eq!(entry["ifname"], t.ns("c1").as_str(), "{mode}: static entry moved");
-        assert!(t.counter(&t.ns("c2"), "spoofed_source") > 0, "{mode}: spoofing not counted");
+        assert!(t.counter(&t.ns("c2"), "drop_spoofed_mac") > 0, "{mode}: spoofing not counted");
         let before = link_packets(&t.ns("c1"), "eth0").0;
         assert!(ping(&t.ns("c0"), &victim_ip), "{mode}: the victim no longer gets its traffic");
         assert!(link_packets(&t.ns("c1"), "eth0").0 > before, "{mode}");
@@ -226,22 +226,25 @@ fn fdb_lists_every_container_and_learned_entries_age_out() {
         assert_eq!(entry["ifname"], port["name"]);
         assert_eq!(entry["state"], "static");
     }
-    // Replace c1's static entry by a learned one, then let it age.
-    let mac = status["ports"][1]["mac"].as_str().unwrap().to_owned();
-    quiet(&t.ns("c1"));
-    // Nor may c1 probe c0's address a few seconds after the ping (ARP's
+    // A container without the source check (it routes for others) sends
+    // from a MAC that is not its own: that one is learned, then ages.
+    t.netpath_ok(&["port", "add", "--name", &name, "rt", "--no-source-check", "--ip", "10.119.0.9/24"]);
+    let mac = "02:77:77:00:00:09";
+    let router = t.ns("rt");
+    in_ns(&router, &["ip", "link", "set", "dev", "eth0", "address", mac]);
+    quiet(&router);
+    // Nor may it probe c0's address a few seconds after the ping (ARP's
     // delay_first_probe_time is 5 s): that would refresh its entry.
     let c0_mac = status["ports"][0]["mac"].as_str().unwrap();
-    in_ns(&t.ns("c1"), &["ip", "neigh", "replace", "10.119.0.2", "lladdr", c0_mac, "dev", "eth0", "nud", "permanent"]);
-    t.netpath_ok(&["fdb", "del", "--name", &name, &mac]);
-    assert!(ping(&t.ns("c0"), "10.119.0.3"));
+    in_ns(&router, &["ip", "neigh", "replace", "10.119.0.2", "lladdr", c0_mac, "dev", "eth0", "nud", "permanent"]);
+    assert!(ping(&t.ns("c0"), "10.119.0.9"));
     let learned = |dump: &str| -> Option<Value> {
         let v: Value = serde_json::from_str(dump).unwrap();
-        v.as_array().unwrap().iter().find(|e| e["mac"] == mac.as_str()).cloned()
+        v.as_array().unwrap().iter().find(|e| e["mac"] == mac).cloned()
     };
-    let entry = learned(&t.netpath_ok(&["fdb", "dump", "--name", &name, "--json"])).expect("c1 relearned");
+    let entry = learned(&t.netpath_ok(&["fdb", "dump", "--name", &name, "--json"])).expect("the router's MAC learned");
     assert_eq!(entry["state"], "learned");
-    assert_eq!(entry["ifname"], t.ns("c1").as_str());
+    assert_eq!(entry["ifname"], router.as_str());
     sleep(Duration::from_secs(5));
     assert!(learned(&t.netpath_ok(&["fdb", "dump", "--name", &name, "--json"])).is_none(), "learned entry did not age out");
     assert!(run.interrupt());
@@ -296,7 +299,10 @@ fn mode_switches_live_without_losing_the_ping() {
     }
     let (received, summary) = pings_received(pinger);
     assert!(received >= 247, "lost {} pings while switching modes: {summary}", 250 - received);
-    assert!(t.counter(&t.ns("c0"), "redirected") > 0);
+    // On a slow (emulated) machine the pinger may be done before the last
+    // switch: ping once more in the final mode.
+    assert!(ping(&t.ns("c0"), "10.122.0.3"));
+    assert!(t.counter(&t.ns("c0"), "redirected") > 0, "nothing redirected after the switches: {:?}", t.program_counters());
 }
 
 /// How many replies a `ping -q` child received, and its summary.

@@ -259,81 +259,33 @@ fn jumbo_frames_work_or_are_refused_clearly() {
     assert!(out.status.success(), "xdp: 3400-byte ping failed");
 }
 
-/// IPv6 (ND through the bridge, unicast on the fast path) and VLAN-tagged
-/// frames work in both fast modes. This kernel has no 8021q (no VLAN
-/// devices), so tagged frames are sent raw and counted where they land.
+/// IPv6 (ND through the bridge, unicast on the fast path) works in both
+/// fast modes; VLAN-tagged frames from a container that checks its sources
+/// are dropped, counted (the check cannot see the sender behind the tag).
+/// This kernel has no 8021q (no VLAN devices), so tagged frames are sent raw.
 #[test]
-fn ipv6_and_vlan_frames_work() {
+fn ipv6_works_and_vlan_frames_are_refused() {
     for (i, mode) in ["xdp", "tc"].iter().enumerate() {
-        let t = Topology::up("v6", &["--containers", "2", "--subnet", &format!("10.{}.0.0/24", 148 + i), "--mode", mode]);
+        let subnets = [format!("10.{}.0.0/24", 148 + i), format!("fd00:{}::/64", 148 + i)];
+        let t = Topology::up("v6", &["--containers", "2", "--subnet", &subnets[0], "--subnet", &subnets[1], "--mode", mode]);
         let (c0, c1) = (t.ns("c0"), t.ns("c1"));
-        for (ns, n) in [(&c0, 1), (&c1, 2)] {
-            in_ns(ns, &["ip", "-6", "addr", "add", &format!("fd00:{i}::{n}/64"), "dev", "eth0", "nodad"]);
-        }
         let before = t.counter(&c0, "redirected");
-        let out = in_ns(&c0, &["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", &format!("fd00:{i}::2")]);
+        let out = in_ns(&c0, &["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", &format!("fd00:{}::3", 148 + i)]);
         assert!(out.status.success(), "{mode}: IPv6 ping failed");
-        let after_v6 = t.counter(&c0, "redirected");
-        assert!(after_v6 >= before + 3, "{mode}: IPv6 unicast did not take the fast path");
+        assert!(t.counter(&c0, "redirected") >= before + 3, "{mode}: IPv6 unicast did not take the fast path");
         assert!(t.counter(&c0, "pass_multicast") > 0, "{mode}: ND did not go to the bridge");
 
         let c1_mac = parse_mac(t.status()["ports"][1]["mac"].as_str().unwrap());
         let c0_mac = parse_mac(t.status()["ports"][0]["mac"].as_str().unwrap());
-        // 802.1Q tag, VLAN 10, then an experimental EtherType.
-        let tagged = frame(c1_mac, c0_mac, 0x8100, &[0x00, 0x0a, 0x88, 0xb5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        // 802.1Q tag, VLAN 10, then IPv4.
+        let tagged = frame(c1_mac, c0_mac, 0x8100, &[&[0x00, 0x0a, 0x08, 0x00][..], &[0x45; 42]].concat());
         let rx_before = link_packets(&c1, "eth0").0;
+        let refused_before = t.counter(&c0, "drop_protocol");
         assert_eq!(send_raw_frames(&c0, "eth0", &vec![tagged; 20]), 20);
         sleep(Duration::from_millis(200));
-        assert!(t.counter(&c0, "redirected") >= after_v6 + 20, "{mode}: tagged frames did not take the fast path");
-        assert!(link_packets(&c1, "eth0").0 >= rx_before + 20, "{mode}: tagged frames did not arrive");
-    }
-}
-
-/// Runts, truncated headers, multicast and zero source MACs and random
-/// bytes: counted under the right reason, never learned, and the datapath
-/// keeps forwarding.
-#[test]
-fn bad_frames_are_counted_and_never_learned() {
-    for (i, mode) in ["xdp", "tc"].iter().enumerate() {
-        let t = Topology::up("bad", &["--containers", "3", "--subnet", &format!("10.{}.0.0/24", 150 + i), "--mode", mode]);
-        let c1_mac = parse_mac(t.status()["ports"][1]["mac"].as_str().unwrap());
-        let attacker = t.ns("c2");
-        let port = t.ns("c2");
-        let runts: Vec<Vec<u8>> = (1..14).map(|n| vec![0xaa; n]).collect();
-        let sent_runts = send_raw_frames(&attacker, "eth0", &runts) as u64;
-        let mut bad_sources = Vec::new();
-        for n in 0..10u8 {
-            bad_sources.push(frame(c1_mac, [0x01, 0x00, 0x5e, 0, 0, n], 0x0800, &[0x45; 46]));
-            bad_sources.push(frame(c1_mac, [0; 6], 0x86dd, &[0x60; 46]));
-        }
-        let truncated = vec![frame(c1_mac, [0x02, 0xbb, 0, 0, 0, 1], 0x0800, &[0x45, 0]), frame(c1_mac, [0x02, 0xbb, 0, 0, 0, 2], 0x86dd, &[0x60])];
-        let mut seed = 0x9e3779b97f4a7c15u64;
-        let random: Vec<Vec<u8>> = (0..200)
-            .map(|_| {
-                (0..64)
-                    .map(|_| {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        seed as u8
-                    })
-                    .collect()
-            })
-            .collect();
-        let random_bad_sources = random.iter().filter(|f| f[6] & 1 == 1 || f[6..12] == [0; 6]).count() as u64;
-        let bad_before = t.counter(&port, "bad_source");
-        let runt_before = t.counter(&port, "drop_runt");
-        assert_eq!(send_raw_frames(&attacker, "eth0", &bad_sources), 20);
-        assert_eq!(send_raw_frames(&attacker, "eth0", &truncated), 2);
-        assert_eq!(send_raw_frames(&attacker, "eth0", &random), 200);
-        sleep(Duration::from_millis(200));
-        assert_eq!(t.counter(&port, "drop_runt") - runt_before, sent_runts, "{mode}: runts miscounted");
-        assert_eq!(t.counter(&port, "bad_source") - bad_before, 20 + random_bad_sources, "{mode}");
-        for e in fdb(&t) {
-            let mac = parse_mac(e["mac"].as_str().unwrap());
-            assert!(mac[0] & 1 == 0 && mac != [0; 6], "{mode}: learned bad MAC {}", e["mac"]);
-        }
-        assert!(ping(&t.ns("c0"), &format!("10.{}.0.3", 150 + i)), "{mode}: datapath broken by bad frames");
+        assert_eq!(t.counter(&c0, "drop_protocol") - refused_before, 20, "{mode}: tagged frames not refused");
+        // (c1 may hear some IPv6 chatter of c0 meanwhile, never 20 frames.)
+        assert!(link_packets(&c1, "eth0").0 - rx_before < 20, "{mode}: tagged frames arrived");
     }
 }
 

@@ -299,45 +299,59 @@ pub fn verdicts(packets: &serde_json::Value) -> u64 {
 /// an AF_PACKET socket; returns how many the kernel accepted (it refuses
 /// frames shorter than an Ethernet header).
 pub fn send_raw_frames(ns: &str, ifname: &str, frames: &[Vec<u8>]) -> usize {
-    use std::os::fd::AsRawFd;
-    let ns_file = File::open(netns::path(ns)).expect("namespace");
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-                let index = nix::net::if_::if_nametoindex(ifname).expect("interface");
-                // SAFETY: plain socket(2) call.
-                let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-                assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
-                // SAFETY: fd is a socket we just opened and now own.
-                let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-                // SAFETY: sockaddr_ll is plain data; zeroed is a valid start.
-                let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-                addr.sll_family = libc::AF_PACKET as u16;
-                addr.sll_ifindex = index as i32;
-                addr.sll_halen = 6;
-                let mut sent = 0;
-                for frame in frames {
-                    // SAFETY: frame and addr are valid for the lengths given.
-                    let n = unsafe {
-                        libc::sendto(
-                            sock.as_raw_fd(),
-                            frame.as_ptr().cast(),
-                            frame.len(),
-                            0,
-                            (&addr as *const libc::sockaddr_ll).cast(),
-                            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                        )
-                    };
-                    if n >= 0 {
-                        sent += 1;
-                    }
-                }
-                sent
-            })
-            .join()
-            .expect("sender thread")
-    })
+    let socket = RawSocket::open(ns, ifname);
+    frames.iter().filter(|frame| socket.send(frame)).count()
+}
+
+/// An AF_PACKET socket on an interface of a container, as a container with
+/// CAP_NET_RAW has one: whatever it sends leaves by that interface.
+pub struct RawSocket {
+    fd: std::os::fd::OwnedFd,
+    address: libc::sockaddr_ll,
+}
+
+impl RawSocket {
+    /// The socket belongs to the namespace it is created in (a thread enters
+    /// `ns` for that); it can then be used from any thread.
+    pub fn open(ns: &str, ifname: &str) -> Self {
+        let ns_file = File::open(netns::path(ns)).expect("namespace");
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                    let index = nix::net::if_::if_nametoindex(ifname).expect("interface");
+                    // SAFETY: plain socket(2) call.
+                    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+                    assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+                    // SAFETY: sockaddr_ll is plain data; zeroed is a valid start.
+                    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                    address.sll_family = libc::AF_PACKET as u16;
+                    address.sll_ifindex = index as i32;
+                    address.sll_halen = 6;
+                    // SAFETY: fd is a socket we just opened and now own.
+                    RawSocket { fd: unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }, address }
+                })
+                .join()
+                .expect("socket thread")
+        })
+    }
+
+    /// Sends one frame; false if the kernel refused it.
+    pub fn send(&self, frame: &[u8]) -> bool {
+        use std::os::fd::AsRawFd;
+        // SAFETY: frame and address are valid for the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&self.address as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        n >= 0
+    }
 }
 
 /// A frame from `src` to `dst` with the given EtherType and payload.
