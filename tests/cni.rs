@@ -9,7 +9,7 @@ use std::{
     sync::Arc,
 };
 
-use common::{BridgeForwardCounter, Host, in_ns, outside, ping, unique_name};
+use common::{BridgeForwardCounter, Host, RawSocket, frame, in_ns, outside, ping, unique_name};
 use netpath::{datapath::object::pin_dir, host::netns, model::naming::cni_datapath, store};
 use serde_json::{Value, json};
 
@@ -340,4 +340,50 @@ fn dual_stack_addresses_and_routes() {
         assert!(cni(&host, "DEL", ctr, Some(&sandbox.path()), "eth0", &config).0);
     }
     assert_gone(&host, &bridge);
+}
+
+/// A pod floods random source MACs (as fast as it can; every pod checks
+/// its sources) while the runtime adds two more pods and after: every ADD
+/// succeeds, the FDB holds the pods' entries and nothing of the flood, and
+/// the flood is counted. (Before issue 13 the FDB filled and every later
+/// ADD failed.)
+#[test]
+fn adds_succeed_during_and_after_a_mac_flood() {
+    let host = Host::new();
+    let bridge = unique_name("cf");
+    let config = conf(&bridge, json!({"type": "netpath", "subnet": "10.184.0.0/24"}));
+    let sandboxes: Vec<Sandbox> = (0..3).map(|i| Sandbox::new(format!("{bridge}-{i}"))).collect();
+    let _cleanup = Network::new(&host, &config, sandboxes.iter().enumerate().map(|(i, s)| (format!("ctr-{i}"), s.path())));
+    let (ok, out) = cni(&host, "ADD", "ctr-0", Some(&sandboxes[0].path()), "eth0", &config);
+    assert!(ok, "{out}");
+    let flooder = RawSocket::open(&sandboxes[0].0, "eth0");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let sent = std::thread::scope(|scope| {
+        let flood = scope.spawn(|| {
+            let mut sent = 0u64;
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || sent < 100_000 {
+                n += 1;
+                let b = n.to_be_bytes();
+                if flooder.send(&frame([0xff; 6], [0x02, b[3], b[4], b[5], b[6], b[7]], 0x0800, &[0x45; 46])) {
+                    sent += 1;
+                }
+            }
+            sent
+        });
+        let (ok, out) = cni(&host, "ADD", "ctr-1", Some(&sandboxes[1].path()), "eth0", &config);
+        assert!(ok, "ADD during the flood: {out}");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        flood.join().unwrap()
+    });
+    let (ok, out) = cni(&host, "ADD", "ctr-2", Some(&sandboxes[2].path()), "eth0", &config);
+    assert!(ok, "ADD after the flood: {out}");
+    let target = out["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned();
+    assert!(ping(&sandboxes[1].0, &target), "the pods added during and after the flood cannot talk");
+    let fdb: Value = serde_json::from_str(&host.netpath_ok(&["fdb", "dump", "--name", &bridge, "--json"])).unwrap();
+    let states: Vec<&str> = fdb.as_array().unwrap().iter().map(|e| e["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["static"; 3], "the flood got into the FDB");
+    let stats: Value = serde_json::from_str(&host.netpath_ok(&["stats", "--name", &bridge, "--json"])).unwrap();
+    let spoofed: u64 = stats.as_array().unwrap().iter().map(|p| p["packets"]["drop_spoofed_mac"].as_u64().unwrap()).sum();
+    assert_eq!(spoofed, sent, "the flood is not counted");
 }

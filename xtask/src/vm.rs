@@ -47,6 +47,11 @@ const SELECTION: &[(&str, &[&str])] = &[
     ),
     ("observability", &["trace_writes_a_pcap_that_tcpdump_reads", "a_killed_tracer_stops_tracing_and_a_second_is_refused"]),
     ("reliability", &["a_port_gone_without_run_is_no_black_hole"]),
+    // The source check on this kernel's verifier; bridge entries that do not move.
+    (
+        "hostile",
+        &["garbage_frames_are_dropped_and_counted", "a_forged_victim_keeps_its_traffic", "a_vanished_port_leaves_no_entry_and_no_black_hole"],
+    ),
 ];
 
 /// Test binaries of the selection a kernel cannot run, and why; the report
