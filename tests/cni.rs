@@ -89,6 +89,65 @@ fn assert_gone(host: &Host, bridge: &str) {
     assert!(!links.contains(&format!("master {bridge} ")), "ports left on {bridge}");
 }
 
+/// A container as ADD left it on the host: its MAC (its static FDB entry)
+/// and its host-side veth, by name and ifindex (its port in the datapath).
+#[derive(Clone, Debug)]
+struct Attached {
+    container: String,
+    /// Its first address, without the prefix length.
+    ip: String,
+    mac: String,
+    host_veth: String,
+    ifindex: u64,
+}
+
+impl Attached {
+    fn from_result(host: &Host, container: &str, result: &Value) -> Self {
+        let host_veth = result["interfaces"][0]["name"].as_str().unwrap_or_else(|| panic!("{container}: no host veth in {result}"));
+        let link: Value = serde_json::from_slice(&host.sh("ip", &["-j", "link", "show", "dev", host_veth]).stdout)
+            .unwrap_or_else(|_| panic!("{container}: host veth {host_veth} missing"));
+        Attached {
+            container: container.to_owned(),
+            ip: result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned(),
+            mac: result["interfaces"][1]["mac"].as_str().unwrap().to_owned(),
+            host_veth: host_veth.to_owned(),
+            ifindex: link[0]["ifindex"].as_u64().unwrap(),
+        }
+    }
+}
+
+/// The shared datapath of `bridge` after some DELs: the deleted
+/// containers' MACs are in no FDB entry, their ports in no port state
+/// (`stats`) and no redirect target (the devmap), while the kept ones are
+/// all still there. The last DEL removes the whole datapath, so only a
+/// check while others remain sees a DEL that leaves its port behind.
+fn assert_only_kept_ports(host: &Host, bridge: &str, deleted: &[Attached], kept: &[Attached]) {
+    let fdb: Value = serde_json::from_str(&host.netpath_ok(&["fdb", "dump", "--name", bridge, "--json"])).unwrap();
+    let fdb = fdb.as_array().unwrap();
+    let stats: Value = serde_json::from_str(&host.netpath_ok(&["stats", "--name", bridge, "--json"])).unwrap();
+    let port_states: Vec<u64> = stats.as_array().unwrap().iter().map(|p| p["ifindex"].as_u64().unwrap()).collect();
+    let maps = netpath::datapath::maps(&cni_datapath(bridge)).expect("the datapath is up while containers remain");
+    let redirect_targets: Vec<u64> = maps.ports().unwrap().keys().map(|k| u64::from(k.unwrap())).collect();
+    for gone in deleted {
+        let what = format!("after DEL of {} ({}, {} = ifindex {})", gone.container, gone.mac, gone.host_veth, gone.ifindex);
+        assert!(!host.sh("ip", &["link", "show", &gone.host_veth]).status.success(), "{what}: its host veth is still there");
+        let stale: Vec<&Value> = fdb.iter().filter(|e| e["mac"] == gone.mac.as_str() || e["ifindex"] == gone.ifindex).collect();
+        assert!(stale.is_empty(), "{what}: FDB entries left behind: {stale:?}");
+        assert!(!port_states.contains(&gone.ifindex), "{what}: its port state is left in the datapath: {stats}");
+        assert!(!redirect_targets.contains(&gone.ifindex), "{what}: still a redirect target (devmap): {redirect_targets:?}");
+    }
+    for live in kept {
+        let entry = fdb.iter().find(|e| e["mac"] == live.mac.as_str());
+        assert!(
+            entry.is_some_and(|e| e["state"] == "static" && e["ifindex"] == live.ifindex),
+            "{}: its static FDB entry is gone or moved: {entry:?}",
+            live.container
+        );
+        assert!(port_states.contains(&live.ifindex), "{}: its port state is gone", live.container);
+        assert!(redirect_targets.contains(&live.ifindex), "{}: no longer a redirect target", live.container);
+    }
+}
+
 #[test]
 fn version_add_check_del_as_a_runtime_drives_them() {
     let host = Host::new();
@@ -195,13 +254,14 @@ fn fifty_concurrent_adds_and_dels() {
     let config = conf(&bridge, json!({"type": "netpath", "subnet": "10.183.0.0/24"}));
     let sandboxes: Vec<Sandbox> = (0..50).map(|i| Sandbox::new(format!("{bridge}-{i}"))).collect();
     let _cleanup = Network::new(&host, &config, sandboxes.iter().enumerate().map(|(i, s)| (format!("ctr-{i}"), s.path())));
-    let run_all = |command: &'static str| -> Vec<(bool, Value)> {
+    // Runs `command` at once for containers `some` (ctr-i in sandbox i).
+    let run_all = |command: &'static str, some: std::ops::Range<usize>| -> Vec<(bool, Value)> {
         let host = &host;
         std::thread::scope(|scope| {
-            let handles: Vec<_> = sandboxes
+            let handles: Vec<_> = sandboxes[some.clone()]
                 .iter()
-                .enumerate()
-                .map(|(i, s)| {
+                .zip(some)
+                .map(|(s, i)| {
                     let config = config.clone();
                     scope.spawn(move || cni(host, command, &format!("ctr-{i}"), Some(&s.path()), "eth0", &config))
                 })
@@ -209,7 +269,7 @@ fn fifty_concurrent_adds_and_dels() {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         })
     };
-    let added = run_all("ADD");
+    let added = run_all("ADD", 0..50);
     let mut addresses: Vec<String> = added
         .iter()
         .map(|(ok, out)| {
@@ -223,6 +283,9 @@ fn fifty_concurrent_adds_and_dels() {
 
     let fdb: Value = serde_json::from_str(&host.netpath_ok(&["fdb", "dump", "--name", &bridge, "--json"])).unwrap();
     assert_eq!(fdb.as_array().unwrap().iter().filter(|e| e["state"] == "static").count(), 50);
+    let attached: Vec<Attached> =
+        added.iter().enumerate().map(|(i, (_, result))| Attached::from_result(&host, &format!("ctr-{i}"), result)).collect();
+    assert_only_kept_ports(&host, &bridge, &[], &attached);
 
     // Two attached containers over the fast path: the bridge forwards ~none
     // of their ping flood (counted by this test's subnet: the new
@@ -236,10 +299,64 @@ fn fifty_concurrent_adds_and_dels() {
     drop(bridge_counter);
     assert!(packets <= 20, "the bridge forwarded {packets} of 2000 frames: not on the fast path");
 
-    for (ok, out) in run_all("DEL") {
+    // Half of them go at once; each DEL must take its own port with it,
+    // and only its own.
+    for (ok, out) in run_all("DEL", 0..25) {
+        assert!(ok, "{out}");
+    }
+    assert_only_kept_ports(&host, &bridge, &attached[..25], &attached[25..]);
+    for (ok, out) in run_all("DEL", 25..50) {
         assert!(ok, "{out}");
     }
     assert_gone(&host, &bridge);
+}
+
+/// DELs one at a time: after each, the deleted container's FDB entry and
+/// port are gone from the shared datapath and the others still talk over
+/// the fast path.
+#[test]
+fn each_del_forgets_its_port_while_others_remain() {
+    let host = Host::new();
+    let bridge = unique_name("cd");
+    let config = conf(&bridge, json!({"type": "netpath", "subnet": "10.186.0.0/24"}));
+    let sandboxes: Vec<Sandbox> = (0..4).map(|i| Sandbox::new(format!("{bridge}-{i}"))).collect();
+    let _cleanup = Network::new(&host, &config, sandboxes.iter().enumerate().map(|(i, s)| (format!("ctr-{i}"), s.path())));
+    let mut attached: Vec<Attached> = sandboxes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let container = format!("ctr-{i}");
+            let (ok, result) = cni(&host, "ADD", &container, Some(&s.path()), "eth0", &config);
+            assert!(ok, "{result}");
+            Attached::from_result(&host, &container, &result)
+        })
+        .collect();
+    let mut deleted = Vec::new();
+    // ctr-3 stays to the end: the others go one by one, first to last.
+    for (i, sandbox) in sandboxes.iter().enumerate().take(3) {
+        let (ok, out) = cni(&host, "DEL", &format!("ctr-{i}"), Some(&sandbox.path()), "eth0", &config);
+        assert!(ok, "{out}");
+        deleted.push(attached.remove(0));
+        assert_only_kept_ports(&host, &bridge, &deleted, &attached);
+        // The next one in line (in sandbox i + 1) still reaches the last
+        // over the fast path.
+        if let [from, .., to] = attached.as_slice() {
+            let datapath = cni_datapath(&bridge);
+            let before = redirected_from(&datapath, from.ifindex);
+            assert!(ping(&sandboxes[i + 1].0, &to.ip), "{} cannot reach {} after DEL of ctr-{i}", from.container, to.container);
+            assert!(redirected_from(&datapath, from.ifindex) > before, "{}: not on the fast path after DEL of ctr-{i}", from.container);
+        }
+    }
+    let (ok, out) = cni(&host, "DEL", "ctr-3", Some(&sandboxes[3].path()), "eth0", &config);
+    assert!(ok, "{out}");
+    assert_gone(&host, &bridge);
+}
+
+/// Frames the program on host veth `ifindex` redirected, from its port state.
+fn redirected_from(datapath: &str, ifindex: u64) -> u64 {
+    let maps = netpath::datapath::maps(datapath).unwrap();
+    let stats = netpath::datapath::counters::read(&maps, |i| i.to_string()).unwrap();
+    stats.iter().find(|p| u64::from(p.ifindex) == ifindex).map(|p| p.get(netpath_common::Counter::Redirected)).unwrap_or(0)
 }
 
 /// Builds tests/cni-client (a cnitool-like driver on libcni) with Go.

@@ -4,26 +4,42 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::TcpStream,
     process::Stdio,
     thread::sleep,
     time::{Duration, Instant},
 };
 
-use common::{Host, Running, Topology, in_ns, outside, ping, quiet};
+use common::{Host, KillOnDrop, Lines, Running, Topology, in_ns, outside, output_within, patience, ping, quiet};
 use serde_json::Value;
 
-fn trace(topology: &Topology, args: &[&str]) -> std::process::Child {
-    topology
+/// `netpath trace` of the topology in the background, killed if the test
+/// fails while it runs.
+fn trace(topology: &Topology, args: &[&str]) -> KillOnDrop {
+    let child = topology
         .netpath_command()
         .args(["trace", "--name", &topology.name])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .expect("starting netpath trace");
+    KillOnDrop(child)
 }
+
+/// A file the test wrote, removed however the test ends.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// How long a test waits for frames it sent to show up in a trace or
+/// monitor: far more than they take, but bounded, so a missed frame fails.
+const FRAME_PATIENCE: Duration = Duration::from_secs(10);
 
 #[test]
 fn trace_writes_a_pcap_that_tcpdump_reads() {
@@ -34,16 +50,16 @@ fn trace_writes_a_pcap_that_tcpdump_reads() {
         let peer = format!("10.{}.0.3", 160 + i);
         assert!(ping(&t.ns("c0"), &peer)); // ARP done before the capture
         let pcap = std::env::temp_dir().join(format!("{}.pcap", t.name));
+        let _remove_pcap = RemoveOnDrop(pcap.clone());
         let filter = format!("ip {peer}");
         let tracer = trace(&t, &["--count", "6", "--write", pcap.to_str().unwrap(), "--filter", &filter]);
-        sleep(Duration::from_millis(500));
+        sleep(patience(Duration::from_millis(500)));
         let out = in_ns(&t.ns("c0"), &["ping", "-c", "3", "-i", "0.2", &peer]);
         assert!(out.status.success());
-        let traced = tracer.wait_with_output().unwrap();
+        let traced = output_within(tracer, FRAME_PATIENCE, &format!("{mode}: trace of 3 pings (6 frames)"));
         assert!(traced.status.success(), "{mode}: trace failed: {}", String::from_utf8_lossy(&traced.stderr));
         let read = outside("tcpdump", &["-r", pcap.to_str().unwrap(), "-n", "-e"]);
         let text = String::from_utf8_lossy(&read.stdout).into_owned();
-        std::fs::remove_file(&pcap).unwrap();
         let requests = text.lines().filter(|l| l.contains("ICMP echo request")).count();
         let replies = text.lines().filter(|l| l.contains("ICMP echo reply")).count();
         assert_eq!((requests, replies), (3, 3), "{mode}: {text}");
@@ -64,14 +80,14 @@ fn tracing_is_off_unless_asked() {
     let tracer = trace(&t, &["--count", "1"]);
     sleep(Duration::from_millis(1500));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(tracer.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
-    let out = tracer.wait_with_output().unwrap();
+    let out = output_within(tracer, Duration::from_secs(5), "trace, interrupted");
     assert!(out.stdout.is_empty(), "frames traced while tracing was off: {}", String::from_utf8_lossy(&out.stdout));
     // And when asked, it does see them, as lines.
     let tracer = trace(&t, &["--count", "2", "--port", "c0"]);
     sleep(Duration::from_millis(500));
     assert!(ping(&t.ns("c0"), "10.162.0.3"));
     assert!(in_ns(&t.ns("c0"), &["ping", "-c", "1", "10.162.0.3"]).status.success());
-    let out = tracer.wait_with_output().unwrap();
+    let out = output_within(tracer, FRAME_PATIENCE, "trace --count 2 of two pings");
     let lines = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(lines.lines().count(), 2, "{lines}");
     assert!(lines.lines().all(|l| l.contains(&format!("{} > {}", t.ns("c0"), t.ns("c1"))) && l.contains("ICMP")), "{lines}");
@@ -84,29 +100,31 @@ fn monitor_reports_learned_and_aged_out_entries() {
     // c1 speaks only when spoken to, so its learned entry can age.
     quiet(&t.ns("c1"));
     let mac = t.status()["ports"][1]["mac"].as_str().unwrap().to_owned();
-    let mut monitor = t
-        .netpath_command()
-        .args(["monitor", "--name", &t.name, "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(monitor.stdout.take().unwrap()).lines();
+    let mut monitor = KillOnDrop(
+        t.netpath_command()
+            .args(["monitor", "--name", &t.name, "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting netpath monitor"),
+    );
+    let events = Lines::of(monitor.stdout.take().unwrap(), "netpath monitor's stdout");
+    let log = Lines::of(monitor.stderr.take().unwrap(), "netpath monitor's stderr");
     // Wait until it has its first snapshot, or it would miss the first events.
-    let ready = BufReader::new(monitor.stderr.take().unwrap()).lines().next().unwrap().unwrap();
+    let ready = log.next_before(Instant::now() + patience(Duration::from_secs(5)), &"its first snapshot");
     assert!(ready.starts_with("monitoring the FDB"), "{ready}");
     t.netpath_ok(&["fdb", "del", "--name", &t.name, &mac]);
     assert!(ping(&t.ns("c0"), "10.163.0.3")); // c1 answers: learned
+    // Learned now, aged out after 2 s of silence and seen by a scan of the
+    // FDB every 100 ms: 15 s is plenty.
+    let deadline = Instant::now() + patience(Duration::from_secs(15));
     let mut seen = Vec::new();
-    let started = Instant::now();
     while !seen.iter().any(|(k, m): &(String, String)| k == "aged_out" && *m == mac) {
-        assert!(started.elapsed() < Duration::from_secs(15), "no aged_out event; saw {seen:?}");
-        let line = lines.next().expect("monitor ended").unwrap();
-        let event: Value = serde_json::from_str(&line).unwrap();
+        let line = events.next_before(deadline, &format_args!("static_removed, learned, aged_out of {mac}; saw {seen:?}"));
+        let event: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("monitor printed {line:?}: {e}"));
         seen.push((event["event"].as_str().unwrap().to_owned(), event["mac"].as_str().unwrap().to_owned()));
     }
-    let _ = monitor.kill();
-    let _ = monitor.wait();
+    drop(monitor);
     let kinds: Vec<&str> = seen.iter().filter(|(_, m)| *m == mac).map(|(k, _)| k.as_str()).collect();
     assert_eq!(kinds, ["static_removed", "learned", "aged_out"]);
 }
@@ -227,8 +245,9 @@ fn metrics_scrape_succeeds_while_a_client_idles() {
 fn a_killed_tracer_stops_tracing_and_a_second_is_refused() {
     let t = Topology::up("tkil", &["--containers", "2", "--subnet", "10.166.0.0/24"]);
     let mut tracer = trace(&t, &[]);
-    sleep(Duration::from_millis(500));
-    let second = trace(&t, &["--count", "1"]).wait_with_output().unwrap();
+    sleep(patience(Duration::from_millis(500)));
+    // Refused at once; one that was let in would wait for a frame.
+    let second = output_within(trace(&t, &["--count", "1"]), Duration::from_secs(5), "a second tracer, to be refused");
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success() && stderr.contains("already traced"), "second tracer: {stderr}");
     tracer.kill().unwrap(); // SIGKILL: no chance to turn tracing off
@@ -244,17 +263,9 @@ fn a_killed_tracer_stops_tracing_and_a_second_is_refused() {
     }
     assert_eq!(copied, 0, "frames copied for a tracer killed {:?} ago", netpath::observe::trace::LEASE);
     // The lock died with the tracer: a new one may start and sees frames.
-    let mut again = trace(&t, &["--count", "1"]);
-    sleep(Duration::from_millis(300));
+    let again = trace(&t, &["--count", "1"]);
+    sleep(patience(Duration::from_millis(300)));
     assert!(ping(&t.ns("c0"), "10.166.0.3"));
-    let started = std::time::Instant::now();
-    while again.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(5) {
-            again.kill().unwrap();
-            panic!("the new tracer saw no frame in 5 s");
-        }
-        sleep(Duration::from_millis(50));
-    }
-    let out = again.wait_with_output().unwrap();
+    let out = output_within(again, FRAME_PATIENCE, "a new tracer after the killed one, to see a ping");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -117,11 +117,14 @@ fn a_failure_halfway_rolls_back_everything() {
     let out = host
         .netpath_command()
         .args(["up", "--name", &name, "--containers", "8", "--subnet", "10.104.0.0/24", "--nat"])
-        .env("NETPATH_FAIL_AT_CONTAINER", "6")
+        .env(netpath::ops::fault::FAULT_ENV, "container-5:fail")
         .output()
         .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("rolled back"));
+    // The fault fired where asked (six containers and the bridge exist),
+    // and up said it rolled them back.
+    assert!(stderr.contains("injected fault at container-5") && stderr.contains("rolled back"), "{stderr}");
     assert_eq!(host.leftovers(&name), Vec::<String>::new());
 }
 

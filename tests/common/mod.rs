@@ -483,3 +483,112 @@ impl Drop for BridgeForwardCounter {
         self.host.sh("nft", &["delete", "table", "bridge", &self.table]);
     }
 }
+
+/// A child process killed (and reaped) when dropped, so a test that fails
+/// while it runs leaves no tracer or monitor behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl From<std::process::Child> for KillOnDrop {
+    fn from(child: std::process::Child) -> Self {
+        KillOnDrop(child)
+    }
+}
+
+impl Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // A no-op for a child already reaped (std never signals a pid it
+        // has waited for).
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads a pipe to its end on a thread of its own.
+fn read_on_thread(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}
+
+/// Waits for `child` to exit and collects its output, like
+/// `wait_with_output`, but for at most `limit` (scaled by [`patience`]):
+/// then the child is killed and the test fails, saying what it was
+/// waiting for (`what`) and what the child printed so far.
+#[track_caller]
+pub fn output_within(child: impl Into<KillOnDrop>, limit: std::time::Duration, what: &str) -> Output {
+    let limit = patience(limit);
+    let mut child = child.into();
+    let (stdout, stderr) = (read_on_thread(child.stdout.take()), read_on_thread(child.stderr.take()));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("polling a child") {
+            break Some(status);
+        }
+        if started.elapsed() >= limit {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let Some(status) = status else {
+        drop(child); // killed: the pipes close and the readers finish
+        let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+        panic!(
+            "{what}: still running after {limit:?}, killed; stdout: {:?}; stderr: {:?}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        )
+    };
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+}
+
+/// The lines of a child's pipe, read on a thread, so that a test waits for
+/// the next one with a deadline instead of blocking forever.
+pub struct Lines {
+    lines: std::sync::mpsc::Receiver<String>,
+    what: String,
+}
+
+impl Lines {
+    /// `what` names the pipe in failures (e.g. "monitor's stdout").
+    pub fn of(pipe: impl std::io::Read + Send + 'static, what: &str) -> Self {
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)) {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break; // nobody listens any more
+                }
+            }
+        });
+        Lines { lines, what: what.to_owned() }
+    }
+
+    /// The next line, if it comes before `deadline`; fails the test, saying
+    /// `waiting_for`, if it does not or the pipe closes.
+    #[track_caller]
+    pub fn next_before(&self, deadline: std::time::Instant, waiting_for: &dyn std::fmt::Display) -> String {
+        use std::sync::mpsc::RecvTimeoutError;
+        match self.lines.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => panic!("{}: no line in time; waiting for {waiting_for}", self.what),
+            Err(RecvTimeoutError::Disconnected) => panic!("{}: closed; waiting for {waiting_for}", self.what),
+        }
+    }
+}

@@ -113,10 +113,29 @@ pub fn forget_vanished_ports(maps: &Maps) -> Result<Vec<u32>> {
     Ok(vanished)
 }
 
+/// A step of [`ensure_reporting`] that is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The maps are loaded, pinned and filled; no program is attached yet.
+    MapsFilled,
+    /// The programs of port N (in `Datapath::ports` order) are attached.
+    PortAttached(usize),
+}
+
 /// Makes the datapath match: programs of its mode attached to every port,
 /// the other modes' programs detached, maps filled. New links are attached
 /// before old ones go, so switching modes keeps forwarding.
 pub async fn ensure(handle: &Handle, dp: &Datapath) -> Result<()> {
+    ensure_reporting(handle, dp, |_| Ok(())).await
+}
+
+/// [`ensure`], telling `step_done` after each step; an error from it stops
+/// `ensure` there (`up`'s fault points, see `ops::fault`).
+pub async fn ensure_reporting(
+    handle: &Handle,
+    dp: &Datapath,
+    mut step_done: impl FnMut(Step) -> Result<()>,
+) -> Result<()> {
     if dp.mode == Mode::Bridge {
         // Detach port by port first: that restores the containers' offloads
         // after xdp mode and removes clsact filters, which no pin holds.
@@ -162,6 +181,7 @@ pub async fn ensure(handle: &Handle, dp: &Datapath) -> Result<()> {
         ..Default::default()
     };
     fill_maps(&maps, config, dp.learn_limit, &ports)?;
+    step_done(Step::MapsFilled)?;
 
     if dp.mode == Mode::Tc && hooks::TcMethod::for_this_kernel() == hooks::TcMethod::Clsact {
         info!(
@@ -171,10 +191,11 @@ pub async fn ensure(handle: &Handle, dp: &Datapath) -> Result<()> {
         );
     }
     let wanted = Hook::for_mode(dp.mode);
-    for (port, ifindex) in &ports {
+    for (n, (port, ifindex)) in ports.iter().enumerate() {
         for hook in wanted {
             hooks::attach(handle, &mut ebpf, &dir, port, *ifindex, *hook).await?;
         }
+        step_done(Step::PortAttached(n))?;
     }
     for (port, _) in &ports {
         for hook in Hook::ALL.iter().filter(|h| !wanted.contains(h)) {

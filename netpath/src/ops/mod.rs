@@ -3,6 +3,7 @@
 //! when it fails halfway. The CLI and the CNI plugin are thin layers on top.
 
 pub mod cni;
+pub mod fault;
 pub mod fdb;
 pub mod status;
 pub mod supervise;

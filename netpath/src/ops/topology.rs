@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use log::{info, warn};
 use rtnetlink::Handle;
 
+use super::fault::{self, Point};
 use crate::{
     datapath::{self, Datapath, Port},
     host::{nat, netlink, netns, plumbing},
@@ -95,30 +96,29 @@ pub async fn up(handle: &Handle, spec: TopologySpec) -> Result<UpOutcome> {
 
 async fn build(handle: &Handle, rec: &TopologyRecord) -> Result<()> {
     let spec = rec.spec.clone();
+    fault::at(Point::Record)?;
     let (bridge, _) =
         plumbing::ensure_bridge(handle, &spec.bridge_name(), &spec.name, spec.mtu, &spec.gateways()).await?;
+    fault::at(Point::Bridge)?;
     for (done, container) in spec.containers.iter().enumerate() {
-        inject_fault(done)?;
         create_container(handle, &spec, bridge.index, container).await?;
+        fault::at(Point::Container(done))?;
         if spec.containers.len() >= 16 && (done + 1) % 16 == 0 {
             info!("topology {}: {}/{} containers", spec.name, done + 1, spec.containers.len());
         }
     }
     if spec.nat {
         nat::enable(&spec.name, &spec.subnets)?;
+        fault::at(Point::Nat)?;
     }
-    datapath::ensure(handle, &datapath_of(&spec)).await
-}
-
-/// Test hook: `up` fails before the container with this (0-based) index,
-/// so the tests can prove that a failure halfway rolls everything back.
-pub const FAULT_ENV: &str = "NETPATH_FAIL_AT_CONTAINER";
-
-fn inject_fault(index: usize) -> Result<()> {
-    if std::env::var(FAULT_ENV).ok().and_then(|v| v.parse::<usize>().ok()) == Some(index) {
-        bail!("injected fault before container {index} ({FAULT_ENV})");
-    }
-    Ok(())
+    datapath::ensure_reporting(handle, &datapath_of(&spec), |step| {
+        fault::at(match step {
+            datapath::Step::MapsFilled => Point::Maps,
+            datapath::Step::PortAttached(n) => Point::Attached(n),
+        })
+    })
+    .await?;
+    fault::at(Point::Built)
 }
 
 async fn create_container(handle: &Handle, spec: &TopologySpec, bridge: u32, c: &ContainerSpec) -> Result<()> {
