@@ -86,7 +86,7 @@ mod tests {
     #[test]
     fn link_local_is_modified_eui64() {
         let mac: super::Mac = "02:00:5e:10:00:01".parse().unwrap();
-        assert_eq!(mac.ipv6_link_local(), "fe80::5e:10ff:fe00:1".parse::<std::net::Ipv6Addr>().unwrap());
+        assert_eq!(mac.ipv6_link_local(), "fe80::5eff:fe10:1".parse::<std::net::Ipv6Addr>().unwrap());
     }
 
     use super::*;
