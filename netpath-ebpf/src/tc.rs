@@ -25,6 +25,14 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
         return TC_ACT_OK;
     };
     if port.policy().checks_source() {
+        // The receive path took an 802.1Q tag out of the frame before this
+        // hook (XDP still sees it in the frame): a tagged frame is refused
+        // here as the check refuses it there.
+        // SAFETY: the context pointer is valid for the program's run.
+        if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+            port.count(Counter::DropProtocol);
+            return TC_ACT_SHOT;
+        }
         // The source check reads headers in place: make them linear (a
         // raw socket can put them in the paged part of a large frame).
         let want = ctx.len().min(source::HEADROOM);
