@@ -5,7 +5,7 @@
 mod common;
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     thread::sleep,
     time::{Duration, Instant},
@@ -14,7 +14,7 @@ use std::{
 use common::{
     BridgeForwardCounter, RawSocket, Topology, frame, link_packets,
     packets::{self, ETH_P_IP},
-    parse_mac, ping, send_raw_frames,
+    parse_mac, ping, send_raw_frames, spawn_in,
 };
 use serde_json::Value;
 
@@ -25,10 +25,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn fdb(t: &Topology) -> Vec<Value> {
-    let doc: Value = serde_json::from_str(&t.netpath_ok(&["fdb", "dump", "--name", &t.name, "--json"])).unwrap();
-    doc.as_array().unwrap().clone()
-}
 
 fn port_field(t: &Topology, container: &str, field: &str) -> Value {
     let status = t.status();
@@ -39,9 +35,6 @@ fn mac_of(t: &Topology, container: &str) -> [u8; 6] {
     parse_mac(port_field(t, container, "mac").as_str().unwrap())
 }
 
-fn spawn_in(ns: &str, args: &[&str]) -> Child {
-    Command::new("ip").args(["netns", "exec", ns]).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
-}
 
 /// Two iperf3 TCP pairs (c0 -> c1, c2 -> c3) side by side for `secs`:
 /// each pair's received bits per second.
@@ -135,7 +128,7 @@ fn a_mac_flood_is_contained() {
             .map(|e| e["mac"].as_str().unwrap().to_owned())
             .collect()
     };
-    let router_entries = learned_on(&fdb(&t), &router_ifindex);
+    let router_entries = learned_on(&t.fdb(), &router_ifindex);
     assert_eq!(router_entries.len(), 3, "the router's machines were not learned: {router_entries:?}");
 
     let bridge = BridgeForwardCounter::new(&t.host, &t.name, &format!("iifname \"{flooder}\""));
@@ -165,7 +158,7 @@ fn a_mac_flood_is_contained() {
     assert!(sent >= 100_000, "the flooder sent only {sent} frames");
 
     let flooder_ifindex = port_field(&t, "fl", "ifindex");
-    let entries = fdb(&t);
+    let entries = t.fdb();
     assert_eq!(learned_on(&entries, &flooder_ifindex).len() as u64, limit, "the flooder learned beyond its limit");
     assert_eq!(learned_on(&entries, &router_ifindex), router_entries, "the flood took another port's entries");
     for c in ["c0", "c1", "c2", "c3", "x1", "x2"] {
@@ -246,7 +239,7 @@ fn a_forged_victim_keeps_its_traffic() {
         if *mode != "bridge" {
             assert!(t.counter(&attacker, "drop_spoofed_mac") >= rounds, "{mode}: MAC forgeries not counted");
             assert!(t.counter(&attacker, "drop_spoofed_ip") >= 2 * rounds, "{mode}: IP forgeries not counted");
-            let entry = fdb(&t).into_iter().find(|e| e["mac"] == victim_text.as_str()).expect("victim's entry");
+            let entry = t.fdb().into_iter().find(|e| e["mac"] == victim_text.as_str()).expect("victim's entry");
             assert_eq!(entry["ifname"], victim.as_str(), "{mode}: netpath's entry moved");
         }
     }
@@ -294,7 +287,7 @@ fn garbage_frames_are_dropped_and_counted() {
         assert_eq!(after[0] - before[0], 20 + random_bad, "{mode}: bad source MACs");
         assert_eq!(after[1] - before[1], 2, "{mode}: frames cut short");
         assert_eq!(after[2] - before[2], 200 - random_bad, "{mode}: random frames (another's MAC)");
-        assert!(fdb(&t).iter().all(|e| e["state"] == "static"), "{mode}: something was learned");
+        assert!(t.fdb().iter().all(|e| e["state"] == "static"), "{mode}: something was learned");
         assert!(ping(&t.ns("c0"), &format!("10.{}.0.3", 150 + i)), "{mode}: datapath broken by bad frames");
     }
 }
@@ -331,7 +324,7 @@ fn a_vanished_port_leaves_no_entry_and_no_black_hole() {
         assert_eq!(counters.1 - before.1, 20, "{mode}: frames to the vanished port were not passed to the bridge");
 
         t.netpath_ok(&["port", "del", "--name", &t.name, "c3"]);
-        let entries = fdb(&t);
+        let entries = t.fdb();
         for ifindex in [&gone_ifindex, &deleted_ifindex] {
             assert!(!entries.iter().any(|e| &e["ifindex"] == ifindex), "{mode}: an entry of port {ifindex} stayed: {entries:?}");
         }

@@ -11,7 +11,7 @@ use std::{
 
 use common::{
     BridgeForwardCounter, Host, Running, Topology, frame, in_ns, link_packets, outside, parse_mac, ping,
-    send_raw_frames, unique_name,
+    send_raw_frames, spawn_in, unique_name,
 };
 use netpath::{
     datapath::{
@@ -26,16 +26,7 @@ use netpath::{
 use std::os::unix::process::ExitStatusExt;
 use serde_json::Value;
 
-fn spawn_in(ns: &str, args: &[&str]) -> Child {
-    let mut full = vec!["netns", "exec", ns];
-    full.extend_from_slice(args);
-    Command::new("ip").args(&full).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
-}
 
-fn fdb(topology: &Topology) -> Vec<Value> {
-    let doc: Value = serde_json::from_str(&topology.netpath_ok(&["fdb", "dump", "--name", &topology.name, "--json"])).unwrap();
-    doc.as_array().unwrap().clone()
-}
 
 /// 32 containers, 16 disjoint pairs of iperf3 TCP for 10 s in each mode:
 /// every stream completes without stalling, and in xdp and tc mode the fast
@@ -128,7 +119,7 @@ fn churn_under_load() {
     assert!(outside("ip", &["netns", "del", &t.ns("c4")]).status.success());
     let started = Instant::now();
     loop {
-        let gone = fdb(t).iter().all(|e| e["ifindex"].as_u64() != Some(c4_ifindex));
+        let gone = t.fdb().iter().all(|e| e["ifindex"].as_u64() != Some(c4_ifindex));
         if gone && !t.status()["ports"].as_array().unwrap().iter().any(|p| p["netns"] == t.ns("c4")) {
             break;
         }
@@ -138,7 +129,7 @@ fn churn_under_load() {
     // The container comes back on a new port, same MAC, same address.
     let started = Instant::now();
     t.netpath_ok(&["port", "add", "--name", &name, "c4b", "--mac", &c4_mac, "--ip", "10.141.0.6/24"]);
-    let entry = fdb(t).into_iter().find(|e| e["mac"] == c4_mac.as_str()).expect("MAC back in the FDB");
+    let entry = t.fdb().into_iter().find(|e| e["mac"] == c4_mac.as_str()).expect("MAC back in the FDB");
     assert_eq!(entry["ifname"], t.ns("c4b").as_str());
     assert!(ping(&t.ns("c0"), "10.141.0.6"), "the re-created container gets no traffic");
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -445,7 +436,7 @@ fn topologies_are_isolated_and_pins_are_private() {
 fn bad_input_to_every_verb() {
     let t = Topology::up("cli", &["--containers", "2", "--subnet", "10.154.0.0/24"]);
     let ghost = unique_name("ghost");
-    let fdb_before = fdb(&t).len();
+    let fdb_before = t.fdb().len();
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (vec!["up", "--bogus"], 2, "unexpected argument"),
         (vec!["up", "--name", &ghost, "--ageing", "0"], 1, "ageing"),
@@ -473,7 +464,7 @@ fn bad_input_to_every_verb() {
         assert!(stderr.contains(expected), "netpath {args:?}: expected {expected:?} in {stderr}");
     }
     assert_eq!(t.leftovers(&ghost), Vec::<String>::new());
-    assert_eq!(fdb(&t).len(), fdb_before);
+    assert_eq!(t.fdb().len(), fdb_before);
     assert_eq!(t.status()["ports"].as_array().unwrap().len(), 2);
 }
 

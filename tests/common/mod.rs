@@ -209,6 +209,17 @@ pub fn quiet(ns: &str) {
     assert!(in_ns(ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]).status.success());
 }
 
+/// A command inside container namespace `ns`, started with its output piped.
+pub fn spawn_in(ns: &str, args: &[&str]) -> std::process::Child {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {args:?} in {ns}: {e}"))
+}
+
 pub fn ping(ns: &str, ip: &str) -> bool {
     in_ns(ns, &["ping", "-c", "1", "-W", "2", "-q", ip]).status.success()
 }
@@ -246,6 +257,13 @@ impl Topology {
 
     pub fn status(&self) -> serde_json::Value {
         serde_json::from_str(&self.netpath_ok(&["status", "--name", &self.name, "--json"])).expect("status JSON")
+    }
+
+    /// The FDB's rows (`netpath fdb dump --json`).
+    pub fn fdb(&self) -> Vec<serde_json::Value> {
+        let doc: serde_json::Value =
+            serde_json::from_str(&self.netpath_ok(&["fdb", "dump", "--name", &self.name, "--json"])).expect("fdb JSON");
+        doc.as_array().expect("fdb rows").clone()
     }
 
     /// The programs' counters per port (`netpath stats --json`): port -> packets.

@@ -140,7 +140,7 @@ impl Fdb {
 
     /// Drops learned entries not refreshed within `ageing`.
     pub fn age_out(&mut self, ageing: Duration) -> Result<usize> {
-        let limit = ageing.as_nanos() as u64;
-        self.remove_learned_where(|e| monotonic_ns().saturating_sub(e.last_seen_ns) > limit)
+        let (now, limit) = (monotonic_ns(), ageing.as_nanos() as u64);
+        self.remove_learned_where(|e| now.saturating_sub(e.last_seen_ns) > limit)
     }
 }
