@@ -13,13 +13,11 @@ use std::{
     collections::HashSet,
     fs,
     os::unix::fs::{DirBuilderExt, PermissionsExt},
+    net::IpAddr,
     path::PathBuf,
 };
 
-use anyhow::{Context, Result};
-use std::net::IpAddr;
-
-use anyhow::ensure;
+use anyhow::{Context, Result, ensure};
 use aya::{
     maps::{MapError, PerCpuValues},
     util::nr_cpus,
@@ -27,9 +25,6 @@ use aya::{
 use log::info;
 use netpath_common::{DatapathConfig, PORT_IPV4_SLOTS, PORT_IPV6_SLOTS, PORT_SOURCE_CHECK, PortPolicy, PortState};
 use rtnetlink::Handle;
-
-/// BPF_NOEXIST: create, never overwrite.
-const BPF_NOEXIST: u64 = 1;
 
 use self::{
     hooks::Hook,
@@ -40,6 +35,9 @@ use crate::{
     host::netlink,
     model::{Mac, Mode, naming},
 };
+
+/// BPF_NOEXIST: create, never overwrite.
+const BPF_NOEXIST: u64 = 1;
 
 /// One container port of a datapath.
 #[derive(Clone, Debug)]
@@ -92,15 +90,15 @@ pub fn maps(datapath: &str) -> Result<Maps> {
 /// Removes the state and FDB entries of every port whose device is gone
 /// (namespace deleted, runtime crashed): the kernel took it out of the
 /// devmap, which the programs already treat as "not there" (frames to it
-/// pass to the bridge, counted). Returns their ifindexes.
-pub fn forget_vanished_ports(maps: &Maps) -> Result<Vec<u32>> {
+/// pass to the bridge, counted).
+fn forget_vanished_ports(maps: &Maps) -> Result<()> {
     let devmap = maps.ports()?;
     let live: HashSet<u32> = devmap.iter().filter_map(Result::ok).map(|(ifindex, _)| ifindex).collect();
     let mut port_state = maps.port_state()?;
     let vanished: Vec<u32> =
         port_state.keys().filter_map(Result::ok).filter(|ifindex| !live.contains(ifindex)).collect();
     if vanished.is_empty() {
-        return Ok(vanished);
+        return Ok(());
     }
     let mut table = fdb::Fdb::open(maps)?;
     let mut counts = maps.port_learned()?;
@@ -110,7 +108,7 @@ pub fn forget_vanished_ports(maps: &Maps) -> Result<Vec<u32>> {
         let _ = counts.remove(ifindex);
         info!("forgot vanished port {ifindex} and its {entries} FDB entries");
     }
-    Ok(vanished)
+    Ok(())
 }
 
 /// A step of [`ensure_reporting`] that is done.
