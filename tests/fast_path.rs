@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use common::{BridgeForwardCounter, Host, Running, Topology, in_ns, link_packets, ping, quiet, state_path, verdicts};
+use common::{
+    BridgeForwardCounter, Host, Running, Topology, in_ns, link_packets, ping, quiet, state_path,
+    verdicts,
+};
 use serde_json::Value;
 
 /// `ethtool -S` counter of a host-side veth.
@@ -25,7 +28,16 @@ fn ethtool_stat(host: &Host, dev: &str, name: &str) -> u64 {
 
 fn iperf_server(ns: &str, port: u16) -> Child {
     let child = Command::new("ip")
-        .args(["netns", "exec", ns, "iperf3", "-s", "-1", "-p", &port.to_string()])
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "iperf3",
+            "-s",
+            "-1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -42,7 +54,11 @@ fn iperf(from: &str, server_ns: &str, to_ip: &str, port: u16, extra: &[&str]) ->
     args.extend_from_slice(extra);
     let out = in_ns(from, &args);
     let _ = server.wait();
-    assert!(out.status.success(), "iperf3 {extra:?} failed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "iperf3 {extra:?} failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -58,10 +74,24 @@ fn bulk_traffic_takes_the_fast_path(mode: &str, subnets: &[&str], ip1: &str) {
     let (c0, c1) = (t.ns("c0"), t.ns("c1"));
     assert!(ping(&c0, ip1));
     let bridge = BridgeForwardCounter::from_ports_of(&t);
-    let before_tx: Vec<u64> = [&c0, &c1].iter().map(|ns| link_packets(ns, "eth0").1).collect();
-    let before_host: Vec<(u64, u64)> =
-        ["c0", "c1"].iter().map(|c| (t.link_packets(&t.ns(c)).0, ethtool_stat(&t, &t.ns(c), "rx_queue_0_xdp_packets"))).collect();
-    let before_verdicts: Vec<u64> = t.program_counters().iter().map(|(_, c)| verdicts(c)).collect();
+    let before_tx: Vec<u64> = [&c0, &c1]
+        .iter()
+        .map(|ns| link_packets(ns, "eth0").1)
+        .collect();
+    let before_host: Vec<(u64, u64)> = ["c0", "c1"]
+        .iter()
+        .map(|c| {
+            (
+                t.link_packets(&t.ns(c)).0,
+                ethtool_stat(&t, &t.ns(c), "rx_queue_0_xdp_packets"),
+            )
+        })
+        .collect();
+    let before_verdicts: Vec<u64> = t
+        .program_counters()
+        .iter()
+        .map(|(_, c)| verdicts(c))
+        .collect();
 
     let tcp = iperf(&c0, &c1, ip1, 5201, &[]);
     let tcp_reverse = iperf(&c0, &c1, ip1, 5202, &["-R"]);
@@ -69,16 +99,24 @@ fn bulk_traffic_takes_the_fast_path(mode: &str, subnets: &[&str], ip1: &str) {
     let flood = in_ns(&c0, &["ping", "-f", "-c", "2000", "-q", ip1]);
     assert!(flood.status.success());
     for (name, report) in [("TCP", &tcp), ("TCP -R", &tcp_reverse)] {
-        let bps = report["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
+        let bps = report["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap();
         println!("{mode}: {name} {:.2} Gbit/s", bps / 1e9);
         assert!(bps > 1e8, "{mode}: {name} only {bps} bit/s");
     }
     let udp_received = udp["end"]["sum"]["packets"].as_u64().unwrap()
         - udp["end"]["sum"]["lost_packets"].as_u64().unwrap_or(0);
-    assert!(udp_received > 10_000, "{mode}: UDP delivered only {udp_received} packets");
+    assert!(
+        udp_received > 10_000,
+        "{mode}: UDP delivered only {udp_received} packets"
+    );
 
-    let sent: Vec<u64> =
-        [&c0, &c1].iter().zip(&before_tx).map(|(ns, b)| link_packets(ns, "eth0").1 - b).collect();
+    let sent: Vec<u64> = [&c0, &c1]
+        .iter()
+        .zip(&before_tx)
+        .map(|(ns, b)| link_packets(ns, "eth0").1 - b)
+        .collect();
     let total: u64 = sent.iter().sum();
     let through_bridge = bridge.packets();
     println!("{mode}: containers sent {total} frames, the bridge forwarded {through_bridge}");
@@ -89,7 +127,11 @@ fn bulk_traffic_takes_the_fast_path(mode: &str, subnets: &[&str], ip1: &str) {
 
     // Every frame a container sent reached its host-side veth and one of the
     // program's verdicts; the kernel's own counter says the same.
-    let after_verdicts: Vec<u64> = t.program_counters().iter().map(|(_, c)| verdicts(c)).collect();
+    let after_verdicts: Vec<u64> = t
+        .program_counters()
+        .iter()
+        .map(|(_, c)| verdicts(c))
+        .collect();
     for (i, c) in ["c0", "c1"].iter().enumerate() {
         let port = t.ns(c);
         let decided = after_verdicts[i] - before_verdicts[i];
@@ -99,8 +141,15 @@ fn bulk_traffic_takes_the_fast_path(mode: &str, subnets: &[&str], ip1: &str) {
             t.link_packets(&port).0 - before_host[i].0
         };
         let slack = 5 + sent[i] / 1000;
-        println!("{mode}: {port}: sent {} frames, program decided {decided}, kernel counted {seen_by_kernel}", sent[i]);
-        assert!(decided.abs_diff(sent[i]) <= slack, "{mode}: {port}: program decided {decided} of {} frames", sent[i]);
+        println!(
+            "{mode}: {port}: sent {} frames, program decided {decided}, kernel counted {seen_by_kernel}",
+            sent[i]
+        );
+        assert!(
+            decided.abs_diff(sent[i]) <= slack,
+            "{mode}: {port}: program decided {decided} of {} frames",
+            sent[i]
+        );
         assert!(
             seen_by_kernel.abs_diff(decided) <= slack,
             "{mode}: {port}: kernel counted {seen_by_kernel}, program {decided}"
@@ -128,15 +177,44 @@ fn tc_mode_carries_ipv6_bulk_traffic() {
 /// IPv6 address.
 #[test]
 fn ipv6_neighbour_discovery_goes_through_the_bridge() {
-    let t = Topology::up("nd", &["--containers", "2", "--subnet", "10.116.0.0/24", "--subnet", "fd00:116::/64"]);
-    let solicitations = BridgeForwardCounter::new(&t.host, &format!("{}nd", t.name), &format!("iifname \"{}-*\" icmpv6 type nd-neighbor-solicit", t.name));
+    let t = Topology::up(
+        "nd",
+        &[
+            "--containers",
+            "2",
+            "--subnet",
+            "10.116.0.0/24",
+            "--subnet",
+            "fd00:116::/64",
+        ],
+    );
+    let solicitations = BridgeForwardCounter::new(
+        &t.host,
+        &format!("{}nd", t.name),
+        &format!("iifname \"{}-*\" icmpv6 type nd-neighbor-solicit", t.name),
+    );
     in_ns(&t.ns("c0"), &["ip", "-6", "neigh", "flush", "all"]);
-    assert!(ping(&t.ns("c0"), "fd00:116::3"), "c0 cannot reach c1 over IPv6");
-    assert!(ping(&t.ns("c0"), "fd00:116::1"), "c0 cannot reach the bridge over IPv6");
-    assert!(solicitations.packets() >= 1, "no neighbour solicitation crossed the bridge");
+    assert!(
+        ping(&t.ns("c0"), "fd00:116::3"),
+        "c0 cannot reach c1 over IPv6"
+    );
+    assert!(
+        ping(&t.ns("c0"), "fd00:116::1"),
+        "c0 cannot reach the bridge over IPv6"
+    );
+    assert!(
+        solicitations.packets() >= 1,
+        "no neighbour solicitation crossed the bridge"
+    );
     let status = t.status();
-    assert_eq!(status["bridge"]["ips"], serde_json::json!(["10.116.0.1/24", "fd00:116::1/64"]));
-    assert_eq!(status["ports"][1]["ips"], serde_json::json!(["10.116.0.3/24", "fd00:116::3/64"]));
+    assert_eq!(
+        status["bridge"]["ips"],
+        serde_json::json!(["10.116.0.1/24", "fd00:116::1/64"])
+    );
+    assert_eq!(
+        status["ports"][1]["ips"],
+        serde_json::json!(["10.116.0.3/24", "fd00:116::3/64"])
+    );
 }
 
 #[test]
@@ -147,13 +225,30 @@ fn tc_mode_carries_bulk_traffic() {
 /// The check above can fail: in bridge mode the bridge carries everything.
 #[test]
 fn bridge_mode_shows_up_on_the_bridge_counter() {
-    let t = Topology::up("brm", &["--containers", "2", "--subnet", "10.113.0.0/24", "--mode", "bridge"]);
+    let t = Topology::up(
+        "brm",
+        &[
+            "--containers",
+            "2",
+            "--subnet",
+            "10.113.0.0/24",
+            "--mode",
+            "bridge",
+        ],
+    );
     let bridge = BridgeForwardCounter::from_ports_of(&t);
     let before = link_packets(&t.ns("c0"), "eth0").1;
-    let flood = in_ns(&t.ns("c0"), &["ping", "-f", "-c", "2000", "-q", "10.113.0.3"]);
+    let flood = in_ns(
+        &t.ns("c0"),
+        &["ping", "-f", "-c", "2000", "-q", "10.113.0.3"],
+    );
     assert!(flood.status.success());
     let sent = link_packets(&t.ns("c0"), "eth0").1 - before;
-    assert!(bridge.packets() >= sent * 9 / 10, "bridge forwarded {} of {sent}", bridge.packets());
+    assert!(
+        bridge.packets() >= sent * 9 / 10,
+        "bridge forwarded {} of {sent}",
+        bridge.packets()
+    );
 }
 
 /// ARP, broadcast, the bridge's own address and unknown destinations take
@@ -162,7 +257,10 @@ fn bridge_mode_shows_up_on_the_bridge_counter() {
 fn what_the_fast_path_does_not_know_still_works() {
     for (i, mode) in ["xdp", "tc", "bridge"].iter().enumerate() {
         let subnet = format!("10.{}.0.0/24", 114 + i);
-        let t = Topology::up("fb", &["--containers", "3", "--subnet", &subnet, "--mode", mode]);
+        let t = Topology::up(
+            "fb",
+            &["--containers", "3", "--subnet", &subnet, "--mode", mode],
+        );
         let ip = |n: u8| format!("10.{}.0.{n}", 114 + i);
         let (c0, c1) = (t.ns("c0"), t.ns("c1"));
         // c2 must stay silent until it is asked (no IPv6 ND/MLD chatter), so
@@ -173,20 +271,47 @@ fn what_the_fast_path_does_not_know_still_works() {
         assert!(ping(&c0, &ip(3)), "{mode}: ARP + ping");
         assert!(ping(&c0, &ip(1)), "{mode}: the bridge's own address");
         // Broadcast ping: c1 answers when it does not ignore broadcasts.
-        in_ns(&c1, &["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_broadcasts=0"]);
+        in_ns(
+            &c1,
+            &["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_broadcasts=0"],
+        );
         let out = in_ns(&c0, &["ping", "-b", "-c", "2", "-W", "2", &ip(255)]);
-        assert!(String::from_utf8_lossy(&out.stdout).contains(&ip(3)), "{mode}: broadcast ping unanswered");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&ip(3)),
+            "{mode}: broadcast ping unanswered"
+        );
         if *mode != "bridge" {
-            assert!(t.counter(&t.ns("c0"), "pass_multicast") > 0, "{mode}: broadcast not counted");
-            assert!(t.counter(&t.ns("c0"), "pass_host") > 0, "{mode}: bridge traffic not counted");
+            assert!(
+                t.counter(&t.ns("c0"), "pass_multicast") > 0,
+                "{mode}: broadcast not counted"
+            );
+            assert!(
+                t.counter(&t.ns("c0"), "pass_host") > 0,
+                "{mode}: bridge traffic not counted"
+            );
             // An unknown destination: forget c2, and let c0 send to its MAC
             // without asking ARP first (which would make c2 answer and be learned).
             let mac = t.status()["ports"][2]["mac"].as_str().unwrap().to_owned();
-            in_ns(&c0, &["ip", "neigh", "replace", &ip(4), "lladdr", &mac, "dev", "eth0"]);
+            in_ns(
+                &c0,
+                &[
+                    "ip",
+                    "neigh",
+                    "replace",
+                    &ip(4),
+                    "lladdr",
+                    &mac,
+                    "dev",
+                    "eth0",
+                ],
+            );
             t.netpath_ok(&["fdb", "del", "--name", &t.name, &mac]);
             let before = t.counter(&t.ns("c0"), "pass_unknown");
             assert!(ping(&c0, &ip(4)), "{mode}: unknown destination");
-            assert!(t.counter(&t.ns("c0"), "pass_unknown") > before, "{mode}: unknown not counted");
+            assert!(
+                t.counter(&t.ns("c0"), "pass_unknown") > before,
+                "{mode}: unknown not counted"
+            );
         } else {
             assert!(ping(&c0, &ip(4)));
         }
@@ -196,68 +321,183 @@ fn what_the_fast_path_does_not_know_still_works() {
 #[test]
 fn a_forged_source_mac_does_not_steal_traffic() {
     for (i, mode) in ["xdp", "tc"].iter().enumerate() {
-        let t = Topology::up("forge", &["--containers", "3", "--subnet", &format!("10.{}.0.0/24", 117 + i), "--mode", mode]);
+        let t = Topology::up(
+            "forge",
+            &[
+                "--containers",
+                "3",
+                "--subnet",
+                &format!("10.{}.0.0/24", 117 + i),
+                "--mode",
+                mode,
+            ],
+        );
         let status = t.status();
         let victim_mac = status["ports"][1]["mac"].as_str().unwrap().to_owned();
         let victim_ip = format!("10.{}.0.3", 117 + i);
         let attacker = t.ns("c2");
         // c2 takes c1's MAC and sends frames with it.
-        in_ns(&attacker, &["ip", "link", "set", "dev", "eth0", "address", &victim_mac]);
-        in_ns(&attacker, &["ping", "-c", "3", "-i", "0.2", "-W", "1", &format!("10.{}.0.2", 117 + i)]);
-        let fdb: Value = serde_json::from_str(&t.netpath_ok(&["fdb", "dump", "--name", &t.name, "--json"])).unwrap();
-        let entry = fdb.as_array().unwrap().iter().find(|e| e["mac"] == victim_mac.as_str()).unwrap().clone();
+        in_ns(
+            &attacker,
+            &["ip", "link", "set", "dev", "eth0", "address", &victim_mac],
+        );
+        in_ns(
+            &attacker,
+            &[
+                "ping",
+                "-c",
+                "3",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                &format!("10.{}.0.2", 117 + i),
+            ],
+        );
+        let fdb: Value =
+            serde_json::from_str(&t.netpath_ok(&["fdb", "dump", "--name", &t.name, "--json"]))
+                .unwrap();
+        let entry = fdb
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["mac"] == victim_mac.as_str())
+            .unwrap()
+            .clone();
         assert_eq!(entry["state"], "static", "{mode}");
-        assert_eq!(entry["ifname"], t.ns("c1").as_str(), "{mode}: static entry moved");
-        assert!(t.counter(&t.ns("c2"), "drop_spoofed_mac") > 0, "{mode}: spoofing not counted");
+        assert_eq!(
+            entry["ifname"],
+            t.ns("c1").as_str(),
+            "{mode}: static entry moved"
+        );
+        assert!(
+            t.counter(&t.ns("c2"), "drop_spoofed_mac") > 0,
+            "{mode}: spoofing not counted"
+        );
         let before = link_packets(&t.ns("c1"), "eth0").0;
-        assert!(ping(&t.ns("c0"), &victim_ip), "{mode}: the victim no longer gets its traffic");
+        assert!(
+            ping(&t.ns("c0"), &victim_ip),
+            "{mode}: the victim no longer gets its traffic"
+        );
         assert!(link_packets(&t.ns("c1"), "eth0").0 > before, "{mode}");
     }
 }
 
 #[test]
 fn fdb_lists_every_container_and_learned_entries_age_out() {
-    let mut run = Running::start("age", &["--containers", "3", "--subnet", "10.119.0.0/24", "--ageing", "2"]);
+    let mut run = Running::start(
+        "age",
+        &[
+            "--containers",
+            "3",
+            "--subnet",
+            "10.119.0.0/24",
+            "--ageing",
+            "2",
+        ],
+    );
     let (t, name) = (&run.topology, run.topology.name.clone());
-    let fdb: Value = serde_json::from_str(&t.netpath_ok(&["fdb", "dump", "--name", &name, "--json"])).unwrap();
+    let fdb: Value =
+        serde_json::from_str(&t.netpath_ok(&["fdb", "dump", "--name", &name, "--json"])).unwrap();
     let status = t.status();
     for port in status["ports"].as_array().unwrap() {
-        let entry = fdb.as_array().unwrap().iter().find(|e| e["mac"] == port["mac"]).expect("container MAC in FDB");
+        let entry = fdb
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["mac"] == port["mac"])
+            .expect("container MAC in FDB");
         assert_eq!(entry["ifname"], port["name"]);
         assert_eq!(entry["state"], "static");
     }
     // A container without the source check (it routes for others) sends
     // from a MAC that is not its own: that one is learned, then ages.
-    t.netpath_ok(&["port", "add", "--name", &name, "rt", "--no-source-check", "--ip", "10.119.0.9/24"]);
+    t.netpath_ok(&[
+        "port",
+        "add",
+        "--name",
+        &name,
+        "rt",
+        "--no-source-check",
+        "--ip",
+        "10.119.0.9/24",
+    ]);
     let mac = "02:77:77:00:00:09";
     let router = t.ns("rt");
-    in_ns(&router, &["ip", "link", "set", "dev", "eth0", "address", mac]);
+    in_ns(
+        &router,
+        &["ip", "link", "set", "dev", "eth0", "address", mac],
+    );
     quiet(&router);
     // Nor may it probe c0's address a few seconds after the ping (ARP's
     // delay_first_probe_time is 5 s): that would refresh its entry.
     let c0_mac = status["ports"][0]["mac"].as_str().unwrap();
-    in_ns(&router, &["ip", "neigh", "replace", "10.119.0.2", "lladdr", c0_mac, "dev", "eth0", "nud", "permanent"]);
+    in_ns(
+        &router,
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            "10.119.0.2",
+            "lladdr",
+            c0_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    );
     assert!(ping(&t.ns("c0"), "10.119.0.9"));
     let learned = |dump: &str| -> Option<Value> {
         let v: Value = serde_json::from_str(dump).unwrap();
-        v.as_array().unwrap().iter().find(|e| e["mac"] == mac).cloned()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["mac"] == mac)
+            .cloned()
     };
-    let entry = learned(&t.netpath_ok(&["fdb", "dump", "--name", &name, "--json"])).expect("the router's MAC learned");
+    let entry = learned(&t.netpath_ok(&["fdb", "dump", "--name", &name, "--json"]))
+        .expect("the router's MAC learned");
     assert_eq!(entry["state"], "learned");
     assert_eq!(entry["ifname"], router.as_str());
     sleep(Duration::from_secs(5));
-    assert!(learned(&t.netpath_ok(&["fdb", "dump", "--name", &name, "--json"])).is_none(), "learned entry did not age out");
+    assert!(
+        learned(&t.netpath_ok(&["fdb", "dump", "--name", &name, "--json"])).is_none(),
+        "learned entry did not age out"
+    );
     assert!(run.interrupt());
     assert!(!state_path(&name).exists(), "run did not tear down");
 }
 
 #[test]
 fn the_datapath_survives_a_killed_loader_and_is_adopted() {
-    let mut run = Running::start("kill", &["--containers", "2", "--subnet", "10.121.0.0/24", "--mode", "tc"]);
+    let mut run = Running::start(
+        "kill",
+        &[
+            "--containers",
+            "2",
+            "--subnet",
+            "10.121.0.0/24",
+            "--mode",
+            "tc",
+        ],
+    );
     let (t, name) = (&run.topology, run.topology.name.clone());
     let mut server = iperf_server(&t.ns("c1"), 5301);
     let client = Command::new("ip")
-        .args(["netns", "exec", &t.ns("c0"), "iperf3", "-c", "10.121.0.3", "-p", "5301", "-t", "3", "-J"])
+        .args([
+            "netns",
+            "exec",
+            &t.ns("c0"),
+            "iperf3",
+            "-c",
+            "10.121.0.3",
+            "-p",
+            "5301",
+            "-t",
+            "3",
+            "-J",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -267,11 +507,27 @@ fn the_datapath_survives_a_killed_loader_and_is_adopted() {
     let before = t.counter(&t.ns("c0"), "redirected");
     let out = client.wait_with_output().unwrap();
     let _ = server.wait();
-    assert!(out.status.success(), "iperf3 failed after the loader was killed");
+    assert!(
+        out.status.success(),
+        "iperf3 failed after the loader was killed"
+    );
     let after = t.counter(&t.ns("c0"), "redirected");
-    assert!(after > before, "the fast path stopped counting after SIGKILL ({before} -> {after})");
+    assert!(
+        after > before,
+        "the fast path stopped counting after SIGKILL ({before} -> {after})"
+    );
     // A new loader adopts the pinned datapath instead of attaching it twice.
-    let again = t.netpath_ok(&["up", "--name", &name, "--containers", "2", "--subnet", "10.121.0.0/24", "--mode", "tc"]);
+    let again = t.netpath_ok(&[
+        "up",
+        "--name",
+        &name,
+        "--containers",
+        "2",
+        "--subnet",
+        "10.121.0.0/24",
+        "--mode",
+        "tc",
+    ]);
     assert!(again.contains("already up"), "{again}");
     // Exactly one tc program per port, attached the way this kernel (or
     // NETPATH_TC_METHOD) asks for.
@@ -286,9 +542,32 @@ fn the_datapath_survives_a_killed_loader_and_is_adopted() {
 
 #[test]
 fn mode_switches_live_without_losing_the_ping() {
-    let t = Topology::up("mode", &["--containers", "2", "--subnet", "10.122.0.0/24", "--mode", "xdp"]);
+    let t = Topology::up(
+        "mode",
+        &[
+            "--containers",
+            "2",
+            "--subnet",
+            "10.122.0.0/24",
+            "--mode",
+            "xdp",
+        ],
+    );
     let pinger = Command::new("ip")
-        .args(["netns", "exec", &t.ns("c0"), "ping", "-c", "250", "-i", "0.02", "-W", "1", "-q", "10.122.0.3"])
+        .args([
+            "netns",
+            "exec",
+            &t.ns("c0"),
+            "ping",
+            "-c",
+            "250",
+            "-i",
+            "0.02",
+            "-W",
+            "1",
+            "-q",
+            "10.122.0.3",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -298,11 +577,19 @@ fn mode_switches_live_without_losing_the_ping() {
         assert_eq!(t.status()["mode"], mode);
     }
     let (received, summary) = pings_received(pinger);
-    assert!(received >= 247, "lost {} pings while switching modes: {summary}", 250 - received);
+    assert!(
+        received >= 247,
+        "lost {} pings while switching modes: {summary}",
+        250 - received
+    );
     // On a slow (emulated) machine the pinger may be done before the last
     // switch: ping once more in the final mode.
     assert!(ping(&t.ns("c0"), "10.122.0.3"));
-    assert!(t.counter(&t.ns("c0"), "redirected") > 0, "nothing redirected after the switches: {:?}", t.program_counters());
+    assert!(
+        t.counter(&t.ns("c0"), "redirected") > 0,
+        "nothing redirected after the switches: {:?}",
+        t.program_counters()
+    );
 }
 
 /// How many replies a `ping -q` child received, and its summary.
@@ -334,16 +621,43 @@ fn offloads(ns: &str) -> (String, String) {
 /// packets per switch.
 #[test]
 fn every_mode_switch_leaves_the_target_modes_offloads() {
-    let t = Topology::up("msw", &["--containers", "2", "--subnet", "10.123.0.0/24", "--mode", "tc"]);
+    let t = Topology::up(
+        "msw",
+        &[
+            "--containers",
+            "2",
+            "--subnet",
+            "10.123.0.0/24",
+            "--mode",
+            "tc",
+        ],
+    );
     let plain = offloads(&t.ns("c0"));
     let xdp = ("off".to_owned(), "on".to_owned());
     assert_ne!(plain, xdp, "veth defaults look like xdp mode's already");
     let pinger = Command::new("ip")
-        .args(["netns", "exec", &t.ns("c0"), "ping", "-c", "500", "-i", "0.02", "-W", "1", "-q", "10.123.0.3"])
+        .args([
+            "netns",
+            "exec",
+            &t.ns("c0"),
+            "ping",
+            "-c",
+            "500",
+            "-i",
+            "0.02",
+            "-W",
+            "1",
+            "-q",
+            "10.123.0.3",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let paths = [["xdp", "bridge", "tc"], ["tc", "xdp", "bridge"], ["bridge", "xdp", "tc"]];
+    let paths = [
+        ["xdp", "bridge", "tc"],
+        ["tc", "xdp", "bridge"],
+        ["bridge", "xdp", "tc"],
+    ];
     let mut switches = 0;
     for path in paths {
         for mode in path {
@@ -355,24 +669,42 @@ fn every_mode_switch_leaves_the_target_modes_offloads() {
             sleep(Duration::from_millis(300));
             let want = if mode == "xdp" { &xdp } else { &plain };
             for c in ["c0", "c1"] {
-                assert_eq!(&offloads(&t.ns(c)), want, "{c} after switching to {mode} on the path {path:?}");
+                assert_eq!(
+                    &offloads(&t.ns(c)),
+                    want,
+                    "{c} after switching to {mode} on the path {path:?}"
+                );
             }
             let programs: Vec<String> = t.status()["ports"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .flat_map(|p| p["programs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()))
+                .flat_map(|p| {
+                    p["programs"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_str().unwrap().to_owned())
+                })
                 .collect();
             let expected = match mode {
                 "bridge" => 0,
                 "tc" => 2,
                 _ => 4, // xdp on both host ends and XDP_PASS on both container ends
             };
-            assert_eq!(programs.len(), expected, "programs after switching to {mode}: {programs:?}");
+            assert_eq!(
+                programs.len(),
+                expected,
+                "programs after switching to {mode}: {programs:?}"
+            );
         }
     }
     let (received, summary) = pings_received(pinger);
-    assert!(500 - received <= 3 * switches, "lost {} pings in {switches} switches: {summary}", 500 - received);
+    assert!(
+        500 - received <= 3 * switches,
+        "lost {} pings in {switches} switches: {summary}",
+        500 - received
+    );
 }
 
 /// What `cargo xtask run` runs once it has built netpath: `netpath run` with
@@ -399,11 +731,30 @@ fn run_brings_up_the_default_topology_in_tc_mode() {
     assert!(ping(&t.ns("c0"), "10.77.0.3"));
     let bridge = BridgeForwardCounter::from_ports_of(t);
     let before = t.counter(&t.ns("c0"), "redirected");
-    assert!(in_ns(&t.ns("c0"), &["ping", "-f", "-c", "500", "-q", "10.77.0.3"]).status.success());
-    assert!(t.counter(&t.ns("c0"), "redirected") >= before + 500, "the flood did not take the fast path");
-    assert!(bridge.packets() <= 5, "the bridge forwarded {} of 1000 frames", bridge.packets());
+    assert!(
+        in_ns(&t.ns("c0"), &["ping", "-f", "-c", "500", "-q", "10.77.0.3"])
+            .status
+            .success()
+    );
+    assert!(
+        t.counter(&t.ns("c0"), "redirected") >= before + 500,
+        "the flood did not take the fast path"
+    );
+    assert!(
+        bridge.packets() <= 5,
+        "the bridge forwarded {} of 1000 frames",
+        bridge.packets()
+    );
     if method == netpath::datapath::hooks::TcMethod::Clsact {
-        assert!(run.log().contains("no tcx"), "run did not say why it attached through clsact: {}", run.log());
+        assert!(
+            run.log().contains("no tcx"),
+            "run did not say why it attached through clsact: {}",
+            run.log()
+        );
     }
-    assert!(run.interrupt(), "run did not end cleanly on Ctrl-C: {}", run.log());
+    assert!(
+        run.interrupt(),
+        "run did not end cleanly on Ctrl-C: {}",
+        run.log()
+    );
 }

@@ -22,39 +22,72 @@ use serde_json::Value;
 /// tests' traffic would disturb on a machine of 2 CPUs.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
-
 
 fn port_field(t: &Topology, container: &str, field: &str) -> Value {
     let status = t.status();
-    status["ports"].as_array().unwrap().iter().find(|p| p["netns"] == t.ns(container)).expect("port")[field].clone()
+    status["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["netns"] == t.ns(container))
+        .expect("port")[field]
+        .clone()
 }
 
 fn mac_of(t: &Topology, container: &str) -> [u8; 6] {
     parse_mac(port_field(t, container, "mac").as_str().unwrap())
 }
 
-
 /// Two iperf3 TCP pairs (c0 -> c1, c2 -> c3) side by side for `secs`:
 /// each pair's received bits per second.
 fn two_pairs(t: &Topology, prefix: &str, secs: u32) -> [f64; 2] {
-    let servers: Vec<Child> = ["c1", "c3"].iter().map(|c| spawn_in(&t.ns(c), &["iperf3", "-s", "-1", "-p", "5501"])).collect();
+    let servers: Vec<Child> = ["c1", "c3"]
+        .iter()
+        .map(|c| spawn_in(&t.ns(c), &["iperf3", "-s", "-1", "-p", "5501"]))
+        .collect();
     sleep(Duration::from_millis(300));
     let clients: Vec<Child> = [("c0", 3), ("c2", 5)]
         .iter()
         .map(|(c, host)| {
             let server = format!("{prefix}.{host}");
-            spawn_in(&t.ns(c), &["iperf3", "-c", &server, "-p", "5501", "-t", &secs.to_string(), "-O", "1", "-J"])
+            spawn_in(
+                &t.ns(c),
+                &[
+                    "iperf3",
+                    "-c",
+                    &server,
+                    "-p",
+                    "5501",
+                    "-t",
+                    &secs.to_string(),
+                    "-O",
+                    "1",
+                    "-J",
+                ],
+            )
         })
         .collect();
     let mut rates = [0.0; 2];
     for (i, client) in clients.into_iter().enumerate() {
         let out = client.wait_with_output().unwrap();
-        let report: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("pair {i}: no iperf3 report: {}", String::from_utf8_lossy(&out.stderr)));
-        assert!(report.get("error").is_none(), "pair {i}: {}", report["error"]);
-        rates[i] = report["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "pair {i}: no iperf3 report: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert!(
+            report.get("error").is_none(),
+            "pair {i}: {}",
+            report["error"]
+        );
+        rates[i] = report["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap();
     }
     for mut server in servers {
         let _ = server.wait();
@@ -74,7 +107,10 @@ fn while_flooding<T>(flooder: &str, seed: u64, work: impl FnOnce() -> T) -> (u64
             // loop at their priority (sending or not) takes a third of the
             // machine from them, which is no datapath's doing.
             // SAFETY: plain setpriority(2) on this thread.
-            assert_eq!(unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as u32, 19) }, 0);
+            assert_eq!(
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as u32, 19) },
+                0
+            );
             let socket = RawSocket::open(flooder, "eth0");
             let mut seed = 0x2545f4914f6cdd1du64.wrapping_mul(seed + 1);
             let mut sent = 0u64;
@@ -109,16 +145,40 @@ fn while_flooding<T>(flooder: &str, seed: u64, work: impl FnOnce() -> T) -> (u64
 fn a_mac_flood_is_contained() {
     let _serial = serial();
     let prefix = "10.160.0";
-    let t = Topology::up("fld", &["--containers", "4", "--subnet", &format!("{prefix}.0/24")]);
-    t.netpath_ok(&["port", "add", "--name", &t.name, "fl", "--no-source-check", "--ip", &format!("{prefix}.20/24")]);
-    t.netpath_ok(&["port", "add", "--name", &t.name, "rt", "--no-source-check", "--ip", &format!("{prefix}.21/24")]);
+    let t = Topology::up(
+        "fld",
+        &["--containers", "4", "--subnet", &format!("{prefix}.0/24")],
+    );
+    t.netpath_ok(&[
+        "port",
+        "add",
+        "--name",
+        &t.name,
+        "fl",
+        "--no-source-check",
+        "--ip",
+        &format!("{prefix}.20/24"),
+    ]);
+    t.netpath_ok(&[
+        "port",
+        "add",
+        "--name",
+        &t.name,
+        "rt",
+        "--no-source-check",
+        "--ip",
+        &format!("{prefix}.21/24"),
+    ]);
     let (flooder, router) = (t.ns("fl"), t.ns("rt"));
     let limit = netpath_common::DEFAULT_LEARN_LIMIT as u64;
 
     // The router forwards for three machines behind it: learned on its port.
     let c0_mac = mac_of(&t, "c0");
     let behind: Vec<[u8; 6]> = (1..=3).map(|n| [0x02, 0x72, 0x74, 0, 0, n]).collect();
-    let frames: Vec<Vec<u8>> = behind.iter().map(|m| packets::ipv4(c0_mac, *m, [10, 9, 9, 9], [10, 160, 0, 2])).collect();
+    let frames: Vec<Vec<u8>> = behind
+        .iter()
+        .map(|m| packets::ipv4(c0_mac, *m, [10, 9, 9, 9], [10, 160, 0, 2]))
+        .collect();
     assert_eq!(send_raw_frames(&router, "eth0", &frames), 3);
     let router_ifindex = port_field(&t, "rt", "ifindex");
     let learned_on = |entries: &[Value], ifindex: &Value| -> Vec<String> {
@@ -129,7 +189,11 @@ fn a_mac_flood_is_contained() {
             .collect()
     };
     let router_entries = learned_on(&t.fdb(), &router_ifindex);
-    assert_eq!(router_entries.len(), 3, "the router's machines were not learned: {router_entries:?}");
+    assert_eq!(
+        router_entries.len(),
+        3,
+        "the router's machines were not learned: {router_entries:?}"
+    );
 
     let bridge = BridgeForwardCounter::new(&t.host, &t.name, &format!("iifname \"{flooder}\""));
     // Two rounds of (without, with the flood), summed: one round of each
@@ -139,7 +203,17 @@ fn a_mac_flood_is_contained() {
     for round in 0..2 {
         let quiet = two_pairs(&t, prefix, 4);
         let (frames, (loud, added)) = while_flooding(&flooder, round, || {
-            let added = (round == 0).then(|| t.netpath(&["port", "add", "--name", &t.name, "x1", "--ip", &format!("{prefix}.22/24")]));
+            let added = (round == 0).then(|| {
+                t.netpath(&[
+                    "port",
+                    "add",
+                    "--name",
+                    &t.name,
+                    "x1",
+                    "--ip",
+                    &format!("{prefix}.22/24"),
+                ])
+            });
             (two_pairs(&t, prefix, 4), added)
         });
         for pair in 0..2 {
@@ -150,28 +224,70 @@ fn a_mac_flood_is_contained() {
         added_during = added_during.or(added);
     }
     let added_during = added_during.expect("round 0 adds a port");
-    assert!(added_during.status.success(), "port add during the flood: {}", String::from_utf8_lossy(&added_during.stderr));
-    t.netpath_ok(&["port", "add", "--name", &t.name, "x2", "--ip", &format!("{prefix}.23/24")]);
-    assert!(ping(&t.ns("c0"), &format!("{prefix}.22")), "the port added during the flood gets no traffic");
-    assert!(ping(&t.ns("c0"), &format!("{prefix}.23")), "the port added after the flood gets no traffic");
+    assert!(
+        added_during.status.success(),
+        "port add during the flood: {}",
+        String::from_utf8_lossy(&added_during.stderr)
+    );
+    t.netpath_ok(&[
+        "port",
+        "add",
+        "--name",
+        &t.name,
+        "x2",
+        "--ip",
+        &format!("{prefix}.23/24"),
+    ]);
+    assert!(
+        ping(&t.ns("c0"), &format!("{prefix}.22")),
+        "the port added during the flood gets no traffic"
+    );
+    assert!(
+        ping(&t.ns("c0"), &format!("{prefix}.23")),
+        "the port added after the flood gets no traffic"
+    );
     eprintln!("flood: {sent} frames; pairs {baseline:?} -> {flooded:?} bit/s");
     assert!(sent >= 100_000, "the flooder sent only {sent} frames");
 
     let flooder_ifindex = port_field(&t, "fl", "ifindex");
     let entries = t.fdb();
-    assert_eq!(learned_on(&entries, &flooder_ifindex).len() as u64, limit, "the flooder learned beyond its limit");
-    assert_eq!(learned_on(&entries, &router_ifindex), router_entries, "the flood took another port's entries");
+    assert_eq!(
+        learned_on(&entries, &flooder_ifindex).len() as u64,
+        limit,
+        "the flooder learned beyond its limit"
+    );
+    assert_eq!(
+        learned_on(&entries, &router_ifindex),
+        router_entries,
+        "the flood took another port's entries"
+    );
     for c in ["c0", "c1", "c2", "c3", "x1", "x2"] {
         let mac = port_field(&t, c, "mac");
-        assert!(entries.iter().any(|e| e["mac"] == mac && e["state"] == "static"), "{c}'s static entry is missing");
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["mac"] == mac && e["state"] == "static"),
+            "{c}'s static entry is missing"
+        );
     }
     assert_eq!(t.counter(&flooder, "learned"), limit);
-    assert_eq!(t.counter(&flooder, "drop_learn_limit"), sent - limit, "the flood is not counted");
+    assert_eq!(
+        t.counter(&flooder, "drop_learn_limit"),
+        sent - limit,
+        "the flood is not counted"
+    );
     // What the bridge saw of it: the learned frames, and the flooder's own
     // IPv6 chatter, nothing like the flood.
-    assert!(bridge.packets() < limit + 50, "{} flood frames reached the bridge", bridge.packets());
+    assert!(
+        bridge.packets() < limit + 50,
+        "{} flood frames reached the bridge",
+        bridge.packets()
+    );
     for (pair, (before, after)) in baseline.iter().zip(flooded).enumerate() {
-        assert!(after >= 0.9 * before, "pair {pair}: {after:.3e} bit/s under the flood, {before:.3e} without");
+        assert!(
+            after >= 0.9 * before,
+            "pair {pair}: {after:.3e} bit/s under the flood, {before:.3e} without"
+        );
     }
 }
 
@@ -185,34 +301,83 @@ fn a_forged_victim_keeps_its_traffic() {
     let _serial = serial();
     for (i, mode) in ["tc", "xdp", "bridge"].iter().enumerate() {
         let prefix = format!("10.{}.0", 161 + i);
-        let t = Topology::up("forg", &["--containers", "3", "--subnet", &format!("{prefix}.0/24"), "--mode", mode]);
+        let t = Topology::up(
+            "forg",
+            &[
+                "--containers",
+                "3",
+                "--subnet",
+                &format!("{prefix}.0/24"),
+                "--mode",
+                mode,
+            ],
+        );
         let (victim, attacker) = (t.ns("c1"), t.ns("c2"));
-        let (victim_mac, attacker_mac, c0_mac) = (mac_of(&t, "c1"), mac_of(&t, "c2"), mac_of(&t, "c0"));
+        let (victim_mac, attacker_mac, c0_mac) =
+            (mac_of(&t, "c1"), mac_of(&t, "c2"), mac_of(&t, "c0"));
         let victim_ip: [u8; 4] = [10, 161 + i as u8, 0, 3];
         let gateway_ip: [u8; 4] = [10, 161 + i as u8, 0, 1];
         let bridge_name = format!("{}-br", t.name);
         let bridge_mac = parse_mac(
-            serde_json::from_slice::<Value>(&t.host.sh("ip", &["-j", "link", "show", "dev", &bridge_name]).stdout).unwrap()[0]
-                ["address"]
+            serde_json::from_slice::<Value>(
+                &t.host
+                    .sh("ip", &["-j", "link", "show", "dev", &bridge_name])
+                    .stdout,
+            )
+            .unwrap()[0]["address"]
                 .as_str()
                 .unwrap(),
         );
         let mut forgeries = vec![
-            ("unicast", packets::ipv4(c0_mac, victim_mac, [10, 161 + i as u8, 0, 4], [10, 161 + i as u8, 0, 2])),
-            ("broadcast", packets::ipv4([0xff; 6], victim_mac, [10, 161 + i as u8, 0, 4], [10, 161 + i as u8, 0, 255])),
+            (
+                "unicast",
+                packets::ipv4(
+                    c0_mac,
+                    victim_mac,
+                    [10, 161 + i as u8, 0, 4],
+                    [10, 161 + i as u8, 0, 2],
+                ),
+            ),
+            (
+                "broadcast",
+                packets::ipv4(
+                    [0xff; 6],
+                    victim_mac,
+                    [10, 161 + i as u8, 0, 4],
+                    [10, 161 + i as u8, 0, 255],
+                ),
+            ),
         ];
         if *mode != "bridge" {
             forgeries.extend([
-                ("ARP with the victim's MAC", packets::arp(1, victim_mac, victim_mac, victim_ip, gateway_ip)),
-                ("ARP claiming the victim's IP", packets::arp(2, attacker_mac, attacker_mac, victim_ip, gateway_ip)),
-                ("the victim's IP", packets::ipv4(bridge_mac, attacker_mac, victim_ip, gateway_ip)),
+                (
+                    "ARP with the victim's MAC",
+                    packets::arp(1, victim_mac, victim_mac, victim_ip, gateway_ip),
+                ),
+                (
+                    "ARP claiming the victim's IP",
+                    packets::arp(2, attacker_mac, attacker_mac, victim_ip, gateway_ip),
+                ),
+                (
+                    "the victim's IP",
+                    packets::ipv4(bridge_mac, attacker_mac, victim_ip, gateway_ip),
+                ),
             ]);
         }
         let before = link_packets(&victim, "eth0").0;
         let pinger = t
             .host
             .command("ping")
-            .args(["-c", "100", "-i", "0.02", "-W", "1", "-q", &format!("{prefix}.3")])
+            .args([
+                "-c",
+                "100",
+                "-i",
+                "0.02",
+                "-W",
+                "1",
+                "-q",
+                &format!("{prefix}.3"),
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -228,19 +393,59 @@ fn a_forged_victim_keeps_its_traffic() {
         }
         let out = pinger.wait_with_output().unwrap();
         let summary = String::from_utf8_lossy(&out.stdout);
-        assert!(summary.contains(" 100 received"), "{mode}: the host lost the victim under {rounds} rounds of forgeries: {summary}");
-        assert!(link_packets(&victim, "eth0").0 >= before + 100, "{mode}: the victim did not get the pings");
-        let neighbour = String::from_utf8_lossy(&t.host.sh("ip", &["neigh", "show", &format!("{prefix}.3")]).stdout).into_owned();
+        assert!(
+            summary.contains(" 100 received"),
+            "{mode}: the host lost the victim under {rounds} rounds of forgeries: {summary}"
+        );
+        assert!(
+            link_packets(&victim, "eth0").0 >= before + 100,
+            "{mode}: the victim did not get the pings"
+        );
+        let neighbour = String::from_utf8_lossy(
+            &t.host
+                .sh("ip", &["neigh", "show", &format!("{prefix}.3")])
+                .stdout,
+        )
+        .into_owned();
         let victim_text = port_field(&t, "c1", "mac").as_str().unwrap().to_owned();
-        assert!(neighbour.contains(&victim_text), "{mode}: the host's neighbour entry moved: {neighbour}");
-        let bridge_fdb = String::from_utf8_lossy(&t.host.sh("bridge", &["fdb", "show", "br", &bridge_name]).stdout).into_owned();
-        let line = bridge_fdb.lines().find(|l| l.starts_with(&victim_text)).unwrap_or_default().to_owned();
-        assert!(line.contains(&format!("dev {victim}")), "{mode}: the bridge moved the victim's MAC: {line}");
+        assert!(
+            neighbour.contains(&victim_text),
+            "{mode}: the host's neighbour entry moved: {neighbour}"
+        );
+        let bridge_fdb = String::from_utf8_lossy(
+            &t.host
+                .sh("bridge", &["fdb", "show", "br", &bridge_name])
+                .stdout,
+        )
+        .into_owned();
+        let line = bridge_fdb
+            .lines()
+            .find(|l| l.starts_with(&victim_text))
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            line.contains(&format!("dev {victim}")),
+            "{mode}: the bridge moved the victim's MAC: {line}"
+        );
         if *mode != "bridge" {
-            assert!(t.counter(&attacker, "drop_spoofed_mac") >= rounds, "{mode}: MAC forgeries not counted");
-            assert!(t.counter(&attacker, "drop_spoofed_ip") >= 2 * rounds, "{mode}: IP forgeries not counted");
-            let entry = t.fdb().into_iter().find(|e| e["mac"] == victim_text.as_str()).expect("victim's entry");
-            assert_eq!(entry["ifname"], victim.as_str(), "{mode}: netpath's entry moved");
+            assert!(
+                t.counter(&attacker, "drop_spoofed_mac") >= rounds,
+                "{mode}: MAC forgeries not counted"
+            );
+            assert!(
+                t.counter(&attacker, "drop_spoofed_ip") >= 2 * rounds,
+                "{mode}: IP forgeries not counted"
+            );
+            let entry = t
+                .fdb()
+                .into_iter()
+                .find(|e| e["mac"] == victim_text.as_str())
+                .expect("victim's entry");
+            assert_eq!(
+                entry["ifname"],
+                victim.as_str(),
+                "{mode}: netpath's entry moved"
+            );
         }
     }
 }
@@ -252,17 +457,39 @@ fn a_forged_victim_keeps_its_traffic() {
 fn garbage_frames_are_dropped_and_counted() {
     let _serial = serial();
     for (i, mode) in ["xdp", "tc"].iter().enumerate() {
-        let t = Topology::up("bad", &["--containers", "3", "--subnet", &format!("10.{}.0.0/24", 150 + i), "--mode", mode]);
+        let t = Topology::up(
+            "bad",
+            &[
+                "--containers",
+                "3",
+                "--subnet",
+                &format!("10.{}.0.0/24", 150 + i),
+                "--mode",
+                mode,
+            ],
+        );
         let (c1_mac, attacker_mac) = (mac_of(&t, "c1"), mac_of(&t, "c2"));
         let attacker = t.ns("c2");
         let runts: Vec<Vec<u8>> = (1..14).map(|n| vec![0xaa; n]).collect();
-        assert_eq!(send_raw_frames(&attacker, "eth0", &runts), 0, "the kernel let a runt out");
+        assert_eq!(
+            send_raw_frames(&attacker, "eth0", &runts),
+            0,
+            "the kernel let a runt out"
+        );
         let mut bad_sources = Vec::new();
         for n in 0..10u8 {
-            bad_sources.push(frame(c1_mac, [0x01, 0x00, 0x5e, 0, 0, n], 0x0800, &[0x45; 46]));
+            bad_sources.push(frame(
+                c1_mac,
+                [0x01, 0x00, 0x5e, 0, 0, n],
+                0x0800,
+                &[0x45; 46],
+            ));
             bad_sources.push(frame(c1_mac, [0; 6], 0x86dd, &[0x60; 46]));
         }
-        let cut_short = vec![frame(c1_mac, attacker_mac, 0x0800, &[0x45, 0]), frame(c1_mac, attacker_mac, 0x86dd, &[0x60])];
+        let cut_short = vec![
+            frame(c1_mac, attacker_mac, 0x0800, &[0x45, 0]),
+            frame(c1_mac, attacker_mac, 0x86dd, &[0x60]),
+        ];
         let mut seed = 0x9e3779b97f4a7c15u64;
         let random: Vec<Vec<u8>> = (0..200)
             .map(|_| {
@@ -276,19 +503,44 @@ fn garbage_frames_are_dropped_and_counted() {
                     .collect()
             })
             .collect();
-        let random_bad = random.iter().filter(|f| f[6] & 1 == 1 || f[6..12] == [0; 6]).count() as u64;
+        let random_bad = random
+            .iter()
+            .filter(|f| f[6] & 1 == 1 || f[6..12] == [0; 6])
+            .count() as u64;
         let count = |name| t.counter(&attacker, name);
-        let before = [count("drop_bad_source_mac"), count("drop_malformed"), count("drop_spoofed_mac")];
+        let before = [
+            count("drop_bad_source_mac"),
+            count("drop_malformed"),
+            count("drop_spoofed_mac"),
+        ];
         assert_eq!(send_raw_frames(&attacker, "eth0", &bad_sources), 20);
         assert_eq!(send_raw_frames(&attacker, "eth0", &cut_short), 2);
         assert_eq!(send_raw_frames(&attacker, "eth0", &random), 200);
         sleep(Duration::from_millis(200));
-        let after = [count("drop_bad_source_mac"), count("drop_malformed"), count("drop_spoofed_mac")];
-        assert_eq!(after[0] - before[0], 20 + random_bad, "{mode}: bad source MACs");
+        let after = [
+            count("drop_bad_source_mac"),
+            count("drop_malformed"),
+            count("drop_spoofed_mac"),
+        ];
+        assert_eq!(
+            after[0] - before[0],
+            20 + random_bad,
+            "{mode}: bad source MACs"
+        );
         assert_eq!(after[1] - before[1], 2, "{mode}: frames cut short");
-        assert_eq!(after[2] - before[2], 200 - random_bad, "{mode}: random frames (another's MAC)");
-        assert!(t.fdb().iter().all(|e| e["state"] == "static"), "{mode}: something was learned");
-        assert!(ping(&t.ns("c0"), &format!("10.{}.0.3", 150 + i)), "{mode}: datapath broken by bad frames");
+        assert_eq!(
+            after[2] - before[2],
+            200 - random_bad,
+            "{mode}: random frames (another's MAC)"
+        );
+        assert!(
+            t.fdb().iter().all(|e| e["state"] == "static"),
+            "{mode}: something was learned"
+        );
+        assert!(
+            ping(&t.ns("c0"), &format!("10.{}.0.3", 150 + i)),
+            "{mode}: datapath broken by bad frames"
+        );
     }
 }
 
@@ -301,35 +553,90 @@ fn a_vanished_port_leaves_no_entry_and_no_black_hole() {
     let _serial = serial();
     for (i, mode) in ["tc", "xdp"].iter().enumerate() {
         let prefix = format!("10.{}.0", 165 + i);
-        let t = Topology::up("van", &["--containers", "4", "--subnet", &format!("{prefix}.0/24"), "--mode", mode]);
+        let t = Topology::up(
+            "van",
+            &[
+                "--containers",
+                "4",
+                "--subnet",
+                &format!("{prefix}.0/24"),
+                "--mode",
+                mode,
+            ],
+        );
         let (c0_mac, gone_mac) = (mac_of(&t, "c0"), mac_of(&t, "c2"));
-        let (gone_ifindex, gone_name) = (port_field(&t, "c2", "ifindex"), port_field(&t, "c2", "name"));
+        let (gone_ifindex, gone_name) = (
+            port_field(&t, "c2", "ifindex"),
+            port_field(&t, "c2", "name"),
+        );
         let deleted_ifindex = port_field(&t, "c3", "ifindex");
-        let before = (t.counter(&t.ns("c0"), "redirected"), t.counter(&t.ns("c0"), "pass_redirect_failed"));
-        assert!(common::outside("ip", &["netns", "del", &t.ns("c2")]).status.success());
+        let before = (
+            t.counter(&t.ns("c0"), "redirected"),
+            t.counter(&t.ns("c0"), "pass_redirect_failed"),
+        );
+        assert!(
+            common::outside("ip", &["netns", "del", &t.ns("c2")])
+                .status
+                .success()
+        );
         // The namespace's devices go asynchronously: wait for the host end.
         let started = Instant::now();
-        while t.host.sh("ip", &["link", "show", "dev", gone_name.as_str().unwrap()]).status.success() {
-            assert!(started.elapsed() < common::patience(Duration::from_secs(5)), "{mode}: the veth outlived its namespace");
+        while t
+            .host
+            .sh("ip", &["link", "show", "dev", gone_name.as_str().unwrap()])
+            .status
+            .success()
+        {
+            assert!(
+                started.elapsed() < common::patience(Duration::from_secs(5)),
+                "{mode}: the veth outlived its namespace"
+            );
             sleep(Duration::from_millis(20));
         }
-        let to_gone: Vec<Vec<u8>> =
-            (0..20).map(|_| packets::ipv4(gone_mac, c0_mac, [10, 165 + i as u8, 0, 2], [10, 165 + i as u8, 0, 4])).collect();
+        let to_gone: Vec<Vec<u8>> = (0..20)
+            .map(|_| {
+                packets::ipv4(
+                    gone_mac,
+                    c0_mac,
+                    [10, 165 + i as u8, 0, 2],
+                    [10, 165 + i as u8, 0, 4],
+                )
+            })
+            .collect();
         assert_eq!(send_raw_frames(&t.ns("c0"), "eth0", &to_gone), 20);
         sleep(Duration::from_millis(200));
         // This is the first netpath command since the port went: the frames
         // met its stale entry.
-        let counters = (t.counter(&t.ns("c0"), "redirected"), t.counter(&t.ns("c0"), "pass_redirect_failed"));
-        assert_eq!(counters.0 - before.0, 0, "{mode}: frames redirected into a vanished port");
-        assert_eq!(counters.1 - before.1, 20, "{mode}: frames to the vanished port were not passed to the bridge");
+        let counters = (
+            t.counter(&t.ns("c0"), "redirected"),
+            t.counter(&t.ns("c0"), "pass_redirect_failed"),
+        );
+        assert_eq!(
+            counters.0 - before.0,
+            0,
+            "{mode}: frames redirected into a vanished port"
+        );
+        assert_eq!(
+            counters.1 - before.1,
+            20,
+            "{mode}: frames to the vanished port were not passed to the bridge"
+        );
 
         t.netpath_ok(&["port", "del", "--name", &t.name, "c3"]);
         let entries = t.fdb();
         for ifindex in [&gone_ifindex, &deleted_ifindex] {
-            assert!(!entries.iter().any(|e| &e["ifindex"] == ifindex), "{mode}: an entry of port {ifindex} stayed: {entries:?}");
+            assert!(
+                !entries.iter().any(|e| &e["ifindex"] == ifindex),
+                "{mode}: an entry of port {ifindex} stayed: {entries:?}"
+            );
         }
-        let stats: Value = serde_json::from_str(&t.netpath_ok(&["stats", "--name", &t.name, "--json"])).unwrap();
-        assert_eq!(stats.as_array().unwrap().len(), 2, "{mode}: state of removed ports stayed: {stats}");
+        let stats: Value =
+            serde_json::from_str(&t.netpath_ok(&["stats", "--name", &t.name, "--json"])).unwrap();
+        assert_eq!(
+            stats.as_array().unwrap().len(),
+            2,
+            "{mode}: state of removed ports stayed: {stats}"
+        );
         assert!(ping(&t.ns("c0"), &format!("{prefix}.3")), "{mode}");
     }
 }

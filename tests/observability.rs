@@ -11,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Host, KillOnDrop, Lines, Running, Topology, in_ns, outside, output_within, patience, ping, quiet};
+use common::{
+    Host, KillOnDrop, Lines, Running, Topology, in_ns, output_within, outside, patience, ping,
+    quiet,
+};
 use serde_json::Value;
 
 /// `netpath trace` of the topology in the background, killed if the test
@@ -44,27 +47,68 @@ const FRAME_PATIENCE: Duration = Duration::from_secs(10);
 #[test]
 fn trace_writes_a_pcap_that_tcpdump_reads() {
     for (i, mode) in ["xdp", "tc"].iter().enumerate() {
-        let t = Topology::up("trc", &["--containers", "2", "--subnet", &format!("10.{}.0.0/24", 160 + i), "--mode", mode]);
+        let t = Topology::up(
+            "trc",
+            &[
+                "--containers",
+                "2",
+                "--subnet",
+                &format!("10.{}.0.0/24", 160 + i),
+                "--mode",
+                mode,
+            ],
+        );
         let status = t.status();
-        let (mac0, mac1) = (status["ports"][0]["mac"].as_str().unwrap().to_owned(), status["ports"][1]["mac"].as_str().unwrap().to_owned());
+        let (mac0, mac1) = (
+            status["ports"][0]["mac"].as_str().unwrap().to_owned(),
+            status["ports"][1]["mac"].as_str().unwrap().to_owned(),
+        );
         let peer = format!("10.{}.0.3", 160 + i);
         assert!(ping(&t.ns("c0"), &peer)); // ARP done before the capture
         let pcap = std::env::temp_dir().join(format!("{}.pcap", t.name));
         let _remove_pcap = RemoveOnDrop(pcap.clone());
         let filter = format!("ip {peer}");
-        let tracer = trace(&t, &["--count", "6", "--write", pcap.to_str().unwrap(), "--filter", &filter]);
+        let tracer = trace(
+            &t,
+            &[
+                "--count",
+                "6",
+                "--write",
+                pcap.to_str().unwrap(),
+                "--filter",
+                &filter,
+            ],
+        );
         sleep(patience(Duration::from_millis(500)));
         let out = in_ns(&t.ns("c0"), &["ping", "-c", "3", "-i", "0.2", &peer]);
         assert!(out.status.success());
-        let traced = output_within(tracer, FRAME_PATIENCE, &format!("{mode}: trace of 3 pings (6 frames)"));
-        assert!(traced.status.success(), "{mode}: trace failed: {}", String::from_utf8_lossy(&traced.stderr));
+        let traced = output_within(
+            tracer,
+            FRAME_PATIENCE,
+            &format!("{mode}: trace of 3 pings (6 frames)"),
+        );
+        assert!(
+            traced.status.success(),
+            "{mode}: trace failed: {}",
+            String::from_utf8_lossy(&traced.stderr)
+        );
         let read = outside("tcpdump", &["-r", pcap.to_str().unwrap(), "-n", "-e"]);
         let text = String::from_utf8_lossy(&read.stdout).into_owned();
-        let requests = text.lines().filter(|l| l.contains("ICMP echo request")).count();
-        let replies = text.lines().filter(|l| l.contains("ICMP echo reply")).count();
+        let requests = text
+            .lines()
+            .filter(|l| l.contains("ICMP echo request"))
+            .count();
+        let replies = text
+            .lines()
+            .filter(|l| l.contains("ICMP echo reply"))
+            .count();
         assert_eq!((requests, replies), (3, 3), "{mode}: {text}");
         for line in text.lines() {
-            assert!(line.contains(&format!("{mac0} > {mac1}")) || line.contains(&format!("{mac1} > {mac0}")), "{mode}: {line}");
+            assert!(
+                line.contains(&format!("{mac0} > {mac1}"))
+                    || line.contains(&format!("{mac1} > {mac0}")),
+                "{mode}: {line}"
+            );
             assert!(line.contains("length 98"), "{mode}: {line}");
         }
     }
@@ -75,38 +119,94 @@ fn trace_writes_a_pcap_that_tcpdump_reads() {
 #[test]
 fn tracing_is_off_unless_asked() {
     let t = Topology::up("toff", &["--containers", "2", "--subnet", "10.162.0.0/24"]);
-    let flood = in_ns(&t.ns("c0"), &["ping", "-f", "-c", "500", "-q", "10.162.0.3"]);
+    let flood = in_ns(
+        &t.ns("c0"),
+        &["ping", "-f", "-c", "500", "-q", "10.162.0.3"],
+    );
     assert!(flood.status.success());
     let tracer = trace(&t, &["--count", "1"]);
     sleep(Duration::from_millis(1500));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(tracer.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(tracer.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let out = output_within(tracer, Duration::from_secs(5), "trace, interrupted");
-    assert!(out.stdout.is_empty(), "frames traced while tracing was off: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.stdout.is_empty(),
+        "frames traced while tracing was off: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // And when asked, it does see them, as lines.
     let tracer = trace(&t, &["--count", "2", "--port", "c0"]);
     sleep(Duration::from_millis(500));
     assert!(ping(&t.ns("c0"), "10.162.0.3"));
-    assert!(in_ns(&t.ns("c0"), &["ping", "-c", "1", "10.162.0.3"]).status.success());
+    assert!(
+        in_ns(&t.ns("c0"), &["ping", "-c", "1", "10.162.0.3"])
+            .status
+            .success()
+    );
     let out = output_within(tracer, FRAME_PATIENCE, "trace --count 2 of two pings");
     let lines = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(lines.lines().count(), 2, "{lines}");
-    assert!(lines.lines().all(|l| l.contains(&format!("{} > {}", t.ns("c0"), t.ns("c1"))) && l.contains("ICMP")), "{lines}");
+    assert!(
+        lines
+            .lines()
+            .all(|l| l.contains(&format!("{} > {}", t.ns("c0"), t.ns("c1"))) && l.contains("ICMP")),
+        "{lines}"
+    );
 }
 
 #[test]
 fn monitor_reports_learned_and_aged_out_entries() {
-    let run = Running::start("mon", &["--containers", "2", "--subnet", "10.163.0.0/24", "--ageing", "2"]);
+    let run = Running::start(
+        "mon",
+        &[
+            "--containers",
+            "2",
+            "--subnet",
+            "10.163.0.0/24",
+            "--ageing",
+            "2",
+        ],
+    );
     let t = &run.topology;
     // A container without the source check (it routes for others) sends
     // from a MAC not its own, which is learned; it speaks only when spoken
     // to, so the entry can age.
-    t.netpath_ok(&["port", "add", "--name", &t.name, "rt", "--no-source-check", "--ip", "10.163.0.9/24"]);
+    t.netpath_ok(&[
+        "port",
+        "add",
+        "--name",
+        &t.name,
+        "rt",
+        "--no-source-check",
+        "--ip",
+        "10.163.0.9/24",
+    ]);
     let router = t.ns("rt");
     let mac = "02:77:77:00:01:09".to_owned();
-    in_ns(&router, &["ip", "link", "set", "dev", "eth0", "address", &mac]);
+    in_ns(
+        &router,
+        &["ip", "link", "set", "dev", "eth0", "address", &mac],
+    );
     quiet(&router);
     let c0_mac = t.status()["ports"][0]["mac"].as_str().unwrap().to_owned();
-    in_ns(&router, &["ip", "neigh", "replace", "10.163.0.2", "lladdr", &c0_mac, "dev", "eth0", "nud", "permanent"]);
+    in_ns(
+        &router,
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            "10.163.0.2",
+            "lladdr",
+            &c0_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    );
     let mut monitor = KillOnDrop(
         t.netpath_command()
             .args(["monitor", "--name", &t.name, "--json"])
@@ -118,20 +218,37 @@ fn monitor_reports_learned_and_aged_out_entries() {
     let events = Lines::of(monitor.stdout.take().unwrap(), "netpath monitor's stdout");
     let log = Lines::of(monitor.stderr.take().unwrap(), "netpath monitor's stderr");
     // Wait until it has its first snapshot, or it would miss the first events.
-    let ready = log.next_before(Instant::now() + patience(Duration::from_secs(5)), &"its first snapshot");
+    let ready = log.next_before(
+        Instant::now() + patience(Duration::from_secs(5)),
+        &"its first snapshot",
+    );
     assert!(ready.starts_with("monitoring the FDB"), "{ready}");
     assert!(ping(&t.ns("c0"), "10.163.0.9")); // the router answers: learned
     // Learned now, aged out after 2 s of silence and seen by a scan of the
     // FDB every 100 ms: 15 s is plenty.
     let deadline = Instant::now() + patience(Duration::from_secs(15));
     let mut seen = Vec::new();
-    while !seen.iter().any(|(k, m): &(String, String)| k == "aged_out" && *m == mac) {
-        let line = events.next_before(deadline, &format_args!("learned, aged_out of {mac}; saw {seen:?}"));
-        let event: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("monitor printed {line:?}: {e}"));
-        seen.push((event["event"].as_str().unwrap().to_owned(), event["mac"].as_str().unwrap().to_owned()));
+    while !seen
+        .iter()
+        .any(|(k, m): &(String, String)| k == "aged_out" && *m == mac)
+    {
+        let line = events.next_before(
+            deadline,
+            &format_args!("learned, aged_out of {mac}; saw {seen:?}"),
+        );
+        let event: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("monitor printed {line:?}: {e}"));
+        seen.push((
+            event["event"].as_str().unwrap().to_owned(),
+            event["mac"].as_str().unwrap().to_owned(),
+        ));
     }
     drop(monitor);
-    let kinds: Vec<&str> = seen.iter().filter(|(_, m)| *m == mac).map(|(k, _)| k.as_str()).collect();
+    let kinds: Vec<&str> = seen
+        .iter()
+        .filter(|(_, m)| *m == mac)
+        .map(|(k, _)| k.as_str())
+        .collect();
     assert_eq!(kinds, ["learned", "aged_out"]);
 }
 
@@ -140,11 +257,17 @@ fn monitor_reports_learned_and_aged_out_entries() {
 /// once that port answers, with its address.
 fn run_with_metrics(tag: &str, subnet: &str) -> (Running, String) {
     let addr = "127.0.0.1:9465".to_owned();
-    let run = Running::start(tag, &["--containers", "2", "--subnet", subnet, "--metrics", &addr]);
+    let run = Running::start(
+        tag,
+        &["--containers", "2", "--subnet", subnet, "--metrics", &addr],
+    );
     // `run` serves metrics a moment after the topology is up.
     let started = Instant::now();
     while !run.topology.run(|| TcpStream::connect(&addr).is_ok()) {
-        assert!(started.elapsed() < Duration::from_secs(5), "nothing listens on {addr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "nothing listens on {addr}"
+        );
         sleep(Duration::from_millis(50));
     }
     (run, addr)
@@ -161,12 +284,23 @@ fn get_here(addr: &str, path: &str) -> String {
     let mut stream = TcpStream::connect_timeout(&addr.parse().unwrap(), SCRAPE_TIMEOUT).unwrap();
     stream.set_read_timeout(Some(SCRAPE_TIMEOUT)).unwrap();
     stream.set_write_timeout(Some(SCRAPE_TIMEOUT)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     if let Err(e) = stream.read_to_string(&mut response) {
-        panic!("GET {path} from {addr}: {e} after {:?}; got {response:?}", started.elapsed());
+        panic!(
+            "GET {path} from {addr}: {e} after {:?}; got {response:?}",
+            started.elapsed()
+        );
     }
-    assert!(started.elapsed() < SCRAPE_TIMEOUT, "GET {path} from {addr} took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < SCRAPE_TIMEOUT,
+        "GET {path} from {addr} took {:?}",
+        started.elapsed()
+    );
     response
 }
 
@@ -194,21 +328,39 @@ fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
             kinds.insert(name.to_owned(), kind.to_owned());
         } else if line.starts_with("# HELP ") || line == "# EOF" {
         } else {
-            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
+            let (series, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {line:?}"));
             let name = series.split('{').next().unwrap();
-            assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && name.starts_with("netpath_"), "{line}");
+            assert!(
+                name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && name.starts_with("netpath_"),
+                "{line}"
+            );
             let family = match name.strip_suffix("_total") {
                 Some(family) => {
-                    assert_eq!(kinds.get(family).map(String::as_str), Some("counter"), "{name} is not a counter's sample");
+                    assert_eq!(
+                        kinds.get(family).map(String::as_str),
+                        Some("counter"),
+                        "{name} is not a counter's sample"
+                    );
                     family
                 }
                 None => name,
             };
             assert!(kinds.contains_key(family), "{name} has no TYPE before it");
             if let Some(labels) = series.strip_prefix(name) {
-                assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "{line}");
+                assert!(
+                    labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                    "{line}"
+                );
             }
-            samples.insert(series.to_owned(), value.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {line:?}")));
+            samples.insert(
+                series.to_owned(),
+                value
+                    .parse::<f64>()
+                    .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            );
         }
     }
     samples
@@ -218,14 +370,35 @@ fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
 fn metrics_answer_on_loopback_and_move_with_traffic() {
     let (run, addr) = run_with_metrics("met", "10.164.0.0/24");
     let t = &run.topology;
-    let series = format!("netpath_redirected_packets_total{{topology=\"{}\",port=\"{}\"}}", t.name, t.ns("c0"));
+    let series = format!(
+        "netpath_redirected_packets_total{{topology=\"{}\",port=\"{}\"}}",
+        t.name,
+        t.ns("c0")
+    );
     let before = parse_prometheus(&scrape(t, &addr));
-    assert_eq!(before[&format!("netpath_info{{topology=\"{}\",mode=\"tc\"}}", t.name)], 1.0);
-    assert_eq!(before[&format!("netpath_fdb_entries{{topology=\"{}\",state=\"static\"}}", t.name)], 2.0);
-    let flood = in_ns(&t.ns("c0"), &["ping", "-f", "-c", "200", "-q", "10.164.0.3"]);
+    assert_eq!(
+        before[&format!("netpath_info{{topology=\"{}\",mode=\"tc\"}}", t.name)],
+        1.0
+    );
+    assert_eq!(
+        before[&format!(
+            "netpath_fdb_entries{{topology=\"{}\",state=\"static\"}}",
+            t.name
+        )],
+        2.0
+    );
+    let flood = in_ns(
+        &t.ns("c0"),
+        &["ping", "-f", "-c", "200", "-q", "10.164.0.3"],
+    );
     assert!(flood.status.success());
     let after = parse_prometheus(&scrape(t, &addr));
-    assert!(after[&series] >= before[&series] + 200.0, "{series}: {} -> {}", before[&series], after[&series]);
+    assert!(
+        after[&series] >= before[&series] + 200.0,
+        "{series}: {} -> {}",
+        before[&series],
+        after[&series]
+    );
 }
 
 /// Issue 11: a client that connects and sends nothing must not hold up a
@@ -239,7 +412,10 @@ fn metrics_scrape_succeeds_while_a_client_idles() {
     let started = Instant::now();
     let samples = parse_prometheus(&scrape(t, &addr));
     eprintln!("scrape with an idle client open: {:?}", started.elapsed());
-    assert_eq!(samples[&format!("netpath_info{{topology=\"{}\",mode=\"tc\"}}", t.name)], 1.0);
+    assert_eq!(
+        samples[&format!("netpath_info{{topology=\"{}\",mode=\"tc\"}}", t.name)],
+        1.0
+    );
     assert!(get(t, &addr, "/").starts_with("HTTP/1.1 404"));
     drop(idle);
 }
@@ -253,25 +429,52 @@ fn a_killed_tracer_stops_tracing_and_a_second_is_refused() {
     let mut tracer = trace(&t, &[]);
     sleep(patience(Duration::from_millis(500)));
     // Refused at once; one that was let in would wait for a frame.
-    let second = output_within(trace(&t, &["--count", "1"]), Duration::from_secs(5), "a second tracer, to be refused");
+    let second = output_within(
+        trace(&t, &["--count", "1"]),
+        Duration::from_secs(5),
+        "a second tracer, to be refused",
+    );
     let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(!second.status.success() && stderr.contains("already traced"), "second tracer: {stderr}");
+    assert!(
+        !second.status.success() && stderr.contains("already traced"),
+        "second tracer: {stderr}"
+    );
     tracer.kill().unwrap(); // SIGKILL: no chance to turn tracing off
     tracer.wait().unwrap();
     sleep(netpath::observe::trace::LEASE + Duration::from_millis(200));
     let maps = netpath::datapath::maps(&t.name).unwrap();
     let mut ring = maps.trace().unwrap();
     while ring.next().is_some() {} // what the dead tracer left unread
-    assert!(in_ns(&t.ns("c0"), &["ping", "-f", "-c", "200", "-q", "10.166.0.3"]).status.success());
+    assert!(
+        in_ns(
+            &t.ns("c0"),
+            &["ping", "-f", "-c", "200", "-q", "10.166.0.3"]
+        )
+        .status
+        .success()
+    );
     let mut copied = 0;
     while ring.next().is_some() {
         copied += 1;
     }
-    assert_eq!(copied, 0, "frames copied for a tracer killed {:?} ago", netpath::observe::trace::LEASE);
+    assert_eq!(
+        copied,
+        0,
+        "frames copied for a tracer killed {:?} ago",
+        netpath::observe::trace::LEASE
+    );
     // The lock died with the tracer: a new one may start and sees frames.
     let again = trace(&t, &["--count", "1"]);
     sleep(patience(Duration::from_millis(300)));
     assert!(ping(&t.ns("c0"), "10.166.0.3"));
-    let out = output_within(again, FRAME_PATIENCE, "a new tracer after the killed one, to see a ping");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = output_within(
+        again,
+        FRAME_PATIENCE,
+        "a new tracer after the killed one, to see a ping",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

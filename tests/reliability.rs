@@ -10,8 +10,8 @@ use std::{
 };
 
 use common::{
-    BridgeForwardCounter, Host, Running, Topology, frame, in_ns, link_packets, outside, parse_mac, ping,
-    send_raw_frames, spawn_in, unique_name,
+    BridgeForwardCounter, Host, Running, Topology, frame, in_ns, link_packets, outside, parse_mac,
+    ping, send_raw_frames, spawn_in, unique_name,
 };
 use netpath::{
     datapath::{
@@ -23,10 +23,8 @@ use netpath::{
     ops::fault,
     store,
 };
-use std::os::unix::process::ExitStatusExt;
 use serde_json::Value;
-
-
+use std::os::unix::process::ExitStatusExt;
 
 /// 32 containers, 16 disjoint pairs of iperf3 TCP for 10 s in each mode:
 /// every stream completes without stalling, and in xdp and tc mode the fast
@@ -35,32 +33,72 @@ use serde_json::Value;
 /// at least 99%. Bridge mode is the control: there the bridge counts them.
 #[test]
 fn sixteen_pairs_of_tcp_in_every_mode() {
-    let t = Topology::up("load", &["--containers", "32", "--subnet", "10.140.0.0/24", "--mode", "xdp"]);
-    let redirected = |t: &Topology| -> u64 { t.program_counters().iter().map(|(_, c)| c["redirected"].as_u64().unwrap()).sum() };
+    let t = Topology::up(
+        "load",
+        &[
+            "--containers",
+            "32",
+            "--subnet",
+            "10.140.0.0/24",
+            "--mode",
+            "xdp",
+        ],
+    );
+    let redirected = |t: &Topology| -> u64 {
+        t.program_counters()
+            .iter()
+            .map(|(_, c)| c["redirected"].as_u64().unwrap())
+            .sum()
+    };
     for mode in ["xdp", "tc", "bridge"] {
         t.netpath_ok(&["mode", "--name", &t.name, mode]);
-        assert_eq!(t.status()["mode"], mode, "the topology is not in {mode} mode");
+        assert_eq!(
+            t.status()["mode"],
+            mode,
+            "the topology is not in {mode} mode"
+        );
         let servers: Vec<Child> = (0..16)
-            .map(|p| spawn_in(&t.ns(&format!("c{}", 2 * p + 1)), &["iperf3", "-s", "-1", "-p", "5401"]))
+            .map(|p| {
+                spawn_in(
+                    &t.ns(&format!("c{}", 2 * p + 1)),
+                    &["iperf3", "-s", "-1", "-p", "5401"],
+                )
+            })
             .collect();
         sleep(common::patience(Duration::from_millis(500)));
         // Counted from here: the frames of the iperf3 runs (and the few
         // ARP and IPv6 frames the containers send meanwhile).
         let bridge = BridgeForwardCounter::from_ports_of(&t);
-        let sent_before: u64 = (0..32).map(|c| link_packets(&t.ns(&format!("c{c}")), "eth0").1).sum();
-        let (verdicts_before, redirected_before) =
-            if mode == "bridge" { (0, 0) } else { (t.all_verdicts(), redirected(&t)) };
+        let sent_before: u64 = (0..32)
+            .map(|c| link_packets(&t.ns(&format!("c{c}")), "eth0").1)
+            .sum();
+        let (verdicts_before, redirected_before) = if mode == "bridge" {
+            (0, 0)
+        } else {
+            (t.all_verdicts(), redirected(&t))
+        };
         let clients: Vec<Child> = (0..16)
             .map(|p| {
                 let server_ip = format!("10.140.0.{}", 2 * p + 3);
-                spawn_in(&t.ns(&format!("c{}", 2 * p)), &["iperf3", "-c", &server_ip, "-p", "5401", "-t", "10", "-J"])
+                spawn_in(
+                    &t.ns(&format!("c{}", 2 * p)),
+                    &["iperf3", "-c", &server_ip, "-p", "5401", "-t", "10", "-J"],
+                )
             })
             .collect();
         for (p, client) in clients.into_iter().enumerate() {
             let out = client.wait_with_output().unwrap();
-            let report: Value = serde_json::from_slice(&out.stdout)
-                .unwrap_or_else(|_| panic!("{mode}: pair {p}: no iperf3 report: {}", String::from_utf8_lossy(&out.stderr)));
-            assert!(report.get("error").is_none(), "{mode}: pair {p}: {}", report["error"]);
+            let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+                panic!(
+                    "{mode}: pair {p}: no iperf3 report: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+            assert!(
+                report.get("error").is_none(),
+                "{mode}: pair {p}: {}",
+                report["error"]
+            );
             let intervals = report["intervals"].as_array().unwrap();
             assert!(intervals.len() >= 9, "{mode}: pair {p} ended early");
             for (i, interval) in intervals.iter().enumerate() {
@@ -71,19 +109,33 @@ fn sixteen_pairs_of_tcp_in_every_mode() {
             let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap();
             // The receiver stops counting when the sender stops: what was in
             // flight then is not lost (TCP), just not counted.
-            assert!(received > 0 && received * 10 >= sent * 9, "{mode}: pair {p}: {received} of {sent} bytes");
+            assert!(
+                received > 0 && received * 10 >= sent * 9,
+                "{mode}: pair {p}: {received} of {sent} bytes"
+            );
         }
         for mut server in servers {
             let _ = server.wait();
         }
-        let sent: u64 = (0..32).map(|c| link_packets(&t.ns(&format!("c{c}")), "eth0").1).sum::<u64>() - sent_before;
+        let sent: u64 = (0..32)
+            .map(|c| link_packets(&t.ns(&format!("c{c}")), "eth0").1)
+            .sum::<u64>()
+            - sent_before;
         let through_bridge = bridge.packets();
-        println!("{mode}: the containers sent {sent} frames, the bridge forwarded {through_bridge}");
-        assert!(sent > 10_000, "{mode}: only {sent} frames sent: too little traffic to tell the paths apart");
+        println!(
+            "{mode}: the containers sent {sent} frames, the bridge forwarded {through_bridge}"
+        );
+        assert!(
+            sent > 10_000,
+            "{mode}: only {sent} frames sent: too little traffic to tell the paths apart"
+        );
         if mode == "bridge" {
             // The control: without programs the bridge forwards them all,
             // so the counter above can tell the paths apart.
-            assert!(through_bridge * 10 >= sent * 9, "bridge: the bridge forwarded only {through_bridge} of {sent} frames");
+            assert!(
+                through_bridge * 10 >= sent * 9,
+                "bridge: the bridge forwarded only {through_bridge} of {sent} frames"
+            );
             continue;
         }
         assert!(
@@ -91,10 +143,16 @@ fn sixteen_pairs_of_tcp_in_every_mode() {
             "{mode}: the bridge forwarded {through_bridge} of {sent} frames (> 1%): the fast path is bypassed"
         );
         let redirected = redirected(&t) - redirected_before;
-        assert!(redirected * 100 >= sent * 99, "{mode}: the programs redirected {redirected} of {sent} frames (< 99%)");
+        assert!(
+            redirected * 100 >= sent * 99,
+            "{mode}: the programs redirected {redirected} of {sent} frames (< 99%)"
+        );
         // Every frame the containers sent met a verdict of the programs.
         let decided = t.all_verdicts() - verdicts_before;
-        assert!(decided.abs_diff(sent) <= 50 + sent / 1000, "{mode}: {sent} frames sent, {decided} decided");
+        assert!(
+            decided.abs_diff(sent) <= 50 + sent / 1000,
+            "{mode}: {sent} frames sent, {decided} decided"
+        );
     }
 }
 
@@ -105,41 +163,106 @@ fn sixteen_pairs_of_tcp_in_every_mode() {
 fn churn_under_load() {
     let mut run = Running::start("churn", &["--containers", "5", "--subnet", "10.141.0.0/24"]);
     let (t, name) = (&run.topology, run.topology.name.clone());
-    let pinger = spawn_in(&t.ns("c0"), &["ping", "-c", "300", "-i", "0.02", "-W", "1", "-q", "10.141.0.3"]);
+    let pinger = spawn_in(
+        &t.ns("c0"),
+        &[
+            "ping",
+            "-c",
+            "300",
+            "-i",
+            "0.02",
+            "-W",
+            "1",
+            "-q",
+            "10.141.0.3",
+        ],
+    );
     let server = spawn_in(&t.ns("c3"), &["iperf3", "-s", "-1", "-p", "5402"]);
     sleep(Duration::from_millis(300));
-    let client = spawn_in(&t.ns("c2"), &["iperf3", "-c", "10.141.0.5", "-p", "5402", "-t", "5", "-J"]);
+    let client = spawn_in(
+        &t.ns("c2"),
+        &["iperf3", "-c", "10.141.0.5", "-p", "5402", "-t", "5", "-J"],
+    );
 
     t.netpath_ok(&["port", "add", "--name", &name, "x1"]);
     t.netpath_ok(&["port", "del", "--name", &name, "x1"]);
     let status = t.status();
-    let c4 = status["ports"].as_array().unwrap().iter().find(|p| p["netns"] == t.ns("c4")).unwrap().clone();
-    let (c4_mac, c4_ifindex) = (c4["mac"].as_str().unwrap().to_owned(), c4["ifindex"].as_u64().unwrap());
+    let c4 = status["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["netns"] == t.ns("c4"))
+        .unwrap()
+        .clone();
+    let (c4_mac, c4_ifindex) = (
+        c4["mac"].as_str().unwrap().to_owned(),
+        c4["ifindex"].as_u64().unwrap(),
+    );
     // A crashed runtime: the namespace goes, netpath is not asked.
-    assert!(outside("ip", &["netns", "del", &t.ns("c4")]).status.success());
+    assert!(
+        outside("ip", &["netns", "del", &t.ns("c4")])
+            .status
+            .success()
+    );
     let started = Instant::now();
     loop {
-        let gone = t.fdb().iter().all(|e| e["ifindex"].as_u64() != Some(c4_ifindex));
-        if gone && !t.status()["ports"].as_array().unwrap().iter().any(|p| p["netns"] == t.ns("c4")) {
+        let gone = t
+            .fdb()
+            .iter()
+            .all(|e| e["ifindex"].as_u64() != Some(c4_ifindex));
+        if gone
+            && !t.status()["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["netns"] == t.ns("c4"))
+        {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(3), "entries of the vanished port stayed");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "entries of the vanished port stayed"
+        );
         sleep(Duration::from_millis(50));
     }
     // The container comes back on a new port, same MAC, same address.
     let started = Instant::now();
-    t.netpath_ok(&["port", "add", "--name", &name, "c4b", "--mac", &c4_mac, "--ip", "10.141.0.6/24"]);
-    let entry = t.fdb().into_iter().find(|e| e["mac"] == c4_mac.as_str()).expect("MAC back in the FDB");
+    t.netpath_ok(&[
+        "port",
+        "add",
+        "--name",
+        &name,
+        "c4b",
+        "--mac",
+        &c4_mac,
+        "--ip",
+        "10.141.0.6/24",
+    ]);
+    let entry = t
+        .fdb()
+        .into_iter()
+        .find(|e| e["mac"] == c4_mac.as_str())
+        .expect("MAC back in the FDB");
     assert_eq!(entry["ifname"], t.ns("c4b").as_str());
-    assert!(ping(&t.ns("c0"), "10.141.0.6"), "the re-created container gets no traffic");
+    assert!(
+        ping(&t.ns("c0"), "10.141.0.6"),
+        "the re-created container gets no traffic"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
 
     let out = client.wait_with_output().unwrap();
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(report.get("error").is_none(), "iperf3 between c2 and c3 broke: {}", report["error"]);
+    assert!(
+        report.get("error").is_none(),
+        "iperf3 between c2 and c3 broke: {}",
+        report["error"]
+    );
     let _ = server.wait_with_output();
     let summary = String::from_utf8_lossy(&pinger.wait_with_output().unwrap().stdout).into_owned();
-    assert!(summary.contains(" 300 received"), "c0 -> c1 lost packets during churn: {summary}");
+    assert!(
+        summary.contains(" 300 received"),
+        "c0 -> c1 lost packets during churn: {summary}"
+    );
     assert!(run.interrupt());
     assert_eq!(run.topology.leftovers(&name), Vec::<String>::new());
 }
@@ -149,9 +272,20 @@ fn churn_under_load() {
 const FAULT_CONTAINERS: usize = 3;
 
 fn faulty_up_args(name: &str) -> Vec<String> {
-    ["up", "--name", name, "--containers", "3", "--subnet", "10.142.0.0/24", "--mode", "tc", "--nat"]
-        .map(String::from)
-        .to_vec()
+    [
+        "up",
+        "--name",
+        name,
+        "--containers",
+        "3",
+        "--subnet",
+        "10.142.0.0/24",
+        "--mode",
+        "tc",
+        "--nat",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// Every fault point of such an `up`, in the order `up` reaches them.
@@ -166,7 +300,12 @@ fn fault_points() -> Vec<fault::Point> {
 }
 
 /// Runs a faulty `up` of `name` with `NETPATH_FAULT=point:action`.
-fn up_with_fault(host: &Host, name: &str, point: fault::Point, action: &str) -> std::process::Output {
+fn up_with_fault(
+    host: &Host,
+    name: &str,
+    point: fault::Point,
+    action: &str,
+) -> std::process::Output {
     host.netpath_command()
         .args(faulty_up_args(name))
         .env(fault::FAULT_ENV, format!("{point}:{action}"))
@@ -176,18 +315,25 @@ fn up_with_fault(host: &Host, name: &str, point: fault::Point, action: &str) -> 
 
 /// The host's IPv4 forwarding sysctl (the faulty topologies' only family).
 fn ip_forward(host: &Host) -> String {
-    String::from_utf8_lossy(&host.sh("sysctl", &["-n", "net.ipv4.ip_forward"]).stdout).trim().to_owned()
+    String::from_utf8_lossy(&host.sh("sysctl", &["-n", "net.ipv4.ip_forward"]).stdout)
+        .trim()
+        .to_owned()
 }
 
 /// Ports of topology `name` that have netpath's tc program attached.
 fn ports_with_tc_program(host: &Host, name: &str) -> usize {
     match hooks::TcMethod::for_this_kernel() {
         // tcx links are pinned, one per port.
-        hooks::TcMethod::Tcx => std::fs::read_dir(hooks::Hook::Tc.dir(&pin_dir(name))).map(|d| d.count()).unwrap_or(0),
+        hooks::TcMethod::Tcx => std::fs::read_dir(hooks::Hook::Tc.dir(&pin_dir(name)))
+            .map(|d| d.count())
+            .unwrap_or(0),
         // clsact filters are not pinned: ask the kernel.
         hooks::TcMethod::Clsact => (0..FAULT_CONTAINERS)
             .filter(|c| {
-                let out = host.sh("tc", &["filter", "show", "dev", &format!("{name}-c{c}"), "ingress"]);
+                let out = host.sh(
+                    "tc",
+                    &["filter", "show", "dev", &format!("{name}-c{c}"), "ingress"],
+                );
                 String::from_utf8_lossy(&out.stdout).contains(netpath_common::programs::TC_FORWARD)
             })
             .count(),
@@ -198,40 +344,72 @@ fn ports_with_tc_program(host: &Host, name: &str) -> usize {
 /// that phase, not an earlier or later one.
 fn assert_killed_at(host: &Host, name: &str, point: fault::Point) {
     use fault::Point;
-    let record = store::topology::load(name).expect("reading the record").unwrap_or_else(|| panic!("{point}: no record"));
+    let record = store::topology::load(name)
+        .expect("reading the record")
+        .unwrap_or_else(|| panic!("{point}: no record"));
     assert!(!record.complete, "{point}: the record says complete");
-    let bridge_exists = host.sh("ip", &["link", "show", &format!("{name}-br")]).status.success();
+    let bridge_exists = host
+        .sh("ip", &["link", "show", &format!("{name}-br")])
+        .status
+        .success();
     assert_eq!(bridge_exists, point != Point::Record, "{point}: bridge");
-    let containers = (0..FAULT_CONTAINERS).filter(|c| netns::exists(&format!("{name}-c{c}"))).count();
+    let containers = (0..FAULT_CONTAINERS)
+        .filter(|c| netns::exists(&format!("{name}-c{c}")))
+        .count();
     let expected_containers = match point {
         Point::Record | Point::Bridge => 0,
         Point::Container(n) => n + 1,
         _ => FAULT_CONTAINERS,
     };
-    assert_eq!(containers, expected_containers, "{point}: container namespaces");
+    assert_eq!(
+        containers, expected_containers,
+        "{point}: container namespaces"
+    );
     let nat_on = !matches!(point, Point::Record | Point::Bridge | Point::Container(_));
     assert_eq!(nat_table_exists(host, name), nat_on, "{point}: NAT table");
-    assert_eq!(ip_forward(host), if nat_on { "1" } else { "0" }, "{point}: ip_forward");
+    assert_eq!(
+        ip_forward(host),
+        if nat_on { "1" } else { "0" },
+        "{point}: ip_forward"
+    );
     let maps_pinned = matches!(point, Point::Maps | Point::Attached(_) | Point::Built);
-    assert_eq!(pin_dir(name).join(netpath_common::maps::FDB_STATIC).exists(), maps_pinned, "{point}: pinned maps");
+    assert_eq!(
+        pin_dir(name)
+            .join(netpath_common::maps::FDB_STATIC)
+            .exists(),
+        maps_pinned,
+        "{point}: pinned maps"
+    );
     let attached = match point {
         Point::Attached(n) => n + 1,
         Point::Built => FAULT_CONTAINERS,
         _ => 0,
     };
-    assert_eq!(ports_with_tc_program(host, name), attached, "{point}: ports with the tc program");
+    assert_eq!(
+        ports_with_tc_program(host, name),
+        attached,
+        "{point}: ports with the tc program"
+    );
 }
 
 fn nat_table_exists(host: &Host, name: &str) -> bool {
-    host.sh("nft", &["list", "table", "inet", &nat_table(name)]).status.success()
+    host.sh("nft", &["list", "table", "inet", &nat_table(name)])
+        .status
+        .success()
 }
 
 /// Nothing of topology `name` on `host`: links, namespaces, NAT table, pins,
 /// record and locks, its claim on the NAT record, and forwarding as before.
 fn assert_nothing_left(host: &Host, name: &str, when: &str) {
     assert_eq!(host.leftovers(name), Vec::<String>::new(), "{when}");
-    let nat_users = host.run(|| store::nat::NatRecord::load(&store::nat::key()?)).expect("reading the NAT record").users;
-    assert!(!nat_users.contains(name), "{when}: {name} still counted as a NAT user");
+    let nat_users = host
+        .run(|| store::nat::NatRecord::load(&store::nat::key()?))
+        .expect("reading the NAT record")
+        .users;
+    assert!(
+        !nat_users.contains(name),
+        "{when}: {name} still counted as a NAT user"
+    );
     assert_eq!(ip_forward(host), "0", "{when}: ip_forward not restored");
 }
 
@@ -256,15 +434,38 @@ fn sigkill_during_up_is_recovered() {
             );
             assert_killed_at(&host, &name, point);
             if recovery == "up" {
-                host.netpath_ok(&faulty_up_args(&name).iter().map(String::as_str).collect::<Vec<_>>());
-                assert_eq!(t.status()["ports"].as_array().unwrap().len(), FAULT_CONTAINERS, "{point}: up after kill");
+                host.netpath_ok(
+                    &faulty_up_args(&name)
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>(),
+                );
+                assert_eq!(
+                    t.status()["ports"].as_array().unwrap().len(),
+                    FAULT_CONTAINERS,
+                    "{point}: up after kill"
+                );
                 let before = t.counter(&t.ns("c0"), "redirected");
-                assert!(ping(&t.ns("c0"), "10.142.0.4"), "{point}: c0 cannot reach c2 after up recovered");
-                assert!(t.counter(&t.ns("c0"), "redirected") > before, "{point}: no fast path after up recovered");
-                assert_eq!(ports_with_tc_program(&host, &name), FAULT_CONTAINERS, "{point}: programs after up recovered");
+                assert!(
+                    ping(&t.ns("c0"), "10.142.0.4"),
+                    "{point}: c0 cannot reach c2 after up recovered"
+                );
+                assert!(
+                    t.counter(&t.ns("c0"), "redirected") > before,
+                    "{point}: no fast path after up recovered"
+                );
+                assert_eq!(
+                    ports_with_tc_program(&host, &name),
+                    FAULT_CONTAINERS,
+                    "{point}: programs after up recovered"
+                );
             }
             host.netpath_ok(&["down", "--name", &name]);
-            assert_nothing_left(&host, &name, &format!("SIGKILL at {point}, then {recovery}"));
+            assert_nothing_left(
+                &host,
+                &name,
+                &format!("SIGKILL at {point}, then {recovery}"),
+            );
         }
     }
 }
@@ -281,7 +482,8 @@ fn a_failure_at_every_phase_of_up_rolls_back() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{point}: {stderr}");
         assert!(
-            stderr.contains(&format!("injected fault at {point}")) && stderr.contains("rolled back"),
+            stderr.contains(&format!("injected fault at {point}"))
+                && stderr.contains("rolled back"),
             "{point}: {stderr}"
         );
         assert_nothing_left(&host, &name, &format!("failure at {point}"));
@@ -295,14 +497,38 @@ fn two_loaders_on_one_topology() {
     let host = Host::new();
     let name = unique_name("two");
     let t = Topology::adopt(&host, &name);
-    let args = ["up", "--name", &name, "--containers", "16", "--subnet", "10.143.0.0/24"];
-    let spawn = || host.netpath_command().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let args = [
+        "up",
+        "--name",
+        &name,
+        "--containers",
+        "16",
+        "--subnet",
+        "10.143.0.0/24",
+    ];
+    let spawn = || {
+        host.netpath_command()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
     let (a, b) = (spawn(), spawn());
     let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
-    let created = outs.iter().filter(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("containers, mode")).count();
+    let created = outs
+        .iter()
+        .filter(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("containers, mode")
+        })
+        .count();
     assert_eq!(created, 1, "exactly one up must build the topology");
     for out in &outs {
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(
             out.status.success() || text.contains("being changed by another netpath process"),
             "unexpected outcome: {text}"
@@ -313,49 +539,144 @@ fn two_loaders_on_one_topology() {
 
     let mut run = host
         .netpath_command()
-        .args(["run", "--name", &name, "--containers", "16", "--subnet", "10.143.0.0/24", "--keep"])
+        .args([
+            "run",
+            "--name",
+            &name,
+            "--containers",
+            "16",
+            "--subnet",
+            "10.143.0.0/24",
+            "--keep",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     sleep(Duration::from_millis(800));
-    let second = host.netpath(&["run", "--name", &name, "--containers", "16", "--subnet", "10.143.0.0/24"]);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(run.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let second = host.netpath(&[
+        "run",
+        "--name",
+        &name,
+        "--containers",
+        "16",
+        "--subnet",
+        "10.143.0.0/24",
+    ]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let _ = run.wait();
     assert!(!second.status.success());
-    assert!(String::from_utf8_lossy(&second.stderr).contains("already run by another"), "{:?}", second);
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("already run by another"),
+        "{:?}",
+        second
+    );
 }
 
 #[test]
 fn jumbo_frames_work_or_are_refused_clearly() {
     for (i, mode) in ["tc", "bridge"].iter().enumerate() {
         let subnet = format!("10.{}.0.0/24", 145 + i);
-        let t = Topology::up("jum", &["--containers", "2", "--subnet", &subnet, "--mode", mode, "--mtu", "9000"]);
+        let t = Topology::up(
+            "jum",
+            &[
+                "--containers",
+                "2",
+                "--subnet",
+                &subnet,
+                "--mode",
+                mode,
+                "--mtu",
+                "9000",
+            ],
+        );
         let peer = format!("10.{}.0.3", 145 + i);
-        let out = in_ns(&t.ns("c0"), &["ping", "-c", "2", "-W", "2", "-M", "do", "-s", "8900", &peer]);
-        assert!(out.status.success(), "{mode}: 8900-byte unfragmented ping failed");
+        let out = in_ns(
+            &t.ns("c0"),
+            &[
+                "ping", "-c", "2", "-W", "2", "-M", "do", "-s", "8900", &peer,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{mode}: 8900-byte unfragmented ping failed"
+        );
         let server = Command::new("ip")
-            .args(["netns", "exec", &t.ns("c1"), "iperf3", "-s", "-1", "-p", "5403"])
+            .args([
+                "netns",
+                "exec",
+                &t.ns("c1"),
+                "iperf3",
+                "-s",
+                "-1",
+                "-p",
+                "5403",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
         sleep(Duration::from_millis(300));
-        let out = in_ns(&t.ns("c0"), &["iperf3", "-c", &peer, "-p", "5403", "-t", "1", "-M", "8900"]);
+        let out = in_ns(
+            &t.ns("c0"),
+            &["iperf3", "-c", &peer, "-p", "5403", "-t", "1", "-M", "8900"],
+        );
         let _ = server.wait_with_output();
         assert!(out.status.success(), "{mode}: jumbo TCP failed");
     }
     let host = Host::new();
     let name = unique_name("jx");
-    let out = host.netpath(&["up", "--name", &name, "--containers", "2", "--subnet", "10.147.0.0/24", "--mode", "xdp", "--mtu", "9000"]);
+    let out = host.netpath(&[
+        "up",
+        "--name",
+        &name,
+        "--containers",
+        "2",
+        "--subnet",
+        "10.147.0.0/24",
+        "--mode",
+        "xdp",
+        "--mtu",
+        "9000",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("xdp mode carries frames up to MTU"));
     assert_eq!(host.leftovers(&name), Vec::<String>::new());
     // Within its limit xdp mode carries large frames too.
-    let t = Topology::up_on(&host, "jx", &["--containers", "2", "--subnet", "10.147.0.0/24", "--mode", "xdp", "--mtu", "3500"]);
-    let out = in_ns(&t.ns("c0"), &["ping", "-c", "2", "-W", "2", "-M", "do", "-s", "3400", "10.147.0.3"]);
+    let t = Topology::up_on(
+        &host,
+        "jx",
+        &[
+            "--containers",
+            "2",
+            "--subnet",
+            "10.147.0.0/24",
+            "--mode",
+            "xdp",
+            "--mtu",
+            "3500",
+        ],
+    );
+    let out = in_ns(
+        &t.ns("c0"),
+        &[
+            "ping",
+            "-c",
+            "2",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            "3400",
+            "10.147.0.3",
+        ],
+    );
     assert!(out.status.success(), "xdp: 3400-byte ping failed");
 }
-
 
 /// IPv6 (ND through the bridge, unicast on the fast path) works in both
 /// fast modes; VLAN-tagged frames from a container that checks its sources
@@ -364,26 +685,72 @@ fn jumbo_frames_work_or_are_refused_clearly() {
 #[test]
 fn ipv6_works_and_vlan_frames_are_refused() {
     for (i, mode) in ["xdp", "tc"].iter().enumerate() {
-        let subnets = [format!("10.{}.0.0/24", 148 + i), format!("fd00:{}::/64", 148 + i)];
-        let t = Topology::up("v6", &["--containers", "2", "--subnet", &subnets[0], "--subnet", &subnets[1], "--mode", mode]);
+        let subnets = [
+            format!("10.{}.0.0/24", 148 + i),
+            format!("fd00:{}::/64", 148 + i),
+        ];
+        let t = Topology::up(
+            "v6",
+            &[
+                "--containers",
+                "2",
+                "--subnet",
+                &subnets[0],
+                "--subnet",
+                &subnets[1],
+                "--mode",
+                mode,
+            ],
+        );
         let (c0, c1) = (t.ns("c0"), t.ns("c1"));
         let before = t.counter(&c0, "redirected");
-        let out = in_ns(&c0, &["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", &format!("fd00:{}::3", 148 + i)]);
+        let out = in_ns(
+            &c0,
+            &[
+                "ping",
+                "-6",
+                "-c",
+                "3",
+                "-i",
+                "0.2",
+                "-W",
+                "2",
+                &format!("fd00:{}::3", 148 + i),
+            ],
+        );
         assert!(out.status.success(), "{mode}: IPv6 ping failed");
-        assert!(t.counter(&c0, "redirected") >= before + 3, "{mode}: IPv6 unicast did not take the fast path");
-        assert!(t.counter(&c0, "pass_multicast") > 0, "{mode}: ND did not go to the bridge");
+        assert!(
+            t.counter(&c0, "redirected") >= before + 3,
+            "{mode}: IPv6 unicast did not take the fast path"
+        );
+        assert!(
+            t.counter(&c0, "pass_multicast") > 0,
+            "{mode}: ND did not go to the bridge"
+        );
 
         let c1_mac = parse_mac(t.status()["ports"][1]["mac"].as_str().unwrap());
         let c0_mac = parse_mac(t.status()["ports"][0]["mac"].as_str().unwrap());
         // 802.1Q tag, VLAN 10, then IPv4.
-        let tagged = frame(c1_mac, c0_mac, 0x8100, &[&[0x00, 0x0a, 0x08, 0x00][..], &[0x45; 42]].concat());
+        let tagged = frame(
+            c1_mac,
+            c0_mac,
+            0x8100,
+            &[&[0x00, 0x0a, 0x08, 0x00][..], &[0x45; 42]].concat(),
+        );
         let rx_before = link_packets(&c1, "eth0").0;
         let refused_before = t.counter(&c0, "drop_protocol");
         assert_eq!(send_raw_frames(&c0, "eth0", &vec![tagged; 20]), 20);
         sleep(Duration::from_millis(200));
-        assert_eq!(t.counter(&c0, "drop_protocol") - refused_before, 20, "{mode}: tagged frames not refused");
+        assert_eq!(
+            t.counter(&c0, "drop_protocol") - refused_before,
+            20,
+            "{mode}: tagged frames not refused"
+        );
         // (c1 may hear some IPv6 chatter of c0 meanwhile, never 20 frames.)
-        assert!(link_packets(&c1, "eth0").0 - rx_before < 20, "{mode}: tagged frames arrived");
+        assert!(
+            link_packets(&c1, "eth0").0 - rx_before < 20,
+            "{mode}: tagged frames arrived"
+        );
     }
 }
 
@@ -391,38 +758,90 @@ fn ipv6_works_and_vlan_frames_are_refused() {
 #[test]
 fn topologies_are_isolated_and_pins_are_private() {
     let host = Host::new();
-    let a = Topology::up_on(&host, "isa", &["--containers", "2", "--subnet", "10.152.0.0/24"]);
-    let b = Topology::up_on(&host, "isb", &["--containers", "2", "--subnet", "10.153.0.0/24"]);
-    let b_macs: Vec<[u8; 6]> =
-        b.status()["ports"].as_array().unwrap().iter().map(|p| parse_mac(p["mac"].as_str().unwrap())).collect();
+    let a = Topology::up_on(
+        &host,
+        "isa",
+        &["--containers", "2", "--subnet", "10.152.0.0/24"],
+    );
+    let b = Topology::up_on(
+        &host,
+        "isb",
+        &["--containers", "2", "--subnet", "10.153.0.0/24"],
+    );
+    let b_macs: Vec<[u8; 6]> = b.status()["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| parse_mac(p["mac"].as_str().unwrap()))
+        .collect();
     let a_mac = parse_mac(a.status()["ports"][0]["mac"].as_str().unwrap());
     let unknown_before = a.counter(&a.ns("c0"), "pass_unknown");
     // Watch B's containers for any frame from A's c0.
     let captures: Vec<Child> = ["c0", "c1"]
         .iter()
         .map(|c| {
-            let filter = format!("ether src {}", a.status()["ports"][0]["mac"].as_str().unwrap());
-            spawn_in(&b.ns(c), &["timeout", "-s", "INT", "3", "tcpdump", "-n", "-i", "eth0", "-w", "/dev/null", &filter])
+            let filter = format!(
+                "ether src {}",
+                a.status()["ports"][0]["mac"].as_str().unwrap()
+            );
+            spawn_in(
+                &b.ns(c),
+                &[
+                    "timeout",
+                    "-s",
+                    "INT",
+                    "3",
+                    "tcpdump",
+                    "-n",
+                    "-i",
+                    "eth0",
+                    "-w",
+                    "/dev/null",
+                    &filter,
+                ],
+            )
         })
         .collect();
     sleep(Duration::from_millis(1000));
-    let frames: Vec<Vec<u8>> = b_macs.iter().flat_map(|m| (0..50).map(|_| common::packets::ipv4(*m, a_mac, [10, 152, 0, 2], [10, 153, 0, 2]))).collect();
+    let frames: Vec<Vec<u8>> = b_macs
+        .iter()
+        .flat_map(|m| {
+            (0..50).map(|_| common::packets::ipv4(*m, a_mac, [10, 152, 0, 2], [10, 153, 0, 2]))
+        })
+        .collect();
     assert_eq!(send_raw_frames(&a.ns("c0"), "eth0", &frames), 100);
     for capture in captures {
         let out = capture.wait_with_output().unwrap();
         let report = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(report.contains("0 packets captured"), "frames of topology {} reached topology {}: {report}", a.name, b.name);
+        assert!(
+            report.contains("0 packets captured"),
+            "frames of topology {} reached topology {}: {report}",
+            a.name,
+            b.name
+        );
     }
-    assert_eq!(a.counter(&a.ns("c0"), "pass_unknown") - unknown_before, 100, "B's MACs are unknown in A");
+    assert_eq!(
+        a.counter(&a.ns("c0"), "pass_unknown") - unknown_before,
+        100,
+        "B's MACs are unknown in A"
+    );
     use std::os::unix::fs::PermissionsExt;
     let dir = pin_dir(&a.name);
-    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
     let mut pending = vec![dir.clone()];
     while let Some(path) = pending.pop() {
         for entry in std::fs::read_dir(&path).unwrap().flatten() {
             let meta = entry.metadata().unwrap();
             let mode = meta.permissions().mode() & 0o777;
-            assert_eq!(mode & 0o077, 0, "{} is open to others ({mode:o})", entry.path().display());
+            assert_eq!(
+                mode & 0o077,
+                0,
+                "{} is open to others ({mode:o})",
+                entry.path().display()
+            );
             if meta.is_dir() {
                 pending.push(entry.path());
             }
@@ -441,17 +860,81 @@ fn bad_input_to_every_verb() {
         (vec!["up", "--bogus"], 2, "unexpected argument"),
         (vec!["up", "--name", &ghost, "--ageing", "0"], 1, "ageing"),
         (vec!["up", "--name", &ghost, "--mtu", "20"], 1, "MTU 20"),
-        (vec!["up", "--name", &ghost, "--fdb-size", "1"], 1, "FDB size"),
-        (vec!["up", "--name", &ghost, "--mode", "warp"], 2, "invalid value"),
+        (
+            vec!["up", "--name", &ghost, "--fdb-size", "1"],
+            1,
+            "FDB size",
+        ),
+        (
+            vec!["up", "--name", &ghost, "--mode", "warp"],
+            2,
+            "invalid value",
+        ),
         (vec!["status", "--name", &ghost], 1, "not up"),
         (vec!["port", "add", "--name", &ghost, "x"], 1, "not up"),
-        (vec!["port", "add", "--name", &t.name, "c0"], 1, "used twice"),
-        (vec!["port", "add", "--name", &t.name, "x", "--ip", "10.99.0.5/24"], 1, "not in subnet"),
-        (vec!["port", "add", "--name", &t.name, "x", "--mac", "zz:00:00:00:00:00"], 2, "not hex"),
+        (
+            vec!["port", "add", "--name", &t.name, "c0"],
+            1,
+            "used twice",
+        ),
+        (
+            vec![
+                "port",
+                "add",
+                "--name",
+                &t.name,
+                "x",
+                "--ip",
+                "10.99.0.5/24",
+            ],
+            1,
+            "not in subnet",
+        ),
+        (
+            vec![
+                "port",
+                "add",
+                "--name",
+                &t.name,
+                "x",
+                "--mac",
+                "zz:00:00:00:00:00",
+            ],
+            2,
+            "not hex",
+        ),
         (vec!["port", "del", "--name", &t.name, "nope"], 1, "no port"),
-        (vec!["fdb", "add", "--name", &t.name, "01:00:5e:00:00:01", "--port", "c0"], 1, "not a unicast"),
-        (vec!["fdb", "add", "--name", &t.name, "02:00:00:00:00:01", "--port", "nope"], 1, "no port"),
-        (vec!["fdb", "del", "--name", &t.name, "02:00:00:00:00:77"], 1, "no FDB entry"),
+        (
+            vec![
+                "fdb",
+                "add",
+                "--name",
+                &t.name,
+                "01:00:5e:00:00:01",
+                "--port",
+                "c0",
+            ],
+            1,
+            "not a unicast",
+        ),
+        (
+            vec![
+                "fdb",
+                "add",
+                "--name",
+                &t.name,
+                "02:00:00:00:00:01",
+                "--port",
+                "nope",
+            ],
+            1,
+            "no port",
+        ),
+        (
+            vec!["fdb", "del", "--name", &t.name, "02:00:00:00:00:77"],
+            1,
+            "no FDB entry",
+        ),
         (vec!["fdb", "dump", "--name", &ghost], 1, "is topology"),
         (vec!["stats", "--name", &ghost], 1, "is topology"),
         (vec!["mode", "--name", &ghost, "tc"], 1, "not up"),
@@ -461,7 +944,10 @@ fn bad_input_to_every_verb() {
         let out = t.netpath(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "netpath {args:?}: {stderr}");
-        assert!(stderr.contains(expected), "netpath {args:?}: expected {expected:?} in {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "netpath {args:?}: expected {expected:?} in {stderr}"
+        );
     }
     assert_eq!(t.leftovers(&ghost), Vec::<String>::new());
     assert_eq!(t.fdb().len(), fdb_before);
@@ -492,7 +978,15 @@ fn every_verb_refuses_a_name_that_escapes() {
         vec!["port", "add", "--name", n, "x"],
         vec!["port", "del", "--name", n, "x"],
         vec!["fdb", "dump", "--name", n],
-        vec!["fdb", "add", "--name", n, "02:00:00:00:00:01", "--port", "x"],
+        vec![
+            "fdb",
+            "add",
+            "--name",
+            n,
+            "02:00:00:00:00:01",
+            "--port",
+            "x",
+        ],
         vec!["fdb", "del", "--name", n, "02:00:00:00:00:01"],
         vec!["fdb", "flush", "--name", n],
         vec!["stats", "--name", n],
@@ -503,10 +997,18 @@ fn every_verb_refuses_a_name_that_escapes() {
         let out = host.netpath(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "netpath {args:?}: {stderr}");
-        assert!(stderr.contains("name"), "netpath {args:?} does not say what is wrong: {stderr}");
+        assert!(
+            stderr.contains("name"),
+            "netpath {args:?} does not say what is wrong: {stderr}"
+        );
     }
     for path in &bystanders {
-        assert_eq!(std::fs::read_to_string(path).unwrap(), "not netpath's", "{} was touched", path.display());
+        assert_eq!(
+            std::fs::read_to_string(path).unwrap(),
+            "not netpath's",
+            "{} was touched",
+            path.display()
+        );
         std::fs::remove_file(path).unwrap();
     }
     assert!(!std::path::Path::new(BPFFS).join(&victim).exists());
@@ -518,24 +1020,79 @@ fn every_verb_refuses_a_name_that_escapes() {
 #[test]
 fn a_port_gone_without_run_is_no_black_hole() {
     for mode in ["tc", "xdp"] {
-        let t = Topology::up("hole", &["--containers", "2", "--subnet", "10.146.0.0/24", "--mode", mode]);
+        let t = Topology::up(
+            "hole",
+            &[
+                "--containers",
+                "2",
+                "--subnet",
+                "10.146.0.0/24",
+                "--mode",
+                mode,
+            ],
+        );
         let c1_mac = t.status()["ports"][1]["mac"].as_str().unwrap().to_owned();
         assert!(ping(&t.ns("c0"), "10.146.0.3"));
         let c0 = t.ns("c0");
         // Read before the port goes: every netpath command forgets vanished ports.
-        let before = (t.counter(&c0, "redirected"), t.counter(&c0, "pass_redirect_failed"));
-        assert!(outside("ip", &["netns", "del", &t.ns("c1")]).status.success());
+        let before = (
+            t.counter(&c0, "redirected"),
+            t.counter(&c0, "pass_redirect_failed"),
+        );
+        assert!(
+            outside("ip", &["netns", "del", &t.ns("c1")])
+                .status
+                .success()
+        );
         // The kernel dismantles the namespace (and so c1's veth) a moment later.
         let started = Instant::now();
         while t.sh("ip", &["link", "show", &t.ns("c1")]).status.success() {
-            assert!(started.elapsed() < Duration::from_secs(3), "{mode}: c1's host veth outlived its namespace");
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{mode}: c1's host veth outlived its namespace"
+            );
             sleep(Duration::from_millis(20));
         }
         // c0 still believes c1 is there (its neighbour entry), as a peer would.
-        in_ns(&t.ns("c0"), &["ip", "neigh", "replace", "10.146.0.3", "lladdr", &c1_mac, "dev", "eth0"]);
-        in_ns(&c0, &["ping", "-c", "20", "-i", "0.01", "-W", "1", "-q", "10.146.0.3"]);
-        let after = (t.counter(&c0, "redirected"), t.counter(&c0, "pass_redirect_failed"));
-        assert_eq!(after.0, before.0, "{mode}: frames redirected to a port that is gone");
-        assert!(after.1 >= before.1 + 20, "{mode}: {} of 20 frames to the vanished port reached the bridge", after.1 - before.1);
+        in_ns(
+            &t.ns("c0"),
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                "10.146.0.3",
+                "lladdr",
+                &c1_mac,
+                "dev",
+                "eth0",
+            ],
+        );
+        in_ns(
+            &c0,
+            &[
+                "ping",
+                "-c",
+                "20",
+                "-i",
+                "0.01",
+                "-W",
+                "1",
+                "-q",
+                "10.146.0.3",
+            ],
+        );
+        let after = (
+            t.counter(&c0, "redirected"),
+            t.counter(&c0, "pass_redirect_failed"),
+        );
+        assert_eq!(
+            after.0, before.0,
+            "{mode}: frames redirected to a port that is gone"
+        );
+        assert!(
+            after.1 >= before.1 + 20,
+            "{mode}: {} of 20 frames to the vanished port reached the bridge",
+            after.1 - before.1
+        );
     }
 }

@@ -34,7 +34,9 @@ impl Port {
     /// The port's state, or None for an interface netpath does not manage.
     #[inline(always)]
     pub fn lookup(ifindex: u32) -> Option<Port> {
-        PORT_STATE.get_ptr_mut(ifindex).map(|state| Port { ifindex, state })
+        PORT_STATE
+            .get_ptr_mut(ifindex)
+            .map(|state| Port { ifindex, state })
     }
 
     #[inline(always)]
@@ -142,7 +144,10 @@ fn learn<C: EbpfContext>(ctx: &C, port: &Port, src: [u8; 6]) -> Result<(), Count
     // SAFETY: read only, as in decide().
     if let Some(owner) = unsafe { FDB_STATIC.get(key) } {
         if *owner != port.ifindex {
-            debug!(ctx, "port {}: refusing static MAC {:mac} of port {}", port.ifindex, src, *owner);
+            debug!(
+                ctx,
+                "port {}: refusing static MAC {:mac} of port {}", port.ifindex, src, *owner
+            );
             return Err(Counter::DropSpoofedMac);
         }
         return Ok(());
@@ -171,7 +176,11 @@ fn learn<C: EbpfContext>(ctx: &C, port: &Port, src: [u8; 6]) -> Result<(), Count
             if !take_learn_slot(port) {
                 return Err(Counter::DropLearnLimit);
             }
-            let entry = FdbEntry { ifindex: port.ifindex, _pad: 0, last_seen_ns: now };
+            let entry = FdbEntry {
+                ifindex: port.ifindex,
+                _pad: 0,
+                last_seen_ns: now,
+            };
             // NOEXIST: another CPU may have learned it meanwhile.
             if FDB_LEARNED.insert(key, entry, BPF_NOEXIST.into()).is_err() {
                 release_learn_slot(port.ifindex);

@@ -16,7 +16,8 @@ pub static FDB_STATIC: HashMap<FdbKey, u32> = HashMap::with_max_entries(FDB_CAPA
 /// Learned FDB entries. When it is full, learning evicts the entry used
 /// least recently (a lookup counts as a use), never a static one.
 #[map(name = "FDB_LEARNED")]
-pub static FDB_LEARNED: LruHashMap<FdbKey, FdbEntry> = LruHashMap::with_max_entries(FDB_CAPACITY, 0);
+pub static FDB_LEARNED: LruHashMap<FdbKey, FdbEntry> =
+    LruHashMap::with_max_entries(FDB_CAPACITY, 0);
 
 /// How many learned entries point at each port: the programs add and take
 /// away atomically (every CPU shares one count, unlike PORT_STATE).
@@ -30,7 +31,8 @@ pub static PORTS: DevMapHash = DevMapHash::with_max_entries(PORT_CAPACITY, 0);
 /// Per-port, per-CPU policy and counters, keyed by the ingress ifindex. A
 /// frame from a port not in here is not netpath's: it goes to the bridge.
 #[map(name = "PORT_STATE")]
-pub static PORT_STATE: PerCpuHashMap<u32, PortState> = PerCpuHashMap::with_max_entries(PORT_CAPACITY, 0);
+pub static PORT_STATE: PerCpuHashMap<u32, PortState> =
+    PerCpuHashMap::with_max_entries(PORT_CAPACITY, 0);
 
 /// The layout version of these maps, written by the loader (see
 /// `netpath_common::LAYOUT_VERSION`); the programs never read it.

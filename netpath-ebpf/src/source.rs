@@ -52,7 +52,9 @@ pub fn check(policy: &PortPolicy, data: usize, end: usize) -> Result<(), Counter
     match eth.ether_type.to_ne_bytes() {
         ETH_P_IP => {
             let ip: &Ipv4Hdr = frame.at(EthHdr::LEN)?;
-            own_ipv4(policy, ip.src_addr).then_some(()).ok_or(Counter::DropSpoofedIp)
+            own_ipv4(policy, ip.src_addr)
+                .then_some(())
+                .ok_or(Counter::DropSpoofedIp)
         }
         ETH_P_ARP => arp(policy, frame.at(EthHdr::LEN)?),
         ETH_P_IPV6 => ipv6(policy, &frame),
@@ -101,7 +103,11 @@ fn ipv6(policy: &PortPolicy, frame: &Frame) -> Result<(), Counter> {
         IPPROTO_ROUTING | IPPROTO_DSTOPTS => Err(Counter::DropProtocol),
         IPPROTO_FRAGMENT => {
             let fragment: &[u8; 8] = frame.at(offset)?;
-            if fragment[0] == IPPROTO_ICMPV6 { Err(Counter::DropProtocol) } else { Ok(()) }
+            if fragment[0] == IPPROTO_ICMPV6 {
+                Err(Counter::DropProtocol)
+            } else {
+                Ok(())
+            }
         }
         // Only ND and MLD may come from `::`.
         _ if unspecified => Err(Counter::DropSpoofedIp),
@@ -110,7 +116,13 @@ fn ipv6(policy: &PortPolicy, frame: &Frame) -> Result<(), Counter> {
 }
 
 #[inline(always)]
-fn icmpv6(policy: &PortPolicy, frame: &Frame, offset: usize, payload_end: usize, unspecified: bool) -> Result<(), Counter> {
+fn icmpv6(
+    policy: &PortPolicy,
+    frame: &Frame,
+    offset: usize,
+    payload_end: usize,
+    unspecified: bool,
+) -> Result<(), Counter> {
     // Type and code: a read of the type byte alone, bounds-checked as
     // `start + 1 > end`, becomes `start >= end` in LLVM, from which the
     // verifier learns no packet range.
@@ -133,7 +145,12 @@ fn icmpv6(policy: &PortPolicy, frame: &Frame, offset: usize, payload_end: usize,
 /// Every link-layer address option must carry the port's MAC: the
 /// receiver's neighbour cache takes it from there, not from the frame.
 #[inline(always)]
-fn nd_options(policy: &PortPolicy, frame: &Frame, mut offset: usize, payload_end: usize) -> Result<(), Counter> {
+fn nd_options(
+    policy: &PortPolicy,
+    frame: &Frame,
+    mut offset: usize,
+    payload_end: usize,
+) -> Result<(), Counter> {
     for _ in 0..ND_MAX_OPTIONS {
         if offset >= payload_end {
             return Ok(());
@@ -154,7 +171,11 @@ fn nd_options(policy: &PortPolicy, frame: &Frame, mut offset: usize, payload_end
     }
     // More options than a real message carries: one further could hide a
     // forged address.
-    if offset < payload_end { Err(Counter::DropProtocol) } else { Ok(()) }
+    if offset < payload_end {
+        Err(Counter::DropProtocol)
+    } else {
+        Ok(())
+    }
 }
 
 #[inline(always)]

@@ -80,7 +80,9 @@ fn copy_frame(ctx: &XdpContext, to: *mut u8, n: u32) -> i64 {
 unsafe fn load_u64(addr: usize) -> u64 {
     let value: u64;
     // SAFETY: the caller checked the bounds; one load instruction.
-    unsafe { core::arch::asm!("{0} = *(u64 *)({1} + 0)", lateout(reg) value, in(reg) addr, options(readonly, nostack)) };
+    unsafe {
+        core::arch::asm!("{0} = *(u64 *)({1} + 0)", lateout(reg) value, in(reg) addr, options(readonly, nostack))
+    };
     value
 }
 

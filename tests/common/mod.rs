@@ -37,7 +37,10 @@ pub fn require_root() {
 /// default 1) where everything runs slower: the kernel matrix sets it, as
 /// its guests run under qemu without KVM.
 pub fn patience(wait: std::time::Duration) -> std::time::Duration {
-    let factor = std::env::var("NETPATH_TEST_SLOW").ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(1);
+    let factor = std::env::var("NETPATH_TEST_SLOW")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1);
     wait * factor.max(1)
 }
 
@@ -64,12 +67,18 @@ impl Host {
     pub fn new() -> Arc<Host> {
         require_root();
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!("nphost-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "nphost-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         netns::create(&name).unwrap_or_else(|e| panic!("creating host namespace {name}: {e:#}"));
         let host = Host { name }; // deleted again if what follows fails
         // A fresh namespace has `lo` down (the metrics test listens on it).
         netns::run_in(&host.name, |h| async move {
-            let lo = netlink::link_by_name(&h, "lo").await?.expect("every namespace has lo");
+            let lo = netlink::link_by_name(&h, "lo")
+                .await?
+                .expect("every namespace has lo");
             netlink::set_up(&h, lo.index).await
         })
         .unwrap_or_else(|e| panic!("setting lo up in {}: {e:#}", host.name));
@@ -85,7 +94,8 @@ impl Host {
         // SAFETY: the hook only makes the setns syscall, which is async-signal-safe.
         unsafe {
             cmd.pre_exec(move || {
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
             });
         }
         cmd
@@ -98,7 +108,10 @@ impl Host {
     }
 
     pub fn netpath(&self, args: &[&str]) -> Output {
-        self.netpath_command().args(args).output().expect("running netpath")
+        self.netpath_command()
+            .args(args)
+            .output()
+            .expect("running netpath")
     }
 
     /// Runs netpath and asserts success, returning stdout.
@@ -115,7 +128,10 @@ impl Host {
 
     /// `program` with `args`, run on the host.
     pub fn sh(&self, program: &str, args: &[&str]) -> Output {
-        self.command(program).args(args).output().unwrap_or_else(|e| panic!("running {program}: {e}"))
+        self.command(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {program}: {e}"))
     }
 
     /// Runs `work` in this process on a thread inside the host namespace
@@ -134,7 +150,8 @@ impl Host {
     /// be empty after a failed or torn-down topology.
     pub fn leftovers(&self, prefix: &str) -> Vec<String> {
         let mut found = Vec::new();
-        let links = String::from_utf8_lossy(&self.sh("ip", &["-o", "link", "show"]).stdout).into_owned();
+        let links =
+            String::from_utf8_lossy(&self.sh("ip", &["-o", "link", "show"]).stdout).into_owned();
         for line in links.lines() {
             if let Some(name) = line.split(": ").nth(1) {
                 let name = name.split('@').next().unwrap_or(name);
@@ -152,16 +169,29 @@ impl Host {
             }
         }
         let table = nat_table(prefix);
-        let tables = String::from_utf8_lossy(&self.sh("nft", &["list", "tables"]).stdout).into_owned();
-        if tables.lines().any(|l| l.split_whitespace().last() == Some(table.as_str())) {
+        let tables =
+            String::from_utf8_lossy(&self.sh("nft", &["list", "tables"]).stdout).into_owned();
+        if tables
+            .lines()
+            .any(|l| l.split_whitespace().last() == Some(table.as_str()))
+        {
             found.push(format!("nft table {table}"));
         }
         let pins = pin_dir(prefix);
         if pins.exists() {
             found.push(format!("pins {}", pins.display()));
         }
-        let state = [store::topology::path(prefix).expect("a valid topology name"), lock_path(prefix), run_lock_path(prefix)];
-        found.extend(state.into_iter().filter(|p| p.exists()).map(|p| p.display().to_string()));
+        let state = [
+            store::topology::path(prefix).expect("a valid topology name"),
+            lock_path(prefix),
+            run_lock_path(prefix),
+        ];
+        found.extend(
+            state
+                .into_iter()
+                .filter(|p| p.exists())
+                .map(|p| p.display().to_string()),
+        );
         found
     }
 }
@@ -191,7 +221,10 @@ pub fn state_path(topology: &str) -> std::path::PathBuf {
 /// Runs a command that is not the host's: `ip netns add|del`, `ip -n
 /// CONTAINER ...`, `tcpdump -r FILE` (from the test's own namespace).
 pub fn outside(program: &str, args: &[&str]) -> Output {
-    Command::new(program).args(args).output().unwrap_or_else(|e| panic!("running {program}: {e}"))
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"))
 }
 
 /// Runs a command inside container namespace `ns` (made by netpath or a
@@ -206,7 +239,11 @@ pub fn in_ns(ns: &str, args: &[&str]) -> Output {
 /// and ND), so it speaks only when spoken to: tests of learning and ageing
 /// need that.
 pub fn quiet(ns: &str) {
-    assert!(in_ns(ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]).status.success());
+    assert!(
+        in_ns(ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])
+            .status
+            .success()
+    );
 }
 
 /// A command inside container namespace `ns`, started with its output piped.
@@ -221,7 +258,9 @@ pub fn spawn_in(ns: &str, args: &[&str]) -> std::process::Child {
 }
 
 pub fn ping(ns: &str, ip: &str) -> bool {
-    in_ns(ns, &["ping", "-c", "1", "-W", "2", "-q", ip]).status.success()
+    in_ns(ns, &["ping", "-c", "1", "-W", "2", "-q", ip])
+        .status
+        .success()
 }
 
 /// Tears its topology down when dropped, so a failing test leaves nothing;
@@ -248,7 +287,10 @@ impl Topology {
 
     /// Takes over the teardown of topology `name` on `host`, up or not.
     pub fn adopt(host: &Arc<Host>, name: &str) -> Self {
-        Topology { name: name.to_owned(), host: host.clone() }
+        Topology {
+            name: name.to_owned(),
+            host: host.clone(),
+        }
     }
 
     pub fn ns(&self, container: &str) -> String {
@@ -256,21 +298,29 @@ impl Topology {
     }
 
     pub fn status(&self) -> serde_json::Value {
-        serde_json::from_str(&self.netpath_ok(&["status", "--name", &self.name, "--json"])).expect("status JSON")
+        serde_json::from_str(&self.netpath_ok(&["status", "--name", &self.name, "--json"]))
+            .expect("status JSON")
     }
 
     /// The FDB's rows (`netpath fdb dump --json`).
     pub fn fdb(&self) -> Vec<serde_json::Value> {
-        let doc: serde_json::Value =
-            serde_json::from_str(&self.netpath_ok(&["fdb", "dump", "--name", &self.name, "--json"])).expect("fdb JSON");
+        let doc: serde_json::Value = serde_json::from_str(
+            &self.netpath_ok(&["fdb", "dump", "--name", &self.name, "--json"]),
+        )
+        .expect("fdb JSON");
         doc.as_array().expect("fdb rows").clone()
     }
 
     /// The programs' counters per port (`netpath stats --json`): port -> packets.
     pub fn program_counters(&self) -> Vec<(String, serde_json::Value)> {
         let doc: serde_json::Value =
-            serde_json::from_str(&self.netpath_ok(&["stats", "--name", &self.name, "--json"])).unwrap();
-        doc.as_array().unwrap().iter().map(|p| (p["port"].as_str().unwrap().to_owned(), p["packets"].clone())).collect()
+            serde_json::from_str(&self.netpath_ok(&["stats", "--name", &self.name, "--json"]))
+                .unwrap();
+        doc.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["port"].as_str().unwrap().to_owned(), p["packets"].clone()))
+            .collect()
     }
 
     /// A per-port counter of the programs (`netpath stats --json`).
@@ -284,7 +334,10 @@ impl Topology {
 
     /// Every verdict of every port of the topology.
     pub fn all_verdicts(&self) -> u64 {
-        self.program_counters().iter().map(|(_, packets)| verdicts(packets)).sum()
+        self.program_counters()
+            .iter()
+            .map(|(_, packets)| verdicts(packets))
+            .sum()
     }
 }
 
@@ -336,18 +389,28 @@ impl RawSocket {
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                    nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .expect("setns");
                     let index = nix::net::if_::if_nametoindex(ifname).expect("interface");
                     // SAFETY: plain socket(2) call.
                     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-                    assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+                    assert!(
+                        fd >= 0,
+                        "AF_PACKET socket: {}",
+                        std::io::Error::last_os_error()
+                    );
                     // SAFETY: sockaddr_ll is plain data; zeroed is a valid start.
                     let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
                     address.sll_family = libc::AF_PACKET as u16;
                     address.sll_ifindex = index as i32;
                     address.sll_halen = 6;
                     // SAFETY: fd is a socket we just opened and now own.
-                    RawSocket { fd: unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }, address }
+                    RawSocket {
+                        fd: unsafe {
+                            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+                        },
+                        address,
+                    }
                 })
                 .join()
                 .expect("socket thread")
@@ -383,19 +446,28 @@ pub fn frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<
 }
 
 pub fn parse_mac(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
     v.try_into().unwrap()
 }
 
 /// rx and tx packets of a link inside container namespace `ns`.
 pub fn link_packets(ns: &str, dev: &str) -> (u64, u64) {
-    parse_link_packets(&outside("ip", &["-n", ns, "-s", "-j", "link", "show", "dev", dev]))
+    parse_link_packets(&outside(
+        "ip",
+        &["-n", ns, "-s", "-j", "link", "show", "dev", dev],
+    ))
 }
 
 fn parse_link_packets(out: &Output) -> (u64, u64) {
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -s -j link");
     let stats = &doc[0]["stats64"];
-    (stats["rx"]["packets"].as_u64().unwrap(), stats["tx"]["packets"].as_u64().unwrap())
+    (
+        stats["rx"]["packets"].as_u64().unwrap(),
+        stats["tx"]["packets"].as_u64().unwrap(),
+    )
 }
 
 /// `netpath run` in the background, on a topology (and host) of its own;
@@ -423,7 +495,11 @@ impl Running {
             .stderr(std::fs::File::create(&log).expect("run's log file"))
             .spawn()
             .expect("starting netpath run");
-        let running = Running { child, topology: Topology::adopt(&host, &name), log };
+        let running = Running {
+            child,
+            topology: Topology::adopt(&host, &name),
+            log,
+        };
         let started = std::time::Instant::now();
         while started.elapsed() < patience(std::time::Duration::from_secs(10)) {
             if host.netpath(&["status", "--name", &name]).status.success() {
@@ -441,9 +517,15 @@ impl Running {
 
     /// Ctrl-C, as a user would; true if `run` then exited successfully.
     pub fn interrupt(&mut self) -> bool {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGINT)
-            .expect("SIGINT");
-        self.child.wait().expect("waiting for netpath run").success()
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .expect("SIGINT");
+        self.child
+            .wait()
+            .expect("waiting for netpath run")
+            .success()
     }
 }
 
@@ -469,20 +551,34 @@ impl BridgeForwardCounter {
         let script = format!(
             "table bridge {table} {{\n chain forward_count {{\n  type filter hook forward priority 0;\n  {rule} counter\n }}\n}}\n"
         );
-        let mut nft = host.command("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+        let mut nft = host
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         std::io::Write::write_all(nft.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
         drop(nft.stdin.take());
         assert!(nft.wait().unwrap().success(), "adding the nftables counter");
-        Self { table, host: host.clone() }
+        Self {
+            table,
+            host: host.clone(),
+        }
     }
 
     /// Counts every frame forwarded from a port of the topology.
     pub fn from_ports_of(topology: &Topology) -> Self {
-        Self::new(&topology.host, &topology.name, &format!("iifname \"{}-*\"", topology.name))
+        Self::new(
+            &topology.host,
+            &topology.name,
+            &format!("iifname \"{}-*\"", topology.name),
+        )
     }
 
     pub fn packets(&self) -> u64 {
-        let out = self.host.sh("nft", &["-j", "list", "table", "bridge", &self.table]);
+        let out = self
+            .host
+            .sh("nft", &["-j", "list", "table", "bridge", &self.table]);
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft -j");
         doc["nftables"]
             .as_array()
@@ -498,7 +594,8 @@ impl BridgeForwardCounter {
 
 impl Drop for BridgeForwardCounter {
     fn drop(&mut self) {
-        self.host.sh("nft", &["delete", "table", "bridge", &self.table]);
+        self.host
+            .sh("nft", &["delete", "table", "bridge", &self.table]);
     }
 }
 
@@ -535,7 +632,9 @@ impl Drop for KillOnDrop {
 }
 
 /// Reads a pipe to its end on a thread of its own.
-fn read_on_thread(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+fn read_on_thread(
+    pipe: Option<impl std::io::Read + Send + 'static>,
+) -> std::thread::JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut bytes = Vec::new();
         if let Some(mut pipe) = pipe {
@@ -550,10 +649,17 @@ fn read_on_thread(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thr
 /// then the child is killed and the test fails, saying what it was
 /// waiting for (`what`) and what the child printed so far.
 #[track_caller]
-pub fn output_within(child: impl Into<KillOnDrop>, limit: std::time::Duration, what: &str) -> Output {
+pub fn output_within(
+    child: impl Into<KillOnDrop>,
+    limit: std::time::Duration,
+    what: &str,
+) -> Output {
     let limit = patience(limit);
     let mut child = child.into();
-    let (stdout, stderr) = (read_on_thread(child.stdout.take()), read_on_thread(child.stderr.take()));
+    let (stdout, stderr) = (
+        read_on_thread(child.stdout.take()),
+        read_on_thread(child.stderr.take()),
+    );
     let started = std::time::Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("polling a child") {
@@ -573,7 +679,11 @@ pub fn output_within(child: impl Into<KillOnDrop>, limit: std::time::Duration, w
             String::from_utf8_lossy(&stderr)
         )
     };
-    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
 }
 
 /// The lines of a child's pipe, read on a thread, so that a test waits for
@@ -595,18 +705,32 @@ impl Lines {
                 }
             }
         });
-        Lines { lines, what: what.to_owned() }
+        Lines {
+            lines,
+            what: what.to_owned(),
+        }
     }
 
     /// The next line, if it comes before `deadline`; fails the test, saying
     /// `waiting_for`, if it does not or the pipe closes.
     #[track_caller]
-    pub fn next_before(&self, deadline: std::time::Instant, waiting_for: &dyn std::fmt::Display) -> String {
+    pub fn next_before(
+        &self,
+        deadline: std::time::Instant,
+        waiting_for: &dyn std::fmt::Display,
+    ) -> String {
         use std::sync::mpsc::RecvTimeoutError;
-        match self.lines.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+        match self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
             Ok(line) => line,
-            Err(RecvTimeoutError::Timeout) => panic!("{}: no line in time; waiting for {waiting_for}", self.what),
-            Err(RecvTimeoutError::Disconnected) => panic!("{}: closed; waiting for {waiting_for}", self.what),
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("{}: no line in time; waiting for {waiting_for}", self.what)
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!("{}: closed; waiting for {waiting_for}", self.what)
+            }
         }
     }
 }

@@ -37,12 +37,23 @@ pub fn arp(op: u16, src_mac: [u8; 6], sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) 
     body.extend_from_slice(&[0; 6]);
     body.extend_from_slice(&tpa);
     body.resize(46, 0);
-    let dst = if op == 1 { [0xff; 6] } else { [0x02, 0, 0, 0, 0, 0x07] };
+    let dst = if op == 1 {
+        [0xff; 6]
+    } else {
+        [0x02, 0, 0, 0, 0, 0x07]
+    };
     frame(dst, src_mac, ETH_P_ARP, &body)
 }
 
 /// An IPv6 frame: header with `next` header and `payload` after it.
-pub fn ipv6(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 16], dst: [u8; 16], next: u8, payload: &[u8]) -> Vec<u8> {
+pub fn ipv6(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: [u8; 16],
+    dst: [u8; 16],
+    next: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut ip = vec![0x60, 0, 0, 0];
     ip.extend_from_slice(&(payload.len() as u16).to_be_bytes());
     ip.extend_from_slice(&[next, 255]);
@@ -54,13 +65,33 @@ pub fn ipv6(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 16], dst: [u8; 16], ne
 
 /// IPv6/UDP from `src`.
 pub fn ipv6_udp(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 16], dst: [u8; 16]) -> Vec<u8> {
-    ipv6(dst_mac, src_mac, src, dst, IPPROTO_UDP, &[0x30, 0x39, 0x30, 0x39, 0, 8, 0, 0])
+    ipv6(
+        dst_mac,
+        src_mac,
+        src,
+        dst,
+        IPPROTO_UDP,
+        &[0x30, 0x39, 0x30, 0x39, 0, 8, 0, 0],
+    )
 }
 
 /// An ICMPv6 ND message of `kind` (NS, NA, RA) with `target` and, if
 /// given, one link-layer address option (source for NS/RA, target for NA).
-pub fn nd(kind: u8, src_mac: [u8; 6], src: [u8; 16], target: [u8; 16], lladdr: Option<[u8; 6]>) -> Vec<u8> {
-    ipv6([0x33, 0x33, 0, 0, 0, 1], src_mac, src, ff02_1(), IPPROTO_ICMPV6, &nd_message(kind, target, lladdr))
+pub fn nd(
+    kind: u8,
+    src_mac: [u8; 6],
+    src: [u8; 16],
+    target: [u8; 16],
+    lladdr: Option<[u8; 6]>,
+) -> Vec<u8> {
+    ipv6(
+        [0x33, 0x33, 0, 0, 0, 1],
+        src_mac,
+        src,
+        ff02_1(),
+        IPPROTO_ICMPV6,
+        &nd_message(kind, target, lladdr),
+    )
 }
 
 fn nd_message(kind: u8, target: [u8; 16], lladdr: Option<[u8; 6]>) -> Vec<u8> {
@@ -77,14 +108,28 @@ fn nd_message(kind: u8, target: [u8; 16], lladdr: Option<[u8; 6]>) -> Vec<u8> {
 pub fn ra_behind_hop_by_hop(src_mac: [u8; 6], src: [u8; 16]) -> Vec<u8> {
     let mut payload = vec![IPPROTO_ICMPV6, 0, 1, 4, 0, 0, 0, 0];
     payload.extend(nd_message(ND_ROUTER_ADVERT, [0; 16], Some(src_mac)));
-    ipv6([0x33, 0x33, 0, 0, 0, 1], src_mac, src, ff02_1(), IPPROTO_HOPOPTS, &payload)
+    ipv6(
+        [0x33, 0x33, 0, 0, 0, 1],
+        src_mac,
+        src,
+        ff02_1(),
+        IPPROTO_HOPOPTS,
+        &payload,
+    )
 }
 
 /// The first fragment of an ICMPv6 message.
 pub fn icmpv6_fragment(src_mac: [u8; 6], src: [u8; 16]) -> Vec<u8> {
     let mut payload = vec![IPPROTO_ICMPV6, 0, 0, 1, 0, 0, 0, 1];
     payload.extend(nd_message(ND_ROUTER_ADVERT, [0; 16], None));
-    ipv6([0x33, 0x33, 0, 0, 0, 1], src_mac, src, ff02_1(), IPPROTO_FRAGMENT, &payload)
+    ipv6(
+        [0x33, 0x33, 0, 0, 0, 1],
+        src_mac,
+        src,
+        ff02_1(),
+        IPPROTO_FRAGMENT,
+        &payload,
+    )
 }
 
 fn ff02_1() -> [u8; 16] {
@@ -97,5 +142,22 @@ fn ff02_1() -> [u8; 16] {
 
 /// The modified EUI-64 link-local address of `mac`.
 pub fn link_local(mac: [u8; 6]) -> [u8; 16] {
-    [0xfe, 0x80, 0, 0, 0, 0, 0, 0, mac[0] ^ 2, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]]
+    [
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        mac[0] ^ 2,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ]
 }

@@ -37,8 +37,15 @@ pub fn cargo(toolchain: &str) -> Command {
 pub fn ebpf() -> Result<()> {
     eprintln!("build: BPF object (netpath-ebpf, {BPF_TARGET})");
     let mut cmd = cargo("nightly");
-    cmd.args(["build", "--release", "--package", "netpath-ebpf", "--target", BPF_TARGET])
-        .args(["-Z", "build-std=core"]);
+    cmd.args([
+        "build",
+        "--release",
+        "--package",
+        "netpath-ebpf",
+        "--target",
+        BPF_TARGET,
+    ])
+    .args(["-Z", "build-std=core"]);
     status(&mut cmd)
 }
 

@@ -57,7 +57,11 @@ pub fn build(kernel: &Kernel, out: &Path) -> Result<()> {
     cpio.file("init", 0o755, INIT.as_bytes());
     let mut order = String::new();
     for module in &modules {
-        let name = module.file_name().unwrap().to_string_lossy().replace(".xz", "");
+        let name = module
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(".xz", "");
         cpio.file(&format!("modules/{name}"), 0o644, &module_bytes(module)?);
         order.push_str(&name);
         order.push('\n');
@@ -109,7 +113,9 @@ fn early_modules(dir: &Path) -> Result<Vec<PathBuf>> {
         let (_, path, needs) = deps
             .iter()
             .find(|(name, _, _)| name == wanted)
-            .with_context(|| format!("kernel module {wanted} is neither in modules.dep nor built in"))?;
+            .with_context(|| {
+                format!("kernel module {wanted} is neither in modules.dep nor built in")
+            })?;
         // modules.dep lists every dependency, transitive ones included, the
         // deepest last: loading them in reverse order satisfies each in turn.
         for file in needs.iter().rev().chain([path]) {

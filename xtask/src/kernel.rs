@@ -24,8 +24,16 @@ pub struct Series {
 }
 
 pub const SERIES: &[Series] = &[
-    Series { name: "5.10", suite: "bullseye", abi: "5.10.0" },
-    Series { name: "6.1", suite: "bookworm", abi: "6.1.0" },
+    Series {
+        name: "5.10",
+        suite: "bullseye",
+        abi: "5.10.0",
+    },
+    Series {
+        name: "6.1",
+        suite: "bookworm",
+        abi: "6.1.0",
+    },
 ];
 
 /// An unpacked kernel, ready to boot.
@@ -54,7 +62,11 @@ pub fn get(series: &Series) -> Result<Kernel> {
     let ready = dir.join("release");
     if let Ok(release) = fs::read_to_string(&ready) {
         let release = release.trim().to_owned();
-        eprintln!("kernel {}: {release} (cached in {})", series.name, dir.display());
+        eprintln!(
+            "kernel {}: {release} (cached in {})",
+            series.name,
+            dir.display()
+        );
         return kernel_in(&dir, release);
     }
     let _ = fs::remove_dir_all(&dir);
@@ -62,15 +74,20 @@ pub fn get(series: &Series) -> Result<Kernel> {
     let apt = Apt::new(series)?;
     apt.update()?;
     let package = apt.newest_image(series)?;
-    eprintln!("kernel {}: downloading {package} from {} {}", series.name, apt.mirror, series.suite);
+    eprintln!(
+        "kernel {}: downloading {package} from {} {}",
+        series.name, apt.mirror, series.suite
+    );
     let deb = apt.download(&package, &dir)?;
 
     let root = dir.join("root");
-    status(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root)).context("unpacking the kernel package")?;
+    status(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))
+        .context("unpacking the kernel package")?;
     fs::remove_file(&deb)?;
     let release = only_entry(&root.join("lib/modules"))?;
     // Debian generates modules.dep at install time; the package has none.
-    status(Command::new("depmod").arg("-b").arg(&root).arg(&release)).context("depmod on the unpacked kernel")?;
+    status(Command::new("depmod").arg("-b").arg(&root).arg(&release))
+        .context("depmod on the unpacked kernel")?;
     if let Err(e) = uncompress(&root, &release, &dir.join("vmlinux")) {
         eprintln!("kernel {}: booting vmlinuz, {e:#}", series.name);
     }
@@ -80,12 +97,23 @@ pub fn get(series: &Series) -> Result<Kernel> {
 
 fn kernel_in(dir: &Path, release: String) -> Result<Kernel> {
     let vmlinux = dir.join("vmlinux");
-    let image = if vmlinux.exists() { vmlinux } else { dir.join("root/boot").join(format!("vmlinuz-{release}")) };
+    let image = if vmlinux.exists() {
+        vmlinux
+    } else {
+        dir.join("root/boot").join(format!("vmlinuz-{release}"))
+    };
     let modules = dir.join("root/lib/modules").join(&release);
     if !image.exists() || !modules.join("modules.dep").exists() {
-        bail!("the kernel cache {} is incomplete: remove it and run again", dir.display());
+        bail!(
+            "the kernel cache {} is incomplete: remove it and run again",
+            dir.display()
+        );
     }
-    Ok(Kernel { release, image, modules })
+    Ok(Kernel {
+        release,
+        image,
+        modules,
+    })
 }
 
 fn only_entry(dir: &Path) -> Result<String> {
@@ -116,7 +144,10 @@ fn uncompress(root: &Path, release: &str, out: &Path) -> Result<()> {
     let payload = out.with_extension("xz");
     fs::write(&payload, &bzimage[start..])?;
     // --single-stream: the bzImage has more bytes after the stream.
-    let elf = Command::new("xz").args(["-dc", "--single-stream"]).arg(&payload).output()?;
+    let elf = Command::new("xz")
+        .args(["-dc", "--single-stream"])
+        .arg(&payload)
+        .output()?;
     fs::remove_file(&payload)?;
     if !elf.status.success() || !elf.stdout.starts_with(b"\x7fELF") {
         bail!("xz found no ELF kernel in vmlinuz");
@@ -137,50 +168,83 @@ impl Apt {
         let (mirror, signed_by) = debian_mirror()?;
         let dir = cache_dir()?.join("apt").join(series.suite);
         for sub in ["lists/partial", "cache/archives/partial"] {
-            fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
+            fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("creating {}", dir.join(sub).display()))?;
         }
-        let options = signed_by.map(|k| format!("[signed-by={k}] ")).unwrap_or_default();
-        fs::write(dir.join("sources.list"), format!("deb {options}{mirror} {} main\n", series.suite))?;
+        let options = signed_by
+            .map(|k| format!("[signed-by={k}] "))
+            .unwrap_or_default();
+        fs::write(
+            dir.join("sources.list"),
+            format!("deb {options}{mirror} {} main\n", series.suite),
+        )?;
         Ok(Apt { dir, mirror })
     }
 
     fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
         cmd.arg("-o")
-            .arg(format!("Dir::Etc::sourcelist={}", self.dir.join("sources.list").display()))
+            .arg(format!(
+                "Dir::Etc::sourcelist={}",
+                self.dir.join("sources.list").display()
+            ))
             .args(["-o", "Dir::Etc::sourceparts=-"])
             .arg("-o")
-            .arg(format!("Dir::State::Lists={}", self.dir.join("lists").display()))
+            .arg(format!(
+                "Dir::State::Lists={}",
+                self.dir.join("lists").display()
+            ))
             .arg("-o")
             .arg(format!("Dir::Cache={}", self.dir.join("cache").display()))
             // The cache is root's: apt's unprivileged download user cannot write it.
             .args(["-o", "APT::Sandbox::User=root"])
             // Only the package lists: no translations, no AppStream metadata.
-            .args(["-o", "Acquire::Languages=none", "-o", "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"]);
+            .args([
+                "-o",
+                "Acquire::Languages=none",
+                "-o",
+                "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false",
+            ]);
         cmd
     }
 
     fn update(&self) -> Result<()> {
-        status(self.command("apt-get").args(["update", "-qq"])).context("apt-get update of the kernel suite")
+        status(self.command("apt-get").args(["update", "-qq"]))
+            .context("apt-get update of the kernel suite")
     }
 
     fn newest_image(&self, series: &Series) -> Result<String> {
         let prefix = format!("linux-image-{}-", series.abi);
-        let out = self.command("apt-cache").args(["pkgnames", &prefix]).output().context("apt-cache pkgnames")?;
+        let out = self
+            .command("apt-cache")
+            .args(["pkgnames", &prefix])
+            .output()
+            .context("apt-cache pkgnames")?;
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|name| {
-                let abi = name.strip_prefix(&prefix)?.strip_suffix("-amd64-unsigned")?;
+                let abi = name
+                    .strip_prefix(&prefix)?
+                    .strip_suffix("-amd64-unsigned")?;
                 Some((abi.parse::<u32>().ok()?, name.to_owned()))
             })
             .max()
             .map(|(_, name)| name)
-            .with_context(|| format!("no {prefix}N-amd64-unsigned in {} {}", self.mirror, series.suite))
+            .with_context(|| {
+                format!(
+                    "no {prefix}N-amd64-unsigned in {} {}",
+                    self.mirror, series.suite
+                )
+            })
     }
 
     fn download(&self, package: &str, into: &Path) -> Result<PathBuf> {
-        status(self.command("apt-get").args(["download", "-qq", package]).current_dir(into))
-            .with_context(|| format!("apt-get download {package}"))?;
+        status(
+            self.command("apt-get")
+                .args(["download", "-qq", package])
+                .current_dir(into),
+        )
+        .with_context(|| format!("apt-get download {package}"))?;
         fs::read_dir(into)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| p.extension().is_some_and(|x| x == "deb"))
@@ -198,13 +262,18 @@ fn debian_mirror() -> Result<(String, Option<String>)> {
         files.extend(parts);
     }
     for file in files {
-        let Ok(text) = fs::read_to_string(&file) else { continue };
+        let Ok(text) = fs::read_to_string(&file) else {
+            continue;
+        };
         let sources = match file.extension().and_then(|x| x.to_str()) {
             Some("sources") => deb822_sources(&text),
             Some("list") => one_line_sources(&text),
             _ => continue,
         };
-        if let Some(found) = sources.into_iter().find(|(uri, _)| uri.trim_end_matches('/').ends_with("/debian")) {
+        if let Some(found) = sources
+            .into_iter()
+            .find(|(uri, _)| uri.trim_end_matches('/').ends_with("/debian"))
+        {
             return Ok(found);
         }
     }
@@ -221,7 +290,9 @@ fn deb822_sources(text: &str) -> Vec<(String, Option<String>)> {
             let field = |name: &str| {
                 stanza.lines().find_map(|l| {
                     let (key, value) = l.split_once(':')?;
-                    key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
+                    key.trim()
+                        .eq_ignore_ascii_case(name)
+                        .then(|| value.trim().to_owned())
                 })
             };
             let is_deb = field("Types")?.split_whitespace().any(|t| t == "deb");
@@ -242,7 +313,10 @@ fn one_line_sources(text: &str) -> Vec<(String, Option<String>)> {
                 Some(r) => r.split_once(']')?,
                 None => ("", rest),
             };
-            let signed_by = options.split_whitespace().find_map(|o| o.strip_prefix("signed-by=")).map(str::to_owned);
+            let signed_by = options
+                .split_whitespace()
+                .find_map(|o| o.strip_prefix("signed-by="))
+                .map(str::to_owned);
             Some((rest.split_whitespace().next()?.to_owned(), signed_by))
         })
         .collect()
@@ -256,8 +330,14 @@ mod tests {
     fn sources_of_both_formats() {
         let deb822 = "Types: deb\nURIs: http://m.example/debian\nSuites: bookworm\nSigned-By: /k.gpg\n\n\
                       Types: deb-src\nURIs: http://n.example/debian\n";
-        assert_eq!(deb822_sources(deb822), vec![("http://m.example/debian".into(), Some("/k.gpg".into()))]);
+        assert_eq!(
+            deb822_sources(deb822),
+            vec![("http://m.example/debian".into(), Some("/k.gpg".into()))]
+        );
         let list = "# c\ndeb [arch=amd64 signed-by=/k.gpg] http://m.example/debian bookworm main\ndeb-src x y z\n";
-        assert_eq!(one_line_sources(list), vec![("http://m.example/debian".into(), Some("/k.gpg".into()))]);
+        assert_eq!(
+            one_line_sources(list),
+            vec![("http://m.example/debian".into(), Some("/k.gpg".into()))]
+        );
     }
 }

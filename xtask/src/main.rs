@@ -66,22 +66,40 @@ fn main() -> Result<()> {
         }
         Verb::Run { args } => build_and_run_netpath("run", Need::Run, &args),
         Verb::Bench { args } => build_and_run_netpath("bench", Need::Bench, &args),
-        Verb::Test { kernels, kernel_timeout, args, .. } if !kernels.is_empty() => {
+        Verb::Test {
+            kernels,
+            kernel_timeout,
+            args,
+            ..
+        } if !kernels.is_empty() => {
             let kernels = vm::parse(&kernels)?;
             setup::run(Need::KernelMatrix)?;
             build::ebpf()?;
             vm::test(&kernels, &args, Duration::from_secs(kernel_timeout))
         }
-        Verb::Test { native, kernel_timeout, args, .. } => {
+        Verb::Test {
+            native,
+            kernel_timeout,
+            args,
+            ..
+        } => {
             let matrix = !native && args.is_empty();
-            setup::run(if matrix { Need::KernelMatrix } else { Need::Test })?;
+            setup::run(if matrix {
+                Need::KernelMatrix
+            } else {
+                Need::Test
+            })?;
             build::ebpf()?;
             // Tests that need root fail (not skip) without it, with a message.
             build::status(&mut build::cargo_test(&args))?;
             if !matrix {
                 return Ok(());
             }
-            vm::test(&vm::parse(&["all".to_owned()])?, &[], Duration::from_secs(kernel_timeout))
+            vm::test(
+                &vm::parse(&["all".to_owned()])?,
+                &[],
+                Duration::from_secs(kernel_timeout),
+            )
         }
     }
 }
@@ -91,7 +109,9 @@ fn build_and_run_netpath(verb: &str, need: Need, args: &[String]) -> Result<()> 
     setup::run(need)?;
     build::all()?;
     if !is_root() {
-        bail!("cargo xtask {verb} needs root (CAP_NET_ADMIN and CAP_BPF): run it as root, e.g. `sudo -E cargo xtask {verb}`");
+        bail!(
+            "cargo xtask {verb} needs root (CAP_NET_ADMIN and CAP_BPF): run it as root, e.g. `sudo -E cargo xtask {verb}`"
+        );
     }
     build::status(Command::new(build::netpath_binary()).arg(verb).args(args))
 }

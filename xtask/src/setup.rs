@@ -28,15 +28,27 @@ const DEBIAN_TOOLS: &[(&str, &str, &[Need])] = &[
     ("bpftool", "bpftool", &[Need::Test]),
     ("tcpdump", "tcpdump", &[Need::Test]),
     // The standard CNI plugins the CNI tests chain with, and iptables for portmap.
-    ("/usr/lib/cni/host-local", "containernetworking-plugins", &[Need::Test]),
+    (
+        "/usr/lib/cni/host-local",
+        "containernetworking-plugins",
+        &[Need::Test],
+    ),
     ("iptables", "iptables", &[Need::Test]),
     // A CNI client for the tests: libcni, built with Debian's Go.
     ("go", "golang-go", &[Need::Test]),
-    ("/usr/share/gocode/src/github.com/containernetworking/cni/libcni/api.go", "golang-github-appc-cni-dev", &[Need::Test]),
+    (
+        "/usr/share/gocode/src/github.com/containernetworking/cni/libcni/api.go",
+        "golang-github-appc-cni-dev",
+        &[Need::Test],
+    ),
     // The kernel matrix: qemu boots the kernels, busybox is the initramfs,
     // kmod builds modules.dep (and is the guest's modprobe), xz unpacks the
     // kernel image.
-    ("qemu-system-x86_64", "qemu-system-x86", &[Need::KernelMatrix]),
+    (
+        "qemu-system-x86_64",
+        "qemu-system-x86",
+        &[Need::KernelMatrix],
+    ),
     ("/bin/busybox", "busybox-static", &[Need::KernelMatrix]),
     ("depmod", "kmod", &[Need::KernelMatrix]),
     ("xz", "xz-utils", &[Need::KernelMatrix]),
@@ -84,8 +96,14 @@ fn nightly_sysroot() -> Result<Option<PathBuf>> {
 fn nightly_rust_src() -> Result<()> {
     if nightly_sysroot()?.is_none() {
         step("nightly toolchain", "installing");
-        status(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
-            .context("installing the nightly toolchain, which builds the BPF object")?;
+        status(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))
+        .context("installing the nightly toolchain, which builds the BPF object")?;
     }
     let sysroot = nightly_sysroot()?.context("rustc +nightly still missing after install")?;
     if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
@@ -119,7 +137,9 @@ fn bpf_linker() -> Result<()> {
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|n| n.starts_with("libLLVM.so."))
-        .context("the nightly toolchain ships no libLLVM.so.*; cannot build bpf-linker against it")?;
+        .context(
+            "the nightly toolchain ships no libLLVM.so.*; cannot build bpf-linker against it",
+        )?;
     let major = llvm_major()?;
 
     // A lasting folder: the installed linker loads LLVM through it (rpath).
@@ -133,11 +153,18 @@ fn bpf_linker() -> Result<()> {
         symlink(&target, &link).with_context(|| format!("linking {}", link.display()))?;
     }
 
-    step("bpf-linker", &format!("building {BPF_LINKER_VERSION} against LLVM {major} (about a minute)"));
+    step(
+        "bpf-linker",
+        &format!("building {BPF_LINKER_VERSION} against LLVM {major} (about a minute)"),
+    );
     status(
         Command::new("cargo")
             .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
-            .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
             .env("LLVM_PREFIX", &prefix)
             .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("RUSTC"),
@@ -169,7 +196,11 @@ fn data_dir() -> Result<PathBuf> {
 
 fn on_path(command: &str) -> bool {
     std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).chain(["/usr/sbin".into(), "/sbin".into()]).collect::<Vec<_>>())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .chain(["/usr/sbin".into(), "/sbin".into()])
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default()
         .iter()
         .any(|dir| Path::new(dir).join(command).is_file())
@@ -186,11 +217,17 @@ fn debian_tools(need: Need) -> Result<()> {
         return Ok(());
     }
     if !on_path("apt-get") {
-        bail!("missing tools ({}) and no apt-get here: install them by hand", missing.join(", "));
+        bail!(
+            "missing tools ({}) and no apt-get here: install them by hand",
+            missing.join(", ")
+        );
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("missing Debian packages ({}): run as root so setup can apt-get them", missing.join(", "));
+        bail!(
+            "missing Debian packages ({}): run as root so setup can apt-get them",
+            missing.join(", ")
+        );
     }
     step("Debian tools", &format!("installing {}", missing.join(" ")));
     status(Command::new("apt-get").args(["update", "-qq"])).context("apt-get update")?;

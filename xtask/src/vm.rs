@@ -16,8 +16,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    build,
-    initramfs,
+    build, initramfs,
     kernel::{self, Kernel, SERIES, Series},
 };
 
@@ -26,10 +25,22 @@ use crate::{
 /// TCP, UDP and ping, the FDB, mode switches, pins surviving the loader,
 /// and trace.
 const SELECTION: &[(&str, &[&str])] = &[
-    ("datapath_load", &["every_program_passes_the_verifier", "pins_of_another_layout_are_refused"]),
+    (
+        "datapath_load",
+        &[
+            "every_program_passes_the_verifier",
+            "pins_of_another_layout_are_refused",
+        ],
+    ),
     // The programs' decision on crafted frames, on this kernel's verifier and helpers.
     ("decision", &[]),
-    ("topology", &["four_containers_reach_each_other_and_status_matches_the_machine", "down_removes_everything_and_is_idempotent"]),
+    (
+        "topology",
+        &[
+            "four_containers_reach_each_other_and_status_matches_the_machine",
+            "down_removes_everything_and_is_idempotent",
+        ],
+    ),
     (
         "fast_path",
         &[
@@ -45,12 +56,22 @@ const SELECTION: &[(&str, &[&str])] = &[
             "run_brings_up_the_default_topology_in_tc_mode",
         ],
     ),
-    ("observability", &["trace_writes_a_pcap_that_tcpdump_reads", "a_killed_tracer_stops_tracing_and_a_second_is_refused"]),
+    (
+        "observability",
+        &[
+            "trace_writes_a_pcap_that_tcpdump_reads",
+            "a_killed_tracer_stops_tracing_and_a_second_is_refused",
+        ],
+    ),
     ("reliability", &["a_port_gone_without_run_is_no_black_hole"]),
     // The source check on this kernel's verifier; bridge entries that do not move.
     (
         "hostile",
-        &["garbage_frames_are_dropped_and_counted", "a_forged_victim_keeps_its_traffic", "a_vanished_port_leaves_no_entry_and_no_black_hole"],
+        &[
+            "garbage_frames_are_dropped_and_counted",
+            "a_forged_victim_keeps_its_traffic",
+            "a_vanished_port_leaves_no_entry_and_no_black_hole",
+        ],
     ),
 ];
 
@@ -69,8 +90,21 @@ const TEST_SLOWDOWN: u32 = 10;
 /// Modules netpath and its tests use that Debian builds as modules; the
 /// guest loads each one its kernel has (some are built in, some absent).
 const GUEST_MODULES: &[&str] = &[
-    "veth", "bridge", "8021q", "ipv6", "sch_ingress", "cls_bpf", "act_bpf", "nf_tables", "nft_counter",
-    "nft_ct", "nft_nat", "nft_chain_nat", "nft_masq", "nft_meta_bridge", "nf_conntrack_bridge",
+    "veth",
+    "bridge",
+    "8021q",
+    "ipv6",
+    "sch_ingress",
+    "cls_bpf",
+    "act_bpf",
+    "nf_tables",
+    "nft_counter",
+    "nft_ct",
+    "nft_nat",
+    "nft_chain_nat",
+    "nft_masq",
+    "nft_meta_bridge",
+    "nf_conntrack_bridge",
 ];
 
 /// Kernels named by `--kernel` (repeated, comma lists, or `all`), in order.
@@ -83,7 +117,10 @@ pub fn parse(names: &[String]) -> Result<Vec<&'static Series>> {
         };
         if wanted.is_empty() {
             let known: Vec<&str> = SERIES.iter().map(|s| s.name).collect();
-            bail!("unknown kernel {name:?}: --kernel takes {} or all", known.join(", "));
+            bail!(
+                "unknown kernel {name:?}: --kernel takes {} or all",
+                known.join(", ")
+            );
         }
         for series in wanted {
             if !chosen.iter().any(|c| c.name == series.name) {
@@ -119,7 +156,9 @@ struct Outcome {
 /// `only`, when not empty, replaces the selection: `BINARY` or `BINARY::TEST`.
 pub fn test(kernels: &[&'static Series], only: &[String], timeout: Duration) -> Result<()> {
     if !crate::is_root() {
-        bail!("cargo xtask test --kernel shares the host's / with qemu and needs root: run it as root, e.g. `sudo -E cargo xtask test --kernel 6.1`");
+        bail!(
+            "cargo xtask test --kernel shares the host's / with qemu and needs root: run it as root, e.g. `sudo -E cargo xtask test --kernel 6.1`"
+        );
     }
     let runs = test_binaries(only)?;
     let mut outcomes = Vec::new();
@@ -128,8 +167,14 @@ pub fn test(kernels: &[&'static Series], only: &[String], timeout: Duration) -> 
         outcomes.push(run_kernel(series, &kernel, &runs, timeout)?);
     }
     report(&outcomes);
-    if outcomes.iter().any(|o| !o.failed.is_empty() || o.problem.is_some()) {
-        bail!("the kernel matrix has failures (logs in {})", results_root().display());
+    if outcomes
+        .iter()
+        .any(|o| !o.failed.is_empty() || o.problem.is_some())
+    {
+        bail!(
+            "the kernel matrix has failures (logs in {})",
+            results_root().display()
+        );
     }
     Ok(())
 }
@@ -138,7 +183,12 @@ pub fn test(kernels: &[&'static Series], only: &[String], timeout: Duration) -> 
 /// they run); cargo prints where each binary is.
 fn test_binaries(only: &[String]) -> Result<Vec<TestRun>> {
     let out = build::cargo("stable")
-        .args(["test", "--release", "--no-run", "--message-format=json-render-diagnostics"])
+        .args([
+            "test",
+            "--release",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
         .stderr(Stdio::inherit())
         .output()
         .context("running cargo test --no-run")?;
@@ -147,18 +197,29 @@ fn test_binaries(only: &[String]) -> Result<Vec<TestRun>> {
     }
     let mut executables = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        let is_test = message["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"));
-        if let (true, Some(name), Some(path)) =
-            (is_test, message["target"]["name"].as_str(), message["executable"].as_str())
-        {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let is_test = message["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "test"));
+        if let (true, Some(name), Some(path)) = (
+            is_test,
+            message["target"]["name"].as_str(),
+            message["executable"].as_str(),
+        ) {
             executables.push((name.to_owned(), PathBuf::from(path)));
         }
     }
     let selection: Vec<(String, Vec<String>)> = if only.is_empty() {
         SELECTION
             .iter()
-            .map(|(binary, tests)| (binary.to_string(), tests.iter().map(|t| t.to_string()).collect()))
+            .map(|(binary, tests)| {
+                (
+                    binary.to_string(),
+                    tests.iter().map(|t| t.to_string()).collect(),
+                )
+            })
             .collect()
     } else {
         let mut chosen: Vec<(String, Vec<String>)> = Vec::new();
@@ -181,28 +242,54 @@ fn test_binaries(only: &[String]) -> Result<Vec<TestRun>> {
                 .iter()
                 .find(|(n, _)| *n == name)
                 .map(|(_, p)| p.clone())
-                .with_context(|| format!("no integration test binary {name} (known: {})", known(&executables)))?;
-            Ok(TestRun { name, executable, filters })
+                .with_context(|| {
+                    format!(
+                        "no integration test binary {name} (known: {})",
+                        known(&executables)
+                    )
+                })?;
+            Ok(TestRun {
+                name,
+                executable,
+                filters,
+            })
         })
         .collect()
 }
 
 fn known(executables: &[(String, PathBuf)]) -> String {
-    executables.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+    executables
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn results_root() -> PathBuf {
     build::workspace_root().join("target/kernel-matrix")
 }
 
-fn run_kernel(series: &'static Series, kernel: &Kernel, runs: &[TestRun], timeout: Duration) -> Result<Outcome> {
+fn run_kernel(
+    series: &'static Series,
+    kernel: &Kernel,
+    runs: &[TestRun],
+    timeout: Duration,
+) -> Result<Outcome> {
     let not_run: Vec<String> = NOT_ON
         .iter()
-        .filter(|(kernel, binary, _)| *kernel == series.name && runs.iter().any(|r| r.name == *binary))
+        .filter(|(kernel, binary, _)| {
+            *kernel == series.name && runs.iter().any(|r| r.name == *binary)
+        })
         .map(|(_, binary, why)| format!("{binary}: {why}"))
         .collect();
-    let runs: Vec<&TestRun> =
-        runs.iter().filter(|r| !NOT_ON.iter().any(|(k, b, _)| *k == series.name && *b == r.name)).collect();
+    let runs: Vec<&TestRun> = runs
+        .iter()
+        .filter(|r| {
+            !NOT_ON
+                .iter()
+                .any(|(k, b, _)| *k == series.name && *b == r.name)
+        })
+        .collect();
     let runs = runs.as_slice();
     let dir = results_root().join(series.name);
     let share = dir.join("share");
@@ -212,7 +299,12 @@ fn run_kernel(series: &'static Series, kernel: &Kernel, runs: &[TestRun], timeou
     initramfs::build(kernel, &initrd)?;
     fs::write(share.join("run.sh"), stage_two(kernel, runs))?;
 
-    eprintln!("kernel {}: booting {} (TCG), timeout {} s", series.name, kernel.release, timeout.as_secs());
+    eprintln!(
+        "kernel {}: booting {} (TCG), timeout {} s",
+        series.name,
+        kernel.release,
+        timeout.as_secs()
+    );
     let started = Instant::now();
     let mut qemu = qemu(kernel, &initrd, &share)
         .stdin(Stdio::null())
@@ -239,7 +331,9 @@ fn run_kernel(series: &'static Series, kernel: &Kernel, runs: &[TestRun], timeou
         let rc = fs::read_to_string(share.join(format!("{}.rc", run.name))).ok();
         let (mut passed, mut failed) = (0, 0);
         for line in log.lines() {
-            let Some(rest) = line.strip_prefix("test ") else { continue };
+            let Some(rest) = line.strip_prefix("test ") else {
+                continue;
+            };
             if let Some(test) = rest.strip_suffix(" ... ok") {
                 outcome.passed.push(format!("{}::{test}", run.name));
                 passed += 1;
@@ -253,7 +347,9 @@ fn run_kernel(series: &'static Series, kernel: &Kernel, runs: &[TestRun], timeou
         let problem = match rc.as_deref().map(str::trim) {
             None => Some(format!("{} did not finish", run.name)),
             Some("0") if passed == 0 => Some(format!("{} ran no test", run.name)),
-            Some(code) if code != "0" && failed == 0 => Some(format!("{} exited with {code} (see its log)", run.name)),
+            Some(code) if code != "0" && failed == 0 => {
+                Some(format!("{} exited with {code} (see its log)", run.name))
+            }
             _ => None,
         };
         if outcome.problem.is_none() {
@@ -261,7 +357,8 @@ fn run_kernel(series: &'static Series, kernel: &Kernel, runs: &[TestRun], timeou
         }
     }
     if outcome.problem.is_none() && !share.join("exit").exists() {
-        outcome.problem = Some("the guest stopped before the tests finished (see console.log)".into());
+        outcome.problem =
+            Some("the guest stopped before the tests finished (see console.log)".into());
     }
     Ok(outcome)
 }
@@ -302,7 +399,11 @@ cd {workdir}
         slow = TEST_SLOWDOWN,
     );
     for run in runs {
-        let exact = if run.filters.is_empty() { "" } else { " --exact" };
+        let exact = if run.filters.is_empty() {
+            ""
+        } else {
+            " --exact"
+        };
         script.push_str(&format!(
             "echo \"vm: {name}\"\n({exe} --test-threads=1 --show-output{exact} {filters} 2>&1; echo $? > /vmout/{name}.rc) | tee /vmout/{name}.log\n",
             name = run.name,
@@ -317,17 +418,43 @@ cd {workdir}
 fn qemu(kernel: &Kernel, initrd: &Path, share: &Path) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     // KVM here is a software module without vmx/svm: qemu aborts with it.
-    cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m", "2G", "-smp", "2"])
-        .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-nic", "none"])
-        .arg("-kernel")
-        .arg(&kernel.image)
-        .arg("-initrd")
-        .arg(initrd)
-        // panic=-1: a guest that panics reboots, which -no-reboot turns into exit.
-        .args(["-append", "console=ttyS0 panic=-1 loglevel=4 mitigations=off"])
-        .args(["-virtfs", "local,path=/,mount_tag=root,readonly=on,multidevs=remap,security_model=none"])
-        .arg("-virtfs")
-        .arg(format!("local,path={},mount_tag=out,security_model=none", share.display()));
+    cmd.args([
+        "-accel",
+        "tcg,thread=multi",
+        "-cpu",
+        "max",
+        "-m",
+        "2G",
+        "-smp",
+        "2",
+    ])
+    .args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-nic",
+        "none",
+    ])
+    .arg("-kernel")
+    .arg(&kernel.image)
+    .arg("-initrd")
+    .arg(initrd)
+    // panic=-1: a guest that panics reboots, which -no-reboot turns into exit.
+    .args([
+        "-append",
+        "console=ttyS0 panic=-1 loglevel=4 mitigations=off",
+    ])
+    .args([
+        "-virtfs",
+        "local,path=/,mount_tag=root,readonly=on,multidevs=remap,security_model=none",
+    ])
+    .arg("-virtfs")
+    .arg(format!(
+        "local,path={},mount_tag=out,security_model=none",
+        share.display()
+    ));
     cmd
 }
 
@@ -357,7 +484,10 @@ fn wait_with_timeout(qemu: &mut Child, timeout: Duration) -> Result<Option<Strin
         if Instant::now() >= deadline {
             qemu.kill()?;
             qemu.wait()?;
-            return Ok(Some(format!("timed out after {} s: killed (ps.txt lists what ran)", timeout.as_secs())));
+            return Ok(Some(format!(
+                "timed out after {} s: killed (ps.txt lists what ran)",
+                timeout.as_secs()
+            )));
         }
         thread::sleep(Duration::from_millis(200));
     }
@@ -365,7 +495,10 @@ fn wait_with_timeout(qemu: &mut Child, timeout: Duration) -> Result<Option<Strin
 
 fn report(outcomes: &[Outcome]) {
     eprintln!("\nkernel matrix:");
-    eprintln!("{:<7} {:<22} {:>6} {:>6} {:>8}  result", "kernel", "release", "passed", "failed", "wall");
+    eprintln!(
+        "{:<7} {:<22} {:>6} {:>6} {:>8}  result",
+        "kernel", "release", "passed", "failed", "wall"
+    );
     for o in outcomes {
         let result = match &o.problem {
             Some(problem) => problem.clone(),
@@ -382,7 +515,11 @@ fn report(outcomes: &[Outcome]) {
         );
     }
     for o in outcomes {
-        for (verdict, tests) in [("passed", &o.passed), ("FAILED", &o.failed), ("not run", &o.not_run)] {
+        for (verdict, tests) in [
+            ("passed", &o.passed),
+            ("FAILED", &o.failed),
+            ("not run", &o.not_run),
+        ] {
             if !tests.is_empty() {
                 eprintln!("\n{verdict} on {} ({}):", o.series, o.release);
                 for test in tests {

@@ -24,7 +24,11 @@ pub(super) struct Bed {
 
 /// `prefix` + pid + the target's initial: unique per process and target.
 pub(super) fn bench_name(prefix: &str, target: Target) -> String {
-    format!("{prefix}{}{}", std::process::id() % 10000, &target.to_string()[..1])
+    format!(
+        "{prefix}{}{}",
+        std::process::id() % 10000,
+        &target.to_string()[..1]
+    )
 }
 
 pub(super) fn mode_of(target: Target) -> Option<Mode> {
@@ -37,7 +41,14 @@ pub(super) fn mode_of(target: Target) -> Option<Mode> {
 }
 
 /// Runs the benchmark; Ctrl-C stops it and still removes every topology.
-pub(super) async fn make_bed(handle: &Handle, name: String, target: Target, index: usize, containers: usize, fdb_size: u32) -> Result<Bed> {
+pub(super) async fn make_bed(
+    handle: &Handle,
+    name: String,
+    target: Target,
+    index: usize,
+    containers: usize,
+    fdb_size: u32,
+) -> Result<Bed> {
     let subnet = format!("10.250.{index}.0/24");
     let Some(mode) = mode_of(target) else {
         return make_wire(&name, &subnet);
@@ -67,10 +78,22 @@ pub(super) async fn make_bed(handle: &Handle, name: String, target: Target, inde
 pub(super) fn make_wire(name: &str, subnet: &str) -> Result<Bed> {
     let net: IpNet = subnet.parse()?;
     let mut hosts = net.hosts();
-    let (a_ip, b_ip) = (hosts.next().context("wire subnet")?, hosts.next().context("wire subnet")?);
-    let (a_ip, b_ip) = (IpNet::new(a_ip, net.prefix_len())?, IpNet::new(b_ip, net.prefix_len())?);
+    let (a_ip, b_ip) = (
+        hosts.next().context("wire subnet")?,
+        hosts.next().context("wire subnet")?,
+    );
+    let (a_ip, b_ip) = (
+        IpNet::new(a_ip, net.prefix_len())?,
+        IpNet::new(b_ip, net.prefix_len())?,
+    );
     let (a, b) = (format!("{name}-a"), format!("{name}-b"));
-    let bed = Bed { target: Target::Wire, name: name.into(), client: a.clone(), server: b.clone(), server_ip: b_ip.addr().to_string() };
+    let bed = Bed {
+        target: Target::Wire,
+        name: name.into(),
+        client: a.clone(),
+        server: b.clone(),
+        server_ip: b_ip.addr().to_string(),
+    };
     netns::create(&a)?;
     netns::create(&b)?;
     let (a_path, b_path) = (netns::path(&a), netns::path(&b));

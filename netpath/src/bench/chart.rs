@@ -22,8 +22,12 @@ const FONT: &str = "sans-serif";
 const TITLE_SIZE: f64 = 18.6;
 const TEXT_SIZE: f64 = 14.9;
 /// By target, in `Target` order: bridge grey, xdp blue, tc green, wire red.
-const COLORS: [RGBColor; 4] =
-    [RGBColor(0x7f, 0x7f, 0x7f), RGBColor(0x1f, 0x77, 0xb4), RGBColor(0x2c, 0xa0, 0x2c), RGBColor(0xd6, 0x27, 0x28)];
+const COLORS: [RGBColor; 4] = [
+    RGBColor(0x7f, 0x7f, 0x7f),
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xd6, 0x27, 0x28),
+];
 
 /// A row's median relative to the bridge's, inverted for latency so that
 /// taller is better everywhere; 0 without a bridge to compare with.
@@ -47,7 +51,8 @@ pub fn svg(report: &Report) -> Result<String> {
     Ok(out)
 }
 
-type DrawResult = Result<(), DrawingAreaErrorKind<<SVGBackend<'static> as DrawingBackend>::ErrorType>>;
+type DrawResult =
+    Result<(), DrawingAreaErrorKind<<SVGBackend<'static> as DrawingBackend>::ErrorType>>;
 
 fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report) -> DrawResult {
     let mut targets: Vec<Target> = report.rows.iter().map(|r| r.target).collect();
@@ -65,9 +70,14 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report) -> DrawResul
         (FONT, TITLE_SIZE),
     ))?;
     heading.draw(&Text::new(
-        format!("kernel {}, {} CPUs, medians of {} runs of {} s", report.kernel, report.cpus, report.repeat, report.seconds),
+        format!(
+            "kernel {}, {} CPUs, medians of {} runs of {} s",
+            report.kernel, report.cpus, report.repeat, report.seconds
+        ),
         (60, 28),
-        (FONT, TEXT_SIZE).into_font().color(&RGBColor(0x55, 0x55, 0x55)),
+        (FONT, TEXT_SIZE)
+            .into_font()
+            .color(&RGBColor(0x55, 0x55, 0x55)),
     ))?;
 
     let mut chart = ChartBuilder::on(&body)
@@ -84,25 +94,41 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report) -> DrawResul
         .y_label_formatter(&|v| format!("{v:.2}x"))
         .y_label_style((FONT, TEXT_SIZE))
         .draw()?;
-    chart.draw_series(std::iter::once(PathElement::new(vec![(0.0, 1.0), (groups, 1.0)], BLACK)))?;
+    chart.draw_series(std::iter::once(PathElement::new(
+        vec![(0.0, 1.0), (groups, 1.0)],
+        BLACK,
+    )))?;
 
     let bar_w = 0.8 / targets.len().max(1) as f64;
     for (i, target) in targets.iter().enumerate() {
         let color = COLORS[*target as usize % COLORS.len()];
         let bars = Metric::ALL.iter().enumerate().filter_map(|(g, metric)| {
-            let row = report.rows.iter().find(|r| r.metric == *metric && r.target == *target)?;
+            let row = report
+                .rows
+                .iter()
+                .find(|r| r.metric == *metric && r.target == *target)?;
             let x = g as f64 + 0.1 + i as f64 * bar_w;
-            Some(Rectangle::new([(x, 0.0), (x + bar_w * 0.95, relative(row))], color.filled()))
+            Some(Rectangle::new(
+                [(x, 0.0), (x + bar_w * 0.95, relative(row))],
+                color.filled(),
+            ))
         });
         chart.draw_series(bars)?;
         // Below the plot, where no bar can hide it.
         let x = 60 + i as i32 * 110;
         legend.draw(&Rectangle::new([(x, 8), (x + 14, 22)], color.filled()))?;
-        legend.draw(&Text::new(target.to_string(), (x + 20, 8), (FONT, TEXT_SIZE)))?;
+        legend.draw(&Text::new(
+            target.to_string(),
+            (x + 20, 8),
+            (FONT, TEXT_SIZE),
+        ))?;
     }
     for (g, metric) in Metric::ALL.iter().enumerate() {
         let (x, y) = chart.backend_coord(&(g as f64 + 0.5, 0.0));
-        let style = (FONT, TEXT_SIZE).into_font().into_text_style(root).pos(Pos::new(HPos::Center, VPos::Top));
+        let style = (FONT, TEXT_SIZE)
+            .into_font()
+            .into_text_style(root)
+            .pos(Pos::new(HPos::Center, VPos::Top));
         root.draw(&Text::new(metric.short(), (x, y + 6), style))?;
     }
     Ok(())
@@ -118,7 +144,11 @@ mod tests {
     fn draws_a_bar_per_target_and_names_them() {
         let sample = |value| Sample { value, cpu: None };
         let mut samples = BTreeMap::new();
-        for (target, gbps, rtt) in [(Target::Bridge, 10.0, 40.0), (Target::Tc, 15.0, 30.0), (Target::Wire, 16.0, 28.0)] {
+        for (target, gbps, rtt) in [
+            (Target::Bridge, 10.0, 40.0),
+            (Target::Tc, 15.0, 30.0),
+            (Target::Wire, 16.0, 28.0),
+        ] {
             samples.insert((Metric::Tcp1Gbps, target), vec![sample(gbps)]);
             samples.insert((Metric::RttP50Us, target), vec![sample(rtt)]);
         }
@@ -134,11 +164,21 @@ mod tests {
         let svg = svg(&report).unwrap();
         assert!(svg.starts_with("<svg"), "{svg}");
         // plotters puts each text on a line of its own.
-        for text in ["\nbridge\n", "\ntc\n", "\nwire\n", "\nTCP 1\n", "\nRTT p50\n", "kernel 6.18.0-test"] {
+        for text in [
+            "\nbridge\n",
+            "\ntc\n",
+            "\nwire\n",
+            "\nTCP 1\n",
+            "\nRTT p50\n",
+            "kernel 6.18.0-test",
+        ] {
             assert!(svg.contains(text), "no {text:?} in\n{svg}");
         }
         // tc: two bars (TCP 1, RTT p50) and its legend swatch.
-        let filled = |c: RGBColor| svg.matches(&format!("fill=\"#{:02X}{:02X}{:02X}\"", c.0, c.1, c.2)).count();
+        let filled = |c: RGBColor| {
+            svg.matches(&format!("fill=\"#{:02X}{:02X}{:02X}\"", c.0, c.1, c.2))
+                .count()
+        };
         assert_eq!(filled(COLORS[Target::Tc as usize]), 3, "{svg}");
     }
 }

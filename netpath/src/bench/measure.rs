@@ -13,10 +13,21 @@ use super::{
 use crate::host::netns;
 
 pub(super) fn test_name(test: usize) -> &'static str {
-    ["TCP 1 stream", "TCP 1 stream reverse", "TCP 4 streams", "TCP 4 streams reverse", "UDP 64 B", "RTT"][test]
+    [
+        "TCP 1 stream",
+        "TCP 1 stream reverse",
+        "TCP 4 streams",
+        "TCP 4 streams reverse",
+        "UDP 64 B",
+        "RTT",
+    ][test]
 }
 
-pub(super) async fn run_test(bed: &Bed, test: usize, seconds: u64) -> Result<Vec<(Metric, Sample)>> {
+pub(super) async fn run_test(
+    bed: &Bed,
+    test: usize,
+    seconds: u64,
+) -> Result<Vec<(Metric, Sample)>> {
     Ok(match test {
         0 => vec![(Metric::Tcp1Gbps, tcp(bed, seconds, 1, false).await?)],
         1 => vec![(Metric::Tcp1ReverseGbps, tcp(bed, seconds, 1, true).await?)],
@@ -26,8 +37,20 @@ pub(super) async fn run_test(bed: &Bed, test: usize, seconds: u64) -> Result<Vec
         _ => {
             let (p50, p99) = rtt(bed, seconds).await?;
             vec![
-                (Metric::RttP50Us, Sample { value: p50, cpu: None }),
-                (Metric::RttP99Us, Sample { value: p99, cpu: None }),
+                (
+                    Metric::RttP50Us,
+                    Sample {
+                        value: p50,
+                        cpu: None,
+                    },
+                ),
+                (
+                    Metric::RttP99Us,
+                    Sample {
+                        value: p99,
+                        cpu: None,
+                    },
+                ),
             ]
         }
     })
@@ -37,9 +60,19 @@ pub(super) async fn run_test(bed: &Bed, test: usize, seconds: u64) -> Result<Vec
 pub(super) fn busy_cpu_seconds() -> Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let line = stat.lines().next().context("/proc/stat is empty")?;
-    let fields: Vec<f64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let fields: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
     // user nice system idle iowait irq softirq steal: all but idle and iowait.
-    let busy: f64 = fields.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).take(6).map(|(_, v)| v).sum();
+    let busy: f64 = fields
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .take(6)
+        .map(|(_, v)| v)
+        .sum();
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(busy / ticks)
@@ -76,18 +109,32 @@ pub(super) async fn tcp(bed: &Bed, seconds: u64, streams: u32, reverse: bool) ->
         args.push("-R");
     }
     let (report, cpu) = iperf(bed, seconds, &args).await?;
-    let bps = report["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3: no sum_received")?;
-    let gbits = report["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0) * 8.0 / 1e9;
-    Ok(Sample { value: bps / 1e9, cpu: (gbits > 0.0).then(|| cpu * 1000.0 / gbits) })
+    let bps = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3: no sum_received")?;
+    let gbits = report["end"]["sum_received"]["bytes"]
+        .as_f64()
+        .unwrap_or(0.0)
+        * 8.0
+        / 1e9;
+    Ok(Sample {
+        value: bps / 1e9,
+        cpu: (gbits > 0.0).then(|| cpu * 1000.0 / gbits),
+    })
 }
 
 pub(super) async fn udp64(bed: &Bed, seconds: u64) -> Result<Sample> {
     let (report, cpu) = iperf(bed, seconds, &["-u", "-b", "0", "-l", "64"]).await?;
     let sum = &report["end"]["sum"];
-    let sent = sum["packets"].as_f64().context("iperf3: no UDP packet count")?;
+    let sent = sum["packets"]
+        .as_f64()
+        .context("iperf3: no UDP packet count")?;
     let delivered = sent - sum["lost_packets"].as_f64().unwrap_or(0.0);
     let secs = sum["seconds"].as_f64().unwrap_or(seconds as f64);
-    Ok(Sample { value: delivered / secs / 1000.0, cpu: (delivered > 0.0).then(|| cpu * 1e9 / delivered) })
+    Ok(Sample {
+        value: delivered / secs / 1000.0,
+        cpu: (delivered > 0.0).then(|| cpu * 1e9 / delivered),
+    })
 }
 
 /// Round-trip percentiles from sockperf ping-pong, in microseconds.
@@ -101,7 +148,16 @@ pub(super) async fn rtt(bed: &Bed, seconds: u64) -> Result<(f64, f64)> {
         .context("starting sockperf server (is sockperf installed? `cargo xtask setup`)")?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let out = netns::command(&bed.client, "sockperf")?
-        .args(["pp", "-i", &bed.server_ip, "-p", port, "-t", &seconds.to_string(), "--full-rtt"])
+        .args([
+            "pp",
+            "-i",
+            &bed.server_ip,
+            "-p",
+            port,
+            "-t",
+            &seconds.to_string(),
+            "--full-rtt",
+        ])
         .output()
         .await
         .context("running sockperf")?;
@@ -112,8 +168,12 @@ pub(super) async fn rtt(bed: &Bed, seconds: u64) -> Result<(f64, f64)> {
             .find(|l| l.contains(&format!("percentile {p} =")))
             .and_then(|l| l.rsplit('=').next())
             .and_then(|v| v.trim().parse().ok())
-            .with_context(|| format!("sockperf printed no {p} percentile on {}: {text}", bed.target))
+            .with_context(|| {
+                format!(
+                    "sockperf printed no {p} percentile on {}: {text}",
+                    bed.target
+                )
+            })
     };
     Ok((percentile("50.000")?, percentile("99.000")?))
 }
-

@@ -13,13 +13,13 @@ use anyhow::{Context, Result, bail};
 use log::warn;
 use rtnetlink::Handle;
 
+pub use self::report::{Report, Target, table};
 use self::{
     beds::{Bed, bench_name, make_bed, remove_bed},
     measure::{run_test, test_name},
     report::{Metric, Sample, rows},
     scale::scale_sweep,
 };
-pub use self::report::{Report, Target, table};
 
 pub struct Options {
     pub seconds: u64,
@@ -46,10 +46,12 @@ pub async fn run(handle: &Handle, options: Options) -> Result<Report> {
     }
     let report = result?;
     if let Some(path) = &options.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &options.plot {
-        std::fs::write(path, chart::svg(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, chart::svg(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(report)
 }
@@ -57,7 +59,15 @@ pub async fn run(handle: &Handle, options: Options) -> Result<Report> {
 async fn measure(handle: &Handle, options: &Options, beds: &mut Vec<Bed>) -> Result<Report> {
     for (i, target) in options.targets.iter().enumerate() {
         eprintln!("bench: setting up {target}");
-        let bed = make_bed(handle, bench_name("nb", *target), *target, i, 2, netpath_common::FDB_CAPACITY).await?;
+        let bed = make_bed(
+            handle,
+            bench_name("nb", *target),
+            *target,
+            i,
+            2,
+            netpath_common::FDB_CAPACITY,
+        )
+        .await?;
         beds.push(bed);
     }
     let tests = 6;
@@ -81,16 +91,28 @@ async fn measure(handle: &Handle, options: &Options, beds: &mut Vec<Bed>) -> Res
                     left
                 );
                 for (metric, sample) in run_test(bed, test, options.seconds).await? {
-                    samples.entry((metric, bed.target)).or_default().push(sample);
+                    samples
+                        .entry((metric, bed.target))
+                        .or_default()
+                        .push(sample);
                 }
                 done += 1;
             }
         }
     }
-    let scale = if options.scale { scale_sweep(handle, options.seconds).await? } else { Vec::new() };
+    let scale = if options.scale {
+        scale_sweep(handle, options.seconds).await?
+    } else {
+        Vec::new()
+    };
     Ok(Report {
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().into(),
-        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .into(),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         seconds: options.seconds,
         repeat: options.repeat,
         udp_generator: "iperf3 -u -b 0 -l 64 (one sender thread: the sender may bound the rate)",
@@ -98,4 +120,3 @@ async fn measure(handle: &Handle, options: &Options, beds: &mut Vec<Bed>) -> Res
         scale,
     })
 }
-

@@ -81,9 +81,10 @@ impl Metric {
     /// Unit of the CPU cost recorded beside the metric.
     pub(super) fn cpu_unit(self) -> Option<&'static str> {
         match self {
-            Metric::Tcp1Gbps | Metric::Tcp1ReverseGbps | Metric::Tcp4Gbps | Metric::Tcp4ReverseGbps => {
-                Some("CPU ms per Gbit")
-            }
+            Metric::Tcp1Gbps
+            | Metric::Tcp1ReverseGbps
+            | Metric::Tcp4Gbps
+            | Metric::Tcp4ReverseGbps => Some("CPU ms per Gbit"),
             Metric::Udp64Pps => Some("CPU ns per packet"),
             Metric::RttP50Us | Metric::RttP99Us => None,
         }
@@ -135,7 +136,11 @@ pub struct Report {
 pub(super) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     let n = values.len();
-    if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
 }
 
 pub(super) fn rows(samples: &BTreeMap<(Metric, Target), Vec<Sample>>) -> Vec<Row> {
@@ -153,7 +158,12 @@ pub(super) fn rows(samples: &BTreeMap<(Metric, Target), Vec<Sample>>) -> Vec<Row
         .map(|((metric, target), runs)| {
             let (median, cpu_median) = medians[&(*metric, *target)];
             let ratio = |other: Target| medians.get(&(*metric, other)).map(|(v, _)| median / v);
-            let cpu_vs_bridge = match (cpu_median, medians.get(&(*metric, Target::Bridge)).and_then(|(_, c)| *c)) {
+            let cpu_vs_bridge = match (
+                cpu_median,
+                medians
+                    .get(&(*metric, Target::Bridge))
+                    .and_then(|(_, c)| *c),
+            ) {
                 (Some(mine), Some(bridge)) => Some(mine / bridge),
                 _ => None,
             };
@@ -183,7 +193,10 @@ pub fn table(report: &Report) -> String {
         "{:<32} {:<7} {:>10} {:>9} {:>9}  {:>10} {:>9}  {}\n",
         "TEST", "TARGET", "MEDIAN", "xBRIDGE", "xWIRE", "CPU", "CPUxBR", "CPU UNIT"
     ));
-    let f = |v: Option<f64>, digits: usize| v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into());
+    let f = |v: Option<f64>, digits: usize| {
+        v.map(|v| format!("{v:.digits$}"))
+            .unwrap_or_else(|| "-".into())
+    };
     for row in &report.rows {
         out.push_str(&format!(
             "{:<32} {:<7} {:>10.2} {:>9} {:>9}  {:>10} {:>9}  {}\n",
@@ -198,10 +211,19 @@ pub fn table(report: &Report) -> String {
         ));
     }
     if !report.scale.is_empty() {
-        out.push_str("\nscale: TCP 1 stream between a random pair (Gbit/s), by extra FDB entries\n");
-        out.push_str(&format!("{:>10} {:<7} {:>8} {:>8}  {}\n", "CONTAINERS", "TARGET", "UP s", "DOWN s", "GBIT/S BY EXTRA FDB ENTRIES"));
+        out.push_str(
+            "\nscale: TCP 1 stream between a random pair (Gbit/s), by extra FDB entries\n",
+        );
+        out.push_str(&format!(
+            "{:>10} {:<7} {:>8} {:>8}  {}\n",
+            "CONTAINERS", "TARGET", "UP s", "DOWN s", "GBIT/S BY EXTRA FDB ENTRIES"
+        ));
         for s in &report.scale {
-            let by: Vec<String> = s.tcp1_gbps_by_fdb_extra.iter().map(|(k, v)| format!("{k}: {v:.2}")).collect();
+            let by: Vec<String> = s
+                .tcp1_gbps_by_fdb_extra
+                .iter()
+                .map(|(k, v)| format!("{k}: {v:.2}"))
+                .collect();
             out.push_str(&format!(
                 "{:>10} {:<7} {:>8.2} {:>8.2}  {}\n",
                 s.containers,
@@ -233,8 +255,18 @@ mod tests {
     #[test]
     fn rows_carry_medians_and_ratios_to_the_bridge_and_the_wire() {
         let mut samples = BTreeMap::new();
-        samples.insert((Metric::Tcp1Gbps, Target::Bridge), vec![sample(10.0, Some(100.0)), sample(12.0, Some(80.0)), sample(11.0, Some(90.0))]);
-        samples.insert((Metric::Tcp1Gbps, Target::Tc), vec![sample(22.0, Some(45.0)), sample(20.0, Some(45.0))]);
+        samples.insert(
+            (Metric::Tcp1Gbps, Target::Bridge),
+            vec![
+                sample(10.0, Some(100.0)),
+                sample(12.0, Some(80.0)),
+                sample(11.0, Some(90.0)),
+            ],
+        );
+        samples.insert(
+            (Metric::Tcp1Gbps, Target::Tc),
+            vec![sample(22.0, Some(45.0)), sample(20.0, Some(45.0))],
+        );
         samples.insert((Metric::Tcp1Gbps, Target::Wire), vec![sample(21.0, None)]);
         let rows = rows(&samples);
         let tc = rows.iter().find(|r| r.target == Target::Tc).unwrap();
@@ -253,7 +285,9 @@ mod tests {
             rows,
             scale: Vec::new(),
         });
-        assert!(table.contains("TCP 1 stream (Gbit/s)") && table.contains("1.909"), "{table}");
+        assert!(
+            table.contains("TCP 1 stream (Gbit/s)") && table.contains("1.909"),
+            "{table}"
+        );
     }
 }
-

@@ -22,7 +22,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self, bound: usize) -> usize {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 33) % bound as u64) as usize
     }
 }
@@ -34,10 +37,21 @@ pub(super) async fn scale_sweep(handle: &Handle, seconds: u64) -> Result<Vec<Sca
     let mut rows = Vec::new();
     let mut rng = Lcg(0x6e70);
     for containers in SCALE_CONTAINERS {
-        for (index, target) in [Target::Bridge, Target::Xdp, Target::Tc].into_iter().enumerate() {
+        for (index, target) in [Target::Bridge, Target::Xdp, Target::Tc]
+            .into_iter()
+            .enumerate()
+        {
             eprintln!("bench: scale: {containers} containers, {target}");
             let started = Instant::now();
-            let mut bed = make_bed(handle, bench_name("ns", target), target, 10 + index, containers, 131_072).await?;
+            let mut bed = make_bed(
+                handle,
+                bench_name("ns", target),
+                target,
+                10 + index,
+                containers,
+                131_072,
+            )
+            .await?;
             let up_s = started.elapsed().as_secs_f64();
             let result = async {
                 let (i, mut j) = (rng.next(containers), rng.next(containers));
@@ -53,7 +67,12 @@ pub(super) async fn scale_sweep(handle: &Handle, seconds: u64) -> Result<Vec<Sca
                         continue;
                     }
                     if extra > 0 {
-                        fill_fdb(handle, &bed.name, extra - by_extra.keys().copied().max().unwrap_or(0)).await?;
+                        fill_fdb(
+                            handle,
+                            &bed.name,
+                            extra - by_extra.keys().copied().max().unwrap_or(0),
+                        )
+                        .await?;
                     }
                     by_extra.insert(extra, tcp(&bed, seconds, 1, false).await?.value);
                 }
@@ -76,7 +95,9 @@ pub(super) async fn scale_sweep(handle: &Handle, seconds: u64) -> Result<Vec<Sca
 
 /// Adds `count` static entries for MACs no container has, on port c0.
 async fn fill_fdb(handle: &Handle, topology: &str, count: u32) -> Result<()> {
-    let port = netlink::link_by_name(handle, &port_name(topology, "c0")).await?.context("port c0 missing")?;
+    let port = netlink::link_by_name(handle, &port_name(topology, "c0"))
+        .await?
+        .context("port c0 missing")?;
     let mut table = Fdb::open(&datapath::maps(topology)?)?;
     let base = table.rows()?.len() as u32;
     for n in base..base + count {
@@ -85,4 +106,3 @@ async fn fill_fdb(handle: &Handle, topology: &str, count: u32) -> Result<()> {
     }
     Ok(())
 }
-

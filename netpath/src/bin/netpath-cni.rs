@@ -8,8 +8,12 @@ fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let mut stdin = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut stdin);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    let (output, code) = runtime.block_on(netpath::ops::cni::run(|k| std::env::var(k).ok(), &stdin));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let (output, code) =
+        runtime.block_on(netpath::ops::cni::run(|k| std::env::var(k).ok(), &stdin));
     if !output.is_null() {
         println!("{output}");
     }

@@ -17,7 +17,12 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     repeat: usize,
     /// What to measure.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "bridge,xdp,tc,wire")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "bridge,xdp,tc,wire"
+    )]
     targets: Vec<Target>,
     /// Write every raw figure as JSON.
     #[arg(long)]
@@ -32,8 +37,22 @@ pub struct BenchArgs {
 
 pub async fn run(args: BenchArgs) -> Result<()> {
     require_root()?;
-    let BenchArgs { seconds, repeat, targets, json, plot, scale } = args;
-    let options = bench::Options { seconds, repeat, targets, json, plot, scale };
+    let BenchArgs {
+        seconds,
+        repeat,
+        targets,
+        json,
+        plot,
+        scale,
+    } = args;
+    let options = bench::Options {
+        seconds,
+        repeat,
+        targets,
+        json,
+        plot,
+        scale,
+    };
     let report = bench::run(&netlink_handle().await?, options).await?;
     print!("{}", bench::table(&report));
     Ok(())

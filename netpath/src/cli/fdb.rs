@@ -7,7 +7,10 @@ use super::{NameArg, netlink_handle, render, require_root};
 use crate::{
     datapath::{self, fdb::Fdb},
     host::netlink::LinkNames,
-    model::{Mac, naming::{container_of, port_name}},
+    model::{
+        Mac,
+        naming::{container_of, port_name},
+    },
     ops::fdb,
 };
 
@@ -67,9 +70,16 @@ pub async fn run(command: FdbCommand) -> Result<()> {
                 Ok(())
             }
         }
-        FdbCommand::Add { name: NameArg { name }, mac, port } => {
+        FdbCommand::Add {
+            name: NameArg { name },
+            mac,
+            port,
+        } => {
             fdb::add(&handle, &name, mac, &port).await?;
-            println!("{mac} dev {} static", port_name(&name, container_of(&name, &port)));
+            println!(
+                "{mac} dev {} static",
+                port_name(&name, container_of(&name, &port))
+            );
             Ok(())
         }
         FdbCommand::Del { name, mac } => fdb::del(&name.datapath()?, &name.name, mac),

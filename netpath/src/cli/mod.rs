@@ -19,7 +19,11 @@ use rtnetlink::Handle;
 use crate::model::{Settings, naming::validate_topology_name, spec::DEFAULT_NAME};
 
 #[derive(Parser)]
-#[command(name = "netpath", version, about = "eBPF fast path between containers, with the Linux bridge as fallback")]
+#[command(
+    name = "netpath",
+    version,
+    about = "eBPF fast path between containers, with the Linux bridge as fallback"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -101,7 +105,8 @@ pub enum Command {
 }
 
 async fn netlink_handle() -> Result<Handle> {
-    let (connection, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+    let (connection, handle, _) =
+        rtnetlink::new_connection().context("opening a netlink socket")?;
     tokio::spawn(connection);
     Ok(handle)
 }

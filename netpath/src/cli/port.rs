@@ -50,12 +50,27 @@ pub async fn run(command: PortCommand) -> Result<()> {
     require_root()?;
     let handle = netlink_handle().await?;
     match command {
-        PortCommand::Add { name: NameArg { name }, port, ip, mac, no_source_check } => {
-            let added = topology::port_add(&handle, &name, &port, &ip, mac, !no_source_check).await?;
+        PortCommand::Add {
+            name: NameArg { name },
+            port,
+            ip,
+            mac,
+            no_source_check,
+        } => {
+            let added =
+                topology::port_add(&handle, &name, &port, &ip, mac, !no_source_check).await?;
             let ips: Vec<String> = added.ips.iter().map(ToString::to_string).collect();
-            println!("port {} added: {} {}", port_name(&name, &added.name), ips.join(" "), added.mac);
+            println!(
+                "port {} added: {} {}",
+                port_name(&name, &added.name),
+                ips.join(" "),
+                added.mac
+            );
         }
-        PortCommand::Del { name: NameArg { name }, port } => {
+        PortCommand::Del {
+            name: NameArg { name },
+            port,
+        } => {
             topology::port_del(&handle, &name, &port).await?;
             println!("port {port} removed from topology {name}");
         }

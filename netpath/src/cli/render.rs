@@ -28,7 +28,11 @@ fn join<T: ToString>(items: &[T]) -> String {
     if items.is_empty() {
         return "-".into();
     }
-    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn status(s: &Status) -> String {
@@ -113,8 +117,15 @@ pub fn stats_table(stats: &[PortStats], previous: Option<(&[PortStats], f64)>) -
         for counter in Counter::ALL {
             let value = match previous {
                 Some((before, seconds)) => {
-                    let old = before.iter().find(|p| p.ifindex == port.ifindex).map(|p| p.get(counter)).unwrap_or(0);
-                    format!("{:.0}/s", port.get(counter).saturating_sub(old) as f64 / seconds)
+                    let old = before
+                        .iter()
+                        .find(|p| p.ifindex == port.ifindex)
+                        .map(|p| p.get(counter))
+                        .unwrap_or(0);
+                    format!(
+                        "{:.0}/s",
+                        port.get(counter).saturating_sub(old) as f64 / seconds
+                    )
                 }
                 None => port.get(counter).to_string(),
             };

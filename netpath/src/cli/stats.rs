@@ -5,7 +5,10 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::{netlink_handle, render, require_root};
-use crate::{datapath::{self, counters}, host::netlink::LinkNames};
+use crate::{
+    datapath::{self, counters},
+    host::netlink::LinkNames,
+};
 
 pub async fn run(topology: &str, json: bool, watch: bool) -> Result<()> {
     require_root()?;

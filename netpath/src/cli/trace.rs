@@ -36,12 +36,26 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     };
     let names = LinkNames::load(&handle).await?;
     let to_file = args.write.is_some();
-    let options = trace::Options { port, count: args.count, write: args.write, filter: args.filter };
-    let summary = trace::run(&name, options, &|i| names.name(i), |line| println!("{line}")).await?;
+    let options = trace::Options {
+        port,
+        count: args.count,
+        write: args.write,
+        filter: args.filter,
+    };
+    let summary = trace::run(&name, options, &|i| names.name(i), |line| {
+        println!("{line}")
+    })
+    .await?;
     let lost = match summary.lost {
         0 => String::new(),
-        n => format!(", {n} lost (the ring buffer was full: trace fewer frames, e.g. with --filter or --port)"),
+        n => format!(
+            ", {n} lost (the ring buffer was full: trace fewer frames, e.g. with --filter or --port)"
+        ),
     };
-    eprintln!("{} frames {}{lost}", summary.shown, if to_file { "written" } else { "shown" });
+    eprintln!(
+        "{} frames {}{lost}",
+        summary.shown,
+        if to_file { "written" } else { "shown" }
+    );
     Ok(())
 }

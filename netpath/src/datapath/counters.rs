@@ -33,7 +33,11 @@ pub fn read(maps: &Maps, name_of: impl Fn(u32) -> String) -> Result<Vec<PortStat
             let total = per_cpu.iter().map(|c| c.packets[counter as usize]).sum();
             packets.insert(counter.name(), total);
         }
-        out.push(PortStats { port: name_of(ifindex), ifindex, packets });
+        out.push(PortStats {
+            port: name_of(ifindex),
+            ifindex,
+            packets,
+        });
     }
     out.sort_by(|a, b| a.port.cmp(&b.port));
     Ok(out)

@@ -31,13 +31,18 @@ pub struct Row {
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of bpf_ktime_get_ns().
 pub fn monotonic_ns() -> u64 {
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    let now =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
     now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
 }
 
 impl Fdb {
     pub fn open(maps: &Maps) -> Result<Self> {
-        Ok(Self { statics: maps.fdb_static()?, learned: maps.fdb_learned()?, counts: maps.port_learned()? })
+        Ok(Self {
+            statics: maps.fdb_static()?,
+            learned: maps.fdb_learned()?,
+            counts: maps.port_learned()?,
+        })
     }
 
     /// Adds (or moves) a static entry. A learned entry of the same MAC goes:
@@ -45,9 +50,11 @@ impl Fdb {
     /// hold a slot of its port's learn limit.
     pub fn add_static(&mut self, mac: Mac, ifindex: u32) -> Result<()> {
         let key = FdbKey::new(mac.0, 0);
-        self.statics
-            .insert(key, ifindex, 0)
-            .with_context(|| format!("adding static FDB entry {mac} -> ifindex {ifindex} to map FDB_STATIC (is it full?)"))?;
+        self.statics.insert(key, ifindex, 0).with_context(|| {
+            format!(
+                "adding static FDB entry {mac} -> ifindex {ifindex} to map FDB_STATIC (is it full?)"
+            )
+        })?;
         self.remove_learned(&key);
         Ok(())
     }
@@ -56,7 +63,9 @@ impl Fdb {
     pub fn remove(&mut self, mac: Mac) -> Result<bool> {
         let key = FdbKey::new(mac.0, 0);
         if self.statics.get(&key, 0).is_ok() {
-            self.statics.remove(&key).with_context(|| format!("deleting FDB entry {mac} from map FDB_STATIC"))?;
+            self.statics
+                .remove(&key)
+                .with_context(|| format!("deleting FDB entry {mac} from map FDB_STATIC"))?;
             return Ok(true);
         }
         Ok(self.remove_learned(&key))
@@ -67,7 +76,13 @@ impl Fdb {
         let mut rows = Vec::new();
         for entry in self.statics.iter() {
             let (key, ifindex) = entry.context("reading map FDB_STATIC")?;
-            rows.push(Row { mac: Mac(key.mac), vlan: key.vlan, ifindex, state: "static", age_s: None });
+            rows.push(Row {
+                mac: Mac(key.mac),
+                vlan: key.vlan,
+                ifindex,
+                state: "static",
+                age_s: None,
+            });
         }
         for (key, entry) in self.learned_entries()? {
             rows.push(Row {
@@ -83,7 +98,10 @@ impl Fdb {
     }
 
     fn learned_entries(&self) -> Result<Vec<(FdbKey, FdbEntry)>> {
-        self.learned.iter().map(|r| r.context("reading map FDB_LEARNED")).collect()
+        self.learned
+            .iter()
+            .map(|r| r.context("reading map FDB_LEARNED"))
+            .collect()
     }
 
     /// Deletes a learned entry and gives its port the slot back; returns
@@ -93,12 +111,16 @@ impl Fdb {
     /// port's count in those microseconds is lost, so a port may hold one
     /// entry more, or one less, than its limit until it learns again.
     fn remove_learned(&mut self, key: &FdbKey) -> bool {
-        let Ok(entry) = self.learned.get(key, 0) else { return false };
+        let Ok(entry) = self.learned.get(key, 0) else {
+            return false;
+        };
         if self.learned.remove(key).is_err() {
             return false;
         }
         if let Ok(count) = self.counts.get(&entry.ifindex, 0) {
-            let _ = self.counts.insert(entry.ifindex, count.saturating_sub(1), 0);
+            let _ = self
+                .counts
+                .insert(entry.ifindex, count.saturating_sub(1), 0);
         }
         true
     }
@@ -107,8 +129,12 @@ impl Fdb {
     /// before each delete, so an entry refreshed meanwhile stays); returns
     /// how many went.
     fn remove_learned_where(&mut self, doomed: impl Fn(&FdbEntry) -> bool) -> Result<usize> {
-        let keys: Vec<FdbKey> =
-            self.learned_entries()?.into_iter().filter(|(_, e)| doomed(e)).map(|(k, _)| k).collect();
+        let keys: Vec<FdbKey> = self
+            .learned_entries()?
+            .into_iter()
+            .filter(|(_, e)| doomed(e))
+            .map(|(k, _)| k)
+            .collect();
         let mut removed = 0;
         for key in &keys {
             if self.learned.get(key, 0).is_ok_and(|e| doomed(&e)) && self.remove_learned(key) {

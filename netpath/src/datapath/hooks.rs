@@ -13,7 +13,9 @@ use aya::{
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
-        tc::{NlOptions, TcAttachOptions, TcError, TcHandle, qdisc_add_clsact, qdisc_detach_program},
+        tc::{
+            NlOptions, TcAttachOptions, TcError, TcHandle, qdisc_add_clsact, qdisc_detach_program,
+        },
     },
     util::KernelVersion,
 };
@@ -108,7 +110,14 @@ impl TcMethod {
 /// Attaches `hook`'s program to `port` and pins the link, unless it is
 /// attached already (by an earlier loader: a pinned link, or for tc through
 /// clsact, netpath's filter on the port).
-pub async fn attach(handle: &Handle, ebpf: &mut Ebpf, pins: &Path, port: &Port, ifindex: u32, hook: Hook) -> Result<()> {
+pub async fn attach(
+    handle: &Handle,
+    ebpf: &mut Ebpf,
+    pins: &Path,
+    port: &Port,
+    ifindex: u32,
+    hook: Hook,
+) -> Result<()> {
     let name = &port.name;
     let pin = hook.pin_path(pins, name);
     if pin.exists() {
@@ -124,7 +133,10 @@ pub async fn attach(handle: &Handle, ebpf: &mut Ebpf, pins: &Path, port: &Port, 
             let id = program
                 .attach_to_if_index(ifindex, XdpMode::Driver)
                 .with_context(|| format!("attaching XDP to {name}"))?;
-            program.take_link(id)?.try_into().context("XDP link is not a bpf_link")?
+            program
+                .take_link(id)?
+                .try_into()
+                .context("XDP link is not a bpf_link")?
         }
         Hook::XdpPeer => {
             let program: &mut Xdp = program_mut(ebpf, programs::XDP_PEER)?;
@@ -133,21 +145,34 @@ pub async fn attach(handle: &Handle, ebpf: &mut Ebpf, pins: &Path, port: &Port, 
                 let index = nix::net::if_::if_nametoindex(port.ifname.as_str())
                     .with_context(|| format!("no {}", port.ifname))?;
                 let id = program.attach_to_if_index(index, XdpMode::Driver)?;
-                let link = program.take_link(id)?.try_into().context("XDP link is not a bpf_link")?;
+                let link = program
+                    .take_link(id)?
+                    .try_into()
+                    .context("XDP link is not a bpf_link")?;
                 set_xdp_offloads(&port.ifname)?;
                 Ok(link)
             })
-            .with_context(|| format!("attaching XDP pass to {} in {}", port.ifname, port.netns.display()))?
+            .with_context(|| {
+                format!(
+                    "attaching XDP pass to {} in {}",
+                    port.ifname,
+                    port.netns.display()
+                )
+            })?
         }
         Hook::Tc => {
             let program: &mut SchedClassifier = program_mut(ebpf, programs::TC_FORWARD)?;
             let id = program
                 .attach(name, TcAttachType::Ingress)
                 .with_context(|| format!("attaching tc ingress to {name}"))?;
-            program.take_link(id)?.try_into().context("tc link is not a bpf_link (kernel without tcx?)")?
+            program
+                .take_link(id)?
+                .try_into()
+                .context("tc link is not a bpf_link (kernel without tcx?)")?
         }
     };
-    link.pin(&pin).with_context(|| format!("pinning link {}", pin.display()))?;
+    link.pin(&pin)
+        .with_context(|| format!("pinning link {}", pin.display()))?;
     Ok(())
 }
 
@@ -167,9 +192,17 @@ async fn attach_clsact(handle: &Handle, ebpf: &mut Ebpf, port: &Port, ifindex: u
         Err(e) => return Err(e).with_context(|| format!("adding a clsact qdisc to {name}")),
     }
     let program: &mut SchedClassifier = program_mut(ebpf, programs::TC_FORWARD)?;
-    let options = NlOptions { priority: CLSACT_PRIORITY, handle: CLSACT_HANDLE, classid: None };
+    let options = NlOptions {
+        priority: CLSACT_PRIORITY,
+        handle: CLSACT_HANDLE,
+        classid: None,
+    };
     let id = program
-        .attach_with_options(name, TcAttachType::Ingress, TcAttachOptions::Netlink(options))
+        .attach_with_options(
+            name,
+            TcAttachType::Ingress,
+            TcAttachOptions::Netlink(options),
+        )
         .with_context(|| format!("attaching tc ingress (clsact) to {name}"))?;
     // The filter must outlive this loader: dropping the link would detach it.
     std::mem::forget(program.take_link(id)?);
@@ -178,11 +211,20 @@ async fn attach_clsact(handle: &Handle, ebpf: &mut Ebpf, port: &Port, ifindex: u
 
 /// The id of the program of netpath's cls_bpf filter on the port's ingress.
 pub async fn clsact_program_id(handle: &Handle, ifindex: u32) -> Result<Option<u32>> {
-    let filters: Vec<_> = match handle.traffic_filter(ifindex as i32).get().ingress().execute().try_collect().await {
+    let filters: Vec<_> = match handle
+        .traffic_filter(ifindex as i32)
+        .get()
+        .ingress()
+        .execute()
+        .try_collect()
+        .await
+    {
         Ok(filters) => filters,
         // No clsact qdisc (or no such device): no filter.
         Err(rtnetlink::Error::NetlinkError(_)) => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("listing the tc filters of link {ifindex}")),
+        Err(e) => {
+            return Err(e).with_context(|| format!("listing the tc filters of link {ifindex}"));
+        }
     };
     let mut ours = None;
     for filter in filters {
@@ -231,7 +273,13 @@ fn restore_veth_offloads(port: &Port) -> Result<()> {
         ethtool::set(&port.ifname, ethtool::Offload::TxChecksum, true)?;
         ethtool::set(&port.ifname, ethtool::Offload::Gro, gro)
     })
-    .with_context(|| format!("restoring offloads of {} in {}", port.ifname, port.netns.display()))
+    .with_context(|| {
+        format!(
+            "restoring offloads of {} in {}",
+            port.ifname,
+            port.netns.display()
+        )
+    })
 }
 
 /// Unpins (and so detaches) one hook's link of one port, if pinned, or
@@ -242,15 +290,25 @@ pub fn detach(pins: &Path, port: &Port, hook: Hook) -> Result<()> {
         match qdisc_detach_program(&port.name, TcAttachType::Ingress, programs::TC_FORWARD) {
             Ok(()) => {}
             // Not attached, or the port (and its filter) are gone already.
-            Err(TcError::IoError(e)) if matches!(e.kind(), std::io::ErrorKind::NotFound) || e.raw_os_error() == Some(libc::ENODEV) => {}
-            Err(TcError::NetlinkError(e)) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT) | Some(libc::ENODEV)) => {}
-            Err(e) => return Err(e).with_context(|| format!("detaching the tc filter of {}", port.name)),
+            Err(TcError::IoError(e))
+                if matches!(e.kind(), std::io::ErrorKind::NotFound)
+                    || e.raw_os_error() == Some(libc::ENODEV) => {}
+            Err(TcError::NetlinkError(e))
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL) | Some(libc::ENOENT) | Some(libc::ENODEV)
+                ) => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("detaching the tc filter of {}", port.name));
+            }
         }
     }
     let pin = hook.pin_path(pins, &port.name);
     if pin.exists() {
-        let link = PinnedLink::from_pin(&pin).with_context(|| format!("opening pinned link {}", pin.display()))?;
-        link.unpin().with_context(|| format!("unpinning {}", pin.display()))?;
+        let link = PinnedLink::from_pin(&pin)
+            .with_context(|| format!("opening pinned link {}", pin.display()))?;
+        link.unpin()
+            .with_context(|| format!("unpinning {}", pin.display()))?;
         if hook == Hook::XdpPeer && port.netns.exists() {
             restore_veth_offloads(port)?;
         }
@@ -261,10 +319,13 @@ pub fn detach(pins: &Path, port: &Port, hook: Hook) -> Result<()> {
 /// Unpins the links of every port not in `ports`.
 pub fn remove_stale(pins: &Path, ports: &HashSet<String>) -> Result<()> {
     for hook in Hook::ALL {
-        let Ok(entries) = fs::read_dir(hook.dir(pins)) else { continue };
+        let Ok(entries) = fs::read_dir(hook.dir(pins)) else {
+            continue;
+        };
         for entry in entries.flatten() {
             if !ports.contains(entry.file_name().to_string_lossy().as_ref()) {
-                fs::remove_file(entry.path()).with_context(|| format!("unpinning {}", entry.path().display()))?;
+                fs::remove_file(entry.path())
+                    .with_context(|| format!("unpinning {}", entry.path().display()))?;
             }
         }
     }
@@ -275,7 +336,9 @@ pub fn remove_stale(pins: &Path, ports: &HashSet<String>) -> Result<()> {
 pub fn attached_program_ids(pins: &Path) -> Result<Vec<u32>> {
     let mut ids = Vec::new();
     for hook in Hook::ALL {
-        let Ok(entries) = fs::read_dir(hook.dir(pins)) else { continue };
+        let Ok(entries) = fs::read_dir(hook.dir(pins)) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let link = FdLink::from(
                 PinnedLink::from_pin(entry.path())
@@ -293,11 +356,22 @@ pub fn attached_program_ids(pins: &Path) -> Result<Vec<u32>> {
 /// Names of the BPF programs hooked on a host-side port, as the kernel
 /// reports them: `xdp:NAME`, `tc:NAME` (tcx ingress) and `tc-clsact:NAME`
 /// (a cls_bpf filter on the clsact qdisc).
-pub async fn programs_on(handle: &Handle, port: &str, ifindex: u32, xdp_prog_id: Option<u32>) -> Result<Vec<String>> {
-    let mut out: Vec<String> =
-        xdp_prog_id.map(|id| format!("xdp:{}", super::object::program_name(id))).into_iter().collect();
+pub async fn programs_on(
+    handle: &Handle,
+    port: &str,
+    ifindex: u32,
+    xdp_prog_id: Option<u32>,
+) -> Result<Vec<String>> {
+    let mut out: Vec<String> = xdp_prog_id
+        .map(|id| format!("xdp:{}", super::object::program_name(id)))
+        .into_iter()
+        .collect();
     if let Ok((_, programs)) = SchedClassifier::query_tcx(port, TcAttachType::Ingress) {
-        out.extend(programs.iter().map(|p| format!("tc:{}", p.name_as_str().unwrap_or("?"))));
+        out.extend(
+            programs
+                .iter()
+                .map(|p| format!("tc:{}", p.name_as_str().unwrap_or("?"))),
+        );
     }
     if let Some(id) = clsact_program_id(handle, ifindex).await? {
         out.push(format!("tc-clsact:{}", super::object::program_name(id)));

@@ -74,7 +74,9 @@ impl Maps {
             bail!("no datapath is pinned in {}", dir.display());
         }
         check_layout(dir, None)?;
-        Ok(Maps { dir: dir.to_owned() })
+        Ok(Maps {
+            dir: dir.to_owned(),
+        })
     }
 
     fn open_map<T>(&self, name: MapName) -> Result<T>
@@ -82,9 +84,11 @@ impl Maps {
         T: TryFrom<Map, Error = aya::maps::MapError>,
     {
         let path = self.dir.join(name.as_str());
-        let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+        let data = MapData::from_pin(&path)
+            .with_context(|| format!("opening pinned map {}", path.display()))?;
         let map = Map::from_map_data(data).with_context(|| format!("map {}", path.display()))?;
-        T::try_from(map).with_context(|| format!("pinned map {} has an unexpected type", path.display()))
+        T::try_from(map)
+            .with_context(|| format!("pinned map {} has an unexpected type", path.display()))
     }
 
     pub fn config(&self) -> Result<Array<MapData, DatapathConfig>> {
@@ -128,25 +132,37 @@ pub fn check_layout(dir: &Path, fdb_size: Option<u32>) -> Result<()> {
     let layout = dir.join(maps::LAYOUT);
     let version = if layout.exists() {
         let map: Array<MapData, u32> = Array::try_from(Map::from_map_data(
-            MapData::from_pin(&layout).with_context(|| format!("opening pinned map {}", layout.display()))?,
+            MapData::from_pin(&layout)
+                .with_context(|| format!("opening pinned map {}", layout.display()))?,
         )?)
         .with_context(|| format!("pinned map {} has an unexpected type", layout.display()))?;
-        map.get(&0, 0).with_context(|| format!("reading {}", layout.display()))?
+        map.get(&0, 0)
+            .with_context(|| format!("reading {}", layout.display()))?
     } else if dir.join(maps::CONFIG).exists() {
         0
     } else {
         return Ok(());
     };
     if version != LAYOUT_VERSION {
-        let made_by = if version == 0 { "an unversioned layout".to_owned() } else { format!("map layout {version}") };
-        bail!("the pins in {} are of {made_by}, this netpath uses layout {LAYOUT_VERSION}: {fix}", dir.display());
+        let made_by = if version == 0 {
+            "an unversioned layout".to_owned()
+        } else {
+            format!("map layout {version}")
+        };
+        bail!(
+            "the pins in {} are of {made_by}, this netpath uses layout {LAYOUT_VERSION}: {fix}",
+            dir.display()
+        );
     }
     if let Some(want) = fdb_size {
-        let fdb = dir.join(maps::FDB_LEARNED);
+        let fdb = dir.join(maps::FDB_STATIC);
         if let Ok(info) = MapInfo::from_pin(&fdb) {
             let have = info.max_entries();
             if have != want {
-                bail!("the FDB pinned in {} holds {have} entries, {want} were asked: {fix}", dir.display());
+                bail!(
+                    "the FDB pinned in {} holds {have} entries, {want} were asked: {fix}",
+                    dir.display()
+                );
             }
         }
     }

@@ -10,12 +10,16 @@ const MEMCG_ACCOUNTING: (u32, u32) = (5, 11);
 
 /// Raises RLIMIT_MEMLOCK to unlimited if the running kernel needs it.
 pub fn raise_for_bpf() -> Result<()> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").context("reading the kernel release")?;
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .context("reading the kernel release")?;
     let release = release.trim();
     if !charges_memlock(release) {
         return Ok(());
     }
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads the struct we pass and has no other effect on memory.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         let error = std::io::Error::last_os_error();
@@ -30,7 +34,9 @@ pub fn raise_for_bpf() -> Result<()> {
 
 /// Whether a kernel of this `uname -r` release is older than 5.11.
 fn charges_memlock(release: &str) -> bool {
-    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().ok());
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().ok());
     match (numbers.next().flatten(), numbers.next().flatten()) {
         (Some(major), Some(minor)) => (major, minor) < MEMCG_ACCOUNTING,
         // An unparsable release: raising the limit is harmless where it is not needed.

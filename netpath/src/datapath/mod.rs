@@ -12,8 +12,8 @@ pub mod object;
 use std::{
     collections::HashSet,
     fs,
-    os::unix::fs::{DirBuilderExt, PermissionsExt},
     net::IpAddr,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::PathBuf,
 };
 
@@ -23,7 +23,9 @@ use aya::{
     util::nr_cpus,
 };
 use log::info;
-use netpath_common::{DatapathConfig, PORT_IPV4_SLOTS, PORT_IPV6_SLOTS, PORT_SOURCE_CHECK, PortPolicy, PortState};
+use netpath_common::{
+    DatapathConfig, PORT_IPV4_SLOTS, PORT_IPV6_SLOTS, PORT_SOURCE_CHECK, PortPolicy, PortState,
+};
 use rtnetlink::Handle;
 
 use self::{
@@ -93,10 +95,17 @@ pub fn maps(datapath: &str) -> Result<Maps> {
 /// pass to the bridge, counted).
 fn forget_vanished_ports(maps: &Maps) -> Result<()> {
     let devmap = maps.ports()?;
-    let live: HashSet<u32> = devmap.iter().filter_map(Result::ok).map(|(ifindex, _)| ifindex).collect();
+    let live: HashSet<u32> = devmap
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(ifindex, _)| ifindex)
+        .collect();
     let mut port_state = maps.port_state()?;
-    let vanished: Vec<u32> =
-        port_state.keys().filter_map(Result::ok).filter(|ifindex| !live.contains(ifindex)).collect();
+    let vanished: Vec<u32> = port_state
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|ifindex| !live.contains(ifindex))
+        .collect();
     if vanished.is_empty() {
         return Ok(());
     }
@@ -206,21 +215,39 @@ pub async fn ensure_reporting(
     Ok(())
 }
 
-fn fill_maps(maps: &Maps, config: DatapathConfig, learn_limit: u32, ports: &[(&Port, u32)]) -> Result<()> {
+fn fill_maps(
+    maps: &Maps,
+    config: DatapathConfig,
+    learn_limit: u32,
+    ports: &[(&Port, u32)],
+) -> Result<()> {
     let mut config_map = maps.config()?;
     // A `netpath trace` running meanwhile keeps its frames coming.
     let trace_until_ns = config_map.get(&0, 0).map(|c| c.trace_until_ns).unwrap_or(0);
-    config_map.set(0, DatapathConfig { trace_until_ns, ..config }, 0).context("writing map CONFIG")?;
+    config_map
+        .set(
+            0,
+            DatapathConfig {
+                trace_until_ns,
+                ..config
+            },
+            0,
+        )
+        .context("writing map CONFIG")?;
 
     let mut devmap = maps.ports()?;
     let mut counts = maps.port_learned()?;
     for (_, ifindex) in ports {
-        devmap.insert(*ifindex, *ifindex, None, 0).with_context(|| format!("adding port {ifindex} to map PORTS"))?;
+        devmap
+            .insert(*ifindex, *ifindex, None, 0)
+            .with_context(|| format!("adding port {ifindex} to map PORTS"))?;
         // NOEXIST: a port that is already there keeps its count.
         match counts.insert(ifindex, 0, BPF_NOEXIST) {
             Ok(()) => {}
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(e).with_context(|| format!("adding port {ifindex} to map PORT_LEARNED")),
+            Err(e) => {
+                return Err(e).with_context(|| format!("adding port {ifindex} to map PORT_LEARNED"));
+            }
         }
     }
     let mut port_state = maps.port_state()?;
@@ -238,7 +265,12 @@ fn fill_maps(maps: &Maps, config: DatapathConfig, learn_limit: u32, ports: &[(&P
         states.iter_mut().for_each(|s| s.policy = policy);
         port_state
             .insert(ifindex, PerCpuValues::try_from(states)?, 0)
-            .with_context(|| format!("adding port {} (ifindex {ifindex}) to map PORT_STATE", port.name))?;
+            .with_context(|| {
+                format!(
+                    "adding port {} (ifindex {ifindex}) to map PORT_STATE",
+                    port.name
+                )
+            })?;
     }
     let mut table = fdb::Fdb::open(maps)?;
     for (port, ifindex) in ports {
@@ -251,7 +283,11 @@ fn fill_maps(maps: &Maps, config: DatapathConfig, learn_limit: u32, ports: &[(&P
 fn policy_of(port: &Port, learn_limit: u32) -> Result<PortPolicy> {
     let mut policy = PortPolicy {
         mac: port.mac.0,
-        flags: if port.source_check { PORT_SOURCE_CHECK } else { 0 },
+        flags: if port.source_check {
+            PORT_SOURCE_CHECK
+        } else {
+            0
+        },
         learn_limit,
         ..Default::default()
     };
@@ -283,8 +319,12 @@ fn policy_of(port: &Port, learn_limit: u32) -> Result<PortPolicy> {
 /// What carries container-to-container traffic in each mode, for `status`.
 pub fn describe(mode: Mode) -> &'static str {
     match mode {
-        Mode::Tc => "tc ingress + bpf_redirect_peer on every host-side veth; carries all unicast between containers, GSO packets included",
-        Mode::Xdp => "XDP + devmap redirect; carries all unicast between containers, with TSO and tx checksum offload off in the containers (XDP on veth cannot pass GSO packets or pending checksums), so TCP costs more CPU than in tc mode",
+        Mode::Tc => {
+            "tc ingress + bpf_redirect_peer on every host-side veth; carries all unicast between containers, GSO packets included"
+        }
+        Mode::Xdp => {
+            "XDP + devmap redirect; carries all unicast between containers, with TSO and tx checksum offload off in the containers (XDP on veth cannot pass GSO packets or pending checksums), so TCP costs more CPU than in tc mode"
+        }
         Mode::Bridge => "no programs: the Linux bridge forwards everything",
     }
 }
@@ -317,7 +357,9 @@ pub fn forget_port(datapath: &str, port: &Port, ifindex: Option<u32>) -> Result<
     for hook in Hook::ALL {
         hooks::detach(&dir, port, hook)?;
     }
-    let Some(ifindex) = ifindex else { return Ok(()) };
+    let Some(ifindex) = ifindex else {
+        return Ok(());
+    };
     let maps = Maps::open(&dir)?;
     fdb::Fdb::open(&maps)?.remove_port(ifindex)?;
     let _ = maps.ports()?.remove(ifindex);

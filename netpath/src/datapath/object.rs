@@ -32,10 +32,30 @@ pub fn ensure_bpffs() -> Result<()> {
     let mounted = statfs(BPFFS).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC);
     if !mounted {
         fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
-        nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-            .with_context(|| format!("mounting bpffs on {BPFFS}"))?;
+        nix::mount::mount(
+            Some("bpf"),
+            BPFFS,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting bpffs on {BPFFS}"))?;
     }
     Ok(())
+}
+
+/// What the kernel's common LRU takes aside per CPU (`LOCAL_FREE_TARGET` in
+/// kernel/bpf/bpf_lru_list.c): a CPU whose free list runs dry moves that
+/// many free entries to its own list, and evicts to make up whatever the
+/// shared list lacks, even when the map is far from full.
+const LRU_LOCAL_FREE: u32 = 128;
+
+/// The learned FDB's real size: `fdb_size` plus one CPU-local batch per
+/// possible CPU and one more, so that learning up to `fdb_size` entries
+/// never makes the LRU evict (a 64-entry map on 2 CPUs evicted at 1 entry).
+pub fn learned_capacity(fdb_size: u32) -> Result<u32> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+    Ok(fdb_size + (cpus as u32 + 1) * LRU_LOCAL_FREE)
 }
 
 /// Loads the object and every program in it, with maps created fresh
@@ -45,7 +65,7 @@ pub fn load(pins: Option<&Path>, fdb_size: u32) -> Result<Ebpf> {
     super::memlock::raise_for_bpf()?;
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MapName::FdbStatic.as_str(), fdb_size);
-    loader.map_max_entries(MapName::FdbLearned.as_str(), fdb_size);
+    loader.map_max_entries(MapName::FdbLearned.as_str(), learned_capacity(fdb_size)?);
     let fresh = match pins {
         Some(dir) => {
             check_layout(dir, Some(fdb_size))?;
@@ -56,23 +76,37 @@ pub fn load(pins: Option<&Path>, fdb_size: u32) -> Result<Ebpf> {
         }
         None => true,
     };
-    let mut ebpf = loader.load(OBJECT).context("loading the BPF object (maps and relocations)")?;
+    let mut ebpf = loader
+        .load(OBJECT)
+        .context("loading the BPF object (maps and relocations)")?;
     // Sections such as .rodata are the object's constants, not shared state.
-    let declared = ebpf.maps().map(|(name, _)| name).filter(|name| !name.starts_with('.'));
+    let declared = ebpf
+        .maps()
+        .map(|(name, _)| name)
+        .filter(|name| !name.starts_with('.'));
     if let Some(unknown) = declared.into_iter().find(|name| !MapName::known(name)) {
-        bail!("the BPF object declares map {unknown}, which datapath::maps::MapName does not list (so it would not be pinned)");
+        bail!(
+            "the BPF object declares map {unknown}, which datapath::maps::MapName does not list (so it would not be pinned)"
+        );
     }
     if fresh {
-        let mut layout: Array<_, u32> =
-            Array::try_from(ebpf.map_mut(MapName::Layout.as_str()).context("the BPF object has no LAYOUT map")?)?;
-        layout.set(0, LAYOUT_VERSION, 0).context("writing map LAYOUT")?;
+        let mut layout: Array<_, u32> = Array::try_from(
+            ebpf.map_mut(MapName::Layout.as_str())
+                .context("the BPF object has no LAYOUT map")?,
+        )?;
+        layout
+            .set(0, LAYOUT_VERSION, 0)
+            .context("writing map LAYOUT")?;
     }
     for name in [programs::XDP_FORWARD, programs::XDP_PEER] {
         let program: &mut Xdp = program_mut(&mut ebpf, name)?;
-        program.load().with_context(|| format!("verifier rejected BPF program {name}"))?;
+        program
+            .load()
+            .with_context(|| format!("verifier rejected BPF program {name}"))?;
     }
     let tc: &mut SchedClassifier = program_mut(&mut ebpf, programs::TC_FORWARD)?;
-    tc.load().with_context(|| format!("verifier rejected BPF program {}", programs::TC_FORWARD))?;
+    tc.load()
+        .with_context(|| format!("verifier rejected BPF program {}", programs::TC_FORWARD))?;
     Ok(ebpf)
 }
 

@@ -50,10 +50,22 @@ struct IfReq {
 /// One SIOCETHTOOL call with `value` on interface `ifname`.
 fn ioctl(ifname: &str, value: &mut EthtoolValue) -> std::io::Result<()> {
     if ifname.len() >= libc::IFNAMSIZ {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "interface name too long"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
     }
-    let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
-    let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: value, _pad: [0; 16] };
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: value,
+        _pad: [0; 16],
+    };
     req.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
     // SAFETY: req is a valid ifreq whose data points at a live ethtool_value.
     if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req as *mut IfReq) } < 0 {
@@ -64,14 +76,22 @@ fn ioctl(ifname: &str, value: &mut EthtoolValue) -> std::io::Result<()> {
 
 /// Turns `offload` on or off for interface `ifname`.
 pub fn set(ifname: &str, offload: Offload, on: bool) -> Result<()> {
-    let mut value = EthtoolValue { cmd: offload.set_command(), data: on as u32 };
+    let mut value = EthtoolValue {
+        cmd: offload.set_command(),
+        data: on as u32,
+    };
     let state = if on { "on" } else { "off" };
-    ioctl(ifname, &mut value).with_context(|| format!("ethtool: turning {offload:?} {state} on {ifname}"))
+    ioctl(ifname, &mut value)
+        .with_context(|| format!("ethtool: turning {offload:?} {state} on {ifname}"))
 }
 
 /// Whether `offload` is on for interface `ifname`.
 pub fn get(ifname: &str, offload: Offload) -> Result<bool> {
-    let mut value = EthtoolValue { cmd: offload.get_command(), data: 0 };
-    ioctl(ifname, &mut value).with_context(|| format!("ethtool: reading {offload:?} of {ifname}"))?;
+    let mut value = EthtoolValue {
+        cmd: offload.get_command(),
+        data: 0,
+    };
+    ioctl(ifname, &mut value)
+        .with_context(|| format!("ethtool: reading {offload:?} of {ifname}"))?;
     Ok(value.data != 0)
 }

@@ -28,10 +28,17 @@ fn nft(script: &str) -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .context("running nft (install nftables, or run `cargo xtask setup`)")?;
-    child.stdin.take().expect("piped").write_all(script.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("nft failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "nft failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -47,7 +54,11 @@ pub fn table_exists(topology: &str) -> bool {
 
 /// The sysctl that forwards a subnet's family.
 fn forward_sysctl(subnet: &IpNet) -> &'static str {
-    if subnet.addr().is_ipv4() { IPV4_FORWARD } else { IPV6_FORWARD }
+    if subnet.addr().is_ipv4() {
+        IPV4_FORWARD
+    } else {
+        IPV6_FORWARD
+    }
 }
 
 /// Topologies of one namespace change its NAT record one at a time.
@@ -78,7 +89,9 @@ pub fn enable(topology: &str, subnets: &[IpNet]) -> Result<()> {
     for sysctl in subnets.iter().map(forward_sysctl) {
         let value = std::fs::read_to_string(sysctl).with_context(|| format!("reading {sysctl}"))?;
         if value.trim() != "1" && !record.forwarding_before.contains_key(sysctl) {
-            record.forwarding_before.insert(sysctl.to_owned(), value.trim().to_owned());
+            record
+                .forwarding_before
+                .insert(sysctl.to_owned(), value.trim().to_owned());
             turn_on.push(sysctl);
         }
     }

@@ -6,10 +6,14 @@ use anyhow::{Context, Result};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
     packet_route::{
         address::{AddressAttribute, AddressFlags},
-        link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, LinkAttribute, LinkMessage, LinkXdp},
+        link::{
+            AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, LinkAttribute,
+            LinkMessage, LinkXdp,
+        },
         neighbour::{NeighbourFlags, NeighbourState},
     },
 };
@@ -73,8 +77,13 @@ pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<Link>> {
 }
 
 pub async fn links(handle: &Handle) -> Result<Vec<Link>> {
-    let msgs: Vec<LinkMessage> =
-        handle.link().get().execute().try_collect().await.context("listing links")?;
+    let msgs: Vec<LinkMessage> = handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .context("listing links")?;
     Ok(msgs.into_iter().map(Link::from).collect())
 }
 
@@ -84,19 +93,35 @@ pub struct LinkNames(std::collections::HashMap<u32, String>);
 
 impl LinkNames {
     pub async fn load(handle: &Handle) -> Result<Self> {
-        Ok(Self(links(handle).await?.into_iter().map(|l| (l.index, l.name)).collect()))
+        Ok(Self(
+            links(handle)
+                .await?
+                .into_iter()
+                .map(|l| (l.index, l.name))
+                .collect(),
+        ))
     }
 
     /// The interface's name, or `ifN` for one that is gone.
     pub fn name(&self, ifindex: u32) -> String {
-        self.0.get(&ifindex).cloned().unwrap_or_else(|| format!("if{ifindex}"))
+        self.0
+            .get(&ifindex)
+            .cloned()
+            .unwrap_or_else(|| format!("if{ifindex}"))
     }
 }
 
 pub async fn create_bridge(handle: &Handle, name: &str, alias: &str, mtu: u32) -> Result<Link> {
     let msg = LinkBridge::new(name).mtu(mtu).up().build();
-    handle.link().add(msg).execute().await.with_context(|| format!("creating bridge {name}"))?;
-    let link = link_by_name(handle, name).await?.with_context(|| format!("bridge {name} vanished after creation"))?;
+    handle
+        .link()
+        .add(msg)
+        .execute()
+        .await
+        .with_context(|| format!("creating bridge {name}"))?;
+    let link = link_by_name(handle, name)
+        .await?
+        .with_context(|| format!("bridge {name} vanished after creation"))?;
     set_alias(handle, &link, alias).await
 }
 
@@ -104,8 +129,16 @@ pub async fn create_bridge(handle: &Handle, name: &str, alias: &str, mtu: u32) -
 /// a link, so this is a change right after.
 pub async fn set_alias(handle: &Handle, link: &Link, alias: &str) -> Result<Link> {
     let msg = LinkUnspec::new_with_index(link.index).alias(alias).build();
-    handle.link().set(msg).execute().await.with_context(|| format!("marking {} as netpath's", link.name))?;
-    Ok(Link { alias: Some(alias.to_owned()), ..link.clone() })
+    handle
+        .link()
+        .set(msg)
+        .execute()
+        .await
+        .with_context(|| format!("marking {} as netpath's", link.name))?;
+    Ok(Link {
+        alias: Some(alias.to_owned()),
+        ..link.clone()
+    })
 }
 
 /// The far end of a veth pair: created directly inside a namespace.
@@ -124,23 +157,39 @@ pub async fn create_veth(
     mtu: u32,
     peer: VethPeer<'_>,
 ) -> Result<Link> {
-    let mut peer_msg =
-        LinkMessageBuilder::<LinkUnspec>::new().name(peer.name.to_owned()).mtu(mtu).setns_by_fd(peer.netns_fd);
+    let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(peer.name.to_owned())
+        .mtu(mtu)
+        .setns_by_fd(peer.netns_fd);
     if let Some(mac) = peer.mac {
         peer_msg = peer_msg.address(mac.0.to_vec());
     }
-    let mut msg =
-        LinkVeth::new(name, peer.name).set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build()))).mtu(mtu).up();
+    let mut msg = LinkVeth::new(name, peer.name)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
+        .mtu(mtu)
+        .up();
     if let Some(bridge) = bridge {
         msg = msg.controller(bridge);
     }
-    handle.link().add(msg.build()).execute().await.with_context(|| format!("creating veth pair {name}"))?;
-    link_by_name(handle, name).await?.with_context(|| format!("veth {name} vanished after creation"))
+    handle
+        .link()
+        .add(msg.build())
+        .execute()
+        .await
+        .with_context(|| format!("creating veth pair {name}"))?;
+    link_by_name(handle, name)
+        .await?
+        .with_context(|| format!("veth {name} vanished after creation"))
 }
 
 pub async fn set_up(handle: &Handle, index: u32) -> Result<()> {
     let msg = LinkUnspec::new_with_index(index).up().build();
-    handle.link().set(msg).execute().await.with_context(|| format!("setting link {index} up"))
+    handle
+        .link()
+        .set(msg)
+        .execute()
+        .await
+        .with_context(|| format!("setting link {index} up"))
 }
 
 /// Deletes a link; returns false if it was already gone.
@@ -158,10 +207,13 @@ pub async fn delete_link(handle: &Handle, index: u32) -> Result<bool> {
 /// has nothing to set.
 pub async fn set_eui64_link_local(handle: &Handle, index: u32) -> Result<()> {
     let mode = AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::Eui64)]);
-    let msg = LinkUnspec::new_with_index(index).append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![mode])).build();
+    let msg = LinkUnspec::new_with_index(index)
+        .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![mode]))
+        .build();
     match handle.link().set(msg).execute().await {
         Err(e) if is_errno(&e, libc::EAFNOSUPPORT) => Ok(()),
-        other => other.with_context(|| format!("setting IPv6 address generation of link {index} to EUI-64")),
+        other => other
+            .with_context(|| format!("setting IPv6 address generation of link {index} to EUI-64")),
     }
 }
 
@@ -169,12 +221,12 @@ pub async fn set_eui64_link_local(handle: &Handle, index: u32) -> Result<()> {
 pub async fn set_bridge_port_learning(handle: &Handle, index: u32, learning: bool) -> Result<()> {
     let msg = LinkBridgePort::new(index).learning(learning).build();
     // A change through RTM_NEWLINK: RTM_SETLINK ignores port settings.
-    handle
-        .link()
-        .change(msg)
-        .execute()
-        .await
-        .with_context(|| format!("turning learning {} on bridge port {index}", if learning { "on" } else { "off" }))
+    handle.link().change(msg).execute().await.with_context(|| {
+        format!(
+            "turning learning {} on bridge port {index}",
+            if learning { "on" } else { "off" }
+        )
+    })
 }
 
 /// `bridge fdb replace MAC dev PORT master static sticky`: the bridge
@@ -197,9 +249,15 @@ pub async fn add_bridge_static_entry(handle: &Handle, index: u32, mac: Mac) -> R
 pub async fn add_address(handle: &Handle, index: u32, net: IpNet) -> Result<()> {
     let mut request = handle.address().add(index, net.addr(), net.prefix_len());
     if net.addr().is_ipv6() {
-        request.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        request
+            .message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
     }
-    request.execute().await.with_context(|| format!("adding address {net} to link {index}"))
+    request
+        .execute()
+        .await
+        .with_context(|| format!("adding address {net} to link {index}"))
 }
 
 /// The link's addresses of both families, without IPv6 link-local ones
@@ -219,7 +277,9 @@ pub async fn addresses(handle: &Handle, index: u32) -> Result<Vec<IpNet>> {
         .filter_map(|m| {
             let prefix = m.header.prefix_len;
             m.attributes.into_iter().find_map(|a| match a {
-                AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => IpNet::new(ip, prefix).ok(),
+                AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => {
+                    IpNet::new(ip, prefix).ok()
+                }
                 _ => None,
             })
         })
@@ -233,5 +293,10 @@ pub async fn add_default_route(handle: &Handle, gateway: IpAddr) -> Result<()> {
         IpAddr::V4(gw) => RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).build(),
         IpAddr::V6(gw) => RouteMessageBuilder::<Ipv6Addr>::new().gateway(gw).build(),
     };
-    handle.route().add(route).execute().await.with_context(|| format!("adding default route via {gateway}"))
+    handle
+        .route()
+        .add(route)
+        .execute()
+        .await
+        .with_context(|| format!("adding default route via {gateway}"))
 }

@@ -32,8 +32,14 @@ fn prepare_dir() -> Result<()> {
     if mount(None::<&str>, NETNS_DIR, None::<&str>, shared, None::<&str>).is_ok() {
         return Ok(());
     }
-    mount(Some(NETNS_DIR), NETNS_DIR, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .with_context(|| format!("bind-mounting {NETNS_DIR} on itself"))?;
+    mount(
+        Some(NETNS_DIR),
+        NETNS_DIR,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .with_context(|| format!("bind-mounting {NETNS_DIR} on itself"))?;
     mount(None::<&str>, NETNS_DIR, None::<&str>, shared, None::<&str>)
         .with_context(|| format!("making {NETNS_DIR} a shared mount"))?;
     Ok(())
@@ -103,8 +109,10 @@ where
     std::thread::scope(|scope| {
         scope
             .spawn(|| -> Result<T> {
-                let ns = File::open(ns_path).with_context(|| format!("opening network namespace {shown}"))?;
-                setns(&ns, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering network namespace {shown}"))?;
+                let ns = File::open(ns_path)
+                    .with_context(|| format!("opening network namespace {shown}"))?;
+                setns(&ns, CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("entering network namespace {shown}"))?;
                 work()
             })
             .join()
@@ -136,7 +144,8 @@ where
             .build()
             .context("building a runtime for the namespace thread")?;
         runtime.block_on(async move {
-            let (connection, handle, _) = rtnetlink::new_connection().context("opening netlink socket")?;
+            let (connection, handle, _) =
+                rtnetlink::new_connection().context("opening netlink socket")?;
             tokio::spawn(connection);
             work(handle).await
         })

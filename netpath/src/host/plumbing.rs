@@ -37,15 +37,25 @@ pub struct Plug<'a> {
 /// Creates and configures the pair; returns the host end. On failure the
 /// caller unplugs (the host end may exist).
 pub async fn plug(handle: &Handle, p: &Plug<'_>) -> Result<netlink::Link> {
-    let ns = std::fs::File::open(p.netns).with_context(|| format!("opening namespace {}", p.netns.display()))?;
-    let peer = netlink::VethPeer { netns_fd: ns.as_raw_fd(), name: p.ifname, mac: p.mac };
+    let ns = std::fs::File::open(p.netns)
+        .with_context(|| format!("opening namespace {}", p.netns.display()))?;
+    let peer = netlink::VethPeer {
+        netns_fd: ns.as_raw_fd(),
+        name: p.ifname,
+        mac: p.mac,
+    };
     let host = netlink::create_veth(handle, p.host_veth, p.bridge, p.mtu, peer).await?;
     let host = netlink::set_alias(handle, &host, &owner_alias(p.owner)).await?;
     if let (Some(_), Some(mac)) = (p.bridge, p.mac) {
         secure_bridge_port(handle, host.index, mac, p.source_check).await?;
     }
-    configure_inside(p.netns, p.ifname, p.addresses, p.gateways)
-        .with_context(|| format!("configuring {} in namespace {}", p.ifname, p.netns.display()))?;
+    configure_inside(p.netns, p.ifname, p.addresses, p.gateways).with_context(|| {
+        format!(
+            "configuring {} in namespace {}",
+            p.ifname,
+            p.netns.display()
+        )
+    })?;
     Ok(host)
 }
 
@@ -53,20 +63,32 @@ pub async fn plug(handle: &Handle, p: &Plug<'_>) -> Result<netlink::Link> {
 /// it knows its one MAC from a static entry, which no forged frame moves
 /// (in every mode: in bridge mode no program checks sources). A container
 /// that routes for others keeps learning, within the bridge's own rules.
-async fn secure_bridge_port(handle: &Handle, index: u32, mac: Mac, source_check: bool) -> Result<()> {
+async fn secure_bridge_port(
+    handle: &Handle,
+    index: u32,
+    mac: Mac,
+    source_check: bool,
+) -> Result<()> {
     netlink::add_bridge_static_entry(handle, index, mac).await?;
     netlink::set_bridge_port_learning(handle, index, !source_check).await
 }
 
 /// Inside a namespace: `lo` up, the addresses on `ifname`, `ifname` up,
 /// and a default route per gateway.
-pub fn configure_inside(ns: &Path, ifname: &str, addresses: &[IpNet], gateways: &[IpAddr]) -> Result<()> {
+pub fn configure_inside(
+    ns: &Path,
+    ifname: &str,
+    addresses: &[IpNet],
+    gateways: &[IpAddr],
+) -> Result<()> {
     let (ifname, addresses, gateways) = (ifname.to_owned(), addresses.to_vec(), gateways.to_vec());
     netns::run_in_path(ns, move |h| async move {
         if let Some(lo) = netlink::link_by_name(&h, "lo").await? {
             netlink::set_up(&h, lo.index).await?;
         }
-        let link = netlink::link_by_name(&h, &ifname).await?.with_context(|| format!("{ifname} is missing"))?;
+        let link = netlink::link_by_name(&h, &ifname)
+            .await?
+            .with_context(|| format!("{ifname} is missing"))?;
         netlink::set_eui64_link_local(&h, link.index).await?;
         for address in addresses {
             netlink::add_address(&h, link.index, address).await?;
@@ -83,13 +105,21 @@ pub fn configure_inside(ns: &Path, ifname: &str, addresses: &[IpNet], gateways: 
 /// owner's record is of an interrupted change that created the link but
 /// had not marked it yet (its names were checked free before).
 pub fn owned(link: &netlink::Link, owner: &str, interrupted: bool) -> bool {
-    link.alias.as_deref() == Some(owner_alias(owner).as_str()) || (interrupted && link.alias.is_none())
+    link.alias.as_deref() == Some(owner_alias(owner).as_str())
+        || (interrupted && link.alias.is_none())
 }
 
 /// Deletes the host end (and so the pair) if it is `owner`'s; returns
 /// whether a link was deleted.
-pub async fn unplug(handle: &Handle, host_veth: &str, owner: &str, interrupted: bool) -> Result<bool> {
-    let Some(link) = netlink::link_by_name(handle, host_veth).await? else { return Ok(false) };
+pub async fn unplug(
+    handle: &Handle,
+    host_veth: &str,
+    owner: &str,
+    interrupted: bool,
+) -> Result<bool> {
+    let Some(link) = netlink::link_by_name(handle, host_veth).await? else {
+        return Ok(false);
+    };
     if !owned(&link, owner, interrupted) {
         log::warn!("not deleting link {host_veth}: netpath did not create it");
         return Ok(false);
@@ -108,10 +138,16 @@ pub async fn ensure_bridge(
 ) -> Result<(netlink::Link, bool)> {
     let (bridge, created) = match netlink::link_by_name(handle, name).await? {
         Some(bridge) => (bridge, false),
-        None => (netlink::create_bridge(handle, name, &owner_alias(owner), mtu).await?, true),
+        None => (
+            netlink::create_bridge(handle, name, &owner_alias(owner), mtu).await?,
+            true,
+        ),
     };
     let present = netlink::addresses(handle, bridge.index).await?;
-    for gateway in gateways.iter().filter(|g| !present.iter().any(|p| p.addr() == g.addr())) {
+    for gateway in gateways
+        .iter()
+        .filter(|g| !present.iter().any(|p| p.addr() == g.addr()))
+    {
         netlink::add_address(handle, bridge.index, *gateway)
             .await
             .with_context(|| format!("addressing bridge {name}"))?;

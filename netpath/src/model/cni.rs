@@ -30,11 +30,19 @@ impl CniError {
     pub const TRY_AGAIN_LATER: u32 = 11;
 
     pub fn new(code: u32, msg: impl Into<String>) -> Self {
-        CniError { code, msg: msg.into(), details: String::new() }
+        CniError {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
     }
 
     pub fn io(e: anyhow::Error) -> Self {
-        CniError { code: Self::IO_FAILURE, msg: format!("{e}"), details: format!("{e:#}") }
+        CniError {
+            code: Self::IO_FAILURE,
+            msg: format!("{e}"),
+            details: format!("{e:#}"),
+        }
     }
 
     pub fn to_json(&self, cni_version: &str) -> Value {
@@ -73,12 +81,20 @@ pub enum Ipam {
 
 impl NetConf {
     pub fn parse(stdin: &[u8]) -> CniResult<Self> {
-        let conf: NetConf = serde_json::from_slice(stdin)
-            .map_err(|e| CniError::new(CniError::DECODING_FAILURE, format!("network configuration: {e}")))?;
+        let conf: NetConf = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::new(
+                CniError::DECODING_FAILURE,
+                format!("network configuration: {e}"),
+            )
+        })?;
         if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
             return Err(CniError::new(
                 CniError::INCOMPATIBLE_VERSION,
-                format!("cniVersion {} is not supported (supported: {})", conf.cni_version, SUPPORTED_VERSIONS.join(", ")),
+                format!(
+                    "cniVersion {} is not supported (supported: {})",
+                    conf.cni_version,
+                    SUPPORTED_VERSIONS.join(", ")
+                ),
             ));
         }
         let invalid = |msg: String| CniError::new(CniError::INVALID_CONFIG, msg);
@@ -88,7 +104,8 @@ impl NetConf {
             // only `netpath up` makes; keep the plugin to what it can prove.
             return Err(invalid("the CNI plugin supports mode tc and bridge".into()));
         }
-        conf.subnets().map_err(|e| invalid(format!("ipam: {e:#}")))?;
+        conf.subnets()
+            .map_err(|e| invalid(format!("ipam: {e:#}")))?;
         Ok(conf)
     }
 
@@ -122,7 +139,8 @@ pub struct Env {
 
 impl Env {
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> CniResult<Self> {
-        let missing = |v: &str| CniError::new(CniError::INVALID_ENVIRONMENT, format!("{v} is not set"));
+        let missing =
+            |v: &str| CniError::new(CniError::INVALID_ENVIRONMENT, format!("{v} is not set"));
         let command = get("CNI_COMMAND").ok_or_else(|| missing("CNI_COMMAND"))?;
         let needs_container = matches!(command.as_str(), "ADD" | "DEL" | "CHECK");
         let container_id = get("CNI_CONTAINERID").unwrap_or_default();
@@ -134,12 +152,22 @@ impl Env {
             naming::validate_ifname("CNI_IFNAME", &ifname)
                 .map_err(|e| CniError::new(CniError::INVALID_ENVIRONMENT, format!("{e:#}")))?;
         }
-        let netns = get("CNI_NETNS").filter(|n| !n.is_empty()).map(PathBuf::from);
+        let netns = get("CNI_NETNS")
+            .filter(|n| !n.is_empty())
+            .map(PathBuf::from);
         if matches!(command.as_str(), "ADD" | "CHECK") && netns.is_none() {
             return Err(missing("CNI_NETNS"));
         }
-        let path = get("CNI_PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
-        Ok(Env { command, container_id, netns, ifname, path })
+        let path = get("CNI_PATH")
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default();
+        Ok(Env {
+            command,
+            container_id,
+            netns,
+            ifname,
+            path,
+        })
     }
 }
 
@@ -150,7 +178,9 @@ mod tests {
     fn conf(extra: Value) -> Vec<u8> {
         let mut c = json!({"cniVersion": "1.0.0", "name": "n", "type": "netpath-cni", "bridge": "cni0",
                            "ipam": {"type": "netpath", "subnet": "10.0.0.0/24"}});
-        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        c.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         serde_json::to_vec(&c).unwrap()
     }
 
@@ -158,27 +188,66 @@ mod tests {
     fn configs_map_to_the_spec_codes() {
         assert!(NetConf::parse(&conf(json!({}))).is_ok());
         let code = |extra: Value| NetConf::parse(&conf(extra)).unwrap_err().code;
-        assert_eq!(code(json!({"cniVersion": "9.9.9"})), CniError::INCOMPATIBLE_VERSION);
-        assert_eq!(code(json!({"bridge": "a-bridge-name-too-long"})), CniError::INVALID_CONFIG);
+        assert_eq!(
+            code(json!({"cniVersion": "9.9.9"})),
+            CniError::INCOMPATIBLE_VERSION
+        );
+        assert_eq!(
+            code(json!({"bridge": "a-bridge-name-too-long"})),
+            CniError::INVALID_CONFIG
+        );
         assert_eq!(code(json!({"bridge": "../x"})), CniError::INVALID_CONFIG);
         assert_eq!(code(json!({"mode": "xdp"})), CniError::INVALID_CONFIG);
         assert_eq!(code(json!({"mode": "warp"})), CniError::DECODING_FAILURE);
-        assert_eq!(code(json!({"ipam": {"type": "netpath", "subnet": "10.0.0.1/24"}})), CniError::INVALID_CONFIG);
-        assert_eq!(NetConf::parse(b"{").unwrap_err().code, CniError::DECODING_FAILURE);
-        let dual = NetConf::parse(&conf(json!({"ipam": {"type": "netpath", "subnet": ["10.0.0.0/24", "fd00::/64"]}}))).unwrap();
+        assert_eq!(
+            code(json!({"ipam": {"type": "netpath", "subnet": "10.0.0.1/24"}})),
+            CniError::INVALID_CONFIG
+        );
+        assert_eq!(
+            NetConf::parse(b"{").unwrap_err().code,
+            CniError::DECODING_FAILURE
+        );
+        let dual = NetConf::parse(&conf(
+            json!({"ipam": {"type": "netpath", "subnet": ["10.0.0.0/24", "fd00::/64"]}}),
+        ))
+        .unwrap();
         assert_eq!(dual.subnets().unwrap().len(), 2);
     }
 
     #[test]
     fn the_environment_is_checked() {
         fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
         }
-        assert_eq!(Env::from_vars(vars(&[])).unwrap_err().code, CniError::INVALID_ENVIRONMENT);
-        let add = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "x"), ("CNI_IFNAME", "eth0")];
-        assert!(Env::from_vars(vars(&add)).unwrap_err().msg.contains("CNI_NETNS"));
+        assert_eq!(
+            Env::from_vars(vars(&[])).unwrap_err().code,
+            CniError::INVALID_ENVIRONMENT
+        );
+        let add = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "x"),
+            ("CNI_IFNAME", "eth0"),
+        ];
+        assert!(
+            Env::from_vars(vars(&add))
+                .unwrap_err()
+                .msg
+                .contains("CNI_NETNS")
+        );
         assert!(Env::from_vars(vars(&[("CNI_COMMAND", "VERSION")])).is_ok());
-        let bad = [("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "x"), ("CNI_IFNAME", "../../x")];
-        assert_eq!(Env::from_vars(vars(&bad)).unwrap_err().code, CniError::INVALID_ENVIRONMENT);
+        let bad = [
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "x"),
+            ("CNI_IFNAME", "../../x"),
+        ];
+        assert_eq!(
+            Env::from_vars(vars(&bad)).unwrap_err().code,
+            CniError::INVALID_ENVIRONMENT
+        );
     }
 }

@@ -9,23 +9,32 @@ use ipnet::IpNet;
 
 /// Parses a subnet like `10.77.0.0/24` or `fd00:77::/64`.
 pub fn parse_subnet(text: &str) -> Result<IpNet> {
-    let net: IpNet = text
-        .parse()
-        .with_context(|| format!("subnet {text:?} is not a CIDR like 10.77.0.0/24 or fd00:77::/64"))?;
+    let net: IpNet = text.parse().with_context(|| {
+        format!("subnet {text:?} is not a CIDR like 10.77.0.0/24 or fd00:77::/64")
+    })?;
     if net.network() != net.addr() {
-        bail!("subnet {text:?} has host bits set; did you mean {}?", net.trunc());
+        bail!(
+            "subnet {text:?} has host bits set; did you mean {}?",
+            net.trunc()
+        );
     }
     let (longest, family) = match net {
         IpNet::V4(_) => (30, "IPv4"),
         IpNet::V6(_) => (126, "IPv6"),
     };
-    ensure!(net.prefix_len() <= longest, "{family} subnet {text:?} is too small: use a prefix of /{longest} or shorter");
+    ensure!(
+        net.prefix_len() <= longest,
+        "{family} subnet {text:?} is too small: use a prefix of /{longest} or shorter"
+    );
     Ok(net)
 }
 
 /// Parses one or two subnets, at most one per family.
 pub fn parse_subnets(texts: &[String]) -> Result<Vec<IpNet>> {
-    let subnets: Vec<IpNet> = texts.iter().map(|t| parse_subnet(t)).collect::<Result<_>>()?;
+    let subnets: Vec<IpNet> = texts
+        .iter()
+        .map(|t| parse_subnet(t))
+        .collect::<Result<_>>()?;
     ensure!(!subnets.is_empty(), "give at least one subnet");
     let v4 = subnets.iter().filter(|s| s.addr().is_ipv4()).count();
     ensure!(
@@ -67,7 +76,11 @@ pub fn check_container_address(subnet: IpNet, addr: IpNet) -> Result<()> {
         subnet.contains(&addr.addr()) && addr.prefix_len() == subnet.prefix_len(),
         "address {addr} is not in subnet {subnet}"
     );
-    ensure!(addr.addr() != gateway(subnet).addr(), "address {} is the gateway (the bridge's address)", addr.addr());
+    ensure!(
+        addr.addr() != gateway(subnet).addr(),
+        "address {} is the gateway (the bridge's address)",
+        addr.addr()
+    );
     let broadcast = subnet.addr().is_ipv4() && addr.addr() == subnet.broadcast();
     ensure!(
         addr.addr() != subnet.network() && !broadcast,
@@ -81,10 +94,18 @@ pub fn check_container_address(subnet: IpNet, addr: IpNet) -> Result<()> {
 /// be that of the subnet of the same family in `subnets`.
 pub fn parse_address(text: &str, subnets: &[IpNet]) -> Result<IpNet> {
     let (addr, prefix) = match text.split_once('/') {
-        Some((a, p)) => (a, Some(p.parse::<u8>().with_context(|| format!("address {text:?}: bad prefix"))?)),
+        Some((a, p)) => (
+            a,
+            Some(
+                p.parse::<u8>()
+                    .with_context(|| format!("address {text:?}: bad prefix"))?,
+            ),
+        ),
         None => (text, None),
     };
-    let addr: IpAddr = addr.parse().with_context(|| format!("address {text:?} is not an IP address or CIDR"))?;
+    let addr: IpAddr = addr
+        .parse()
+        .with_context(|| format!("address {text:?} is not an IP address or CIDR"))?;
     let subnet = subnets
         .iter()
         .find(|s| s.addr().is_ipv4() == addr.is_ipv4())
@@ -121,10 +142,19 @@ mod tests {
     fn gateways_and_first_addresses_in_both_families() {
         assert_eq!(gateway(net("10.77.0.0/24")), net("10.77.0.1/24"));
         assert_eq!(gateway(net("fd00:77::/64")), net("fd00:77::1/64"));
-        assert_eq!(allocate(net("10.77.0.0/24"), |_| false), Some(net("10.77.0.2/24")));
-        assert_eq!(allocate(net("fd00:77::/64"), |_| false), Some(net("fd00:77::2/64")));
+        assert_eq!(
+            allocate(net("10.77.0.0/24"), |_| false),
+            Some(net("10.77.0.2/24"))
+        );
+        assert_eq!(
+            allocate(net("fd00:77::/64"), |_| false),
+            Some(net("fd00:77::2/64"))
+        );
         let taken: IpAddr = "fd00:77::2".parse().unwrap();
-        assert_eq!(allocate(net("fd00:77::/64"), |a| a == taken), Some(net("fd00:77::3/64")));
+        assert_eq!(
+            allocate(net("fd00:77::/64"), |a| a == taken),
+            Some(net("fd00:77::3/64"))
+        );
     }
 
     #[test]
@@ -140,13 +170,21 @@ mod tests {
 
     #[test]
     fn subnets_and_addresses_are_checked() {
-        assert!(parse_subnet("10.0.0.1/24").unwrap_err().to_string().contains("host bits"));
+        assert!(
+            parse_subnet("10.0.0.1/24")
+                .unwrap_err()
+                .to_string()
+                .contains("host bits")
+        );
         assert!(parse_subnet("10.0.0.0/31").is_err());
         assert!(parse_subnet("fd00::/127").is_err());
         assert!(parse_subnets(&["10.0.0.0/24".into(), "10.1.0.0/24".into()]).is_err());
         let both = parse_subnets(&["10.0.0.0/24".into(), "fd00::/64".into()]).unwrap();
         assert_eq!(parse_address("fd00::9", &both).unwrap(), net("fd00::9/64"));
-        assert_eq!(parse_address("10.0.0.9", &both).unwrap(), net("10.0.0.9/24"));
+        assert_eq!(
+            parse_address("10.0.0.9", &both).unwrap(),
+            net("10.0.0.9/24")
+        );
         assert!(parse_address("10.0.0.9/16", &both).is_err());
         assert!(check_container_address(both[0], net("10.0.0.1/24")).is_err());
         assert!(check_container_address(both[0], net("10.0.0.255/24")).is_err());

@@ -36,7 +36,22 @@ impl Mac {
     pub fn ipv6_link_local(&self) -> std::net::Ipv6Addr {
         let m = self.0;
         std::net::Ipv6Addr::from([
-            0xfe, 0x80, 0, 0, 0, 0, 0, 0, m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5],
+            0xfe,
+            0x80,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            m[0] ^ 0x02,
+            m[1],
+            m[2],
+            0xff,
+            0xfe,
+            m[3],
+            m[4],
+            m[5],
         ])
     }
 }
@@ -44,7 +59,11 @@ impl Mac {
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -58,11 +77,18 @@ impl FromStr for Mac {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         let parts: Vec<&str> = s.split(':').collect();
-        ensure!(parts.len() == 6, "MAC address {s:?} must be six hex bytes separated by ':'");
+        ensure!(
+            parts.len() == 6,
+            "MAC address {s:?} must be six hex bytes separated by ':'"
+        );
         let mut mac = [0u8; 6];
         for (byte, part) in mac.iter_mut().zip(&parts) {
-            ensure!(part.len() == 2, "MAC address {s:?}: each byte is two hex digits");
-            *byte = u8::from_str_radix(part, 16).with_context(|| format!("MAC address {s:?}: {part:?} is not hex"))?;
+            ensure!(
+                part.len() == 2,
+                "MAC address {s:?}: each byte is two hex digits"
+            );
+            *byte = u8::from_str_radix(part, 16)
+                .with_context(|| format!("MAC address {s:?}: {part:?} is not hex"))?;
         }
         Ok(Mac(mac))
     }
@@ -86,7 +112,10 @@ mod tests {
     #[test]
     fn link_local_is_modified_eui64() {
         let mac: super::Mac = "02:00:5e:10:00:01".parse().unwrap();
-        assert_eq!(mac.ipv6_link_local(), "fe80::5eff:fe10:1".parse::<std::net::Ipv6Addr>().unwrap());
+        assert_eq!(
+            mac.ipv6_link_local(),
+            "fe80::5eff:fe10:1".parse::<std::net::Ipv6Addr>().unwrap()
+        );
     }
 
     use super::*;

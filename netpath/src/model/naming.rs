@@ -30,7 +30,9 @@ pub fn port_name(topology: &str, container: &str) -> String {
 
 /// Accepts a container name or its host-side veth name.
 pub fn container_of<'a>(topology: &str, port: &'a str) -> &'a str {
-    port.strip_prefix(topology).and_then(|p| p.strip_prefix('-')).unwrap_or(port)
+    port.strip_prefix(topology)
+        .and_then(|p| p.strip_prefix('-'))
+        .unwrap_or(port)
 }
 
 /// The nftables table of a topology's `--nat` rules.
@@ -51,18 +53,24 @@ pub fn cni_bridge_of(datapath: &str) -> Option<&str> {
 /// Host-side veth of a CNI container: short, stable, unique per
 /// (container, interface).
 pub fn cni_host_veth(container_id: &str, ifname: &str) -> String {
-    format!("np{:08x}", stable_hash(format!("{container_id}/{ifname}").as_bytes()) as u32)
+    format!(
+        "np{:08x}",
+        stable_hash(format!("{container_id}/{ifname}").as_bytes()) as u32
+    )
 }
 
 /// FNV-1a: a hash that is the same in every build and on every machine,
 /// for names and MACs derived from stable inputs.
 pub fn stable_hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 fn is_simple_name(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         && s.as_bytes()[0].is_ascii_alphanumeric()
 }
 
@@ -97,7 +105,10 @@ pub fn validate_container_name(topology: &str, name: &str) -> Result<()> {
 /// An interface name the kernel accepts and that is safe in a file name.
 pub fn validate_ifname(what: &str, name: &str) -> Result<()> {
     ensure!(
-        !name.is_empty() && name.len() <= IFNAME_MAX && !name.contains(['/', ' ', '.', ':']) && name != "..",
+        !name.is_empty()
+            && name.len() <= IFNAME_MAX
+            && !name.contains(['/', ' ', '.', ':'])
+            && name != "..",
         "{what} {name:?} is not a valid interface name (1 to {IFNAME_MAX} bytes, no '/', ' ', '.', ':')"
     );
     Ok(())

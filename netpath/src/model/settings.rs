@@ -101,9 +101,13 @@ pub struct ContainerSettings {
 impl Settings {
     /// These settings (the flags) over the file they name, if any.
     pub fn with_file(self) -> Result<Settings> {
-        let Some(path) = &self.config else { return Ok(self) };
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
-        let file: Settings = toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?;
+        let Some(path) = &self.config else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        let file: Settings = toml::from_str(&text)
+            .with_context(|| format!("parsing config file {}", path.display()))?;
         Ok(self.over(file))
     }
 
@@ -112,7 +116,11 @@ impl Settings {
         Settings {
             name: self.name.or(base.name),
             containers: self.containers.or(base.containers),
-            subnet: if self.subnet.is_empty() { base.subnet } else { self.subnet },
+            subnet: if self.subnet.is_empty() {
+                base.subnet
+            } else {
+                self.subnet
+            },
             mode: self.mode.or(base.mode),
             nat: self.nat.or(base.nat),
             ageing: self.ageing.or(base.ageing),
@@ -120,7 +128,11 @@ impl Settings {
             learn_limit: self.learn_limit.or(base.learn_limit),
             mtu: self.mtu.or(base.mtu),
             config: self.config.or(base.config),
-            containers_listed: if self.containers_listed.is_empty() { base.containers_listed } else { self.containers_listed },
+            containers_listed: if self.containers_listed.is_empty() {
+                base.containers_listed
+            } else {
+                self.containers_listed
+            },
         }
     }
 }
@@ -137,12 +149,19 @@ mod tests {
         .unwrap();
         assert_eq!(file.subnet.len(), 2);
         assert_eq!(file.containers_listed[0].ip, ["10.1.0.9"]);
-        let flags = Settings { name: Some("x".into()), nat: Some(false), ..Default::default() };
+        let flags = Settings {
+            name: Some("x".into()),
+            nat: Some(false),
+            ..Default::default()
+        };
         let merged = flags.over(file);
         assert_eq!(merged.name.as_deref(), Some("x"));
         assert_eq!(merged.nat, Some(false));
         assert_eq!(merged.subnet, ["10.1.0.0/24", "fd00::/64"]);
-        assert!(toml::from_str::<Settings>("config = \"x\"\n").is_err(), "config is a flag, not a key");
+        assert!(
+            toml::from_str::<Settings>("config = \"x\"\n").is_err(),
+            "config is a flag, not a key"
+        );
         assert!(toml::from_str::<Settings>("colour = 1\n").is_err());
     }
 }

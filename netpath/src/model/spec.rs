@@ -92,7 +92,11 @@ impl TopologySpec {
         let settings = settings.with_file()?;
         let name = settings.name.unwrap_or_else(|| DEFAULT_NAME.into());
         validate_topology_name(&name)?;
-        let subnet_texts = if settings.subnet.is_empty() { vec![DEFAULT_SUBNET.into()] } else { settings.subnet };
+        let subnet_texts = if settings.subnet.is_empty() {
+            vec![DEFAULT_SUBNET.into()]
+        } else {
+            settings.subnet
+        };
         let subnets = ipam::parse_subnets(&subnet_texts)?;
         let ageing_s = settings.ageing.unwrap_or(DEFAULT_AGEING_S);
         ensure!(ageing_s > 0, "the ageing time must be at least 1 second");
@@ -101,13 +105,26 @@ impl TopologySpec {
             (MIN_FDB_SIZE..=MAX_FDB_SIZE).contains(&fdb_size),
             "the FDB size must be between {MIN_FDB_SIZE} and {MAX_FDB_SIZE} entries"
         );
-        let learn_limit = settings.learn_limit.unwrap_or(netpath_common::DEFAULT_LEARN_LIMIT);
-        ensure!(learn_limit <= fdb_size, "the learn limit ({learn_limit}) cannot exceed the FDB size ({fdb_size})");
+        let learn_limit = settings
+            .learn_limit
+            .unwrap_or(netpath_common::DEFAULT_LEARN_LIMIT);
+        ensure!(
+            learn_limit <= fdb_size,
+            "the learn limit ({learn_limit}) cannot exceed the FDB size ({fdb_size})"
+        );
         let listed = settings.containers_listed.len();
-        let count = settings.containers.unwrap_or(listed.max(DEFAULT_CONTAINERS));
+        let count = settings
+            .containers
+            .unwrap_or(listed.max(DEFAULT_CONTAINERS));
         ensure!(count > 0, "--containers must be at least 1");
-        ensure!(count <= MAX_CONTAINERS, "--containers must be at most {MAX_CONTAINERS}");
-        ensure!(count >= listed, "the config file describes {listed} containers but {count} were asked for");
+        ensure!(
+            count <= MAX_CONTAINERS,
+            "--containers must be at most {MAX_CONTAINERS}"
+        );
+        ensure!(
+            count >= listed,
+            "the config file describes {listed} containers but {count} were asked for"
+        );
 
         let mut spec = TopologySpec {
             name,
@@ -122,7 +139,12 @@ impl TopologySpec {
         };
         for entry in settings.containers_listed {
             let mac = entry.mac.as_deref().map(str::parse).transpose()?;
-            spec.push_container(&entry.name, &entry.ip, mac, entry.source_check.unwrap_or(true))?;
+            spec.push_container(
+                &entry.name,
+                &entry.ip,
+                mac,
+                entry.source_check.unwrap_or(true),
+            )?;
         }
         let mut index = 0;
         while spec.containers.len() < count {
@@ -137,18 +159,38 @@ impl TopologySpec {
     }
 
     /// Adds a container; addresses (per family) and MAC not given are chosen.
-    pub fn push_container(&mut self, name: &str, ips: &[String], mac: Option<Mac>, source_check: bool) -> Result<()> {
+    pub fn push_container(
+        &mut self,
+        name: &str,
+        ips: &[String],
+        mac: Option<Mac>,
+        source_check: bool,
+    ) -> Result<()> {
         validate_container_name(&self.name, name)?;
-        ensure!(self.container(name).is_none(), "container name {name:?} is used twice");
-        let given: Vec<IpNet> = ips.iter().map(|ip| ipam::parse_address(ip, &self.subnets)).collect::<Result<_>>()?;
+        ensure!(
+            self.container(name).is_none(),
+            "container name {name:?} is used twice"
+        );
+        let given: Vec<IpNet> = ips
+            .iter()
+            .map(|ip| ipam::parse_address(ip, &self.subnets))
+            .collect::<Result<_>>()?;
         let mut chosen = Vec::new();
         for subnet in &self.subnets {
-            let mut of_family = given.iter().filter(|ip| ip.addr().is_ipv4() == subnet.addr().is_ipv4());
+            let mut of_family = given
+                .iter()
+                .filter(|ip| ip.addr().is_ipv4() == subnet.addr().is_ipv4());
             let ip = match (of_family.next(), of_family.next()) {
-                (Some(_), Some(_)) => anyhow::bail!("container {name:?} has two addresses of one family"),
+                (Some(_), Some(_)) => {
+                    anyhow::bail!("container {name:?} has two addresses of one family")
+                }
                 (Some(ip), None) => *ip,
                 (None, _) => {
-                    let used: HashSet<_> = self.containers.iter().flat_map(|c| c.ips.iter().map(|i| i.addr())).collect();
+                    let used: HashSet<_> = self
+                        .containers
+                        .iter()
+                        .flat_map(|c| c.ips.iter().map(|i| i.addr()))
+                        .collect();
                     ipam::allocate(*subnet, |a| used.contains(&a)).with_context(|| {
                         format!("subnet {subnet} is too small: no free address left for container {name:?}")
                     })?
@@ -160,10 +202,17 @@ impl TopologySpec {
             Some(mac) => mac,
             None => {
                 let taken: HashSet<Mac> = self.containers.iter().map(|c| c.mac).collect();
-                Mac::derive(&format!("{}/{}", self.name, chosen[0].addr()), |m| taken.contains(&m))
+                Mac::derive(&format!("{}/{}", self.name, chosen[0].addr()), |m| {
+                    taken.contains(&m)
+                })
             }
         };
-        self.containers.push(ContainerSpec { name: name.into(), ips: chosen, mac, source_check });
+        self.containers.push(ContainerSpec {
+            name: name.into(),
+            ips: chosen,
+            mac,
+            source_check,
+        });
         Ok(())
     }
 
@@ -183,14 +232,36 @@ impl TopologySpec {
         let (mut names, mut ips, mut macs) = (HashSet::new(), HashSet::new(), HashSet::new());
         for c in &self.containers {
             validate_container_name(&self.name, &c.name)?;
-            ensure!(names.insert(&c.name), "container name {:?} is used twice", c.name);
-            ensure!(c.ips.len() == self.subnets.len(), "container {:?} needs one address per subnet", c.name);
+            ensure!(
+                names.insert(&c.name),
+                "container name {:?} is used twice",
+                c.name
+            );
+            ensure!(
+                c.ips.len() == self.subnets.len(),
+                "container {:?} needs one address per subnet",
+                c.name
+            );
             for (subnet, ip) in self.subnets.iter().zip(&c.ips) {
-                ipam::check_container_address(*subnet, *ip).with_context(|| format!("container {:?}", c.name))?;
-                ensure!(ips.insert(ip.addr()), "address {} is used by two containers", ip.addr());
+                ipam::check_container_address(*subnet, *ip)
+                    .with_context(|| format!("container {:?}", c.name))?;
+                ensure!(
+                    ips.insert(ip.addr()),
+                    "address {} is used by two containers",
+                    ip.addr()
+                );
             }
-            ensure!(c.mac.is_unicast(), "MAC {} of container {:?} is not a unicast address", c.mac, c.name);
-            ensure!(macs.insert(c.mac), "MAC {} is used by two containers", c.mac);
+            ensure!(
+                c.mac.is_unicast(),
+                "MAC {} of container {:?} is not a unicast address",
+                c.mac,
+                c.name
+            );
+            ensure!(
+                macs.insert(c.mac),
+                "MAC {} is used by two containers",
+                c.mac
+            );
         }
         Ok(())
     }
@@ -198,15 +269,32 @@ impl TopologySpec {
     /// What differs between this (running) spec and a wanted one, in words.
     pub fn differences(&self, want: &TopologySpec) -> Vec<String> {
         let mut out = Vec::new();
-        let list = |nets: &[IpNet]| nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        let list = |nets: &[IpNet]| {
+            nets.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let settings = [
             ("mode", self.mode.to_string(), want.mode.to_string()),
             ("subnet", list(&self.subnets), list(&want.subnets)),
             ("nat", self.nat.to_string(), want.nat.to_string()),
-            ("ageing", format!("{} s", self.ageing_s), format!("{} s", want.ageing_s)),
+            (
+                "ageing",
+                format!("{} s", self.ageing_s),
+                format!("{} s", want.ageing_s),
+            ),
             ("MTU", self.mtu.to_string(), want.mtu.to_string()),
-            ("FDB size", self.fdb_size.to_string(), want.fdb_size.to_string()),
-            ("learn limit", self.learn_limit.to_string(), want.learn_limit.to_string()),
+            (
+                "FDB size",
+                self.fdb_size.to_string(),
+                want.fdb_size.to_string(),
+            ),
+            (
+                "learn limit",
+                self.learn_limit.to_string(),
+                want.learn_limit.to_string(),
+            ),
         ];
         for (what, have, want) in settings {
             if have != want {
@@ -214,7 +302,11 @@ impl TopologySpec {
             }
         }
         if self.containers.len() != want.containers.len() {
-            out.push(format!("{} containers (asked {})", self.containers.len(), want.containers.len()));
+            out.push(format!(
+                "{} containers (asked {})",
+                self.containers.len(),
+                want.containers.len()
+            ));
         }
         for (h, w) in self.containers.iter().zip(&want.containers) {
             if h != w {
@@ -235,7 +327,10 @@ impl TopologySpec {
 
 /// Refuses MTUs the kernel would refuse, before anything is created.
 pub fn validate_mtu(mode: Mode, mtu: u32, subnets: &[IpNet]) -> Result<()> {
-    ensure!((MIN_MTU..=MAX_MTU).contains(&mtu), "MTU {mtu} is out of range ({MIN_MTU}..={MAX_MTU})");
+    ensure!(
+        (MIN_MTU..=MAX_MTU).contains(&mtu),
+        "MTU {mtu} is out of range ({MIN_MTU}..={MAX_MTU})"
+    );
     ensure!(
         mtu >= MIN_MTU_IPV6 || subnets.iter().all(|s| s.addr().is_ipv4()),
         "MTU {mtu} is below IPv6's minimum of {MIN_MTU_IPV6}; drop the IPv6 subnet or raise --mtu"
@@ -253,14 +348,22 @@ mod tests {
     use super::*;
 
     fn flags(containers: usize) -> Settings {
-        Settings { name: Some("t".into()), containers: Some(containers), ..Default::default() }
+        Settings {
+            name: Some("t".into()),
+            containers: Some(containers),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn defaults_fill_addresses_after_the_gateway() {
         let spec = TopologySpec::resolve(flags(3)).unwrap();
         assert_eq!(spec.gateways()[0].to_string(), "10.77.0.1/24");
-        let ips: Vec<String> = spec.containers.iter().map(|c| c.ips[0].to_string()).collect();
+        let ips: Vec<String> = spec
+            .containers
+            .iter()
+            .map(|c| c.ips[0].to_string())
+            .collect();
         assert_eq!(ips, ["10.77.0.2/24", "10.77.0.3/24", "10.77.0.4/24"]);
         assert_eq!(spec.containers[1].name, "c1");
     }
@@ -270,8 +373,21 @@ mod tests {
         let mut f = flags(2);
         f.subnet = vec!["10.9.0.0/24".into(), "fd00:9::/64".into()];
         let spec = TopologySpec::resolve(f).unwrap();
-        assert_eq!(spec.gateways().iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.9.0.1/24", "fd00:9::1/64"]);
-        assert_eq!(spec.containers[1].ips.iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.9.0.3/24", "fd00:9::3/64"]);
+        assert_eq!(
+            spec.gateways()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["10.9.0.1/24", "fd00:9::1/64"]
+        );
+        assert_eq!(
+            spec.containers[1]
+                .ips
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["10.9.0.3/24", "fd00:9::3/64"]
+        );
         let mut low = spec.clone();
         low.mtu = 1000;
         assert!(low.validate().unwrap_err().to_string().contains("IPv6"));
@@ -280,15 +396,30 @@ mod tests {
     #[test]
     fn rejects_bad_input() {
         let mut f = flags(0);
-        assert!(TopologySpec::resolve(f.clone()).unwrap_err().to_string().contains("at least 1"));
+        assert!(
+            TopologySpec::resolve(f.clone())
+                .unwrap_err()
+                .to_string()
+                .contains("at least 1")
+        );
         f.containers = Some(7);
         f.subnet = vec!["10.0.0.0/29".into()];
-        assert!(TopologySpec::resolve(f.clone()).unwrap_err().to_string().contains("too small"));
+        assert!(
+            TopologySpec::resolve(f.clone())
+                .unwrap_err()
+                .to_string()
+                .contains("too small")
+        );
         f.subnet = vec!["10.0.0.0/33".into()];
         assert!(TopologySpec::resolve(f.clone()).is_err());
         f.subnet = vec![];
         f.name = Some("a-very-long-name".into());
-        assert!(TopologySpec::resolve(f).unwrap_err().to_string().contains("15 bytes"));
+        assert!(
+            TopologySpec::resolve(f)
+                .unwrap_err()
+                .to_string()
+                .contains("15 bytes")
+        );
     }
 
     #[test]
@@ -300,7 +431,14 @@ mod tests {
         b.mtu = 9000;
         b.containers.pop();
         let d = a.differences(&b);
-        assert_eq!(d, ["mode is tc (asked xdp)", "MTU is 1500 (asked 9000)", "2 containers (asked 1)"]);
+        assert_eq!(
+            d,
+            [
+                "mode is tc (asked xdp)",
+                "MTU is 1500 (asked 9000)",
+                "2 containers (asked 1)"
+            ]
+        );
     }
 
     proptest::proptest! {

@@ -81,7 +81,12 @@ pub struct DatapathSnapshot {
 
 impl Snapshot {
     /// Reads the topology's maps now; `name_of` names a port's ifindex.
-    pub fn read(topology: &str, mode: Mode, totals: &RunTotals, name_of: impl Fn(u32) -> String) -> Result<Self> {
+    pub fn read(
+        topology: &str,
+        mode: Mode,
+        totals: &RunTotals,
+        name_of: impl Fn(u32) -> String,
+    ) -> Result<Self> {
         let datapath = if mode == Mode::Bridge {
             None
         } else {
@@ -95,7 +100,11 @@ impl Snapshot {
                 aged: totals.aged.load(Ordering::Relaxed),
             })
         };
-        Ok(Snapshot { topology: topology.to_owned(), mode, datapath })
+        Ok(Snapshot {
+            topology: topology.to_owned(),
+            mode,
+            datapath,
+        })
     }
 }
 
@@ -105,20 +114,34 @@ type PortFamily<'a> = (&'a str, &'a str, Vec<(Counter, Option<&'a str>)>);
 
 fn port_families() -> [PortFamily<'static>; 5] {
     [
-        ("netpath_redirected_packets", "Frames sent straight to their destination port.", vec![(Counter::Redirected, None)]),
+        (
+            "netpath_redirected_packets",
+            "Frames sent straight to their destination port.",
+            vec![(Counter::Redirected, None)],
+        ),
         (
             "netpath_passed_packets",
             "Frames handed to the Linux bridge, by reason.",
             // The reason label is the counter's name without its `pass_` prefix.
-            Counter::PASSED.iter().map(|c| (*c, Some(c.name().trim_start_matches("pass_")))).collect(),
+            Counter::PASSED
+                .iter()
+                .map(|c| (*c, Some(c.name().trim_start_matches("pass_"))))
+                .collect(),
         ),
         (
             "netpath_dropped_packets",
             "Frames dropped, by reason.",
             // The reason label is the counter's name without its `drop_` prefix.
-            Counter::DROPPED.iter().map(|c| (*c, Some(c.name().trim_start_matches("drop_")))).collect(),
+            Counter::DROPPED
+                .iter()
+                .map(|c| (*c, Some(c.name().trim_start_matches("drop_"))))
+                .collect(),
         ),
-        ("netpath_learned", "FDB entries learned or moved by the programs.", vec![(Counter::Learned, None)]),
+        (
+            "netpath_learned",
+            "FDB entries learned or moved by the programs.",
+            vec![(Counter::Learned, None)],
+        ),
         (
             "netpath_trace_lost_frames",
             "Redirected frames netpath trace did not get because its ring buffer was full.",
@@ -133,10 +156,17 @@ impl Collector for Snapshot {
         let mode = self.mode.to_string();
         ConstGauge::new(1i64).encode(
             encoder
-                .encode_descriptor("netpath_info", "The datapath mode of the topology.", None, MetricType::Gauge)?
+                .encode_descriptor(
+                    "netpath_info",
+                    "The datapath mode of the topology.",
+                    None,
+                    MetricType::Gauge,
+                )?
                 .encode_family(&[("topology", t), ("mode", &mode)])?,
         )?;
-        let Some(datapath) = &self.datapath else { return Ok(()) };
+        let Some(datapath) = &self.datapath else {
+            return Ok(());
+        };
         // Counters: the encoder adds the `_total` suffix to the samples.
         for (name, help, counters) in port_families() {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -148,9 +178,18 @@ impl Collector for Snapshot {
                 }
             }
         }
-        let mut family = encoder.encode_descriptor("netpath_fdb_entries", "FDB entries, by state.", None, MetricType::Gauge)?;
-        for (state, count) in [("static", datapath.fdb_static), ("learned", datapath.fdb_learned)] {
-            ConstGauge::new(count).encode(family.encode_family(&[("topology", t), ("state", state)])?)?;
+        let mut family = encoder.encode_descriptor(
+            "netpath_fdb_entries",
+            "FDB entries, by state.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, count) in [
+            ("static", datapath.fdb_static),
+            ("learned", datapath.fdb_learned),
+        ] {
+            ConstGauge::new(count)
+                .encode(family.encode_family(&[("topology", t), ("state", state)])?)?;
         }
         ConstCounter::new(datapath.aged).encode(
             encoder
@@ -170,7 +209,8 @@ pub fn render(snapshot: Snapshot) -> Result<String> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(snapshot));
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &registry).context("encoding the metrics")?;
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .context("encoding the metrics")?;
     Ok(out)
 }
 
@@ -185,7 +225,11 @@ struct Scrape {
 
 async fn metrics(State(scrape): State<Scrape>) -> Response {
     let names = LinkNames::load(&scrape.handle).await.unwrap_or_default();
-    match Snapshot::read(&scrape.topology, scrape.mode, &scrape.totals, |i| names.name(i)).and_then(render) {
+    match Snapshot::read(&scrape.topology, scrape.mode, &scrape.totals, |i| {
+        names.name(i)
+    })
+    .and_then(render)
+    {
         Ok(body) => ([(CONTENT_TYPE, OPENMETRICS)], body).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response(),
     }
@@ -199,16 +243,27 @@ pub async fn serve(
     totals: Arc<RunTotals>,
     handle: rtnetlink::Handle,
 ) -> Result<()> {
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("listening for metrics on {addr}"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening for metrics on {addr}"))?;
     log::info!("metrics on http://{}/metrics", listener.local_addr()?);
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, SCRAPE_TIMEOUT))
-        .with_state(Scrape { topology: topology.into(), mode, totals, handle });
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            SCRAPE_TIMEOUT,
+        ))
+        .with_state(Scrape {
+            topology: topology.into(),
+            mode,
+            totals,
+            handle,
+        });
     // Not axum::serve: it sets no timer, so hyper's header-read timeout
     // would never fire and an idle client would keep its socket forever.
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -219,7 +274,8 @@ pub async fn serve(
                 continue;
             }
         };
-        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 log::debug!("metrics connection from {peer}: {e}");
@@ -235,10 +291,15 @@ mod tests {
     use super::*;
 
     fn port(name: &str, redirected: u64, pass_unknown: u64) -> PortStats {
-        let mut packets: BTreeMap<&'static str, u64> = Counter::ALL.iter().map(|c| (c.name(), 0)).collect();
+        let mut packets: BTreeMap<&'static str, u64> =
+            Counter::ALL.iter().map(|c| (c.name(), 0)).collect();
         packets.insert(Counter::Redirected.name(), redirected);
         packets.insert(Counter::PassUnknown.name(), pass_unknown);
-        PortStats { port: name.into(), ifindex: 0, packets }
+        PortStats {
+            port: name.into(),
+            ifindex: 0,
+            packets,
+        }
     }
 
     #[test]
@@ -271,14 +332,26 @@ mod tests {
             "netpath_fdb_aged_total{topology=\"np\"} 3",
             "# EOF",
         ] {
-            assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "no line {line:?} in\n{text}"
+            );
         }
     }
 
     #[test]
     fn bridge_mode_shows_only_the_mode() {
-        let text = render(Snapshot { topology: "np".into(), mode: Mode::Bridge, datapath: None }).unwrap();
+        let text = render(Snapshot {
+            topology: "np".into(),
+            mode: Mode::Bridge,
+            datapath: None,
+        })
+        .unwrap();
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(samples, ["netpath_info{topology=\"np\",mode=\"bridge\"} 1"], "{text}");
+        assert_eq!(
+            samples,
+            ["netpath_info{topology=\"np\",mode=\"bridge\"} 1"],
+            "{text}"
+        );
     }
 }

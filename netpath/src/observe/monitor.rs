@@ -9,7 +9,10 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::{
-    datapath::{self, fdb::{Fdb, Row}},
+    datapath::{
+        self,
+        fdb::{Fdb, Row},
+    },
     model::Mac,
 };
 
@@ -36,21 +39,37 @@ pub struct Event {
 
 /// What changed between two FDB snapshots. A learned entry that vanished
 /// after being idle for the ageing time aged out; any other was deleted.
-pub fn diff(before: &HashMap<Mac, Row>, after: &HashMap<Mac, Row>, ageing_s: u64) -> Vec<(Kind, Row)> {
+pub fn diff(
+    before: &HashMap<Mac, Row>,
+    after: &HashMap<Mac, Row>,
+    ageing_s: u64,
+) -> Vec<(Kind, Row)> {
     let mut events = Vec::new();
     for (mac, row) in after {
         let learned = row.state == "learned";
         match before.get(mac) {
-            None => events.push((if learned { Kind::Learned } else { Kind::StaticAdded }, row.clone())),
+            None => events.push((
+                if learned {
+                    Kind::Learned
+                } else {
+                    Kind::StaticAdded
+                },
+                row.clone(),
+            )),
             // Within one poll: a static entry deleted, then the MAC learned.
             Some(old) if old.state == "static" && learned => {
                 events.push((Kind::StaticRemoved, old.clone()));
                 events.push((Kind::Learned, row.clone()));
             }
             Some(old) if old.state != row.state => events.push((Kind::StaticAdded, row.clone())),
-            Some(old) if old.ifindex != row.ifindex => {
-                events.push((if learned { Kind::Moved } else { Kind::StaticAdded }, row.clone()))
-            }
+            Some(old) if old.ifindex != row.ifindex => events.push((
+                if learned {
+                    Kind::Moved
+                } else {
+                    Kind::StaticAdded
+                },
+                row.clone(),
+            )),
             Some(_) => {}
         }
     }
@@ -72,12 +91,24 @@ fn snapshot(fdb: &Fdb) -> Result<HashMap<Mac, Row>> {
 }
 
 /// Hands every FDB event to `on_event` until Ctrl-C.
-pub async fn run(topology: &str, name_of: &dyn Fn(u32) -> String, mut on_event: impl FnMut(&Event) -> Result<()>) -> Result<()> {
+pub async fn run(
+    topology: &str,
+    name_of: &dyn Fn(u32) -> String,
+    mut on_event: impl FnMut(&Event) -> Result<()>,
+) -> Result<()> {
     let maps = datapath::maps(topology)?;
-    let ageing_s = maps.config()?.get(&0, 0).context("reading map CONFIG")?.ageing_ns / 1_000_000_000;
+    let ageing_s = maps
+        .config()?
+        .get(&0, 0)
+        .context("reading map CONFIG")?
+        .ageing_ns
+        / 1_000_000_000;
     let fdb = Fdb::open(&maps)?;
     let mut before = snapshot(&fdb)?;
-    eprintln!("monitoring the FDB of {topology} ({} entries; Ctrl-C to stop)", before.len());
+    eprintln!(
+        "monitoring the FDB of {topology} ({} entries; Ctrl-C to stop)",
+        before.len()
+    );
     let mut ticker = tokio::time::interval(POLL);
     loop {
         tokio::select! {
@@ -86,7 +117,12 @@ pub async fn run(topology: &str, name_of: &dyn Fn(u32) -> String, mut on_event: 
         }
         let after = snapshot(&fdb)?;
         for (kind, row) in diff(&before, &after, ageing_s) {
-            on_event(&Event { event: kind, mac: row.mac, ifname: name_of(row.ifindex), ifindex: row.ifindex })?;
+            on_event(&Event {
+                event: kind,
+                mac: row.mac,
+                ifname: name_of(row.ifindex),
+                ifindex: row.ifindex,
+            })?;
         }
         before = after;
     }
@@ -98,14 +134,27 @@ mod tests {
 
     fn row(mac: u8, ifindex: u32, state: &'static str, age_s: Option<u64>) -> (Mac, Row) {
         let mac = Mac([2, 0, 0, 0, 0, mac]);
-        (mac, Row { mac, vlan: 0, ifindex, state, age_s })
+        (
+            mac,
+            Row {
+                mac,
+                vlan: 0,
+                ifindex,
+                state,
+                age_s,
+            },
+        )
     }
 
     #[test]
     fn diff_names_every_change() {
-        let before: HashMap<_, _> =
-            [row(1, 10, "learned", Some(1)), row(2, 10, "learned", Some(299)), row(3, 11, "static", None), row(4, 10, "learned", Some(0))]
-                .into();
+        let before: HashMap<_, _> = [
+            row(1, 10, "learned", Some(1)),
+            row(2, 10, "learned", Some(299)),
+            row(3, 11, "static", None),
+            row(4, 10, "learned", Some(0)),
+        ]
+        .into();
         let after: HashMap<_, _> = [
             row(1, 12, "learned", Some(0)),
             row(5, 10, "learned", Some(0)),
@@ -115,7 +164,10 @@ mod tests {
         .into();
         let mut before = before;
         before.extend([row(7, 10, "static", None)]);
-        let mut kinds: Vec<(Kind, u8)> = diff(&before, &after, 300).into_iter().map(|(k, r)| (k, r.mac.0[5])).collect();
+        let mut kinds: Vec<(Kind, u8)> = diff(&before, &after, 300)
+            .into_iter()
+            .map(|(k, r)| (k, r.mac.0[5]))
+            .collect();
         kinds.sort_by_key(|(k, m)| (*m, *k as u8));
         assert_eq!(
             kinds,

@@ -40,7 +40,11 @@ impl FromStr for Filter {
     fn from_str(s: &str) -> Result<Self> {
         match s.trim().split_once(char::is_whitespace) {
             Some(("mac", mac)) => Ok(Filter::Mac(mac.trim().parse()?)),
-            Some(("ip", ip)) => Ok(Filter::Ip(ip.trim().parse().with_context(|| format!("{ip:?} is not an IP address"))?)),
+            Some(("ip", ip)) => Ok(Filter::Ip(
+                ip.trim()
+                    .parse()
+                    .with_context(|| format!("{ip:?} is not an IP address"))?,
+            )),
             _ => bail!("filter {s:?}: use 'mac XX:XX:XX:XX:XX:XX' or 'ip ADDRESS'"),
         }
     }
@@ -152,7 +156,12 @@ impl Captured {
 }
 
 /// One line per frame, in the manner of `tcpdump -e -n`.
-fn describe(event: &Captured, frame: &Frame<'_>, name_of: &dyn Fn(u32) -> String, wall_ns: u64) -> String {
+fn describe(
+    event: &Captured,
+    frame: &Frame<'_>,
+    name_of: &dyn Fn(u32) -> String,
+    wall_ns: u64,
+) -> String {
     let secs = wall_ns / 1_000_000_000;
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
     let micros = (wall_ns / 1000) % 1_000_000;
@@ -174,8 +183,13 @@ fn describe(event: &Captured, frame: &Frame<'_>, name_of: &dyn Fn(u32) -> String
 /// The classic pcap format (microseconds, Ethernet link type).
 fn create_pcap(path: &Path) -> Result<PcapWriter<BufWriter<File>>> {
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let header = PcapHeader { datalink: DataLink::ETHERNET, snaplen: TRACE_SNAPLEN as u32, ..Default::default() };
-    PcapWriter::with_header(BufWriter::new(file), header).with_context(|| format!("writing the pcap header to {}", path.display()))
+    let header = PcapHeader {
+        datalink: DataLink::ETHERNET,
+        snaplen: TRACE_SNAPLEN as u32,
+        ..Default::default()
+    };
+    PcapWriter::with_header(BufWriter::new(file), header)
+        .with_context(|| format!("writing the pcap header to {}", path.display()))
 }
 
 /// How long the programs go on copying frames without hearing from the
@@ -211,13 +225,21 @@ pub struct Summary {
 }
 
 fn frames_lost(maps: &Maps) -> Result<u64> {
-    Ok(counters::read(maps, |i| i.to_string())?.iter().map(|p| p.get(Counter::TraceLost)).sum())
+    Ok(counters::read(maps, |i| i.to_string())?
+        .iter()
+        .map(|p| p.get(Counter::TraceLost))
+        .sum())
 }
 
 /// Hands redirected frames to `show` (as tcpdump-like lines), or writes them
 /// to the pcap file of `options.write`, until `count` are done or Ctrl-C.
 /// One tracer per datapath: a second is refused.
-pub async fn run(topology: &str, options: Options, name_of: &dyn Fn(u32) -> String, mut show: impl FnMut(String)) -> Result<Summary> {
+pub async fn run(
+    topology: &str,
+    options: Options,
+    name_of: &dyn Fn(u32) -> String,
+    mut show: impl FnMut(String),
+) -> Result<Summary> {
     let _one_tracer = Lock::acquire(topology, Purpose::Trace)?;
     let maps = datapath::maps(topology)?;
     let mut ring = maps.trace()?;
@@ -243,7 +265,9 @@ pub async fn run(topology: &str, options: Options, name_of: &dyn Fn(u32) -> Stri
             let captured = Captured::take(&item, &mut buffer);
             drop(item);
             let Some(event) = captured else { continue };
-            let Some(frame) = Frame::parse(&event.data) else { continue };
+            let Some(frame) = Frame::parse(&event.data) else {
+                continue;
+            };
             if options.port.is_some_and(|p| p != event.ingress)
                 || options.filter.as_ref().is_some_and(|f| !frame.matches(f))
             {
@@ -252,8 +276,11 @@ pub async fn run(topology: &str, options: Options, name_of: &dyn Fn(u32) -> Stri
             let wall_ns = event.timestamp_ns + wall_offset;
             match pcap.as_mut() {
                 Some(writer) => {
-                    let packet = PcapPacket::new(Duration::from_nanos(wall_ns), event.len, &event.data);
-                    writer.write_packet(&packet).context("writing a frame to the pcap file")?;
+                    let packet =
+                        PcapPacket::new(Duration::from_nanos(wall_ns), event.len, &event.data);
+                    writer
+                        .write_packet(&packet)
+                        .context("writing a frame to the pcap file")?;
                 }
                 None => show(describe(&event, &frame, name_of, wall_ns)),
             }
@@ -264,13 +291,22 @@ pub async fn run(topology: &str, options: Options, name_of: &dyn Fn(u32) -> Stri
         }
     }
     if let Some(writer) = pcap {
-        writer.into_writer().flush().context("writing the pcap file")?;
+        writer
+            .into_writer()
+            .flush()
+            .context("writing the pcap file")?;
     }
-    Ok(Summary { shown, lost: frames_lost(&maps)?.saturating_sub(lost_before) })
+    Ok(Summary {
+        shown,
+        lost: frames_lost(&maps)?.saturating_sub(lost_before),
+    })
 }
 
 fn wall_clock_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

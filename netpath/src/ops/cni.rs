@@ -68,7 +68,12 @@ fn delegate_ipam(conf_bytes: &[u8], env: &Env, kind: &str, command: &str) -> Cni
         .iter()
         .map(|dir| dir.join(kind))
         .find(|p| p.is_file())
-        .ok_or_else(|| CniError::new(CniError::INVALID_CONFIG, format!("IPAM plugin {kind} not found in CNI_PATH")))?;
+        .ok_or_else(|| {
+            CniError::new(
+                CniError::INVALID_CONFIG,
+                format!("IPAM plugin {kind} not found in CNI_PATH"),
+            )
+        })?;
     let mut child = Command::new(&plugin)
         .env("CNI_COMMAND", command)
         .stdin(Stdio::piped())
@@ -76,34 +81,66 @@ fn delegate_ipam(conf_bytes: &[u8], env: &Env, kind: &str, command: &str) -> Cni
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| CniError::io(anyhow!("running {}: {e}", plugin.display())))?;
-    child.stdin.take().expect("piped").write_all(conf_bytes).map_err(|e| CniError::io(e.into()))?;
-    let out = child.wait_with_output().map_err(|e| CniError::io(e.into()))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(conf_bytes)
+        .map_err(|e| CniError::io(e.into()))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| CniError::io(e.into()))?;
     let result: Value = if out.stdout.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&out.stdout).map_err(|e| CniError::io(anyhow!("{kind} printed no JSON: {e}")))?
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| CniError::io(anyhow!("{kind} printed no JSON: {e}")))?
     };
     if !out.status.success() {
-        let msg = result.get("msg").and_then(Value::as_str).unwrap_or("failed").to_owned();
-        let code = result.get("code").and_then(Value::as_u64).unwrap_or(CniError::IO_FAILURE as u64) as u32;
+        let msg = result
+            .get("msg")
+            .and_then(Value::as_str)
+            .unwrap_or("failed")
+            .to_owned();
+        let code = result
+            .get("code")
+            .and_then(Value::as_u64)
+            .unwrap_or(CniError::IO_FAILURE as u64) as u32;
         return Err(CniError::new(code, format!("{kind}: {msg}")));
     }
     Ok(result)
 }
 
 /// (addresses, gateways) for a new attachment, one per family.
-fn allocate(conf: &NetConf, conf_bytes: &[u8], env: &Env, rec: &NetworkRecord) -> CniResult<(Vec<IpNet>, Vec<IpAddr>)> {
+fn allocate(
+    conf: &NetConf,
+    conf_bytes: &[u8],
+    env: &Env,
+    rec: &NetworkRecord,
+) -> CniResult<(Vec<IpNet>, Vec<IpAddr>)> {
     match &conf.ipam {
         Ipam::Netpath { .. } => {
-            let subnets = conf.subnets().map_err(|e| CniError::new(CniError::INVALID_CONFIG, format!("{e:#}")))?;
-            let used = |a: IpAddr| rec.attachments.iter().any(|x| x.ips.iter().any(|i| i.addr() == a));
+            let subnets = conf
+                .subnets()
+                .map_err(|e| CniError::new(CniError::INVALID_CONFIG, format!("{e:#}")))?;
+            let used = |a: IpAddr| {
+                rec.attachments
+                    .iter()
+                    .any(|x| x.ips.iter().any(|i| i.addr() == a))
+            };
             let mut ips = Vec::new();
             for subnet in &subnets {
                 ips.push(ipam::allocate(*subnet, used).ok_or_else(|| {
-                    CniError::new(CniError::TRY_AGAIN_LATER, format!("subnet {subnet} has no free address"))
+                    CniError::new(
+                        CniError::TRY_AGAIN_LATER,
+                        format!("subnet {subnet} has no free address"),
+                    )
                 })?);
             }
-            Ok((ips, subnets.iter().map(|s| ipam::gateway(*s).addr()).collect()))
+            Ok((
+                ips,
+                subnets.iter().map(|s| ipam::gateway(*s).addr()).collect(),
+            ))
         }
         Ipam::HostLocal(_) => {
             let result = delegate_ipam(conf_bytes, env, "host-local", "ADD")?;
@@ -113,12 +150,22 @@ fn allocate(conf: &NetConf, conf_bytes: &[u8], env: &Env, rec: &NetworkRecord) -
                 let address: IpNet = ip["address"]
                     .as_str()
                     .and_then(|a| a.parse().ok())
-                    .ok_or_else(|| CniError::io(anyhow!("host-local returned an address that is no CIDR: {ip}")))?;
+                    .ok_or_else(|| {
+                        CniError::io(anyhow!(
+                            "host-local returned an address that is no CIDR: {ip}"
+                        ))
+                    })?;
                 ips.push(address);
-                gateways.extend(ip["gateway"].as_str().and_then(|g| g.parse::<IpAddr>().ok()));
+                gateways.extend(
+                    ip["gateway"]
+                        .as_str()
+                        .and_then(|g| g.parse::<IpAddr>().ok()),
+                );
             }
             if ips.is_empty() {
-                return Err(CniError::io(anyhow!("host-local returned no address: {result}")));
+                return Err(CniError::io(anyhow!(
+                    "host-local returned no address: {result}"
+                )));
             }
             Ok((ips, gateways))
         }
@@ -139,7 +186,11 @@ fn result_json(conf: &NetConf, a: &Attachment, host_mac: Option<Mac>) -> Value {
         .iter()
         .map(|net| {
             let mut ip = json!({"address": net.to_string(), "interface": 1});
-            if let Some(gw) = a.gateways.iter().find(|g| g.is_ipv4() == net.addr().is_ipv4()) {
+            if let Some(gw) = a
+                .gateways
+                .iter()
+                .find(|g| g.is_ipv4() == net.addr().is_ipv4())
+            {
                 ip["gateway"] = json!(gw.to_string());
             }
             if conf.cni_version != "1.0.0" {
@@ -165,20 +216,32 @@ fn result_json(conf: &NetConf, a: &Attachment, host_mac: Option<Mac>) -> Value {
     })
 }
 
-pub async fn add(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) -> CniResult<Value> {
+pub async fn add(
+    handle: &Handle,
+    conf: &NetConf,
+    conf_bytes: &[u8],
+    env: &Env,
+) -> CniResult<Value> {
     let netns_path = env.netns.clone().expect("checked by Env");
     if !netns_path.exists() {
-        return Err(CniError::new(CniError::INVALID_ENVIRONMENT, format!("CNI_NETNS {} does not exist", netns_path.display())));
+        return Err(CniError::new(
+            CniError::INVALID_ENVIRONMENT,
+            format!("CNI_NETNS {} does not exist", netns_path.display()),
+        ));
     }
     let _lock = take_lock(&conf.datapath_name())?;
     let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
     if let Some(i) = rec.find(&env.container_id, &env.ifname) {
         let a = rec.attachments[i].clone();
-        let host = netlink::link_by_name(handle, &a.host_veth).await.map_err(CniError::io)?;
+        let host = netlink::link_by_name(handle, &a.host_veth)
+            .await
+            .map_err(CniError::io)?;
         return Ok(result_json(conf, &a, host.and_then(|h| h.mac)));
     }
     let (ips, gateways) = allocate(conf, conf_bytes, env, &rec)?;
-    let mac = Mac::derive(&format!("{}/{}", env.container_id, env.ifname), |m| rec.attachments.iter().any(|a| a.mac == m));
+    let mac = Mac::derive(&format!("{}/{}", env.container_id, env.ifname), |m| {
+        rec.attachments.iter().any(|a| a.mac == m)
+    });
     let attachment = Attachment {
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
@@ -192,7 +255,8 @@ pub async fn add(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) 
         Ok(host_mac) => Ok(result_json(conf, &attachment, host_mac)),
         Err(e) => {
             // Undo what this ADD made: the veth (and so its peer) and the address.
-            let _ = plumbing::unplug(handle, &attachment.host_veth, &conf.datapath_name(), true).await;
+            let _ =
+                plumbing::unplug(handle, &attachment.host_veth, &conf.datapath_name(), true).await;
             let _ = release(conf, conf_bytes, env);
             Err(CniError::io(e))
         }
@@ -202,15 +266,31 @@ pub async fn add(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) 
 /// Creates the bridge if needed and the veth pair with the container's
 /// addressing, adds the port to the shared datapath, and only then records
 /// the attachment.
-async fn plug(handle: &Handle, conf: &NetConf, rec: &mut NetworkRecord, a: &Attachment) -> anyhow::Result<Option<Mac>> {
+async fn plug(
+    handle: &Handle,
+    conf: &NetConf,
+    rec: &mut NetworkRecord,
+    a: &Attachment,
+) -> anyhow::Result<Option<Mac>> {
     let gateways: Vec<IpNet> = a
         .gateways
         .iter()
-        .filter_map(|gw| a.ips.iter().find(|ip| ip.addr().is_ipv4() == gw.is_ipv4()).map(|ip| (gw, ip.prefix_len())))
+        .filter_map(|gw| {
+            a.ips
+                .iter()
+                .find(|ip| ip.addr().is_ipv4() == gw.is_ipv4())
+                .map(|ip| (gw, ip.prefix_len()))
+        })
         .map(|(gw, prefix)| IpNet::new(*gw, prefix))
         .collect::<Result<_, _>>()?;
-    let (bridge, created) =
-        plumbing::ensure_bridge(handle, &conf.bridge, &conf.datapath_name(), DEFAULT_MTU, &gateways).await?;
+    let (bridge, created) = plumbing::ensure_bridge(
+        handle,
+        &conf.bridge,
+        &conf.datapath_name(),
+        DEFAULT_MTU,
+        &gateways,
+    )
+    .await?;
     if created {
         rec.bridge_created = true;
         rec.save(&conf.bridge)?;
@@ -231,7 +311,11 @@ async fn plug(handle: &Handle, conf: &NetConf, rec: &mut NetworkRecord, a: &Atta
         },
     )
     .await?;
-    datapath::ensure(handle, &datapath_of(conf, rec.attachments.iter().chain([a]))).await?;
+    datapath::ensure(
+        handle,
+        &datapath_of(conf, rec.attachments.iter().chain([a])),
+    )
+    .await?;
     rec.attachments.push(a.clone());
     rec.save(&conf.bridge)?;
     Ok(host.mac)
@@ -246,16 +330,27 @@ pub async fn del(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) 
         return release(conf, conf_bytes, env);
     };
     let a = rec.attachments[i].clone();
-    let host = netlink::link_by_name(handle, &a.host_veth).await.map_err(CniError::io)?;
-    datapath::forget_port(&conf.datapath_name(), &port_of(&a), host.as_ref().map(|h| h.index)).map_err(CniError::io)?;
-    plumbing::unplug(handle, &a.host_veth, &conf.datapath_name(), false).await.map_err(CniError::io)?;
+    let host = netlink::link_by_name(handle, &a.host_veth)
+        .await
+        .map_err(CniError::io)?;
+    datapath::forget_port(
+        &conf.datapath_name(),
+        &port_of(&a),
+        host.as_ref().map(|h| h.index),
+    )
+    .map_err(CniError::io)?;
+    plumbing::unplug(handle, &a.host_veth, &conf.datapath_name(), false)
+        .await
+        .map_err(CniError::io)?;
     release(conf, conf_bytes, env)?;
     rec.attachments.remove(i);
     if rec.attachments.is_empty() {
         // The last container left: remove what the first one's ADD made.
         datapath::remove(&conf.datapath_name()).map_err(CniError::io)?;
         if rec.bridge_created {
-            plumbing::unplug(handle, &conf.bridge, &conf.datapath_name(), false).await.map_err(CniError::io)?;
+            plumbing::unplug(handle, &conf.bridge, &conf.datapath_name(), false)
+                .await
+                .map_err(CniError::io)?;
             rec.bridge_created = false;
         }
     }
@@ -267,22 +362,41 @@ pub async fn check(handle: &Handle, conf: &NetConf, env: &Env) -> CniResult<()> 
     let a = rec
         .find(&env.container_id, &env.ifname)
         .map(|i| rec.attachments[i].clone())
-        .ok_or_else(|| CniError::new(CniError::UNKNOWN_CONTAINER, format!("container {} is not attached", env.container_id)))?;
+        .ok_or_else(|| {
+            CniError::new(
+                CniError::UNKNOWN_CONTAINER,
+                format!("container {} is not attached", env.container_id),
+            )
+        })?;
     let bad = |msg: String| CniError::new(CniError::IO_FAILURE, msg);
-    let host = netlink::link_by_name(handle, &a.host_veth).await.map_err(CniError::io)?;
-    let bridge = netlink::link_by_name(handle, &conf.bridge).await.map_err(CniError::io)?;
+    let host = netlink::link_by_name(handle, &a.host_veth)
+        .await
+        .map_err(CniError::io)?;
+    let bridge = netlink::link_by_name(handle, &conf.bridge)
+        .await
+        .map_err(CniError::io)?;
     match (host, bridge) {
         (Some(h), Some(b)) if h.controller == Some(b.index) => {}
-        _ => return Err(bad(format!("{} is missing or not on bridge {}", a.host_veth, conf.bridge))),
+        _ => {
+            return Err(bad(format!(
+                "{} is missing or not on bridge {}",
+                a.host_veth, conf.bridge
+            )));
+        }
     }
     let ifname = a.ifname.clone();
     let (mac, ips) = netns::run_in_path(&a.netns, move |h| async move {
-        let link = netlink::link_by_name(&h, &ifname).await?.ok_or_else(|| anyhow!("interface missing"))?;
+        let link = netlink::link_by_name(&h, &ifname)
+            .await?
+            .ok_or_else(|| anyhow!("interface missing"))?;
         Ok((link.mac, netlink::addresses(&h, link.index).await?))
     })
     .map_err(|e| bad(format!("{} in {}: {e:#}", a.ifname, a.netns.display())))?;
     if mac != Some(a.mac) || !a.ips.iter().all(|ip| ips.contains(ip)) {
-        return Err(bad(format!("{} has {mac:?} {ips:?}, expected {} {:?}", a.ifname, a.mac, a.ips)));
+        return Err(bad(format!(
+            "{} has {mac:?} {ips:?}, expected {} {:?}",
+            a.ifname, a.mac, a.ips
+        )));
     }
     Ok(())
 }
@@ -316,7 +430,10 @@ pub async fn run(env_vars: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (Va
         "ADD" => add(&handle, &conf, stdin, &env).await,
         "DEL" => del(&handle, &conf, stdin, &env).await.map(|()| Value::Null),
         "CHECK" => check(&handle, &conf, &env).await.map(|()| Value::Null),
-        other => Err(CniError::new(CniError::INVALID_ENVIRONMENT, format!("CNI_COMMAND {other} is not supported"))),
+        other => Err(CniError::new(
+            CniError::INVALID_ENVIRONMENT,
+            format!("CNI_COMMAND {other} is not supported"),
+        )),
     };
     match outcome {
         Ok(value) => (value, 0),

@@ -89,7 +89,9 @@ pub fn parse(value: &str) -> Result<(Point, Action)> {
     let (point, action) = match value.rsplit_once(':') {
         Some((point, "fail")) => (point, Action::Fail),
         Some((point, "kill")) => (point, Action::Kill),
-        Some((_, other)) => bail!("unknown fault action {other:?} in {FAULT_ENV}={value} (fail or kill)"),
+        Some((_, other)) => {
+            bail!("unknown fault action {other:?} in {FAULT_ENV}={value} (fail or kill)")
+        }
         None => (value, Action::Fail),
     };
     Ok((point.parse()?, action))
@@ -98,7 +100,9 @@ pub fn parse(value: &str) -> Result<(Point, Action)> {
 /// Called by `up` once `point` is reached: fails, or kills this process, if
 /// `NETPATH_FAULT` names it.
 pub fn at(point: Point) -> Result<()> {
-    let Ok(value) = std::env::var(FAULT_ENV) else { return Ok(()) };
+    let Ok(value) = std::env::var(FAULT_ENV) else {
+        return Ok(());
+    };
     let (armed, action) = parse(&value)?;
     if armed != point {
         return Ok(());
@@ -132,14 +136,28 @@ mod tests {
             Point::Built,
         ] {
             assert_eq!(parse(&point.to_string()).unwrap(), (point, Action::Fail));
-            assert_eq!(parse(&format!("{point}:kill")).unwrap(), (point, Action::Kill));
-            assert_eq!(parse(&format!("{point}:fail")).unwrap(), (point, Action::Fail));
+            assert_eq!(
+                parse(&format!("{point}:kill")).unwrap(),
+                (point, Action::Kill)
+            );
+            assert_eq!(
+                parse(&format!("{point}:fail")).unwrap(),
+                (point, Action::Fail)
+            );
         }
     }
 
     #[test]
     fn typos_are_errors_not_silence() {
-        for bad in ["brige", "container-", "container-x", "attached", "nat:explode", "", "maps:"] {
+        for bad in [
+            "brige",
+            "container-",
+            "container-x",
+            "attached",
+            "nat:explode",
+            "",
+            "maps:",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} was accepted");
         }
     }

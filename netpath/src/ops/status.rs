@@ -9,7 +9,10 @@ use super::topology::load_complete;
 use crate::{
     datapath::{self, hooks, object::program_name},
     host::{netlink, netns},
-    model::{Mac, Mode, naming::{CONTAINER_IFNAME, port_name}},
+    model::{
+        Mac, Mode,
+        naming::{CONTAINER_IFNAME, port_name},
+    },
 };
 
 #[derive(Debug, Serialize)]

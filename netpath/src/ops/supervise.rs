@@ -6,29 +6,33 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use aya_log::EbpfLogger;
+use futures::StreamExt;
 use log::{debug, info, warn};
 use netpath_common::Counter;
 use rtnetlink::Handle;
-use futures::StreamExt;
-use rtnetlink::{
-    MulticastGroup,
-    packet_core::NetlinkPayload,
-    packet_route::RouteNetlinkMessage,
-};
+use rtnetlink::{MulticastGroup, packet_core::NetlinkPayload, packet_route::RouteNetlinkMessage};
 use tokio::io::unix::AsyncFd;
 
 use super::topology::{self, UpOutcome};
 use crate::{
     datapath::{self, counters, fdb::Fdb},
     host::netlink,
-    model::{Mode, TopologySpec, naming::{bridge_name, port_name}},
+    model::{
+        Mode, TopologySpec,
+        naming::{bridge_name, port_name},
+    },
     observe::metrics::{self, RunTotals},
     store::lock::{Lock, Purpose},
 };
 
 const STATS_EVERY: Duration = Duration::from_secs(10);
 
-pub async fn run(handle: &Handle, spec: TopologySpec, keep: bool, metrics_addr: Option<SocketAddr>) -> Result<()> {
+pub async fn run(
+    handle: &Handle,
+    spec: TopologySpec,
+    keep: bool,
+    metrics_addr: Option<SocketAddr>,
+) -> Result<()> {
     let name = spec.name.clone();
     let mode = spec.mode;
     let totals = Arc::new(RunTotals::default());
@@ -45,7 +49,13 @@ pub async fn run(handle: &Handle, spec: TopologySpec, keep: bool, metrics_addr: 
     let watcher = tokio::spawn(watch_vanishing_ports(handle.clone(), name.clone()));
     let server = match metrics_addr {
         Some(addr) => {
-            let server = tokio::spawn(metrics::serve(addr, name.clone(), mode, totals.clone(), handle.clone()));
+            let server = tokio::spawn(metrics::serve(
+                addr,
+                name.clone(),
+                mode,
+                totals.clone(),
+                handle.clone(),
+            ));
             // Fail now, not silently, if the address cannot be served.
             tokio::time::sleep(Duration::from_millis(100)).await;
             if server.is_finished() {
@@ -56,11 +66,19 @@ pub async fn run(handle: &Handle, spec: TopologySpec, keep: bool, metrics_addr: 
         }
         None => None,
     };
-    info!("topology {name} running; Ctrl-C to {}", if keep { "exit and keep it" } else { "tear it down" });
+    info!(
+        "topology {name} running; Ctrl-C to {}",
+        if keep {
+            "exit and keep it"
+        } else {
+            "tear it down"
+        }
+    );
 
     let mut stats_ticker = tokio::time::interval(STATS_EVERY);
     // Sweep often enough that an entry lives at most 1.5 ageing times.
-    let mut ageing_ticker = tokio::time::interval((ageing / 2).clamp(Duration::from_secs(1), STATS_EVERY));
+    let mut ageing_ticker =
+        tokio::time::interval((ageing / 2).clamp(Duration::from_secs(1), STATS_EVERY));
     let mut last_redirected = 0;
     let mut last_passed = 0;
     loop {
@@ -79,16 +97,23 @@ pub async fn run(handle: &Handle, spec: TopologySpec, keep: bool, metrics_addr: 
             match datapath::maps(&name).and_then(|maps| Fdb::open(&maps)?.age_out(ageing)) {
                 Ok(0) => {}
                 Ok(n) => {
-                    totals.aged.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    totals
+                        .aged
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     debug!("topology {name}: {n} learned FDB entries aged out");
                 }
                 Err(e) => warn!("ageing the FDB of {name}: {e:#}"),
             }
             continue;
         }
-        if let Ok(ports) = datapath::maps(&name).and_then(|maps| counters::read(&maps, |i| i.to_string())) {
+        if let Ok(ports) =
+            datapath::maps(&name).and_then(|maps| counters::read(&maps, |i| i.to_string()))
+        {
             let sum = |counters: &[Counter]| -> u64 {
-                ports.iter().flat_map(|p| counters.iter().map(|c| p.get(*c))).sum()
+                ports
+                    .iter()
+                    .flat_map(|p| counters.iter().map(|c| p.get(*c)))
+                    .sum()
             };
             let redirected = sum(&[Counter::Redirected]);
             let passed = sum(&Counter::PASSED);
@@ -119,23 +144,30 @@ pub async fn run(handle: &Handle, spec: TopologySpec, keep: bool, metrics_addr: 
 /// Cleans up after ports whose veth vanished behind netpath's back (a
 /// namespace deleted by a crashed runtime), as soon as the kernel says so.
 async fn watch_vanishing_ports(handle: Handle, topology: String) {
-    let (connection, _, mut events) = match rtnetlink::new_multicast_connection(&[MulticastGroup::Link]) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!("not watching link events of {topology}: {e}");
-            return;
-        }
-    };
+    let (connection, _, mut events) =
+        match rtnetlink::new_multicast_connection(&[MulticastGroup::Link]) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("not watching link events of {topology}: {e}");
+                return;
+            }
+        };
     tokio::spawn(connection);
     let prefix = port_name(&topology, "");
     while let Some((message, _)) = events.next().await {
-        let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) = message.payload else { continue };
+        let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) = message.payload
+        else {
+            continue;
+        };
         let link = netlink::Link::from(link);
         if !link.name.starts_with(&prefix) || link.name == bridge_name(&topology) {
             continue;
         }
         match topology::forget_vanished_port(&handle, &topology, &link.name, link.index).await {
-            Ok(true) => info!("topology {topology}: port {} vanished; forgot it", link.name),
+            Ok(true) => info!(
+                "topology {topology}: port {} vanished; forgot it",
+                link.name
+            ),
             Ok(false) => {}
             Err(e) => warn!("forgetting vanished port {}: {e:#}", link.name),
         }
@@ -147,15 +179,20 @@ async fn watch_vanishing_ports(handle: Handle, topology: String) {
 fn forward_bpf_logs(topology: &str) -> Result<()> {
     for id in datapath::attached_program_ids(topology)? {
         // Programs without log statements have no log map: nothing to forward.
-        let Ok(logger) = EbpfLogger::init_from_id(id) else { continue };
+        let Ok(logger) = EbpfLogger::init_from_id(id) else {
+            continue;
+        };
         // SAFETY: the logger owns the ring buffer fd and moves into the
         // AsyncFd, so the fd stays open for as long as it is registered.
-        let mut fd = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
-            .map_err(std::io::Error::from)
-            .context("polling the BPF log ring buffer")?;
+        let mut fd =
+            unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+                .map_err(std::io::Error::from)
+                .context("polling the BPF log ring buffer")?;
         tokio::spawn(async move {
             loop {
-                let Ok(mut guard) = fd.readable_mut().await else { return };
+                let Ok(mut guard) = fd.readable_mut().await else {
+                    return;
+                };
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }

@@ -13,7 +13,10 @@ use crate::{
     host::{nat, netlink, netns, plumbing},
     model::{
         ContainerSpec, Mac, Mode, TopologySpec,
-        naming::{CONTAINER_IFNAME, OWNER_ALIAS_PREFIX, container_of, owner_alias, port_name, validate_topology_name},
+        naming::{
+            CONTAINER_IFNAME, OWNER_ALIAS_PREFIX, container_of, owner_alias, port_name,
+            validate_topology_name,
+        },
         spec::validate_mtu,
     },
     store::{
@@ -72,12 +75,18 @@ pub async fn up(handle: &Handle, spec: TopologySpec) -> Result<UpOutcome> {
                 spec.name
             );
         }
-        warn!("topology {}: finishing the cleanup of an interrupted `up`", spec.name);
+        warn!(
+            "topology {}: finishing the cleanup of an interrupted `up`",
+            spec.name
+        );
         teardown(handle, &existing).await?;
     }
     check_names_free(handle, &spec, &spec.containers).await?;
 
-    let mut rec = TopologyRecord { spec: spec.clone(), complete: false };
+    let mut rec = TopologyRecord {
+        spec: spec.clone(),
+        complete: false,
+    };
     record::save(&rec)?;
     match build(handle, &rec).await {
         Ok(()) => {
@@ -97,14 +106,25 @@ pub async fn up(handle: &Handle, spec: TopologySpec) -> Result<UpOutcome> {
 async fn build(handle: &Handle, rec: &TopologyRecord) -> Result<()> {
     let spec = rec.spec.clone();
     fault::at(Point::Record)?;
-    let (bridge, _) =
-        plumbing::ensure_bridge(handle, &spec.bridge_name(), &spec.name, spec.mtu, &spec.gateways()).await?;
+    let (bridge, _) = plumbing::ensure_bridge(
+        handle,
+        &spec.bridge_name(),
+        &spec.name,
+        spec.mtu,
+        &spec.gateways(),
+    )
+    .await?;
     fault::at(Point::Bridge)?;
     for (done, container) in spec.containers.iter().enumerate() {
         create_container(handle, &spec, bridge.index, container).await?;
         fault::at(Point::Container(done))?;
         if spec.containers.len() >= 16 && (done + 1) % 16 == 0 {
-            info!("topology {}: {}/{} containers", spec.name, done + 1, spec.containers.len());
+            info!(
+                "topology {}: {}/{} containers",
+                spec.name,
+                done + 1,
+                spec.containers.len()
+            );
         }
     }
     if spec.nat {
@@ -121,7 +141,12 @@ async fn build(handle: &Handle, rec: &TopologyRecord) -> Result<()> {
     fault::at(Point::Built)
 }
 
-async fn create_container(handle: &Handle, spec: &TopologySpec, bridge: u32, c: &ContainerSpec) -> Result<()> {
+async fn create_container(
+    handle: &Handle,
+    spec: &TopologySpec,
+    bridge: u32,
+    c: &ContainerSpec,
+) -> Result<()> {
     let port = port_name(&spec.name, &c.name);
     netns::create(&port)?;
     let gateways: Vec<_> = spec.gateways().iter().map(|g| g.addr()).collect();
@@ -147,7 +172,12 @@ async fn create_container(handle: &Handle, spec: &TopologySpec, bridge: u32, c: 
 
 /// Removes a container's host veth (and so its pair), if netpath's, and
 /// its namespace.
-async fn remove_container(handle: &Handle, topology: &str, container: &str, interrupted: bool) -> Result<()> {
+async fn remove_container(
+    handle: &Handle,
+    topology: &str,
+    container: &str,
+    interrupted: bool,
+) -> Result<()> {
     let port = port_name(topology, container);
     plumbing::unplug(handle, &port, topology, interrupted).await?;
     netns::delete(&port)?;
@@ -192,24 +222,39 @@ pub async fn down(handle: &Handle, topology: &str) -> Result<bool> {
 
 /// Fails if any interface or namespace the containers (and the bridge, for
 /// a new topology) would use already exists.
-async fn check_names_free(handle: &Handle, spec: &TopologySpec, containers: &[ContainerSpec]) -> Result<()> {
-    let mut links: Vec<String> = containers.iter().map(|c| port_name(&spec.name, &c.name)).collect();
+async fn check_names_free(
+    handle: &Handle,
+    spec: &TopologySpec,
+    containers: &[ContainerSpec],
+) -> Result<()> {
+    let mut links: Vec<String> = containers
+        .iter()
+        .map(|c| port_name(&spec.name, &c.name))
+        .collect();
     let namespaces = links.clone();
     if record::load(&spec.name)?.is_none() {
         links.push(spec.bridge_name());
     }
     for name in &links {
         if let Some(link) = netlink::link_by_name(handle, name).await? {
-            let owner = match link.alias.as_deref().and_then(|a| a.strip_prefix(OWNER_ALIAS_PREFIX)) {
+            let owner = match link
+                .alias
+                .as_deref()
+                .and_then(|a| a.strip_prefix(OWNER_ALIAS_PREFIX))
+            {
                 Some(other) => format!("netpath topology {other:?}"),
                 None => "something other than netpath".into(),
             };
-            bail!("interface {name} already exists (created by {owner}); choose another topology or container name");
+            bail!(
+                "interface {name} already exists (created by {owner}); choose another topology or container name"
+            );
         }
     }
     for name in &namespaces {
         if netns::exists(name) {
-            bail!("network namespace {name} already exists; choose another topology or container name");
+            bail!(
+                "network namespace {name} already exists; choose another topology or container name"
+            );
         }
     }
     Ok(())
@@ -219,7 +264,9 @@ async fn check_names_free(handle: &Handle, spec: &TopologySpec, containers: &[Co
 pub fn load_complete(topology: &str) -> Result<TopologyRecord> {
     match record::load(topology)? {
         Some(s) if s.complete => Ok(s),
-        Some(_) => bail!("topology {topology} is half built; run `netpath down --name {topology}` or `up` again"),
+        Some(_) => bail!(
+            "topology {topology} is half built; run `netpath down --name {topology}` or `up` again"
+        ),
         None => bail!("topology {topology} is not up (see `netpath up --help`)"),
     }
 }
@@ -242,7 +289,12 @@ pub async fn port_add(
     check_names_free(handle, &rec.spec, std::slice::from_ref(&added)).await?;
     let bridge = netlink::link_by_name(handle, &rec.spec.bridge_name())
         .await?
-        .with_context(|| format!("bridge {} of topology {topology} is missing", rec.spec.bridge_name()))?;
+        .with_context(|| {
+            format!(
+                "bridge {} of topology {topology} is missing",
+                rec.spec.bridge_name()
+            )
+        })?;
     let result = async {
         create_container(handle, &rec.spec, bridge.index, &added).await?;
         datapath::ensure(handle, &datapath_of(&rec.spec)).await?;
@@ -266,7 +318,10 @@ pub async fn port_ifindex(handle: &Handle, topology: &str, port: &str) -> Result
         bail!("topology {topology} has no port {port}");
     }
     let name = port_name(topology, container);
-    Ok(netlink::link_by_name(handle, &name).await?.with_context(|| format!("port {name} is missing"))?.index)
+    Ok(netlink::link_by_name(handle, &name)
+        .await?
+        .with_context(|| format!("port {name} is missing"))?
+        .index)
 }
 
 /// Switches the datapath of a running topology; the new mode's programs are
@@ -283,7 +338,9 @@ pub async fn set_mode(handle: &Handle, topology: &str, mode: Mode) -> Result<()>
         if let Err(back) = datapath::ensure(handle, &datapath_of(&rec.spec)).await {
             warn!("topology {topology}: going back to mode {before}: {back:#}");
         }
-        return Err(e.context(format!("switching topology {topology} to mode {mode} (back in mode {before})")));
+        return Err(e.context(format!(
+            "switching topology {topology} to mode {mode} (back in mode {before})"
+        )));
     }
     record::save(&rec)
 }
@@ -299,7 +356,9 @@ pub async fn port_del(handle: &Handle, topology: &str, container: &str) -> Resul
     };
     let removed = rec.spec.containers.remove(index);
     let port = port_of(&rec.spec, &removed);
-    let ifindex = netlink::link_by_name(handle, &port.name).await?.map(|l| l.index);
+    let ifindex = netlink::link_by_name(handle, &port.name)
+        .await?
+        .map(|l| l.index);
     datapath::forget_port(topology, &port, ifindex)?;
     remove_container(handle, topology, &container, false).await?;
     record::save(&rec)
@@ -308,12 +367,19 @@ pub async fn port_del(handle: &Handle, topology: &str, container: &str) -> Resul
 /// Forgets a port whose host-side veth disappeared without netpath (its
 /// namespace was deleted, e.g. by a crashed runtime): its FDB entries, maps,
 /// links, namespace and record go. Returns false if it was not a port.
-pub async fn forget_vanished_port(handle: &Handle, topology: &str, port: &str, ifindex: u32) -> Result<bool> {
+pub async fn forget_vanished_port(
+    handle: &Handle,
+    topology: &str,
+    port: &str,
+    ifindex: u32,
+) -> Result<bool> {
     let container = container_of(topology, port).to_owned();
     // Someone else may be changing the topology (maybe deleting this very
     // port): wait for them, then look again.
     let _lock = Lock::acquire_waiting(topology, Purpose::Change, Duration::from_secs(5))?;
-    let Some(mut rec) = record::load(topology)?.filter(|r| r.complete) else { return Ok(false) };
+    let Some(mut rec) = record::load(topology)?.filter(|r| r.complete) else {
+        return Ok(false);
+    };
     let Some(index) = rec.spec.containers.iter().position(|c| c.name == container) else {
         return Ok(false);
     };

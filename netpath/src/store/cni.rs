@@ -34,7 +34,9 @@ pub struct NetworkRecord {
 
 /// The record's path; `bridge` is a validated interface name.
 pub fn path(bridge: &str) -> PathBuf {
-    Path::new(STATE_DIR).join("cni").join(format!("{bridge}.json"))
+    Path::new(STATE_DIR)
+        .join("cni")
+        .join(format!("{bridge}.json"))
 }
 
 impl NetworkRecord {
@@ -56,6 +58,8 @@ impl NetworkRecord {
     }
 
     pub fn find(&self, container_id: &str, ifname: &str) -> Option<usize> {
-        self.attachments.iter().position(|a| a.container_id == container_id && a.ifname == ifname)
+        self.attachments
+            .iter()
+            .position(|a| a.container_id == container_id && a.ifname == ifname)
     }
 }

@@ -77,7 +77,12 @@ impl Lock {
                 flock.set_len(0)?;
                 flock.rewind()?;
                 write!(flock, "{}", std::process::id())?;
-                Ok(Lock { _flock: flock, path, owner: owner.to_owned(), purpose })
+                Ok(Lock {
+                    _flock: flock,
+                    path,
+                    owner: owner.to_owned(),
+                    purpose,
+                })
             }
             Err((mut file, Errno::EWOULDBLOCK)) => {
                 let mut holder = String::new();
@@ -88,7 +93,10 @@ impl Lock {
                         holder.trim()
                     ),
                     Purpose::Run => {
-                        bail!("topology {owner} is already run by another `netpath run` (pid {})", holder.trim())
+                        bail!(
+                            "topology {owner} is already run by another `netpath run` (pid {})",
+                            holder.trim()
+                        )
                     }
                     Purpose::Trace => bail!(
                         "{owner} is already traced by another `netpath trace` (pid {}): the programs have one \
@@ -121,7 +129,9 @@ impl Drop for Lock {
         let gone = match self.purpose {
             Purpose::Run | Purpose::Trace => true,
             // A topology's lock file lives as long as its record.
-            Purpose::Change => !PathBuf::from(STATE_DIR).join(format!("{}.json", self.owner)).exists(),
+            Purpose::Change => !PathBuf::from(STATE_DIR)
+                .join(format!("{}.json", self.owner))
+                .exists(),
         };
         if gone {
             let _ = std::fs::remove_file(&self.path);

@@ -24,7 +24,8 @@ pub struct NatRecord {
 
 /// The lock and record key of the calling thread's network namespace.
 pub fn key() -> Result<String> {
-    let ns = std::fs::metadata("/proc/thread-self/ns/net").context("reading this thread's network namespace")?;
+    let ns = std::fs::metadata("/proc/thread-self/ns/net")
+        .context("reading this thread's network namespace")?;
     Ok(format!("nat-{}", ns.ino()))
 }
 
