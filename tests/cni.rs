@@ -57,6 +57,14 @@ fn conf(bridge: &str, ipam: Value) -> Value {
     json!({"cniVersion": "1.0.0", "name": "testnet", "type": "netpath-cni", "bridge": bridge, "ipam": ipam})
 }
 
+/// The configuration of a CHECK: the network's, with the ADD's result as
+/// prevResult, as a runtime sends it.
+fn with_prev_result(config: &Value, add_result: &Value) -> Value {
+    let mut config = config.clone();
+    config["prevResult"] = add_result.clone();
+    config
+}
+
 /// A namespace the "runtime" made, removed on drop.
 struct Sandbox(String);
 
@@ -304,10 +312,11 @@ fn version_add_check_del_as_a_runtime_drives_them() {
         "a repeated ADD must give the same result"
     );
 
-    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &config);
+    let check_a = with_prev_result(&config, &ra);
+    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &check_a);
     assert!(ok, "{out}");
     in_ns(&a.0, &["ip", "addr", "flush", "dev", "eth0"]);
-    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &config);
+    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &check_a);
     assert!(
         !ok && out["code"].as_u64().is_some() && out["msg"].as_str().unwrap().contains("expected"),
         "{out}"
@@ -319,7 +328,7 @@ fn version_add_check_del_as_a_runtime_drives_them() {
         let (ok, out) = cni(&host, "DEL", ctr, Some(&sandbox.path()), "eth0", &config);
         assert!(ok, "a second DEL must succeed: {out}");
     }
-    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &config);
+    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &check_a);
     assert!(!ok && out["code"] == 3, "{out}");
     assert_gone(&host, &bridge);
 }
@@ -766,7 +775,7 @@ fn dual_stack_addresses_and_routes() {
     let (ok, rb) = cni(&host, "ADD", "ctr-b", Some(&b.path()), "eth0", &config);
     assert!(ok, "{rb}");
     assert_eq!(rb["ips"][1]["address"], "fd00:185::3/64");
-    let (ok, out) = cni(&host, "CHECK", "ctr-b", Some(&b.path()), "eth0", &config);
+    let (ok, out) = cni(&host, "CHECK", "ctr-b", Some(&b.path()), "eth0", &with_prev_result(&config, &rb));
     assert!(ok, "{out}");
     assert!(
         ping(&a.0, "fd00:185::3"),
@@ -901,4 +910,291 @@ fn adds_succeed_during_and_after_a_mac_flood() {
         .map(|p| p["packets"]["drop_spoofed_mac"].as_u64().unwrap())
         .sum();
     assert_eq!(spoofed, sent, "the flood is not counted");
+}
+
+/// What the datapath's maps still hold of a container, read from the pins
+/// directly: `netpath fdb`/`stats` would forget vanished ports themselves
+/// and so hide entries a DEL or ADD left behind.
+fn leftovers_in_maps(bridge: &str, gone: &Attached) -> Vec<String> {
+    let dir = pin_dir(&cni_datapath(bridge));
+    let Ok(maps) = netpath::datapath::maps::Maps::open(&dir) else {
+        return Vec::new(); // no datapath at all
+    };
+    let mut left = Vec::new();
+    let fdb = netpath::datapath::fdb::Fdb::open(&maps).unwrap();
+    for row in fdb.rows().unwrap() {
+        if row.mac.to_string() == gone.mac || u64::from(row.ifindex) == gone.ifindex {
+            left.push(format!("FDB entry {} -> {}", row.mac, row.ifindex));
+        }
+    }
+    let states: Vec<u32> = maps.port_state().unwrap().keys().map(Result::unwrap).collect();
+    if states.iter().any(|i| u64::from(*i) == gone.ifindex) {
+        left.push(format!("port state of ifindex {}", gone.ifindex));
+    }
+    left
+}
+
+fn recorded_containers(bridge: &str) -> Vec<String> {
+    store::cni::NetworkRecord::load(bridge)
+        .unwrap()
+        .attachments
+        .into_iter()
+        .map(|a| a.container_id)
+        .collect()
+}
+
+/// Waits (at most 5 s) until `link` is gone from `host`: a deleted
+/// namespace takes its veth with it, asynchronously.
+fn wait_link_gone(host: &Host, link: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while host.sh("ip", &["link", "show", link]).status.success() {
+        assert!(std::time::Instant::now() < deadline, "{link} still there 5 s after its namespace went");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Issue 14: one pod's runtime crashed (its host veth deleted behind the
+/// runtime's back), another's namespace was deleted without DEL. Neither
+/// blocks the next pod: its ADD succeeds and it reaches a live pod on the
+/// fast path; the dead pods leave the record, and their FDB entries and
+/// port state leave the maps; their late DELs succeed and leave nothing.
+#[test]
+fn a_stale_pod_never_blocks_another() {
+    let host = Host::new();
+    let bridge = unique_name("cs");
+    let config = conf(&bridge, json!({"type": "host-local", "subnet": "10.187.0.0/24"}));
+    let sandboxes: Vec<Sandbox> = (0..4).map(|i| Sandbox::new(format!("{bridge}-{i}"))).collect();
+    // Container IDs of this test only: host-local's reservations name them.
+    let ids: Vec<String> = (0..4).map(|i| format!("{bridge}-ctr-{i}")).collect();
+    let _cleanup = Network::new(&host, &config, ids.iter().cloned().zip(sandboxes.iter().map(Sandbox::path)));
+    let attached: Vec<Attached> = sandboxes[..3]
+        .iter()
+        .zip(&ids)
+        .map(|(s, id)| {
+            let (ok, result) = cni(&host, "ADD", id, Some(&s.path()), "eth0", &config);
+            assert!(ok, "{result}");
+            Attached::from_result(&host, id, &result)
+        })
+        .collect();
+    // ctr-0: the runtime crashed and its veth went; ctr-1: namespace deleted, no DEL.
+    assert!(host.sh("ip", &["link", "del", &attached[0].host_veth]).status.success());
+    assert!(outside("ip", &["netns", "del", &sandboxes[1].0]).status.success());
+    wait_link_gone(&host, &attached[1].host_veth);
+
+    let (ok, result) = cni(&host, "ADD", &ids[3], Some(&sandboxes[3].path()), "eth0", &config);
+    assert!(ok, "a stale pod blocked the next ADD: {result}");
+    let new = Attached::from_result(&host, &ids[3], &result);
+    assert_eq!(recorded_containers(&bridge), ids[2..].to_vec(), "stale pods left in the record");
+    for dead in &attached[..2] {
+        let left = leftovers_in_maps(&bridge, dead);
+        assert!(left.is_empty(), "{}: {left:?}", dead.container);
+        assert!(!host_local_reserves(&dead.container), "{}: its address is still reserved", dead.container);
+    }
+    let before = redirected_from(&cni_datapath(&bridge), new.ifindex);
+    assert!(ping(&sandboxes[3].0, &attached[2].ip), "the new pod cannot reach a live one");
+    assert!(redirected_from(&cni_datapath(&bridge), new.ifindex) > before, "not on the fast path");
+
+    for (id, sandbox) in ids.iter().zip(&sandboxes[..2]) {
+        let (ok, out) = cni(&host, "DEL", id, Some(&sandbox.path()), "eth0", &config);
+        assert!(ok, "late DEL of a stale pod: {out}");
+    }
+    assert_only_kept_ports(&host, &bridge, &attached[..2], &[attached[2].clone(), new]);
+}
+
+/// Whether host-local holds an address for `container_id` (its files under
+/// /var/lib/cni/networks name the container that reserved each address).
+fn host_local_reserves(container_id: &str) -> bool {
+    let dir = std::path::Path::new("/var/lib/cni/networks/testnet");
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|f| std::fs::read_to_string(f.path()).is_ok_and(|c| c.lines().next() == Some(container_id)))
+}
+
+/// DEL after the pod's namespace (and with it its veth) is gone removes
+/// everything of that pod: its record, its FDB entry and port state in the
+/// maps, its address; the other pod keeps its fast path.
+#[test]
+fn del_without_the_namespace_removes_everything() {
+    let host = Host::new();
+    let bridge = unique_name("cn");
+    let config = conf(&bridge, json!({"type": "netpath", "subnet": "10.188.0.0/24"}));
+    let sandboxes: Vec<Sandbox> = (0..3).map(|i| Sandbox::new(format!("{bridge}-{i}"))).collect();
+    let _cleanup = Network::new(&host, &config, sandboxes.iter().enumerate().map(|(i, s)| (format!("ctr-{i}"), s.path())));
+    let attached: Vec<Attached> = sandboxes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let container = format!("ctr-{i}");
+            let (ok, result) = cni(&host, "ADD", &container, Some(&s.path()), "eth0", &config);
+            assert!(ok, "{result}");
+            Attached::from_result(&host, &container, &result)
+        })
+        .collect();
+    let gone_path = sandboxes[0].path();
+    assert!(outside("ip", &["netns", "del", &sandboxes[0].0]).status.success());
+    wait_link_gone(&host, &attached[0].host_veth);
+    let (ok, out) = cni(&host, "DEL", "ctr-0", Some(&gone_path), "eth0", &config);
+    assert!(ok, "DEL without the namespace: {out}");
+    assert_eq!(recorded_containers(&bridge), ["ctr-1", "ctr-2"]);
+    let left = leftovers_in_maps(&bridge, &attached[0]);
+    assert!(left.is_empty(), "DEL without the namespace left {left:?}");
+    let before = redirected_from(&cni_datapath(&bridge), attached[1].ifindex);
+    assert!(ping(&sandboxes[1].0, &attached[2].ip));
+    assert!(redirected_from(&cni_datapath(&bridge), attached[1].ifindex) > before, "not on the fast path");
+}
+
+fn conf_1_1(bridge: &str, subnet: &str) -> Value {
+    json!({"cniVersion": "1.1.0", "name": "testnet", "type": "netpath-cni", "bridge": bridge,
+           "ipam": {"type": "netpath", "subnet": subnet}})
+}
+
+fn gc_conf(config: &Value, valid: &[&str]) -> Value {
+    let mut config = config.clone();
+    config["cni.dev/valid-attachments"] = valid.iter().map(|c| json!({"containerID": c, "ifname": "eth0"})).collect();
+    config
+}
+
+/// GC (CNI 1.1) removes every attachment that `cni.dev/valid-attachments`
+/// does not list, with its veth, FDB entries and port state, and nothing
+/// listed; an empty list winds the network up; no list is refused.
+#[test]
+fn gc_removes_every_attachment_not_listed() {
+    let host = Host::new();
+    let bridge = unique_name("cg");
+    let config = conf_1_1(&bridge, "10.189.0.0/24");
+    let sandboxes: Vec<Sandbox> = (0..3).map(|i| Sandbox::new(format!("{bridge}-{i}"))).collect();
+    let _cleanup = Network::new(&host, &config, sandboxes.iter().enumerate().map(|(i, s)| (format!("ctr-{i}"), s.path())));
+    let attached: Vec<Attached> = sandboxes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let container = format!("ctr-{i}");
+            let (ok, result) = cni(&host, "ADD", &container, Some(&s.path()), "eth0", &config);
+            assert!(ok, "{result}");
+            Attached::from_result(&host, &container, &result)
+        })
+        .collect();
+    let (ok, out) = cni(&host, "GC", "", None, "", &config);
+    assert!(!ok && out["code"] == 7, "GC without a list must be refused: {out}");
+    assert_eq!(recorded_containers(&bridge).len(), 3);
+
+    let (ok, out) = cni(&host, "GC", "", None, "", &gc_conf(&config, &["ctr-1"]));
+    assert!(ok, "{out}");
+    assert_eq!(recorded_containers(&bridge), ["ctr-1"]);
+    for gone in [&attached[0], &attached[2]] {
+        assert!(!host.sh("ip", &["link", "show", &gone.host_veth]).status.success(), "{}: veth left", gone.container);
+        let left = leftovers_in_maps(&bridge, gone);
+        assert!(left.is_empty(), "{}: {left:?}", gone.container);
+    }
+    assert_only_kept_ports(&host, &bridge, &[attached[0].clone(), attached[2].clone()], &[attached[1].clone()]);
+    assert!(ping(&sandboxes[1].0, "10.189.0.1"), "the listed pod lost its network");
+
+    let (ok, out) = cni(&host, "GC", "", None, "", &gc_conf(&config, &[]));
+    assert!(ok, "{out}");
+    assert_gone(&host, &bridge);
+}
+
+/// STATUS (CNI 1.1) is healthy before the first pod and while every pod's
+/// port has its program; a port whose program was detached makes it report
+/// 51 (limited connectivity). ADD again for that pod repairs it, CHECK
+/// then passes; CHECK compares prevResult and the datapath.
+#[test]
+fn status_check_and_a_repeated_add_see_the_datapath() {
+    let host = Host::new();
+    let bridge = unique_name("ct");
+    let config = conf_1_1(&bridge, "10.190.0.0/24");
+    let (a, b) = (Sandbox::new(format!("{bridge}-a")), Sandbox::new(format!("{bridge}-b")));
+    let _cleanup = Network::new(&host, &config, [("ctr-a".into(), a.path()), ("ctr-b".into(), b.path())]);
+    let (ok, out) = cni(&host, "STATUS", "", None, "", &config);
+    assert!(ok, "STATUS before any pod: {out}");
+    let (ok, out) = cni(&host, "STATUS", "", None, "", &conf(&bridge, json!({"type": "netpath", "subnet": "10.190.0.0/24"})));
+    assert!(!ok && out["code"] == 1, "STATUS with a 1.0.0 configuration: {out}");
+
+    let (ok, ra) = cni(&host, "ADD", "ctr-a", Some(&a.path()), "eth0", &config);
+    assert!(ok, "{ra}");
+    assert_eq!(ra["cniVersion"], "1.1.0");
+    assert_eq!(ra["interfaces"][1]["mtu"], 1500, "CNI 1.1 results carry the MTU: {ra}");
+    let (ok, rb) = cni(&host, "ADD", "ctr-b", Some(&b.path()), "eth0", &config);
+    assert!(ok, "{rb}");
+    let att_a = Attached::from_result(&host, "ctr-a", &ra);
+    let (ok, out) = cni(&host, "STATUS", "", None, "", &config);
+    assert!(ok, "STATUS with two pods: {out}");
+    let check_a = with_prev_result(&config, &ra);
+    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &check_a);
+    assert!(ok, "{out}");
+    // A prevResult that is not what ADD gave fails CHECK.
+    let mut forged = ra.clone();
+    forged["interfaces"][1]["mac"] = json!("02:00:00:00:00:99");
+    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &with_prev_result(&config, &forged));
+    assert!(!ok && out["msg"].as_str().unwrap().contains("MAC"), "{out}");
+    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &config);
+    assert!(!ok && out["code"] == 7, "CHECK without prevResult: {out}");
+
+    // The static FDB entry of ctr-a goes: CHECK sees it.
+    host.netpath_ok(&["fdb", "del", &att_a.mac, "--name", &bridge]);
+    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &check_a);
+    assert!(!ok && out["msg"].as_str().unwrap().contains("FDB"), "{out}");
+    // ADD again repairs it.
+    let (ok, again) = cni(&host, "ADD", "ctr-a", Some(&a.path()), "eth0", &config);
+    assert!(ok && again["ips"] == ra["ips"], "{again}");
+    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &check_a);
+    assert!(ok, "after the repairing ADD: {out}");
+
+    // ctr-a's program goes (its pinned link removed, or its filter): STATUS and CHECK see it.
+    detach_forwarding(&host, &bridge, &att_a.host_veth);
+    // The kernel releases an unpinned link in the background: give it 2 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let out = loop {
+        let (ok, out) = cni(&host, "STATUS", "", None, "", &config);
+        if !ok || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(out["code"] == 51, "STATUS with a port off the fast path: {out}");
+    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &check_a);
+    assert!(!ok && out["msg"].as_str().unwrap().contains("program"), "{out}");
+    let (ok, again) = cni(&host, "ADD", "ctr-a", Some(&a.path()), "eth0", &config);
+    assert!(ok && again["ips"] == ra["ips"], "{again}");
+    let (ok, out) = cni(&host, "STATUS", "", None, "", &config);
+    assert!(ok, "STATUS after the repairing ADD: {out}");
+    let att_a = Attached::from_result(&host, "ctr-a", &again);
+    let before = redirected_from(&cni_datapath(&bridge), att_a.ifindex);
+    assert!(ping(&a.0, "10.190.0.3"));
+    assert!(redirected_from(&cni_datapath(&bridge), att_a.ifindex) > before, "the repaired pod is not on the fast path");
+}
+
+/// Takes the tc forwarding program off a port, as a stray `tc`/bpffs
+/// clean-up would: its pinned tcx link removed, or its clsact filter.
+fn detach_forwarding(host: &Host, bridge: &str, host_veth: &str) {
+    let pin = pin_dir(&cni_datapath(bridge)).join("links/tc").join(host_veth);
+    if pin.exists() {
+        std::fs::remove_file(&pin).unwrap();
+    } else {
+        let out = host.sh("tc", &["filter", "del", "dev", host_veth, "ingress"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// A CNI 1.1 configuration may list `cniVersions` instead of one
+/// `cniVersion`: the plugin answers in the newest both speak; one it does
+/// not speak at all is refused with code 1.
+#[test]
+fn cni_versions_pick_the_newest_common_version() {
+    let host = Host::new();
+    let (ok, out) = cni(&host, "VERSION", "", None, "", &json!({"cniVersion": "1.1.0"}));
+    assert!(ok && out["supportedVersions"].as_array().unwrap().contains(&json!("1.1.0")), "{out}");
+    let bridge = unique_name("cv");
+    let mut config = conf_1_1(&bridge, "10.191.0.0/24");
+    config.as_object_mut().unwrap().remove("cniVersion");
+    config["cniVersions"] = json!(["0.4.0", "1.0.0", "1.1.0", "9.0.0"]);
+    let a = Sandbox::new(format!("{bridge}-a"));
+    let _cleanup = Network::new(&host, &config, [("ctr-a".into(), a.path())]);
+    let (ok, ra) = cni(&host, "ADD", "ctr-a", Some(&a.path()), "eth0", &config);
+    assert!(ok && ra["cniVersion"] == "1.1.0", "{ra}");
+    config["cniVersions"] = json!(["9.0.0"]);
+    let (ok, out) = cni(&host, "STATUS", "", None, "", &config);
+    assert!(!ok && out["code"] == 1, "{out}");
 }

@@ -240,6 +240,7 @@ pub mod programs {
     pub const XDP_FORWARD: &str = "netpath_xdp";
     pub const XDP_PEER: &str = "netpath_peer";
     pub const TC_FORWARD: &str = "netpath_tc";
+    pub const ALL: [&str; 3] = [XDP_FORWARD, XDP_PEER, TC_FORWARD];
 }
 
 /// Capacity of each FDB map (static, learned); large enough for a busy host.

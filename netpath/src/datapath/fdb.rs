@@ -59,6 +59,11 @@ impl Fdb {
         Ok(())
     }
 
+    /// The port (ifindex) of `mac`'s static entry, if it has one.
+    pub fn static_port(&self, mac: Mac) -> Option<u32> {
+        self.statics.get(&FdbKey::new(mac.0, 0), 0).ok()
+    }
+
     /// Removes one entry, static or learned; returns false if there was none.
     pub fn remove(&mut self, mac: Mac) -> Result<bool> {
         let key = FdbKey::new(mac.0, 0);

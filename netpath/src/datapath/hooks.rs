@@ -9,9 +9,8 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::{
-    Ebpf,
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        SchedClassifier, TcAttachType, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{
             NlOptions, TcAttachOptions, TcError, TcHandle, qdisc_add_clsact, qdisc_detach_program,
@@ -27,7 +26,7 @@ use rtnetlink::{
     packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption},
 };
 
-use super::{Port, object::program_mut};
+use super::{Port, object::Programs};
 use crate::{
     host::{ethtool, netns},
     model::Mode,
@@ -112,7 +111,7 @@ impl TcMethod {
 /// clsact, netpath's filter on the port).
 pub async fn attach(
     handle: &Handle,
-    ebpf: &mut Ebpf,
+    programs: &mut Programs,
     pins: &Path,
     port: &Port,
     ifindex: u32,
@@ -125,11 +124,11 @@ pub async fn attach(
         return Ok(());
     }
     if hook == Hook::Tc && TcMethod::for_this_kernel() == TcMethod::Clsact {
-        return attach_clsact(handle, ebpf, port, ifindex).await;
+        return attach_clsact(handle, &mut programs.tc_forward, port, ifindex).await;
     }
     let link: FdLink = match hook {
         Hook::Xdp => {
-            let program: &mut Xdp = program_mut(ebpf, programs::XDP_FORWARD)?;
+            let program = &mut programs.xdp_forward;
             let id = program
                 .attach_to_if_index(ifindex, XdpMode::Driver)
                 .with_context(|| format!("attaching XDP to {name}"))?;
@@ -139,7 +138,7 @@ pub async fn attach(
                 .context("XDP link is not a bpf_link")?
         }
         Hook::XdpPeer => {
-            let program: &mut Xdp = program_mut(ebpf, programs::XDP_PEER)?;
+            let program = &mut programs.xdp_peer;
             // An ifindex is resolved in the caller's namespace: attach from inside.
             netns::enter_path_and(&port.netns, || {
                 let index = nix::net::if_::if_nametoindex(port.ifname.as_str())
@@ -161,7 +160,7 @@ pub async fn attach(
             })?
         }
         Hook::Tc => {
-            let program: &mut SchedClassifier = program_mut(ebpf, programs::TC_FORWARD)?;
+            let program = &mut programs.tc_forward;
             let id = program
                 .attach(name, TcAttachType::Ingress)
                 .with_context(|| format!("attaching tc ingress to {name}"))?;
@@ -178,7 +177,12 @@ pub async fn attach(
 
 /// tc through a clsact qdisc and a direct-action filter, unless netpath's
 /// filter is on the port already.
-async fn attach_clsact(handle: &Handle, ebpf: &mut Ebpf, port: &Port, ifindex: u32) -> Result<()> {
+async fn attach_clsact(
+    handle: &Handle,
+    program: &mut SchedClassifier,
+    port: &Port,
+    ifindex: u32,
+) -> Result<()> {
     let name = &port.name;
     if clsact_program_id(handle, ifindex).await?.is_some() {
         debug!("{name}: tc filter already attached");
@@ -191,7 +195,6 @@ async fn attach_clsact(handle: &Handle, ebpf: &mut Ebpf, port: &Port, ifindex: u
         Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
         Err(e) => return Err(e).with_context(|| format!("adding a clsact qdisc to {name}")),
     }
-    let program: &mut SchedClassifier = program_mut(ebpf, programs::TC_FORWARD)?;
     let options = NlOptions {
         priority: CLSACT_PRIORITY,
         handle: CLSACT_HANDLE,

@@ -17,7 +17,7 @@ use std::{
     path::PathBuf,
 };
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use aya::{
     maps::{MapError, PerCpuValues},
     util::nr_cpus,
@@ -25,13 +25,14 @@ use aya::{
 use log::info;
 use netpath_common::{
     DatapathConfig, PORT_IPV4_SLOTS, PORT_IPV6_SLOTS, PORT_SOURCE_CHECK, PortPolicy, PortState,
+    programs,
 };
 use rtnetlink::Handle;
 
 use self::{
     hooks::Hook,
     maps::Maps,
-    object::{ensure_bpffs, pin_dir},
+    object::{Programs, ensure_bpffs, pin_dir},
 };
 use crate::{
     host::netlink,
@@ -168,6 +169,8 @@ pub async fn ensure_reporting(
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
 
     let mut ebpf = object::load(Some(&dir), dp.fdb_size)?;
+    object::pin_programs(&mut ebpf, &dir)?;
+    let mut programs = Programs::pinned(&dir)?.context("the programs just pinned are not there")?;
     let bridge = netlink::link_by_name(handle, &dp.bridge)
         .await?
         .with_context(|| format!("bridge {} is missing", dp.bridge))?;
@@ -200,7 +203,7 @@ pub async fn ensure_reporting(
     let wanted = Hook::for_mode(dp.mode);
     for (n, (port, ifindex)) in ports.iter().enumerate() {
         for hook in wanted {
-            hooks::attach(handle, &mut ebpf, &dir, port, *ifindex, *hook).await?;
+            hooks::attach(handle, &mut programs, &dir, port, *ifindex, *hook).await?;
         }
         step_done(Step::PortAttached(n))?;
     }
@@ -235,33 +238,35 @@ fn fill_maps(
         )
         .context("writing map CONFIG")?;
 
-    let mut devmap = maps.ports()?;
-    let mut counts = maps.port_learned()?;
-    for (_, ifindex) in ports {
-        devmap
-            .insert(*ifindex, *ifindex, None, 0)
-            .with_context(|| format!("adding port {ifindex} to map PORTS"))?;
-        // NOEXIST: a port that is already there keeps its count.
-        match counts.insert(ifindex, 0, BPF_NOEXIST) {
-            Ok(()) => {}
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => {
-                return Err(e).with_context(|| format!("adding port {ifindex} to map PORT_LEARNED"));
-            }
+    let cpus = nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+    for (port, ifindex) in ports {
+        fill_port(maps, learn_limit, port, *ifindex, cpus)?;
+    }
+    Ok(())
+}
+
+/// One port's entries: in the devmap, its learned count (kept if there),
+/// its policy (its counters kept if there), its container's static FDB entry.
+fn fill_port(maps: &Maps, learn_limit: u32, port: &Port, ifindex: u32, cpus: usize) -> Result<()> {
+    maps.ports()?
+        .insert(ifindex, ifindex, None, 0)
+        .with_context(|| format!("adding port {} (ifindex {ifindex}) to map PORTS", port.name))?;
+    // NOEXIST: a port that is already there keeps its count.
+    match maps.port_learned()?.insert(ifindex, 0, BPF_NOEXIST) {
+        Ok(()) => {}
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("adding port {} to map PORT_LEARNED", port.name));
         }
     }
     let mut port_state = maps.port_state()?;
-    let cpus = nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
-    for (port, ifindex) in ports {
-        let policy = policy_of(port, learn_limit)?;
-        // Keep the counters of a port that is already there.
-        let mut states: Vec<PortState> = match port_state.get(ifindex, 0) {
-            Ok(existing) => existing.iter().copied().collect(),
-            Err(_) => vec![PortState::default(); cpus],
-        };
-        if states.len() == cpus && states.iter().all(|s| s.policy == policy) {
-            continue;
-        }
+    let policy = policy_of(port, learn_limit)?;
+    let mut states: Vec<PortState> = match port_state.get(&ifindex, 0) {
+        Ok(existing) => existing.iter().copied().collect(),
+        Err(_) => vec![PortState::default(); cpus],
+    };
+    if states.len() != cpus || states.iter().any(|s| s.policy != policy) {
         states.iter_mut().for_each(|s| s.policy = policy);
         port_state
             .insert(ifindex, PerCpuValues::try_from(states)?, 0)
@@ -272,10 +277,40 @@ fn fill_maps(
                 )
             })?;
     }
-    let mut table = fdb::Fdb::open(maps)?;
-    for (port, ifindex) in ports {
-        table.add_static(port.mac, *ifindex)?;
+    fdb::Fdb::open(maps)?.add_static(port.mac, ifindex)
+}
+
+/// Adds one port to a running datapath: its map entries and its links,
+/// attached with the programs pinned when the datapath was made, so no
+/// object is loaded or verified and no other port is looked at. A datapath
+/// that is not running yet (or whose programs are not pinned) is made with
+/// [`ensure`] over `dp`'s ports, which must include `port`.
+pub async fn add_port(handle: &Handle, dp: &Datapath, port: &Port) -> Result<()> {
+    if dp.mode == Mode::Bridge {
+        return Ok(());
     }
+    let dir = pin_dir(&dp.name);
+    let running = dir.join(netpath_common::maps::CONFIG).exists();
+    let Some(mut programs) = running
+        .then(|| Programs::pinned(&dir))
+        .transpose()?
+        .flatten()
+    else {
+        return ensure(handle, dp).await;
+    };
+    let maps = Maps::open(&dir)?;
+    let ifindex = netlink::link_by_name(handle, &port.name)
+        .await?
+        .with_context(|| format!("port {} is missing", port.name))?
+        .index;
+    // The kernel may hand a vanished port's ifindex to this one.
+    forget_vanished_ports(&maps)?;
+    let cpus = nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+    fill_port(&maps, dp.learn_limit, port, ifindex, cpus)?;
+    for hook in Hook::for_mode(dp.mode) {
+        hooks::attach(handle, &mut programs, &dir, port, ifindex, *hook).await?;
+    }
+    info!("{}: port {} joined ({} mode)", dp.name, port.name, dp.mode);
     Ok(())
 }
 
@@ -347,8 +382,10 @@ pub fn forget_mac(datapath: &str, mac: Mac) -> Result<bool> {
     fdb::Fdb::open(&maps(datapath)?)?.remove(mac)
 }
 
-/// Removes a port that is leaving the datapath (or has vanished) from the
-/// maps, and unpins its links.
+/// Removes a port that is leaving the datapath from the maps (`ifindex`:
+/// its device, if it still exists) and unpins its links. A port whose device
+/// is gone already (namespace deleted) loses its entries as every vanished
+/// port does, see [`maps`].
 pub fn forget_port(datapath: &str, port: &Port, ifindex: Option<u32>) -> Result<()> {
     let dir = pin_dir(datapath);
     if !dir.exists() {
@@ -357,15 +394,51 @@ pub fn forget_port(datapath: &str, port: &Port, ifindex: Option<u32>) -> Result<
     for hook in Hook::ALL {
         hooks::detach(&dir, port, hook)?;
     }
+    let maps = maps(datapath)?;
     let Some(ifindex) = ifindex else {
         return Ok(());
     };
-    let maps = Maps::open(&dir)?;
     fdb::Fdb::open(&maps)?.remove_port(ifindex)?;
     let _ = maps.ports()?.remove(ifindex);
     let _ = maps.port_state()?.remove(&ifindex);
     let _ = maps.port_learned()?.remove(&ifindex);
     Ok(())
+}
+
+/// The port `host` forwards on the fast path: the forwarding program of
+/// `mode` is on it (as the kernel reports it: tcx link, clsact filter or
+/// XDP), and `mac`, its container's, has its static FDB entry pointing at it.
+pub async fn check_port(
+    handle: &Handle,
+    datapath: &str,
+    mode: Mode,
+    host: &netlink::Link,
+    mac: Mac,
+) -> Result<()> {
+    let wanted = match mode {
+        Mode::Bridge => return Ok(()),
+        Mode::Xdp => vec![format!("xdp:{}", programs::XDP_FORWARD)],
+        Mode::Tc => vec![
+            format!("tc:{}", programs::TC_FORWARD),
+            format!("tc-clsact:{}", programs::TC_FORWARD),
+        ],
+    };
+    let attached = hooks::programs_on(handle, &host.name, host.index, host.xdp_prog_id).await?;
+    ensure!(
+        attached.iter().any(|p| wanted.contains(p)),
+        "port {} has no {mode} forwarding program attached (it has {attached:?})",
+        host.name
+    );
+    let fdb = fdb::Fdb::open(&maps(datapath)?)?;
+    match fdb.static_port(mac) {
+        Some(ifindex) if ifindex == host.index => Ok(()),
+        other => bail!(
+            "the datapath's FDB sends {mac} to {}, not to port {} (ifindex {})",
+            other.map_or("the bridge".to_owned(), |i| format!("ifindex {i}")),
+            host.name,
+            host.index
+        ),
+    }
 }
 
 /// Ids of the programs attached to the datapath's ports (to read their logs).

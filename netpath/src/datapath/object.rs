@@ -1,5 +1,7 @@
 //! The BPF object: embedded in the binary, loaded with its maps created
-//! fresh or opened from (and pinned to) a datapath's bpffs directory.
+//! fresh or opened from (and pinned to) a datapath's bpffs directory; its
+//! programs pinned there too, so that a port joining later attaches them
+//! without loading and verifying the object again.
 
 use std::{
     fs,
@@ -12,6 +14,7 @@ use aya::{
     maps::Array,
     programs::{SchedClassifier, Xdp},
 };
+use aya_obj::programs::XdpAttachType;
 use netpath_common::{LAYOUT_VERSION, programs};
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
@@ -108,6 +111,60 @@ pub fn load(pins: Option<&Path>, fdb_size: u32) -> Result<Ebpf> {
     tc.load()
         .with_context(|| format!("verifier rejected BPF program {}", programs::TC_FORWARD))?;
     Ok(ebpf)
+}
+
+/// Where the loaded programs are pinned, one file each by program name.
+fn programs_dir(pins: &Path) -> PathBuf {
+    pins.join("programs")
+}
+
+/// Pins the object's programs in the datapath's directory, replacing the
+/// pins of an earlier load (links attached to those keep their program).
+pub fn pin_programs(ebpf: &mut Ebpf, pins: &Path) -> Result<()> {
+    let dir = programs_dir(pins);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for name in programs::ALL {
+        let pin = dir.join(name);
+        if pin.exists() {
+            fs::remove_file(&pin)
+                .with_context(|| format!("unpinning program {}", pin.display()))?;
+        }
+        ebpf.program_mut(name)
+            .with_context(|| format!("BPF object has no program {name}"))?
+            .pin(&pin)
+            .with_context(|| format!("pinning program {name} at {}", pin.display()))?;
+    }
+    Ok(())
+}
+
+/// The datapath's loaded programs, opened from their pins.
+pub struct Programs {
+    pub xdp_forward: Xdp,
+    pub xdp_peer: Xdp,
+    pub tc_forward: SchedClassifier,
+}
+
+impl Programs {
+    /// Opens the programs pinned in `pins`, or None when some are not pinned
+    /// (a datapath made by a netpath that did not pin its programs).
+    pub fn pinned(pins: &Path) -> Result<Option<Programs>> {
+        let dir = programs_dir(pins);
+        if !programs::ALL.iter().all(|name| dir.join(name).exists()) {
+            return Ok(None);
+        }
+        let open_error =
+            |name: &str| format!("opening pinned program {}", dir.join(name).display());
+        let xdp = |name: &str| {
+            Xdp::from_pin(dir.join(name), XdpAttachType::Interface)
+                .with_context(|| open_error(name))
+        };
+        Ok(Some(Programs {
+            xdp_forward: xdp(programs::XDP_FORWARD)?,
+            xdp_peer: xdp(programs::XDP_PEER)?,
+            tc_forward: SchedClassifier::from_pin(dir.join(programs::TC_FORWARD))
+                .with_context(|| open_error(programs::TC_FORWARD))?,
+        }))
+    }
 }
 
 pub fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>

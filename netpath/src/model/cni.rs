@@ -10,7 +10,11 @@ use serde_json::{Value, json};
 
 use super::{Mode, ipam, naming, one_or_many};
 
-pub const SUPPORTED_VERSIONS: [&str; 4] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+/// Oldest first: the last is the newest, which VERSION reports.
+pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// The version that brought STATUS, GC and `mtu` in results.
+pub const VERSION_1_1: &str = "1.1.0";
 
 /// A CNI error: printed as the spec's error JSON on stdout.
 #[derive(Debug)]
@@ -28,6 +32,10 @@ impl CniError {
     pub const DECODING_FAILURE: u32 = 6;
     pub const INVALID_CONFIG: u32 = 7;
     pub const TRY_AGAIN_LATER: u32 = 11;
+    /// STATUS: the plugin cannot serve ADD now.
+    pub const PLUGIN_NOT_AVAILABLE: u32 = 50;
+    /// STATUS: and the containers attached already may lack connectivity.
+    pub const LIMITED_CONNECTIVITY: u32 = 51;
 
     pub fn new(code: u32, msg: impl Into<String>) -> Self {
         CniError {
@@ -56,7 +64,12 @@ pub type CniResult<T> = std::result::Result<T, CniError>;
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetConf {
+    /// The version the runtime speaks; may be left out when `cniVersions`
+    /// lists what the configuration supports (CNI 1.1).
+    #[serde(default)]
     pub cni_version: String,
+    #[serde(default)]
+    pub cni_versions: Vec<String>,
     pub name: String,
     #[serde(rename = "type")]
     pub kind: String,
@@ -64,6 +77,20 @@ pub struct NetConf {
     #[serde(default)]
     pub mode: Option<Mode>,
     pub ipam: Ipam,
+    /// CHECK: the result of the ADD, to compare with what is there.
+    #[serde(default)]
+    pub prev_result: Option<Value>,
+    /// GC: the attachments the runtime still uses; every other goes.
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<ValidAttachment>>,
+}
+
+/// One entry of `cni.dev/valid-attachments`.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+pub struct ValidAttachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,18 +108,28 @@ pub enum Ipam {
 
 impl NetConf {
     pub fn parse(stdin: &[u8]) -> CniResult<Self> {
-        let conf: NetConf = serde_json::from_slice(stdin).map_err(|e| {
+        let mut conf: NetConf = serde_json::from_slice(stdin).map_err(|e| {
             CniError::new(
                 CniError::DECODING_FAILURE,
                 format!("network configuration: {e}"),
             )
         })?;
+        if conf.cni_version.is_empty() {
+            // The newest version both sides speak.
+            conf.cni_version = SUPPORTED_VERSIONS
+                .iter()
+                .rev()
+                .find(|v| conf.cni_versions.iter().any(|c| c == *v))
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+        }
         if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
             return Err(CniError::new(
                 CniError::INCOMPATIBLE_VERSION,
                 format!(
-                    "cniVersion {} is not supported (supported: {})",
+                    "cniVersion {:?} (cniVersions {:?}) is not supported (supported: {})",
                     conf.cni_version,
+                    conf.cni_versions,
                     SUPPORTED_VERSIONS.join(", ")
                 ),
             ));
@@ -100,13 +137,22 @@ impl NetConf {
         let invalid = |msg: String| CniError::new(CniError::INVALID_CONFIG, msg);
         naming::validate_ifname("bridge", &conf.bridge).map_err(|e| invalid(format!("{e:#}")))?;
         if conf.mode == Some(Mode::Xdp) {
-            // xdp mode needs the offload changes inside each container that
-            // only `netpath up` makes; keep the plugin to what it can prove.
-            return Err(invalid("the CNI plugin supports mode tc and bridge".into()));
+            return Err(invalid(
+                "mode xdp is not offered by the CNI plugin: XDP between veths needs TSO and transmit \
+                 checksumming off inside every pod (more CPU per byte for every pod's TCP) and a \
+                 program on the pod's own interface, which other plugins in a chain do not expect; \
+                 use mode tc (the same fast path with the offloads kept) or bridge"
+                    .into(),
+            ));
         }
         conf.subnets()
             .map_err(|e| invalid(format!("ipam: {e:#}")))?;
         Ok(conf)
+    }
+
+    /// Whether the runtime speaks CNI 1.1 (STATUS, GC, `mtu`).
+    pub fn is_1_1(&self) -> bool {
+        self.cni_version == VERSION_1_1
     }
 
     pub fn mode(&self) -> Mode {

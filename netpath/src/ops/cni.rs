@@ -1,6 +1,12 @@
-//! netpath as a CNI plugin (spec 1.0.0): containers that a runtime creates
-//! are plugged into a bridge with netpath's datapath, one datapath shared by
-//! every container the plugin attaches to that bridge on this host.
+//! netpath as a CNI plugin (spec 1.1.0, and configurations of 0.3.0 on):
+//! containers that a runtime creates are plugged into a bridge with
+//! netpath's datapath, one datapath shared by every container the plugin
+//! attaches to that bridge on this host.
+//!
+//! One container's state never blocks another's: every ADD, DEL and GC
+//! first forgets the attachments whose veth or namespace is gone (a runtime
+//! that crashed, a pod killed without DEL), with their FDB entries, port
+//! state and addresses.
 
 use std::{
     io::Write,
@@ -9,8 +15,9 @@ use std::{
     time::Duration,
 };
 
-use anyhow::anyhow;
+use anyhow::{Context, anyhow, ensure};
 use ipnet::IpNet;
+use log::{info, warn};
 use rtnetlink::Handle;
 use serde_json::{Value, json};
 
@@ -18,8 +25,8 @@ use crate::{
     datapath::{self, Datapath, Port},
     host::{netlink, netns, plumbing},
     model::{
-        Mac,
-        cni::{CniError, CniResult, Env, Ipam, NetConf, SUPPORTED_VERSIONS},
+        Mac, Mode,
+        cni::{self, CniError, CniResult, Env, Ipam, NetConf, SUPPORTED_VERSIONS, ValidAttachment},
         ipam,
         naming::cni_host_veth,
         spec::{DEFAULT_AGEING_S, DEFAULT_MTU},
@@ -61,8 +68,26 @@ fn port_of(a: &Attachment) -> Port {
     }
 }
 
-/// Runs the delegated IPAM plugin (host-local) with the same environment.
-fn delegate_ipam(conf_bytes: &[u8], env: &Env, kind: &str, command: &str) -> CniResult<Value> {
+/// The newest CNI version host-local speaks (containernetworking-plugins 1.1).
+const HOST_LOCAL_VERSION: &str = "1.0.0";
+
+/// Runs the delegated IPAM plugin (host-local) for one attachment, with the
+/// configuration's version capped at what host-local speaks.
+fn delegate_ipam(
+    conf_bytes: &[u8],
+    env: &Env,
+    attachment: (&str, &str),
+    kind: &str,
+    command: &str,
+) -> CniResult<Value> {
+    let mut conf: Value = serde_json::from_slice(conf_bytes).map_err(|e| CniError::io(e.into()))?;
+    if conf["cniVersion"]
+        .as_str()
+        .is_none_or(|v| v == cni::VERSION_1_1)
+    {
+        conf["cniVersion"] = json!(HOST_LOCAL_VERSION);
+    }
+    let (container_id, ifname) = attachment;
     let plugin = env
         .path
         .iter()
@@ -76,6 +101,8 @@ fn delegate_ipam(conf_bytes: &[u8], env: &Env, kind: &str, command: &str) -> Cni
         })?;
     let mut child = Command::new(&plugin)
         .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_IFNAME", ifname)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -85,7 +112,7 @@ fn delegate_ipam(conf_bytes: &[u8], env: &Env, kind: &str, command: &str) -> Cni
         .stdin
         .take()
         .expect("piped")
-        .write_all(conf_bytes)
+        .write_all(conf.to_string().as_bytes())
         .map_err(|e| CniError::io(e.into()))?;
     let out = child
         .wait_with_output()
@@ -143,7 +170,13 @@ fn allocate(
             ))
         }
         Ipam::HostLocal(_) => {
-            let result = delegate_ipam(conf_bytes, env, "host-local", "ADD")?;
+            let result = delegate_ipam(
+                conf_bytes,
+                env,
+                (&env.container_id, &env.ifname),
+                "host-local",
+                "ADD",
+            )?;
             let mut ips = Vec::new();
             let mut gateways = Vec::new();
             for ip in result["ips"].as_array().into_iter().flatten() {
@@ -172,9 +205,17 @@ fn allocate(
     }
 }
 
-fn release(conf: &NetConf, conf_bytes: &[u8], env: &Env) -> CniResult<()> {
+/// Gives an attachment's addresses back (netpath's own IPAM needs nothing:
+/// the record is the allocation).
+fn release(
+    conf: &NetConf,
+    conf_bytes: &[u8],
+    env: &Env,
+    container_id: &str,
+    ifname: &str,
+) -> CniResult<()> {
     if let Ipam::HostLocal(_) = conf.ipam {
-        delegate_ipam(conf_bytes, env, "host-local", "DEL")?;
+        delegate_ipam(conf_bytes, env, (container_id, ifname), "host-local", "DEL")?;
     }
     Ok(())
 }
@@ -204,16 +245,122 @@ fn result_json(conf: &NetConf, a: &Attachment, host_mac: Option<Mac>) -> Value {
         .iter()
         .map(|gw| json!({"dst": if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" }, "gw": gw.to_string()}))
         .collect();
+    let mut interfaces = json!([
+        {"name": a.host_veth, "mac": host_mac.map(|m| m.to_string()).unwrap_or_default()},
+        {"name": a.ifname, "mac": a.mac.to_string(), "sandbox": a.netns},
+    ]);
+    if conf.is_1_1() {
+        for interface in interfaces.as_array_mut().into_iter().flatten() {
+            interface["mtu"] = json!(DEFAULT_MTU);
+        }
+    }
     json!({
         "cniVersion": conf.cni_version,
-        "interfaces": [
-            {"name": a.host_veth, "mac": host_mac.map(|m| m.to_string()).unwrap_or_default()},
-            {"name": a.ifname, "mac": a.mac.to_string(), "sandbox": a.netns},
-        ],
+        "interfaces": interfaces,
         "ips": ips,
         "routes": routes,
         "dns": {},
     })
+}
+
+/// Whether an attachment's veth and namespace are still there.
+fn is_live(a: &Attachment) -> bool {
+    a.netns.exists() && nix::net::if_::if_nametoindex(a.host_veth.as_str()).is_ok()
+}
+
+/// The datapath of the live attachments (and `joining`): what a full
+/// `datapath::ensure` may be asked to attach.
+fn live_datapath(conf: &NetConf, rec: &NetworkRecord, joining: &Attachment) -> Datapath {
+    datapath_of(
+        conf,
+        rec.attachments
+            .iter()
+            .filter(|a| is_live(a))
+            .chain([joining]),
+    )
+}
+
+/// Takes one attachment off the machine: its links and map entries, its
+/// veth (the plugin's own; `interrupted`: one whose ADD stopped before it
+/// was marked) and, with `release_addresses`, its addresses. The caller
+/// drops it from the record.
+async fn remove_attachment(
+    handle: &Handle,
+    conf: &NetConf,
+    conf_bytes: &[u8],
+    env: &Env,
+    a: &Attachment,
+    interrupted: bool,
+    release_addresses: bool,
+) -> CniResult<()> {
+    let owner = conf.datapath_name();
+    let ifindex = nix::net::if_::if_nametoindex(a.host_veth.as_str()).ok();
+    datapath::forget_port(&owner, &port_of(a), ifindex).map_err(CniError::io)?;
+    plumbing::unplug(handle, &a.host_veth, &owner, interrupted)
+        .await
+        .map_err(CniError::io)?;
+    if release_addresses {
+        release(conf, conf_bytes, env, &a.container_id, &a.ifname)?;
+    }
+    Ok(())
+}
+
+/// Forgets every attachment but `keep` whose veth or namespace is gone (a
+/// runtime that crashed, a pod killed without DEL). A failure to clean one
+/// up is logged and left for the next call, never passed on: it is another
+/// container's business, not this one's.
+async fn forget_stale(
+    handle: &Handle,
+    conf: &NetConf,
+    conf_bytes: &[u8],
+    env: &Env,
+    rec: &mut NetworkRecord,
+    keep: Option<(&str, &str)>,
+) -> CniResult<()> {
+    let stale: Vec<Attachment> = rec
+        .attachments
+        .iter()
+        .filter(|a| keep != Some((a.container_id.as_str(), a.ifname.as_str())) && !is_live(a))
+        .cloned()
+        .collect();
+    if stale.is_empty() {
+        return Ok(());
+    }
+    for a in stale {
+        match remove_attachment(handle, conf, conf_bytes, env, &a, false, true).await {
+            Ok(()) => {
+                info!(
+                    "{}: forgot container {} ({}): its veth or namespace was gone",
+                    conf.bridge, a.container_id, a.host_veth
+                );
+                rec.attachments.retain(|x| x != &a);
+            }
+            Err(e) => warn!(
+                "{}: could not forget stale container {} ({}): {}; the next ADD, DEL or GC tries again",
+                conf.bridge, a.container_id, a.host_veth, e.msg
+            ),
+        }
+    }
+    rec.save(&conf.bridge).map_err(CniError::io)
+}
+
+/// Saves the record; with the last container gone, first removes what the
+/// first one's ADD made (the datapath, and the bridge if the plugin made it).
+async fn save_or_wind_up(
+    handle: &Handle,
+    conf: &NetConf,
+    rec: &mut NetworkRecord,
+) -> CniResult<()> {
+    if rec.attachments.is_empty() {
+        datapath::remove(&conf.datapath_name()).map_err(CniError::io)?;
+        if rec.bridge_created {
+            plumbing::unplug(handle, &conf.bridge, &conf.datapath_name(), false)
+                .await
+                .map_err(CniError::io)?;
+            rec.bridge_created = false;
+        }
+    }
+    rec.save(&conf.bridge).map_err(CniError::io)
 }
 
 pub async fn add(
@@ -231,12 +378,28 @@ pub async fn add(
     }
     let _lock = take_lock(&conf.datapath_name())?;
     let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
+    let me = (env.container_id.as_str(), env.ifname.as_str());
+    forget_stale(handle, conf, conf_bytes, env, &mut rec, Some(me)).await?;
     if let Some(i) = rec.find(&env.container_id, &env.ifname) {
+        // ADD again: what exists is the answer, if it is whole.
         let a = rec.attachments[i].clone();
-        let host = netlink::link_by_name(handle, &a.host_veth)
-            .await
-            .map_err(CniError::io)?;
-        return Ok(result_json(conf, &a, host.and_then(|h| h.mac)));
+        match verify(handle, conf, &a).await {
+            Ok(host_mac) => return Ok(result_json(conf, &a, host_mac)),
+            Err(problem) => {
+                warn!(
+                    "{}: ADD again for container {}: {problem:#}; plugging it in anew with its addresses",
+                    conf.bridge, env.container_id
+                );
+                remove_attachment(handle, conf, conf_bytes, env, &a, false, false).await?;
+                rec.attachments.remove(i);
+                rec.save(&conf.bridge).map_err(CniError::io)?;
+                let a = Attachment {
+                    netns: netns_path,
+                    ..a
+                };
+                return plug_or_undo(handle, conf, conf_bytes, env, &mut rec, a).await;
+            }
+        }
     }
     let (ips, gateways) = allocate(conf, conf_bytes, env, &rec)?;
     let mac = Mac::derive(&format!("{}/{}", env.container_id, env.ifname), |m| {
@@ -251,21 +414,38 @@ pub async fn add(
         ips,
         gateways,
     };
-    match plug(handle, conf, &mut rec, &attachment).await {
-        Ok(host_mac) => Ok(result_json(conf, &attachment, host_mac)),
+    plug_or_undo(handle, conf, conf_bytes, env, &mut rec, attachment).await
+}
+
+/// [`plug`], or on failure the undoing of everything this ADD made: links,
+/// map entries, the veth (and so its peer), the addresses.
+async fn plug_or_undo(
+    handle: &Handle,
+    conf: &NetConf,
+    conf_bytes: &[u8],
+    env: &Env,
+    rec: &mut NetworkRecord,
+    a: Attachment,
+) -> CniResult<Value> {
+    match plug(handle, conf, rec, &a).await {
+        Ok(host_mac) => Ok(result_json(conf, &a, host_mac)),
         Err(e) => {
-            // Undo what this ADD made: the veth (and so its peer) and the address.
-            let _ =
-                plumbing::unplug(handle, &attachment.host_veth, &conf.datapath_name(), true).await;
-            let _ = release(conf, conf_bytes, env);
+            if let Err(undo) =
+                remove_attachment(handle, conf, conf_bytes, env, &a, true, true).await
+            {
+                warn!(
+                    "{}: undoing the failed ADD of {}: {}",
+                    conf.bridge, a.container_id, undo.msg
+                );
+            }
             Err(CniError::io(e))
         }
     }
 }
 
 /// Creates the bridge if needed and the veth pair with the container's
-/// addressing, adds the port to the shared datapath, and only then records
-/// the attachment.
+/// addressing, adds the port to the shared datapath (attaching only this
+/// port, with the pinned programs), and only then records the attachment.
 async fn plug(
     handle: &Handle,
     conf: &NetConf,
@@ -311,52 +491,99 @@ async fn plug(
         },
     )
     .await?;
-    datapath::ensure(
-        handle,
-        &datapath_of(conf, rec.attachments.iter().chain([a])),
-    )
-    .await?;
+    datapath::add_port(handle, &live_datapath(conf, rec, a), &port_of(a)).await?;
     rec.attachments.push(a.clone());
     rec.save(&conf.bridge)?;
     Ok(host.mac)
 }
 
+/// DEL: removes everything of the container, whether or not its namespace
+/// (and so its veth) still exists; nothing to remove is no error.
 pub async fn del(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) -> CniResult<()> {
     let _lock = take_lock(&conf.datapath_name())?;
     let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
-    let Some(i) = rec.find(&env.container_id, &env.ifname) else {
-        // DEL is idempotent: nothing (left) to remove. Release the address
-        // anyway, in case an earlier DEL stopped after the veth.
-        return release(conf, conf_bytes, env);
-    };
-    let a = rec.attachments[i].clone();
-    let host = netlink::link_by_name(handle, &a.host_veth)
-        .await
-        .map_err(CniError::io)?;
-    datapath::forget_port(
-        &conf.datapath_name(),
-        &port_of(&a),
-        host.as_ref().map(|h| h.index),
-    )
-    .map_err(CniError::io)?;
-    plumbing::unplug(handle, &a.host_veth, &conf.datapath_name(), false)
-        .await
-        .map_err(CniError::io)?;
-    release(conf, conf_bytes, env)?;
-    rec.attachments.remove(i);
-    if rec.attachments.is_empty() {
-        // The last container left: remove what the first one's ADD made.
-        datapath::remove(&conf.datapath_name()).map_err(CniError::io)?;
-        if rec.bridge_created {
-            plumbing::unplug(handle, &conf.bridge, &conf.datapath_name(), false)
-                .await
-                .map_err(CniError::io)?;
-            rec.bridge_created = false;
+    let me = (env.container_id.as_str(), env.ifname.as_str());
+    forget_stale(handle, conf, conf_bytes, env, &mut rec, Some(me)).await?;
+    match rec.find(&env.container_id, &env.ifname) {
+        Some(i) => {
+            let a = rec.attachments[i].clone();
+            remove_attachment(handle, conf, conf_bytes, env, &a, false, true).await?;
+            rec.attachments.remove(i);
         }
+        // Release the address anyway, in case an earlier DEL stopped after the veth.
+        None => release(conf, conf_bytes, env, &env.container_id, &env.ifname)?,
     }
-    rec.save(&conf.bridge).map_err(CniError::io)
+    save_or_wind_up(handle, conf, &mut rec).await
 }
 
+/// GC (CNI 1.1): removes every attachment the runtime no longer lists in
+/// `cni.dev/valid-attachments`, and every stale one.
+pub async fn gc(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) -> CniResult<()> {
+    let valid: &[ValidAttachment] = conf.valid_attachments.as_deref().ok_or_else(|| {
+        CniError::new(
+            CniError::INVALID_CONFIG,
+            "GC without cni.dev/valid-attachments: refusing to guess which containers are gone",
+        )
+    })?;
+    let _lock = take_lock(&conf.datapath_name())?;
+    let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
+    forget_stale(handle, conf, conf_bytes, env, &mut rec, None).await?;
+    let listed = |a: &Attachment| {
+        valid
+            .iter()
+            .any(|v| v.container_id == a.container_id && v.ifname == a.ifname)
+    };
+    let unlisted: Vec<Attachment> = rec
+        .attachments
+        .iter()
+        .filter(|a| !listed(a))
+        .cloned()
+        .collect();
+    for a in unlisted {
+        if let Err(e) = remove_attachment(handle, conf, conf_bytes, env, &a, false, true).await {
+            rec.save(&conf.bridge).map_err(CniError::io)?;
+            return Err(e);
+        }
+        info!(
+            "{}: GC removed container {} ({})",
+            conf.bridge, a.container_id, a.host_veth
+        );
+        rec.attachments.retain(|x| x != &a);
+    }
+    save_or_wind_up(handle, conf, &mut rec).await
+}
+
+/// STATUS (CNI 1.1): ready for ADD, and the containers attached already
+/// are on the fast path: the datapath's maps reachable and the forwarding
+/// program on every live container's port.
+pub async fn status(handle: &Handle, conf: &NetConf) -> CniResult<()> {
+    let rec = NetworkRecord::load(&conf.bridge).map_err(|e| {
+        CniError::new(
+            CniError::PLUGIN_NOT_AVAILABLE,
+            format!("reading the plugin's record: {e:#}"),
+        )
+    })?;
+    let limited = |msg: String| CniError::new(CniError::LIMITED_CONNECTIVITY, msg);
+    let live: Vec<&Attachment> = rec.attachments.iter().filter(|a| is_live(a)).collect();
+    if conf.mode() == Mode::Bridge || live.is_empty() {
+        return Ok(()); // the first ADD makes the datapath
+    }
+    datapath::maps(&conf.datapath_name())
+        .map_err(|e| limited(format!("the datapath's maps are unreachable: {e:#}")))?;
+    for a in live {
+        let host = netlink::link_by_name(handle, &a.host_veth)
+            .await
+            .map_err(CniError::io)?
+            .ok_or_else(|| limited(format!("{} vanished", a.host_veth)))?;
+        datapath::check_port(handle, &conf.datapath_name(), conf.mode(), &host, a.mac)
+            .await
+            .map_err(|e| limited(format!("container {}: {e:#}", a.container_id)))?;
+    }
+    Ok(())
+}
+
+/// CHECK: the runtime's prevResult against the record, and the record
+/// against the machine and the datapath.
 pub async fn check(handle: &Handle, conf: &NetConf, env: &Env) -> CniResult<()> {
     let rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
     let a = rec
@@ -368,22 +595,75 @@ pub async fn check(handle: &Handle, conf: &NetConf, env: &Env) -> CniResult<()> 
                 format!("container {} is not attached", env.container_id),
             )
         })?;
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(
+            CniError::INVALID_CONFIG,
+            "CHECK needs prevResult, the result of the ADD",
+        )
+    })?;
     let bad = |msg: String| CniError::new(CniError::IO_FAILURE, msg);
+    compare_prev_result(prev, &a).map_err(|e| bad(format!("prevResult: {e:#}")))?;
+    verify(handle, conf, &a)
+        .await
+        .map_err(|e| bad(format!("{e:#}")))?;
+    Ok(())
+}
+
+/// The interface and addresses the runtime was given are the attachment's.
+fn compare_prev_result(prev: &Value, a: &Attachment) -> anyhow::Result<()> {
+    let interface = prev["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["name"] == a.ifname && i.get("sandbox").is_some())
+        .with_context(|| format!("lists no interface {} in a sandbox", a.ifname))?;
+    let mac: Mac = interface["mac"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .context("interface mac")?;
+    ensure!(
+        mac == a.mac,
+        "{} has MAC {mac}, netpath gave it {}",
+        a.ifname,
+        a.mac
+    );
+    let mut ips: Vec<IpNet> = prev["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|ip| {
+            ip["address"]
+                .as_str()
+                .unwrap_or_default()
+                .parse()
+                .context("an ips address")
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut given = a.ips.clone();
+    ips.sort();
+    given.sort();
+    ensure!(ips == given, "addresses {ips:?}, netpath gave {given:?}");
+    Ok(())
+}
+
+/// What ADD made is all there: the host veth on the bridge, the container's
+/// interface with its MAC and addresses, and (tc or xdp mode) the
+/// forwarding program on the port and the container's static FDB entry.
+/// Returns the host end's MAC.
+async fn verify(handle: &Handle, conf: &NetConf, a: &Attachment) -> anyhow::Result<Option<Mac>> {
     let host = netlink::link_by_name(handle, &a.host_veth)
-        .await
-        .map_err(CniError::io)?;
+        .await?
+        .with_context(|| format!("{} is missing", a.host_veth))?;
     let bridge = netlink::link_by_name(handle, &conf.bridge)
-        .await
-        .map_err(CniError::io)?;
-    match (host, bridge) {
-        (Some(h), Some(b)) if h.controller == Some(b.index) => {}
-        _ => {
-            return Err(bad(format!(
-                "{} is missing or not on bridge {}",
-                a.host_veth, conf.bridge
-            )));
-        }
-    }
+        .await?
+        .with_context(|| format!("bridge {} is missing", conf.bridge))?;
+    ensure!(
+        host.controller == Some(bridge.index),
+        "{} is not on bridge {}",
+        a.host_veth,
+        conf.bridge
+    );
     let ifname = a.ifname.clone();
     let (mac, ips) = netns::run_in_path(&a.netns, move |h| async move {
         let link = netlink::link_by_name(&h, &ifname)
@@ -391,34 +671,48 @@ pub async fn check(handle: &Handle, conf: &NetConf, env: &Env) -> CniResult<()> 
             .ok_or_else(|| anyhow!("interface missing"))?;
         Ok((link.mac, netlink::addresses(&h, link.index).await?))
     })
-    .map_err(|e| bad(format!("{} in {}: {e:#}", a.ifname, a.netns.display())))?;
-    if mac != Some(a.mac) || !a.ips.iter().all(|ip| ips.contains(ip)) {
-        return Err(bad(format!(
-            "{} has {mac:?} {ips:?}, expected {} {:?}",
-            a.ifname, a.mac, a.ips
-        )));
-    }
-    Ok(())
+    .with_context(|| format!("{} in {}", a.ifname, a.netns.display()))?;
+    ensure!(
+        mac == Some(a.mac) && a.ips.iter().all(|ip| ips.contains(ip)),
+        "{} has {mac:?} {ips:?}, expected {} {:?}",
+        a.ifname,
+        a.mac,
+        a.ips
+    );
+    datapath::check_port(handle, &conf.datapath_name(), conf.mode(), &host, a.mac).await?;
+    Ok(host.mac)
 }
 
 pub fn version() -> Value {
-    json!({"cniVersion": "1.0.0", "supportedVersions": SUPPORTED_VERSIONS})
+    json!({"cniVersion": SUPPORTED_VERSIONS[SUPPORTED_VERSIONS.len() - 1], "supportedVersions": SUPPORTED_VERSIONS})
 }
 
 /// Runs one CNI command; returns what to print on stdout and the exit code.
 pub async fn run(env_vars: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (Value, i32) {
+    let newest = SUPPORTED_VERSIONS[SUPPORTED_VERSIONS.len() - 1];
     let env = match Env::from_vars(&env_vars) {
         Ok(env) => env,
-        Err(e) => return (e.to_json("1.0.0"), 1),
+        Err(e) => return (e.to_json(newest), 1),
     };
     if env.command == "VERSION" {
         return (version(), 0);
     }
     let conf = match NetConf::parse(stdin) {
         Ok(conf) => conf,
-        Err(e) => return (e.to_json("1.0.0"), 1),
+        Err(e) => return (e.to_json(newest), 1),
     };
     let version = conf.cni_version.clone();
+    if matches!(env.command.as_str(), "STATUS" | "GC") && !conf.is_1_1() {
+        let msg = format!(
+            "{} needs cniVersion {}, the configuration has {version}",
+            env.command,
+            cni::VERSION_1_1
+        );
+        return (
+            CniError::new(CniError::INCOMPATIBLE_VERSION, msg).to_json(&version),
+            1,
+        );
+    }
     let handle = match rtnetlink::new_connection() {
         Ok((connection, handle, _)) => {
             tokio::spawn(connection);
@@ -430,6 +724,8 @@ pub async fn run(env_vars: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (Va
         "ADD" => add(&handle, &conf, stdin, &env).await,
         "DEL" => del(&handle, &conf, stdin, &env).await.map(|()| Value::Null),
         "CHECK" => check(&handle, &conf, &env).await.map(|()| Value::Null),
+        "GC" => gc(&handle, &conf, stdin, &env).await.map(|()| Value::Null),
+        "STATUS" => status(&handle, &conf).await.map(|()| Value::Null),
         other => Err(CniError::new(
             CniError::INVALID_ENVIRONMENT,
             format!("CNI_COMMAND {other} is not supported"),
