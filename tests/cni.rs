@@ -775,7 +775,14 @@ fn dual_stack_addresses_and_routes() {
     let (ok, rb) = cni(&host, "ADD", "ctr-b", Some(&b.path()), "eth0", &config);
     assert!(ok, "{rb}");
     assert_eq!(rb["ips"][1]["address"], "fd00:185::3/64");
-    let (ok, out) = cni(&host, "CHECK", "ctr-b", Some(&b.path()), "eth0", &with_prev_result(&config, &rb));
+    let (ok, out) = cni(
+        &host,
+        "CHECK",
+        "ctr-b",
+        Some(&b.path()),
+        "eth0",
+        &with_prev_result(&config, &rb),
+    );
     assert!(ok, "{out}");
     assert!(
         ping(&a.0, "fd00:185::3"),
@@ -927,7 +934,12 @@ fn leftovers_in_maps(bridge: &str, gone: &Attached) -> Vec<String> {
             left.push(format!("FDB entry {} -> {}", row.mac, row.ifindex));
         }
     }
-    let states: Vec<u32> = maps.port_state().unwrap().keys().map(Result::unwrap).collect();
+    let states: Vec<u32> = maps
+        .port_state()
+        .unwrap()
+        .keys()
+        .map(Result::unwrap)
+        .collect();
     if states.iter().any(|i| u64::from(*i) == gone.ifindex) {
         left.push(format!("port state of ifindex {}", gone.ifindex));
     }
@@ -948,7 +960,10 @@ fn recorded_containers(bridge: &str) -> Vec<String> {
 fn wait_link_gone(host: &Host, link: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while host.sh("ip", &["link", "show", link]).status.success() {
-        assert!(std::time::Instant::now() < deadline, "{link} still there 5 s after its namespace went");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{link} still there 5 s after its namespace went"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
@@ -962,11 +977,20 @@ fn wait_link_gone(host: &Host, link: &str) {
 fn a_stale_pod_never_blocks_another() {
     let host = Host::new();
     let bridge = unique_name("cs");
-    let config = conf(&bridge, json!({"type": "host-local", "subnet": "10.187.0.0/24"}));
-    let sandboxes: Vec<Sandbox> = (0..4).map(|i| Sandbox::new(format!("{bridge}-{i}"))).collect();
+    let config = conf(
+        &bridge,
+        json!({"type": "host-local", "subnet": "10.187.0.0/24"}),
+    );
+    let sandboxes: Vec<Sandbox> = (0..4)
+        .map(|i| Sandbox::new(format!("{bridge}-{i}")))
+        .collect();
     // Container IDs of this test only: host-local's reservations name them.
     let ids: Vec<String> = (0..4).map(|i| format!("{bridge}-ctr-{i}")).collect();
-    let _cleanup = Network::new(&host, &config, ids.iter().cloned().zip(sandboxes.iter().map(Sandbox::path)));
+    let _cleanup = Network::new(
+        &host,
+        &config,
+        ids.iter().cloned().zip(sandboxes.iter().map(Sandbox::path)),
+    );
     let attached: Vec<Attached> = sandboxes[..3]
         .iter()
         .zip(&ids)
@@ -977,22 +1001,51 @@ fn a_stale_pod_never_blocks_another() {
         })
         .collect();
     // ctr-0: the runtime crashed and its veth went; ctr-1: namespace deleted, no DEL.
-    assert!(host.sh("ip", &["link", "del", &attached[0].host_veth]).status.success());
-    assert!(outside("ip", &["netns", "del", &sandboxes[1].0]).status.success());
+    assert!(
+        host.sh("ip", &["link", "del", &attached[0].host_veth])
+            .status
+            .success()
+    );
+    assert!(
+        outside("ip", &["netns", "del", &sandboxes[1].0])
+            .status
+            .success()
+    );
     wait_link_gone(&host, &attached[1].host_veth);
 
-    let (ok, result) = cni(&host, "ADD", &ids[3], Some(&sandboxes[3].path()), "eth0", &config);
+    let (ok, result) = cni(
+        &host,
+        "ADD",
+        &ids[3],
+        Some(&sandboxes[3].path()),
+        "eth0",
+        &config,
+    );
     assert!(ok, "a stale pod blocked the next ADD: {result}");
     let new = Attached::from_result(&host, &ids[3], &result);
-    assert_eq!(recorded_containers(&bridge), ids[2..].to_vec(), "stale pods left in the record");
+    assert_eq!(
+        recorded_containers(&bridge),
+        ids[2..].to_vec(),
+        "stale pods left in the record"
+    );
     for dead in &attached[..2] {
         let left = leftovers_in_maps(&bridge, dead);
         assert!(left.is_empty(), "{}: {left:?}", dead.container);
-        assert!(!host_local_reserves(&dead.container), "{}: its address is still reserved", dead.container);
+        assert!(
+            !host_local_reserves(&dead.container),
+            "{}: its address is still reserved",
+            dead.container
+        );
     }
     let before = redirected_from(&cni_datapath(&bridge), new.ifindex);
-    assert!(ping(&sandboxes[3].0, &attached[2].ip), "the new pod cannot reach a live one");
-    assert!(redirected_from(&cni_datapath(&bridge), new.ifindex) > before, "not on the fast path");
+    assert!(
+        ping(&sandboxes[3].0, &attached[2].ip),
+        "the new pod cannot reach a live one"
+    );
+    assert!(
+        redirected_from(&cni_datapath(&bridge), new.ifindex) > before,
+        "not on the fast path"
+    );
 
     for (id, sandbox) in ids.iter().zip(&sandboxes[..2]) {
         let (ok, out) = cni(&host, "DEL", id, Some(&sandbox.path()), "eth0", &config);
@@ -1009,7 +1062,9 @@ fn host_local_reserves(container_id: &str) -> bool {
         .into_iter()
         .flatten()
         .flatten()
-        .any(|f| std::fs::read_to_string(f.path()).is_ok_and(|c| c.lines().next() == Some(container_id)))
+        .any(|f| {
+            std::fs::read_to_string(f.path()).is_ok_and(|c| c.lines().next() == Some(container_id))
+        })
 }
 
 /// DEL after the pod's namespace (and with it its veth) is gone removes
@@ -1019,9 +1074,21 @@ fn host_local_reserves(container_id: &str) -> bool {
 fn del_without_the_namespace_removes_everything() {
     let host = Host::new();
     let bridge = unique_name("cn");
-    let config = conf(&bridge, json!({"type": "netpath", "subnet": "10.188.0.0/24"}));
-    let sandboxes: Vec<Sandbox> = (0..3).map(|i| Sandbox::new(format!("{bridge}-{i}"))).collect();
-    let _cleanup = Network::new(&host, &config, sandboxes.iter().enumerate().map(|(i, s)| (format!("ctr-{i}"), s.path())));
+    let config = conf(
+        &bridge,
+        json!({"type": "netpath", "subnet": "10.188.0.0/24"}),
+    );
+    let sandboxes: Vec<Sandbox> = (0..3)
+        .map(|i| Sandbox::new(format!("{bridge}-{i}")))
+        .collect();
+    let _cleanup = Network::new(
+        &host,
+        &config,
+        sandboxes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("ctr-{i}"), s.path())),
+    );
     let attached: Vec<Attached> = sandboxes
         .iter()
         .enumerate()
@@ -1033,7 +1100,11 @@ fn del_without_the_namespace_removes_everything() {
         })
         .collect();
     let gone_path = sandboxes[0].path();
-    assert!(outside("ip", &["netns", "del", &sandboxes[0].0]).status.success());
+    assert!(
+        outside("ip", &["netns", "del", &sandboxes[0].0])
+            .status
+            .success()
+    );
     wait_link_gone(&host, &attached[0].host_veth);
     let (ok, out) = cni(&host, "DEL", "ctr-0", Some(&gone_path), "eth0", &config);
     assert!(ok, "DEL without the namespace: {out}");
@@ -1042,7 +1113,10 @@ fn del_without_the_namespace_removes_everything() {
     assert!(left.is_empty(), "DEL without the namespace left {left:?}");
     let before = redirected_from(&cni_datapath(&bridge), attached[1].ifindex);
     assert!(ping(&sandboxes[1].0, &attached[2].ip));
-    assert!(redirected_from(&cni_datapath(&bridge), attached[1].ifindex) > before, "not on the fast path");
+    assert!(
+        redirected_from(&cni_datapath(&bridge), attached[1].ifindex) > before,
+        "not on the fast path"
+    );
 }
 
 fn conf_1_1(bridge: &str, subnet: &str) -> Value {
@@ -1052,7 +1126,10 @@ fn conf_1_1(bridge: &str, subnet: &str) -> Value {
 
 fn gc_conf(config: &Value, valid: &[&str]) -> Value {
     let mut config = config.clone();
-    config["cni.dev/valid-attachments"] = valid.iter().map(|c| json!({"containerID": c, "ifname": "eth0"})).collect();
+    config["cni.dev/valid-attachments"] = valid
+        .iter()
+        .map(|c| json!({"containerID": c, "ifname": "eth0"}))
+        .collect();
     config
 }
 
@@ -1064,8 +1141,17 @@ fn gc_removes_every_attachment_not_listed() {
     let host = Host::new();
     let bridge = unique_name("cg");
     let config = conf_1_1(&bridge, "10.189.0.0/24");
-    let sandboxes: Vec<Sandbox> = (0..3).map(|i| Sandbox::new(format!("{bridge}-{i}"))).collect();
-    let _cleanup = Network::new(&host, &config, sandboxes.iter().enumerate().map(|(i, s)| (format!("ctr-{i}"), s.path())));
+    let sandboxes: Vec<Sandbox> = (0..3)
+        .map(|i| Sandbox::new(format!("{bridge}-{i}")))
+        .collect();
+    let _cleanup = Network::new(
+        &host,
+        &config,
+        sandboxes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("ctr-{i}"), s.path())),
+    );
     let attached: Vec<Attached> = sandboxes
         .iter()
         .enumerate()
@@ -1077,19 +1163,37 @@ fn gc_removes_every_attachment_not_listed() {
         })
         .collect();
     let (ok, out) = cni(&host, "GC", "", None, "", &config);
-    assert!(!ok && out["code"] == 7, "GC without a list must be refused: {out}");
+    assert!(
+        !ok && out["code"] == 7,
+        "GC without a list must be refused: {out}"
+    );
     assert_eq!(recorded_containers(&bridge).len(), 3);
 
     let (ok, out) = cni(&host, "GC", "", None, "", &gc_conf(&config, &["ctr-1"]));
     assert!(ok, "{out}");
     assert_eq!(recorded_containers(&bridge), ["ctr-1"]);
     for gone in [&attached[0], &attached[2]] {
-        assert!(!host.sh("ip", &["link", "show", &gone.host_veth]).status.success(), "{}: veth left", gone.container);
+        assert!(
+            !host
+                .sh("ip", &["link", "show", &gone.host_veth])
+                .status
+                .success(),
+            "{}: veth left",
+            gone.container
+        );
         let left = leftovers_in_maps(&bridge, gone);
         assert!(left.is_empty(), "{}: {left:?}", gone.container);
     }
-    assert_only_kept_ports(&host, &bridge, &[attached[0].clone(), attached[2].clone()], &[attached[1].clone()]);
-    assert!(ping(&sandboxes[1].0, "10.189.0.1"), "the listed pod lost its network");
+    assert_only_kept_ports(
+        &host,
+        &bridge,
+        &[attached[0].clone(), attached[2].clone()],
+        &[attached[1].clone()],
+    );
+    assert!(
+        ping(&sandboxes[1].0, "10.189.0.1"),
+        "the listed pod lost its network"
+    );
 
     let (ok, out) = cni(&host, "GC", "", None, "", &gc_conf(&config, &[]));
     assert!(ok, "{out}");
@@ -1105,17 +1209,40 @@ fn status_check_and_a_repeated_add_see_the_datapath() {
     let host = Host::new();
     let bridge = unique_name("ct");
     let config = conf_1_1(&bridge, "10.190.0.0/24");
-    let (a, b) = (Sandbox::new(format!("{bridge}-a")), Sandbox::new(format!("{bridge}-b")));
-    let _cleanup = Network::new(&host, &config, [("ctr-a".into(), a.path()), ("ctr-b".into(), b.path())]);
+    let (a, b) = (
+        Sandbox::new(format!("{bridge}-a")),
+        Sandbox::new(format!("{bridge}-b")),
+    );
+    let _cleanup = Network::new(
+        &host,
+        &config,
+        [("ctr-a".into(), a.path()), ("ctr-b".into(), b.path())],
+    );
     let (ok, out) = cni(&host, "STATUS", "", None, "", &config);
     assert!(ok, "STATUS before any pod: {out}");
-    let (ok, out) = cni(&host, "STATUS", "", None, "", &conf(&bridge, json!({"type": "netpath", "subnet": "10.190.0.0/24"})));
-    assert!(!ok && out["code"] == 1, "STATUS with a 1.0.0 configuration: {out}");
+    let (ok, out) = cni(
+        &host,
+        "STATUS",
+        "",
+        None,
+        "",
+        &conf(
+            &bridge,
+            json!({"type": "netpath", "subnet": "10.190.0.0/24"}),
+        ),
+    );
+    assert!(
+        !ok && out["code"] == 1,
+        "STATUS with a 1.0.0 configuration: {out}"
+    );
 
     let (ok, ra) = cni(&host, "ADD", "ctr-a", Some(&a.path()), "eth0", &config);
     assert!(ok, "{ra}");
     assert_eq!(ra["cniVersion"], "1.1.0");
-    assert_eq!(ra["interfaces"][1]["mtu"], 1500, "CNI 1.1 results carry the MTU: {ra}");
+    assert_eq!(
+        ra["interfaces"][1]["mtu"], 1500,
+        "CNI 1.1 results carry the MTU: {ra}"
+    );
     let (ok, rb) = cni(&host, "ADD", "ctr-b", Some(&b.path()), "eth0", &config);
     assert!(ok, "{rb}");
     let att_a = Attached::from_result(&host, "ctr-a", &ra);
@@ -1127,7 +1254,14 @@ fn status_check_and_a_repeated_add_see_the_datapath() {
     // A prevResult that is not what ADD gave fails CHECK.
     let mut forged = ra.clone();
     forged["interfaces"][1]["mac"] = json!("02:00:00:00:00:99");
-    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &with_prev_result(&config, &forged));
+    let (ok, out) = cni(
+        &host,
+        "CHECK",
+        "ctr-a",
+        Some(&a.path()),
+        "eth0",
+        &with_prev_result(&config, &forged),
+    );
     assert!(!ok && out["msg"].as_str().unwrap().contains("MAC"), "{out}");
     let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &config);
     assert!(!ok && out["code"] == 7, "CHECK without prevResult: {out}");
@@ -1153,9 +1287,15 @@ fn status_check_and_a_repeated_add_see_the_datapath() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    assert!(out["code"] == 51, "STATUS with a port off the fast path: {out}");
+    assert!(
+        out["code"] == 51,
+        "STATUS with a port off the fast path: {out}"
+    );
     let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &check_a);
-    assert!(!ok && out["msg"].as_str().unwrap().contains("program"), "{out}");
+    assert!(
+        !ok && out["msg"].as_str().unwrap().contains("program"),
+        "{out}"
+    );
     let (ok, again) = cni(&host, "ADD", "ctr-a", Some(&a.path()), "eth0", &config);
     assert!(ok && again["ips"] == ra["ips"], "{again}");
     let (ok, out) = cni(&host, "STATUS", "", None, "", &config);
@@ -1163,18 +1303,27 @@ fn status_check_and_a_repeated_add_see_the_datapath() {
     let att_a = Attached::from_result(&host, "ctr-a", &again);
     let before = redirected_from(&cni_datapath(&bridge), att_a.ifindex);
     assert!(ping(&a.0, "10.190.0.3"));
-    assert!(redirected_from(&cni_datapath(&bridge), att_a.ifindex) > before, "the repaired pod is not on the fast path");
+    assert!(
+        redirected_from(&cni_datapath(&bridge), att_a.ifindex) > before,
+        "the repaired pod is not on the fast path"
+    );
 }
 
 /// Takes the tc forwarding program off a port, as a stray `tc`/bpffs
 /// clean-up would: its pinned tcx link removed, or its clsact filter.
 fn detach_forwarding(host: &Host, bridge: &str, host_veth: &str) {
-    let pin = pin_dir(&cni_datapath(bridge)).join("links/tc").join(host_veth);
+    let pin = pin_dir(&cni_datapath(bridge))
+        .join("links/tc")
+        .join(host_veth);
     if pin.exists() {
         std::fs::remove_file(&pin).unwrap();
     } else {
         let out = host.sh("tc", &["filter", "del", "dev", host_veth, "ingress"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -1184,8 +1333,21 @@ fn detach_forwarding(host: &Host, bridge: &str, host_veth: &str) {
 #[test]
 fn cni_versions_pick_the_newest_common_version() {
     let host = Host::new();
-    let (ok, out) = cni(&host, "VERSION", "", None, "", &json!({"cniVersion": "1.1.0"}));
-    assert!(ok && out["supportedVersions"].as_array().unwrap().contains(&json!("1.1.0")), "{out}");
+    let (ok, out) = cni(
+        &host,
+        "VERSION",
+        "",
+        None,
+        "",
+        &json!({"cniVersion": "1.1.0"}),
+    );
+    assert!(
+        ok && out["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("1.1.0")),
+        "{out}"
+    );
     let bridge = unique_name("cv");
     let mut config = conf_1_1(&bridge, "10.191.0.0/24");
     config.as_object_mut().unwrap().remove("cniVersion");

@@ -97,6 +97,15 @@ pub enum Command {
         #[arg(value_enum)]
         mode: crate::model::Mode,
     },
+    /// Replace the BPF programs on every port of a running topology or CNI
+    /// network with this netpath's, atomically, without stopping traffic.
+    Upgrade {
+        #[command(flatten)]
+        name: NameArg,
+        /// Replace programs whose instructions are the same as well.
+        #[arg(long)]
+        force: bool,
+    },
     /// Measure the modes against the Linux bridge and a direct veth pair.
     Bench(bench::BenchArgs),
     /// Bring a topology up (or adopt it) and run it: BPF logs, FDB ageing,
@@ -126,7 +135,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Down(name) | Command::Status { name, .. } | Command::Mode { name, .. } => {
             name.checked()?;
         }
-        Command::Stats { name, .. } | Command::Monitor { name, .. } => {
+        Command::Stats { name, .. }
+        | Command::Monitor { name, .. }
+        | Command::Upgrade { name, .. } => {
             name.datapath()?;
         }
         Command::Port(command) => command.name().checked().map(drop)?,
@@ -137,6 +148,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Up(settings) => topology::up(settings).await,
         Command::Down(name) => topology::down(name.checked()?).await,
         Command::Mode { name, mode } => topology::mode(name.checked()?, mode).await,
+        Command::Upgrade { name, force } => {
+            topology::upgrade(&name.name, &name.datapath()?, force).await
+        }
         Command::Port(command) => port::run(command).await,
         Command::Status { name, json } => status::run(name.checked()?, json).await,
         Command::Fdb(command) => fdb::run(command).await,

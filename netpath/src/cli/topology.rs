@@ -39,3 +39,13 @@ pub async fn mode(name: &str, mode: Mode) -> Result<()> {
     println!("topology {name}: mode {mode}");
     Ok(())
 }
+
+pub async fn upgrade(name: &str, datapath: &str, force: bool) -> Result<()> {
+    require_root()?;
+    let ports = crate::ops::upgrade(&netlink_handle().await?, datapath, force).await?;
+    println!(
+        "{name}: {ports} ports run the programs of netpath {}",
+        env!("CARGO_PKG_VERSION")
+    );
+    Ok(())
+}

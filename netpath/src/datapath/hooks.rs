@@ -10,16 +10,18 @@ use std::{
 use anyhow::{Context, Result};
 use aya::{
     programs::{
-        SchedClassifier, TcAttachType, XdpMode,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
         tc::{
             NlOptions, TcAttachOptions, TcError, TcHandle, qdisc_add_clsact, qdisc_detach_program,
         },
+        xdp::XdpLink,
     },
     util::KernelVersion,
 };
 use futures::TryStreamExt;
-use log::debug;
+use log::{debug, info};
 use netpath_common::programs;
 use rtnetlink::{
     Handle,
@@ -106,9 +108,12 @@ impl TcMethod {
     }
 }
 
-/// Attaches `hook`'s program to `port` and pins the link, unless it is
-/// attached already (by an earlier loader: a pinned link, or for tc through
-/// clsact, netpath's filter on the port).
+/// Attaches `hook`'s program to `port` and pins the link. Where an earlier
+/// loader attached it already (a pinned link, or for tc through clsact,
+/// netpath's filter on the port) and that program's instructions differ
+/// from `programs`' (a newer netpath), the program is replaced in place,
+/// atomically: every frame meets the old program or the new one, none
+/// meets no program and falls to the bridge.
 pub async fn attach(
     handle: &Handle,
     programs: &mut Programs,
@@ -120,8 +125,7 @@ pub async fn attach(
     let name = &port.name;
     let pin = hook.pin_path(pins, name);
     if pin.exists() {
-        debug!("{name}: {} link already pinned", hook.suffix());
-        return Ok(());
+        return update_link(programs, &pin, name, hook, false);
     }
     if hook == Hook::Tc && TcMethod::for_this_kernel() == TcMethod::Clsact {
         return attach_clsact(handle, &mut programs.tc_forward, port, ifindex).await;
@@ -184,8 +188,7 @@ async fn attach_clsact(
     ifindex: u32,
 ) -> Result<()> {
     let name = &port.name;
-    if clsact_program_id(handle, ifindex).await?.is_some() {
-        debug!("{name}: tc filter already attached");
+    if update_clsact(handle, program, name, ifindex, false).await? {
         return Ok(());
     }
     match qdisc_add_clsact(name) {
@@ -209,6 +212,149 @@ async fn attach_clsact(
         .with_context(|| format!("attaching tc ingress (clsact) to {name}"))?;
     // The filter must outlive this loader: dropping the link would detach it.
     std::mem::forget(program.take_link(id)?);
+    Ok(())
+}
+
+/// Gives netpath's clsact filter on the port `program`, if the filter is
+/// there with other instructions (or at all, with `force`); returns whether
+/// the filter is there.
+async fn update_clsact(
+    handle: &Handle,
+    program: &mut SchedClassifier,
+    name: &str,
+    ifindex: u32,
+    force: bool,
+) -> Result<bool> {
+    let Some(running) = clsact_program_id(handle, ifindex).await? else {
+        return Ok(false);
+    };
+    if !force && same_instructions(running, program)? {
+        debug!("{name}: tc filter already attached");
+        return Ok(true);
+    }
+    // cls_bpf changes a filter's program under RCU: no frame goes unfiltered.
+    let link = SchedClassifierLink::attached(
+        name,
+        TcAttachType::Ingress,
+        CLSACT_PRIORITY,
+        CLSACT_HANDLE,
+        None,
+    )
+    .with_context(|| format!("finding netpath's tc filter on {name}"))?;
+    let id = program
+        .attach_to_link(link)
+        .with_context(|| format!("replacing the program of netpath's tc filter on {name}"))?;
+    // Dropping the link would delete the filter.
+    std::mem::forget(program.take_link(id)?);
+    info!(
+        "{name}: tc filter upgraded from program {running} to {}",
+        program.info()?.id()
+    );
+    Ok(true)
+}
+
+/// Gives every hook of port `name` that has a program (a pinned link, or
+/// netpath's clsact filter) `programs`' one, where it differs (see
+/// [`attach`]; with `force` even where they are the same); hooks without a
+/// program stay so.
+pub async fn upgrade(
+    handle: &Handle,
+    programs: &mut Programs,
+    pins: &Path,
+    name: &str,
+    ifindex: u32,
+    force: bool,
+) -> Result<()> {
+    for hook in Hook::ALL {
+        let pin = hook.pin_path(pins, name);
+        if pin.exists() {
+            update_link(programs, &pin, name, hook, force)?;
+        }
+    }
+    update_clsact(handle, &mut programs.tc_forward, name, ifindex, force).await?;
+    Ok(())
+}
+
+/// Whether the program with id `running` has the instructions of `program`
+/// (the kernel's tag, a hash of them): then there is nothing to upgrade.
+fn same_instructions(running: u32, program: &impl HasInfo) -> Result<bool> {
+    let new = program.program_info()?;
+    let running = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == running);
+    Ok(running.is_some_and(|r| r.tag() == new.tag()))
+}
+
+/// The loaded programs' info, for [`same_instructions`].
+trait HasInfo {
+    fn program_info(&self) -> Result<aya::programs::ProgramInfo>;
+}
+
+impl HasInfo for Xdp {
+    fn program_info(&self) -> Result<aya::programs::ProgramInfo> {
+        self.info().context("reading an XDP program's info")
+    }
+}
+
+impl HasInfo for SchedClassifier {
+    fn program_info(&self) -> Result<aya::programs::ProgramInfo> {
+        self.info().context("reading the tc program's info")
+    }
+}
+
+/// A pinned link whose program is not `programs`' own for `hook` gets it,
+/// with BPF_LINK_UPDATE: atomic, the link (and so the pin) stays.
+fn update_link(
+    programs: &mut Programs,
+    pin: &Path,
+    name: &str,
+    hook: Hook,
+    force: bool,
+) -> Result<()> {
+    let link = FdLink::from(
+        PinnedLink::from_pin(pin)
+            .with_context(|| format!("opening pinned link {}", pin.display()))?,
+    );
+    let running = link
+        .info()
+        .with_context(|| format!("reading link {}", pin.display()))?
+        .program_id();
+    let replaced = match hook {
+        Hook::Xdp | Hook::XdpPeer => {
+            let program = if hook == Hook::Xdp {
+                &mut programs.xdp_forward
+            } else {
+                &mut programs.xdp_peer
+            };
+            if !force && same_instructions(running, program)? {
+                return Ok(());
+            }
+            let link = XdpLink::try_from(link).context("a pinned XDP link is no XDP link")?;
+            let id = program
+                .attach_to_link(link)
+                .with_context(|| format!("upgrading the XDP program of {name}"))?;
+            // Dropping it closes this process's handle only: the pin holds the link.
+            drop(program.take_link(id)?);
+            program.info()?.id()
+        }
+        Hook::Tc => {
+            let program = &mut programs.tc_forward;
+            if !force && same_instructions(running, program)? {
+                return Ok(());
+            }
+            let link =
+                SchedClassifierLink::try_from(link).context("a pinned tc link is no tcx link")?;
+            let id = program
+                .attach_to_link(link)
+                .with_context(|| format!("upgrading the tc program of {name}"))?;
+            drop(program.take_link(id)?);
+            program.info()?.id()
+        }
+    };
+    info!(
+        "{name}: {} link upgraded from program {running} to {replaced}",
+        hook.suffix()
+    );
     Ok(())
 }
 

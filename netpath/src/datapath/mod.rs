@@ -405,6 +405,47 @@ pub fn forget_port(datapath: &str, port: &Port, ifindex: Option<u32>) -> Result<
     Ok(())
 }
 
+/// Gives every port of a running datapath this binary's programs, each
+/// replaced in place and atomically (see [`hooks::attach`]): a datapath
+/// made by an older netpath is upgraded under traffic, without a frame
+/// going astray. Pins of another map layout are refused (see
+/// [`maps::check_layout`]). `force`: replace programs with the same
+/// instructions too (a freshly loaded copy). Returns the number of ports.
+pub async fn upgrade(handle: &Handle, datapath: &str, force: bool) -> Result<usize> {
+    let dir = pin_dir(datapath);
+    let live = maps(datapath)?;
+    let fdb_size = aya::maps::MapInfo::from_pin(dir.join(netpath_common::maps::FDB_STATIC))
+        .with_context(|| format!("reading the FDB size of {}", dir.display()))?
+        .max_entries();
+    let mut ebpf = object::load(Some(&dir), fdb_size)?;
+    object::pin_programs(&mut ebpf, &dir)?;
+    let mut programs = Programs::pinned(&dir)?.context("the programs just pinned are not there")?;
+    let ports: Vec<u32> = live
+        .ports()?
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(ifindex, _)| ifindex)
+        .collect();
+    for ifindex in &ports {
+        let name = nix::net::if_::if_indextoname(*ifindex)
+            .with_context(|| format!("port {ifindex} of datapath {datapath} has no name"))?;
+        hooks::upgrade(
+            handle,
+            &mut programs,
+            &dir,
+            &name.to_string_lossy(),
+            *ifindex,
+            force,
+        )
+        .await?;
+    }
+    info!(
+        "{datapath}: {} ports run this netpath's programs",
+        ports.len()
+    );
+    Ok(ports.len())
+}
+
 /// The port `host` forwards on the fast path: the forwarding program of
 /// `mode` is on it (as the kernel reports it: tcx link, clsact filter or
 /// XDP), and `mac`, its container's, has its static FDB entry pointing at it.

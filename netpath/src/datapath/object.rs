@@ -5,6 +5,7 @@
 
 use std::{
     fs,
+    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
 };
 
@@ -122,7 +123,12 @@ fn programs_dir(pins: &Path) -> PathBuf {
 /// pins of an earlier load (links attached to those keep their program).
 pub fn pin_programs(ebpf: &mut Ebpf, pins: &Path) -> Result<()> {
     let dir = programs_dir(pins);
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Like the maps, the programs are root's alone.
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     for name in programs::ALL {
         let pin = dir.join(name);
         if pin.exists() {

@@ -9,11 +9,19 @@ pub mod status;
 pub mod supervise;
 pub mod topology;
 
+use std::time::Duration;
+
 use anyhow::Result;
+use rtnetlink::Handle;
 
 use crate::{
+    datapath,
     model::naming::{cni_datapath, validate_ifname, validate_topology_name},
-    store::{cni::NetworkRecord, topology as record},
+    store::{
+        cni::NetworkRecord,
+        lock::{Lock, Purpose},
+        topology as record,
+    },
 };
 
 /// The datapath a user means by `name`: a topology, or the CNI network on
@@ -29,4 +37,11 @@ pub fn datapath_named(name: &str) -> Result<String> {
     }
     validate_topology_name(name)?;
     Ok(name.to_owned())
+}
+
+/// Upgrades a running datapath (see `datapath::upgrade`) under its lock,
+/// waiting for a CNI ADD or DEL in progress as the plugin's calls do.
+pub async fn upgrade(handle: &Handle, datapath: &str, force: bool) -> Result<usize> {
+    let _lock = Lock::acquire_waiting(datapath, Purpose::Change, Duration::from_secs(60))?;
+    datapath::upgrade(handle, datapath, force).await
 }
