@@ -41,6 +41,11 @@ const DEBIAN_TOOLS: &[(&str, &str, &[Need])] = &[
         "golang-github-appc-cni-dev",
         &[Need::Test],
     ),
+    // A real runtime driving the plugin (tests/podman.rs): podman with its
+    // CNI backend. runc by name: with --no-install-recommends apt would
+    // satisfy podman's "crun | runc" with crun, which refuses hybrid cgroups.
+    ("podman", "podman", &[Need::Test]),
+    ("runc", "runc", &[Need::Test]),
     // The kernel matrix: qemu boots the kernels, busybox is the initramfs,
     // kmod builds modules.dep (and is the guest's modprobe), xz unpacks the
     // kernel image.
@@ -49,7 +54,12 @@ const DEBIAN_TOOLS: &[(&str, &str, &[Need])] = &[
         "qemu-system-x86",
         &[Need::KernelMatrix],
     ),
-    ("/bin/busybox", "busybox-static", &[Need::KernelMatrix]),
+    // Also the podman test's container image (with iperf3 copied in).
+    (
+        "/bin/busybox",
+        "busybox-static",
+        &[Need::Test, Need::KernelMatrix],
+    ),
     ("depmod", "kmod", &[Need::KernelMatrix]),
     ("xz", "xz-utils", &[Need::KernelMatrix]),
 ];
