@@ -148,6 +148,20 @@ struct Attached {
     ifindex: u64,
 }
 
+/// ADD of `container` in `sandbox`, which must succeed; what it left on the host.
+fn add_pod(host: &Host, config: &Value, container: &str, sandbox: &Sandbox) -> Attached {
+    let (ok, result) = cni(
+        host,
+        "ADD",
+        container,
+        Some(&sandbox.path()),
+        "eth0",
+        config,
+    );
+    assert!(ok, "ADD of {container}: {result}");
+    Attached::from_result(host, container, &result)
+}
+
 impl Attached {
     fn from_result(host: &Host, container: &str, result: &Value) -> Self {
         let host_veth = result["interfaces"][0]["name"]
@@ -582,12 +596,7 @@ fn each_del_forgets_its_port_while_others_remain() {
     let mut attached: Vec<Attached> = sandboxes
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            let container = format!("ctr-{i}");
-            let (ok, result) = cni(&host, "ADD", &container, Some(&s.path()), "eth0", &config);
-            assert!(ok, "{result}");
-            Attached::from_result(&host, &container, &result)
-        })
+        .map(|(i, s)| add_pod(&host, &config, &format!("ctr-{i}"), s))
         .collect();
     let mut deleted = Vec::new();
     // ctr-3 stays to the end: the others go one by one, first to last.
@@ -994,11 +1003,7 @@ fn a_stale_pod_never_blocks_another() {
     let attached: Vec<Attached> = sandboxes[..3]
         .iter()
         .zip(&ids)
-        .map(|(s, id)| {
-            let (ok, result) = cni(&host, "ADD", id, Some(&s.path()), "eth0", &config);
-            assert!(ok, "{result}");
-            Attached::from_result(&host, id, &result)
-        })
+        .map(|(s, id)| add_pod(&host, &config, id, s))
         .collect();
     // ctr-0: the runtime crashed and its veth went; ctr-1: namespace deleted, no DEL.
     assert!(
@@ -1092,12 +1097,7 @@ fn del_without_the_namespace_removes_everything() {
     let attached: Vec<Attached> = sandboxes
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            let container = format!("ctr-{i}");
-            let (ok, result) = cni(&host, "ADD", &container, Some(&s.path()), "eth0", &config);
-            assert!(ok, "{result}");
-            Attached::from_result(&host, &container, &result)
-        })
+        .map(|(i, s)| add_pod(&host, &config, &format!("ctr-{i}"), s))
         .collect();
     let gone_path = sandboxes[0].path();
     assert!(
@@ -1155,12 +1155,7 @@ fn gc_removes_every_attachment_not_listed() {
     let attached: Vec<Attached> = sandboxes
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            let container = format!("ctr-{i}");
-            let (ok, result) = cni(&host, "ADD", &container, Some(&s.path()), "eth0", &config);
-            assert!(ok, "{result}");
-            Attached::from_result(&host, &container, &result)
-        })
+        .map(|(i, s)| add_pod(&host, &config, &format!("ctr-{i}"), s))
         .collect();
     let (ok, out) = cni(&host, "GC", "", None, "", &config);
     assert!(
