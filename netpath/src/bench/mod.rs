@@ -1,8 +1,11 @@
 //! `netpath bench`: netpath's modes against the Linux bridge and a direct
-//! veth pair (the wire), measured in one run, interleaved, as medians.
+//! veth pair (the wire), measured in one run, interleaved, as medians; and
+//! with `--cni`, pod set-up latency of netpath-cni against the reference
+//! CNI bridge plugin.
 
 mod beds;
 mod chart;
+pub mod cni;
 mod measure;
 mod report;
 mod scale;
