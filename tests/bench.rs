@@ -4,6 +4,7 @@
 mod common;
 
 use std::{
+    ffi::OsStr,
     io::{BufRead, BufReader},
     process::Stdio,
 };
@@ -31,38 +32,54 @@ fn bench_leftovers(host: &Host, pid: u32) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn bench_runs_end_to_end_and_reports_every_figure() {
-    let host = Host::new();
-    let dir = std::env::temp_dir().join(format!("netpath-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (json, plot) = (dir.join("bench.json"), dir.join("bench.svg"));
+/// Runs `netpath bench ARGS` to its end and asserts it succeeded; returns
+/// its pid (the bench's names carry it), stdout and stderr.
+fn bench(host: &Host, args: &[&OsStr]) -> (u32, String, String) {
     let child = host
         .netpath_command()
-        .args(["bench", "--seconds", "1", "--repeat", "1", "--json"])
-        .arg(&json)
-        .arg("--plot")
-        .arg(&plot)
+        .arg("bench")
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert!(
         out.status.success(),
-        "bench failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        "bench {args:?} failed: {stdout}{stderr}"
+    );
+    (pid, stdout, stderr)
+}
+
+#[test]
+fn bench_runs_end_to_end_and_reports_every_figure() {
+    let host = Host::new();
+    let dir = std::env::temp_dir().join(format!("netpath-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, plot) = (dir.join("bench.json"), dir.join("bench.svg"));
+    let (pid, stdout, stderr) = bench(
+        &host,
+        &[
+            "--seconds".as_ref(),
+            "1".as_ref(),
+            "--repeat".as_ref(),
+            "1".as_ref(),
+            "--json".as_ref(),
+            json.as_os_str(),
+            "--plot".as_ref(),
+            plot.as_os_str(),
+        ],
     );
     assert!(
         stdout.contains("xBRIDGE") && stdout.contains("xWIRE"),
         "no table: {stdout}"
     );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("[1/24]"),
-        "no progress shown"
-    );
+    assert!(stderr.contains("[1/24]"), "no progress shown");
 
     let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     for key in [
@@ -146,29 +163,17 @@ fn an_interrupted_bench_leaves_nothing_behind() {
 fn cni_bench_measures_both_plugins_and_leaves_nothing_behind() {
     let host = Host::new();
     let json = std::env::temp_dir().join(format!("netpath-bench-cni-{}.json", std::process::id()));
-    let child = host
-        .netpath_command()
-        .args([
-            "bench",
-            "--cni",
-            "--pods",
-            "3",
-            "--concurrent",
-            "2",
-            "--json",
-        ])
-        .arg(&json)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench --cni failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (pid, stdout, _) = bench(
+        &host,
+        &[
+            "--cni".as_ref(),
+            "--pods".as_ref(),
+            "3".as_ref(),
+            "--concurrent".as_ref(),
+            "2".as_ref(),
+            "--json".as_ref(),
+            json.as_os_str(),
+        ],
     );
 
     // The table: per pod phase and command, both plugins with positive figures.

@@ -344,14 +344,7 @@ fn assert_found_by_its_bridge(host: &Host, bridge: &str, results: &[&Value]) {
     assert_eq!(listed["bridge"], bridge);
     // The conflist's default mode, as the programs on the host veths show it.
     assert_eq!(listed["mode"], "tc");
-    assert_eq!(
-        listed["ports"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .collect::<Vec<_>>(),
-        host_veths
-    );
+    assert_eq!(listed["ports"], json!(host_veths));
 
     let status: Value =
         serde_json::from_str(&host.netpath_ok(&["status", "--name", bridge, "--json"])).unwrap();

@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
-use super::report::{median, percentile};
+use super::report::{cpus, kernel, median, percentile};
 use crate::{
     host::{netlink, netns},
     store,
@@ -309,13 +309,8 @@ async fn measure(
     }
 
     Ok(CniReport {
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .into(),
-        cpus: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        kernel: kernel(),
+        cpus: cpus(),
         sequential_pods: options.sequential,
         concurrent_pods: options.concurrent,
         ipam: "host-local",

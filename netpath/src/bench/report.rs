@@ -133,6 +133,20 @@ pub struct Report {
     pub scale: Vec<ScaleRow>,
 }
 
+/// The running kernel's release, for the report's heading.
+pub(super) fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .into()
+}
+
+pub(super) fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 pub(super) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     let n = values.len();
