@@ -4,11 +4,13 @@
 mod common;
 
 use std::{
+    ffi::OsStr,
     io::{BufRead, BufReader},
     process::Stdio,
 };
 
 use common::Host;
+use netpath::{datapath::object::pin_dir, host::netns, model::naming::cni_datapath, store};
 use serde_json::Value;
 
 const METRICS: [&str; 7] = [
@@ -30,38 +32,54 @@ fn bench_leftovers(host: &Host, pid: u32) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn bench_runs_end_to_end_and_reports_every_figure() {
-    let host = Host::new();
-    let dir = std::env::temp_dir().join(format!("netpath-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (json, plot) = (dir.join("bench.json"), dir.join("bench.svg"));
+/// Runs `netpath bench ARGS` to its end and asserts it succeeded; returns
+/// its pid (the bench's names carry it), stdout and stderr.
+fn bench(host: &Host, args: &[&OsStr]) -> (u32, String, String) {
     let child = host
         .netpath_command()
-        .args(["bench", "--seconds", "1", "--repeat", "1", "--json"])
-        .arg(&json)
-        .arg("--plot")
-        .arg(&plot)
+        .arg("bench")
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert!(
         out.status.success(),
-        "bench failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        "bench {args:?} failed: {stdout}{stderr}"
+    );
+    (pid, stdout, stderr)
+}
+
+#[test]
+fn bench_runs_end_to_end_and_reports_every_figure() {
+    let host = Host::new();
+    let dir = std::env::temp_dir().join(format!("netpath-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, plot) = (dir.join("bench.json"), dir.join("bench.svg"));
+    let (pid, stdout, stderr) = bench(
+        &host,
+        &[
+            "--seconds".as_ref(),
+            "1".as_ref(),
+            "--repeat".as_ref(),
+            "1".as_ref(),
+            "--json".as_ref(),
+            json.as_os_str(),
+            "--plot".as_ref(),
+            plot.as_os_str(),
+        ],
     );
     assert!(
         stdout.contains("xBRIDGE") && stdout.contains("xWIRE"),
         "no table: {stdout}"
     );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("[1/24]"),
-        "no progress shown"
-    );
+    assert!(stderr.contains("[1/24]"), "no progress shown");
 
     let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     for key in [
@@ -136,4 +154,80 @@ fn an_interrupted_bench_leaves_nothing_behind() {
         "an interrupted bench must not report success"
     );
     assert_eq!(bench_leftovers(&host, pid), Vec::<String>::new());
+}
+
+/// Issue 14: pod set-up latency of netpath-cni and the reference bridge
+/// plugin, on a few pods; every figure is there and positive, and every
+/// pod's namespace, veth, bridge and record is gone afterwards.
+#[test]
+fn cni_bench_measures_both_plugins_and_leaves_nothing_behind() {
+    let host = Host::new();
+    let json = std::env::temp_dir().join(format!("netpath-bench-cni-{}.json", std::process::id()));
+    let (pid, stdout, _) = bench(
+        &host,
+        &[
+            "--cni".as_ref(),
+            "--pods".as_ref(),
+            "3".as_ref(),
+            "--concurrent".as_ref(),
+            "2".as_ref(),
+            "--json".as_ref(),
+            json.as_os_str(),
+        ],
+    );
+
+    // The table: per pod phase and command, both plugins with positive figures.
+    for phase in ["sequential", "concurrent"] {
+        for command in ["ADD", "DEL"] {
+            for plugin in ["netpath", "bridge"] {
+                let row = stdout
+                    .lines()
+                    .find(|l| l.split_whitespace().take(3).eq([phase, command, plugin]))
+                    .unwrap_or_else(|| panic!("no {phase} {command} row of {plugin}:\n{stdout}"));
+                let figures: Vec<f64> = row
+                    .split_whitespace()
+                    .skip(3)
+                    .map(|f| f.parse().unwrap())
+                    .collect();
+                assert!(
+                    figures.len() == 4 && figures.iter().all(|f| *f > 0.0),
+                    "{row}"
+                );
+            }
+        }
+    }
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 8, "{report}");
+    for row in rows {
+        let pods = if row["phase"] == "sequential" { 3 } else { 2 };
+        assert_eq!(row["runs_ms"].as_array().unwrap().len(), pods, "{row}");
+    }
+
+    // What the bench calls its things: `nbc` + pid + the plugin's initial.
+    let prefix = format!("nbc{}", pid % 10000);
+    let links =
+        String::from_utf8_lossy(&host.sh("ip", &["-o", "link", "show"]).stdout).into_owned();
+    assert!(
+        !links.contains(": np") && !links.contains(&prefix) && !links.contains(": veth"),
+        "pod veths or bridges left behind:\n{links}"
+    );
+    let namespaces: Vec<String> = std::fs::read_dir(netns::NETNS_DIR)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert_eq!(
+        namespaces,
+        Vec::<String>::new(),
+        "pod namespaces left behind"
+    );
+    for plugin in ["n", "b"] {
+        let bridge = format!("{prefix}{plugin}");
+        let record = store::cni::path(&bridge);
+        assert!(!record.exists(), "{} left behind", record.display());
+        let pins = pin_dir(&cni_datapath(&bridge));
+        assert!(!pins.exists(), "{} left behind", pins.display());
+    }
 }

@@ -326,6 +326,8 @@ fn version_add_check_del_as_a_runtime_drives_them() {
         "a repeated ADD must give the same result"
     );
 
+    assert_found_by_its_bridge(&host, &bridge, &[&ra, &rb]);
+
     let check_a = with_prev_result(&config, &ra);
     let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &check_a);
     assert!(ok, "{out}");
@@ -345,6 +347,81 @@ fn version_add_check_del_as_a_runtime_drives_them() {
     let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &check_a);
     assert!(!ok && out["code"] == 3, "{out}");
     assert_gone(&host, &bridge);
+    assert_eq!(
+        host.listed(&bridge),
+        None,
+        "a network after its last DEL is still listed"
+    );
+}
+
+/// The network of `bridge`, with the containers of ADD `results`, is found
+/// by its bridge name alone: `list` shows it, `status` and `fdb add` take
+/// it, and the verbs that change topologies refuse it with a reason.
+fn assert_found_by_its_bridge(host: &Host, bridge: &str, results: &[&Value]) {
+    let host_veths: Vec<&Value> = results
+        .iter()
+        .map(|r| &r["interfaces"][0]["name"])
+        .collect();
+    let listed = host.listed(bridge).expect("a CNI network is listed");
+    assert_eq!(listed["kind"], "cni");
+    assert_eq!(listed["bridge"], bridge);
+    // The conflist's default mode, as the programs on the host veths show it.
+    assert_eq!(listed["mode"], "tc");
+    assert_eq!(listed["ports"], json!(host_veths));
+
+    let status: Value =
+        serde_json::from_str(&host.netpath_ok(&["status", "--name", bridge, "--json"])).unwrap();
+    assert_eq!(
+        (&status["kind"], &status["mode"]),
+        (&json!("cni"), &json!("tc"))
+    );
+    assert_eq!(status["bridge"]["name"], bridge);
+    for (port, result) in status["ports"].as_array().unwrap().iter().zip(results) {
+        assert_eq!(port["name"], result["interfaces"][0]["name"], "{status}");
+        assert_eq!(
+            port["netns"], result["interfaces"][1]["sandbox"],
+            "{status}"
+        );
+        assert_eq!(port["mac"], result["interfaces"][1]["mac"], "{status}");
+        assert_eq!(port["ips"][0], result["ips"][0]["address"], "{status}");
+    }
+
+    // A static entry on the first container's port, by its container ID.
+    let added = host.netpath_ok(&[
+        "fdb",
+        "add",
+        "--name",
+        bridge,
+        "02:00:00:00:77:01",
+        "--port",
+        "ctr-a",
+    ]);
+    assert_eq!(
+        added.trim(),
+        format!(
+            "02:00:00:00:77:01 dev {} static",
+            host_veths[0].as_str().unwrap()
+        )
+    );
+    assert!(
+        host.netpath_ok(&["fdb", "dump", "--name", bridge])
+            .contains("02:00:00:00:77:01"),
+        "fdb add --name {bridge} added nothing"
+    );
+    host.netpath_ok(&["fdb", "del", "--name", bridge, "02:00:00:00:77:01"]);
+
+    for verb in [
+        &["down", "--name", bridge][..],
+        &["mode", "--name", bridge, "xdp"],
+        &["port", "del", "--name", bridge, "ctr-a"],
+    ] {
+        let out = host.netpath(verb);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("CNI network"),
+            "netpath {verb:?} on a CNI bridge: {stderr}"
+        );
+    }
 }
 
 #[test]

@@ -610,7 +610,7 @@ fn offloads(ns: &str) -> (String, String) {
     let get = |key: &str| {
         out.lines()
             .find_map(|l| l.strip_prefix(key))
-            .map(|v| v.trim().split_whitespace().next().unwrap_or("").to_owned())
+            .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
             .unwrap_or_else(|| panic!("no {key} in {out}"))
     };
     (get("tx-checksumming:"), get("generic-receive-offload:"))

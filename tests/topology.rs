@@ -60,6 +60,30 @@ fn four_containers_reach_each_other_and_status_matches_the_machine() {
         }
     }
     assert_eq!(pairs, 12);
+
+    // `list` (and `status` without a name) shows it until `down`.
+    let listed = t.listed(&t.name).expect("an up topology is listed");
+    let port_names: Vec<serde_json::Value> = ports.iter().map(|p| p["name"].clone()).collect();
+    assert_eq!(listed["kind"], "topology");
+    assert_eq!(listed["bridge"], status["bridge"]["name"]);
+    assert_eq!(listed["mode"], "bridge");
+    assert_eq!(listed["complete"], true);
+    assert_eq!(listed["ports"], serde_json::Value::Array(port_names));
+    let status_all = t.netpath_ok(&["status"]);
+    assert!(
+        status_all.starts_with("NAME ")
+            && status_all
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(t.name.as_str())),
+        "`status` without a name does not list {}:\n{status_all}",
+        t.name
+    );
+    t.netpath_ok(&["down", "--name", &t.name]);
+    assert_eq!(
+        t.listed(&t.name),
+        None,
+        "a removed topology is still listed"
+    );
 }
 
 /// Each bad input: non-zero exit, a message naming the problem, nothing left.

@@ -126,6 +126,61 @@ impl Host {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The row of `netpath list --json` named `name`, if it is listed,
+    /// after checking that the `netpath list` table shows the same (other
+    /// tests' datapaths are listed too: state under /run/netpath is shared).
+    pub fn listed(&self, name: &str) -> Option<serde_json::Value> {
+        let doc: serde_json::Value =
+            serde_json::from_str(&self.netpath_ok(&["list", "--json"])).expect("list JSON");
+        let row = doc
+            .as_array()
+            .expect("list rows")
+            .iter()
+            .find(|r| r["name"] == name)
+            .cloned();
+        let table = self.netpath_ok(&["list"]);
+        let line = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name));
+        match (&row, line) {
+            (None, None) => {}
+            (Some(row), Some(line)) => {
+                let ports: Vec<&str> = row["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.as_str().unwrap())
+                    .collect();
+                let shown = |key: &str| row[key].as_str().unwrap_or("-").to_owned();
+                let expected = [
+                    name.to_owned(),
+                    shown("kind"),
+                    shown("bridge"),
+                    shown("mode"),
+                    if row["complete"] == true {
+                        "up"
+                    } else {
+                        "half-built"
+                    }
+                    .to_owned(),
+                    ports.len().to_string(),
+                    if ports.is_empty() {
+                        "-".into()
+                    } else {
+                        ports.join(",")
+                    },
+                ];
+                let cells: Vec<&str> = line.split_whitespace().collect();
+                assert_eq!(
+                    cells, expected,
+                    "`netpath list` disagrees with --json:\n{table}"
+                );
+            }
+            _ => panic!("`netpath list` and --json disagree about {name}:\n{table}\n{doc}"),
+        }
+        row
+    }
+
     /// `program` with `args`, run on the host.
     pub fn sh(&self, program: &str, args: &[&str]) -> Output {
         self.command(program)

@@ -1,8 +1,11 @@
 //! `netpath bench`: netpath's modes against the Linux bridge and a direct
-//! veth pair (the wire), measured in one run, interleaved, as medians.
+//! veth pair (the wire), measured in one run, interleaved, as medians; and
+//! with `--cni`, pod set-up latency of netpath-cni against the reference
+//! CNI bridge plugin.
 
 mod beds;
 mod chart;
+pub mod cni;
 mod measure;
 mod report;
 mod scale;
@@ -106,13 +109,8 @@ async fn measure(handle: &Handle, options: &Options, beds: &mut Vec<Bed>) -> Res
         Vec::new()
     };
     Ok(Report {
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .into(),
-        cpus: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        kernel: report::kernel(),
+        cpus: report::cpus(),
         seconds: options.seconds,
         repeat: options.repeat,
         udp_generator: "iperf3 -u -b 0 -l 64 (one sender thread: the sender may bound the rate)",

@@ -133,6 +133,20 @@ pub struct Report {
     pub scale: Vec<ScaleRow>,
 }
 
+/// The running kernel's release, for the report's heading.
+pub(super) fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .into()
+}
+
+pub(super) fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 pub(super) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     let n = values.len();
@@ -141,6 +155,15 @@ pub(super) fn median(values: &mut [f64]) -> f64 {
     } else {
         (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
+}
+
+/// The nearest-rank percentile `p` (0 < p <= 100): the smallest value
+/// with at least p % of the values at or below it, so always one that was
+/// measured (with fewer than 100 values, p99 is the largest).
+pub(super) fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let rank = (p / 100.0 * values.len() as f64).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
 }
 
 pub(super) fn rows(samples: &BTreeMap<(Metric, Target), Vec<Sample>>) -> Vec<Row> {
@@ -250,6 +273,17 @@ mod tests {
     fn medians_of_odd_and_even_runs() {
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn percentiles_are_measured_values_by_nearest_rank() {
+        let mut hundred: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(percentile(&mut hundred, 99.0), 99.0);
+        assert_eq!(percentile(&mut hundred, 50.0), 50.0);
+        let mut twenty: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&mut twenty, 99.0), 20.0);
+        assert_eq!(percentile(&mut twenty, 90.0), 18.0);
+        assert_eq!(percentile(&mut [7.0], 99.0), 7.0);
     }
 
     #[test]

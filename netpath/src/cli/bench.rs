@@ -33,6 +33,17 @@ pub struct BenchArgs {
     /// Also sweep 2..128 containers and 10k/100k extra FDB entries.
     #[arg(long)]
     scale: bool,
+    /// Measure pod set-up instead: ADD and DEL latency (p50, p99) of
+    /// netpath-cni against the reference CNI bridge plugin
+    /// (/usr/lib/cni/bridge), both with host-local IPAM, interleaved.
+    #[arg(long, conflicts_with_all = ["seconds", "repeat", "targets", "plot", "scale"])]
+    cni: bool,
+    /// With --cni: pods ADDed one after another, then DELed, per plugin.
+    #[arg(long, default_value_t = 50, requires = "cni")]
+    pods: usize,
+    /// With --cni: pods ADDed all at once, then DELed all at once, per plugin.
+    #[arg(long, default_value_t = 20, requires = "cni")]
+    concurrent: usize,
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
@@ -44,7 +55,21 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         json,
         plot,
         scale,
+        cni,
+        pods,
+        concurrent,
     } = args;
+    let handle = netlink_handle().await?;
+    if cni {
+        let options = bench::cni::CniOptions {
+            sequential: pods,
+            concurrent,
+            json,
+        };
+        let report = bench::cni::run(&handle, options).await?;
+        print!("{}", bench::cni::table(&report));
+        return Ok(());
+    }
     let options = bench::Options {
         seconds,
         repeat,
@@ -53,7 +78,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         plot,
         scale,
     };
-    let report = bench::run(&netlink_handle().await?, options).await?;
+    let report = bench::run(&handle, options).await?;
     print!("{}", bench::table(&report));
     Ok(())
 }

@@ -7,10 +7,7 @@ use super::{NameArg, netlink_handle, render, require_root};
 use crate::{
     datapath::{self, fdb::Fdb},
     host::netlink::LinkNames,
-    model::{
-        Mac,
-        naming::{container_of, port_name},
-    },
+    model::Mac,
     ops::fdb,
 };
 
@@ -28,7 +25,8 @@ pub enum FdbCommand {
         #[command(flatten)]
         name: NameArg,
         mac: Mac,
-        /// Container name or host-side veth of the topology.
+        /// Container name or host-side veth of the topology; container ID
+        /// or host-side veth of a CNI network.
         #[arg(long)]
         port: String,
     },
@@ -70,16 +68,9 @@ pub async fn run(command: FdbCommand) -> Result<()> {
                 Ok(())
             }
         }
-        FdbCommand::Add {
-            name: NameArg { name },
-            mac,
-            port,
-        } => {
-            fdb::add(&handle, &name, mac, &port).await?;
-            println!(
-                "{mac} dev {} static",
-                port_name(&name, container_of(&name, &port))
-            );
+        FdbCommand::Add { name, mac, port } => {
+            let host_veth = fdb::add(&handle, &name.named()?, mac, &port).await?;
+            println!("{mac} dev {host_veth} static");
             Ok(())
         }
         FdbCommand::Del { name, mac } => fdb::del(&name.datapath()?, &name.name, mac),

@@ -3,6 +3,7 @@
 
 mod bench;
 mod fdb;
+mod list;
 mod monitor;
 mod port;
 mod render;
@@ -16,7 +17,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use rtnetlink::Handle;
 
-use crate::model::{Settings, naming::validate_topology_name, spec::DEFAULT_NAME};
+use crate::{
+    model::{Settings, spec::DEFAULT_NAME},
+    ops::{self, Named},
+};
 
 #[derive(Parser)]
 #[command(
@@ -37,15 +41,28 @@ pub struct NameArg {
 }
 
 impl NameArg {
-    /// The topology name, checked before any file or object is touched.
-    fn checked(&self) -> Result<&str> {
-        validate_topology_name(&self.name)?;
-        Ok(&self.name)
+    /// The topology name, checked before any file or object is touched,
+    /// for the verbs that change topologies: a CNI network's containers
+    /// come and go with its runtime.
+    fn topology(&self) -> Result<&str> {
+        match ops::named(&self.name)? {
+            Named::Topology(_) => Ok(&self.name),
+            Named::CniNetwork { bridge } => bail!(
+                "{bridge} is the bridge of a CNI network: its runtime adds and removes its containers \
+                 through netpath-cni (ADD/DEL), and its conflist sets the mode; this verb changes \
+                 topologies (see `netpath list`)"
+            ),
+        }
+    }
+
+    /// The topology or CNI network of this name.
+    fn named(&self) -> Result<Named> {
+        ops::named(&self.name)
     }
 
     /// The datapath key of a topology or a CNI bridge of this name.
     fn datapath(&self) -> Result<String> {
-        crate::ops::datapath_named(&self.name)
+        ops::datapath_named(&self.name)
     }
 }
 
@@ -58,10 +75,18 @@ pub enum Command {
     /// Add or remove one container while the topology runs.
     #[command(subcommand)]
     Port(port::PortCommand),
-    /// Show the topology as it is on the machine.
+    /// Show a topology or CNI network as it is on the machine; without
+    /// --name, list them all (as `list` does).
     Status {
-        #[command(flatten)]
-        name: NameArg,
+        /// Topology name or CNI bridge.
+        #[arg(long)]
+        name: Option<String>,
+        /// JSON output, like `ip -j`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every topology and CNI network: bridge, mode, ports.
+    List {
         /// JSON output, like `ip -j`.
         #[arg(long)]
         json: bool,
@@ -131,28 +156,35 @@ pub async fn run(cli: Cli) -> Result<()> {
     // Input is checked before anything else, root or not.
     let command = cli.command;
     match &command {
-        Command::Up(_) | Command::Bench(_) | Command::Run(_) => {}
-        Command::Down(name) | Command::Status { name, .. } | Command::Mode { name, .. } => {
-            name.checked()?;
+        Command::Up(_) | Command::Bench(_) | Command::Run(_) | Command::List { .. } => {}
+        Command::Down(name) | Command::Mode { name, .. } => {
+            name.topology()?;
+        }
+        Command::Status { name, .. } => {
+            name.as_deref().map(ops::named).transpose()?;
         }
         Command::Stats { name, .. }
         | Command::Monitor { name, .. }
         | Command::Upgrade { name, .. } => {
             name.datapath()?;
         }
-        Command::Port(command) => command.name().checked().map(drop)?,
+        Command::Port(command) => command.name().topology().map(drop)?,
         Command::Fdb(command) => command.name().datapath().map(drop)?,
         Command::Trace(args) => args.name.datapath().map(drop)?,
     }
     match command {
         Command::Up(settings) => topology::up(settings).await,
-        Command::Down(name) => topology::down(name.checked()?).await,
-        Command::Mode { name, mode } => topology::mode(name.checked()?, mode).await,
+        Command::Down(name) => topology::down(name.topology()?).await,
+        Command::Mode { name, mode } => topology::mode(name.topology()?, mode).await,
         Command::Upgrade { name, force } => {
             topology::upgrade(&name.name, &name.datapath()?, force).await
         }
         Command::Port(command) => port::run(command).await,
-        Command::Status { name, json } => status::run(name.checked()?, json).await,
+        Command::Status {
+            name: Some(name),
+            json,
+        } => status::run(&ops::named(&name)?, json).await,
+        Command::Status { name: None, json } | Command::List { json } => list::run(json).await,
         Command::Fdb(command) => fdb::run(command).await,
         Command::Stats { name, json, watch } => stats::run(&name.datapath()?, json, watch).await,
         Command::Trace(args) => trace::run(args).await,

@@ -10,7 +10,7 @@ use crate::{
     datapath::{counters::PortStats, fdb::Row},
     host::netlink::LinkNames,
     observe::monitor::{Event, Kind},
-    ops::status::Status,
+    ops::{list::Listed, status::Status},
 };
 
 /// One JSON document on one line (for scripts and `jq`).
@@ -35,12 +35,16 @@ fn join<T: ToString>(items: &[T]) -> String {
         .join(",")
 }
 
+fn or_dash(value: Option<impl ToString>) -> String {
+    value.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
 pub fn status(s: &Status) -> String {
-    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let mut out = format!(
-        "topology {}  mode {}  subnet {}  nat {}  bridge {} {}\n",
+        "{} {}  mode {}  subnet {}  nat {}  bridge {} {}\n",
+        s.kind,
         s.name,
-        s.mode,
+        or_dash(s.mode),
         join(&s.subnets),
         if s.nat { "on" } else { "off" },
         s.bridge.name,
@@ -55,13 +59,45 @@ pub fn status(s: &Status) -> String {
         out.push_str(&format!(
             "{:<16} {:>8}  {:<16} {:<7} {:<18} {:<32} {}\n",
             p.name,
-            or_dash(p.ifindex.map(|i| i.to_string())),
+            or_dash(p.ifindex),
             p.netns,
             p.ifname,
-            or_dash(p.mac.map(|m| m.to_string())),
+            or_dash(p.mac),
             join(&p.ips),
             join(&p.programs)
         ));
+    }
+    out
+}
+
+/// `list`: one row per topology and CNI network, like `cilium-dbg
+/// endpoint list`; the port names last, as they make the row long.
+pub fn list_table(listed: &[Listed]) -> String {
+    if listed.is_empty() {
+        return "No datapaths.\n".into();
+    }
+    let row = |[name, kind, bridge, mode, state, ports, names]: [&str; 7]| {
+        format!("{name:<16} {kind:<9} {bridge:<16} {mode:<7} {state:<11} {ports:>5}  {names}\n")
+    };
+    let mut out = row([
+        "NAME",
+        "KIND",
+        "BRIDGE",
+        "MODE",
+        "STATE",
+        "PORTS",
+        "PORT NAMES",
+    ]);
+    for l in listed {
+        out.push_str(&row([
+            &l.name,
+            &l.kind.to_string(),
+            &l.bridge,
+            &or_dash(l.mode),
+            if l.complete { "up" } else { "half-built" },
+            &l.ports.len().to_string(),
+            &join(&l.ports),
+        ]));
     }
     out
 }
@@ -134,4 +170,77 @@ pub fn stats_table(stats: &[PortStats], previous: Option<(&[PortStats], f64)>) -
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{model::Mode, ops::status::Kind};
+
+    fn listed() -> Vec<Listed> {
+        vec![
+            Listed {
+                name: "np".into(),
+                kind: Kind::Topology,
+                bridge: "np-br".into(),
+                mode: Some(Mode::Tc),
+                complete: true,
+                ports: vec!["np-c0".into(), "np-c1".into()],
+            },
+            Listed {
+                name: "half".into(),
+                kind: Kind::Topology,
+                bridge: "half-br".into(),
+                mode: Some(Mode::Xdp),
+                complete: false,
+                ports: vec!["half-c0".into()],
+            },
+            Listed {
+                name: "np-cni0".into(),
+                kind: Kind::Cni,
+                bridge: "np-cni0".into(),
+                mode: None,
+                complete: true,
+                ports: Vec::new(),
+            },
+        ]
+    }
+
+    #[test]
+    fn the_list_is_an_aligned_table_with_a_row_per_datapath() {
+        let table = list_table(&listed());
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(
+            lines[0].starts_with("NAME ") && lines[0].ends_with("PORTS  PORT NAMES"),
+            "{table}"
+        );
+        // Every column starts where its heading does.
+        for (heading, cells) in [
+            ("KIND", ["topology", "topology", "cni"]),
+            ("BRIDGE", ["np-br", "half-br", "np-cni0"]),
+            ("MODE", ["tc", "xdp", "-"]),
+            ("STATE", ["up", "half-built", "up"]),
+        ] {
+            let column = lines[0].find(heading).unwrap();
+            for (line, cell) in lines[1..].iter().zip(cells) {
+                assert_eq!(line[column..].split(' ').next(), Some(cell), "{table}");
+            }
+        }
+        assert!(lines[1].ends_with("    2  np-c0,np-c1"), "{table}");
+        assert!(lines[3].ends_with("    0  -"), "{table}");
+        assert_eq!(list_table(&[]), "No datapaths.\n");
+    }
+
+    #[test]
+    fn the_list_in_json_names_every_field_like_ip_j() {
+        let json = serde_json::to_value(listed()).unwrap();
+        assert_eq!(
+            json[0],
+            json!({"name": "np", "kind": "topology", "bridge": "np-br", "mode": "tc",
+                   "complete": true, "ports": ["np-c0", "np-c1"]})
+        );
+        assert_eq!(json[2]["kind"], "cni");
+        assert_eq!(json[2]["mode"], Value::Null);
+    }
 }

@@ -6,13 +6,14 @@ use anyhow::Result;
 use clap::Args;
 
 use super::{NameArg, netlink_handle, require_root};
-use crate::{host::netlink::LinkNames, observe::trace, ops::topology};
+use crate::{host::netlink::LinkNames, observe::trace, ops};
 
 #[derive(Args)]
 pub struct TraceArgs {
     #[command(flatten)]
     pub name: NameArg,
-    /// Only frames that entered through this port (container or veth name).
+    /// Only frames that entered through this port: container name or host
+    /// veth (a CNI network's: container ID or host veth).
     #[arg(long)]
     port: Option<String>,
     /// Stop after this many frames.
@@ -29,9 +30,10 @@ pub struct TraceArgs {
 pub async fn run(args: TraceArgs) -> Result<()> {
     require_root()?;
     let handle = netlink_handle().await?;
-    let name = args.name.datapath()?;
+    let named = args.name.named()?;
+    let name = named.datapath();
     let port = match args.port {
-        Some(p) => Some(topology::port_ifindex(&handle, &name, &p).await?),
+        Some(p) => Some(ops::port_ifindex(&handle, &named, &p).await?.1),
         None => None,
     };
     let names = LinkNames::load(&handle).await?;

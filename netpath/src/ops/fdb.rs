@@ -5,19 +5,22 @@
 use anyhow::{Result, bail, ensure};
 use rtnetlink::Handle;
 
-use super::topology::port_ifindex;
+use super::{Named, port_ifindex};
 use crate::{
     datapath::{self, fdb::Fdb},
     model::Mac,
     store::lock::{Lock, Purpose},
 };
 
-/// Adds a static entry: frames to `mac` go to `port` of topology `datapath`.
-pub async fn add(handle: &Handle, datapath: &str, mac: Mac, port: &str) -> Result<()> {
+/// Adds a static entry: frames to `mac` go to `port` of the topology or
+/// CNI network `named`; returns the port's host veth.
+pub async fn add(handle: &Handle, named: &Named, mac: Mac, port: &str) -> Result<String> {
     ensure!(mac.is_unicast(), "{mac} is not a unicast MAC address");
-    let _lock = Lock::acquire(datapath, Purpose::Change)?;
-    let ifindex = port_ifindex(handle, datapath, port).await?;
-    Fdb::open(&datapath::maps(datapath)?)?.add_static(mac, ifindex)
+    let datapath = named.datapath();
+    let _lock = Lock::acquire(&datapath, Purpose::Change)?;
+    let (host_veth, ifindex) = port_ifindex(handle, named, port).await?;
+    Fdb::open(&datapath::maps(&datapath)?)?.add_static(mac, ifindex)?;
+    Ok(host_veth)
 }
 
 /// Deletes the entry for `mac`.

@@ -310,18 +310,20 @@ pub async fn port_add(
     Ok(added)
 }
 
-/// The ifindex of a port of the topology, by container or veth name.
-pub async fn port_ifindex(handle: &Handle, topology: &str, port: &str) -> Result<u32> {
+/// The host veth and ifindex of a port of the topology, by container or
+/// veth name.
+pub async fn port_ifindex(handle: &Handle, topology: &str, port: &str) -> Result<(String, u32)> {
     let rec = load_complete(topology)?;
     let container = container_of(topology, port);
     if rec.spec.container(container).is_none() {
         bail!("topology {topology} has no port {port}");
     }
     let name = port_name(topology, container);
-    Ok(netlink::link_by_name(handle, &name)
+    let ifindex = netlink::link_by_name(handle, &name)
         .await?
         .with_context(|| format!("port {name} is missing"))?
-        .index)
+        .index;
+    Ok((name, ifindex))
 }
 
 /// Switches the datapath of a running topology; the new mode's programs are

@@ -9,7 +9,7 @@ use anyhow::Result;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{STATE_DIR, atomic};
+use super::{STATE_DIR, atomic, record_names};
 use crate::model::Mac;
 
 /// One container the plugin attached.
@@ -32,11 +32,13 @@ pub struct NetworkRecord {
     pub attachments: Vec<Attachment>,
 }
 
+fn dir() -> PathBuf {
+    Path::new(STATE_DIR).join("cni")
+}
+
 /// The record's path; `bridge` is a validated interface name.
 pub fn path(bridge: &str) -> PathBuf {
-    Path::new(STATE_DIR)
-        .join("cni")
-        .join(format!("{bridge}.json"))
+    dir().join(format!("{bridge}.json"))
 }
 
 impl NetworkRecord {
@@ -50,6 +52,11 @@ impl NetworkRecord {
             return atomic::remove(&path(bridge));
         }
         atomic::write_json(&path(bridge), self)
+    }
+
+    /// The bridges the plugin keeps a record of, sorted.
+    pub fn bridges() -> Result<Vec<String>> {
+        record_names(&dir())
     }
 
     /// Whether the plugin keeps a record of `bridge` (a validated name).

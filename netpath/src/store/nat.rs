@@ -22,11 +22,21 @@ pub struct NatRecord {
     pub users: BTreeSet<String>,
 }
 
+/// NAT records share the state directory with topology records.
+const KEY_PREFIX: &str = "nat-";
+
 /// The lock and record key of the calling thread's network namespace.
 pub fn key() -> Result<String> {
     let ns = std::fs::metadata("/proc/thread-self/ns/net")
         .context("reading this thread's network namespace")?;
-    Ok(format!("nat-{}", ns.ino()))
+    Ok(format!("{KEY_PREFIX}{}", ns.ino()))
+}
+
+/// Whether a record name in the state directory is a NAT record's key
+/// (`nat-` and a namespace's inode number), not a topology's.
+pub fn is_key(name: &str) -> bool {
+    name.strip_prefix(KEY_PREFIX)
+        .is_some_and(|ino| !ino.is_empty() && ino.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn path(key: &str) -> PathBuf {
@@ -44,5 +54,18 @@ impl NatRecord {
             return atomic::remove(&path(key));
         }
         atomic::write_json(&path(key), self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nat_keys_are_told_from_topology_names() {
+        assert!(is_key("nat-4026531840"));
+        for topology in ["nat", "nat-", "nat-x1", "natty-1", "np"] {
+            assert!(!is_key(topology), "{topology}");
+        }
     }
 }

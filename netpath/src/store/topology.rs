@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use super::{STATE_DIR, atomic};
+use super::{STATE_DIR, atomic, nat, record_names};
 use crate::model::{TopologySpec, naming::validate_topology_name};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -23,6 +23,14 @@ pub struct TopologyRecord {
 pub fn path(topology: &str) -> Result<PathBuf> {
     validate_topology_name(topology)?;
     Ok(Path::new(STATE_DIR).join(format!("{topology}.json")))
+}
+
+/// The names of every topology with a record, complete or not, sorted.
+pub fn names() -> Result<Vec<String>> {
+    Ok(record_names(Path::new(STATE_DIR))?
+        .into_iter()
+        .filter(|name| validate_topology_name(name).is_ok() && !nat::is_key(name))
+        .collect())
 }
 
 pub fn load(topology: &str) -> Result<Option<TopologyRecord>> {
