@@ -94,16 +94,29 @@ const CLSACT_PRIORITY: u16 = 50;
 const CLSACT_HANDLE: TcHandle = TcHandle::new(0, 1);
 
 impl TcMethod {
-    /// tcx where the kernel has it, clsact before 6.6.
+    /// For a topology: tcx where the kernel has it, clsact before 6.6.
     pub fn for_this_kernel() -> TcMethod {
-        match std::env::var(TC_METHOD_ENV).as_deref() {
-            Ok("clsact") => return TcMethod::Clsact,
-            Ok("tcx") => return TcMethod::Tcx,
-            _ => {}
-        }
-        match KernelVersion::current() {
+        Self::overridden().unwrap_or_else(|| match KernelVersion::current() {
             Ok(v) if v < KernelVersion::new(6, 6, 0) => TcMethod::Clsact,
             _ => TcMethod::Tcx,
+        })
+    }
+
+    /// For pods that a CNI runtime adds one at a time: clsact on every
+    /// kernel. A tcx attach swaps the device's program array and waits a
+    /// full RCU grace period (`synchronize_rcu` in `tcx_link_prog_attach`)
+    /// while holding RTNL: 7-12 ms per pod on a 2-CPU VM, and every other
+    /// netlink writer on the node waits with it. A cls_bpf filter is swapped
+    /// in with an expedited grace period: under 1 ms.
+    pub fn for_pods() -> TcMethod {
+        Self::overridden().unwrap_or(TcMethod::Clsact)
+    }
+
+    fn overridden() -> Option<TcMethod> {
+        match std::env::var(TC_METHOD_ENV).as_deref() {
+            Ok("clsact") => Some(TcMethod::Clsact),
+            Ok("tcx") => Some(TcMethod::Tcx),
+            _ => None,
         }
     }
 }
@@ -121,13 +134,14 @@ pub async fn attach(
     port: &Port,
     ifindex: u32,
     hook: Hook,
+    tc: TcMethod,
 ) -> Result<()> {
     let name = &port.name;
     let pin = hook.pin_path(pins, name);
     if pin.exists() {
         return update_link(programs, &pin, name, hook, false);
     }
-    if hook == Hook::Tc && TcMethod::for_this_kernel() == TcMethod::Clsact {
+    if hook == Hook::Tc && tc == TcMethod::Clsact {
         return attach_clsact(handle, &mut programs.tc_forward, port, ifindex).await;
     }
     let link: FdLink = match hook {
@@ -435,7 +449,8 @@ fn restore_veth_offloads(port: &Port) -> Result<()> {
 /// removes netpath's clsact filter; leaving XDP, restores the container
 /// interface's offloads if it is still there.
 pub fn detach(pins: &Path, port: &Port, hook: Hook) -> Result<()> {
-    if hook == Hook::Tc && TcMethod::for_this_kernel() == TcMethod::Clsact {
+    // Whichever way it was attached: a datapath's ports may have either.
+    if hook == Hook::Tc {
         match qdisc_detach_program(&port.name, TcAttachType::Ingress, programs::TC_FORWARD) {
             Ok(()) => {}
             // Not attached, or the port (and its filter) are gone already.

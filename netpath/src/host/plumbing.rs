@@ -37,6 +37,21 @@ pub struct Plug<'a> {
 /// Creates and configures the pair; returns the host end. On failure the
 /// caller unplugs (the host end may exist).
 pub async fn plug(handle: &Handle, p: &Plug<'_>) -> Result<netlink::Link> {
+    let host = create_pair(handle, p).await?;
+    configure_inside(p.netns, p.ifname, p.addresses, p.gateways).with_context(|| {
+        format!(
+            "configuring {} in namespace {}",
+            p.ifname,
+            p.netns.display()
+        )
+    })?;
+    Ok(host)
+}
+
+/// The first half of [`plug`], which needs no address: the pair, the host
+/// end marked and on the bridge, the container end unconfigured. Returns
+/// the host end. On failure the caller unplugs.
+pub async fn create_pair(handle: &Handle, p: &Plug<'_>) -> Result<netlink::Link> {
     let ns = std::fs::File::open(p.netns)
         .with_context(|| format!("opening namespace {}", p.netns.display()))?;
     let peer = netlink::VethPeer {
@@ -49,13 +64,6 @@ pub async fn plug(handle: &Handle, p: &Plug<'_>) -> Result<netlink::Link> {
     if let (Some(_), Some(mac)) = (p.bridge, p.mac) {
         secure_bridge_port(handle, host.index, mac, p.source_check).await?;
     }
-    configure_inside(p.netns, p.ifname, p.addresses, p.gateways).with_context(|| {
-        format!(
-            "configuring {} in namespace {}",
-            p.ifname,
-            p.netns.display()
-        )
-    })?;
     Ok(host)
 }
 
@@ -143,6 +151,19 @@ pub async fn ensure_bridge(
             true,
         ),
     };
+    address_bridge(handle, &bridge, gateways).await?;
+    Ok((bridge, created))
+}
+
+/// Gives `bridge` every gateway address it does not have yet.
+pub async fn address_bridge(
+    handle: &Handle,
+    bridge: &netlink::Link,
+    gateways: &[IpNet],
+) -> Result<()> {
+    if gateways.is_empty() {
+        return Ok(());
+    }
     let present = netlink::addresses(handle, bridge.index).await?;
     for gateway in gateways
         .iter()
@@ -150,7 +171,7 @@ pub async fn ensure_bridge(
     {
         netlink::add_address(handle, bridge.index, *gateway)
             .await
-            .with_context(|| format!("addressing bridge {name}"))?;
+            .with_context(|| format!("addressing bridge {}", bridge.name))?;
     }
-    Ok((bridge, created))
+    Ok(())
 }

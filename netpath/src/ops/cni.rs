@@ -8,21 +8,17 @@
 //! that crashed, a pod killed without DEL), with their FDB entries, port
 //! state and addresses.
 
-use std::{
-    io::Write,
-    net::IpAddr,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{future::Future, net::IpAddr, pin::Pin, process::Stdio, time::Duration};
 
 use anyhow::{Context, anyhow, ensure};
 use ipnet::IpNet;
 use log::{info, warn};
 use rtnetlink::Handle;
 use serde_json::{Value, json};
+use tokio::{io::AsyncWriteExt, process::Command};
 
 use crate::{
-    datapath::{self, Datapath, Port},
+    datapath::{self, Datapath, Port, hooks::TcMethod},
     host::{netlink, netns, plumbing},
     model::{
         Mac, Mode,
@@ -53,6 +49,7 @@ fn datapath_of<'a>(conf: &NetConf, attachments: impl Iterator<Item = &'a Attachm
         ageing_s: DEFAULT_AGEING_S,
         fdb_size: netpath_common::FDB_CAPACITY,
         learn_limit: netpath_common::DEFAULT_LEARN_LIMIT,
+        tc: TcMethod::for_pods(),
         ports: attachments.map(port_of).collect(),
     }
 }
@@ -72,8 +69,9 @@ fn port_of(a: &Attachment) -> Port {
 const HOST_LOCAL_VERSION: &str = "1.0.0";
 
 /// Runs the delegated IPAM plugin (host-local) for one attachment, with the
-/// configuration's version capped at what host-local speaks.
-fn delegate_ipam(
+/// configuration's version capped at what host-local speaks. Asynchronous,
+/// so ADD wires the pod while host-local runs.
+async fn delegate_ipam(
     conf_bytes: &[u8],
     env: &Env,
     attachment: (&str, &str),
@@ -108,14 +106,15 @@ fn delegate_ipam(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| CniError::io(anyhow!("running {}: {e}", plugin.display())))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin
         .write_all(conf.to_string().as_bytes())
+        .await
         .map_err(|e| CniError::io(e.into()))?;
+    drop(stdin);
     let out = child
         .wait_with_output()
+        .await
         .map_err(|e| CniError::io(e.into()))?;
     let result: Value = if out.stdout.is_empty() {
         Value::Null
@@ -138,13 +137,18 @@ fn delegate_ipam(
     Ok(result)
 }
 
-/// (addresses, gateways) for a new attachment, one per family.
-fn allocate(
-    conf: &NetConf,
-    conf_bytes: &[u8],
-    env: &Env,
+/// A new attachment's addresses and gateways, one per family.
+type Addresses = (Vec<IpNet>, Vec<IpAddr>);
+
+/// The allocation of a new attachment's addresses: done at once from the
+/// record with netpath's own IPAM; with host-local, a run of it that ADD
+/// awaits while it wires the pod.
+fn allocate<'a>(
+    conf: &'a NetConf,
+    conf_bytes: &'a [u8],
+    env: &'a Env,
     rec: &NetworkRecord,
-) -> CniResult<(Vec<IpNet>, Vec<IpAddr>)> {
+) -> CniResult<Pin<Box<dyn Future<Output = CniResult<Addresses>> + 'a>>> {
     match &conf.ipam {
         Ipam::Netpath { .. } => {
             let subnets = conf
@@ -164,50 +168,51 @@ fn allocate(
                     )
                 })?);
             }
-            Ok((
-                ips,
-                subnets.iter().map(|s| ipam::gateway(*s).addr()).collect(),
-            ))
+            let gateways = subnets.iter().map(|s| ipam::gateway(*s).addr()).collect();
+            Ok(Box::pin(std::future::ready(Ok((ips, gateways)))))
         }
-        Ipam::HostLocal(_) => {
-            let result = delegate_ipam(
-                conf_bytes,
-                env,
-                (&env.container_id, &env.ifname),
-                "host-local",
-                "ADD",
-            )?;
-            let mut ips = Vec::new();
-            let mut gateways = Vec::new();
-            for ip in result["ips"].as_array().into_iter().flatten() {
-                let address: IpNet = ip["address"]
-                    .as_str()
-                    .and_then(|a| a.parse().ok())
-                    .ok_or_else(|| {
-                        CniError::io(anyhow!(
-                            "host-local returned an address that is no CIDR: {ip}"
-                        ))
-                    })?;
-                ips.push(address);
-                gateways.extend(
-                    ip["gateway"]
-                        .as_str()
-                        .and_then(|g| g.parse::<IpAddr>().ok()),
-                );
-            }
-            if ips.is_empty() {
-                return Err(CniError::io(anyhow!(
-                    "host-local returned no address: {result}"
-                )));
-            }
-            Ok((ips, gateways))
-        }
+        Ipam::HostLocal(_) => Ok(Box::pin(host_local_add(conf_bytes, env))),
     }
+}
+
+async fn host_local_add(conf_bytes: &[u8], env: &Env) -> CniResult<Addresses> {
+    let result = delegate_ipam(
+        conf_bytes,
+        env,
+        (&env.container_id, &env.ifname),
+        "host-local",
+        "ADD",
+    )
+    .await?;
+    let mut ips = Vec::new();
+    let mut gateways = Vec::new();
+    for ip in result["ips"].as_array().into_iter().flatten() {
+        let address: IpNet = ip["address"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| {
+                CniError::io(anyhow!(
+                    "host-local returned an address that is no CIDR: {ip}"
+                ))
+            })?;
+        ips.push(address);
+        gateways.extend(
+            ip["gateway"]
+                .as_str()
+                .and_then(|g| g.parse::<IpAddr>().ok()),
+        );
+    }
+    if ips.is_empty() {
+        return Err(CniError::io(anyhow!(
+            "host-local returned no address: {result}"
+        )));
+    }
+    Ok((ips, gateways))
 }
 
 /// Gives an attachment's addresses back (netpath's own IPAM needs nothing:
 /// the record is the allocation).
-fn release(
+async fn release(
     conf: &NetConf,
     conf_bytes: &[u8],
     env: &Env,
@@ -215,7 +220,7 @@ fn release(
     ifname: &str,
 ) -> CniResult<()> {
     if let Ipam::HostLocal(_) = conf.ipam {
-        delegate_ipam(conf_bytes, env, (container_id, ifname), "host-local", "DEL")?;
+        delegate_ipam(conf_bytes, env, (container_id, ifname), "host-local", "DEL").await?;
     }
     Ok(())
 }
@@ -280,10 +285,12 @@ fn live_datapath(conf: &NetConf, rec: &NetworkRecord, joining: &Attachment) -> D
     )
 }
 
-/// Takes one attachment off the machine: its links and map entries, its
-/// veth (the plugin's own; `interrupted`: one whose ADD stopped before it
-/// was marked) and, with `release_addresses`, its addresses. The caller
-/// drops it from the record.
+/// Takes one attachment off the machine: its veth (the plugin's own;
+/// `interrupted`: one whose ADD stopped before it was marked), its links
+/// and map entries, and with `release_addresses` its addresses. The veth
+/// goes first, while host-local releases: its deletion detaches the links,
+/// which then unpin without waiting (see `datapath::forget_port`). The
+/// caller drops it from the record.
 async fn remove_attachment(
     handle: &Handle,
     conf: &NetConf,
@@ -295,14 +302,20 @@ async fn remove_attachment(
 ) -> CniResult<()> {
     let owner = conf.datapath_name();
     let ifindex = nix::net::if_::if_nametoindex(a.host_veth.as_str()).ok();
+    let released = async {
+        if release_addresses {
+            release(conf, conf_bytes, env, &a.container_id, &a.ifname).await
+        } else {
+            Ok(())
+        }
+    };
+    let (unplugged, released) = tokio::join!(
+        plumbing::unplug(handle, &a.host_veth, &owner, interrupted),
+        released
+    );
+    unplugged.map_err(CniError::io)?;
     datapath::forget_port(&owner, &port_of(a), ifindex).map_err(CniError::io)?;
-    plumbing::unplug(handle, &a.host_veth, &owner, interrupted)
-        .await
-        .map_err(CniError::io)?;
-    if release_addresses {
-        release(conf, conf_bytes, env, &a.container_id, &a.ifname)?;
-    }
-    Ok(())
+    released
 }
 
 /// Forgets every attachment but `keep` whose veth or namespace is gone (a
@@ -393,15 +406,17 @@ pub async fn add(
                 remove_attachment(handle, conf, conf_bytes, env, &a, false, false).await?;
                 rec.attachments.remove(i);
                 rec.save(&conf.bridge).map_err(CniError::io)?;
+                let addresses = (a.ips.clone(), a.gateways.clone());
                 let a = Attachment {
                     netns: netns_path,
                     ..a
                 };
-                return plug_or_undo(handle, conf, conf_bytes, env, &mut rec, a).await;
+                let known = Box::pin(std::future::ready(Ok(addresses)));
+                return plug_or_undo(handle, conf, conf_bytes, env, &mut rec, a, known).await;
             }
         }
     }
-    let (ips, gateways) = allocate(conf, conf_bytes, env, &rec)?;
+    let addresses = allocate(conf, conf_bytes, env, &rec)?;
     let mac = Mac::derive(&format!("{}/{}", env.container_id, env.ifname), |m| {
         rec.attachments.iter().any(|a| a.mac == m)
     });
@@ -411,10 +426,13 @@ pub async fn add(
         netns: netns_path,
         host_veth: cni_host_veth(&env.container_id, &env.ifname),
         mac,
-        ips,
-        gateways,
+        ips: Vec::new(),
+        gateways: Vec::new(),
     };
-    plug_or_undo(handle, conf, conf_bytes, env, &mut rec, attachment).await
+    plug_or_undo(
+        handle, conf, conf_bytes, env, &mut rec, attachment, addresses,
+    )
+    .await
 }
 
 /// [`plug`], or on failure the undoing of everything this ADD made: links,
@@ -425,9 +443,10 @@ async fn plug_or_undo(
     conf_bytes: &[u8],
     env: &Env,
     rec: &mut NetworkRecord,
-    a: Attachment,
+    mut a: Attachment,
+    addresses: Pin<Box<dyn Future<Output = CniResult<Addresses>> + '_>>,
 ) -> CniResult<Value> {
-    match plug(handle, conf, rec, &a).await {
+    match plug(handle, conf, rec, &mut a, addresses).await {
         Ok(host_mac) => Ok(result_json(conf, &a, host_mac)),
         Err(e) => {
             if let Err(undo) =
@@ -438,20 +457,69 @@ async fn plug_or_undo(
                     conf.bridge, a.container_id, undo.msg
                 );
             }
-            Err(CniError::io(e))
+            Err(e)
         }
     }
 }
 
-/// Creates the bridge if needed and the veth pair with the container's
-/// addressing, adds the port to the shared datapath (attaching only this
-/// port, with the pinned programs), and only then records the attachment.
+/// Plugs a container in: the bridge if needed, then the veth pair made and
+/// the pinned programs attached to its host end while the addresses are
+/// allocated (host-local and a tcx attach both take milliseconds, and
+/// neither needs the other), then the container's end addressed and routed,
+/// the port's map entries filled, and only then the attachment recorded.
 async fn plug(
     handle: &Handle,
     conf: &NetConf,
     rec: &mut NetworkRecord,
+    a: &mut Attachment,
+    addresses: Pin<Box<dyn Future<Output = CniResult<Addresses>> + '_>>,
+) -> CniResult<Option<Mac>> {
+    let owner = conf.datapath_name();
+    let (bridge, created) = plumbing::ensure_bridge(handle, &conf.bridge, &owner, DEFAULT_MTU, &[])
+        .await
+        .map_err(CniError::io)?;
+    if created {
+        rec.bridge_created = true;
+        rec.save(&conf.bridge).map_err(CniError::io)?;
+    }
+    let wiring = async {
+        let host = plumbing::create_pair(
+            handle,
+            &plumbing::Plug {
+                host_veth: &a.host_veth,
+                netns: &a.netns,
+                ifname: &a.ifname,
+                mac: Some(a.mac),
+                mtu: DEFAULT_MTU,
+                bridge: Some(bridge.index),
+                owner: &owner,
+                addresses: &[],
+                gateways: &[],
+                source_check: true,
+            },
+        )
+        .await?;
+        let dp = datapath_of(conf, std::iter::empty());
+        datapath::attach_early(handle, &dp, &port_of(a), host.index).await?;
+        anyhow::Ok(host)
+    };
+    let (addresses, host) = tokio::join!(addresses, wiring);
+    (a.ips, a.gateways) = addresses?;
+    let host = host.map_err(CniError::io)?;
+    finish_plug(handle, conf, rec, a, &bridge)
+        .await
+        .map_err(CniError::io)?;
+    Ok(host.mac)
+}
+
+/// The half of [`plug`] that needs the addresses.
+async fn finish_plug(
+    handle: &Handle,
+    conf: &NetConf,
+    rec: &mut NetworkRecord,
     a: &Attachment,
-) -> anyhow::Result<Option<Mac>> {
+    bridge: &netlink::Link,
+) -> anyhow::Result<()> {
     let gateways: Vec<IpNet> = a
         .gateways
         .iter()
@@ -463,38 +531,18 @@ async fn plug(
         })
         .map(|(gw, prefix)| IpNet::new(*gw, prefix))
         .collect::<Result<_, _>>()?;
-    let (bridge, created) = plumbing::ensure_bridge(
-        handle,
-        &conf.bridge,
-        &conf.datapath_name(),
-        DEFAULT_MTU,
-        &gateways,
-    )
-    .await?;
-    if created {
-        rec.bridge_created = true;
-        rec.save(&conf.bridge)?;
-    }
-    let host = plumbing::plug(
-        handle,
-        &plumbing::Plug {
-            host_veth: &a.host_veth,
-            netns: &a.netns,
-            ifname: &a.ifname,
-            mac: Some(a.mac),
-            mtu: DEFAULT_MTU,
-            bridge: Some(bridge.index),
-            owner: &conf.datapath_name(),
-            addresses: &a.ips,
-            gateways: &a.gateways,
-            source_check: true,
-        },
-    )
-    .await?;
+    plumbing::address_bridge(handle, bridge, &gateways).await?;
+    plumbing::configure_inside(&a.netns, &a.ifname, &a.ips, &a.gateways).with_context(|| {
+        format!(
+            "configuring {} in namespace {}",
+            a.ifname,
+            a.netns.display()
+        )
+    })?;
     datapath::add_port(handle, &live_datapath(conf, rec, a), &port_of(a)).await?;
     rec.attachments.push(a.clone());
     rec.save(&conf.bridge)?;
-    Ok(host.mac)
+    Ok(())
 }
 
 /// DEL: removes everything of the container, whether or not its namespace
@@ -511,7 +559,7 @@ pub async fn del(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) 
             rec.attachments.remove(i);
         }
         // Release the address anyway, in case an earlier DEL stopped after the veth.
-        None => release(conf, conf_bytes, env, &env.container_id, &env.ifname)?,
+        None => release(conf, conf_bytes, env, &env.container_id, &env.ifname).await?,
     }
     save_or_wind_up(handle, conf, &mut rec).await
 }

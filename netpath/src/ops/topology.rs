@@ -9,7 +9,7 @@ use rtnetlink::Handle;
 
 use super::fault::{self, Point};
 use crate::{
-    datapath::{self, Datapath, Port},
+    datapath::{self, Datapath, Port, hooks::TcMethod},
     host::{nat, netlink, netns, plumbing},
     model::{
         ContainerSpec, Mac, Mode, TopologySpec,
@@ -39,6 +39,7 @@ pub fn datapath_of(spec: &TopologySpec) -> Datapath {
         ageing_s: spec.ageing_s,
         fdb_size: spec.fdb_size,
         learn_limit: spec.learn_limit,
+        tc: TcMethod::for_this_kernel(),
         ports: spec.containers.iter().map(|c| port_of(spec, c)).collect(),
     }
 }
