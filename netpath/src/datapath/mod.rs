@@ -421,12 +421,27 @@ pub fn forget_mac(datapath: &str, mac: Mac) -> Result<bool> {
 /// is gone already (namespace deleted) loses its entries as every vanished
 /// port does, see [`maps`].
 pub fn forget_port(datapath: &str, port: &Port, ifindex: Option<u32>) -> Result<()> {
+    unpin_port(datapath, port)?;
+    forget_port_entries(datapath, ifindex)
+}
+
+/// Detaches and unpins a leaving port's links; a datapath or a port that
+/// is gone already is no error. Touches no map.
+pub fn unpin_port(datapath: &str, port: &Port) -> Result<()> {
     let dir = pin_dir(datapath);
     if !dir.exists() {
         return Ok(());
     }
     for hook in Hook::ALL {
         hooks::detach(&dir, port, hook)?;
+    }
+    Ok(())
+}
+
+/// Removes a leaving port's map entries (and every vanished port's).
+pub fn forget_port_entries(datapath: &str, ifindex: Option<u32>) -> Result<()> {
+    if !pin_dir(datapath).exists() {
+        return Ok(());
     }
     let maps = maps(datapath)?;
     let Some(ifindex) = ifindex else {

@@ -285,11 +285,9 @@ fn live_datapath(conf: &NetConf, rec: &NetworkRecord, joining: &Attachment) -> D
     )
 }
 
-/// Takes one attachment off the machine: its veth (the plugin's own;
-/// `interrupted`: one whose ADD stopped before it was marked), its links
-/// and map entries, and with `release_addresses` its addresses. The veth
-/// goes first, while host-local releases: its deletion detaches the links,
-/// which then unpin without waiting (see `datapath::forget_port`). The
+/// Takes one attachment off the machine: its map entries, its veth (the
+/// plugin's own; `interrupted`: one whose ADD stopped before it was
+/// marked), its links, and with `release_addresses` its addresses. The
 /// caller drops it from the record.
 async fn remove_attachment(
     handle: &Handle,
@@ -300,8 +298,34 @@ async fn remove_attachment(
     interrupted: bool,
     release_addresses: bool,
 ) -> CniResult<()> {
-    let owner = conf.datapath_name();
     let ifindex = nix::net::if_::if_nametoindex(a.host_veth.as_str()).ok();
+    datapath::forget_port_entries(&conf.datapath_name(), ifindex).map_err(CniError::io)?;
+    take_off(
+        handle,
+        conf,
+        conf_bytes,
+        env,
+        a,
+        interrupted,
+        release_addresses,
+    )
+    .await
+}
+
+/// The part of [`remove_attachment`] that touches no map, and so needs no
+/// lock: the veth deleted while host-local releases the addresses (the
+/// kernel takes 10-40 ms to delete a veth), then the links unpinned, which
+/// no longer waits for an RCU grace period once the device is gone.
+async fn take_off(
+    handle: &Handle,
+    conf: &NetConf,
+    conf_bytes: &[u8],
+    env: &Env,
+    a: &Attachment,
+    interrupted: bool,
+    release_addresses: bool,
+) -> CniResult<()> {
+    let owner = conf.datapath_name();
     let released = async {
         if release_addresses {
             release(conf, conf_bytes, env, &a.container_id, &a.ifname).await
@@ -314,7 +338,7 @@ async fn remove_attachment(
         released
     );
     unplugged.map_err(CniError::io)?;
-    datapath::forget_port(&owner, &port_of(a), ifindex).map_err(CniError::io)?;
+    datapath::unpin_port(&owner, &port_of(a)).map_err(CniError::io)?;
     released
 }
 
@@ -547,21 +571,47 @@ async fn finish_plug(
 
 /// DEL: removes everything of the container, whether or not its namespace
 /// (and so its veth) still exists; nothing to remove is no error.
+///
+/// Only the record and the maps change under the network's lock; the veth,
+/// the addresses and the links go after it, so that the DELs of many pods
+/// overlap. The last container's DEL keeps the lock throughout, as it winds
+/// the network up.
 pub async fn del(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) -> CniResult<()> {
-    let _lock = take_lock(&conf.datapath_name())?;
+    let lock = take_lock(&conf.datapath_name())?;
     let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
     let me = (env.container_id.as_str(), env.ifname.as_str());
     forget_stale(handle, conf, conf_bytes, env, &mut rec, Some(me)).await?;
     match rec.find(&env.container_id, &env.ifname) {
+        Some(i) if rec.attachments.len() > 1 => {
+            let a = rec.attachments.remove(i);
+            let ifindex = nix::net::if_::if_nametoindex(a.host_veth.as_str()).ok();
+            datapath::forget_port_entries(&conf.datapath_name(), ifindex).map_err(CniError::io)?;
+            rec.save(&conf.bridge).map_err(CniError::io)?;
+            drop(lock);
+            take_off(handle, conf, conf_bytes, env, &a, false, true).await
+        }
         Some(i) => {
             let a = rec.attachments[i].clone();
             remove_attachment(handle, conf, conf_bytes, env, &a, false, true).await?;
             rec.attachments.remove(i);
+            save_or_wind_up(handle, conf, &mut rec).await
         }
-        // Release the address anyway, in case an earlier DEL stopped after the veth.
-        None => release(conf, conf_bytes, env, &env.container_id, &env.ifname).await?,
+        None => {
+            // An earlier DEL may have stopped after it dropped the record:
+            // its veth (if still there, and the plugin's) and addresses go now.
+            let (veth, owner) = (
+                cni_host_veth(&env.container_id, &env.ifname),
+                conf.datapath_name(),
+            );
+            let (unplugged, released) = tokio::join!(
+                plumbing::unplug(handle, &veth, &owner, false),
+                release(conf, conf_bytes, env, &env.container_id, &env.ifname)
+            );
+            unplugged.map_err(CniError::io)?;
+            released?;
+            save_or_wind_up(handle, conf, &mut rec).await
+        }
     }
-    save_or_wind_up(handle, conf, &mut rec).await
 }
 
 /// GC (CNI 1.1): removes every attachment the runtime no longer lists in
