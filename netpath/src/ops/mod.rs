@@ -51,7 +51,11 @@ pub fn named(name: &str) -> Result<Named> {
     if validate_topology_name(name).is_ok() && record::path(name)?.exists() {
         return Ok(Named::Topology(name.to_owned()));
     }
-    validate_ifname("topology or CNI bridge name", name)?;
+    if validate_ifname("CNI bridge name", name).is_err() {
+        // No bridge can have this name: it is a topology's, or wrong as one.
+        validate_topology_name(name)?;
+        return Ok(Named::Topology(name.to_owned()));
+    }
     if NetworkRecord::exists(name) {
         return Ok(Named::CniNetwork {
             bridge: name.to_owned(),
