@@ -74,10 +74,22 @@ pub enum Counter {
     Learned,
     /// A redirected frame `netpath trace` did not get: its ring buffer was full.
     TraceLost,
+    /// Sent to a container on another node: tunnel key set, redirected to
+    /// the node's vxlan device (overlay).
+    Encapsulated,
+    /// Broadcast or multicast on an overlay: passed to the bridge and a copy
+    /// sent to every other node (head-end replication).
+    Flooded,
+    /// An ARP request for a remote container's address, answered by the
+    /// program with that container's MAC (nothing leaves the node).
+    ArpAnswered,
+    /// Delivered to this port's container from another node (counted by the
+    /// vxlan device's program, not a verdict of this port's).
+    Decapsulated,
 }
 
 impl Counter {
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 18;
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::Redirected,
         Counter::PassMulticast,
@@ -93,11 +105,23 @@ impl Counter {
         Counter::DropLearnLimit,
         Counter::Learned,
         Counter::TraceLost,
+        Counter::Encapsulated,
+        Counter::Flooded,
+        Counter::ArpAnswered,
+        Counter::Decapsulated,
+    ];
+
+    /// The reasons a frame leaves by the fast path (not the bridge).
+    pub const SENT: [Counter; 3] = [
+        Counter::Redirected,
+        Counter::Encapsulated,
+        Counter::ArpAnswered,
     ];
 
     /// The reasons a frame is passed to the bridge.
-    pub const PASSED: [Counter; 5] = [
+    pub const PASSED: [Counter; 6] = [
         Counter::PassMulticast,
+        Counter::Flooded,
         Counter::PassUnknown,
         Counter::PassHost,
         Counter::PassHairpin,
@@ -131,6 +155,10 @@ impl Counter {
             Counter::DropLearnLimit => "drop_learn_limit",
             Counter::Learned => "learned",
             Counter::TraceLost => "trace_lost",
+            Counter::Encapsulated => "encapsulated",
+            Counter::Flooded => "flooded",
+            Counter::ArpAnswered => "arp_answered",
+            Counter::Decapsulated => "decapsulated",
         }
     }
 }
@@ -190,7 +218,87 @@ pub struct DatapathConfig {
     /// pushing it forward, so tracing stops by itself soon after the tracer
     /// dies, SIGKILL included.
     pub trace_until_ns: u64,
+    /// The overlay this datapath's containers are on (`vni` 0: none).
+    pub overlay: OverlayConfig,
 }
+
+/// How a datapath reaches containers on other nodes: through the node's
+/// one collect-metadata vxlan device, with its own VNI.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct OverlayConfig {
+    /// VXLAN network identifier (24 bits); 0: the datapath is on no overlay.
+    pub vni: u32,
+    /// The node's vxlan device (external, collect metadata).
+    pub vxlan_ifindex: u32,
+    /// The datapath's bridge: broadcast from other nodes is sent out of it,
+    /// so it floods the frame to the local containers.
+    pub bridge_ifindex: u32,
+    /// Non-zero: the underlay is IPv6 (tunnel keys carry IPv6 addresses).
+    pub underlay_ipv6: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A node's underlay address: IPv4 in the first 4 bytes (the rest zero), or
+/// IPv6. A map key, so every byte (padding included) is set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct NodeAddr {
+    pub addr: [u8; 16],
+    /// 4 or 6; 0 marks the end of [`maps::NODE_LIST`].
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// What the vxlan device's program counts, per datapath and per CPU: the
+/// index into [`OverlayStats::packets`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverlayCounter {
+    /// Unicast from a known node, sent into the destination container
+    /// (also counted as the port's `decapsulated`).
+    Decapsulated = 0,
+    /// Broadcast or multicast from a known node, flooded by the bridge to
+    /// the local containers.
+    FloodedIn,
+    /// Dropped: the outer source address is no node of this overlay.
+    DropUnknownNode,
+    /// Dropped: unicast to a MAC no local container has.
+    DropNoPort,
+    /// Dropped: shorter than an Ethernet header.
+    DropMalformed,
+}
+
+impl OverlayCounter {
+    pub const COUNT: usize = 5;
+    pub const ALL: [OverlayCounter; Self::COUNT] = [
+        OverlayCounter::Decapsulated,
+        OverlayCounter::FloodedIn,
+        OverlayCounter::DropUnknownNode,
+        OverlayCounter::DropNoPort,
+        OverlayCounter::DropMalformed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            OverlayCounter::Decapsulated => "decapsulated",
+            OverlayCounter::FloodedIn => "flooded_in",
+            OverlayCounter::DropUnknownNode => "drop_unknown_node",
+            OverlayCounter::DropNoPort => "drop_no_port",
+            OverlayCounter::DropMalformed => "drop_malformed",
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct OverlayStats {
+    pub packets: [u64; OverlayCounter::COUNT],
+    pub _pad: u64,
+}
+
+/// Most nodes of one overlay; also the bound of the flooding loop.
+pub const NODE_CAPACITY: u32 = 256;
 
 /// Bytes of each redirected frame copied to userspace by `netpath trace`
 /// (a power of two: the programs bound the copy's length with a mask).
@@ -217,7 +325,7 @@ pub struct TraceEvent {
 /// types. The loader writes it into the pinned `LAYOUT` map when it creates
 /// a datapath's maps, and refuses pins of another version instead of
 /// misreading them. Bump it with every change to a map or a type above.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Map names, shared so the loader finds what the programs declare.
 pub mod maps {
@@ -233,6 +341,18 @@ pub mod maps {
     pub const PORT_STATE: &str = "PORT_STATE";
     pub const TRACE: &str = "TRACE";
     pub const CONFIG: &str = "CONFIG";
+    /// Overlay: MAC of a container on another node -> that node's [`NodeAddr`](super::NodeAddr).
+    pub const REMOTE_FDB: &str = "REMOTE_FDB";
+    /// Overlay: IPv4 address of a container on another node -> its MAC,
+    /// for answering ARP.
+    pub const REMOTE_IPV4: &str = "REMOTE_IPV4";
+    /// Overlay: the known nodes' underlay addresses (decap accepts only these).
+    pub const NODES: &str = "NODES";
+    /// Overlay: the same nodes as an array, for flooding; ends at the first
+    /// entry of family 0.
+    pub const NODE_LIST: &str = "NODE_LIST";
+    /// Overlay: the vxlan device program's [`OverlayStats`](super::OverlayStats).
+    pub const OVERLAY_STATS: &str = "OVERLAY_STATS";
 }
 
 /// Program names (the BPF function names; the kernel keeps 15 bytes).
@@ -240,7 +360,9 @@ pub mod programs {
     pub const XDP_FORWARD: &str = "netpath_xdp";
     pub const XDP_PEER: &str = "netpath_peer";
     pub const TC_FORWARD: &str = "netpath_tc";
-    pub const ALL: [&str; 3] = [XDP_FORWARD, XDP_PEER, TC_FORWARD];
+    /// tc ingress of the node's vxlan device: decapsulated frames.
+    pub const TC_VXLAN: &str = "netpath_vxlan";
+    pub const ALL: [&str; 4] = [XDP_FORWARD, XDP_PEER, TC_FORWARD, TC_VXLAN];
 }
 
 /// Capacity of each FDB map (static, learned); large enough for a busy host.
@@ -262,4 +384,6 @@ mod pod {
     unsafe impl aya::Pod for PortState {}
     unsafe impl aya::Pod for PortPolicy {}
     unsafe impl aya::Pod for DatapathConfig {}
+    unsafe impl aya::Pod for NodeAddr {}
+    unsafe impl aya::Pod for OverlayStats {}
 }

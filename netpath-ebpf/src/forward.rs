@@ -1,14 +1,15 @@
 //! The forwarding decision both hooks share: parse the Ethernet header,
-//! check or learn the source, and look the destination up in the FDB.
+//! check or learn the source, and look the destination up in the FDB: a
+//! local port, or on an overlay a container on another node.
 
 use aya_ebpf::{EbpfContext, bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use aya_log_ebpf::debug;
-use netpath_common::{Counter, FdbEntry, FdbKey, PortPolicy, PortState};
+use netpath_common::{Counter, DatapathConfig, FdbEntry, FdbKey, NodeAddr, PortPolicy, PortState};
 use network_types::eth::EthHdr;
 
 use crate::{
-    maps::{CONFIG, FDB_LEARNED, FDB_STATIC, PORT_LEARNED, PORT_STATE, PORTS},
-    source,
+    maps::{CONFIG, FDB_LEARNED, FDB_STATIC, PORT_LEARNED, PORT_STATE, PORTS, REMOTE_FDB},
+    overlay, source,
 };
 
 /// A learned entry's timestamp is refreshed at most this often, so steady
@@ -18,6 +19,14 @@ const REFRESH_NS: u64 = 1_000_000_000;
 pub enum Verdict {
     /// Send the frame straight to this host-side veth.
     Redirect(u32),
+    /// Overlay: send the frame to this node, through the vxlan device.
+    Tunnel(NodeAddr),
+    /// Overlay: an ARP request for the address of a container on another
+    /// node, whose MAC this is: answer it here (tc only).
+    AnswerArp([u8; 6]),
+    /// Overlay: broadcast or multicast. To the bridge (the local
+    /// containers) and a copy to every other node (tc only).
+    Flood,
     /// Let the bridge handle it; the counter says why.
     Pass(Counter),
     /// Drop it; the counter says why.
@@ -34,6 +43,13 @@ impl Port {
     /// The port's state, or None for an interface netpath does not manage.
     #[inline(always)]
     pub fn lookup(ifindex: u32) -> Option<Port> {
+        Self::state(ifindex)
+    }
+
+    /// The state of a destination port (the vxlan device's program counts
+    /// the frames it delivers there).
+    #[inline(always)]
+    pub fn state(ifindex: u32) -> Option<Port> {
         PORT_STATE
             .get_ptr_mut(ifindex)
             .map(|state| Port { ifindex, state })
@@ -91,21 +107,64 @@ pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, data: usize, data_end: usize
     }
 
     let dst = eth.dst_addr;
+    let on_overlay = config.overlay.vni != 0;
     if dst[0] & 1 != 0 {
-        return Verdict::Pass(Counter::PassMulticast);
+        if !on_overlay {
+            return Verdict::Pass(Counter::PassMulticast);
+        }
+        // ARP for a remote container is answered here: a request flooded
+        // to every node would wake every node for one answer.
+        if let Some(mac) = overlay::arp_answer(eth, data, data_end) {
+            return Verdict::AnswerArp(mac);
+        }
+        return Verdict::Flood;
     }
     if config.bridge_mac == dst {
         return Verdict::Pass(Counter::PassHost);
     }
     let key = FdbKey::new(dst, 0);
+    let target = match local_port(config, key) {
+        Local::Port(target) => target,
+        Local::Vanished => return Verdict::Pass(Counter::PassRedirectFailed),
+        Local::Unknown => {
+            // Remote entries come from the control plane only; a local
+            // entry (static, or learned and fresh) wins over them.
+            // SAFETY: read only, as in local_port().
+            if on_overlay && let Some(node) = unsafe { REMOTE_FDB.get(key) } {
+                return Verdict::Tunnel(*node);
+            }
+            return Verdict::Pass(Counter::PassUnknown);
+        }
+    };
+    if target == port.ifindex {
+        return Verdict::Pass(Counter::PassHairpin);
+    }
+    Verdict::Redirect(target)
+}
+
+/// Where a destination MAC lives on this node.
+pub enum Local {
+    /// Behind this live port.
+    Port(u32),
+    /// Behind a port that is gone (its learned entry was forgotten).
+    Vanished,
+    /// Not here.
+    Unknown,
+}
+
+/// Looks `key` up in the static, then the learned FDB (ageing the entry
+/// out if it is stale), and checks that the port is alive: the one lookup
+/// of a local destination, for frames from a port and from the vxlan device.
+#[inline(always)]
+pub fn local_port(config: &DatapathConfig, key: FdbKey) -> Local {
     // SAFETY (both gets): entries are only read; a concurrent update yields
     // a stale but well-formed value, and a stale ifindex at worst reaches
-    // the bridge (the hooks check the port is alive).
+    // the bridge (the port is checked alive below).
     let (target, learned) = match unsafe { FDB_STATIC.get(key) } {
         Some(ifindex) => (*ifindex, false),
         None => {
             let Some(entry) = (unsafe { FDB_LEARNED.get(key) }) else {
-                return Verdict::Pass(Counter::PassUnknown);
+                return Local::Unknown;
             };
             // Saturating: a frame on another CPU may have refreshed the
             // entry after this clock read, and a wrapped difference would
@@ -114,14 +173,11 @@ pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, data: usize, data_end: usize
             if unsafe { bpf_ktime_get_ns() }.saturating_sub(entry.last_seen_ns) > config.ageing_ns {
                 // Aged out: forget it here, so ageing works without the loader.
                 forget_learned(key, entry.ifindex);
-                return Verdict::Pass(Counter::PassUnknown);
+                return Local::Unknown;
             }
             (entry.ifindex, true)
         }
     };
-    if target == port.ifindex {
-        return Verdict::Pass(Counter::PassHairpin);
-    }
     // The devmap holds only live ports: the kernel takes a device out of it
     // when the device goes. An entry for a port that vanished behind the
     // loader's back (namespace deleted, runtime crashed) must not swallow
@@ -130,9 +186,9 @@ pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, data: usize, data_end: usize
         if learned {
             forget_learned(key, target);
         }
-        return Verdict::Pass(Counter::PassRedirectFailed);
+        return Local::Vanished;
     }
-    Verdict::Redirect(target)
+    Local::Port(target)
 }
 
 /// Records that unicast `src` lives behind `port` (a port that does not
@@ -151,6 +207,13 @@ fn learn<C: EbpfContext>(ctx: &C, port: &Port, src: [u8; 6]) -> Result<(), Count
             return Err(Counter::DropSpoofedMac);
         }
         return Ok(());
+    }
+    // A container on another node owns this MAC: taking it here would
+    // capture its traffic from this node's containers.
+    // SAFETY: read only, as in decide().
+    if unsafe { REMOTE_FDB.get(key) }.is_some() {
+        debug!(ctx, "port {}: refusing remote MAC {:mac}", port.ifindex, src);
+        return Err(Counter::DropSpoofedMac);
     }
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };

@@ -7,9 +7,11 @@
 
 mod forward;
 mod maps;
+mod overlay;
 mod source;
 mod tc;
 mod trace;
+mod vxlan;
 mod xdp;
 
 #[cfg(not(test))]

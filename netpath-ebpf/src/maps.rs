@@ -3,10 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuHashMap, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use netpath_common::{
-    DatapathConfig, FDB_CAPACITY, FdbEntry, FdbKey, PORT_CAPACITY, PortState, TRACE_RING_BYTES,
+    DatapathConfig, FDB_CAPACITY, FdbEntry, FdbKey, NODE_CAPACITY, NodeAddr, OverlayStats,
+    PORT_CAPACITY, PortState, TRACE_RING_BYTES,
 };
 
 /// Static FDB entries: MAC -> ifindex, written only by the loader.
@@ -45,3 +46,27 @@ pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 /// Redirected frames for `netpath trace`, written only while tracing is on.
 #[map(name = "TRACE")]
 pub static TRACE: RingBuf = RingBuf::with_byte_size(TRACE_RING_BYTES, 0);
+
+/// Overlay: containers on other nodes, MAC -> node, written only by the
+/// loader (the control plane). Sized like the FDB by the loader.
+#[map(name = "REMOTE_FDB")]
+pub static REMOTE_FDB: HashMap<FdbKey, NodeAddr> = HashMap::with_max_entries(FDB_CAPACITY, 0);
+
+/// Overlay: IPv4 address of a container on another node -> its MAC, so the
+/// programs answer ARP for it instead of flooding the request to every node.
+#[map(name = "REMOTE_IPV4")]
+pub static REMOTE_IPV4: HashMap<[u8; 4], [u8; 6]> = HashMap::with_max_entries(FDB_CAPACITY, 0);
+
+/// Overlay: the other nodes; decapsulated frames from any other underlay
+/// address are dropped.
+#[map(name = "NODES")]
+pub static NODES: HashMap<NodeAddr, u32> = HashMap::with_max_entries(NODE_CAPACITY, 0);
+
+/// Overlay: the other nodes as a list, for head-end replication of
+/// broadcast; the first entry of family 0 ends it.
+#[map(name = "NODE_LIST")]
+pub static NODE_LIST: Array<NodeAddr> = Array::with_max_entries(NODE_CAPACITY, 0);
+
+/// Overlay: the vxlan device program's counters.
+#[map(name = "OVERLAY_STATS")]
+pub static OVERLAY_STATS: PerCpuArray<OverlayStats> = PerCpuArray::with_max_entries(1, 0);

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::{bpf_redirect_peer, bpf_skb_change_type, bpf_skb_load_bytes},
+    helpers::{bpf_redirect, bpf_redirect_peer, bpf_skb_change_type, bpf_skb_load_bytes},
     macros::classifier,
     programs::TcContext,
 };
@@ -11,7 +11,8 @@ use netpath_common::Counter;
 
 use crate::{
     forward::{Port, Verdict, decide},
-    source, trace,
+    maps::CONFIG,
+    overlay, source, trace,
 };
 
 /// `skb->pkt_type` values (linux/if_packet.h).
@@ -43,24 +44,7 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
     }
     match decide(&ctx, &port, ctx.data(), ctx.data_end()) {
         Verdict::Redirect(dst) => {
-            // The frame arrived addressed to a container's MAC, not to this
-            // veth's, so the kernel marked it for another host; kernels
-            // before 6.1 keep that mark across bpf_redirect_peer() and the
-            // container drops the frame (measured on 5.10).
-            // SAFETY: the context pointer is valid for the program's run;
-            // the helper takes the skb and a packet type.
-            unsafe {
-                if (*ctx.skb.skb).pkt_type == PACKET_OTHERHOST {
-                    bpf_skb_change_type(ctx.skb.skb, PACKET_HOST);
-                }
-            }
-            // Peer redirect: the frame enters the destination container's
-            // eth0 directly, skipping the host veth and the backlog queue.
-            // The helper accepts any ifindex (the kernel would drop the
-            // frame later for one naming no device); decide() checked that
-            // the port is alive.
-            // SAFETY: helper call with plain integer arguments.
-            if unsafe { bpf_redirect_peer(dst, 0) } as i32 == TC_ACT_REDIRECT {
+            if into_container(&ctx, dst) {
                 port.count(Counter::Redirected);
                 // SAFETY: the helper copies at most `n` bytes of this skb into `to`.
                 trace::redirected(port.ifindex(), dst, ctx.len(), |to, n| unsafe {
@@ -72,6 +56,44 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
                 TC_ACT_OK
             }
         }
+        Verdict::Tunnel(node) => {
+            let Some(config) = CONFIG.get(0) else {
+                return TC_ACT_OK;
+            };
+            // Out of the vxlan device, which encapsulates it (GSO packets
+            // whole: the device segments them, or the underlay NIC does).
+            // SAFETY: helper call with plain integer arguments.
+            if overlay::set_tunnel(&ctx, &config.overlay, &node)
+                && unsafe { bpf_redirect(config.overlay.vxlan_ifindex, 0) } as i32 == TC_ACT_REDIRECT
+            {
+                port.count(Counter::Encapsulated);
+                TC_ACT_REDIRECT
+            } else {
+                port.count(Counter::PassRedirectFailed);
+                TC_ACT_OK
+            }
+        }
+        Verdict::AnswerArp(mac) => {
+            // The reply goes back out of this port, into the container
+            // that asked.
+            // SAFETY: helper call with plain integer arguments.
+            if overlay::make_arp_reply(&ctx, mac)
+                && unsafe { bpf_redirect(port.ifindex(), 0) } as i32 == TC_ACT_REDIRECT
+            {
+                port.count(Counter::ArpAnswered);
+                TC_ACT_REDIRECT
+            } else {
+                port.count(Counter::DropMalformed);
+                TC_ACT_SHOT
+            }
+        }
+        Verdict::Flood => {
+            if let Some(config) = CONFIG.get(0) {
+                overlay::flood(&ctx, &config.overlay);
+            }
+            port.count(Counter::Flooded);
+            TC_ACT_OK
+        }
         Verdict::Pass(reason) => {
             port.count(reason);
             TC_ACT_OK
@@ -80,5 +102,26 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
             port.count(reason);
             TC_ACT_SHOT
         }
+    }
+}
+
+/// Sends the skb into the container behind host-side veth `port` (its
+/// peer), straight into its namespace, skipping the host veth and the
+/// backlog queue; false if the helper refused. The caller checked that the
+/// port is alive: the helper accepts any ifindex (the kernel would drop the
+/// frame later for one naming no device).
+#[inline(always)]
+pub fn into_container(ctx: &TcContext, port: u32) -> bool {
+    // The frame arrived addressed to a container's MAC, not to the device
+    // it came in by, so the kernel marked it for another host; kernels
+    // before 6.1 keep that mark across bpf_redirect_peer() and the
+    // container drops the frame (measured on 5.10).
+    // SAFETY: the context pointer is valid for the program's run; the
+    // helpers take the skb, a packet type, plain integers.
+    unsafe {
+        if (*ctx.skb.skb).pkt_type == PACKET_OTHERHOST {
+            bpf_skb_change_type(ctx.skb.skb, PACKET_HOST);
+        }
+        bpf_redirect_peer(port, 0) as i32 == TC_ACT_REDIRECT
     }
 }

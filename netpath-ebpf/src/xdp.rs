@@ -27,6 +27,12 @@ pub fn netpath_xdp(ctx: XdpContext) -> u32 {
                 xdp_action::XDP_PASS
             }
         },
+        // The loader puts overlays in tc mode only (XDP cannot set tunnel
+        // keys): never met here, and the bridge is the safe answer.
+        Verdict::Tunnel(_) | Verdict::AnswerArp(_) | Verdict::Flood => {
+            port.count(Counter::PassUnknown);
+            xdp_action::XDP_PASS
+        }
         Verdict::Pass(reason) => {
             port.count(reason);
             xdp_action::XDP_PASS

@@ -5,6 +5,7 @@ mod bench;
 mod fdb;
 mod list;
 mod monitor;
+mod overlay;
 mod port;
 mod render;
 mod run;
@@ -131,6 +132,10 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// A topology on an overlay across nodes: status, this node's record,
+    /// the static peers file.
+    #[command(subcommand)]
+    Overlay(overlay::OverlayCommand),
     /// Measure the modes against the Linux bridge and a direct veth pair.
     Bench(bench::BenchArgs),
     /// Bring a topology up (or adopt it) and run it: BPF logs, FDB ageing,
@@ -169,6 +174,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             name.datapath()?;
         }
         Command::Port(command) => command.name().topology().map(drop)?,
+        Command::Overlay(command) => command.name().topology().map(drop)?,
         Command::Fdb(command) => command.name().datapath().map(drop)?,
         Command::Trace(args) => args.name.datapath().map(drop)?,
     }
@@ -189,6 +195,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Stats { name, json, watch } => stats::run(&name.datapath()?, json, watch).await,
         Command::Trace(args) => trace::run(args).await,
         Command::Monitor { name, json } => monitor::run(&name.datapath()?, json).await,
+        Command::Overlay(command) => overlay::run(command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Run(args) => run::run(args).await,
     }

@@ -9,8 +9,15 @@ use crate::{
 };
 
 pub async fn up(settings: Settings) -> Result<()> {
-    let spec = TopologySpec::resolve(settings)?;
+    let settings = settings.with_file()?;
+    let overlay_mtu = settings.mtu.is_none() && settings.underlay.is_some();
+    let mut spec = TopologySpec::resolve(settings)?;
     require_root()?;
+    if let (true, Some(overlay)) = (overlay_mtu, &spec.overlay) {
+        // Containers on an overlay get what the underlay carries for them.
+        spec.mtu = crate::ops::overlay::mtu_limit(&netlink_handle().await?, overlay).await?;
+        spec.validate()?;
+    }
     let (name, count, mode) = (spec.name.clone(), spec.containers.len(), spec.mode);
     let started = std::time::Instant::now();
     match topology::up(&netlink_handle().await?, spec).await? {

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use aya::{
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
+        links::{FdLink, Link, PinnedLink},
         tc::SchedClassifierLink,
         tc::{
             NlOptions, TcAttachOptions, TcError, TcHandle, qdisc_add_clsact, qdisc_detach_program,
@@ -541,4 +541,101 @@ pub async fn programs_on(
         out.push(format!("tc-clsact:{}", super::object::program_name(id)));
     }
     Ok(out)
+}
+
+/// Where a datapath's link on the node's vxlan device is pinned.
+fn vxlan_pin(pins: &Path) -> PathBuf {
+    pins.join("links").join("vxlan")
+}
+
+/// The clsact filter handle of a datapath's program on the vxlan device:
+/// one per overlay (by VNI), so each is detached alone.
+fn vxlan_handle(vni: u32) -> TcHandle {
+    TcHandle::new(0, (vni as u16).max(1))
+}
+
+/// Attaches `program` (a datapath's `netpath_vxlan`) to the ingress of
+/// the node's vxlan device `device`, after the programs of the overlays
+/// there already: each takes its VNI's frames and passes the rest on. A
+/// pinned link that is there already is kept.
+pub fn attach_vxlan(
+    program: &mut SchedClassifier,
+    pins: &Path,
+    device: &str,
+    vni: u32,
+    tc: TcMethod,
+) -> Result<()> {
+    let pin = vxlan_pin(pins);
+    if pin.exists() {
+        return Ok(());
+    }
+    if tc == TcMethod::Clsact {
+        match qdisc_add_clsact(device) {
+            Ok(()) => {}
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e).with_context(|| format!("adding a clsact qdisc to {device}")),
+        }
+        let options = NlOptions {
+            priority: CLSACT_PRIORITY,
+            handle: vxlan_handle(vni),
+            classid: None,
+        };
+        let id = program
+            .attach_with_options(device, TcAttachType::Ingress, TcAttachOptions::Netlink(options))
+            .with_context(|| format!("attaching tc ingress (clsact) to {device}"))?;
+        // The filter outlives this loader; `detach_vxlan` removes it.
+        std::mem::forget(program.take_link(id)?);
+        return Ok(());
+    }
+    let id = program
+        .attach(device, TcAttachType::Ingress)
+        .with_context(|| format!("attaching tc ingress to {device}"))?;
+    let link: FdLink = program
+        .take_link(id)?
+        .try_into()
+        .context("tc link is not a bpf_link (kernel without tcx?)")?;
+    fs::create_dir_all(pins.join("links")).context("creating the links directory")?;
+    link.pin(&pin)
+        .with_context(|| format!("pinning link {}", pin.display()))?;
+    Ok(())
+}
+
+/// Detaches a datapath's program from the vxlan device (the device may be
+/// gone already).
+pub fn detach_vxlan(pins: &Path, device: &str, vni: u32) -> Result<()> {
+    let pin = vxlan_pin(pins);
+    if pin.exists() {
+        PinnedLink::from_pin(&pin)
+            .with_context(|| format!("opening pinned link {}", pin.display()))?
+            .unpin()
+            .with_context(|| format!("unpinning {}", pin.display()))?;
+    }
+    if nix::net::if_::if_nametoindex(device).is_ok()
+        && let Ok(link) = SchedClassifierLink::attached(
+            device,
+            TcAttachType::Ingress,
+            CLSACT_PRIORITY,
+            vxlan_handle(vni),
+            None,
+        )
+    {
+        link.detach()
+            .with_context(|| format!("detaching the tc filter of {device}"))?;
+    }
+    Ok(())
+}
+
+/// Whether any program is still on the vxlan device's ingress (tcx or a
+/// clsact filter of netpath's).
+pub async fn vxlan_in_use(handle: &Handle, device: &str, ifindex: u32) -> Result<bool> {
+    let tcx = SchedClassifier::query_tcx(device, TcAttachType::Ingress)
+        .map(|(_, programs)| !programs.is_empty())
+        .unwrap_or(false);
+    let mut filters = handle
+        .traffic_filter(ifindex as i32)
+        .get()
+        .ingress()
+        .execute();
+    let clsact = matches!(filters.try_next().await, Ok(Some(_)));
+    Ok(tcx || clsact)
 }

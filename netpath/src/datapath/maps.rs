@@ -5,8 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use aya::maps::{Array, DevMapHash, HashMap, Map, MapData, MapInfo, PerCpuHashMap, RingBuf};
-use netpath_common::{DatapathConfig, FdbEntry, FdbKey, LAYOUT_VERSION, PortState, maps};
+use aya::maps::{
+    Array, DevMapHash, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuHashMap, RingBuf,
+};
+use netpath_common::{
+    DatapathConfig, FdbEntry, FdbKey, LAYOUT_VERSION, NodeAddr, OverlayStats, PortState, maps,
+};
 
 /// Every map of the BPF object. A map the object declares that is missing
 /// here fails the load (see `object::load`), so none is left unpinned.
@@ -20,13 +24,18 @@ pub enum MapName {
     Ports,
     PortState,
     Trace,
+    RemoteFdb,
+    RemoteIpv4,
+    Nodes,
+    NodeList,
+    OverlayStats,
     /// aya-log's ring buffer: each loaded object has its own, read by
     /// program id (`run` forwards it), so it is the one map never pinned.
     AyaLogs,
 }
 
 impl MapName {
-    pub const ALL: [MapName; 9] = [
+    pub const ALL: [MapName; 14] = [
         MapName::Layout,
         MapName::Config,
         MapName::FdbStatic,
@@ -35,6 +44,11 @@ impl MapName {
         MapName::Ports,
         MapName::PortState,
         MapName::Trace,
+        MapName::RemoteFdb,
+        MapName::RemoteIpv4,
+        MapName::Nodes,
+        MapName::NodeList,
+        MapName::OverlayStats,
         MapName::AyaLogs,
     ];
 
@@ -52,6 +66,11 @@ impl MapName {
             MapName::Ports => maps::PORTS,
             MapName::PortState => maps::PORT_STATE,
             MapName::Trace => maps::TRACE,
+            MapName::RemoteFdb => maps::REMOTE_FDB,
+            MapName::RemoteIpv4 => maps::REMOTE_IPV4,
+            MapName::Nodes => maps::NODES,
+            MapName::NodeList => maps::NODE_LIST,
+            MapName::OverlayStats => maps::OVERLAY_STATS,
             MapName::AyaLogs => "AYA_LOGS",
         }
     }
@@ -117,6 +136,26 @@ impl Maps {
 
     pub fn trace(&self) -> Result<RingBuf<MapData>> {
         self.open_map(MapName::Trace)
+    }
+
+    pub fn remote_fdb(&self) -> Result<HashMap<MapData, FdbKey, NodeAddr>> {
+        self.open_map(MapName::RemoteFdb)
+    }
+
+    pub fn remote_ipv4(&self) -> Result<HashMap<MapData, [u8; 4], [u8; 6]>> {
+        self.open_map(MapName::RemoteIpv4)
+    }
+
+    pub fn nodes(&self) -> Result<HashMap<MapData, NodeAddr, u32>> {
+        self.open_map(MapName::Nodes)
+    }
+
+    pub fn node_list(&self) -> Result<Array<MapData, NodeAddr>> {
+        self.open_map(MapName::NodeList)
+    }
+
+    pub fn overlay_stats(&self) -> Result<PerCpuArray<MapData, OverlayStats>> {
+        self.open_map(MapName::OverlayStats)
     }
 }
 

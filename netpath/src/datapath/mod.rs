@@ -8,6 +8,7 @@ pub mod hooks;
 pub mod maps;
 pub mod memlock;
 pub mod object;
+pub mod overlay;
 
 use std::{
     collections::HashSet,
@@ -227,13 +228,15 @@ fn fill_maps(
     ports: &[(&Port, u32)],
 ) -> Result<()> {
     let mut config_map = maps.config()?;
-    // A `netpath trace` running meanwhile keeps its frames coming.
-    let trace_until_ns = config_map.get(&0, 0).map(|c| c.trace_until_ns).unwrap_or(0);
+    // A `netpath trace` running meanwhile keeps its frames coming, and an
+    // overlay stays joined (its settings are the overlay's, see `overlay`).
+    let running = config_map.get(&0, 0).unwrap_or_default();
     config_map
         .set(
             0,
             DatapathConfig {
-                trace_until_ns,
+                trace_until_ns: running.trace_until_ns,
+                overlay: running.overlay,
                 ..config
             },
             0,

@@ -70,6 +70,9 @@ pub fn load(pins: Option<&Path>, fdb_size: u32) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MapName::FdbStatic.as_str(), fdb_size);
     loader.map_max_entries(MapName::FdbLearned.as_str(), learned_capacity(fdb_size)?);
+    // An overlay's remote containers take entries as local ones do.
+    loader.map_max_entries(MapName::RemoteFdb.as_str(), fdb_size);
+    loader.map_max_entries(MapName::RemoteIpv4.as_str(), fdb_size);
     let fresh = match pins {
         Some(dir) => {
             check_layout(dir, Some(fdb_size))?;
@@ -108,9 +111,11 @@ pub fn load(pins: Option<&Path>, fdb_size: u32) -> Result<Ebpf> {
             .load()
             .with_context(|| format!("verifier rejected BPF program {name}"))?;
     }
-    let tc: &mut SchedClassifier = program_mut(&mut ebpf, programs::TC_FORWARD)?;
-    tc.load()
-        .with_context(|| format!("verifier rejected BPF program {}", programs::TC_FORWARD))?;
+    for name in [programs::TC_FORWARD, programs::TC_VXLAN] {
+        let tc: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
+        tc.load()
+            .with_context(|| format!("verifier rejected BPF program {name}"))?;
+    }
     Ok(ebpf)
 }
 
@@ -148,6 +153,8 @@ pub struct Programs {
     pub xdp_forward: Xdp,
     pub xdp_peer: Xdp,
     pub tc_forward: SchedClassifier,
+    /// On the node's vxlan device, for a datapath on an overlay.
+    pub tc_vxlan: SchedClassifier,
 }
 
 impl Programs {
@@ -164,11 +171,14 @@ impl Programs {
             Xdp::from_pin(dir.join(name), XdpAttachType::Interface)
                 .with_context(|| open_error(name))
         };
+        let tc = |name: &str| {
+            SchedClassifier::from_pin(dir.join(name)).with_context(|| open_error(name))
+        };
         Ok(Some(Programs {
             xdp_forward: xdp(programs::XDP_FORWARD)?,
             xdp_peer: xdp(programs::XDP_PEER)?,
-            tc_forward: SchedClassifier::from_pin(dir.join(programs::TC_FORWARD))
-                .with_context(|| open_error(programs::TC_FORWARD))?,
+            tc_forward: tc(programs::TC_FORWARD)?,
+            tc_vxlan: tc(programs::TC_VXLAN)?,
         }))
     }
 }

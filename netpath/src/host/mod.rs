@@ -10,3 +10,4 @@ pub mod nat;
 pub mod netlink;
 pub mod netns;
 pub mod plumbing;
+pub mod vxlan;

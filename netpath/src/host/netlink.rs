@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan,
     RouteMessageBuilder,
     packet_route::{
         address::{AddressAttribute, AddressFlags},
@@ -30,6 +30,7 @@ pub struct Link {
     pub controller: Option<u32>,
     /// Id of the XDP program attached to the link, if any.
     pub xdp_prog_id: Option<u32>,
+    pub mtu: Option<u32>,
 }
 
 impl From<LinkMessage> for Link {
@@ -41,6 +42,7 @@ impl From<LinkMessage> for Link {
             mac: None,
             controller: None,
             xdp_prog_id: None,
+            mtu: None,
         };
         for attr in msg.attributes {
             match attr {
@@ -50,6 +52,7 @@ impl From<LinkMessage> for Link {
                     link.mac = Some(Mac(a.try_into().expect("length checked")))
                 }
                 LinkAttribute::Controller(c) => link.controller = Some(c),
+                LinkAttribute::Mtu(m) => link.mtu = Some(m),
                 LinkAttribute::Xdp(xdp) => {
                     link.xdp_prog_id = xdp.iter().find_map(|x| match x {
                         LinkXdp::ProgId(id) if *id != 0 => Some(*id),
@@ -285,6 +288,66 @@ pub async fn addresses(handle: &Handle, index: u32) -> Result<Vec<IpNet>> {
         })
         .filter(|net| !matches!(net.addr(), IpAddr::V6(v6) if v6.is_unicast_link_local()))
         .collect())
+}
+
+/// The link that carries address `addr`, if any.
+pub async fn link_with_address(handle: &Handle, addr: IpAddr) -> Result<Option<Link>> {
+    let msgs: Vec<_> = handle
+        .address()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .context("listing addresses")?;
+    let index = msgs.into_iter().find_map(|m| {
+        m.attributes
+            .iter()
+            .any(|a| matches!(a, AddressAttribute::Local(ip) | AddressAttribute::Address(ip) if *ip == addr))
+            .then_some(m.header.index)
+    });
+    let Some(index) = index else {
+        return Ok(None);
+    };
+    Ok(links(handle).await?.into_iter().find(|l| l.index == index))
+}
+
+/// Creates an external (collect-metadata) vxlan device on UDP `port`: BPF
+/// programs give each frame its tunnel (VNI, remote address); the device
+/// learns nothing and floods nowhere by itself.
+pub async fn create_external_vxlan(
+    handle: &Handle,
+    name: &str,
+    port: u16,
+    mtu: u32,
+    alias: &str,
+) -> Result<Link> {
+    let msg = LinkVxlan::new(name, 0)
+        .collect_metadata(true)
+        .port(port)
+        .learning(false)
+        .mtu(mtu)
+        .up()
+        .build();
+    handle
+        .link()
+        .add(msg)
+        .execute()
+        .await
+        .with_context(|| format!("creating vxlan device {name} (external, UDP port {port})"))?;
+    let link = link_by_name(handle, name)
+        .await?
+        .with_context(|| format!("vxlan device {name} vanished after creation"))?;
+    set_alias(handle, &link, alias).await
+}
+
+pub async fn set_mtu(handle: &Handle, index: u32, mtu: u32) -> Result<()> {
+    let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
+    handle
+        .link()
+        .set(msg)
+        .execute()
+        .await
+        .with_context(|| format!("setting the MTU of link {index} to {mtu}"))
 }
 
 /// The default route of the gateway's family.

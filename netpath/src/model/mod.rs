@@ -7,6 +7,7 @@ pub mod cni;
 pub mod ipam;
 pub mod mac;
 pub mod naming;
+pub mod overlay;
 pub mod settings;
 pub mod spec;
 

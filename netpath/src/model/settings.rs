@@ -73,6 +73,34 @@ pub struct Settings {
     /// MTU of the bridge and every veth [default: 1500; xdp mode: at most 3506].
     #[arg(long)]
     pub mtu: Option<u32>,
+    /// Join an overlay across nodes with this VXLAN network identifier
+    /// (1..16777215); needs --underlay, --overlay-network and --peers or --etcd.
+    #[arg(long)]
+    pub vni: Option<u32>,
+    /// This node's underlay address (an address of this host): the end of
+    /// the VXLAN tunnels.
+    #[arg(long)]
+    pub underlay: Option<std::net::IpAddr>,
+    /// Overlay-wide network of which --subnet is this node's slice (one per
+    /// family), e.g. 10.88.0.0/16 for --subnet 10.88.1.0/24.
+    #[arg(long)]
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub overlay_network: Vec<String>,
+    /// The overlay's other nodes from a static TOML file of node records
+    /// (`netpath overlay export` prints this node's).
+    #[arg(long, conflicts_with = "etcd")]
+    pub peers: Option<PathBuf>,
+    /// The overlay's nodes from etcd (v3) at these endpoints, e.g.
+    /// http://10.0.0.5:2379 (give it more than once for a cluster).
+    #[arg(long)]
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub etcd: Vec<String>,
+    /// This node's name on the overlay [default: the topology name].
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Seconds this node's etcd registration outlives it [default: 10].
+    #[arg(long)]
+    pub lease_ttl: Option<u64>,
     /// TOML file with the same settings and per-container names, IPs, MACs.
     #[arg(long)]
     #[serde(skip)]
@@ -127,6 +155,21 @@ impl Settings {
             fdb_size: self.fdb_size.or(base.fdb_size),
             learn_limit: self.learn_limit.or(base.learn_limit),
             mtu: self.mtu.or(base.mtu),
+            vni: self.vni.or(base.vni),
+            underlay: self.underlay.or(base.underlay),
+            overlay_network: if self.overlay_network.is_empty() {
+                base.overlay_network
+            } else {
+                self.overlay_network
+            },
+            peers: self.peers.or(base.peers),
+            etcd: if self.etcd.is_empty() {
+                base.etcd
+            } else {
+                self.etcd
+            },
+            node: self.node.or(base.node),
+            lease_ttl: self.lease_ttl.or(base.lease_ttl),
             config: self.config.or(base.config),
             containers_listed: if self.containers_listed.is_empty() {
                 base.containers_listed

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     Mac, Mode, Settings, ipam,
     naming::{bridge_name, validate_container_name, validate_topology_name},
+    overlay::{DEFAULT_LEASE_TTL_S, OverlaySpec, Peers},
 };
 
 pub const DEFAULT_NAME: &str = "np";
@@ -71,6 +72,9 @@ pub struct TopologySpec {
     /// MTU of the bridge and of both ends of every veth.
     pub mtu: u32,
     pub containers: Vec<ContainerSpec>,
+    /// The overlay across nodes this topology's containers are on.
+    #[serde(default)]
+    pub overlay: Option<OverlaySpec>,
 }
 
 impl TopologySpec {
@@ -87,11 +91,21 @@ impl TopologySpec {
         self.containers.iter().find(|c| c.name == name)
     }
 
+    /// A container's addresses as it carries them: on an overlay, with the
+    /// overlay network's prefix (every node's containers are on-link).
+    pub fn container_addresses(&self, c: &ContainerSpec) -> Vec<IpNet> {
+        match &self.overlay {
+            Some(overlay) => c.ips.iter().map(|ip| overlay.on_overlay(*ip)).collect(),
+            None => c.ips.clone(),
+        }
+    }
+
     /// Builds the spec from settings (flags over file), then validates it.
     pub fn resolve(settings: Settings) -> Result<Self> {
         let settings = settings.with_file()?;
-        let name = settings.name.unwrap_or_else(|| DEFAULT_NAME.into());
+        let name = settings.name.clone().unwrap_or_else(|| DEFAULT_NAME.into());
         validate_topology_name(&name)?;
+        let overlay = overlay_of(&name, &settings)?;
         let subnet_texts = if settings.subnet.is_empty() {
             vec![DEFAULT_SUBNET.into()]
         } else {
@@ -136,6 +150,7 @@ impl TopologySpec {
             learn_limit,
             mtu: settings.mtu.unwrap_or(DEFAULT_MTU),
             containers: Vec::new(),
+            overlay,
         };
         for entry in settings.containers_listed {
             let mac = entry.mac.as_deref().map(str::parse).transpose()?;
@@ -220,6 +235,14 @@ impl TopologySpec {
     pub fn validate(&self) -> Result<()> {
         validate_topology_name(&self.name)?;
         validate_mtu(self.mode, self.mtu, &self.subnets)?;
+        if let Some(overlay) = &self.overlay {
+            ensure!(
+                self.mode == Mode::Tc,
+                "an overlay needs --mode tc: only tc programs can set the tunnel key of a frame \
+                 (XDP cannot), and bridge mode has no programs"
+            );
+            overlay.validate(&self.subnets)?;
+        }
         for subnet in &self.subnets {
             ensure!(
                 ipam::capacity(*subnet) >= self.containers.len() as u128,
@@ -295,6 +318,11 @@ impl TopologySpec {
                 self.learn_limit.to_string(),
                 want.learn_limit.to_string(),
             ),
+            (
+                "overlay",
+                format!("{:?}", self.overlay),
+                format!("{:?}", want.overlay),
+            ),
         ];
         for (what, have, want) in settings {
             if have != want {
@@ -323,6 +351,34 @@ impl TopologySpec {
         }
         out
     }
+}
+
+/// The overlay settings, if any were given, checked for completeness.
+fn overlay_of(topology: &str, settings: &Settings) -> Result<Option<OverlaySpec>> {
+    let given = settings.vni.is_some()
+        || settings.underlay.is_some()
+        || !settings.overlay_network.is_empty()
+        || settings.peers.is_some()
+        || !settings.etcd.is_empty();
+    if !given {
+        return Ok(None);
+    }
+    let missing = |flag: &str| format!("an overlay needs {flag} (see `netpath up --help`)");
+    let peers = match (&settings.peers, settings.etcd.is_empty()) {
+        (Some(file), true) => Peers::File(file.clone()),
+        (None, false) => Peers::Etcd(settings.etcd.clone()),
+        (Some(_), false) => anyhow::bail!("give --peers or --etcd, not both"),
+        (None, true) => anyhow::bail!(missing("--peers FILE or --etcd URL")),
+    };
+    Ok(Some(OverlaySpec {
+        node: settings.node.clone().unwrap_or_else(|| topology.to_owned()),
+        vni: settings.vni.with_context(|| missing("--vni"))?,
+        underlay: settings.underlay.with_context(|| missing("--underlay"))?,
+        networks: ipam::parse_subnets(&settings.overlay_network)
+            .with_context(|| missing("--overlay-network"))?,
+        peers,
+        lease_ttl_s: settings.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL_S),
+    }))
 }
 
 /// Refuses MTUs the kernel would refuse, before anything is created.

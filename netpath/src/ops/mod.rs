@@ -6,6 +6,7 @@ pub mod cni;
 pub mod fault;
 pub mod fdb;
 pub mod list;
+pub mod overlay;
 pub mod status;
 pub mod supervise;
 pub mod topology;

@@ -7,7 +7,10 @@ use anyhow::{Context, Result, bail};
 use log::{info, warn};
 use rtnetlink::Handle;
 
-use super::fault::{self, Point};
+use super::{
+    fault::{self, Point},
+    overlay,
+};
 use crate::{
     datapath::{self, Datapath, Port, hooks::TcMethod},
     host::{nat, netlink, netns, plumbing},
@@ -139,6 +142,9 @@ async fn build(handle: &Handle, rec: &TopologyRecord) -> Result<()> {
         })
     })
     .await?;
+    if spec.overlay.is_some() {
+        overlay::join(handle, &spec).await?;
+    }
     fault::at(Point::Built)
 }
 
@@ -161,7 +167,7 @@ async fn create_container(
             mtu: spec.mtu,
             bridge: Some(bridge),
             owner: &spec.name,
-            addresses: &c.ips,
+            addresses: &spec.container_addresses(c),
             gateways: &gateways,
             source_check: c.source_check,
         },
@@ -189,6 +195,7 @@ async fn remove_container(
 async fn teardown(handle: &Handle, rec: &TopologyRecord) -> Result<()> {
     let spec = &rec.spec;
     let interrupted = !rec.complete;
+    overlay::leave(handle, spec).await?;
     datapath::remove(&spec.name)?;
     for container in &spec.containers {
         remove_container(handle, &spec.name, &container.name, interrupted).await?;
@@ -334,6 +341,11 @@ pub async fn set_mode(handle: &Handle, topology: &str, mode: Mode) -> Result<()>
     let _lock = Lock::acquire(topology, Purpose::Change)?;
     let mut rec = load_complete(topology)?;
     validate_mtu(mode, rec.spec.mtu, &rec.spec.subnets)?;
+    if rec.spec.overlay.is_some() && mode != Mode::Tc {
+        bail!(
+            "topology {topology} is on an overlay, which needs tc mode (only tc programs set tunnel keys);              take it down and up without the overlay to use mode {mode}"
+        );
+    }
     let before = rec.spec.mode;
     rec.spec.mode = mode;
     if let Err(e) = datapath::ensure(handle, &datapath_of(&rec.spec)).await {

@@ -6,6 +6,7 @@ pub mod atomic;
 pub mod cni;
 pub mod lock;
 pub mod nat;
+pub mod overlay;
 pub mod topology;
 
 use std::{fs, io::ErrorKind, path::Path};

@@ -1,0 +1,132 @@
+//! The overlay's part of the fast path on a container's port: what the
+//! shared decision asks about other nodes (remote MACs, ARP for remote
+//! addresses), and how the tc hook sends a frame to another node: the
+//! tunnel key (node, VNI) on the skb, then out of the node's one
+//! collect-metadata vxlan device, which encapsulates it (keeping the
+//! kernel's UDP tunnel offloads). XDP cannot set tunnel keys: overlays run
+//! in tc mode only (the loader refuses the rest).
+
+use aya_ebpf::{
+    bindings::{BPF_F_TUNINFO_IPV6, bpf_tunnel_key},
+    helpers::{bpf_clone_redirect, bpf_skb_set_tunnel_key},
+    programs::TcContext,
+};
+use netpath_common::{NODE_CAPACITY, NodeAddr, OverlayConfig};
+use network_types::{arp::ArpHdr, eth::EthHdr};
+
+use crate::maps::{NODE_LIST, REMOTE_IPV4};
+
+const ETH_P_ARP: [u8; 2] = 0x0806u16.to_be_bytes();
+const ETH_P_IP: [u8; 2] = 0x0800u16.to_be_bytes();
+const ARP_REQUEST: [u8; 2] = 1u16.to_be_bytes();
+const ARP_REPLY: [u8; 2] = 2u16.to_be_bytes();
+
+/// Bytes of `struct bpf_tunnel_key` passed to the tunnel key helpers: up
+/// to `tunnel_label`, the struct as Linux 4.x-5.x define it. Later kernels
+/// append the local address and accept this size as the older layout.
+pub const TUNNEL_KEY_SIZE: u32 = 28;
+
+/// The TTL of the outer header (the kernel's default for vxlan would be
+/// the route's hop limit; fixed here so every kernel does the same).
+const TUNNEL_TTL: u8 = 64;
+
+/// The MAC of the remote container that owns the address an ARP request
+/// in `[data, end)` asks for, if the control plane knows it.
+#[inline(always)]
+pub fn arp_answer(eth: &EthHdr, data: usize, end: usize) -> Option<[u8; 6]> {
+    if eth.ether_type.to_ne_bytes() != ETH_P_ARP || data + EthHdr::LEN + ArpHdr::LEN > end {
+        return None;
+    }
+    // SAFETY: bounds-checked just above; ArpHdr is plain bytes.
+    let arp = unsafe { &*((data + EthHdr::LEN) as *const ArpHdr) };
+    if arp.htype != 1u16.to_be_bytes()
+        || arp.ptype != ETH_P_IP
+        || arp.hlen != 6
+        || arp.plen != 4
+        || arp.oper != ARP_REQUEST
+    {
+        return None;
+    }
+    // SAFETY: read only; the loader writes whole values.
+    unsafe { REMOTE_IPV4.get(arp.tpa) }.copied()
+}
+
+/// Turns the ARP request in the skb into the reply `mac`'s owner would
+/// send, in place; false if the frame is too short (it was checked in
+/// `arp_answer`, but the packet pointers are fresh here).
+#[inline(always)]
+pub fn make_arp_reply(ctx: &TcContext, mac: [u8; 6]) -> bool {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + EthHdr::LEN + ArpHdr::LEN > end {
+        return false;
+    }
+    // SAFETY: bounds-checked just above; both headers are plain bytes, and
+    // tc programs may write packet data (the kernel unclones it first).
+    let (eth, arp) = unsafe {
+        (
+            &mut *(data as *mut EthHdr),
+            &mut *((data + EthHdr::LEN) as *mut ArpHdr),
+        )
+    };
+    let (asker_mac, asker_ip, asked_ip) = (arp.sha, arp.spa, arp.tpa);
+    eth.dst_addr = eth.src_addr;
+    eth.src_addr = mac;
+    arp.oper = ARP_REPLY;
+    arp.sha = mac;
+    arp.spa = asked_ip;
+    arp.tha = asker_mac;
+    arp.tpa = asker_ip;
+    true
+}
+
+/// Puts the tunnel key for `node` on the skb: the vxlan device it is then
+/// sent out of encapsulates it to that node with the overlay's VNI.
+#[inline(always)]
+pub fn set_tunnel(ctx: &TcContext, overlay: &OverlayConfig, node: &NodeAddr) -> bool {
+    // SAFETY: bpf_tunnel_key is plain integers; all zero is "no options".
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    key.tunnel_id = overlay.vni;
+    key.tunnel_ttl = TUNNEL_TTL;
+    let flags = if node.family == 6 {
+        // The kernel copies IPv6 addresses as they are (network order).
+        // SAFETY: remote_ipv6 is 16 bytes, as is the address.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                node.addr.as_ptr(),
+                key.__bindgen_anon_1.remote_ipv6.as_mut_ptr().cast::<u8>(),
+                16,
+            )
+        };
+        BPF_F_TUNINFO_IPV6 as u64
+    } else {
+        // IPv4 goes in host order.
+        key.__bindgen_anon_1.remote_ipv4 =
+            u32::from_be_bytes([node.addr[0], node.addr[1], node.addr[2], node.addr[3]]);
+        0
+    };
+    // SAFETY: the key lives on this stack frame for the call; the size is
+    // within it.
+    unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, TUNNEL_KEY_SIZE, flags) == 0 }
+}
+
+/// Head-end replication: a copy of the frame to every other node of the
+/// overlay, each with its own tunnel key. Returns the number of copies.
+#[inline(always)]
+pub fn flood(ctx: &TcContext, overlay: &OverlayConfig) -> u32 {
+    let mut copies = 0;
+    for index in 0..NODE_CAPACITY {
+        let Some(node) = NODE_LIST.get(index) else {
+            break;
+        };
+        if node.family == 0 {
+            break;
+        }
+        // SAFETY: helper call on this program's skb.
+        if set_tunnel(ctx, overlay, node)
+            && unsafe { bpf_clone_redirect(ctx.skb.skb, overlay.vxlan_ifindex, 0) } == 0
+        {
+            copies += 1;
+        }
+    }
+    copies
+}

@@ -1,0 +1,110 @@
+//! tc ingress hook on the node's vxlan device: frames from other nodes,
+//! decapsulated by the kernel, with the outer header's addresses and VNI in
+//! the tunnel key. One program per overlay (datapath) is attached; each
+//! takes the frames of its VNI and lets the others pass to the next one.
+//! Frames no overlay takes end in the vxlan device, which has no bridge and
+//! no address: the stack drops them (two overlays never see each other's).
+
+use aya_ebpf::{
+    bindings::{BPF_F_TUNINFO_IPV6, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_tunnel_key},
+    helpers::{bpf_redirect, bpf_skb_get_tunnel_key},
+    macros::classifier,
+    programs::TcContext,
+};
+use netpath_common::{Counter, FdbKey, NodeAddr, OverlayCounter};
+use network_types::eth::EthHdr;
+
+use crate::{
+    forward::{Local, Port, local_port},
+    maps::{CONFIG, NODES, OVERLAY_STATS},
+    overlay::TUNNEL_KEY_SIZE,
+    tc::into_container,
+};
+
+#[classifier]
+pub fn netpath_vxlan(ctx: TcContext) -> i32 {
+    let Some(config) = CONFIG.get(0) else {
+        return TC_ACT_UNSPEC;
+    };
+    let overlay = &config.overlay;
+    if overlay.vni == 0 {
+        return TC_ACT_UNSPEC;
+    }
+    let Some(node) = tunnel_source(&ctx, overlay.underlay_ipv6 != 0, overlay.vni) else {
+        return TC_ACT_UNSPEC; // another overlay's frame
+    };
+    // Only nodes of this overlay may put frames into its containers: a
+    // forged VXLAN packet from anywhere on the underlay must not.
+    // SAFETY: read only.
+    if unsafe { NODES.get(node) }.is_none() {
+        return count(OverlayCounter::DropUnknownNode, TC_ACT_SHOT);
+    }
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + EthHdr::LEN > end {
+        return count(OverlayCounter::DropMalformed, TC_ACT_SHOT);
+    }
+    // SAFETY: bounds-checked just above; EthHdr is packed plain data.
+    let dst = unsafe { &*(data as *const EthHdr) }.dst_addr;
+    if dst[0] & 1 != 0 {
+        // Out of the bridge device: the bridge floods it to its ports, the
+        // local containers (never back to a node: only the ports' own
+        // programs replicate, and frames leaving the bridge meet none).
+        // SAFETY: helper call with plain integer arguments.
+        if unsafe { bpf_redirect(overlay.bridge_ifindex, 0) } as i32 == TC_ACT_REDIRECT {
+            return count(OverlayCounter::FloodedIn, TC_ACT_REDIRECT);
+        }
+        return count(OverlayCounter::DropNoPort, TC_ACT_SHOT);
+    }
+    let Local::Port(port) = local_port(config, FdbKey::new(dst, 0)) else {
+        return count(OverlayCounter::DropNoPort, TC_ACT_SHOT);
+    };
+    if !into_container(&ctx, port) {
+        return count(OverlayCounter::DropNoPort, TC_ACT_SHOT);
+    }
+    if let Some(port) = Port::state(port) {
+        port.count(Counter::Decapsulated);
+    }
+    count(OverlayCounter::Decapsulated, TC_ACT_REDIRECT)
+}
+
+/// The outer source address of a frame of VNI `vni` whose outer header is
+/// of the underlay's family, or None (another overlay's frame).
+#[inline(always)]
+fn tunnel_source(ctx: &TcContext, ipv6: bool, vni: u32) -> Option<NodeAddr> {
+    // SAFETY: bpf_tunnel_key is plain integers.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    let flags = if ipv6 { BPF_F_TUNINFO_IPV6 as u64 } else { 0 };
+    // SAFETY: the key lives on this stack frame; the size is within it.
+    if unsafe { bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, TUNNEL_KEY_SIZE, flags) } != 0
+        || key.tunnel_id != vni
+    {
+        return None;
+    }
+    let mut node = NodeAddr::default();
+    if ipv6 {
+        node.family = 6;
+        // SAFETY: remote_ipv6 is 16 bytes in network order, as is the address.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                key.__bindgen_anon_1.remote_ipv6.as_ptr().cast::<u8>(),
+                node.addr.as_mut_ptr(),
+                16,
+            )
+        };
+    } else {
+        node.family = 4;
+        // SAFETY: the union holds the IPv4 address (host order) without the flag.
+        let ip = unsafe { key.__bindgen_anon_1.remote_ipv4 };
+        node.addr[..4].copy_from_slice(&ip.to_be_bytes());
+    }
+    Some(node)
+}
+
+#[inline(always)]
+fn count(counter: OverlayCounter, action: i32) -> i32 {
+    if let Some(stats) = OVERLAY_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU value; only this CPU writes it while the program runs.
+        unsafe { (*stats).packets[counter as usize] += 1 };
+    }
+    action
+}

@@ -1,0 +1,239 @@
+//! A datapath on an overlay: its settings in CONFIG, its program on the
+//! node's vxlan device, and the other nodes and their containers in the
+//! remote maps, which the control plane (peers file or etcd) keeps equal to
+//! what it knows with [`program`].
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use anyhow::{Context, Result, ensure};
+use netpath_common::{FdbKey, NODE_CAPACITY, NodeAddr, OverlayConfig, OverlayCounter};
+use serde::Serialize;
+
+use super::{
+    hooks::{self, TcMethod},
+    maps::Maps,
+    object::{Programs, pin_dir},
+};
+use crate::model::{Mac, overlay::NodeRecord};
+
+/// The underlay address as the programs keep it.
+pub fn node_addr(ip: IpAddr) -> NodeAddr {
+    let mut node = NodeAddr::default();
+    match ip {
+        IpAddr::V4(v4) => {
+            node.family = 4;
+            node.addr[..4].copy_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            node.family = 6;
+            node.addr = v6.octets();
+        }
+    }
+    node
+}
+
+pub fn ip_of(node: &NodeAddr) -> IpAddr {
+    if node.family == 6 {
+        IpAddr::from(node.addr)
+    } else {
+        IpAddr::from([node.addr[0], node.addr[1], node.addr[2], node.addr[3]])
+    }
+}
+
+/// Puts a running datapath on an overlay: its settings in CONFIG and its
+/// program on the node's vxlan device (whose ifindex is `vxlan`).
+pub fn join(
+    datapath: &str,
+    overlay: OverlayConfig,
+    device: &str,
+    tc: TcMethod,
+) -> Result<()> {
+    let dir = pin_dir(datapath);
+    let maps = Maps::open(&dir)?;
+    let mut config = maps.config()?;
+    let mut current = config.get(&0, 0).context("reading map CONFIG")?;
+    current.overlay = overlay;
+    config.set(0, current, 0).context("writing map CONFIG")?;
+    let mut programs = Programs::pinned(&dir)?
+        .with_context(|| format!("datapath {datapath} has no pinned programs"))?;
+    hooks::attach_vxlan(&mut programs.tc_vxlan, &dir, device, overlay.vni, tc)
+}
+
+/// Takes a datapath's program off the vxlan device (its maps go with the
+/// datapath).
+pub fn leave(datapath: &str, device: &str, vni: u32) -> Result<()> {
+    hooks::detach_vxlan(&pin_dir(datapath), device, vni)
+}
+
+/// What [`program`] changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub nodes_added: usize,
+    pub nodes_removed: usize,
+    pub entries_added: usize,
+    pub entries_removed: usize,
+}
+
+impl Changes {
+    pub fn any(&self) -> bool {
+        *self != Changes::default()
+    }
+}
+
+/// Makes the remote maps hold exactly `peers` (the other nodes of the
+/// overlay) and their containers. New nodes go in before their containers
+/// and leave after them, so no frame is sent to a node that decap would
+/// refuse. Containers whose MAC is local are left to the local entry.
+pub fn program(maps: &Maps, peers: &[NodeRecord]) -> Result<Changes> {
+    ensure!(
+        peers.len() <= NODE_CAPACITY as usize,
+        "the overlay has {} other nodes; netpath holds at most {NODE_CAPACITY}",
+        peers.len()
+    );
+    let mut changes = Changes::default();
+    let want_nodes: Vec<NodeAddr> = peers.iter().map(|p| node_addr(p.underlay)).collect();
+    let mut fdb_want: BTreeMap<[u8; 6], NodeAddr> = BTreeMap::new();
+    let mut ipv4_want: BTreeMap<[u8; 4], [u8; 6]> = BTreeMap::new();
+    for (peer, node) in peers.iter().zip(&want_nodes) {
+        for endpoint in &peer.endpoints {
+            fdb_want.insert(endpoint.mac.0, *node);
+            for ip in &endpoint.ips {
+                if let IpAddr::V4(v4) = ip {
+                    ipv4_want.insert(v4.octets(), endpoint.mac.0);
+                }
+            }
+        }
+    }
+
+    let mut nodes = maps.nodes()?;
+    let have_nodes: BTreeSet<[u8; 20]> = nodes
+        .keys()
+        .filter_map(Result::ok)
+        .map(|n| key_bytes(&n))
+        .collect();
+    for (index, node) in want_nodes.iter().enumerate() {
+        if !have_nodes.contains(&key_bytes(node)) {
+            changes.nodes_added += 1;
+        }
+        nodes
+            .insert(*node, index as u32, 0)
+            .with_context(|| format!("adding node {} to map NODES", ip_of(node)))?;
+    }
+    let mut list = maps.node_list()?;
+    for index in 0..NODE_CAPACITY {
+        let node = want_nodes.get(index as usize).copied().unwrap_or_default();
+        list.set(index, node, 0).context("writing map NODE_LIST")?;
+    }
+
+    let mut fdb = maps.remote_fdb()?;
+    let have_fdb: Vec<(FdbKey, NodeAddr)> = fdb.iter().filter_map(Result::ok).collect();
+    for (mac, node) in &fdb_want {
+        let key = FdbKey::new(*mac, 0);
+        if !have_fdb.iter().any(|(k, n)| *k == key && n == node) {
+            fdb.insert(key, *node, 0).with_context(|| {
+                format!(
+                    "adding remote FDB entry {} -> {} to map REMOTE_FDB (is it full?)",
+                    Mac(*mac),
+                    ip_of(node)
+                )
+            })?;
+            changes.entries_added += 1;
+        }
+    }
+    let mut ipv4 = maps.remote_ipv4()?;
+    for (ip, mac) in &ipv4_want {
+        ipv4.insert(*ip, *mac, 0)
+            .context("adding a remote address to map REMOTE_IPV4 (is it full?)")?;
+    }
+    let stale_ips: Vec<[u8; 4]> = ipv4
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|ip| !ipv4_want.contains_key(ip))
+        .collect();
+    for ip in stale_ips {
+        let _ = ipv4.remove(&ip);
+    }
+    for (key, _) in have_fdb {
+        if !fdb_want.contains_key(&key.mac) {
+            let _ = fdb.remove(&key);
+            changes.entries_removed += 1;
+        }
+    }
+    let want: BTreeSet<[u8; 20]> = want_nodes.iter().map(key_bytes).collect();
+    for node in have_nodes.iter().filter(|n| !want.contains(*n)) {
+        let _ = nodes.remove(&from_key_bytes(node));
+        changes.nodes_removed += 1;
+    }
+    Ok(changes)
+}
+
+/// A node address as comparable bytes (NodeAddr is a map key, not Ord).
+fn key_bytes(node: &NodeAddr) -> [u8; 20] {
+    let mut out = [0; 20];
+    out[..16].copy_from_slice(&node.addr);
+    out[16] = node.family;
+    out
+}
+
+fn from_key_bytes(bytes: &[u8; 20]) -> NodeAddr {
+    let mut node = NodeAddr::default();
+    node.addr.copy_from_slice(&bytes[..16]);
+    node.family = bytes[16];
+    node
+}
+
+/// One remote entry: a container on another node.
+#[derive(Clone, Debug, Serialize)]
+pub struct RemoteRow {
+    pub mac: Mac,
+    pub node: IpAddr,
+}
+
+/// The remote FDB, sorted by node then MAC.
+pub fn remote_rows(maps: &Maps) -> Result<Vec<RemoteRow>> {
+    let mut rows: Vec<RemoteRow> = maps
+        .remote_fdb()?
+        .iter()
+        .map(|entry| {
+            entry
+                .map(|(key, node)| RemoteRow {
+                    mac: Mac(key.mac),
+                    node: ip_of(&node),
+                })
+                .context("reading map REMOTE_FDB")
+        })
+        .collect::<Result<_>>()?;
+    rows.sort_by_key(|r| (r.node, r.mac));
+    Ok(rows)
+}
+
+/// The nodes the programs accept frames from.
+pub fn known_nodes(maps: &Maps) -> Result<Vec<IpAddr>> {
+    let mut nodes: Vec<IpAddr> = maps
+        .nodes()?
+        .keys()
+        .map(|k| k.map(|n| ip_of(&n)).context("reading map NODES"))
+        .collect::<Result<_>>()?;
+    nodes.sort();
+    Ok(nodes)
+}
+
+/// The vxlan device program's counters, summed over the CPUs, by name.
+pub fn counters(maps: &Maps) -> Result<Vec<(&'static str, u64)>> {
+    let per_cpu = maps
+        .overlay_stats()?
+        .get(&0, 0)
+        .context("reading map OVERLAY_STATS")?;
+    Ok(OverlayCounter::ALL
+        .iter()
+        .map(|c| {
+            (
+                c.name(),
+                per_cpu.iter().map(|s| s.packets[*c as usize]).sum(),
+            )
+        })
+        .collect())
+}

@@ -1,0 +1,255 @@
+//! An overlay across nodes, as plain data: this node's identity on it
+//! (underlay address, VNI, the overlay-wide networks its container subnets
+//! are slices of), where the other nodes are learned from (a static peers
+//! file or etcd), and the record every node publishes about itself.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::Mac;
+
+/// Largest VNI (24 bits). VNI 0 means "no overlay" to the programs.
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+/// UDP port of the node's vxlan device (IANA's).
+pub const VXLAN_PORT: u16 = 4789;
+/// Seconds a node's etcd lease lives without a keep-alive.
+pub const DEFAULT_LEASE_TTL_S: u64 = 10;
+
+/// Bytes VXLAN adds in front of a frame over an IPv4 underlay: outer IPv4
+/// (20), UDP (8), VXLAN (8) and the inner Ethernet header (14).
+pub const OVERHEAD_IPV4: u32 = 50;
+/// Over IPv6: a 40-byte outer header instead of 20.
+pub const OVERHEAD_IPV6: u32 = 70;
+
+/// The largest container MTU an underlay of `underlay_mtu` carries.
+pub fn container_mtu(underlay: IpAddr, underlay_mtu: u32) -> u32 {
+    let overhead = if underlay.is_ipv4() {
+        OVERHEAD_IPV4
+    } else {
+        OVERHEAD_IPV6
+    };
+    underlay_mtu.saturating_sub(overhead)
+}
+
+/// Where the other nodes of an overlay are learned from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Peers {
+    /// A TOML file of node records (see [`PeersFile`]), re-read when it changes.
+    File(PathBuf),
+    /// etcd v3 endpoints, e.g. `http://10.0.0.5:2379`.
+    Etcd(Vec<String>),
+}
+
+/// This node on one overlay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlaySpec {
+    /// Node name, unique in the overlay.
+    pub node: String,
+    pub vni: u32,
+    /// This node's address on the underlay: the vxlan tunnels' end.
+    pub underlay: IpAddr,
+    /// The overlay-wide networks (one per family): the containers of every
+    /// node are on them, so they reach each other on one Ethernet segment;
+    /// each node's `--subnet` is its slice of one.
+    pub networks: Vec<IpNet>,
+    pub peers: Peers,
+    /// Seconds the node's etcd registration outlives its last keep-alive.
+    pub lease_ttl_s: u64,
+}
+
+impl OverlaySpec {
+    /// Checks the overlay against the node's container subnets.
+    pub fn validate(&self, subnets: &[IpNet]) -> Result<()> {
+        ensure!(
+            (1..=MAX_VNI).contains(&self.vni),
+            "VNI {} is out of range (1..={MAX_VNI})",
+            self.vni
+        );
+        ensure!(
+            !self.node.is_empty() && self.node.len() <= 63,
+            "the node name must have 1 to 63 bytes"
+        );
+        ensure!(
+            self.lease_ttl_s >= 2,
+            "the lease TTL must be at least 2 seconds"
+        );
+        for subnet in subnets {
+            let Some(network) = self.network_of(subnet.addr()) else {
+                bail!(
+                    "subnet {subnet} is in no overlay network ({}): give --overlay-network with the overlay-wide \
+                     network this node's subnet is a slice of, e.g. 10.88.0.0/16 for 10.88.1.0/24",
+                    list(&self.networks)
+                );
+            };
+            ensure!(
+                network.contains(subnet),
+                "subnet {subnet} is not inside overlay network {network}"
+            );
+        }
+        if let Peers::Etcd(endpoints) = &self.peers {
+            ensure!(!endpoints.is_empty(), "give at least one etcd endpoint");
+        }
+        Ok(())
+    }
+
+    /// The overlay network of `addr`'s family.
+    pub fn network_of(&self, addr: IpAddr) -> Option<IpNet> {
+        self.networks
+            .iter()
+            .find(|n| n.addr().is_ipv4() == addr.is_ipv4())
+            .copied()
+    }
+
+    /// A container address as the container carries it: on the whole
+    /// overlay network, so every container of every node is on-link.
+    pub fn on_overlay(&self, address: IpNet) -> IpNet {
+        match self.network_of(address.addr()) {
+            Some(network) => IpNet::new(address.addr(), network.prefix_len()).unwrap_or(address),
+            None => address,
+        }
+    }
+}
+
+fn list(nets: &[IpNet]) -> String {
+    if nets.is_empty() {
+        return "none given".into();
+    }
+    nets.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One container as other nodes need to know it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub mac: Mac,
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
+}
+
+/// What a node publishes about itself (its etcd value, or its entry in a
+/// peers file).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node: String,
+    pub vni: u32,
+    pub underlay: IpAddr,
+    #[serde(default)]
+    pub subnets: Vec<IpNet>,
+    #[serde(default, rename = "endpoint")]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A static peers file: every node's record (this node's may be there too;
+/// it is skipped), for every overlay (records of other VNIs are skipped).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeersFile {
+    #[serde(default, rename = "node")]
+    pub nodes: Vec<NodeRecord>,
+}
+
+impl PeersFile {
+    pub fn read(path: &Path) -> Result<PeersFile> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading peers file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| {
+            format!(
+                "parsing peers file {} (a list of [[node]] tables, as `netpath overlay export` prints them)",
+                path.display()
+            )
+        })
+    }
+}
+
+/// The other nodes of overlay `me` among `records`: same VNI, another
+/// underlay address; a node listed twice counts once (the last record).
+pub fn peers_of(me: &OverlaySpec, records: impl IntoIterator<Item = NodeRecord>) -> Vec<NodeRecord> {
+    let mut peers: Vec<NodeRecord> = Vec::new();
+    for record in records {
+        if record.vni != me.vni || record.underlay == me.underlay || record.node == me.node {
+            continue;
+        }
+        peers.retain(|p| p.node != record.node && p.underlay != record.underlay);
+        peers.push(record);
+    }
+    peers.sort_by(|a, b| a.node.cmp(&b.node));
+    peers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> OverlaySpec {
+        OverlaySpec {
+            node: "a".into(),
+            vni: 42,
+            underlay: "192.168.100.1".parse().unwrap(),
+            networks: vec!["10.88.0.0/16".parse().unwrap()],
+            peers: Peers::File("/x".into()),
+            lease_ttl_s: DEFAULT_LEASE_TTL_S,
+        }
+    }
+
+    #[test]
+    fn mtu_leaves_room_for_the_encapsulation() {
+        assert_eq!(container_mtu("10.0.0.1".parse().unwrap(), 1500), 1450);
+        assert_eq!(container_mtu("fd00::1".parse().unwrap(), 1500), 1430);
+    }
+
+    #[test]
+    fn subnets_must_be_slices_of_the_overlay_network() {
+        let spec = me();
+        spec.validate(&["10.88.3.0/24".parse().unwrap()]).unwrap();
+        let e = spec
+            .validate(&["10.77.0.0/24".parse().unwrap()])
+            .unwrap_err();
+        assert!(e.to_string().contains("not inside"), "{e}");
+        let e = spec.validate(&["fd00::/64".parse().unwrap()]).unwrap_err();
+        assert!(e.to_string().contains("--overlay-network"), "{e}");
+        let mut bad = me();
+        bad.vni = 1 << 24;
+        assert!(bad.validate(&[]).is_err());
+        assert_eq!(
+            spec.on_overlay("10.88.3.7/24".parse().unwrap()).to_string(),
+            "10.88.3.7/16"
+        );
+    }
+
+    #[test]
+    fn peers_file_parses_and_skips_self_and_other_overlays() {
+        let text = r#"
+[[node]]
+node = "a"
+vni = 42
+underlay = "192.168.100.1"
+[[node]]
+node = "b"
+vni = 42
+underlay = "192.168.100.2"
+subnets = ["10.88.2.0/24"]
+[[node.endpoint]]
+mac = "02:00:00:00:00:02"
+ips = ["10.88.2.2"]
+[[node]]
+node = "c"
+vni = 7
+underlay = "192.168.100.3"
+"#;
+        let file: PeersFile = toml::from_str(text).unwrap();
+        let peers = peers_of(&me(), file.nodes);
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].node, "b");
+        assert_eq!(peers[0].endpoints[0].ips[0].to_string(), "10.88.2.2");
+        assert!(toml::from_str::<PeersFile>("colour = 1").is_err());
+    }
+}
