@@ -600,27 +600,27 @@ pub fn attach_vxlan(
     Ok(())
 }
 
-/// Detaches a datapath's program from the vxlan device (the device may be
-/// gone already).
+/// Detaches a datapath's program from the vxlan device: its pinned tcx
+/// link, or else its clsact filter, if there (the device, or the program,
+/// may be gone already: an `up` interrupted before it joined).
 pub fn detach_vxlan(pins: &Path, device: &str, vni: u32) -> Result<()> {
     let pin = vxlan_pin(pins);
     if pin.exists() {
-        PinnedLink::from_pin(&pin)
+        return PinnedLink::from_pin(&pin)
             .with_context(|| format!("opening pinned link {}", pin.display()))?
             .unpin()
-            .with_context(|| format!("unpinning {}", pin.display()))?;
+            .map(drop)
+            .with_context(|| format!("unpinning {}", pin.display()));
     }
-    if nix::net::if_::if_nametoindex(device).is_ok()
-        && let Ok(link) = SchedClassifierLink::attached(
-            device,
-            TcAttachType::Ingress,
-            CLSACT_PRIORITY,
-            vxlan_handle(vni),
-            None,
-        )
-    {
-        link.detach()
-            .with_context(|| format!("detaching the tc filter of {device}"))?;
+    let filter = SchedClassifierLink::attached(
+        device,
+        TcAttachType::Ingress,
+        CLSACT_PRIORITY,
+        vxlan_handle(vni),
+        None,
+    );
+    if let Err(e) = filter.map_err(aya::programs::ProgramError::from).and_then(|l| l.detach()) {
+        debug!("{device}: no tc filter of VNI {vni} to detach ({e})");
     }
     Ok(())
 }
