@@ -410,11 +410,13 @@ impl Drop for Topology {
     }
 }
 
-/// Frames a port's program decided on: every verdict (redirected, passed,
-/// dropped), not the side counters (learned, trace lost).
+/// Frames a port's program decided on: every verdict (sent by the fast
+/// path, passed, dropped), not the side counters (learned, trace lost,
+/// decapsulated).
 pub fn verdicts(packets: &serde_json::Value) -> u64 {
     use netpath_common::Counter;
-    std::iter::once(Counter::Redirected)
+    Counter::SENT
+        .into_iter()
         .chain(Counter::PASSED)
         .chain(Counter::DROPPED)
         .map(|c| packets[c.name()].as_u64().unwrap())

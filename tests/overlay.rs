@@ -1,0 +1,467 @@
+//! Issue 15: a VXLAN overlay across hosts. Each simulated host is a
+//! network namespace of its own that netpath runs on (see `common::Host`),
+//! with an `eth0`-like interface on an underlay bridge that lives in one
+//! more namespace. The peers come from a static peers file made of every
+//! node's `netpath overlay export`.
+
+mod common;
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::Output,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use common::{
+    BridgeForwardCounter, Host, Topology, in_ns, link_packets, output_within, ping,
+    spawn_in, unique_name, verdicts,
+};
+use netpath::host::netns;
+use serde_json::Value;
+
+/// The interface of a host on the underlay.
+const UNDERLAY_IF: &str = "underlay";
+
+/// The underlay address of host `i` (its own namespace: no other test sees it).
+fn underlay_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 77, i as u8 + 1)
+}
+
+/// An underlay: a bridge in a namespace of its own, and hosts plugged into it.
+struct Cluster {
+    hosts: Vec<Arc<Host>>,
+    underlay: String,
+}
+
+impl Cluster {
+    fn new(count: usize) -> Cluster {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let underlay = format!(
+            "npul-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        netns::create(&underlay).expect("creating the underlay namespace");
+        let cluster = Cluster {
+            hosts: Vec::new(),
+            underlay,
+        };
+        sh_ok(&["ip", "-n", &cluster.underlay, "link", "add", "ul", "type", "bridge"]);
+        sh_ok(&["ip", "-n", &cluster.underlay, "link", "set", "ul", "up"]);
+        let mut cluster = cluster;
+        for i in 0..count {
+            let host = Host::new();
+            let port = format!("ul{i}");
+            sh_ok(&[
+                "ip", "-n", &cluster.underlay, "link", "add", &port, "type", "veth", "peer", "name",
+                UNDERLAY_IF, "netns", &host.name,
+            ]);
+            sh_ok(&["ip", "-n", &cluster.underlay, "link", "set", &port, "master", "ul", "up"]);
+            let addr = format!("{}/24", underlay_ip(i));
+            sh_ok(&["ip", "-n", &host.name, "addr", "add", &addr, "dev", UNDERLAY_IF]);
+            sh_ok(&["ip", "-n", &host.name, "link", "set", UNDERLAY_IF, "up"]);
+            cluster.hosts.push(host);
+        }
+        cluster
+    }
+
+    /// One topology per host listed in `on`, all on overlay `vni` (network
+    /// 10.88.0.0/16, host i's slice 10.88.(i+1).0/24), with `containers`
+    /// containers each; the peers file lists every one of them.
+    fn overlay(&self, vni: u32, containers: usize, on: &[usize]) -> Overlay {
+        let peers = std::env::temp_dir().join(format!("netpath-peers-{}.toml", unique_name("ov")));
+        std::fs::write(&peers, "").unwrap();
+        let mut overlay = Overlay {
+            topologies: Vec::new(),
+            peers,
+        };
+        for &i in on {
+            let host = &self.hosts[i];
+            let topology = Topology::adopt(host, &unique_name("ov"));
+            let (subnet, vni, ul) = (
+                format!("10.88.{}.0/24", i + 1),
+                vni.to_string(),
+                underlay_ip(i).to_string(),
+            );
+            host.netpath_ok(&[
+                "up",
+                "--name",
+                &topology.name,
+                "--containers",
+                &containers.to_string(),
+                "--subnet",
+                &subnet,
+                "--vni",
+                &vni,
+                "--underlay",
+                &ul,
+                "--overlay-network",
+                "10.88.0.0/16",
+                "--peers",
+                overlay.peers.to_str().unwrap(),
+            ]);
+            overlay.topologies.push(topology);
+        }
+        let records: String = overlay
+            .topologies
+            .iter()
+            .map(|t| t.netpath_ok(&["overlay", "export", "--name", &t.name]))
+            .collect();
+        overlay.add_peers(&records);
+        overlay
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Err(e) = netns::delete(&self.underlay) {
+            eprintln!("deleting underlay namespace {}: {e:#}", self.underlay);
+        }
+    }
+}
+
+/// A topology per host on one overlay, and its peers file.
+struct Overlay {
+    topologies: Vec<Topology>,
+    peers: PathBuf,
+}
+
+impl Overlay {
+    /// Appends node records to the peers file and has every node read it.
+    fn add_peers(&self, records: &str) {
+        let mut text = std::fs::read_to_string(&self.peers).unwrap();
+        text.push_str(records);
+        std::fs::write(&self.peers, text).unwrap();
+        for t in &self.topologies {
+            t.netpath_ok(&["overlay", "sync", "--name", &t.name]);
+        }
+    }
+
+    /// The container namespace of container `c` on the overlay's `i`th node.
+    fn ns(&self, i: usize, c: usize) -> String {
+        self.topologies[i].ns(&format!("c{c}"))
+    }
+
+    /// `overlay status --json` of the `i`th node.
+    fn status(&self, i: usize) -> Value {
+        let t = &self.topologies[i];
+        serde_json::from_str(&t.netpath_ok(&["overlay", "status", "--name", &t.name, "--json"]))
+            .unwrap()
+    }
+
+    /// A counter of the `i`th node's vxlan device program.
+    fn overlay_counter(&self, i: usize, name: &str) -> u64 {
+        self.status(i)["counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c[0] == name)
+            .map(|c| c[1].as_u64().unwrap())
+            .unwrap_or_else(|| panic!("no overlay counter {name}"))
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        // The topologies go down first (their own Drop), then the file.
+        self.topologies.clear();
+        let _ = std::fs::remove_file(&self.peers);
+    }
+}
+
+/// The address of container `c` on host `i` (the IPAM's order: .1 is the
+/// bridge, containers from .2).
+fn ip(host: usize, c: usize) -> String {
+    format!("10.88.{}.{}", host + 1, c + 2)
+}
+
+fn sh_ok(args: &[&str]) {
+    let out = common::outside(args[0], &args[1..]);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `args` in container `ns`, killed (and the test failed) after `secs`.
+fn run_within(ns: &str, args: &[&str], secs: u64) -> Output {
+    output_within(
+        spawn_in(ns, args),
+        Duration::from_secs(secs),
+        &format!("{args:?} in {ns}"),
+    )
+}
+
+/// An iperf3 run between two containers; the server serves one test.
+fn iperf(client: &str, server: &str, to: &str, port: u16, extra: &[&str]) -> Value {
+    let port = port.to_string();
+    let server = common::KillOnDrop(spawn_in(server, &["iperf3", "-s", "-1", "-p", &port]));
+    std::thread::sleep(common::patience(Duration::from_millis(300)));
+    let mut args = vec!["iperf3", "-c", to, "-p", &port, "-t", "2", "-J"];
+    args.extend_from_slice(extra);
+    let out = run_within(client, &args, 30);
+    drop(server);
+    assert!(
+        out.status.success(),
+        "iperf3 {extra:?} {client} -> {to} failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// What a container receives that matches a tcpdump filter, for a few
+/// seconds from now (capturing by the time `start` returns).
+struct Capture(common::KillOnDrop);
+
+impl Capture {
+    fn start(ns: &str, filter: &str) -> Capture {
+        let capture = Self::start_quick(ns, filter);
+        std::thread::sleep(common::patience(Duration::from_secs(1)));
+        capture
+    }
+
+    /// Without waiting for tcpdump to be ready (the next `start` does).
+    fn start_quick(ns: &str, filter: &str) -> Capture {
+        Capture(common::KillOnDrop(spawn_in(
+            ns,
+            &["timeout", "8", "tcpdump", "-i", "eth0", "-n", "-l", filter],
+        )))
+    }
+
+    /// The frames captured, once the capture ended (a tcpdump that did
+    /// not capture fails the test: no capture is not "nothing seen").
+    fn frames(self) -> Vec<String> {
+        let out = output_within(self.0, Duration::from_secs(15), "tcpdump");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("listening on eth0") && stderr.contains("packets captured"),
+            "tcpdump did not capture: {stderr}"
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A port's counters (`netpath stats --json`) on the topology.
+fn port_counter(t: &Topology, container: &str, name: &str) -> u64 {
+    t.counter(&t.ns(container), name)
+}
+
+#[test]
+fn three_hosts_carry_ping_tcp_and_udp_on_the_fast_path() {
+    let cluster = Cluster::new(3);
+    let ov = cluster.overlay(42, 2, &[0, 1, 2]);
+    let bridges: Vec<BridgeForwardCounter> = ov
+        .topologies
+        .iter()
+        .map(BridgeForwardCounter::from_ports_of)
+        .collect();
+    let containers: Vec<String> = (0..3)
+        .flat_map(|i| (0..2).map(move |c| (i, c)))
+        .map(|(i, c)| ov.ns(i, c))
+        .collect();
+    let tx = |ns: &String| link_packets(ns, "eth0").1;
+    let before: Vec<u64> = containers.iter().map(tx).collect();
+
+    // Every container reaches every container of the other hosts.
+    for i in 0..3 {
+        for j in (0..3).filter(|j| *j != i) {
+            for c in 0..2 {
+                assert!(
+                    ping(&ov.ns(i, 0), &ip(j, c)),
+                    "host {i} c0 cannot ping host {j} c{c} ({})",
+                    ip(j, c)
+                );
+            }
+        }
+    }
+    // ARP for remote containers was answered on each host by its programs.
+    for (i, t) in ov.topologies.iter().enumerate() {
+        let answered = port_counter(t, "c0", "arp_answered");
+        assert!(answered >= 2, "host {i}: only {answered} ARP requests answered");
+    }
+
+    // MTU: the underlay's 1500 less 50; exactly that passes with DF set,
+    // one byte more is refused by the kernel (message too long).
+    let mtu_line = String::from_utf8_lossy(&in_ns(&ov.ns(0, 0), &["ip", "link", "show", "eth0"]).stdout)
+        .into_owned();
+    assert!(mtu_line.contains("mtu 1450"), "container MTU: {mtu_line}");
+    let fits = in_ns(&ov.ns(0, 0), &["ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1422", &ip(1, 0)]);
+    assert!(fits.status.success(), "a 1450-byte packet did not cross: {fits:?}");
+    let too_big = in_ns(&ov.ns(0, 0), &["ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1423", &ip(1, 0)]);
+    assert!(!too_big.status.success(), "a 1451-byte packet crossed with DF set");
+    let said = String::from_utf8_lossy(&too_big.stderr).into_owned()
+        + &String::from_utf8_lossy(&too_big.stdout);
+    assert!(said.contains("message too long"), "ping said: {said}");
+
+    // Bulk traffic between hosts.
+    let tcp = iperf(&ov.ns(0, 0), &ov.ns(1, 0), &ip(1, 0), 5201, &[]);
+    let tcp_back = iperf(&ov.ns(0, 0), &ov.ns(1, 0), &ip(1, 0), 5202, &["-R"]);
+    let udp = iperf(&ov.ns(1, 1), &ov.ns(2, 1), &ip(2, 1), 5203, &["-u", "-b", "200M", "-l", "1000"]);
+    for (what, report) in [("TCP 0->1", &tcp), ("TCP 1->0", &tcp_back)] {
+        let bps = report["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
+        println!("overlay: {what} {:.2} Gbit/s", bps / 1e9);
+        assert!(bps > 1e8, "{what}: only {bps} bit/s");
+    }
+    let udp_received = udp["end"]["sum"]["packets"].as_u64().unwrap()
+        - udp["end"]["sum"]["lost_packets"].as_u64().unwrap_or(0);
+    println!("overlay: UDP 1->2 delivered {udp_received} datagrams");
+    assert!(udp_received > 10_000, "UDP delivered only {udp_received} datagrams");
+
+    // The encap and decap counters agree with the containers' own: a ping
+    // flood from host 0 c0 to host 2 c1 and back.
+    let flood_from = &ov.topologies[0];
+    let flood_to = &ov.topologies[2];
+    let sender = ov.ns(0, 0);
+    let receiver = ov.ns(2, 1);
+    let enc0 = port_counter(flood_from, "c0", "encapsulated");
+    let dec2 = port_counter(flood_to, "c1", "decapsulated");
+    let node_dec2 = ov.overlay_counter(2, "decapsulated");
+    let verdicts0 = flood_from
+        .program_counters()
+        .into_iter()
+        .find(|(p, _)| *p == sender)
+        .map(|(_, c)| verdicts(&c))
+        .unwrap();
+    let (rx_before, tx_before) = link_packets(&receiver, "eth0");
+    let sender_tx = link_packets(&sender, "eth0").1;
+    let flood = run_within(&sender, &["ping", "-f", "-c", "2000", "-q", &ip(2, 1)], 60);
+    assert!(flood.status.success(), "ping flood: {flood:?}");
+    let sent = link_packets(&sender, "eth0").1 - sender_tx;
+    let (rx_after, tx_after) = link_packets(&receiver, "eth0");
+    let encapsulated = port_counter(flood_from, "c0", "encapsulated") - enc0;
+    let decapsulated = port_counter(flood_to, "c1", "decapsulated") - dec2;
+    let node_decapsulated = ov.overlay_counter(2, "decapsulated") - node_dec2;
+    let decided = flood_from
+        .program_counters()
+        .into_iter()
+        .find(|(p, _)| *p == sender)
+        .map(|(_, c)| verdicts(&c))
+        .unwrap()
+        - verdicts0;
+    println!(
+        "overlay: flood: sender sent {sent}, encapsulated {encapsulated}; receiver got {}, decapsulated {decapsulated} (node {node_decapsulated}), sent back {}",
+        rx_after - rx_before,
+        tx_after - tx_before
+    );
+    let slack = 5;
+    assert!(encapsulated >= 2000 && encapsulated.abs_diff(sent) <= slack, "encapsulated {encapsulated} of {sent}");
+    assert!(decided.abs_diff(sent) <= slack, "program decided {decided} of {sent} frames");
+    assert!(
+        decapsulated >= 2000 && decapsulated.abs_diff(rx_after - rx_before) <= slack,
+        "decapsulated {decapsulated}, the receiver got {}",
+        rx_after - rx_before
+    );
+    assert!(
+        node_decapsulated.abs_diff(decapsulated) <= slack,
+        "the vxlan program decapsulated {node_decapsulated}, the port counted {decapsulated}"
+    );
+
+    // The fast path carried it: each host's bridge forwarded at most 1% of
+    // the frames its containers sent.
+    let sent_per_host: Vec<u64> = (0..3)
+        .map(|i| {
+            (0..2)
+                .map(|c| tx(&containers[i * 2 + c]) - before[i * 2 + c])
+                .sum()
+        })
+        .collect();
+    for (i, bridge) in bridges.iter().enumerate() {
+        let forwarded = bridge.packets();
+        println!(
+            "overlay: host {i}: containers sent {} frames, the bridge forwarded {forwarded}",
+            sent_per_host[i]
+        );
+        assert!(
+            forwarded * 100 <= sent_per_host[i],
+            "host {i}: the bridge forwarded {forwarded} of {} frames (> 1%)",
+            sent_per_host[i]
+        );
+    }
+}
+
+#[test]
+fn a_frame_from_an_unknown_underlay_address_is_dropped_and_counted() {
+    let cluster = Cluster::new(3);
+    let ov = cluster.overlay(42, 1, &[0, 1]);
+    let target = ov.ns(0, 0);
+    let mac = String::from_utf8_lossy(
+        &in_ns(&target, &["cat", "/sys/class/net/eth0/address"]).stdout,
+    )
+    .trim()
+    .to_owned();
+    // Host 2 is no node of the overlay: a kernel vxlan device of VNI 42
+    // sends straight to host 0 from it.
+    let rogue = &cluster.hosts[2];
+    let remote = underlay_ip(0).to_string();
+    for args in [
+        vec!["link", "add", "rogue", "type", "vxlan", "id", "42", "dstport", "4789", "remote", &remote],
+        vec!["link", "set", "rogue", "mtu", "1450", "up"],
+        vec!["addr", "add", "10.88.9.9/16", "dev", "rogue"],
+        vec!["neigh", "add", "10.88.1.2", "lladdr", &mac, "dev", "rogue", "nud", "permanent"],
+    ] {
+        let out = rogue.sh("ip", &args);
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let dropped = ov.overlay_counter(0, "drop_unknown_node");
+    let capture = Capture::start(&target, "host 10.88.9.9");
+    let pinged = rogue.sh("ping", &["-c", "5", "-i", "0.2", "-W", "1", "10.88.1.2"]);
+    assert!(!pinged.status.success(), "an unknown node reached a container");
+    let dropped = ov.overlay_counter(0, "drop_unknown_node") - dropped;
+    assert!(dropped >= 5, "only {dropped} frames from the unknown node were counted");
+    let seen = capture.frames();
+    assert!(seen.is_empty(), "the container received frames from an unknown node: {seen:?}");
+
+    // The same frames from a node in the peers file get through (and the
+    // reply goes back to it): the address was the only difference.
+    // (the host's /sys is the machine's: ask the host's netlink instead)
+    let link: Value = serde_json::from_slice(&rogue.sh("ip", &["-j", "link", "show", "rogue"]).stdout).unwrap();
+    let rogue_mac = link[0]["address"].as_str().unwrap().to_owned();
+    ov.add_peers(&format!(
+        "[[node]]\nnode = \"rogue\"\nvni = 42\nunderlay = \"{}\"\n[[node.endpoint]]\nmac = \"{rogue_mac}\"\nips = [\"10.88.9.9\"]\n",
+        underlay_ip(2)
+    ));
+    let pinged = rogue.sh("ping", &["-c", "3", "-i", "0.2", "-W", "1", "10.88.1.2"]);
+    assert!(
+        pinged.status.success(),
+        "a known node did not reach the container: {}",
+        String::from_utf8_lossy(&pinged.stdout)
+    );
+}
+
+#[test]
+fn two_overlays_on_the_same_hosts_are_isolated() {
+    let cluster = Cluster::new(2);
+    // The same addresses on both: only the VNI tells them apart.
+    let red = cluster.overlay(42, 2, &[0, 1]);
+    let blue = cluster.overlay(43, 2, &[0, 1]);
+    // Unicast to a remote container of red, then broadcast (ARP for an
+    // address nobody has, flooded to red's nodes): blue sees none of it.
+    let captures: Vec<Capture> = (0..2)
+        .flat_map(|i| (0..2).map(move |c| (i, c)))
+        .map(|(i, c)| Capture::start_quick(&blue.ns(i, c), "arp or icmp"))
+        .collect();
+    let red_peer = Capture::start(&red.ns(1, 0), "arp or icmp");
+    assert!(ping(&red.ns(0, 0), &ip(1, 0)), "red cannot reach its own remote container");
+    assert!(!ping(&red.ns(0, 0), "10.88.2.99"));
+    let red_seen = red_peer.frames();
+    assert!(
+        red_seen.iter().any(|l| l.contains("ICMP echo request"))
+            && red_seen.iter().any(|l| l.contains("who-has 10.88.2.99")),
+        "red's remote container saw neither the ping nor the broadcast: {red_seen:?}"
+    );
+    for capture in captures {
+        let seen = capture.frames();
+        assert!(seen.is_empty(), "a container of blue received red's frames: {seen:?}");
+    }
+    assert!(ping(&blue.ns(1, 1), &ip(0, 1)), "blue cannot reach its own remote container");
+}
