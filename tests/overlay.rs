@@ -465,3 +465,240 @@ fn two_overlays_on_the_same_hosts_are_isolated() {
     }
     assert!(ping(&blue.ns(1, 1), &ip(0, 1)), "blue cannot reach its own remote container");
 }
+
+/// etcd in a host of the cluster of its own, on the underlay; killed (and
+/// its data removed) when dropped.
+struct Etcd {
+    host: Arc<Host>,
+    ip: Ipv4Addr,
+    data: PathBuf,
+    process: Option<common::KillOnDrop>,
+}
+
+impl Etcd {
+    fn start(host: &Arc<Host>, ip: Ipv4Addr) -> Etcd {
+        let data = std::env::temp_dir().join(format!("netpath-etcd-{}", unique_name("et")));
+        let mut etcd = Etcd {
+            host: host.clone(),
+            ip,
+            data,
+            process: None,
+        };
+        etcd.resume();
+        etcd
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}:2379", self.ip)
+    }
+
+    /// Starts etcd (again, on its data) and waits until it serves clients.
+    fn resume(&mut self) {
+        let peer = "http://127.0.0.1:2380";
+        let child = self
+            .host
+            .command("etcd")
+            .args(["--name", "e", "--data-dir", self.data.to_str().unwrap()])
+            .args(["--listen-client-urls", &self.url(), "--advertise-client-urls", &self.url()])
+            .args(["--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer])
+            .args(["--initial-cluster", &format!("e={peer}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting etcd (Debian's etcd-server; `cargo xtask setup` installs it)");
+        self.process = Some(common::KillOnDrop(child));
+        let address = std::net::SocketAddr::from((self.ip, 2379));
+        let deadline = std::time::Instant::now() + common::patience(Duration::from_secs(10));
+        while !self.host.run(|| {
+            std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
+        }) {
+            assert!(std::time::Instant::now() < deadline, "etcd did not start serving");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(&mut self) {
+        self.process = None;
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.process = None;
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// `netpath run` of one node on an etcd overlay, killed when dropped; its
+/// topology torn down after.
+struct EtcdNode {
+    process: Option<common::KillOnDrop>,
+    topology: Topology,
+    args: Vec<String>,
+}
+
+impl EtcdNode {
+    fn start(cluster: &Cluster, i: usize, etcd: &Etcd) -> EtcdNode {
+        let host = &cluster.hosts[i];
+        let name = unique_name("oe");
+        let args: Vec<String> = [
+            "run", "--name", &name, "--keep", "--containers", "2", "--subnet",
+            &format!("10.88.{}.0/24", i + 1), "--vni", "42", "--underlay", &underlay_ip(i).to_string(),
+            "--overlay-network", "10.88.0.0/16", "--etcd", &etcd.url(), "--lease-ttl", "3",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut node = EtcdNode {
+            process: None,
+            topology: Topology::adopt(host, &name),
+            args,
+        };
+        node.restart();
+        node
+    }
+
+    /// Starts `run` (again: it adopts the topology that is up).
+    fn restart(&mut self) {
+        let child = self
+            .topology
+            .netpath_command()
+            .args(&self.args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting netpath run");
+        self.process = Some(common::KillOnDrop(child));
+    }
+
+    /// SIGKILL: the datapath stays, the lease is no longer kept.
+    fn kill(&mut self) {
+        self.process = None;
+    }
+
+    fn ns(&self, c: usize) -> String {
+        self.topology.ns(&format!("c{c}"))
+    }
+
+    /// The other nodes this node has programmed (underlay addresses), or
+    /// none while its overlay is not up yet.
+    fn accepted(&self) -> Vec<String> {
+        let out = self
+            .topology
+            .netpath(&["overlay", "status", "--name", &self.topology.name, "--json"]);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        status["accepted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_str(&self.topology.netpath_ok(&[
+            "overlay", "status", "--name", &self.topology.name, "--json",
+        ]))
+        .unwrap()
+    }
+}
+
+/// Waits up to `limit` for `done`; returns how long it took, or fails
+/// saying `what`.
+#[track_caller]
+fn within(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let started = std::time::Instant::now();
+    let limit = common::patience(limit);
+    loop {
+        if done() {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn etcd_programs_nodes_as_they_come_and_go_and_its_loss_stops_nothing() {
+    let cluster = Cluster::new(4);
+    let mut etcd = Etcd::start(&cluster.hosts[3], underlay_ip(3));
+    let mut nodes: Vec<EtcdNode> = (0..3).map(|i| EtcdNode::start(&cluster, i, &etcd)).collect();
+    let ul = |i: usize| underlay_ip(i).to_string();
+    for (i, node) in nodes.iter().enumerate() {
+        let others: Vec<String> = (0..3).filter(|j| *j != i).map(ul).collect();
+        within(Duration::from_secs(15), &format!("node {i} learning the others"), || {
+            node.accepted() == others
+        });
+    }
+    for i in 0..3 {
+        for j in (0..3).filter(|j| *j != i) {
+            assert!(ping(&nodes[i].ns(0), &ip(j, 0)), "node {i} cannot reach node {j}");
+        }
+    }
+
+    // A container added on node 0 is programmed on node 1 within 1 s.
+    let t0 = &nodes[0].topology;
+    let added = t0.netpath_ok(&["port", "add", "--name", &t0.name, "web"]);
+    let mac = t0
+        .status()["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["container"] == "web" || p["name"].as_str().is_some_and(|n| n.ends_with("-web")))
+        .and_then(|p| p["mac"].as_str())
+        .unwrap_or_else(|| panic!("no port web in status after {added}"))
+        .to_owned();
+    let took = within(Duration::from_secs(1), "the new container on node 1", || {
+        nodes[1].status()["remote"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["mac"] == mac.as_str())
+    });
+    println!("overlay/etcd: a new container was programmed on another node after {took:?}");
+
+    // etcd stops and comes back (after longer than the lease TTL) while
+    // traffic runs: nothing is lost, and the nodes reconnect.
+    let pinger = spawn_in(&nodes[0].ns(0), &["ping", "-i", "0.02", "-c", "400", "-W", "1", &ip(1, 0)]);
+    std::thread::sleep(Duration::from_secs(1));
+    etcd.stop();
+    within(Duration::from_secs(10), "node 0 noticing etcd is gone", || {
+        nodes[0].status()["connected"] == false
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    etcd.resume();
+    let pinged = output_within(pinger, Duration::from_secs(30), "ping under etcd loss");
+    let summary = String::from_utf8_lossy(&pinged.stdout).into_owned();
+    println!("overlay/etcd: ping during the etcd outage: {}", summary.lines().rev().nth(1).unwrap_or(""));
+    assert!(
+        pinged.status.success() && summary.contains(" 0% packet loss"),
+        "frames were lost while etcd was away: {summary}"
+    );
+    for (i, node) in nodes.iter().enumerate() {
+        within(Duration::from_secs(10), &format!("node {i} reconnecting to etcd"), || {
+            node.status()["connected"] == true
+        });
+        assert_eq!(node.accepted().len(), 2, "node {i} lost a node across the etcd outage");
+    }
+
+    // Node 2 dies: the others forget it within the lease TTL (3 s, and
+    // etcd's expiry check), and keep forwarding between themselves.
+    nodes[2].kill();
+    let forgotten = within(Duration::from_secs(5), "nodes 0 and 1 forgetting node 2", || {
+        !nodes[0].accepted().contains(&ul(2)) && !nodes[1].accepted().contains(&ul(2))
+    });
+    println!("overlay/etcd: a killed node was forgotten after {forgotten:?} (TTL 3 s)");
+    assert!(ping(&nodes[0].ns(0), &ip(1, 0)), "nodes 0 and 1 lost each other with node 2");
+    assert!(!ping(&nodes[0].ns(0), &ip(2, 0)), "node 2 is still reached after it was forgotten");
+
+    // Node 2 restarts and rejoins.
+    nodes[2].restart();
+    within(Duration::from_secs(10), "node 2 rejoining", || {
+        nodes[0].accepted().contains(&ul(2)) && nodes[2].accepted().len() == 2
+    });
+    assert!(ping(&nodes[0].ns(0), &ip(2, 0)), "node 2 is not reached after it rejoined");
+    drop(nodes);
+}

@@ -20,6 +20,10 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const DEBIAN_TOOLS: &[(&str, &str, &[Need])] = &[
     // `--nat` runs nft.
     ("nft", "nftables", &[Need::Run, Need::Bench, Need::Test]),
+    // Building netpath: etcd-client compiles etcd's protobuf definitions.
+    ("protoc", "protobuf-compiler", &[Need::Run, Need::Bench, Need::Test]),
+    // The overlay tests' control plane.
+    ("etcd", "etcd-server", &[Need::Test]),
     ("ip", "iproute2", &[Need::Test]),
     ("iperf3", "iperf3", &[Need::Bench, Need::Test]),
     ("sockperf", "sockperf", &[Need::Bench, Need::Test]),

@@ -3,11 +3,8 @@
 use anyhow::Result;
 use clap::Args;
 
-use super::{netlink_handle, require_root};
-use crate::{
-    model::{Settings, TopologySpec},
-    ops::supervise,
-};
+use super::netlink_handle;
+use crate::{model::Settings, ops::supervise};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -22,7 +19,6 @@ pub struct RunArgs {
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
-    let spec = TopologySpec::resolve(args.settings)?;
-    require_root()?;
+    let spec = super::topology::resolve(args.settings).await?;
     supervise::run(&netlink_handle().await?, spec, args.keep, args.metrics).await
 }

@@ -8,16 +8,22 @@ use crate::{
     ops::topology::{self, UpOutcome},
 };
 
-pub async fn up(settings: Settings) -> Result<()> {
+/// The spec `up` and `run` build: containers on an overlay get the MTU
+/// the underlay carries for them, unless --mtu says otherwise.
+pub(super) async fn resolve(settings: Settings) -> Result<TopologySpec> {
     let settings = settings.with_file()?;
     let overlay_mtu = settings.mtu.is_none() && settings.underlay.is_some();
     let mut spec = TopologySpec::resolve(settings)?;
     require_root()?;
     if let (true, Some(overlay)) = (overlay_mtu, &spec.overlay) {
-        // Containers on an overlay get what the underlay carries for them.
         spec.mtu = crate::ops::overlay::mtu_limit(&netlink_handle().await?, overlay).await?;
         spec.validate()?;
     }
+    Ok(spec)
+}
+
+pub async fn up(settings: Settings) -> Result<()> {
+    let spec = resolve(settings).await?;
     let (name, count, mode) = (spec.name.clone(), spec.containers.len(), spec.mode);
     let started = std::time::Instant::now();
     match topology::up(&netlink_handle().await?, spec).await? {

@@ -39,10 +39,14 @@ pub async fn run(
     let _running = Lock::acquire(&name, Purpose::Run)?;
     let ageing = Duration::from_secs(spec.ageing_s);
     let fast_path = spec.mode != Mode::Bridge;
+    let overlay = spec.overlay.is_some().then(|| spec.clone());
     match topology::up(handle, spec).await? {
         UpOutcome::Created => info!("topology {name} up, mode {mode}"),
         UpOutcome::AlreadyUp => info!("topology {name} was up as asked; adopted it"),
     }
+    // The overlay's control plane: programs the other nodes as they come
+    // and go (`ops::overlay`).
+    let control = overlay.map(|spec| tokio::spawn(super::overlay::control_plane(spec)));
     if fast_path {
         forward_bpf_logs(&name)?;
     }
@@ -129,6 +133,9 @@ pub async fn run(
         }
     }
     watcher.abort();
+    if let Some(control) = control {
+        control.abort();
+    }
     if let Some(server) = server {
         server.abort();
     }

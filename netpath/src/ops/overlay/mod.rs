@@ -1,7 +1,11 @@
 //! A topology on an overlay: joining it when the topology comes up (the
 //! node's vxlan device, the decap program, the overlay's settings),
 //! leaving it when it goes down, this node's record for the other nodes,
-//! and programming what the control plane (see `control`) learned of them.
+//! and programming what the control plane learned of them: a static peers
+//! file (read at `up`, `overlay sync`, and by `run` when it changes) or
+//! etcd (`etcd.rs`, run by `run`).
+
+pub mod etcd;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -162,6 +166,33 @@ pub fn program(
         },
     )?;
     Ok(changes)
+}
+
+/// The control plane of a topology on an overlay, for `run`: etcd's
+/// session, or a watch on the peers file (polled: a file edited in place
+/// or replaced alike). Runs until dropped.
+pub async fn control_plane(spec: TopologySpec) {
+    let Some(overlay) = spec.overlay.clone() else {
+        return;
+    };
+    match overlay.peers {
+        Peers::Etcd(endpoints) => etcd::run(spec, endpoints).await,
+        Peers::File(path) => {
+            let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            let mut seen = modified(&path);
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let now = modified(&path);
+                if now != seen {
+                    seen = now;
+                    if let Err(e) = sync_peers_file(&spec) {
+                        log::warn!("{}: {e:#}; keeping the peers as they were", spec.name);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Records that the control plane lost (or regained) its source, keeping

@@ -1,0 +1,187 @@
+//! The etcd control plane of one node: registration under a lease, a watch
+//! on the overlay's nodes, and every change programmed as it arrives.
+//!
+//! Keys: `/netpath/overlay/VNI/nodes/NODE` = the node's [`NodeRecord`] as
+//! JSON, attached to the node's lease. A node whose lease expires (it
+//! stopped keeping it alive: killed, cut off) loses its key, and the watch
+//! removes it from every other node. etcd unreachable: the maps stay as
+//! last programmed (forwarding goes on), and the session starts over until
+//! etcd answers again: a new lease, the key put again, a full read, a
+//! new watch.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions,
+};
+use log::{info, warn};
+
+use super::{local_record, program, set_connected};
+use crate::{
+    model::{TopologySpec, overlay::NodeRecord},
+    ops::topology::load_complete,
+};
+
+/// How long one etcd request may take before the session is given up.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Wait between attempts while etcd is unreachable.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How often this node's own record is compared with what it published
+/// (containers added or removed): well within the 1 s a change may take
+/// to reach the other nodes.
+const LOCAL_CHECK_EVERY: Duration = Duration::from_millis(200);
+
+/// The prefix of the nodes of overlay `vni`.
+pub fn prefix(vni: u32) -> String {
+    format!("/netpath/overlay/{vni}/nodes/")
+}
+
+/// Runs the control plane of topology `spec` until the task is dropped.
+pub async fn run(spec: TopologySpec, endpoints: Vec<String>) {
+    let source = format!("etcd {}", endpoints.join(","));
+    loop {
+        match session(&spec, &endpoints, &source).await {
+            Ok(()) => return,
+            Err(e) => {
+                warn!(
+                    "{}: etcd control plane: {e:#}; forwarding on the last known state, retrying",
+                    spec.name
+                );
+                if let Err(e) = set_connected(&spec.name, false, None) {
+                    warn!("{}: recording the control plane's state: {e:#}", spec.name);
+                }
+                tokio::time::sleep(RETRY_EVERY).await;
+            }
+        }
+    }
+}
+
+/// One connection to etcd, until it fails.
+async fn session(spec: &TopologySpec, endpoints: &[String], source: &str) -> Result<()> {
+    let overlay = super::overlay_of(spec)?;
+    let options = ConnectOptions::new()
+        .with_connect_timeout(REQUEST_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT);
+    let mut client = Client::connect(endpoints, Some(options))
+        .await
+        .context("connecting")?;
+    let ttl = overlay.lease_ttl_s as i64;
+    let lease = client
+        .lease_grant(ttl, None)
+        .await
+        .context("granting a lease")?
+        .id();
+    let key = format!("{}{}", prefix(overlay.vni), overlay.node);
+    let mut published = local_record(spec)?;
+    client
+        .put(
+            key.as_str(),
+            serde_json::to_vec(&published)?,
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .context("registering this node")?;
+    let (mut keeper, mut keep_alive) = client
+        .lease_keep_alive(lease)
+        .await
+        .context("keeping the lease alive")?;
+
+    // Everything now, then every change after it.
+    let listed = client
+        .get(prefix(overlay.vni), Some(GetOptions::new().with_prefix()))
+        .await
+        .context("reading the overlay's nodes")?;
+    let revision = listed.header().map_or(0, |h| h.revision());
+    let mut nodes: BTreeMap<String, NodeRecord> = BTreeMap::new();
+    for kv in listed.kvs() {
+        if let Some(record) = parse(kv.key(), kv.value()) {
+            nodes.insert(kv.key_str()?.to_owned(), record);
+        }
+    }
+    program(spec, nodes.values().cloned().collect(), source.into(), true, Some(lease))?;
+    info!(
+        "{}: registered as {} in {source} (lease {lease:x}, TTL {ttl} s), {} nodes",
+        spec.name,
+        overlay.node,
+        nodes.len()
+    );
+    let mut watch = client
+        .watch(
+            prefix(overlay.vni),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1),
+            ),
+        )
+        .await
+        .context("watching the overlay's nodes")?;
+
+    // Keep-alives at a third of the TTL: two may be lost before it expires.
+    let mut keep = tokio::time::interval(Duration::from_millis(ttl as u64 * 1000 / 3));
+    let mut local = tokio::time::interval(LOCAL_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = keep.tick() => {
+                keeper.keep_alive().await.context("sending a keep-alive")?;
+            }
+            _ = local.tick() => {
+                // Containers added or removed here: tell the others.
+                let now = local_record(&load_complete(&spec.name)?.spec)?;
+                if now != published {
+                    client
+                        .put(key.as_str(), serde_json::to_vec(&now)?, Some(PutOptions::new().with_lease(lease)))
+                        .await
+                        .context("updating this node's record")?;
+                    published = now;
+                }
+            }
+            answer = keep_alive.message() => {
+                match answer.context("reading keep-alive answers")? {
+                    Some(answer) if answer.ttl() > 0 => {}
+                    Some(_) => bail!("lease {lease:x} expired"),
+                    None => bail!("the keep-alive stream ended"),
+                }
+            }
+            message = watch.message() => {
+                let Some(message) = message.context("watching")? else {
+                    bail!("the watch ended");
+                };
+                if message.canceled() {
+                    bail!("the watch was cancelled: {}", message.cancel_reason());
+                }
+                let mut changed = false;
+                for event in message.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let key = kv.key_str()?.to_owned();
+                    match event.event_type() {
+                        EventType::Put => {
+                            if let Some(record) = parse(kv.key(), kv.value()) {
+                                changed |= nodes.insert(key, record.clone()).as_ref() != Some(&record);
+                            }
+                        }
+                        EventType::Delete => changed |= nodes.remove(&key).is_some(),
+                    }
+                }
+                if changed {
+                    program(spec, nodes.values().cloned().collect(), source.into(), true, Some(lease))?;
+                }
+            }
+        }
+    }
+}
+
+/// A node's record, or None (with a warning) for a value that is none.
+fn parse(key: &[u8], value: &[u8]) -> Option<NodeRecord> {
+    match serde_json::from_slice(value) {
+        Ok(record) => Some(record),
+        Err(e) => {
+            warn!(
+                "ignoring {}: not a node record ({e})",
+                String::from_utf8_lossy(key)
+            );
+            None
+        }
+    }
+}
