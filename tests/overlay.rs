@@ -290,6 +290,19 @@ fn three_hosts_carry_ping_tcp_and_udp_on_the_fast_path() {
         assert!(answered >= 2, "host {i}: only {answered} ARP requests answered");
     }
 
+    // `fdb dump` lists the other hosts' containers with their node.
+    let remote: Vec<Value> = ov.topologies[0]
+        .fdb()
+        .into_iter()
+        .filter(|r| r["state"] == "remote")
+        .collect();
+    assert_eq!(remote.len(), 4, "host 0's remote entries: {remote:?}");
+    for j in 1..3 {
+        let of_node: Vec<&Value> = remote.iter().filter(|r| r["node"] == ov.topologies[j].name.as_str()).collect();
+        assert_eq!(of_node.len(), 2, "host {j}'s containers in host 0's FDB: {remote:?}");
+        assert!(of_node.iter().all(|r| r["dst"] == underlay_ip(j).to_string()), "{remote:?}");
+    }
+
     // MTU: the underlay's 1500 less 50; exactly that passes with DF set,
     // one byte more is refused by the kernel (message too long).
     let mtu_line = String::from_utf8_lossy(&in_ns(&ov.ns(0, 0), &["ip", "link", "show", "eth0"]).stdout)

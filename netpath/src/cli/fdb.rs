@@ -8,7 +8,7 @@ use crate::{
     datapath::{self, fdb::Fdb},
     host::netlink::LinkNames,
     model::Mac,
-    ops::fdb,
+    ops::{fdb, overlay},
 };
 
 #[derive(Subcommand)]
@@ -59,12 +59,15 @@ pub async fn run(command: FdbCommand) -> Result<()> {
     let handle = netlink_handle().await?;
     match command {
         FdbCommand::Dump { name, json } => {
-            let rows = Fdb::open(&datapath::maps(&name.datapath()?)?)?.rows()?;
+            let datapath = name.datapath()?;
+            let maps = datapath::maps(&datapath)?;
+            let rows = Fdb::open(&maps)?.rows()?;
+            let remote = overlay::remote_entries(&datapath, &maps)?;
             let names = LinkNames::load(&handle).await?;
             if json {
-                render::json_line(&render::fdb_json(&rows, &names))
+                render::json_line(&render::fdb_json(&rows, &remote, &names))
             } else {
-                print!("{}", render::fdb_table(&rows, &names));
+                print!("{}", render::fdb_table(&rows, &remote, &names));
                 Ok(())
             }
         }

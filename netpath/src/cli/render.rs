@@ -102,29 +102,45 @@ pub fn list_table(listed: &[Listed]) -> String {
     out
 }
 
-/// `fdb dump --json`: the fields of `bridge -j fdb show` that apply.
-pub fn fdb_json(rows: &[Row], names: &LinkNames) -> Value {
-    rows.iter()
-        .map(|r| {
-            json!({
-                "mac": r.mac, "ifname": names.name(r.ifindex), "ifindex": r.ifindex,
-                "vlan": r.vlan, "state": r.state, "age_s": r.age_s,
-            })
+/// `fdb dump --json`: the fields of `bridge -j fdb show` that apply;
+/// containers on other nodes (overlay) with `dst` (the node's underlay
+/// address) and `node` (its name, where known).
+pub fn fdb_json(rows: &[Row], remote: &[overlay::NamedRemote], names: &LinkNames) -> Value {
+    let local = rows.iter().map(|r| {
+        json!({
+            "mac": r.mac, "ifname": names.name(r.ifindex), "ifindex": r.ifindex,
+            "vlan": r.vlan, "state": r.state, "age_s": r.age_s,
         })
-        .collect()
+    });
+    let remote = remote.iter().map(|r| {
+        json!({
+            "mac": r.row.mac, "ifname": r.device, "vlan": 0, "state": "remote",
+            "dst": r.row.node, "node": r.node,
+        })
+    });
+    local.chain(remote).collect()
 }
 
-/// `fdb dump`, like `bridge fdb show`: `MAC dev IF STATE`.
-pub fn fdb_table(rows: &[Row], names: &LinkNames) -> String {
-    if rows.is_empty() {
+/// `fdb dump`, like `bridge fdb show`: `MAC dev IF STATE`, and for
+/// containers on other nodes `MAC dev VXLAN dst ADDRESS node NAME remote`.
+pub fn fdb_table(rows: &[Row], remote: &[overlay::NamedRemote], names: &LinkNames) -> String {
+    if rows.is_empty() && remote.is_empty() {
         return "No entries found.\n".into();
     }
-    rows.iter()
-        .map(|r| {
-            let age = r.age_s.map(|a| format!(" age {a}s")).unwrap_or_default();
-            format!("{} dev {} {}{age}\n", r.mac, names.name(r.ifindex), r.state)
-        })
-        .collect()
+    let local = rows.iter().map(|r| {
+        let age = r.age_s.map(|a| format!(" age {a}s")).unwrap_or_default();
+        format!("{} dev {} {}{age}\n", r.mac, names.name(r.ifindex), r.state)
+    });
+    let remote = remote.iter().map(|r| {
+        format!(
+            "{} dev {} dst {} node {} remote\n",
+            r.row.mac,
+            r.device,
+            r.row.node,
+            r.node.as_deref().unwrap_or("-")
+        )
+    });
+    local.chain(remote).collect()
 }
 
 /// A `monitor` event, like `bridge monitor fdb`.

@@ -239,3 +239,31 @@ pub fn status(spec: &TopologySpec) -> Result<Status> {
         counters: remote::counters(&maps)?,
     })
 }
+
+/// A remote FDB entry with the name of its node, for `fdb dump`.
+#[derive(Clone, Debug)]
+pub struct NamedRemote {
+    pub row: RemoteRow,
+    /// The node's name, as the control plane last programmed it.
+    pub node: Option<String>,
+    pub device: &'static str,
+}
+
+/// The remote entries of datapath `datapath` (none for one on no overlay).
+pub fn remote_entries(datapath: &str, maps: &datapath::maps::Maps) -> Result<Vec<NamedRemote>> {
+    let peers = match record::path(datapath) {
+        Ok(_) => record::load(datapath)?.map(|r| r.peers).unwrap_or_default(),
+        Err(_) => Vec::new(), // a CNI datapath's key: no overlay
+    };
+    Ok(remote::remote_rows(maps)?
+        .into_iter()
+        .map(|row| NamedRemote {
+            node: peers
+                .iter()
+                .find(|p| p.underlay == row.node)
+                .map(|p| p.node.clone()),
+            row,
+            device: vxlan::DEVICE,
+        })
+        .collect())
+}
