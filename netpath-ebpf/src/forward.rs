@@ -123,72 +123,76 @@ pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, data: usize, data_end: usize
         return Verdict::Pass(Counter::PassHost);
     }
     let key = FdbKey::new(dst, 0);
-    let target = match local_port(config, key) {
-        Local::Port(target) => target,
-        Local::Vanished => return Verdict::Pass(Counter::PassRedirectFailed),
-        Local::Unknown => {
-            // Remote entries come from the control plane only; a local
-            // entry (static, or learned and fresh) wins over them.
-            // SAFETY: read only, as in local_port().
-            if on_overlay && let Some(node) = unsafe { REMOTE_FDB.get(key) } {
-                return Verdict::Tunnel(*node);
-            }
-            return Verdict::Pass(Counter::PassUnknown);
+    let Some(local) = local_port(config, key) else {
+        // Remote entries come from the control plane only; a local entry
+        // (static, or learned and fresh) wins over them.
+        // SAFETY: read only, as in local_port().
+        if on_overlay && let Some(node) = unsafe { REMOTE_FDB.get(key) } {
+            return Verdict::Tunnel(*node);
         }
+        return Verdict::Pass(Counter::PassUnknown);
     };
-    if target == port.ifindex {
+    if local.ifindex == port.ifindex {
         return Verdict::Pass(Counter::PassHairpin);
     }
-    Verdict::Redirect(target)
+    if !local.alive(key) {
+        return Verdict::Pass(Counter::PassRedirectFailed);
+    }
+    Verdict::Redirect(local.ifindex)
 }
 
-/// Where a destination MAC lives on this node.
-pub enum Local {
-    /// Behind this live port.
-    Port(u32),
-    /// Behind a port that is gone (its learned entry was forgotten).
-    Vanished,
-    /// Not here.
-    Unknown,
+/// A destination MAC's port on this node.
+pub struct Local {
+    pub ifindex: u32,
+    learned: bool,
+}
+
+impl Local {
+    /// Whether the port is still there. The devmap holds only live ports:
+    /// the kernel takes a device out of it when the device goes. An entry
+    /// for a port that vanished behind the loader's back (namespace
+    /// deleted, runtime crashed) must not swallow frames; a learned one is
+    /// forgotten here, static ones by the loader.
+    #[inline(always)]
+    pub fn alive(&self, key: FdbKey) -> bool {
+        if PORTS.get_ifindex(self.ifindex).is_some() {
+            return true;
+        }
+        if self.learned {
+            forget_learned(key, self.ifindex);
+        }
+        false
+    }
 }
 
 /// Looks `key` up in the static, then the learned FDB (ageing the entry
-/// out if it is stale), and checks that the port is alive: the one lookup
-/// of a local destination, for frames from a port and from the vxlan device.
+/// out if it is stale): the one lookup of a local destination, for frames
+/// from a port and from the vxlan device.
 #[inline(always)]
-pub fn local_port(config: &DatapathConfig, key: FdbKey) -> Local {
+pub fn local_port(config: &DatapathConfig, key: FdbKey) -> Option<Local> {
     // SAFETY (both gets): entries are only read; a concurrent update yields
     // a stale but well-formed value, and a stale ifindex at worst reaches
-    // the bridge (the port is checked alive below).
-    let (target, learned) = match unsafe { FDB_STATIC.get(key) } {
-        Some(ifindex) => (*ifindex, false),
-        None => {
-            let Some(entry) = (unsafe { FDB_LEARNED.get(key) }) else {
-                return Local::Unknown;
-            };
-            // Saturating: a frame on another CPU may have refreshed the
-            // entry after this clock read, and a wrapped difference would
-            // age a live entry out.
-            // SAFETY: bpf_ktime_get_ns has no preconditions.
-            if unsafe { bpf_ktime_get_ns() }.saturating_sub(entry.last_seen_ns) > config.ageing_ns {
-                // Aged out: forget it here, so ageing works without the loader.
-                forget_learned(key, entry.ifindex);
-                return Local::Unknown;
-            }
-            (entry.ifindex, true)
-        }
-    };
-    // The devmap holds only live ports: the kernel takes a device out of it
-    // when the device goes. An entry for a port that vanished behind the
-    // loader's back (namespace deleted, runtime crashed) must not swallow
-    // frames; a learned one is forgotten here, static ones by the loader.
-    if PORTS.get_ifindex(target).is_none() {
-        if learned {
-            forget_learned(key, target);
-        }
-        return Local::Vanished;
+    // the bridge (the port is checked alive before a redirect).
+    if let Some(ifindex) = unsafe { FDB_STATIC.get(key) } {
+        return Some(Local {
+            ifindex: *ifindex,
+            learned: false,
+        });
     }
-    Local::Port(target)
+    let entry = unsafe { FDB_LEARNED.get(key) }?;
+    // Saturating: a frame on another CPU may have refreshed the entry
+    // after this clock read, and a wrapped difference would age a live
+    // entry out.
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    if unsafe { bpf_ktime_get_ns() }.saturating_sub(entry.last_seen_ns) > config.ageing_ns {
+        // Aged out: forget it here, so ageing works without the loader.
+        forget_learned(key, entry.ifindex);
+        return None;
+    }
+    Some(Local {
+        ifindex: entry.ifindex,
+        learned: true,
+    })
 }
 
 /// Records that unicast `src` lives behind `port` (a port that does not

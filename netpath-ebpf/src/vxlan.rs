@@ -15,7 +15,7 @@ use netpath_common::{Counter, FdbKey, NodeAddr, OverlayCounter};
 use network_types::eth::EthHdr;
 
 use crate::{
-    forward::{Local, Port, local_port},
+    forward::{Port, local_port},
     maps::{CONFIG, NODES, OVERLAY_STATS},
     overlay::TUNNEL_KEY_SIZE,
     tc::into_container,
@@ -55,9 +55,11 @@ pub fn netpath_vxlan(ctx: TcContext) -> i32 {
         }
         return count(OverlayCounter::DropNoPort, TC_ACT_SHOT);
     }
-    let Local::Port(port) = local_port(config, FdbKey::new(dst, 0)) else {
+    let key = FdbKey::new(dst, 0);
+    let Some(port) = local_port(config, key).filter(|local| local.alive(key)) else {
         return count(OverlayCounter::DropNoPort, TC_ACT_SHOT);
     };
+    let port = port.ifindex;
     if !into_container(&ctx, port) {
         return count(OverlayCounter::DropNoPort, TC_ACT_SHOT);
     }
