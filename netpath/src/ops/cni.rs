@@ -8,7 +8,7 @@
 //! that crashed, a pod killed without DEL), with their FDB entries, port
 //! state and addresses.
 
-use std::{future::Future, net::IpAddr, pin::Pin, process::Stdio, time::Duration};
+use std::{net::IpAddr, process::Stdio, time::Duration};
 
 use anyhow::{Context, anyhow, ensure};
 use ipnet::IpNet;
@@ -28,7 +28,7 @@ use crate::{
         spec::{DEFAULT_AGEING_S, DEFAULT_MTU},
     },
     store::{
-        cni::{Attachment, NetworkRecord},
+        cni::{Attachment, NetworkRecord, Reservation},
         lock::{Lock, Purpose},
     },
 };
@@ -140,39 +140,28 @@ async fn delegate_ipam(
 /// A new attachment's addresses and gateways, one per family.
 type Addresses = (Vec<IpNet>, Vec<IpAddr>);
 
-/// The allocation of a new attachment's addresses: done at once from the
-/// record with netpath's own IPAM; with host-local, a run of it that ADD
-/// awaits while it wires the pod.
-fn allocate<'a>(
-    conf: &'a NetConf,
-    conf_bytes: &'a [u8],
-    env: &'a Env,
-    rec: &NetworkRecord,
-) -> CniResult<Pin<Box<dyn Future<Output = CniResult<Addresses>> + 'a>>> {
-    match &conf.ipam {
-        Ipam::Netpath { .. } => {
-            let subnets = conf
-                .subnets()
-                .map_err(|e| CniError::new(CniError::INVALID_CONFIG, format!("{e:#}")))?;
-            let used = |a: IpAddr| {
-                rec.attachments
-                    .iter()
-                    .any(|x| x.ips.iter().any(|i| i.addr() == a))
-            };
-            let mut ips = Vec::new();
-            for subnet in &subnets {
-                ips.push(ipam::allocate(*subnet, used).ok_or_else(|| {
-                    CniError::new(
-                        CniError::TRY_AGAIN_LATER,
-                        format!("subnet {subnet} has no free address"),
-                    )
-                })?);
-            }
-            let gateways = subnets.iter().map(|s| ipam::gateway(*s).addr()).collect();
-            Ok(Box::pin(std::future::ready(Ok((ips, gateways)))))
-        }
-        Ipam::HostLocal(_) => Ok(Box::pin(host_local_add(conf_bytes, env))),
+/// A new attachment's addresses from netpath's own IPAM (free in the
+/// record); None with host-local, which ADD runs while it wires the pod.
+fn allocate(conf: &NetConf, rec: &NetworkRecord) -> CniResult<Option<Addresses>> {
+    let Ipam::Netpath { .. } = &conf.ipam else {
+        return Ok(None);
+    };
+    let subnets = conf
+        .subnets()
+        .map_err(|e| CniError::new(CniError::INVALID_CONFIG, format!("{e:#}")))?;
+    let mut ips = Vec::new();
+    for subnet in &subnets {
+        ips.push(
+            ipam::allocate(*subnet, |a| rec.address_taken(a)).ok_or_else(|| {
+                CniError::new(
+                    CniError::TRY_AGAIN_LATER,
+                    format!("subnet {subnet} has no free address"),
+                )
+            })?,
+        );
     }
+    let gateways = subnets.iter().map(|s| ipam::gateway(*s).addr()).collect();
+    Ok(Some((ips, gateways)))
 }
 
 async fn host_local_add(conf_bytes: &[u8], env: &Env) -> CniResult<Addresses> {
@@ -343,9 +332,10 @@ async fn take_off(
 }
 
 /// Forgets every attachment but `keep` whose veth or namespace is gone (a
-/// runtime that crashed, a pod killed without DEL). A failure to clean one
-/// up is logged and left for the next call, never passed on: it is another
-/// container's business, not this one's.
+/// runtime that crashed, a pod killed without DEL), and every reservation
+/// whose ADD died halfway. A failure to clean one up is logged and left for
+/// the next call, never passed on: it is another container's business, not
+/// this one's.
 async fn forget_stale(
     handle: &Handle,
     conf: &NetConf,
@@ -360,7 +350,13 @@ async fn forget_stale(
         .filter(|a| keep != Some((a.container_id.as_str(), a.ifname.as_str())) && !is_live(a))
         .cloned()
         .collect();
-    if stale.is_empty() {
+    let dead: Vec<Reservation> = rec
+        .reservations
+        .iter()
+        .filter(|r| !r.is_live())
+        .cloned()
+        .collect();
+    if stale.is_empty() && dead.is_empty() {
         return Ok(());
     }
     for a in stale {
@@ -378,7 +374,44 @@ async fn forget_stale(
             ),
         }
     }
+    for r in dead {
+        let container = (r.container_id.as_str(), r.ifname.as_str());
+        match remove_unrecorded(handle, conf, conf_bytes, env, container, true).await {
+            Ok(()) => {
+                info!(
+                    "{}: forgot the ADD of container {}: its plugin process {} died halfway",
+                    conf.bridge, r.container_id, r.pid
+                );
+                rec.unreserve(&r.container_id, &r.ifname);
+            }
+            Err(e) => warn!(
+                "{}: could not undo the interrupted ADD of container {}: {}; the next ADD, DEL or GC tries again",
+                conf.bridge, r.container_id, e.msg
+            ),
+        }
+    }
     rec.save(&conf.bridge).map_err(CniError::io)
+}
+
+/// Removes what a container has without an attachment in the record: its
+/// veth (if there, and the plugin's; `interrupted`: an ADD that died may
+/// not have marked it yet), while host-local releases its addresses. No
+/// map holds an entry of it.
+async fn remove_unrecorded(
+    handle: &Handle,
+    conf: &NetConf,
+    conf_bytes: &[u8],
+    env: &Env,
+    (container_id, ifname): (&str, &str),
+    interrupted: bool,
+) -> CniResult<()> {
+    let (veth, owner) = (cni_host_veth(container_id, ifname), conf.datapath_name());
+    let (unplugged, released) = tokio::join!(
+        plumbing::unplug(handle, &veth, &owner, interrupted),
+        release(conf, conf_bytes, env, container_id, ifname)
+    );
+    unplugged.map_err(CniError::io)?;
+    released
 }
 
 /// Saves the record; with the last container gone, first removes what the
@@ -388,7 +421,7 @@ async fn save_or_wind_up(
     conf: &NetConf,
     rec: &mut NetworkRecord,
 ) -> CniResult<()> {
-    if rec.attachments.is_empty() {
+    if rec.containers() == 0 {
         datapath::remove(&conf.datapath_name()).map_err(CniError::io)?;
         if rec.bridge_created {
             plumbing::unplug(handle, &conf.bridge, &conf.datapath_name(), false)
@@ -400,6 +433,11 @@ async fn save_or_wind_up(
     rec.save(&conf.bridge).map_err(CniError::io)
 }
 
+/// ADD. The network's lock is held twice, briefly: to reserve the MAC and
+/// addresses (and make the bridge, for the first container), and to fill
+/// the port's map entries and record the attachment. In between, without
+/// it, the veth pair is made, the programs attached, host-local run and the
+/// container's end addressed, so the ADDs of many pods overlap.
 pub async fn add(
     handle: &Handle,
     conf: &NetConf,
@@ -413,11 +451,20 @@ pub async fn add(
             format!("CNI_NETNS {} does not exist", netns_path.display()),
         ));
     }
-    let _lock = take_lock(&conf.datapath_name())?;
+    let lock = take_lock(&conf.datapath_name())?;
     let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
     let me = (env.container_id.as_str(), env.ifname.as_str());
     forget_stale(handle, conf, conf_bytes, env, &mut rec, Some(me)).await?;
-    if let Some(i) = rec.find(&env.container_id, &env.ifname) {
+    if let Some(r) = rec.reservation(me.0, me.1) {
+        return Err(CniError::new(
+            CniError::TRY_AGAIN_LATER,
+            format!(
+                "an ADD of container {} is under way (plugin pid {})",
+                r.container_id, r.pid
+            ),
+        ));
+    }
+    if let Some(i) = rec.find(me.0, me.1) {
         // ADD again: what exists is the answer, if it is whole.
         let a = rec.attachments[i].clone();
         match verify(handle, conf, &a).await {
@@ -429,20 +476,27 @@ pub async fn add(
                 );
                 remove_attachment(handle, conf, conf_bytes, env, &a, false, false).await?;
                 rec.attachments.remove(i);
-                rec.save(&conf.bridge).map_err(CniError::io)?;
                 let addresses = (a.ips.clone(), a.gateways.clone());
                 let a = Attachment {
                     netns: netns_path,
                     ..a
                 };
-                let known = Box::pin(std::future::ready(Ok(addresses)));
-                return plug_or_undo(handle, conf, conf_bytes, env, &mut rec, a, known).await;
+                return plug_or_undo(
+                    handle,
+                    conf,
+                    conf_bytes,
+                    env,
+                    (lock, rec),
+                    a,
+                    Some(addresses),
+                )
+                .await;
             }
         }
     }
-    let addresses = allocate(conf, conf_bytes, env, &rec)?;
+    let addresses = allocate(conf, &rec)?;
     let mac = Mac::derive(&format!("{}/{}", env.container_id, env.ifname), |m| {
-        rec.attachments.iter().any(|a| a.mac == m)
+        rec.mac_taken(m)
     });
     let attachment = Attachment {
         container_id: env.container_id.clone(),
@@ -454,28 +508,52 @@ pub async fn add(
         gateways: Vec::new(),
     };
     plug_or_undo(
-        handle, conf, conf_bytes, env, &mut rec, attachment, addresses,
+        handle,
+        conf,
+        conf_bytes,
+        env,
+        (lock, rec),
+        attachment,
+        addresses,
     )
     .await
 }
 
-/// [`plug`], or on failure the undoing of everything this ADD made: links,
-/// map entries, the veth (and so its peer), the addresses.
+/// Reserves `a`'s MAC and `addresses` (with the bridge made if missing) in
+/// the record under `locked`, lets the lock go, and plugs the container in;
+/// on failure, undoes everything this ADD made: links, map entries, the
+/// veth (and so its peer), the addresses, the reservation. `addresses`:
+/// known already (netpath IPAM, or an ADD again), or None for host-local.
 async fn plug_or_undo(
     handle: &Handle,
     conf: &NetConf,
     conf_bytes: &[u8],
     env: &Env,
-    rec: &mut NetworkRecord,
+    (lock, mut rec): (Lock, NetworkRecord),
     mut a: Attachment,
-    addresses: Pin<Box<dyn Future<Output = CniResult<Addresses>> + '_>>,
+    addresses: Option<Addresses>,
 ) -> CniResult<Value> {
-    match plug(handle, conf, rec, &mut a, addresses).await {
+    let owner = conf.datapath_name();
+    let (bridge, created) = plumbing::ensure_bridge(handle, &conf.bridge, &owner, DEFAULT_MTU, &[])
+        .await
+        .map_err(CniError::io)?;
+    rec.bridge_created |= created;
+    rec.reservations.push(Reservation {
+        container_id: a.container_id.clone(),
+        ifname: a.ifname.clone(),
+        pid: std::process::id(),
+        mac: a.mac,
+        ips: addresses
+            .as_ref()
+            .map(|(ips, _)| ips.clone())
+            .unwrap_or_default(),
+    });
+    rec.save(&conf.bridge).map_err(CniError::io)?;
+    drop(lock);
+    match plug(handle, conf, conf_bytes, env, &mut a, &bridge, addresses).await {
         Ok(host_mac) => Ok(result_json(conf, &a, host_mac)),
         Err(e) => {
-            if let Err(undo) =
-                remove_attachment(handle, conf, conf_bytes, env, &a, true, true).await
-            {
+            if let Err(undo) = unplug_failed(handle, conf, conf_bytes, env, &a).await {
                 warn!(
                     "{}: undoing the failed ADD of {}: {}",
                     conf.bridge, a.container_id, undo.msg
@@ -486,66 +564,100 @@ async fn plug_or_undo(
     }
 }
 
-/// Plugs a container in: the bridge if needed, then the veth pair made and
-/// the pinned programs attached to its host end while the addresses are
-/// allocated (host-local and a tcx attach both take milliseconds, and
-/// neither needs the other), then the container's end addressed and routed,
-/// the port's map entries filled, and only then the attachment recorded.
+/// Plugs a reserved container in: the veth pair made and the pinned
+/// programs attached to its host end while host-local allocates the
+/// addresses (neither needs the other), the container's end addressed and
+/// routed; then, under the lock, the bridge's gateway addresses, the port's
+/// map entries, and only then the attachment recorded in place of the
+/// reservation. Returns the host end's MAC.
 async fn plug(
     handle: &Handle,
     conf: &NetConf,
-    rec: &mut NetworkRecord,
+    conf_bytes: &[u8],
+    env: &Env,
     a: &mut Attachment,
-    addresses: Pin<Box<dyn Future<Output = CniResult<Addresses>> + '_>>,
+    bridge: &netlink::Link,
+    addresses: Option<Addresses>,
 ) -> CniResult<Option<Mac>> {
     let owner = conf.datapath_name();
-    let (bridge, created) = plumbing::ensure_bridge(handle, &conf.bridge, &owner, DEFAULT_MTU, &[])
-        .await
-        .map_err(CniError::io)?;
-    if created {
-        rec.bridge_created = true;
-        rec.save(&conf.bridge).map_err(CniError::io)?;
-    }
-    let wiring = async {
-        let host = plumbing::create_pair(
-            handle,
-            &plumbing::Plug {
-                host_veth: &a.host_veth,
-                netns: &a.netns,
-                ifname: &a.ifname,
-                mac: Some(a.mac),
-                mtu: DEFAULT_MTU,
-                bridge: Some(bridge.index),
-                owner: &owner,
-                addresses: &[],
-                gateways: &[],
-                source_check: true,
-            },
-        )
-        .await?;
-        let dp = datapath_of(conf, std::iter::empty());
-        datapath::attach_early(handle, &dp, &port_of(a), host.index).await?;
-        anyhow::Ok(host)
+    let allocated = async {
+        match addresses {
+            Some(known) => Ok(known),
+            None => host_local_add(conf_bytes, env).await,
+        }
     };
-    let (addresses, host) = tokio::join!(addresses, wiring);
-    (a.ips, a.gateways) = addresses?;
-    let host = host.map_err(CniError::io)?;
-    finish_plug(handle, conf, rec, a, &bridge)
+    let dp = datapath_of(conf, std::iter::empty());
+    let pair = plumbing::Plug {
+        host_veth: &a.host_veth,
+        netns: &a.netns,
+        ifname: &a.ifname,
+        mac: Some(a.mac),
+        mtu: DEFAULT_MTU,
+        bridge: Some(bridge.index),
+        owner: &owner,
+        addresses: &[],
+        gateways: &[],
+        source_check: true,
+    };
+    let wiring = async {
+        let (host, running) = tokio::join!(
+            plumbing::create_pair(handle, &pair),
+            run_datapath(handle, &dp)
+        );
+        let host = host?;
+        running?;
+        let attached = datapath::attach_early(handle, &dp, &port_of(a), host.index).await?;
+        anyhow::Ok((host, attached))
+    };
+    let (allocated, wired) = tokio::join!(allocated, wiring);
+    (a.ips, a.gateways) = allocated?;
+    let (host, attached) = wired.map_err(CniError::io)?;
+    plumbing::configure_inside(&a.netns, &a.ifname, &a.ips, &a.gateways)
+        .with_context(|| {
+            format!(
+                "configuring {} in namespace {}",
+                a.ifname,
+                a.netns.display()
+            )
+        })
+        .map_err(CniError::io)?;
+
+    let _lock = take_lock(&owner)?;
+    let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
+    rec.unreserve(&a.container_id, &a.ifname);
+    plumbing::address_bridge(handle, bridge, &gateway_addresses(a).map_err(CniError::io)?)
         .await
         .map_err(CniError::io)?;
+    let dp = live_datapath(conf, &rec, a);
+    datapath::add_port(handle, &dp, &port_of(a), host.index, attached)
+        .await
+        .map_err(CniError::io)?;
+    rec.attachments.push(a.clone());
+    rec.save(&conf.bridge).map_err(CniError::io)?;
     Ok(host.mac)
 }
 
-/// The half of [`plug`] that needs the addresses.
-async fn finish_plug(
-    handle: &Handle,
-    conf: &NetConf,
-    rec: &mut NetworkRecord,
-    a: &Attachment,
-    bridge: &netlink::Link,
-) -> anyhow::Result<()> {
-    let gateways: Vec<IpNet> = a
-        .gateways
+/// Makes the network's datapath run if it does not yet (the first
+/// container's ADD, or the first after the last DEL): loading it takes tens
+/// of milliseconds, which would hold up every other ADD if it were done
+/// under the network's lock. Under a lock of its own instead, the others
+/// wire their containers meanwhile, and wait only to attach.
+async fn run_datapath(handle: &Handle, dp: &Datapath) -> anyhow::Result<()> {
+    if dp.mode == Mode::Bridge || datapath::is_running(&dp.name) {
+        return Ok(());
+    }
+    let name = dp.name.clone();
+    let _loading = tokio::task::spawn_blocking(move || {
+        Lock::acquire_waiting(&name, Purpose::Load, LOCK_PATIENCE)
+    })
+    .await??;
+    datapath::load_if_absent(handle, dp).await
+}
+
+/// The bridge's addresses for `a`'s gateways: each with the prefix of the
+/// container's address of its family.
+fn gateway_addresses(a: &Attachment) -> anyhow::Result<Vec<IpNet>> {
+    a.gateways
         .iter()
         .filter_map(|gw| {
             a.ips
@@ -553,20 +665,29 @@ async fn finish_plug(
                 .find(|ip| ip.addr().is_ipv4() == gw.is_ipv4())
                 .map(|ip| (gw, ip.prefix_len()))
         })
-        .map(|(gw, prefix)| IpNet::new(*gw, prefix))
-        .collect::<Result<_, _>>()?;
-    plumbing::address_bridge(handle, bridge, &gateways).await?;
-    plumbing::configure_inside(&a.netns, &a.ifname, &a.ips, &a.gateways).with_context(|| {
-        format!(
-            "configuring {} in namespace {}",
-            a.ifname,
-            a.netns.display()
-        )
-    })?;
-    datapath::add_port(handle, &live_datapath(conf, rec, a), &port_of(a)).await?;
-    rec.attachments.push(a.clone());
-    rec.save(&conf.bridge)?;
-    Ok(())
+        .map(|(gw, prefix)| Ok(IpNet::new(*gw, prefix)?))
+        .collect()
+}
+
+/// Undoes a failed ADD: under the lock its reservation and any map entries
+/// go, then its veth, links and addresses.
+async fn unplug_failed(
+    handle: &Handle,
+    conf: &NetConf,
+    conf_bytes: &[u8],
+    env: &Env,
+    a: &Attachment,
+) -> CniResult<()> {
+    let lock = take_lock(&conf.datapath_name())?;
+    let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
+    rec.unreserve(&a.container_id, &a.ifname);
+    let ifindex = nix::net::if_::if_nametoindex(a.host_veth.as_str()).ok();
+    if ifindex.is_some() {
+        datapath::forget_port_entries(&conf.datapath_name(), ifindex).map_err(CniError::io)?;
+    }
+    rec.save(&conf.bridge).map_err(CniError::io)?;
+    drop(lock);
+    take_off(handle, conf, conf_bytes, env, a, true, true).await
 }
 
 /// DEL: removes everything of the container, whether or not its namespace
@@ -582,7 +703,7 @@ pub async fn del(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) 
     let me = (env.container_id.as_str(), env.ifname.as_str());
     forget_stale(handle, conf, conf_bytes, env, &mut rec, Some(me)).await?;
     match rec.find(&env.container_id, &env.ifname) {
-        Some(i) if rec.attachments.len() > 1 => {
+        Some(i) if rec.containers() > 1 => {
             let a = rec.attachments.remove(i);
             let ifindex = nix::net::if_::if_nametoindex(a.host_veth.as_str()).ok();
             datapath::forget_port_entries(&conf.datapath_name(), ifindex).map_err(CniError::io)?;
@@ -599,16 +720,7 @@ pub async fn del(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) 
         None => {
             // An earlier DEL may have stopped after it dropped the record:
             // its veth (if still there, and the plugin's) and addresses go now.
-            let (veth, owner) = (
-                cni_host_veth(&env.container_id, &env.ifname),
-                conf.datapath_name(),
-            );
-            let (unplugged, released) = tokio::join!(
-                plumbing::unplug(handle, &veth, &owner, false),
-                release(conf, conf_bytes, env, &env.container_id, &env.ifname)
-            );
-            unplugged.map_err(CniError::io)?;
-            released?;
+            remove_unrecorded(handle, conf, conf_bytes, env, me, false).await?;
             save_or_wind_up(handle, conf, &mut rec).await
         }
     }
