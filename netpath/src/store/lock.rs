@@ -78,6 +78,10 @@ impl Lock {
     /// at once paid 20 times over.
     pub fn acquire_waiting(owner: &str, purpose: Purpose, patience: Duration) -> Result<Self> {
         let path = path(owner, purpose);
+        // Free (the common case): no thread to start and hand over from.
+        if let Ok(flock) = lock_file(&path, FlockArg::LockExclusiveNonblock)? {
+            return Self::hold(flock, path, owner, purpose);
+        }
         let (locked_tx, locked_rx) = mpsc::channel();
         let waiting_on = path.clone();
         std::thread::spawn(move || {
