@@ -64,6 +64,7 @@ impl fmt::Display for Plugin {
 pub enum Phase {
     /// A network's first pod (its ADD makes the network) and last pod (its
     /// DEL winds it up), around the other phases.
+    #[serde(rename = "first/last")]
     FirstLast,
     Sequential,
     Concurrent,

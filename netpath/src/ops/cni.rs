@@ -41,6 +41,28 @@ fn take_lock(datapath: &str) -> CniResult<Lock> {
         .map_err(|e| CniError::new(CniError::TRY_AGAIN_LATER, format!("{e:#}")))
 }
 
+/// One run of the plugin: the network it is for and the runtime's request,
+/// which every step of ADD, DEL and GC needs.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    handle: &'a Handle,
+    conf: &'a NetConf,
+    /// The configuration as the runtime gave it, for host-local.
+    conf_bytes: &'a [u8],
+    env: &'a Env,
+}
+
+/// Why an attachment is taken off, which says what goes with it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    /// DEL, GC, or a pod gone stale: everything, its addresses too.
+    Whole,
+    /// An ADD again that plugs it in anew: its addresses stay.
+    KeepAddresses,
+    /// An ADD that failed: its veth may not carry the plugin's mark yet.
+    FailedAdd,
+}
+
 fn datapath_of<'a>(conf: &NetConf, attachments: impl Iterator<Item = &'a Attachment>) -> Datapath {
     Datapath {
         name: conf.datapath_name(),
@@ -201,15 +223,10 @@ async fn host_local_add(conf_bytes: &[u8], env: &Env) -> CniResult<Addresses> {
 
 /// Gives an attachment's addresses back (netpath's own IPAM needs nothing:
 /// the record is the allocation).
-async fn release(
-    conf: &NetConf,
-    conf_bytes: &[u8],
-    env: &Env,
-    container_id: &str,
-    ifname: &str,
-) -> CniResult<()> {
-    if let Ipam::HostLocal(_) = conf.ipam {
-        delegate_ipam(conf_bytes, env, (container_id, ifname), "host-local", "DEL").await?;
+async fn release(call: &Call<'_>, (container_id, ifname): (&str, &str)) -> CniResult<()> {
+    if let Ipam::HostLocal(_) = call.conf.ipam {
+        let attachment = (container_id, ifname);
+        delegate_ipam(call.conf_bytes, call.env, attachment, "host-local", "DEL").await?;
     }
     Ok(())
 }
@@ -275,55 +292,30 @@ fn live_datapath(conf: &NetConf, rec: &NetworkRecord, joining: &Attachment) -> D
 }
 
 /// Takes one attachment off the machine: its map entries, its veth (the
-/// plugin's own; `interrupted`: one whose ADD stopped before it was
-/// marked), its links, and with `release_addresses` its addresses. The
-/// caller drops it from the record.
-async fn remove_attachment(
-    handle: &Handle,
-    conf: &NetConf,
-    conf_bytes: &[u8],
-    env: &Env,
-    a: &Attachment,
-    interrupted: bool,
-    release_addresses: bool,
-) -> CniResult<()> {
+/// plugin's own), its links, and its addresses unless `removal` keeps
+/// them. The caller drops it from the record.
+async fn remove_attachment(call: &Call<'_>, a: &Attachment, removal: Removal) -> CniResult<()> {
     let ifindex = nix::net::if_::if_nametoindex(a.host_veth.as_str()).ok();
-    datapath::forget_port_entries(&conf.datapath_name(), ifindex).map_err(CniError::io)?;
-    take_off(
-        handle,
-        conf,
-        conf_bytes,
-        env,
-        a,
-        interrupted,
-        release_addresses,
-    )
-    .await
+    datapath::forget_port_entries(&call.conf.datapath_name(), ifindex).map_err(CniError::io)?;
+    take_off(call, a, removal).await
 }
 
 /// The part of [`remove_attachment`] that touches no map, and so needs no
 /// lock: the veth deleted while host-local releases the addresses (the
 /// kernel takes 10-40 ms to delete a veth), then the links unpinned, which
 /// no longer waits for an RCU grace period once the device is gone.
-async fn take_off(
-    handle: &Handle,
-    conf: &NetConf,
-    conf_bytes: &[u8],
-    env: &Env,
-    a: &Attachment,
-    interrupted: bool,
-    release_addresses: bool,
-) -> CniResult<()> {
-    let owner = conf.datapath_name();
+async fn take_off(call: &Call<'_>, a: &Attachment, removal: Removal) -> CniResult<()> {
+    let owner = call.conf.datapath_name();
     let released = async {
-        if release_addresses {
-            release(conf, conf_bytes, env, &a.container_id, &a.ifname).await
-        } else {
+        if removal == Removal::KeepAddresses {
             Ok(())
+        } else {
+            release(call, (&a.container_id, &a.ifname)).await
         }
     };
+    let interrupted = removal == Removal::FailedAdd;
     let (unplugged, released) = tokio::join!(
-        plumbing::unplug(handle, &a.host_veth, &owner, interrupted),
+        plumbing::unplug(call.handle, &a.host_veth, &owner, interrupted),
         released
     );
     unplugged.map_err(CniError::io)?;
@@ -337,13 +329,11 @@ async fn take_off(
 /// the next call, never passed on: it is another container's business, not
 /// this one's.
 async fn forget_stale(
-    handle: &Handle,
-    conf: &NetConf,
-    conf_bytes: &[u8],
-    env: &Env,
+    call: &Call<'_>,
     rec: &mut NetworkRecord,
     keep: Option<(&str, &str)>,
 ) -> CniResult<()> {
+    let bridge = &call.conf.bridge;
     let stale: Vec<Attachment> = rec
         .attachments
         .iter()
@@ -360,37 +350,37 @@ async fn forget_stale(
         return Ok(());
     }
     for a in stale {
-        match remove_attachment(handle, conf, conf_bytes, env, &a, false, true).await {
+        match remove_attachment(call, &a, Removal::Whole).await {
             Ok(()) => {
                 info!(
-                    "{}: forgot container {} ({}): its veth or namespace was gone",
-                    conf.bridge, a.container_id, a.host_veth
+                    "{bridge}: forgot container {} ({}): its veth or namespace was gone",
+                    a.container_id, a.host_veth
                 );
                 rec.attachments.retain(|x| x != &a);
             }
             Err(e) => warn!(
-                "{}: could not forget stale container {} ({}): {}; the next ADD, DEL or GC tries again",
-                conf.bridge, a.container_id, a.host_veth, e.msg
+                "{bridge}: could not forget stale container {} ({}): {}; the next ADD, DEL or GC tries again",
+                a.container_id, a.host_veth, e.msg
             ),
         }
     }
     for r in dead {
         let container = (r.container_id.as_str(), r.ifname.as_str());
-        match remove_unrecorded(handle, conf, conf_bytes, env, container, true).await {
+        match remove_unrecorded(call, container, true).await {
             Ok(()) => {
                 info!(
-                    "{}: forgot the ADD of container {}: its plugin process {} died halfway",
-                    conf.bridge, r.container_id, r.pid
+                    "{bridge}: forgot the ADD of container {}: its plugin process {} died halfway",
+                    r.container_id, r.pid
                 );
                 rec.unreserve(&r.container_id, &r.ifname);
             }
             Err(e) => warn!(
-                "{}: could not undo the interrupted ADD of container {}: {}; the next ADD, DEL or GC tries again",
-                conf.bridge, r.container_id, e.msg
+                "{bridge}: could not undo the interrupted ADD of container {}: {}; the next ADD, DEL or GC tries again",
+                r.container_id, e.msg
             ),
         }
     }
-    rec.save(&conf.bridge).map_err(CniError::io)
+    rec.save(bridge).map_err(CniError::io)
 }
 
 /// Removes what a container has without an attachment in the record: its
@@ -398,17 +388,15 @@ async fn forget_stale(
 /// not have marked it yet), while host-local releases its addresses. No
 /// map holds an entry of it.
 async fn remove_unrecorded(
-    handle: &Handle,
-    conf: &NetConf,
-    conf_bytes: &[u8],
-    env: &Env,
-    (container_id, ifname): (&str, &str),
+    call: &Call<'_>,
+    container: (&str, &str),
     interrupted: bool,
 ) -> CniResult<()> {
-    let (veth, owner) = (cni_host_veth(container_id, ifname), conf.datapath_name());
+    let owner = call.conf.datapath_name();
+    let veth = cni_host_veth(container.0, container.1);
     let (unplugged, released) = tokio::join!(
-        plumbing::unplug(handle, &veth, &owner, interrupted),
-        release(conf, conf_bytes, env, container_id, ifname)
+        plumbing::unplug(call.handle, &veth, &owner, interrupted),
+        release(call, container)
     );
     unplugged.map_err(CniError::io)?;
     released
@@ -438,12 +426,10 @@ async fn save_or_wind_up(
 /// the port's map entries and record the attachment. In between, without
 /// it, the veth pair is made, the programs attached, host-local run and the
 /// container's end addressed, so the ADDs of many pods overlap.
-pub async fn add(
-    handle: &Handle,
-    conf: &NetConf,
-    conf_bytes: &[u8],
-    env: &Env,
-) -> CniResult<Value> {
+async fn add(call: &Call<'_>) -> CniResult<Value> {
+    let Call {
+        handle, conf, env, ..
+    } = *call;
     let netns_path = env.netns.clone().expect("checked by Env");
     if !netns_path.exists() {
         return Err(CniError::new(
@@ -454,7 +440,7 @@ pub async fn add(
     let lock = take_lock(&conf.datapath_name())?;
     let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
     let me = (env.container_id.as_str(), env.ifname.as_str());
-    forget_stale(handle, conf, conf_bytes, env, &mut rec, Some(me)).await?;
+    forget_stale(call, &mut rec, Some(me)).await?;
     if let Some(r) = rec.reservation(me.0, me.1) {
         return Err(CniError::new(
             CniError::TRY_AGAIN_LATER,
@@ -474,23 +460,14 @@ pub async fn add(
                     "{}: ADD again for container {}: {problem:#}; plugging it in anew with its addresses",
                     conf.bridge, env.container_id
                 );
-                remove_attachment(handle, conf, conf_bytes, env, &a, false, false).await?;
+                remove_attachment(call, &a, Removal::KeepAddresses).await?;
                 rec.attachments.remove(i);
                 let addresses = (a.ips.clone(), a.gateways.clone());
                 let a = Attachment {
                     netns: netns_path,
                     ..a
                 };
-                return plug_or_undo(
-                    handle,
-                    conf,
-                    conf_bytes,
-                    env,
-                    (lock, rec),
-                    a,
-                    Some(addresses),
-                )
-                .await;
+                return plug_or_undo(call, (lock, rec), a, Some(addresses)).await;
             }
         }
     }
@@ -507,32 +484,22 @@ pub async fn add(
         ips: Vec::new(),
         gateways: Vec::new(),
     };
-    plug_or_undo(
-        handle,
-        conf,
-        conf_bytes,
-        env,
-        (lock, rec),
-        attachment,
-        addresses,
-    )
-    .await
+    plug_or_undo(call, (lock, rec), attachment, addresses).await
 }
 
 /// Reserves `a`'s MAC and `addresses` (with the bridge made if missing) in
-/// the record under `locked`, lets the lock go, and plugs the container in;
-/// on failure, undoes everything this ADD made: links, map entries, the
-/// veth (and so its peer), the addresses, the reservation. `addresses`:
-/// known already (netpath IPAM, or an ADD again), or None for host-local.
+/// the record under the `lock` it is given, lets it go, and plugs the
+/// container in; on failure, undoes everything this ADD made: links, map
+/// entries, the veth (and so its peer), the addresses, the reservation.
+/// `addresses`: known already (netpath IPAM, or an ADD again), or None for
+/// host-local.
 async fn plug_or_undo(
-    handle: &Handle,
-    conf: &NetConf,
-    conf_bytes: &[u8],
-    env: &Env,
+    call: &Call<'_>,
     (lock, mut rec): (Lock, NetworkRecord),
     mut a: Attachment,
     addresses: Option<Addresses>,
 ) -> CniResult<Value> {
+    let Call { handle, conf, .. } = *call;
     let owner = conf.datapath_name();
     let (bridge, created) = plumbing::ensure_bridge(handle, &conf.bridge, &owner, DEFAULT_MTU, &[])
         .await
@@ -550,10 +517,10 @@ async fn plug_or_undo(
     });
     rec.save(&conf.bridge).map_err(CniError::io)?;
     drop(lock);
-    match plug(handle, conf, conf_bytes, env, &mut a, &bridge, addresses).await {
+    match plug(call, &mut a, &bridge, addresses).await {
         Ok(host_mac) => Ok(result_json(conf, &a, host_mac)),
         Err(e) => {
-            if let Err(undo) = unplug_failed(handle, conf, conf_bytes, env, &a).await {
+            if let Err(undo) = unplug_failed(call, &a).await {
                 warn!(
                     "{}: undoing the failed ADD of {}: {}",
                     conf.bridge, a.container_id, undo.msg
@@ -571,14 +538,17 @@ async fn plug_or_undo(
 /// map entries, and only then the attachment recorded in place of the
 /// reservation. Returns the host end's MAC.
 async fn plug(
-    handle: &Handle,
-    conf: &NetConf,
-    conf_bytes: &[u8],
-    env: &Env,
+    call: &Call<'_>,
     a: &mut Attachment,
     bridge: &netlink::Link,
     addresses: Option<Addresses>,
 ) -> CniResult<Option<Mac>> {
+    let Call {
+        handle,
+        conf,
+        conf_bytes,
+        env,
+    } = *call;
     let owner = conf.datapath_name();
     let allocated = async {
         match addresses {
@@ -671,13 +641,8 @@ fn gateway_addresses(a: &Attachment) -> anyhow::Result<Vec<IpNet>> {
 
 /// Undoes a failed ADD: under the lock its reservation and any map entries
 /// go, then its veth, links and addresses.
-async fn unplug_failed(
-    handle: &Handle,
-    conf: &NetConf,
-    conf_bytes: &[u8],
-    env: &Env,
-    a: &Attachment,
-) -> CniResult<()> {
+async fn unplug_failed(call: &Call<'_>, a: &Attachment) -> CniResult<()> {
+    let conf = call.conf;
     let lock = take_lock(&conf.datapath_name())?;
     let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
     rec.unreserve(&a.container_id, &a.ifname);
@@ -687,7 +652,7 @@ async fn unplug_failed(
     }
     rec.save(&conf.bridge).map_err(CniError::io)?;
     drop(lock);
-    take_off(handle, conf, conf_bytes, env, a, true, true).await
+    take_off(call, a, Removal::FailedAdd).await
 }
 
 /// DEL: removes everything of the container, whether or not its namespace
@@ -697,11 +662,14 @@ async fn unplug_failed(
 /// the addresses and the links go after it, so that the DELs of many pods
 /// overlap. The last container's DEL keeps the lock throughout, as it winds
 /// the network up.
-pub async fn del(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) -> CniResult<()> {
+async fn del(call: &Call<'_>) -> CniResult<()> {
+    let Call {
+        handle, conf, env, ..
+    } = *call;
     let lock = take_lock(&conf.datapath_name())?;
     let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
     let me = (env.container_id.as_str(), env.ifname.as_str());
-    forget_stale(handle, conf, conf_bytes, env, &mut rec, Some(me)).await?;
+    forget_stale(call, &mut rec, Some(me)).await?;
     match rec.find(&env.container_id, &env.ifname) {
         Some(i) if rec.containers() > 1 => {
             let a = rec.attachments.remove(i);
@@ -709,18 +677,18 @@ pub async fn del(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) 
             datapath::forget_port_entries(&conf.datapath_name(), ifindex).map_err(CniError::io)?;
             rec.save(&conf.bridge).map_err(CniError::io)?;
             drop(lock);
-            take_off(handle, conf, conf_bytes, env, &a, false, true).await
+            take_off(call, &a, Removal::Whole).await
         }
         Some(i) => {
             let a = rec.attachments[i].clone();
-            remove_attachment(handle, conf, conf_bytes, env, &a, false, true).await?;
+            remove_attachment(call, &a, Removal::Whole).await?;
             rec.attachments.remove(i);
             save_or_wind_up(handle, conf, &mut rec).await
         }
         None => {
             // An earlier DEL may have stopped after it dropped the record:
             // its veth (if still there, and the plugin's) and addresses go now.
-            remove_unrecorded(handle, conf, conf_bytes, env, me, false).await?;
+            remove_unrecorded(call, me, false).await?;
             save_or_wind_up(handle, conf, &mut rec).await
         }
     }
@@ -728,7 +696,8 @@ pub async fn del(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) 
 
 /// GC (CNI 1.1): removes every attachment the runtime no longer lists in
 /// `cni.dev/valid-attachments`, and every stale one.
-pub async fn gc(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) -> CniResult<()> {
+async fn gc(call: &Call<'_>) -> CniResult<()> {
+    let Call { handle, conf, .. } = *call;
     let valid: &[ValidAttachment] = conf.valid_attachments.as_deref().ok_or_else(|| {
         CniError::new(
             CniError::INVALID_CONFIG,
@@ -737,7 +706,7 @@ pub async fn gc(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) -
     })?;
     let _lock = take_lock(&conf.datapath_name())?;
     let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
-    forget_stale(handle, conf, conf_bytes, env, &mut rec, None).await?;
+    forget_stale(call, &mut rec, None).await?;
     let listed = |a: &Attachment| {
         valid
             .iter()
@@ -750,7 +719,7 @@ pub async fn gc(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) -
         .cloned()
         .collect();
     for a in unlisted {
-        if let Err(e) = remove_attachment(handle, conf, conf_bytes, env, &a, false, true).await {
+        if let Err(e) = remove_attachment(call, &a, Removal::Whole).await {
             rec.save(&conf.bridge).map_err(CniError::io)?;
             return Err(e);
         }
@@ -930,11 +899,17 @@ pub async fn run(env_vars: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (Va
         }
         Err(e) => return (CniError::io(e.into()).to_json(&version), 1),
     };
+    let call = Call {
+        handle: &handle,
+        conf: &conf,
+        conf_bytes: stdin,
+        env: &env,
+    };
     let outcome = match env.command.as_str() {
-        "ADD" => add(&handle, &conf, stdin, &env).await,
-        "DEL" => del(&handle, &conf, stdin, &env).await.map(|()| Value::Null),
+        "ADD" => add(&call).await,
+        "DEL" => del(&call).await.map(|()| Value::Null),
         "CHECK" => check(&handle, &conf, &env).await.map(|()| Value::Null),
-        "GC" => gc(&handle, &conf, stdin, &env).await.map(|()| Value::Null),
+        "GC" => gc(&call).await.map(|()| Value::Null),
         "STATUS" => status(&handle, &conf).await.map(|()| Value::Null),
         other => Err(CniError::new(
             CniError::INVALID_ENVIRONMENT,
