@@ -177,7 +177,7 @@ fn cni_bench_measures_both_plugins_and_leaves_nothing_behind() {
     );
 
     // The table: per pod phase and command, both plugins with positive figures.
-    for phase in ["sequential", "concurrent"] {
+    for phase in ["first/last", "sequential", "concurrent"] {
         for command in ["ADD", "DEL"] {
             for plugin in ["netpath", "bridge"] {
                 let row = stdout
@@ -199,9 +199,15 @@ fn cni_bench_measures_both_plugins_and_leaves_nothing_behind() {
     let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     std::fs::remove_file(&json).unwrap();
     let rows = report["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 8, "{report}");
+    // Three phases x two commands x two plugins.
+    assert_eq!(rows.len(), 12, "{report}");
     for row in rows {
-        let pods = if row["phase"] == "sequential" { 3 } else { 2 };
+        // The first pod's ADD and the last pod's DEL are one run each.
+        let pods = match row["phase"].as_str().unwrap() {
+            "first/last" => 1,
+            "sequential" => 3,
+            _ => 2,
+        };
         assert_eq!(row["runs_ms"].as_array().unwrap().len(), pods, "{row}");
     }
 

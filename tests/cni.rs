@@ -1432,3 +1432,141 @@ fn cni_versions_pick_the_newest_common_version() {
     let (ok, out) = cni(&host, "STATUS", "", None, "", &config);
     assert!(!ok && out["code"] == 1, "{out}");
 }
+
+/// The record of `bridge` with a reservation for `container` made by the
+/// process `pid`: what an ADD leaves while it wires its pod without the
+/// network's lock.
+fn reserve(bridge: &str, container: &str, pid: u32) {
+    use netpath::{
+        model::Mac,
+        store::cni::{NetworkRecord, Reservation},
+    };
+    let mut rec = NetworkRecord::load(bridge).unwrap();
+    rec.reservations.push(Reservation {
+        container_id: container.to_owned(),
+        ifname: "eth0".to_owned(),
+        pid,
+        mac: "02:00:00:00:ad:01".parse::<Mac>().unwrap(),
+        ips: vec!["10.191.0.200/24".parse().unwrap()],
+    });
+    rec.save(bridge).unwrap();
+}
+
+fn reserved_containers(bridge: &str) -> Vec<String> {
+    netpath::store::cni::NetworkRecord::load(bridge)
+        .unwrap()
+        .reservations
+        .into_iter()
+        .map(|r| r.container_id)
+        .collect()
+}
+
+/// An ADD wires its pod between two short holds of the network's lock and
+/// leaves a reservation meanwhile. One killed halfway (its process gone,
+/// its veth made but never marked) blocks nobody: the next ADD forgets the
+/// reservation and removes the veth. One under way makes an ADD of the same
+/// container try again later, and keeps the last DEL from winding the
+/// network up under it.
+#[test]
+fn an_add_killed_halfway_blocks_nothing() {
+    let host = Host::new();
+    let bridge = unique_name("ck");
+    let config = conf(
+        &bridge,
+        json!({"type": "netpath", "subnet": "10.191.0.0/24"}),
+    );
+    let sandboxes: Vec<Sandbox> = (0..3)
+        .map(|i| Sandbox::new(format!("{bridge}-{i}")))
+        .collect();
+    let ids: Vec<String> = (0..3).map(|i| format!("ctr-{i}")).collect();
+    let _cleanup = Network::new(
+        &host,
+        &config,
+        ids.iter().cloned().zip(sandboxes.iter().map(Sandbox::path)),
+    );
+    let first = add_pod(&host, &config, &ids[0], &sandboxes[0]);
+
+    // ctr-1's ADD died after making its veth pair, before marking it.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    reserve(&bridge, &ids[1], dead_pid);
+    let veth = netpath::model::naming::cni_host_veth(&ids[1], "eth0");
+    let made = host.sh(
+        "ip",
+        &[
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &sandboxes[1].0,
+        ],
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+
+    let second = add_pod(&host, &config, &ids[2], &sandboxes[2]);
+    assert!(
+        reserved_containers(&bridge).is_empty(),
+        "the dead ADD's reservation is still there"
+    );
+    assert!(
+        !host.sh("ip", &["link", "show", &veth]).status.success(),
+        "the dead ADD's veth {veth} is still there"
+    );
+    let before = redirected_from(&cni_datapath(&bridge), second.ifindex);
+    assert!(
+        ping(&sandboxes[2].0, &first.ip),
+        "the new pod cannot reach the first"
+    );
+    assert!(
+        redirected_from(&cni_datapath(&bridge), second.ifindex) > before,
+        "not on the fast path"
+    );
+
+    // An ADD of ctr-1 under way (this test process stands in for it).
+    reserve(&bridge, &ids[1], std::process::id());
+    let (ok, out) = cni(
+        &host,
+        "ADD",
+        &ids[1],
+        Some(&sandboxes[1].path()),
+        "eth0",
+        &config,
+    );
+    assert!(
+        !ok,
+        "a second ADD of a container under way succeeded: {out}"
+    );
+    assert_eq!(out["code"], 11, "not 'try again later': {out}");
+    for (id, sandbox) in ids.iter().zip(&sandboxes).step_by(2) {
+        let (ok, out) = cni(&host, "DEL", id, Some(&sandbox.path()), "eth0", &config);
+        assert!(ok, "DEL of {id}: {out}");
+    }
+    assert!(
+        pin_dir(&cni_datapath(&bridge)).exists(),
+        "the last DEL wound the network up under an ADD under way"
+    );
+    // That ADD's process ends: the next call forgets it, and winds up.
+    let mut rec = netpath::store::cni::NetworkRecord::load(&bridge).unwrap();
+    rec.reservations[0].pid = dead_pid;
+    rec.save(&bridge).unwrap();
+    let (ok, out) = cni(
+        &host,
+        "DEL",
+        &ids[1],
+        Some(&sandboxes[1].path()),
+        "eth0",
+        &config,
+    );
+    assert!(ok, "DEL of {}: {out}", ids[1]);
+    assert_gone(&host, &bridge);
+}

@@ -62,6 +62,10 @@ impl fmt::Display for Plugin {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
+    /// A network's first pod (its ADD makes the network) and last pod (its
+    /// DEL winds it up), around the other phases.
+    #[serde(rename = "first/last")]
+    FirstLast,
     Sequential,
     Concurrent,
 }
@@ -69,6 +73,7 @@ pub enum Phase {
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Phase::FirstLast => "first/last",
             Phase::Sequential => "sequential",
             Phase::Concurrent => "concurrent",
         })
@@ -256,6 +261,22 @@ async fn measure(
         Ok(())
     };
 
+    // One pod stays attached through the measured phases, as on a node in
+    // service: neither plugin makes or winds up its network within them
+    // (netpath loads its datapath there; the bridge plugin makes its bridge,
+    // and keeps it after the last DEL). That pod's ADD and DEL are the
+    // first/last row.
+    eprintln!("bench --cni: a first pod per plugin, on an empty network");
+    let first = make_pods(networks, Phase::FirstLast, 1, made)?.remove(0);
+    for (n, pod) in first.iter().enumerate() {
+        check()?;
+        let ms = call_tracked(networks, n, CniCommand::Add, pod, made).await?;
+        samples
+            .entry((Phase::FirstLast, CniCommand::Add, networks[n].plugin))
+            .or_default()
+            .push(ms);
+    }
+
     eprintln!(
         "bench --cni: {} sequential pods per plugin, ADD then DEL",
         options.sequential
@@ -306,6 +327,16 @@ async fn measure(
                 .or_default()
                 .extend(times);
         }
+    }
+
+    eprintln!("bench --cni: the last pod per plugin");
+    for (n, pod) in first.iter().enumerate().rev() {
+        check()?;
+        let ms = call_tracked(networks, n, CniCommand::Del, pod, made).await?;
+        samples
+            .entry((Phase::FirstLast, CniCommand::Del, networks[n].plugin))
+            .or_default()
+            .push(ms);
     }
 
     Ok(CniReport {

@@ -104,24 +104,36 @@ fn forget_vanished_ports(maps: &Maps) -> Result<()> {
         .filter_map(Result::ok)
         .map(|(ifindex, _)| ifindex)
         .collect();
-    let mut port_state = maps.port_state()?;
-    let vanished: Vec<u32> = port_state
+    let vanished: Vec<u32> = maps
+        .port_state()?
         .keys()
         .filter_map(Result::ok)
         .filter(|ifindex| !live.contains(ifindex))
+        // A port that joins meanwhile has its state written after its
+        // devmap slot, but its device exists.
+        .filter(|ifindex| !has_device(*ifindex))
         .collect();
-    if vanished.is_empty() {
-        return Ok(());
-    }
-    let mut table = fdb::Fdb::open(maps)?;
-    let mut counts = maps.port_learned()?;
-    for ifindex in &vanished {
-        let entries = table.remove_port(*ifindex)?;
-        let _ = port_state.remove(ifindex);
-        let _ = counts.remove(ifindex);
+    for ifindex in vanished {
+        let entries = drop_port_entries(maps, ifindex)?;
         info!("forgot vanished port {ifindex} and its {entries} FDB entries");
     }
     Ok(())
+}
+
+/// Whether a device has the index `ifindex` (in this namespace). nix's
+/// `if_indextoname` gives an empty name, not an error, for none.
+fn has_device(ifindex: u32) -> bool {
+    nix::net::if_::if_indextoname(ifindex).is_ok_and(|name| !name.is_empty())
+}
+
+/// Removes every entry of the port `ifindex` (its FDB entries, devmap
+/// slot, state and learned count). Returns the number of FDB entries.
+fn drop_port_entries(maps: &Maps, ifindex: u32) -> Result<usize> {
+    let entries = fdb::Fdb::open(maps)?.remove_port(ifindex)?;
+    let _ = maps.ports()?.remove(ifindex);
+    let _ = maps.port_state()?.remove(&ifindex);
+    let _ = maps.port_learned()?.remove(&ifindex);
+    Ok(entries)
 }
 
 /// A step of [`ensure_reporting`] that is done.
@@ -172,8 +184,6 @@ pub async fn ensure_reporting(
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
 
     let mut ebpf = object::load(Some(&dir), dp.fdb_size)?;
-    object::pin_programs(&mut ebpf, &dir)?;
-    let mut programs = Programs::pinned(&dir)?.context("the programs just pinned are not there")?;
     let bridge = netlink::link_by_name(handle, &dp.bridge)
         .await?
         .with_context(|| format!("bridge {} is missing", dp.bridge))?;
@@ -194,6 +204,10 @@ pub async fn ensure_reporting(
         ..Default::default()
     };
     fill_maps(&maps, config, dp.learn_limit, &ports)?;
+    // Pinned last: pinned programs say the datapath is running (see
+    // `is_running`), and ports may join it.
+    object::pin_programs(&mut ebpf, &dir)?;
+    let mut programs = Programs::pinned(&dir)?.context("the programs just pinned are not there")?;
     step_done(Step::MapsFilled)?;
 
     if dp.mode == Mode::Tc && dp.tc == hooks::TcMethod::Clsact {
@@ -285,50 +299,80 @@ fn fill_port(maps: &Maps, learn_limit: u32, port: &Port, ifindex: u32, cpus: usi
     fdb::Fdb::open(maps)?.add_static(port.mac, ifindex)
 }
 
-/// Adds one port to a running datapath: its map entries and its links,
-/// attached with the programs pinned when the datapath was made, so no
-/// object is loaded or verified and no other port is looked at. A datapath
-/// that is not running yet (or whose programs are not pinned) is made with
-/// [`ensure`] over `dp`'s ports, which must include `port`.
-pub async fn add_port(handle: &Handle, dp: &Datapath, port: &Port) -> Result<()> {
+/// Adds one port to a running datapath: its map entries, and its links
+/// (unless [`attach_early`] attached them), with the programs pinned when
+/// the datapath was made, so no object is loaded or verified and no other
+/// port is looked at. A datapath that is not running yet (or whose
+/// programs are not pinned) is made with [`ensure`] over `dp`'s ports,
+/// which must include `port`.
+pub async fn add_port(
+    handle: &Handle,
+    dp: &Datapath,
+    port: &Port,
+    ifindex: u32,
+    attached: bool,
+) -> Result<()> {
     if dp.mode == Mode::Bridge {
         return Ok(());
     }
     let dir = pin_dir(&dp.name);
-    let Some(mut programs) = running_programs(&dir)? else {
-        return ensure(handle, dp).await;
+    let programs = if attached {
+        None
+    } else {
+        match Programs::pinned(&dir)? {
+            Some(programs) => Some(programs),
+            None => return ensure(handle, dp).await,
+        }
     };
     let maps = Maps::open(&dir)?;
-    let ifindex = netlink::link_by_name(handle, &port.name)
-        .await?
-        .with_context(|| format!("port {} is missing", port.name))?
-        .index;
-    // The kernel may hand a vanished port's ifindex to this one.
-    forget_vanished_ports(&maps)?;
+    // The kernel may hand a vanished port's ifindex to this one: it starts
+    // with none of that port's counters or learned MACs.
+    if maps.port_state()?.get(&ifindex, 0).is_ok() {
+        drop_port_entries(&maps, ifindex)?;
+    }
     let cpus = nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
     fill_port(&maps, dp.learn_limit, port, ifindex, cpus)?;
-    for hook in Hook::for_mode(dp.mode) {
-        hooks::attach(handle, &mut programs, &dir, port, ifindex, *hook, dp.tc).await?;
+    if let Some(mut programs) = programs {
+        for hook in Hook::for_mode(dp.mode) {
+            hooks::attach(handle, &mut programs, &dir, port, ifindex, *hook, dp.tc).await?;
+        }
     }
     info!("{}: port {} joined ({} mode)", dp.name, port.name, dp.mode);
     Ok(())
 }
 
-/// The pinned programs of a datapath that is running (its maps pinned and
-/// filled), or None.
-fn running_programs(dir: &std::path::Path) -> Result<Option<Programs>> {
-    if !dir.join(netpath_common::maps::CONFIG).exists() {
-        return Ok(None);
+/// Whether the datapath `name` is running: its programs pinned, which its
+/// making does last, after its maps are pinned and filled.
+pub fn is_running(name: &str) -> bool {
+    Programs::are_pinned(&pin_dir(name))
+}
+
+/// Makes a datapath that does not exist, with no port yet: its object
+/// loaded and verified, its maps and programs pinned, for the ports to join
+/// with [`attach_early`] and [`add_port`]. One that exists (running, or made
+/// by an older netpath that did not pin its programs, which [`add_port`]
+/// completes) is left alone. The caller makes sure nobody else loads it at
+/// the same time.
+pub async fn load_if_absent(handle: &Handle, dp: &Datapath) -> Result<()> {
+    let made = pin_dir(&dp.name)
+        .join(netpath_common::maps::CONFIG)
+        .exists();
+    if dp.mode == Mode::Bridge || made {
+        return Ok(());
     }
-    Programs::pinned(dir)
+    let empty = Datapath {
+        ports: Vec::new(),
+        ..dp.clone()
+    };
+    ensure(handle, &empty).await
 }
 
 /// Attaches the programs of a running datapath to a new port before its
-/// map entries exist, so that the attach (a tcx link waits for an RCU grace
-/// period) overlaps the allocation of the port's addresses. Until
-/// [`add_port`] fills its entries, the port's frames go to the bridge, which
-/// learns nothing from it. Returns whether anything was attached: a datapath
-/// that is not running yet is made by `add_port`.
+/// map entries exist, so that the attach overlaps the allocation of the
+/// port's addresses and needs no lock. Until [`add_port`] fills its
+/// entries, the port's frames go to the bridge, which learns nothing from
+/// it. Returns whether anything was attached: a datapath that is not
+/// running yet is made by `add_port`.
 pub async fn attach_early(
     handle: &Handle,
     dp: &Datapath,
@@ -337,7 +381,7 @@ pub async fn attach_early(
 ) -> Result<bool> {
     let dir = pin_dir(&dp.name);
     let Some(mut programs) = (dp.mode != Mode::Bridge)
-        .then(|| running_programs(&dir))
+        .then(|| Programs::pinned(&dir))
         .transpose()?
         .flatten()
     else {
@@ -441,20 +485,16 @@ pub fn unpin_port(datapath: &str, port: &Port) -> Result<()> {
     Ok(())
 }
 
-/// Removes a leaving port's map entries (and every vanished port's).
+/// Removes a leaving port's map entries; a port whose device is gone
+/// already (`ifindex` None) is found by sweeping every vanished port's.
 pub fn forget_port_entries(datapath: &str, ifindex: Option<u32>) -> Result<()> {
     if !pin_dir(datapath).exists() {
         return Ok(());
     }
-    let maps = maps(datapath)?;
-    let Some(ifindex) = ifindex else {
-        return Ok(());
-    };
-    fdb::Fdb::open(&maps)?.remove_port(ifindex)?;
-    let _ = maps.ports()?.remove(ifindex);
-    let _ = maps.port_state()?.remove(&ifindex);
-    let _ = maps.port_learned()?.remove(&ifindex);
-    Ok(())
+    match ifindex {
+        Some(ifindex) => drop_port_entries(&Maps::open(&pin_dir(datapath))?, ifindex).map(drop),
+        None => maps(datapath).map(drop),
+    }
 }
 
 /// Gives every port of a running datapath this binary's programs, each

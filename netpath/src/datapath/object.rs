@@ -68,6 +68,16 @@ pub fn learned_capacity(fdb_size: u32) -> Result<u32> {
 pub fn load(pins: Option<&Path>, fdb_size: u32) -> Result<Ebpf> {
     super::memlock::raise_for_bpf()?;
     let mut loader = EbpfLoader::new();
+    // The kernel's BTF (megabytes, parsed on every load: most of the time a
+    // datapath takes to load, which the first pod of a CNI network waits
+    // for) only serves CO-RE relocations, which the programs do not use.
+    // Should they gain some, the kernel's BTF is read again.
+    let core_relocations = aya_obj::Object::parse(OBJECT)
+        .context("parsing the BPF object")?
+        .has_btf_relocations();
+    if !core_relocations {
+        loader.btf(None);
+    }
     loader.map_max_entries(MapName::FdbStatic.as_str(), fdb_size);
     loader.map_max_entries(MapName::FdbLearned.as_str(), learned_capacity(fdb_size)?);
     // An overlay's remote containers take entries as local ones do.
@@ -158,13 +168,19 @@ pub struct Programs {
 }
 
 impl Programs {
+    /// Whether every program is pinned in `pins`.
+    pub fn are_pinned(pins: &Path) -> bool {
+        let dir = programs_dir(pins);
+        programs::ALL.iter().all(|name| dir.join(name).exists())
+    }
+
     /// Opens the programs pinned in `pins`, or None when some are not pinned
     /// (a datapath made by a netpath that did not pin its programs).
     pub fn pinned(pins: &Path) -> Result<Option<Programs>> {
-        let dir = programs_dir(pins);
-        if !programs::ALL.iter().all(|name| dir.join(name).exists()) {
+        if !Self::are_pinned(pins) {
             return Ok(None);
         }
+        let dir = programs_dir(pins);
         let open_error =
             |name: &str| format!("opening pinned program {}", dir.join(name).display());
         let xdp = |name: &str| {

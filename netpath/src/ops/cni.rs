@@ -8,7 +8,7 @@
 //! that crashed, a pod killed without DEL), with their FDB entries, port
 //! state and addresses.
 
-use std::{future::Future, net::IpAddr, pin::Pin, process::Stdio, time::Duration};
+use std::{net::IpAddr, process::Stdio, time::Duration};
 
 use anyhow::{Context, anyhow, ensure};
 use ipnet::IpNet;
@@ -28,7 +28,7 @@ use crate::{
         spec::{DEFAULT_AGEING_S, DEFAULT_MTU},
     },
     store::{
-        cni::{Attachment, NetworkRecord},
+        cni::{Attachment, NetworkRecord, Reservation},
         lock::{Lock, Purpose},
     },
 };
@@ -39,6 +39,28 @@ const LOCK_PATIENCE: Duration = Duration::from_secs(60);
 fn take_lock(datapath: &str) -> CniResult<Lock> {
     Lock::acquire_waiting(datapath, Purpose::Change, LOCK_PATIENCE)
         .map_err(|e| CniError::new(CniError::TRY_AGAIN_LATER, format!("{e:#}")))
+}
+
+/// One run of the plugin: the network it is for and the runtime's request,
+/// which every step of ADD, DEL and GC needs.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    handle: &'a Handle,
+    conf: &'a NetConf,
+    /// The configuration as the runtime gave it, for host-local.
+    conf_bytes: &'a [u8],
+    env: &'a Env,
+}
+
+/// Why an attachment is taken off, which says what goes with it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    /// DEL, GC, or a pod gone stale: everything, its addresses too.
+    Whole,
+    /// An ADD again that plugs it in anew: its addresses stay.
+    KeepAddresses,
+    /// An ADD that failed: its veth may not carry the plugin's mark yet.
+    FailedAdd,
 }
 
 fn datapath_of<'a>(conf: &NetConf, attachments: impl Iterator<Item = &'a Attachment>) -> Datapath {
@@ -140,39 +162,28 @@ async fn delegate_ipam(
 /// A new attachment's addresses and gateways, one per family.
 type Addresses = (Vec<IpNet>, Vec<IpAddr>);
 
-/// The allocation of a new attachment's addresses: done at once from the
-/// record with netpath's own IPAM; with host-local, a run of it that ADD
-/// awaits while it wires the pod.
-fn allocate<'a>(
-    conf: &'a NetConf,
-    conf_bytes: &'a [u8],
-    env: &'a Env,
-    rec: &NetworkRecord,
-) -> CniResult<Pin<Box<dyn Future<Output = CniResult<Addresses>> + 'a>>> {
-    match &conf.ipam {
-        Ipam::Netpath { .. } => {
-            let subnets = conf
-                .subnets()
-                .map_err(|e| CniError::new(CniError::INVALID_CONFIG, format!("{e:#}")))?;
-            let used = |a: IpAddr| {
-                rec.attachments
-                    .iter()
-                    .any(|x| x.ips.iter().any(|i| i.addr() == a))
-            };
-            let mut ips = Vec::new();
-            for subnet in &subnets {
-                ips.push(ipam::allocate(*subnet, used).ok_or_else(|| {
-                    CniError::new(
-                        CniError::TRY_AGAIN_LATER,
-                        format!("subnet {subnet} has no free address"),
-                    )
-                })?);
-            }
-            let gateways = subnets.iter().map(|s| ipam::gateway(*s).addr()).collect();
-            Ok(Box::pin(std::future::ready(Ok((ips, gateways)))))
-        }
-        Ipam::HostLocal(_) => Ok(Box::pin(host_local_add(conf_bytes, env))),
+/// A new attachment's addresses from netpath's own IPAM (free in the
+/// record); None with host-local, which ADD runs while it wires the pod.
+fn allocate(conf: &NetConf, rec: &NetworkRecord) -> CniResult<Option<Addresses>> {
+    let Ipam::Netpath { .. } = &conf.ipam else {
+        return Ok(None);
+    };
+    let subnets = conf
+        .subnets()
+        .map_err(|e| CniError::new(CniError::INVALID_CONFIG, format!("{e:#}")))?;
+    let mut ips = Vec::new();
+    for subnet in &subnets {
+        ips.push(
+            ipam::allocate(*subnet, |a| rec.address_taken(a)).ok_or_else(|| {
+                CniError::new(
+                    CniError::TRY_AGAIN_LATER,
+                    format!("subnet {subnet} has no free address"),
+                )
+            })?,
+        );
     }
+    let gateways = subnets.iter().map(|s| ipam::gateway(*s).addr()).collect();
+    Ok(Some((ips, gateways)))
 }
 
 async fn host_local_add(conf_bytes: &[u8], env: &Env) -> CniResult<Addresses> {
@@ -212,15 +223,10 @@ async fn host_local_add(conf_bytes: &[u8], env: &Env) -> CniResult<Addresses> {
 
 /// Gives an attachment's addresses back (netpath's own IPAM needs nothing:
 /// the record is the allocation).
-async fn release(
-    conf: &NetConf,
-    conf_bytes: &[u8],
-    env: &Env,
-    container_id: &str,
-    ifname: &str,
-) -> CniResult<()> {
-    if let Ipam::HostLocal(_) = conf.ipam {
-        delegate_ipam(conf_bytes, env, (container_id, ifname), "host-local", "DEL").await?;
+async fn release(call: &Call<'_>, (container_id, ifname): (&str, &str)) -> CniResult<()> {
+    if let Ipam::HostLocal(_) = call.conf.ipam {
+        let attachment = (container_id, ifname);
+        delegate_ipam(call.conf_bytes, call.env, attachment, "host-local", "DEL").await?;
     }
     Ok(())
 }
@@ -286,55 +292,30 @@ fn live_datapath(conf: &NetConf, rec: &NetworkRecord, joining: &Attachment) -> D
 }
 
 /// Takes one attachment off the machine: its map entries, its veth (the
-/// plugin's own; `interrupted`: one whose ADD stopped before it was
-/// marked), its links, and with `release_addresses` its addresses. The
-/// caller drops it from the record.
-async fn remove_attachment(
-    handle: &Handle,
-    conf: &NetConf,
-    conf_bytes: &[u8],
-    env: &Env,
-    a: &Attachment,
-    interrupted: bool,
-    release_addresses: bool,
-) -> CniResult<()> {
+/// plugin's own), its links, and its addresses unless `removal` keeps
+/// them. The caller drops it from the record.
+async fn remove_attachment(call: &Call<'_>, a: &Attachment, removal: Removal) -> CniResult<()> {
     let ifindex = nix::net::if_::if_nametoindex(a.host_veth.as_str()).ok();
-    datapath::forget_port_entries(&conf.datapath_name(), ifindex).map_err(CniError::io)?;
-    take_off(
-        handle,
-        conf,
-        conf_bytes,
-        env,
-        a,
-        interrupted,
-        release_addresses,
-    )
-    .await
+    datapath::forget_port_entries(&call.conf.datapath_name(), ifindex).map_err(CniError::io)?;
+    take_off(call, a, removal).await
 }
 
 /// The part of [`remove_attachment`] that touches no map, and so needs no
 /// lock: the veth deleted while host-local releases the addresses (the
 /// kernel takes 10-40 ms to delete a veth), then the links unpinned, which
 /// no longer waits for an RCU grace period once the device is gone.
-async fn take_off(
-    handle: &Handle,
-    conf: &NetConf,
-    conf_bytes: &[u8],
-    env: &Env,
-    a: &Attachment,
-    interrupted: bool,
-    release_addresses: bool,
-) -> CniResult<()> {
-    let owner = conf.datapath_name();
+async fn take_off(call: &Call<'_>, a: &Attachment, removal: Removal) -> CniResult<()> {
+    let owner = call.conf.datapath_name();
     let released = async {
-        if release_addresses {
-            release(conf, conf_bytes, env, &a.container_id, &a.ifname).await
-        } else {
+        if removal == Removal::KeepAddresses {
             Ok(())
+        } else {
+            release(call, (&a.container_id, &a.ifname)).await
         }
     };
+    let interrupted = removal == Removal::FailedAdd;
     let (unplugged, released) = tokio::join!(
-        plumbing::unplug(handle, &a.host_veth, &owner, interrupted),
+        plumbing::unplug(call.handle, &a.host_veth, &owner, interrupted),
         released
     );
     unplugged.map_err(CniError::io)?;
@@ -343,42 +324,82 @@ async fn take_off(
 }
 
 /// Forgets every attachment but `keep` whose veth or namespace is gone (a
-/// runtime that crashed, a pod killed without DEL). A failure to clean one
-/// up is logged and left for the next call, never passed on: it is another
-/// container's business, not this one's.
+/// runtime that crashed, a pod killed without DEL), and every reservation
+/// whose ADD died halfway. A failure to clean one up is logged and left for
+/// the next call, never passed on: it is another container's business, not
+/// this one's.
 async fn forget_stale(
-    handle: &Handle,
-    conf: &NetConf,
-    conf_bytes: &[u8],
-    env: &Env,
+    call: &Call<'_>,
     rec: &mut NetworkRecord,
     keep: Option<(&str, &str)>,
 ) -> CniResult<()> {
+    let bridge = &call.conf.bridge;
     let stale: Vec<Attachment> = rec
         .attachments
         .iter()
         .filter(|a| keep != Some((a.container_id.as_str(), a.ifname.as_str())) && !is_live(a))
         .cloned()
         .collect();
-    if stale.is_empty() {
+    let dead: Vec<Reservation> = rec
+        .reservations
+        .iter()
+        .filter(|r| !r.is_live())
+        .cloned()
+        .collect();
+    if stale.is_empty() && dead.is_empty() {
         return Ok(());
     }
     for a in stale {
-        match remove_attachment(handle, conf, conf_bytes, env, &a, false, true).await {
+        match remove_attachment(call, &a, Removal::Whole).await {
             Ok(()) => {
                 info!(
-                    "{}: forgot container {} ({}): its veth or namespace was gone",
-                    conf.bridge, a.container_id, a.host_veth
+                    "{bridge}: forgot container {} ({}): its veth or namespace was gone",
+                    a.container_id, a.host_veth
                 );
                 rec.attachments.retain(|x| x != &a);
             }
             Err(e) => warn!(
-                "{}: could not forget stale container {} ({}): {}; the next ADD, DEL or GC tries again",
-                conf.bridge, a.container_id, a.host_veth, e.msg
+                "{bridge}: could not forget stale container {} ({}): {}; the next ADD, DEL or GC tries again",
+                a.container_id, a.host_veth, e.msg
             ),
         }
     }
-    rec.save(&conf.bridge).map_err(CniError::io)
+    for r in dead {
+        let container = (r.container_id.as_str(), r.ifname.as_str());
+        match remove_unrecorded(call, container, true).await {
+            Ok(()) => {
+                info!(
+                    "{bridge}: forgot the ADD of container {}: its plugin process {} died halfway",
+                    r.container_id, r.pid
+                );
+                rec.unreserve(&r.container_id, &r.ifname);
+            }
+            Err(e) => warn!(
+                "{bridge}: could not undo the interrupted ADD of container {}: {}; the next ADD, DEL or GC tries again",
+                r.container_id, e.msg
+            ),
+        }
+    }
+    rec.save(bridge).map_err(CniError::io)
+}
+
+/// Removes what a container has without an attachment in the record: its
+/// veth (if there, and the plugin's; `interrupted`: an ADD that died may
+/// not have marked it yet), while host-local releases its addresses. No
+/// map holds an entry of it.
+async fn remove_unrecorded(
+    call: &Call<'_>,
+    container: (&str, &str),
+    interrupted: bool,
+) -> CniResult<()> {
+    let owner = call.conf.datapath_name();
+    let veth = cni_host_veth(container.0, container.1);
+    let (unplugged, released) = tokio::join!(
+        plumbing::unplug(call.handle, &veth, &owner, interrupted),
+        release(call, container)
+    );
+    unplugged.map_err(CniError::io)?;
+    released
 }
 
 /// Saves the record; with the last container gone, first removes what the
@@ -388,7 +409,7 @@ async fn save_or_wind_up(
     conf: &NetConf,
     rec: &mut NetworkRecord,
 ) -> CniResult<()> {
-    if rec.attachments.is_empty() {
+    if rec.containers() == 0 {
         datapath::remove(&conf.datapath_name()).map_err(CniError::io)?;
         if rec.bridge_created {
             plumbing::unplug(handle, &conf.bridge, &conf.datapath_name(), false)
@@ -400,12 +421,15 @@ async fn save_or_wind_up(
     rec.save(&conf.bridge).map_err(CniError::io)
 }
 
-pub async fn add(
-    handle: &Handle,
-    conf: &NetConf,
-    conf_bytes: &[u8],
-    env: &Env,
-) -> CniResult<Value> {
+/// ADD. The network's lock is held twice, briefly: to reserve the MAC and
+/// addresses (and make the bridge, for the first container), and to fill
+/// the port's map entries and record the attachment. In between, without
+/// it, the veth pair is made, the programs attached, host-local run and the
+/// container's end addressed, so the ADDs of many pods overlap.
+async fn add(call: &Call<'_>) -> CniResult<Value> {
+    let Call {
+        handle, conf, env, ..
+    } = *call;
     let netns_path = env.netns.clone().expect("checked by Env");
     if !netns_path.exists() {
         return Err(CniError::new(
@@ -413,11 +437,20 @@ pub async fn add(
             format!("CNI_NETNS {} does not exist", netns_path.display()),
         ));
     }
-    let _lock = take_lock(&conf.datapath_name())?;
+    let lock = take_lock(&conf.datapath_name())?;
     let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
     let me = (env.container_id.as_str(), env.ifname.as_str());
-    forget_stale(handle, conf, conf_bytes, env, &mut rec, Some(me)).await?;
-    if let Some(i) = rec.find(&env.container_id, &env.ifname) {
+    forget_stale(call, &mut rec, Some(me)).await?;
+    if let Some(r) = rec.reservation(me.0, me.1) {
+        return Err(CniError::new(
+            CniError::TRY_AGAIN_LATER,
+            format!(
+                "an ADD of container {} is under way (plugin pid {})",
+                r.container_id, r.pid
+            ),
+        ));
+    }
+    if let Some(i) = rec.find(me.0, me.1) {
         // ADD again: what exists is the answer, if it is whole.
         let a = rec.attachments[i].clone();
         match verify(handle, conf, &a).await {
@@ -427,22 +460,20 @@ pub async fn add(
                     "{}: ADD again for container {}: {problem:#}; plugging it in anew with its addresses",
                     conf.bridge, env.container_id
                 );
-                remove_attachment(handle, conf, conf_bytes, env, &a, false, false).await?;
+                remove_attachment(call, &a, Removal::KeepAddresses).await?;
                 rec.attachments.remove(i);
-                rec.save(&conf.bridge).map_err(CniError::io)?;
                 let addresses = (a.ips.clone(), a.gateways.clone());
                 let a = Attachment {
                     netns: netns_path,
                     ..a
                 };
-                let known = Box::pin(std::future::ready(Ok(addresses)));
-                return plug_or_undo(handle, conf, conf_bytes, env, &mut rec, a, known).await;
+                return plug_or_undo(call, (lock, rec), a, Some(addresses)).await;
             }
         }
     }
-    let addresses = allocate(conf, conf_bytes, env, &rec)?;
+    let addresses = allocate(conf, &rec)?;
     let mac = Mac::derive(&format!("{}/{}", env.container_id, env.ifname), |m| {
-        rec.attachments.iter().any(|a| a.mac == m)
+        rec.mac_taken(m)
     });
     let attachment = Attachment {
         container_id: env.container_id.clone(),
@@ -453,29 +484,43 @@ pub async fn add(
         ips: Vec::new(),
         gateways: Vec::new(),
     };
-    plug_or_undo(
-        handle, conf, conf_bytes, env, &mut rec, attachment, addresses,
-    )
-    .await
+    plug_or_undo(call, (lock, rec), attachment, addresses).await
 }
 
-/// [`plug`], or on failure the undoing of everything this ADD made: links,
-/// map entries, the veth (and so its peer), the addresses.
+/// Reserves `a`'s MAC and `addresses` (with the bridge made if missing) in
+/// the record under the `lock` it is given, lets it go, and plugs the
+/// container in; on failure, undoes everything this ADD made: links, map
+/// entries, the veth (and so its peer), the addresses, the reservation.
+/// `addresses`: known already (netpath IPAM, or an ADD again), or None for
+/// host-local.
 async fn plug_or_undo(
-    handle: &Handle,
-    conf: &NetConf,
-    conf_bytes: &[u8],
-    env: &Env,
-    rec: &mut NetworkRecord,
+    call: &Call<'_>,
+    (lock, mut rec): (Lock, NetworkRecord),
     mut a: Attachment,
-    addresses: Pin<Box<dyn Future<Output = CniResult<Addresses>> + '_>>,
+    addresses: Option<Addresses>,
 ) -> CniResult<Value> {
-    match plug(handle, conf, rec, &mut a, addresses).await {
+    let Call { handle, conf, .. } = *call;
+    let owner = conf.datapath_name();
+    let (bridge, created) = plumbing::ensure_bridge(handle, &conf.bridge, &owner, DEFAULT_MTU, &[])
+        .await
+        .map_err(CniError::io)?;
+    rec.bridge_created |= created;
+    rec.reservations.push(Reservation {
+        container_id: a.container_id.clone(),
+        ifname: a.ifname.clone(),
+        pid: std::process::id(),
+        mac: a.mac,
+        ips: addresses
+            .as_ref()
+            .map(|(ips, _)| ips.clone())
+            .unwrap_or_default(),
+    });
+    rec.save(&conf.bridge).map_err(CniError::io)?;
+    drop(lock);
+    match plug(call, &mut a, &bridge, addresses).await {
         Ok(host_mac) => Ok(result_json(conf, &a, host_mac)),
         Err(e) => {
-            if let Err(undo) =
-                remove_attachment(handle, conf, conf_bytes, env, &a, true, true).await
-            {
+            if let Err(undo) = unplug_failed(call, &a).await {
                 warn!(
                     "{}: undoing the failed ADD of {}: {}",
                     conf.bridge, a.container_id, undo.msg
@@ -486,66 +531,103 @@ async fn plug_or_undo(
     }
 }
 
-/// Plugs a container in: the bridge if needed, then the veth pair made and
-/// the pinned programs attached to its host end while the addresses are
-/// allocated (host-local and a tcx attach both take milliseconds, and
-/// neither needs the other), then the container's end addressed and routed,
-/// the port's map entries filled, and only then the attachment recorded.
+/// Plugs a reserved container in: the veth pair made and the pinned
+/// programs attached to its host end while host-local allocates the
+/// addresses (neither needs the other), the container's end addressed and
+/// routed; then, under the lock, the bridge's gateway addresses, the port's
+/// map entries, and only then the attachment recorded in place of the
+/// reservation. Returns the host end's MAC.
 async fn plug(
-    handle: &Handle,
-    conf: &NetConf,
-    rec: &mut NetworkRecord,
+    call: &Call<'_>,
     a: &mut Attachment,
-    addresses: Pin<Box<dyn Future<Output = CniResult<Addresses>> + '_>>,
+    bridge: &netlink::Link,
+    addresses: Option<Addresses>,
 ) -> CniResult<Option<Mac>> {
+    let Call {
+        handle,
+        conf,
+        conf_bytes,
+        env,
+    } = *call;
     let owner = conf.datapath_name();
-    let (bridge, created) = plumbing::ensure_bridge(handle, &conf.bridge, &owner, DEFAULT_MTU, &[])
-        .await
-        .map_err(CniError::io)?;
-    if created {
-        rec.bridge_created = true;
-        rec.save(&conf.bridge).map_err(CniError::io)?;
-    }
-    let wiring = async {
-        let host = plumbing::create_pair(
-            handle,
-            &plumbing::Plug {
-                host_veth: &a.host_veth,
-                netns: &a.netns,
-                ifname: &a.ifname,
-                mac: Some(a.mac),
-                mtu: DEFAULT_MTU,
-                bridge: Some(bridge.index),
-                owner: &owner,
-                addresses: &[],
-                gateways: &[],
-                source_check: true,
-            },
-        )
-        .await?;
-        let dp = datapath_of(conf, std::iter::empty());
-        datapath::attach_early(handle, &dp, &port_of(a), host.index).await?;
-        anyhow::Ok(host)
+    let allocated = async {
+        match addresses {
+            Some(known) => Ok(known),
+            None => host_local_add(conf_bytes, env).await,
+        }
     };
-    let (addresses, host) = tokio::join!(addresses, wiring);
-    (a.ips, a.gateways) = addresses?;
-    let host = host.map_err(CniError::io)?;
-    finish_plug(handle, conf, rec, a, &bridge)
+    let dp = datapath_of(conf, std::iter::empty());
+    let pair = plumbing::Plug {
+        host_veth: &a.host_veth,
+        netns: &a.netns,
+        ifname: &a.ifname,
+        mac: Some(a.mac),
+        mtu: DEFAULT_MTU,
+        bridge: Some(bridge.index),
+        owner: &owner,
+        addresses: &[],
+        gateways: &[],
+        source_check: true,
+    };
+    let wiring = async {
+        let (host, running) = tokio::join!(
+            plumbing::create_pair(handle, &pair),
+            run_datapath(handle, &dp)
+        );
+        let host = host?;
+        running?;
+        let attached = datapath::attach_early(handle, &dp, &port_of(a), host.index).await?;
+        anyhow::Ok((host, attached))
+    };
+    let (allocated, wired) = tokio::join!(allocated, wiring);
+    (a.ips, a.gateways) = allocated?;
+    let (host, attached) = wired.map_err(CniError::io)?;
+    plumbing::configure_inside(&a.netns, &a.ifname, &a.ips, &a.gateways)
+        .with_context(|| {
+            format!(
+                "configuring {} in namespace {}",
+                a.ifname,
+                a.netns.display()
+            )
+        })
+        .map_err(CniError::io)?;
+
+    let _lock = take_lock(&owner)?;
+    let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
+    rec.unreserve(&a.container_id, &a.ifname);
+    plumbing::address_bridge(handle, bridge, &gateway_addresses(a).map_err(CniError::io)?)
         .await
         .map_err(CniError::io)?;
+    let dp = live_datapath(conf, &rec, a);
+    datapath::add_port(handle, &dp, &port_of(a), host.index, attached)
+        .await
+        .map_err(CniError::io)?;
+    rec.attachments.push(a.clone());
+    rec.save(&conf.bridge).map_err(CniError::io)?;
     Ok(host.mac)
 }
 
-/// The half of [`plug`] that needs the addresses.
-async fn finish_plug(
-    handle: &Handle,
-    conf: &NetConf,
-    rec: &mut NetworkRecord,
-    a: &Attachment,
-    bridge: &netlink::Link,
-) -> anyhow::Result<()> {
-    let gateways: Vec<IpNet> = a
-        .gateways
+/// Makes the network's datapath run if it does not yet (the first
+/// container's ADD, or the first after the last DEL): loading it takes tens
+/// of milliseconds, which would hold up every other ADD if it were done
+/// under the network's lock. Under a lock of its own instead, the others
+/// wire their containers meanwhile, and wait only to attach.
+async fn run_datapath(handle: &Handle, dp: &Datapath) -> anyhow::Result<()> {
+    if dp.mode == Mode::Bridge || datapath::is_running(&dp.name) {
+        return Ok(());
+    }
+    let name = dp.name.clone();
+    let _loading = tokio::task::spawn_blocking(move || {
+        Lock::acquire_waiting(&name, Purpose::Load, LOCK_PATIENCE)
+    })
+    .await??;
+    datapath::load_if_absent(handle, dp).await
+}
+
+/// The bridge's addresses for `a`'s gateways: each with the prefix of the
+/// container's address of its family.
+fn gateway_addresses(a: &Attachment) -> anyhow::Result<Vec<IpNet>> {
+    a.gateways
         .iter()
         .filter_map(|gw| {
             a.ips
@@ -553,20 +635,24 @@ async fn finish_plug(
                 .find(|ip| ip.addr().is_ipv4() == gw.is_ipv4())
                 .map(|ip| (gw, ip.prefix_len()))
         })
-        .map(|(gw, prefix)| IpNet::new(*gw, prefix))
-        .collect::<Result<_, _>>()?;
-    plumbing::address_bridge(handle, bridge, &gateways).await?;
-    plumbing::configure_inside(&a.netns, &a.ifname, &a.ips, &a.gateways).with_context(|| {
-        format!(
-            "configuring {} in namespace {}",
-            a.ifname,
-            a.netns.display()
-        )
-    })?;
-    datapath::add_port(handle, &live_datapath(conf, rec, a), &port_of(a)).await?;
-    rec.attachments.push(a.clone());
-    rec.save(&conf.bridge)?;
-    Ok(())
+        .map(|(gw, prefix)| Ok(IpNet::new(*gw, prefix)?))
+        .collect()
+}
+
+/// Undoes a failed ADD: under the lock its reservation and any map entries
+/// go, then its veth, links and addresses.
+async fn unplug_failed(call: &Call<'_>, a: &Attachment) -> CniResult<()> {
+    let conf = call.conf;
+    let lock = take_lock(&conf.datapath_name())?;
+    let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
+    rec.unreserve(&a.container_id, &a.ifname);
+    let ifindex = nix::net::if_::if_nametoindex(a.host_veth.as_str()).ok();
+    if ifindex.is_some() {
+        datapath::forget_port_entries(&conf.datapath_name(), ifindex).map_err(CniError::io)?;
+    }
+    rec.save(&conf.bridge).map_err(CniError::io)?;
+    drop(lock);
+    take_off(call, a, Removal::FailedAdd).await
 }
 
 /// DEL: removes everything of the container, whether or not its namespace
@@ -576,39 +662,33 @@ async fn finish_plug(
 /// the addresses and the links go after it, so that the DELs of many pods
 /// overlap. The last container's DEL keeps the lock throughout, as it winds
 /// the network up.
-pub async fn del(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) -> CniResult<()> {
+async fn del(call: &Call<'_>) -> CniResult<()> {
+    let Call {
+        handle, conf, env, ..
+    } = *call;
     let lock = take_lock(&conf.datapath_name())?;
     let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
     let me = (env.container_id.as_str(), env.ifname.as_str());
-    forget_stale(handle, conf, conf_bytes, env, &mut rec, Some(me)).await?;
+    forget_stale(call, &mut rec, Some(me)).await?;
     match rec.find(&env.container_id, &env.ifname) {
-        Some(i) if rec.attachments.len() > 1 => {
+        Some(i) if rec.containers() > 1 => {
             let a = rec.attachments.remove(i);
             let ifindex = nix::net::if_::if_nametoindex(a.host_veth.as_str()).ok();
             datapath::forget_port_entries(&conf.datapath_name(), ifindex).map_err(CniError::io)?;
             rec.save(&conf.bridge).map_err(CniError::io)?;
             drop(lock);
-            take_off(handle, conf, conf_bytes, env, &a, false, true).await
+            take_off(call, &a, Removal::Whole).await
         }
         Some(i) => {
             let a = rec.attachments[i].clone();
-            remove_attachment(handle, conf, conf_bytes, env, &a, false, true).await?;
+            remove_attachment(call, &a, Removal::Whole).await?;
             rec.attachments.remove(i);
             save_or_wind_up(handle, conf, &mut rec).await
         }
         None => {
             // An earlier DEL may have stopped after it dropped the record:
             // its veth (if still there, and the plugin's) and addresses go now.
-            let (veth, owner) = (
-                cni_host_veth(&env.container_id, &env.ifname),
-                conf.datapath_name(),
-            );
-            let (unplugged, released) = tokio::join!(
-                plumbing::unplug(handle, &veth, &owner, false),
-                release(conf, conf_bytes, env, &env.container_id, &env.ifname)
-            );
-            unplugged.map_err(CniError::io)?;
-            released?;
+            remove_unrecorded(call, me, false).await?;
             save_or_wind_up(handle, conf, &mut rec).await
         }
     }
@@ -616,7 +696,8 @@ pub async fn del(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) 
 
 /// GC (CNI 1.1): removes every attachment the runtime no longer lists in
 /// `cni.dev/valid-attachments`, and every stale one.
-pub async fn gc(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) -> CniResult<()> {
+async fn gc(call: &Call<'_>) -> CniResult<()> {
+    let Call { handle, conf, .. } = *call;
     let valid: &[ValidAttachment] = conf.valid_attachments.as_deref().ok_or_else(|| {
         CniError::new(
             CniError::INVALID_CONFIG,
@@ -625,7 +706,7 @@ pub async fn gc(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) -
     })?;
     let _lock = take_lock(&conf.datapath_name())?;
     let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
-    forget_stale(handle, conf, conf_bytes, env, &mut rec, None).await?;
+    forget_stale(call, &mut rec, None).await?;
     let listed = |a: &Attachment| {
         valid
             .iter()
@@ -638,7 +719,7 @@ pub async fn gc(handle: &Handle, conf: &NetConf, conf_bytes: &[u8], env: &Env) -
         .cloned()
         .collect();
     for a in unlisted {
-        if let Err(e) = remove_attachment(handle, conf, conf_bytes, env, &a, false, true).await {
+        if let Err(e) = remove_attachment(call, &a, Removal::Whole).await {
             rec.save(&conf.bridge).map_err(CniError::io)?;
             return Err(e);
         }
@@ -818,11 +899,17 @@ pub async fn run(env_vars: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (Va
         }
         Err(e) => return (CniError::io(e.into()).to_json(&version), 1),
     };
+    let call = Call {
+        handle: &handle,
+        conf: &conf,
+        conf_bytes: stdin,
+        env: &env,
+    };
     let outcome = match env.command.as_str() {
-        "ADD" => add(&handle, &conf, stdin, &env).await,
-        "DEL" => del(&handle, &conf, stdin, &env).await.map(|()| Value::Null),
+        "ADD" => add(&call).await,
+        "DEL" => del(&call).await.map(|()| Value::Null),
         "CHECK" => check(&handle, &conf, &env).await.map(|()| Value::Null),
-        "GC" => gc(&handle, &conf, stdin, &env).await.map(|()| Value::Null),
+        "GC" => gc(&call).await.map(|()| Value::Null),
         "STATUS" => status(&handle, &conf).await.map(|()| Value::Null),
         other => Err(CniError::new(
             CniError::INVALID_ENVIRONMENT,

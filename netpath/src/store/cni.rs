@@ -24,12 +24,42 @@ pub struct Attachment {
     pub gateways: Vec<IpAddr>,
 }
 
+/// An ADD under way: it wires its container without holding the network's
+/// lock, so the record keeps what it took meanwhile. Concurrent ADDs take
+/// another MAC and other addresses, and the last DEL does not wind the
+/// network up under it. The ADD replaces it with its attachment, or drops
+/// it on failure; one whose process is gone is stale.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Reservation {
+    pub container_id: String,
+    pub ifname: String,
+    /// The plugin process making the attachment.
+    pub pid: u32,
+    pub mac: Mac,
+    /// Addresses from netpath's IPAM (host-local keeps its own).
+    pub ips: Vec<IpNet>,
+}
+
+impl Reservation {
+    /// Whether the ADD that made it is still running. (A pid reused since
+    /// only keeps the reservation until that process ends.)
+    pub fn is_live(&self) -> bool {
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        !matches!(
+            nix::sys::signal::kill(pid, None),
+            Err(nix::errno::Errno::ESRCH)
+        )
+    }
+}
+
 /// The plugin's record of one bridge.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct NetworkRecord {
     /// The plugin created the bridge (and so removes it with the last DEL).
     pub bridge_created: bool,
     pub attachments: Vec<Attachment>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reservations: Vec<Reservation>,
 }
 
 fn dir() -> PathBuf {
@@ -48,7 +78,7 @@ impl NetworkRecord {
 
     /// Saves the record, or removes it when there is nothing left to remember.
     pub fn save(&self, bridge: &str) -> Result<()> {
-        if self.attachments.is_empty() && !self.bridge_created {
+        if self.containers() == 0 && !self.bridge_created {
             return atomic::remove(&path(bridge));
         }
         atomic::write_json(&path(bridge), self)
@@ -68,5 +98,34 @@ impl NetworkRecord {
         self.attachments
             .iter()
             .position(|a| a.container_id == container_id && a.ifname == ifname)
+    }
+
+    pub fn reservation(&self, container_id: &str, ifname: &str) -> Option<&Reservation> {
+        self.reservations
+            .iter()
+            .find(|r| r.container_id == container_id && r.ifname == ifname)
+    }
+
+    pub fn unreserve(&mut self, container_id: &str, ifname: &str) {
+        self.reservations
+            .retain(|r| (r.container_id.as_str(), r.ifname.as_str()) != (container_id, ifname));
+    }
+
+    /// The containers attached or being attached.
+    pub fn containers(&self) -> usize {
+        self.attachments.len() + self.reservations.len()
+    }
+
+    /// Whether an attachment or an ADD under way has `mac`.
+    pub fn mac_taken(&self, mac: Mac) -> bool {
+        self.attachments.iter().any(|a| a.mac == mac)
+            || self.reservations.iter().any(|r| r.mac == mac)
+    }
+
+    /// Whether an attachment or an ADD under way has the address `ip`.
+    pub fn address_taken(&self, ip: IpAddr) -> bool {
+        let has = |ips: &[IpNet]| ips.iter().any(|i| i.addr() == ip);
+        self.attachments.iter().any(|a| has(&a.ips))
+            || self.reservations.iter().any(|r| has(&r.ips))
     }
 }
