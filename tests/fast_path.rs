@@ -107,8 +107,11 @@ fn bulk_traffic_takes_the_fast_path(mode: &str, subnets: &[&str], ip1: &str) {
     }
     let udp_received = udp["end"]["sum"]["packets"].as_u64().unwrap()
         - udp["end"]["sum"]["lost_packets"].as_u64().unwrap_or(0);
+    // Enough datagrams that the bridge's share below means something; how
+    // many per second is the benchmark's business (a VM of the kernel
+    // matrix on a busy 2-core runner delivers under 10,000).
     assert!(
-        udp_received > 10_000,
+        udp_received > 1_000,
         "{mode}: UDP delivered only {udp_received} packets"
     );
 
