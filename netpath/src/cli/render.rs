@@ -188,6 +188,59 @@ pub fn stats_table(stats: &[PortStats], previous: Option<(&[PortStats], f64)>) -
     out
 }
 
+pub fn overlay_status(s: &overlay::Status) -> String {
+    let mut out = format!(
+        "node {}  VNI {}  underlay {}  device {}  subnets {}\n",
+        s.node.node,
+        s.node.vni,
+        s.node.underlay,
+        s.device,
+        join(&s.node.subnets)
+    );
+    out.push_str(&format!(
+        "control plane: {} ({}), lease {} (TTL {} s), last change at {}\n",
+        or_dash((!s.source.is_empty()).then_some(&s.source)),
+        if s.connected {
+            "connected"
+        } else {
+            "unreachable: forwarding on the last state"
+        },
+        or_dash(s.lease),
+        s.lease_ttl_s,
+        s.programmed_at
+    ));
+    out.push_str(&format!(
+        "{:<20} {:<40} {:>10}  ACCEPTED\n",
+        "NODE", "UNDERLAY", "CONTAINERS"
+    ));
+    for peer in &s.peers {
+        out.push_str(&format!(
+            "{:<20} {:<40} {:>10}  {}\n",
+            peer.node,
+            peer.underlay,
+            peer.endpoints.len(),
+            if s.accepted.contains(&peer.underlay) {
+                "yes"
+            } else {
+                "no"
+            }
+        ));
+    }
+    out.push_str(&format!("{:<18} NODE\n", "REMOTE MAC"));
+    for row in &s.remote {
+        out.push_str(&format!("{:<18} {}\n", row.mac, row.node));
+    }
+    out.push_str(
+        &s.counters
+            .iter()
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect::<Vec<_>>()
+            .join("  "),
+    );
+    out.push('\n');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,46 +312,4 @@ mod tests {
         assert_eq!(json[2]["kind"], "cni");
         assert_eq!(json[2]["mode"], Value::Null);
     }
-}
-
-pub fn overlay_status(s: &overlay::Status) -> String {
-    let mut out = format!(
-        "node {}  VNI {}  underlay {}  device {}  subnets {}\n",
-        s.node.node,
-        s.node.vni,
-        s.node.underlay,
-        s.device,
-        join(&s.node.subnets)
-    );
-    out.push_str(&format!(
-        "control plane: {} ({}), lease {} (TTL {} s), last change at {}\n",
-        or_dash((!s.source.is_empty()).then_some(&s.source)),
-        if s.connected { "connected" } else { "unreachable: forwarding on the last state" },
-        or_dash(s.lease),
-        s.lease_ttl_s,
-        s.programmed_at
-    ));
-    out.push_str(&format!("{:<20} {:<40} {:>10}  ACCEPTED\n", "NODE", "UNDERLAY", "CONTAINERS"));
-    for peer in &s.peers {
-        out.push_str(&format!(
-            "{:<20} {:<40} {:>10}  {}\n",
-            peer.node,
-            peer.underlay,
-            peer.endpoints.len(),
-            if s.accepted.contains(&peer.underlay) { "yes" } else { "no" }
-        ));
-    }
-    out.push_str(&format!("{:<18} NODE\n", "REMOTE MAC"));
-    for row in &s.remote {
-        out.push_str(&format!("{:<18} {}\n", row.mac, row.node));
-    }
-    out.push_str(
-        &s.counters
-            .iter()
-            .map(|(name, n)| format!("{name} {n}"))
-            .collect::<Vec<_>>()
-            .join("  "),
-    );
-    out.push('\n');
-    out
 }
