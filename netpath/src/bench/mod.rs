@@ -41,8 +41,11 @@ pub async fn run(handle: &Handle, options: Options) -> Result<Report> {
     }
     let mut beds = Vec::new();
     let result = tokio::select! {
-        result = measure(handle, &options, &mut beds) => result,
+        // ctrl_c() takes over SIGINT only once polled: first, as the beds
+        // across hosts are built without yielding.
+        biased;
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        result = measure(handle, &options, &mut beds) => result,
     };
     for bed in &beds {
         if let Err(e) = remove_bed(handle, bed).await {

@@ -38,6 +38,7 @@ const UNDERLAY_MTU: u32 = 1500;
 /// The bridge in the underlay's namespace, and each host's interface on it.
 const UNDERLAY_BRIDGE: &str = "ul";
 const UNDERLAY_IF: &str = "underlay";
+const UNDERLAY_PREFIX: u8 = 24;
 /// The VNI of both overlay designs (each in namespaces of its own).
 const VNI: u32 = 4242;
 /// The kernel design's devices on each host (Flannel's `cni0` and
@@ -79,7 +80,9 @@ fn kernel_container_ns(bed: &str, side: usize) -> String {
     format!("{bed}-c{}", side_letter(side))
 }
 
-/// The address of the container on host `side` of a `vxlan` bed.
+/// The address of the container on host `side` of a `vxlan` bed: where
+/// netpath's IPAM puts the `overlay` bed's, on the whole overlay network as
+/// netpath's containers carry theirs, so that both reach the other alike.
 fn kernel_container_ip(side: usize) -> IpNet {
     IpNet::new(Ipv4Addr::new(10, 251, side as u8 + 1, 2).into(), 16).expect("a /16 is valid")
 }
@@ -132,7 +135,7 @@ fn build_underlay(name: &str) -> Result<()> {
             plumbing::ensure_bridge(&h, UNDERLAY_BRIDGE, &owner, UNDERLAY_MTU, &[]).await?;
         for side in SIDES {
             let host = host_ns(&owner, side);
-            let address = IpNet::new(underlay_ip(side).into(), 24)?;
+            let address = IpNet::new(underlay_ip(side).into(), UNDERLAY_PREFIX)?;
             let port = plumbing::Plug {
                 host_veth: &format!("{UNDERLAY_BRIDGE}{side}"),
                 netns: &netns::path(&host),
