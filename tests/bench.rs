@@ -1,5 +1,6 @@
 //! Issue 5: the benchmark runs end to end on a tiny setting, writes every
-//! field, and leaves nothing behind, also when interrupted. It asserts no speed.
+//! field, and leaves nothing behind, also when interrupted; issue 15 alike
+//! for `--overlay`, across two hosts. It asserts no speed.
 
 mod common;
 
@@ -23,13 +24,69 @@ const METRICS: [&str; 7] = [
     "rtt_p99_us",
 ];
 const TARGETS: [&str; 4] = ["bridge", "xdp", "tc", "wire"];
+const CROSS_HOST_TARGETS: [&str; 3] = ["overlay", "vxlan", "underlay"];
 
-/// What the bench calls its topologies: `nb` + pid + the target's initial.
-fn bench_leftovers(host: &Host, pid: u32) -> Vec<String> {
-    TARGETS
-        .iter()
-        .flat_map(|t| host.leftovers(&format!("nb{}{}", pid % 10000, &t[..1])))
-        .collect()
+/// What the bench calls its beds: `nb` + pid + the target's initial.
+fn bed_name(pid: u32, target: &str) -> String {
+    format!("nb{}{}", pid % 10000, &target[..1])
+}
+
+/// What is left of the beds of `targets`: links, namespaces (the overlay
+/// beds' hosts, underlay and containers are all named after the bed),
+/// pins and records; and of the overlay bed's topologies (one per host,
+/// the bed's name + a or b) also their overlay records, and the peers file.
+fn bench_leftovers(host: &Host, pid: u32, targets: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    for target in targets {
+        let bed = bed_name(pid, target);
+        found.extend(host.leftovers(&bed));
+        if *target == "overlay" {
+            for side in ["a", "b"] {
+                let topology = format!("{bed}{side}");
+                found.extend(host.leftovers(&topology));
+                let record = store::overlay::path(&topology).unwrap();
+                if record.exists() {
+                    found.push(record.display().to_string());
+                }
+            }
+            let peers = std::env::temp_dir().join(format!("netpath-bench-{bed}-peers.toml"));
+            if peers.exists() {
+                found.push(peers.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// Every metric on every target: one run, a positive median, ratios to
+/// the baseline and the bound, and a positive CPU cost (but for round
+/// trips, which have none).
+fn assert_every_figure(report: &Value, targets: &[&str]) {
+    let rows = report["rows"].as_array().unwrap();
+    for metric in METRICS {
+        for target in targets {
+            let row = rows
+                .iter()
+                .find(|r| r["metric"] == metric && r["target"] == *target)
+                .unwrap_or_else(|| panic!("no row for {metric} on {target}"));
+            assert_eq!(row["runs"].as_array().unwrap().len(), 1);
+            assert!(
+                row["median"].as_f64().unwrap() > 0.0,
+                "{metric} on {target}: {row}"
+            );
+            assert!(
+                row["vs_baseline"].as_f64().is_some_and(|r| r > 0.0)
+                    && row["vs_bound"].as_f64().is_some_and(|r| r > 0.0),
+                "{row}"
+            );
+            if !metric.starts_with("rtt") {
+                assert!(
+                    row["cpu_median"].as_f64().unwrap() > 0.0,
+                    "{metric} on {target}: no CPU cost"
+                );
+            }
+        }
+    }
 }
 
 /// Runs `netpath bench ARGS` to its end and asserts it succeeded; returns
@@ -88,60 +145,92 @@ fn bench_runs_end_to_end_and_reports_every_figure() {
         "seconds",
         "repeat",
         "udp_generator",
+        "baseline",
+        "bound",
         "rows",
         "scale",
     ] {
         assert!(report.get(key).is_some(), "JSON lacks {key}");
     }
-    let rows = report["rows"].as_array().unwrap();
-    for metric in METRICS {
-        for target in TARGETS {
-            let row = rows
-                .iter()
-                .find(|r| r["metric"] == metric && r["target"] == target)
-                .unwrap_or_else(|| panic!("no row for {metric} on {target}"));
-            assert_eq!(row["runs"].as_array().unwrap().len(), 1);
-            assert!(
-                row["median"].as_f64().unwrap() > 0.0,
-                "{metric} on {target}: {row}"
-            );
-            assert!(
-                row["vs_bridge"].as_f64().is_some() && row["vs_wire"].as_f64().is_some(),
-                "{row}"
-            );
-            if !metric.starts_with("rtt") {
-                assert!(
-                    row["cpu_median"].as_f64().unwrap() > 0.0,
-                    "{metric} on {target}: no CPU cost"
-                );
-            }
-        }
-    }
+    assert_eq!(
+        (&report["baseline"], &report["bound"]),
+        (&"bridge".into(), &"wire".into())
+    );
+    assert_every_figure(&report, &TARGETS);
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(
         svg.starts_with("<svg") && svg.matches("<rect").count() > 28,
         "chart has no bars"
     );
-    assert_eq!(bench_leftovers(&host, pid), Vec::<String>::new());
+    assert_eq!(bench_leftovers(&host, pid, &TARGETS), Vec::<String>::new());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Issue 15: between containers on two hosts, netpath's overlay, the
+/// kernel's vxlan design and the underlay, each figure positive with its
+/// ratios to the kernel design and the underlay; nothing is left behind.
+#[test]
+fn overlay_bench_measures_across_hosts_and_leaves_nothing_behind() {
+    let host = Host::new();
+    let json =
+        std::env::temp_dir().join(format!("netpath-bench-overlay-{}.json", std::process::id()));
+    let (pid, stdout, stderr) = bench(
+        &host,
+        &[
+            "--overlay".as_ref(),
+            "--seconds".as_ref(),
+            "1".as_ref(),
+            "--repeat".as_ref(),
+            "1".as_ref(),
+            "--json".as_ref(),
+            json.as_os_str(),
+        ],
+    );
+    assert!(
+        stdout.contains("xVXLAN") && stdout.contains("xUNDERLAY"),
+        "no table: {stdout}"
+    );
+    assert!(stderr.contains("[1/18]"), "no progress shown: {stderr}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).unwrap();
+    assert_eq!(
+        (&report["baseline"], &report["bound"]),
+        (&"vxlan".into(), &"underlay".into())
+    );
+    assert_every_figure(&report, &CROSS_HOST_TARGETS);
+    assert_eq!(
+        bench_leftovers(&host, pid, &CROSS_HOST_TARGETS),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
 fn an_interrupted_bench_leaves_nothing_behind() {
+    interrupt_while_measuring(&[], &TARGETS);
+}
+
+#[test]
+fn an_interrupted_overlay_bench_leaves_nothing_behind() {
+    interrupt_while_measuring(&["--overlay"], &CROSS_HOST_TARGETS);
+}
+
+/// Ctrl-C to `netpath bench ARGS` while it measures, when the beds of every
+/// one of `targets` exist: it fails and removes them all.
+fn interrupt_while_measuring(args: &[&str], targets: &[&str]) {
     let host = Host::new();
     let mut child = host
         .netpath_command()
         .args(["bench", "--seconds", "1", "--repeat", "1"])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id();
     let mut progress = BufReader::new(child.stderr.take().unwrap()).lines();
-    // Interrupt while measuring, when every topology exists.
     assert!(
         progress.any(|l| l.unwrap().contains("[2/")),
-        "bench showed no progress"
+        "bench {args:?} showed no progress"
     );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -151,9 +240,9 @@ fn an_interrupted_bench_leaves_nothing_behind() {
     let status = child.wait().unwrap();
     assert!(
         !status.success(),
-        "an interrupted bench must not report success"
+        "an interrupted bench {args:?} must not report success"
     );
-    assert_eq!(bench_leftovers(&host, pid), Vec::<String>::new());
+    assert_eq!(bench_leftovers(&host, pid, targets), Vec::<String>::new());
 }
 
 /// Issue 14: pod set-up latency of netpath-cni and the reference bridge

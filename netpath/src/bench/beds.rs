@@ -1,19 +1,20 @@
 //! The throw-away beds measured over: a topology in one of netpath's modes
-//! (the bridge mode is the Linux bridge alone), or the wire, two namespaces
-//! joined by one veth pair.
+//! (the bridge mode is the Linux bridge alone), the wire, two namespaces
+//! joined by one veth pair, or two hosts on an underlay (`overlay.rs`).
 
 use anyhow::{Context, Result};
 use ipnet::IpNet;
 use rtnetlink::Handle;
 
-use super::report::Target;
+use super::{overlay, report::Target};
 use crate::{
     host::{netns, plumbing},
     model::{Mode, Settings, TopologySpec, naming::port_name, spec::DEFAULT_MTU},
     ops::topology,
 };
 
-/// Two endpoints to measure between.
+/// Two endpoints to measure between: network namespaces, the server's at
+/// `server_ip`.
 pub(super) struct Bed {
     pub target: Target,
     pub name: String,
@@ -36,7 +37,7 @@ pub(super) fn mode_of(target: Target) -> Option<Mode> {
         Target::Bridge => Some(Mode::Bridge),
         Target::Xdp => Some(Mode::Xdp),
         Target::Tc => Some(Mode::Tc),
-        Target::Wire => None,
+        Target::Wire | Target::Overlay | Target::Vxlan | Target::Underlay => None,
     }
 }
 
@@ -51,7 +52,10 @@ pub(super) async fn make_bed(
 ) -> Result<Bed> {
     let subnet = format!("10.250.{index}.0/24");
     let Some(mode) = mode_of(target) else {
-        return make_wire(&name, &subnet);
+        return match target {
+            Target::Wire => make_wire(&name, &subnet),
+            _ => overlay::make_bed(name, target),
+        };
     };
     let settings = Settings {
         name: Some(name.clone()),
@@ -118,10 +122,17 @@ pub(super) fn make_wire(name: &str, subnet: &str) -> Result<Bed> {
 }
 
 pub(super) async fn remove_bed(handle: &Handle, bed: &Bed) -> Result<()> {
-    if bed.target == Target::Wire {
-        netns::delete(&bed.client)?;
-        netns::delete(&bed.server)?;
-        return Ok(());
+    match bed.target {
+        Target::Wire => {
+            netns::delete(&bed.client)?;
+            netns::delete(&bed.server)?;
+            Ok(())
+        }
+        Target::Overlay | Target::Vxlan | Target::Underlay => {
+            overlay::remove_bed(&bed.name, bed.target)
+        }
+        Target::Bridge | Target::Xdp | Target::Tc => {
+            topology::down(handle, &bed.name).await.map(|_| ())
+        }
     }
-    topology::down(handle, &bed.name).await.map(|_| ())
 }

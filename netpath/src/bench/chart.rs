@@ -21,18 +21,23 @@ const FONT: &str = "sans-serif";
 /// 15 px and 12 px.
 const TITLE_SIZE: f64 = 18.6;
 const TEXT_SIZE: f64 = 14.9;
-/// By target, in `Target` order: bridge grey, xdp blue, tc green, wire red.
-const COLORS: [RGBColor; 4] = [
+/// By target, in `Target` order: bridge grey, xdp blue, tc green, wire
+/// red; across hosts alike, netpath's overlay green, the kernel's vxlan
+/// design (the baseline) grey, the underlay (the bound) red.
+const COLORS: [RGBColor; 7] = [
     RGBColor(0x7f, 0x7f, 0x7f),
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0x2c, 0xa0, 0x2c),
     RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0x7f, 0x7f, 0x7f),
+    RGBColor(0xd6, 0x27, 0x28),
 ];
 
-/// A row's median relative to the bridge's, inverted for latency so that
-/// taller is better everywhere; 0 without a bridge to compare with.
+/// A row's median relative to the baseline's, inverted for latency so
+/// that taller is better everywhere; 0 without a baseline to compare with.
 fn relative(row: &Row) -> f64 {
-    match row.vs_bridge {
+    match row.vs_baseline {
         Some(v) if row.metric.higher_is_better() => v,
         Some(v) if v > 0.0 => 1.0 / v,
         _ => 0.0,
@@ -40,7 +45,7 @@ fn relative(row: &Row) -> f64 {
 }
 
 /// A grouped bar chart: per metric, one bar per target, relative to the
-/// bridge (the line at 1.0).
+/// baseline (the line at 1.0).
 pub fn svg(report: &Report) -> Result<String> {
     let mut out = String::new();
     {
@@ -65,7 +70,11 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report) -> DrawResul
     let (heading, rest) = root.split_vertically(HEADING);
     let (body, legend) = rest.split_vertically(SIZE.1 as i32 - HEADING - LEGEND);
     heading.draw(&Text::new(
-        "netpath vs Linux bridge (1.0) and the veth wire; higher is better (latency inverted)",
+        format!(
+            "netpath vs {} (1.0) and {}; higher is better (latency inverted)",
+            report.reference.baseline.described(),
+            report.reference.bound.described()
+        ),
         (60, 8),
         (FONT, TITLE_SIZE),
     ))?;
@@ -101,7 +110,7 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report) -> DrawResul
 
     let bar_w = 0.8 / targets.len().max(1) as f64;
     for (i, target) in targets.iter().enumerate() {
-        let color = COLORS[*target as usize % COLORS.len()];
+        let color = COLORS[*target as usize];
         let bars = Metric::ALL.iter().enumerate().filter_map(|(g, metric)| {
             let row = report
                 .rows
@@ -158,7 +167,8 @@ mod tests {
             seconds: 1,
             repeat: 1,
             udp_generator: "none",
-            rows: rows(&samples),
+            reference: Reference::for_targets(&[Target::Bridge]),
+            rows: rows(&samples, Reference::for_targets(&[Target::Bridge])),
             scale: Vec::new(),
         };
         let svg = svg(&report).unwrap();

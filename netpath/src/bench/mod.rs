@@ -1,12 +1,14 @@
 //! `netpath bench`: netpath's modes against the Linux bridge and a direct
-//! veth pair (the wire), measured in one run, interleaved, as medians; and
-//! with `--cni`, pod set-up latency of netpath-cni against the reference
-//! CNI bridge plugin.
+//! veth pair (the wire), measured in one run, interleaved, as medians; with
+//! `--overlay`, netpath's overlay between containers on two hosts against
+//! the kernel's vxlan design and the underlay alike; and with `--cni`, pod
+//! set-up latency of netpath-cni against the reference CNI bridge plugin.
 
 mod beds;
 mod chart;
 pub mod cni;
 mod measure;
+mod overlay;
 mod report;
 mod scale;
 
@@ -16,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use log::warn;
 use rtnetlink::Handle;
 
-pub use self::report::{Report, Target, table};
+pub use self::report::{Reference, Report, Target, table};
 use self::{
     beds::{Bed, bench_name, make_bed, remove_bed},
     measure::{run_test, test_name},
@@ -39,8 +41,11 @@ pub async fn run(handle: &Handle, options: Options) -> Result<Report> {
     }
     let mut beds = Vec::new();
     let result = tokio::select! {
-        result = measure(handle, &options, &mut beds) => result,
+        // ctrl_c() takes over SIGINT only once polled: first, as the beds
+        // across hosts are built without yielding.
+        biased;
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        result = measure(handle, &options, &mut beds) => result,
     };
     for bed in &beds {
         if let Err(e) = remove_bed(handle, bed).await {
@@ -103,6 +108,7 @@ async fn measure(handle: &Handle, options: &Options, beds: &mut Vec<Bed>) -> Res
             }
         }
     }
+    let reference = Reference::for_targets(&options.targets);
     let scale = if options.scale {
         scale_sweep(handle, options.seconds).await?
     } else {
@@ -114,7 +120,8 @@ async fn measure(handle: &Handle, options: &Options, beds: &mut Vec<Bed>) -> Res
         seconds: options.seconds,
         repeat: options.repeat,
         udp_generator: "iperf3 -u -b 0 -l 64 (one sender thread: the sender may bound the rate)",
-        rows: rows(&samples),
+        reference,
+        rows: rows(&samples, reference),
         scale,
     })
 }

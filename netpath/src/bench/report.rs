@@ -1,5 +1,7 @@
 //! What a benchmark run reports: the targets and metrics, every sample,
-//! medians with their ratios to the bridge and the wire, and the table.
+//! medians with their ratios to a baseline and a bound (on one host the
+//! bridge and the wire, across hosts the kernel's vxlan design and the
+//! underlay), and the table.
 
 use std::{collections::BTreeMap, fmt};
 
@@ -14,6 +16,17 @@ pub enum Target {
     Tc,
     /// Two namespaces joined by one veth pair: the bound for any veth datapath.
     Wire,
+    /// Across hosts (`--overlay`, not a `--targets` choice): netpath's
+    /// overlay, a container on each of two hosts.
+    #[value(skip)]
+    Overlay,
+    /// Across hosts: the kernel's design as Flannel builds it, a vxlan
+    /// device as a port of each host's bridge, static FDB and ARP entries.
+    #[value(skip)]
+    Vxlan,
+    /// Across hosts: host to host over the underlay, the bound for any overlay.
+    #[value(skip)]
+    Underlay,
 }
 
 impl fmt::Display for Target {
@@ -23,7 +36,54 @@ impl fmt::Display for Target {
             Target::Xdp => "xdp",
             Target::Tc => "tc",
             Target::Wire => "wire",
+            Target::Overlay => "overlay",
+            Target::Vxlan => "vxlan",
+            Target::Underlay => "underlay",
         })
+    }
+}
+
+impl Target {
+    /// Every target `--overlay` measures: containers on two hosts.
+    pub const CROSS_HOST: [Target; 3] = [Target::Overlay, Target::Vxlan, Target::Underlay];
+
+    /// What a comparison with this target is called in the chart's heading.
+    pub(super) fn described(self) -> &'static str {
+        match self {
+            Target::Bridge => "the Linux bridge",
+            Target::Xdp => "xdp mode",
+            Target::Tc => "tc mode",
+            Target::Wire => "the veth wire",
+            Target::Overlay => "netpath's overlay",
+            Target::Vxlan => "the kernel's vxlan design",
+            Target::Underlay => "the underlay",
+        }
+    }
+}
+
+/// What every row is compared with: the design to beat and the bound no
+/// datapath of its kind passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Reference {
+    pub baseline: Target,
+    pub bound: Target,
+}
+
+impl Reference {
+    /// Across hosts, the kernel's vxlan design and the underlay; on one
+    /// host, the Linux bridge and the wire.
+    pub fn for_targets(targets: &[Target]) -> Reference {
+        if targets.iter().any(|t| Target::CROSS_HOST.contains(t)) {
+            Reference {
+                baseline: Target::Vxlan,
+                bound: Target::Underlay,
+            }
+        } else {
+            Reference {
+                baseline: Target::Bridge,
+                bound: Target::Wire,
+            }
+        }
     }
 }
 
@@ -107,9 +167,10 @@ pub struct Row {
     pub median: f64,
     pub cpu_unit: Option<&'static str>,
     pub cpu_median: Option<f64>,
-    pub vs_bridge: Option<f64>,
-    pub vs_wire: Option<f64>,
-    pub cpu_vs_bridge: Option<f64>,
+    /// The median over the baseline's (see [`Reference`]).
+    pub vs_baseline: Option<f64>,
+    pub vs_bound: Option<f64>,
+    pub cpu_vs_baseline: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -129,6 +190,8 @@ pub struct Report {
     pub seconds: u64,
     pub repeat: usize,
     pub udp_generator: &'static str,
+    #[serde(flatten)]
+    pub reference: Reference,
     pub rows: Vec<Row>,
     pub scale: Vec<ScaleRow>,
 }
@@ -166,7 +229,10 @@ pub(super) fn percentile(values: &mut [f64], p: f64) -> f64 {
     values[rank.clamp(1, values.len()) - 1]
 }
 
-pub(super) fn rows(samples: &BTreeMap<(Metric, Target), Vec<Sample>>) -> Vec<Row> {
+pub(super) fn rows(
+    samples: &BTreeMap<(Metric, Target), Vec<Sample>>,
+    reference: Reference,
+) -> Vec<Row> {
     let medians: BTreeMap<(Metric, Target), (f64, Option<f64>)> = samples
         .iter()
         .map(|(key, runs)| {
@@ -181,13 +247,13 @@ pub(super) fn rows(samples: &BTreeMap<(Metric, Target), Vec<Sample>>) -> Vec<Row
         .map(|((metric, target), runs)| {
             let (median, cpu_median) = medians[&(*metric, *target)];
             let ratio = |other: Target| medians.get(&(*metric, other)).map(|(v, _)| median / v);
-            let cpu_vs_bridge = match (
+            let cpu_vs_baseline = match (
                 cpu_median,
                 medians
-                    .get(&(*metric, Target::Bridge))
+                    .get(&(*metric, reference.baseline))
                     .and_then(|(_, c)| *c),
             ) {
-                (Some(mine), Some(bridge)) => Some(mine / bridge),
+                (Some(mine), Some(baseline)) => Some(mine / baseline),
                 _ => None,
             };
             Row {
@@ -198,9 +264,9 @@ pub(super) fn rows(samples: &BTreeMap<(Metric, Target), Vec<Sample>>) -> Vec<Row
                 median,
                 cpu_unit: metric.cpu_unit(),
                 cpu_median,
-                vs_bridge: ratio(Target::Bridge),
-                vs_wire: ratio(Target::Wire),
-                cpu_vs_bridge,
+                vs_baseline: ratio(reference.baseline),
+                vs_bound: ratio(reference.bound),
+                cpu_vs_baseline,
             }
         })
         .collect()
@@ -212,9 +278,20 @@ pub fn table(report: &Report) -> String {
         "netpath bench: kernel {}, {} CPUs, {} s x {} runs (medians; ratios from the same run)\n",
         report.kernel, report.cpus, report.seconds, report.repeat
     );
+    let (baseline, bound) = (
+        report.reference.baseline.to_string().to_uppercase(),
+        report.reference.bound.to_string().to_uppercase(),
+    );
     out.push_str(&format!(
-        "{:<32} {:<7} {:>10} {:>9} {:>9}  {:>10} {:>9}  {}\n",
-        "TEST", "TARGET", "MEDIAN", "xBRIDGE", "xWIRE", "CPU", "CPUxBR", "CPU UNIT"
+        "{:<32} {:<8} {:>10} {:>9} {:>9}  {:>10} {:>9}  {}\n",
+        "TEST",
+        "TARGET",
+        "MEDIAN",
+        format!("x{baseline}"),
+        format!("x{bound}"),
+        "CPU",
+        format!("CPUx{}", &baseline[..2]),
+        "CPU UNIT"
     ));
     let f = |v: Option<f64>, digits: usize| {
         v.map(|v| format!("{v:.digits$}"))
@@ -222,14 +299,14 @@ pub fn table(report: &Report) -> String {
     };
     for row in &report.rows {
         out.push_str(&format!(
-            "{:<32} {:<7} {:>10.2} {:>9} {:>9}  {:>10} {:>9}  {}\n",
+            "{:<32} {:<8} {:>10.2} {:>9} {:>9}  {:>10} {:>9}  {}\n",
             row.label,
             row.target.to_string(),
             row.median,
-            f(row.vs_bridge, 3),
-            f(row.vs_wire, 3),
+            f(row.vs_baseline, 3),
+            f(row.vs_bound, 3),
             f(row.cpu_median, 2),
-            f(row.cpu_vs_bridge, 3),
+            f(row.cpu_vs_baseline, 3),
             row.cpu_unit.unwrap_or("")
         ));
     }
@@ -287,7 +364,7 @@ mod tests {
     }
 
     #[test]
-    fn rows_carry_medians_and_ratios_to_the_bridge_and_the_wire() {
+    fn on_one_host_rows_carry_ratios_to_the_bridge_and_the_wire() {
         let mut samples = BTreeMap::new();
         samples.insert(
             (Metric::Tcp1Gbps, Target::Bridge),
@@ -302,26 +379,63 @@ mod tests {
             vec![sample(22.0, Some(45.0)), sample(20.0, Some(45.0))],
         );
         samples.insert((Metric::Tcp1Gbps, Target::Wire), vec![sample(21.0, None)]);
-        let rows = rows(&samples);
+        let reference = Reference::for_targets(&[Target::Bridge, Target::Tc, Target::Wire]);
+        let rows = rows(&samples, reference);
         let tc = rows.iter().find(|r| r.target == Target::Tc).unwrap();
         assert_eq!(tc.median, 21.0);
-        assert_eq!(tc.vs_bridge, Some(21.0 / 11.0));
-        assert_eq!(tc.vs_wire, Some(1.0));
-        assert_eq!(tc.cpu_vs_bridge, Some(45.0 / 90.0));
+        assert_eq!(tc.vs_baseline, Some(21.0 / 11.0));
+        assert_eq!(tc.vs_bound, Some(1.0));
+        assert_eq!(tc.cpu_vs_baseline, Some(45.0 / 90.0));
         let wire = rows.iter().find(|r| r.target == Target::Wire).unwrap();
-        assert_eq!((wire.cpu_median, wire.cpu_vs_bridge), (None, None));
-        let table = table(&Report {
+        assert_eq!((wire.cpu_median, wire.cpu_vs_baseline), (None, None));
+        let table = table(&report(reference, rows));
+        assert!(
+            table.contains("TCP 1 stream (Gbit/s)")
+                && table.contains("1.909")
+                && table.contains("xBRIDGE")
+                && table.contains("CPUxBR"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn across_hosts_the_overlay_is_compared_with_the_kernel_design_and_the_underlay() {
+        let mut samples = BTreeMap::new();
+        for (target, p50) in [
+            (Target::Overlay, 40.0),
+            (Target::Vxlan, 50.0),
+            (Target::Underlay, 32.0),
+        ] {
+            samples.insert((Metric::RttP50Us, target), vec![sample(p50, None)]);
+        }
+        let reference = Reference::for_targets(&Target::CROSS_HOST);
+        assert_eq!(
+            (reference.baseline, reference.bound),
+            (Target::Vxlan, Target::Underlay)
+        );
+        let rows = rows(&samples, reference);
+        let overlay = rows.iter().find(|r| r.target == Target::Overlay).unwrap();
+        assert_eq!(
+            (overlay.vs_baseline, overlay.vs_bound),
+            (Some(0.8), Some(1.25))
+        );
+        let table = table(&report(reference, rows));
+        assert!(
+            table.contains("xVXLAN") && table.contains("xUNDERLAY") && table.contains("underlay"),
+            "{table}"
+        );
+    }
+
+    fn report(reference: Reference, rows: Vec<Row>) -> Report {
+        Report {
             kernel: "k".into(),
             cpus: 2,
             seconds: 1,
             repeat: 3,
             udp_generator: "g",
+            reference,
             rows,
             scale: Vec::new(),
-        });
-        assert!(
-            table.contains("TCP 1 stream (Gbit/s)") && table.contains("1.909"),
-            "{table}"
-        );
+        }
     }
 }

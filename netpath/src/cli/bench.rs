@@ -33,10 +33,16 @@ pub struct BenchArgs {
     /// Also sweep 2..128 containers and 10k/100k extra FDB entries.
     #[arg(long)]
     scale: bool,
+    /// Measure across hosts instead: between containers on two hosts
+    /// (network namespaces on an underlay bridge), netpath's overlay
+    /// against the kernel's vxlan design (Flannel's: a vxlan device on each
+    /// host's bridge, static FDB and ARP entries) and the underlay itself.
+    #[arg(long, conflicts_with_all = ["targets", "scale"])]
+    overlay: bool,
     /// Measure pod set-up instead: ADD and DEL latency (p50, p99) of
     /// netpath-cni against the reference CNI bridge plugin
     /// (/usr/lib/cni/bridge), both with host-local IPAM, interleaved.
-    #[arg(long, conflicts_with_all = ["seconds", "repeat", "targets", "plot", "scale"])]
+    #[arg(long, conflicts_with_all = ["seconds", "repeat", "targets", "plot", "scale", "overlay"])]
     cni: bool,
     /// With --cni: pods ADDed one after another, then DELed, per plugin.
     #[arg(long, default_value_t = 50, requires = "cni")]
@@ -55,6 +61,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         json,
         plot,
         scale,
+        overlay,
         cni,
         pods,
         concurrent,
@@ -73,7 +80,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let options = bench::Options {
         seconds,
         repeat,
-        targets,
+        targets: if overlay {
+            Target::CROSS_HOST.to_vec()
+        } else {
+            targets
+        },
         json,
         plot,
         scale,

@@ -340,6 +340,76 @@ pub async fn create_external_vxlan(
     set_alias(handle, &link, alias).await
 }
 
+/// A vxlan device of one VNI as the kernel's own overlay design uses it
+/// (Flannel's `flannel.1`): a fixed local underlay address, sent out of the
+/// underlay interface, a port of a bridge; it learns nothing, static FDB
+/// entries say behind which node each MAC is.
+pub struct VxlanPort<'a> {
+    pub name: &'a str,
+    pub vni: u32,
+    pub local: Ipv4Addr,
+    pub port: u16,
+    /// The interface carrying `local`.
+    pub underlay: u32,
+    pub mtu: u32,
+    pub bridge: u32,
+}
+
+pub async fn create_vxlan_port(handle: &Handle, v: &VxlanPort<'_>) -> Result<Link> {
+    let msg = LinkVxlan::new(v.name, v.vni)
+        .local(v.local)
+        .port(v.port)
+        .dev(v.underlay)
+        .learning(false)
+        .mtu(v.mtu)
+        .controller(v.bridge)
+        .up()
+        .build();
+    handle.link().add(msg).execute().await.with_context(|| {
+        format!(
+            "creating vxlan device {} (VNI {}, local {}, UDP port {})",
+            v.name, v.vni, v.local, v.port
+        )
+    })?;
+    link_by_name(handle, v.name)
+        .await?
+        .with_context(|| format!("vxlan device {} vanished after creation", v.name))
+}
+
+/// `bridge fdb add MAC dev VXLAN dst REMOTE self permanent`: the vxlan
+/// device sends frames for `mac` to the node at `remote`; the all-zeros MAC
+/// is where broadcasts and unknown destinations go.
+pub async fn add_vxlan_fdb_entry(
+    handle: &Handle,
+    index: u32,
+    mac: Mac,
+    remote: IpAddr,
+) -> Result<()> {
+    handle
+        .neighbours()
+        .add_bridge(index, &mac.0)
+        .destination(remote)
+        .flags(NeighbourFlags::Own)
+        .state(NeighbourState::Permanent)
+        .execute()
+        .await
+        .with_context(|| format!("adding vxlan FDB entry {mac} dst {remote} on link {index}"))
+}
+
+/// `ip neigh replace IP lladdr MAC dev LINK nud permanent`: no ARP or ND
+/// for `ip` on that link.
+pub async fn add_static_neighbour(handle: &Handle, index: u32, ip: IpAddr, mac: Mac) -> Result<()> {
+    handle
+        .neighbours()
+        .add(index, ip)
+        .link_layer_address(&mac.0)
+        .state(NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await
+        .with_context(|| format!("adding neighbour {ip} lladdr {mac} on link {index}"))
+}
+
 pub async fn set_mtu(handle: &Handle, index: u32, mtu: u32) -> Result<()> {
     let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
     handle
