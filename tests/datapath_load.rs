@@ -23,6 +23,7 @@ fn every_program_passes_the_verifier() {
     loaded.sort();
     let mut expected = vec![
         programs::TC_FORWARD,
+        programs::TC_VXLAN,
         programs::XDP_FORWARD,
         programs::XDP_PEER,
     ];
