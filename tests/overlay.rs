@@ -18,8 +18,8 @@ use std::{
 };
 
 use common::{
-    BridgeForwardCounter, Host, Topology, in_ns, link_packets, output_within, ping,
-    spawn_in, unique_name, verdicts,
+    BridgeForwardCounter, Host, Topology, in_ns, link_packets, output_within, ping, spawn_in,
+    unique_name, verdicts,
 };
 use netpath::host::netns;
 use serde_json::Value;
@@ -51,19 +51,58 @@ impl Cluster {
             hosts: Vec::new(),
             underlay,
         };
-        sh_ok(&["ip", "-n", &cluster.underlay, "link", "add", "ul", "type", "bridge"]);
+        sh_ok(&[
+            "ip",
+            "-n",
+            &cluster.underlay,
+            "link",
+            "add",
+            "ul",
+            "type",
+            "bridge",
+        ]);
         sh_ok(&["ip", "-n", &cluster.underlay, "link", "set", "ul", "up"]);
         let mut cluster = cluster;
         for i in 0..count {
             let host = Host::new();
             let port = format!("ul{i}");
             sh_ok(&[
-                "ip", "-n", &cluster.underlay, "link", "add", &port, "type", "veth", "peer", "name",
-                UNDERLAY_IF, "netns", &host.name,
+                "ip",
+                "-n",
+                &cluster.underlay,
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                UNDERLAY_IF,
+                "netns",
+                &host.name,
             ]);
-            sh_ok(&["ip", "-n", &cluster.underlay, "link", "set", &port, "master", "ul", "up"]);
+            sh_ok(&[
+                "ip",
+                "-n",
+                &cluster.underlay,
+                "link",
+                "set",
+                &port,
+                "master",
+                "ul",
+                "up",
+            ]);
             let addr = format!("{}/24", underlay_ip(i));
-            sh_ok(&["ip", "-n", &host.name, "addr", "add", &addr, "dev", UNDERLAY_IF]);
+            sh_ok(&[
+                "ip",
+                "-n",
+                &host.name,
+                "addr",
+                "add",
+                &addr,
+                "dev",
+                UNDERLAY_IF,
+            ]);
             sh_ok(&["ip", "-n", &host.name, "link", "set", UNDERLAY_IF, "up"]);
             cluster.hosts.push(host);
         }
@@ -287,7 +326,10 @@ fn three_hosts_carry_ping_tcp_and_udp_on_the_fast_path() {
     // ARP for remote containers was answered on each host by its programs.
     for (i, t) in ov.topologies.iter().enumerate() {
         let answered = port_counter(t, "c0", "arp_answered");
-        assert!(answered >= 2, "host {i}: only {answered} ARP requests answered");
+        assert!(
+            answered >= 2,
+            "host {i}: only {answered} ARP requests answered"
+        );
     }
 
     // `fdb dump` lists the other hosts' containers with their node.
@@ -298,20 +340,67 @@ fn three_hosts_carry_ping_tcp_and_udp_on_the_fast_path() {
         .collect();
     assert_eq!(remote.len(), 4, "host 0's remote entries: {remote:?}");
     for j in 1..3 {
-        let of_node: Vec<&Value> = remote.iter().filter(|r| r["node"] == ov.topologies[j].name.as_str()).collect();
-        assert_eq!(of_node.len(), 2, "host {j}'s containers in host 0's FDB: {remote:?}");
-        assert!(of_node.iter().all(|r| r["dst"] == underlay_ip(j).to_string()), "{remote:?}");
+        let of_node: Vec<&Value> = remote
+            .iter()
+            .filter(|r| r["node"] == ov.topologies[j].name.as_str())
+            .collect();
+        assert_eq!(
+            of_node.len(),
+            2,
+            "host {j}'s containers in host 0's FDB: {remote:?}"
+        );
+        assert!(
+            of_node
+                .iter()
+                .all(|r| r["dst"] == underlay_ip(j).to_string()),
+            "{remote:?}"
+        );
     }
 
     // MTU: the underlay's 1500 less 50; exactly that passes with DF set,
     // one byte more is refused by the kernel (message too long).
-    let mtu_line = String::from_utf8_lossy(&in_ns(&ov.ns(0, 0), &["ip", "link", "show", "eth0"]).stdout)
-        .into_owned();
+    let mtu_line =
+        String::from_utf8_lossy(&in_ns(&ov.ns(0, 0), &["ip", "link", "show", "eth0"]).stdout)
+            .into_owned();
     assert!(mtu_line.contains("mtu 1450"), "container MTU: {mtu_line}");
-    let fits = in_ns(&ov.ns(0, 0), &["ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1422", &ip(1, 0)]);
-    assert!(fits.status.success(), "a 1450-byte packet did not cross: {fits:?}");
-    let too_big = in_ns(&ov.ns(0, 0), &["ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1423", &ip(1, 0)]);
-    assert!(!too_big.status.success(), "a 1451-byte packet crossed with DF set");
+    let fits = in_ns(
+        &ov.ns(0, 0),
+        &[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            "1422",
+            &ip(1, 0),
+        ],
+    );
+    assert!(
+        fits.status.success(),
+        "a 1450-byte packet did not cross: {fits:?}"
+    );
+    let too_big = in_ns(
+        &ov.ns(0, 0),
+        &[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            "1423",
+            &ip(1, 0),
+        ],
+    );
+    assert!(
+        !too_big.status.success(),
+        "a 1451-byte packet crossed with DF set"
+    );
     let said = String::from_utf8_lossy(&too_big.stderr).into_owned()
         + &String::from_utf8_lossy(&too_big.stdout);
     assert!(said.contains("message too long"), "ping said: {said}");
@@ -319,16 +408,27 @@ fn three_hosts_carry_ping_tcp_and_udp_on_the_fast_path() {
     // Bulk traffic between hosts.
     let tcp = iperf(&ov.ns(0, 0), &ov.ns(1, 0), &ip(1, 0), 5201, &[]);
     let tcp_back = iperf(&ov.ns(0, 0), &ov.ns(1, 0), &ip(1, 0), 5202, &["-R"]);
-    let udp = iperf(&ov.ns(1, 1), &ov.ns(2, 1), &ip(2, 1), 5203, &["-u", "-b", "200M", "-l", "1000"]);
+    let udp = iperf(
+        &ov.ns(1, 1),
+        &ov.ns(2, 1),
+        &ip(2, 1),
+        5203,
+        &["-u", "-b", "200M", "-l", "1000"],
+    );
     for (what, report) in [("TCP 0->1", &tcp), ("TCP 1->0", &tcp_back)] {
-        let bps = report["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
+        let bps = report["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap();
         println!("overlay: {what} {:.2} Gbit/s", bps / 1e9);
         assert!(bps > 1e8, "{what}: only {bps} bit/s");
     }
     let udp_received = udp["end"]["sum"]["packets"].as_u64().unwrap()
         - udp["end"]["sum"]["lost_packets"].as_u64().unwrap_or(0);
     println!("overlay: UDP 1->2 delivered {udp_received} datagrams");
-    assert!(udp_received > 10_000, "UDP delivered only {udp_received} datagrams");
+    assert!(
+        udp_received > 10_000,
+        "UDP delivered only {udp_received} datagrams"
+    );
 
     // The encap and decap counters agree with the containers' own: a ping
     // flood from host 0 c0 to host 2 c1 and back.
@@ -367,8 +467,14 @@ fn three_hosts_carry_ping_tcp_and_udp_on_the_fast_path() {
         tx_after - tx_before
     );
     let slack = 5;
-    assert!(encapsulated >= 5000 && encapsulated.abs_diff(sent) <= slack, "encapsulated {encapsulated} of {sent}");
-    assert!(decided.abs_diff(sent) <= slack, "program decided {decided} of {sent} frames");
+    assert!(
+        encapsulated >= 5000 && encapsulated.abs_diff(sent) <= slack,
+        "encapsulated {encapsulated} of {sent}"
+    );
+    assert!(
+        decided.abs_diff(sent) <= slack,
+        "program decided {decided} of {sent} frames"
+    );
     assert!(
         decapsulated >= 5000 && decapsulated.abs_diff(rx_after - rx_before) <= slack,
         "decapsulated {decapsulated}, the receiver got {}",
@@ -407,37 +513,63 @@ fn a_frame_from_an_unknown_underlay_address_is_dropped_and_counted() {
     let cluster = Cluster::new(3);
     let ov = cluster.overlay(42, 1, &[0, 1]);
     let target = ov.ns(0, 0);
-    let mac = String::from_utf8_lossy(
-        &in_ns(&target, &["cat", "/sys/class/net/eth0/address"]).stdout,
-    )
-    .trim()
-    .to_owned();
+    let mac =
+        String::from_utf8_lossy(&in_ns(&target, &["cat", "/sys/class/net/eth0/address"]).stdout)
+            .trim()
+            .to_owned();
     // Host 2 is no node of the overlay: a kernel vxlan device of VNI 42
     // sends straight to host 0 from it.
     let rogue = &cluster.hosts[2];
     let remote = underlay_ip(0).to_string();
     for args in [
-        vec!["link", "add", "rogue", "type", "vxlan", "id", "42", "dstport", "4789", "remote", &remote],
+        vec![
+            "link", "add", "rogue", "type", "vxlan", "id", "42", "dstport", "4789", "remote",
+            &remote,
+        ],
         vec!["link", "set", "rogue", "mtu", "1450", "up"],
         vec!["addr", "add", "10.88.9.9/16", "dev", "rogue"],
-        vec!["neigh", "add", "10.88.1.2", "lladdr", &mac, "dev", "rogue", "nud", "permanent"],
+        vec![
+            "neigh",
+            "add",
+            "10.88.1.2",
+            "lladdr",
+            &mac,
+            "dev",
+            "rogue",
+            "nud",
+            "permanent",
+        ],
     ] {
         let out = rogue.sh("ip", &args);
-        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let dropped = ov.overlay_counter(0, "drop_unknown_node");
     let capture = Capture::start(&target, "host 10.88.9.9");
     let pinged = rogue.sh("ping", &["-c", "5", "-i", "0.2", "-W", "1", "10.88.1.2"]);
-    assert!(!pinged.status.success(), "an unknown node reached a container");
+    assert!(
+        !pinged.status.success(),
+        "an unknown node reached a container"
+    );
     let dropped = ov.overlay_counter(0, "drop_unknown_node") - dropped;
-    assert!(dropped >= 5, "only {dropped} frames from the unknown node were counted");
+    assert!(
+        dropped >= 5,
+        "only {dropped} frames from the unknown node were counted"
+    );
     let seen = capture.frames();
-    assert!(seen.is_empty(), "the container received frames from an unknown node: {seen:?}");
+    assert!(
+        seen.is_empty(),
+        "the container received frames from an unknown node: {seen:?}"
+    );
 
     // The same frames from a node in the peers file get through (and the
     // reply goes back to it): the address was the only difference.
     // (the host's /sys is the machine's: ask the host's netlink instead)
-    let link: Value = serde_json::from_slice(&rogue.sh("ip", &["-j", "link", "show", "rogue"]).stdout).unwrap();
+    let link: Value =
+        serde_json::from_slice(&rogue.sh("ip", &["-j", "link", "show", "rogue"]).stdout).unwrap();
     let rogue_mac = link[0]["address"].as_str().unwrap().to_owned();
     ov.add_peers(&format!(
         "[[node]]\nnode = \"rogue\"\nvni = 42\nunderlay = \"{}\"\n[[node.endpoint]]\nmac = \"{rogue_mac}\"\nips = [\"10.88.9.9\"]\n",
@@ -464,7 +596,10 @@ fn two_overlays_on_the_same_hosts_are_isolated() {
         .map(|(i, c)| Capture::start_quick(&blue.ns(i, c), "arp or icmp"))
         .collect();
     let red_peer = Capture::start(&red.ns(1, 0), "arp or icmp");
-    assert!(ping(&red.ns(0, 0), &ip(1, 0)), "red cannot reach its own remote container");
+    assert!(
+        ping(&red.ns(0, 0), &ip(1, 0)),
+        "red cannot reach its own remote container"
+    );
     assert!(!ping(&red.ns(0, 0), "10.88.2.99"));
     let red_seen = red_peer.frames();
     assert!(
@@ -474,9 +609,15 @@ fn two_overlays_on_the_same_hosts_are_isolated() {
     );
     for capture in captures {
         let seen = capture.frames();
-        assert!(seen.is_empty(), "a container of blue received red's frames: {seen:?}");
+        assert!(
+            seen.is_empty(),
+            "a container of blue received red's frames: {seen:?}"
+        );
     }
-    assert!(ping(&blue.ns(1, 1), &ip(0, 1)), "blue cannot reach its own remote container");
+    assert!(
+        ping(&blue.ns(1, 1), &ip(0, 1)),
+        "blue cannot reach its own remote container"
+    );
 }
 
 /// etcd in a host of the cluster of its own, on the underlay; killed (and
@@ -512,8 +653,18 @@ impl Etcd {
             .host
             .command("etcd")
             .args(["--name", "e", "--data-dir", self.data.to_str().unwrap()])
-            .args(["--listen-client-urls", &self.url(), "--advertise-client-urls", &self.url()])
-            .args(["--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer])
+            .args([
+                "--listen-client-urls",
+                &self.url(),
+                "--advertise-client-urls",
+                &self.url(),
+            ])
+            .args([
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+            ])
             .args(["--initial-cluster", &format!("e={peer}")])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -525,7 +676,10 @@ impl Etcd {
         while !self.host.run(|| {
             std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
         }) {
-            assert!(std::time::Instant::now() < deadline, "etcd did not start serving");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "etcd did not start serving"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -555,9 +709,24 @@ impl EtcdNode {
         let host = &cluster.hosts[i];
         let name = unique_name("oe");
         let args: Vec<String> = [
-            "run", "--name", &name, "--keep", "--containers", "2", "--subnet",
-            &format!("10.88.{}.0/24", i + 1), "--vni", "42", "--underlay", &underlay_ip(i).to_string(),
-            "--overlay-network", "10.88.0.0/16", "--etcd", &etcd.url(), "--lease-ttl", "3",
+            "run",
+            "--name",
+            &name,
+            "--keep",
+            "--containers",
+            "2",
+            "--subnet",
+            &format!("10.88.{}.0/24", i + 1),
+            "--vni",
+            "42",
+            "--underlay",
+            &underlay_ip(i).to_string(),
+            "--overlay-network",
+            "10.88.0.0/16",
+            "--etcd",
+            &etcd.url(),
+            "--lease-ttl",
+            "3",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -596,9 +765,9 @@ impl EtcdNode {
     /// The other nodes this node has programmed (underlay addresses), or
     /// none while its overlay is not up yet.
     fn accepted(&self) -> Vec<String> {
-        let out = self
-            .topology
-            .netpath(&["overlay", "status", "--name", &self.topology.name, "--json"]);
+        let out =
+            self.topology
+                .netpath(&["overlay", "status", "--name", &self.topology.name, "--json"]);
         if !out.status.success() {
             return Vec::new();
         }
@@ -613,7 +782,11 @@ impl EtcdNode {
 
     fn status(&self) -> Value {
         serde_json::from_str(&self.topology.netpath_ok(&[
-            "overlay", "status", "--name", &self.topology.name, "--json",
+            "overlay",
+            "status",
+            "--name",
+            &self.topology.name,
+            "--json",
         ]))
         .unwrap()
     }
@@ -638,80 +811,117 @@ fn within(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Durati
 fn etcd_programs_nodes_as_they_come_and_go_and_its_loss_stops_nothing() {
     let cluster = Cluster::new(4);
     let mut etcd = Etcd::start(&cluster.hosts[3], underlay_ip(3));
-    let mut nodes: Vec<EtcdNode> = (0..3).map(|i| EtcdNode::start(&cluster, i, &etcd)).collect();
+    let mut nodes: Vec<EtcdNode> = (0..3)
+        .map(|i| EtcdNode::start(&cluster, i, &etcd))
+        .collect();
     let ul = |i: usize| underlay_ip(i).to_string();
     for (i, node) in nodes.iter().enumerate() {
         let others: Vec<String> = (0..3).filter(|j| *j != i).map(ul).collect();
-        within(Duration::from_secs(15), &format!("node {i} learning the others"), || {
-            node.accepted() == others
-        });
+        within(
+            Duration::from_secs(15),
+            &format!("node {i} learning the others"),
+            || node.accepted() == others,
+        );
     }
     for i in 0..3 {
         for j in (0..3).filter(|j| *j != i) {
-            assert!(ping(&nodes[i].ns(0), &ip(j, 0)), "node {i} cannot reach node {j}");
+            assert!(
+                ping(&nodes[i].ns(0), &ip(j, 0)),
+                "node {i} cannot reach node {j}"
+            );
         }
     }
 
     // A container added on node 0 is programmed on node 1 within 1 s.
     let t0 = &nodes[0].topology;
     let added = t0.netpath_ok(&["port", "add", "--name", &t0.name, "web"]);
-    let mac = t0
-        .status()["ports"]
+    let mac = t0.status()["ports"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["container"] == "web" || p["name"].as_str().is_some_and(|n| n.ends_with("-web")))
+        .find(|p| {
+            p["container"] == "web" || p["name"].as_str().is_some_and(|n| n.ends_with("-web"))
+        })
         .and_then(|p| p["mac"].as_str())
         .unwrap_or_else(|| panic!("no port web in status after {added}"))
         .to_owned();
-    let took = within(Duration::from_secs(1), "the new container on node 1", || {
-        nodes[1].status()["remote"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["mac"] == mac.as_str())
-    });
+    let took = within(
+        Duration::from_secs(1),
+        "the new container on node 1",
+        || {
+            nodes[1].status()["remote"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["mac"] == mac.as_str())
+        },
+    );
     println!("overlay/etcd: a new container was programmed on another node after {took:?}");
 
     // etcd stops and comes back (after longer than the lease TTL) while
     // traffic runs: nothing is lost, and the nodes reconnect.
-    let pinger = spawn_in(&nodes[0].ns(0), &["ping", "-i", "0.02", "-c", "400", "-W", "1", &ip(1, 0)]);
+    let pinger = spawn_in(
+        &nodes[0].ns(0),
+        &["ping", "-i", "0.02", "-c", "400", "-W", "1", &ip(1, 0)],
+    );
     std::thread::sleep(Duration::from_secs(1));
     etcd.stop();
-    within(Duration::from_secs(10), "node 0 noticing etcd is gone", || {
-        nodes[0].status()["connected"] == false
-    });
+    within(
+        Duration::from_secs(10),
+        "node 0 noticing etcd is gone",
+        || nodes[0].status()["connected"] == false,
+    );
     std::thread::sleep(Duration::from_secs(4));
     etcd.resume();
     let pinged = output_within(pinger, Duration::from_secs(30), "ping under etcd loss");
     let summary = String::from_utf8_lossy(&pinged.stdout).into_owned();
-    println!("overlay/etcd: ping during the etcd outage: {}", summary.lines().rev().nth(1).unwrap_or(""));
+    println!(
+        "overlay/etcd: ping during the etcd outage: {}",
+        summary.lines().rev().nth(1).unwrap_or("")
+    );
     assert!(
         pinged.status.success() && summary.contains(" 0% packet loss"),
         "frames were lost while etcd was away: {summary}"
     );
     for (i, node) in nodes.iter().enumerate() {
-        within(Duration::from_secs(10), &format!("node {i} reconnecting to etcd"), || {
-            node.status()["connected"] == true
-        });
-        assert_eq!(node.accepted().len(), 2, "node {i} lost a node across the etcd outage");
+        within(
+            Duration::from_secs(10),
+            &format!("node {i} reconnecting to etcd"),
+            || node.status()["connected"] == true,
+        );
+        assert_eq!(
+            node.accepted().len(),
+            2,
+            "node {i} lost a node across the etcd outage"
+        );
     }
 
     // Node 2 dies: the others forget it within the lease TTL (3 s, and
     // etcd's expiry check), and keep forwarding between themselves.
     nodes[2].kill();
-    let forgotten = within(Duration::from_secs(5), "nodes 0 and 1 forgetting node 2", || {
-        !nodes[0].accepted().contains(&ul(2)) && !nodes[1].accepted().contains(&ul(2))
-    });
+    let forgotten = within(
+        Duration::from_secs(5),
+        "nodes 0 and 1 forgetting node 2",
+        || !nodes[0].accepted().contains(&ul(2)) && !nodes[1].accepted().contains(&ul(2)),
+    );
     println!("overlay/etcd: a killed node was forgotten after {forgotten:?} (TTL 3 s)");
-    assert!(ping(&nodes[0].ns(0), &ip(1, 0)), "nodes 0 and 1 lost each other with node 2");
-    assert!(!ping(&nodes[0].ns(0), &ip(2, 0)), "node 2 is still reached after it was forgotten");
+    assert!(
+        ping(&nodes[0].ns(0), &ip(1, 0)),
+        "nodes 0 and 1 lost each other with node 2"
+    );
+    assert!(
+        !ping(&nodes[0].ns(0), &ip(2, 0)),
+        "node 2 is still reached after it was forgotten"
+    );
 
     // Node 2 restarts and rejoins.
     nodes[2].restart();
     within(Duration::from_secs(10), "node 2 rejoining", || {
         nodes[0].accepted().contains(&ul(2)) && nodes[2].accepted().len() == 2
     });
-    assert!(ping(&nodes[0].ns(0), &ip(2, 0)), "node 2 is not reached after it rejoined");
+    assert!(
+        ping(&nodes[0].ns(0), &ip(2, 0)),
+        "node 2 is not reached after it rejoined"
+    );
     drop(nodes);
 }

@@ -216,7 +216,10 @@ fn learn<C: EbpfContext>(ctx: &C, port: &Port, src: [u8; 6]) -> Result<(), Count
     // capture its traffic from this node's containers.
     // SAFETY: read only, as in decide().
     if unsafe { REMOTE_FDB.get(key) }.is_some() {
-        debug!(ctx, "port {}: refusing remote MAC {:mac}", port.ifindex, src);
+        debug!(
+            ctx,
+            "port {}: refusing remote MAC {:mac}", port.ifindex, src
+        );
         return Err(Counter::DropSpoofedMac);
     }
     // SAFETY: bpf_ktime_get_ns has no preconditions.

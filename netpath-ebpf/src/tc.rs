@@ -64,7 +64,8 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
             // whole: the device segments them, or the underlay NIC does).
             // SAFETY: helper call with plain integer arguments.
             if overlay::set_tunnel(&ctx, &config.overlay, &node)
-                && unsafe { bpf_redirect(config.overlay.vxlan_ifindex, 0) } as i32 == TC_ACT_REDIRECT
+                && unsafe { bpf_redirect(config.overlay.vxlan_ifindex, 0) } as i32
+                    == TC_ACT_REDIRECT
             {
                 port.count(Counter::Encapsulated);
                 TC_ACT_REDIRECT

@@ -21,7 +21,11 @@ const DEBIAN_TOOLS: &[(&str, &str, &[Need])] = &[
     // `--nat` runs nft.
     ("nft", "nftables", &[Need::Run, Need::Bench, Need::Test]),
     // Building netpath: etcd-client compiles etcd's protobuf definitions.
-    ("protoc", "protobuf-compiler", &[Need::Run, Need::Bench, Need::Test]),
+    (
+        "protoc",
+        "protobuf-compiler",
+        &[Need::Run, Need::Bench, Need::Test],
+    ),
     // The overlay tests' control plane.
     ("etcd", "etcd-server", &[Need::Test]),
     ("ip", "iproute2", &[Need::Test]),

@@ -273,19 +273,30 @@ pub fn overlay_status(s: &overlay::Status) -> String {
     out.push_str(&format!(
         "control plane: {} ({}), lease {} (TTL {} s), last change at {}\n",
         or_dash((!s.source.is_empty()).then_some(&s.source)),
-        if s.connected { "connected" } else { "unreachable: forwarding on the last state" },
+        if s.connected {
+            "connected"
+        } else {
+            "unreachable: forwarding on the last state"
+        },
         or_dash(s.lease),
         s.lease_ttl_s,
         s.programmed_at
     ));
-    out.push_str(&format!("{:<20} {:<40} {:>10}  ACCEPTED\n", "NODE", "UNDERLAY", "CONTAINERS"));
+    out.push_str(&format!(
+        "{:<20} {:<40} {:>10}  ACCEPTED\n",
+        "NODE", "UNDERLAY", "CONTAINERS"
+    ));
     for peer in &s.peers {
         out.push_str(&format!(
             "{:<20} {:<40} {:>10}  {}\n",
             peer.node,
             peer.underlay,
             peer.endpoints.len(),
-            if s.accepted.contains(&peer.underlay) { "yes" } else { "no" }
+            if s.accepted.contains(&peer.underlay) {
+                "yes"
+            } else {
+                "no"
+            }
         ));
     }
     out.push_str(&format!("{:<18} NODE\n", "REMOTE MAC"));

@@ -581,7 +581,11 @@ pub fn attach_vxlan(
             classid: None,
         };
         let id = program
-            .attach_with_options(device, TcAttachType::Ingress, TcAttachOptions::Netlink(options))
+            .attach_with_options(
+                device,
+                TcAttachType::Ingress,
+                TcAttachOptions::Netlink(options),
+            )
             .with_context(|| format!("attaching tc ingress (clsact) to {device}"))?;
         // The filter outlives this loader; `detach_vxlan` removes it.
         std::mem::forget(program.take_link(id)?);
@@ -619,7 +623,10 @@ pub fn detach_vxlan(pins: &Path, device: &str, vni: u32) -> Result<()> {
         vxlan_handle(vni),
         None,
     );
-    if let Err(e) = filter.map_err(aya::programs::ProgramError::from).and_then(|l| l.detach()) {
+    if let Err(e) = filter
+        .map_err(aya::programs::ProgramError::from)
+        .and_then(|l| l.detach())
+    {
         debug!("{device}: no tc filter of VNI {vni} to detach ({e})");
     }
     Ok(())

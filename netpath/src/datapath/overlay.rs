@@ -45,12 +45,7 @@ pub fn ip_of(node: &NodeAddr) -> IpAddr {
 
 /// Puts a running datapath on an overlay: its settings in CONFIG and its
 /// program on the node's vxlan device (whose ifindex is `vxlan`).
-pub fn join(
-    datapath: &str,
-    overlay: OverlayConfig,
-    device: &str,
-    tc: TcMethod,
-) -> Result<()> {
+pub fn join(datapath: &str, overlay: OverlayConfig, device: &str, tc: TcMethod) -> Result<()> {
     let dir = pin_dir(datapath);
     let maps = Maps::open(&dir)?;
     let mut config = maps.config()?;

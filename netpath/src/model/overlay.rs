@@ -172,7 +172,10 @@ impl PeersFile {
 
 /// The other nodes of overlay `me` among `records`: same VNI, another
 /// underlay address; a node listed twice counts once (the last record).
-pub fn peers_of(me: &OverlaySpec, records: impl IntoIterator<Item = NodeRecord>) -> Vec<NodeRecord> {
+pub fn peers_of(
+    me: &OverlaySpec,
+    records: impl IntoIterator<Item = NodeRecord>,
+) -> Vec<NodeRecord> {
     let mut peers: Vec<NodeRecord> = Vec::new();
     for record in records {
         if record.vni != me.vni || record.underlay == me.underlay || record.node == me.node {

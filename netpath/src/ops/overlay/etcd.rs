@@ -12,9 +12,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions,
-};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
 use log::{info, warn};
 
 use super::{local_record, program, set_connected};
@@ -99,7 +97,13 @@ async fn session(spec: &TopologySpec, endpoints: &[String], source: &str) -> Res
             nodes.insert(kv.key_str()?.to_owned(), record);
         }
     }
-    program(spec, nodes.values().cloned().collect(), source.into(), true, Some(lease))?;
+    program(
+        spec,
+        nodes.values().cloned().collect(),
+        source.into(),
+        true,
+        Some(lease),
+    )?;
     info!(
         "{}: registered as {} in {source} (lease {lease:x}, TTL {ttl} s), {} nodes",
         spec.name,

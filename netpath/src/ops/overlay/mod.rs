@@ -68,7 +68,12 @@ pub async fn join(handle: &Handle, spec: &TopologySpec) -> Result<()> {
         underlay_ipv6: overlay.underlay.is_ipv6() as u8,
         _pad: [0; 3],
     };
-    remote::join(&spec.name, config, &device.name, TcMethod::for_this_kernel())?;
+    remote::join(
+        &spec.name,
+        config,
+        &device.name,
+        TcMethod::for_this_kernel(),
+    )?;
     info!(
         "{}: on overlay VNI {} as node {} ({}), vxlan device {}",
         spec.name, overlay.vni, overlay.node, overlay.underlay, device.name
@@ -123,7 +128,13 @@ pub fn sync_peers_file(spec: &TopologySpec) -> Result<Changes> {
         );
     };
     let file = PeersFile::read(path)?;
-    program(spec, file.nodes, format!("peers file {}", path.display()), true, None)
+    program(
+        spec,
+        file.nodes,
+        format!("peers file {}", path.display()),
+        true,
+        None,
+    )
 }
 
 /// Programs the other nodes among `records` into the topology's datapath
@@ -178,7 +189,8 @@ pub async fn control_plane(spec: TopologySpec) {
     match overlay.peers {
         Peers::Etcd(endpoints) => etcd::run(spec, endpoints).await,
         Peers::File(path) => {
-            let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            let modified =
+                |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
             let mut seen = modified(&path);
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
             loop {
