@@ -1330,3 +1330,69 @@ fn cni_pods_on_two_hosts_reach_each_other_over_a_peers_file() {
     nodes[1].del_all();
     assert_eq!(nodes[1].overlay_leftovers(), Vec::<String>::new());
 }
+
+#[test]
+fn cni_pods_on_two_hosts_reach_each_other_over_etcd() {
+    let cluster = Cluster::new(3);
+    let etcd = Etcd::start(&cluster.hosts[2], underlay_ip(2));
+    let control = json!({"etcd": [etcd.url()], "leaseTtl": 3});
+    let mut nodes: Vec<CniNode> = (0..2)
+        .map(|i| CniNode::new(&cluster, i, control.clone()))
+        .collect();
+
+    // The daemons start before any pod, as Flannel's does: each waits for
+    // its network's first pod to join the overlay, then registers it.
+    for node in &mut nodes {
+        node.daemon = Some(CniDaemon::start(&node.host, &node.bridge));
+    }
+    let pods: Vec<Pod> = nodes.iter_mut().map(|n| n.add().0).collect();
+    let logs = |nodes: &[CniNode]| -> String {
+        nodes
+            .iter()
+            .filter_map(|n| n.daemon.as_ref().map(CniDaemon::log))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let took = within(
+        Duration::from_secs(5),
+        "the nodes learning each other's pods from etcd",
+        || nodes[0].knows(&pods[1].mac) && nodes[1].knows(&pods[0].mac),
+    );
+    println!("overlay/cni/etcd: both nodes programmed {took:?} after the second ADD");
+    assert!(
+        ping(&pods[0].ns, &pods[1].ip) && ping(&pods[1].ns, &pods[0].ip),
+        "the pods do not reach each other over etcd; daemon logs:\n{}",
+        logs(&nodes)
+    );
+    assert!(
+        nodes[0].status()["connected"] == true,
+        "node 0 is not connected to etcd"
+    );
+
+    // A pod added later is published by its node's daemon and programmed
+    // on the other node within a second.
+    let late = nodes[1].add().0;
+    let took = within(Duration::from_secs(1), "the later pod on node 0", || {
+        nodes[0].knows(&late.mac)
+    });
+    println!("overlay/cni/etcd: a pod added later was programmed on the other node after {took:?}");
+    assert!(
+        ping(&pods[0].ns, &late.ip),
+        "node 0 does not reach the later pod"
+    );
+
+    // Node 0's last pod deleted: it leaves the overlay, its daemon stops
+    // keeping the lease, and node 1 forgets it within the TTL (3 s).
+    nodes[0].del_all();
+    assert_eq!(nodes[0].overlay_leftovers(), Vec::<String>::new());
+    let forgotten = within(Duration::from_secs(6), "node 1 forgetting node 0", || {
+        !nodes[1].status()["accepted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == underlay_ip(0).to_string().as_str())
+    });
+    println!("overlay/cni/etcd: node 0, without pods, was forgotten after {forgotten:?}");
+    drop(nodes);
+    drop(etcd);
+}

@@ -98,6 +98,17 @@ impl Placement {
             None => address,
         }
     }
+
+    /// The bridge's address for a pod's gateway: on an overlay, with the
+    /// prefix of this node's slice (the gateway is this node's alone, the
+    /// rest of the overlay network is other nodes' pods).
+    fn bridge_address(&self, gateway: IpNet) -> IpNet {
+        self.overlay
+            .as_ref()
+            .and_then(|o| o.subnets.iter().find(|s| s.contains(&gateway.addr())))
+            .and_then(|slice| IpNet::new(gateway.addr(), slice.prefix_len()).ok())
+            .unwrap_or(gateway)
+    }
 }
 
 /// "overlay VNI 42 as node n1 (192.168.77.1)", or "no overlay", for
@@ -670,9 +681,12 @@ async fn plug(
     };
     let (allocated, wired) = tokio::join!(allocated, wiring);
     (a.ips, a.gateways) = allocated?;
-    // The bridge keeps the node's slice: its gateway is this node's alone.
-    let bridge_addresses = gateway_addresses(a).map_err(CniError::io)?;
     a.ips = a.ips.iter().map(|ip| placement.pod_address(*ip)).collect();
+    let bridge_addresses: Vec<IpNet> = gateway_addresses(a)
+        .map_err(CniError::io)?
+        .into_iter()
+        .map(|gateway| placement.bridge_address(gateway))
+        .collect();
     let (host, attached) = wired.map_err(CniError::io)?;
     plumbing::configure_inside(&a.netns, &a.ifname, &a.ips, &a.gateways)
         .with_context(|| {
@@ -858,6 +872,14 @@ pub async fn status(handle: &Handle, conf: &NetConf) -> CniResult<()> {
     }
     datapath::maps(&conf.datapath_name())
         .map_err(|e| limited(format!("the datapath's maps are unreachable: {e:#}")))?;
+    if let Some(on) = &rec.overlay
+        && !overlay::is_joined(&conf.datapath_name())
+    {
+        return Err(limited(format!(
+            "the pods are not on {}: the datapath did not join it (the next ADD joins it again)",
+            describe(Some(&on.spec))
+        )));
+    }
     for a in live {
         let host = netlink::link_by_name(handle, &a.host_veth)
             .await
