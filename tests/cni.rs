@@ -4,54 +4,15 @@
 mod common;
 
 use std::{
-    io::Write,
-    process::{Command, Output, Stdio},
+    process::{Command, Output},
     sync::Arc,
 };
 
-use common::{BridgeForwardCounter, Host, RawSocket, frame, in_ns, outside, ping, unique_name};
+use common::{
+    BridgeForwardCounter, Host, RawSocket, cni, frame, in_ns, outside, ping, unique_name,
+};
 use netpath::{datapath::object::pin_dir, host::netns, model::naming::cni_datapath, store};
 use serde_json::{Value, json};
-
-/// Runs the plugin on `host`, as a runtime there would; returns its exit
-/// status and parsed stdout.
-fn cni(
-    host: &Host,
-    command: &str,
-    container: &str,
-    netns: Option<&str>,
-    ifname: &str,
-    conf: &Value,
-) -> (bool, Value) {
-    let mut cmd = host.command(env!("CARGO_BIN_EXE_netpath-cni"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_IFNAME", ifname)
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(ns) = netns {
-        cmd.env("CNI_NETNS", ns);
-    }
-    let mut child = cmd.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let out: Output = child.wait_with_output().unwrap();
-    let value = if out.stdout.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&out.stdout)))
-    };
-    (out.status.success(), value)
-}
 
 fn conf(bridge: &str, ipam: Value) -> Value {
     json!({"cniVersion": "1.0.0", "name": "testnet", "type": "netpath-cni", "bridge": bridge, "ipam": ipam})

@@ -18,11 +18,11 @@ use std::{
 };
 
 use common::{
-    BridgeForwardCounter, Host, Topology, in_ns, link_packets, output_within, ping, spawn_in,
+    BridgeForwardCounter, Host, Topology, cni, in_ns, link_packets, output_within, ping, spawn_in,
     unique_name, verdicts,
 };
 use netpath::host::netns;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The interface of a host on the underlay.
 const UNDERLAY_IF: &str = "underlay";
@@ -950,4 +950,475 @@ fn etcd_programs_nodes_as_they_come_and_go_and_its_loss_stops_nothing() {
         "node 2 is not reached after it rejoined"
     );
     drop(nodes);
+}
+
+/// `netpath run --cni --name BRIDGE` on a host: the overlay's control plane
+/// of a CNI network. Interrupted (Ctrl-C, so it removes its run lock) when
+/// dropped, and killed if it has not exited 5 s later.
+struct CniDaemon {
+    process: common::KillOnDrop,
+    log: PathBuf,
+}
+
+impl CniDaemon {
+    fn start(host: &Host, bridge: &str) -> CniDaemon {
+        let log = std::env::temp_dir().join(format!("netpath-run-{bridge}.log"));
+        let child = host
+            .netpath_command()
+            .args(["run", "--cni", "--name", bridge])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("run's log file"))
+            .spawn()
+            .expect("starting netpath run --cni");
+        CniDaemon {
+            process: child.into(),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for CniDaemon {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.process.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.process.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A pod a CNI ADD attached: its namespace, its address (without the
+/// prefix), its MAC and its host veth.
+#[derive(Clone, Debug)]
+struct Pod {
+    ns: String,
+    ip: String,
+    mac: String,
+    host_veth: String,
+}
+
+/// A CNI network on host `i` of a cluster, on overlay VNI 42 (network
+/// 10.88.0.0/16; host i's IPAM subnet 10.88.(i+1).0/24, its slice), its
+/// pods added and deleted by netpath-cni exactly as a runtime on that host
+/// drives it. Dropping it stops its daemon, deletes every pod left (the
+/// last DEL takes the node off the overlay), then the pods' namespaces.
+struct CniNode {
+    host: Arc<Host>,
+    bridge: String,
+    config: Value,
+    /// Container ID and pod, of the pods not deleted yet.
+    pods: Vec<(String, Pod)>,
+    daemon: Option<CniDaemon>,
+}
+
+impl CniNode {
+    /// `peers`: the overlay's `"peers"` or `"etcd"` (and e.g. `"leaseTtl"`).
+    fn new(cluster: &Cluster, i: usize, peers: Value) -> CniNode {
+        let bridge = unique_name("ocn");
+        let mut overlay = json!({"node": bridge, "vni": 42, "underlay": underlay_ip(i).to_string(),
+                                 "network": "10.88.0.0/16"});
+        overlay
+            .as_object_mut()
+            .unwrap()
+            .extend(peers.as_object().unwrap().clone());
+        let config = json!({"cniVersion": "1.1.0", "name": "overlay", "type": "netpath-cni",
+                            "bridge": bridge, "overlay": overlay,
+                            "ipam": {"type": "netpath", "subnet": format!("10.88.{}.0/24", i + 1)}});
+        CniNode {
+            host: cluster.hosts[i].clone(),
+            bridge,
+            config,
+            pods: Vec::new(),
+            daemon: None,
+        }
+    }
+
+    /// ADD of a new pod (its namespace made first, as a runtime does);
+    /// returns the pod and the plugin's result.
+    fn add(&mut self) -> (Pod, Value) {
+        let container = format!("{}-p{}", self.bridge, self.pods.len());
+        let ns = container.clone();
+        sh_ok(&["ip", "netns", "add", &ns]);
+        let placeholder = Pod {
+            ns: ns.clone(),
+            ip: String::new(),
+            mac: String::new(),
+            host_veth: String::new(),
+        };
+        self.pods.push((container.clone(), placeholder));
+        let path = netns::path(&ns).display().to_string();
+        let (ok, result) = cni(
+            &self.host,
+            "ADD",
+            &container,
+            Some(&path),
+            "eth0",
+            &self.config,
+        );
+        assert!(ok, "ADD of {container} on {}: {result}", self.bridge);
+        let pod = Pod {
+            ns,
+            ip: result["ips"][0]["address"]
+                .as_str()
+                .and_then(|a| a.split('/').next())
+                .unwrap_or_else(|| panic!("no address in {result}"))
+                .to_owned(),
+            mac: result["interfaces"][1]["mac"].as_str().unwrap().to_owned(),
+            host_veth: result["interfaces"][0]["name"].as_str().unwrap().to_owned(),
+        };
+        self.pods.last_mut().unwrap().1 = pod.clone();
+        (pod, result)
+    }
+
+    /// DEL of every pod, as the runtime removes them.
+    fn del_all(&mut self) {
+        for (container, pod) in std::mem::take(&mut self.pods) {
+            let path = netns::path(&pod.ns).display().to_string();
+            let (ok, result) = cni(
+                &self.host,
+                "DEL",
+                &container,
+                Some(&path),
+                "eth0",
+                &self.config,
+            );
+            common::outside("ip", &["netns", "del", &pod.ns]);
+            assert!(ok, "DEL of {container} on {}: {result}", self.bridge);
+        }
+    }
+
+    /// This node's record, as `overlay export` prints it for a peers file.
+    fn export(&self) -> String {
+        self.host
+            .netpath_ok(&["overlay", "export", "--name", &self.bridge])
+    }
+
+    /// `overlay status --json`.
+    fn status(&self) -> Value {
+        serde_json::from_str(&self.host.netpath_ok(&[
+            "overlay",
+            "status",
+            "--name",
+            &self.bridge,
+            "--json",
+        ]))
+        .unwrap()
+    }
+
+    /// Whether the datapath has a remote entry for `mac`.
+    fn knows(&self, mac: &str) -> bool {
+        let out = self
+            .host
+            .netpath(&["overlay", "status", "--name", &self.bridge, "--json"]);
+        out.status.success()
+            && serde_json::from_slice::<Value>(&out.stdout).unwrap()["remote"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["mac"] == mac)
+    }
+
+    /// A counter of the program on the node's vxlan device.
+    fn overlay_counter(&self, name: &str) -> u64 {
+        self.status()["counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c[0] == name)
+            .map(|c| c[1].as_u64().unwrap())
+            .unwrap_or_else(|| panic!("no overlay counter {name}"))
+    }
+
+    /// A counter of the program on `pod`'s host veth (`netpath stats`).
+    fn port_counter(&self, pod: &Pod, name: &str) -> u64 {
+        let stats: Value = serde_json::from_str(&self.host.netpath_ok(&[
+            "stats",
+            "--name",
+            &self.bridge,
+            "--json",
+        ]))
+        .unwrap();
+        stats
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["port"] == pod.host_veth.as_str())
+            .map(|p| p["packets"][name].as_u64().unwrap())
+            .unwrap_or_else(|| panic!("no port {} in {stats}", pod.host_veth))
+    }
+
+    /// Whether the host has the overlay's vxlan device.
+    fn has_vxlan_device(&self) -> bool {
+        self.host
+            .sh("ip", &["link", "show", "netpath-vxlan"])
+            .status
+            .success()
+    }
+
+    /// What the node's overlay leaves on the machine: its vxlan device,
+    /// the datapath's pins, and the plugin's and the overlay's records.
+    fn overlay_leftovers(&self) -> Vec<String> {
+        let datapath = netpath::model::naming::cni_datapath(&self.bridge);
+        let mut found = Vec::new();
+        if self.has_vxlan_device() {
+            found.push("vxlan device netpath-vxlan".to_owned());
+        }
+        let state = [
+            netpath::datapath::object::pin_dir(&datapath),
+            netpath::store::cni::path(&self.bridge),
+            netpath::store::overlay::path(&datapath).unwrap(),
+        ];
+        found.extend(
+            state
+                .into_iter()
+                .filter(|p| p.exists())
+                .map(|p| p.display().to_string()),
+        );
+        found
+    }
+}
+
+impl Drop for CniNode {
+    fn drop(&mut self) {
+        self.daemon = None;
+        for (container, pod) in std::mem::take(&mut self.pods) {
+            let path = netns::path(&pod.ns).display().to_string();
+            cni(
+                &self.host,
+                "DEL",
+                &container,
+                Some(&path),
+                "eth0",
+                &self.config,
+            );
+            common::outside("ip", &["netns", "del", &pod.ns]);
+        }
+    }
+}
+
+/// A file removed when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Pings `count` times from `from` to `to` (a flood: enough frames that
+/// the few a bridge may flood, e.g. IPv6 neighbour discovery, stay under
+/// 1%), which must all be answered.
+fn ping_flood(from: &Pod, to: &Pod, count: u32) {
+    let count = count.to_string();
+    let out = run_within(&from.ns, &["ping", "-f", "-c", &count, "-q", &to.ip], 60);
+    assert!(
+        out.status.success(),
+        "ping flood {} -> {}: {}",
+        from.ip,
+        to.ip,
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn cni_pods_on_two_hosts_reach_each_other_over_a_peers_file() {
+    let cluster = Cluster::new(2);
+    let peers =
+        TempFile(std::env::temp_dir().join(format!("netpath-peers-{}.toml", unique_name("ocp"))));
+    std::fs::write(&peers.0, "").unwrap();
+    let file = json!({"peers": peers.0});
+    let mut nodes: Vec<CniNode> = (0..2)
+        .map(|i| CniNode::new(&cluster, i, file.clone()))
+        .collect();
+
+    // The first pod's ADD joins the overlay: the node's vxlan device, the
+    // pod's MTU the underlay's 1500 less 50 (in the result and on the
+    // interface), its address on the overlay-wide prefix.
+    let mut first = Vec::new();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let (pod, result) = node.add();
+        assert_eq!(pod.ip, format!("10.88.{}.2", i + 1), "{result}");
+        assert_eq!(
+            result["ips"][0]["address"],
+            format!("10.88.{}.2/16", i + 1),
+            "{result}"
+        );
+        assert_eq!(result["interfaces"][1]["mtu"], 1450, "{result}");
+        let link = String::from_utf8_lossy(&in_ns(&pod.ns, &["ip", "link", "show", "eth0"]).stdout)
+            .into_owned();
+        assert!(link.contains("mtu 1450"), "pod interface: {link}");
+        assert!(
+            node.has_vxlan_device(),
+            "node {i} has no vxlan device after its first pod"
+        );
+        first.push(pod);
+    }
+
+    // A static overlay, no daemon: the peers file lists both nodes' records
+    // as `overlay export` prints them, and the next ADD on each node
+    // programs it.
+    let records = nodes[0].export() + &nodes[1].export();
+    std::fs::write(&peers.0, records).unwrap();
+    let second: Vec<Pod> = nodes.iter_mut().map(|n| n.add().0).collect();
+    assert!(
+        nodes[0].knows(&first[1].mac),
+        "node 0 did not program the peers file at ADD"
+    );
+    assert!(
+        nodes[1].knows(&first[0].mac),
+        "node 1 did not program the peers file at ADD"
+    );
+
+    // Carried by the fast path: the BPF encap on the sender's port, the
+    // decap on the receiver's node and port, and the bridges forward at
+    // most 1% of what the pods send.
+    let bridges: Vec<BridgeForwardCounter> = nodes
+        .iter()
+        .map(|n| BridgeForwardCounter::new(&n.host, &n.bridge, "iifname \"np*\""))
+        .collect();
+    let sent_before: Vec<u64> = first
+        .iter()
+        .map(|p| link_packets(&p.ns, "eth0").1)
+        .collect();
+    let encapsulated = nodes[0].port_counter(&first[0], "encapsulated");
+    let decapsulated = nodes[1].port_counter(&first[1], "decapsulated");
+    let node_decapsulated = nodes[1].overlay_counter("decapsulated");
+    ping_flood(&first[0], &first[1], 2000);
+    ping_flood(&first[1], &first[0], 2000);
+    let encapsulated = nodes[0].port_counter(&first[0], "encapsulated") - encapsulated;
+    let decapsulated = nodes[1].port_counter(&first[1], "decapsulated") - decapsulated;
+    let node_decapsulated = nodes[1].overlay_counter("decapsulated") - node_decapsulated;
+    println!(
+        "overlay/cni: pod 0 encapsulated {encapsulated}; node 1 decapsulated {node_decapsulated}, pod 1's port {decapsulated}"
+    );
+    assert!(
+        encapsulated >= 4000,
+        "node 0 encapsulated only {encapsulated}"
+    );
+    assert!(
+        decapsulated >= 4000,
+        "pod 1's port decapsulated only {decapsulated}"
+    );
+    assert!(
+        node_decapsulated >= decapsulated,
+        "node 1's vxlan program decapsulated {node_decapsulated}, its pod's port {decapsulated}"
+    );
+    for (i, bridge) in bridges.iter().enumerate() {
+        let sent = link_packets(&first[i].ns, "eth0").1 - sent_before[i];
+        let forwarded = bridge.packets();
+        println!("overlay/cni: node {i}: pod sent {sent} frames, the bridge forwarded {forwarded}");
+        assert!(
+            forwarded * 100 <= sent,
+            "node {i}: the bridge forwarded {forwarded} of {sent} frames (> 1%)"
+        );
+    }
+
+    // `netpath run --cni` keeps the peers file's changes programmed: the
+    // second pods, exported after they came, reach each other once the
+    // file lists them.
+    for node in &mut nodes {
+        node.daemon = Some(CniDaemon::start(&node.host, &node.bridge));
+    }
+    std::thread::sleep(Duration::from_secs(1)); // the daemons have read the file's time
+    let records = nodes[0].export() + &nodes[1].export();
+    std::fs::write(&peers.0, records).unwrap();
+    within(
+        Duration::from_secs(5),
+        "the daemons programming the new pods",
+        || nodes[0].knows(&second[1].mac) && nodes[1].knows(&second[0].mac),
+    );
+    assert!(
+        ping(&second[0].ns, &second[1].ip) && ping(&second[1].ns, &second[0].ip),
+        "the second pods do not reach each other; daemon logs:\n{}\n{}",
+        nodes[0].daemon.as_ref().unwrap().log(),
+        nodes[1].daemon.as_ref().unwrap().log()
+    );
+
+    // DEL of node 0's last pod takes it off the overlay: its vxlan device,
+    // pins and records are gone; node 1 keeps its own.
+    nodes[0].del_all();
+    assert_eq!(nodes[0].overlay_leftovers(), Vec::<String>::new());
+    assert!(
+        nodes[1].has_vxlan_device(),
+        "node 1 lost its vxlan device with node 0's pods"
+    );
+    nodes[1].daemon = None;
+    nodes[1].del_all();
+    assert_eq!(nodes[1].overlay_leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn cni_pods_on_two_hosts_reach_each_other_over_etcd() {
+    let cluster = Cluster::new(3);
+    let etcd = Etcd::start(&cluster.hosts[2], underlay_ip(2));
+    let control = json!({"etcd": [etcd.url()], "leaseTtl": 3});
+    let mut nodes: Vec<CniNode> = (0..2)
+        .map(|i| CniNode::new(&cluster, i, control.clone()))
+        .collect();
+
+    // The daemons start before any pod, as Flannel's does: each waits for
+    // its network's first pod to join the overlay, then registers it.
+    for node in &mut nodes {
+        node.daemon = Some(CniDaemon::start(&node.host, &node.bridge));
+    }
+    let pods: Vec<Pod> = nodes.iter_mut().map(|n| n.add().0).collect();
+    let logs = |nodes: &[CniNode]| -> String {
+        nodes
+            .iter()
+            .filter_map(|n| n.daemon.as_ref().map(CniDaemon::log))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let took = within(
+        Duration::from_secs(5),
+        "the nodes learning each other's pods from etcd",
+        || nodes[0].knows(&pods[1].mac) && nodes[1].knows(&pods[0].mac),
+    );
+    println!("overlay/cni/etcd: both nodes programmed {took:?} after the second ADD");
+    assert!(
+        ping(&pods[0].ns, &pods[1].ip) && ping(&pods[1].ns, &pods[0].ip),
+        "the pods do not reach each other over etcd; daemon logs:\n{}",
+        logs(&nodes)
+    );
+    assert!(
+        nodes[0].status()["connected"] == true,
+        "node 0 is not connected to etcd"
+    );
+
+    // A pod added later is published by its node's daemon and programmed
+    // on the other node within a second.
+    let late = nodes[1].add().0;
+    let took = within(Duration::from_secs(1), "the later pod on node 0", || {
+        nodes[0].knows(&late.mac)
+    });
+    println!("overlay/cni/etcd: a pod added later was programmed on the other node after {took:?}");
+    assert!(
+        ping(&pods[0].ns, &late.ip),
+        "node 0 does not reach the later pod"
+    );
+
+    // Node 0's last pod deleted: it leaves the overlay, its daemon stops
+    // keeping the lease, and node 1 forgets it within the TTL (3 s).
+    nodes[0].del_all();
+    assert_eq!(nodes[0].overlay_leftovers(), Vec::<String>::new());
+    let forgotten = within(Duration::from_secs(6), "node 1 forgetting node 0", || {
+        !nodes[1].status()["accepted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == underlay_ip(0).to_string().as_str())
+    });
+    println!("overlay/cni/etcd: node 0, without pods, was forgotten after {forgotten:?}");
+    drop(nodes);
+    drop(etcd);
 }

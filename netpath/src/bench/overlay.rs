@@ -29,7 +29,10 @@ use crate::{
         naming::{CONTAINER_IFNAME, port_name},
         overlay::{PeersFile, VXLAN_PORT, container_mtu},
     },
-    ops::{overlay as overlay_ops, topology},
+    ops::{
+        overlay::{self as overlay_ops, Member},
+        topology,
+    },
 };
 
 /// The two hosts: the client's and the server's.
@@ -189,16 +192,20 @@ fn build_overlay(name: &str) -> Result<Bed> {
         })?;
         specs.push(spec);
     }
+    let members = specs
+        .iter()
+        .map(Member::of_topology)
+        .collect::<Result<Vec<_>>>()?;
     let file = PeersFile {
-        nodes: specs
+        nodes: members
             .iter()
             .map(overlay_ops::local_record)
             .collect::<Result<_>>()?,
     };
     std::fs::write(&peers, toml::to_string(&file)?)
         .with_context(|| format!("writing {}", peers.display()))?;
-    for spec in &specs {
-        overlay_ops::sync_peers_file(spec)?;
+    for member in &members {
+        overlay_ops::sync_peers_file(member)?;
     }
     let container = |side: usize| {
         let spec: &TopologySpec = &specs[side];

@@ -132,14 +132,15 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// A topology on an overlay across nodes: status, this node's record,
-    /// the static peers file.
+    /// A topology or CNI network on an overlay across nodes: status, this
+    /// node's record, the static peers file.
     #[command(subcommand)]
     Overlay(overlay::OverlayCommand),
     /// Measure the modes against the Linux bridge and a direct veth pair.
     Bench(bench::BenchArgs),
     /// Bring a topology up (or adopt it) and run it: BPF logs, FDB ageing,
-    /// periodic stats; Ctrl-C tears it down unless --keep.
+    /// periodic stats; Ctrl-C tears it down unless --keep. For a CNI
+    /// network on an overlay (--cni --name BRIDGE): its control plane.
     Run(run::RunArgs),
 }
 
@@ -174,7 +175,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             name.datapath()?;
         }
         Command::Port(command) => command.name().topology().map(drop)?,
-        Command::Overlay(command) => command.name().topology().map(drop)?,
+        Command::Overlay(command) => command.name().named().map(drop)?,
         Command::Fdb(command) => command.name().datapath().map(drop)?,
         Command::Trace(args) => args.name.datapath().map(drop)?,
     }

@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use super::{NameArg, render, require_root};
-use crate::{ops::overlay, ops::topology::load_complete};
+use crate::ops::overlay::{self, Member};
 
 #[derive(Subcommand)]
 pub enum OverlayCommand {
@@ -40,11 +40,11 @@ impl OverlayCommand {
 }
 
 pub async fn run(command: OverlayCommand) -> Result<()> {
-    let spec = load_complete(command.name().topology()?)?.spec;
+    let member = Member::load(&command.name().named()?)?;
     match command {
         OverlayCommand::Status { json, .. } => {
             require_root()?;
-            let status = overlay::status(&spec)?;
+            let status = overlay::status(&member)?;
             if json {
                 render::json_line(&status)
             } else {
@@ -54,17 +54,17 @@ pub async fn run(command: OverlayCommand) -> Result<()> {
         }
         OverlayCommand::Export { .. } => {
             let file = crate::model::overlay::PeersFile {
-                nodes: vec![overlay::local_record(&spec)?],
+                nodes: vec![overlay::local_record(&member)?],
             };
             print!("{}", toml::to_string(&file)?);
             Ok(())
         }
         OverlayCommand::Sync { .. } => {
             require_root()?;
-            let changes = overlay::sync_peers_file(&spec)?;
+            let changes = overlay::sync_peers_file(&member)?;
             println!(
                 "{}: {} nodes added, {} removed; {} remote entries added, {} removed",
-                spec.name,
+                member.name(),
                 changes.nodes_added,
                 changes.nodes_removed,
                 changes.entries_added,

@@ -2,13 +2,17 @@
 //! on stdin, the CNI_* environment, and the spec's error codes. Parsing and
 //! validation only; the commands themselves are in `ops::cni`.
 
-use std::path::PathBuf;
+use std::{net::IpAddr, path::PathBuf};
 
+use anyhow::{Context, bail};
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Mode, ipam, naming, one_or_many};
+use super::{
+    Mode, ipam, naming, one_or_many,
+    overlay::{DEFAULT_LEASE_TTL_S, OverlaySpec, Peers},
+};
 
 /// Oldest first: the last is the newest, which VERSION reports.
 pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -83,6 +87,35 @@ pub struct NetConf {
     /// GC: the attachments the runtime still uses; every other goes.
     #[serde(default, rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Option<Vec<ValidAttachment>>,
+    /// The overlay across nodes this node's pods are on, if any.
+    #[serde(default)]
+    pub overlay: Option<OverlayConf>,
+}
+
+/// `"overlay"`: this node on an overlay across nodes, e.g. `{"node": "n1",
+/// "vni": 42, "underlay": "192.168.77.1", "network": "10.88.0.0/16",
+/// "peers": "/etc/netpath/peers.toml"}` or with `"etcd": ["http://..."]`
+/// instead of `"peers"`. The IPAM subnet is this node's slice of `network`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OverlayConf {
+    pub node: String,
+    pub vni: u32,
+    /// This node's underlay address: the end of the VXLAN tunnels.
+    pub underlay: IpAddr,
+    /// The overlay-wide networks (one per family).
+    #[serde(deserialize_with = "one_or_many")]
+    pub network: Vec<String>,
+    /// A static peers file (`[[node]]` records).
+    #[serde(default)]
+    pub peers: Option<PathBuf>,
+    /// Or etcd v3 endpoints; `netpath run --cni --name BRIDGE` keeps the
+    /// node registered and its peers programmed.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub etcd: Vec<String>,
+    /// Seconds the node's etcd registration outlives it [default: 10].
+    #[serde(default)]
+    pub lease_ttl: Option<u64>,
 }
 
 /// One entry of `cni.dev/valid-attachments`.
@@ -147,7 +180,69 @@ impl NetConf {
         }
         conf.subnets()
             .map_err(|e| invalid(format!("ipam: {e:#}")))?;
+        conf.overlay_spec()
+            .map_err(|e| invalid(format!("overlay: {e:#}")))?;
         Ok(conf)
+    }
+
+    /// The overlay the pods are on, checked: complete, peers or etcd,
+    /// mode tc, and the IPAM subnets slices of the overlay's networks.
+    pub fn overlay_spec(&self) -> anyhow::Result<Option<OverlaySpec>> {
+        let Some(conf) = &self.overlay else {
+            return Ok(None);
+        };
+        let peers = match (&conf.peers, conf.etcd.is_empty()) {
+            (Some(file), true) => Peers::File(file.clone()),
+            (None, false) => Peers::Etcd(conf.etcd.clone()),
+            (Some(_), false) => bail!("give \"peers\" or \"etcd\", not both"),
+            (None, true) => bail!(
+                "give \"peers\" (a static peers file) or \"etcd\" (endpoints) to learn the other nodes from"
+            ),
+        };
+        if self.mode() != Mode::Tc {
+            bail!(
+                "an overlay needs mode tc: only tc programs can set the tunnel key of a frame (mode {})",
+                self.mode()
+            );
+        }
+        let spec = OverlaySpec {
+            node: conf.node.clone(),
+            vni: conf.vni,
+            underlay: conf.underlay,
+            networks: ipam::parse_subnets(&conf.network).context("network")?,
+            peers,
+            lease_ttl_s: conf.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL_S),
+        };
+        let subnets = self.ipam_subnets()?;
+        if subnets.is_empty() {
+            bail!(
+                "the IPAM configuration names no subnet: give ipam \"subnet\" (this node's slice of {})",
+                conf.network.join(", ")
+            );
+        }
+        spec.validate(&subnets).map_err(|e| {
+            anyhow::anyhow!("{e:#} (\"network\" is the overlay-wide network, the ipam subnet this node's slice of it)")
+        })?;
+        Ok(Some(spec))
+    }
+
+    /// The subnets pods get addresses from, whichever IPAM gives them:
+    /// netpath's, or host-local's `subnet` and `ranges`.
+    pub fn ipam_subnets(&self) -> anyhow::Result<Vec<IpNet>> {
+        let Ipam::HostLocal(config) = &self.ipam else {
+            return self.subnets();
+        };
+        let ranges = config["ranges"].as_array().into_iter().flatten();
+        let listed = ranges
+            .flat_map(|set| set.as_array().into_iter().flatten())
+            .chain([config])
+            .filter_map(|range| range["subnet"].as_str());
+        listed
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .with_context(|| format!("ipam subnet {s:?} is no CIDR"))
+            })
+            .collect()
     }
 
     /// Whether the runtime speaks CNI 1.1 (STATUS, GC, `mtu`).
@@ -258,6 +353,69 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(dual.subnets().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_overlay_is_checked_before_anything_changes() {
+        let overlay = |extra: Value| {
+            let mut o = json!({"node": "n1", "vni": 42, "underlay": "192.168.77.1",
+                               "network": "10.88.0.0/16", "peers": "/etc/peers.toml"});
+            o.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            o
+        };
+        let on = |o: Value, subnet: &str| {
+            conf(json!({"overlay": o, "ipam": {"type": "netpath", "subnet": subnet}}))
+        };
+        let parsed = NetConf::parse(&on(overlay(json!({})), "10.88.1.0/24")).unwrap();
+        let spec = parsed.overlay_spec().unwrap().unwrap();
+        assert_eq!((spec.vni, spec.node.as_str()), (42, "n1"));
+        assert_eq!(spec.peers, Peers::File("/etc/peers.toml".into()));
+        let etcd = json!({"peers": null, "etcd": "http://10.0.0.5:2379"});
+        let parsed = NetConf::parse(&on(overlay(etcd), "10.88.1.0/24")).unwrap();
+        assert!(
+            matches!(parsed.overlay_spec().unwrap().unwrap().peers, Peers::Etcd(e) if e.len() == 1)
+        );
+
+        let refused = |bytes: Vec<u8>| NetConf::parse(&bytes).unwrap_err();
+        let e = refused(on(overlay(json!({})), "10.77.1.0/24"));
+        assert_eq!(e.code, CniError::INVALID_CONFIG);
+        assert!(
+            e.msg.contains("10.77.1.0/24") && e.msg.contains("network"),
+            "{}",
+            e.msg
+        );
+        let e = refused(on(
+            overlay(json!({"etcd": ["http://x:2379"]})),
+            "10.88.1.0/24",
+        ));
+        assert!(e.msg.contains("not both"), "{}", e.msg);
+        let e = refused(on(overlay(json!({"peers": null})), "10.88.1.0/24"));
+        assert!(e.msg.contains("\"etcd\""), "{}", e.msg);
+        let e = refused(on(overlay(json!({"vni": 0})), "10.88.1.0/24"));
+        assert!(e.msg.contains("VNI"), "{}", e.msg);
+        let mut bridge_mode: Value =
+            serde_json::from_slice(&on(overlay(json!({})), "10.88.1.0/24")).unwrap();
+        bridge_mode["mode"] = json!("bridge");
+        let e = refused(serde_json::to_vec(&bridge_mode).unwrap());
+        assert!(e.msg.contains("mode tc"), "{}", e.msg);
+        assert_eq!(
+            refused(on(overlay(json!({"colour": 1})), "10.88.1.0/24")).code,
+            CniError::DECODING_FAILURE
+        );
+
+        // host-local's ranges are slices of the overlay's network too.
+        let host_local = |subnet: &str| {
+            conf(json!({"overlay": overlay(json!({})),
+                        "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]]}}))
+        };
+        assert!(NetConf::parse(&host_local("10.88.2.0/24")).is_ok());
+        assert!(
+            refused(host_local("10.99.2.0/24"))
+                .msg
+                .contains("10.99.2.0/24")
+        );
     }
 
     #[test]

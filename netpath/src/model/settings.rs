@@ -38,7 +38,7 @@ impl fmt::Display for Mode {
 }
 
 /// The flags of `up`/`run` and the keys of the config file.
-#[derive(Clone, Debug, Default, clap::Args, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Topology name [default: np]: prefix of every object netpath creates.
@@ -112,7 +112,7 @@ pub struct Settings {
 }
 
 /// One `[[container]]` of the config file.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerSettings {
     pub name: String,

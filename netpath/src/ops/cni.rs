@@ -17,6 +17,7 @@ use rtnetlink::Handle;
 use serde_json::{Value, json};
 use tokio::{io::AsyncWriteExt, process::Command};
 
+use super::overlay::{self, Member};
 use crate::{
     datapath::{self, Datapath, Port, hooks::TcMethod},
     host::{netlink, netns, plumbing},
@@ -25,10 +26,11 @@ use crate::{
         cni::{self, CniError, CniResult, Env, Ipam, NetConf, SUPPORTED_VERSIONS, ValidAttachment},
         ipam,
         naming::cni_host_veth,
+        overlay::{OverlaySpec, Peers},
         spec::{DEFAULT_AGEING_S, DEFAULT_MTU},
     },
     store::{
-        cni::{Attachment, NetworkRecord, Reservation},
+        cni::{Attachment, NetworkOverlay, NetworkRecord, Reservation},
         lock::{Lock, Purpose},
     },
 };
@@ -50,6 +52,72 @@ struct Call<'a> {
     /// The configuration as the runtime gave it, for host-local.
     conf_bytes: &'a [u8],
     env: &'a Env,
+}
+
+/// Where an ADD puts its pod: on the overlay the configuration names, if
+/// any, with the interface MTU the underlay leaves room for.
+struct Placement {
+    overlay: Option<NetworkOverlay>,
+    /// The pod's and the bridge's MTU: the underlay's less the VXLAN
+    /// encapsulation on an overlay.
+    mtu: u32,
+}
+
+impl Placement {
+    /// Checked before anything changes: the underlay address must be one
+    /// of this host's (its interface's MTU sets the pods').
+    async fn of(handle: &Handle, conf: &NetConf) -> CniResult<Placement> {
+        let invalid =
+            |e: anyhow::Error| CniError::new(CniError::INVALID_CONFIG, format!("overlay: {e:#}"));
+        let Some(spec) = conf.overlay_spec().map_err(invalid)? else {
+            return Ok(Placement {
+                overlay: None,
+                mtu: DEFAULT_MTU,
+            });
+        };
+        let mtu = overlay::mtu_limit(handle, &spec).await.map_err(invalid)?;
+        let subnets = conf.ipam_subnets().map_err(invalid)?;
+        Ok(Placement {
+            overlay: Some(NetworkOverlay { spec, subnets }),
+            mtu,
+        })
+    }
+
+    /// The member of the overlay the network's datapath becomes.
+    fn member(&self, conf: &NetConf) -> Option<Member> {
+        self.overlay
+            .as_ref()
+            .map(|o| Member::of_cni_network(&conf.bridge, o.spec.clone()))
+    }
+
+    /// A pod's address as it carries it: on an overlay, with the overlay
+    /// network's prefix, so that the pods of every node are on-link.
+    fn pod_address(&self, address: IpNet) -> IpNet {
+        match &self.overlay {
+            Some(o) => o.spec.on_overlay(address),
+            None => address,
+        }
+    }
+
+    /// The bridge's address for a pod's gateway: on an overlay, with the
+    /// prefix of this node's slice (the gateway is this node's alone, the
+    /// rest of the overlay network is other nodes' pods).
+    fn bridge_address(&self, gateway: IpNet) -> IpNet {
+        self.overlay
+            .as_ref()
+            .and_then(|o| o.subnets.iter().find(|s| s.contains(&gateway.addr())))
+            .and_then(|slice| IpNet::new(gateway.addr(), slice.prefix_len()).ok())
+            .unwrap_or(gateway)
+    }
+}
+
+/// "overlay VNI 42 as node n1 (192.168.77.1)", or "no overlay", for
+/// messages.
+fn describe(overlay: Option<&OverlaySpec>) -> String {
+    match overlay {
+        Some(o) => format!("overlay VNI {} as node {} ({})", o.vni, o.node, o.underlay),
+        None => "no overlay".into(),
+    }
 }
 
 /// Why an attachment is taken off, which says what goes with it.
@@ -231,8 +299,9 @@ async fn release(call: &Call<'_>, (container_id, ifname): (&str, &str)) -> CniRe
     Ok(())
 }
 
-/// The spec's success result for an attachment.
-fn result_json(conf: &NetConf, a: &Attachment, host_mac: Option<Mac>) -> Value {
+/// The spec's success result for an attachment whose interfaces have MTU
+/// `mtu`.
+fn result_json(conf: &NetConf, a: &Attachment, host_mac: Option<Mac>, mtu: u32) -> Value {
     let ips: Vec<Value> = a
         .ips
         .iter()
@@ -262,7 +331,7 @@ fn result_json(conf: &NetConf, a: &Attachment, host_mac: Option<Mac>) -> Value {
     ]);
     if conf.is_1_1() {
         for interface in interfaces.as_array_mut().into_iter().flatten() {
-            interface["mtu"] = json!(DEFAULT_MTU);
+            interface["mtu"] = json!(mtu);
         }
     }
     json!({
@@ -403,13 +472,24 @@ async fn remove_unrecorded(
 }
 
 /// Saves the record; with the last container gone, first removes what the
-/// first one's ADD made (the datapath, and the bridge if the plugin made it).
+/// first one's ADD made (the node's place on the overlay, the datapath, and
+/// the bridge if the plugin made it).
 async fn save_or_wind_up(
     handle: &Handle,
     conf: &NetConf,
     rec: &mut NetworkRecord,
 ) -> CniResult<()> {
     if rec.containers() == 0 {
+        if let Some(on) = rec.overlay.take() {
+            overlay::leave(handle, &conf.datapath_name(), &on.spec)
+                .await
+                .map_err(CniError::io)?;
+            info!(
+                "{}: left {} with the last pod",
+                conf.bridge,
+                describe(Some(&on.spec))
+            );
+        }
         datapath::remove(&conf.datapath_name()).map_err(CniError::io)?;
         if rec.bridge_created {
             plumbing::unplug(handle, &conf.bridge, &conf.datapath_name(), false)
@@ -437,10 +517,23 @@ async fn add(call: &Call<'_>) -> CniResult<Value> {
             format!("CNI_NETNS {} does not exist", netns_path.display()),
         ));
     }
+    let placement = Placement::of(handle, conf).await?;
     let lock = take_lock(&conf.datapath_name())?;
     let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
     let me = (env.container_id.as_str(), env.ifname.as_str());
     forget_stale(call, &mut rec, Some(me)).await?;
+    if rec.containers() > 0 && rec.overlay != placement.overlay {
+        return Err(CniError::new(
+            CniError::INVALID_CONFIG,
+            format!(
+                "the pods on bridge {} are on {}, this configuration puts them on {}: the pods of one \
+                 bridge share one overlay; delete them first, or give this network another bridge",
+                conf.bridge,
+                describe(rec.overlay.as_ref().map(|o| &o.spec)),
+                describe(placement.overlay.as_ref().map(|o| &o.spec))
+            ),
+        ));
+    }
     if let Some(r) = rec.reservation(me.0, me.1) {
         return Err(CniError::new(
             CniError::TRY_AGAIN_LATER,
@@ -454,7 +547,7 @@ async fn add(call: &Call<'_>) -> CniResult<Value> {
         // ADD again: what exists is the answer, if it is whole.
         let a = rec.attachments[i].clone();
         match verify(handle, conf, &a).await {
-            Ok(host_mac) => return Ok(result_json(conf, &a, host_mac)),
+            Ok(host_mac) => return Ok(result_json(conf, &a, host_mac, placement.mtu)),
             Err(problem) => {
                 warn!(
                     "{}: ADD again for container {}: {problem:#}; plugging it in anew with its addresses",
@@ -467,7 +560,7 @@ async fn add(call: &Call<'_>) -> CniResult<Value> {
                     netns: netns_path,
                     ..a
                 };
-                return plug_or_undo(call, (lock, rec), a, Some(addresses)).await;
+                return plug_or_undo(call, (lock, rec), a, Some(addresses), &placement).await;
             }
         }
     }
@@ -484,7 +577,7 @@ async fn add(call: &Call<'_>) -> CniResult<Value> {
         ips: Vec::new(),
         gateways: Vec::new(),
     };
-    plug_or_undo(call, (lock, rec), attachment, addresses).await
+    plug_or_undo(call, (lock, rec), attachment, addresses, &placement).await
 }
 
 /// Reserves `a`'s MAC and `addresses` (with the bridge made if missing) in
@@ -498,13 +591,16 @@ async fn plug_or_undo(
     (lock, mut rec): (Lock, NetworkRecord),
     mut a: Attachment,
     addresses: Option<Addresses>,
+    placement: &Placement,
 ) -> CniResult<Value> {
     let Call { handle, conf, .. } = *call;
     let owner = conf.datapath_name();
-    let (bridge, created) = plumbing::ensure_bridge(handle, &conf.bridge, &owner, DEFAULT_MTU, &[])
-        .await
-        .map_err(CniError::io)?;
+    let (bridge, created) =
+        plumbing::ensure_bridge(handle, &conf.bridge, &owner, placement.mtu, &[])
+            .await
+            .map_err(CniError::io)?;
     rec.bridge_created |= created;
+    rec.overlay = placement.overlay.clone();
     rec.reservations.push(Reservation {
         container_id: a.container_id.clone(),
         ifname: a.ifname.clone(),
@@ -517,8 +613,8 @@ async fn plug_or_undo(
     });
     rec.save(&conf.bridge).map_err(CniError::io)?;
     drop(lock);
-    match plug(call, &mut a, &bridge, addresses).await {
-        Ok(host_mac) => Ok(result_json(conf, &a, host_mac)),
+    match plug(call, &mut a, &bridge, addresses, placement).await {
+        Ok(host_mac) => Ok(result_json(conf, &a, host_mac, placement.mtu)),
         Err(e) => {
             if let Err(undo) = unplug_failed(call, &a).await {
                 warn!(
@@ -536,12 +632,15 @@ async fn plug_or_undo(
 /// addresses (neither needs the other), the container's end addressed and
 /// routed; then, under the lock, the bridge's gateway addresses, the port's
 /// map entries, and only then the attachment recorded in place of the
-/// reservation. Returns the host end's MAC.
+/// reservation. On an overlay, the first pod's ADD joins it (with the
+/// datapath's loading), and every ADD programs the peers file's nodes, so a
+/// static overlay needs no daemon. Returns the host end's MAC.
 async fn plug(
     call: &Call<'_>,
     a: &mut Attachment,
     bridge: &netlink::Link,
     addresses: Option<Addresses>,
+    placement: &Placement,
 ) -> CniResult<Option<Mac>> {
     let Call {
         handle,
@@ -562,17 +661,18 @@ async fn plug(
         netns: &a.netns,
         ifname: &a.ifname,
         mac: Some(a.mac),
-        mtu: DEFAULT_MTU,
+        mtu: placement.mtu,
         bridge: Some(bridge.index),
         owner: &owner,
         addresses: &[],
         gateways: &[],
         source_check: true,
     };
+    let member = placement.member(conf);
     let wiring = async {
         let (host, running) = tokio::join!(
             plumbing::create_pair(handle, &pair),
-            run_datapath(handle, &dp)
+            run_datapath(handle, &dp, member.as_ref().map(|m| (m, placement.mtu)))
         );
         let host = host?;
         running?;
@@ -581,6 +681,12 @@ async fn plug(
     };
     let (allocated, wired) = tokio::join!(allocated, wiring);
     (a.ips, a.gateways) = allocated?;
+    a.ips = a.ips.iter().map(|ip| placement.pod_address(*ip)).collect();
+    let bridge_addresses: Vec<IpNet> = gateway_addresses(a)
+        .map_err(CniError::io)?
+        .into_iter()
+        .map(|gateway| placement.bridge_address(gateway))
+        .collect();
     let (host, attached) = wired.map_err(CniError::io)?;
     plumbing::configure_inside(&a.netns, &a.ifname, &a.ips, &a.gateways)
         .with_context(|| {
@@ -595,9 +701,14 @@ async fn plug(
     let _lock = take_lock(&owner)?;
     let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
     rec.unreserve(&a.container_id, &a.ifname);
-    plumbing::address_bridge(handle, bridge, &gateway_addresses(a).map_err(CniError::io)?)
+    plumbing::address_bridge(handle, bridge, &bridge_addresses)
         .await
         .map_err(CniError::io)?;
+    if let Some(member) = &member
+        && let Peers::File(_) = member.overlay.peers
+    {
+        overlay::sync_peers_file(member).map_err(CniError::io)?;
+    }
     let dp = live_datapath(conf, &rec, a);
     datapath::add_port(handle, &dp, &port_of(a), host.index, attached)
         .await
@@ -608,12 +719,18 @@ async fn plug(
 }
 
 /// Makes the network's datapath run if it does not yet (the first
-/// container's ADD, or the first after the last DEL): loading it takes tens
+/// container's ADD, or the first after the last DEL), and join `overlay`
+/// (the member and its pods' MTU) if it names one: loading it takes tens
 /// of milliseconds, which would hold up every other ADD if it were done
 /// under the network's lock. Under a lock of its own instead, the others
 /// wire their containers meanwhile, and wait only to attach.
-async fn run_datapath(handle: &Handle, dp: &Datapath) -> anyhow::Result<()> {
-    if dp.mode == Mode::Bridge || datapath::is_running(&dp.name) {
+async fn run_datapath(
+    handle: &Handle,
+    dp: &Datapath,
+    overlay: Option<(&Member, u32)>,
+) -> anyhow::Result<()> {
+    let joined = || overlay.is_none_or(|(member, _)| overlay::is_joined(&member.datapath));
+    if dp.mode == Mode::Bridge || (datapath::is_running(&dp.name) && joined()) {
         return Ok(());
     }
     let name = dp.name.clone();
@@ -621,7 +738,13 @@ async fn run_datapath(handle: &Handle, dp: &Datapath) -> anyhow::Result<()> {
         Lock::acquire_waiting(&name, Purpose::Load, LOCK_PATIENCE)
     })
     .await??;
-    datapath::load_if_absent(handle, dp).await
+    datapath::load_if_absent(handle, dp).await?;
+    match overlay {
+        Some((member, mtu)) if !joined() => overlay::join(handle, member, mtu)
+            .await
+            .with_context(|| format!("joining {}", describe(Some(&member.overlay)))),
+        _ => Ok(()),
+    }
 }
 
 /// The bridge's addresses for `a`'s gateways: each with the prefix of the
@@ -749,6 +872,14 @@ pub async fn status(handle: &Handle, conf: &NetConf) -> CniResult<()> {
     }
     datapath::maps(&conf.datapath_name())
         .map_err(|e| limited(format!("the datapath's maps are unreachable: {e:#}")))?;
+    if let Some(on) = &rec.overlay
+        && !overlay::is_joined(&conf.datapath_name())
+    {
+        return Err(limited(format!(
+            "the pods are not on {}: the datapath did not join it (the next ADD joins it again)",
+            describe(Some(&on.spec))
+        )));
+    }
     for a in live {
         let host = netlink::link_by_name(handle, &a.host_veth)
             .await

@@ -1,6 +1,8 @@
 //! Supervising a running topology (`netpath run`): BPF logs forwarded to
 //! the logger, learned FDB entries aged out, ports that vanished behind
 //! netpath's back forgotten, counters reported and served, until Ctrl-C.
+//! For a CNI network on an overlay, whose pods the plugin adds and
+//! removes, `run` keeps the overlay's control plane only.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -13,7 +15,11 @@ use rtnetlink::Handle;
 use rtnetlink::{MulticastGroup, packet_core::NetlinkPayload, packet_route::RouteNetlinkMessage};
 use tokio::io::unix::AsyncFd;
 
-use super::topology::{self, UpOutcome};
+use super::{
+    Named,
+    overlay::{self, Member},
+    topology::{self, UpOutcome},
+};
 use crate::{
     datapath::{self, counters, fdb::Fdb},
     host::netlink,
@@ -26,6 +32,9 @@ use crate::{
 };
 
 const STATS_EVERY: Duration = Duration::from_secs(10);
+/// How often `run` looks whether a CNI network joined or left its overlay
+/// (its first pod added, its last deleted).
+const MEMBERSHIP_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 pub async fn run(
     handle: &Handle,
@@ -39,14 +48,18 @@ pub async fn run(
     let _running = Lock::acquire(&name, Purpose::Run)?;
     let ageing = Duration::from_secs(spec.ageing_s);
     let fast_path = spec.mode != Mode::Bridge;
-    let overlay = spec.overlay.is_some().then(|| spec.clone());
+    let overlay = spec
+        .overlay
+        .is_some()
+        .then(|| Member::of_topology(&spec))
+        .transpose()?;
     match topology::up(handle, spec).await? {
         UpOutcome::Created => info!("topology {name} up, mode {mode}"),
         UpOutcome::AlreadyUp => info!("topology {name} was up as asked; adopted it"),
     }
     // The overlay's control plane: programs the other nodes as they come
     // and go (`ops::overlay`).
-    let control = overlay.map(|spec| tokio::spawn(super::overlay::control_plane(spec)));
+    let control = overlay.map(|member| tokio::spawn(overlay::control_plane(member)));
     if fast_path {
         forward_bpf_logs(&name)?;
     }
@@ -144,6 +157,59 @@ pub async fn run(
     } else {
         topology::down(handle, &name).await?;
         info!("topology {name} removed");
+    }
+    Ok(())
+}
+
+/// Runs the overlay control plane of the CNI network on `bridge` until
+/// Ctrl-C, the Flannel way: the plugin joins the overlay with the network's
+/// first pod and leaves it with the last; this long-lived side keeps the
+/// node registered in etcd (lease, watch, its pods republished as they
+/// come and go) or follows the peers file, for as long as the network is
+/// on the overlay, and waits for it when it is not (yet).
+pub async fn run_cni_network(bridge: String) -> Result<()> {
+    let named = Named::CniNetwork {
+        bridge: bridge.clone(),
+    };
+    let _running = Lock::acquire(&named.datapath(), Purpose::Run)
+        .with_context(|| format!("running the CNI network on bridge {bridge}"))?;
+    info!("CNI network on bridge {bridge}: keeping its overlay's control plane; Ctrl-C to stop");
+    let mut running: Option<(Member, tokio::task::JoinHandle<()>)> = None;
+    let mut tick = tokio::time::interval(MEMBERSHIP_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            signal = tokio::signal::ctrl_c() => {
+                signal.context("waiting for Ctrl-C")?;
+                break;
+            }
+        }
+        let joined = Member::load(&named)
+            .ok()
+            .filter(|member| overlay::is_joined(&member.datapath));
+        if running.as_ref().map(|(member, _)| member) == joined.as_ref() {
+            continue;
+        }
+        if let Some((member, control)) = running.take() {
+            control.abort();
+            info!(
+                "{}: off the overlay (no pods); control plane stopped",
+                member.name()
+            );
+        }
+        if let Some(member) = joined {
+            info!(
+                "{}: on overlay VNI {} as node {}; control plane started",
+                member.name(),
+                member.overlay.vni,
+                member.overlay.node
+            );
+            let control = tokio::spawn(overlay::control_plane(member.clone()));
+            running = Some((member, control));
+        }
+    }
+    if let Some((_, control)) = running {
+        control.abort();
     }
     Ok(())
 }

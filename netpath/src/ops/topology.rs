@@ -143,7 +143,7 @@ async fn build(handle: &Handle, rec: &TopologyRecord) -> Result<()> {
     })
     .await?;
     if spec.overlay.is_some() {
-        overlay::join(handle, &spec).await?;
+        overlay::join(handle, &overlay::Member::of_topology(&spec)?, spec.mtu).await?;
     }
     fault::at(Point::Built)
 }
@@ -195,7 +195,9 @@ async fn remove_container(
 async fn teardown(handle: &Handle, rec: &TopologyRecord) -> Result<()> {
     let spec = &rec.spec;
     let interrupted = !rec.complete;
-    overlay::leave(handle, spec).await?;
+    if let Some(on) = &spec.overlay {
+        overlay::leave(handle, &spec.name, on).await?;
+    }
     datapath::remove(&spec.name)?;
     for container in &spec.containers {
         remove_container(handle, &spec.name, &container.name, interrupted).await?;

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{STATE_DIR, atomic, record_names};
-use crate::model::Mac;
+use crate::model::{Mac, overlay::OverlaySpec};
 
 /// One container the plugin attached.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -60,6 +60,19 @@ pub struct NetworkRecord {
     pub attachments: Vec<Attachment>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reservations: Vec<Reservation>,
+    /// The overlay the network's pods are on, as their configuration gave
+    /// it: what `netpath run` keeps the control plane of, without the
+    /// conflist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<NetworkOverlay>,
+}
+
+/// A CNI network on an overlay.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetworkOverlay {
+    pub spec: OverlaySpec,
+    /// This node's slices of the overlay's networks (the IPAM subnets).
+    pub subnets: Vec<IpNet>,
 }
 
 fn dir() -> PathBuf {

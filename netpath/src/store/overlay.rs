@@ -8,7 +8,10 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::{STATE_DIR, atomic};
-use crate::model::{naming::validate_topology_name, overlay::NodeRecord};
+use crate::model::{
+    naming::{cni_bridge_of, validate_ifname, validate_topology_name},
+    overlay::NodeRecord,
+};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct OverlayRecord {
@@ -24,21 +27,27 @@ pub struct OverlayRecord {
     pub programmed_at: u64,
 }
 
-pub fn path(topology: &str) -> Result<PathBuf> {
-    validate_topology_name(topology)?;
+/// The record of datapath `datapath` (a topology's, or a CNI network's
+/// `_cni-BRIDGE`); the name is validated first, so none reaches outside
+/// the state directory.
+pub fn path(datapath: &str) -> Result<PathBuf> {
+    match cni_bridge_of(datapath) {
+        Some(bridge) => validate_ifname("CNI bridge", bridge)?,
+        None => validate_topology_name(datapath)?,
+    }
     Ok(PathBuf::from(STATE_DIR)
         .join("overlay")
-        .join(format!("{topology}.json")))
+        .join(format!("{datapath}.json")))
 }
 
-pub fn load(topology: &str) -> Result<Option<OverlayRecord>> {
-    atomic::read_json(&path(topology)?)
+pub fn load(datapath: &str) -> Result<Option<OverlayRecord>> {
+    atomic::read_json(&path(datapath)?)
 }
 
-pub fn save(topology: &str, record: &OverlayRecord) -> Result<()> {
-    atomic::write_json(&path(topology)?, record)
+pub fn save(datapath: &str, record: &OverlayRecord) -> Result<()> {
+    atomic::write_json(&path(datapath)?, record)
 }
 
-pub fn remove(topology: &str) -> Result<()> {
-    atomic::remove(&path(topology)?)
+pub fn remove(datapath: &str) -> Result<()> {
+    atomic::remove(&path(datapath)?)
 }

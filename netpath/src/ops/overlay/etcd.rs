@@ -15,11 +15,8 @@ use anyhow::{Context, Result, bail};
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
 use log::{info, warn};
 
-use super::{local_record, program, set_connected};
-use crate::{
-    model::{TopologySpec, overlay::NodeRecord},
-    ops::topology::load_complete,
-};
+use super::{Member, local_record, program, set_connected};
+use crate::model::overlay::NodeRecord;
 
 /// How long one etcd request may take before the session is given up.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -35,19 +32,27 @@ pub fn prefix(vni: u32) -> String {
     format!("/netpath/overlay/{vni}/nodes/")
 }
 
-/// Runs the control plane of topology `spec` until the task is dropped.
-pub async fn run(spec: TopologySpec, endpoints: Vec<String>) {
-    let source = format!("etcd {}", endpoints.join(","));
+/// How the overlay record names etcd as the source of the peers.
+pub fn source(endpoints: &[String]) -> String {
+    format!("etcd {}", endpoints.join(","))
+}
+
+/// Runs the control plane of `member` until the task is dropped.
+pub async fn run(member: Member, endpoints: Vec<String>) {
+    let source = source(&endpoints);
     loop {
-        match session(&spec, &endpoints, &source).await {
+        match session(&member, &endpoints, &source).await {
             Ok(()) => return,
             Err(e) => {
                 warn!(
                     "{}: etcd control plane: {e:#}; forwarding on the last known state, retrying",
-                    spec.name
+                    member.name()
                 );
-                if let Err(e) = set_connected(&spec.name, false, None) {
-                    warn!("{}: recording the control plane's state: {e:#}", spec.name);
+                if let Err(e) = set_connected(&member.datapath, false, None) {
+                    warn!(
+                        "{}: recording the control plane's state: {e:#}",
+                        member.name()
+                    );
                 }
                 tokio::time::sleep(RETRY_EVERY).await;
             }
@@ -56,8 +61,8 @@ pub async fn run(spec: TopologySpec, endpoints: Vec<String>) {
 }
 
 /// One connection to etcd, until it fails.
-async fn session(spec: &TopologySpec, endpoints: &[String], source: &str) -> Result<()> {
-    let overlay = super::overlay_of(spec)?;
+async fn session(member: &Member, endpoints: &[String], source: &str) -> Result<()> {
+    let overlay = &member.overlay;
     let options = ConnectOptions::new()
         .with_connect_timeout(REQUEST_TIMEOUT)
         .with_timeout(REQUEST_TIMEOUT);
@@ -71,7 +76,7 @@ async fn session(spec: &TopologySpec, endpoints: &[String], source: &str) -> Res
         .context("granting a lease")?
         .id();
     let key = format!("{}{}", prefix(overlay.vni), overlay.node);
-    let mut published = local_record(spec)?;
+    let mut published = local_record(member)?;
     client
         .put(
             key.as_str(),
@@ -98,7 +103,7 @@ async fn session(spec: &TopologySpec, endpoints: &[String], source: &str) -> Res
         }
     }
     program(
-        spec,
+        member,
         nodes.values().cloned().collect(),
         source.into(),
         true,
@@ -106,7 +111,7 @@ async fn session(spec: &TopologySpec, endpoints: &[String], source: &str) -> Res
     )?;
     info!(
         "{}: registered as {} in {source} (lease {lease:x}, TTL {ttl} s), {} nodes",
-        spec.name,
+        member.name(),
         overlay.node,
         nodes.len()
     );
@@ -132,7 +137,7 @@ async fn session(spec: &TopologySpec, endpoints: &[String], source: &str) -> Res
             }
             _ = local.tick() => {
                 // Containers added or removed here: tell the others.
-                let now = local_record(&load_complete(&spec.name)?.spec)?;
+                let now = local_record(member)?;
                 if now != published {
                     client
                         .put(key.as_str(), serde_json::to_vec(&now)?, Some(PutOptions::new().with_lease(lease)))
@@ -169,7 +174,7 @@ async fn session(spec: &TopologySpec, endpoints: &[String], source: &str) -> Res
                     }
                 }
                 if changed {
-                    program(spec, nodes.values().cloned().collect(), source.into(), true, Some(lease))?;
+                    program(member, nodes.values().cloned().collect(), source.into(), true, Some(lease))?;
                 }
             }
         }
