@@ -387,40 +387,17 @@ fn three_hosts_carry_ping_tcp_and_udp_on_the_fast_path() {
         String::from_utf8_lossy(&in_ns(&ov.ns(0, 0), &["ip", "link", "show", "eth0"]).stdout)
             .into_owned();
     assert!(mtu_line.contains("mtu 1450"), "container MTU: {mtu_line}");
-    let fits = in_ns(
-        &ov.ns(0, 0),
-        &[
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            "-M",
-            "do",
-            "-s",
-            "1422",
-            &ip(1, 0),
-        ],
-    );
+    // One ping that may not be fragmented, with `payload` bytes of ICMP data.
+    let ping_unfragmented = |payload: &str| {
+        let args = ["ping", "-c", "1", "-W", "2", "-M", "do", "-s", payload];
+        in_ns(&ov.ns(0, 0), &[&args[..], &[ip(1, 0).as_str()]].concat())
+    };
+    let fits = ping_unfragmented("1422");
     assert!(
         fits.status.success(),
         "a 1450-byte packet did not cross: {fits:?}"
     );
-    let too_big = in_ns(
-        &ov.ns(0, 0),
-        &[
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            "-M",
-            "do",
-            "-s",
-            "1423",
-            &ip(1, 0),
-        ],
-    );
+    let too_big = ping_unfragmented("1423");
     assert!(
         !too_big.status.success(),
         "a 1451-byte packet crossed with DF set"

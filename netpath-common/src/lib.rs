@@ -297,8 +297,11 @@ pub struct OverlayStats {
     pub _pad: u64,
 }
 
-/// Most nodes of one overlay; also the bound of the flooding loop.
-pub const NODE_CAPACITY: u32 = 256;
+/// Most nodes of one overlay; also the bound of the flooding loop, which
+/// the verifier walks once per iteration whenever the port program loads
+/// (the first pod of a CNI network, `up`): measured on 6.18, the tc
+/// program verifies in 13 ms with a bound of 16 and 193 ms with 256.
+pub const NODE_CAPACITY: u32 = 64;
 
 /// Bytes of each redirected frame copied to userspace by `netpath trace`
 /// (a power of two: the programs bound the copy's length with a mask).
@@ -325,7 +328,7 @@ pub struct TraceEvent {
 /// types. The loader writes it into the pinned `LAYOUT` map when it creates
 /// a datapath's maps, and refuses pins of another version instead of
 /// misreading them. Bump it with every change to a map or a type above.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Map names, shared so the loader finds what the programs declare.
 pub mod maps {
