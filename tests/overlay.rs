@@ -1060,18 +1060,24 @@ impl CniNode {
     /// DEL of every pod, as the runtime removes them.
     fn del_all(&mut self) {
         for (container, pod) in std::mem::take(&mut self.pods) {
-            let path = netns::path(&pod.ns).display().to_string();
-            let (ok, result) = cni(
-                &self.host,
-                "DEL",
-                &container,
-                Some(&path),
-                "eth0",
-                &self.config,
-            );
-            common::outside("ip", &["netns", "del", &pod.ns]);
+            let (ok, result) = self.del(&container, &pod);
             assert!(ok, "DEL of {container} on {}: {result}", self.bridge);
         }
+    }
+
+    /// DEL of one pod, then its namespace deleted, as a runtime does.
+    fn del(&self, container: &str, pod: &Pod) -> (bool, Value) {
+        let path = netns::path(&pod.ns).display().to_string();
+        let outcome = cni(
+            &self.host,
+            "DEL",
+            container,
+            Some(&path),
+            "eth0",
+            &self.config,
+        );
+        common::outside("ip", &["netns", "del", &pod.ns]);
+        outcome
     }
 
     /// This node's record, as `overlay export` prints it for a peers file.
@@ -1150,17 +1156,11 @@ impl CniNode {
         if self.has_vxlan_device() {
             found.push("vxlan device netpath-vxlan".to_owned());
         }
-        let state = [
+        found.extend(common::existing([
             netpath::datapath::object::pin_dir(&datapath),
             netpath::store::cni::path(&self.bridge),
             netpath::store::overlay::path(&datapath).unwrap(),
-        ];
-        found.extend(
-            state
-                .into_iter()
-                .filter(|p| p.exists())
-                .map(|p| p.display().to_string()),
-        );
+        ]));
         found
     }
 }
@@ -1169,16 +1169,7 @@ impl Drop for CniNode {
     fn drop(&mut self) {
         self.daemon = None;
         for (container, pod) in std::mem::take(&mut self.pods) {
-            let path = netns::path(&pod.ns).display().to_string();
-            cni(
-                &self.host,
-                "DEL",
-                &container,
-                Some(&path),
-                "eth0",
-                &self.config,
-            );
-            common::outside("ip", &["netns", "del", &pod.ns]);
+            self.del(&container, &pod);
         }
     }
 }

@@ -236,19 +236,22 @@ impl Host {
         if pins.exists() {
             found.push(format!("pins {}", pins.display()));
         }
-        let state = [
+        found.extend(existing([
             store::topology::path(prefix).expect("a valid topology name"),
             lock_path(prefix),
             run_lock_path(prefix),
-        ];
-        found.extend(
-            state
-                .into_iter()
-                .filter(|p| p.exists())
-                .map(|p| p.display().to_string()),
-        );
+        ]));
         found
     }
+}
+
+/// Those of `paths` that exist, for the leftovers a test reports.
+pub fn existing(paths: impl IntoIterator<Item = std::path::PathBuf>) -> Vec<String> {
+    paths
+        .into_iter()
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect()
 }
 
 impl Drop for Host {
