@@ -18,6 +18,7 @@ use std::{
     },
 };
 
+use anyhow::Context;
 use netpath::{
     datapath::object::pin_dir,
     host::{netlink, netns},
@@ -63,6 +64,17 @@ pub struct Host {
     pub name: String,
 }
 
+/// Sysctls a host namespace would otherwise inherit from the machine's,
+/// set to what a namespace of a freshly booted kernel has. The thread that
+/// writes them has entered the namespace: /proc/sys/net is the writer's.
+const KERNEL_DEFAULTS: &[(&str, &str)] = &[
+    ("/proc/sys/net/ipv4/ip_forward", "0"),
+    ("/proc/sys/net/ipv4/conf/all/rp_filter", "0"),
+    ("/proc/sys/net/ipv4/conf/default/rp_filter", "0"),
+    ("/proc/sys/net/ipv6/conf/all/forwarding", "0"),
+    ("/proc/sys/net/ipv6/conf/default/forwarding", "0"),
+];
+
 impl Host {
     pub fn new() -> Arc<Host> {
         require_root();
@@ -75,13 +87,20 @@ impl Host {
         netns::create(&name).unwrap_or_else(|e| panic!("creating host namespace {name}: {e:#}"));
         let host = Host { name }; // deleted again if what follows fails
         // A fresh namespace has `lo` down (the metrics test listens on it).
+        // It also inherits the IPv4 settings of the machine's namespace
+        // (net.core.devconf_inherit_init_net=0, the default), forwarding and
+        // rp_filter included: every Docker or Kubernetes host forwards. Each
+        // host starts from the kernel's defaults instead.
         netns::run_in(&host.name, |h| async move {
+            for (sysctl, value) in KERNEL_DEFAULTS {
+                std::fs::write(sysctl, value).with_context(|| format!("writing {sysctl}"))?;
+            }
             let lo = netlink::link_by_name(&h, "lo")
                 .await?
                 .expect("every namespace has lo");
             netlink::set_up(&h, lo.index).await
         })
-        .unwrap_or_else(|e| panic!("setting lo up in {}: {e:#}", host.name));
+        .unwrap_or_else(|e| panic!("setting up host namespace {}: {e:#}", host.name));
         Arc::new(host)
     }
 

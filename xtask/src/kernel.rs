@@ -48,11 +48,7 @@ pub struct Kernel {
 }
 
 fn cache_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return Ok(PathBuf::from(dir).join("netpath/kernels"));
-    }
-    let home = std::env::var_os("HOME").context("HOME is not set")?;
-    Ok(PathBuf::from(home).join(".cache/netpath/kernels"))
+    Ok(crate::cache_dir()?.join("kernels"))
 }
 
 /// The kernel of `series`, from the cache or downloaded and unpacked.
@@ -254,7 +250,7 @@ impl Apt {
 
 /// The Debian archive mirror this machine's apt already uses (a URI ending
 /// in /debian in /etc/apt/sources.list or sources.list.d), with its key.
-fn debian_mirror() -> Result<(String, Option<String>)> {
+pub fn debian_mirror() -> Result<(String, Option<String>)> {
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(entries) = fs::read_dir("/etc/apt/sources.list.d") {
         let mut parts: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -279,7 +275,7 @@ fn debian_mirror() -> Result<(String, Option<String>)> {
     }
     bail!(
         "no Debian archive in /etc/apt/sources.list or /etc/apt/sources.list.d (a `deb` source whose URI ends in /debian): \
-         the kernel matrix downloads its kernels from the mirror apt already uses; add your Debian mirror there"
+         the kernel matrix and the clean root come from the mirror apt already uses; add your Debian mirror there"
     )
 }
 

@@ -2,14 +2,15 @@
 //! run netpath and its tests. These are the only commands a newcomer needs.
 
 mod build;
+mod clean_root;
 mod initramfs;
 mod kernel;
 mod setup;
 mod vm;
 
-use std::{process::Command, time::Duration};
+use std::{path::PathBuf, process::Command, time::Duration};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use setup::Need;
 
@@ -32,18 +33,24 @@ enum Verb {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, then run every test on this machine's kernel, then the kernel
-    /// matrix (the integration tests that matter per kernel, inside every
-    /// Debian kernel of the matrix, booted in qemu). Arguments go to `cargo
-    /// test` and skip the matrix; with --kernel, only the matrix runs, and
-    /// arguments, if any, replace its selection (BINARY or BINARY::TEST).
+    /// Build, then run every test on this machine's kernel, then the clean
+    /// root (the README's `cargo xtask run` in a fresh Debian 12 root), then
+    /// the kernel matrix (the integration tests that matter per kernel,
+    /// inside every Debian kernel of the matrix, booted in qemu). Arguments
+    /// go to `cargo test` and skip the other stages; with --kernel, only the
+    /// matrix runs, and arguments, if any, replace its selection (BINARY or
+    /// BINARY::TEST).
     Test {
         /// 5.10, 6.1 or all; repeat or give a comma list.
-        #[arg(long = "kernel", value_delimiter = ',', conflicts_with = "native")]
+        #[arg(long = "kernel", value_delimiter = ',', conflicts_with_all = ["native", "clean_root"])]
         kernels: Vec<String>,
-        /// Only this machine's kernel: no kernel matrix.
-        #[arg(long)]
+        /// Only this machine's kernel: no clean root, no kernel matrix.
+        #[arg(long, conflicts_with = "clean_root")]
         native: bool,
+        /// Only the clean-root stage: set-up, build and `cargo xtask run` in
+        /// a fresh Debian 12 root.
+        #[arg(long)]
+        clean_root: bool,
         /// Seconds a kernel may take to boot and run its tests before it is killed.
         #[arg(long, default_value_t = 1800)]
         kernel_timeout: u64,
@@ -78,13 +85,19 @@ fn main() -> Result<()> {
             vm::test(&kernels, &args, Duration::from_secs(kernel_timeout))
         }
         Verb::Test {
+            clean_root: true, ..
+        } => {
+            setup::run(Need::Test)?;
+            clean_root::test()
+        }
+        Verb::Test {
             native,
             kernel_timeout,
             args,
             ..
         } => {
-            let matrix = !native && args.is_empty();
-            setup::run(if matrix {
+            let every_stage = !native && args.is_empty();
+            setup::run(if every_stage {
                 Need::KernelMatrix
             } else {
                 Need::Test
@@ -92,9 +105,10 @@ fn main() -> Result<()> {
             build::ebpf()?;
             // Tests that need root fail (not skip) without it, with a message.
             build::status(&mut build::cargo_test(&args))?;
-            if !matrix {
+            if !every_stage {
                 return Ok(());
             }
+            clean_root::test()?;
             vm::test(
                 &vm::parse(&["all".to_owned()])?,
                 &[],
@@ -114,6 +128,15 @@ fn build_and_run_netpath(verb: &str, need: Need, args: &[String]) -> Result<()> 
         );
     }
     build::status(Command::new(build::netpath_binary()).arg(verb).args(args))
+}
+
+/// ~/.cache/netpath (or under XDG_CACHE_HOME): downloads kept between runs.
+pub fn cache_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Ok(PathBuf::from(dir).join("netpath"));
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    Ok(PathBuf::from(home).join(".cache/netpath"))
 }
 
 fn is_root() -> bool {

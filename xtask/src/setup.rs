@@ -20,18 +20,27 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const DEBIAN_TOOLS: &[(&str, &str, &[Need])] = &[
     // `--nat` runs nft.
     ("nft", "nftables", &[Need::Run, Need::Bench, Need::Test]),
-    // Building netpath: etcd-client compiles etcd's protobuf definitions.
+    // Building netpath: etcd-client compiles etcd's protobuf definitions
+    // with protoc, and they import protobuf's well-known types
+    // (google/protobuf/*.proto), which come in libprotobuf-dev, a package
+    // protobuf-compiler only recommends.
     (
         "protoc",
         "protobuf-compiler",
         &[Need::Run, Need::Bench, Need::Test],
     ),
+    (
+        "/usr/include/google/protobuf/descriptor.proto",
+        "libprotobuf-dev",
+        &[Need::Run, Need::Bench, Need::Test],
+    ),
+    // The README's "try it" next to `cargo xtask run`: ip netns exec, ping.
+    ("ip", "iproute2", &[Need::Run, Need::Bench, Need::Test]),
+    ("ping", "iputils-ping", &[Need::Run, Need::Test]),
     // The overlay tests' control plane.
     ("etcd", "etcd-server", &[Need::Test]),
-    ("ip", "iproute2", &[Need::Test]),
-    ("iperf3", "iperf3", &[Need::Bench, Need::Test]),
+    ("iperf3", "iperf3", &[Need::Run, Need::Bench, Need::Test]),
     ("sockperf", "sockperf", &[Need::Bench, Need::Test]),
-    ("ping", "iputils-ping", &[Need::Test]),
     ("ethtool", "ethtool", &[Need::Test]),
     ("bpftool", "bpftool", &[Need::Test]),
     ("tcpdump", "tcpdump", &[Need::Test]),
@@ -70,6 +79,8 @@ const DEBIAN_TOOLS: &[(&str, &str, &[Need])] = &[
     ),
     ("depmod", "kmod", &[Need::KernelMatrix]),
     ("xz", "xz-utils", &[Need::KernelMatrix]),
+    // The clean-root stage: a minimal Debian 12 root from the mirror.
+    ("mmdebstrap", "mmdebstrap", &[Need::Test]),
 ];
 
 /// What the set-up is for: each verb installs only what it uses.

@@ -5,7 +5,10 @@ use std::io::Read;
 
 fn main() -> std::process::ExitCode {
     // stdout is the runtime's; logs go to stderr, quietly by default.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(netpath::observe::DEFAULT_CNI_LOG_FILTER),
+    )
+    .init();
     let mut stdin = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut stdin);
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -104,6 +104,10 @@ pub enum Command {
         /// Refresh every second, showing rates.
         #[arg(long, conflicts_with = "json")]
         watch: bool,
+        /// Every counter, not the groups (fast path, to the bridge,
+        /// dropped, learned, from other nodes); --json always has every one.
+        #[arg(long, conflicts_with = "json")]
+        all: bool,
     },
     /// Show the frames the fast path redirected (tcpdump on a host veth
     /// cannot see them), as lines or a pcap file.
@@ -193,7 +197,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => status::run(&ops::named(&name)?, json).await,
         Command::Status { name: None, json } | Command::List { json } => list::run(json).await,
         Command::Fdb(command) => fdb::run(command).await,
-        Command::Stats { name, json, watch } => stats::run(&name.datapath()?, json, watch).await,
+        Command::Stats {
+            name,
+            json,
+            watch,
+            all,
+        } => stats::run(&name.datapath()?, json, watch, all).await,
         Command::Trace(args) => trace::run(args).await,
         Command::Monitor { name, json } => monitor::run(&name.datapath()?, json).await,
         Command::Overlay(command) => overlay::run(command).await,

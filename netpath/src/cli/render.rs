@@ -156,32 +156,78 @@ pub fn fdb_event(event: &Event) -> String {
     format!("{prefix}{} dev {} {what}", event.mac, event.ifname)
 }
 
+/// A column of `netpath stats`: one counter, or the sum of a group.
+struct StatsColumn {
+    header: String,
+    counters: Vec<Counter>,
+}
+
+/// The columns of `netpath stats`: by default the groups a reader needs
+/// (what the fast path sent, what it passed to the bridge, what it dropped,
+/// learned, and received from other nodes), which fit 100 columns; with
+/// `all`, every counter (`--json` always has every counter).
+fn stats_columns(all: bool) -> Vec<StatsColumn> {
+    if all {
+        return Counter::ALL
+            .iter()
+            .map(|c| StatsColumn {
+                header: c.name().to_uppercase(),
+                counters: vec![*c],
+            })
+            .collect();
+    }
+    [
+        ("FAST-PATH", &Counter::SENT[..]),
+        ("TO-BRIDGE", &Counter::PASSED[..]),
+        ("DROPPED", &Counter::DROPPED[..]),
+        ("LEARNED", &[Counter::Learned][..]),
+        ("FROM-NODES", &[Counter::Decapsulated][..]),
+    ]
+    .into_iter()
+    .map(|(header, counters)| StatsColumn {
+        header: header.into(),
+        counters: counters.to_vec(),
+    })
+    .collect()
+}
+
 /// An aligned table, one row per port; with `previous` and `seconds`,
-/// rates per second instead of totals.
-pub fn stats_table(stats: &[PortStats], previous: Option<(&[PortStats], f64)>) -> String {
+/// rates per second instead of totals; `all` shows every counter instead
+/// of the groups.
+pub fn stats_table(
+    stats: &[PortStats],
+    previous: Option<(&[PortStats], f64)>,
+    all: bool,
+) -> String {
+    let columns = stats_columns(all);
+    let sum = |port: &PortStats, column: &StatsColumn| -> u64 {
+        column.counters.iter().map(|c| port.get(*c)).sum()
+    };
     let mut out = format!("{:<16}", "PORT");
-    for counter in Counter::ALL {
-        out.push_str(&format!(" {:>12}", counter.name().to_uppercase()));
+    for column in &columns {
+        let width = column.header.len().max(12);
+        out.push_str(&format!(" {:>width$}", column.header));
     }
     out.push('\n');
     for port in stats {
         out.push_str(&format!("{:<16}", port.port));
-        for counter in Counter::ALL {
+        for column in &columns {
             let value = match previous {
                 Some((before, seconds)) => {
                     let old = before
                         .iter()
                         .find(|p| p.ifindex == port.ifindex)
-                        .map(|p| p.get(counter))
+                        .map(|p| sum(p, column))
                         .unwrap_or(0);
                     format!(
                         "{:.0}/s",
-                        port.get(counter).saturating_sub(old) as f64 / seconds
+                        sum(port, column).saturating_sub(old) as f64 / seconds
                     )
                 }
-                None => port.get(counter).to_string(),
+                None => sum(port, column).to_string(),
             };
-            out.push_str(&format!(" {value:>12}"));
+            let width = column.header.len().max(12);
+            out.push_str(&format!(" {value:>width$}"));
         }
         out.push('\n');
     }

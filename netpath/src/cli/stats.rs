@@ -10,7 +10,7 @@ use crate::{
     host::netlink::LinkNames,
 };
 
-pub async fn run(topology: &str, json: bool, watch: bool) -> Result<()> {
+pub async fn run(topology: &str, json: bool, watch: bool, all: bool) -> Result<()> {
     require_root()?;
     let names = LinkNames::load(&netlink_handle().await?).await?;
     let maps = datapath::maps(topology)?;
@@ -20,7 +20,7 @@ pub async fn run(topology: &str, json: bool, watch: bool) -> Result<()> {
         return render::json_line(&current);
     }
     if !watch {
-        print!("{}", render::stats_table(&current, None));
+        print!("{}", render::stats_table(&current, None, all));
         return Ok(());
     }
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -34,7 +34,7 @@ pub async fn run(topology: &str, json: bool, watch: bool) -> Result<()> {
         // Clear the screen and redraw in place, like `watch`.
         print!(
             "\x1b[H\x1b[2Jnetpath stats --name {topology} (rates per second; Ctrl-C to quit)\n\n{}",
-            render::stats_table(&next, Some((&current, 1.0)))
+            render::stats_table(&next, Some((&current, 1.0)), all)
         );
         current = next;
     }

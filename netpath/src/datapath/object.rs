@@ -66,6 +66,12 @@ pub fn learned_capacity(fdb_size: u32) -> Result<u32> {
 /// (`pins` = None) or opened from / pinned to the given directory, whose
 /// layout version is checked first (and written when the maps are new).
 pub fn load(pins: Option<&Path>, fdb_size: u32) -> Result<Ebpf> {
+    if OBJECT.is_empty() {
+        bail!(
+            "this netpath was built without its BPF object (a `cargo build` before `cargo xtask build`): \
+             build it with `cargo xtask build`, which compiles netpath-ebpf first"
+        );
+    }
     super::memlock::raise_for_bpf()?;
     let mut loader = EbpfLoader::new();
     // The kernel's BTF (megabytes, parsed on every load: most of the time a

@@ -225,9 +225,17 @@ async fn watch_vanishing_ports(handle: Handle, topology: String) {
                 return;
             }
         };
-    tokio::spawn(connection);
+    // The connection lives and dies with this task: spawned apart, it would
+    // outlive the abort at teardown and report every later link event as
+    // undeliverable (netlink-proto's WARN lines).
+    let mut connection = std::pin::pin!(connection);
     let prefix = port_name(&topology, "");
-    while let Some((message, _)) = events.next().await {
+    loop {
+        let next = tokio::select! {
+            _ = &mut connection => return,
+            next = events.next() => next,
+        };
+        let Some((message, _)) = next else { return };
         let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) = message.payload
         else {
             continue;
