@@ -39,6 +39,9 @@ const SUITE: &str = "bookworm";
 /// crates.io. mmdebstrap's minbase variant adds apt, dpkg and coreutils.
 const BASE_PACKAGES: &[&str] = &["ca-certificates", "gcc", "libc6-dev"];
 
+/// Where Debian keeps a machine's own CA certificates.
+const LOCAL_CAS: &str = "/usr/local/share/ca-certificates";
+
 /// The most each step may take before it is killed and the stage fails.
 const BUILD_DEADLINE_S: u32 = 40 * 60;
 const SMOKE_DEADLINE_S: u32 = 10 * 60;
@@ -85,7 +88,12 @@ pub fn test() -> Result<()> {
     ));
     let result = prepare(&tarball, &root).and_then(|()| {
         eprintln!("clean root: `cargo xtask build` in {} (set-up, then build)", root.display());
-        in_root(&root, false, BUILD_DEADLINE_S, "cd /root/netpath && cargo xtask build")
+        in_root(
+            &root,
+            false,
+            BUILD_DEADLINE_S,
+            "update-ca-certificates >/dev/null && cd /root/netpath && cargo xtask build",
+        )
             .context("`cargo xtask build` failed in a fresh Debian 12 root: the output above names what the project uses and does not install")?;
         eprintln!("clean root: `cargo xtask run` in a network namespace of its own");
         in_root(&root, true, SMOKE_DEADLINE_S, SMOKE_SCRIPT)
@@ -156,8 +164,21 @@ fn prepare(tarball: &Path, root: &Path) -> Result<()> {
             .arg(root.join("root/netpath")),
     )
     .with_context(|| format!("cloning {} into the clean root", workspace.display()))?;
+    // The network this machine is on, not a dependency of the project: its
+    // name servers, and the CAs it trusts beyond Debian's (a site's TLS
+    // proxy), which any machine on this network has.
     fs::copy("/etc/resolv.conf", root.join("etc/resolv.conf"))
         .context("copying /etc/resolv.conf into the clean root")?;
+    let local_cas = Path::new(LOCAL_CAS);
+    if local_cas.is_dir() {
+        build::status(
+            Command::new("cp")
+                .arg("-a")
+                .arg(local_cas.join("."))
+                .arg(root.join(LOCAL_CAS.trim_start_matches('/'))),
+        )
+        .context("copying this machine's local CA certificates into the clean root")?;
+    }
     // rustup's proxies are one binary under many names, as rustup-init
     // leaves them.
     let rustup = which("rustup").context("rustup is not on PATH")?;
