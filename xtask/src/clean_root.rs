@@ -82,10 +82,8 @@ echo "clean root: cargo xtask run, ping c0 -> c1, status, stats, fdb dump, Ctrl-
 pub fn test() -> Result<()> {
     let started = Instant::now();
     let tarball = base_root()?;
-    let root = PathBuf::from(format!(
-        "/var/tmp/netpath-clean-root.{}",
-        std::process::id()
-    ));
+    // One place, emptied first: a stage stopped by Ctrl-C leaves its root.
+    let root = crate::cache_dir()?.join("clean-root/work");
     let result = prepare(&tarball, &root).and_then(|()| {
         eprintln!("clean root: `cargo xtask build` in {} (set-up, then build)", root.display());
         in_root(
@@ -146,7 +144,7 @@ fn base_root() -> Result<PathBuf> {
 /// Unpacks the base, clones HEAD into /root/netpath and gives root the
 /// rustup proxies, with this machine's toolchains to be mounted read-only.
 fn prepare(tarball: &Path, root: &Path) -> Result<()> {
-    let _ = remove_root(root);
+    remove_root(root)?;
     fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     build::status(
         Command::new("tar")
