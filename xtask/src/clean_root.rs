@@ -192,8 +192,8 @@ fn prepare(tarball: &Path, root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs `script` with bash as root in `root`, in a mount namespace of its
-/// own (and a network namespace of its own with `own_net`), with fresh
+/// Runs `script` with bash as root in `root`, in mount and PID namespaces
+/// of its own (and a network namespace of its own with `own_net`), with fresh
 /// proc, sys, bpffs, /run and /tmp, this machine's /dev, and its rustup
 /// toolchains read-only; killed after `deadline_s`.
 fn in_root(root: &Path, own_net: bool, deadline_s: u32, script: &str) -> Result<()> {
@@ -201,8 +201,12 @@ fn in_root(root: &Path, own_net: bool, deadline_s: u32, script: &str) -> Result<
         .map(PathBuf::from)
         .unwrap_or_else(|| home().join(".rustup"));
     let r = root.display();
+    // The root is bound onto itself first: `ip netns exec` remounts below
+    // `/`, which must then be a mount point. Every mount lives in the
+    // private mount namespace and goes with it.
     let mounts = format!(
         "set -e
+mount --bind {r} {r}
 mount -t proc proc {r}/proc
 mount -t sysfs sysfs {r}/sys
 mount -t bpf bpf {r}/sys/fs/bpf
@@ -216,15 +220,20 @@ exec chroot {r} /usr/bin/env -i HOME=/root TERM=dumb CI=true \
     /bin/bash -c \"$0\"",
         rustup = rustup_home.display(),
     );
+    // A PID namespace as well: when the script ends, or unshare is killed
+    // (the deadline, Ctrl-C), every process the script started dies with
+    // it, `cargo xtask run` in a session of its own included.
     let mut cmd = Command::new("timeout");
     cmd.args([
-        "--kill-after=10",
+        "--foreground",
         &deadline_s.to_string(),
         "unshare",
         "--mount",
         "--propagation",
         "private",
+        "--pid",
         "--fork",
+        "--kill-child",
     ]);
     if own_net {
         cmd.arg("--net");
