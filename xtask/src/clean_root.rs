@@ -72,7 +72,9 @@ kill -INT -- "-$run"
 for _ in $(seq 120); do kill -0 "$run" 2>/dev/null || break; sleep 0.5; done
 kill -0 "$run" 2>/dev/null && { kill -KILL -- "-$run"; fail "cargo xtask run did not stop within 60 s of Ctrl-C"; }
 wait "$run" || fail "cargo xtask run exited with status $? after Ctrl-C"
-left="$(ip -o link show | grep -v ': lo:'; ip netns list; ls -A /sys/fs/bpf)"
+# Links, namespaces, pins and records; bpffs's own maps.debug and
+# progs.debug stay, as does the (empty) folder netpath keeps its pins in.
+left="$(ip -o link show | grep -v ': lo:'; ip netns list; find /sys/fs/bpf/netpath -mindepth 1; find /run/netpath -name '*.json')"
 [ -z "$left" ] || fail "Ctrl-C left: $left"
 cat /tmp/run.log
 echo "clean root: cargo xtask run, ping c0 -> c1, status, stats, fdb dump, Ctrl-C: passed"
