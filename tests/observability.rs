@@ -478,3 +478,162 @@ fn a_killed_tracer_stops_tracing_and_a_second_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Every pinned map of `topology`, as bpftool dumps it (keys and values in
+/// bytes, per CPU where the map is per CPU), by map name.
+fn pinned_maps(topology: &Topology) -> Vec<(String, String)> {
+    let dir = netpath::datapath::object::pin_dir(&topology.name);
+    let mut maps: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        // Directories hold the pinned programs and links, files the maps.
+        .filter(|path| path.is_file())
+        .map(|path| {
+            let out = outside(
+                "bpftool",
+                &["-j", "map", "dump", "pinned", path.to_str().unwrap()],
+            );
+            assert!(out.status.success(), "bpftool map dump {}", path.display());
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, String::from_utf8_lossy(&out.stdout).into_owned())
+        })
+        .collect();
+    maps.sort();
+    assert!(
+        maps.len() >= 10,
+        "too few pinned maps in {}: {maps:?}",
+        dir.display()
+    );
+    maps
+}
+
+/// Reads never write: with a port vanished behind netpath's back (what the
+/// reconciler sweeps), every pinned map and the topology's record are the
+/// same, byte for byte, before and after each read verb. The next change
+/// (`port del` of another port) reconciles, and the vanished port's
+/// entries are gone.
+#[test]
+fn reads_change_no_map_and_no_record() {
+    let t = Topology::up(
+        "pure",
+        &[
+            "--containers",
+            "3",
+            "--subnet",
+            "10.172.0.0/24",
+            "--mode",
+            "tc",
+        ],
+    );
+    for c in ["c0", "c1", "c2"] {
+        quiet(&t.ns(c));
+    }
+    // Learned and neighbour state, so that the maps are not just as `up` left them.
+    assert!(ping(&t.ns("c0"), "10.172.0.3"));
+    let status = t.status();
+    let gone = status["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["netns"] == t.ns("c2"))
+        .expect("port c2")
+        .clone();
+    assert!(
+        outside("ip", &["netns", "del", &t.ns("c2")])
+            .status
+            .success()
+    );
+    let started = Instant::now();
+    while t
+        .sh(
+            "ip",
+            &["link", "show", "dev", gone["name"].as_str().unwrap()],
+        )
+        .status
+        .success()
+    {
+        assert!(
+            started.elapsed() < patience(Duration::from_secs(5)),
+            "the veth of c2 outlived its namespace"
+        );
+        sleep(Duration::from_millis(20));
+    }
+    let has_gone_entries = |maps: &[(String, String)]| {
+        let ifindex = gone["ifindex"].as_u64().unwrap() as u8;
+        let key = format!("\"key\":[\"{ifindex:#04x}\",\"0x00\",\"0x00\",\"0x00\"]");
+        maps.iter()
+            .any(|(name, dump)| name == "PORT_STATE" && dump.contains(&key))
+    };
+    let record = common::state_path(&t.name);
+    let maps_before = pinned_maps(&t);
+    let record_before = std::fs::read(&record).expect("the topology's record");
+    assert!(
+        has_gone_entries(&maps_before),
+        "the vanished port's state is not there to be swept: the test proves nothing"
+    );
+
+    let name = t.name.as_str();
+    let reads: Vec<Vec<&str>> = vec![
+        vec!["status", "--name", name],
+        vec!["status", "--name", name, "--json"],
+        vec!["status"],
+        vec!["list"],
+        vec!["list", "--json"],
+        vec!["fdb", "dump", "--name", name],
+        vec!["fdb", "dump", "--name", name, "--json"],
+        vec!["stats", "--name", name],
+        vec!["stats", "--name", name, "--all"],
+        vec!["stats", "--name", name, "--json"],
+    ];
+    let unchanged = |what: &str| {
+        let after = pinned_maps(&t);
+        for ((map, before), (_, now)) in maps_before.iter().zip(&after) {
+            assert_eq!(before, now, "{what} changed map {map}");
+        }
+        assert_eq!(maps_before.len(), after.len(), "{what} changed the maps");
+        assert!(
+            std::fs::read(&record).unwrap() == record_before,
+            "{what} changed the record {}",
+            record.display()
+        );
+    };
+    for args in &reads {
+        t.netpath_ok(args);
+        unchanged(&format!("netpath {}", args.join(" ")));
+    }
+    // The readers that run until Ctrl-C: monitor, and trace (which turns
+    // the programs' copies on with a lease in CONFIG and off again).
+    for args in [
+        vec!["monitor", "--name", name],
+        vec!["trace", "--name", name],
+    ] {
+        let child = t
+            .netpath_command()
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting a reader");
+        sleep(Duration::from_millis(500));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        let what = format!("netpath {}", args.join(" "));
+        let out = output_within(child, Duration::from_secs(5), &what);
+        assert!(out.status.success(), "{what}: {out:?}");
+        unchanged(&what);
+    }
+
+    // A change reconciles: the vanished port's entries go with it.
+    t.netpath_ok(&["port", "del", "--name", name, "c1"]);
+    assert!(
+        !has_gone_entries(&pinned_maps(&t)),
+        "port del did not sweep the vanished port"
+    );
+    assert!(
+        !t.fdb().iter().any(|e| e["ifindex"] == gone["ifindex"]),
+        "an FDB entry of the vanished port stayed after port del"
+    );
+}

@@ -470,9 +470,18 @@ impl Deref for Topology {
     }
 }
 
+/// A teardown that fails fails the test (unless it already fails): a test
+/// that leaks its topology would hide the bug that made `down` fail.
 impl Drop for Topology {
     fn drop(&mut self) {
-        let _ = self.host.netpath(&["down", "--name", &self.name]);
+        let out = self.host.netpath(&["down", "--name", &self.name]);
+        if !out.status.success() && !std::thread::panicking() {
+            panic!(
+                "netpath down --name {} failed in the teardown: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }
 
@@ -639,16 +648,29 @@ impl Running {
     }
 
     /// Ctrl-C, as a user would; true if `run` then exited successfully.
+    /// A `run` still running 30 s later (scaled by [`patience`]) is killed
+    /// and fails the test.
     pub fn interrupt(&mut self) -> bool {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGINT,
         )
         .expect("SIGINT");
-        self.child
-            .wait()
-            .expect("waiting for netpath run")
-            .success()
+        let limit = patience(std::time::Duration::from_secs(30));
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("polling netpath run") {
+                return status.success();
+            }
+            if started.elapsed() >= limit {
+                let _ = self.child.kill();
+                panic!(
+                    "netpath run still running {limit:?} after Ctrl-C, killed: {}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 

@@ -78,25 +78,34 @@ pub struct Datapath {
     pub ports: Vec<Port>,
 }
 
-/// The pinned maps of a running datapath, after forgetting the ports that
-/// vanished (see [`forget_vanished_ports`]): whoever opens them sees no
-/// entry of a port that is gone, whether or not `netpath run` watches.
+/// The pinned maps of a running datapath, as they are: opening them changes
+/// nothing, so every read (`status`, `fdb dump`, `stats`, `trace`,
+/// `monitor`, metrics, CNI STATUS) is pure. A port whose device vanished
+/// keeps its entries until the reconciler ([`reconcile`]) runs; the
+/// programs already pass frames for it to the bridge, counted.
 pub fn maps(datapath: &str) -> Result<Maps> {
-    let maps = Maps::open(&pin_dir(datapath)).with_context(|| {
+    Maps::open(&pin_dir(datapath)).with_context(|| {
         let owner = match naming::cni_bridge_of(datapath) {
             Some(bridge) => format!("the CNI network on bridge {bridge}"),
             None => format!("topology {datapath}"),
         };
         format!("is {owner} up in xdp or tc mode?")
-    })?;
+    })
+}
+
+/// The reconciler: the maps of a datapath about to change, after removing
+/// the state and FDB entries of every port whose device is gone (namespace
+/// deleted, runtime crashed). Called with the datapath's lock held, by the
+/// commands that change a datapath and by `netpath run`'s sweep; never by
+/// a read.
+pub fn reconcile(datapath: &str) -> Result<Maps> {
+    let maps = maps(datapath)?;
     forget_vanished_ports(&maps)?;
     Ok(maps)
 }
 
-/// Removes the state and FDB entries of every port whose device is gone
-/// (namespace deleted, runtime crashed): the kernel took it out of the
-/// devmap, which the programs already treat as "not there" (frames to it
-/// pass to the bridge, counted).
+/// The kernel took a vanished port out of the devmap, which the programs
+/// already treat as "not there"; its other entries go here.
 fn forget_vanished_ports(maps: &Maps) -> Result<()> {
     let devmap = maps.ports()?;
     let live: HashSet<u32> = devmap
@@ -458,7 +467,7 @@ pub fn remove(datapath: &str) -> Result<()> {
 /// entry is back (`fdb add`, or learned again on a port without a source
 /// check; a port's own container MAC is never learned).
 pub fn forget_mac(datapath: &str, mac: Mac) -> Result<bool> {
-    fdb::Fdb::open(&maps(datapath)?)?.remove(mac)
+    fdb::Fdb::open(&reconcile(datapath)?)?.remove(mac)
 }
 
 /// Removes a port that is leaving the datapath from the maps (`ifindex`:
@@ -466,7 +475,7 @@ pub fn forget_mac(datapath: &str, mac: Mac) -> Result<bool> {
 /// device is deleted, unpinning is cheap: the kernel detached the links
 /// with the device, so none waits for an RCU grace period. A port whose device
 /// is gone already (namespace deleted) loses its entries as every vanished
-/// port does, see [`maps`].
+/// port does, see [`reconcile`].
 pub fn forget_port(datapath: &str, port: &Port, ifindex: Option<u32>) -> Result<()> {
     unpin_port(datapath, port)?;
     forget_port_entries(datapath, ifindex)
@@ -493,7 +502,7 @@ pub fn forget_port_entries(datapath: &str, ifindex: Option<u32>) -> Result<()> {
     }
     match ifindex {
         Some(ifindex) => drop_port_entries(&Maps::open(&pin_dir(datapath))?, ifindex).map(drop),
-        None => maps(datapath).map(drop),
+        None => reconcile(datapath).map(drop),
     }
 }
 
@@ -505,7 +514,7 @@ pub fn forget_port_entries(datapath: &str, ifindex: Option<u32>) -> Result<()> {
 /// instructions too (a freshly loaded copy). Returns the number of ports.
 pub async fn upgrade(handle: &Handle, datapath: &str, force: bool) -> Result<usize> {
     let dir = pin_dir(datapath);
-    let live = maps(datapath)?;
+    let live = reconcile(datapath)?;
     let fdb_size = aya::maps::MapInfo::from_pin(dir.join(netpath_common::maps::FDB_STATIC))
         .with_context(|| format!("reading the FDB size of {}", dir.display()))?
         .max_entries();

@@ -19,7 +19,7 @@ pub async fn add(handle: &Handle, named: &Named, mac: Mac, port: &str) -> Result
     let datapath = named.datapath();
     let _lock = Lock::acquire(&datapath, Purpose::Change)?;
     let (host_veth, ifindex) = port_ifindex(handle, named, port).await?;
-    Fdb::open(&datapath::maps(&datapath)?)?.add_static(mac, ifindex)?;
+    Fdb::open(&datapath::reconcile(&datapath)?)?.add_static(mac, ifindex)?;
     Ok(host_veth)
 }
 
@@ -35,5 +35,5 @@ pub fn del(datapath: &str, shown_name: &str, mac: Mac) -> Result<()> {
 /// Deletes every learned entry; returns how many.
 pub fn flush(datapath: &str) -> Result<usize> {
     let _lock = Lock::acquire(datapath, Purpose::Change)?;
-    Fdb::open(&datapath::maps(datapath)?)?.flush_learned()
+    Fdb::open(&datapath::reconcile(datapath)?)?.flush_learned()
 }

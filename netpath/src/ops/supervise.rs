@@ -111,7 +111,13 @@ pub async fn run(
             continue;
         }
         if !report {
-            match datapath::maps(&name).and_then(|maps| Fdb::open(&maps)?.age_out(ageing)) {
+            // The sweep changes the maps: under the lock, as every change.
+            // A busy lock skips one tick (its holder reconciles itself).
+            let Ok(_lock) = Lock::acquire(&name, Purpose::Change) else {
+                debug!("topology {name}: being changed; sweeping at the next tick");
+                continue;
+            };
+            match datapath::reconcile(&name).and_then(|maps| Fdb::open(&maps)?.age_out(ageing)) {
                 Ok(0) => {}
                 Ok(n) => {
                     totals

@@ -378,6 +378,9 @@ pub async fn port_del(handle: &Handle, topology: &str, container: &str) -> Resul
         .map(|l| l.index);
     datapath::forget_port(topology, &port, ifindex)?;
     remove_container(handle, topology, &container, false).await?;
+    if datapath::is_running(topology) {
+        datapath::reconcile(topology)?;
+    }
     record::save(&rec)
 }
 

@@ -260,7 +260,7 @@ pub fn program(
     lease: Option<i64>,
 ) -> Result<Changes> {
     let peers = peers_of(&member.overlay, records);
-    let changes = remote::program(&datapath::maps(&member.datapath)?, &peers)?;
+    let changes = remote::program(&datapath::reconcile(&member.datapath)?, &peers)?;
     if changes.any() {
         info!(
             "{}: overlay now {} nodes ({changes:?})",
