@@ -488,6 +488,16 @@ fn pinned_maps(topology: &Topology) -> Vec<(String, String)> {
         .map(|entry| entry.unwrap().path())
         // Directories hold the pinned programs and links, files the maps.
         .filter(|path| path.is_file())
+        // A ring buffer has no keys to dump: what it holds is a queue for
+        // `trace`, which takes what it reads out of it.
+        .filter(|path| {
+            let out = outside(
+                "bpftool",
+                &["-j", "map", "show", "pinned", path.to_str().unwrap()],
+            );
+            let show: Value = serde_json::from_slice(&out.stdout).expect("bpftool map show");
+            show["type"] != "ringbuf"
+        })
         .map(|path| {
             let out = outside(
                 "bpftool",
