@@ -6,11 +6,11 @@ mod common;
 
 use std::{
     ffi::OsStr,
-    io::{BufRead, BufReader},
     process::Stdio,
+    time::{Duration, Instant},
 };
 
-use common::Host;
+use common::{Host, Lines, output_within, patience};
 use netpath::{datapath::object::pin_dir, host::netns, model::naming::cni_datapath, store};
 use serde_json::Value;
 
@@ -227,17 +227,19 @@ fn interrupt_while_measuring(args: &[&str], targets: &[&str]) {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let mut progress = BufReader::new(child.stderr.take().unwrap()).lines();
-    assert!(
-        progress.any(|l| l.unwrap().contains("[2/")),
-        "bench {args:?} showed no progress"
-    );
+    // Every bed is built by the second measurement; the beds take seconds.
+    let progress = Lines::of(child.stderr.take().unwrap(), "bench's progress on stderr");
+    let deadline = Instant::now() + patience(Duration::from_secs(120));
+    while !progress
+        .next_before(deadline, &"its second measurement ([2/...])")
+        .contains("[2/")
+    {}
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
-    let status = child.wait().unwrap();
+    let status = output_within(child, Duration::from_secs(60), "bench after Ctrl-C").status;
     assert!(
         !status.success(),
         "an interrupted bench {args:?} must not report success"

@@ -894,9 +894,8 @@ fn adds_succeed_during_and_after_a_mac_flood() {
     );
     assert!(ok, "{out}");
     let flooder = RawSocket::open(&sandboxes[0].0, "eth0");
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let sent = std::thread::scope(|scope| {
-        let flood = scope.spawn(|| {
+    let (sent, ()) = common::while_running(
+        |stop: &std::sync::atomic::AtomicBool| {
             let mut sent = 0u64;
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) || sent < 100_000 {
@@ -912,19 +911,19 @@ fn adds_succeed_during_and_after_a_mac_flood() {
                 }
             }
             sent
-        });
-        let (ok, out) = cni(
-            &host,
-            "ADD",
-            "ctr-1",
-            Some(&sandboxes[1].path()),
-            "eth0",
-            &config,
-        );
-        assert!(ok, "ADD during the flood: {out}");
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        flood.join().unwrap()
-    });
+        },
+        || {
+            let (ok, out) = cni(
+                &host,
+                "ADD",
+                "ctr-1",
+                Some(&sandboxes[1].path()),
+                "eth0",
+                &config,
+            );
+            assert!(ok, "ADD during the flood: {out}");
+        },
+    );
     let (ok, out) = cni(
         &host,
         "ADD",

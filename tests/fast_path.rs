@@ -5,14 +5,14 @@
 mod common;
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread::sleep,
     time::Duration,
 };
 
 use common::{
-    BridgeForwardCounter, Host, Running, Topology, in_ns, link_packets, ping, quiet, state_path,
-    verdicts,
+    BridgeForwardCounter, Host, Running, Topology, in_ns, iperf3, link_packets, ping, quiet,
+    state_path, verdicts,
 };
 use serde_json::Value;
 
@@ -26,40 +26,9 @@ fn ethtool_stat(host: &Host, dev: &str, name: &str) -> u64 {
         .sum()
 }
 
-fn iperf_server(ns: &str, port: u16) -> Child {
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "iperf3",
-            "-s",
-            "-1",
-            "-p",
-            &port.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    sleep(common::patience(Duration::from_millis(300)));
-    child
-}
-
-/// Runs an iperf3 client; returns its JSON report.
+/// Runs an iperf3 client for 2 s; returns its JSON report.
 fn iperf(from: &str, server_ns: &str, to_ip: &str, port: u16, extra: &[&str]) -> Value {
-    let mut server = iperf_server(server_ns, port);
-    let port = port.to_string();
-    let mut args = vec!["iperf3", "-c", to_ip, "-p", &port, "-t", "2", "-J"];
-    args.extend_from_slice(extra);
-    let out = in_ns(from, &args);
-    let _ = server.wait();
-    assert!(
-        out.status.success(),
-        "iperf3 {extra:?} failed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    iperf3::run(from, server_ns, to_ip, port, 2, extra)
 }
 
 /// Drives TCP both ways, UDP and a ping flood from c0 to c1 and checks that
@@ -486,34 +455,15 @@ fn the_datapath_survives_a_killed_loader_and_is_adopted() {
         ],
     );
     let (t, name) = (&run.topology, run.topology.name.clone());
-    let mut server = iperf_server(&t.ns("c1"), 5301);
-    let client = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.ns("c0"),
-            "iperf3",
-            "-c",
-            "10.121.0.3",
-            "-p",
-            "5301",
-            "-t",
-            "3",
-            "-J",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let server = iperf3::Server::start(&t.ns("c1"), 5301);
+    let client = iperf3::Client::start(&t.ns("c0"), "10.121.0.3", 5301, 3, &[]);
     sleep(Duration::from_secs(1));
     run.child.kill().unwrap(); // SIGKILL
     run.child.wait().unwrap();
     let before = t.counter(&t.ns("c0"), "redirected");
-    let out = client.wait_with_output().unwrap();
-    let _ = server.wait();
-    assert!(
-        out.status.success(),
-        "iperf3 failed after the loader was killed"
-    );
+    // The report asserts that iperf3 succeeded after the loader was killed.
+    client.report();
+    server.finish();
     let after = t.counter(&t.ns("c0"), "redirected");
     assert!(
         after > before,
@@ -818,37 +768,20 @@ fn upgrade_replaces_the_programs_under_traffic_without_a_gap() {
         );
         let redirected_before = t.counter(&ports[0], "redirected");
 
-        let servers = [iperf_server(&c1, 5301), iperf_server(&c1, 5302)];
-        let tcp = common::spawn_in(&c0, &["iperf3", "-c", &ip1, "-p", "5301", "-t", "4", "-J"]);
-        let udp = common::spawn_in(
-            &c0,
-            &[
-                "iperf3", "-c", &ip1, "-p", "5302", "-t", "4", "-J", "-u", "-b", "20M", "-l", "512",
-            ],
-        );
+        let servers = [
+            iperf3::Server::start(&c1, 5301),
+            iperf3::Server::start(&c1, 5302),
+        ];
+        let tcp = iperf3::Client::start(&c0, &ip1, 5301, 4, &[]);
+        let udp = iperf3::Client::start(&c0, &ip1, 5302, 4, &["-u", "-b", "20M", "-l", "512"]);
         for _ in 0..3 {
             sleep(Duration::from_millis(700));
             t.netpath_ok(&["upgrade", "--name", &t.name, "--force"]);
         }
-        let reports: Vec<Value> = [("TCP", tcp), ("UDP", udp)]
-            .into_iter()
-            .map(|(what, client)| {
-                let out = common::output_within(
-                    client,
-                    Duration::from_secs(20),
-                    &format!("iperf3 {what}"),
-                );
-                assert!(
-                    out.status.success(),
-                    "{mode}: iperf3 {what} failed across the upgrade: {}",
-                    String::from_utf8_lossy(&out.stdout)
-                );
-                serde_json::from_slice(&out.stdout).unwrap()
-            })
-            .collect();
-        for mut server in servers {
-            let _ = server.kill();
-            let _ = server.wait();
+        // Each report asserts that its iperf3 succeeded across the upgrades.
+        let reports: Vec<Value> = [tcp, udp].into_iter().map(iperf3::Client::report).collect();
+        for server in servers {
+            server.finish();
         }
         let after: Vec<u32> = ports
             .iter()

@@ -5,16 +5,16 @@
 mod common;
 
 use std::{
-    process::{Child, Stdio},
+    process::Stdio,
     sync::atomic::{AtomicBool, Ordering},
     thread::sleep,
     time::{Duration, Instant},
 };
 
 use common::{
-    BridgeForwardCounter, RawSocket, Topology, frame, link_packets,
+    BridgeForwardCounter, RawSocket, Topology, frame, iperf3, link_packets,
     packets::{self, ETH_P_IP},
-    parse_mac, ping, send_raw_frames, spawn_in,
+    parse_mac, ping, send_raw_frames,
 };
 use serde_json::Value;
 
@@ -45,52 +45,25 @@ fn mac_of(t: &Topology, container: &str) -> [u8; 6] {
 /// Two iperf3 TCP pairs (c0 -> c1, c2 -> c3) side by side for `secs`:
 /// each pair's received bits per second.
 fn two_pairs(t: &Topology, prefix: &str, secs: u32) -> [f64; 2] {
-    let servers: Vec<Child> = ["c1", "c3"]
+    let servers: Vec<iperf3::Server> = ["c1", "c3"]
         .iter()
-        .map(|c| spawn_in(&t.ns(c), &["iperf3", "-s", "-1", "-p", "5501"]))
+        .map(|c| iperf3::Server::start(&t.ns(c), 5501))
         .collect();
-    sleep(Duration::from_millis(300));
-    let clients: Vec<Child> = [("c0", 3), ("c2", 5)]
+    let clients: Vec<iperf3::Client> = [("c0", 3), ("c2", 5)]
         .iter()
         .map(|(c, host)| {
             let server = format!("{prefix}.{host}");
-            spawn_in(
-                &t.ns(c),
-                &[
-                    "iperf3",
-                    "-c",
-                    &server,
-                    "-p",
-                    "5501",
-                    "-t",
-                    &secs.to_string(),
-                    "-O",
-                    "1",
-                    "-J",
-                ],
-            )
+            iperf3::Client::start(&t.ns(c), &server, 5501, secs, &["-O", "1"])
         })
         .collect();
     let mut rates = [0.0; 2];
     for (i, client) in clients.into_iter().enumerate() {
-        let out = client.wait_with_output().unwrap();
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-            panic!(
-                "pair {i}: no iperf3 report: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        assert!(
-            report.get("error").is_none(),
-            "pair {i}: {}",
-            report["error"]
-        );
-        rates[i] = report["end"]["sum_received"]["bits_per_second"]
+        rates[i] = client.report()["end"]["sum_received"]["bits_per_second"]
             .as_f64()
             .unwrap();
     }
-    for mut server in servers {
-        let _ = server.wait();
+    for server in servers {
+        server.finish();
     }
     rates
 }
@@ -99,9 +72,8 @@ fn two_pairs(t: &Topology, prefix: &str, secs: u32) -> [f64; 2] {
 /// from random source MACs as fast as it can; returns how many it sent.
 /// `seed` picks the MACs: another seed, other MACs.
 fn while_flooding<T>(flooder: &str, seed: u64, work: impl FnOnce() -> T) -> (u64, T) {
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        let flood = scope.spawn(|| {
+    common::while_running(
+        |stop: &AtomicBool| {
             // The flooder gets the CPU the pairs leave, as a container's CPU
             // share would hold it: on 2 CPUs that two pairs fill, any busy
             // loop at their priority (sending or not) takes a third of the
@@ -126,12 +98,12 @@ fn while_flooding<T>(flooder: &str, seed: u64, work: impl FnOnce() -> T) -> (u64
                 }
             }
             sent
-        });
-        sleep(Duration::from_millis(300));
-        let result = work();
-        stop.store(true, Ordering::Relaxed);
-        (flood.join().unwrap(), result)
-    })
+        },
+        || {
+            sleep(Duration::from_millis(300));
+            work()
+        },
+    )
 }
 
 /// A container without the source check (the harder case: it learns)
@@ -579,20 +551,7 @@ fn a_vanished_port_leaves_no_entry_and_no_black_hole() {
                 .status
                 .success()
         );
-        // The namespace's devices go asynchronously: wait for the host end.
-        let started = Instant::now();
-        while t
-            .host
-            .sh("ip", &["link", "show", "dev", gone_name.as_str().unwrap()])
-            .status
-            .success()
-        {
-            assert!(
-                started.elapsed() < common::patience(Duration::from_secs(5)),
-                "{mode}: the veth outlived its namespace"
-            );
-            sleep(Duration::from_millis(20));
-        }
+        t.wait_link_gone(gone_name.as_str().unwrap());
         let to_gone: Vec<Vec<u8>> = (0..20)
             .map(|_| {
                 packets::ipv4(

@@ -262,14 +262,11 @@ fn run_with_metrics(tag: &str, subnet: &str) -> (Running, String) {
         &["--containers", "2", "--subnet", subnet, "--metrics", &addr],
     );
     // `run` serves metrics a moment after the topology is up.
-    let started = Instant::now();
-    while !run.topology.run(|| TcpStream::connect(&addr).is_ok()) {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "nothing listens on {addr}"
-        );
-        sleep(Duration::from_millis(50));
-    }
+    common::within(
+        Duration::from_secs(5),
+        &format!("something listening on {addr}"),
+        || run.topology.run(|| TcpStream::connect(&addr).is_ok()),
+    );
     (run, addr)
 }
 
@@ -553,21 +550,7 @@ fn reads_change_no_map_and_no_record() {
             .status
             .success()
     );
-    let started = Instant::now();
-    while t
-        .sh(
-            "ip",
-            &["link", "show", "dev", gone["name"].as_str().unwrap()],
-        )
-        .status
-        .success()
-    {
-        assert!(
-            started.elapsed() < patience(Duration::from_secs(5)),
-            "the veth of c2 outlived its namespace"
-        );
-        sleep(Duration::from_millis(20));
-    }
+    t.wait_link_gone(gone["name"].as_str().unwrap());
     let has_gone_entries = |maps: &[(String, String)]| {
         let ifindex = gone["ifindex"].as_u64().unwrap() as u8;
         let key = format!("\"key\":[\"{ifindex:#04x}\",\"0x00\",\"0x00\",\"0x00\"]");

@@ -19,7 +19,7 @@ use std::{
 
 use common::{
     BridgeForwardCounter, Host, Topology, cni, in_ns, link_packets, output_within, ping, spawn_in,
-    unique_name, verdicts,
+    unique_name, verdicts, within,
 };
 use netpath::host::netns;
 use serde_json::{Value, json};
@@ -237,21 +237,9 @@ fn run_within(ns: &str, args: &[&str], secs: u64) -> Output {
     )
 }
 
-/// An iperf3 run between two containers; the server serves one test.
+/// An iperf3 run of 2 s between two containers: the client's report.
 fn iperf(client: &str, server: &str, to: &str, port: u16, extra: &[&str]) -> Value {
-    let port = port.to_string();
-    let server = common::KillOnDrop(spawn_in(server, &["iperf3", "-s", "-1", "-p", &port]));
-    std::thread::sleep(common::patience(Duration::from_millis(300)));
-    let mut args = vec!["iperf3", "-c", to, "-p", &port, "-t", "2", "-J"];
-    args.extend_from_slice(extra);
-    let out = run_within(client, &args, 30);
-    drop(server);
-    assert!(
-        out.status.success(),
-        "iperf3 {extra:?} {client} -> {to} failed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::iperf3::run(client, server, to, port, 2, extra)
 }
 
 /// What a container receives that matches a tcpdump filter, for a few
@@ -792,21 +780,6 @@ impl EtcdNode {
             "--json",
         ]))
         .unwrap()
-    }
-}
-
-/// Waits up to `limit` for `done`; returns how long it took, or fails
-/// saying `what`.
-#[track_caller]
-fn within(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let started = std::time::Instant::now();
-    let limit = common::patience(limit);
-    loop {
-        if done() {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -4,14 +4,14 @@
 mod common;
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     thread::sleep,
     time::{Duration, Instant},
 };
 
 use common::{
-    BridgeForwardCounter, Host, Running, Topology, frame, in_ns, link_packets, outside, parse_mac,
-    ping, send_raw_frames, spawn_in, unique_name,
+    BridgeForwardCounter, Host, Running, Topology, frame, in_ns, iperf3, link_packets, outside,
+    parse_mac, ping, send_raw_frames, spawn_in, unique_name,
 };
 use netpath::{
     datapath::{
@@ -23,7 +23,6 @@ use netpath::{
     ops::fault,
     store,
 };
-use serde_json::Value;
 use std::os::unix::process::ExitStatusExt;
 
 /// 32 containers, 16 disjoint pairs of iperf3 TCP for 10 s in each mode:
@@ -57,15 +56,9 @@ fn sixteen_pairs_of_tcp_in_every_mode() {
             mode,
             "the topology is not in {mode} mode"
         );
-        let servers: Vec<Child> = (0..16)
-            .map(|p| {
-                spawn_in(
-                    &t.ns(&format!("c{}", 2 * p + 1)),
-                    &["iperf3", "-s", "-1", "-p", "5401"],
-                )
-            })
+        let servers: Vec<iperf3::Server> = (0..16)
+            .map(|p| iperf3::Server::start(&t.ns(&format!("c{}", 2 * p + 1)), 5401))
             .collect();
-        sleep(common::patience(Duration::from_millis(500)));
         // Counted from here: the frames of the iperf3 runs (and the few
         // ARP and IPv6 frames the containers send meanwhile).
         let bridge = BridgeForwardCounter::from_ports_of(&t);
@@ -77,28 +70,14 @@ fn sixteen_pairs_of_tcp_in_every_mode() {
         } else {
             (t.all_verdicts(), redirected(&t))
         };
-        let clients: Vec<Child> = (0..16)
+        let clients: Vec<iperf3::Client> = (0..16)
             .map(|p| {
                 let server_ip = format!("10.140.0.{}", 2 * p + 3);
-                spawn_in(
-                    &t.ns(&format!("c{}", 2 * p)),
-                    &["iperf3", "-c", &server_ip, "-p", "5401", "-t", "10", "-J"],
-                )
+                iperf3::Client::start(&t.ns(&format!("c{}", 2 * p)), &server_ip, 5401, 10, &[])
             })
             .collect();
         for (p, client) in clients.into_iter().enumerate() {
-            let out = client.wait_with_output().unwrap();
-            let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-                panic!(
-                    "{mode}: pair {p}: no iperf3 report: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            });
-            assert!(
-                report.get("error").is_none(),
-                "{mode}: pair {p}: {}",
-                report["error"]
-            );
+            let report = client.report();
             let intervals = report["intervals"].as_array().unwrap();
             assert!(intervals.len() >= 9, "{mode}: pair {p} ended early");
             for (i, interval) in intervals.iter().enumerate() {
@@ -114,8 +93,8 @@ fn sixteen_pairs_of_tcp_in_every_mode() {
                 "{mode}: pair {p}: {received} of {sent} bytes"
             );
         }
-        for mut server in servers {
-            let _ = server.wait();
+        for server in servers {
+            server.finish();
         }
         let sent: u64 = (0..32)
             .map(|c| link_packets(&t.ns(&format!("c{c}")), "eth0").1)
@@ -177,12 +156,8 @@ fn churn_under_load() {
             "10.141.0.3",
         ],
     );
-    let server = spawn_in(&t.ns("c3"), &["iperf3", "-s", "-1", "-p", "5402"]);
-    sleep(Duration::from_millis(300));
-    let client = spawn_in(
-        &t.ns("c2"),
-        &["iperf3", "-c", "10.141.0.5", "-p", "5402", "-t", "5", "-J"],
-    );
+    let server = iperf3::Server::start(&t.ns("c3"), 5402);
+    let client = iperf3::Client::start(&t.ns("c2"), "10.141.0.5", 5402, 5, &[]);
 
     t.netpath_ok(&["port", "add", "--name", &name, "x1"]);
     t.netpath_ok(&["port", "del", "--name", &name, "x1"]);
@@ -204,27 +179,20 @@ fn churn_under_load() {
             .status
             .success()
     );
-    let started = Instant::now();
-    loop {
-        let gone = t
-            .fdb()
-            .iter()
-            .all(|e| e["ifindex"].as_u64() != Some(c4_ifindex));
-        if gone
-            && !t.status()["ports"]
-                .as_array()
-                .unwrap()
+    common::within(
+        Duration::from_secs(3),
+        "run forgetting the vanished port's entries and record",
+        || {
+            t.fdb()
                 .iter()
-                .any(|p| p["netns"] == t.ns("c4"))
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "entries of the vanished port stayed"
-        );
-        sleep(Duration::from_millis(50));
-    }
+                .all(|e| e["ifindex"].as_u64() != Some(c4_ifindex))
+                && !t.status()["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["netns"] == t.ns("c4"))
+        },
+    );
     // The container comes back on a new port, same MAC, same address.
     let started = Instant::now();
     t.netpath_ok(&[
@@ -250,14 +218,9 @@ fn churn_under_load() {
     );
     assert!(started.elapsed() < Duration::from_secs(2));
 
-    let out = client.wait_with_output().unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        report.get("error").is_none(),
-        "iperf3 between c2 and c3 broke: {}",
-        report["error"]
-    );
-    let _ = server.wait_with_output();
+    // The report asserts that iperf3 between c2 and c3 did not break.
+    client.report();
+    server.finish();
     let summary = String::from_utf8_lossy(&pinger.wait_with_output().unwrap().stdout).into_owned();
     assert!(
         summary.contains(" 300 received"),
@@ -537,7 +500,7 @@ fn two_loaders_on_one_topology() {
     assert_eq!(t.status()["ports"].as_array().unwrap().len(), 16);
     assert!(ping(&t.ns("c0"), "10.143.0.17"));
 
-    let mut run = host
+    let run = host
         .netpath_command()
         .args([
             "run",
@@ -553,7 +516,11 @@ fn two_loaders_on_one_topology() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    sleep(Duration::from_millis(800));
+    common::within(
+        Duration::from_secs(10),
+        "the first run taking its lock",
+        || common::is_locked(&common::run_lock_path(&name)),
+    );
     let second = host.netpath(&[
         "run",
         "--name",
@@ -568,7 +535,7 @@ fn two_loaders_on_one_topology() {
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
-    let _ = run.wait();
+    common::output_within(run, Duration::from_secs(30), "netpath run after Ctrl-C");
     assert!(!second.status.success());
     assert!(
         String::from_utf8_lossy(&second.stderr).contains("already run by another"),
@@ -605,27 +572,11 @@ fn jumbo_frames_work_or_are_refused_clearly() {
             out.status.success(),
             "{mode}: 8900-byte unfragmented ping failed"
         );
-        let server = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &t.ns("c1"),
-                "iperf3",
-                "-s",
-                "-1",
-                "-p",
-                "5403",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        sleep(Duration::from_millis(300));
-        let out = in_ns(
-            &t.ns("c0"),
-            &["iperf3", "-c", &peer, "-p", "5403", "-t", "1", "-M", "8900"],
-        );
-        let _ = server.wait_with_output();
-        assert!(out.status.success(), "{mode}: jumbo TCP failed");
+        let server = iperf3::Server::start(&t.ns("c1"), 5403);
+        let client = iperf3::Client::start(&t.ns("c0"), &peer, 5403, 1, &["-M", "8900"]);
+        // The report asserts that jumbo TCP worked.
+        client.report();
+        server.finish();
     }
     let host = Host::new();
     let name = unique_name("jx");
@@ -1045,14 +996,7 @@ fn a_port_gone_without_run_is_no_black_hole() {
                 .success()
         );
         // The kernel dismantles the namespace (and so c1's veth) a moment later.
-        let started = Instant::now();
-        while t.sh("ip", &["link", "show", &t.ns("c1")]).status.success() {
-            assert!(
-                started.elapsed() < Duration::from_secs(3),
-                "{mode}: c1's host veth outlived its namespace"
-            );
-            sleep(Duration::from_millis(20));
-        }
+        t.wait_link_gone(&t.ns("c1"));
         // c0 still believes c1 is there (its neighbour entry), as a peer would.
         in_ns(
             &t.ns("c0"),

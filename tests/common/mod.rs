@@ -4,6 +4,7 @@
 //! host) down even when the test fails.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod iperf3;
 pub mod packets;
 
 use std::{
@@ -14,7 +15,7 @@ use std::{
     process::{Command, Output},
     sync::{
         Arc,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
 };
 
@@ -131,6 +132,23 @@ impl Host {
             .args(args)
             .output()
             .expect("running netpath")
+    }
+
+    /// Waits until the host has no link `dev`: after `ip netns del`, the
+    /// kernel dismantles a namespace's devices (and so a veth's host end)
+    /// a moment later.
+    #[track_caller]
+    pub fn wait_link_gone(&self, dev: &str) {
+        within(
+            std::time::Duration::from_secs(5),
+            &format!("link {dev} outlived its namespace"),
+            || {
+                !self
+                    .sh("ip", &["link", "show", "dev", dev])
+                    .status
+                    .success()
+            },
+        );
     }
 
     /// Runs netpath and asserts success, returning stdout.
@@ -332,6 +350,20 @@ pub fn lock_path(topology: &str) -> std::path::PathBuf {
 
 pub fn run_lock_path(topology: &str) -> std::path::PathBuf {
     store::lock::path(topology, store::lock::Purpose::Run)
+}
+
+/// Whether a process holds the lock in `path` (netpath's locks are
+/// flocks): a test waits for this, not for a sleep, before it races the
+/// holder.
+pub fn is_locked(path: &std::path::Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    // SAFETY: flock(2) on a descriptor this function owns; closing the file
+    // releases a lock taken here.
+    let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    !taken
 }
 
 /// The state record of a topology, named by the product.
@@ -600,6 +632,51 @@ fn parse_link_packets(out: &Output) -> (u64, u64) {
         stats["rx"]["packets"].as_u64().unwrap(),
         stats["tx"]["packets"].as_u64().unwrap(),
     )
+}
+
+/// Waits up to `limit` (scaled by [`patience`]) for `done`, polling every
+/// 20 ms; returns how long it took, or fails the test saying `what`.
+#[track_caller]
+pub fn within(
+    limit: std::time::Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    let limit = patience(limit);
+    loop {
+        if done() {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Runs `work` while `background` runs on a thread of its own, polling the
+/// flag it is given to know when to stop: the flag is raised when `work`
+/// returns or panics, so a failing `work` fails the test instead of leaving
+/// it waiting for the background thread forever. Returns both results.
+pub fn while_running<B: Send, T>(
+    background: impl FnOnce(&AtomicBool) -> B + Send,
+    work: impl FnOnce() -> T,
+) -> (B, T) {
+    struct RaiseOnDrop<'a>(&'a AtomicBool);
+    impl Drop for RaiseOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(|| background(&stop));
+        let result = {
+            let _raise = RaiseOnDrop(&stop);
+            work()
+        };
+        let background = handle.join().expect("the background thread panicked");
+        (background, result)
+    })
 }
 
 /// `netpath run` in the background, on a topology (and host) of its own;
