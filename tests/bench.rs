@@ -101,7 +101,8 @@ fn bench(host: &Host, args: &[&OsStr]) -> (u32, String, String) {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let out = child.wait_with_output().unwrap();
+    // A bench of a few short runs; minutes mean it hangs.
+    let out = output_within(child, Duration::from_secs(600), &format!("bench {args:?}"));
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -11,7 +11,12 @@ use std::{
 use common::{
     BridgeForwardCounter, Host, RawSocket, cni, frame, in_ns, outside, ping, unique_name,
 };
-use netpath::{datapath::object::pin_dir, host::netns, model::naming::cni_datapath, store};
+use netpath::{
+    datapath::object::pin_dir,
+    host::netns,
+    model::naming::{cni_datapath, cni_host_veth},
+    store,
+};
 use serde_json::{Value, json};
 
 fn conf(bridge: &str, ipam: Value) -> Value {
@@ -1001,19 +1006,6 @@ fn recorded_containers(bridge: &str) -> Vec<String> {
         .collect()
 }
 
-/// Waits (at most 5 s) until `link` is gone from `host`: a deleted
-/// namespace takes its veth with it, asynchronously.
-fn wait_link_gone(host: &Host, link: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while host.sh("ip", &["link", "show", link]).status.success() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{link} still there 5 s after its namespace went"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 /// Issue 14: one pod's runtime crashed (its host veth deleted behind the
 /// runtime's back), another's namespace was deleted without DEL. Neither
 /// blocks the next pod: its ADD succeeds and it reaches a live pod on the
@@ -1053,7 +1045,7 @@ fn a_stale_pod_never_blocks_another() {
             .status
             .success()
     );
-    wait_link_gone(&host, &attached[1].host_veth);
+    host.wait_link_gone(&attached[1].host_veth);
 
     let (ok, result) = cni(
         &host,
@@ -1142,7 +1134,7 @@ fn del_without_the_namespace_removes_everything() {
             .status
             .success()
     );
-    wait_link_gone(&host, &attached[0].host_veth);
+    host.wait_link_gone(&attached[0].host_veth);
     let (ok, out) = cni(&host, "DEL", "ctr-0", Some(&gone_path), "eth0", &config);
     assert!(ok, "DEL without the namespace: {out}");
     assert_eq!(recorded_containers(&bridge), ["ctr-1", "ctr-2"]);
@@ -1154,6 +1146,86 @@ fn del_without_the_namespace_removes_everything() {
         redirected_from(&cni_datapath(&bridge), attached[1].ifindex) > before,
         "not on the fast path"
     );
+}
+
+/// Host veth names are a 32-bit hash of container ID and interface, and
+/// pod46b89/eth0 and pod9fbd4/eth0 share one (npaeee28dd). A DEL for the
+/// never-added pod9fbd4 succeeds, as a DEL of what is not there does, and
+/// leaves pod46b89 alone; pod9fbd4's ADD is refused and leaves it alone
+/// too. (Found with the veth taken by its name alone: the DEL deleted
+/// pod46b89's veth.)
+#[test]
+fn a_container_whose_veth_name_collides_cannot_touch_another_pod() {
+    let (victim_id, collider_id) = ("pod46b89", "pod9fbd4");
+    assert_eq!(
+        cni_host_veth(victim_id, "eth0"),
+        cni_host_veth(collider_id, "eth0"),
+        "the two IDs no longer share a host veth name: pick two that do"
+    );
+    let host = Host::new();
+    let bridge = unique_name("cc");
+    let config = conf(
+        &bridge,
+        json!({"type": "netpath", "subnet": "10.189.0.0/24"}),
+    );
+    let sandboxes: Vec<Sandbox> = ["v", "c", "p"]
+        .iter()
+        .map(|s| Sandbox::new(format!("{bridge}-{s}")))
+        .collect();
+    let ids = [victim_id, collider_id, "peer"];
+    let _cleanup = Network::new(
+        &host,
+        &config,
+        ids.iter()
+            .map(|id| id.to_string())
+            .zip(sandboxes.iter().map(Sandbox::path)),
+    );
+    let victim = add_pod(&host, &config, victim_id, &sandboxes[0]);
+    add_pod(&host, &config, "peer", &sandboxes[2]);
+    let victim_intact = |after: &str| {
+        assert!(
+            host.sh("ip", &["link", "show", &victim.host_veth])
+                .status
+                .success(),
+            "{after} deleted {victim_id}'s host veth {}",
+            victim.host_veth
+        );
+        assert!(
+            ping(&sandboxes[2].0, &victim.ip),
+            "{victim_id} is unreachable after {after}"
+        );
+    };
+
+    let collider = Some(sandboxes[1].path());
+    let (ok, out) = cni(
+        &host,
+        "DEL",
+        collider_id,
+        collider.as_deref(),
+        "eth0",
+        &config,
+    );
+    assert!(ok, "DEL of a container never added: {out}");
+    victim_intact(&format!("the DEL of {collider_id}"));
+
+    let (ok, out) = cni(
+        &host,
+        "ADD",
+        collider_id,
+        collider.as_deref(),
+        "eth0",
+        &config,
+    );
+    assert!(!ok, "ADD of a colliding container succeeded: {out}");
+    assert!(
+        out["msg"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&victim.host_veth),
+        "the refusal does not name the shared host veth: {out}"
+    );
+    victim_intact(&format!("the refused ADD of {collider_id}"));
+    assert_eq!(recorded_containers(&bridge), [victim_id, "peer"]);
 }
 
 fn conf_1_1(bridge: &str, subnet: &str) -> Value {
@@ -1451,7 +1523,7 @@ fn an_add_killed_halfway_blocks_nothing() {
     let dead_pid = gone.id();
     gone.wait().unwrap();
     reserve(&bridge, &ids[1], dead_pid);
-    let veth = netpath::model::naming::cni_host_veth(&ids[1], "eth0");
+    let veth = cni_host_veth(&ids[1], "eth0");
     let made = host.sh(
         "ip",
         &[

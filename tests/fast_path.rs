@@ -547,7 +547,8 @@ fn mode_switches_live_without_losing_the_ping() {
 
 /// How many replies a `ping -q` child received, and its summary.
 fn pings_received(pinger: std::process::Child) -> (u64, String) {
-    let summary = String::from_utf8_lossy(&pinger.wait_with_output().unwrap().stdout).into_owned();
+    let out = common::output_within(pinger, Duration::from_secs(60), "the pinger");
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
     let received = summary
         .split(", ")
         .find_map(|part| part.strip_suffix(" received"))

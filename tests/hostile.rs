@@ -363,7 +363,7 @@ fn a_forged_victim_keeps_its_traffic() {
             rounds += 1;
             sleep(Duration::from_millis(5));
         }
-        let out = pinger.wait_with_output().unwrap();
+        let out = common::output_within(pinger, Duration::from_secs(60), "the pinger");
         let summary = String::from_utf8_lossy(&out.stdout);
         assert!(
             summary.contains(" 100 received"),

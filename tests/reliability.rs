@@ -221,7 +221,8 @@ fn churn_under_load() {
     // The report asserts that iperf3 between c2 and c3 did not break.
     client.report();
     server.finish();
-    let summary = String::from_utf8_lossy(&pinger.wait_with_output().unwrap().stdout).into_owned();
+    let out = common::output_within(pinger, Duration::from_secs(60), "the pinger");
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         summary.contains(" 300 received"),
         "c0 -> c1 lost packets during churn: {summary}"
@@ -478,7 +479,7 @@ fn two_loaders_on_one_topology() {
             .unwrap()
     };
     let (a, b) = (spawn(), spawn());
-    let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    let outs = [a, b].map(|up| common::output_within(up, Duration::from_secs(60), "an up"));
     let created = outs
         .iter()
         .filter(|o| {
@@ -762,7 +763,8 @@ fn topologies_are_isolated_and_pins_are_private() {
         .collect();
     assert_eq!(send_raw_frames(&a.ns("c0"), "eth0", &frames), 100);
     for capture in captures {
-        let out = capture.wait_with_output().unwrap();
+        // `timeout 3` ends tcpdump; a capture still running later hangs.
+        let out = common::output_within(capture, Duration::from_secs(20), "tcpdump");
         let report = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(
             report.contains("0 packets captured"),

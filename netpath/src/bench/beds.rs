@@ -111,6 +111,7 @@ pub(super) fn make_wire(name: &str, subnet: &str) -> Result<Bed> {
             mtu: DEFAULT_MTU,
             bridge: None,
             owner: &owner,
+            container: None,
             addresses: &[b_ip],
             gateways: &[],
             source_check: false,

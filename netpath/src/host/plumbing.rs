@@ -9,7 +9,10 @@ use ipnet::IpNet;
 use rtnetlink::Handle;
 
 use super::{netlink, netns};
-use crate::model::{Mac, naming::owner_alias};
+use crate::model::{
+    Mac,
+    naming::{owner_alias, pod_alias},
+};
 
 /// One container's connection.
 pub struct Plug<'a> {
@@ -25,6 +28,9 @@ pub struct Plug<'a> {
     pub bridge: Option<u32>,
     /// Topology or CNI datapath whose alias marks the host end.
     pub owner: &'a str,
+    /// The CNI container (ID, interface) the host end belongs to, marked
+    /// in its alias after the owner.
+    pub container: Option<(&'a str, &'a str)>,
     /// The container's addresses, one per family.
     pub addresses: &'a [IpNet],
     /// Default routes of the container, one per family.
@@ -60,7 +66,11 @@ pub async fn create_pair(handle: &Handle, p: &Plug<'_>) -> Result<netlink::Link>
         mac: p.mac,
     };
     let host = netlink::create_veth(handle, p.host_veth, p.bridge, p.mtu, peer).await?;
-    let host = netlink::set_alias(handle, &host, &owner_alias(p.owner)).await?;
+    let alias = match p.container {
+        Some((id, ifname)) => pod_alias(p.owner, id, ifname),
+        None => owner_alias(p.owner),
+    };
+    let host = netlink::set_alias(handle, &host, &alias).await?;
     if let (Some(_), Some(mac)) = (p.bridge, p.mac) {
         secure_bridge_port(handle, host.index, mac, p.source_check).await?;
     }
@@ -109,12 +119,14 @@ pub fn configure_inside(
     })
 }
 
-/// Whether `owner` may delete `link`: it carries the owner's mark, or the
-/// owner's record is of an interrupted change that created the link but
-/// had not marked it yet (its names were checked free before).
-pub fn owned(link: &netlink::Link, owner: &str, interrupted: bool) -> bool {
-    link.alias.as_deref() == Some(owner_alias(owner).as_str())
-        || (interrupted && link.alias.is_none())
+/// Whether a link marked with one of `marks` may be deleted: it carries
+/// one, or it is of an interrupted change that created it but had not
+/// marked it yet (its names were checked free before).
+fn marked(link: &netlink::Link, marks: &[String], interrupted: bool) -> bool {
+    match link.alias.as_deref() {
+        Some(alias) => marks.iter().any(|m| m == alias),
+        None => interrupted,
+    }
 }
 
 /// Deletes the host end (and so the pair) if it is `owner`'s; returns
@@ -125,11 +137,44 @@ pub async fn unplug(
     owner: &str,
     interrupted: bool,
 ) -> Result<bool> {
+    unplug_marked(handle, host_veth, &[owner_alias(owner)], interrupted).await
+}
+
+/// Deletes a CNI container's host end if its alias names the container.
+/// `recorded`: the owner's record holds the attachment with this host veth,
+/// which proves it the container's even under the owner-only mark of older
+/// netpath versions. Without that, a container whose ID hashes to the same
+/// name cannot touch it.
+pub async fn unplug_pod(
+    handle: &Handle,
+    host_veth: &str,
+    owner: &str,
+    (container_id, ifname): (&str, &str),
+    recorded: bool,
+    interrupted: bool,
+) -> Result<bool> {
+    let mut marks = vec![pod_alias(owner, container_id, ifname)];
+    if recorded {
+        marks.push(owner_alias(owner));
+    }
+    unplug_marked(handle, host_veth, &marks, interrupted).await
+}
+
+async fn unplug_marked(
+    handle: &Handle,
+    host_veth: &str,
+    marks: &[String],
+    interrupted: bool,
+) -> Result<bool> {
     let Some(link) = netlink::link_by_name(handle, host_veth).await? else {
         return Ok(false);
     };
-    if !owned(&link, owner, interrupted) {
-        log::warn!("not deleting link {host_veth}: netpath did not create it");
+    if !marked(&link, marks, interrupted) {
+        log::warn!(
+            "not deleting link {host_veth}: it is not {} (alias {:?})",
+            marks.join(" or "),
+            link.alias.as_deref().unwrap_or("")
+        );
         return Ok(false);
     }
     netlink::delete_link(handle, link.index).await

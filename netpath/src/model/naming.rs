@@ -19,6 +19,14 @@ pub fn owner_alias(owner: &str) -> String {
     format!("{OWNER_ALIAS_PREFIX}{owner}")
 }
 
+/// The alias on a CNI pod's host veth: its owner's mark and the container
+/// it belongs to (ID and interface). The veth's name is a 32-bit hash of
+/// the two, which another container can share, so a link is a container's
+/// by its alias (or its record), never by its name alone.
+pub fn pod_alias(owner: &str, container_id: &str, ifname: &str) -> String {
+    format!("{} {container_id}/{ifname}", owner_alias(owner))
+}
+
 pub fn bridge_name(topology: &str) -> String {
     format!("{topology}-br")
 }

@@ -384,7 +384,14 @@ async fn take_off(call: &Call<'_>, a: &Attachment, removal: Removal) -> CniResul
     };
     let interrupted = removal == Removal::FailedAdd;
     let (unplugged, released) = tokio::join!(
-        plumbing::unplug(call.handle, &a.host_veth, &owner, interrupted),
+        plumbing::unplug_pod(
+            call.handle,
+            &a.host_veth,
+            &owner,
+            (&a.container_id, &a.ifname),
+            true,
+            interrupted
+        ),
         released
     );
     unplugged.map_err(CniError::io)?;
@@ -464,7 +471,7 @@ async fn remove_unrecorded(
     let owner = call.conf.datapath_name();
     let veth = cni_host_veth(container.0, container.1);
     let (unplugged, released) = tokio::join!(
-        plumbing::unplug(call.handle, &veth, &owner, interrupted),
+        plumbing::unplug_pod(call.handle, &veth, &owner, container, false, interrupted),
         release(call, container)
     );
     unplugged.map_err(CniError::io)?;
@@ -564,6 +571,18 @@ async fn add(call: &Call<'_>) -> CniResult<Value> {
             }
         }
     }
+    let host_veth = cni_host_veth(&env.container_id, &env.ifname);
+    if let Some(other) = rec.attachments.iter().find(|a| a.host_veth == host_veth) {
+        return Err(CniError::new(
+            CniError::INVALID_ENVIRONMENT,
+            format!(
+                "container {}/{} would have host veth {host_veth}, which is container {}/{}'s \
+                 (the name is a 32-bit hash of container ID and interface): \
+                 give the container another ID or interface name",
+                env.container_id, env.ifname, other.container_id, other.ifname
+            ),
+        ));
+    }
     let addresses = allocate(conf, &rec)?;
     let mac = Mac::derive(&format!("{}/{}", env.container_id, env.ifname), |m| {
         rec.mac_taken(m)
@@ -572,7 +591,7 @@ async fn add(call: &Call<'_>) -> CniResult<Value> {
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
         netns: netns_path,
-        host_veth: cni_host_veth(&env.container_id, &env.ifname),
+        host_veth,
         mac,
         ips: Vec::new(),
         gateways: Vec::new(),
@@ -664,6 +683,7 @@ async fn plug(
         mtu: placement.mtu,
         bridge: Some(bridge.index),
         owner: &owner,
+        container: Some((&a.container_id, &a.ifname)),
         addresses: &[],
         gateways: &[],
         source_check: true,

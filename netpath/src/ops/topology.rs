@@ -167,6 +167,7 @@ async fn create_container(
             mtu: spec.mtu,
             bridge: Some(bridge),
             owner: &spec.name,
+            container: None,
             addresses: &spec.container_addresses(c),
             gateways: &gateways,
             source_check: c.source_check,
