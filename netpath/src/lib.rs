@@ -4,6 +4,7 @@
 //! Layers, each using only those below it:
 //! - `cli`, `bench`: the products a person runs;
 //! - `ops`: transactions (topology, status, supervise, CNI), `observe`;
+//! - `network`: a topology or a CNI network, one view of either;
 //! - `datapath`: the BPF object, hooks, typed maps, FDB, counters;
 //! - `host`: netlink, namespaces, the container plumbing, ethtool, NAT;
 //!   `store`: records and locks under /run/netpath;
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod datapath;
 pub mod host;
 pub mod model;
+pub mod network;
 pub mod observe;
 pub mod ops;
 pub mod store;

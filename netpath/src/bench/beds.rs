@@ -6,31 +6,12 @@ use anyhow::{Context, Result};
 use ipnet::IpNet;
 use rtnetlink::Handle;
 
-use super::{overlay, report::Target};
+use super::{bed::Bed, overlay, report::Target};
 use crate::{
     host::{netns, plumbing},
     model::{Mode, Settings, TopologySpec, naming::port_name, spec::DEFAULT_MTU},
     ops::topology,
 };
-
-/// Two endpoints to measure between: network namespaces, the server's at
-/// `server_ip`.
-pub(super) struct Bed {
-    pub target: Target,
-    pub name: String,
-    pub client: String,
-    pub server: String,
-    pub server_ip: String,
-}
-
-/// `prefix` + pid + the target's initial: unique per process and target.
-pub(super) fn bench_name(prefix: &str, target: Target) -> String {
-    format!(
-        "{prefix}{}{}",
-        std::process::id() % 10000,
-        &target.to_string()[..1]
-    )
-}
 
 pub(super) fn mode_of(target: Target) -> Option<Mode> {
     match target {

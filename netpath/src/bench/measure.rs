@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use super::{
-    beds::Bed,
+    bed::Bed,
     report::{Metric, Sample},
 };
 use crate::host::netns;

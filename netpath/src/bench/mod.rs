@@ -4,6 +4,7 @@
 //! the kernel's vxlan design and the underlay alike; and with `--cni`, pod
 //! set-up latency of netpath-cni against the reference CNI bridge plugin.
 
+mod bed;
 mod beds;
 mod chart;
 pub mod cni;
@@ -20,7 +21,8 @@ use rtnetlink::Handle;
 
 pub use self::report::{Reference, Report, Target, table};
 use self::{
-    beds::{Bed, bench_name, make_bed, remove_bed},
+    bed::{Bed, bench_name},
+    beds::{make_bed, remove_bed},
     measure::{run_test, test_name},
     report::{Metric, Sample, rows},
     scale::scale_sweep,

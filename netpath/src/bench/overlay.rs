@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use ipnet::IpNet;
 use log::warn;
 
-use super::{beds::Bed, report::Target};
+use super::{bed::Bed, report::Target};
 use crate::{
     host::{netlink, netns, plumbing},
     model::{

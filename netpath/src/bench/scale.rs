@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use rtnetlink::Handle;
 
 use super::{
-    beds::{bench_name, make_bed, remove_bed},
+    bed::bench_name,
+    beds::{make_bed, remove_bed},
     measure::tcp,
     report::{ScaleRow, Target},
 };

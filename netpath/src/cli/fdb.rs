@@ -72,7 +72,7 @@ pub async fn run(command: FdbCommand) -> Result<()> {
             }
         }
         FdbCommand::Add { name, mac, port } => {
-            let host_veth = fdb::add(&handle, &name.named()?, mac, &port).await?;
+            let host_veth = fdb::add(&handle, &name.network()?, mac, &port).await?;
             println!("{mac} dev {host_veth} static");
             Ok(())
         }

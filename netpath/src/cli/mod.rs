@@ -20,7 +20,7 @@ use rtnetlink::Handle;
 
 use crate::{
     model::{Settings, spec::DEFAULT_NAME},
-    ops::{self, Named},
+    network::Network,
 };
 
 #[derive(Parser)]
@@ -43,27 +43,19 @@ pub struct NameArg {
 
 impl NameArg {
     /// The topology name, checked before any file or object is touched,
-    /// for the verbs that change topologies: a CNI network's containers
-    /// come and go with its runtime.
-    fn topology(&self) -> Result<&str> {
-        match ops::named(&self.name)? {
-            Named::Topology(_) => Ok(&self.name),
-            Named::CniNetwork { bridge } => bail!(
-                "{bridge} is the bridge of a CNI network: its runtime adds and removes its containers \
-                 through netpath-cni (ADD/DEL), and its conflist sets the mode; this verb changes \
-                 topologies (see `netpath list`)"
-            ),
-        }
+    /// for the verbs that change topologies.
+    fn topology(&self) -> Result<String> {
+        Ok(self.network()?.topology_name()?.to_owned())
     }
 
     /// The topology or CNI network of this name.
-    fn named(&self) -> Result<Named> {
-        ops::named(&self.name)
+    fn network(&self) -> Result<Network> {
+        Network::named(&self.name)
     }
 
     /// The datapath key of a topology or a CNI bridge of this name.
     fn datapath(&self) -> Result<String> {
-        ops::datapath_named(&self.name)
+        Ok(self.network()?.datapath())
     }
 }
 
@@ -171,7 +163,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             name.topology()?;
         }
         Command::Status { name, .. } => {
-            name.as_deref().map(ops::named).transpose()?;
+            name.as_deref().map(Network::named).transpose()?;
         }
         Command::Stats { name, .. }
         | Command::Monitor { name, .. }
@@ -179,14 +171,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             name.datapath()?;
         }
         Command::Port(command) => command.name().topology().map(drop)?,
-        Command::Overlay(command) => command.name().named().map(drop)?,
+        Command::Overlay(command) => command.name().network().map(drop)?,
         Command::Fdb(command) => command.name().datapath().map(drop)?,
         Command::Trace(args) => args.name.datapath().map(drop)?,
     }
     match command {
         Command::Up(settings) => topology::up(settings).await,
-        Command::Down(name) => topology::down(name.topology()?).await,
-        Command::Mode { name, mode } => topology::mode(name.topology()?, mode).await,
+        Command::Down(name) => topology::down(&name.topology()?).await,
+        Command::Mode { name, mode } => topology::mode(&name.topology()?, mode).await,
         Command::Upgrade { name, force } => {
             topology::upgrade(&name.name, &name.datapath()?, force).await
         }
@@ -194,7 +186,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Status {
             name: Some(name),
             json,
-        } => status::run(&ops::named(&name)?, json).await,
+        } => status::run(&Network::named(&name)?, json).await,
         Command::Status { name: None, json } | Command::List { json } => list::run(json).await,
         Command::Fdb(command) => fdb::run(command).await,
         Command::Stats {

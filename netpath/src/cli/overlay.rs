@@ -40,7 +40,7 @@ impl OverlayCommand {
 }
 
 pub async fn run(command: OverlayCommand) -> Result<()> {
-    let member = Member::load(&command.name().named()?)?;
+    let member = Member::load(&command.name().network()?)?;
     match command {
         OverlayCommand::Status { json, .. } => {
             require_root()?;

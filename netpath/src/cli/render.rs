@@ -290,7 +290,7 @@ pub fn overlay_status(s: &overlay::Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{model::Mode, ops::status::Kind};
+    use crate::{model::Mode, network::Kind};
 
     fn listed() -> Vec<Listed> {
         vec![

@@ -6,7 +6,8 @@ use clap::Args;
 use super::netlink_handle;
 use crate::{
     model::{Settings, naming::validate_ifname},
-    ops::{self, Named, supervise},
+    network::Network,
+    ops::supervise,
 };
 
 #[derive(Args)]
@@ -55,10 +56,10 @@ fn cni_bridge(args: &RunArgs) -> Result<Option<String>> {
         (None, true) => {
             bail!("--cni needs --name BRIDGE: the bridge of the CNI network's conflist")
         }
-        (Some(name), false) => Ok(match ops::named(name)? {
-            Named::CniNetwork { bridge } => Some(bridge),
-            Named::Topology(_) => None,
-        }),
+        (Some(name), false) => {
+            let network = Network::named(name)?;
+            Ok(network.runtime_managed().then(|| network.name().to_owned()))
+        }
         (None, false) => Ok(None),
     }
 }

@@ -3,11 +3,11 @@
 use anyhow::Result;
 
 use super::{netlink_handle, render, require_root};
-use crate::ops::{Named, status};
+use crate::{network::Network, ops::status};
 
-pub async fn run(named: &Named, json: bool) -> Result<()> {
+pub async fn run(network: &Network, json: bool) -> Result<()> {
     require_root()?;
-    let status = status::status(&netlink_handle().await?, named).await?;
+    let status = status::status(&netlink_handle().await?, network).await?;
     if json {
         render::json_pretty(&status)
     } else {

@@ -5,18 +5,22 @@ use anyhow::Result;
 use super::{netlink_handle, require_root};
 use crate::{
     model::{Mode, Settings, TopologySpec},
-    ops::topology::{self, UpOutcome},
+    ops::{
+        overlay,
+        topology::{self, UpOutcome},
+    },
 };
 
 /// The spec `up` and `run` build: containers on an overlay get the MTU
 /// the underlay carries for them, unless --mtu says otherwise.
 pub(super) async fn resolve(settings: Settings) -> Result<TopologySpec> {
     let settings = settings.with_file()?;
-    let overlay_mtu = settings.mtu.is_none() && settings.underlay.is_some();
+    let asked = settings.mtu;
     let mut spec = TopologySpec::resolve(settings)?;
     require_root()?;
-    if let (true, Some(overlay)) = (overlay_mtu, &spec.overlay) {
-        spec.mtu = crate::ops::overlay::mtu_limit(&netlink_handle().await?, overlay).await?;
+    if spec.overlay.is_some() {
+        let handle = netlink_handle().await?;
+        spec.mtu = overlay::network_mtu(&handle, spec.overlay.as_ref(), asked).await?;
         spec.validate()?;
     }
     Ok(spec)

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::{NameArg, netlink_handle, require_root};
-use crate::{host::netlink::LinkNames, observe::trace, ops};
+use crate::{host::netlink::LinkNames, observe::trace};
 
 #[derive(Args)]
 pub struct TraceArgs {
@@ -30,10 +30,10 @@ pub struct TraceArgs {
 pub async fn run(args: TraceArgs) -> Result<()> {
     require_root()?;
     let handle = netlink_handle().await?;
-    let named = args.name.named()?;
-    let name = named.datapath();
+    let network = args.name.network()?;
+    let name = network.datapath();
     let port = match args.port {
-        Some(p) => Some(ops::port_ifindex(&handle, &named, &p).await?.1),
+        Some(p) => Some(network.port_ifindex(&handle, &p).await?.1),
         None => None,
     };
     let names = LinkNames::load(&handle).await?;

@@ -85,11 +85,10 @@ pub struct Datapath {
 /// programs already pass frames for it to the bridge, counted.
 pub fn maps(datapath: &str) -> Result<Maps> {
     Maps::open(&pin_dir(datapath)).with_context(|| {
-        let owner = match naming::cni_bridge_of(datapath) {
-            Some(bridge) => format!("the CNI network on bridge {bridge}"),
-            None => format!("topology {datapath}"),
-        };
-        format!("is {owner} up in xdp or tc mode?")
+        format!(
+            "is {} up in xdp or tc mode?",
+            naming::describe_datapath(datapath)
+        )
     })
 }
 

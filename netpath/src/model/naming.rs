@@ -58,6 +58,24 @@ pub fn cni_bridge_of(datapath: &str) -> Option<&str> {
     datapath.strip_prefix(CNI_DATAPATH_PREFIX)
 }
 
+/// Checks a datapath key (a topology name or `_cni-BRIDGE`), so that none
+/// reaches outside the directory of pins or records it names a file in.
+pub fn validate_datapath(datapath: &str) -> Result<()> {
+    match cni_bridge_of(datapath) {
+        Some(bridge) => validate_ifname("CNI bridge", bridge),
+        None => validate_topology_name(datapath),
+    }
+}
+
+/// Whose datapath `datapath` is, for messages: "topology np", "the CNI
+/// network on bridge cni0".
+pub fn describe_datapath(datapath: &str) -> String {
+    match cni_bridge_of(datapath) {
+        Some(bridge) => format!("the CNI network on bridge {bridge}"),
+        None => format!("topology {datapath}"),
+    }
+}
+
 /// Host-side veth of a CNI container: short, stable, unique per
 /// (container, interface).
 pub fn cni_host_veth(container_id: &str, ifname: &str) -> String {

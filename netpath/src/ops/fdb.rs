@@ -5,20 +5,20 @@
 use anyhow::{Result, bail, ensure};
 use rtnetlink::Handle;
 
-use super::{Named, port_ifindex};
 use crate::{
     datapath::{self, fdb::Fdb},
     model::Mac,
+    network::Network,
     store::lock::{Lock, Purpose},
 };
 
 /// Adds a static entry: frames to `mac` go to `port` of the topology or
-/// CNI network `named`; returns the port's host veth.
-pub async fn add(handle: &Handle, named: &Named, mac: Mac, port: &str) -> Result<String> {
+/// CNI network `network`; returns the port's host veth.
+pub async fn add(handle: &Handle, network: &Network, mac: Mac, port: &str) -> Result<String> {
     ensure!(mac.is_unicast(), "{mac} is not a unicast MAC address");
-    let datapath = named.datapath();
+    let datapath = network.datapath();
     let _lock = Lock::acquire(&datapath, Purpose::Change)?;
-    let (host_veth, ifindex) = port_ifindex(handle, named, port).await?;
+    let (host_veth, ifindex) = network.port_ifindex(handle, port).await?;
     Fdb::open(&datapath::reconcile(&datapath)?)?.add_static(mac, ifindex)?;
     Ok(host_veth)
 }

@@ -2,17 +2,13 @@
 //! plugin's networks, by the name `--name` takes.
 
 use anyhow::Result;
-use log::warn;
 use rtnetlink::Handle;
 use serde::Serialize;
 
-use super::status::{Kind, mode_on_ports};
+use super::status::mode_on_ports;
 use crate::{
-    model::{
-        Mode,
-        naming::{port_name, validate_ifname},
-    },
-    store::{cni::NetworkRecord, topology as record},
+    model::Mode,
+    network::{Kind, Network},
 };
 
 #[derive(Debug, Serialize)]
@@ -33,42 +29,22 @@ pub struct Listed {
 /// Topologies first, then CNI networks, each sorted by name.
 pub async fn list(handle: &Handle) -> Result<Vec<Listed>> {
     let mut listed = Vec::new();
-    for name in record::names()? {
-        // None: removed (`down`) since the directory was read.
-        let Some(rec) = record::load(&name)? else {
+    for network in Network::all()? {
+        // None: removed (`down`, the last DEL) since the directory was read.
+        let Some(view) = network.view()? else {
             continue;
         };
-        let spec = rec.spec;
+        let ports: Vec<String> = view.ports().map(|p| p.name.clone()).collect();
+        let mode = match view.mode {
+            Some(mode) => Some(mode),
+            None => mode_on_ports(handle, ports.iter().map(String::as_str)).await?,
+        };
         listed.push(Listed {
-            bridge: spec.bridge_name(),
-            mode: Some(spec.mode),
-            complete: rec.complete,
-            ports: spec
-                .containers
-                .iter()
-                .map(|c| port_name(&spec.name, &c.name))
-                .collect(),
-            name,
-            kind: Kind::Topology,
-        });
-    }
-    for bridge in NetworkRecord::bridges()? {
-        if let Err(e) = validate_ifname("CNI record", &bridge) {
-            warn!("skipping a stray file in the CNI records: {e:#}");
-            continue;
-        }
-        let rec = NetworkRecord::load(&bridge)?;
-        if !NetworkRecord::exists(&bridge) {
-            // The last DEL removed it since the directory was read.
-            continue;
-        }
-        let ports: Vec<String> = rec.attachments.into_iter().map(|a| a.host_veth).collect();
-        listed.push(Listed {
-            mode: mode_on_ports(handle, ports.iter().map(String::as_str)).await?,
-            name: bridge.clone(),
-            kind: Kind::Cni,
-            bridge,
-            complete: true,
+            name: network.name().to_owned(),
+            kind: network.kind(),
+            bridge: network.bridge(),
+            mode,
+            complete: view.complete,
             ports,
         });
     }

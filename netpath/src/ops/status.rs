@@ -1,40 +1,17 @@
 //! A topology or CNI network as the machine has it now (not as it was
 //! asked for).
 
-use std::{fmt, path::Path};
-
 use anyhow::Result;
 use ipnet::IpNet;
 use rtnetlink::Handle;
 use serde::Serialize;
 
-use super::{Named, topology::load_complete};
 use crate::{
     datapath::{self, hooks, object::program_name},
     host::{netlink, netns},
-    model::{
-        Mac, Mode,
-        naming::{CONTAINER_IFNAME, port_name},
-    },
-    store::cni::NetworkRecord,
+    model::{Mac, Mode},
+    network::{Container, Kind, Network},
 };
-
-/// Who made a datapath: `netpath up` (or `run`), or the CNI plugin.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Topology,
-    Cni,
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Kind::Topology => "topology",
-            Kind::Cni => "cni",
-        })
-    }
-}
 
 #[derive(Debug, Serialize)]
 pub struct BridgeStatus {
@@ -77,60 +54,27 @@ pub struct Status {
 
 const UNKNOWN_DATAPATH: &str = "unknown: no host veth of the network is left to show its programs";
 
-pub async fn status(handle: &Handle, named: &Named) -> Result<Status> {
-    match named {
-        Named::Topology(topology) => topology_status(handle, topology).await,
-        Named::CniNetwork { bridge } => cni_status(handle, bridge).await,
-    }
-}
-
-async fn topology_status(handle: &Handle, topology: &str) -> Result<Status> {
-    let spec = load_complete(topology)?.spec;
+pub async fn status(handle: &Handle, network: &Network) -> Result<Status> {
+    let view = network.load()?;
     let mut ports = Vec::new();
-    for c in &spec.containers {
-        let name = port_name(&spec.name, &c.name);
-        let netns_path = netns::path(&name);
-        ports.push(port_status(handle, &name, &netns_path, name.clone(), CONTAINER_IFNAME).await?);
+    for container in &view.containers {
+        ports.push(port_status(handle, container).await?);
     }
+    // A CNI network keeps no mode: its programs show it.
+    let mode = view.mode.or_else(|| {
+        ports
+            .iter()
+            .find(|p| p.ifindex.is_some())
+            .map(|p| mode_shown_by(&p.programs))
+    });
     Ok(Status {
-        name: spec.name.clone(),
-        kind: Kind::Topology,
-        mode: Some(spec.mode),
-        datapath: datapath::describe(spec.mode),
-        subnets: spec.subnets.clone(),
-        nat: spec.nat,
-        bridge: bridge_status(handle, &spec.bridge_name()).await?,
-        ports,
-    })
-}
-
-async fn cni_status(handle: &Handle, bridge: &str) -> Result<Status> {
-    let rec = NetworkRecord::load(bridge)?;
-    let mut ports = Vec::new();
-    for a in &rec.attachments {
-        let shown = a.netns.display().to_string();
-        ports.push(port_status(handle, &a.host_veth, &a.netns, shown, &a.ifname).await?);
-    }
-    let mode = ports
-        .iter()
-        .find(|p| p.ifindex.is_some())
-        .map(|p| mode_shown_by(&p.programs));
-    let mut subnets: Vec<IpNet> = rec
-        .attachments
-        .iter()
-        .flat_map(|a| a.ips.iter().map(IpNet::trunc))
-        .collect();
-    subnets.sort();
-    subnets.dedup();
-    Ok(Status {
-        name: bridge.to_owned(),
-        kind: Kind::Cni,
+        name: network.name().to_owned(),
+        kind: network.kind(),
         mode,
         datapath: mode.map_or(UNKNOWN_DATAPATH, datapath::describe),
-        subnets,
-        // The plugin never sets NAT up (a chained plugin may).
-        nat: false,
-        bridge: bridge_status(handle, bridge).await?,
+        subnets: view.subnets,
+        nat: view.nat,
+        bridge: bridge_status(handle, &network.bridge()).await?,
         ports,
     })
 }
@@ -149,19 +93,14 @@ async fn bridge_status(handle: &Handle, name: &str) -> Result<BridgeStatus> {
     })
 }
 
-/// One container's port: the host veth, and what is inside the namespace
-/// at `netns_path` (nothing if it is gone).
-async fn port_status(
-    handle: &Handle,
-    host_veth: &str,
-    netns_path: &Path,
-    netns_shown: String,
-    ifname: &str,
-) -> Result<PortStatus> {
-    let host = netlink::link_by_name(handle, host_veth).await?;
-    let (mac, ips, peer_xdp) = if netns_path.exists() {
-        let inside = ifname.to_owned();
-        netns::run_in_path(netns_path, |h| async move {
+/// One container's port: the host veth, and what is inside its namespace
+/// (nothing if it is gone).
+async fn port_status(handle: &Handle, container: &Container) -> Result<PortStatus> {
+    let port = &container.port;
+    let host = netlink::link_by_name(handle, &port.name).await?;
+    let (mac, ips, peer_xdp) = if port.netns.exists() {
+        let inside = port.ifname.clone();
+        netns::run_in_path(&port.netns, |h| async move {
             let Some(link) = netlink::link_by_name(&h, &inside).await? else {
                 return Ok((None, Vec::new(), None));
             };
@@ -172,15 +111,15 @@ async fn port_status(
         (None, Vec::new(), None)
     };
     let mut programs = match &host {
-        Some(link) => hooks::programs_on(handle, host_veth, link.index, link.xdp_prog_id).await?,
+        Some(link) => hooks::programs_on(handle, &port.name, link.index, link.xdp_prog_id).await?,
         None => Vec::new(),
     };
     programs.extend(peer_xdp.map(|id| format!("peer-xdp:{}", program_name(id))));
     Ok(PortStatus {
-        name: host_veth.to_owned(),
+        name: port.name.clone(),
         ifindex: host.map(|l| l.index),
-        netns: netns_shown,
-        ifname: ifname.to_owned(),
+        netns: container.netns_shown.clone(),
+        ifname: port.ifname.clone(),
         mac,
         ips,
         programs,

@@ -16,7 +16,6 @@ use rtnetlink::{MulticastGroup, packet_core::NetlinkPayload, packet_route::Route
 use tokio::io::unix::AsyncFd;
 
 use super::{
-    Named,
     overlay::{self, Member},
     topology::{self, UpOutcome},
 };
@@ -27,6 +26,7 @@ use crate::{
         Mode, TopologySpec,
         naming::{bridge_name, port_name},
     },
+    network::Network,
     observe::metrics::{self, RunTotals},
     store::lock::{Lock, Purpose},
 };
@@ -174,10 +174,8 @@ pub async fn run(
 /// come and go) or follows the peers file, for as long as the network is
 /// on the overlay, and waits for it when it is not (yet).
 pub async fn run_cni_network(bridge: String) -> Result<()> {
-    let named = Named::CniNetwork {
-        bridge: bridge.clone(),
-    };
-    let _running = Lock::acquire(&named.datapath(), Purpose::Run)
+    let network = Network::cni(&bridge)?;
+    let _running = Lock::acquire(&network.datapath(), Purpose::Run)
         .with_context(|| format!("running the CNI network on bridge {bridge}"))?;
     info!("CNI network on bridge {bridge}: keeping its overlay's control plane; Ctrl-C to stop");
     let mut running: Option<(Member, tokio::task::JoinHandle<()>)> = None;
@@ -190,9 +188,9 @@ pub async fn run_cni_network(bridge: String) -> Result<()> {
                 break;
             }
         }
-        let joined = Member::load(&named)
+        let joined = Member::load(&network)
             .ok()
-            .filter(|member| overlay::is_joined(&member.datapath));
+            .filter(|member| overlay::is_joined(&member.datapath()));
         if running.as_ref().map(|(member, _)| member) == joined.as_ref() {
             continue;
         }

@@ -12,7 +12,7 @@ use super::{
     overlay,
 };
 use crate::{
-    datapath::{self, Datapath, Port, hooks::TcMethod},
+    datapath,
     host::{nat, netlink, netns, plumbing},
     model::{
         ContainerSpec, Mac, Mode, TopologySpec,
@@ -22,6 +22,7 @@ use crate::{
         },
         spec::validate_mtu,
     },
+    network::topology::{datapath as datapath_of, load_complete, port as port_of},
     store::{
         lock::{Lock, Purpose},
         topology::{self as record, TopologyRecord},
@@ -31,33 +32,6 @@ use crate::{
 pub enum UpOutcome {
     Created,
     AlreadyUp,
-}
-
-/// The datapath of a topology.
-pub fn datapath_of(spec: &TopologySpec) -> Datapath {
-    Datapath {
-        name: spec.name.clone(),
-        bridge: spec.bridge_name(),
-        mode: spec.mode,
-        ageing_s: spec.ageing_s,
-        fdb_size: spec.fdb_size,
-        learn_limit: spec.learn_limit,
-        tc: TcMethod::for_this_kernel(),
-        ports: spec.containers.iter().map(|c| port_of(spec, c)).collect(),
-    }
-}
-
-/// A topology's container: host veth and namespace both `NAME-CONTAINER`.
-pub fn port_of(spec: &TopologySpec, c: &ContainerSpec) -> Port {
-    let name = port_name(&spec.name, &c.name);
-    Port {
-        netns: netns::path(&name),
-        name,
-        ifname: CONTAINER_IFNAME.into(),
-        mac: c.mac,
-        addresses: c.ips.iter().map(|ip| ip.addr()).collect(),
-        source_check: c.source_check,
-    }
 }
 
 /// Creates the topology, or does nothing if an identical one is up. On any
@@ -271,17 +245,6 @@ async fn check_names_free(
     Ok(())
 }
 
-/// The record of a topology that is up (not half built).
-pub fn load_complete(topology: &str) -> Result<TopologyRecord> {
-    match record::load(topology)? {
-        Some(s) if s.complete => Ok(s),
-        Some(_) => bail!(
-            "topology {topology} is half built; run `netpath down --name {topology}` or `up` again"
-        ),
-        None => bail!("topology {topology} is not up (see `netpath up --help`)"),
-    }
-}
-
 /// Plugs one more container into a running topology.
 pub async fn port_add(
     handle: &Handle,
@@ -321,22 +284,6 @@ pub async fn port_add(
     Ok(added)
 }
 
-/// The host veth and ifindex of a port of the topology, by container or
-/// veth name.
-pub async fn port_ifindex(handle: &Handle, topology: &str, port: &str) -> Result<(String, u32)> {
-    let rec = load_complete(topology)?;
-    let container = container_of(topology, port);
-    if rec.spec.container(container).is_none() {
-        bail!("topology {topology} has no port {port}");
-    }
-    let name = port_name(topology, container);
-    let ifindex = netlink::link_by_name(handle, &name)
-        .await?
-        .with_context(|| format!("port {name} is missing"))?
-        .index;
-    Ok((name, ifindex))
-}
-
 /// Switches the datapath of a running topology; the new mode's programs are
 /// attached before the old ones are detached.
 pub async fn set_mode(handle: &Handle, topology: &str, mode: Mode) -> Result<()> {
@@ -346,7 +293,8 @@ pub async fn set_mode(handle: &Handle, topology: &str, mode: Mode) -> Result<()>
     validate_mtu(mode, rec.spec.mtu, &rec.spec.subnets)?;
     if rec.spec.overlay.is_some() && mode != Mode::Tc {
         bail!(
-            "topology {topology} is on an overlay, which needs tc mode (only tc programs set tunnel keys);              take it down and up without the overlay to use mode {mode}"
+            "topology {topology} is on an overlay, which needs tc mode (only tc programs set tunnel keys); \
+             take it down and up without the overlay to use mode {mode}"
         );
     }
     let before = rec.spec.mode;

@@ -8,10 +8,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::{STATE_DIR, atomic};
-use crate::model::{
-    naming::{cni_bridge_of, validate_ifname, validate_topology_name},
-    overlay::NodeRecord,
-};
+use crate::model::{naming::validate_datapath, overlay::NodeRecord};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct OverlayRecord {
@@ -31,10 +28,7 @@ pub struct OverlayRecord {
 /// `_cni-BRIDGE`); the name is validated first, so none reaches outside
 /// the state directory.
 pub fn path(datapath: &str) -> Result<PathBuf> {
-    match cni_bridge_of(datapath) {
-        Some(bridge) => validate_ifname("CNI bridge", bridge)?,
-        None => validate_topology_name(datapath)?,
-    }
+    validate_datapath(datapath)?;
     Ok(PathBuf::from(STATE_DIR)
         .join("overlay")
         .join(format!("{datapath}.json")))

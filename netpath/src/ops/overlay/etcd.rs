@@ -48,7 +48,7 @@ pub async fn run(member: Member, endpoints: Vec<String>) {
                     "{}: etcd control plane: {e:#}; forwarding on the last known state, retrying",
                     member.name()
                 );
-                if let Err(e) = set_connected(&member.datapath, false, None) {
+                if let Err(e) = set_connected(&member.datapath(), false, None) {
                     warn!(
                         "{}: recording the control plane's state: {e:#}",
                         member.name()

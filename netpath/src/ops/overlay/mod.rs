@@ -1,4 +1,4 @@
-//! A datapath on an overlay, a topology's or a CNI network's alike (a
+//! A network on an overlay, a topology or a CNI network alike (a
 //! [`Member`]): joining it (the node's vxlan device, the decap program,
 //! the overlay's settings) when the topology comes up or the network's
 //! first pod is added, leaving it when the topology goes down or the last
@@ -17,7 +17,6 @@ use netpath_common::OverlayConfig;
 use rtnetlink::Handle;
 use serde::Serialize;
 
-use super::Named;
 use crate::{
     datapath::{
         self,
@@ -28,30 +27,30 @@ use crate::{
     model::{
         TopologySpec,
         overlay::{Endpoint, NodeRecord, OverlaySpec, Peers, PeersFile, container_mtu, peers_of},
+        spec::DEFAULT_MTU,
     },
-    store::{
-        cni::NetworkRecord,
-        overlay::{self as record, OverlayRecord},
-        topology as topology_record,
-    },
+    network::Network,
+    store::overlay::{self as record, OverlayRecord},
 };
 
-/// A datapath on an overlay, as joining, programming and the control
-/// plane see it, whether a topology's or a CNI network's. Its containers
-/// come and go: [`local_record`] reads them afresh each time.
+/// A network on an overlay, as joining, programming and the control
+/// plane see it. Its containers come and go: [`local_record`] reads them
+/// afresh each time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
-    /// The topology or CNI network, to read its containers again.
-    pub named: Named,
-    /// The key of its datapath (pins, locks, overlay record).
-    pub datapath: String,
-    pub bridge: String,
+    pub network: Network,
     pub overlay: OverlaySpec,
 }
 
 impl Member {
-    /// The topology `spec` on its overlay, or an error naming the fix.
+    pub fn new(network: Network, overlay: OverlaySpec) -> Member {
+        Member { network, overlay }
+    }
+
+    /// The topology `spec` on the overlay it names, or an error naming the
+    /// fix.
     pub fn of_topology(spec: &TopologySpec) -> Result<Member> {
+        let network = Network::topology(&spec.name)?;
         let overlay = spec.overlay.clone().with_context(|| {
             format!(
                 "topology {} is on no overlay (bring it up with --vni, --underlay, --overlay-network and \
@@ -59,57 +58,37 @@ impl Member {
                 spec.name
             )
         })?;
-        Ok(Member {
-            named: Named::Topology(spec.name.clone()),
-            datapath: spec.name.clone(),
-            bridge: spec.bridge_name(),
-            overlay,
-        })
+        Ok(Member::new(network, overlay))
     }
 
-    /// The CNI network on `bridge`, on the overlay its configuration names.
-    pub fn of_cni_network(bridge: &str, overlay: OverlaySpec) -> Member {
-        let named = Named::CniNetwork {
-            bridge: bridge.to_owned(),
-        };
-        Member {
-            datapath: named.datapath(),
-            named,
-            bridge: bridge.to_owned(),
-            overlay,
-        }
+    /// The network on the overlay its record names now, or an error naming
+    /// the fix.
+    pub fn load(network: &Network) -> Result<Member> {
+        Ok(Member::new(network.clone(), network.overlay()?.spec))
     }
 
-    /// The member as its record has it now: a topology that is up, or a
-    /// CNI network with pods on an overlay.
-    pub fn load(named: &Named) -> Result<Member> {
-        match named {
-            Named::Topology(name) => Member::of_topology(&complete_topology(name)?),
-            Named::CniNetwork { bridge } => {
-                let overlay = NetworkRecord::load(bridge)?.overlay.with_context(|| {
-                    format!(
-                        "the CNI network on bridge {bridge} is on no overlay now: it has no pods, or its \
-                         conflist names no \"overlay\""
-                    )
-                })?;
-                Ok(Member::of_cni_network(bridge, overlay.spec))
-            }
-        }
+    /// The key of its datapath (pins, locks, overlay record).
+    pub fn datapath(&self) -> String {
+        self.network.datapath()
     }
 
     /// The user's name for it: the topology's, or the CNI bridge's.
     pub fn name(&self) -> &str {
-        match &self.named {
-            Named::Topology(name) => name,
-            Named::CniNetwork { bridge } => bridge,
-        }
+        self.network.name()
     }
 }
 
-fn complete_topology(name: &str) -> Result<TopologySpec> {
-    match topology_record::load(name)? {
-        Some(rec) if rec.complete => Ok(rec.spec),
-        _ => anyhow::bail!("topology {name} is not up (see `netpath up --help`)"),
+/// The MTU of a network's containers: the one asked for, else on an
+/// overlay the largest its underlay carries, else the default.
+pub async fn network_mtu(
+    handle: &Handle,
+    overlay: Option<&OverlaySpec>,
+    asked: Option<u32>,
+) -> Result<u32> {
+    match (asked, overlay) {
+        (Some(mtu), _) => Ok(mtu),
+        (None, Some(overlay)) => mtu_limit(handle, overlay).await,
+        (None, None) => Ok(DEFAULT_MTU),
     }
 }
 
@@ -131,9 +110,10 @@ pub async fn join(handle: &Handle, member: &Member, mtu: u32) -> Result<()> {
          bytes (the underlay's MTU less the VXLAN encapsulation); leave --mtu out or give at most {limit}"
     );
     let device = vxlan::ensure_device(handle, limit).await?;
-    let bridge = netlink::link_by_name(handle, &member.bridge)
+    let bridge_name = member.network.bridge();
+    let bridge = netlink::link_by_name(handle, &bridge_name)
         .await?
-        .with_context(|| format!("bridge {} is missing", member.bridge))?;
+        .with_context(|| format!("bridge {bridge_name} of {} is missing", member.network))?;
     let config = OverlayConfig {
         vni: overlay.vni,
         vxlan_ifindex: device.index,
@@ -142,7 +122,7 @@ pub async fn join(handle: &Handle, member: &Member, mtu: u32) -> Result<()> {
         _pad: [0; 3],
     };
     remote::join(
-        &member.datapath,
+        &member.datapath(),
         config,
         &device.name,
         TcMethod::for_this_kernel(),
@@ -160,12 +140,12 @@ pub async fn join(handle: &Handle, member: &Member, mtu: u32) -> Result<()> {
             sync_peers_file(member)?;
         }
         Peers::Etcd(endpoints) => {
-            if record::load(&member.datapath)?.is_none() {
+            if record::load(&member.datapath())?.is_none() {
                 let waiting = OverlayRecord {
                     source: etcd::source(endpoints),
                     ..OverlayRecord::default()
                 };
-                record::save(&member.datapath, &waiting)?;
+                record::save(&member.datapath(), &waiting)?;
             }
         }
     }
@@ -192,41 +172,20 @@ pub async fn leave(handle: &Handle, datapath: &str, overlay: &OverlaySpec) -> Re
 /// What this node tells the others: its address, subnets and containers,
 /// as the member's record has them now.
 pub fn local_record(member: &Member) -> Result<NodeRecord> {
-    let (subnets, endpoints) = match &member.named {
-        Named::Topology(name) => {
-            let spec = complete_topology(name)?;
-            let endpoints = spec
-                .containers
-                .iter()
-                .map(|c| Endpoint {
-                    mac: c.mac,
-                    ips: c.ips.iter().map(|ip| ip.addr()).collect(),
-                })
-                .collect();
-            (spec.subnets, endpoints)
-        }
-        Named::CniNetwork { bridge } => {
-            let rec = NetworkRecord::load(bridge)?;
-            let endpoints = rec
-                .attachments
-                .iter()
-                .map(|a| Endpoint {
-                    mac: a.mac,
-                    ips: a.ips.iter().map(|ip| ip.addr()).collect(),
-                })
-                .collect();
-            (
-                rec.overlay.map(|o| o.subnets).unwrap_or_default(),
-                endpoints,
-            )
-        }
-    };
+    let view = member.network.load()?;
+    let endpoints = view
+        .ports()
+        .map(|port| Endpoint {
+            mac: port.mac,
+            ips: port.addresses.clone(),
+        })
+        .collect();
     let overlay = &member.overlay;
     Ok(NodeRecord {
         node: overlay.node.clone(),
         vni: overlay.vni,
         underlay: overlay.underlay,
-        subnets,
+        subnets: view.overlay.map(|on| on.subnets).unwrap_or_default(),
         endpoints,
     })
 }
@@ -260,7 +219,7 @@ pub fn program(
     lease: Option<i64>,
 ) -> Result<Changes> {
     let peers = peers_of(&member.overlay, records);
-    let changes = remote::program(&datapath::reconcile(&member.datapath)?, &peers)?;
+    let changes = remote::program(&datapath::reconcile(&member.datapath())?, &peers)?;
     if changes.any() {
         info!(
             "{}: overlay now {} nodes ({changes:?})",
@@ -268,7 +227,7 @@ pub fn program(
             peers.len()
         );
     }
-    let previous = record::load(&member.datapath)?.unwrap_or_default();
+    let previous = record::load(&member.datapath())?.unwrap_or_default();
     let programmed_at = if changes.any() || previous.programmed_at == 0 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -278,7 +237,7 @@ pub fn program(
         previous.programmed_at
     };
     record::save(
-        &member.datapath,
+        &member.datapath(),
         &OverlayRecord {
             peers,
             source,
@@ -345,8 +304,8 @@ pub struct Status {
 }
 
 pub fn status(member: &Member) -> Result<Status> {
-    let maps = datapath::maps(&member.datapath)?;
-    let rec = record::load(&member.datapath)?.unwrap_or_default();
+    let maps = datapath::maps(&member.datapath())?;
+    let rec = record::load(&member.datapath())?.unwrap_or_default();
     Ok(Status {
         node: local_record(member)?,
         device: vxlan::DEVICE.into(),
