@@ -330,33 +330,7 @@ pub struct TraceEvent {
 /// misreading them. Bump it with every change to a map or a type above.
 pub const LAYOUT_VERSION: u32 = 6;
 
-/// Map names, shared so the loader finds what the programs declare.
-pub mod maps {
-    /// One u32: the [`LAYOUT_VERSION`](super::LAYOUT_VERSION) of the pins.
-    pub const LAYOUT: &str = "LAYOUT";
-    /// Static FDB entries: MAC -> ifindex.
-    pub const FDB_STATIC: &str = "FDB_STATIC";
-    /// Learned FDB entries, least recently used evicted first.
-    pub const FDB_LEARNED: &str = "FDB_LEARNED";
-    /// Per port: how many learned entries point at it (shared by the CPUs).
-    pub const PORT_LEARNED: &str = "PORT_LEARNED";
-    pub const PORTS: &str = "PORTS";
-    pub const PORT_STATE: &str = "PORT_STATE";
-    pub const TRACE: &str = "TRACE";
-    pub const CONFIG: &str = "CONFIG";
-    /// Overlay: MAC of a container on another node -> that node's [`NodeAddr`](super::NodeAddr).
-    pub const REMOTE_FDB: &str = "REMOTE_FDB";
-    /// Overlay: IPv4 address of a container on another node -> its MAC,
-    /// for answering ARP.
-    pub const REMOTE_IPV4: &str = "REMOTE_IPV4";
-    /// Overlay: the known nodes' underlay addresses (decap accepts only these).
-    pub const NODES: &str = "NODES";
-    /// Overlay: the same nodes as an array, for flooding; ends at the first
-    /// entry of family 0.
-    pub const NODE_LIST: &str = "NODE_LIST";
-    /// Overlay: the vxlan device program's [`OverlayStats`](super::OverlayStats).
-    pub const OVERLAY_STATS: &str = "OVERLAY_STATS";
-}
+pub mod maps;
 
 /// Program names (the BPF function names; the kernel keeps 15 bytes).
 pub mod programs {

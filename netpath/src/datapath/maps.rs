@@ -1,6 +1,8 @@
-//! The one typed facade over the datapath's BPF maps: every map name is
-//! known here, the loader pins each of them, and everyone else opens them
-//! through [`Maps`] after its layout version was checked.
+//! The one typed facade over the datapath's BPF maps: every map comes
+//! from the one table (`netpath_common::datapath_maps!`), the loader pins
+//! each of them, and everyone else opens them through [`Maps`] (an accessor
+//! per row, of the row's kind and types) after the layout version was
+//! checked.
 
 use std::path::{Path, PathBuf};
 
@@ -8,76 +10,13 @@ use anyhow::{Context, Result, bail};
 use aya::maps::{
     Array, DevMapHash, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuHashMap, RingBuf,
 };
-use netpath_common::{
-    DatapathConfig, FdbEntry, FdbKey, LAYOUT_VERSION, NodeAddr, OverlayStats, PortState, maps,
-};
+use netpath_common::{LAYOUT_VERSION, maps};
 
-/// Every map of the BPF object. A map the object declares that is missing
-/// here fails the load (see `object::load`), so none is left unpinned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MapName {
-    Layout,
-    Config,
-    FdbStatic,
-    FdbLearned,
-    PortLearned,
-    Ports,
-    PortState,
-    Trace,
-    RemoteFdb,
-    RemoteIpv4,
-    Nodes,
-    NodeList,
-    OverlayStats,
-    /// aya-log's ring buffer: each loaded object has its own, read by
-    /// program id (`run` forwards it), so it is the one map never pinned.
-    AyaLogs,
-}
-
-impl MapName {
-    pub const ALL: [MapName; 14] = [
-        MapName::Layout,
-        MapName::Config,
-        MapName::FdbStatic,
-        MapName::FdbLearned,
-        MapName::PortLearned,
-        MapName::Ports,
-        MapName::PortState,
-        MapName::Trace,
-        MapName::RemoteFdb,
-        MapName::RemoteIpv4,
-        MapName::Nodes,
-        MapName::NodeList,
-        MapName::OverlayStats,
-        MapName::AyaLogs,
-    ];
-
-    pub fn pinned(self) -> bool {
-        self != MapName::AyaLogs
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MapName::Layout => maps::LAYOUT,
-            MapName::Config => maps::CONFIG,
-            MapName::FdbStatic => maps::FDB_STATIC,
-            MapName::FdbLearned => maps::FDB_LEARNED,
-            MapName::PortLearned => maps::PORT_LEARNED,
-            MapName::Ports => maps::PORTS,
-            MapName::PortState => maps::PORT_STATE,
-            MapName::Trace => maps::TRACE,
-            MapName::RemoteFdb => maps::REMOTE_FDB,
-            MapName::RemoteIpv4 => maps::REMOTE_IPV4,
-            MapName::Nodes => maps::NODES,
-            MapName::NodeList => maps::NODE_LIST,
-            MapName::OverlayStats => maps::OVERLAY_STATS,
-            MapName::AyaLogs => "AYA_LOGS",
-        }
-    }
-
-    pub fn known(name: &str) -> bool {
-        Self::ALL.iter().any(|m| m.as_str() == name)
-    }
+/// Whether the BPF object's map `name` is one netpath knows: a row of the
+/// table, or aya-log's ring buffer (which is never pinned). The loader
+/// refuses an object with any other, which would go unpinned.
+pub fn known(name: &str) -> bool {
+    name == maps::AYA_LOGS || maps::ALL.iter().any(|row| row.name == name)
 }
 
 /// The pinned maps of one datapath.
@@ -98,66 +37,40 @@ impl Maps {
         })
     }
 
-    fn open_map<T>(&self, name: MapName) -> Result<T>
+    fn open_map<T>(&self, name: &str) -> Result<T>
     where
         T: TryFrom<Map, Error = aya::maps::MapError>,
     {
-        let path = self.dir.join(name.as_str());
+        let path = self.dir.join(name);
         let data = MapData::from_pin(&path)
             .with_context(|| format!("opening pinned map {}", path.display()))?;
         let map = Map::from_map_data(data).with_context(|| format!("map {}", path.display()))?;
         T::try_from(map)
             .with_context(|| format!("pinned map {} has an unexpected type", path.display()))
     }
-
-    pub fn config(&self) -> Result<Array<MapData, DatapathConfig>> {
-        self.open_map(MapName::Config)
-    }
-
-    pub fn fdb_static(&self) -> Result<HashMap<MapData, FdbKey, u32>> {
-        self.open_map(MapName::FdbStatic)
-    }
-
-    pub fn fdb_learned(&self) -> Result<HashMap<MapData, FdbKey, FdbEntry>> {
-        self.open_map(MapName::FdbLearned)
-    }
-
-    pub fn port_learned(&self) -> Result<HashMap<MapData, u32, u32>> {
-        self.open_map(MapName::PortLearned)
-    }
-
-    pub fn ports(&self) -> Result<DevMapHash<MapData>> {
-        self.open_map(MapName::Ports)
-    }
-
-    pub fn port_state(&self) -> Result<PerCpuHashMap<MapData, u32, PortState>> {
-        self.open_map(MapName::PortState)
-    }
-
-    pub fn trace(&self) -> Result<RingBuf<MapData>> {
-        self.open_map(MapName::Trace)
-    }
-
-    pub fn remote_fdb(&self) -> Result<HashMap<MapData, FdbKey, NodeAddr>> {
-        self.open_map(MapName::RemoteFdb)
-    }
-
-    pub fn remote_ipv4(&self) -> Result<HashMap<MapData, [u8; 4], [u8; 6]>> {
-        self.open_map(MapName::RemoteIpv4)
-    }
-
-    pub fn nodes(&self) -> Result<HashMap<MapData, NodeAddr, u32>> {
-        self.open_map(MapName::Nodes)
-    }
-
-    pub fn node_list(&self) -> Result<Array<MapData, NodeAddr>> {
-        self.open_map(MapName::NodeList)
-    }
-
-    pub fn overlay_stats(&self) -> Result<PerCpuArray<MapData, OverlayStats>> {
-        self.open_map(MapName::OverlayStats)
-    }
 }
+
+/// An accessor per row of the table: `maps.fdb_static()` opens FDB_STATIC
+/// as aya's handle of its kind, key and value.
+macro_rules! accessors {
+    ($($(#[$doc:meta])* $name:ident => $accessor:ident : $kind:ident $(<$($ty:ty),+>)?
+        [$size:expr] $sizing:ident;)*) => {
+        impl Maps {
+            $(
+                $(#[$doc])*
+                pub fn $accessor(&self) -> Result<accessors!(@handle $kind $(<$($ty),+>)?)> {
+                    self.open_map(maps::$name)
+                }
+            )*
+        }
+    };
+    // Userspace reads an LRU hash map as any hash map.
+    (@handle LruHashMap<$($ty:ty),+>) => { HashMap<MapData, $($ty),+> };
+    (@handle $kind:ident<$($ty:ty),+>) => { $kind<MapData, $($ty),+> };
+    (@handle $kind:ident) => { $kind<MapData> };
+}
+
+netpath_common::datapath_maps!(accessors);
 
 /// Refuses pins in `dir` made by a netpath of another map layout, or (when
 /// `fdb_size` is given) with an FDB of another capacity: reusing them would

@@ -16,10 +16,14 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use aya_obj::programs::XdpAttachType;
-use netpath_common::{LAYOUT_VERSION, programs};
+use netpath_common::{
+    LAYOUT_VERSION,
+    maps::{self, Sizing},
+    programs,
+};
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
-use super::maps::{MapName, check_layout};
+use super::maps::{check_layout, known};
 
 /// The BPF object built by `cargo xtask build` from netpath-ebpf.
 pub static OBJECT: &[u8] = include_bytes_aligned!(env!("NETPATH_BPF_OBJECT"));
@@ -84,18 +88,25 @@ pub fn load(pins: Option<&Path>, fdb_size: u32) -> Result<Ebpf> {
     if !core_relocations {
         loader.btf(None);
     }
-    loader.map_max_entries(MapName::FdbStatic.as_str(), fdb_size);
-    loader.map_max_entries(MapName::FdbLearned.as_str(), learned_capacity(fdb_size)?);
-    // An overlay's remote containers take entries as local ones do.
-    loader.map_max_entries(MapName::RemoteFdb.as_str(), fdb_size);
-    loader.map_max_entries(MapName::RemoteIpv4.as_str(), fdb_size);
+    for row in maps::ALL {
+        match row.sizing {
+            Sizing::Fixed => {}
+            // An overlay's remote containers take entries as local ones do.
+            Sizing::Fdb => {
+                loader.map_max_entries(row.name, fdb_size);
+            }
+            Sizing::Learned => {
+                loader.map_max_entries(row.name, learned_capacity(fdb_size)?);
+            }
+        }
+    }
     let fresh = match pins {
         Some(dir) => {
             check_layout(dir, Some(fdb_size))?;
-            for map in MapName::ALL.into_iter().filter(|m| m.pinned()) {
-                loader.map_pin_path(map.as_str(), dir.join(map.as_str()));
+            for row in maps::ALL {
+                loader.map_pin_path(row.name, dir.join(row.name));
             }
-            !dir.join(MapName::Layout.as_str()).exists()
+            !dir.join(maps::LAYOUT).exists()
         }
         None => true,
     };
@@ -107,14 +118,15 @@ pub fn load(pins: Option<&Path>, fdb_size: u32) -> Result<Ebpf> {
         .maps()
         .map(|(name, _)| name)
         .filter(|name| !name.starts_with('.'));
-    if let Some(unknown) = declared.into_iter().find(|name| !MapName::known(name)) {
+    if let Some(unknown) = declared.into_iter().find(|name| !known(name)) {
         bail!(
-            "the BPF object declares map {unknown}, which datapath::maps::MapName does not list (so it would not be pinned)"
+            "the BPF object declares map {unknown}, which the table of maps (netpath_common::datapath_maps!) \
+             has no row for (so it would not be pinned)"
         );
     }
     if fresh {
         let mut layout: Array<_, u32> = Array::try_from(
-            ebpf.map_mut(MapName::Layout.as_str())
+            ebpf.map_mut(maps::LAYOUT)
                 .context("the BPF object has no LAYOUT map")?,
         )?;
         layout

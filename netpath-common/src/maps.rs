@@ -1,0 +1,105 @@
+//! The datapath's maps as one table, [`datapath_maps!`](crate::datapath_maps):
+//! the programs declare their maps from it (`netpath-ebpf/src/maps.rs`),
+//! the loader sizes, pins and opens them by it
+//! (`netpath/src/datapath/maps.rs`), and the names below come from it. A
+//! new map is one row plus the code that uses it; any change to a row is a
+//! change of [`LAYOUT_VERSION`](crate::LAYOUT_VERSION).
+//!
+//! A row: the map's name (also its pin's file name), `=>` the loader's
+//! accessor, `:` its kind with key and value types, the size in brackets
+//! (entries, or bytes for a ring buffer), and who sets the size at load:
+//! `fixed` (the table's), `fdb` (the datapath's FDB size) or `learned` (the
+//! learned FDB's, derived from it). A macro, not a list of constants,
+//! because the BPF side needs statics of aya-ebpf's types and the loader
+//! typed handles of aya's, and neither crate can see the other's.
+
+/// Calls `$row!` with every map of the datapath (see the module's text).
+#[macro_export]
+macro_rules! datapath_maps {
+    ($row:ident) => {
+        $row! {
+            /// One u32: the [`LAYOUT_VERSION`](crate::LAYOUT_VERSION) of the
+            /// pins, written by the loader; the programs never read it.
+            LAYOUT => layout: Array<u32> [1] fixed;
+            /// The datapath's mode and the overlay's devices and VNI.
+            CONFIG => config: Array<$crate::DatapathConfig> [1] fixed;
+            /// Static FDB entries: MAC -> ifindex, written only by the loader.
+            FDB_STATIC => fdb_static: HashMap<$crate::FdbKey, u32> [$crate::FDB_CAPACITY] fdb;
+            /// Learned FDB entries. When it is full, learning evicts the
+            /// entry used least recently (a lookup counts as a use), never a
+            /// static one.
+            FDB_LEARNED => fdb_learned: LruHashMap<$crate::FdbKey, $crate::FdbEntry>
+                [$crate::FDB_CAPACITY] learned;
+            /// How many learned entries point at each port: the programs add
+            /// and take away atomically (every CPU shares one count, unlike
+            /// PORT_STATE).
+            PORT_LEARNED => port_learned: HashMap<u32, u32> [$crate::PORT_CAPACITY] fixed;
+            /// Destination ports for XDP redirect: ifindex -> ifindex.
+            PORTS => ports: DevMapHash [$crate::PORT_CAPACITY] fixed;
+            /// Per-port, per-CPU policy and counters, keyed by the ingress
+            /// ifindex. A frame from a port not in here is not netpath's: it
+            /// goes to the bridge.
+            PORT_STATE => port_state: PerCpuHashMap<u32, $crate::PortState>
+                [$crate::PORT_CAPACITY] fixed;
+            /// Redirected frames for `netpath trace`, written only while
+            /// tracing is on.
+            TRACE => trace: RingBuf [$crate::TRACE_RING_BYTES] fixed;
+            /// Overlay: containers on other nodes, MAC -> node, written only
+            /// by the loader (the control plane).
+            REMOTE_FDB => remote_fdb: HashMap<$crate::FdbKey, $crate::NodeAddr>
+                [$crate::FDB_CAPACITY] fdb;
+            /// Overlay: IPv4 address of a container on another node -> its
+            /// MAC, so the programs answer ARP for it instead of flooding
+            /// the request to every node.
+            REMOTE_IPV4 => remote_ipv4: HashMap<[u8; 4], [u8; 6]> [$crate::FDB_CAPACITY] fdb;
+            /// Overlay: the other nodes; decapsulated frames from any other
+            /// underlay address are dropped.
+            NODES => nodes: HashMap<$crate::NodeAddr, u32> [$crate::NODE_CAPACITY] fixed;
+            /// Overlay: the other nodes as a list, for head-end replication
+            /// of broadcast; the first entry of family 0 ends it.
+            NODE_LIST => node_list: Array<$crate::NodeAddr> [$crate::NODE_CAPACITY] fixed;
+            /// Overlay: the vxlan device program's counters.
+            OVERLAY_STATS => overlay_stats: PerCpuArray<$crate::OverlayStats> [1] fixed;
+        }
+    };
+}
+
+/// Who sets a map's size when the object is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sizing {
+    /// The table's size.
+    Fixed,
+    /// The datapath's FDB size (`--fdb-size`).
+    Fdb,
+    /// The learned FDB's, derived from the FDB size.
+    Learned,
+}
+
+/// One map of the table, as the loader iterates them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapRow {
+    pub name: &'static str,
+    pub sizing: Sizing,
+}
+
+macro_rules! names {
+    ($($(#[$doc:meta])* $name:ident => $accessor:ident : $kind:ident $(<$($ty:ty),+>)?
+        [$size:expr] $sizing:ident;)*) => {
+        $(
+            $(#[$doc])*
+            pub const $name: &str = stringify!($name);
+        )*
+        /// Every map of the table, in its order.
+        pub const ALL: &[MapRow] = &[$(MapRow { name: $name, sizing: names!(@sizing $sizing) }),*];
+    };
+    (@sizing fixed) => { Sizing::Fixed };
+    (@sizing fdb) => { Sizing::Fdb };
+    (@sizing learned) => { Sizing::Learned };
+}
+
+datapath_maps!(names);
+
+/// aya-log's ring buffer: each loaded object has its own, read by program
+/// id (`run` forwards it), so it is the one map outside the table, never
+/// pinned.
+pub const AYA_LOGS: &str = "AYA_LOGS";
