@@ -1,5 +1,10 @@
-//! Where the programs attach: one pinned link per hook and port, so the
-//! datapath outlives the loader and the next one finds what is attached.
+//! Where the programs attach: the table of hooks ([`HOOKS`]: program,
+//! attach point, how, pin directory, modes), and one pinned link per hook
+//! and port (or netpath's own cls_bpf filter, where tc goes through
+//! clsact), so the datapath outlives the loader and the next one finds what
+//! is attached. A new hook (netkit's primary and peer, say) is a row, an
+//! arm of [`AttachPoint`] or [`Via`] if it is a new place or way, and the
+//! attach code of that arm.
 
 use std::{
     collections::HashSet,
@@ -7,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use aya::{
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
@@ -34,7 +39,7 @@ use crate::{
     model::Mode,
 };
 
-/// The hooks netpath attaches, one pinned link each per port.
+/// The hooks netpath attaches: a row each of [`HOOKS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
     /// XDP forwarding program on the host-side veth.
@@ -43,30 +48,114 @@ pub enum Hook {
     XdpPeer,
     /// tc ingress forwarding program on the host-side veth.
     Tc,
+    /// tc ingress of the node's vxlan device: decapsulated frames, one
+    /// program per overlay (by VNI).
+    Vxlan,
 }
 
+/// Where a hook's program runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachPoint {
+    /// The port's host-side veth.
+    HostVeth,
+    /// The container's interface, inside its namespace.
+    ContainerSide,
+    /// The node's one vxlan device, shared by every overlay.
+    VxlanDevice,
+}
+
+/// How a hook attaches, and which of the loaded programs it takes.
+#[derive(Clone, Copy)]
+pub enum Via {
+    /// An XDP bpf_link, in driver mode.
+    Xdp(fn(&mut Programs) -> &mut Xdp),
+    /// tc ingress: a tcx bpf_link or a clsact filter, per [`TcMethod`]
+    /// (which the kernel decides).
+    Tc(fn(&mut Programs) -> &mut SchedClassifier),
+}
+
+/// One hook: its program, where and how it attaches, where its links are
+/// pinned, and the modes that have it.
+pub struct HookRow {
+    pub hook: Hook,
+    /// The program's name (its BPF function).
+    pub program: &'static str,
+    pub at: AttachPoint,
+    pub via: Via,
+    /// Its links' directory under the pins' `links/` (bpffs reserves names
+    /// with dots, so each hook gets a directory).
+    pub pin_dir: &'static str,
+    /// The datapath modes whose ports have it (none: attached on joining
+    /// an overlay, not per port).
+    pub modes: &'static [Mode],
+}
+
+/// Every hook, in the order a port's are attached: the container side's
+/// XDP_PASS before the host side's XDP, so that no redirect meets a
+/// device that cannot take it.
+pub const HOOKS: [HookRow; 4] = [
+    HookRow {
+        hook: Hook::XdpPeer,
+        program: programs::XDP_PEER,
+        at: AttachPoint::ContainerSide,
+        via: Via::Xdp(|p| &mut p.xdp_peer),
+        pin_dir: "xdp-peer",
+        modes: &[Mode::Xdp],
+    },
+    HookRow {
+        hook: Hook::Xdp,
+        program: programs::XDP_FORWARD,
+        at: AttachPoint::HostVeth,
+        via: Via::Xdp(|p| &mut p.xdp_forward),
+        pin_dir: "xdp",
+        modes: &[Mode::Xdp],
+    },
+    HookRow {
+        hook: Hook::Tc,
+        program: programs::TC_FORWARD,
+        at: AttachPoint::HostVeth,
+        via: Via::Tc(|p| &mut p.tc_forward),
+        pin_dir: "tc",
+        modes: &[Mode::Tc],
+    },
+    HookRow {
+        hook: Hook::Vxlan,
+        program: programs::TC_VXLAN,
+        at: AttachPoint::VxlanDevice,
+        via: Via::Tc(|p| &mut p.tc_vxlan),
+        pin_dir: "vxlan",
+        modes: &[],
+    },
+];
+
 impl Hook {
-    pub const ALL: [Hook; 3] = [Hook::Xdp, Hook::XdpPeer, Hook::Tc];
-
-    pub fn for_mode(mode: Mode) -> &'static [Hook] {
-        match mode {
-            Mode::Xdp => &[Hook::XdpPeer, Hook::Xdp],
-            Mode::Tc => &[Hook::Tc],
-            Mode::Bridge => &[],
-        }
+    /// The hooks a port may have, in attach order.
+    pub fn per_port() -> impl Iterator<Item = Hook> {
+        HOOKS
+            .iter()
+            .filter(|row| row.at != AttachPoint::VxlanDevice)
+            .map(|row| row.hook)
     }
 
-    fn suffix(self) -> &'static str {
-        match self {
-            Hook::Xdp => "xdp",
-            Hook::XdpPeer => "xdp-peer",
-            Hook::Tc => "tc",
-        }
+    /// The hooks of a port of a datapath in `mode`, in attach order.
+    pub fn for_mode(mode: Mode) -> Vec<Hook> {
+        HOOKS
+            .iter()
+            .filter(|row| row.modes.contains(&mode))
+            .map(|row| row.hook)
+            .collect()
     }
 
-    /// bpffs reserves names with dots, so each hook gets a directory.
+    pub fn row(self) -> &'static HookRow {
+        HOOKS
+            .iter()
+            .find(|row| row.hook == self)
+            .expect("every hook has a row in HOOKS")
+    }
+
+    /// The directory of its pinned links.
     pub fn dir(self, pins: &Path) -> PathBuf {
-        pins.join("links").join(self.suffix())
+        pins.join("links").join(self.row().pin_dir)
     }
 
     fn pin_path(self, pins: &Path, port: &str) -> PathBuf {
@@ -141,12 +230,13 @@ pub async fn attach(
     if pin.exists() {
         return update_link(programs, &pin, name, hook, false);
     }
-    if hook == Hook::Tc && tc == TcMethod::Clsact {
-        return attach_clsact(handle, &mut programs.tc_forward, port, ifindex).await;
-    }
-    let link: FdLink = match hook {
-        Hook::Xdp => {
-            let program = &mut programs.xdp_forward;
+    let row = hook.row();
+    let link: FdLink = match (row.via, row.at) {
+        (Via::Tc(program), AttachPoint::HostVeth) if tc == TcMethod::Clsact => {
+            return attach_clsact(handle, program(programs), port, ifindex).await;
+        }
+        (Via::Xdp(program), AttachPoint::HostVeth) => {
+            let program = program(programs);
             let id = program
                 .attach_to_if_index(ifindex, XdpMode::Driver)
                 .with_context(|| format!("attaching XDP to {name}"))?;
@@ -155,8 +245,8 @@ pub async fn attach(
                 .try_into()
                 .context("XDP link is not a bpf_link")?
         }
-        Hook::XdpPeer => {
-            let program = &mut programs.xdp_peer;
+        (Via::Xdp(program), AttachPoint::ContainerSide) => {
+            let program = program(programs);
             // An ifindex is resolved in the caller's namespace: attach from inside.
             netns::enter_path_and(&port.netns, || {
                 let index = nix::net::if_::if_nametoindex(port.ifname.as_str())
@@ -177,8 +267,8 @@ pub async fn attach(
                 )
             })?
         }
-        Hook::Tc => {
-            let program = &mut programs.tc_forward;
+        (Via::Tc(program), AttachPoint::HostVeth) => {
+            let program = program(programs);
             let id = program
                 .attach(name, TcAttachType::Ingress)
                 .with_context(|| format!("attaching tc ingress to {name}"))?;
@@ -187,6 +277,7 @@ pub async fn attach(
                 .try_into()
                 .context("tc link is not a bpf_link (kernel without tcx?)")?
         }
+        (_, at) => bail!("hook {hook:?} attaches to {at:?}, not to a port's veth"),
     };
     link.pin(&pin)
         .with_context(|| format!("pinning link {}", pin.display()))?;
@@ -279,13 +370,14 @@ pub async fn upgrade(
     ifindex: u32,
     force: bool,
 ) -> Result<()> {
-    for hook in Hook::ALL {
+    for hook in Hook::per_port() {
         let pin = hook.pin_path(pins, name);
         if pin.exists() {
             update_link(programs, &pin, name, hook, force)?;
+        } else if let (Via::Tc(program), AttachPoint::HostVeth) = (hook.row().via, hook.row().at) {
+            update_clsact(handle, program(programs), name, ifindex, force).await?;
         }
     }
-    update_clsact(handle, &mut programs.tc_forward, name, ifindex, force).await?;
     Ok(())
 }
 
@@ -333,13 +425,9 @@ fn update_link(
         .info()
         .with_context(|| format!("reading link {}", pin.display()))?
         .program_id();
-    let replaced = match hook {
-        Hook::Xdp | Hook::XdpPeer => {
-            let program = if hook == Hook::Xdp {
-                &mut programs.xdp_forward
-            } else {
-                &mut programs.xdp_peer
-            };
+    let replaced = match hook.row().via {
+        Via::Xdp(program) => {
+            let program = program(programs);
             if !force && same_instructions(running, program)? {
                 return Ok(());
             }
@@ -351,8 +439,8 @@ fn update_link(
             drop(program.take_link(id)?);
             program.info()?.id()
         }
-        Hook::Tc => {
-            let program = &mut programs.tc_forward;
+        Via::Tc(program) => {
+            let program = program(programs);
             if !force && same_instructions(running, program)? {
                 return Ok(());
             }
@@ -367,7 +455,7 @@ fn update_link(
     };
     info!(
         "{name}: {} link upgraded from program {running} to {replaced}",
-        hook.suffix()
+        hook.row().pin_dir
     );
     Ok(())
 }
@@ -449,9 +537,10 @@ fn restore_veth_offloads(port: &Port) -> Result<()> {
 /// removes netpath's clsact filter; leaving XDP, restores the container
 /// interface's offloads if it is still there.
 pub fn detach(pins: &Path, port: &Port, hook: Hook) -> Result<()> {
+    let row = hook.row();
     // Whichever way it was attached: a datapath's ports may have either.
-    if hook == Hook::Tc {
-        match qdisc_detach_program(&port.name, TcAttachType::Ingress, programs::TC_FORWARD) {
+    if let (Via::Tc(_), AttachPoint::HostVeth) = (row.via, row.at) {
+        match qdisc_detach_program(&port.name, TcAttachType::Ingress, row.program) {
             Ok(()) => {}
             // Not attached, or the port (and its filter) are gone already.
             Err(TcError::IoError(e))
@@ -473,7 +562,7 @@ pub fn detach(pins: &Path, port: &Port, hook: Hook) -> Result<()> {
             .with_context(|| format!("opening pinned link {}", pin.display()))?;
         link.unpin()
             .with_context(|| format!("unpinning {}", pin.display()))?;
-        if hook == Hook::XdpPeer && port.netns.exists() {
+        if row.at == AttachPoint::ContainerSide && port.netns.exists() {
             restore_veth_offloads(port)?;
         }
     }
@@ -482,7 +571,7 @@ pub fn detach(pins: &Path, port: &Port, hook: Hook) -> Result<()> {
 
 /// Unpins the links of every port not in `ports`.
 pub fn remove_stale(pins: &Path, ports: &HashSet<String>) -> Result<()> {
-    for hook in Hook::ALL {
+    for hook in Hook::per_port() {
         let Ok(entries) = fs::read_dir(hook.dir(pins)) else {
             continue;
         };
@@ -499,7 +588,7 @@ pub fn remove_stale(pins: &Path, ports: &HashSet<String>) -> Result<()> {
 /// Ids of the programs behind the pinned links (to read their logs).
 pub fn attached_program_ids(pins: &Path) -> Result<Vec<u32>> {
     let mut ids = Vec::new();
-    for hook in Hook::ALL {
+    for hook in Hook::per_port() {
         let Ok(entries) = fs::read_dir(hook.dir(pins)) else {
             continue;
         };
@@ -543,9 +632,10 @@ pub async fn programs_on(
     Ok(out)
 }
 
-/// Where a datapath's link on the node's vxlan device is pinned.
+/// Where a datapath's link on the node's vxlan device is pinned: one
+/// per datapath, so the hook's directory is the pin.
 fn vxlan_pin(pins: &Path) -> PathBuf {
-    pins.join("links").join("vxlan")
+    Hook::Vxlan.dir(pins)
 }
 
 /// The clsact filter handle of a datapath's program on the vxlan device:
@@ -554,12 +644,12 @@ fn vxlan_handle(vni: u32) -> TcHandle {
     TcHandle::new(0, (vni as u16).max(1))
 }
 
-/// Attaches `program` (a datapath's `netpath_vxlan`) to the ingress of
+/// Attaches the vxlan hook's program (a datapath's `netpath_vxlan`) to the ingress of
 /// the node's vxlan device `device`, after the programs of the overlays
 /// there already: each takes its VNI's frames and passes the rest on. A
 /// pinned link that is there already is kept.
 pub fn attach_vxlan(
-    program: &mut SchedClassifier,
+    programs: &mut Programs,
     pins: &Path,
     device: &str,
     vni: u32,
@@ -569,6 +659,10 @@ pub fn attach_vxlan(
     if pin.exists() {
         return Ok(());
     }
+    let Via::Tc(program) = Hook::Vxlan.row().via else {
+        bail!("the vxlan device's hook is a tc one");
+    };
+    let program = program(programs);
     if tc == TcMethod::Clsact {
         match qdisc_add_clsact(device) {
             Ok(()) => {}

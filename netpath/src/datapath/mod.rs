@@ -172,7 +172,7 @@ pub async fn ensure_reporting(
         // after xdp mode and removes clsact filters, which no pin holds.
         let dir = pin_dir(&dp.name);
         for port in &dp.ports {
-            for hook in Hook::ALL {
+            for hook in Hook::per_port() {
                 hooks::detach(&dir, port, hook)?;
             }
         }
@@ -181,7 +181,7 @@ pub async fn ensure_reporting(
     ensure_bpffs()?;
     let dir = pin_dir(&dp.name);
     // Pinned maps hold the FDB: only root may read or change them.
-    for hook in Hook::ALL {
+    for hook in Hook::per_port() {
         let hook_dir = hook.dir(&dir);
         fs::DirBuilder::new()
             .recursive(true)
@@ -227,14 +227,14 @@ pub async fn ensure_reporting(
     }
     let wanted = Hook::for_mode(dp.mode);
     for (n, (port, ifindex)) in ports.iter().enumerate() {
-        for hook in wanted {
-            hooks::attach(handle, &mut programs, &dir, port, *ifindex, *hook, dp.tc).await?;
+        for &hook in &wanted {
+            hooks::attach(handle, &mut programs, &dir, port, *ifindex, hook, dp.tc).await?;
         }
         step_done(Step::PortAttached(n))?;
     }
     for (port, _) in &ports {
-        for hook in Hook::ALL.iter().filter(|h| !wanted.contains(h)) {
-            hooks::detach(&dir, port, *hook)?;
+        for hook in Hook::per_port().filter(|h| !wanted.contains(h)) {
+            hooks::detach(&dir, port, hook)?;
         }
     }
     let names: HashSet<String> = ports.iter().map(|(p, _)| p.name.clone()).collect();
@@ -342,7 +342,7 @@ pub async fn add_port(
     fill_port(&maps, dp.learn_limit, port, ifindex, cpus)?;
     if let Some(mut programs) = programs {
         for hook in Hook::for_mode(dp.mode) {
-            hooks::attach(handle, &mut programs, &dir, port, ifindex, *hook, dp.tc).await?;
+            hooks::attach(handle, &mut programs, &dir, port, ifindex, hook, dp.tc).await?;
         }
     }
     info!("{}: port {} joined ({} mode)", dp.name, port.name, dp.mode);
@@ -396,7 +396,7 @@ pub async fn attach_early(
         return Ok(false);
     };
     for hook in Hook::for_mode(dp.mode) {
-        hooks::attach(handle, &mut programs, &dir, port, ifindex, *hook, dp.tc).await?;
+        hooks::attach(handle, &mut programs, &dir, port, ifindex, hook, dp.tc).await?;
     }
     Ok(true)
 }
@@ -487,7 +487,7 @@ pub fn unpin_port(datapath: &str, port: &Port) -> Result<()> {
     if !dir.exists() {
         return Ok(());
     }
-    for hook in Hook::ALL {
+    for hook in Hook::per_port() {
         hooks::detach(&dir, port, hook)?;
     }
     Ok(())

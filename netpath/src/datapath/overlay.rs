@@ -54,7 +54,7 @@ pub fn join(datapath: &str, overlay: OverlayConfig, device: &str, tc: TcMethod) 
     config.set(0, current, 0).context("writing map CONFIG")?;
     let mut programs = Programs::pinned(&dir)?
         .with_context(|| format!("datapath {datapath} has no pinned programs"))?;
-    hooks::attach_vxlan(&mut programs.tc_vxlan, &dir, device, overlay.vni, tc)
+    hooks::attach_vxlan(&mut programs, &dir, device, overlay.vni, tc)
 }
 
 /// Takes a datapath's program off the vxlan device (its maps go with the
