@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    Mode, ipam, naming, one_or_many,
+    Mac, Mode, ipam, naming, one_or_many,
     overlay::{DEFAULT_LEASE_TTL_S, OverlaySpec, Peers},
 };
 
@@ -90,6 +90,33 @@ pub struct NetConf {
     /// The overlay across nodes this node's pods are on, if any.
     #[serde(default)]
     pub overlay: Option<OverlayConf>,
+    /// The runtime's capabilities (`ips`, `mac`), as CNI's conventions
+    /// pass them.
+    #[serde(default)]
+    pub runtime_config: RuntimeConfig,
+    /// `args.cni`: the same, the older way (`ips`, `mac`).
+    #[serde(default)]
+    pub args: Option<Value>,
+}
+
+/// `runtimeConfig`: what the runtime asks for this container.
+#[derive(Debug, Default, Deserialize)]
+pub struct RuntimeConfig {
+    /// The `ips` capability: addresses, with or without a prefix.
+    #[serde(default)]
+    pub ips: Vec<String>,
+    /// The `mac` capability.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// What the runtime asked the container's interface to have, from
+/// `runtimeConfig`, else `args.cni`, else CNI_ARGS (`IP=`, `MAC=`), the
+/// order of CNI's conventions.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Requested {
+    pub ips: Vec<IpAddr>,
+    pub mac: Option<Mac>,
 }
 
 /// `"overlay"`: this node on an overlay across nodes, e.g. `{"node": "n1",
@@ -185,6 +212,65 @@ impl NetConf {
         Ok(conf)
     }
 
+    /// What the runtime asked for (see [`Requested`]), checked: addresses
+    /// that parse, a unicast MAC.
+    pub fn requested(&self, env: &Env) -> CniResult<Requested> {
+        let invalid = |msg: String| CniError::new(CniError::INVALID_CONFIG, msg);
+        let args = self.args.as_ref().map(|a| &a["cni"]);
+        let listed = |v: Option<&Value>| -> Vec<String> {
+            v.and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        };
+        let cni_arg = |key: &str| {
+            env.args
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
+        let ips: Vec<String> = [
+            self.runtime_config.ips.clone(),
+            listed(args.map(|a| &a["ips"])),
+            cni_arg("IP")
+                .map(|v| v.split(',').map(str::to_owned).collect())
+                .unwrap_or_default(),
+        ]
+        .into_iter()
+        .find(|ips| !ips.is_empty())
+        .unwrap_or_default();
+        let ips = ips
+            .iter()
+            .map(|ip| {
+                let address = ip.split('/').next().unwrap_or_default();
+                address
+                    .parse::<IpAddr>()
+                    .map_err(|_| invalid(format!("requested address {ip:?} is no IP address")))
+            })
+            .collect::<CniResult<Vec<_>>>()?;
+        let mac = self
+            .runtime_config
+            .mac
+            .clone()
+            .or_else(|| args.and_then(|a| a["mac"].as_str().map(str::to_owned)))
+            .or_else(|| cni_arg("MAC"))
+            .map(|m| {
+                let mac: Mac = m
+                    .parse()
+                    .map_err(|_| invalid(format!("requested MAC {m:?} is no MAC address")))?;
+                if mac.is_unicast() {
+                    Ok(mac)
+                } else {
+                    Err(invalid(format!(
+                        "requested MAC {mac} is not a unicast address: a container cannot send from it"
+                    )))
+                }
+            })
+            .transpose()?;
+        Ok(Requested { ips, mac })
+    }
+
     /// The overlay the pods are on, checked: complete, peers or etcd,
     /// mode tc, and the IPAM subnets slices of the overlay's networks.
     pub fn overlay_spec(&self) -> anyhow::Result<Option<OverlaySpec>> {
@@ -276,6 +362,8 @@ pub struct Env {
     pub netns: Option<PathBuf>,
     pub ifname: String,
     pub path: Vec<PathBuf>,
+    /// CNI_ARGS: `KEY=VALUE` pairs separated by `;`.
+    pub args: Vec<(String, String)>,
 }
 
 impl Env {
@@ -302,12 +390,25 @@ impl Env {
         let path = get("CNI_PATH")
             .map(|p| std::env::split_paths(&p).collect())
             .unwrap_or_default();
+        let args = get("CNI_ARGS")
+            .unwrap_or_default()
+            .split(';')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| match pair.split_once('=') {
+                Some((key, value)) => Ok((key.to_owned(), value.to_owned())),
+                None => Err(CniError::new(
+                    CniError::INVALID_ENVIRONMENT,
+                    format!("CNI_ARGS has {pair:?}, which is no KEY=VALUE pair"),
+                )),
+            })
+            .collect::<CniResult<_>>()?;
         Ok(Env {
             command,
             container_id,
             netns,
             ifname,
             path,
+            args,
         })
     }
 }
@@ -338,6 +439,8 @@ mod tests {
             CniError::INVALID_CONFIG
         );
         assert_eq!(code(json!({"bridge": "../x"})), CniError::INVALID_CONFIG);
+        // The kernel's name template would make a new bridge on every ADD.
+        assert_eq!(code(json!({"bridge": "np%d"})), CniError::INVALID_CONFIG);
         assert_eq!(code(json!({"mode": "xdp"})), CniError::INVALID_CONFIG);
         assert_eq!(code(json!({"mode": "warp"})), CniError::DECODING_FAILURE);
         assert_eq!(
@@ -453,5 +556,82 @@ mod tests {
             Env::from_vars(vars(&bad)).unwrap_err().code,
             CniError::INVALID_ENVIRONMENT
         );
+    }
+
+    fn env(args: Option<&str>) -> Env {
+        let vars = |k: &str| match k {
+            "CNI_COMMAND" => Some("ADD".to_owned()),
+            "CNI_CONTAINERID" => Some("c1".to_owned()),
+            "CNI_IFNAME" => Some("eth0".to_owned()),
+            "CNI_NETNS" => Some("/run/netns/x".to_owned()),
+            "CNI_ARGS" => args.map(str::to_owned),
+            _ => None,
+        };
+        Env::from_vars(vars).unwrap()
+    }
+
+    #[test]
+    fn requested_addresses_and_mac_come_from_runtime_config_then_args_then_cni_args() {
+        let requested = |extra: Value, args: Option<&str>| {
+            NetConf::parse(&conf(extra))
+                .unwrap()
+                .requested(&env(args))
+                .map_err(|e| e.code)
+        };
+        assert_eq!(requested(json!({}), None), Ok(Requested::default()));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mac = |s: &str| Some(s.parse::<Mac>().unwrap());
+        assert_eq!(
+            requested(
+                json!({}),
+                Some("IgnoreUnknown=1;IP=10.0.0.9;MAC=02:00:00:00:00:09")
+            ),
+            Ok(Requested {
+                ips: vec![ip("10.0.0.9")],
+                mac: mac("02:00:00:00:00:09")
+            })
+        );
+        assert_eq!(
+            requested(
+                json!({"args": {"cni": {"ips": ["10.0.0.8"], "mac": "02:00:00:00:00:08"}}}),
+                Some("IP=10.0.0.9")
+            ),
+            Ok(Requested {
+                ips: vec![ip("10.0.0.8")],
+                mac: mac("02:00:00:00:00:08")
+            })
+        );
+        assert_eq!(
+            requested(
+                json!({"runtimeConfig": {"ips": ["10.0.0.7/24"], "mac": "02:00:00:00:00:07"},
+                       "args": {"cni": {"ips": ["10.0.0.8"]}}}),
+                None
+            ),
+            Ok(Requested {
+                ips: vec![ip("10.0.0.7")],
+                mac: mac("02:00:00:00:00:07")
+            })
+        );
+        let bad = CniError::INVALID_CONFIG;
+        assert_eq!(
+            requested(json!({"runtimeConfig": {"ips": ["ten"]}}), None),
+            Err(bad)
+        );
+        // A multicast MAC: no container can send from it.
+        assert_eq!(
+            requested(json!({"runtimeConfig": {"mac": "03:00:00:00:00:01"}}), None),
+            Err(bad)
+        );
+        let no_pair = Env::from_vars(|k| {
+            (k == "CNI_ARGS")
+                .then(|| "IP".to_owned())
+                .or_else(|| match k {
+                    "CNI_COMMAND" => Some("DEL".to_owned()),
+                    "CNI_CONTAINERID" => Some("c1".to_owned()),
+                    "CNI_IFNAME" => Some("eth0".to_owned()),
+                    _ => None,
+                })
+        });
+        assert_eq!(no_pair.unwrap_err().code, CniError::INVALID_ENVIRONMENT);
     }
 }

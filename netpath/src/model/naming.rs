@@ -133,9 +133,11 @@ pub fn validate_ifname(what: &str, name: &str) -> Result<()> {
     ensure!(
         !name.is_empty()
             && name.len() <= IFNAME_MAX
-            && !name.contains(['/', ' ', '.', ':'])
+            && !name.contains(['/', ' ', '.', ':', '%'])
             && name != "..",
-        "{what} {name:?} is not a valid interface name (1 to {IFNAME_MAX} bytes, no '/', ' ', '.', ':')"
+        // '%': the kernel takes "np%d" as a template and makes a new name
+        // (np0, np1, ...) each time, which nothing could find again.
+        "{what} {name:?} is not a valid interface name (1 to {IFNAME_MAX} bytes, no '/', ' ', '.', ':', '%')"
     );
     Ok(())
 }

@@ -125,6 +125,7 @@ pub(super) async fn add(call: &Call<'_>) -> CniResult<Value> {
             format!("CNI_NETNS {} does not exist", netns_path.display()),
         ));
     }
+    let requested = conf.requested(env)?;
     let placement = Placement::of(handle, conf).await?;
     let lock = take_lock(&conf.datapath_name())?;
     let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
@@ -184,10 +185,19 @@ pub(super) async fn add(call: &Call<'_>) -> CniResult<Value> {
             ),
         ));
     }
-    let addresses = allocate(conf, &rec)?;
-    let mac = Mac::derive(&format!("{}/{}", env.container_id, env.ifname), |m| {
-        rec.mac_taken(m)
-    });
+    let addresses = allocate(conf, &rec, &requested.ips)?;
+    let mac = match requested.mac {
+        Some(mac) if rec.mac_taken(mac) => {
+            return Err(CniError::new(
+                CniError::INVALID_CONFIG,
+                format!("requested MAC {mac} is in use by another container of the network"),
+            ));
+        }
+        Some(mac) => mac,
+        None => Mac::derive(&format!("{}/{}", env.container_id, env.ifname), |m| {
+            rec.mac_taken(m)
+        }),
+    };
     let attachment = Attachment {
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),

@@ -94,23 +94,54 @@ pub(super) type Addresses = (Vec<IpNet>, Vec<IpAddr>);
 
 /// A new attachment's addresses from netpath's own IPAM (free in the
 /// record); None with host-local, which ADD runs while it wires the pod.
-pub(super) fn allocate(conf: &NetConf, rec: &NetworkRecord) -> CniResult<Option<Addresses>> {
+/// Addresses the runtime asked for (`requested`) are taken as they are,
+/// if each lies in a subnet and is free; the subnets without one get the
+/// next free address. (host-local honours the same requests itself.)
+pub(super) fn allocate(
+    conf: &NetConf,
+    rec: &NetworkRecord,
+    requested: &[IpAddr],
+) -> CniResult<Option<Addresses>> {
     let Ipam::Netpath { .. } = &conf.ipam else {
         return Ok(None);
     };
-    let subnets = conf
-        .subnets()
-        .map_err(|e| CniError::new(CniError::INVALID_CONFIG, format!("{e:#}")))?;
+    let invalid = |msg: String| CniError::new(CniError::INVALID_CONFIG, msg);
+    let subnets = conf.subnets().map_err(|e| invalid(format!("{e:#}")))?;
+    if let Some(outside) = requested
+        .iter()
+        .find(|ip| !subnets.iter().any(|s| s.contains(*ip)))
+    {
+        return Err(invalid(format!(
+            "requested address {outside} is in none of the subnets ({})",
+            subnets
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     let mut ips = Vec::new();
     for subnet in &subnets {
-        ips.push(
-            ipam::allocate(*subnet, |a| rec.address_taken(a)).ok_or_else(|| {
+        let address = match requested.iter().find(|ip| subnet.contains(*ip)) {
+            Some(&ip) => {
+                let address = IpNet::new(ip, subnet.prefix_len()).expect("prefix from a valid net");
+                ipam::check_container_address(*subnet, address)
+                    .map_err(|e| invalid(format!("requested address: {e:#}")))?;
+                if rec.address_taken(ip) {
+                    return Err(invalid(format!(
+                        "requested address {ip} is in use by another container of the network"
+                    )));
+                }
+                address
+            }
+            None => ipam::allocate(*subnet, |a| rec.address_taken(a)).ok_or_else(|| {
                 CniError::new(
                     CniError::TRY_AGAIN_LATER,
                     format!("subnet {subnet} has no free address"),
                 )
             })?,
-        );
+        };
+        ips.push(address);
     }
     let gateways = subnets.iter().map(|s| ipam::gateway(*s).addr()).collect();
     Ok(Some((ips, gateways)))
