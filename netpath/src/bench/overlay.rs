@@ -23,7 +23,10 @@ use log::warn;
 
 use super::{bed::Bed, report::Target};
 use crate::{
-    host::{netlink, netns, plumbing},
+    host::{
+        netlink, netns,
+        plumbing::{self, Adopt},
+    },
     model::{
         Mac, Mode, Settings, TopologySpec,
         naming::{CONTAINER_IFNAME, port_name},
@@ -135,7 +138,8 @@ fn build_underlay(name: &str) -> Result<()> {
     let owner = name.to_owned();
     netns::run_in(&underlay_ns(name), |h| async move {
         let (bridge, _) =
-            plumbing::ensure_bridge(&h, UNDERLAY_BRIDGE, &owner, UNDERLAY_MTU, &[]).await?;
+            plumbing::ensure_bridge(&h, UNDERLAY_BRIDGE, &owner, UNDERLAY_MTU, &[], Adopt::No)
+                .await?;
         for side in SIDES {
             let host = host_ns(&owner, side);
             let address = IpNet::new(underlay_ip(side).into(), UNDERLAY_PREFIX)?;
@@ -234,7 +238,8 @@ fn build_kernel_vxlan(name: &str) -> Result<Bed> {
         netns::create(&container)?;
         let owner = name.to_owned();
         netns::run_in(&host_ns(name, side), |h| async move {
-            let (bridge, _) = plumbing::ensure_bridge(&h, KERNEL_BRIDGE, &owner, mtu, &[]).await?;
+            let (bridge, _) =
+                plumbing::ensure_bridge(&h, KERNEL_BRIDGE, &owner, mtu, &[], Adopt::No).await?;
             let veth = plumbing::Plug {
                 host_veth: KERNEL_VETH,
                 netns: &netns::path(&container),

@@ -11,8 +11,8 @@ use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressFlags},
         link::{
-            AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, LinkAttribute,
-            LinkMessage, LinkXdp,
+            AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
+            LinkInfo, LinkMessage, LinkXdp,
         },
         neighbour::{NeighbourFlags, NeighbourState},
     },
@@ -31,6 +31,15 @@ pub struct Link {
     /// Id of the XDP program attached to the link, if any.
     pub xdp_prog_id: Option<u32>,
     pub mtu: Option<u32>,
+    /// Its driver's kind (`bridge`, `veth`, `vxlan`, ...); None for a
+    /// device without one (a physical NIC, `lo`).
+    pub kind: Option<String>,
+}
+
+impl Link {
+    pub fn is_bridge(&self) -> bool {
+        self.kind.as_deref() == Some("bridge")
+    }
 }
 
 impl From<LinkMessage> for Link {
@@ -43,6 +52,7 @@ impl From<LinkMessage> for Link {
             controller: None,
             xdp_prog_id: None,
             mtu: None,
+            kind: None,
         };
         for attr in msg.attributes {
             match attr {
@@ -53,6 +63,13 @@ impl From<LinkMessage> for Link {
                 }
                 LinkAttribute::Controller(c) => link.controller = Some(c),
                 LinkAttribute::Mtu(m) => link.mtu = Some(m),
+                LinkAttribute::LinkInfo(infos) => {
+                    link.kind = infos.iter().find_map(|info| match info {
+                        LinkInfo::Kind(InfoKind::Other(kind)) => Some(kind.clone()),
+                        LinkInfo::Kind(kind) => Some(kind.to_string()),
+                        _ => None,
+                    })
+                }
                 LinkAttribute::Xdp(xdp) => {
                     link.xdp_prog_id = xdp.iter().find_map(|x| match x {
                         LinkXdp::ProgId(id) if *id != 0 => Some(*id),

@@ -4,14 +4,14 @@
 
 use std::{net::IpAddr, os::fd::AsRawFd, path::Path};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
 use rtnetlink::Handle;
 
 use super::{netlink, netns};
 use crate::model::{
     Mac,
-    naming::{owner_alias, pod_alias},
+    naming::{describe_datapath, owner_alias, pod_alias},
 };
 
 /// One container's connection.
@@ -180,16 +180,44 @@ async fn unplug_marked(
     netlink::delete_link(handle, link.index).await
 }
 
+/// Whether an existing bridge that `owner` did not make may be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adopt {
+    /// Only `owner`'s own bridge.
+    No,
+    /// Any bridge: the user said so (a CNI conflist's `adoptBridge`).
+    Yes,
+}
+
 /// The bridge `name` with every gateway address, created (marked as
 /// `owner`'s) if missing. Returns it and whether this call created it.
+/// An existing device is refused before anything changes if it is no
+/// bridge, or, unless `adopt`, a bridge `owner` did not make: netpath
+/// never addresses or plugs containers into what is not its own.
 pub async fn ensure_bridge(
     handle: &Handle,
     name: &str,
     owner: &str,
     mtu: u32,
     gateways: &[IpNet],
+    adopt: Adopt,
 ) -> Result<(netlink::Link, bool)> {
     let (bridge, created) = match netlink::link_by_name(handle, name).await? {
+        Some(existing) if !existing.is_bridge() => bail!(
+            "{name} exists and is no bridge (a {} device): netpath will not put containers on it; \
+             name a bridge of netpath's, or one that does not exist yet",
+            existing.kind.as_deref().unwrap_or("physical")
+        ),
+        Some(existing)
+            if adopt == Adopt::No && existing.alias.as_deref() != Some(&owner_alias(owner)) =>
+        {
+            bail!(
+                "bridge {name} exists and netpath did not make it for {}: netpath will not \
+                 address it or plug containers into it; name another bridge, or (CNI) set \
+                 \"adoptBridge\": true in the conflist to use it as it is",
+                describe_datapath(owner)
+            )
+        }
         Some(bridge) => (bridge, false),
         None => (
             netlink::create_bridge(handle, name, &owner_alias(owner), mtu).await?,

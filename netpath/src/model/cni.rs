@@ -78,6 +78,10 @@ pub struct NetConf {
     #[serde(rename = "type")]
     pub kind: String,
     pub bridge: String,
+    /// Use `bridge` even if it exists and netpath did not make it (it is
+    /// never removed then).
+    #[serde(default)]
+    pub adopt_bridge: bool,
     #[serde(default)]
     pub mode: Option<Mode>,
     pub ipam: Ipam,

@@ -90,6 +90,7 @@ async fn build(handle: &Handle, rec: &TopologyRecord) -> Result<()> {
         &spec.name,
         spec.mtu,
         &spec.gateways(),
+        plumbing::Adopt::No,
     )
     .await?;
     fault::at(Point::Bridge)?;

@@ -225,8 +225,13 @@ pub(super) async fn plug_or_undo(
 ) -> CniResult<Value> {
     let Call { handle, conf, .. } = *call;
     let owner = conf.datapath_name();
+    let adopt = if conf.adopt_bridge {
+        plumbing::Adopt::Yes
+    } else {
+        plumbing::Adopt::No
+    };
     let (bridge, created) =
-        plumbing::ensure_bridge(handle, &conf.bridge, &owner, placement.mtu, &[])
+        plumbing::ensure_bridge(handle, &conf.bridge, &owner, placement.mtu, &[], adopt)
             .await
             .map_err(CniError::io)?;
     rec.bridge_created |= created;
