@@ -358,6 +358,29 @@ impl NetConf {
     }
 }
 
+/// Longest container ID taken: the pod's host veth carries it in its alias
+/// (`naming::pod_alias`), which the kernel cuts at 255 bytes, and the
+/// owner's mark, the bridge and the interface need 45 of them.
+pub const CONTAINER_ID_MAX: usize = 200;
+
+/// The spec's container ID: alphanumerics, '_', '-' and '.' (so an alias
+/// `OWNER ID/IFNAME` reads back unambiguously), and short enough for the
+/// alias.
+fn validate_container_id(id: &str) -> CniResult<()> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if id.len() > CONTAINER_ID_MAX || !id.chars().all(allowed) {
+        return Err(CniError::new(
+            CniError::INVALID_ENVIRONMENT,
+            format!(
+                "CNI_CONTAINERID {:?} is not a container ID: 1 to {CONTAINER_ID_MAX} of \
+                 A-Z, a-z, 0-9, '_', '-', '.'",
+                id.chars().take(40).collect::<String>()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The CNI_* environment.
 #[derive(Debug, Clone)]
 pub struct Env {
@@ -381,6 +404,7 @@ impl Env {
         if needs_container && container_id.is_empty() {
             return Err(missing("CNI_CONTAINERID"));
         }
+        validate_container_id(&container_id)?;
         if needs_container {
             naming::validate_ifname("CNI_IFNAME", &ifname)
                 .map_err(|e| CniError::new(CniError::INVALID_ENVIRONMENT, format!("{e:#}")))?;
@@ -637,5 +661,34 @@ mod tests {
                 })
         });
         assert_eq!(no_pair.unwrap_err().code, CniError::INVALID_ENVIRONMENT);
+    }
+
+    #[test]
+    fn container_ids_are_the_specs_and_fit_the_alias() {
+        let id = |id: String| {
+            Env::from_vars(|k| match k {
+                "CNI_COMMAND" => Some("DEL".to_owned()),
+                "CNI_CONTAINERID" => Some(id.clone()),
+                "CNI_IFNAME" => Some("eth0".to_owned()),
+                _ => None,
+            })
+            .map(|_| ())
+            .map_err(|e| e.code)
+        };
+        assert_eq!(id("a".repeat(64)), Ok(()));
+        assert_eq!(id("pod_1.two-3".into()), Ok(()));
+        assert_eq!(id("a".repeat(CONTAINER_ID_MAX)), Ok(()));
+        let bad = Err(CniError::INVALID_ENVIRONMENT);
+        assert_eq!(id("a".repeat(CONTAINER_ID_MAX + 1)), bad);
+        assert_eq!(id("a b".into()), bad);
+        assert_eq!(id("../x".into()), bad);
+        assert_eq!(id("x/eth0".into()), bad);
+        // The longest ID, bridge and interface still fit the kernel's alias.
+        let alias = naming::pod_alias(
+            &naming::cni_datapath(&"b".repeat(naming::IFNAME_MAX)),
+            &"a".repeat(CONTAINER_ID_MAX),
+            &"e".repeat(naming::IFNAME_MAX),
+        );
+        assert!(alias.len() <= 255, "{} bytes", alias.len());
     }
 }
