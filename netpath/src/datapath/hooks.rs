@@ -639,9 +639,12 @@ fn vxlan_pin(pins: &Path) -> PathBuf {
 }
 
 /// The clsact filter handle of a datapath's program on the vxlan device:
-/// one per overlay (by VNI), so each is detached alone.
+/// one per overlay, so each is detached alone. A cls_bpf handle is 32 bits
+/// (the kernel keeps any non-zero one), so the whole 24-bit VNI fits and no
+/// two overlays share one (cut to 16 bits, VNI 42 and 65578 did: the
+/// second's join failed, or its leave took the first's filter).
 fn vxlan_handle(vni: u32) -> TcHandle {
-    TcHandle::new(0, (vni as u16).max(1))
+    TcHandle::new((vni >> 16) as u16, (vni & 0xffff) as u16)
 }
 
 /// Attaches the vxlan hook's program (a datapath's `netpath_vxlan`) to the ingress of
@@ -739,4 +742,17 @@ pub async fn vxlan_in_use(handle: &Handle, device: &str, ifindex: u32) -> Result
         .execute();
     let clsact = matches!(filters.try_next().await, Ok(Some(_)));
     Ok(tcx || clsact)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_vni_has_a_filter_handle_of_its_own() {
+        let handle = |vni| u32::from(vxlan_handle(vni));
+        assert_ne!(handle(42), handle(42 + (1 << 16)));
+        assert_eq!(handle(1), 1);
+        assert_eq!(handle((1 << 24) - 1), (1 << 24) - 1);
+    }
 }
