@@ -1007,7 +1007,7 @@ impl CniNode {
         };
         self.pods.push((container.clone(), placeholder));
         let path = netns::path(&ns).display().to_string();
-        let (ok, result) = cni(
+        let (ok, result) = cni::run(
             &self.host,
             "ADD",
             &container,
@@ -1041,7 +1041,7 @@ impl CniNode {
     /// DEL of one pod, then its namespace deleted, as a runtime does.
     fn del(&self, container: &str, pod: &Pod) -> (bool, Value) {
         let path = netns::path(&pod.ns).display().to_string();
-        let outcome = cni(
+        let outcome = cni::run(
             &self.host,
             "DEL",
             container,

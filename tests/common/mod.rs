@@ -4,6 +4,7 @@
 //! host) down even when the test fails.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod cni;
 pub mod iperf3;
 pub mod packets;
 
@@ -297,50 +298,6 @@ impl Drop for Host {
             eprintln!("deleting host namespace {}: {e:#}", self.name);
         }
     }
-}
-
-/// Runs the plugin on `host`, as a runtime there would; returns its exit
-/// status and parsed stdout. A plugin still running after 90 s (longer
-/// than its 60 s wait for the network's lock) fails the test.
-pub fn cni(
-    host: &Host,
-    command: &str,
-    container: &str,
-    netns: Option<&str>,
-    ifname: &str,
-    conf: &serde_json::Value,
-) -> (bool, serde_json::Value) {
-    let mut cmd = host.command(env!("CARGO_BIN_EXE_netpath-cni"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_IFNAME", ifname)
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    if let Some(ns) = netns {
-        cmd.env("CNI_NETNS", ns);
-    }
-    let mut child = cmd.spawn().unwrap();
-    std::io::Write::write_all(
-        &mut child.stdin.take().unwrap(),
-        conf.to_string().as_bytes(),
-    )
-    .unwrap();
-    let out = output_within(
-        child,
-        std::time::Duration::from_secs(90),
-        &format!("netpath-cni {command} of container {container}"),
-    );
-    let value = if out.stdout.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&out.stdout)))
-    };
-    (out.status.success(), value)
 }
 
 /// The lock files of a topology, named by the product.
