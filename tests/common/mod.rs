@@ -283,6 +283,12 @@ impl Host {
     }
 }
 
+/// The words of a command line whose arguments have no spaces: written on
+/// one line where a list would take a line per argument.
+pub fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 /// Those of `paths` that exist, for the leftovers a test reports.
 pub fn existing(paths: impl IntoIterator<Item = std::path::PathBuf>) -> Vec<String> {
     paths
@@ -401,6 +407,27 @@ impl Topology {
             name: name.to_owned(),
             host: host.clone(),
         }
+    }
+
+    /// The arguments of `netpath up` of this topology with `extra`: an up
+    /// again, to see it is already up (or differs).
+    pub fn up_args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        [&["up", "--name", self.name.as_str()][..], extra].concat()
+    }
+
+    /// `netpath port add` of container `port` with address `ip` and without
+    /// the source check: a router, which sends for others.
+    pub fn add_router(&self, port: &str, ip: &str) {
+        self.netpath_ok(&[
+            "port",
+            "add",
+            "--name",
+            &self.name,
+            port,
+            "--no-source-check",
+            "--ip",
+            ip,
+        ]);
     }
 
     pub fn ns(&self, container: &str) -> String {
