@@ -89,6 +89,9 @@ fn assert_every_figure(report: &Value, targets: &[&str]) {
     }
 }
 
+/// How long a test of bench may take: its bench alone may take 600 s.
+const BENCH_DEADLINE: Duration = Duration::from_secs(900);
+
 /// `netpath bench` of one short round (`--seconds 1 --repeat 1`) with its
 /// JSON report in `json` and `extra` arguments, as [`bench`] runs it.
 fn one_round(host: &Host, json: &std::path::Path, extra: &[&OsStr]) -> (u32, String, String) {
@@ -128,7 +131,7 @@ fn bench(host: &Host, args: &[&OsStr]) -> (u32, String, String) {
 
 #[test]
 fn bench_runs_end_to_end_and_reports_every_figure() {
-    let host = Host::new();
+    let host = Host::with_deadline(BENCH_DEADLINE);
     let dir = std::env::temp_dir().join(format!("netpath-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (json, plot) = (dir.join("bench.json"), dir.join("bench.svg"));
@@ -172,7 +175,7 @@ fn bench_runs_end_to_end_and_reports_every_figure() {
 /// ratios to the kernel design and the underlay; nothing is left behind.
 #[test]
 fn overlay_bench_measures_across_hosts_and_leaves_nothing_behind() {
-    let host = Host::new();
+    let host = Host::with_deadline(BENCH_DEADLINE);
     let json =
         std::env::temp_dir().join(format!("netpath-bench-overlay-{}.json", std::process::id()));
     let (pid, stdout, stderr) = one_round(&host, &json, &["--overlay".as_ref()]);
@@ -207,7 +210,7 @@ fn an_interrupted_overlay_bench_leaves_nothing_behind() {
 /// Ctrl-C to `netpath bench ARGS` while it measures, when the beds of every
 /// one of `targets` exist: it fails and removes them all.
 fn interrupt_while_measuring(args: &[&str], targets: &[&str]) {
-    let host = Host::new();
+    let host = Host::with_deadline(BENCH_DEADLINE);
     let mut child = host
         .netpath_command()
         .args(["bench", "--seconds", "1", "--repeat", "1"])
@@ -242,7 +245,7 @@ fn interrupt_while_measuring(args: &[&str], targets: &[&str]) {
 /// pod's namespace, veth, bridge and record is gone afterwards.
 #[test]
 fn cni_bench_measures_both_plugins_and_leaves_nothing_behind() {
-    let host = Host::new();
+    let host = Host::with_deadline(BENCH_DEADLINE);
     let json = std::env::temp_dir().join(format!("netpath-bench-cni-{}.json", std::process::id()));
     let (pid, stdout, _) = bench(
         &host,

@@ -154,9 +154,11 @@ fn test_run_repeated<C>(fd: i32, data: &[u8], ctx: &C, repeat: u32) -> io::Resul
 }
 
 /// Runs `test` on a thread in a fresh network namespace (so `lo` is the
-/// ingress port and ifindex `OTHER` names no device), passing its panic on.
+/// ingress port and ifindex `OTHER` names no device), passing its panic on;
+/// under a watchdog, as tests on a `Host` are.
 fn in_private_netns(test: impl FnOnce() + Send) {
     common::require_root();
+    let _watchdog = common::watchdog("in a private namespace", common::watchdog::TEST_DEADLINE);
     std::thread::scope(|scope| {
         let result = scope
             .spawn(|| {

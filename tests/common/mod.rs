@@ -7,6 +7,9 @@
 pub mod cni;
 pub mod iperf3;
 pub mod packets;
+pub mod watchdog;
+
+pub use watchdog::{waiting_for, watchdog};
 
 use std::{
     ffi::OsStr,
@@ -61,9 +64,12 @@ pub fn unique_name(tag: &str) -> String {
 /// no other test and never touch the machine's. Containers' namespaces stay
 /// global (netpath names them under /run/netns), as do bpffs pins and state
 /// files. Dropping the last handle deletes the namespace (after the
-/// topologies holding it were torn down: they hold an `Arc` of it).
+/// topologies holding it were torn down: they hold an `Arc` of it). A
+/// test still holding its host [`watchdog::TEST_DEADLINE`] after making
+/// it aborts the test process, saying what it waited for.
 pub struct Host {
     pub name: String,
+    _watchdog: watchdog::Watchdog,
 }
 
 /// Sysctls a host namespace would otherwise inherit from the machine's,
@@ -79,6 +85,12 @@ const KERNEL_DEFAULTS: &[(&str, &str)] = &[
 
 impl Host {
     pub fn new() -> Arc<Host> {
+        Self::with_deadline(watchdog::TEST_DEADLINE)
+    }
+
+    /// A host whose test may take `deadline` (scaled by [`patience`])
+    /// before its watchdog aborts it.
+    pub fn with_deadline(deadline: std::time::Duration) -> Arc<Host> {
         require_root();
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
@@ -86,8 +98,9 @@ impl Host {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
+        let _watchdog = watchdog(&format!("host {name}"), deadline);
         netns::create(&name).unwrap_or_else(|e| panic!("creating host namespace {name}: {e:#}"));
-        let host = Host { name }; // deleted again if what follows fails
+        let host = Host { name, _watchdog }; // deleted again if what follows fails
         // A fresh namespace has `lo` down (the metrics test listens on it).
         // It also inherits the IPv4 settings of the machine's namespace
         // (net.core.devconf_inherit_init_net=0, the default), forwarding and
@@ -628,6 +641,7 @@ pub fn within(
 ) -> std::time::Duration {
     let started = std::time::Instant::now();
     let limit = patience(limit);
+    let _waiting = waiting_for(what);
     loop {
         if done() {
             return started.elapsed();
@@ -658,7 +672,10 @@ pub fn while_running<B: Send, T>(
             let _raise = RaiseOnDrop(&stop);
             work()
         };
-        let background = handle.join().expect("the background thread panicked");
+        let background = {
+            let _waiting = waiting_for("the background work of while_running to stop");
+            handle.join().expect("the background thread panicked")
+        };
         (background, result)
     })
 }
@@ -694,6 +711,7 @@ impl Running {
             log,
         };
         let started = std::time::Instant::now();
+        let _waiting = waiting_for(&format!("netpath run to bring {name} up"));
         while started.elapsed() < patience(std::time::Duration::from_secs(10)) {
             if host.netpath(&["status", "--name", &name]).status.success() {
                 return running;
@@ -719,6 +737,7 @@ impl Running {
         .expect("SIGINT");
         let limit = patience(std::time::Duration::from_secs(30));
         let started = std::time::Instant::now();
+        let _waiting = waiting_for("netpath run to exit after Ctrl-C");
         loop {
             if let Some(status) = self.child.try_wait().expect("polling netpath run") {
                 return status.success();
@@ -867,6 +886,7 @@ pub fn output_within(
         read_on_thread(child.stderr.take()),
     );
     let started = std::time::Instant::now();
+    let _waiting = waiting_for(what);
     let status = loop {
         if let Some(status) = child.try_wait().expect("polling a child") {
             break Some(status);
@@ -926,6 +946,7 @@ impl Lines {
         waiting_for: &dyn std::fmt::Display,
     ) -> String {
         use std::sync::mpsc::RecvTimeoutError;
+        let _waiting = watchdog::waiting_for(&format!("{}: {waiting_for}", self.what));
         match self
             .lines
             .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
