@@ -25,8 +25,11 @@ use super::patience;
 
 /// How long a test may run on its host, scaled by [`patience`]: longer
 /// than any wait of a test but bench's (whose hosts take a deadline of
-/// their own), and than any test takes natively by far.
-pub const TEST_DEADLINE: Duration = Duration::from_secs(300);
+/// their own), three times what the slowest test binary takes natively as
+/// a whole (reliability, 50 s), and under the kernel matrix's qemu
+/// (NETPATH_TEST_SLOW=10) 25 min, within its 30 min per kernel, so that a
+/// hung test there is named before qemu is killed.
+pub const TEST_DEADLINE: Duration = Duration::from_secs(150);
 
 /// A bounded wait under way, for the report of a watchdog.
 struct Wait {
