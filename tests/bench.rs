@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Host, Lines, output_within, patience};
+use common::{Host, Lines, output_within, patience, words};
 use netpath::{datapath::object::pin_dir, host::netns, model::naming::cni_datapath, store};
 use serde_json::Value;
 
@@ -89,6 +89,21 @@ fn assert_every_figure(report: &Value, targets: &[&str]) {
     }
 }
 
+/// How long a test of bench may take: its bench alone may take 600 s.
+const BENCH_DEADLINE: Duration = Duration::from_secs(900);
+
+/// `netpath bench` of one short round (`--seconds 1 --repeat 1`) with its
+/// JSON report in `json` and `extra` arguments, as [`bench`] runs it.
+fn one_round(host: &Host, json: &std::path::Path, extra: &[&OsStr]) -> (u32, String, String) {
+    let mut args: Vec<&OsStr> = words("--seconds 1 --repeat 1 --json")
+        .into_iter()
+        .map(OsStr::new)
+        .collect();
+    args.push(json.as_os_str());
+    args.extend_from_slice(extra);
+    bench(host, &args)
+}
+
 /// Runs `netpath bench ARGS` to its end and asserts it succeeded; returns
 /// its pid (the bench's names carry it), stdout and stderr.
 fn bench(host: &Host, args: &[&OsStr]) -> (u32, String, String) {
@@ -116,23 +131,11 @@ fn bench(host: &Host, args: &[&OsStr]) -> (u32, String, String) {
 
 #[test]
 fn bench_runs_end_to_end_and_reports_every_figure() {
-    let host = Host::new();
+    let host = Host::with_deadline(BENCH_DEADLINE);
     let dir = std::env::temp_dir().join(format!("netpath-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (json, plot) = (dir.join("bench.json"), dir.join("bench.svg"));
-    let (pid, stdout, stderr) = bench(
-        &host,
-        &[
-            "--seconds".as_ref(),
-            "1".as_ref(),
-            "--repeat".as_ref(),
-            "1".as_ref(),
-            "--json".as_ref(),
-            json.as_os_str(),
-            "--plot".as_ref(),
-            plot.as_os_str(),
-        ],
-    );
+    let (pid, stdout, stderr) = one_round(&host, &json, &["--plot".as_ref(), plot.as_os_str()]);
     assert!(
         stdout.contains("xBRIDGE") && stdout.contains("xWIRE"),
         "no table: {stdout}"
@@ -172,21 +175,10 @@ fn bench_runs_end_to_end_and_reports_every_figure() {
 /// ratios to the kernel design and the underlay; nothing is left behind.
 #[test]
 fn overlay_bench_measures_across_hosts_and_leaves_nothing_behind() {
-    let host = Host::new();
+    let host = Host::with_deadline(BENCH_DEADLINE);
     let json =
         std::env::temp_dir().join(format!("netpath-bench-overlay-{}.json", std::process::id()));
-    let (pid, stdout, stderr) = bench(
-        &host,
-        &[
-            "--overlay".as_ref(),
-            "--seconds".as_ref(),
-            "1".as_ref(),
-            "--repeat".as_ref(),
-            "1".as_ref(),
-            "--json".as_ref(),
-            json.as_os_str(),
-        ],
-    );
+    let (pid, stdout, stderr) = one_round(&host, &json, &["--overlay".as_ref()]);
     assert!(
         stdout.contains("xVXLAN") && stdout.contains("xUNDERLAY"),
         "no table: {stdout}"
@@ -218,7 +210,7 @@ fn an_interrupted_overlay_bench_leaves_nothing_behind() {
 /// Ctrl-C to `netpath bench ARGS` while it measures, when the beds of every
 /// one of `targets` exist: it fails and removes them all.
 fn interrupt_while_measuring(args: &[&str], targets: &[&str]) {
-    let host = Host::new();
+    let host = Host::with_deadline(BENCH_DEADLINE);
     let mut child = host
         .netpath_command()
         .args(["bench", "--seconds", "1", "--repeat", "1"])
@@ -253,7 +245,7 @@ fn interrupt_while_measuring(args: &[&str], targets: &[&str]) {
 /// pod's namespace, veth, bridge and record is gone afterwards.
 #[test]
 fn cni_bench_measures_both_plugins_and_leaves_nothing_behind() {
-    let host = Host::new();
+    let host = Host::with_deadline(BENCH_DEADLINE);
     let json = std::env::temp_dir().join(format!("netpath-bench-cni-{}.json", std::process::id()));
     let (pid, stdout, _) = bench(
         &host,

@@ -3,13 +3,12 @@
 
 mod common;
 
-use std::{
-    process::{Command, Output},
-    sync::Arc,
-};
+use std::process::Command;
 
 use common::{
-    BridgeForwardCounter, Host, RawSocket, cni, frame, in_ns, outside, ping, unique_name,
+    BridgeForwardCounter, Host, RawSocket,
+    cni::{self, Attached, Network, Pod, Sandbox, first_ip},
+    frame, in_ns, outside, ping,
 };
 use netpath::{
     datapath::object::pin_dir,
@@ -18,74 +17,6 @@ use netpath::{
     store,
 };
 use serde_json::{Value, json};
-
-fn conf(bridge: &str, ipam: Value) -> Value {
-    json!({"cniVersion": "1.0.0", "name": "testnet", "type": "netpath-cni", "bridge": bridge, "ipam": ipam})
-}
-
-/// The configuration of a CHECK: the network's, with the ADD's result as
-/// prevResult, as a runtime sends it.
-fn with_prev_result(config: &Value, add_result: &Value) -> Value {
-    let mut config = config.clone();
-    config["prevResult"] = add_result.clone();
-    config
-}
-
-/// A namespace the "runtime" made, removed on drop.
-struct Sandbox(String);
-
-impl Sandbox {
-    fn new(name: String) -> Self {
-        assert!(outside("ip", &["netns", "add", &name]).status.success());
-        Sandbox(name)
-    }
-    fn path(&self) -> String {
-        netns::path(&self.0).display().to_string()
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        outside("ip", &["netns", "del", &self.0]);
-    }
-}
-
-/// DELs every container of a test's network when dropped, so a failing test
-/// leaves no bridge, veth, pin or state behind.
-struct Network {
-    host: Arc<Host>,
-    config: Value,
-    containers: Vec<(String, String)>,
-}
-
-impl Network {
-    fn new(
-        host: &Arc<Host>,
-        config: &Value,
-        containers: impl IntoIterator<Item = (String, String)>,
-    ) -> Self {
-        Network {
-            host: host.clone(),
-            config: config.clone(),
-            containers: containers.into_iter().collect(),
-        }
-    }
-}
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        for (container, netns) in &self.containers {
-            cni(
-                &self.host,
-                "DEL",
-                container,
-                Some(netns),
-                "eth0",
-                &self.config,
-            );
-        }
-    }
-}
 
 fn assert_gone(host: &Host, bridge: &str) {
     assert!(
@@ -102,71 +33,15 @@ fn assert_gone(host: &Host, bridge: &str) {
     );
 }
 
-/// A container as ADD left it on the host: its MAC (its static FDB entry)
-/// and its host-side veth, by name and ifindex (its port in the datapath).
-#[derive(Clone, Debug)]
-struct Attached {
-    container: String,
-    /// Its first address, without the prefix length.
-    ip: String,
-    mac: String,
-    host_veth: String,
-    ifindex: u64,
-}
-
-/// ADD of `container` in `sandbox`, which must succeed; what it left on the host.
-fn add_pod(host: &Host, config: &Value, container: &str, sandbox: &Sandbox) -> Attached {
-    let (ok, result) = cni(
-        host,
-        "ADD",
-        container,
-        Some(&sandbox.path()),
-        "eth0",
-        config,
-    );
-    assert!(ok, "ADD of {container}: {result}");
-    Attached::from_result(host, container, &result)
-}
-
-impl Attached {
-    fn from_result(host: &Host, container: &str, result: &Value) -> Self {
-        let host_veth = result["interfaces"][0]["name"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{container}: no host veth in {result}"));
-        let link: Value = serde_json::from_slice(
-            &host
-                .sh("ip", &["-j", "link", "show", "dev", host_veth])
-                .stdout,
-        )
-        .unwrap_or_else(|_| panic!("{container}: host veth {host_veth} missing"));
-        Attached {
-            container: container.to_owned(),
-            ip: result["ips"][0]["address"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .to_owned(),
-            mac: result["interfaces"][1]["mac"].as_str().unwrap().to_owned(),
-            host_veth: host_veth.to_owned(),
-            ifindex: link[0]["ifindex"].as_u64().unwrap(),
-        }
-    }
-}
-
 /// The shared datapath of `bridge` after some DELs: the deleted
 /// containers' MACs are in no FDB entry, their ports in no port state
 /// (`stats`) and no redirect target (the devmap), while the kept ones are
 /// all still there. The last DEL removes the whole datapath, so only a
 /// check while others remain sees a DEL that leaves its port behind.
-fn assert_only_kept_ports(host: &Host, bridge: &str, deleted: &[Attached], kept: &[Attached]) {
-    let fdb: Value =
-        serde_json::from_str(&host.netpath_ok(&["fdb", "dump", "--name", bridge, "--json"]))
-            .unwrap();
-    let fdb = fdb.as_array().unwrap();
-    let stats: Value =
-        serde_json::from_str(&host.netpath_ok(&["stats", "--name", bridge, "--json"])).unwrap();
+fn assert_only_kept_ports(net: &Network, deleted: &[Attached], kept: &[Attached]) {
+    let (host, bridge) = (&net.host, net.bridge.as_str());
+    let fdb = net.fdb();
+    let stats = net.stats();
     let port_states: Vec<u64> = stats
         .as_array()
         .unwrap()
@@ -233,14 +108,8 @@ fn assert_only_kept_ports(host: &Host, bridge: &str, deleted: &[Attached], kept:
 #[test]
 fn version_add_check_del_as_a_runtime_drives_them() {
     let host = Host::new();
-    let (ok, out) = cni(
-        &host,
-        "VERSION",
-        "",
-        None,
-        "",
-        &json!({"cniVersion": "1.0.0"}),
-    );
+    let net = Network::netpath(&host, "cb", "10.180.0.0/24");
+    let (ok, out) = net.call("VERSION", &json!({"cniVersion": "1.0.0"}));
     assert!(ok);
     assert!(
         out["supportedVersions"]
@@ -250,21 +119,9 @@ fn version_add_check_del_as_a_runtime_drives_them() {
         "{out}"
     );
 
-    let bridge = unique_name("cb");
-    let config = conf(
-        &bridge,
-        json!({"type": "netpath", "subnet": "10.180.0.0/24"}),
-    );
-    let (a, b) = (
-        Sandbox::new(format!("{bridge}-a")),
-        Sandbox::new(format!("{bridge}-b")),
-    );
-    let _cleanup = Network::new(
-        &host,
-        &config,
-        [("ctr-a".into(), a.path()), ("ctr-b".into(), b.path())],
-    );
-    let (ok, ra) = cni(&host, "ADD", "ctr-a", Some(&a.path()), "eth0", &config);
+    let bridge = &net.bridge;
+    let (a, b) = (net.pod("a", "ctr-a"), net.pod("b", "ctr-b"));
+    let (ok, ra) = a.add();
     assert!(ok, "{ra}");
     assert_eq!(ra["cniVersion"], "1.0.0");
     assert_eq!(ra["ips"][0]["address"], "10.180.0.2/24");
@@ -272,49 +129,54 @@ fn version_add_check_del_as_a_runtime_drives_them() {
     assert_eq!(ra["ips"][0]["interface"], 1);
     assert_eq!(ra["interfaces"][1]["sandbox"], a.path().as_str());
     assert_eq!(ra["routes"][0]["dst"], "0.0.0.0/0");
-    let (ok, rb) = cni(&host, "ADD", "ctr-b", Some(&b.path()), "eth0", &config);
+    let (ok, rb) = b.add();
     assert!(ok, "{rb}");
     assert_eq!(rb["ips"][0]["address"], "10.180.0.3/24");
     // What the result says is what the container has.
     let addr = String::from_utf8_lossy(
-        &outside("ip", &["-n", &a.0, "-j", "addr", "show", "dev", "eth0"]).stdout,
+        &outside("ip", &["-n", a.ns(), "-j", "addr", "show", "dev", "eth0"]).stdout,
     )
     .into_owned();
     assert!(
         addr.contains(ra["interfaces"][1]["mac"].as_str().unwrap()) && addr.contains("10.180.0.2"),
         "{addr}"
     );
-    assert!(ping(&a.0, "10.180.0.3"), "attached containers cannot talk");
-    assert!(ping(&a.0, "10.180.0.1"), "the gateway is not on the bridge");
-    let (ok, again) = cni(&host, "ADD", "ctr-a", Some(&a.path()), "eth0", &config);
+    assert!(
+        ping(a.ns(), "10.180.0.3"),
+        "attached containers cannot talk"
+    );
+    assert!(
+        ping(a.ns(), "10.180.0.1"),
+        "the gateway is not on the bridge"
+    );
+    let (ok, again) = a.add();
     assert!(
         ok && again["ips"] == ra["ips"],
         "a repeated ADD must give the same result"
     );
 
-    assert_found_by_its_bridge(&host, &bridge, &[&ra, &rb]);
+    assert_found_by_its_bridge(&host, bridge, &[&ra, &rb]);
 
-    let check_a = with_prev_result(&config, &ra);
-    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &check_a);
+    let (ok, out) = a.check(&ra);
     assert!(ok, "{out}");
-    in_ns(&a.0, &["ip", "addr", "flush", "dev", "eth0"]);
-    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &check_a);
+    in_ns(a.ns(), &["ip", "addr", "flush", "dev", "eth0"]);
+    let (ok, out) = a.check(&ra);
     assert!(
         !ok && out["code"].as_u64().is_some() && out["msg"].as_str().unwrap().contains("expected"),
         "{out}"
     );
 
-    for (ctr, sandbox) in [("ctr-a", &a), ("ctr-b", &b)] {
-        let (ok, out) = cni(&host, "DEL", ctr, Some(&sandbox.path()), "eth0", &config);
+    for pod in [&a, &b] {
+        let (ok, out) = pod.del();
         assert!(ok, "{out}");
-        let (ok, out) = cni(&host, "DEL", ctr, Some(&sandbox.path()), "eth0", &config);
+        let (ok, out) = pod.del();
         assert!(ok, "a second DEL must succeed: {out}");
     }
-    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &check_a);
+    let (ok, out) = a.check(&ra);
     assert!(!ok && out["code"] == 3, "{out}");
-    assert_gone(&host, &bridge);
+    assert_gone(&host, bridge);
     assert_eq!(
-        host.listed(&bridge),
+        host.listed(bridge),
         None,
         "a network after its last DEL is still listed"
     );
@@ -393,12 +255,9 @@ fn assert_found_by_its_bridge(host: &Host, bridge: &str, results: &[&Value]) {
 #[test]
 fn bad_configs_and_environments_get_the_specs_errors() {
     let host = Host::new();
-    let bridge = unique_name("cx");
-    let good = conf(
-        &bridge,
-        json!({"type": "netpath", "subnet": "10.181.0.0/24"}),
-    );
-    let sandbox = Sandbox::new(format!("{bridge}-a"));
+    let net = Network::netpath(&host, "cx", "10.181.0.0/24");
+    let (bridge, good) = (&net.bridge, &net.config);
+    let sandbox = net.sandbox("a");
     let cases: Vec<(&str, Option<String>, Value, u64)> = vec![
         ("ADD", Some(sandbox.path()), json!("not a config"), 6),
         (
@@ -416,7 +275,7 @@ fn bad_configs_and_environments_get_the_specs_errors() {
         (
             "ADD",
             Some(sandbox.path()),
-            conf(
+            cni::conf(
                 "a-bridge-name-too-long",
                 json!({"type": "netpath", "subnet": "10.0.0.0/24"}),
             ),
@@ -425,13 +284,13 @@ fn bad_configs_and_environments_get_the_specs_errors() {
         (
             "ADD",
             Some(sandbox.path()),
-            conf(&bridge, json!({"type": "netpath", "subnet": "10.0.0.1/24"})),
+            cni::conf(bridge, json!({"type": "netpath", "subnet": "10.0.0.1/24"})),
             7,
         ),
         (
             "ADD",
             Some(sandbox.path()),
-            conf(&bridge, json!({"type": "dhcp9000"})),
+            cni::conf(bridge, json!({"type": "dhcp9000"})),
             6,
         ),
         ("ADD", None, good.clone(), 4),
@@ -448,7 +307,7 @@ fn bad_configs_and_environments_get_the_specs_errors() {
         ("FROB", Some(sandbox.path()), good.clone(), 4),
     ];
     for (command, netns, config, code) in cases {
-        let (ok, out) = cni(&host, command, "ctr", netns.as_deref(), "eth0", &config);
+        let (ok, out) = cni::run(&host, command, "ctr", netns.as_deref(), "eth0", &config);
         assert!(!ok, "{command} {config} succeeded");
         assert_eq!(out["code"], code, "{command} {config}: {out}");
         assert!(!out["msg"].as_str().unwrap().is_empty());
@@ -467,20 +326,12 @@ fn bad_configs_and_environments_get_the_specs_errors() {
 #[test]
 fn host_local_ipam_is_delegated() {
     let host = Host::new();
-    let bridge = unique_name("ch");
+    let bridge = common::unique_name("ch");
     let data_dir = std::env::temp_dir().join(format!("netpath-cni-{bridge}"));
     let ipam = json!({"type": "host-local", "ranges": [[{"subnet": "10.182.0.0/24"}]], "dataDir": data_dir});
-    let config = conf(&bridge, ipam);
-    let sandbox = Sandbox::new(format!("{bridge}-a"));
-    let _cleanup = Network::new(&host, &config, [("ctr-h".into(), sandbox.path())]);
-    let (ok, out) = cni(
-        &host,
-        "ADD",
-        "ctr-h",
-        Some(&sandbox.path()),
-        "eth0",
-        &config,
-    );
+    let net = Network::with_config(&host, bridge.clone(), cni::conf(&bridge, ipam));
+    let pod = net.pod("a", "ctr-h");
+    let (ok, out) = pod.add();
     assert!(ok, "{out}");
     let address = out["ips"][0]["address"].as_str().unwrap().to_owned();
     assert!(address.starts_with("10.182.0."), "{out}");
@@ -488,14 +339,7 @@ fn host_local_ipam_is_delegated() {
         .join("testnet")
         .join(address.split('/').next().unwrap());
     assert!(reserved.exists(), "host-local did not record {address}");
-    let (ok, out) = cni(
-        &host,
-        "DEL",
-        "ctr-h",
-        Some(&sandbox.path()),
-        "eth0",
-        &config,
-    );
+    let (ok, out) = pod.del();
     assert!(ok, "{out}");
     assert!(!reserved.exists(), "host-local still holds {address}");
     let _ = std::fs::remove_dir_all(&data_dir);
@@ -507,41 +351,16 @@ fn host_local_ipam_is_delegated() {
 #[test]
 fn fifty_concurrent_adds_and_dels() {
     let host = Host::new();
-    let bridge = unique_name("cc");
-    let config = conf(
-        &bridge,
-        json!({"type": "netpath", "subnet": "10.183.0.0/24"}),
-    );
-    let sandboxes: Vec<Sandbox> = (0..50)
-        .map(|i| Sandbox::new(format!("{bridge}-{i}")))
-        .collect();
-    let _cleanup = Network::new(
-        &host,
-        &config,
-        sandboxes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (format!("ctr-{i}"), s.path())),
-    );
-    // Runs `command` at once for containers `some` (ctr-i in sandbox i).
+    let net = Network::netpath(&host, "cc", "10.183.0.0/24");
+    let pods = net.pods(50);
+    // Runs `command` at once for pods `some`.
     let run_all = |command: &'static str, some: std::ops::Range<usize>| -> Vec<(bool, Value)> {
-        let host = &host;
         std::thread::scope(|scope| {
-            let handles: Vec<_> = sandboxes[some.clone()]
+            let handles: Vec<_> = pods[some]
                 .iter()
-                .zip(some)
-                .map(|(s, i)| {
-                    let config = config.clone();
-                    scope.spawn(move || {
-                        cni(
-                            host,
-                            command,
-                            &format!("ctr-{i}"),
-                            Some(&s.path()),
-                            "eth0",
-                            &config,
-                        )
-                    })
+                .map(|pod| {
+                    let config = net.config.clone();
+                    scope.spawn(move || pod.call(command, &config))
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -559,15 +378,8 @@ fn fifty_concurrent_adds_and_dels() {
     addresses.dedup();
     assert_eq!(addresses.len(), 50, "addresses were handed out twice");
 
-    let fdb: Value =
-        serde_json::from_str(&host.netpath_ok(&["fdb", "dump", "--name", &bridge, "--json"]))
-            .unwrap();
     assert_eq!(
-        fdb.as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["state"] == "static")
-            .count(),
+        net.fdb().iter().filter(|e| e["state"] == "static").count(),
         50
     );
     let attached: Vec<Attached> = added
@@ -575,25 +387,19 @@ fn fifty_concurrent_adds_and_dels() {
         .enumerate()
         .map(|(i, (_, result))| Attached::from_result(&host, &format!("ctr-{i}"), result))
         .collect();
-    assert_only_kept_ports(&host, &bridge, &[], &attached);
+    assert_only_kept_ports(&net, &[], &attached);
 
     // Two attached containers over the fast path: the bridge forwards ~none
     // of their ping flood (counted by this test's subnet: the new
     // containers' own multicast chatter is not ours).
-    let target = added[1].1["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    assert!(ping(&sandboxes[0].0, &target));
-    let bridge_counter =
-        BridgeForwardCounter::new(&host, &bridge, "ip saddr 10.183.0.0/24 ip protocol icmp");
-    let flood = in_ns(
-        &sandboxes[0].0,
-        &["ping", "-f", "-c", "1000", "-q", &target],
+    let target = first_ip(&added[1].1);
+    assert!(ping(pods[0].ns(), &target));
+    let bridge_counter = BridgeForwardCounter::new(
+        &host,
+        &net.bridge,
+        "ip saddr 10.183.0.0/24 ip protocol icmp",
     );
+    let flood = in_ns(pods[0].ns(), &["ping", "-f", "-c", "1000", "-q", &target]);
     assert!(flood.status.success());
     let packets = bridge_counter.packets();
     drop(bridge_counter);
@@ -607,11 +413,11 @@ fn fifty_concurrent_adds_and_dels() {
     for (ok, out) in run_all("DEL", 0..25) {
         assert!(ok, "{out}");
     }
-    assert_only_kept_ports(&host, &bridge, &attached[..25], &attached[25..]);
+    assert_only_kept_ports(&net, &attached[..25], &attached[25..]);
     for (ok, out) in run_all("DEL", 25..50) {
         assert!(ok, "{out}");
     }
-    assert_gone(&host, &bridge);
+    assert_gone(&host, &net.bridge);
 }
 
 /// DELs one at a time: after each, the deleted container's FDB entry and
@@ -620,48 +426,23 @@ fn fifty_concurrent_adds_and_dels() {
 #[test]
 fn each_del_forgets_its_port_while_others_remain() {
     let host = Host::new();
-    let bridge = unique_name("cd");
-    let config = conf(
-        &bridge,
-        json!({"type": "netpath", "subnet": "10.186.0.0/24"}),
-    );
-    let sandboxes: Vec<Sandbox> = (0..4)
-        .map(|i| Sandbox::new(format!("{bridge}-{i}")))
-        .collect();
-    let _cleanup = Network::new(
-        &host,
-        &config,
-        sandboxes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (format!("ctr-{i}"), s.path())),
-    );
-    let mut attached: Vec<Attached> = sandboxes
-        .iter()
-        .enumerate()
-        .map(|(i, s)| add_pod(&host, &config, &format!("ctr-{i}"), s))
-        .collect();
+    let net = Network::netpath(&host, "cd", "10.186.0.0/24");
+    let pods = net.pods(4);
+    let mut attached: Vec<Attached> = pods.iter().map(Pod::attach).collect();
     let mut deleted = Vec::new();
     // ctr-3 stays to the end: the others go one by one, first to last.
-    for (i, sandbox) in sandboxes.iter().enumerate().take(3) {
-        let (ok, out) = cni(
-            &host,
-            "DEL",
-            &format!("ctr-{i}"),
-            Some(&sandbox.path()),
-            "eth0",
-            &config,
-        );
+    for (i, pod) in pods.iter().enumerate().take(3) {
+        let (ok, out) = pod.del();
         assert!(ok, "{out}");
         deleted.push(attached.remove(0));
-        assert_only_kept_ports(&host, &bridge, &deleted, &attached);
+        assert_only_kept_ports(&net, &deleted, &attached);
         // The next one in line (in sandbox i + 1) still reaches the last
         // over the fast path.
         if let [from, .., to] = attached.as_slice() {
-            let datapath = cni_datapath(&bridge);
+            let datapath = cni_datapath(&net.bridge);
             let before = redirected_from(&datapath, from.ifindex);
             assert!(
-                ping(&sandboxes[i + 1].0, &to.ip),
+                ping(pods[i + 1].ns(), &to.ip),
                 "{} cannot reach {} after DEL of ctr-{i}",
                 from.container,
                 to.container
@@ -673,16 +454,9 @@ fn each_del_forgets_its_port_while_others_remain() {
             );
         }
     }
-    let (ok, out) = cni(
-        &host,
-        "DEL",
-        "ctr-3",
-        Some(&sandboxes[3].path()),
-        "eth0",
-        &config,
-    );
+    let (ok, out) = pods[3].del();
     assert!(ok, "{out}");
-    assert_gone(&host, &bridge);
+    assert_gone(&host, &net.bridge);
 }
 
 /// Frames the program on host veth `ifindex` redirected, from its port state.
@@ -728,73 +502,50 @@ fn build_cni_client() -> std::path::PathBuf {
 fn libcni_drives_the_plugin_in_a_chain() {
     let host = Host::new();
     let client = build_cni_client();
-    let bridge = unique_name("cl");
-    let conf_dir = std::env::temp_dir().join(format!("netpath-conf-{bridge}"));
-    std::fs::create_dir_all(&conf_dir).unwrap();
-    let conflist = json!({
-        "cniVersion": "1.0.0",
-        "name": bridge,
-        "plugins": [
-            {"type": "netpath-cni", "bridge": bridge, "ipam": {"type": "netpath", "subnet": "10.184.0.0/24"}},
-            {"type": "portmap", "capabilities": {"portMappings": true}},
-        ],
-    });
-    std::fs::write(conf_dir.join("10-netpath.conflist"), conflist.to_string()).unwrap();
+    let net = Network::netpath(&host, "cl", "10.184.0.0/24");
+    let conf_dir =
+        net.conflist(&[json!({"type": "portmap", "capabilities": {"portMappings": true}})]);
     let plugin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_netpath-cni"))
         .parent()
         .unwrap()
         .to_owned();
     let cni_path = format!("{}:/usr/lib/cni", plugin_dir.display());
-    let run = |verb: &str, sandbox: &Sandbox| -> Output {
-        host.command(&client)
-            .args([verb, conf_dir.to_str().unwrap(), &bridge, &sandbox.path()])
-            .env("CNI_PATH", &cni_path)
-            .output()
-            .unwrap()
+    // libcni's `verb` of every sandbox, which must succeed; its stdouts.
+    let run = |verb: &str, sandboxes: &[Sandbox]| -> Vec<Vec<u8>> {
+        sandboxes
+            .iter()
+            .map(|sandbox| {
+                let out = host
+                    .command(&client)
+                    .args([
+                        verb,
+                        conf_dir.0.to_str().unwrap(),
+                        &net.bridge,
+                        &sandbox.path(),
+                    ])
+                    .env("CNI_PATH", &cni_path)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "libcni {}: {}",
+                    verb.to_uppercase(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                out.stdout
+            })
+            .collect()
     };
-    let sandboxes = [
-        Sandbox::new(format!("{bridge}-a")),
-        Sandbox::new(format!("{bridge}-b")),
-    ];
-    let mut addresses = Vec::new();
-    for sandbox in &sandboxes {
-        let out = run("add", sandbox);
-        assert!(
-            out.status.success(),
-            "libcni ADD: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let result: Value = serde_json::from_slice(&out.stdout).unwrap();
-        addresses.push(
-            result["ips"][0]["address"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .to_owned(),
-        );
-    }
+    let sandboxes = [net.sandbox("a"), net.sandbox("b")];
+    let addresses: Vec<String> = run("add", &sandboxes)
+        .iter()
+        .map(|stdout| first_ip(&serde_json::from_slice(stdout).unwrap()))
+        .collect();
     assert_eq!(addresses, ["10.184.0.2", "10.184.0.3"]);
-    assert!(ping(&sandboxes[0].0, &addresses[1]));
-    for sandbox in &sandboxes {
-        let out = run("check", sandbox);
-        assert!(
-            out.status.success(),
-            "libcni CHECK: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    for sandbox in &sandboxes {
-        let out = run("del", sandbox);
-        assert!(
-            out.status.success(),
-            "libcni DEL: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    std::fs::remove_dir_all(&conf_dir).unwrap();
-    assert_gone(&host, &bridge);
+    assert!(ping(sandboxes[0].ns(), &addresses[1]));
+    run("check", &sandboxes);
+    run("del", &sandboxes);
+    assert_gone(&host, &net.bridge);
 }
 
 /// netpath IPAM over an IPv4 and an IPv6 subnet: the result lists both
@@ -804,53 +555,34 @@ fn libcni_drives_the_plugin_in_a_chain() {
 #[test]
 fn dual_stack_addresses_and_routes() {
     let host = Host::new();
-    let bridge = unique_name("c6");
-    let config = conf(
-        &bridge,
-        json!({"type": "netpath", "subnet": ["10.185.0.0/24", "fd00:185::/64"]}),
-    );
-    let (a, b) = (
-        Sandbox::new(format!("{bridge}-a")),
-        Sandbox::new(format!("{bridge}-b")),
-    );
-    let _cleanup = Network::new(
-        &host,
-        &config,
-        [("ctr-a".into(), a.path()), ("ctr-b".into(), b.path())],
-    );
-    let (ok, ra) = cni(&host, "ADD", "ctr-a", Some(&a.path()), "eth0", &config);
+    let net = Network::netpath(&host, "c6", json!(["10.185.0.0/24", "fd00:185::/64"]));
+    let (a, b) = (net.pod("a", "ctr-a"), net.pod("b", "ctr-b"));
+    let (ok, ra) = a.add();
     assert!(ok, "{ra}");
     assert_eq!(ra["ips"][0]["address"], "10.185.0.2/24");
     assert_eq!(ra["ips"][1]["address"], "fd00:185::2/64");
     assert_eq!(ra["ips"][1]["gateway"], "fd00:185::1");
     assert_eq!(ra["routes"][1]["dst"], "::/0");
-    let (ok, rb) = cni(&host, "ADD", "ctr-b", Some(&b.path()), "eth0", &config);
+    let (ok, rb) = b.add();
     assert!(ok, "{rb}");
     assert_eq!(rb["ips"][1]["address"], "fd00:185::3/64");
-    let (ok, out) = cni(
-        &host,
-        "CHECK",
-        "ctr-b",
-        Some(&b.path()),
-        "eth0",
-        &with_prev_result(&config, &rb),
-    );
+    let (ok, out) = b.check(&rb);
     assert!(ok, "{out}");
     assert!(
-        ping(&a.0, "fd00:185::3"),
+        ping(a.ns(), "fd00:185::3"),
         "containers cannot talk over IPv6"
     );
     assert!(
-        ping(&a.0, "fd00:185::1"),
+        ping(a.ns(), "fd00:185::1"),
         "the IPv6 gateway is not on the bridge"
     );
     let counter = BridgeForwardCounter::new(
         &host,
-        &bridge,
+        &net.bridge,
         "ip6 daddr fd00:185::3 icmpv6 type echo-request",
     );
     assert!(
-        in_ns(&a.0, &["ping", "-f", "-c", "1000", "-q", "fd00:185::3"])
+        in_ns(a.ns(), &["ping", "-f", "-c", "1000", "-q", "fd00:185::3"])
             .status
             .success()
     );
@@ -859,10 +591,10 @@ fn dual_stack_addresses_and_routes() {
         "the bridge forwarded {} of 1000 IPv6 pings",
         counter.packets()
     );
-    for (ctr, sandbox) in [("ctr-a", &a), ("ctr-b", &b)] {
-        assert!(cni(&host, "DEL", ctr, Some(&sandbox.path()), "eth0", &config).0);
+    for pod in [&a, &b] {
+        assert!(pod.del().0);
     }
-    assert_gone(&host, &bridge);
+    assert_gone(&host, &net.bridge);
 }
 
 /// A pod floods random source MACs (as fast as it can; every pod checks
@@ -873,32 +605,11 @@ fn dual_stack_addresses_and_routes() {
 #[test]
 fn adds_succeed_during_and_after_a_mac_flood() {
     let host = Host::new();
-    let bridge = unique_name("cf");
-    let config = conf(
-        &bridge,
-        json!({"type": "netpath", "subnet": "10.184.0.0/24"}),
-    );
-    let sandboxes: Vec<Sandbox> = (0..3)
-        .map(|i| Sandbox::new(format!("{bridge}-{i}")))
-        .collect();
-    let _cleanup = Network::new(
-        &host,
-        &config,
-        sandboxes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (format!("ctr-{i}"), s.path())),
-    );
-    let (ok, out) = cni(
-        &host,
-        "ADD",
-        "ctr-0",
-        Some(&sandboxes[0].path()),
-        "eth0",
-        &config,
-    );
+    let net = Network::netpath(&host, "cf", "10.184.0.0/24");
+    let pods = net.pods(3);
+    let (ok, out) = pods[0].add();
     assert!(ok, "{out}");
-    let flooder = RawSocket::open(&sandboxes[0].0, "eth0");
+    let flooder = RawSocket::open(pods[0].ns(), "eth0");
     let (sent, ()) = common::while_running(
         |stop: &std::sync::atomic::AtomicBool| {
             let mut sent = 0u64;
@@ -918,50 +629,21 @@ fn adds_succeed_during_and_after_a_mac_flood() {
             sent
         },
         || {
-            let (ok, out) = cni(
-                &host,
-                "ADD",
-                "ctr-1",
-                Some(&sandboxes[1].path()),
-                "eth0",
-                &config,
-            );
+            let (ok, out) = pods[1].add();
             assert!(ok, "ADD during the flood: {out}");
         },
     );
-    let (ok, out) = cni(
-        &host,
-        "ADD",
-        "ctr-2",
-        Some(&sandboxes[2].path()),
-        "eth0",
-        &config,
-    );
+    let (ok, out) = pods[2].add();
     assert!(ok, "ADD after the flood: {out}");
-    let target = out["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
     assert!(
-        ping(&sandboxes[1].0, &target),
+        ping(pods[1].ns(), &first_ip(&out)),
         "the pods added during and after the flood cannot talk"
     );
-    let fdb: Value =
-        serde_json::from_str(&host.netpath_ok(&["fdb", "dump", "--name", &bridge, "--json"]))
-            .unwrap();
-    let states: Vec<&str> = fdb
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["state"].as_str().unwrap())
-        .collect();
+    let fdb = net.fdb();
+    let states: Vec<&str> = fdb.iter().map(|e| e["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["static"; 3], "the flood got into the FDB");
-    let stats: Value =
-        serde_json::from_str(&host.netpath_ok(&["stats", "--name", &bridge, "--json"])).unwrap();
-    let spoofed: u64 = stats
+    let spoofed: u64 = net
+        .stats()
         .as_array()
         .unwrap()
         .iter()
@@ -997,13 +679,27 @@ fn leftovers_in_maps(bridge: &str, gone: &Attached) -> Vec<String> {
     left
 }
 
+/// The containers in the record of `bridge`: attached (`false`) or
+/// reserved by an ADD under way (`true`).
+fn recorded(bridge: &str, reserved: bool) -> Vec<String> {
+    let record = store::cni::NetworkRecord::load(bridge).unwrap();
+    if reserved {
+        record
+            .reservations
+            .into_iter()
+            .map(|r| r.container_id)
+            .collect()
+    } else {
+        record
+            .attachments
+            .into_iter()
+            .map(|a| a.container_id)
+            .collect()
+    }
+}
+
 fn recorded_containers(bridge: &str) -> Vec<String> {
-    store::cni::NetworkRecord::load(bridge)
-        .unwrap()
-        .attachments
-        .into_iter()
-        .map(|a| a.container_id)
-        .collect()
+    recorded(bridge, false)
 }
 
 /// Issue 14: one pod's runtime crashed (its host veth deleted behind the
@@ -1014,26 +710,18 @@ fn recorded_containers(bridge: &str) -> Vec<String> {
 #[test]
 fn a_stale_pod_never_blocks_another() {
     let host = Host::new();
-    let bridge = unique_name("cs");
-    let config = conf(
-        &bridge,
+    let net = Network::new(
+        &host,
+        "cs",
         json!({"type": "host-local", "subnet": "10.187.0.0/24"}),
     );
-    let sandboxes: Vec<Sandbox> = (0..4)
-        .map(|i| Sandbox::new(format!("{bridge}-{i}")))
-        .collect();
+    let bridge = &net.bridge;
     // Container IDs of this test only: host-local's reservations name them.
-    let ids: Vec<String> = (0..4).map(|i| format!("{bridge}-ctr-{i}")).collect();
-    let _cleanup = Network::new(
-        &host,
-        &config,
-        ids.iter().cloned().zip(sandboxes.iter().map(Sandbox::path)),
-    );
-    let attached: Vec<Attached> = sandboxes[..3]
-        .iter()
-        .zip(&ids)
-        .map(|(s, id)| add_pod(&host, &config, id, s))
+    let pods: Vec<Pod> = (0..4)
+        .map(|i| net.pod(&i.to_string(), &format!("{bridge}-ctr-{i}")))
         .collect();
+    let ids: Vec<String> = pods.iter().map(|p| p.container.clone()).collect();
+    let attached: Vec<Attached> = pods[..3].iter().map(Pod::attach).collect();
     // ctr-0: the runtime crashed and its veth went; ctr-1: namespace deleted, no DEL.
     assert!(
         host.sh("ip", &["link", "del", &attached[0].host_veth])
@@ -1041,29 +729,22 @@ fn a_stale_pod_never_blocks_another() {
             .success()
     );
     assert!(
-        outside("ip", &["netns", "del", &sandboxes[1].0])
+        outside("ip", &["netns", "del", pods[1].ns()])
             .status
             .success()
     );
     host.wait_link_gone(&attached[1].host_veth);
 
-    let (ok, result) = cni(
-        &host,
-        "ADD",
-        &ids[3],
-        Some(&sandboxes[3].path()),
-        "eth0",
-        &config,
-    );
+    let (ok, result) = pods[3].add();
     assert!(ok, "a stale pod blocked the next ADD: {result}");
     let new = Attached::from_result(&host, &ids[3], &result);
     assert_eq!(
-        recorded_containers(&bridge),
+        recorded_containers(bridge),
         ids[2..].to_vec(),
         "stale pods left in the record"
     );
     for dead in &attached[..2] {
-        let left = leftovers_in_maps(&bridge, dead);
+        let left = leftovers_in_maps(bridge, dead);
         assert!(left.is_empty(), "{}: {left:?}", dead.container);
         assert!(
             !host_local_reserves(&dead.container),
@@ -1071,21 +752,21 @@ fn a_stale_pod_never_blocks_another() {
             dead.container
         );
     }
-    let before = redirected_from(&cni_datapath(&bridge), new.ifindex);
+    let before = redirected_from(&cni_datapath(bridge), new.ifindex);
     assert!(
-        ping(&sandboxes[3].0, &attached[2].ip),
+        ping(pods[3].ns(), &attached[2].ip),
         "the new pod cannot reach a live one"
     );
     assert!(
-        redirected_from(&cni_datapath(&bridge), new.ifindex) > before,
+        redirected_from(&cni_datapath(bridge), new.ifindex) > before,
         "not on the fast path"
     );
 
-    for (id, sandbox) in ids.iter().zip(&sandboxes[..2]) {
-        let (ok, out) = cni(&host, "DEL", id, Some(&sandbox.path()), "eth0", &config);
+    for pod in &pods[..2] {
+        let (ok, out) = pod.del();
         assert!(ok, "late DEL of a stale pod: {out}");
     }
-    assert_only_kept_ports(&host, &bridge, &attached[..2], &[attached[2].clone(), new]);
+    assert_only_kept_ports(&net, &attached[..2], &[attached[2].clone(), new]);
 }
 
 /// Whether host-local holds an address for `container_id` (its files under
@@ -1107,43 +788,25 @@ fn host_local_reserves(container_id: &str) -> bool {
 #[test]
 fn del_without_the_namespace_removes_everything() {
     let host = Host::new();
-    let bridge = unique_name("cn");
-    let config = conf(
-        &bridge,
-        json!({"type": "netpath", "subnet": "10.188.0.0/24"}),
-    );
-    let sandboxes: Vec<Sandbox> = (0..3)
-        .map(|i| Sandbox::new(format!("{bridge}-{i}")))
-        .collect();
-    let _cleanup = Network::new(
-        &host,
-        &config,
-        sandboxes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (format!("ctr-{i}"), s.path())),
-    );
-    let attached: Vec<Attached> = sandboxes
-        .iter()
-        .enumerate()
-        .map(|(i, s)| add_pod(&host, &config, &format!("ctr-{i}"), s))
-        .collect();
-    let gone_path = sandboxes[0].path();
+    let net = Network::netpath(&host, "cn", "10.188.0.0/24");
+    let bridge = &net.bridge;
+    let pods = net.pods(3);
+    let attached: Vec<Attached> = pods.iter().map(Pod::attach).collect();
     assert!(
-        outside("ip", &["netns", "del", &sandboxes[0].0])
+        outside("ip", &["netns", "del", pods[0].ns()])
             .status
             .success()
     );
     host.wait_link_gone(&attached[0].host_veth);
-    let (ok, out) = cni(&host, "DEL", "ctr-0", Some(&gone_path), "eth0", &config);
+    let (ok, out) = pods[0].del();
     assert!(ok, "DEL without the namespace: {out}");
-    assert_eq!(recorded_containers(&bridge), ["ctr-1", "ctr-2"]);
-    let left = leftovers_in_maps(&bridge, &attached[0]);
+    assert_eq!(recorded_containers(bridge), ["ctr-1", "ctr-2"]);
+    let left = leftovers_in_maps(bridge, &attached[0]);
     assert!(left.is_empty(), "DEL without the namespace left {left:?}");
-    let before = redirected_from(&cni_datapath(&bridge), attached[1].ifindex);
-    assert!(ping(&sandboxes[1].0, &attached[2].ip));
+    let before = redirected_from(&cni_datapath(bridge), attached[1].ifindex);
+    assert!(ping(pods[1].ns(), &attached[2].ip));
     assert!(
-        redirected_from(&cni_datapath(&bridge), attached[1].ifindex) > before,
+        redirected_from(&cni_datapath(bridge), attached[1].ifindex) > before,
         "not on the fast path"
     );
 }
@@ -1163,25 +826,14 @@ fn a_container_whose_veth_name_collides_cannot_touch_another_pod() {
         "the two IDs no longer share a host veth name: pick two that do"
     );
     let host = Host::new();
-    let bridge = unique_name("cc");
-    let config = conf(
-        &bridge,
-        json!({"type": "netpath", "subnet": "10.189.0.0/24"}),
+    let net = Network::netpath(&host, "cc", "10.189.0.0/24");
+    let (victim_pod, collider, peer) = (
+        net.pod("v", victim_id),
+        net.pod("c", collider_id),
+        net.pod("p", "peer"),
     );
-    let sandboxes: Vec<Sandbox> = ["v", "c", "p"]
-        .iter()
-        .map(|s| Sandbox::new(format!("{bridge}-{s}")))
-        .collect();
-    let ids = [victim_id, collider_id, "peer"];
-    let _cleanup = Network::new(
-        &host,
-        &config,
-        ids.iter()
-            .map(|id| id.to_string())
-            .zip(sandboxes.iter().map(Sandbox::path)),
-    );
-    let victim = add_pod(&host, &config, victim_id, &sandboxes[0]);
-    add_pod(&host, &config, "peer", &sandboxes[2]);
+    let victim = victim_pod.attach();
+    peer.attach();
     let victim_intact = |after: &str| {
         assert!(
             host.sh("ip", &["link", "show", &victim.host_veth])
@@ -1191,31 +843,16 @@ fn a_container_whose_veth_name_collides_cannot_touch_another_pod() {
             victim.host_veth
         );
         assert!(
-            ping(&sandboxes[2].0, &victim.ip),
+            ping(peer.ns(), &victim.ip),
             "{victim_id} is unreachable after {after}"
         );
     };
 
-    let collider = Some(sandboxes[1].path());
-    let (ok, out) = cni(
-        &host,
-        "DEL",
-        collider_id,
-        collider.as_deref(),
-        "eth0",
-        &config,
-    );
+    let (ok, out) = collider.del();
     assert!(ok, "DEL of a container never added: {out}");
     victim_intact(&format!("the DEL of {collider_id}"));
 
-    let (ok, out) = cni(
-        &host,
-        "ADD",
-        collider_id,
-        collider.as_deref(),
-        "eth0",
-        &config,
-    );
+    let (ok, out) = collider.add();
     assert!(!ok, "ADD of a colliding container succeeded: {out}");
     assert!(
         out["msg"]
@@ -1225,12 +862,7 @@ fn a_container_whose_veth_name_collides_cannot_touch_another_pod() {
         "the refusal does not name the shared host veth: {out}"
     );
     victim_intact(&format!("the refused ADD of {collider_id}"));
-    assert_eq!(recorded_containers(&bridge), [victim_id, "peer"]);
-}
-
-fn conf_1_1(bridge: &str, subnet: &str) -> Value {
-    json!({"cniVersion": "1.1.0", "name": "testnet", "type": "netpath-cni", "bridge": bridge,
-           "ipam": {"type": "netpath", "subnet": subnet}})
+    assert_eq!(recorded_containers(&net.bridge), [victim_id, "peer"]);
 }
 
 fn gc_conf(config: &Value, valid: &[&str]) -> Value {
@@ -1248,34 +880,20 @@ fn gc_conf(config: &Value, valid: &[&str]) -> Value {
 #[test]
 fn gc_removes_every_attachment_not_listed() {
     let host = Host::new();
-    let bridge = unique_name("cg");
-    let config = conf_1_1(&bridge, "10.189.0.0/24");
-    let sandboxes: Vec<Sandbox> = (0..3)
-        .map(|i| Sandbox::new(format!("{bridge}-{i}")))
-        .collect();
-    let _cleanup = Network::new(
-        &host,
-        &config,
-        sandboxes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (format!("ctr-{i}"), s.path())),
-    );
-    let attached: Vec<Attached> = sandboxes
-        .iter()
-        .enumerate()
-        .map(|(i, s)| add_pod(&host, &config, &format!("ctr-{i}"), s))
-        .collect();
-    let (ok, out) = cni(&host, "GC", "", None, "", &config);
+    let net = Network::v1_1(&host, "cg", "10.189.0.0/24");
+    let (bridge, config) = (&net.bridge, &net.config);
+    let pods = net.pods(3);
+    let attached: Vec<Attached> = pods.iter().map(Pod::attach).collect();
+    let (ok, out) = net.call("GC", config);
     assert!(
         !ok && out["code"] == 7,
         "GC without a list must be refused: {out}"
     );
-    assert_eq!(recorded_containers(&bridge).len(), 3);
+    assert_eq!(recorded_containers(bridge).len(), 3);
 
-    let (ok, out) = cni(&host, "GC", "", None, "", &gc_conf(&config, &["ctr-1"]));
+    let (ok, out) = net.call("GC", &gc_conf(config, &["ctr-1"]));
     assert!(ok, "{out}");
-    assert_eq!(recorded_containers(&bridge), ["ctr-1"]);
+    assert_eq!(recorded_containers(bridge), ["ctr-1"]);
     for gone in [&attached[0], &attached[2]] {
         assert!(
             !host
@@ -1285,23 +903,22 @@ fn gc_removes_every_attachment_not_listed() {
             "{}: veth left",
             gone.container
         );
-        let left = leftovers_in_maps(&bridge, gone);
+        let left = leftovers_in_maps(bridge, gone);
         assert!(left.is_empty(), "{}: {left:?}", gone.container);
     }
     assert_only_kept_ports(
-        &host,
-        &bridge,
+        &net,
         &[attached[0].clone(), attached[2].clone()],
         &[attached[1].clone()],
     );
     assert!(
-        ping(&sandboxes[1].0, "10.189.0.1"),
+        ping(pods[1].ns(), "10.189.0.1"),
         "the listed pod lost its network"
     );
 
-    let (ok, out) = cni(&host, "GC", "", None, "", &gc_conf(&config, &[]));
+    let (ok, out) = net.call("GC", &gc_conf(config, &[]));
     assert!(ok, "{out}");
-    assert_gone(&host, &bridge);
+    assert_gone(&host, bridge);
 }
 
 /// STATUS (CNI 1.1) is healthy before the first pod and while every pod's
@@ -1311,27 +928,15 @@ fn gc_removes_every_attachment_not_listed() {
 #[test]
 fn status_check_and_a_repeated_add_see_the_datapath() {
     let host = Host::new();
-    let bridge = unique_name("ct");
-    let config = conf_1_1(&bridge, "10.190.0.0/24");
-    let (a, b) = (
-        Sandbox::new(format!("{bridge}-a")),
-        Sandbox::new(format!("{bridge}-b")),
-    );
-    let _cleanup = Network::new(
-        &host,
-        &config,
-        [("ctr-a".into(), a.path()), ("ctr-b".into(), b.path())],
-    );
-    let (ok, out) = cni(&host, "STATUS", "", None, "", &config);
+    let net = Network::v1_1(&host, "ct", "10.190.0.0/24");
+    let (bridge, config) = (&net.bridge, &net.config);
+    let (a, b) = (net.pod("a", "ctr-a"), net.pod("b", "ctr-b"));
+    let (ok, out) = net.status();
     assert!(ok, "STATUS before any pod: {out}");
-    let (ok, out) = cni(
-        &host,
+    let (ok, out) = net.call(
         "STATUS",
-        "",
-        None,
-        "",
-        &conf(
-            &bridge,
+        &cni::conf(
+            bridge,
             json!({"type": "netpath", "subnet": "10.190.0.0/24"}),
         ),
     );
@@ -1340,52 +945,44 @@ fn status_check_and_a_repeated_add_see_the_datapath() {
         "STATUS with a 1.0.0 configuration: {out}"
     );
 
-    let (ok, ra) = cni(&host, "ADD", "ctr-a", Some(&a.path()), "eth0", &config);
+    let (ok, ra) = a.add();
     assert!(ok, "{ra}");
     assert_eq!(ra["cniVersion"], "1.1.0");
     assert_eq!(
         ra["interfaces"][1]["mtu"], 1500,
         "CNI 1.1 results carry the MTU: {ra}"
     );
-    let (ok, rb) = cni(&host, "ADD", "ctr-b", Some(&b.path()), "eth0", &config);
+    let (ok, rb) = b.add();
     assert!(ok, "{rb}");
     let att_a = Attached::from_result(&host, "ctr-a", &ra);
-    let (ok, out) = cni(&host, "STATUS", "", None, "", &config);
+    let (ok, out) = net.status();
     assert!(ok, "STATUS with two pods: {out}");
-    let check_a = with_prev_result(&config, &ra);
-    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &check_a);
+    let (ok, out) = a.check(&ra);
     assert!(ok, "{out}");
     // A prevResult that is not what ADD gave fails CHECK.
     let mut forged = ra.clone();
     forged["interfaces"][1]["mac"] = json!("02:00:00:00:00:99");
-    let (ok, out) = cni(
-        &host,
-        "CHECK",
-        "ctr-a",
-        Some(&a.path()),
-        "eth0",
-        &with_prev_result(&config, &forged),
-    );
+    let (ok, out) = a.check(&forged);
     assert!(!ok && out["msg"].as_str().unwrap().contains("MAC"), "{out}");
-    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &config);
+    let (ok, out) = a.call("CHECK", config);
     assert!(!ok && out["code"] == 7, "CHECK without prevResult: {out}");
 
     // The static FDB entry of ctr-a goes: CHECK sees it.
-    host.netpath_ok(&["fdb", "del", &att_a.mac, "--name", &bridge]);
-    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &check_a);
+    host.netpath_ok(&["fdb", "del", &att_a.mac, "--name", bridge]);
+    let (ok, out) = a.check(&ra);
     assert!(!ok && out["msg"].as_str().unwrap().contains("FDB"), "{out}");
     // ADD again repairs it.
-    let (ok, again) = cni(&host, "ADD", "ctr-a", Some(&a.path()), "eth0", &config);
+    let (ok, again) = a.add();
     assert!(ok && again["ips"] == ra["ips"], "{again}");
-    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &check_a);
+    let (ok, out) = a.check(&ra);
     assert!(ok, "after the repairing ADD: {out}");
 
     // ctr-a's program goes (its pinned link removed, or its filter): STATUS and CHECK see it.
-    detach_forwarding(&host, &bridge, &att_a.host_veth);
+    detach_forwarding(&host, bridge, &att_a.host_veth);
     // The kernel releases an unpinned link in the background: give it 2 s.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let out = loop {
-        let (ok, out) = cni(&host, "STATUS", "", None, "", &config);
+        let (ok, out) = net.status();
         if !ok || std::time::Instant::now() > deadline {
             break out;
         }
@@ -1395,20 +992,20 @@ fn status_check_and_a_repeated_add_see_the_datapath() {
         out["code"] == 51,
         "STATUS with a port off the fast path: {out}"
     );
-    let (ok, out) = cni(&host, "CHECK", "ctr-a", Some(&a.path()), "eth0", &check_a);
+    let (ok, out) = a.check(&ra);
     assert!(
         !ok && out["msg"].as_str().unwrap().contains("program"),
         "{out}"
     );
-    let (ok, again) = cni(&host, "ADD", "ctr-a", Some(&a.path()), "eth0", &config);
+    let (ok, again) = a.add();
     assert!(ok && again["ips"] == ra["ips"], "{again}");
-    let (ok, out) = cni(&host, "STATUS", "", None, "", &config);
+    let (ok, out) = net.status();
     assert!(ok, "STATUS after the repairing ADD: {out}");
     let att_a = Attached::from_result(&host, "ctr-a", &again);
-    let before = redirected_from(&cni_datapath(&bridge), att_a.ifindex);
-    assert!(ping(&a.0, "10.190.0.3"));
+    let before = redirected_from(&cni_datapath(bridge), att_a.ifindex);
+    assert!(ping(a.ns(), "10.190.0.3"));
     assert!(
-        redirected_from(&cni_datapath(&bridge), att_a.ifindex) > before,
+        redirected_from(&cni_datapath(bridge), att_a.ifindex) > before,
         "the repaired pod is not on the fast path"
     );
 }
@@ -1437,14 +1034,8 @@ fn detach_forwarding(host: &Host, bridge: &str, host_veth: &str) {
 #[test]
 fn cni_versions_pick_the_newest_common_version() {
     let host = Host::new();
-    let (ok, out) = cni(
-        &host,
-        "VERSION",
-        "",
-        None,
-        "",
-        &json!({"cniVersion": "1.1.0"}),
-    );
+    let mut net = Network::v1_1(&host, "cv", "10.191.0.0/24");
+    let (ok, out) = net.call("VERSION", &json!({"cniVersion": "1.1.0"}));
     assert!(
         ok && out["supportedVersions"]
             .as_array()
@@ -1452,16 +1043,13 @@ fn cni_versions_pick_the_newest_common_version() {
             .contains(&json!("1.1.0")),
         "{out}"
     );
-    let bridge = unique_name("cv");
-    let mut config = conf_1_1(&bridge, "10.191.0.0/24");
-    config.as_object_mut().unwrap().remove("cniVersion");
-    config["cniVersions"] = json!(["0.4.0", "1.0.0", "1.1.0", "9.0.0"]);
-    let a = Sandbox::new(format!("{bridge}-a"));
-    let _cleanup = Network::new(&host, &config, [("ctr-a".into(), a.path())]);
-    let (ok, ra) = cni(&host, "ADD", "ctr-a", Some(&a.path()), "eth0", &config);
+    net.config.as_object_mut().unwrap().remove("cniVersion");
+    net.config["cniVersions"] = json!(["0.4.0", "1.0.0", "1.1.0", "9.0.0"]);
+    let a = net.pod("a", "ctr-a");
+    let (ok, ra) = a.add();
     assert!(ok && ra["cniVersion"] == "1.1.0", "{ra}");
-    config["cniVersions"] = json!(["9.0.0"]);
-    let (ok, out) = cni(&host, "STATUS", "", None, "", &config);
+    net.config["cniVersions"] = json!(["9.0.0"]);
+    let (ok, out) = net.status();
     assert!(!ok && out["code"] == 1, "{out}");
 }
 
@@ -1485,12 +1073,7 @@ fn reserve(bridge: &str, container: &str, pid: u32) {
 }
 
 fn reserved_containers(bridge: &str) -> Vec<String> {
-    netpath::store::cni::NetworkRecord::load(bridge)
-        .unwrap()
-        .reservations
-        .into_iter()
-        .map(|r| r.container_id)
-        .collect()
+    recorded(bridge, true)
 }
 
 /// An ADD wires its pod between two short holds of the network's lock and
@@ -1502,28 +1085,18 @@ fn reserved_containers(bridge: &str) -> Vec<String> {
 #[test]
 fn an_add_killed_halfway_blocks_nothing() {
     let host = Host::new();
-    let bridge = unique_name("ck");
-    let config = conf(
-        &bridge,
-        json!({"type": "netpath", "subnet": "10.191.0.0/24"}),
-    );
-    let sandboxes: Vec<Sandbox> = (0..3)
-        .map(|i| Sandbox::new(format!("{bridge}-{i}")))
-        .collect();
-    let ids: Vec<String> = (0..3).map(|i| format!("ctr-{i}")).collect();
-    let _cleanup = Network::new(
-        &host,
-        &config,
-        ids.iter().cloned().zip(sandboxes.iter().map(Sandbox::path)),
-    );
-    let first = add_pod(&host, &config, &ids[0], &sandboxes[0]);
+    let net = Network::netpath(&host, "ck", "10.191.0.0/24");
+    let bridge = &net.bridge;
+    let pods = net.pods(3);
+    let ids: Vec<&str> = pods.iter().map(|p| p.container.as_str()).collect();
+    let first = pods[0].attach();
 
     // ctr-1's ADD died after making its veth pair, before marking it.
     let mut gone = Command::new("true").spawn().unwrap();
     let dead_pid = gone.id();
     gone.wait().unwrap();
-    reserve(&bridge, &ids[1], dead_pid);
-    let veth = cni_host_veth(&ids[1], "eth0");
+    reserve(bridge, ids[1], dead_pid);
+    let veth = cni_host_veth(ids[1], "eth0");
     let made = host.sh(
         "ip",
         &[
@@ -1536,7 +1109,7 @@ fn an_add_killed_halfway_blocks_nothing() {
             "name",
             "eth0",
             "netns",
-            &sandboxes[1].0,
+            pods[1].ns(),
         ],
     );
     assert!(
@@ -1545,60 +1118,46 @@ fn an_add_killed_halfway_blocks_nothing() {
         String::from_utf8_lossy(&made.stderr)
     );
 
-    let second = add_pod(&host, &config, &ids[2], &sandboxes[2]);
+    let second = pods[2].attach();
     assert!(
-        reserved_containers(&bridge).is_empty(),
+        reserved_containers(bridge).is_empty(),
         "the dead ADD's reservation is still there"
     );
     assert!(
         !host.sh("ip", &["link", "show", &veth]).status.success(),
         "the dead ADD's veth {veth} is still there"
     );
-    let before = redirected_from(&cni_datapath(&bridge), second.ifindex);
+    let before = redirected_from(&cni_datapath(bridge), second.ifindex);
     assert!(
-        ping(&sandboxes[2].0, &first.ip),
+        ping(pods[2].ns(), &first.ip),
         "the new pod cannot reach the first"
     );
     assert!(
-        redirected_from(&cni_datapath(&bridge), second.ifindex) > before,
+        redirected_from(&cni_datapath(bridge), second.ifindex) > before,
         "not on the fast path"
     );
 
     // An ADD of ctr-1 under way (this test process stands in for it).
-    reserve(&bridge, &ids[1], std::process::id());
-    let (ok, out) = cni(
-        &host,
-        "ADD",
-        &ids[1],
-        Some(&sandboxes[1].path()),
-        "eth0",
-        &config,
-    );
+    reserve(bridge, ids[1], std::process::id());
+    let (ok, out) = pods[1].add();
     assert!(
         !ok,
         "a second ADD of a container under way succeeded: {out}"
     );
     assert_eq!(out["code"], 11, "not 'try again later': {out}");
-    for (id, sandbox) in ids.iter().zip(&sandboxes).step_by(2) {
-        let (ok, out) = cni(&host, "DEL", id, Some(&sandbox.path()), "eth0", &config);
-        assert!(ok, "DEL of {id}: {out}");
+    for pod in pods.iter().step_by(2) {
+        let (ok, out) = pod.del();
+        assert!(ok, "DEL of {}: {out}", pod.container);
     }
     assert!(
-        pin_dir(&cni_datapath(&bridge)).exists(),
+        pin_dir(&cni_datapath(bridge)).exists(),
         "the last DEL wound the network up under an ADD under way"
     );
     // That ADD's process ends: the next call forgets it, and winds up.
-    let mut rec = netpath::store::cni::NetworkRecord::load(&bridge).unwrap();
+    let mut rec = netpath::store::cni::NetworkRecord::load(bridge).unwrap();
     rec.reservations[0].pid = dead_pid;
-    rec.save(&bridge).unwrap();
-    let (ok, out) = cni(
-        &host,
-        "DEL",
-        &ids[1],
-        Some(&sandboxes[1].path()),
-        "eth0",
-        &config,
-    );
+    rec.save(bridge).unwrap();
+    let (ok, out) = pods[1].del();
     assert!(ok, "DEL of {}: {out}", ids[1]);
-    assert_gone(&host, &bridge);
+    assert_gone(&host, bridge);
 }

@@ -38,17 +38,8 @@ fn every_program_passes_the_verifier() {
 fn pins_of_another_layout_are_refused() {
     use aya::maps::{Array, Map, MapData};
 
-    let t = common::Topology::up(
-        "lay",
-        &[
-            "--containers",
-            "2",
-            "--subnet",
-            "10.160.0.0/24",
-            "--mode",
-            "tc",
-        ],
-    );
+    let topology = common::words("--containers 2 --subnet 10.160.0.0/24 --mode tc");
+    let t = common::Topology::up("lay", &topology);
     let dir = netpath::datapath::object::pin_dir(&t.name);
     let set_layout = |version: u32| {
         let data =
@@ -58,17 +49,7 @@ fn pins_of_another_layout_are_refused() {
     };
     // What a build of another layout would have left.
     set_layout(netpath_common::LAYOUT_VERSION + 7);
-    let up = [
-        "up",
-        "--name",
-        &t.name,
-        "--containers",
-        "2",
-        "--subnet",
-        "10.160.0.0/24",
-        "--mode",
-        "tc",
-    ];
+    let up = t.up_args(&topology);
     for args in [
         &up[..],
         &["fdb", "dump", "--name", &t.name],

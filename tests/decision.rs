@@ -154,9 +154,11 @@ fn test_run_repeated<C>(fd: i32, data: &[u8], ctx: &C, repeat: u32) -> io::Resul
 }
 
 /// Runs `test` on a thread in a fresh network namespace (so `lo` is the
-/// ingress port and ifindex `OTHER` names no device), passing its panic on.
+/// ingress port and ifindex `OTHER` names no device), passing its panic on;
+/// under a watchdog, as tests on a `Host` are.
 fn in_private_netns(test: impl FnOnce() + Send) {
     common::require_root();
+    let _watchdog = common::watchdog("in a private namespace", common::watchdog::TEST_DEADLINE);
     std::thread::scope(|scope| {
         let result = scope
             .spawn(|| {
@@ -461,6 +463,21 @@ fn both_decide(data: &[u8], tc_verdict: u32, xdp_verdict: u32, counters: &[(Coun
     both_decide_after(|_| {}, data, tc_verdict, xdp_verdict, counters);
 }
 
+/// Both programs pass `data` from PORT to the kernel, counted as `reason`.
+fn both_pass(data: &[u8], reason: Counter) {
+    both_decide(data, TC_ACT_OK, XDP_PASS, &[(reason, 1)]);
+}
+
+/// Both programs redirect `data` from PORT to another port.
+fn both_redirect(data: &[u8]) {
+    both_decide(
+        data,
+        TC_ACT_REDIRECT,
+        XDP_REDIRECT,
+        &[(Counter::Redirected, 1)],
+    );
+}
+
 /// Both programs drop `data` from PORT (checking its sources), counted as `reason`.
 fn both_drop(data: &[u8], reason: Counter) {
     both_decide(data, TC_ACT_SHOT, XDP_DROP, &[(reason, 1)]);
@@ -472,14 +489,7 @@ fn unchecked(dp: &mut Datapath) {
 
 #[test]
 fn unicast_to_another_port_is_redirected() {
-    in_private_netns(|| {
-        both_decide(
-            &eth(OTHER_MAC),
-            TC_ACT_REDIRECT,
-            XDP_REDIRECT,
-            &[(Counter::Redirected, 1)],
-        );
-    });
+    in_private_netns(|| both_redirect(&eth(OTHER_MAC)));
 }
 
 /// A destination whose port is gone (a stale FDB entry) is never a black
@@ -570,51 +580,25 @@ fn multicast_destinations_go_to_the_bridge() {
             [0x01, 0x00, 0x5e, 0, 0, 0x01],
             [0x33, 0x33, 0xff, 0, 0, 0x02],
         ] {
-            both_decide(
-                &eth(dst),
-                TC_ACT_OK,
-                XDP_PASS,
-                &[(Counter::PassMulticast, 1)],
-            );
+            both_pass(&eth(dst), Counter::PassMulticast);
         }
     });
 }
 
 #[test]
 fn unknown_destinations_go_to_the_bridge() {
-    in_private_netns(|| {
-        both_decide(
-            &eth(UNKNOWN_MAC),
-            TC_ACT_OK,
-            XDP_PASS,
-            &[(Counter::PassUnknown, 1)],
-        );
-    });
+    in_private_netns(|| both_pass(&eth(UNKNOWN_MAC), Counter::PassUnknown));
 }
 
 #[test]
 fn frames_for_the_bridge_mac_go_to_the_host() {
-    in_private_netns(|| {
-        both_decide(
-            &eth(BRIDGE_MAC),
-            TC_ACT_OK,
-            XDP_PASS,
-            &[(Counter::PassHost, 1)],
-        );
-    });
+    in_private_netns(|| both_pass(&eth(BRIDGE_MAC), Counter::PassHost));
 }
 
 /// A destination behind the ingress port itself.
 #[test]
 fn hairpin_frames_go_to_the_bridge() {
-    in_private_netns(|| {
-        both_decide(
-            &eth(PORT_MAC),
-            TC_ACT_OK,
-            XDP_PASS,
-            &[(Counter::PassHairpin, 1)],
-        );
-    });
+    in_private_netns(|| both_pass(&eth(PORT_MAC), Counter::PassHairpin));
 }
 
 /// A learned entry older than the ageing time is unknown, and the program
@@ -765,13 +749,12 @@ fn a_port_that_checks_sources_sends_only_its_own() {
             ),
         ];
         for (what, data, counter) in &honest {
-            let verdicts = if *counter == Redirected {
-                (TC_ACT_REDIRECT, XDP_REDIRECT)
-            } else {
-                (TC_ACT_OK, XDP_PASS)
-            };
             eprintln!("honest {what}");
-            both_decide(data, verdicts.0, verdicts.1, &[(*counter, 1)]);
+            if *counter == Redirected {
+                both_redirect(data);
+            } else {
+                both_pass(data, *counter);
+            }
         }
         let forged: Vec<(&str, Vec<u8>, Counter)> = vec![
             (
@@ -1071,12 +1054,7 @@ fn learning_off_learns_nothing() {
 fn ipv6_unicast_is_forwarded_and_nd_goes_to_the_bridge() {
     in_private_netns(|| {
         let unicast = packets::ipv6_udp(OTHER_MAC, PORT_MAC, PORT_IPV6, OTHER_IPV6);
-        both_decide(
-            &unicast,
-            TC_ACT_REDIRECT,
-            XDP_REDIRECT,
-            &[(Counter::Redirected, 1)],
-        );
+        both_redirect(&unicast);
         let ns = packets::nd(
             ND_NEIGHBOR_SOLICIT,
             PORT_MAC,
@@ -1084,7 +1062,7 @@ fn ipv6_unicast_is_forwarded_and_nd_goes_to_the_bridge() {
             OTHER_IPV6,
             Some(PORT_MAC),
         );
-        both_decide(&ns, TC_ACT_OK, XDP_PASS, &[(Counter::PassMulticast, 1)]);
+        both_pass(&ns, Counter::PassMulticast);
     });
 }
 

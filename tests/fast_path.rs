@@ -4,15 +4,11 @@
 
 mod common;
 
-use std::{
-    process::{Command, Stdio},
-    thread::sleep,
-    time::Duration,
-};
+use std::{thread::sleep, time::Duration};
 
 use common::{
     BridgeForwardCounter, Host, Running, Topology, in_ns, iperf3, link_packets, ping, quiet,
-    state_path, verdicts,
+    spawn_in, state_path, verdicts, words,
 };
 use serde_json::Value;
 
@@ -384,16 +380,7 @@ fn fdb_lists_every_container_and_learned_entries_age_out() {
     }
     // A container without the source check (it routes for others) sends
     // from a MAC that is not its own: that one is learned, then ages.
-    t.netpath_ok(&[
-        "port",
-        "add",
-        "--name",
-        &name,
-        "rt",
-        "--no-source-check",
-        "--ip",
-        "10.119.0.9/24",
-    ]);
+    t.add_router("rt", "10.119.0.9/24");
     let mac = "02:77:77:00:00:09";
     let router = t.ns("rt");
     in_ns(
@@ -443,18 +430,9 @@ fn fdb_lists_every_container_and_learned_entries_age_out() {
 
 #[test]
 fn the_datapath_survives_a_killed_loader_and_is_adopted() {
-    let mut run = Running::start(
-        "kill",
-        &[
-            "--containers",
-            "2",
-            "--subnet",
-            "10.121.0.0/24",
-            "--mode",
-            "tc",
-        ],
-    );
-    let (t, name) = (&run.topology, run.topology.name.clone());
+    let topology = words("--containers 2 --subnet 10.121.0.0/24 --mode tc");
+    let mut run = Running::start("kill", &topology);
+    let t = &run.topology;
     let server = iperf3::Server::start(&t.ns("c1"), 5301);
     let client = iperf3::Client::start(&t.ns("c0"), "10.121.0.3", 5301, 3, &[]);
     sleep(Duration::from_secs(1));
@@ -470,17 +448,7 @@ fn the_datapath_survives_a_killed_loader_and_is_adopted() {
         "the fast path stopped counting after SIGKILL ({before} -> {after})"
     );
     // A new loader adopts the pinned datapath instead of attaching it twice.
-    let again = t.netpath_ok(&[
-        "up",
-        "--name",
-        &name,
-        "--containers",
-        "2",
-        "--subnet",
-        "10.121.0.0/24",
-        "--mode",
-        "tc",
-    ]);
+    let again = t.netpath_ok(&t.up_args(&topology));
     assert!(again.contains("already up"), "{again}");
     // Exactly one tc program per port, attached the way this kernel (or
     // NETPATH_TC_METHOD) asks for.
@@ -506,24 +474,10 @@ fn mode_switches_live_without_losing_the_ping() {
             "xdp",
         ],
     );
-    let pinger = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.ns("c0"),
-            "ping",
-            "-c",
-            "250",
-            "-i",
-            "0.02",
-            "-W",
-            "1",
-            "-q",
-            "10.122.0.3",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let pinger = spawn_in(
+        &t.ns("c0"),
+        &words("ping -c 250 -i 0.02 -W 1 -q 10.122.0.3"),
+    );
     for mode in ["tc", "bridge", "xdp"] {
         sleep(Duration::from_millis(1000));
         t.netpath_ok(&["mode", "--name", &t.name, mode]);
@@ -589,24 +543,10 @@ fn every_mode_switch_leaves_the_target_modes_offloads() {
     let plain = offloads(&t.ns("c0"));
     let xdp = ("off".to_owned(), "on".to_owned());
     assert_ne!(plain, xdp, "veth defaults look like xdp mode's already");
-    let pinger = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.ns("c0"),
-            "ping",
-            "-c",
-            "500",
-            "-i",
-            "0.02",
-            "-W",
-            "1",
-            "-q",
-            "10.123.0.3",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let pinger = spawn_in(
+        &t.ns("c0"),
+        &words("ping -c 500 -i 0.02 -W 1 -q 10.123.0.3"),
+    );
     let paths = [
         ["xdp", "bridge", "tc"],
         ["tc", "xdp", "bridge"],

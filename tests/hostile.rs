@@ -14,7 +14,7 @@ use std::{
 use common::{
     BridgeForwardCounter, RawSocket, Topology, frame, iperf3, link_packets,
     packets::{self, ETH_P_IP},
-    parse_mac, ping, send_raw_frames,
+    parse_mac, ping, send_raw_frames, words,
 };
 use serde_json::Value;
 
@@ -121,26 +121,8 @@ fn a_mac_flood_is_contained() {
         "fld",
         &["--containers", "4", "--subnet", &format!("{prefix}.0/24")],
     );
-    t.netpath_ok(&[
-        "port",
-        "add",
-        "--name",
-        &t.name,
-        "fl",
-        "--no-source-check",
-        "--ip",
-        &format!("{prefix}.20/24"),
-    ]);
-    t.netpath_ok(&[
-        "port",
-        "add",
-        "--name",
-        &t.name,
-        "rt",
-        "--no-source-check",
-        "--ip",
-        &format!("{prefix}.21/24"),
-    ]);
+    t.add_router("fl", &format!("{prefix}.20/24"));
+    t.add_router("rt", &format!("{prefix}.21/24"));
     let (flooder, router) = (t.ns("fl"), t.ns("rt"));
     let limit = netpath_common::DEFAULT_LEARN_LIMIT as u64;
 
@@ -275,14 +257,9 @@ fn a_forged_victim_keeps_its_traffic() {
         let prefix = format!("10.{}.0", 161 + i);
         let t = Topology::up(
             "forg",
-            &[
-                "--containers",
-                "3",
-                "--subnet",
-                &format!("{prefix}.0/24"),
-                "--mode",
-                mode,
-            ],
+            &words(&format!(
+                "--containers 3 --subnet {prefix}.0/24 --mode {mode}"
+            )),
         );
         let (victim, attacker) = (t.ns("c1"), t.ns("c2"));
         let (victim_mac, attacker_mac, c0_mac) =
@@ -527,14 +504,9 @@ fn a_vanished_port_leaves_no_entry_and_no_black_hole() {
         let prefix = format!("10.{}.0", 165 + i);
         let t = Topology::up(
             "van",
-            &[
-                "--containers",
-                "4",
-                "--subnet",
-                &format!("{prefix}.0/24"),
-                "--mode",
-                mode,
-            ],
+            &words(&format!(
+                "--containers 4 --subnet {prefix}.0/24 --mode {mode}"
+            )),
         );
         let (c0_mac, gone_mac) = (mac_of(&t, "c0"), mac_of(&t, "c2"));
         let (gone_ifindex, gone_name) = (

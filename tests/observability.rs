@@ -174,16 +174,7 @@ fn monitor_reports_learned_and_aged_out_entries() {
     // A container without the source check (it routes for others) sends
     // from a MAC not its own, which is learned; it speaks only when spoken
     // to, so the entry can age.
-    t.netpath_ok(&[
-        "port",
-        "add",
-        "--name",
-        &t.name,
-        "rt",
-        "--no-source-check",
-        "--ip",
-        "10.163.0.9/24",
-    ]);
+    t.add_router("rt", "10.163.0.9/24");
     let router = t.ns("rt");
     let mac = "02:77:77:00:01:09".to_owned();
     in_ns(

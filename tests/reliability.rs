@@ -11,7 +11,7 @@ use std::{
 
 use common::{
     BridgeForwardCounter, Host, Running, Topology, frame, in_ns, iperf3, link_packets, outside,
-    parse_mac, ping, send_raw_frames, spawn_in, unique_name,
+    parse_mac, ping, send_raw_frames, spawn_in, unique_name, words,
 };
 use netpath::{
     datapath::{
@@ -461,18 +461,11 @@ fn two_loaders_on_one_topology() {
     let host = Host::new();
     let name = unique_name("two");
     let t = Topology::adopt(&host, &name);
-    let args = [
-        "up",
-        "--name",
-        &name,
-        "--containers",
-        "16",
-        "--subnet",
-        "10.143.0.0/24",
-    ];
+    let topology = format!("--name {name} --containers 16 --subnet 10.143.0.0/24");
     let spawn = || {
         host.netpath_command()
-            .args(args)
+            .arg("up")
+            .args(words(&topology))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -503,16 +496,9 @@ fn two_loaders_on_one_topology() {
 
     let run = host
         .netpath_command()
-        .args([
-            "run",
-            "--name",
-            &name,
-            "--containers",
-            "16",
-            "--subnet",
-            "10.143.0.0/24",
-            "--keep",
-        ])
+        .arg("run")
+        .args(words(&topology))
+        .arg("--keep")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -522,15 +508,7 @@ fn two_loaders_on_one_topology() {
         "the first run taking its lock",
         || common::is_locked(&common::run_lock_path(&name)),
     );
-    let second = host.netpath(&[
-        "run",
-        "--name",
-        &name,
-        "--containers",
-        "16",
-        "--subnet",
-        "10.143.0.0/24",
-    ]);
+    let second = host.netpath(&words(&format!("run {topology}")));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(run.id() as i32),
         nix::sys::signal::Signal::SIGINT,
@@ -551,16 +529,9 @@ fn jumbo_frames_work_or_are_refused_clearly() {
         let subnet = format!("10.{}.0.0/24", 145 + i);
         let t = Topology::up(
             "jum",
-            &[
-                "--containers",
-                "2",
-                "--subnet",
-                &subnet,
-                "--mode",
-                mode,
-                "--mtu",
-                "9000",
-            ],
+            &words(&format!(
+                "--containers 2 --subnet {subnet} --mode {mode} --mtu 9000"
+            )),
         );
         let peer = format!("10.{}.0.3", 145 + i);
         let out = in_ns(
@@ -581,19 +552,9 @@ fn jumbo_frames_work_or_are_refused_clearly() {
     }
     let host = Host::new();
     let name = unique_name("jx");
-    let out = host.netpath(&[
-        "up",
-        "--name",
-        &name,
-        "--containers",
-        "2",
-        "--subnet",
-        "10.147.0.0/24",
-        "--mode",
-        "xdp",
-        "--mtu",
-        "9000",
-    ]);
+    let out = host.netpath(&words(&format!(
+        "up --name {name} --containers 2 --subnet 10.147.0.0/24 --mode xdp --mtu 9000"
+    )));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("xdp mode carries frames up to MTU"));
     assert_eq!(host.leftovers(&name), Vec::<String>::new());
@@ -601,31 +562,11 @@ fn jumbo_frames_work_or_are_refused_clearly() {
     let t = Topology::up_on(
         &host,
         "jx",
-        &[
-            "--containers",
-            "2",
-            "--subnet",
-            "10.147.0.0/24",
-            "--mode",
-            "xdp",
-            "--mtu",
-            "3500",
-        ],
+        &words("--containers 2 --subnet 10.147.0.0/24 --mode xdp --mtu 3500"),
     );
     let out = in_ns(
         &t.ns("c0"),
-        &[
-            "ping",
-            "-c",
-            "2",
-            "-W",
-            "2",
-            "-M",
-            "do",
-            "-s",
-            "3400",
-            "10.147.0.3",
-        ],
+        &words("ping -c 2 -W 2 -M do -s 3400 10.147.0.3"),
     );
     assert!(out.status.success(), "xdp: 3400-byte ping failed");
 }
@@ -809,6 +750,7 @@ fn bad_input_to_every_verb() {
     let t = Topology::up("cli", &["--containers", "2", "--subnet", "10.154.0.0/24"]);
     let ghost = unique_name("ghost");
     let fdb_before = t.fdb().len();
+    let add_x = ["port", "add", "--name", &t.name, "x"];
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (vec!["up", "--bogus"], 2, "unexpected argument"),
         (vec!["up", "--name", &ghost, "--ageing", "0"], 1, "ageing"),
@@ -831,28 +773,12 @@ fn bad_input_to_every_verb() {
             "used twice",
         ),
         (
-            vec![
-                "port",
-                "add",
-                "--name",
-                &t.name,
-                "x",
-                "--ip",
-                "10.99.0.5/24",
-            ],
+            [&add_x[..], &["--ip", "10.99.0.5/24"]].concat(),
             1,
             "not in subnet",
         ),
         (
-            vec![
-                "port",
-                "add",
-                "--name",
-                &t.name,
-                "x",
-                "--mac",
-                "zz:00:00:00:00:00",
-            ],
+            [&add_x[..], &["--mac", "zz:00:00:00:00:00"]].concat(),
             2,
             "not hex",
         ),

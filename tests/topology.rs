@@ -4,11 +4,11 @@
 
 mod common;
 
-use std::{process::Command, time::Instant};
+use std::time::Instant;
 
 use netpath::{host::netns, model::naming::nat_table};
 
-use common::{Host, Topology, in_ns, outside, ping, unique_name};
+use common::{Host, Topology, in_ns, outside, ping, spawn_in, unique_name, words};
 
 #[test]
 fn four_containers_reach_each_other_and_status_matches_the_machine() {
@@ -113,6 +113,7 @@ fn bad_input_is_refused_and_leaves_nothing() {
     let missing = dir.join("missing.toml").to_string_lossy().into_owned();
 
     let name = unique_name("bad");
+    let in_subnet = ["--name", &name, "--subnet", "10.102.0.0/24"];
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["--containers", "2", "--name", "averyveryverylongname"],
@@ -136,36 +137,15 @@ fn bad_input_is_refused_and_leaves_nothing() {
         ),
         (vec!["--name", &name, "--containers", "0"], "at least 1"),
         (
-            vec![
-                "--name",
-                &name,
-                "--subnet",
-                "10.102.0.0/24",
-                "--config",
-                &dup_names,
-            ],
+            [&in_subnet[..], &["--config", &dup_names]].concat(),
             "used twice",
         ),
         (
-            vec![
-                "--name",
-                &name,
-                "--subnet",
-                "10.102.0.0/24",
-                "--config",
-                &dup_ips,
-            ],
+            [&in_subnet[..], &["--config", &dup_ips]].concat(),
             "used by two containers",
         ),
         (
-            vec![
-                "--name",
-                &name,
-                "--subnet",
-                "10.102.0.0/24",
-                "--config",
-                &dup_macs,
-            ],
+            [&in_subnet[..], &["--config", &dup_macs]].concat(),
             "used by two containers",
         ),
         (
@@ -273,26 +253,11 @@ fn down_removes_everything_and_is_idempotent() {
 
 #[test]
 fn up_is_idempotent_and_refuses_a_different_topology() {
-    let t = Topology::up("idem", &["--containers", "2", "--subnet", "10.106.0.0/24"]);
-    let same = t.netpath_ok(&[
-        "up",
-        "--name",
-        &t.name,
-        "--containers",
-        "2",
-        "--subnet",
-        "10.106.0.0/24",
-    ]);
+    let topology = words("--containers 2 --subnet 10.106.0.0/24");
+    let t = Topology::up("idem", &topology);
+    let same = t.netpath_ok(&t.up_args(&topology));
     assert!(same.contains("already up"), "{same}");
-    let out = t.netpath(&[
-        "up",
-        "--name",
-        &t.name,
-        "--containers",
-        "3",
-        "--subnet",
-        "10.106.0.0/24",
-    ]);
+    let out = t.netpath(&t.up_args(&words("--containers 3 --subnet 10.106.0.0/24")));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -305,22 +270,7 @@ fn up_is_idempotent_and_refuses_a_different_topology() {
 #[test]
 fn ports_come_and_go_while_the_others_keep_talking() {
     let t = Topology::up("port", &["--containers", "3", "--subnet", "10.107.0.0/24"]);
-    let background = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.ns("c0"),
-            "ping",
-            "-c",
-            "40",
-            "-i",
-            "0.05",
-            "-q",
-            "10.107.0.3",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let background = spawn_in(&t.ns("c0"), &words("ping -c 40 -i 0.05 -q 10.107.0.3"));
     t.netpath_ok(&[
         "port",
         "add",

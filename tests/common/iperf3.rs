@@ -25,6 +25,8 @@ impl Server {
         let mut child = KillOnDrop(spawn_in(ns, &["iperf3", "-s", "-1", "-p", &port_arg]));
         let limit = patience(Duration::from_secs(5));
         let started = Instant::now();
+        let _waiting =
+            super::waiting_for(&format!("iperf3 server in {ns} to listen on port {port}"));
         while !listening(ns, port) {
             if let Some(status) = child.try_wait().expect("polling the iperf3 server") {
                 let out = output_within(child, Duration::from_secs(1), "the iperf3 server");

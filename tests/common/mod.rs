@@ -4,8 +4,12 @@
 //! host) down even when the test fails.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod cni;
 pub mod iperf3;
 pub mod packets;
+pub mod watchdog;
+
+pub use watchdog::{waiting_for, watchdog};
 
 use std::{
     ffi::OsStr,
@@ -60,9 +64,12 @@ pub fn unique_name(tag: &str) -> String {
 /// no other test and never touch the machine's. Containers' namespaces stay
 /// global (netpath names them under /run/netns), as do bpffs pins and state
 /// files. Dropping the last handle deletes the namespace (after the
-/// topologies holding it were torn down: they hold an `Arc` of it).
+/// topologies holding it were torn down: they hold an `Arc` of it). A
+/// test still holding its host [`watchdog::TEST_DEADLINE`] after making
+/// it aborts the test process, saying what it waited for.
 pub struct Host {
     pub name: String,
+    _watchdog: watchdog::Watchdog,
 }
 
 /// Sysctls a host namespace would otherwise inherit from the machine's,
@@ -78,6 +85,12 @@ const KERNEL_DEFAULTS: &[(&str, &str)] = &[
 
 impl Host {
     pub fn new() -> Arc<Host> {
+        Self::with_deadline(watchdog::TEST_DEADLINE)
+    }
+
+    /// A host whose test may take `deadline` (scaled by [`patience`])
+    /// before its watchdog aborts it.
+    pub fn with_deadline(deadline: std::time::Duration) -> Arc<Host> {
         require_root();
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
@@ -85,8 +98,9 @@ impl Host {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
+        let _watchdog = watchdog(&format!("host {name}"), deadline);
         netns::create(&name).unwrap_or_else(|e| panic!("creating host namespace {name}: {e:#}"));
-        let host = Host { name }; // deleted again if what follows fails
+        let host = Host { name, _watchdog }; // deleted again if what follows fails
         // A fresh namespace has `lo` down (the metrics test listens on it).
         // It also inherits the IPv4 settings of the machine's namespace
         // (net.core.devconf_inherit_init_net=0, the default), forwarding and
@@ -282,6 +296,12 @@ impl Host {
     }
 }
 
+/// The words of a command line whose arguments have no spaces: written on
+/// one line where a list would take a line per argument.
+pub fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 /// Those of `paths` that exist, for the leftovers a test reports.
 pub fn existing(paths: impl IntoIterator<Item = std::path::PathBuf>) -> Vec<String> {
     paths
@@ -297,50 +317,6 @@ impl Drop for Host {
             eprintln!("deleting host namespace {}: {e:#}", self.name);
         }
     }
-}
-
-/// Runs the plugin on `host`, as a runtime there would; returns its exit
-/// status and parsed stdout. A plugin still running after 90 s (longer
-/// than its 60 s wait for the network's lock) fails the test.
-pub fn cni(
-    host: &Host,
-    command: &str,
-    container: &str,
-    netns: Option<&str>,
-    ifname: &str,
-    conf: &serde_json::Value,
-) -> (bool, serde_json::Value) {
-    let mut cmd = host.command(env!("CARGO_BIN_EXE_netpath-cni"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_IFNAME", ifname)
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    if let Some(ns) = netns {
-        cmd.env("CNI_NETNS", ns);
-    }
-    let mut child = cmd.spawn().unwrap();
-    std::io::Write::write_all(
-        &mut child.stdin.take().unwrap(),
-        conf.to_string().as_bytes(),
-    )
-    .unwrap();
-    let out = output_within(
-        child,
-        std::time::Duration::from_secs(90),
-        &format!("netpath-cni {command} of container {container}"),
-    );
-    let value = if out.stdout.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&out.stdout)))
-    };
-    (out.status.success(), value)
 }
 
 /// The lock files of a topology, named by the product.
@@ -444,6 +420,27 @@ impl Topology {
             name: name.to_owned(),
             host: host.clone(),
         }
+    }
+
+    /// The arguments of `netpath up` of this topology with `extra`: an up
+    /// again, to see it is already up (or differs).
+    pub fn up_args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        [&["up", "--name", self.name.as_str()][..], extra].concat()
+    }
+
+    /// `netpath port add` of container `port` with address `ip` and without
+    /// the source check: a router, which sends for others.
+    pub fn add_router(&self, port: &str, ip: &str) {
+        self.netpath_ok(&[
+            "port",
+            "add",
+            "--name",
+            &self.name,
+            port,
+            "--no-source-check",
+            "--ip",
+            ip,
+        ]);
     }
 
     pub fn ns(&self, container: &str) -> String {
@@ -644,6 +641,7 @@ pub fn within(
 ) -> std::time::Duration {
     let started = std::time::Instant::now();
     let limit = patience(limit);
+    let _waiting = waiting_for(what);
     loop {
         if done() {
             return started.elapsed();
@@ -674,7 +672,10 @@ pub fn while_running<B: Send, T>(
             let _raise = RaiseOnDrop(&stop);
             work()
         };
-        let background = handle.join().expect("the background thread panicked");
+        let background = {
+            let _waiting = waiting_for("the background work of while_running to stop");
+            handle.join().expect("the background thread panicked")
+        };
         (background, result)
     })
 }
@@ -710,6 +711,7 @@ impl Running {
             log,
         };
         let started = std::time::Instant::now();
+        let _waiting = waiting_for(&format!("netpath run to bring {name} up"));
         while started.elapsed() < patience(std::time::Duration::from_secs(10)) {
             if host.netpath(&["status", "--name", &name]).status.success() {
                 return running;
@@ -735,6 +737,7 @@ impl Running {
         .expect("SIGINT");
         let limit = patience(std::time::Duration::from_secs(30));
         let started = std::time::Instant::now();
+        let _waiting = waiting_for("netpath run to exit after Ctrl-C");
         loop {
             if let Some(status) = self.child.try_wait().expect("polling netpath run") {
                 return status.success();
@@ -883,6 +886,7 @@ pub fn output_within(
         read_on_thread(child.stderr.take()),
     );
     let started = std::time::Instant::now();
+    let _waiting = waiting_for(what);
     let status = loop {
         if let Some(status) = child.try_wait().expect("polling a child") {
             break Some(status);
@@ -942,6 +946,7 @@ impl Lines {
         waiting_for: &dyn std::fmt::Display,
     ) -> String {
         use std::sync::mpsc::RecvTimeoutError;
+        let _waiting = watchdog::waiting_for(&format!("{}: {waiting_for}", self.what));
         match self
             .lines
             .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
