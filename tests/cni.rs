@@ -313,9 +313,9 @@ fn bad_configs_and_environments_get_the_specs_errors() {
         assert!(!out["msg"].as_str().unwrap().is_empty());
         assert!(out["cniVersion"].is_string());
     }
-    assert_gone(&host, &bridge);
+    assert_gone(&host, bridge);
     assert_eq!(
-        host.leftovers(&bridge)
+        host.leftovers(bridge)
             .iter()
             .filter(|l| !l.starts_with("netns"))
             .count(),
@@ -1160,4 +1160,159 @@ fn an_add_killed_halfway_blocks_nothing() {
     let (ok, out) = pods[1].del();
     assert!(ok, "DEL of {}: {out}", ids[1]);
     assert_gone(&host, bridge);
+}
+
+/// What the runtime asks for (runtimeConfig `ips`/`mac`, `args.cni`) is
+/// what the pod gets, or the ADD is refused (code 7) and leaves nothing;
+/// a device netpath did not make is never taken as the bridge: one that is
+/// no bridge, a bridge of someone else's (unless `adoptBridge`, and then
+/// it stays after the last DEL), or a kernel name template.
+#[test]
+fn the_runtimes_requests_are_honoured_and_foreign_bridges_refused() {
+    let host = Host::new();
+    let net = Network::netpath(&host, "cq", "10.186.0.0/24");
+    let asked = |extra: Value| {
+        let mut config = net.config.clone();
+        config
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        config
+    };
+    let pod = net.pod("a", "ctr-asks");
+    let wanted =
+        asked(json!({"runtimeConfig": {"ips": ["10.186.0.50/24"], "mac": "02:42:0a:ba:00:32"}}));
+    let (ok, out) = pod.call("ADD", &wanted);
+    assert!(ok, "{out}");
+    assert_eq!(out["ips"][0]["address"], "10.186.0.50/24", "{out}");
+    assert_eq!(out["interfaces"][1]["mac"], "02:42:0a:ba:00:32", "{out}");
+    let inside = host.sh("ip", &["-n", pod.ns(), "-o", "addr", "show", "dev", "eth0"]);
+    assert!(
+        String::from_utf8_lossy(&inside.stdout).contains("10.186.0.50/24"),
+        "{inside:?}"
+    );
+    let inside = host.sh("ip", &["-n", pod.ns(), "-o", "link", "show", "dev", "eth0"]);
+    assert!(
+        String::from_utf8_lossy(&inside.stdout).contains("02:42:0a:ba:00:32"),
+        "{inside:?}"
+    );
+
+    let other = net.pod("b", "ctr-other");
+    let refused = [
+        // args.cni: the address is pod a's.
+        json!({"args": {"cni": {"ips": ["10.186.0.50"]}}}),
+        // Outside the subnet, the gateway, a MAC in use, a multicast MAC.
+        json!({"runtimeConfig": {"ips": ["10.99.0.5/24"]}}),
+        json!({"runtimeConfig": {"ips": ["10.186.0.1/24"]}}),
+        json!({"runtimeConfig": {"mac": "02:42:0a:ba:00:32"}}),
+        json!({"runtimeConfig": {"mac": "01:00:5e:00:00:01"}}),
+    ];
+    for extra in refused {
+        let (ok, out) = other.call("ADD", &asked(extra.clone()));
+        assert!(!ok, "{extra}: {out}");
+        assert_eq!(out["code"], 7, "{extra}: {out}");
+        assert!(
+            !host
+                .sh("ip", &["link", "show", &cni_host_veth("ctr-other", "eth0")])
+                .status
+                .success(),
+            "{extra}: the refused ADD left its veth"
+        );
+    }
+    assert_eq!(recorded_containers(&net.bridge), ["ctr-asks"]);
+    drop(pod);
+    drop(other);
+    assert_gone(&host, &net.bridge);
+
+    // Devices netpath did not make.
+    let not_bridge = common::unique_name("cd");
+    let foreign = common::unique_name("cf");
+    // A veth stands for any device that is no bridge (this kernel may have
+    // no dummy driver).
+    let peer = format!("{not_bridge}p");
+    let veth = [
+        "link",
+        "add",
+        &not_bridge,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &peer,
+    ];
+    assert!(host.sh("ip", &veth).status.success());
+    assert!(
+        host.sh("ip", &["link", "add", &foreign, "type", "bridge"])
+            .status
+            .success()
+    );
+    let on = |bridge: &str, extra: Value| {
+        let mut config = cni::conf(
+            bridge,
+            json!({"type": "netpath", "subnet": "10.187.0.0/24"}),
+        );
+        config
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        config
+    };
+    let sandbox = net.sandbox("c");
+    for (bridge, code) in [(not_bridge.as_str(), 5), (foreign.as_str(), 5), ("np%d", 7)] {
+        let config = on(bridge, json!({}));
+        let (ok, out) = cni::run(
+            &host,
+            "ADD",
+            "ctr-f",
+            Some(&sandbox.path()),
+            "eth0",
+            &config,
+        );
+        assert!(!ok, "ADD on {bridge}: {out}");
+        assert_eq!(out["code"], code, "ADD on {bridge}: {out}");
+    }
+    let addresses = host.sh("ip", &["-o", "addr", "show"]);
+    assert!(
+        !String::from_utf8_lossy(&addresses.stdout).contains("10.187.0.1"),
+        "a refused ADD addressed a device: {addresses:?}"
+    );
+    let links =
+        String::from_utf8_lossy(&host.sh("ip", &["-o", "link", "show"]).stdout).into_owned();
+    assert!(
+        !links.contains("np0"),
+        "the name template made a bridge: {links}"
+    );
+    assert!(
+        !links.contains(&cni_host_veth("ctr-f", "eth0")),
+        "a refused ADD left its veth"
+    );
+
+    // Adopted: used as it is, and still there after the last DEL.
+    let adopted = on(&foreign, json!({"adoptBridge": true}));
+    let (ok, out) = cni::run(
+        &host,
+        "ADD",
+        "ctr-f",
+        Some(&sandbox.path()),
+        "eth0",
+        &adopted,
+    );
+    assert!(ok, "ADD on the adopted bridge: {out}");
+    let (ok, out) = cni::run(
+        &host,
+        "DEL",
+        "ctr-f",
+        Some(&sandbox.path()),
+        "eth0",
+        &adopted,
+    );
+    assert!(ok, "DEL: {out}");
+    assert!(
+        host.sh("ip", &["link", "show", &foreign]).status.success(),
+        "the last DEL removed a bridge netpath did not make"
+    );
+    assert!(!store::cni::path(&foreign).exists(), "state left behind");
+    for device in [&not_bridge, &foreign] {
+        host.sh("ip", &["link", "del", device]);
+    }
 }
