@@ -1066,6 +1066,7 @@ fn reserve(bridge: &str, container: &str, pid: u32) {
         container_id: container.to_owned(),
         ifname: "eth0".to_owned(),
         pid,
+        started: netpath::store::cni::process_start(pid),
         mac: "02:00:00:00:ad:01".parse::<Mac>().unwrap(),
         ips: vec!["10.191.0.200/24".parse().unwrap()],
     });
@@ -1153,9 +1154,12 @@ fn an_add_killed_halfway_blocks_nothing() {
         pin_dir(&cni_datapath(bridge)).exists(),
         "the last DEL wound the network up under an ADD under way"
     );
-    // That ADD's process ends: the next call forgets it, and winds up.
+    // That ADD's process ends and another takes its pid (this test process
+    // stands in for it, with another start time): the next call forgets
+    // the reservation, and winds up.
     let mut rec = netpath::store::cni::NetworkRecord::load(bridge).unwrap();
-    rec.reservations[0].pid = dead_pid;
+    let started = rec.reservations[0].started.expect("a start time recorded");
+    rec.reservations[0].started = Some(started + 1);
     rec.save(bridge).unwrap();
     let (ok, out) = pods[1].del();
     assert!(ok, "DEL of {}: {out}", ids[1]);

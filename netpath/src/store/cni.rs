@@ -35,21 +35,37 @@ pub struct Reservation {
     pub ifname: String,
     /// The plugin process making the attachment.
     pub pid: u32,
+    /// When that process started (clock ticks after boot, as
+    /// /proc/PID/stat has it), so that another process given the same pid
+    /// later is not taken for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<u64>,
     pub mac: Mac,
     /// Addresses from netpath's IPAM (host-local keeps its own).
     pub ips: Vec<IpNet>,
 }
 
 impl Reservation {
-    /// Whether the ADD that made it is still running. (A pid reused since
-    /// only keeps the reservation until that process ends.)
+    /// Whether the ADD that made it is still running: its pid names a
+    /// process that started when it did (a pid reused since is not it).
     pub fn is_live(&self) -> bool {
-        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
-        !matches!(
-            nix::sys::signal::kill(pid, None),
-            Err(nix::errno::Errno::ESRCH)
-        )
+        match (process_start(self.pid), self.started) {
+            (None, _) => false,
+            (Some(now), Some(then)) => now == then,
+            // A reservation of a netpath that kept no start time.
+            (Some(_), None) => true,
+        }
     }
+}
+
+/// When process `pid` started (field 22 of /proc/PID/stat, clock ticks
+/// after boot); None if there is no such process.
+pub fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces:
+    // count the fields after its closing one.
+    let (_, after_name) = stat.rsplit_once(')')?;
+    after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// The plugin's record of one bridge.
@@ -140,5 +156,31 @@ impl NetworkRecord {
         let has = |ips: &[IpNet]| ips.iter().any(|i| i.addr() == ip);
         self.attachments.iter().any(|a| has(&a.ips))
             || self.reservations.iter().any(|r| has(&r.ips))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_is_known_by_its_pid_and_its_start() {
+        let me = std::process::id();
+        let started = process_start(me);
+        assert!(started.is_some());
+        assert_eq!(process_start(me), started);
+        let reservation = |pid, started| Reservation {
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+            pid,
+            started,
+            mac: "02:00:00:00:00:01".parse().unwrap(),
+            ips: Vec::new(),
+        };
+        assert!(reservation(me, started).is_live());
+        // The same pid, another process (the pid was reused).
+        assert!(!reservation(me, started.map(|s| s + 1)).is_live());
+        // No such process (pid_max is at most 2^22).
+        assert!(!reservation(u32::MAX, None).is_live());
     }
 }

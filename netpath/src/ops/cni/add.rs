@@ -31,7 +31,7 @@ use crate::{
     },
     ops::overlay::{self, Member},
     store::{
-        cni::{Attachment, NetworkOverlay, NetworkRecord, Reservation},
+        cni::{Attachment, NetworkOverlay, NetworkRecord, Reservation, process_start},
         lock::{Lock, Purpose},
     },
 };
@@ -240,6 +240,7 @@ pub(super) async fn plug_or_undo(
         container_id: a.container_id.clone(),
         ifname: a.ifname.clone(),
         pid: std::process::id(),
+        started: process_start(std::process::id()),
         mac: a.mac,
         ips: addresses
             .as_ref()
