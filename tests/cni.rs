@@ -916,7 +916,21 @@ fn gc_removes_every_attachment_not_listed() {
         "the listed pod lost its network"
     );
 
+    // Another network on the same bridge: this network's GC leaves its
+    // pods alone, whatever the list says.
+    let mut other_config = config.clone();
+    other_config["name"] = json!("othernet");
+    let other = Network::with_config(&host, bridge.clone(), other_config.clone());
+    let neighbour = other.pod("o", "ctr-other-net");
+    neighbour.attach();
+    let (ok, out) = net.call("GC", &gc_conf(config, &["ctr-1"]));
+    assert!(ok, "{out}");
+    assert_eq!(recorded_containers(bridge), ["ctr-1", "ctr-other-net"]);
+
     let (ok, out) = net.call("GC", &gc_conf(config, &[]));
+    assert!(ok, "{out}");
+    assert_eq!(recorded_containers(bridge), ["ctr-other-net"]);
+    let (ok, out) = other.call("GC", &gc_conf(&other_config, &[]));
     assert!(ok, "{out}");
     assert_gone(&host, bridge);
 }

@@ -15,6 +15,10 @@ use crate::model::{Mac, overlay::OverlaySpec};
 /// One container the plugin attached.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Attachment {
+    /// The network (the configuration's `name`) it was added to: networks
+    /// may share a bridge, and each GCs its own.
+    #[serde(default)]
+    pub network: String,
     pub container_id: String,
     pub ifname: String,
     pub netns: PathBuf,

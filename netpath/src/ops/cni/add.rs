@@ -199,6 +199,7 @@ pub(super) async fn add(call: &Call<'_>) -> CniResult<Value> {
         }),
     };
     let attachment = Attachment {
+        network: conf.name.clone(),
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
         netns: netns_path,

@@ -219,8 +219,8 @@ pub(super) async fn del(call: &Call<'_>) -> CniResult<()> {
     }
 }
 
-/// GC (CNI 1.1): removes every attachment the runtime no longer lists in
-/// `cni.dev/valid-attachments`, and every stale one.
+/// GC (CNI 1.1): removes every attachment of this network the runtime no
+/// longer lists in `cni.dev/valid-attachments`, and every stale one.
 pub(super) async fn gc(call: &Call<'_>) -> CniResult<()> {
     let Call { handle, conf, .. } = *call;
     let valid: &[ValidAttachment] = conf.valid_attachments.as_deref().ok_or_else(|| {
@@ -237,10 +237,13 @@ pub(super) async fn gc(call: &Call<'_>) -> CniResult<()> {
             .iter()
             .any(|v| v.container_id == a.container_id && v.ifname == a.ifname)
     };
+    // Another network on the same bridge has its own GC. (An attachment
+    // recorded without its network predates the field: this GC takes it.)
+    let mine = |a: &Attachment| a.network == conf.name || a.network.is_empty();
     let unlisted: Vec<Attachment> = rec
         .attachments
         .iter()
-        .filter(|a| !listed(a))
+        .filter(|a| mine(a) && !listed(a))
         .cloned()
         .collect();
     for a in unlisted {
