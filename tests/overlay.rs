@@ -550,16 +550,43 @@ fn a_frame_from_an_unknown_underlay_address_is_dropped_and_counted() {
         "the container received frames from an unknown node: {seen:?}"
     );
 
+    // A record that claims host 0's own slice and its container's MAC is
+    // skipped (and shown), never programmed: the frames stay dropped.
+    ov.add_peers(&format!(
+        "[[node]]\nnode = \"rogue\"\nvni = 42\nunderlay = \"{}\"\nsubnets = [\"10.88.1.0/24\"]\n[[node.endpoint]]\nmac = \"{mac}\"\nips = [\"10.88.1.2\"]\n",
+        underlay_ip(2)
+    ));
+    let skipped = ov.status(0)["skipped"].clone();
+    assert_eq!(skipped[0]["node"], "rogue", "{skipped}");
+    assert!(
+        skipped[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("overlaps this node's"),
+        "{skipped}"
+    );
+    let pinged = rogue.sh("ping", &["-c", "3", "-i", "0.2", "-W", "1", "10.88.1.2"]);
+    assert!(
+        !pinged.status.success(),
+        "a node whose record claims this node's slice reached a container"
+    );
+
     // The same frames from a node in the peers file get through (and the
-    // reply goes back to it): the address was the only difference.
+    // reply goes back to it): the address was the only difference. Its
+    // record (the last for the node) replaces the forged one.
     // (the host's /sys is the machine's: ask the host's netlink instead)
     let link: Value =
         serde_json::from_slice(&rogue.sh("ip", &["-j", "link", "show", "rogue"]).stdout).unwrap();
     let rogue_mac = link[0]["address"].as_str().unwrap().to_owned();
     ov.add_peers(&format!(
-        "[[node]]\nnode = \"rogue\"\nvni = 42\nunderlay = \"{}\"\n[[node.endpoint]]\nmac = \"{rogue_mac}\"\nips = [\"10.88.9.9\"]\n",
+        "[[node]]\nnode = \"rogue\"\nvni = 42\nunderlay = \"{}\"\nsubnets = [\"10.88.9.0/24\"]\n[[node.endpoint]]\nmac = \"{rogue_mac}\"\nips = [\"10.88.9.9\"]\n",
         underlay_ip(2)
     ));
+    assert_eq!(
+        ov.status(0)["skipped"],
+        json!([]),
+        "a valid record skipped"
+    );
     let pinged = rogue.sh("ping", &["-c", "3", "-i", "0.2", "-W", "1", "10.88.1.2"]);
     assert!(
         pinged.status.success(),

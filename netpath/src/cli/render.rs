@@ -272,6 +272,16 @@ pub fn overlay_status(s: &overlay::Status) -> String {
             }
         ));
     }
+    if !s.skipped.is_empty() {
+        out.push_str(&format!(
+            "{} records skipped:\n{:<20} REASON\n",
+            s.skipped.len(),
+            "NODE"
+        ));
+        for skipped in &s.skipped {
+            out.push_str(&format!("{:<20} {}\n", skipped.node, skipped.reason));
+        }
+    }
     out.push_str(&format!("{:<18} NODE\n", "REMOTE MAC"));
     for row in &s.remote {
         out.push_str(&format!("{:<18} {}\n", row.mac, row.node));

@@ -505,6 +505,17 @@ pub fn forget_port_entries(datapath: &str, ifindex: Option<u32>) -> Result<()> {
     }
 }
 
+/// The FDB size the running datapath `datapath` was made with (its static
+/// and remote FDBs hold as many entries).
+pub fn fdb_size(datapath: &str) -> Result<u32> {
+    let dir = pin_dir(datapath);
+    Ok(
+        aya::maps::MapInfo::from_pin(dir.join(netpath_common::maps::FDB_STATIC))
+            .with_context(|| format!("reading the FDB size of {}", dir.display()))?
+            .max_entries(),
+    )
+}
+
 /// Gives every port of a running datapath this binary's programs, each
 /// replaced in place and atomically (see [`hooks::attach`]): a datapath
 /// made by an older netpath is upgraded under traffic, without a frame
@@ -514,9 +525,7 @@ pub fn forget_port_entries(datapath: &str, ifindex: Option<u32>) -> Result<()> {
 pub async fn upgrade(handle: &Handle, datapath: &str, force: bool) -> Result<usize> {
     let dir = pin_dir(datapath);
     let live = reconcile(datapath)?;
-    let fdb_size = aya::maps::MapInfo::from_pin(dir.join(netpath_common::maps::FDB_STATIC))
-        .with_context(|| format!("reading the FDB size of {}", dir.display()))?
-        .max_entries();
+    let fdb_size = fdb_size(datapath)?;
     let mut ebpf = object::load(Some(&dir), fdb_size)?;
     object::pin_programs(&mut ebpf, &dir)?;
     let mut programs = Programs::pinned(&dir)?.context("the programs just pinned are not there")?;

@@ -170,22 +170,144 @@ impl PeersFile {
     }
 }
 
+/// A record the control plane offered that this node did not take, and
+/// why: `overlay status` shows them, and the other records are programmed
+/// all the same.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// The node the record names (or its etcd key, for one that names none).
+    pub node: String,
+    pub reason: String,
+}
+
+/// What belongs to this node, which no other node's record may claim, and
+/// how much the maps hold.
+#[derive(Clone, Debug, Default)]
+pub struct Local {
+    /// This node's slices of the overlay networks.
+    pub subnets: Vec<IpNet>,
+    /// Its containers' MACs.
+    pub macs: Vec<Mac>,
+    /// Most other nodes the maps hold.
+    pub max_nodes: usize,
+    /// Most remote containers the maps hold (the remote FDB's size).
+    pub max_endpoints: usize,
+}
+
+/// The other nodes of overlay `me` among `records`, checked one by one:
+/// what they may be programmed as, and what was skipped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Vetted {
+    pub peers: Vec<NodeRecord>,
+    pub skipped: Vec<Skipped>,
+}
+
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
 /// The other nodes of overlay `me` among `records`: same VNI, another
-/// underlay address; a node listed twice counts once (the last record).
-pub fn peers_of(
+/// node and underlay address; a node listed twice counts once (the last
+/// record). Each is taken only if it claims nothing it may not: its slices
+/// inside the overlay's networks and apart from this node's and every
+/// other node's, its containers' addresses inside its own slices, their
+/// MACs unicast and no container's of this node or another node's, and
+/// it fits the maps. Anything else is skipped, never failing the rest.
+pub fn vet_peers(
     me: &OverlaySpec,
+    local: &Local,
     records: impl IntoIterator<Item = NodeRecord>,
-) -> Vec<NodeRecord> {
-    let mut peers: Vec<NodeRecord> = Vec::new();
+) -> Vetted {
+    let mut candidates: Vec<NodeRecord> = Vec::new();
     for record in records {
         if record.vni != me.vni || record.underlay == me.underlay || record.node == me.node {
             continue;
         }
-        peers.retain(|p| p.node != record.node && p.underlay != record.underlay);
-        peers.push(record);
+        candidates.retain(|p| p.node != record.node && p.underlay != record.underlay);
+        candidates.push(record);
     }
-    peers.sort_by(|a, b| a.node.cmp(&b.node));
-    peers
+    candidates.sort_by(|a, b| a.node.cmp(&b.node));
+    let mut vetted = Vetted::default();
+    let mut endpoints = 0;
+    for record in candidates {
+        match refusal(me, local, &vetted.peers, endpoints, &record) {
+            None => {
+                endpoints += record.endpoints.len();
+                vetted.peers.push(record);
+            }
+            Some(reason) => vetted.skipped.push(Skipped {
+                node: record.node,
+                reason,
+            }),
+        }
+    }
+    vetted
+}
+
+/// Why `record` may not be taken beside `taken` (None: it may).
+fn refusal(
+    me: &OverlaySpec,
+    local: &Local,
+    taken: &[NodeRecord],
+    endpoints: usize,
+    record: &NodeRecord,
+) -> Option<String> {
+    if taken.len() >= local.max_nodes {
+        return Some(format!(
+            "the overlay has more nodes than the {} netpath holds",
+            local.max_nodes
+        ));
+    }
+    if endpoints + record.endpoints.len() > local.max_endpoints {
+        return Some(format!(
+            "its {} containers do not fit the remote FDB ({} entries, {endpoints} taken)",
+            record.endpoints.len(),
+            local.max_endpoints
+        ));
+    }
+    for slice in &record.subnets {
+        if !me.networks.iter().any(|n| n.contains(slice)) {
+            return Some(format!(
+                "its subnet {slice} is not inside the overlay's networks ({})",
+                list(&me.networks)
+            ));
+        }
+        if let Some(mine) = local.subnets.iter().find(|s| overlaps(s, slice)) {
+            return Some(format!("its subnet {slice} overlaps this node's {mine}"));
+        }
+        if let Some(other) = taken
+            .iter()
+            .find(|p| p.subnets.iter().any(|s| overlaps(s, slice)))
+        {
+            return Some(format!("its subnet {slice} overlaps node {}'s", other.node));
+        }
+    }
+    for endpoint in &record.endpoints {
+        let mac = endpoint.mac;
+        if !mac.is_unicast() {
+            return Some(format!("its container MAC {mac} is not unicast"));
+        }
+        if local.macs.contains(&mac) {
+            return Some(format!("it claims MAC {mac}, a container's of this node"));
+        }
+        if let Some(other) = taken
+            .iter()
+            .find(|p| p.endpoints.iter().any(|e| e.mac == mac))
+        {
+            return Some(format!("it claims MAC {mac}, node {}'s", other.node));
+        }
+        if let Some(ip) = endpoint
+            .ips
+            .iter()
+            .find(|ip| !record.subnets.iter().any(|s| s.contains(*ip)))
+        {
+            return Some(format!(
+                "it claims address {ip}, outside its subnets ({})",
+                list(&record.subnets)
+            ));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -249,10 +371,159 @@ vni = 7
 underlay = "192.168.100.3"
 "#;
         let file: PeersFile = toml::from_str(text).unwrap();
-        let peers = peers_of(&me(), file.nodes);
+        let peers = vet_peers(&me(), &room(), file.nodes).peers;
         assert_eq!(peers.len(), 1);
         assert_eq!(peers[0].node, "b");
         assert_eq!(peers[0].endpoints[0].ips[0].to_string(), "10.88.2.2");
         assert!(toml::from_str::<PeersFile>("colour = 1").is_err());
+    }
+
+    fn room() -> Local {
+        Local {
+            subnets: vec!["10.88.1.0/24".parse().unwrap()],
+            macs: vec!["02:00:00:00:00:01".parse().unwrap()],
+            max_nodes: 3,
+            max_endpoints: 4,
+        }
+    }
+
+    fn node(name: &str, n: u8, subnet: &str, endpoints: &[(&str, &str)]) -> NodeRecord {
+        NodeRecord {
+            node: name.into(),
+            vni: 42,
+            underlay: format!("192.168.100.{n}").parse().unwrap(),
+            subnets: vec![subnet.parse().unwrap()],
+            endpoints: endpoints
+                .iter()
+                .map(|(mac, ip)| Endpoint {
+                    mac: mac.parse().unwrap(),
+                    ips: vec![ip.parse().unwrap()],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_record_that_claims_what_is_not_its_own_is_skipped_alone() {
+        let good = node(
+            "b",
+            2,
+            "10.88.2.0/24",
+            &[("02:00:00:00:00:02", "10.88.2.2")],
+        );
+        let records = vec![
+            good.clone(),
+            // This node's slice, and its gateway with it.
+            node(
+                "c",
+                3,
+                "10.88.1.0/24",
+                &[("02:00:00:00:00:03", "10.88.1.1")],
+            ),
+            // An address outside its own slice (this node's container's).
+            node(
+                "d",
+                4,
+                "10.88.4.0/24",
+                &[("02:00:00:00:00:04", "10.88.1.5")],
+            ),
+            // A MAC of this node's container.
+            node(
+                "e",
+                5,
+                "10.88.5.0/24",
+                &[("02:00:00:00:00:01", "10.88.5.2")],
+            ),
+            // Outside the overlay, overlapping b, a multicast MAC.
+            node("f", 6, "10.99.0.0/24", &[]),
+            node("g", 7, "10.88.2.128/25", &[]),
+            node(
+                "h",
+                8,
+                "10.88.8.0/24",
+                &[("03:00:00:00:00:08", "10.88.8.2")],
+            ),
+            // Another node's MAC.
+            node(
+                "i",
+                9,
+                "10.88.9.0/24",
+                &[("02:00:00:00:00:02", "10.88.9.2")],
+            ),
+        ];
+        let vetted = vet_peers(&me(), &room(), records);
+        assert_eq!(vetted.peers, [good]);
+        let skipped: Vec<&str> = vetted.skipped.iter().map(|s| s.node.as_str()).collect();
+        assert_eq!(skipped, ["c", "d", "e", "f", "g", "h", "i"]);
+        let reason = |node: &str| {
+            vetted
+                .skipped
+                .iter()
+                .find(|s| s.node == node)
+                .unwrap()
+                .reason
+                .clone()
+        };
+        assert!(
+            reason("c").contains("overlaps this node's 10.88.1.0/24"),
+            "{}",
+            reason("c")
+        );
+        assert!(
+            reason("d").contains("outside its subnets"),
+            "{}",
+            reason("d")
+        );
+        assert!(
+            reason("e").contains("a container's of this node"),
+            "{}",
+            reason("e")
+        );
+        assert!(reason("g").contains("node b's"), "{}", reason("g"));
+    }
+
+    #[test]
+    fn records_beyond_what_the_maps_hold_are_skipped_not_fatal() {
+        let many: Vec<NodeRecord> = (2..8)
+            .map(|n| node(&format!("n{n}"), n, &format!("10.88.{n}.0/24"), &[]))
+            .collect();
+        let vetted = vet_peers(&me(), &room(), many);
+        assert_eq!(vetted.peers.len(), 3);
+        assert_eq!(vetted.skipped.len(), 3);
+        let crowded = vec![
+            node(
+                "b",
+                2,
+                "10.88.2.0/24",
+                &[
+                    ("02:00:00:00:00:12", "10.88.2.2"),
+                    ("02:00:00:00:00:22", "10.88.2.3"),
+                    ("02:00:00:00:00:32", "10.88.2.4"),
+                ],
+            ),
+            node(
+                "c",
+                3,
+                "10.88.3.0/24",
+                &[
+                    ("02:00:00:00:00:13", "10.88.3.2"),
+                    ("02:00:00:00:00:23", "10.88.3.3"),
+                ],
+            ),
+            node(
+                "d",
+                4,
+                "10.88.4.0/24",
+                &[("02:00:00:00:00:14", "10.88.4.2")],
+            ),
+        ];
+        let vetted = vet_peers(&me(), &room(), crowded);
+        let peers: Vec<&str> = vetted.peers.iter().map(|p| p.node.as_str()).collect();
+        assert_eq!(peers, ["b", "d"]);
+        assert!(
+            vetted.skipped[0].reason.contains("remote FDB"),
+            "{:?}",
+            vetted.skipped
+        );
     }
 }

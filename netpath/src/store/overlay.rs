@@ -8,7 +8,10 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::{STATE_DIR, atomic};
-use crate::model::{naming::validate_datapath, overlay::NodeRecord};
+use crate::model::{
+    naming::validate_datapath,
+    overlay::{NodeRecord, Skipped},
+};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct OverlayRecord {
@@ -22,6 +25,9 @@ pub struct OverlayRecord {
     pub lease: Option<i64>,
     /// Unix time of the last change programmed.
     pub programmed_at: u64,
+    /// The records the control plane offered that were not taken, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Skipped>,
 }
 
 /// The record of datapath `datapath` (a topology's, or a CNI network's

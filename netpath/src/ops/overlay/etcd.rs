@@ -12,11 +12,13 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, WatchOptions,
+};
 use log::{info, warn};
 
 use super::{Member, local_record, program, set_connected};
-use crate::model::overlay::NodeRecord;
+use crate::model::overlay::{NodeRecord, Skipped};
 
 /// How long one etcd request may take before the session is given up.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -96,19 +98,11 @@ async fn session(member: &Member, endpoints: &[String], source: &str) -> Result<
         .await
         .context("reading the overlay's nodes")?;
     let revision = listed.header().map_or(0, |h| h.revision());
-    let mut nodes: BTreeMap<String, NodeRecord> = BTreeMap::new();
+    let mut nodes: BTreeMap<String, Offered> = BTreeMap::new();
     for kv in listed.kvs() {
-        if let Some(record) = parse(kv.key(), kv.value()) {
-            nodes.insert(kv.key_str()?.to_owned(), record);
-        }
+        nodes.insert(kv.key_str()?.to_owned(), parse(overlay.vni, kv));
     }
-    program(
-        member,
-        nodes.values().cloned().collect(),
-        source.into(),
-        true,
-        Some(lease),
-    )?;
+    program_offered(member, &nodes, source, lease)?;
     info!(
         "{}: registered as {} in {source} (lease {lease:x}, TTL {ttl} s), {} nodes",
         member.name(),
@@ -166,31 +160,57 @@ async fn session(member: &Member, endpoints: &[String], source: &str) -> Result<
                     let key = kv.key_str()?.to_owned();
                     match event.event_type() {
                         EventType::Put => {
-                            if let Some(record) = parse(kv.key(), kv.value()) {
-                                changed |= nodes.insert(key, record.clone()).as_ref() != Some(&record);
-                            }
+                            let offered = parse(overlay.vni, kv);
+                            changed |= nodes.insert(key, offered.clone()).as_ref() != Some(&offered);
                         }
                         EventType::Delete => changed |= nodes.remove(&key).is_some(),
                     }
                 }
                 if changed {
-                    program(member, nodes.values().cloned().collect(), source.into(), true, Some(lease))?;
+                    program_offered(member, &nodes, source, lease)?;
                 }
             }
         }
     }
 }
 
-/// A node's record, or None (with a warning) for a value that is none.
-fn parse(key: &[u8], value: &[u8]) -> Option<NodeRecord> {
-    match serde_json::from_slice(value) {
-        Ok(record) => Some(record),
-        Err(e) => {
-            warn!(
-                "ignoring {}: not a node record ({e})",
-                String::from_utf8_lossy(key)
-            );
-            None
-        }
+/// What one key offers: a node's record, or why it is none.
+type Offered = Result<NodeRecord, Skipped>;
+
+/// A node's record as etcd holds it under its key: refused if the value is
+/// no record, if the key does not name the record's node (a node's key is
+/// its own), or if it has no lease (a node's record lives with its lease,
+/// so one put without one could outlive, or stand in for, a node's).
+fn parse(vni: u32, kv: &KeyValue) -> Offered {
+    let key = String::from_utf8_lossy(kv.key()).into_owned();
+    let refused = |reason: String| Skipped {
+        node: key.clone(),
+        reason,
+    };
+    let record: NodeRecord = serde_json::from_slice(kv.value())
+        .map_err(|e| refused(format!("not a node record ({e})")))?;
+    let named = key.strip_prefix(&prefix(vni)).unwrap_or_default();
+    if named != record.node {
+        return Err(refused(format!(
+            "the key names node {named:?}, the record node {:?}",
+            record.node
+        )));
     }
+    if kv.lease() == 0 {
+        return Err(refused("the key has no lease".into()));
+    }
+    Ok(record)
+}
+
+/// Programs what the keys offer: the records, and the keys refused.
+fn program_offered(
+    member: &Member,
+    nodes: &BTreeMap<String, Offered>,
+    source: &str,
+    lease: i64,
+) -> Result<()> {
+    let records = nodes.values().filter_map(|o| o.clone().ok()).collect();
+    let refused = nodes.values().filter_map(|o| o.clone().err()).collect();
+    program(member, records, refused, source.into(), true, Some(lease))?;
+    Ok(())
 }

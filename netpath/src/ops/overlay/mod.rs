@@ -12,7 +12,8 @@ pub mod etcd;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, ensure};
-use log::info;
+use log::{info, warn};
+use netpath_common::NODE_CAPACITY;
 use netpath_common::OverlayConfig;
 use rtnetlink::Handle;
 use serde::Serialize;
@@ -26,7 +27,10 @@ use crate::{
     host::{netlink, vxlan},
     model::{
         TopologySpec,
-        overlay::{Endpoint, NodeRecord, OverlaySpec, Peers, PeersFile, container_mtu, peers_of},
+        overlay::{
+            Endpoint, Local, NodeRecord, OverlaySpec, Peers, PeersFile, Skipped, container_mtu,
+            vet_peers,
+        },
         spec::DEFAULT_MTU,
     },
     network::Network,
@@ -202,23 +206,48 @@ pub fn sync_peers_file(member: &Member) -> Result<Changes> {
     program(
         member,
         file.nodes,
+        Vec::new(),
         format!("peers file {}", path.display()),
         true,
         None,
     )
 }
 
+/// What this node holds that no other may claim, as the member's record
+/// has it now (a topology still coming up included), and the room in its
+/// maps.
+fn local_claims(member: &Member) -> Result<Local> {
+    let view = member.network.view()?;
+    Ok(Local {
+        subnets: view
+            .as_ref()
+            .and_then(|v| v.overlay.as_ref())
+            .map(|o| o.subnets.clone())
+            .unwrap_or_default(),
+        macs: view.iter().flat_map(|v| v.ports().map(|p| p.mac)).collect(),
+        max_nodes: NODE_CAPACITY as usize,
+        max_endpoints: datapath::fdb_size(&member.datapath())? as usize,
+    })
+}
+
 /// Programs the other nodes among `records` into the member's datapath
 /// and records them (and the source's state) for `status` and for a
-/// restart without the source.
+/// restart without the source. Each record is vetted first
+/// ([`vet_peers`]): one that claims what is not its node's is skipped,
+/// logged and shown by `overlay status`, and the rest are programmed.
+/// `rejected`: records the source could not even read as a node's.
 pub fn program(
     member: &Member,
     records: Vec<NodeRecord>,
+    rejected: Vec<Skipped>,
     source: String,
     connected: bool,
     lease: Option<i64>,
 ) -> Result<Changes> {
-    let peers = peers_of(&member.overlay, records);
+    let vetted = vet_peers(&member.overlay, &local_claims(member)?, records);
+    let peers = vetted.peers;
+    let mut skipped = rejected;
+    skipped.extend(vetted.skipped);
     let changes = remote::program(&datapath::reconcile(&member.datapath())?, &peers)?;
     if changes.any() {
         info!(
@@ -228,6 +257,14 @@ pub fn program(
         );
     }
     let previous = record::load(&member.datapath())?.unwrap_or_default();
+    for refused in skipped.iter().filter(|s| !previous.skipped.contains(s)) {
+        warn!(
+            "{}: skipping the record of node {}: {}",
+            member.name(),
+            refused.node,
+            refused.reason
+        );
+    }
     let programmed_at = if changes.any() || previous.programmed_at == 0 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -244,6 +281,7 @@ pub fn program(
             connected,
             lease,
             programmed_at,
+            skipped,
         },
     )?;
     Ok(changes)
@@ -266,7 +304,7 @@ pub async fn control_plane(member: Member) {
                 if now != seen {
                     seen = now;
                     if let Err(e) = sync_peers_file(&member) {
-                        log::warn!("{}: {e:#}; keeping the peers as they were", member.name());
+                        warn!("{}: {e:#}; keeping the peers as they were", member.name());
                     }
                 }
             }
@@ -297,6 +335,8 @@ pub struct Status {
     pub programmed_at: u64,
     pub lease_ttl_s: u64,
     pub peers: Vec<NodeRecord>,
+    /// Records the control plane offered and this node did not take.
+    pub skipped: Vec<Skipped>,
     /// Underlay addresses the programs accept frames from.
     pub accepted: Vec<std::net::IpAddr>,
     pub remote: Vec<RemoteRow>,
@@ -315,6 +355,7 @@ pub fn status(member: &Member) -> Result<Status> {
         programmed_at: rec.programmed_at,
         lease_ttl_s: member.overlay.lease_ttl_s,
         peers: rec.peers,
+        skipped: rec.skipped,
         accepted: remote::known_nodes(&maps)?,
         remote: remote::remote_rows(&maps)?,
         counters: remote::counters(&maps)?,
