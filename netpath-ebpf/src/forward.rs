@@ -8,6 +8,7 @@ use netpath_common::{Counter, DatapathConfig, FdbEntry, FdbKey, NodeAddr, PortPo
 use network_types::eth::EthHdr;
 
 use crate::{
+    frame::Frame,
     maps::{CONFIG, FDB_LEARNED, FDB_STATIC, PORT_LEARNED, PORT_STATE, PORTS, REMOTE_FDB},
     overlay, source,
 };
@@ -74,17 +75,16 @@ impl Port {
     }
 }
 
-/// Decides what happens to the frame in `[data, data_end)` that arrived on
-/// `port`. Costs three hash lookups in the common case (port, static
-/// destination, devmap): frames from the port's own container need no
-/// learning, and the clock is read only for learned entries.
+/// Decides what happens to `frame`, which arrived on `port`. Costs three
+/// hash lookups in the common case (port, static destination, devmap):
+/// frames from the port's own container need no learning, and the clock is
+/// read only for learned entries.
 #[inline(always)]
-pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, data: usize, data_end: usize) -> Verdict {
-    if data + EthHdr::LEN > data_end {
-        return Verdict::Drop(Counter::DropMalformed);
-    }
-    // SAFETY: bounds-checked just above; EthHdr is packed plain data.
-    let eth = unsafe { &*(data as *const EthHdr) };
+pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, frame: &Frame) -> Verdict {
+    let eth: &EthHdr = match frame.at(0) {
+        Ok(eth) => eth,
+        Err(reason) => return Verdict::Drop(reason),
+    };
     let Some(config) = CONFIG.get(0) else {
         return Verdict::Pass(Counter::PassUnknown);
     };
@@ -97,7 +97,7 @@ pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, data: usize, data_end: usize
         if src != policy.mac {
             return Verdict::Drop(Counter::DropSpoofedMac);
         }
-        if let Err(reason) = source::check(policy, data, data_end) {
+        if let Err(reason) = source::check(policy, frame) {
             return Verdict::Drop(reason);
         }
     } else if src != policy.mac && config.learning != 0 {
@@ -114,7 +114,7 @@ pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, data: usize, data_end: usize
         }
         // ARP for a remote container is answered here: a request flooded
         // to every node would wake every node for one answer.
-        if let Some(mac) = overlay::arp_answer(eth, data, data_end) {
+        if let Some(mac) = overlay::arp_answer(eth, frame) {
             return Verdict::AnswerArp(mac);
         }
         return Verdict::Flood;

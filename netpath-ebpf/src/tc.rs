@@ -11,6 +11,7 @@ use netpath_common::Counter;
 
 use crate::{
     forward::{Port, Verdict, decide},
+    frame::Frame,
     maps::CONFIG,
     overlay, source, trace,
 };
@@ -42,7 +43,8 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
             return TC_ACT_SHOT;
         }
     }
-    match decide(&ctx, &port, ctx.data(), ctx.data_end()) {
+    let mut frame = Frame::new(ctx.data(), ctx.data_end());
+    match decide(&ctx, &port, &frame) {
         Verdict::Redirect(dst) => {
             if into_container(&ctx, dst) {
                 port.count(Counter::Redirected);
@@ -78,7 +80,7 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
             // The reply goes back out of this port, into the container
             // that asked.
             // SAFETY: helper call with plain integer arguments.
-            if overlay::make_arp_reply(&ctx, mac)
+            if overlay::make_arp_reply(&mut frame, mac)
                 && unsafe { bpf_redirect(port.ifindex(), 0) } as i32 == TC_ACT_REDIRECT
             {
                 port.count(Counter::ArpAnswered);
