@@ -41,9 +41,27 @@ const ND_FIXED_LEN: usize = 24;
 const ND_MAX_OPTIONS: usize = 4;
 
 /// Bytes of headers the check may read: Ethernet, IPv6, an 8-byte
-/// hop-by-hop header and an ND message with its options. The tc program
-/// makes this much of a frame linear before the check.
+/// hop-by-hop header and an ND message with its options.
 pub const HEADROOM: u32 = 128;
+
+/// How many bytes from the frame's start [`check`] reads of a frame with
+/// this EtherType and, for IPv6, this first next header: the tc program
+/// makes exactly these linear. Bulk traffic (TCP, UDP) needs its network
+/// header only; the rest of the headroom is for ND and MLD, small frames.
+#[inline(always)]
+pub fn header_len(ether_type: [u8; 2], ipv6_next_hdr: u8) -> u32 {
+    let network = match ether_type {
+        ETH_P_IP => Ipv4Hdr::LEN,
+        ETH_P_ARP => ArpHdr::LEN,
+        ETH_P_IPV6 => match ipv6_next_hdr {
+            IPPROTO_HOPOPTS | IPPROTO_ICMPV6 => return HEADROOM,
+            IPPROTO_FRAGMENT => Ipv6Hdr::LEN + 8,
+            _ => Ipv6Hdr::LEN,
+        },
+        _ => 0,
+    };
+    (EthHdr::LEN + network) as u32
+}
 
 /// The frame from a port whose policy checks sources, with the port's own
 /// source MAC (the caller checked that).

@@ -35,10 +35,7 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
             port.count(Counter::DropProtocol);
             return TC_ACT_SHOT;
         }
-        // The source check reads headers in place: make them linear (a
-        // raw socket can put them in the paged part of a large frame).
-        let want = ctx.len().min(source::HEADROOM);
-        if ((ctx.data_end() - ctx.data()) as u32) < want && ctx.pull_data(want).is_err() {
+        if pull_checked_headers(&ctx).is_err() {
             port.count(Counter::DropMalformed);
             return TC_ACT_SHOT;
         }
@@ -106,6 +103,31 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
             TC_ACT_SHOT
         }
     }
+}
+
+/// Makes linear the headers the source check reads, and no more. A GSO
+/// skb (TCP, UDP) comes with only its headers linear and its payload in
+/// pages: pulling payload too would copy it, often into a reallocated
+/// head, for every such skb. A raw socket can also leave headers in the
+/// pages. Frames linear whole (every small one) cost one comparison.
+#[inline(always)]
+fn pull_checked_headers(ctx: &TcContext) -> Result<(), i64> {
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    if linear >= ctx.len() {
+        return Ok(());
+    }
+    // The EtherType (bytes 12-13) and the IPv6 next header (byte 20) say
+    // how far the check reads. A frame whose linear part ends before them
+    // (an odd one from a raw socket) gets all the check may read.
+    let want = match Frame::new(ctx.data(), ctx.data_end()).at::<[u8; 9]>(12) {
+        Ok(bytes) => source::header_len([bytes[0], bytes[1]], bytes[8]),
+        Err(_) => source::HEADROOM,
+    };
+    let want = want.min(ctx.len());
+    if linear >= want {
+        return Ok(());
+    }
+    ctx.pull_data(want)
 }
 
 /// Sends the skb into the container behind host-side veth `port` (its
