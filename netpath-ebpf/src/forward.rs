@@ -4,7 +4,9 @@
 
 use aya_ebpf::{EbpfContext, bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use aya_log_ebpf::debug;
-use netpath_common::{Counter, DatapathConfig, FdbEntry, FdbKey, NodeAddr, PortPolicy, PortState};
+use netpath_common::{
+    Counter, DatapathConfig, FdbEntry, FdbKey, NodeAddr, OverlayConfig, PortPolicy, PortState,
+};
 use network_types::eth::EthHdr;
 
 use crate::{
@@ -17,17 +19,21 @@ use crate::{
 /// traffic does not write to the shared FDB on every frame.
 const REFRESH_NS: u64 = 1_000_000_000;
 
+/// What to do with a frame. The verdicts that need the datapath's config
+/// to be carried out carry it: `decide` reads the CONFIG map once per
+/// frame, and the hooks never again.
 pub enum Verdict {
-    /// Send the frame straight to this host-side veth.
-    Redirect(u32),
+    /// Send the frame straight to this host-side veth, tracing it if the
+    /// config says so.
+    Redirect(u32, &'static DatapathConfig),
     /// Overlay: send the frame to this node, through the vxlan device.
-    Tunnel(NodeAddr),
+    Tunnel(NodeAddr, &'static OverlayConfig),
     /// Overlay: an ARP request for the address of a container on another
     /// node, whose MAC this is: answer it here (tc only).
     AnswerArp([u8; 6]),
     /// Overlay: broadcast or multicast. To the bridge (the local
     /// containers) and a copy to every other node (tc only).
-    Flood,
+    Flood(&'static OverlayConfig),
     /// Let the bridge handle it; the counter says why.
     Pass(Counter),
     /// Drop it; the counter says why.
@@ -117,7 +123,7 @@ pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, frame: &Frame) -> Verdict {
         if let Some(mac) = overlay::arp_answer(eth, frame) {
             return Verdict::AnswerArp(mac);
         }
-        return Verdict::Flood;
+        return Verdict::Flood(&config.overlay);
     }
     if config.bridge_mac == dst {
         return Verdict::Pass(Counter::PassHost);
@@ -128,7 +134,7 @@ pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, frame: &Frame) -> Verdict {
         // (static, or learned and fresh) wins over them.
         // SAFETY: read only, as in local_port().
         if on_overlay && let Some(node) = unsafe { REMOTE_FDB.get(key) } {
-            return Verdict::Tunnel(*node);
+            return Verdict::Tunnel(*node, &config.overlay);
         }
         return Verdict::Pass(Counter::PassUnknown);
     };
@@ -138,7 +144,7 @@ pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, frame: &Frame) -> Verdict {
     if !local.alive(key) {
         return Verdict::Pass(Counter::PassRedirectFailed);
     }
-    Verdict::Redirect(local.ifindex)
+    Verdict::Redirect(local.ifindex, config)
 }
 
 /// A destination MAC's port on this node.

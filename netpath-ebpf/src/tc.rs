@@ -12,7 +12,6 @@ use netpath_common::Counter;
 use crate::{
     forward::{Port, Verdict, decide},
     frame::Frame,
-    maps::CONFIG,
     overlay, source, trace,
 };
 
@@ -42,11 +41,11 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
     }
     let mut frame = Frame::new(ctx.data(), ctx.data_end());
     match decide(&ctx, &port, &frame) {
-        Verdict::Redirect(dst) => {
+        Verdict::Redirect(dst, config) => {
             if into_container(&ctx, dst) {
                 port.count(Counter::Redirected);
                 // SAFETY: the helper copies at most `n` bytes of this skb into `to`.
-                trace::redirected(port.ifindex(), dst, ctx.len(), |to, n| unsafe {
+                trace::redirected(config, &port, dst, ctx.len(), |to, n| unsafe {
                     bpf_skb_load_bytes(ctx.as_ptr(), 0, to.cast(), n)
                 });
                 TC_ACT_REDIRECT
@@ -55,16 +54,12 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
                 TC_ACT_OK
             }
         }
-        Verdict::Tunnel(node) => {
-            let Some(config) = CONFIG.get(0) else {
-                return TC_ACT_OK;
-            };
+        Verdict::Tunnel(node, config) => {
             // Out of the vxlan device, which encapsulates it (GSO packets
             // whole: the device segments them, or the underlay NIC does).
             // SAFETY: helper call with plain integer arguments.
-            if overlay::set_tunnel(&ctx, &config.overlay, &node)
-                && unsafe { bpf_redirect(config.overlay.vxlan_ifindex, 0) } as i32
-                    == TC_ACT_REDIRECT
+            if overlay::set_tunnel(&ctx, config, &node)
+                && unsafe { bpf_redirect(config.vxlan_ifindex, 0) } as i32 == TC_ACT_REDIRECT
             {
                 port.count(Counter::Encapsulated);
                 TC_ACT_REDIRECT
@@ -87,10 +82,8 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
                 TC_ACT_SHOT
             }
         }
-        Verdict::Flood => {
-            if let Some(config) = CONFIG.get(0) {
-                overlay::flood(&ctx, &config.overlay);
-            }
+        Verdict::Flood(config) => {
+            overlay::flood(&ctx, config);
             port.count(Counter::Flooded);
             TC_ACT_OK
         }

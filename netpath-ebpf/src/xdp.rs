@@ -17,11 +17,11 @@ pub fn netpath_xdp(ctx: XdpContext) -> u32 {
     };
     let frame = Frame::new(ctx.data(), ctx.data_end());
     match decide(&ctx, &port, &frame) {
-        Verdict::Redirect(dst) => match PORTS.redirect(dst, xdp_action::XDP_PASS.into()) {
+        Verdict::Redirect(dst, config) => match PORTS.redirect(dst, xdp_action::XDP_PASS.into()) {
             Ok(action) if action == xdp_action::XDP_REDIRECT => {
                 port.count(Counter::Redirected);
                 let len = frame.len() as u32;
-                trace::redirected(port.ifindex(), dst, len, |to, n| copy_frame(&frame, to, n));
+                trace::redirected(config, &port, dst, len, |to, n| copy_frame(&frame, to, n));
                 action
             }
             _ => {
@@ -31,7 +31,7 @@ pub fn netpath_xdp(ctx: XdpContext) -> u32 {
         },
         // The loader puts overlays in tc mode only (XDP cannot set tunnel
         // keys): never met here, and the bridge is the safe answer.
-        Verdict::Tunnel(_) | Verdict::AnswerArp(_) | Verdict::Flood => {
+        Verdict::Tunnel(..) | Verdict::AnswerArp(_) | Verdict::Flood(_) => {
             port.count(Counter::PassUnknown);
             xdp_action::XDP_PASS
         }
