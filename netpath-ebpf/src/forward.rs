@@ -23,9 +23,10 @@ const REFRESH_NS: u64 = 1_000_000_000;
 /// to be carried out carry it: `decide` reads the CONFIG map once per
 /// frame, and the hooks never again.
 pub enum Verdict {
-    /// Send the frame straight to this host-side veth, tracing it if the
+    /// Send the frame straight to this port's host-side veth, if it is
+    /// still there (the hook checks; see [`Local`]), tracing it if the
     /// config says so.
-    Redirect(u32, &'static DatapathConfig),
+    Redirect(Local, &'static DatapathConfig),
     /// Overlay: send the frame to this node, through the vxlan device.
     Tunnel(NodeAddr, &'static OverlayConfig),
     /// Overlay: an ARP request for the address of a container on another
@@ -81,10 +82,11 @@ impl Port {
     }
 }
 
-/// Decides what happens to `frame`, which arrived on `port`. Costs three
-/// hash lookups in the common case (port, static destination, devmap):
-/// frames from the port's own container need no learning, and the clock is
-/// read only for learned entries.
+/// Decides what happens to `frame`, which arrived on `port`. Costs two
+/// hash lookups in the common case (port, static destination), plus the
+/// hook's check that the destination is still there: frames from the
+/// port's own container need no learning, and the clock is read only for
+/// learned entries.
 #[inline(always)]
 pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, frame: &Frame) -> Verdict {
     let eth: &EthHdr = match frame.at(0) {
@@ -141,33 +143,39 @@ pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, frame: &Frame) -> Verdict {
     if local.ifindex == port.ifindex {
         return Verdict::Pass(Counter::PassHairpin);
     }
-    if !local.alive(key) {
-        return Verdict::Pass(Counter::PassRedirectFailed);
-    }
-    Verdict::Redirect(local.ifindex, config)
+    Verdict::Redirect(local, config)
 }
 
-/// A destination MAC's port on this node.
+/// A destination MAC's port on this node, from its FDB entry. The entry
+/// may outlive the port (namespace deleted, runtime crashed, behind the
+/// loader's back): a frame for a port that is gone must not vanish, so
+/// every redirect asks the devmap first, which holds only live ports (the
+/// kernel takes a device out of it when the device goes). tc asks it with
+/// a lookup; XDP's redirect asks it itself and falls back to a pass.
 pub struct Local {
     pub ifindex: u32,
+    key: FdbKey,
     learned: bool,
 }
 
 impl Local {
-    /// Whether the port is still there. The devmap holds only live ports:
-    /// the kernel takes a device out of it when the device goes. An entry
-    /// for a port that vanished behind the loader's back (namespace
-    /// deleted, runtime crashed) must not swallow frames; a learned one is
-    /// forgotten here, static ones by the loader.
+    /// Whether the port is still in the devmap (forgetting it if not).
     #[inline(always)]
-    pub fn alive(&self, key: FdbKey) -> bool {
+    pub fn alive(&self) -> bool {
         if PORTS.get_ifindex(self.ifindex).is_some() {
             return true;
         }
-        if self.learned {
-            forget_learned(key, self.ifindex);
-        }
+        self.gone();
         false
+    }
+
+    /// The port is gone: a learned entry for it is forgotten here, static
+    /// ones by the loader.
+    #[inline(always)]
+    pub fn gone(&self) {
+        if self.learned {
+            forget_learned(self.key, self.ifindex);
+        }
     }
 }
 
@@ -182,6 +190,7 @@ pub fn local_port(config: &DatapathConfig, key: FdbKey) -> Option<Local> {
     if let Some(ifindex) = unsafe { FDB_STATIC.get(key) } {
         return Some(Local {
             ifindex: *ifindex,
+            key,
             learned: false,
         });
     }
@@ -197,6 +206,7 @@ pub fn local_port(config: &DatapathConfig, key: FdbKey) -> Option<Local> {
     }
     Some(Local {
         ifindex: entry.ifindex,
+        key,
         learned: true,
     })
 }

@@ -42,10 +42,12 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
     let mut frame = Frame::new(ctx.data(), ctx.data_end());
     match decide(&ctx, &port, &frame) {
         Verdict::Redirect(dst, config) => {
-            if into_container(&ctx, dst) {
+            // bpf_redirect_peer() accepts any ifindex (a missing device
+            // drops the frame after the program): ask the devmap first.
+            if dst.alive() && into_container(&ctx, dst.ifindex) {
                 port.count(Counter::Redirected);
                 // SAFETY: the helper copies at most `n` bytes of this skb into `to`.
-                trace::redirected(config, &port, dst, ctx.len(), |to, n| unsafe {
+                trace::redirected(config, &port, dst.ifindex, ctx.len(), |to, n| unsafe {
                     bpf_skb_load_bytes(ctx.as_ptr(), 0, to.cast(), n)
                 });
                 TC_ACT_REDIRECT

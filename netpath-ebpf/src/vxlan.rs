@@ -15,7 +15,7 @@ use netpath_common::{Counter, FdbKey, NodeAddr, OverlayCounter};
 use network_types::eth::EthHdr;
 
 use crate::{
-    forward::{Port, local_port},
+    forward::{Local, Port, local_port},
     frame::Frame,
     maps::{CONFIG, NODES, OVERLAY_STATS},
     overlay::TUNNEL_KEY_SIZE,
@@ -55,8 +55,7 @@ pub fn netpath_vxlan(ctx: TcContext) -> i32 {
         }
         return count(OverlayCounter::DropNoPort, TC_ACT_SHOT);
     }
-    let key = FdbKey::new(dst, 0);
-    let Some(port) = local_port(config, key).filter(|local| local.alive(key)) else {
+    let Some(port) = local_port(config, FdbKey::new(dst, 0)).filter(Local::alive) else {
         return count(OverlayCounter::DropNoPort, TC_ACT_SHOT);
     };
     let port = port.ifindex;

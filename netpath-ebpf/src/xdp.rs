@@ -17,18 +17,26 @@ pub fn netpath_xdp(ctx: XdpContext) -> u32 {
     };
     let frame = Frame::new(ctx.data(), ctx.data_end());
     match decide(&ctx, &port, &frame) {
-        Verdict::Redirect(dst, config) => match PORTS.redirect(dst, xdp_action::XDP_PASS.into()) {
-            Ok(action) if action == xdp_action::XDP_REDIRECT => {
-                port.count(Counter::Redirected);
-                let len = frame.len() as u32;
-                trace::redirected(config, &port, dst, len, |to, n| copy_frame(&frame, to, n));
-                action
+        // The redirect looks the port up in the devmap itself, no lookup of
+        // our own first: a port that is gone is missing there, and the
+        // helper then returns the flags' low bits, XDP_PASS (since 5.3).
+        Verdict::Redirect(dst, config) => {
+            match PORTS.redirect(dst.ifindex, xdp_action::XDP_PASS.into()) {
+                Ok(action) => {
+                    port.count(Counter::Redirected);
+                    let len = frame.len() as u32;
+                    trace::redirected(config, &port, dst.ifindex, len, |to, n| {
+                        copy_frame(&frame, to, n)
+                    });
+                    action
+                }
+                Err(fallback) => {
+                    dst.gone();
+                    port.count(Counter::PassRedirectFailed);
+                    fallback
+                }
             }
-            _ => {
-                port.count(Counter::PassRedirectFailed);
-                xdp_action::XDP_PASS
-            }
-        },
+        }
         // The loader puts overlays in tc mode only (XDP cannot set tunnel
         // keys): never met here, and the bridge is the safe answer.
         Verdict::Tunnel(..) | Verdict::AnswerArp(_) | Verdict::Flood(_) => {
