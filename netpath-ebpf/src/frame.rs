@@ -12,9 +12,9 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// The frame the context's `data()` and `data_end()` delimit. Any helper
-    /// that may move packet data (a pull, a tunnel key, a redirect) makes a
-    /// frame taken before it stale: the verifier refuses its use.
+    /// The frame the context's `data()` and `data_end()` delimit. A helper
+    /// that may move packet data (bpf_skb_pull_data() and the like) makes a
+    /// frame taken before it stale: the verifier refuses its use after.
     #[inline(always)]
     pub fn new(data: usize, end: usize) -> Frame {
         Frame { data, end }
