@@ -493,39 +493,55 @@ fn unicast_to_another_port_is_redirected() {
 }
 
 /// A destination whose port is gone (a stale FDB entry) is never a black
-/// hole: bpf_redirect_peer() would accept any ifindex (the device is looked
-/// up after the program, in skb_do_redirect(), and a missing one drops the
-/// frame), so the decision first asks the devmap, which the kernel keeps to
-/// live devices. The frame passes to the bridge, counted; a learned entry
-/// for the dead port is forgotten and its port's count goes down.
+/// hole. The devmap, which the kernel keeps to live devices, says whether
+/// the port is there: tc asks it before bpf_redirect_peer(), which would
+/// accept any ifindex (the device is looked up after the program, in
+/// skb_do_redirect(), and a missing one drops the frame); XDP's
+/// bpf_redirect_map() asks it itself and, the key missing, returns the
+/// action in its flags' low bits: XDP_PASS. Either way the frame passes to
+/// the bridge, counted; a learned entry for the dead port is forgotten and
+/// its port's count goes down.
 #[test]
 fn a_destination_port_that_is_gone_passes_to_the_bridge() {
     in_private_netns(|| {
-        let mut dp = datapath();
         let (static_ghost, learned_ghost) =
             ([0x02, 0, 0, 0, 0x0e, 0xe0], [0x02, 0, 0, 0, 0x0e, 0xe1]);
-        dp.set_static(static_ghost, 4242);
-        dp.add_port(4243, [0x02, 0, 0, 0, 0x0e, 0xe2], [10, 0, 0, 43], [0; 16]);
-        dp.set_learned(learned_ghost, 4243, netpath::datapath::fdb::monotonic_ns());
-        assert_eq!(dp.tc(&eth(static_ghost)).unwrap(), TC_ACT_OK);
-        assert_eq!(dp.xdp(&eth(static_ghost)).unwrap(), XDP_PASS);
-        assert_eq!(dp.tc(&eth(learned_ghost)).unwrap(), TC_ACT_OK);
-        dp.assert_counters(PORT, &[(Counter::PassRedirectFailed, 3)]);
-        assert_eq!(
-            dp.learned_entry(learned_ghost),
-            None,
-            "the dead port's learned entry stayed"
-        );
-        assert_eq!(
-            dp.learned_count(4243),
-            0,
-            "the dead port's learned count stayed"
-        );
-        assert_eq!(
-            dp.static_entry(static_ghost),
-            Some(4242),
-            "static entries are the loader's to remove"
-        );
+        let hooks: [(&str, fn(&Datapath, &[u8]) -> io::Result<u32>, u32); 2] = [
+            ("tc", Datapath::tc, TC_ACT_OK),
+            ("xdp", Datapath::xdp, XDP_PASS),
+        ];
+        for (hook, run, pass) in hooks {
+            let mut dp = datapath();
+            dp.set_static(static_ghost, 4242);
+            dp.add_port(4243, [0x02, 0, 0, 0, 0x0e, 0xe2], [10, 0, 0, 43], [0; 16]);
+            dp.set_learned(learned_ghost, 4243, netpath::datapath::fdb::monotonic_ns());
+            assert_eq!(
+                run(&dp, &eth(static_ghost)).unwrap(),
+                pass,
+                "{hook}: static"
+            );
+            assert_eq!(
+                run(&dp, &eth(learned_ghost)).unwrap(),
+                pass,
+                "{hook}: learned"
+            );
+            dp.assert_counters(PORT, &[(Counter::PassRedirectFailed, 2)]);
+            assert_eq!(
+                dp.learned_entry(learned_ghost),
+                None,
+                "{hook}: the dead port's learned entry stayed"
+            );
+            assert_eq!(
+                dp.learned_count(4243),
+                0,
+                "{hook}: the dead port's learned count stayed"
+            );
+            assert_eq!(
+                dp.static_entry(static_ghost),
+                Some(4242),
+                "{hook}: static entries are the loader's to remove"
+            );
+        }
     });
 }
 

@@ -4,10 +4,13 @@
 
 use aya_ebpf::{EbpfContext, bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use aya_log_ebpf::debug;
-use netpath_common::{Counter, DatapathConfig, FdbEntry, FdbKey, NodeAddr, PortPolicy, PortState};
+use netpath_common::{
+    Counter, DatapathConfig, FdbEntry, FdbKey, NodeAddr, OverlayConfig, PortPolicy, PortState,
+};
 use network_types::eth::EthHdr;
 
 use crate::{
+    frame::Frame,
     maps::{CONFIG, FDB_LEARNED, FDB_STATIC, PORT_LEARNED, PORT_STATE, PORTS, REMOTE_FDB},
     overlay, source,
 };
@@ -16,17 +19,22 @@ use crate::{
 /// traffic does not write to the shared FDB on every frame.
 const REFRESH_NS: u64 = 1_000_000_000;
 
+/// What to do with a frame. The verdicts that need the datapath's config
+/// to be carried out carry it: `decide` reads the CONFIG map once per
+/// frame, and the hooks never again.
 pub enum Verdict {
-    /// Send the frame straight to this host-side veth.
-    Redirect(u32),
+    /// Send the frame straight to this port's host-side veth, if it is
+    /// still there (the hook checks; see [`Local`]), tracing it if the
+    /// config says so.
+    Redirect(Local, &'static DatapathConfig),
     /// Overlay: send the frame to this node, through the vxlan device.
-    Tunnel(NodeAddr),
+    Tunnel(NodeAddr, &'static OverlayConfig),
     /// Overlay: an ARP request for the address of a container on another
     /// node, whose MAC this is: answer it here (tc only).
     AnswerArp([u8; 6]),
     /// Overlay: broadcast or multicast. To the bridge (the local
     /// containers) and a copy to every other node (tc only).
-    Flood,
+    Flood(&'static OverlayConfig),
     /// Let the bridge handle it; the counter says why.
     Pass(Counter),
     /// Drop it; the counter says why.
@@ -74,17 +82,17 @@ impl Port {
     }
 }
 
-/// Decides what happens to the frame in `[data, data_end)` that arrived on
-/// `port`. Costs three hash lookups in the common case (port, static
-/// destination, devmap): frames from the port's own container need no
-/// learning, and the clock is read only for learned entries.
+/// Decides what happens to `frame`, which arrived on `port`. Costs two
+/// hash lookups in the common case (port, static destination), plus the
+/// hook's check that the destination is still there: frames from the
+/// port's own container need no learning, and the clock is read only for
+/// learned entries.
 #[inline(always)]
-pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, data: usize, data_end: usize) -> Verdict {
-    if data + EthHdr::LEN > data_end {
-        return Verdict::Drop(Counter::DropMalformed);
-    }
-    // SAFETY: bounds-checked just above; EthHdr is packed plain data.
-    let eth = unsafe { &*(data as *const EthHdr) };
+pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, frame: &Frame) -> Verdict {
+    let eth: &EthHdr = match frame.at(0) {
+        Ok(eth) => eth,
+        Err(reason) => return Verdict::Drop(reason),
+    };
     let Some(config) = CONFIG.get(0) else {
         return Verdict::Pass(Counter::PassUnknown);
     };
@@ -97,7 +105,7 @@ pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, data: usize, data_end: usize
         if src != policy.mac {
             return Verdict::Drop(Counter::DropSpoofedMac);
         }
-        if let Err(reason) = source::check(policy, data, data_end) {
+        if let Err(reason) = source::check(policy, frame) {
             return Verdict::Drop(reason);
         }
     } else if src != policy.mac && config.learning != 0 {
@@ -114,10 +122,10 @@ pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, data: usize, data_end: usize
         }
         // ARP for a remote container is answered here: a request flooded
         // to every node would wake every node for one answer.
-        if let Some(mac) = overlay::arp_answer(eth, data, data_end) {
+        if let Some(mac) = overlay::arp_answer(eth, frame) {
             return Verdict::AnswerArp(mac);
         }
-        return Verdict::Flood;
+        return Verdict::Flood(&config.overlay);
     }
     if config.bridge_mac == dst {
         return Verdict::Pass(Counter::PassHost);
@@ -128,40 +136,46 @@ pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, data: usize, data_end: usize
         // (static, or learned and fresh) wins over them.
         // SAFETY: read only, as in local_port().
         if on_overlay && let Some(node) = unsafe { REMOTE_FDB.get(key) } {
-            return Verdict::Tunnel(*node);
+            return Verdict::Tunnel(*node, &config.overlay);
         }
         return Verdict::Pass(Counter::PassUnknown);
     };
     if local.ifindex == port.ifindex {
         return Verdict::Pass(Counter::PassHairpin);
     }
-    if !local.alive(key) {
-        return Verdict::Pass(Counter::PassRedirectFailed);
-    }
-    Verdict::Redirect(local.ifindex)
+    Verdict::Redirect(local, config)
 }
 
-/// A destination MAC's port on this node.
+/// A destination MAC's port on this node, from its FDB entry. The entry
+/// may outlive the port (namespace deleted, runtime crashed, behind the
+/// loader's back): a frame for a port that is gone must not vanish, so
+/// every redirect asks the devmap first, which holds only live ports (the
+/// kernel takes a device out of it when the device goes). tc asks it with
+/// a lookup; XDP's redirect asks it itself and falls back to a pass.
 pub struct Local {
     pub ifindex: u32,
+    key: FdbKey,
     learned: bool,
 }
 
 impl Local {
-    /// Whether the port is still there. The devmap holds only live ports:
-    /// the kernel takes a device out of it when the device goes. An entry
-    /// for a port that vanished behind the loader's back (namespace
-    /// deleted, runtime crashed) must not swallow frames; a learned one is
-    /// forgotten here, static ones by the loader.
+    /// Whether the port is still in the devmap (forgetting it if not).
     #[inline(always)]
-    pub fn alive(&self, key: FdbKey) -> bool {
+    pub fn alive(&self) -> bool {
         if PORTS.get_ifindex(self.ifindex).is_some() {
             return true;
         }
-        if self.learned {
-            forget_learned(key, self.ifindex);
-        }
+        self.gone();
         false
+    }
+
+    /// The port is gone: a learned entry for it is forgotten here, static
+    /// ones by the loader.
+    #[inline(always)]
+    pub fn gone(&self) {
+        if self.learned {
+            forget_learned(self.key, self.ifindex);
+        }
     }
 }
 
@@ -176,6 +190,7 @@ pub fn local_port(config: &DatapathConfig, key: FdbKey) -> Option<Local> {
     if let Some(ifindex) = unsafe { FDB_STATIC.get(key) } {
         return Some(Local {
             ifindex: *ifindex,
+            key,
             learned: false,
         });
     }
@@ -191,6 +206,7 @@ pub fn local_port(config: &DatapathConfig, key: FdbKey) -> Option<Local> {
     }
     Some(Local {
         ifindex: entry.ifindex,
+        key,
         learned: true,
     })
 }

@@ -5,11 +5,13 @@
 // the crate is an empty program, so a fresh clone checks without nightly.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// Inline assembly on BPF (one mask instruction in trace.rs) is nightly-only.
+// Inline assembly on BPF (a few single instructions) is nightly-only.
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod forward;
+#[cfg(target_arch = "bpf")]
+mod frame;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

@@ -14,7 +14,10 @@ use aya_ebpf::{
 use netpath_common::{NODE_CAPACITY, NodeAddr, OverlayConfig};
 use network_types::{arp::ArpHdr, eth::EthHdr};
 
-use crate::maps::{NODE_LIST, REMOTE_IPV4};
+use crate::{
+    frame::Frame,
+    maps::{NODE_LIST, REMOTE_IPV4},
+};
 
 const ETH_P_ARP: [u8; 2] = 0x0806u16.to_be_bytes();
 const ETH_P_IP: [u8; 2] = 0x0800u16.to_be_bytes();
@@ -31,14 +34,14 @@ pub const TUNNEL_KEY_SIZE: u32 = 28;
 const TUNNEL_TTL: u8 = 64;
 
 /// The MAC of the remote container that owns the address an ARP request
-/// in `[data, end)` asks for, if the control plane knows it.
+/// (`frame`, whose Ethernet header is `eth`) asks for, if the control
+/// plane knows it.
 #[inline(always)]
-pub fn arp_answer(eth: &EthHdr, data: usize, end: usize) -> Option<[u8; 6]> {
-    if eth.ether_type.to_ne_bytes() != ETH_P_ARP || data + EthHdr::LEN + ArpHdr::LEN > end {
+pub fn arp_answer(eth: &EthHdr, frame: &Frame) -> Option<[u8; 6]> {
+    if eth.ether_type.to_ne_bytes() != ETH_P_ARP {
         return None;
     }
-    // SAFETY: bounds-checked just above; ArpHdr is plain bytes.
-    let arp = unsafe { &*((data + EthHdr::LEN) as *const ArpHdr) };
+    let arp: &ArpHdr = frame.at(EthHdr::LEN).ok()?;
     if arp.htype != 1u16.to_be_bytes()
         || arp.ptype != ETH_P_IP
         || arp.hlen != 6
@@ -51,31 +54,25 @@ pub fn arp_answer(eth: &EthHdr, data: usize, end: usize) -> Option<[u8; 6]> {
     unsafe { REMOTE_IPV4.get(arp.tpa) }.copied()
 }
 
-/// Turns the ARP request in the skb into the reply `mac`'s owner would
+/// Turns the ARP request in `frame` into the reply `mac`'s owner would
 /// send, in place; false if the frame is too short (it was checked in
-/// `arp_answer`, but the packet pointers are fresh here).
+/// `arp_answer`, but the verifier wants it checked on the frame written).
 #[inline(always)]
-pub fn make_arp_reply(ctx: &TcContext, mac: [u8; 6]) -> bool {
-    let (data, end) = (ctx.data(), ctx.data_end());
-    if data + EthHdr::LEN + ArpHdr::LEN > end {
+pub fn make_arp_reply(frame: &mut Frame, mac: [u8; 6]) -> bool {
+    let Ok(arp) = frame.at_mut::<ArpHdr>(EthHdr::LEN) else {
         return false;
-    }
-    // SAFETY: bounds-checked just above; both headers are plain bytes, and
-    // tc programs may write packet data (the kernel unclones it first).
-    let (eth, arp) = unsafe {
-        (
-            &mut *(data as *mut EthHdr),
-            &mut *((data + EthHdr::LEN) as *mut ArpHdr),
-        )
     };
     let (asker_mac, asker_ip, asked_ip) = (arp.sha, arp.spa, arp.tpa);
-    eth.dst_addr = eth.src_addr;
-    eth.src_addr = mac;
     arp.oper = ARP_REPLY;
     arp.sha = mac;
     arp.spa = asked_ip;
     arp.tha = asker_mac;
     arp.tpa = asker_ip;
+    let Ok(eth) = frame.at_mut::<EthHdr>(0) else {
+        return false;
+    };
+    eth.dst_addr = eth.src_addr;
+    eth.src_addr = mac;
     true
 }
 

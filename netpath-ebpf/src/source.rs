@@ -15,6 +15,8 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
+use crate::frame::Frame;
+
 const ETH_P_IP: [u8; 2] = 0x0800u16.to_be_bytes();
 const ETH_P_ARP: [u8; 2] = 0x0806u16.to_be_bytes();
 const ETH_P_IPV6: [u8; 2] = 0x86ddu16.to_be_bytes();
@@ -39,15 +41,32 @@ const ND_FIXED_LEN: usize = 24;
 const ND_MAX_OPTIONS: usize = 4;
 
 /// Bytes of headers the check may read: Ethernet, IPv6, an 8-byte
-/// hop-by-hop header and an ND message with its options. The tc program
-/// makes this much of a frame linear before the check.
+/// hop-by-hop header and an ND message with its options.
 pub const HEADROOM: u32 = 128;
 
-/// The frame `[data, end)` from a port whose policy checks sources, with
-/// the port's own source MAC (the caller checked that).
+/// How many bytes from the frame's start [`check`] reads of a frame with
+/// this EtherType and, for IPv6, this first next header: the tc program
+/// makes exactly these linear. Bulk traffic (TCP, UDP) needs its network
+/// header only; the rest of the headroom is for ND and MLD, small frames.
 #[inline(always)]
-pub fn check(policy: &PortPolicy, data: usize, end: usize) -> Result<(), Counter> {
-    let frame = Frame { data, end };
+pub fn header_len(ether_type: [u8; 2], ipv6_next_hdr: u8) -> u32 {
+    let network = match ether_type {
+        ETH_P_IP => Ipv4Hdr::LEN,
+        ETH_P_ARP => ArpHdr::LEN,
+        ETH_P_IPV6 => match ipv6_next_hdr {
+            IPPROTO_HOPOPTS | IPPROTO_ICMPV6 => return HEADROOM,
+            IPPROTO_FRAGMENT => Ipv6Hdr::LEN + 8,
+            _ => Ipv6Hdr::LEN,
+        },
+        _ => 0,
+    };
+    (EthHdr::LEN + network) as u32
+}
+
+/// The frame from a port whose policy checks sources, with the port's own
+/// source MAC (the caller checked that).
+#[inline(always)]
+pub fn check(policy: &PortPolicy, frame: &Frame) -> Result<(), Counter> {
     let eth: &EthHdr = frame.at(0)?;
     match eth.ether_type.to_ne_bytes() {
         ETH_P_IP => {
@@ -57,7 +76,7 @@ pub fn check(policy: &PortPolicy, data: usize, end: usize) -> Result<(), Counter
                 .ok_or(Counter::DropSpoofedIp)
         }
         ETH_P_ARP => arp(policy, frame.at(EthHdr::LEN)?),
-        ETH_P_IPV6 => ipv6(policy, &frame),
+        ETH_P_IPV6 => ipv6(policy, frame),
         _ => Err(Counter::DropProtocol),
     }
 }
@@ -123,10 +142,7 @@ fn icmpv6(
     payload_end: usize,
     unspecified: bool,
 ) -> Result<(), Counter> {
-    // Type and code: a read of the type byte alone, bounds-checked as
-    // `start + 1 > end`, becomes `start >= end` in LLVM, from which the
-    // verifier learns no packet range.
-    let [kind, _code]: &[u8; 2] = frame.at(offset)?;
+    let kind: &u8 = frame.at(offset)?;
     match *kind {
         // A container is no router.
         ND_ROUTER_ADVERT | ND_REDIRECT => Err(Counter::DropSpoofedIp),
@@ -186,26 +202,4 @@ fn own_ipv4(policy: &PortPolicy, address: [u8; 4]) -> bool {
 #[inline(always)]
 fn own_ipv6(policy: &PortPolicy, address: &[u8; 16]) -> bool {
     *address != [0; 16] && policy.ipv6.iter().any(|own| own == address)
-}
-
-/// A frame in packet memory.
-struct Frame {
-    data: usize,
-    end: usize,
-}
-
-impl Frame {
-    /// The `T` at `offset`, if the frame holds all of it. Offsets stay far
-    /// below 64 KiB (the verifier needs them bounded), hence the mask.
-    #[inline(always)]
-    fn at<T>(&self, offset: usize) -> Result<&T, Counter> {
-        let start = self.data + (offset & 0xffff);
-        if start + core::mem::size_of::<T>() > self.end {
-            return Err(Counter::DropMalformed);
-        }
-        // SAFETY: `[start, start + size_of::<T>())` is inside the frame
-        // (checked just above), and every `T` used here is a byte array or
-        // a struct of byte arrays (alignment 1, any bit pattern valid).
-        Ok(unsafe { &*(start as *const T) })
-    }
 }

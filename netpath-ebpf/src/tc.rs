@@ -11,7 +11,7 @@ use netpath_common::Counter;
 
 use crate::{
     forward::{Port, Verdict, decide},
-    maps::CONFIG,
+    frame::Frame,
     overlay, source, trace,
 };
 
@@ -34,20 +34,20 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
             port.count(Counter::DropProtocol);
             return TC_ACT_SHOT;
         }
-        // The source check reads headers in place: make them linear (a
-        // raw socket can put them in the paged part of a large frame).
-        let want = ctx.len().min(source::HEADROOM);
-        if ((ctx.data_end() - ctx.data()) as u32) < want && ctx.pull_data(want).is_err() {
+        if pull_checked_headers(&ctx).is_err() {
             port.count(Counter::DropMalformed);
             return TC_ACT_SHOT;
         }
     }
-    match decide(&ctx, &port, ctx.data(), ctx.data_end()) {
-        Verdict::Redirect(dst) => {
-            if into_container(&ctx, dst) {
+    let mut frame = Frame::new(ctx.data(), ctx.data_end());
+    match decide(&ctx, &port, &frame) {
+        Verdict::Redirect(dst, config) => {
+            // bpf_redirect_peer() accepts any ifindex (a missing device
+            // drops the frame after the program): ask the devmap first.
+            if dst.alive() && into_container(&ctx, dst.ifindex) {
                 port.count(Counter::Redirected);
                 // SAFETY: the helper copies at most `n` bytes of this skb into `to`.
-                trace::redirected(port.ifindex(), dst, ctx.len(), |to, n| unsafe {
+                trace::redirected(config, &port, dst.ifindex, ctx.len(), |to, n| unsafe {
                     bpf_skb_load_bytes(ctx.as_ptr(), 0, to.cast(), n)
                 });
                 TC_ACT_REDIRECT
@@ -56,16 +56,12 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
                 TC_ACT_OK
             }
         }
-        Verdict::Tunnel(node) => {
-            let Some(config) = CONFIG.get(0) else {
-                return TC_ACT_OK;
-            };
+        Verdict::Tunnel(node, config) => {
             // Out of the vxlan device, which encapsulates it (GSO packets
             // whole: the device segments them, or the underlay NIC does).
             // SAFETY: helper call with plain integer arguments.
-            if overlay::set_tunnel(&ctx, &config.overlay, &node)
-                && unsafe { bpf_redirect(config.overlay.vxlan_ifindex, 0) } as i32
-                    == TC_ACT_REDIRECT
+            if overlay::set_tunnel(&ctx, config, &node)
+                && unsafe { bpf_redirect(config.vxlan_ifindex, 0) } as i32 == TC_ACT_REDIRECT
             {
                 port.count(Counter::Encapsulated);
                 TC_ACT_REDIRECT
@@ -78,7 +74,7 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
             // The reply goes back out of this port, into the container
             // that asked.
             // SAFETY: helper call with plain integer arguments.
-            if overlay::make_arp_reply(&ctx, mac)
+            if overlay::make_arp_reply(&mut frame, mac)
                 && unsafe { bpf_redirect(port.ifindex(), 0) } as i32 == TC_ACT_REDIRECT
             {
                 port.count(Counter::ArpAnswered);
@@ -88,10 +84,8 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
                 TC_ACT_SHOT
             }
         }
-        Verdict::Flood => {
-            if let Some(config) = CONFIG.get(0) {
-                overlay::flood(&ctx, &config.overlay);
-            }
+        Verdict::Flood(config) => {
+            overlay::flood(&ctx, config);
             port.count(Counter::Flooded);
             TC_ACT_OK
         }
@@ -104,6 +98,31 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
             TC_ACT_SHOT
         }
     }
+}
+
+/// Makes linear the headers the source check reads, and no more. A GSO
+/// skb (TCP, UDP) comes with only its headers linear and its payload in
+/// pages: pulling payload too would copy it, often into a reallocated
+/// head, for every such skb. A raw socket can also leave headers in the
+/// pages. Frames linear whole (every small one) cost one comparison.
+#[inline(always)]
+fn pull_checked_headers(ctx: &TcContext) -> Result<(), i64> {
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    if linear >= ctx.len() {
+        return Ok(());
+    }
+    // The EtherType (bytes 12-13) and the IPv6 next header (byte 20) say
+    // how far the check reads. A frame whose linear part ends before them
+    // (an odd one from a raw socket) gets all the check may read.
+    let want = match Frame::new(ctx.data(), ctx.data_end()).at::<[u8; 9]>(12) {
+        Ok(bytes) => source::header_len([bytes[0], bytes[1]], bytes[8]),
+        Err(_) => source::HEADROOM,
+    };
+    let want = want.min(ctx.len());
+    if linear >= want {
+        return Ok(());
+    }
+    ctx.pull_data(want)
 }
 
 /// Sends the skb into the container behind host-side veth `port` (its

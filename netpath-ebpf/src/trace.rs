@@ -1,32 +1,30 @@
 //! Copies of redirected frames for `netpath trace` (tcpdump on a host veth
-//! cannot see them). One array load and a branch when tracing is off.
+//! cannot see them). One branch on the config when tracing is off.
 
 use aya_ebpf::{bindings::BPF_RB_NO_WAKEUP, helpers::bpf_ktime_get_ns};
-use netpath_common::{Counter, TRACE_SNAPLEN, TraceEvent};
+use netpath_common::{Counter, DatapathConfig, TRACE_SNAPLEN, TraceEvent};
 
-use crate::{
-    forward::Port,
-    maps::{CONFIG, TRACE},
-};
+use crate::{forward::Port, maps::TRACE};
 
-/// Records a frame of `len` bytes redirected from `ingress` to `egress`;
-/// `load(dst, n)` copies its first `n` bytes (1..=TRACE_SNAPLEN) to `dst`.
+/// Records a frame of `len` bytes redirected from `ingress` to `egress`,
+/// if `config` says a tracer is there; `load(dst, n)` copies its first `n`
+/// bytes (1..=TRACE_SNAPLEN) to `dst`.
 #[inline(always)]
-pub fn redirected(ingress: u32, egress: u32, len: u32, load: impl FnOnce(*mut u8, u32) -> i64) {
-    let until = match CONFIG.get(0) {
-        Some(config) if config.trace_until_ns != 0 => config.trace_until_ns,
-        _ => return,
-    };
+pub fn redirected(
+    config: &DatapathConfig,
+    ingress: &Port,
+    egress: u32,
+    len: u32,
+    load: impl FnOnce(*mut u8, u32) -> i64,
+) {
+    let until = config.trace_until_ns;
     // SAFETY: bpf_ktime_get_ns has no preconditions.
-    if len == 0 || unsafe { bpf_ktime_get_ns() } >= until {
+    if until == 0 || len == 0 || unsafe { bpf_ktime_get_ns() } >= until {
         return;
     }
     let Some(mut entry) = TRACE.reserve::<TraceEvent>(0) else {
-        // The tracer is behind: say so in its counters (a rare path, so the
-        // port's state is looked up again here rather than passed in).
-        if let Some(port) = Port::lookup(ingress) {
-            port.count(Counter::TraceLost);
-        }
+        // The tracer is behind: say so in its counters.
+        ingress.count(Counter::TraceLost);
         return;
     };
     let event = entry.as_mut_ptr();
@@ -34,7 +32,7 @@ pub fn redirected(ingress: u32, egress: u32, len: u32, load: impl FnOnce(*mut u8
     // SAFETY: `event` points at a reserved ring buffer slot of TraceEvent size.
     unsafe {
         (*event).timestamp_ns = bpf_ktime_get_ns();
-        (*event).ingress = ingress;
+        (*event).ingress = ingress.ifindex();
         (*event).egress = egress;
         (*event).len = len;
         (*event).captured = captured;

@@ -15,7 +15,8 @@ use netpath_common::{Counter, FdbKey, NodeAddr, OverlayCounter};
 use network_types::eth::EthHdr;
 
 use crate::{
-    forward::{Port, local_port},
+    forward::{Local, Port, local_port},
+    frame::Frame,
     maps::{CONFIG, NODES, OVERLAY_STATS},
     overlay::TUNNEL_KEY_SIZE,
     tc::into_container,
@@ -39,12 +40,11 @@ pub fn netpath_vxlan(ctx: TcContext) -> i32 {
     if unsafe { NODES.get(node) }.is_none() {
         return count(OverlayCounter::DropUnknownNode, TC_ACT_SHOT);
     }
-    let (data, end) = (ctx.data(), ctx.data_end());
-    if data + EthHdr::LEN > end {
+    let frame = Frame::new(ctx.data(), ctx.data_end());
+    let Ok(eth) = frame.at::<EthHdr>(0) else {
         return count(OverlayCounter::DropMalformed, TC_ACT_SHOT);
-    }
-    // SAFETY: bounds-checked just above; EthHdr is packed plain data.
-    let dst = unsafe { &*(data as *const EthHdr) }.dst_addr;
+    };
+    let dst = eth.dst_addr;
     if dst[0] & 1 != 0 {
         // Out of the bridge device: the bridge floods it to its ports, the
         // local containers (never back to a node: only the ports' own
@@ -55,8 +55,7 @@ pub fn netpath_vxlan(ctx: TcContext) -> i32 {
         }
         return count(OverlayCounter::DropNoPort, TC_ACT_SHOT);
     }
-    let key = FdbKey::new(dst, 0);
-    let Some(port) = local_port(config, key).filter(|local| local.alive(key)) else {
+    let Some(port) = local_port(config, FdbKey::new(dst, 0)).filter(Local::alive) else {
         return count(OverlayCounter::DropNoPort, TC_ACT_SHOT);
     };
     let port = port.ifindex;
