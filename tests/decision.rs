@@ -506,7 +506,8 @@ fn a_destination_port_that_is_gone_passes_to_the_bridge() {
     in_private_netns(|| {
         let (static_ghost, learned_ghost) =
             ([0x02, 0, 0, 0, 0x0e, 0xe0], [0x02, 0, 0, 0, 0x0e, 0xe1]);
-        let hooks: [(&str, fn(&Datapath, &[u8]) -> io::Result<u32>, u32); 2] = [
+        type Run = fn(&Datapath, &[u8]) -> io::Result<u32>;
+        let hooks: [(&str, Run, u32); 2] = [
             ("tc", Datapath::tc, TC_ACT_OK),
             ("xdp", Datapath::xdp, XDP_PASS),
         ];

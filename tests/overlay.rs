@@ -582,17 +582,63 @@ fn a_frame_from_an_unknown_underlay_address_is_dropped_and_counted() {
         "[[node]]\nnode = \"rogue\"\nvni = 42\nunderlay = \"{}\"\nsubnets = [\"10.88.9.0/24\"]\n[[node.endpoint]]\nmac = \"{rogue_mac}\"\nips = [\"10.88.9.9\"]\n",
         underlay_ip(2)
     ));
-    assert_eq!(
-        ov.status(0)["skipped"],
-        json!([]),
-        "a valid record skipped"
-    );
+    assert_eq!(ov.status(0)["skipped"], json!([]), "a valid record skipped");
     let pinged = rogue.sh("ping", &["-c", "3", "-i", "0.2", "-W", "1", "10.88.1.2"]);
     assert!(
         pinged.status.success(),
         "a known node did not reach the container: {}",
         String::from_utf8_lossy(&pinged.stdout)
     );
+}
+
+/// A container that sent from a remote container's MAC before the control
+/// plane named that container (one that routes, so its port learns) had
+/// its port learn the MAC, and the local entry won over the remote one:
+/// it received that container's traffic until ageing. Programming the
+/// remote entry forgets the learned copy.
+#[test]
+fn a_remote_mac_wins_over_a_learned_copy() {
+    let cluster = Cluster::new(2);
+    let ov = cluster.overlay(42, 1, &[0, 1]);
+    let (t0, t1) = (&ov.topologies[0], &ov.topologies[1]);
+    // A new container on host 1, which host 0 does not know yet.
+    let added = t1.netpath_ok(&["port", "add", "--name", &t1.name, "late"]);
+    let mac = added.split_whitespace().last().unwrap().to_owned();
+    // On host 0, a router (no source check) sends from that MAC.
+    t0.netpath_ok(&[
+        "port",
+        "add",
+        "--name",
+        &t0.name,
+        "router",
+        "--no-source-check",
+    ]);
+    let router = t0.ns("router");
+    sh_ok(&["ip", "-n", &router, "link", "set", "eth0", "address", &mac]);
+    let _ = run_within(
+        &router,
+        &["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.88.1.1"],
+        10,
+    );
+    let fdb = |t: &Topology| -> Vec<Value> {
+        serde_json::from_str::<Vec<Value>>(
+            &t.netpath_ok(&["fdb", "dump", "--name", &t.name, "--json"]),
+        )
+        .unwrap()
+        .into_iter()
+        .filter(|e| e["mac"] == mac.as_str())
+        .collect()
+    };
+    let learned = fdb(t0);
+    assert!(
+        learned.iter().any(|e| e["state"] == "learned"),
+        "host 0 did not learn {mac} from the router: {learned:?}"
+    );
+    // Host 1's record now names the container: host 0 programs it.
+    ov.add_peers(&t1.netpath_ok(&["overlay", "export", "--name", &t1.name]));
+    let entries = fdb(t0);
+    let states: Vec<&str> = entries.iter().filter_map(|e| e["state"].as_str()).collect();
+    assert_eq!(states, ["remote"], "{mac} on host 0: {entries:?}");
 }
 
 #[test]

@@ -76,6 +76,11 @@ impl Fdb {
         Ok(self.remove_learned(&key))
     }
 
+    /// Removes `mac`'s learned entry, if it has one (a static one stays).
+    pub fn forget_learned(&mut self, mac: Mac) -> bool {
+        self.remove_learned(&FdbKey::new(mac.0, 0))
+    }
+
     pub fn rows(&self) -> Result<Vec<Row>> {
         let now = monotonic_ns();
         let mut rows = Vec::new();

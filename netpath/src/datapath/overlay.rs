@@ -13,6 +13,7 @@ use netpath_common::{FdbKey, NODE_CAPACITY, NodeAddr, OverlayConfig, OverlayCoun
 use serde::Serialize;
 
 use super::{
+    fdb::Fdb,
     hooks::{self, TcMethod},
     maps::Maps,
     object::{Programs, pin_dir},
@@ -70,6 +71,8 @@ pub struct Changes {
     pub nodes_removed: usize,
     pub entries_added: usize,
     pub entries_removed: usize,
+    /// Learned copies of remote containers' MACs forgotten.
+    pub learned_flushed: usize,
 }
 
 impl Changes {
@@ -136,6 +139,17 @@ pub fn program(maps: &Maps, peers: &[NodeRecord]) -> Result<Changes> {
                 )
             })?;
             changes.entries_added += 1;
+        }
+    }
+    // A container here that sent from a remote container's MAC before the
+    // control plane named it left a learned copy, which would win over the
+    // remote entry (a local port is preferred) and capture that
+    // container's traffic until it aged out: the remote entry wins. (The
+    // programs refuse to learn a MAC the remote FDB holds.)
+    let mut local = Fdb::open(maps)?;
+    for mac in fdb_want.keys() {
+        if local.forget_learned(Mac(*mac)) {
+            changes.learned_flushed += 1;
         }
     }
     let mut ipv4 = maps.remote_ipv4()?;
