@@ -7,6 +7,7 @@ use anyhow::Result;
 use super::{netlink_handle, render, require_root};
 use crate::{
     datapath::{self, counters},
+    host::interrupt::Interrupt,
     host::netlink::LinkNames,
 };
 
@@ -24,11 +25,12 @@ pub async fn run(topology: &str, json: bool, watch: bool, all: bool) -> Result<(
         return Ok(());
     }
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut interrupt = Interrupt::listen()?;
     ticker.tick().await;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = interrupt.received() => return Ok(()),
         }
         let next = read()?;
         // Clear the screen and redraw in place, like `watch`.

@@ -6,6 +6,7 @@
 //! or a namespace a test (or a simulated host of an overlay) made for it.
 
 pub mod ethtool;
+pub mod interrupt;
 pub mod nat;
 pub mod netlink;
 pub mod netns;

@@ -13,6 +13,7 @@ use crate::{
         self,
         fdb::{Fdb, Row},
     },
+    host::interrupt::Interrupt,
     model::Mac,
 };
 
@@ -110,10 +111,11 @@ pub async fn run(
         before.len()
     );
     let mut ticker = tokio::time::interval(POLL);
+    let mut interrupt = Interrupt::listen()?;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = interrupt.received() => return Ok(()),
         }
         let after = snapshot(&fdb)?;
         for (kind, row) in diff(&before, &after, ageing_s) {

@@ -20,6 +20,7 @@ use pcap_file::{
 
 use crate::{
     datapath::{self, counters, fdb::monotonic_ns, maps::Maps},
+    host::interrupt::Interrupt,
     model::Mac,
     store::lock::{Lock, Purpose},
 };
@@ -250,6 +251,7 @@ pub async fn run(
     let _off = TracingOn(&maps);
     let wall_offset = wall_clock_ns().saturating_sub(monotonic_ns());
     let mut shown = 0;
+    let mut interrupt = Interrupt::listen()?;
     loop {
         if options.count.is_some_and(|c| shown >= c) {
             break;
@@ -259,7 +261,7 @@ pub async fn run(
         // drain the ring every DRAIN_EVERY.
         tokio::select! {
             _ = tokio::time::sleep(DRAIN_EVERY) => {}
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.received() => break,
         }
         while let Some(item) = ring.next() {
             let captured = Captured::take(&item, &mut buffer);

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     datapath::{self, counters, fdb::Fdb},
-    host::netlink,
+    host::{interrupt::Interrupt, netlink},
     model::{
         Mode, TopologySpec,
         naming::{bridge_name, port_name},
@@ -83,6 +83,7 @@ pub async fn run(
         }
         None => None,
     };
+    let mut interrupt = Interrupt::listen()?;
     info!(
         "topology {name} running; Ctrl-C to {}",
         if keep {
@@ -102,10 +103,7 @@ pub async fn run(
         let report = tokio::select! {
             _ = stats_ticker.tick() => true,
             _ = ageing_ticker.tick() => false,
-            signal = tokio::signal::ctrl_c() => {
-                signal.context("waiting for Ctrl-C")?;
-                break;
-            }
+            _ = interrupt.received() => break,
         };
         if !fast_path {
             continue;
@@ -178,15 +176,13 @@ pub async fn run_cni_network(bridge: String) -> Result<()> {
     let _running = Lock::acquire(&network.datapath(), Purpose::Run)
         .with_context(|| format!("running the CNI network on bridge {bridge}"))?;
     info!("CNI network on bridge {bridge}: keeping its overlay's control plane; Ctrl-C to stop");
+    let mut interrupt = Interrupt::listen()?;
     let mut running: Option<(Member, tokio::task::JoinHandle<()>)> = None;
     let mut tick = tokio::time::interval(MEMBERSHIP_CHECK_EVERY);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            signal = tokio::signal::ctrl_c() => {
-                signal.context("waiting for Ctrl-C")?;
-                break;
-            }
+            _ = interrupt.received() => break,
         }
         let joined = Member::load(&network)
             .ok()
