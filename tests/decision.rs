@@ -27,8 +27,8 @@ use common::{
     },
 };
 use netpath_common::{
-    Counter, DatapathConfig, FdbEntry, FdbKey, PORT_SOURCE_CHECK, PortPolicy, PortState, maps,
-    programs,
+    Counter, DatapathConfig, FdbEntry, FdbKey, PORT_SOURCE_CHECK, PortPolicy, PortState,
+    VXLAN_PORT, maps, programs,
 };
 
 /// The ingress port: `lo` of the test's namespace, the device test_run
@@ -246,9 +246,9 @@ impl Datapath {
             learn_limit: LEARN_LIMIT,
             ..Default::default()
         };
-        policy.ipv4[0] = ipv4;
-        policy.ipv6[0] = packets::link_local(mac);
-        policy.ipv6[1] = ipv6;
+        assert!(policy.allow_ipv4(ipv4, 32));
+        assert!(policy.allow_ipv6(packets::link_local(mac), 128));
+        assert!(policy.allow_ipv6(ipv6, 128));
         let state = PortState {
             policy,
             ..Default::default()
@@ -890,6 +890,30 @@ fn a_port_without_the_check_sends_anything_and_learns() {
             XDP_REDIRECT,
             &[(Counter::Redirected, 1)],
         );
+    });
+}
+
+/// A container that masqueraded UDP to a node's VXLAN port had its frames
+/// taken for that node's own (issue 23). UDP to port 4789, IPv4 or IPv6,
+/// is dropped and counted from every port, one that routes for others
+/// too; the same datagram to another port goes on.
+#[test]
+fn udp_to_the_vxlan_port_is_dropped_from_every_port() {
+    in_private_netns(|| {
+        let ipv4 = packets::ipv4(OTHER_MAC, PORT_MAC, PORT_IP, OTHER_IP);
+        let ipv6 = packets::ipv6_udp(OTHER_MAC, PORT_MAC, PORT_IPV6, OTHER_IPV6);
+        for datagram in [ipv4, ipv6] {
+            both_redirect(&datagram);
+            let tunnel = packets::udp_to(datagram, VXLAN_PORT);
+            both_drop(&tunnel, Counter::DropTunnel);
+            both_decide_after(
+                unchecked,
+                &tunnel,
+                TC_ACT_SHOT,
+                XDP_DROP,
+                &[(Counter::DropTunnel, 1)],
+            );
+        }
     });
 }
 

@@ -12,9 +12,9 @@ use std::{
 };
 
 use common::{
-    BridgeForwardCounter, RawSocket, Topology, frame, iperf3, link_packets,
+    BridgeForwardCounter, RawSocket, Running, Topology, frame, iperf3, link_packets,
     packets::{self, ETH_P_IP},
-    parse_mac, ping, send_raw_frames, words,
+    parse_mac, ping, send_raw_frames, within, words,
 };
 use serde_json::Value;
 
@@ -570,4 +570,75 @@ fn a_vanished_port_leaves_no_entry_and_no_black_hole() {
         );
         assert!(ping(&t.ns("c0"), &format!("{prefix}.3")), "{mode}");
     }
+}
+
+/// The LRU map evicts learned entries without telling the programs, which
+/// count each port's entries against its learn limit: a port whose entries
+/// were evicted stayed at its limit and dropped every new MAC for good
+/// (issue 23). `run`'s sweep recounts: the port learns again.
+#[test]
+fn a_port_whose_entries_were_evicted_learns_again() {
+    let _serial = serial();
+    // The learned FDB holds 1024 entries and some spare (object.rs): two
+    // ports at their limit of 1024 do not fit, the older entries go. A
+    // long ageing time: only eviction takes entries away.
+    let run = Running::start(
+        "evict",
+        &words(
+            "--containers 1 --subnet 10.163.0.0/24 --fdb-size 1024 --learn-limit 1024 --ageing 60",
+        ),
+    );
+    let t = &run.topology;
+    t.add_router("ra", "10.163.0.20/24");
+    t.add_router("rb", "10.163.0.21/24");
+    let c0_mac = mac_of(t, "c0");
+    let from_macs = |tag: u8, count: u16| -> Vec<Vec<u8>> {
+        (0..count)
+            .map(|n| {
+                let [hi, lo] = n.to_be_bytes();
+                packets::ipv4(
+                    c0_mac,
+                    [0x02, 0x7e, tag, 0, hi, lo],
+                    [10, 9, 9, 9],
+                    [10, 163, 0, 2],
+                )
+            })
+            .collect()
+    };
+    let learned_on = |port: &str| -> usize {
+        let ifindex = port_field(t, port, "ifindex");
+        t.fdb()
+            .iter()
+            .filter(|e| e["state"] == "learned" && e["ifindex"] == ifindex)
+            .count()
+    };
+    assert_eq!(
+        send_raw_frames(&t.ns("ra"), "eth0", &from_macs(0xa, 1024)),
+        1024
+    );
+    let held = learned_on("ra");
+    assert!(held > 1000, "ra learned only {held} of 1024 MACs");
+    assert_eq!(
+        send_raw_frames(&t.ns("rb"), "eth0", &from_macs(0xb, 1024)),
+        1024
+    );
+    let kept = learned_on("ra");
+    assert!(
+        kept < held,
+        "nothing of ra's was evicted ({kept} of {held} kept): the test proves nothing"
+    );
+    // A new MAC behind ra, sent until it is learned; the sweep comes
+    // every 10 s (ageing / 2, at most 10 s).
+    let new_mac = [0x02, 0x7e, 0xa, 0xff, 0xff, 0xff];
+    let frame = packets::ipv4(c0_mac, new_mac, [10, 9, 9, 9], [10, 163, 0, 2]);
+    let new_mac = new_mac.map(|b| format!("{b:02x}")).join(":");
+    within(
+        Duration::from_secs(30),
+        "ra learning a new MAC after the eviction",
+        || {
+            send_raw_frames(&t.ns("ra"), "eth0", std::slice::from_ref(&frame));
+            sleep(Duration::from_millis(500));
+            t.fdb().iter().any(|e| e["mac"] == new_mac.as_str())
+        },
+    );
 }

@@ -86,10 +86,15 @@ pub enum Counter {
     /// Delivered to this port's container from another node (counted by the
     /// vxlan device's program, not a verdict of this port's).
     Decapsulated,
+    /// Dropped: UDP to the VXLAN port (4789), from a container. Masqueraded
+    /// to a node's underlay address it would pass as that node's own
+    /// tunnel traffic at every other node (the inner frame is then checked
+    /// there too).
+    DropTunnel,
 }
 
 impl Counter {
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 19;
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::Redirected,
         Counter::PassMulticast,
@@ -109,6 +114,7 @@ impl Counter {
         Counter::Flooded,
         Counter::ArpAnswered,
         Counter::Decapsulated,
+        Counter::DropTunnel,
     ];
 
     /// The reasons a frame leaves by the fast path (not the bridge).
@@ -129,13 +135,14 @@ impl Counter {
     ];
 
     /// The reasons a frame is dropped.
-    pub const DROPPED: [Counter; 6] = [
+    pub const DROPPED: [Counter; 7] = [
         Counter::DropMalformed,
         Counter::DropBadSourceMac,
         Counter::DropSpoofedMac,
         Counter::DropSpoofedIp,
         Counter::DropProtocol,
         Counter::DropLearnLimit,
+        Counter::DropTunnel,
     ];
 
     /// Stable snake_case name, used in tables, JSON and metrics.
@@ -159,6 +166,7 @@ impl Counter {
             Counter::Flooded => "flooded",
             Counter::ArpAnswered => "arp_answered",
             Counter::Decapsulated => "decapsulated",
+            Counter::DropTunnel => "drop_tunnel",
         }
     }
 }
@@ -172,7 +180,11 @@ pub const PORT_IPV6_SLOTS: usize = 4;
 /// addresses. Off for containers that route or bridge for others.
 pub const PORT_SOURCE_CHECK: u32 = 1;
 
-/// What a port may send, set by the loader.
+/// What a port may send, set by the loader; also what a container on
+/// another node may send, checked on the frames decapsulated from it.
+/// Each address slot is a prefix: a container's own address is a /32 or a
+/// /128; a remote container that routes for others may send from its
+/// node's subnets. A slot of length 0 is empty (it matches nothing).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PortPolicy {
@@ -184,12 +196,52 @@ pub struct PortPolicy {
     pub learn_limit: u32,
     pub ipv4: [[u8; 4]; PORT_IPV4_SLOTS],
     pub ipv6: [[u8; 16]; PORT_IPV6_SLOTS],
+    /// The prefix length of each slot of `ipv4` (0: empty).
+    pub ipv4_len: [u8; PORT_IPV4_SLOTS],
+    /// The prefix length of each slot of `ipv6` (0: empty).
+    pub ipv6_len: [u8; PORT_IPV6_SLOTS],
 }
 
 impl PortPolicy {
     pub const fn checks_source(&self) -> bool {
         self.flags & PORT_SOURCE_CHECK != 0
     }
+
+    /// Lets the port send from `prefix`/`len` (1..=32); false if every
+    /// IPv4 slot is taken or the length is out of range.
+    pub fn allow_ipv4(&mut self, prefix: [u8; 4], len: u8) -> bool {
+        match self.ipv4_len.iter().position(|l| *l == 0) {
+            Some(slot) if (1..=32).contains(&len) => {
+                self.ipv4[slot] = prefix;
+                self.ipv4_len[slot] = len;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Lets the port send from `prefix`/`len` (1..=128); false if every
+    /// IPv6 slot is taken or the length is out of range.
+    pub fn allow_ipv6(&mut self, prefix: [u8; 16], len: u8) -> bool {
+        match self.ipv6_len.iter().position(|l| *l == 0) {
+            Some(slot) if (1..=128).contains(&len) => {
+                self.ipv6[slot] = prefix;
+                self.ipv6_len[slot] = len;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A container on another node, as the remote FDB holds it: the node it
+/// lives on (where frames to it are sent, and the only node frames from
+/// it may come from) and what it may send.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RemoteContainer {
+    pub node: NodeAddr,
+    pub policy: PortPolicy,
 }
 
 /// What the programs keep per port, one copy per CPU (one lookup per frame
@@ -265,18 +317,31 @@ pub enum OverlayCounter {
     DropUnknownNode,
     /// Dropped: unicast to a MAC no local container has.
     DropNoPort,
-    /// Dropped: shorter than an Ethernet header.
+    /// Dropped: shorter than the headers it announces.
     DropMalformed,
+    /// Dropped: the inner source MAC is no container of the sending node,
+    /// or an ARP or ND message carries another MAC.
+    DropSpoofedMac,
+    /// Dropped: the inner source address, ARP sender or ND target is not
+    /// the sending container's (or its node's, for one that routes), or it
+    /// is a router advertisement or redirect.
+    DropSpoofedIp,
+    /// Dropped: neither IPv4, IPv6 nor ARP inside, or an IPv6 header chain
+    /// the check cannot see through.
+    DropProtocol,
 }
 
 impl OverlayCounter {
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 8;
     pub const ALL: [OverlayCounter; Self::COUNT] = [
         OverlayCounter::Decapsulated,
         OverlayCounter::FloodedIn,
         OverlayCounter::DropUnknownNode,
         OverlayCounter::DropNoPort,
         OverlayCounter::DropMalformed,
+        OverlayCounter::DropSpoofedMac,
+        OverlayCounter::DropSpoofedIp,
+        OverlayCounter::DropProtocol,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -286,6 +351,9 @@ impl OverlayCounter {
             OverlayCounter::DropUnknownNode => "drop_unknown_node",
             OverlayCounter::DropNoPort => "drop_no_port",
             OverlayCounter::DropMalformed => "drop_malformed",
+            OverlayCounter::DropSpoofedMac => "drop_spoofed_mac",
+            OverlayCounter::DropSpoofedIp => "drop_spoofed_ip",
+            OverlayCounter::DropProtocol => "drop_protocol",
         }
     }
 }
@@ -328,7 +396,7 @@ pub struct TraceEvent {
 /// types. The loader writes it into the pinned `LAYOUT` map when it creates
 /// a datapath's maps, and refuses pins of another version instead of
 /// misreading them. Bump it with every change to a map or a type above.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 pub mod maps;
 
@@ -348,6 +416,9 @@ pub const FDB_CAPACITY: u32 = 65536;
 /// learned FDB is just full (PORT_CAPACITY x 64 = FDB_CAPACITY), so by
 /// default no port's learning ever evicts another's entries.
 pub const DEFAULT_LEARN_LIMIT: u32 = 64;
+/// The UDP port of netpath's vxlan device (IANA's VXLAN port); containers
+/// may not send to it.
+pub const VXLAN_PORT: u16 = 4789;
 /// Capacity of the port maps (devmap and port state).
 pub const PORT_CAPACITY: u32 = 1024;
 
@@ -362,5 +433,6 @@ mod pod {
     unsafe impl aya::Pod for PortPolicy {}
     unsafe impl aya::Pod for DatapathConfig {}
     unsafe impl aya::Pod for NodeAddr {}
+    unsafe impl aya::Pod for RemoteContainer {}
     unsafe impl aya::Pod for OverlayStats {}
 }

@@ -44,9 +44,9 @@ macro_rules! datapath_maps {
             /// Redirected frames for `netpath trace`, written only while
             /// tracing is on.
             TRACE => trace: RingBuf [$crate::TRACE_RING_BYTES] fixed;
-            /// Overlay: containers on other nodes, MAC -> node, written only
-            /// by the loader (the control plane).
-            REMOTE_FDB => remote_fdb: HashMap<$crate::FdbKey, $crate::NodeAddr>
+            /// Overlay: containers on other nodes, MAC -> their node and what
+            /// they may send, written only by the loader (the control plane).
+            REMOTE_FDB => remote_fdb: HashMap<$crate::FdbKey, $crate::RemoteContainer>
                 [$crate::FDB_CAPACITY] fdb;
             /// Overlay: IPv4 address of a container on another node -> its
             /// MAC, so the programs answer ARP for it instead of flooding

@@ -12,7 +12,7 @@ use network_types::eth::EthHdr;
 use crate::{
     frame::Frame,
     maps::{CONFIG, FDB_LEARNED, FDB_STATIC, PORT_LEARNED, PORT_STATE, PORTS, REMOTE_FDB},
-    overlay, source,
+    overlay, source, tunnel,
 };
 
 /// A learned entry's timestamp is refreshed at most this often, so steady
@@ -114,6 +114,14 @@ pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, frame: &Frame) -> Verdict {
         }
     }
 
+    // Whatever its destination: the bridge would hand it to the host,
+    // which routes it to the underlay.
+    match tunnel::to_vxlan_port(frame) {
+        Ok(false) => {}
+        Ok(true) => return Verdict::Drop(Counter::DropTunnel),
+        Err(reason) => return Verdict::Drop(reason),
+    }
+
     let dst = eth.dst_addr;
     let on_overlay = config.overlay.vni != 0;
     if dst[0] & 1 != 0 {
@@ -135,8 +143,8 @@ pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, frame: &Frame) -> Verdict {
         // Remote entries come from the control plane only; a local entry
         // (static, or learned and fresh) wins over them.
         // SAFETY: read only, as in local_port().
-        if on_overlay && let Some(node) = unsafe { REMOTE_FDB.get(key) } {
-            return Verdict::Tunnel(*node, &config.overlay);
+        if on_overlay && let Some(remote) = unsafe { REMOTE_FDB.get(key) } {
+            return Verdict::Tunnel(remote.node, &config.overlay);
         }
         return Verdict::Pass(Counter::PassUnknown);
     };

@@ -23,6 +23,8 @@ mod tc;
 #[cfg(target_arch = "bpf")]
 mod trace;
 #[cfg(target_arch = "bpf")]
+mod tunnel;
+#[cfg(target_arch = "bpf")]
 mod vxlan;
 #[cfg(target_arch = "bpf")]
 mod xdp;

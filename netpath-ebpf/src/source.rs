@@ -8,14 +8,14 @@
 //! header is bounds-checked against the frame's end first, and a frame too
 //! short for the header it announces is malformed.
 
-use netpath_common::{Counter, PortPolicy};
+use netpath_common::{Counter, PORT_IPV4_SLOTS, PORT_IPV6_SLOTS, PortPolicy};
 use network_types::{
     arp::ArpHdr,
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
-use crate::frame::Frame;
+use crate::{frame::Frame, tunnel::IPPROTO_UDP};
 
 const ETH_P_IP: [u8; 2] = 0x0800u16.to_be_bytes();
 const ETH_P_ARP: [u8; 2] = 0x0806u16.to_be_bytes();
@@ -26,6 +26,8 @@ const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_DSTOPTS: u8 = 60;
+/// The UDP ports' bytes (the tunnel rule reads them).
+const UDP_PORTS: usize = 4;
 
 const ND_ROUTER_ADVERT: u8 = 134;
 const ND_NEIGHBOR_SOLICIT: u8 = 135;
@@ -40,22 +42,30 @@ const ND_FIXED_LEN: usize = 24;
 /// Options looked at per ND message; a real one carries one or two.
 const ND_MAX_OPTIONS: usize = 4;
 
-/// Bytes of headers the check may read: Ethernet, IPv6, an 8-byte
-/// hop-by-hop header and an ND message with its options.
+/// Bytes of headers the decision may read: Ethernet, IPv6, an 8-byte
+/// hop-by-hop header and an ND message with its options, or a UDP
+/// header behind two extension headers.
 pub const HEADROOM: u32 = 128;
 
-/// How many bytes from the frame's start [`check`] reads of a frame with
-/// this EtherType and, for IPv6, this first next header: the tc program
-/// makes exactly these linear. Bulk traffic (TCP, UDP) needs its network
-/// header only; the rest of the headroom is for ND and MLD, small frames.
+/// How many bytes from the frame's start the decision reads (the source
+/// check, the tunnel rule) of a frame whose bytes 12 to 23 are `head`
+/// (the EtherType, the IPv4 header's length and protocol, the IPv6 next
+/// header): the tc programs make exactly these linear. Bulk traffic (TCP)
+/// needs its network header only, UDP its ports too; the rest of the
+/// headroom is for ND and MLD, small frames.
 #[inline(always)]
-pub fn header_len(ether_type: [u8; 2], ipv6_next_hdr: u8) -> u32 {
-    let network = match ether_type {
+pub fn header_len(head: &[u8; 12]) -> u32 {
+    let ipv4_header = ((head[2] & 0xf) as usize * 4).max(Ipv4Hdr::LEN);
+    let network = match [head[0], head[1]] {
+        ETH_P_IP if head[11] == IPPROTO_UDP => ipv4_header + UDP_PORTS,
         ETH_P_IP => Ipv4Hdr::LEN,
         ETH_P_ARP => ArpHdr::LEN,
-        ETH_P_IPV6 => match ipv6_next_hdr {
-            IPPROTO_HOPOPTS | IPPROTO_ICMPV6 => return HEADROOM,
-            IPPROTO_FRAGMENT => Ipv6Hdr::LEN + 8,
+        ETH_P_IPV6 => match head[8] {
+            IPPROTO_HOPOPTS | IPPROTO_ICMPV6 | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                return HEADROOM;
+            }
+            IPPROTO_FRAGMENT => Ipv6Hdr::LEN + 8 + UDP_PORTS,
+            IPPROTO_UDP => Ipv6Hdr::LEN + UDP_PORTS,
             _ => Ipv6Hdr::LEN,
         },
         _ => 0,
@@ -194,12 +204,56 @@ fn nd_options(
     }
 }
 
+/// Whether `address` lies in one of the policy's IPv4 slots (never the
+/// unspecified address: 0.0.0.0 is no claim).
 #[inline(always)]
 fn own_ipv4(policy: &PortPolicy, address: [u8; 4]) -> bool {
-    address != [0; 4] && policy.ipv4.iter().any(|own| *own == address)
+    if address == [0; 4] {
+        return false;
+    }
+    let address = u32::from_be_bytes(address);
+    for slot in 0..PORT_IPV4_SLOTS {
+        let len = policy.ipv4_len[slot] as u32;
+        if len == 0 || len > 32 {
+            continue;
+        }
+        if (address ^ u32::from_be_bytes(policy.ipv4[slot])) & (u32::MAX << (32 - len)) == 0 {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether `address` lies in one of the policy's IPv6 slots (never `::`).
+#[inline(always)]
+fn own_ipv6(policy: &PortPolicy, address: &[u8; 16]) -> bool {
+    if *address == [0; 16] {
+        return false;
+    }
+    let (high, low) = halves(address);
+    for slot in 0..PORT_IPV6_SLOTS {
+        let len = policy.ipv6_len[slot] as u32;
+        if len == 0 || len > 128 {
+            continue;
+        }
+        let (own_high, own_low) = halves(&policy.ipv6[slot]);
+        let inside = if len <= 64 {
+            (high ^ own_high) & (u64::MAX << (64 - len)) == 0
+        } else {
+            high == own_high && (low ^ own_low) & (u64::MAX << (128 - len)) == 0
+        };
+        if inside {
+            return true;
+        }
+    }
+    false
 }
 
 #[inline(always)]
-fn own_ipv6(policy: &PortPolicy, address: &[u8; 16]) -> bool {
-    *address != [0; 16] && policy.ipv6.iter().any(|own| own == address)
+fn halves(address: &[u8; 16]) -> (u64, u64) {
+    let mut high = [0; 8];
+    let mut low = [0; 8];
+    high.copy_from_slice(&address[..8]);
+    low.copy_from_slice(&address[8..]);
+    (u64::from_be_bytes(high), u64::from_be_bytes(low))
 }

@@ -25,19 +25,17 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
     let Some(port) = Port::lookup(unsafe { (*ctx.skb.skb).ifindex }) else {
         return TC_ACT_OK;
     };
-    if port.policy().checks_source() {
-        // The receive path took an 802.1Q tag out of the frame before this
-        // hook (XDP still sees it in the frame): a tagged frame is refused
-        // here as the check refuses it there.
-        // SAFETY: the context pointer is valid for the program's run.
-        if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
-            port.count(Counter::DropProtocol);
-            return TC_ACT_SHOT;
-        }
-        if pull_checked_headers(&ctx).is_err() {
-            port.count(Counter::DropMalformed);
-            return TC_ACT_SHOT;
-        }
+    // The receive path took an 802.1Q tag out of the frame before this
+    // hook (XDP still sees it in the frame): a tagged frame is refused
+    // here as the check refuses it there.
+    // SAFETY: the context pointer is valid for the program's run.
+    if port.policy().checks_source() && unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        port.count(Counter::DropProtocol);
+        return TC_ACT_SHOT;
+    }
+    if pull_checked_headers(&ctx).is_err() {
+        port.count(Counter::DropMalformed);
+        return TC_ACT_SHOT;
     }
     let mut frame = Frame::new(ctx.data(), ctx.data_end());
     match decide(&ctx, &port, &frame) {
@@ -100,22 +98,23 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
     }
 }
 
-/// Makes linear the headers the source check reads, and no more. A GSO
+/// Makes linear the headers the decision reads (the source check, the
+/// tunnel rule), and no more. A GSO
 /// skb (TCP, UDP) comes with only its headers linear and its payload in
 /// pages: pulling payload too would copy it, often into a reallocated
 /// head, for every such skb. A raw socket can also leave headers in the
 /// pages. Frames linear whole (every small one) cost one comparison.
 #[inline(always)]
-fn pull_checked_headers(ctx: &TcContext) -> Result<(), i64> {
+pub fn pull_checked_headers(ctx: &TcContext) -> Result<(), i64> {
     let linear = (ctx.data_end() - ctx.data()) as u32;
     if linear >= ctx.len() {
         return Ok(());
     }
-    // The EtherType (bytes 12-13) and the IPv6 next header (byte 20) say
-    // how far the check reads. A frame whose linear part ends before them
-    // (an odd one from a raw socket) gets all the check may read.
-    let want = match Frame::new(ctx.data(), ctx.data_end()).at::<[u8; 9]>(12) {
-        Ok(bytes) => source::header_len([bytes[0], bytes[1]], bytes[8]),
+    // The EtherType and the first bytes of the network header say how far
+    // the decision reads. A frame whose linear part ends before them (an
+    // odd one from a raw socket) gets all the decision may read.
+    let want = match Frame::new(ctx.data(), ctx.data_end()).at::<[u8; 12]>(12) {
+        Ok(head) => source::header_len(head),
         Err(_) => source::HEADROOM,
     };
     let want = want.min(ctx.len());

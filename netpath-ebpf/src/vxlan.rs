@@ -4,6 +4,10 @@
 //! takes the frames of its VNI and lets the others pass to the next one.
 //! Frames no overlay takes end in the vxlan device, which has no bridge and
 //! no address: the stack drops them (two overlays never see each other's).
+//! A frame a node sends is checked as a port checks its container: the
+//! node must be in `NODES`, the inner source MAC one of its containers in
+//! `REMOTE_FDB`, and the rest as `source` checks it against what that
+//! container may send.
 
 use aya_ebpf::{
     bindings::{BPF_F_TUNINFO_IPV6, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_tunnel_key},
@@ -17,9 +21,10 @@ use network_types::eth::EthHdr;
 use crate::{
     forward::{Local, Port, local_port},
     frame::Frame,
-    maps::{CONFIG, NODES, OVERLAY_STATS},
+    maps::{CONFIG, NODES, OVERLAY_STATS, REMOTE_FDB},
     overlay::TUNNEL_KEY_SIZE,
-    tc::into_container,
+    source,
+    tc::{into_container, pull_checked_headers},
 };
 
 #[classifier]
@@ -40,10 +45,25 @@ pub fn netpath_vxlan(ctx: TcContext) -> i32 {
     if unsafe { NODES.get(node) }.is_none() {
         return count(OverlayCounter::DropUnknownNode, TC_ACT_SHOT);
     }
+    if pull_checked_headers(&ctx).is_err() {
+        return count(OverlayCounter::DropMalformed, TC_ACT_SHOT);
+    }
     let frame = Frame::new(ctx.data(), ctx.data_end());
     let Ok(eth) = frame.at::<EthHdr>(0) else {
         return count(OverlayCounter::DropMalformed, TC_ACT_SHOT);
     };
+    // The inner frame is checked as the sending node's port checks its
+    // container: a node sends only its own containers' frames (a frame
+    // from anywhere else is a forgery, or a container of that node that
+    // got past its port), each only from that container's addresses.
+    // SAFETY: read only; the loader writes whole values.
+    let sender = unsafe { REMOTE_FDB.get(FdbKey::new(eth.src_addr, 0)) };
+    let Some(sender) = sender.filter(|sender| sender.node == node) else {
+        return count(OverlayCounter::DropSpoofedMac, TC_ACT_SHOT);
+    };
+    if let Err(reason) = source::check(&sender.policy, &frame) {
+        return count(overlay_reason(reason), TC_ACT_SHOT);
+    }
     let dst = eth.dst_addr;
     if dst[0] & 1 != 0 {
         // Out of the bridge device: the bridge floods it to its ports, the
@@ -99,6 +119,17 @@ fn tunnel_source(ctx: &TcContext, ipv6: bool, vni: u32) -> Option<NodeAddr> {
         node.addr[..4].copy_from_slice(&ip.to_be_bytes());
     }
     Some(node)
+}
+
+/// The vxlan device's counter for a reason the source check gave.
+#[inline(always)]
+fn overlay_reason(reason: Counter) -> OverlayCounter {
+    match reason {
+        Counter::DropSpoofedMac => OverlayCounter::DropSpoofedMac,
+        Counter::DropSpoofedIp => OverlayCounter::DropSpoofedIp,
+        Counter::DropMalformed => OverlayCounter::DropMalformed,
+        _ => OverlayCounter::DropProtocol,
+    }
 }
 
 #[inline(always)]

@@ -75,6 +75,17 @@ pub fn ipv6_udp(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 16], dst: [u8; 16]
     )
 }
 
+/// `frame` (from [`ipv4`] or [`ipv6_udp`]) sent to UDP port `port` instead.
+pub fn udp_to(mut frame: Vec<u8>, port: u16) -> Vec<u8> {
+    let udp = match u16::from_be_bytes([frame[12], frame[13]]) {
+        ETH_P_IP => 14 + (frame[14] as usize & 0xf) * 4,
+        ETH_P_IPV6 => 14 + 40,
+        other => panic!("not IP: EtherType {other:#x}"),
+    };
+    frame[udp + 2..udp + 4].copy_from_slice(&port.to_be_bytes());
+    frame
+}
+
 /// An ICMPv6 ND message of `kind` (NS, NA, RA) with `target` and, if
 /// given, one link-layer address option (source for NS/RA, target for NA).
 pub fn nd(

@@ -114,6 +114,36 @@ impl Fdb {
             .collect()
     }
 
+    /// Sets each port's learned count to the entries the learned FDB holds
+    /// for it; returns how many counts were wrong. The programs count as
+    /// they learn and forget, but the LRU map evicts without telling them
+    /// (a port whose entries were evicted would stay at its limit and drop
+    /// every new MAC for good), and the read-then-write here and in
+    /// [`Fdb::remove_learned`] can lose a program's change made meanwhile.
+    /// The reconciler calls this, so a count is exact again at every sweep.
+    pub fn recount(&mut self) -> Result<usize> {
+        let mut held: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+        for (_, entry) in self.learned_entries()? {
+            *held.entry(entry.ifindex).or_default() += 1;
+        }
+        let counts: Vec<(u32, u32)> = self
+            .counts
+            .iter()
+            .collect::<Result<_, _>>()
+            .context("reading map PORT_LEARNED")?;
+        let mut wrong = 0;
+        for (ifindex, count) in counts {
+            let want = held.get(&ifindex).copied().unwrap_or(0);
+            if count != want {
+                self.counts.insert(ifindex, want, 0).with_context(|| {
+                    format!("writing port {ifindex}'s count to map PORT_LEARNED")
+                })?;
+                wrong += 1;
+            }
+        }
+        Ok(wrong)
+    }
+
     /// Deletes a learned entry and gives its port the slot back; returns
     /// whether this call deleted it (the programs may have, meanwhile).
     ///

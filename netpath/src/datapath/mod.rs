@@ -23,7 +23,7 @@ use aya::{
     maps::{MapError, PerCpuValues},
     util::nr_cpus,
 };
-use log::info;
+use log::{debug, info};
 use netpath_common::{
     DatapathConfig, PORT_IPV4_SLOTS, PORT_IPV6_SLOTS, PORT_SOURCE_CHECK, PortPolicy, PortState,
     programs,
@@ -94,12 +94,16 @@ pub fn maps(datapath: &str) -> Result<Maps> {
 
 /// The reconciler: the maps of a datapath about to change, after removing
 /// the state and FDB entries of every port whose device is gone (namespace
-/// deleted, runtime crashed). Called with the datapath's lock held, by the
+/// deleted, runtime crashed) and recounting each port's learned entries. Called with the datapath's lock held, by the
 /// commands that change a datapath and by `netpath run`'s sweep; never by
 /// a read.
 pub fn reconcile(datapath: &str) -> Result<Maps> {
     let maps = maps(datapath)?;
     forget_vanished_ports(&maps)?;
+    let wrong = fdb::Fdb::open(&maps)?.recount()?;
+    if wrong > 0 {
+        debug!("{datapath}: {wrong} learned counts put right");
+    }
     Ok(maps)
 }
 
@@ -413,28 +417,21 @@ fn policy_of(port: &Port, learn_limit: u32) -> Result<PortPolicy> {
         learn_limit,
         ..Default::default()
     };
-    let ipv4: Vec<[u8; 4]> = port
-        .addresses
-        .iter()
-        .filter_map(|a| match a {
-            IpAddr::V4(v4) => Some(v4.octets()),
-            IpAddr::V6(_) => None,
-        })
-        .collect();
-    let mut ipv6: Vec<[u8; 16]> = vec![port.mac.ipv6_link_local().octets()];
-    ipv6.extend(port.addresses.iter().filter_map(|a| match a {
-        IpAddr::V6(v6) => Some(v6.octets()),
-        IpAddr::V4(_) => None,
-    }));
-    ensure!(
-        ipv4.len() <= PORT_IPV4_SLOTS && ipv6.len() <= PORT_IPV6_SLOTS,
-        "port {} has more addresses than the source check holds ({PORT_IPV4_SLOTS} IPv4, {} IPv6 besides the \
-         link-local one)",
-        port.name,
-        PORT_IPV6_SLOTS - 1
-    );
-    policy.ipv4[..ipv4.len()].copy_from_slice(&ipv4);
-    policy.ipv6[..ipv6.len()].copy_from_slice(&ipv6);
+    // Each address is a prefix of its own; the link-local one first.
+    let link_local = IpAddr::V6(port.mac.ipv6_link_local());
+    for address in std::iter::once(link_local).chain(port.addresses.iter().copied()) {
+        let fits = match address {
+            IpAddr::V4(v4) => policy.allow_ipv4(v4.octets(), 32),
+            IpAddr::V6(v6) => policy.allow_ipv6(v6.octets(), 128),
+        };
+        ensure!(
+            fits,
+            "port {} has more addresses than the source check holds ({PORT_IPV4_SLOTS} IPv4, {} IPv6 \
+             besides the link-local one)",
+            port.name,
+            PORT_IPV6_SLOTS - 1
+        );
+    }
     Ok(policy)
 }
 

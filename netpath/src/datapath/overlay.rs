@@ -9,7 +9,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use netpath_common::{FdbKey, NODE_CAPACITY, NodeAddr, OverlayConfig, OverlayCounter};
+use netpath_common::{
+    FdbKey, NODE_CAPACITY, NodeAddr, OverlayConfig, OverlayCounter, RemoteContainer,
+};
 use serde::Serialize;
 
 use super::{
@@ -18,7 +20,10 @@ use super::{
     maps::Maps,
     object::{Programs, pin_dir},
 };
-use crate::model::{Mac, overlay::NodeRecord};
+use crate::model::{
+    Mac,
+    overlay::{NodeRecord, sender_policy},
+};
 
 /// The underlay address as the programs keep it.
 pub fn node_addr(ip: IpAddr) -> NodeAddr {
@@ -93,11 +98,19 @@ pub fn program(maps: &Maps, peers: &[NodeRecord]) -> Result<Changes> {
     );
     let mut changes = Changes::default();
     let want_nodes: Vec<NodeAddr> = peers.iter().map(|p| node_addr(p.underlay)).collect();
-    let mut fdb_want: BTreeMap<[u8; 6], NodeAddr> = BTreeMap::new();
+    let mut fdb_want: BTreeMap<[u8; 6], RemoteContainer> = BTreeMap::new();
     let mut ipv4_want: BTreeMap<[u8; 4], [u8; 6]> = BTreeMap::new();
     for (peer, node) in peers.iter().zip(&want_nodes) {
         for endpoint in &peer.endpoints {
-            fdb_want.insert(endpoint.mac.0, *node);
+            // Vetting skipped the records whose containers do not fit.
+            let policy = sender_policy(peer, endpoint).map_err(anyhow::Error::msg)?;
+            fdb_want.insert(
+                endpoint.mac.0,
+                RemoteContainer {
+                    node: *node,
+                    policy,
+                },
+            );
             for ip in &endpoint.ips {
                 if let IpAddr::V4(v4) = ip {
                     ipv4_want.insert(v4.octets(), endpoint.mac.0);
@@ -127,17 +140,21 @@ pub fn program(maps: &Maps, peers: &[NodeRecord]) -> Result<Changes> {
     }
 
     let mut fdb = maps.remote_fdb()?;
-    let have_fdb: Vec<(FdbKey, NodeAddr)> = fdb.iter().filter_map(Result::ok).collect();
-    for (mac, node) in &fdb_want {
-        let key = FdbKey::new(*mac, 0);
-        if !have_fdb.iter().any(|(k, n)| *k == key && n == node) {
-            fdb.insert(key, *node, 0).with_context(|| {
-                format!(
-                    "adding remote FDB entry {} -> {} to map REMOTE_FDB (is it full?)",
-                    Mac(*mac),
-                    ip_of(node)
-                )
-            })?;
+    let have_fdb: BTreeMap<[u8; 6], RemoteContainer> = fdb
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(key, remote)| (key.mac, remote))
+        .collect();
+    for (mac, remote) in &fdb_want {
+        if have_fdb.get(mac) != Some(remote) {
+            fdb.insert(FdbKey::new(*mac, 0), *remote, 0)
+                .with_context(|| {
+                    format!(
+                        "adding remote FDB entry {} -> {} to map REMOTE_FDB (is it full?)",
+                        Mac(*mac),
+                        ip_of(&remote.node)
+                    )
+                })?;
             changes.entries_added += 1;
         }
     }
@@ -165,9 +182,9 @@ pub fn program(maps: &Maps, peers: &[NodeRecord]) -> Result<Changes> {
     for ip in stale_ips {
         let _ = ipv4.remove(&ip);
     }
-    for (key, _) in have_fdb {
-        if !fdb_want.contains_key(&key.mac) {
-            let _ = fdb.remove(&key);
+    for mac in have_fdb.keys() {
+        if !fdb_want.contains_key(mac) {
+            let _ = fdb.remove(&FdbKey::new(*mac, 0));
             changes.entries_removed += 1;
         }
     }
@@ -208,9 +225,9 @@ pub fn remote_rows(maps: &Maps) -> Result<Vec<RemoteRow>> {
         .iter()
         .map(|entry| {
             entry
-                .map(|(key, node)| RemoteRow {
+                .map(|(key, remote)| RemoteRow {
                     mac: Mac(key.mac),
-                    node: ip_of(&node),
+                    node: ip_of(&remote.node),
                 })
                 .context("reading map REMOTE_FDB")
         })

@@ -12,12 +12,13 @@ use anyhow::{Context, Result, bail, ensure};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use netpath_common::{PORT_IPV4_SLOTS, PORT_IPV6_SLOTS, PORT_SOURCE_CHECK, PortPolicy};
+
 use super::Mac;
 
 /// Largest VNI (24 bits). VNI 0 means "no overlay" to the programs.
 pub const MAX_VNI: u32 = (1 << 24) - 1;
-/// UDP port of the node's vxlan device (IANA's).
-pub const VXLAN_PORT: u16 = 4789;
+pub use netpath_common::VXLAN_PORT;
 /// Seconds a node's etcd lease lives without a keep-alive.
 pub const DEFAULT_LEASE_TTL_S: u64 = 10;
 
@@ -133,6 +134,56 @@ pub struct Endpoint {
     pub mac: Mac,
     #[serde(default)]
     pub ips: Vec<IpAddr>,
+    /// false: the container routes for others (its port does not check
+    /// its sources), so it may send from its node's subnets, not only its
+    /// own addresses. Records without it are of containers that check.
+    #[serde(default = "checks", skip_serializing_if = "is_checked")]
+    pub source_check: bool,
+}
+
+fn checks() -> bool {
+    true
+}
+
+fn is_checked(source_check: &bool) -> bool {
+    *source_check
+}
+
+/// What a container on another node may send, checked on every frame
+/// decapsulated from it: its own MAC, and its own addresses with its
+/// link-local one, or for one that routes its node's subnets; an error
+/// if they do not fit the check's slots.
+pub fn sender_policy(record: &NodeRecord, endpoint: &Endpoint) -> Result<PortPolicy, String> {
+    let mut policy = PortPolicy {
+        mac: endpoint.mac.0,
+        flags: if endpoint.source_check {
+            PORT_SOURCE_CHECK
+        } else {
+            0
+        },
+        ..Default::default()
+    };
+    let link_local = IpNet::from(IpAddr::V6(endpoint.mac.ipv6_link_local()));
+    let allowed: Vec<IpNet> = if endpoint.source_check {
+        endpoint.ips.iter().map(|ip| IpNet::from(*ip)).collect()
+    } else {
+        record.subnets.clone()
+    };
+    for net in std::iter::once(link_local).chain(allowed) {
+        let fits = match net {
+            IpNet::V4(v4) => policy.allow_ipv4(v4.network().octets(), v4.prefix_len()),
+            IpNet::V6(v6) => policy.allow_ipv6(v6.network().octets(), v6.prefix_len()),
+        };
+        if !fits {
+            return Err(format!(
+                "container {} may send from more than the source check holds ({PORT_IPV4_SLOTS} \
+                 IPv4, {} IPv6 besides the link-local one; a /0 is none)",
+                endpoint.mac,
+                PORT_IPV6_SLOTS - 1
+            ));
+        }
+    }
+    Ok(policy)
 }
 
 /// What a node publishes about itself (its etcd value, or its entry in a
@@ -306,6 +357,9 @@ fn refusal(
                 list(&record.subnets)
             ));
         }
+        if let Err(reason) = sender_policy(record, endpoint) {
+            return Some(reason);
+        }
     }
     None
 }
@@ -398,9 +452,54 @@ underlay = "192.168.100.3"
                 .map(|(mac, ip)| Endpoint {
                     mac: mac.parse().unwrap(),
                     ips: vec![ip.parse().unwrap()],
+                    source_check: true,
                 })
                 .collect(),
         }
+    }
+
+    /// What a remote container may send: its own addresses, or its node's
+    /// subnets if it routes; never more than the check's slots.
+    #[test]
+    fn a_sender_may_send_from_its_own_addresses_or_its_nodes_subnets() {
+        let mut record = node(
+            "b",
+            2,
+            "10.88.2.0/24",
+            &[("02:00:00:00:00:02", "10.88.2.2")],
+        );
+        let endpoint = record.endpoints[0].clone();
+        let policy = sender_policy(&record, &endpoint).unwrap();
+        assert_eq!(policy.flags, PORT_SOURCE_CHECK);
+        assert_eq!(policy.mac, endpoint.mac.0);
+        assert_eq!(
+            (policy.ipv4[0], policy.ipv4_len),
+            ([10, 88, 2, 2], [32, 0, 0, 0])
+        );
+        assert_eq!(policy.ipv6[0], endpoint.mac.ipv6_link_local().octets());
+        assert_eq!(policy.ipv6_len, [128, 0, 0, 0]);
+
+        let router = Endpoint {
+            source_check: false,
+            ..endpoint.clone()
+        };
+        let policy = sender_policy(&record, &router).unwrap();
+        assert_eq!(policy.flags, 0);
+        assert_eq!(
+            (policy.ipv4[0], policy.ipv4_len),
+            ([10, 88, 2, 0], [24, 0, 0, 0])
+        );
+
+        let crowded = Endpoint {
+            ips: (2..7)
+                .map(|i| format!("10.88.2.{i}").parse().unwrap())
+                .collect(),
+            ..endpoint
+        };
+        record.endpoints = vec![crowded.clone()];
+        let reason = sender_policy(&record, &crowded).unwrap_err();
+        let vetted = vet_peers(&me(), &room(), vec![record]);
+        assert_eq!(vetted.skipped[0].reason, reason);
     }
 
     #[test]

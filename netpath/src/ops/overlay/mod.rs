@@ -182,6 +182,7 @@ pub fn local_record(member: &Member) -> Result<NodeRecord> {
         .map(|port| Endpoint {
             mac: port.mac,
             ips: port.addresses.clone(),
+            source_check: port.source_check,
         })
         .collect();
     let overlay = &member.overlay;
