@@ -766,6 +766,11 @@ fn a_port_that_checks_sources_sends_only_its_own() {
                 ),
                 PassMulticast,
             ),
+            (
+                "a UDP fragment",
+                packets::first_fragment(packets::IPPROTO_UDP, PORT_MAC, ll),
+                PassMulticast,
+            ),
             // The forgeries: each dropped and counted.
             (
                 "another MAC",
@@ -825,13 +830,23 @@ fn a_port_that_checks_sources_sends_only_its_own() {
             ),
             (
                 "RA behind hop-by-hop",
-                packets::ra_behind_hop_by_hop(PORT_MAC, ll),
+                packets::ra_behind(packets::IPPROTO_HOPOPTS, PORT_MAC, ll),
                 DropSpoofedIp,
             ),
             (
-                "ICMPv6 in fragments",
-                packets::icmpv6_fragment(PORT_MAC, ll),
+                "RA behind an authentication header",
+                packets::ra_behind(packets::IPPROTO_AH, PORT_MAC, ll),
                 DropProtocol,
+            ),
+            (
+                "ICMPv6 in fragments",
+                packets::first_fragment(packets::IPPROTO_ICMPV6, PORT_MAC, ll),
+                DropProtocol,
+            ),
+            (
+                "a UDP fragment from ::",
+                packets::first_fragment(packets::IPPROTO_UDP, PORT_MAC, [0; 16]),
+                DropSpoofedIp,
             ),
             (
                 "UDP from ::",

@@ -968,3 +968,41 @@ fn a_port_gone_without_run_is_no_black_hole() {
         );
     }
 }
+
+/// An agent restarted after a crash runs its own command line again: the
+/// topology as `port add` and `port del` left it is adopted, not refused
+/// (issue 23: "already up and differs from what was asked: container web
+/// ... (asked c1 ...)"), and its containers keep their traffic. Another
+/// command line is still refused.
+#[test]
+fn the_same_command_line_adopts_what_port_add_and_del_changed() {
+    let args = words("--containers 2 --subnet 10.164.0.0/24");
+    let t = Topology::up("asis", &args);
+    t.netpath_ok(&[
+        "port",
+        "add",
+        "--name",
+        &t.name,
+        "web",
+        "--ip",
+        "10.164.0.50/24",
+    ]);
+    t.netpath_ok(&["port", "del", "--name", &t.name, "c1"]);
+    let again = t.netpath_ok(&t.up_args(&args));
+    assert!(again.contains("already up"), "{again}");
+    let namespaces: Vec<String> = t.status()["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["netns"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(namespaces, [t.ns("c0"), t.ns("web")], "{}", t.status());
+    assert!(ping(&t.ns("c0"), "10.164.0.50"), "web lost its traffic");
+    let other = t
+        .host
+        .netpath(&t.up_args(&words("--containers 3 --subnet 10.164.0.0/24")));
+    assert!(
+        !other.status.success(),
+        "another command line was taken for this topology's"
+    );
+}

@@ -98,8 +98,3 @@ macro_rules! names {
 }
 
 datapath_maps!(names);
-
-/// aya-log's ring buffer: each loaded object has its own, read by program
-/// id (`run` forwards it), so it is the one map outside the table, never
-/// pinned.
-pub const AYA_LOGS: &str = "AYA_LOGS";

@@ -3,7 +3,6 @@
 //! local port, or on an overlay a container on another node.
 
 use aya_ebpf::{EbpfContext, bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
-use aya_log_ebpf::debug;
 use netpath_common::{
     Counter, DatapathConfig, FdbEntry, FdbKey, NodeAddr, OverlayConfig, PortPolicy, PortState,
 };
@@ -109,7 +108,7 @@ pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, frame: &Frame) -> Verdict {
             return Verdict::Drop(reason);
         }
     } else if src != policy.mac && config.learning != 0 {
-        if let Err(reason) = learn(ctx, port, src) {
+        if let Err(reason) = learn(port, src) {
             return Verdict::Drop(reason);
         }
     }
@@ -223,15 +222,13 @@ pub fn local_port(config: &DatapathConfig, key: FdbKey) -> Option<Local> {
 /// check sources: it routes or bridges for others). Refuses the static MAC
 /// of another port, and a new MAC beyond the port's learn limit.
 #[inline(always)]
-fn learn<C: EbpfContext>(ctx: &C, port: &Port, src: [u8; 6]) -> Result<(), Counter> {
+fn learn(port: &Port, src: [u8; 6]) -> Result<(), Counter> {
     let key = FdbKey::new(src, 0);
     // SAFETY: read only, as in decide().
     if let Some(owner) = unsafe { FDB_STATIC.get(key) } {
+        // Refusals are counted, never logged: a log record per frame on a
+        // path the sender controls would be its lever on the ring buffer.
         if *owner != port.ifindex {
-            debug!(
-                ctx,
-                "port {}: refusing static MAC {:mac} of port {}", port.ifindex, src, *owner
-            );
             return Err(Counter::DropSpoofedMac);
         }
         return Ok(());
@@ -240,10 +237,6 @@ fn learn<C: EbpfContext>(ctx: &C, port: &Port, src: [u8; 6]) -> Result<(), Count
     // capture its traffic from this node's containers.
     // SAFETY: read only, as in decide().
     if unsafe { REMOTE_FDB.get(key) }.is_some() {
-        debug!(
-            ctx,
-            "port {}: refusing remote MAC {:mac}", port.ifindex, src
-        );
         return Err(Counter::DropSpoofedMac);
     }
     // SAFETY: bpf_ktime_get_ns has no preconditions.
@@ -282,7 +275,6 @@ fn learn<C: EbpfContext>(ctx: &C, port: &Port, src: [u8; 6]) -> Result<(), Count
             }
         }
     }
-    debug!(ctx, "port {}: learned {:mac}", port.ifindex, src);
     port.count(Counter::Learned);
     Ok(())
 }

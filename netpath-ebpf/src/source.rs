@@ -26,6 +26,13 @@ const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_DSTOPTS: u8 = 60;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_MOBILITY: u8 = 135;
+const IPPROTO_HIP: u8 = 139;
+const IPPROTO_SHIM6: u8 = 140;
+/// RFC 3692's experimental header numbers.
+const IPPROTO_EXPERIMENT1: u8 = 253;
+const IPPROTO_EXPERIMENT2: u8 = 254;
 /// The UDP ports' bytes (the tunnel rule reads them).
 const UDP_PORTS: usize = 4;
 
@@ -126,6 +133,8 @@ fn ipv6(policy: &PortPolicy, frame: &Frame) -> Result<(), Counter> {
     }
     match next {
         IPPROTO_ICMPV6 => icmpv6(policy, frame, offset, payload_end, unspecified),
+        // Only ND and MLD may come from `::` (never in fragments).
+        _ if unspecified => Err(Counter::DropSpoofedIp),
         // A router advertisement behind routing or destination options, or
         // in fragments, gets past checks that stop at the first header
         // (RFC 7113); ND and MLD never need them (RFC 6980).
@@ -138,8 +147,11 @@ fn ipv6(policy: &PortPolicy, frame: &Frame) -> Result<(), Counter> {
                 Ok(())
             }
         }
-        // Only ND and MLD may come from `::`.
-        _ if unspecified => Err(Counter::DropSpoofedIp),
+        // Extension headers the check cannot see past (authentication,
+        // mobility, HIP, shim6, experimental) could hide the same: as an
+        // unknown EtherType, they are refused.
+        IPPROTO_AH | IPPROTO_MOBILITY | IPPROTO_HIP | IPPROTO_SHIM6 | IPPROTO_EXPERIMENT1
+        | IPPROTO_EXPERIMENT2 => Err(Counter::DropProtocol),
         _ => Ok(()),
     }
 }

@@ -9,10 +9,11 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_AH: u8 = 51;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 pub const ND_ROUTER_ADVERT: u8 = 134;
 pub const ND_NEIGHBOR_SOLICIT: u8 = 135;
@@ -115,24 +116,36 @@ fn nd_message(kind: u8, target: [u8; 16], lladdr: Option<[u8; 6]>) -> Vec<u8> {
     icmp
 }
 
-/// A router advertisement hidden behind a hop-by-hop header (RFC 7113).
-pub fn ra_behind_hop_by_hop(src_mac: [u8; 6], src: [u8; 16]) -> Vec<u8> {
-    let mut payload = vec![IPPROTO_ICMPV6, 0, 1, 4, 0, 0, 0, 0];
+/// A router advertisement hidden behind an extension header (RFC 7113):
+/// hop-by-hop (which the check looks through) or authentication (which it
+/// cannot).
+pub fn ra_behind(header: u8, src_mac: [u8; 6], src: [u8; 16]) -> Vec<u8> {
+    let mut payload = match header {
+        IPPROTO_HOPOPTS => vec![IPPROTO_ICMPV6, 0, 1, 4, 0, 0, 0, 0],
+        // Next header, length in 4-byte units less 2, reserved, SPI, sequence.
+        IPPROTO_AH => vec![IPPROTO_ICMPV6, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
+        other => panic!("no extension header {other} here"),
+    };
     payload.extend(nd_message(ND_ROUTER_ADVERT, [0; 16], Some(src_mac)));
     ipv6(
         [0x33, 0x33, 0, 0, 0, 1],
         src_mac,
         src,
         ff02_1(),
-        IPPROTO_HOPOPTS,
+        header,
         &payload,
     )
 }
 
-/// The first fragment of an ICMPv6 message.
-pub fn icmpv6_fragment(src_mac: [u8; 6], src: [u8; 16]) -> Vec<u8> {
-    let mut payload = vec![IPPROTO_ICMPV6, 0, 0, 1, 0, 0, 0, 1];
-    payload.extend(nd_message(ND_ROUTER_ADVERT, [0; 16], None));
+/// The first fragment of an ICMPv6 router advertisement or of a UDP
+/// datagram, to all nodes.
+pub fn first_fragment(next: u8, src_mac: [u8; 6], src: [u8; 16]) -> Vec<u8> {
+    let mut payload = vec![next, 0, 0, 1, 0, 0, 0, 1];
+    match next {
+        IPPROTO_ICMPV6 => payload.extend(nd_message(ND_ROUTER_ADVERT, [0; 16], None)),
+        IPPROTO_UDP => payload.extend_from_slice(&[0x30, 0x39, 0x30, 0x39, 0, 16, 0, 0]),
+        other => panic!("no fragment of protocol {other} here"),
+    }
     ipv6(
         [0x33, 0x33, 0, 0, 0, 1],
         src_mac,

@@ -585,27 +585,6 @@ pub fn remove_stale(pins: &Path, ports: &HashSet<String>) -> Result<()> {
     Ok(())
 }
 
-/// Ids of the programs behind the pinned links (to read their logs).
-pub fn attached_program_ids(pins: &Path) -> Result<Vec<u32>> {
-    let mut ids = Vec::new();
-    for hook in Hook::per_port() {
-        let Ok(entries) = fs::read_dir(hook.dir(pins)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let link = FdLink::from(
-                PinnedLink::from_pin(entry.path())
-                    .with_context(|| format!("opening pinned link {}", entry.path().display()))?,
-            );
-            let id = link.info().context("reading link info")?.program_id();
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
-        }
-    }
-    Ok(ids)
-}
-
 /// Names of the BPF programs hooked on a host-side port, as the kernel
 /// reports them: `xdp:NAME`, `tc:NAME` (tcx ingress) and `tc-clsact:NAME`
 /// (a cls_bpf filter on the clsact qdisc).

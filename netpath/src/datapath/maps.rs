@@ -12,11 +12,10 @@ use aya::maps::{
 };
 use netpath_common::{LAYOUT_VERSION, maps};
 
-/// Whether the BPF object's map `name` is one netpath knows: a row of the
-/// table, or aya-log's ring buffer (which is never pinned). The loader
+/// Whether the BPF object's map `name` is a row of the table. The loader
 /// refuses an object with any other, which would go unpinned.
 pub fn known(name: &str) -> bool {
-    name == maps::AYA_LOGS || maps::ALL.iter().any(|row| row.name == name)
+    maps::ALL.iter().any(|row| row.name == name)
 }
 
 /// The pinned maps of one datapath.

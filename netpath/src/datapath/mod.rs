@@ -587,8 +587,3 @@ pub async fn check_port(
         ),
     }
 }
-
-/// Ids of the programs attached to the datapath's ports (to read their logs).
-pub fn attached_program_ids(datapath: &str) -> Result<Vec<u32>> {
-    hooks::attached_program_ids(&pin_dir(datapath))
-}

@@ -1,5 +1,5 @@
-//! Supervising a running topology (`netpath run`): BPF logs forwarded to
-//! the logger, learned FDB entries aged out, ports that vanished behind
+//! Supervising a running topology (`netpath run`): learned FDB entries
+//! aged out, ports that vanished behind
 //! netpath's back forgotten, counters reported and served, until Ctrl-C.
 //! For a CNI network on an overlay, whose pods the plugin adds and
 //! removes, `run` keeps the overlay's control plane only.
@@ -7,13 +7,11 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
-use aya_log::EbpfLogger;
 use futures::StreamExt;
 use log::{debug, info, warn};
 use netpath_common::Counter;
 use rtnetlink::Handle;
 use rtnetlink::{MulticastGroup, packet_core::NetlinkPayload, packet_route::RouteNetlinkMessage};
-use tokio::io::unix::AsyncFd;
 
 use super::{
     overlay::{self, Member},
@@ -60,9 +58,6 @@ pub async fn run(
     // The overlay's control plane: programs the other nodes as they come
     // and go (`ops::overlay`).
     let control = overlay.map(|member| tokio::spawn(overlay::control_plane(member)));
-    if fast_path {
-        forward_bpf_logs(&name)?;
-    }
     let watcher = tokio::spawn(watch_vanishing_ports(handle.clone(), name.clone()));
     let server = match metrics_addr {
         Some(addr) => {
@@ -253,31 +248,4 @@ async fn watch_vanishing_ports(handle: Handle, topology: String) {
             Err(e) => warn!("forgetting vanished port {}: {e:#}", link.name),
         }
     }
-}
-
-/// Feeds the log records of every attached program into `log`, whichever
-/// loader attached them.
-fn forward_bpf_logs(topology: &str) -> Result<()> {
-    for id in datapath::attached_program_ids(topology)? {
-        // Programs without log statements have no log map: nothing to forward.
-        let Ok(logger) = EbpfLogger::init_from_id(id) else {
-            continue;
-        };
-        // SAFETY: the logger owns the ring buffer fd and moves into the
-        // AsyncFd, so the fd stays open for as long as it is registered.
-        let mut fd =
-            unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
-                .map_err(std::io::Error::from)
-                .context("polling the BPF log ring buffer")?;
-        tokio::spawn(async move {
-            loop {
-                let Ok(mut guard) = fd.readable_mut().await else {
-                    return;
-                };
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
-            }
-        });
-    }
-    Ok(())
 }

@@ -40,8 +40,17 @@ pub async fn up(handle: &Handle, spec: TopologySpec) -> Result<UpOutcome> {
     let _lock = Lock::acquire(&spec.name, Purpose::Change)?;
     if let Some(existing) = record::load(&spec.name)? {
         if existing.complete {
-            let differences = existing.spec.differences(&spec);
+            let differences = existing.differences_from_asked(&spec);
             if differences.is_empty() {
+                let changed = existing.spec.differences(&spec);
+                if !changed.is_empty() {
+                    info!(
+                        "topology {}: adopted as it is, with what `port add` and `port del` changed \
+                         since it was brought up: {}",
+                        spec.name,
+                        changed.join("; ")
+                    );
+                }
                 datapath::ensure(handle, &datapath_of(&existing.spec)).await?;
                 return Ok(UpOutcome::AlreadyUp);
             }
@@ -61,10 +70,7 @@ pub async fn up(handle: &Handle, spec: TopologySpec) -> Result<UpOutcome> {
     }
     check_names_free(handle, &spec, &spec.containers).await?;
 
-    let mut rec = TopologyRecord {
-        spec: spec.clone(),
-        complete: false,
-    };
+    let mut rec = TopologyRecord::asked(spec.clone());
     record::save(&rec)?;
     match build(handle, &rec).await {
         Ok(()) => {
