@@ -27,8 +27,8 @@ use common::{
     },
 };
 use netpath_common::{
-    Counter, DatapathConfig, FdbEntry, FdbKey, PORT_SOURCE_CHECK, PortPolicy, PortState,
-    VXLAN_PORT, maps, programs,
+    Counter, DatapathConfig, FLOOD_BUDGET, FdbEntry, FdbKey, OverlayConfig, PORT_SOURCE_CHECK,
+    PortPolicy, PortState, VXLAN_PORT, maps, programs,
 };
 
 /// The ingress port: `lo` of the test's namespace, the device test_run
@@ -586,6 +586,40 @@ fn frames_cut_short_are_dropped() {
         );
         assert_eq!(dp.xdp(&truncated_ipv4).unwrap(), XDP_DROP);
         dp.assert_counters(PORT, &[(Counter::DropMalformed, 1)]);
+    });
+}
+
+/// On an overlay, a port's broadcast is copied to the other nodes at most
+/// FLOOD_BUDGET times a window (issue 23: one container's broadcasts went
+/// to up to 63 nodes without limit); the rest reaches the local bridge
+/// only, counted. (Broken once: every frame was flooded.)
+#[test]
+fn broadcast_copies_to_other_nodes_stay_within_the_ports_budget() {
+    in_private_netns(|| {
+        let mut dp = datapath();
+        dp.set_config(DatapathConfig {
+            bridge_mac: BRIDGE_MAC,
+            learning: 1,
+            ageing_ns: AGEING_NS,
+            overlay: OverlayConfig {
+                vni: 42,
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let beyond = 20;
+        assert_eq!(
+            dp.tc_repeated(&eth(BROADCAST), FLOOD_BUDGET + beyond)
+                .unwrap(),
+            TC_ACT_OK
+        );
+        dp.assert_counters(
+            PORT,
+            &[
+                (Counter::Flooded, FLOOD_BUDGET as u64),
+                (Counter::PassFloodLimited, beyond as u64),
+            ],
+        );
     });
 }
 

@@ -86,6 +86,10 @@ pub enum Counter {
     /// Delivered to this port's container from another node (counted by the
     /// vxlan device's program, not a verdict of this port's).
     Decapsulated,
+    /// Passed to the bridge only: broadcast or multicast on an overlay
+    /// beyond the port's budget of copies to other nodes
+    /// ([`FLOOD_BUDGET`] per [`FLOOD_WINDOW_NS`], per CPU).
+    PassFloodLimited,
     /// Dropped: UDP to the VXLAN port (4789), from a container. Masqueraded
     /// to a node's underlay address it would pass as that node's own
     /// tunnel traffic at every other node (the inner frame is then checked
@@ -94,7 +98,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const COUNT: usize = 19;
+    pub const COUNT: usize = 20;
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::Redirected,
         Counter::PassMulticast,
@@ -114,6 +118,7 @@ impl Counter {
         Counter::Flooded,
         Counter::ArpAnswered,
         Counter::Decapsulated,
+        Counter::PassFloodLimited,
         Counter::DropTunnel,
     ];
 
@@ -125,9 +130,10 @@ impl Counter {
     ];
 
     /// The reasons a frame is passed to the bridge.
-    pub const PASSED: [Counter; 6] = [
+    pub const PASSED: [Counter; 7] = [
         Counter::PassMulticast,
         Counter::Flooded,
+        Counter::PassFloodLimited,
         Counter::PassUnknown,
         Counter::PassHost,
         Counter::PassHairpin,
@@ -166,6 +172,7 @@ impl Counter {
             Counter::Flooded => "flooded",
             Counter::ArpAnswered => "arp_answered",
             Counter::Decapsulated => "decapsulated",
+            Counter::PassFloodLimited => "pass_flood_limited",
             Counter::DropTunnel => "drop_tunnel",
         }
     }
@@ -252,6 +259,25 @@ pub struct RemoteContainer {
 pub struct PortState {
     pub policy: PortPolicy,
     pub packets: [u64; Counter::COUNT],
+    /// The port's copies of broadcast to other nodes in the current window.
+    pub flood: FloodBudget,
+}
+
+/// Broadcast and multicast a port may have replicated to the other nodes
+/// of an overlay, per CPU: one container's ARP storm costs every node.
+/// Beyond it, the frames reach the local bridge only.
+pub const FLOOD_BUDGET: u32 = 100;
+/// The window [`FLOOD_BUDGET`] is counted in: 1000 copies a second.
+pub const FLOOD_WINDOW_NS: u64 = 100_000_000;
+
+/// A port's use of its [`FLOOD_BUDGET`] in the window that started at
+/// `window_start_ns` (`bpf_ktime_get_ns()`), kept by the programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FloodBudget {
+    pub window_start_ns: u64,
+    pub replicated: u32,
+    pub _pad: u32,
 }
 
 /// Topology-wide settings the programs read from index 0 of the config array.
@@ -430,6 +456,7 @@ mod pod {
     unsafe impl aya::Pod for FdbKey {}
     unsafe impl aya::Pod for FdbEntry {}
     unsafe impl aya::Pod for PortState {}
+    unsafe impl aya::Pod for FloodBudget {}
     unsafe impl aya::Pod for PortPolicy {}
     unsafe impl aya::Pod for DatapathConfig {}
     unsafe impl aya::Pod for NodeAddr {}

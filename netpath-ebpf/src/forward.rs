@@ -4,7 +4,8 @@
 
 use aya_ebpf::{EbpfContext, bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use netpath_common::{
-    Counter, DatapathConfig, FdbEntry, FdbKey, NodeAddr, OverlayConfig, PortPolicy, PortState,
+    Counter, DatapathConfig, FLOOD_BUDGET, FLOOD_WINDOW_NS, FdbEntry, FdbKey, NodeAddr,
+    OverlayConfig, PortPolicy, PortState,
 };
 use network_types::eth::EthHdr;
 
@@ -69,6 +70,25 @@ impl Port {
         unsafe { (*self.state).packets[counter as usize] += 1 };
     }
 
+    /// Takes one copy to the other nodes from the port's budget for the
+    /// current window; false once it is spent.
+    #[inline(always)]
+    pub fn take_flood_budget(&self) -> bool {
+        // SAFETY: as in count().
+        let budget = unsafe { &mut (*self.state).flood };
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if now.saturating_sub(budget.window_start_ns) >= FLOOD_WINDOW_NS {
+            budget.window_start_ns = now;
+            budget.replicated = 0;
+        }
+        if budget.replicated >= FLOOD_BUDGET {
+            return false;
+        }
+        budget.replicated += 1;
+        true
+    }
+
     #[inline(always)]
     pub fn ifindex(&self) -> u32 {
         self.ifindex
@@ -131,6 +151,9 @@ pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, frame: &Frame) -> Verdict {
         // to every node would wake every node for one answer.
         if let Some(mac) = overlay::arp_answer(eth, frame) {
             return Verdict::AnswerArp(mac);
+        }
+        if !port.take_flood_budget() {
+            return Verdict::Pass(Counter::PassFloodLimited);
         }
         return Verdict::Flood(&config.overlay);
     }
