@@ -134,7 +134,7 @@ pub enum Command {
     Overlay(overlay::OverlayCommand),
     /// Measure the modes against the Linux bridge and a direct veth pair.
     Bench(bench::BenchArgs),
-    /// Bring a topology up (or adopt it) and run it: BPF logs, FDB ageing,
+    /// Bring a topology up (or adopt it) and run it: FDB ageing,
     /// periodic stats; Ctrl-C tears it down unless --keep. For a CNI
     /// network on an overlay (--cni --name BRIDGE): its control plane.
     Run(run::RunArgs),
