@@ -1334,3 +1334,20 @@ fn the_runtimes_requests_are_honoured_and_foreign_bridges_refused() {
         host.sh("ip", &["link", "del", device]);
     }
 }
+
+/// With the network's record lost (/run wiped, the pins still there),
+/// netpath's IPAM handed a new pod the address a live pod held (issue
+/// 23). The addresses of the datapath's live ports count as taken.
+#[test]
+fn a_lost_record_never_hands_out_a_live_pods_address() {
+    let host = Host::new();
+    let net = Network::netpath(&host, "cl", "10.189.0.0/24");
+    let pods = net.pods(2);
+    let first = pods[0].attach();
+    std::fs::remove_file(netpath::store::cni::path(&net.bridge)).expect("removing the record");
+    let second = pods[1].attach();
+    assert_ne!(
+        first.ip, second.ip,
+        "the second pod got the first one's address"
+    );
+}

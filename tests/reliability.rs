@@ -978,16 +978,10 @@ fn a_port_gone_without_run_is_no_black_hole() {
 fn the_same_command_line_adopts_what_port_add_and_del_changed() {
     let args = words("--containers 2 --subnet 10.164.0.0/24");
     let t = Topology::up("asis", &args);
-    t.netpath_ok(&[
-        "port",
-        "add",
-        "--name",
-        &t.name,
-        "web",
-        "--ip",
-        "10.164.0.50/24",
-    ]);
-    t.netpath_ok(&["port", "del", "--name", &t.name, "c1"]);
+    for change in ["add {} web --ip 10.164.0.50/24", "del {} c1"] {
+        let change = change.replace("{}", &format!("--name {}", t.name));
+        t.netpath_ok(&[&["port"][..], &words(&change)].concat());
+    }
     let again = t.netpath_ok(&t.up_args(&args));
     assert!(again.contains("already up"), "{again}");
     let namespaces: Vec<String> = t.status()["ports"]
@@ -1005,4 +999,40 @@ fn the_same_command_line_adopts_what_port_add_and_del_changed() {
         !other.status.success(),
         "another command line was taken for this topology's"
     );
+}
+
+/// Its record lost (the state directory wiped, the pins still there),
+/// `down` removed the links but left the pins, the programs, the NAT table
+/// and the forwarding sysctl (issue 23). It removes them all now.
+#[test]
+fn down_without_a_record_removes_the_pins_and_the_nat_table() {
+    let t = Topology::up(
+        "lost",
+        &words("--containers 2 --subnet 10.165.0.0/24 --nat"),
+    );
+    let forwarding = || {
+        String::from_utf8_lossy(&t.host.sh("cat", &["/proc/sys/net/ipv4/ip_forward"]).stdout)
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(forwarding(), "1", "--nat did not turn forwarding on");
+    std::fs::remove_file(store::topology::path(&t.name).unwrap()).unwrap();
+    let out = t.netpath_ok(&["down", "--name", &t.name]);
+    assert!(out.contains("removed"), "{out}");
+    assert!(
+        !pin_dir(&t.name).exists(),
+        "the pins stayed: {}",
+        pin_dir(&t.name).display()
+    );
+    let table = t
+        .host
+        .sh("nft", &["list", "table", "inet", &nat_table(&t.name)]);
+    assert!(!table.status.success(), "the NAT table stayed");
+    assert_eq!(forwarding(), "0", "forwarding was not restored");
+    // Only the containers' namespaces stay (nothing says they are its own).
+    let left = t.host.leftovers(&t.name);
+    assert!(left.iter().all(|l| l.starts_with("netns ")), "{left:?}");
+    for container in ["c0", "c1"] {
+        netns::delete(&t.ns(container)).expect("deleting a container namespace");
+    }
 }

@@ -448,6 +448,52 @@ pub fn describe(mode: Mode) -> &'static str {
     }
 }
 
+/// The addresses the datapath's ports send from (their containers' own,
+/// as the source check holds them), read from its pins: an IPAM whose
+/// record was lost must not hand them out again. Empty without pins.
+pub fn held_addresses(datapath: &str) -> Result<HashSet<IpAddr>> {
+    let mut held = HashSet::new();
+    // No pins, or pins still being made by a concurrent first ADD: no
+    // port holds an address yet.
+    let Ok(maps) = maps(datapath) else {
+        return Ok(held);
+    };
+    let Ok(ports) = maps.port_state() else {
+        return Ok(held);
+    };
+    for entry in ports.iter() {
+        let (_, per_cpu) =
+            entry.with_context(|| format!("reading map PORT_STATE of {datapath}"))?;
+        // The loader writes one policy to every CPU's copy.
+        let Some(policy) = per_cpu.iter().next().map(|state| state.policy) else {
+            continue;
+        };
+        for (address, len) in policy.ipv4.iter().zip(policy.ipv4_len) {
+            if len == 32 {
+                held.insert(IpAddr::from(*address));
+            }
+        }
+        for (address, len) in policy.ipv6.iter().zip(policy.ipv6_len) {
+            if len == 128 {
+                held.insert(IpAddr::from(*address));
+            }
+        }
+    }
+    Ok(held)
+}
+
+/// The datapath's config as its pins hold it, or None if it has no pins.
+pub fn pinned_config(datapath: &str) -> Result<Option<DatapathConfig>> {
+    if !pin_dir(datapath).exists() {
+        return Ok(None);
+    }
+    let config = maps(datapath)?
+        .config()?
+        .get(&0, 0)
+        .with_context(|| format!("reading map CONFIG of {datapath}"))?;
+    Ok(Some(config))
+}
+
 /// Detaches everything and removes the datapath's pins.
 pub fn remove(datapath: &str) -> Result<()> {
     let dir = pin_dir(datapath);

@@ -178,7 +178,7 @@ async fn teardown(handle: &Handle, rec: &TopologyRecord) -> Result<()> {
     let spec = &rec.spec;
     let interrupted = !rec.complete;
     if let Some(on) = &spec.overlay {
-        overlay::leave(handle, &spec.name, on).await?;
+        overlay::leave(handle, &spec.name, on.vni).await?;
     }
     datapath::remove(&spec.name)?;
     for container in &spec.containers {
@@ -200,15 +200,29 @@ pub async fn down(handle: &Handle, topology: &str) -> Result<bool> {
         teardown(handle, &rec).await?;
         return Ok(true);
     }
-    // No record: still remove links that carry this topology's mark.
-    let alias = owner_alias(topology);
+    // No record (the state directory lost, the pins still there): remove
+    // what carries this topology's name. Its datapath's pins, and with
+    // them its programs (on the vxlan device too: the pinned config names
+    // the VNI), the links with its mark and its NAT table; the forwarding
+    // sysctls are restored if the NAT record survived. Its containers'
+    // namespaces stay: without the record nothing says which are its own.
     let mut found = false;
+    if let Some(config) = datapath::pinned_config(topology)? {
+        if config.overlay.vni != 0 {
+            overlay::leave(handle, topology, config.overlay.vni).await?;
+        }
+        datapath::remove(topology)?;
+        found = true;
+    }
+    let alias = owner_alias(topology);
     for link in netlink::links(handle).await? {
         if link.alias.as_deref() == Some(alias.as_str()) {
             netlink::delete_link(handle, link.index).await?;
             found = true;
         }
     }
+    found |= nat::table_exists(topology);
+    nat::disable(topology)?;
     Ok(found)
 }
 

@@ -185,7 +185,8 @@ pub(super) async fn add(call: &Call<'_>) -> CniResult<Value> {
             ),
         ));
     }
-    let addresses = allocate(conf, &rec, &requested.ips)?;
+    let held = datapath::held_addresses(&conf.datapath_name()).map_err(CniError::io)?;
+    let addresses = allocate(conf, &rec, &held, &requested.ips)?;
     let mac = match requested.mac {
         Some(mac) if rec.mac_taken(mac) => {
             return Err(CniError::new(

@@ -1,7 +1,7 @@
 //! Addresses for pods: netpath's own IPAM (the record is the allocation)
 //! or a delegated plugin (host-local) run as a subprocess.
 
-use std::{net::IpAddr, process::Stdio};
+use std::{collections::HashSet, net::IpAddr, process::Stdio};
 
 use anyhow::anyhow;
 use ipnet::IpNet;
@@ -93,15 +93,19 @@ pub(super) async fn delegate_ipam(
 pub(super) type Addresses = (Vec<IpNet>, Vec<IpAddr>);
 
 /// A new attachment's addresses from netpath's own IPAM (free in the
-/// record); None with host-local, which ADD runs while it wires the pod.
+/// record and held by no live port of the datapath, `held`: a record lost
+/// with /run must not make it hand out addresses in use); None with
+/// host-local, which ADD runs while it wires the pod.
 /// Addresses the runtime asked for (`requested`) are taken as they are,
 /// if each lies in a subnet and is free; the subnets without one get the
 /// next free address. (host-local honours the same requests itself.)
 pub(super) fn allocate(
     conf: &NetConf,
     rec: &NetworkRecord,
+    held: &HashSet<IpAddr>,
     requested: &[IpAddr],
 ) -> CniResult<Option<Addresses>> {
+    let taken = |ip: IpAddr| rec.address_taken(ip) || held.contains(&ip);
     let Ipam::Netpath { .. } = &conf.ipam else {
         return Ok(None);
     };
@@ -127,14 +131,14 @@ pub(super) fn allocate(
                 let address = IpNet::new(ip, subnet.prefix_len()).expect("prefix from a valid net");
                 ipam::check_container_address(*subnet, address)
                     .map_err(|e| invalid(format!("requested address: {e:#}")))?;
-                if rec.address_taken(ip) {
+                if taken(ip) {
                     return Err(invalid(format!(
                         "requested address {ip} is in use by another container of the network"
                     )));
                 }
                 address
             }
-            None => ipam::allocate(*subnet, |a| rec.address_taken(a)).ok_or_else(|| {
+            None => ipam::allocate(*subnet, taken).ok_or_else(|| {
                 CniError::new(
                     CniError::TRY_AGAIN_LATER,
                     format!("subnet {subnet} has no free address"),

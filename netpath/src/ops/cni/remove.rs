@@ -160,7 +160,7 @@ pub(super) async fn save_or_wind_up(
 ) -> CniResult<()> {
     if rec.containers() == 0 {
         if let Some(on) = rec.overlay.take() {
-            overlay::leave(handle, &conf.datapath_name(), &on.spec)
+            overlay::leave(handle, &conf.datapath_name(), on.spec.vni)
                 .await
                 .map_err(CniError::io)?;
             info!(

@@ -161,10 +161,11 @@ pub fn is_joined(datapath: &str) -> bool {
     record::path(datapath).is_ok_and(|path| path.exists())
 }
 
-/// Takes datapath `datapath`'s program off the vxlan device and forgets
-/// its overlay state; the device goes with the last overlay on the node.
-pub async fn leave(handle: &Handle, datapath: &str, overlay: &OverlaySpec) -> Result<()> {
-    remote::leave(datapath, vxlan::DEVICE, overlay.vni)?;
+/// Takes datapath `datapath`'s program (on VNI `vni`) off the vxlan
+/// device and forgets its overlay state; the device goes with the last
+/// overlay on the node.
+pub async fn leave(handle: &Handle, datapath: &str, vni: u32) -> Result<()> {
+    remote::leave(datapath, vxlan::DEVICE, vni)?;
     record::remove(datapath)?;
     if let Some(device) = netlink::link_by_name(handle, vxlan::DEVICE).await? {
         let in_use = hooks::vxlan_in_use(handle, &device.name, device.index).await?;
