@@ -1036,3 +1036,35 @@ fn down_without_a_record_removes_the_pins_and_the_nat_table() {
         netns::delete(&t.ns(container)).expect("deleting a container namespace");
     }
 }
+
+/// The NAT record is keyed by the namespace's inode, which a new namespace
+/// may reuse: a record left behind (a run killed, /run kept) made `up
+/// --nat` in the new namespace take the old record's word that forwarding
+/// was already remembered, and leave it off. Users without their table in
+/// the namespace are not its own.
+#[test]
+fn a_stale_nat_record_of_a_reused_namespace_is_ignored() {
+    use std::os::unix::fs::MetadataExt;
+    let host = Host::new();
+    let inode = std::fs::metadata(netns::path(&host.name)).unwrap().ino();
+    let stale = std::path::Path::new("/run/netpath").join(format!("nat-{inode}.json"));
+    std::fs::write(
+        &stale,
+        r#"{"forwarding_before": {"/proc/sys/net/ipv4/ip_forward": "0"}, "users": ["gone"]}"#,
+    )
+    .unwrap();
+    let t = Topology::up_on(
+        &host,
+        "reuse",
+        &words("--containers 1 --subnet 10.166.0.0/24 --nat"),
+    );
+    let forwarding = || {
+        String::from_utf8_lossy(&host.sh("cat", &["/proc/sys/net/ipv4/ip_forward"]).stdout)
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(forwarding(), "1", "--nat left forwarding off");
+    t.netpath_ok(&["down", "--name", &t.name]);
+    assert_eq!(forwarding(), "0", "down did not restore forwarding");
+    assert!(!stale.exists(), "the NAT record outlived its last user");
+}

@@ -33,95 +33,101 @@ pub struct FdbEntry {
     pub last_seen_ns: u64,
 }
 
-/// What the programs count, per port and per CPU. The discriminant is the
-/// index into [`PortState::packets`].
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
-    /// Sent straight to the destination port, bypassing the bridge.
-    Redirected = 0,
-    /// Passed to the bridge: broadcast or multicast destination (ARP, ND, ...).
-    PassMulticast,
-    /// Passed to the bridge: destination MAC not in the FDB.
-    PassUnknown,
-    /// Passed to the bridge: destination is the bridge itself (host, NAT).
-    PassHost,
-    /// Passed to the bridge: destination lives on the ingress port.
-    PassHairpin,
-    /// Passed to the bridge: the destination port is gone (no longer in the
-    /// devmap, which the kernel keeps to live devices; its learned entry is
-    /// removed) or the redirect helper refused the frame.
-    PassRedirectFailed,
-    /// Dropped: shorter than the headers it announces.
-    DropMalformed,
-    /// Dropped: multicast or all-zero source MAC (no valid frame has one).
-    DropBadSourceMac,
-    /// Dropped: the source MAC is not the port's own (source check), or is
-    /// the static MAC of another port.
-    DropSpoofedMac,
-    /// Dropped (source check): the IPv4/IPv6 source, the ARP sender or the
-    /// ND target or link-layer option is not the port's own, or a container
-    /// sent a router advertisement or redirect.
-    DropSpoofedIp,
-    /// Dropped (source check): neither IPv4, IPv6 nor ARP, or an IPv6
-    /// header chain the check cannot see through.
-    DropProtocol,
-    /// Dropped: a new source MAC on a port that holds its limit of learned
-    /// entries. Dropping (not just not learning) keeps the flood from the
-    /// bridge, whose own learning would otherwise take it in.
-    DropLearnLimit,
-    /// A new or moved learned FDB entry.
-    Learned,
-    /// A redirected frame `netpath trace` did not get: its ring buffer was full.
-    TraceLost,
-    /// Sent to a container on another node: tunnel key set, redirected to
-    /// the node's vxlan device (overlay).
-    Encapsulated,
-    /// Broadcast or multicast on an overlay: passed to the bridge and a copy
-    /// sent to every other node (head-end replication).
-    Flooded,
-    /// An ARP request for a remote container's address, answered by the
-    /// program with that container's MAC (nothing leaves the node).
-    ArpAnswered,
-    /// Delivered to this port's container from another node (counted by the
-    /// vxlan device's program, not a verdict of this port's).
-    Decapsulated,
-    /// Passed to the bridge only: broadcast or multicast on an overlay
-    /// beyond the port's budget of copies to other nodes
-    /// ([`FLOOD_BUDGET`] per [`FLOOD_WINDOW_NS`], per CPU).
-    PassFloodLimited,
-    /// Dropped: UDP to the VXLAN port (4789), from a container. Masqueraded
-    /// to a node's underlay address it would pass as that node's own
-    /// tunnel traffic at every other node (the inner frame is then checked
-    /// there too).
-    DropTunnel,
+/// Declares a counter enum from its rows (`Variant => "name",`, each with
+/// its doc): the enum (the discriminant is the index into the counters'
+/// array), `COUNT`, `ALL` in row order and `name()`, the stable snake_case
+/// name used in tables, JSON and metrics. A new counter is one row (and,
+/// for a verdict, its place in `SENT`, `PASSED` or `DROPPED`).
+macro_rules! counters {
+    ($(#[$doc:meta])* pub enum $enum:ident {
+        $($(#[$row_doc:meta])* $variant:ident => $name:literal,)*
+    }) => {
+        $(#[$doc])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $enum {
+            $($(#[$row_doc])* $variant,)*
+        }
+
+        impl $enum {
+            pub const ALL: [$enum; [$($enum::$variant),*].len()] = [$($enum::$variant),*];
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// Stable snake_case name, used in tables, JSON and metrics.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $($enum::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// What the programs count, per port and per CPU. The discriminant is the
+    /// index into [`PortState::packets`].
+    pub enum Counter {
+        /// Sent straight to the destination port, bypassing the bridge.
+        Redirected => "redirected",
+        /// Passed to the bridge: broadcast or multicast destination (ARP, ND, ...).
+        PassMulticast => "pass_multicast",
+        /// Passed to the bridge: destination MAC not in the FDB.
+        PassUnknown => "pass_unknown",
+        /// Passed to the bridge: destination is the bridge itself (host, NAT).
+        PassHost => "pass_host",
+        /// Passed to the bridge: destination lives on the ingress port.
+        PassHairpin => "pass_hairpin",
+        /// Passed to the bridge: the destination port is gone (no longer in the
+        /// devmap, which the kernel keeps to live devices; its learned entry is
+        /// removed) or the redirect helper refused the frame.
+        PassRedirectFailed => "pass_redirect_failed",
+        /// Dropped: shorter than the headers it announces.
+        DropMalformed => "drop_malformed",
+        /// Dropped: multicast or all-zero source MAC (no valid frame has one).
+        DropBadSourceMac => "drop_bad_source_mac",
+        /// Dropped: the source MAC is not the port's own (source check), or is
+        /// the static MAC of another port.
+        DropSpoofedMac => "drop_spoofed_mac",
+        /// Dropped (source check): the IPv4/IPv6 source, the ARP sender or the
+        /// ND target or link-layer option is not the port's own, or a container
+        /// sent a router advertisement or redirect.
+        DropSpoofedIp => "drop_spoofed_ip",
+        /// Dropped (source check): neither IPv4, IPv6 nor ARP, or an IPv6
+        /// header chain the check cannot see through.
+        DropProtocol => "drop_protocol",
+        /// Dropped: a new source MAC on a port that holds its limit of learned
+        /// entries. Dropping (not just not learning) keeps the flood from the
+        /// bridge, whose own learning would otherwise take it in.
+        DropLearnLimit => "drop_learn_limit",
+        /// A new or moved learned FDB entry.
+        Learned => "learned",
+        /// A redirected frame `netpath trace` did not get: its ring buffer was full.
+        TraceLost => "trace_lost",
+        /// Sent to a container on another node: tunnel key set, redirected to
+        /// the node's vxlan device (overlay).
+        Encapsulated => "encapsulated",
+        /// Broadcast or multicast on an overlay: passed to the bridge and a copy
+        /// sent to every other node (head-end replication).
+        Flooded => "flooded",
+        /// An ARP request for a remote container's address, answered by the
+        /// program with that container's MAC (nothing leaves the node).
+        ArpAnswered => "arp_answered",
+        /// Delivered to this port's container from another node (counted by the
+        /// vxlan device's program, not a verdict of this port's).
+        Decapsulated => "decapsulated",
+        /// Passed to the bridge only: broadcast or multicast on an overlay
+        /// beyond the port's budget of copies to other nodes
+        /// ([`FLOOD_BUDGET`] per [`FLOOD_WINDOW_NS`], per CPU).
+        PassFloodLimited => "pass_flood_limited",
+        /// Dropped: UDP to the VXLAN port (4789), from a container. Masqueraded
+        /// to a node's underlay address it would pass as that node's own
+        /// tunnel traffic at every other node (the inner frame is then checked
+        /// there too).
+        DropTunnel => "drop_tunnel",
+    }
 }
 
 impl Counter {
-    pub const COUNT: usize = 20;
-    pub const ALL: [Counter; Self::COUNT] = [
-        Counter::Redirected,
-        Counter::PassMulticast,
-        Counter::PassUnknown,
-        Counter::PassHost,
-        Counter::PassHairpin,
-        Counter::PassRedirectFailed,
-        Counter::DropMalformed,
-        Counter::DropBadSourceMac,
-        Counter::DropSpoofedMac,
-        Counter::DropSpoofedIp,
-        Counter::DropProtocol,
-        Counter::DropLearnLimit,
-        Counter::Learned,
-        Counter::TraceLost,
-        Counter::Encapsulated,
-        Counter::Flooded,
-        Counter::ArpAnswered,
-        Counter::Decapsulated,
-        Counter::PassFloodLimited,
-        Counter::DropTunnel,
-    ];
-
     /// The reasons a frame leaves by the fast path (not the bridge).
     pub const SENT: [Counter; 3] = [
         Counter::Redirected,
@@ -150,32 +156,6 @@ impl Counter {
         Counter::DropLearnLimit,
         Counter::DropTunnel,
     ];
-
-    /// Stable snake_case name, used in tables, JSON and metrics.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::Redirected => "redirected",
-            Counter::PassMulticast => "pass_multicast",
-            Counter::PassUnknown => "pass_unknown",
-            Counter::PassHost => "pass_host",
-            Counter::PassHairpin => "pass_hairpin",
-            Counter::PassRedirectFailed => "pass_redirect_failed",
-            Counter::DropMalformed => "drop_malformed",
-            Counter::DropBadSourceMac => "drop_bad_source_mac",
-            Counter::DropSpoofedMac => "drop_spoofed_mac",
-            Counter::DropSpoofedIp => "drop_spoofed_ip",
-            Counter::DropProtocol => "drop_protocol",
-            Counter::DropLearnLimit => "drop_learn_limit",
-            Counter::Learned => "learned",
-            Counter::TraceLost => "trace_lost",
-            Counter::Encapsulated => "encapsulated",
-            Counter::Flooded => "flooded",
-            Counter::ArpAnswered => "arp_answered",
-            Counter::Decapsulated => "decapsulated",
-            Counter::PassFloodLimited => "pass_flood_limited",
-            Counter::DropTunnel => "drop_tunnel",
-        }
-    }
 }
 
 /// Addresses a port may send from, per family (unused slots are zero).
@@ -328,59 +308,32 @@ pub struct NodeAddr {
     pub _pad: [u8; 3],
 }
 
-/// What the vxlan device's program counts, per datapath and per CPU: the
-/// index into [`OverlayStats::packets`].
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OverlayCounter {
-    /// Unicast from a known node, sent into the destination container
-    /// (also counted as the port's `decapsulated`).
-    Decapsulated = 0,
-    /// Broadcast or multicast from a known node, flooded by the bridge to
-    /// the local containers.
-    FloodedIn,
-    /// Dropped: the outer source address is no node of this overlay.
-    DropUnknownNode,
-    /// Dropped: unicast to a MAC no local container has.
-    DropNoPort,
-    /// Dropped: shorter than the headers it announces.
-    DropMalformed,
-    /// Dropped: the inner source MAC is no container of the sending node,
-    /// or an ARP or ND message carries another MAC.
-    DropSpoofedMac,
-    /// Dropped: the inner source address, ARP sender or ND target is not
-    /// the sending container's (or its node's, for one that routes), or it
-    /// is a router advertisement or redirect.
-    DropSpoofedIp,
-    /// Dropped: neither IPv4, IPv6 nor ARP inside, or an IPv6 header chain
-    /// the check cannot see through.
-    DropProtocol,
-}
-
-impl OverlayCounter {
-    pub const COUNT: usize = 8;
-    pub const ALL: [OverlayCounter; Self::COUNT] = [
-        OverlayCounter::Decapsulated,
-        OverlayCounter::FloodedIn,
-        OverlayCounter::DropUnknownNode,
-        OverlayCounter::DropNoPort,
-        OverlayCounter::DropMalformed,
-        OverlayCounter::DropSpoofedMac,
-        OverlayCounter::DropSpoofedIp,
-        OverlayCounter::DropProtocol,
-    ];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            OverlayCounter::Decapsulated => "decapsulated",
-            OverlayCounter::FloodedIn => "flooded_in",
-            OverlayCounter::DropUnknownNode => "drop_unknown_node",
-            OverlayCounter::DropNoPort => "drop_no_port",
-            OverlayCounter::DropMalformed => "drop_malformed",
-            OverlayCounter::DropSpoofedMac => "drop_spoofed_mac",
-            OverlayCounter::DropSpoofedIp => "drop_spoofed_ip",
-            OverlayCounter::DropProtocol => "drop_protocol",
-        }
+counters! {
+    /// What the vxlan device's program counts, per datapath and per CPU: the
+    /// index into [`OverlayStats::packets`].
+    pub enum OverlayCounter {
+        /// Unicast from a known node, sent into the destination container
+        /// (also counted as the port's `decapsulated`).
+        Decapsulated => "decapsulated",
+        /// Broadcast or multicast from a known node, flooded by the bridge to
+        /// the local containers.
+        FloodedIn => "flooded_in",
+        /// Dropped: the outer source address is no node of this overlay.
+        DropUnknownNode => "drop_unknown_node",
+        /// Dropped: unicast to a MAC no local container has.
+        DropNoPort => "drop_no_port",
+        /// Dropped: shorter than the headers it announces.
+        DropMalformed => "drop_malformed",
+        /// Dropped: the inner source MAC is no container of the sending node,
+        /// or an ARP or ND message carries another MAC.
+        DropSpoofedMac => "drop_spoofed_mac",
+        /// Dropped: the inner source address, ARP sender or ND target is not
+        /// the sending container's (or its node's, for one that routes), or it
+        /// is a router advertisement or redirect.
+        DropSpoofedIp => "drop_spoofed_ip",
+        /// Dropped: neither IPv4, IPv6 nor ARP inside, or an IPv6 header chain
+        /// the check cannot see through.
+        DropProtocol => "drop_protocol",
     }
 }
 

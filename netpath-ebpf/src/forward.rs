@@ -2,7 +2,7 @@
 //! check or learn the source, and look the destination up in the FDB: a
 //! local port, or on an overlay a container on another node.
 
-use aya_ebpf::{EbpfContext, bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use netpath_common::{
     Counter, DatapathConfig, FLOOD_BUDGET, FLOOD_WINDOW_NS, FdbEntry, FdbKey, NodeAddr,
     OverlayConfig, PortPolicy, PortState,
@@ -107,7 +107,7 @@ impl Port {
 /// port's own container need no learning, and the clock is read only for
 /// learned entries.
 #[inline(always)]
-pub fn decide<C: EbpfContext>(ctx: &C, port: &Port, frame: &Frame) -> Verdict {
+pub fn decide(port: &Port, frame: &Frame) -> Verdict {
     let eth: &EthHdr = match frame.at(0) {
         Ok(eth) => eth,
         Err(reason) => return Verdict::Drop(reason),

@@ -17,6 +17,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod overlay;
 #[cfg(target_arch = "bpf")]
+mod proto;
+#[cfg(target_arch = "bpf")]
 mod source;
 #[cfg(target_arch = "bpf")]
 mod tc;

@@ -17,10 +17,9 @@ use network_types::{arp::ArpHdr, eth::EthHdr};
 use crate::{
     frame::Frame,
     maps::{NODE_LIST, REMOTE_IPV4},
+    proto::{ETH_P_ARP, ETH_P_IP},
 };
 
-const ETH_P_ARP: [u8; 2] = 0x0806u16.to_be_bytes();
-const ETH_P_IP: [u8; 2] = 0x0800u16.to_be_bytes();
 const ARP_REQUEST: [u8; 2] = 1u16.to_be_bytes();
 const ARP_REPLY: [u8; 2] = 2u16.to_be_bytes();
 

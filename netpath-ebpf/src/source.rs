@@ -15,24 +15,8 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
-use crate::{frame::Frame, tunnel::IPPROTO_UDP};
+use crate::{frame::Frame, proto::*};
 
-const ETH_P_IP: [u8; 2] = 0x0800u16.to_be_bytes();
-const ETH_P_ARP: [u8; 2] = 0x0806u16.to_be_bytes();
-const ETH_P_IPV6: [u8; 2] = 0x86ddu16.to_be_bytes();
-
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_ROUTING: u8 = 43;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_ICMPV6: u8 = 58;
-const IPPROTO_DSTOPTS: u8 = 60;
-const IPPROTO_AH: u8 = 51;
-const IPPROTO_MOBILITY: u8 = 135;
-const IPPROTO_HIP: u8 = 139;
-const IPPROTO_SHIM6: u8 = 140;
-/// RFC 3692's experimental header numbers.
-const IPPROTO_EXPERIMENT1: u8 = 253;
-const IPPROTO_EXPERIMENT2: u8 = 254;
 /// The UDP ports' bytes (the tunnel rule reads them).
 const UDP_PORTS: usize = 4;
 

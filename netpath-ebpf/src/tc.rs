@@ -38,7 +38,7 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     }
     let mut frame = Frame::new(ctx.data(), ctx.data_end());
-    match decide(&ctx, &port, &frame) {
+    match decide(&port, &frame) {
         Verdict::Redirect(dst, config) => {
             // bpf_redirect_peer() accepts any ifindex (a missing device
             // drops the frame after the program): ask the devmap first.

@@ -15,16 +15,13 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
-use crate::frame::Frame;
-
-const ETH_P_IP: [u8; 2] = 0x0800u16.to_be_bytes();
-const ETH_P_IPV6: [u8; 2] = 0x86ddu16.to_be_bytes();
-
-pub const IPPROTO_UDP: u8 = 17;
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_ROUTING: u8 = 43;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_DSTOPTS: u8 = 60;
+use crate::{
+    frame::Frame,
+    proto::{
+        ETH_P_IP, ETH_P_IPV6, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ROUTING,
+        IPPROTO_UDP,
+    },
+};
 
 /// IPv6 extension headers looked through before the UDP header.
 const MAX_EXTENSION_HEADERS: usize = 2;

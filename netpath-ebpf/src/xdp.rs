@@ -16,7 +16,7 @@ pub fn netpath_xdp(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let frame = Frame::new(ctx.data(), ctx.data_end());
-    match decide(&ctx, &port, &frame) {
+    match decide(&port, &frame) {
         // The redirect looks the port up in the devmap itself, no lookup of
         // our own first: a port that is gone is missing there, and the
         // helper then returns the flags' low bits, XDP_PASS (since 5.3).

@@ -84,6 +84,13 @@ pub fn enable(topology: &str, subnets: &[IpNet]) -> Result<()> {
     let key = nat::key()?;
     let _lock = lock(&key)?;
     let mut record = NatRecord::load(&key)?;
+    // The record is keyed by the namespace's inode, which a namespace made
+    // after this one's end may reuse: users without their table here are
+    // not this namespace's, and neither is what they remembered.
+    record.users.retain(|user| table_exists(user));
+    if record.users.is_empty() {
+        record.forwarding_before.clear();
+    }
     record.users.insert(topology.to_owned());
     let mut turn_on = Vec::new();
     for sysctl in subnets.iter().map(forward_sysctl) {
