@@ -23,11 +23,9 @@ use aya::{
     maps::{MapError, PerCpuValues},
     util::nr_cpus,
 };
+use ipnet::IpNet;
 use log::{debug, info};
-use netpath_common::{
-    DatapathConfig, PORT_IPV4_SLOTS, PORT_IPV6_SLOTS, PORT_SOURCE_CHECK, PortPolicy, PortState,
-    programs,
-};
+use netpath_common::{DatapathConfig, PortPolicy, PortState, programs};
 use rtnetlink::Handle;
 
 use self::{
@@ -37,7 +35,7 @@ use self::{
 };
 use crate::{
     host::netlink,
-    model::{Mac, Mode, naming},
+    model::{Mac, Mode, naming, policy::source_policy},
 };
 
 /// BPF_NOEXIST: create, never overwrite.
@@ -407,32 +405,13 @@ pub async fn attach_early(
 
 /// What the programs enforce for `port`.
 fn policy_of(port: &Port, learn_limit: u32) -> Result<PortPolicy> {
-    let mut policy = PortPolicy {
-        mac: port.mac.0,
-        flags: if port.source_check {
-            PORT_SOURCE_CHECK
-        } else {
-            0
-        },
+    let own = port.addresses.iter().map(|ip| IpNet::from(*ip));
+    let policy = source_policy(port.mac, port.source_check, own)
+        .map_err(|e| anyhow::anyhow!("port {}: {e}", port.name))?;
+    Ok(PortPolicy {
         learn_limit,
-        ..Default::default()
-    };
-    // Each address is a prefix of its own; the link-local one first.
-    let link_local = IpAddr::V6(port.mac.ipv6_link_local());
-    for address in std::iter::once(link_local).chain(port.addresses.iter().copied()) {
-        let fits = match address {
-            IpAddr::V4(v4) => policy.allow_ipv4(v4.octets(), 32),
-            IpAddr::V6(v6) => policy.allow_ipv6(v6.octets(), 128),
-        };
-        ensure!(
-            fits,
-            "port {} has more addresses than the source check holds ({PORT_IPV4_SLOTS} IPv4, {} IPv6 \
-             besides the link-local one)",
-            port.name,
-            PORT_IPV6_SLOTS - 1
-        );
-    }
-    Ok(policy)
+        ..policy
+    })
 }
 
 /// What carries container-to-container traffic in each mode, for `status`.

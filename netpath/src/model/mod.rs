@@ -8,6 +8,7 @@ pub mod ipam;
 pub mod mac;
 pub mod naming;
 pub mod overlay;
+pub mod policy;
 pub mod settings;
 pub mod spec;
 

@@ -12,9 +12,9 @@ use anyhow::{Context, Result, bail, ensure};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use netpath_common::{PORT_IPV4_SLOTS, PORT_IPV6_SLOTS, PORT_SOURCE_CHECK, PortPolicy};
+use netpath_common::PortPolicy;
 
-use super::Mac;
+use super::{Mac, policy::source_policy};
 
 /// Largest VNI (24 bits). VNI 0 means "no overlay" to the programs.
 pub const MAX_VNI: u32 = (1 << 24) - 1;
@@ -154,36 +154,12 @@ fn is_checked(source_check: &bool) -> bool {
 /// link-local one, or for one that routes its node's subnets; an error
 /// if they do not fit the check's slots.
 pub fn sender_policy(record: &NodeRecord, endpoint: &Endpoint) -> Result<PortPolicy, String> {
-    let mut policy = PortPolicy {
-        mac: endpoint.mac.0,
-        flags: if endpoint.source_check {
-            PORT_SOURCE_CHECK
-        } else {
-            0
-        },
-        ..Default::default()
-    };
-    let link_local = IpNet::from(IpAddr::V6(endpoint.mac.ipv6_link_local()));
     let allowed: Vec<IpNet> = if endpoint.source_check {
         endpoint.ips.iter().map(|ip| IpNet::from(*ip)).collect()
     } else {
         record.subnets.clone()
     };
-    for net in std::iter::once(link_local).chain(allowed) {
-        let fits = match net {
-            IpNet::V4(v4) => policy.allow_ipv4(v4.network().octets(), v4.prefix_len()),
-            IpNet::V6(v6) => policy.allow_ipv6(v6.network().octets(), v6.prefix_len()),
-        };
-        if !fits {
-            return Err(format!(
-                "container {} may send from more than the source check holds ({PORT_IPV4_SLOTS} \
-                 IPv4, {} IPv6 besides the link-local one; a /0 is none)",
-                endpoint.mac,
-                PORT_IPV6_SLOTS - 1
-            ));
-        }
-    }
-    Ok(policy)
+    source_policy(endpoint.mac, endpoint.source_check, allowed)
 }
 
 /// What a node publishes about itself (its etcd value, or its entry in a
@@ -470,7 +446,7 @@ underlay = "192.168.100.3"
         );
         let endpoint = record.endpoints[0].clone();
         let policy = sender_policy(&record, &endpoint).unwrap();
-        assert_eq!(policy.flags, PORT_SOURCE_CHECK);
+        assert_eq!(policy.flags, netpath_common::PORT_SOURCE_CHECK);
         assert_eq!(policy.mac, endpoint.mac.0);
         assert_eq!(
             (policy.ipv4[0], policy.ipv4_len),
