@@ -18,21 +18,6 @@ use netpath::{
 };
 use serde_json::{Value, json};
 
-fn assert_gone(host: &Host, bridge: &str) {
-    assert!(
-        !host.sh("ip", &["link", "show", bridge]).status.success(),
-        "bridge {bridge} left behind"
-    );
-    assert!(!pin_dir(&cni_datapath(bridge)).exists(), "pins left behind");
-    assert!(!store::cni::path(bridge).exists(), "state left behind");
-    let links =
-        String::from_utf8_lossy(&host.sh("ip", &["-o", "link", "show"]).stdout).into_owned();
-    assert!(
-        !links.contains(&format!("master {bridge} ")),
-        "ports left on {bridge}"
-    );
-}
-
 /// The shared datapath of `bridge` after some DELs: the deleted
 /// containers' MACs are in no FDB entry, their ports in no port state
 /// (`stats`) and no redirect target (the devmap), while the kept ones are
@@ -107,8 +92,8 @@ fn assert_only_kept_ports(net: &Network, deleted: &[Attached], kept: &[Attached]
 
 #[test]
 fn version_add_check_del_as_a_runtime_drives_them() {
-    let host = Host::new();
-    let net = Network::netpath(&host, "cb", "10.180.0.0/24");
+    let net = Network::netpath("cb", "10.180.0.0/24");
+    let host = net.host.clone();
     let (ok, out) = net.call("VERSION", &json!({"cniVersion": "1.0.0"}));
     assert!(ok);
     assert!(
@@ -174,7 +159,7 @@ fn version_add_check_del_as_a_runtime_drives_them() {
     }
     let (ok, out) = a.check(&ra);
     assert!(!ok && out["code"] == 3, "{out}");
-    assert_gone(&host, bridge);
+    net.assert_gone();
     assert_eq!(
         host.listed(bridge),
         None,
@@ -254,8 +239,8 @@ fn assert_found_by_its_bridge(host: &Host, bridge: &str, results: &[&Value]) {
 
 #[test]
 fn bad_configs_and_environments_get_the_specs_errors() {
-    let host = Host::new();
-    let net = Network::netpath(&host, "cx", "10.181.0.0/24");
+    let net = Network::netpath("cx", "10.181.0.0/24");
+    let host = net.host.clone();
     let (bridge, good) = (&net.bridge, &net.config);
     let sandbox = net.sandbox("a");
     let cases: Vec<(&str, Option<String>, Value, u64)> = vec![
@@ -313,7 +298,7 @@ fn bad_configs_and_environments_get_the_specs_errors() {
         assert!(!out["msg"].as_str().unwrap().is_empty());
         assert!(out["cniVersion"].is_string());
     }
-    assert_gone(&host, bridge);
+    net.assert_gone();
     assert_eq!(
         host.leftovers(bridge)
             .iter()
@@ -343,15 +328,15 @@ fn host_local_ipam_is_delegated() {
     assert!(ok, "{out}");
     assert!(!reserved.exists(), "host-local still holds {address}");
     let _ = std::fs::remove_dir_all(&data_dir);
-    assert_gone(&host, &bridge);
+    net.assert_gone();
 }
 
 /// 50 ADDs at once, then 50 DELs at once: no address, link or FDB entry
 /// leaks, and the containers talk over the fast path meanwhile.
 #[test]
 fn fifty_concurrent_adds_and_dels() {
-    let host = Host::new();
-    let net = Network::netpath(&host, "cc", "10.183.0.0/24");
+    let net = Network::netpath("cc", "10.183.0.0/24");
+    let host = net.host.clone();
     let pods = net.pods(50);
     // Runs `command` at once for pods `some`.
     let run_all = |command: &'static str, some: std::ops::Range<usize>| -> Vec<(bool, Value)> {
@@ -417,7 +402,7 @@ fn fifty_concurrent_adds_and_dels() {
     for (ok, out) in run_all("DEL", 25..50) {
         assert!(ok, "{out}");
     }
-    assert_gone(&host, &net.bridge);
+    net.assert_gone();
 }
 
 /// DELs one at a time: after each, the deleted container's FDB entry and
@@ -425,8 +410,7 @@ fn fifty_concurrent_adds_and_dels() {
 /// the fast path.
 #[test]
 fn each_del_forgets_its_port_while_others_remain() {
-    let host = Host::new();
-    let net = Network::netpath(&host, "cd", "10.186.0.0/24");
+    let net = Network::netpath("cd", "10.186.0.0/24");
     let pods = net.pods(4);
     let mut attached: Vec<Attached> = pods.iter().map(Pod::attach).collect();
     let mut deleted = Vec::new();
@@ -456,7 +440,7 @@ fn each_del_forgets_its_port_while_others_remain() {
     }
     let (ok, out) = pods[3].del();
     assert!(ok, "{out}");
-    assert_gone(&host, &net.bridge);
+    net.assert_gone();
 }
 
 /// Frames the program on host veth `ifindex` redirected, from its port state.
@@ -500,9 +484,9 @@ fn build_cni_client() -> std::path::PathBuf {
 /// netpath's result as prevResult).
 #[test]
 fn libcni_drives_the_plugin_in_a_chain() {
-    let host = Host::new();
     let client = build_cni_client();
-    let net = Network::netpath(&host, "cl", "10.184.0.0/24");
+    let net = Network::netpath("cl", "10.184.0.0/24");
+    let host = net.host.clone();
     let conf_dir =
         net.conflist(&[json!({"type": "portmap", "capabilities": {"portMappings": true}})]);
     let plugin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_netpath-cni"))
@@ -545,7 +529,7 @@ fn libcni_drives_the_plugin_in_a_chain() {
     assert!(ping(sandboxes[0].ns(), &addresses[1]));
     run("check", &sandboxes);
     run("del", &sandboxes);
-    assert_gone(&host, &net.bridge);
+    net.assert_gone();
 }
 
 /// netpath IPAM over an IPv4 and an IPv6 subnet: the result lists both
@@ -554,8 +538,8 @@ fn libcni_drives_the_plugin_in_a_chain() {
 /// bridge mode it forwards all of it).
 #[test]
 fn dual_stack_addresses_and_routes() {
-    let host = Host::new();
-    let net = Network::netpath(&host, "c6", json!(["10.185.0.0/24", "fd00:185::/64"]));
+    let net = Network::netpath("c6", json!(["10.185.0.0/24", "fd00:185::/64"]));
+    let host = net.host.clone();
     let (a, b) = (net.pod("a", "ctr-a"), net.pod("b", "ctr-b"));
     let (ok, ra) = a.add();
     assert!(ok, "{ra}");
@@ -594,7 +578,7 @@ fn dual_stack_addresses_and_routes() {
     for pod in [&a, &b] {
         assert!(pod.del().0);
     }
-    assert_gone(&host, &net.bridge);
+    net.assert_gone();
 }
 
 /// A pod floods random source MACs (as fast as it can; every pod checks
@@ -604,8 +588,7 @@ fn dual_stack_addresses_and_routes() {
 /// ADD failed.)
 #[test]
 fn adds_succeed_during_and_after_a_mac_flood() {
-    let host = Host::new();
-    let net = Network::netpath(&host, "cf", "10.184.0.0/24");
+    let net = Network::netpath("cf", "10.184.0.0/24");
     let pods = net.pods(3);
     let (ok, out) = pods[0].add();
     assert!(ok, "{out}");
@@ -709,12 +692,11 @@ fn recorded_containers(bridge: &str) -> Vec<String> {
 /// port state leave the maps; their late DELs succeed and leave nothing.
 #[test]
 fn a_stale_pod_never_blocks_another() {
-    let host = Host::new();
     let net = Network::new(
-        &host,
         "cs",
         json!({"type": "host-local", "subnet": "10.187.0.0/24"}),
     );
+    let host = net.host.clone();
     let bridge = &net.bridge;
     // Container IDs of this test only: host-local's reservations name them.
     let pods: Vec<Pod> = (0..4)
@@ -728,12 +710,7 @@ fn a_stale_pod_never_blocks_another() {
             .status
             .success()
     );
-    assert!(
-        outside("ip", &["netns", "del", pods[1].ns()])
-            .status
-            .success()
-    );
-    host.wait_link_gone(&attached[1].host_veth);
+    host.delete_namespace(pods[1].ns(), &attached[1].host_veth);
 
     let (ok, result) = pods[3].add();
     assert!(ok, "a stale pod blocked the next ADD: {result}");
@@ -787,17 +764,12 @@ fn host_local_reserves(container_id: &str) -> bool {
 /// maps, its address; the other pod keeps its fast path.
 #[test]
 fn del_without_the_namespace_removes_everything() {
-    let host = Host::new();
-    let net = Network::netpath(&host, "cn", "10.188.0.0/24");
+    let net = Network::netpath("cn", "10.188.0.0/24");
+    let host = net.host.clone();
     let bridge = &net.bridge;
     let pods = net.pods(3);
     let attached: Vec<Attached> = pods.iter().map(Pod::attach).collect();
-    assert!(
-        outside("ip", &["netns", "del", pods[0].ns()])
-            .status
-            .success()
-    );
-    host.wait_link_gone(&attached[0].host_veth);
+    host.delete_namespace(pods[0].ns(), &attached[0].host_veth);
     let (ok, out) = pods[0].del();
     assert!(ok, "DEL without the namespace: {out}");
     assert_eq!(recorded_containers(bridge), ["ctr-1", "ctr-2"]);
@@ -825,8 +797,8 @@ fn a_container_whose_veth_name_collides_cannot_touch_another_pod() {
         cni_host_veth(collider_id, "eth0"),
         "the two IDs no longer share a host veth name: pick two that do"
     );
-    let host = Host::new();
-    let net = Network::netpath(&host, "cc", "10.189.0.0/24");
+    let net = Network::netpath("cc", "10.189.0.0/24");
+    let host = net.host.clone();
     let (victim_pod, collider, peer) = (
         net.pod("v", victim_id),
         net.pod("c", collider_id),
@@ -879,8 +851,8 @@ fn gc_conf(config: &Value, valid: &[&str]) -> Value {
 /// listed; an empty list winds the network up; no list is refused.
 #[test]
 fn gc_removes_every_attachment_not_listed() {
-    let host = Host::new();
-    let net = Network::v1_1(&host, "cg", "10.189.0.0/24");
+    let net = Network::v1_1("cg", "10.189.0.0/24");
+    let host = net.host.clone();
     let (bridge, config) = (&net.bridge, &net.config);
     let pods = net.pods(3);
     let attached: Vec<Attached> = pods.iter().map(Pod::attach).collect();
@@ -932,7 +904,7 @@ fn gc_removes_every_attachment_not_listed() {
     assert_eq!(recorded_containers(bridge), ["ctr-other-net"]);
     let (ok, out) = other.call("GC", &gc_conf(&other_config, &[]));
     assert!(ok, "{out}");
-    assert_gone(&host, bridge);
+    net.assert_gone();
 }
 
 /// STATUS (CNI 1.1) is healthy before the first pod and while every pod's
@@ -941,8 +913,8 @@ fn gc_removes_every_attachment_not_listed() {
 /// then passes; CHECK compares prevResult and the datapath.
 #[test]
 fn status_check_and_a_repeated_add_see_the_datapath() {
-    let host = Host::new();
-    let net = Network::v1_1(&host, "ct", "10.190.0.0/24");
+    let net = Network::v1_1("ct", "10.190.0.0/24");
+    let host = net.host.clone();
     let (bridge, config) = (&net.bridge, &net.config);
     let (a, b) = (net.pod("a", "ctr-a"), net.pod("b", "ctr-b"));
     let (ok, out) = net.status();
@@ -1047,8 +1019,7 @@ fn detach_forwarding(host: &Host, bridge: &str, host_veth: &str) {
 /// not speak at all is refused with code 1.
 #[test]
 fn cni_versions_pick_the_newest_common_version() {
-    let host = Host::new();
-    let mut net = Network::v1_1(&host, "cv", "10.191.0.0/24");
+    let mut net = Network::v1_1("cv", "10.191.0.0/24");
     let (ok, out) = net.call("VERSION", &json!({"cniVersion": "1.1.0"}));
     assert!(
         ok && out["supportedVersions"]
@@ -1099,8 +1070,8 @@ fn reserved_containers(bridge: &str) -> Vec<String> {
 /// network up under it.
 #[test]
 fn an_add_killed_halfway_blocks_nothing() {
-    let host = Host::new();
-    let net = Network::netpath(&host, "ck", "10.191.0.0/24");
+    let net = Network::netpath("ck", "10.191.0.0/24");
+    let host = net.host.clone();
     let bridge = &net.bridge;
     let pods = net.pods(3);
     let ids: Vec<&str> = pods.iter().map(|p| p.container.as_str()).collect();
@@ -1177,7 +1148,7 @@ fn an_add_killed_halfway_blocks_nothing() {
     rec.save(bridge).unwrap();
     let (ok, out) = pods[1].del();
     assert!(ok, "DEL of {}: {out}", ids[1]);
-    assert_gone(&host, bridge);
+    net.assert_gone();
 }
 
 /// What the runtime asks for (runtimeConfig `ips`/`mac`, `args.cni`) is
@@ -1187,8 +1158,8 @@ fn an_add_killed_halfway_blocks_nothing() {
 /// it stays after the last DEL), or a kernel name template.
 #[test]
 fn the_runtimes_requests_are_honoured_and_foreign_bridges_refused() {
-    let host = Host::new();
-    let net = Network::netpath(&host, "cq", "10.186.0.0/24");
+    let net = Network::netpath("cq", "10.186.0.0/24");
+    let host = net.host.clone();
     let asked = |extra: Value| {
         let mut config = net.config.clone();
         config
@@ -1240,7 +1211,7 @@ fn the_runtimes_requests_are_honoured_and_foreign_bridges_refused() {
     assert_eq!(recorded_containers(&net.bridge), ["ctr-asks"]);
     drop(pod);
     drop(other);
-    assert_gone(&host, &net.bridge);
+    net.assert_gone();
 
     // Devices netpath did not make.
     let not_bridge = common::unique_name("cd");
@@ -1276,16 +1247,19 @@ fn the_runtimes_requests_are_honoured_and_foreign_bridges_refused() {
         config
     };
     let sandbox = net.sandbox("c");
-    for (bridge, code) in [(not_bridge.as_str(), 5), (foreign.as_str(), 5), ("np%d", 7)] {
-        let config = on(bridge, json!({}));
-        let (ok, out) = cni::run(
+    let call = |command: &str, config: &Value| {
+        cni::run(
             &host,
-            "ADD",
+            command,
             "ctr-f",
             Some(&sandbox.path()),
             "eth0",
-            &config,
-        );
+            config,
+        )
+    };
+    for (bridge, code) in [(not_bridge.as_str(), 5), (foreign.as_str(), 5), ("np%d", 7)] {
+        let config = on(bridge, json!({}));
+        let (ok, out) = call("ADD", &config);
         assert!(!ok, "ADD on {bridge}: {out}");
         assert_eq!(out["code"], code, "ADD on {bridge}: {out}");
     }
@@ -1307,23 +1281,9 @@ fn the_runtimes_requests_are_honoured_and_foreign_bridges_refused() {
 
     // Adopted: used as it is, and still there after the last DEL.
     let adopted = on(&foreign, json!({"adoptBridge": true}));
-    let (ok, out) = cni::run(
-        &host,
-        "ADD",
-        "ctr-f",
-        Some(&sandbox.path()),
-        "eth0",
-        &adopted,
-    );
+    let (ok, out) = call("ADD", &adopted);
     assert!(ok, "ADD on the adopted bridge: {out}");
-    let (ok, out) = cni::run(
-        &host,
-        "DEL",
-        "ctr-f",
-        Some(&sandbox.path()),
-        "eth0",
-        &adopted,
-    );
+    let (ok, out) = call("DEL", &adopted);
     assert!(ok, "DEL: {out}");
     assert!(
         host.sh("ip", &["link", "show", &foreign]).status.success(),
@@ -1340,8 +1300,7 @@ fn the_runtimes_requests_are_honoured_and_foreign_bridges_refused() {
 /// 23). The addresses of the datapath's live ports count as taken.
 #[test]
 fn a_lost_record_never_hands_out_a_live_pods_address() {
-    let host = Host::new();
-    let net = Network::netpath(&host, "cl", "10.189.0.0/24");
+    let net = Network::netpath("cl", "10.189.0.0/24");
     let pods = net.pods(2);
     let first = pods[0].attach();
     std::fs::remove_file(netpath::store::cni::path(&net.bridge)).expect("removing the record");

@@ -518,12 +518,7 @@ fn a_vanished_port_leaves_no_entry_and_no_black_hole() {
             t.counter(&t.ns("c0"), "redirected"),
             t.counter(&t.ns("c0"), "pass_redirect_failed"),
         );
-        assert!(
-            common::outside("ip", &["netns", "del", &t.ns("c2")])
-                .status
-                .success()
-        );
-        t.wait_link_gone(gone_name.as_str().unwrap());
+        t.delete_namespace(&t.ns("c2"), gone_name.as_str().unwrap());
         let to_gone: Vec<Vec<u8>> = (0..20)
             .map(|_| {
                 packets::ipv4(

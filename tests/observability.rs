@@ -536,12 +536,7 @@ fn reads_change_no_map_and_no_record() {
         .find(|p| p["netns"] == t.ns("c2"))
         .expect("port c2")
         .clone();
-    assert!(
-        outside("ip", &["netns", "del", &t.ns("c2")])
-            .status
-            .success()
-    );
-    t.wait_link_gone(gone["name"].as_str().unwrap());
+    t.delete_namespace(&t.ns("c2"), gone["name"].as_str().unwrap());
     let has_gone_entries = |maps: &[(String, String)]| {
         let ifindex = gone["ifindex"].as_u64().unwrap() as u8;
         let key = format!("\"key\":[\"{ifindex:#04x}\",\"0x00\",\"0x00\",\"0x00\"]");

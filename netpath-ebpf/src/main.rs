@@ -8,28 +8,14 @@
 // Inline assembly on BPF (a few single instructions) is nightly-only.
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
-#[cfg(target_arch = "bpf")]
-mod forward;
-#[cfg(target_arch = "bpf")]
-mod frame;
-#[cfg(target_arch = "bpf")]
-mod maps;
-#[cfg(target_arch = "bpf")]
-mod overlay;
-#[cfg(target_arch = "bpf")]
-mod proto;
-#[cfg(target_arch = "bpf")]
-mod source;
-#[cfg(target_arch = "bpf")]
-mod tc;
-#[cfg(target_arch = "bpf")]
-mod trace;
-#[cfg(target_arch = "bpf")]
-mod tunnel;
-#[cfg(target_arch = "bpf")]
-mod vxlan;
-#[cfg(target_arch = "bpf")]
-mod xdp;
+/// The modules, each declared for the BPF target only.
+macro_rules! bpf_modules {
+    ($($module:ident),* $(,)?) => { $(#[cfg(target_arch = "bpf")] mod $module;)* };
+}
+
+bpf_modules!(
+    forward, frame, maps, overlay, proto, source, tc, trace, tunnel, vxlan, xdp,
+);
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

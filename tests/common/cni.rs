@@ -7,7 +7,7 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use netpath::host::netns;
+use netpath::{datapath::object::pin_dir, host::netns, model::naming::cni_datapath, store};
 use serde_json::{Value, json};
 
 use super::{Host, output_within, outside, unique_name};
@@ -94,28 +94,24 @@ pub struct Network {
 
 impl Network {
     /// A CNI 1.0.0 network on a new bridge named after `tag`, with `ipam`.
-    pub fn new(host: &Arc<Host>, tag: &str, ipam: Value) -> Self {
+    pub fn new(tag: &str, ipam: Value) -> Self {
         let bridge = unique_name(tag);
         let config = conf(&bridge, ipam);
-        Self::with_config(host, bridge, config)
+        Self::with_config(&Host::new(), bridge, config)
     }
 
     /// A CNI 1.0.0 network on a new bridge named after `tag`, with
     /// netpath's IPAM on `subnet` (one, or a list).
-    pub fn netpath(host: &Arc<Host>, tag: &str, subnet: impl Into<Value>) -> Self {
-        Self::new(
-            host,
-            tag,
-            json!({"type": "netpath", "subnet": subnet.into()}),
-        )
+    pub fn netpath(tag: &str, subnet: impl Into<Value>) -> Self {
+        Self::new(tag, json!({"type": "netpath", "subnet": subnet.into()}))
     }
 
     /// A CNI 1.1.0 network on a new bridge named after `tag`, with
     /// netpath's IPAM on `subnet`.
-    pub fn v1_1(host: &Arc<Host>, tag: &str, subnet: &str) -> Self {
+    pub fn v1_1(tag: &str, subnet: &str) -> Self {
         let bridge = unique_name(tag);
         let config = conf_1_1(&bridge, subnet);
-        Self::with_config(host, bridge, config)
+        Self::with_config(&Host::new(), bridge, config)
     }
 
     pub fn with_config(host: &Arc<Host>, bridge: String, config: Value) -> Self {
@@ -124,6 +120,28 @@ impl Network {
             bridge,
             config,
         }
+    }
+
+    /// Fails the test if anything of this network is left on its host:
+    /// the bridge, ports on it, its pins or its record.
+    pub fn assert_gone(&self) {
+        let bridge = &self.bridge;
+        assert!(
+            !self
+                .host
+                .sh("ip", &["link", "show", bridge])
+                .status
+                .success(),
+            "bridge {bridge} left behind"
+        );
+        assert!(!pin_dir(&cni_datapath(bridge)).exists(), "pins left behind");
+        assert!(!store::cni::path(bridge).exists(), "state left behind");
+        let links = String::from_utf8_lossy(&self.host.sh("ip", &["-o", "link", "show"]).stdout)
+            .into_owned();
+        assert!(
+            !links.contains(&format!("master {bridge} ")),
+            "ports left on {bridge}"
+        );
     }
 
     /// A namespace `BRIDGE-suffix` with nothing in it yet.
