@@ -269,27 +269,28 @@ fn get(host: &Host, addr: &str, path: &str) -> String {
 
 fn get_here(addr: &str, path: &str) -> String {
     let started = Instant::now();
-    let mut stream = TcpStream::connect_timeout(&addr.parse().unwrap(), SCRAPE_TIMEOUT).unwrap();
-    stream.set_read_timeout(Some(SCRAPE_TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(SCRAPE_TIMEOUT)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    if let Err(e) = stream.read_to_string(&mut response) {
-        panic!(
-            "GET {path} from {addr}: {e} after {:?}; got {response:?}",
-            started.elapsed()
-        );
-    }
+    let response = try_get(addr, path)
+        .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e} after {:?}", started.elapsed()));
     assert!(
         started.elapsed() < SCRAPE_TIMEOUT,
         "GET {path} from {addr} took {:?}",
         started.elapsed()
     );
     response
+}
+
+/// The whole response to GET `path`, each step within `SCRAPE_TIMEOUT`.
+fn try_get(addr: &str, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr.parse().unwrap(), SCRAPE_TIMEOUT)?;
+    stream.set_read_timeout(Some(SCRAPE_TIMEOUT))?;
+    stream.set_write_timeout(Some(SCRAPE_TIMEOUT))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
 }
 
 /// The body of a successful GET /metrics.
@@ -406,6 +407,69 @@ fn metrics_scrape_succeeds_while_a_client_idles() {
     );
     assert!(get(t, &addr, "/").starts_with("HTTP/1.1 404"));
     drop(idle);
+}
+
+/// Hundreds of connections at once: `run` serves `MAX_CONNECTIONS` of
+/// them and closes the rest as they come, so it keeps its file
+/// descriptors (it needs them for the maps and the kernel); once they go,
+/// a scrape answers again. (Before, every one was kept open: 200 of 200.)
+#[test]
+fn metrics_serve_at_most_their_connection_limit() {
+    use netpath::observe::metrics::MAX_CONNECTIONS;
+    const CLIENTS: usize = 200;
+    let (run, addr) = run_with_metrics("mcl", "10.167.0.0/24");
+    let t = &run.topology;
+    let sockets = || {
+        std::fs::read_dir(format!("/proc/{}/fd", run.child.id()))
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.unwrap().path()).ok())
+            .filter(|target| target.to_string_lossy().starts_with("socket:"))
+            .count()
+    };
+    let before = sockets();
+    let clients: Vec<TcpStream> = t.run(|| {
+        (0..CLIENTS)
+            .map(|_| {
+                // A burst overflows the listen backlog (128): the kernel
+                // drops a few SYNs, which the client sends again after 1 s.
+                TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5))
+                    .expect("connecting to the metrics port")
+            })
+            .collect()
+    });
+    for client in &clients {
+        client.set_nonblocking(true).unwrap();
+    }
+    // Closed by run: the read sees the end of the stream. Well before the
+    // header timeout (5 s) closes the served ones too.
+    let closed = || {
+        clients
+            .iter()
+            .filter(|client| {
+                let mut stream: &TcpStream = client;
+                matches!(stream.read(&mut [0; 1]), Ok(0))
+            })
+            .count()
+    };
+    common::within(
+        Duration::from_secs(3),
+        &format!("run closing all but {MAX_CONNECTIONS} of {CLIENTS} connections"),
+        || closed() >= CLIENTS - MAX_CONNECTIONS,
+    );
+    let held = sockets() - before;
+    assert!(
+        held <= MAX_CONNECTIONS,
+        "run holds {held} sockets for {CLIENTS} clients"
+    );
+    drop(clients);
+    common::within(
+        Duration::from_secs(3),
+        "a scrape answering once the clients left",
+        || {
+            t.run(|| try_get(&addr, "/metrics"))
+                .is_ok_and(|response| response.starts_with("HTTP/1.1 200"))
+        },
+    );
 }
 
 /// A SIGKILLed tracer cannot leave tracing on: its lease runs out and the

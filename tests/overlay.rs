@@ -1322,6 +1322,25 @@ impl CniNode {
         outcome
     }
 
+    /// CNI STATUS of the network.
+    fn status_call(&self) -> (bool, Value) {
+        cni::run(&self.host, "STATUS", "", None, "", &self.config)
+    }
+
+    /// Takes the datapath's decap program (pinned in `pins`) off the
+    /// node's vxlan device, as a lost pin or a stray `tc filter del` would.
+    fn unhook_decap(&self, pins: &std::path::Path) {
+        let link = pins.join("links/vxlan");
+        if link.exists() {
+            std::fs::remove_file(&link).unwrap();
+        } else {
+            let out = self
+                .host
+                .sh("tc", &["filter", "del", "dev", "netpath-vxlan", "ingress"]);
+            assert!(out.status.success(), "tc filter del: {out:?}");
+        }
+    }
+
     /// This node's record, as `overlay export` prints it for a peers file.
     fn export(&self) -> String {
         self.host
@@ -1526,6 +1545,36 @@ fn cni_pods_on_two_hosts_reach_each_other_over_a_peers_file() {
             "node {i}: the bridge forwarded {forwarded} of {sent} frames (> 1%)"
         );
     }
+
+    // Lost state on node 1. (a) Its decap program goes: STATUS names it,
+    // and the next ADD joins the overlay again. (b) All its pins go, the
+    // records in /run stay: STATUS fails, and the next ADD makes the
+    // datapath again, restores its pods' ports and joins again. Each time
+    // node 0's pod reaches node 1's first pod through node 1's decap.
+    let pins =
+        netpath::datapath::object::pin_dir(&netpath::model::naming::cni_datapath(&nodes[1].bridge));
+    let break_and_repair = |nodes: &mut Vec<CniNode>, what: &str, broken_by: &str| {
+        let (ok, out) = nodes[1].status_call();
+        assert!(!ok, "STATUS with {what}: {out}");
+        assert!(
+            out["msg"].as_str().unwrap().contains(broken_by),
+            "STATUS with {what}: {out}"
+        );
+        nodes[1].add();
+        let (ok, out) = nodes[1].status_call();
+        assert!(ok, "STATUS after the ADD that repaired {what}: {out}");
+        let decapsulated = nodes[1].overlay_counter("decapsulated");
+        ping_flood(&first[0], &first[1], 200);
+        let decapsulated = nodes[1].overlay_counter("decapsulated") - decapsulated;
+        assert!(
+            decapsulated >= 200,
+            "after repairing {what}, node 1 decapsulated {decapsulated} of 200 pings"
+        );
+    };
+    nodes[1].unhook_decap(&pins);
+    break_and_repair(&mut nodes, "the decap program detached", "decap program");
+    std::fs::remove_dir_all(&pins).unwrap();
+    break_and_repair(&mut nodes, "the pins removed", "unreachable");
 
     // `netpath run --cni` keeps the peers file's changes programmed: the
     // second pods, exported after they came, reach each other once the

@@ -382,13 +382,25 @@ pub async fn upgrade(
 }
 
 /// Whether the program with id `running` has the instructions of `program`
-/// (the kernel's tag, a hash of them): then there is nothing to upgrade.
+/// (the kernel's tag, a hash of them) and its maps: then there is nothing
+/// to upgrade. The tag leaves out which maps the instructions use, so the
+/// same program of a datapath made again (its pins lost) has the old one's
+/// tag, and must still replace it.
 fn same_instructions(running: u32, program: &impl HasInfo) -> Result<bool> {
-    let new = program.program_info()?;
-    let running = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .find(|p| p.id() == running);
-    Ok(running.is_some_and(|r| r.tag() == new.tag()))
+    Ok(is_program(running, &program.program_info()?))
+}
+
+/// Whether the loaded program with id `id` is `program`, or does what it
+/// does: the same instructions on the same maps.
+fn is_program(id: u32, program: &aya::programs::ProgramInfo) -> bool {
+    id == program.id()
+        || aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.id() == id)
+            .is_some_and(|running| {
+                running.tag() == program.tag()
+                    && running.map_ids().ok().flatten() == program.map_ids().ok().flatten()
+            })
 }
 
 /// The loaded programs' info, for [`same_instructions`].
@@ -462,6 +474,15 @@ fn update_link(
 
 /// The id of the program of netpath's cls_bpf filter on the port's ingress.
 pub async fn clsact_program_id(handle: &Handle, ifindex: u32) -> Result<Option<u32>> {
+    Ok(clsact_programs(handle, ifindex)
+        .await?
+        .into_iter()
+        .find(|(_, name)| name.split(':').next() == Some(programs::TC_FORWARD))
+        .map(|(id, _)| id))
+}
+
+/// The programs of the cls_bpf filters on a link's ingress: id and name.
+async fn clsact_programs(handle: &Handle, ifindex: u32) -> Result<Vec<(u32, String)>> {
     let filters: Vec<_> = match handle
         .traffic_filter(ifindex as i32)
         .get()
@@ -472,33 +493,29 @@ pub async fn clsact_program_id(handle: &Handle, ifindex: u32) -> Result<Option<u
     {
         Ok(filters) => filters,
         // No clsact qdisc (or no such device): no filter.
-        Err(rtnetlink::Error::NetlinkError(_)) => return Ok(None),
+        Err(rtnetlink::Error::NetlinkError(_)) => return Ok(Vec::new()),
         Err(e) => {
             return Err(e).with_context(|| format!("listing the tc filters of link {ifindex}"));
         }
     };
-    let mut ours = None;
+    let mut found = Vec::new();
     for filter in filters {
         let mut id = None;
-        let mut named = false;
+        let mut name = String::new();
         for attribute in &filter.attributes {
             if let TcAttribute::Options(options) = attribute {
                 for option in options {
                     match option {
                         TcOption::Bpf(TcFilterBpfOption::ProgId(i)) => id = Some(*i),
-                        TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => {
-                            named = n.split(':').next() == Some(programs::TC_FORWARD)
-                        }
+                        TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => name = n.clone(),
                         _ => {}
                     }
                 }
             }
         }
-        if named {
-            ours = ours.or(id);
-        }
+        found.extend(id.map(|id| (id, name)));
     }
-    Ok(ours)
+    Ok(found)
 }
 
 /// What XDP redirect between veths needs on the container's `eth0`, run
@@ -651,6 +668,20 @@ pub fn attach_vxlan(
             Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(e).with_context(|| format!("adding a clsact qdisc to {device}")),
         }
+        // A filter of this VNI already there is a datapath's that lost its
+        // pins (a filter holds its program itself): it gets the new program
+        // (replacing fails where there is no filter to replace).
+        if let Ok(stale) = SchedClassifierLink::attached(
+            device,
+            TcAttachType::Ingress,
+            CLSACT_PRIORITY,
+            vxlan_handle(vni),
+            None,
+        ) && let Ok(id) = program.attach_to_link(stale)
+        {
+            std::mem::forget(program.take_link(id)?);
+            return Ok(());
+        }
         let options = NlOptions {
             priority: CLSACT_PRIORITY,
             handle: vxlan_handle(vni),
@@ -720,6 +751,32 @@ pub async fn vxlan_in_use(handle: &Handle, device: &str, ifindex: u32) -> Result
         .ingress()
         .execute();
     let clsact = matches!(filters.try_next().await, Ok(Some(_)));
+    Ok(tcx || clsact)
+}
+
+/// Whether the decap program of the datapath pinned in `pins` is on the
+/// ingress of the vxlan device (`device`, `ifindex`): its pinned program,
+/// not just any datapath's.
+pub async fn vxlan_attached(
+    handle: &Handle,
+    pins: &Path,
+    device: &str,
+    ifindex: u32,
+) -> Result<bool> {
+    let Some(programs) = Programs::pinned(pins)? else {
+        return Ok(false);
+    };
+    let ours = programs
+        .tc_vxlan
+        .info()
+        .with_context(|| format!("reading the pinned decap program in {}", pins.display()))?;
+    let tcx = SchedClassifier::query_tcx(device, TcAttachType::Ingress)
+        .map(|(_, programs)| programs.iter().any(|p| is_program(p.id(), &ours)))
+        .unwrap_or(false);
+    let clsact = clsact_programs(handle, ifindex)
+        .await?
+        .iter()
+        .any(|(id, _)| is_program(*id, &ours));
     Ok(tcx || clsact)
 }
 

@@ -363,18 +363,19 @@ pub fn is_running(name: &str) -> bool {
 /// by an older netpath that did not pin its programs, which [`add_port`]
 /// completes) is left alone. The caller makes sure nobody else loads it at
 /// the same time.
-pub async fn load_if_absent(handle: &Handle, dp: &Datapath) -> Result<()> {
+pub async fn load_if_absent(handle: &Handle, dp: &Datapath) -> Result<bool> {
     let made = pin_dir(&dp.name)
         .join(netpath_common::maps::CONFIG)
         .exists();
     if dp.mode == Mode::Bridge || made {
-        return Ok(());
+        return Ok(false);
     }
     let empty = Datapath {
         ports: Vec::new(),
         ..dp.clone()
     };
-    ensure(handle, &empty).await
+    ensure(handle, &empty).await?;
+    Ok(true)
 }
 
 /// Attaches the programs of a running datapath to a new port before its

@@ -91,8 +91,10 @@ pub fn check_container_address(subnet: IpNet, addr: IpNet) -> Result<()> {
 }
 
 /// Accepts `10.77.0.9`, `10.77.0.9/24` or an IPv6 address; the prefix must
-/// be that of the subnet of the same family in `subnets`.
-pub fn parse_address(text: &str, subnets: &[IpNet]) -> Result<IpNet> {
+/// be that of the subnet of the same family in `subnets`, or that of the
+/// overlay network in `overlay` that holds the address (as `status` shows a
+/// container on an overlay). The address comes back with the subnet's.
+pub fn parse_address(text: &str, subnets: &[IpNet], overlay: &[IpNet]) -> Result<IpNet> {
     let (addr, prefix) = match text.split_once('/') {
         Some((a, p)) => (
             a,
@@ -111,10 +113,15 @@ pub fn parse_address(text: &str, subnets: &[IpNet]) -> Result<IpNet> {
         .find(|s| s.addr().is_ipv4() == addr.is_ipv4())
         .with_context(|| format!("address {text:?}: the topology has no subnet of its family"))?;
     if let Some(prefix) = prefix {
+        let network = overlay.iter().find(|n| n.contains(&addr));
         ensure!(
-            prefix == subnet.prefix_len(),
-            "address {text:?} has prefix /{prefix} but the subnet {subnet} is /{}",
-            subnet.prefix_len()
+            prefix == subnet.prefix_len() || network.is_some_and(|n| n.prefix_len() == prefix),
+            "address {text:?} has prefix /{prefix} but the subnet {subnet} is /{}{}",
+            subnet.prefix_len(),
+            network.map_or(String::new(), |n| format!(
+                " and the overlay network {n} /{}",
+                n.prefix_len()
+            ))
         );
     }
     Ok(IpNet::new(addr, subnet.prefix_len())?)
@@ -180,12 +187,23 @@ mod tests {
         assert!(parse_subnet("fd00::/127").is_err());
         assert!(parse_subnets(&["10.0.0.0/24".into(), "10.1.0.0/24".into()]).is_err());
         let both = parse_subnets(&["10.0.0.0/24".into(), "fd00::/64".into()]).unwrap();
-        assert_eq!(parse_address("fd00::9", &both).unwrap(), net("fd00::9/64"));
         assert_eq!(
-            parse_address("10.0.0.9", &both).unwrap(),
+            parse_address("fd00::9", &both, &[]).unwrap(),
+            net("fd00::9/64")
+        );
+        assert_eq!(
+            parse_address("10.0.0.9", &both, &[]).unwrap(),
             net("10.0.0.9/24")
         );
-        assert!(parse_address("10.0.0.9/16", &both).is_err());
+        assert!(parse_address("10.0.0.9/16", &both, &[]).is_err());
+        // On an overlay, with the overlay network's prefix as `status`
+        // shows it; the subnet's prefix is kept.
+        let overlay = [net("10.0.0.0/16")];
+        assert_eq!(
+            parse_address("10.0.0.9/16", &both, &overlay).unwrap(),
+            net("10.0.0.9/24")
+        );
+        assert!(parse_address("10.0.0.9/8", &both, &overlay).is_err());
         assert!(check_container_address(both[0], net("10.0.0.1/24")).is_err());
         assert!(check_container_address(both[0], net("10.0.0.255/24")).is_err());
         assert!(check_container_address(both[1], net("fd00::/64")).is_err());
@@ -197,7 +215,7 @@ mod tests {
         #[test]
         fn parsers_never_panic(text in "(?s).{0,48}") {
             let _ = parse_subnet(&text);
-            let _ = parse_address(&text, &[net("10.0.0.0/24"), net("fd00::/64")]);
+            let _ = parse_address(&text, &[net("10.0.0.0/24"), net("fd00::/64")], &[net("10.0.0.0/16")]);
         }
     }
 }

@@ -186,9 +186,14 @@ impl TopologySpec {
             self.container(name).is_none(),
             "container name {name:?} is used twice"
         );
+        let overlay: Vec<IpNet> = self
+            .overlay
+            .iter()
+            .flat_map(|o| o.networks.clone())
+            .collect();
         let given: Vec<IpNet> = ips
             .iter()
-            .map(|ip| ipam::parse_address(ip, &self.subnets))
+            .map(|ip| ipam::parse_address(ip, &self.subnets, &overlay))
             .collect::<Result<_>>()?;
         let mut chosen = Vec::new();
         for subnet in &self.subnets {

@@ -33,7 +33,7 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::{
@@ -52,6 +52,11 @@ use crate::{
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// A scrape that takes longer (netlink or the maps stuck) answers 503.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once. One more is closed as soon as it is
+/// accepted: a scraper keeps one or two open, hundreds are a client gone
+/// wrong, and each would hold a file descriptor of `run`, which needs its
+/// own to reach the maps and the kernel.
+pub const MAX_CONNECTIONS: usize = 32;
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Totals kept by `run` itself.
@@ -221,15 +226,27 @@ struct Scrape {
     mode: Mode,
     totals: Arc<RunTotals>,
     handle: rtnetlink::Handle,
+    /// One scrape reads the maps at a time; the others wait their turn
+    /// (within `SCRAPE_TIMEOUT`).
+    reading: Arc<Semaphore>,
 }
 
 async fn metrics(State(scrape): State<Scrape>) -> Response {
     let names = LinkNames::load(&scrape.handle).await.unwrap_or_default();
-    match Snapshot::read(&scrape.topology, scrape.mode, &scrape.totals, |i| {
-        names.name(i)
+    let Ok(_turn) = scrape.reading.clone().acquire_owned().await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    // Walking the maps is one syscall per entry: on a blocking thread, so
+    // the runtime's few workers stay free for what cannot wait (the etcd
+    // lease's keep-alives, the link watcher).
+    let read = tokio::task::spawn_blocking(move || {
+        Snapshot::read(&scrape.topology, scrape.mode, &scrape.totals, |i| {
+            names.name(i)
+        })
+        .and_then(render)
     })
-    .and_then(render)
-    {
+    .await;
+    match read.context("reading the maps").and_then(|read| read) {
         Ok(body) => ([(CONTENT_TYPE, OPENMETRICS)], body).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response(),
     }
@@ -258,7 +275,9 @@ pub async fn serve(
             mode,
             totals,
             handle,
+            reading: Arc::new(Semaphore::new(1)),
         });
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     // Not axum::serve: it sets no timer, so hyper's header-read timeout
     // would never fire and an idle client would keep its socket forever.
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -274,9 +293,14 @@ pub async fn serve(
                 continue;
             }
         };
+        let Ok(slot) = connections.clone().try_acquire_owned() else {
+            log::debug!("metrics connection from {peer} closed: {MAX_CONNECTIONS} open already");
+            continue;
+        };
         let connection =
             http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = connection.await {
                 log::debug!("metrics connection from {peer}: {e}");
             }

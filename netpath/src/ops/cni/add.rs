@@ -314,9 +314,9 @@ pub(super) async fn plug(
             run_datapath(handle, &dp, member.as_ref().map(|m| (m, placement.mtu)))
         );
         let host = host?;
-        running?;
+        let loaded = running?;
         let attached = datapath::attach_early(handle, &dp, &port_of(a), host.index).await?;
-        anyhow::Ok((host, attached))
+        anyhow::Ok((host, attached, loaded))
     };
     let (allocated, wired) = tokio::join!(allocated, wiring);
     (a.ips, a.gateways) = allocated?;
@@ -326,7 +326,7 @@ pub(super) async fn plug(
         .into_iter()
         .map(|gateway| placement.bridge_address(gateway))
         .collect();
-    let (host, attached) = wired.map_err(CniError::io)?;
+    let (host, attached, loaded) = wired.map_err(CniError::io)?;
     plumbing::configure_inside(&a.netns, &a.ifname, &a.ips, &a.gateways)
         .with_context(|| {
             format!(
@@ -349,6 +349,11 @@ pub(super) async fn plug(
         overlay::sync_peers_file(member).map_err(CniError::io)?;
     }
     let dp = live_datapath(conf, &rec, a);
+    if loaded {
+        restore_ports(handle, &dp, &rec)
+            .await
+            .map_err(CniError::io)?;
+    }
     datapath::add_port(handle, &dp, &port_of(a), host.index, attached)
         .await
         .map_err(CniError::io)?;
@@ -357,9 +362,29 @@ pub(super) async fn plug(
     Ok(host.mac)
 }
 
+/// The ports of the live pods in `rec`, filled and attached again in the
+/// datapath `dp` just made: none if it was made for the network's first
+/// pod; all of them if it was made again because its pins vanished while
+/// the pods lived (their entries went with the pins; their filters still
+/// hold the old programs, with maps no one keeps).
+async fn restore_ports(handle: &Handle, dp: &Datapath, rec: &NetworkRecord) -> anyhow::Result<()> {
+    for pod in rec.attachments.iter().filter(|a| is_live(a)) {
+        let Some(link) = netlink::link_by_name(handle, &pod.host_veth).await? else {
+            continue;
+        };
+        warn!(
+            "{}: datapath made again while pod {} lived (its pins vanished): restoring its port {}",
+            dp.name, pod.container_id, pod.host_veth
+        );
+        datapath::add_port(handle, dp, &port_of(pod), link.index, false).await?;
+    }
+    Ok(())
+}
+
 /// Makes the network's datapath run if it does not yet (the first
-/// container's ADD, or the first after the last DEL), and join `overlay`
-/// (the member and its pods' MTU) if it names one: loading it takes tens
+/// container's ADD, the first after the last DEL, or the first after its
+/// pins vanished), and join `overlay` (the member and its pods' MTU) if
+/// it names one; returns whether it made the datapath. Loading takes tens
 /// of milliseconds, which would hold up every other ADD if it were done
 /// under the network's lock. Under a lock of its own instead, the others
 /// wire their containers meanwhile, and wait only to attach.
@@ -367,23 +392,32 @@ pub(super) async fn run_datapath(
     handle: &Handle,
     dp: &Datapath,
     overlay: Option<(&Member, u32)>,
-) -> anyhow::Result<()> {
-    let joined = || overlay.is_none_or(|(member, _)| overlay::is_joined(&member.datapath()));
-    if dp.mode == Mode::Bridge || (datapath::is_running(&dp.name) && joined()) {
-        return Ok(());
+) -> anyhow::Result<bool> {
+    // On its overlay as joining left it (its settings pinned, its decap
+    // program on the vxlan device): a datapath that lost either joins again.
+    let joined = || async {
+        match overlay {
+            Some((member, _)) => overlay::check_joined(handle, member).await.is_ok(),
+            None => true,
+        }
+    };
+    if dp.mode == Mode::Bridge || (datapath::is_running(&dp.name) && joined().await) {
+        return Ok(false);
     }
     let name = dp.name.clone();
     let _loading = tokio::task::spawn_blocking(move || {
         Lock::acquire_waiting(&name, Purpose::Load, LOCK_PATIENCE)
     })
     .await??;
-    datapath::load_if_absent(handle, dp).await?;
-    match overlay {
-        Some((member, mtu)) if !joined() => overlay::join(handle, member, mtu)
+    let loaded = datapath::load_if_absent(handle, dp).await?;
+    if let Some((member, mtu)) = overlay
+        && !joined().await
+    {
+        overlay::join(handle, member, mtu)
             .await
-            .with_context(|| format!("joining {}", describe(Some(&member.overlay)))),
-        _ => Ok(()),
+            .with_context(|| format!("joining {}", describe(Some(&member.overlay))))?;
     }
+    Ok(loaded)
 }
 
 /// The bridge's addresses for `a`'s gateways: each with the prefix of the

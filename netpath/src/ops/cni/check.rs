@@ -33,13 +33,17 @@ pub async fn status(handle: &Handle, conf: &NetConf) -> CniResult<()> {
     }
     datapath::maps(&conf.datapath_name())
         .map_err(|e| limited(format!("the datapath's maps are unreachable: {e:#}")))?;
-    if let Some(on) = &rec.overlay
-        && !overlay::is_joined(&conf.datapath_name())
-    {
-        return Err(limited(format!(
-            "the pods are not on {}: the datapath did not join it (the next ADD joins it again)",
-            describe(Some(&on.spec))
-        )));
+    if let Some(on) = &rec.overlay {
+        let member = overlay::Member::new(
+            crate::network::Network::cni(&conf.bridge).map_err(CniError::io)?,
+            on.spec.clone(),
+        );
+        overlay::check_joined(handle, &member).await.map_err(|e| {
+            limited(format!(
+                "the pods are not on {}: {e:#} (the next ADD joins it again)",
+                describe(Some(&on.spec))
+            ))
+        })?;
     }
     for a in live {
         let host = netlink::link_by_name(handle, &a.host_veth)

@@ -102,7 +102,8 @@ async fn session(member: &Member, endpoints: &[String], source: &str) -> Result<
     for kv in listed.kvs() {
         nodes.insert(kv.key_str()?.to_owned(), parse(overlay.vni, kv));
     }
-    program_offered(member, &nodes, source, lease)?;
+    let (offer, offered) = tokio::sync::watch::channel(nodes.clone());
+    let _programmer = Programmer::start(member.clone(), offered, source.to_owned(), lease);
     info!(
         "{}: registered as {} in {source} (lease {lease:x}, TTL {ttl} s), {} nodes",
         member.name(),
@@ -167,7 +168,7 @@ async fn session(member: &Member, endpoints: &[String], source: &str) -> Result<
                     }
                 }
                 if changed {
-                    program_offered(member, &nodes, source, lease)?;
+                    offer.send_replace(nodes.clone());
                 }
             }
         }
@@ -200,6 +201,46 @@ fn parse(vni: u32, kv: &KeyValue) -> Offered {
         return Err(refused("the key has no lease".into()));
     }
     Ok(record)
+}
+
+/// Programs what the keys offer, off the session's task: vetting and
+/// writing the maps take time that grows with the overlay, and the session
+/// must go on sending keep-alives meanwhile, or the lease expires and the
+/// node vanishes from every other. Offers that come while one is being
+/// programmed collapse into the latest. Stops with the session.
+struct Programmer(tokio::task::JoinHandle<()>);
+
+impl Programmer {
+    fn start(
+        member: Member,
+        mut offered: tokio::sync::watch::Receiver<BTreeMap<String, Offered>>,
+        source: String,
+        lease: i64,
+    ) -> Programmer {
+        offered.mark_changed();
+        Programmer(tokio::spawn(async move {
+            while offered.changed().await.is_ok() {
+                let nodes = offered.borrow_and_update().clone();
+                let (member, source) = (member.clone(), source.clone());
+                let programmed = tokio::task::spawn_blocking(move || {
+                    program_offered(&member, &nodes, &source, lease)
+                        .with_context(|| format!("{}: programming the overlay", member.name()))
+                })
+                .await;
+                match programmed {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!("{e:#}; the maps stay as last programmed"),
+                    Err(e) => warn!("programming the overlay: {e}"),
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Programmer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Programs what the keys offer: the records, and the keys refused.

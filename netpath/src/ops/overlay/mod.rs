@@ -156,9 +156,58 @@ pub async fn join(handle: &Handle, member: &Member, mtu: u32) -> Result<()> {
     Ok(())
 }
 
-/// Whether datapath `datapath` joined its overlay (and has not left it).
+/// Whether datapath `datapath` joined its overlay and is on it still: its
+/// overlay record says it joined, and its pinned settings name a VNI (a
+/// datapath whose pins vanished and that was loaded again has none, though
+/// the record in /run survived: it must join again).
 pub fn is_joined(datapath: &str) -> bool {
     record::path(datapath).is_ok_and(|path| path.exists())
+        && datapath::pinned_config(datapath)
+            .is_ok_and(|config| config.is_some_and(|c| c.overlay.vni != 0))
+}
+
+/// Fails, naming what is missing, unless the member's datapath is on its
+/// overlay as joining put it: its settings (VNI, the vxlan device, its
+/// bridge) in the pinned CONFIG and its decap program on the device.
+pub async fn check_joined(handle: &Handle, member: &Member) -> Result<()> {
+    let datapath = member.datapath();
+    let config = datapath::pinned_config(&datapath)?
+        .with_context(|| format!("datapath {datapath} has no pins"))?
+        .overlay;
+    ensure!(
+        config.vni == member.overlay.vni,
+        "datapath {datapath} is on VNI {} (0: none), not on VNI {}",
+        config.vni,
+        member.overlay.vni
+    );
+    let device = netlink::link_by_name(handle, vxlan::DEVICE)
+        .await?
+        .with_context(|| format!("the node's vxlan device {} is missing", vxlan::DEVICE))?;
+    let bridge_name = member.network.bridge();
+    let bridge = netlink::link_by_name(handle, &bridge_name)
+        .await?
+        .with_context(|| format!("bridge {bridge_name} is missing"))?;
+    ensure!(
+        config.vxlan_ifindex == device.index && config.bridge_ifindex == bridge.index,
+        "datapath {datapath} sends to ifindex {} and floods into ifindex {}, but {} is {} and {bridge_name} is {}",
+        config.vxlan_ifindex,
+        config.bridge_ifindex,
+        device.name,
+        device.index,
+        bridge.index
+    );
+    ensure!(
+        hooks::vxlan_attached(
+            handle,
+            &datapath::object::pin_dir(&datapath),
+            &device.name,
+            device.index
+        )
+        .await?,
+        "the decap program of datapath {datapath} is not on {}",
+        device.name
+    );
+    Ok(())
 }
 
 /// Takes datapath `datapath`'s program (on VNI `vni`) off the vxlan
