@@ -36,6 +36,8 @@ fn underlay_ip(i: usize) -> Ipv4Addr {
 /// An underlay: a bridge in a namespace of its own, and hosts plugged into it.
 struct Cluster {
     hosts: Vec<Arc<Host>>,
+    /// Each host's `--underlay`.
+    addresses: Vec<Ipv4Addr>,
     underlay: String,
 }
 
@@ -50,6 +52,7 @@ impl Cluster {
         netns::create(&underlay).expect("creating the underlay namespace");
         let cluster = Cluster {
             hosts: Vec::new(),
+            addresses: Vec::new(),
             underlay,
         };
         let underlay = &cluster.underlay;
@@ -80,8 +83,26 @@ impl Cluster {
             ]);
             sh_ok(&["ip", "-n", &host.name, "link", "set", UNDERLAY_IF, "up"]);
             cluster.hosts.push(host);
+            cluster.addresses.push(underlay_ip(i));
         }
         cluster
+    }
+
+    /// Gives host `i` a second address on the underlay and makes it the
+    /// host's `--underlay`: routes still prefer the first.
+    fn use_second_address(&mut self, i: usize, second: Ipv4Addr) {
+        let addr = format!("{second}/24");
+        sh_ok(&[
+            "ip",
+            "-n",
+            &self.hosts[i].name,
+            "addr",
+            "add",
+            &addr,
+            "dev",
+            UNDERLAY_IF,
+        ]);
+        self.addresses[i] = second;
     }
 
     /// One topology per host listed in `on`, all on overlay `vni` (network
@@ -97,6 +118,7 @@ impl Cluster {
         std::fs::write(&peers, "").unwrap();
         let mut overlay = Overlay {
             topologies: Vec::new(),
+            logs: Vec::new(),
             peers,
         };
         for &i in on {
@@ -105,7 +127,7 @@ impl Cluster {
             let (subnet, vni, ul) = (
                 format!("10.88.{}.0/24", i + 1),
                 vni.to_string(),
-                underlay_ip(i).to_string(),
+                self.addresses[i].to_string(),
             );
             let containers = containers.to_string();
             let mut args = vec![
@@ -126,8 +148,11 @@ impl Cluster {
                 overlay.peers.to_str().unwrap(),
             ];
             args.extend_from_slice(extra);
-            host.netpath_ok(&args);
+            let up = host.netpath(&args);
+            let log = String::from_utf8_lossy(&up.stderr).into_owned();
+            assert!(up.status.success(), "netpath {args:?} failed: {log}");
             overlay.topologies.push(topology);
+            overlay.logs.push(log);
         }
         let records: String = overlay
             .topologies
@@ -150,6 +175,8 @@ impl Drop for Cluster {
 /// A topology per host on one overlay, and its peers file.
 struct Overlay {
     topologies: Vec<Topology>,
+    /// What each topology's `up` logged.
+    logs: Vec<String>,
     peers: PathBuf,
 }
 
@@ -598,6 +625,85 @@ fn a_frame_from_an_unknown_underlay_address_is_dropped_and_counted() {
         "a known node did not reach the container: {}",
         String::from_utf8_lossy(&pinged.stdout)
     );
+}
+
+/// A node whose `--underlay` is a second address on its interface: the
+/// route to the other node prefers the first, which that node does not
+/// know. From Linux 6.0 the tunnel key pins the outer source to
+/// `--underlay`: the nodes reach each other and none of it is dropped as
+/// from an unknown node. Before, `up` warns, naming the address to give,
+/// and the other node drops what comes from the first address, counted.
+#[test]
+fn the_outer_source_is_the_nodes_underlay_address() {
+    let mut cluster = Cluster::new(2);
+    cluster.use_second_address(1, Ipv4Addr::new(192, 168, 77, 101));
+    let ov = cluster.overlay(46, 1, &[0, 1]);
+    let unknown = ov.overlay_counter(0, "drop_unknown_node");
+    let reached = ping(&ov.ns(1, 0), &ip(0, 0));
+    let dropped = ov.overlay_counter(0, "drop_unknown_node") - unknown;
+    if netpath::datapath::overlay::kernel_pins_outer_source() {
+        assert!(
+            reached,
+            "node 1 does not reach node 0 from its second address"
+        );
+        assert_eq!(
+            dropped, 0,
+            "node 0 dropped node 1's frames as an unknown node's"
+        );
+        assert!(!ov.logs[1].contains("cannot pin"), "{}", ov.logs[1]);
+    } else {
+        assert!(
+            ov.logs[1].contains("cannot pin the outer source address")
+                && ov.logs[1].contains("give --underlay 192.168.77.2"),
+            "no warning from up on a kernel that cannot pin: {}",
+            ov.logs[1]
+        );
+        assert!(
+            !reached && dropped > 0,
+            "reached {reached}, dropped {dropped}"
+        );
+    }
+}
+
+/// VXLAN of a VNI no overlay on the node uses ends at its vxlan device:
+/// before, the host's stack took the inner frame (a limited broadcast
+/// reached a host service bound to the wildcard address: 20 of 20). Now
+/// an nftables rule on the device's ingress, after the overlays' programs,
+/// drops and counts it (`drop_unclaimed`); the overlay's own frames pass.
+#[test]
+fn vxlan_no_overlay_claims_is_dropped_and_counted() {
+    let cluster = Cluster::new(2);
+    let ov = cluster.overlay(47, 1, &[0, 1]);
+    let service = netns::enter_and(&cluster.hosts[1].name, || {
+        let socket = UdpSocket::bind("0.0.0.0:5353")?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
+    })
+    .unwrap();
+    let before = ov.overlay_counter(1, "drop_unclaimed");
+    let mut broadcast = packets::udp_to(
+        packets::ipv4([0xff; 6], [2, 0, 0, 0, 0, 0x99], [192, 0, 2, 9], [255; 4]),
+        5353,
+    );
+    packets::ipv4_checksum(&mut broadcast);
+    send_vxlan(
+        &cluster.hosts[0].name,
+        SocketAddr::from((underlay_ip(1), 4789)),
+        999,
+        &[broadcast],
+        20,
+    );
+    within(
+        Duration::from_secs(5),
+        "node 1 counting 20 frames of VNI 999 as unclaimed",
+        || ov.overlay_counter(1, "drop_unclaimed") - before >= 20,
+    );
+    let mut received = 0;
+    while service.recv(&mut [0; 64]).is_ok() {
+        received += 1;
+    }
+    assert_eq!(received, 0, "a host service received unclaimed VXLAN");
+    assert!(ping(&ov.ns(0, 0), &ip(1, 0)), "the overlay's own frames");
 }
 
 /// VXLAN packets as a node sends them (the 8-byte header with VNI `vni`,

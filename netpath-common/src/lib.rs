@@ -294,7 +294,13 @@ pub struct OverlayConfig {
     pub bridge_ifindex: u32,
     /// Non-zero: the underlay is IPv6 (tunnel keys carry IPv6 addresses).
     pub underlay_ipv6: u8,
-    pub _pad: [u8; 3],
+    /// Non-zero: the tunnel key names `local` as the outer source address
+    /// (Linux 6.0 takes it; before, the kernel's route chooses).
+    pub pin_local: u8,
+    pub _pad: [u8; 2],
+    /// This node's underlay address (IPv4 in the first four bytes), the
+    /// outer source the other nodes know it by.
+    pub local: [u8; 16],
 }
 
 /// A node's underlay address: IPv4 in the first 4 bytes (the rest zero), or
@@ -375,7 +381,7 @@ pub struct TraceEvent {
 /// types. The loader writes it into the pinned `LAYOUT` map when it creates
 /// a datapath's maps, and refuses pins of another version instead of
 /// misreading them. Bump it with every change to a map or a type above.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 pub mod maps;
 

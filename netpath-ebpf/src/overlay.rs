@@ -24,8 +24,8 @@ const ARP_REQUEST: [u8; 2] = 1u16.to_be_bytes();
 const ARP_REPLY: [u8; 2] = 2u16.to_be_bytes();
 
 /// Bytes of `struct bpf_tunnel_key` passed to the tunnel key helpers: up
-/// to `tunnel_label`, the struct as Linux 4.x-5.x define it. Later kernels
-/// append the local address and accept this size as the older layout.
+/// to `tunnel_label`, the struct as Linux 4.x-5.x define it. Linux 6.0
+/// appends the local address and accepts this size as the older layout.
 pub const TUNNEL_KEY_SIZE: u32 = 28;
 
 /// The TTL of the outer header (the kernel's default for vxlan would be
@@ -100,9 +100,31 @@ pub fn set_tunnel(ctx: &TcContext, overlay: &OverlayConfig, node: &NodeAddr) -> 
             u32::from_be_bytes([node.addr[0], node.addr[1], node.addr[2], node.addr[3]]);
         0
     };
+    // The outer source: this node's underlay address, as the other nodes
+    // know it, not whichever address the route to the node prefers (with
+    // a second address on the underlay, the peers would drop everything).
+    let size = if overlay.pin_local != 0 {
+        let local = &overlay.local;
+        if flags != 0 {
+            // SAFETY: local_ipv6 is 16 bytes, as is the address.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    local.as_ptr(),
+                    key.__bindgen_anon_3.local_ipv6.as_mut_ptr().cast::<u8>(),
+                    16,
+                )
+            };
+        } else {
+            key.__bindgen_anon_3.local_ipv4 =
+                u32::from_be_bytes([local[0], local[1], local[2], local[3]]);
+        }
+        core::mem::size_of::<bpf_tunnel_key>() as u32
+    } else {
+        TUNNEL_KEY_SIZE
+    };
     // SAFETY: the key lives on this stack frame for the call; the size is
     // within it.
-    unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, TUNNEL_KEY_SIZE, flags) == 0 }
+    unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, size, flags) == 0 }
 }
 
 /// Head-end replication: a copy of the frame to every other node of the

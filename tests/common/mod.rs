@@ -148,19 +148,20 @@ impl Host {
             .expect("running netpath")
     }
 
-    /// Waits until the host has no link `dev`: after `ip netns del`, the
-    /// kernel dismantles a namespace's devices (and so a veth's host end)
-    /// a moment later.
-    #[track_caller]
     /// A crashed runtime: namespace `ns` goes without anyone telling
     /// netpath; returns once the kernel has taken its veth's host end,
     /// `host_veth`, with it.
+    #[track_caller]
     pub fn delete_namespace(&self, ns: &str, host_veth: &str) {
         let deleted = outside("ip", &["netns", "del", ns]);
         assert!(deleted.status.success(), "ip netns del {ns}: {deleted:?}");
         self.wait_link_gone(host_veth);
     }
 
+    /// Waits until the host has no link `dev`: after `ip netns del`, the
+    /// kernel dismantles a namespace's devices (and so a veth's host end)
+    /// a moment later.
+    #[track_caller]
     pub fn wait_link_gone(&self, dev: &str) {
         within(
             std::time::Duration::from_secs(5),

@@ -29,6 +29,21 @@ pub fn ipv4(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> V
     frame(dst_mac, src_mac, ETH_P_IP, &ip)
 }
 
+/// Sets the header checksum of an IPv4 `frame` (from [`ipv4`]), which a
+/// frame for the host's own stack needs (the programs do not check it).
+pub fn ipv4_checksum(frame: &mut [u8]) {
+    let header = 14..14 + (frame[14] as usize & 0xf) * 4;
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let mut sum: u32 = frame[header]
+        .chunks(2)
+        .map(|word| u32::from(u16::from_be_bytes([word[0], word[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    frame[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
 /// An ARP request (op 1) or reply (op 2), broadcast for a request.
 pub fn arp(op: u16, src_mac: [u8; 6], sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
     let mut body = vec![0, 1, 0x08, 0x00, 6, 4];

@@ -49,6 +49,14 @@ pub fn ip_of(node: &NodeAddr) -> IpAddr {
     }
 }
 
+/// Whether this kernel's tunnel key takes the outer source address
+/// (`local_ipv4`/`local_ipv6` of `struct bpf_tunnel_key`, Linux 6.0), which
+/// the programs then set ([`OverlayConfig::pin_local`]).
+pub fn kernel_pins_outer_source() -> bool {
+    use aya::util::KernelVersion;
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 0, 0))
+}
+
 /// Puts a running datapath on an overlay: its settings in CONFIG and its
 /// program on the node's vxlan device (whose ifindex is `vxlan`).
 pub fn join(datapath: &str, overlay: OverlayConfig, device: &str, tc: TcMethod) -> Result<()> {

@@ -1,6 +1,6 @@
 //! The machine side: netlink, network namespaces, the one plumbing that
 //! plugs a container into a bridge (used by topologies, the CNI plugin and
-//! the benchmark alike), ethtool offloads and NAT.
+//! the benchmark alike), ethtool offloads, NAT and nftables.
 //!
 //! "Host" is whatever network namespace netpath runs in: the machine's own,
 //! or a namespace a test (or a simulated host of an overlay) made for it.
@@ -10,5 +10,6 @@ pub mod interrupt;
 pub mod nat;
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod plumbing;
 pub mod vxlan;

@@ -1,15 +1,12 @@
 //! `--nat`: forwarding and an nftables masquerade rule for the subnets (IPv4
 //! and IPv6), in a table of netpath's own so removing it touches nothing else.
 
-use std::{
-    io::Write,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use ipnet::IpNet;
 
+use super::nft;
 use crate::{
     model::naming::nat_table,
     store::{
@@ -21,35 +18,8 @@ use crate::{
 const IPV4_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 const IPV6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 
-fn nft(script: &str) -> Result<()> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running nft (install nftables, or run `cargo xtask setup`)")?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "nft failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
 pub fn table_exists(topology: &str) -> bool {
-    Command::new("nft")
-        .args(["list", "table", "inet", &nat_table(topology)])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    nft::table_exists("inet", &nat_table(topology))
 }
 
 /// The sysctl that forwards a subnet's family.
@@ -76,7 +46,7 @@ pub fn enable(topology: &str, subnets: &[IpNet]) -> Result<()> {
             format!("    {family} saddr {s} {family} daddr != {s} masquerade\n")
         })
         .collect();
-    nft(&format!(
+    nft::run(&format!(
         "table inet {table} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat;\n{rules}  }}\n}}\n",
         table = nat_table(topology)
     ))
@@ -113,7 +83,7 @@ pub fn enable(topology: &str, subnets: &[IpNet]) -> Result<()> {
 /// restores the forwarding sysctls to what they were before the first.
 pub fn disable(topology: &str) -> Result<()> {
     if table_exists(topology) {
-        nft(&format!("delete table inet {}\n", nat_table(topology)))?;
+        nft::run(&format!("delete table inet {}\n", nat_table(topology)))?;
     }
     let key = nat::key()?;
     let _lock = lock(&key)?;

@@ -118,12 +118,18 @@ pub async fn join(handle: &Handle, member: &Member, mtu: u32) -> Result<()> {
     let bridge = netlink::link_by_name(handle, &bridge_name)
         .await?
         .with_context(|| format!("bridge {bridge_name} of {} is missing", member.network))?;
+    let pin_local = remote::kernel_pins_outer_source();
+    if !pin_local {
+        warn_if_not_the_route_source(handle, member).await?;
+    }
     let config = OverlayConfig {
         vni: overlay.vni,
         vxlan_ifindex: device.index,
         bridge_ifindex: bridge.index,
         underlay_ipv6: overlay.underlay.is_ipv6() as u8,
-        _pad: [0; 3],
+        pin_local: pin_local as u8,
+        _pad: [0; 2],
+        local: remote::node_addr(overlay.underlay).addr,
     };
     remote::join(
         &member.datapath(),
@@ -152,6 +158,33 @@ pub async fn join(handle: &Handle, member: &Member, mtu: u32) -> Result<()> {
                 record::save(&member.datapath(), &waiting)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Before Linux 6.0 the outer source address is the route's choice: the
+/// first address of the underlay's family on its interface, as a rule.
+/// Warns if `--underlay` is another one, as the other nodes would drop
+/// everything this node sends (they know it by `--underlay`).
+async fn warn_if_not_the_route_source(handle: &Handle, member: &Member) -> Result<()> {
+    let underlay = member.overlay.underlay;
+    let Some(link) = netlink::link_with_address(handle, underlay).await? else {
+        return Ok(()); // joining fails on it with its own error
+    };
+    let first = netlink::addresses(handle, link.index)
+        .await?
+        .into_iter()
+        .find(|a| a.addr().is_ipv4() == underlay.is_ipv4());
+    if let Some(first) = first.filter(|first| first.addr() != underlay) {
+        warn!(
+            "{}: this kernel cannot pin the outer source address (Linux 6.0 can): VXLAN leaves {} \
+             from the route's source address, likely {}, and the other nodes drop what does not come \
+             from --underlay {underlay}; give --underlay {} or make {underlay} the route's source",
+            member.name(),
+            link.name,
+            first.addr(),
+            first.addr()
+        );
     }
     Ok(())
 }
@@ -216,11 +249,11 @@ pub async fn check_joined(handle: &Handle, member: &Member) -> Result<()> {
 pub async fn leave(handle: &Handle, datapath: &str, vni: u32) -> Result<()> {
     remote::leave(datapath, vxlan::DEVICE, vni)?;
     record::remove(datapath)?;
-    if let Some(device) = netlink::link_by_name(handle, vxlan::DEVICE).await? {
-        let in_use = hooks::vxlan_in_use(handle, &device.name, device.index).await?;
-        vxlan::remove_unless(handle, in_use).await?;
-    }
-    Ok(())
+    let in_use = match netlink::link_by_name(handle, vxlan::DEVICE).await? {
+        Some(device) => hooks::vxlan_in_use(handle, &device.name, device.index).await?,
+        None => false,
+    };
+    vxlan::remove_unless(handle, in_use).await
 }
 
 /// What this node tells the others: its address, subnets and containers,
@@ -409,7 +442,12 @@ pub fn status(member: &Member) -> Result<Status> {
         skipped: rec.skipped,
         accepted: remote::known_nodes(&maps)?,
         remote: remote::remote_rows(&maps)?,
-        counters: remote::counters(&maps)?,
+        counters: {
+            let mut counters = remote::counters(&maps)?;
+            // The node's, not the datapath's: no overlay took them.
+            counters.push(("drop_unclaimed", vxlan::unclaimed_packets()?));
+            counters
+        },
     })
 }
 
