@@ -992,16 +992,29 @@ struct Etcd {
     host: Arc<Host>,
     ip: Ipv4Addr,
     data: PathBuf,
+    /// Serving TLS with these certificates, and asking clients for theirs.
+    tls: Option<Arc<Pki>>,
     process: Option<common::KillOnDrop>,
 }
 
 impl Etcd {
     fn start(host: &Arc<Host>, ip: Ipv4Addr) -> Etcd {
+        Self::start_serving(host, ip, None)
+    }
+
+    /// etcd over TLS only, and only to clients with a certificate `pki`'s
+    /// CA signed.
+    fn start_tls(host: &Arc<Host>, ip: Ipv4Addr, pki: &Arc<Pki>) -> Etcd {
+        Self::start_serving(host, ip, Some(pki.clone()))
+    }
+
+    fn start_serving(host: &Arc<Host>, ip: Ipv4Addr, tls: Option<Arc<Pki>>) -> Etcd {
         let data = std::env::temp_dir().join(format!("netpath-etcd-{}", unique_name("et")));
         let mut etcd = Etcd {
             host: host.clone(),
             ip,
             data,
+            tls,
             process: None,
         };
         etcd.resume();
@@ -1009,7 +1022,36 @@ impl Etcd {
     }
 
     fn url(&self) -> String {
-        format!("http://{}:2379", self.ip)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:2379", self.ip)
+    }
+
+    /// Turns authentication on: user `root` (etcd's administrator) with
+    /// `password`, which every client must then give.
+    fn enable_auth(&self, password: &str) {
+        let pki = self.tls.clone().expect("auth over TLS only");
+        let (url, password) = (self.url(), password.to_owned());
+        self.host.run(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut client = etcd_client::Client::connect([url], Some(pki.connect_options()))
+                    .await
+                    .expect("connecting to etcd over TLS");
+                client.role_add("root").await.expect("adding role root");
+                client
+                    .user_add("root", password, None)
+                    .await
+                    .expect("adding user root");
+                client
+                    .user_grant_role("root", "root")
+                    .await
+                    .expect("granting root its role");
+                client.auth_enable().await.expect("enabling authentication");
+            })
+        });
     }
 
     /// Starts etcd (again, on its data) and waits until it serves clients.
@@ -1032,6 +1074,17 @@ impl Etcd {
                 peer,
             ])
             .args(["--initial-cluster", &format!("e={peer}")])
+            .args(self.tls.iter().flat_map(|pki| {
+                [
+                    "--client-cert-auth".to_owned(),
+                    "--trusted-ca-file".to_owned(),
+                    pki.path("ca.pem"),
+                    "--cert-file".to_owned(),
+                    pki.path("etcd.pem"),
+                    "--key-file".to_owned(),
+                    pki.path("etcd-key.pem"),
+                ]
+            }))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -1062,6 +1115,75 @@ impl Drop for Etcd {
     }
 }
 
+/// A CA and the certificates it signed, as PEM files in a directory of
+/// their own: `ca.pem`, `etcd.pem` (etcd's, for its address) and
+/// `node.pem` (the nodes' client certificate), each with `-key.pem`.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(etcd: Ipv4Addr) -> Arc<Pki> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose, SanType,
+        };
+        let dir = std::env::temp_dir().join(format!("netpath-pki-{}", unique_name("pk")));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        ca.distinguished_name
+            .push(DnType::CommonName, "netpath test CA");
+        let ca = ca.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        for (name, sans) in [
+            ("etcd", vec![SanType::IpAddress(etcd.into())]),
+            ("node", vec![]),
+        ] {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.subject_alt_names = sans;
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+            std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+        }
+        Arc::new(Pki { dir })
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+
+    /// The test's own etcd client: the CA and the node certificate.
+    fn connect_options(&self) -> etcd_client::ConnectOptions {
+        let read = |file: &str| std::fs::read(self.dir.join(file)).unwrap();
+        etcd_client::ConnectOptions::new().with_tls(
+            etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read("ca.pem")))
+                .identity(etcd_client::Identity::from_pem(
+                    read("node.pem"),
+                    read("node-key.pem"),
+                )),
+        )
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// `netpath run` of one node on an etcd overlay, killed when dropped; its
 /// topology torn down after.
 struct EtcdNode {
@@ -1072,6 +1194,11 @@ struct EtcdNode {
 
 impl EtcdNode {
     fn start(cluster: &Cluster, i: usize, etcd: &Etcd) -> EtcdNode {
+        Self::start_with(cluster, i, etcd, &[])
+    }
+
+    /// As [`EtcdNode::start`], `run` given `extra` too.
+    fn start_with(cluster: &Cluster, i: usize, etcd: &Etcd, extra: &[String]) -> EtcdNode {
         let host = &cluster.hosts[i];
         let name = unique_name("oe");
         let args: Vec<String> = [
@@ -1096,6 +1223,7 @@ impl EtcdNode {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
         .collect();
         let mut node = EtcdNode {
             process: None,
@@ -1156,6 +1284,66 @@ impl EtcdNode {
         ]))
         .unwrap()
     }
+}
+
+/// etcd over TLS that asks clients for a certificate, with authentication
+/// on: nodes given the CA, a client certificate and key, and a user with
+/// its password file register, find each other and carry the overlay. A
+/// node given the wrong password is never let in: the others never
+/// program it, and it programs none of them.
+#[test]
+fn etcd_with_tls_and_a_user_carries_the_overlay() {
+    let cluster = Cluster::new(4);
+    let pki = Pki::new(underlay_ip(3));
+    let etcd = Etcd::start_tls(&cluster.hosts[3], underlay_ip(3), &pki);
+    etcd.enable_auth("s3cret pass");
+    let password = |tag: &str, text: &str| {
+        let file = TempFile(std::env::temp_dir().join(format!("netpath-{}", unique_name(tag))));
+        std::fs::write(&file.0, format!("{text}\n")).unwrap();
+        file
+    };
+    let (right, wrong) = (password("pw", "s3cret pass"), password("pw", "guessed"));
+    let access = |password: &TempFile| -> Vec<String> {
+        [
+            "--etcd-ca",
+            &pki.path("ca.pem"),
+            "--etcd-cert",
+            &pki.path("node.pem"),
+            "--etcd-key",
+            &pki.path("node-key.pem"),
+            "--etcd-user",
+            "root",
+            "--etcd-password-file",
+            password.0.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let nodes: Vec<EtcdNode> = (0..2)
+        .map(|i| EtcdNode::start_with(&cluster, i, &etcd, &access(&right)))
+        .collect();
+    let intruder = EtcdNode::start_with(&cluster, 2, &etcd, &access(&wrong));
+    let ul = |i: usize| underlay_ip(i).to_string();
+    within(
+        common::patience(Duration::from_secs(10)),
+        "the two nodes finding each other through etcd over TLS",
+        || nodes[0].accepted() == [ul(1)] && nodes[1].accepted() == [ul(0)],
+    );
+    assert!(
+        ping(&nodes[0].ns(0), &ip(1, 0)),
+        "node 0 does not reach node 1"
+    );
+    assert!(
+        intruder.accepted().is_empty(),
+        "a node with the wrong password programmed {:?}",
+        intruder.accepted()
+    );
+    assert_eq!(
+        nodes[0].accepted(),
+        [ul(1)],
+        "the wrong password let node 2 in"
+    );
 }
 
 #[test]

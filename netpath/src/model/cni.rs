@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::{
     Mac, Mode, ipam, naming, one_or_many,
-    overlay::{DEFAULT_LEASE_TTL_S, OverlaySpec, Peers},
+    overlay::{DEFAULT_LEASE_TTL_S, EtcdAccess, OverlaySpec, Peers},
 };
 
 /// Oldest first: the last is the newest, which VERSION reports.
@@ -147,6 +147,10 @@ pub struct OverlayConf {
     /// Seconds the node's etcd registration outlives it [default: 10].
     #[serde(default)]
     pub lease_ttl: Option<u64>,
+    /// TLS and user for etcd: `{"ca": FILE, "cert": FILE, "key": FILE,
+    /// "user": NAME, "passwordFile": FILE}`, each optional.
+    #[serde(default)]
+    pub etcd_access: EtcdAccess,
 }
 
 /// One entry of `cni.dev/valid-attachments`.
@@ -289,6 +293,7 @@ impl NetConf {
                 "give \"peers\" (a static peers file) or \"etcd\" (endpoints) to learn the other nodes from"
             ),
         };
+        conf.etcd_access.validate(&conf.etcd)?;
         if self.mode() != Mode::Tc {
             bail!(
                 "an overlay needs mode tc: only tc programs can set the tunnel key of a frame (mode {})",
@@ -302,6 +307,7 @@ impl NetConf {
             networks: ipam::parse_subnets(&conf.network).context("network")?,
             peers,
             lease_ttl_s: conf.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL_S),
+            etcd_access: conf.etcd_access.clone(),
         };
         let subnets = self.ipam_subnets()?;
         if subnets.is_empty() {

@@ -64,6 +64,56 @@ pub struct OverlaySpec {
     pub peers: Peers,
     /// Seconds the node's etcd registration outlives its last keep-alive.
     pub lease_ttl_s: u64,
+    /// How this node and etcd prove who they are (none: plain HTTP).
+    #[serde(default)]
+    pub etcd_access: EtcdAccess,
+}
+
+/// How a node and etcd prove who they are to each other: TLS (the CA that
+/// signed etcd's certificate, and this node's certificate and key if etcd
+/// asks clients for one) and an etcd user, whose password is read from a
+/// file (a command line is visible to every user through `ps`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EtcdAccess {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+}
+
+impl EtcdAccess {
+    /// Refuses halves: a certificate without its key, a user without a
+    /// password file, TLS settings without TLS endpoints.
+    pub fn validate(&self, endpoints: &[String]) -> Result<()> {
+        ensure!(
+            self.cert.is_some() == self.key.is_some(),
+            "etcd: give the client certificate and its key together (--etcd-cert and --etcd-key)"
+        );
+        ensure!(
+            self.user.is_some() == self.password_file.is_some(),
+            "etcd: give the user and the file with its password together (--etcd-user and \
+             --etcd-password-file)"
+        );
+        let tls = self.ca.is_some() || self.cert.is_some();
+        if let Some(plain) = endpoints.iter().find(|e| tls != e.starts_with("https://")) {
+            bail!(
+                "etcd endpoint {plain}: {}",
+                if tls {
+                    "with TLS settings every endpoint is https://"
+                } else {
+                    "an https:// endpoint needs --etcd-ca (the CA that signed etcd's certificate)"
+                }
+            );
+        }
+        Ok(())
+    }
 }
 
 impl OverlaySpec {
@@ -372,6 +422,7 @@ mod tests {
             networks: vec!["10.88.0.0/16".parse().unwrap()],
             peers: Peers::File("/x".into()),
             lease_ttl_s: DEFAULT_LEASE_TTL_S,
+            etcd_access: EtcdAccess::default(),
         }
     }
 
@@ -494,6 +545,33 @@ underlay = "192.168.100.3"
             vetted.skipped
         );
         eprintln!("vetted 200 nodes of 250 containers in {took:?}");
+    }
+
+    #[test]
+    fn etcd_access_is_refused_by_halves() {
+        let https = ["https://10.0.0.5:2379".to_owned()];
+        let http = ["http://10.0.0.5:2379".to_owned()];
+        let tls = EtcdAccess {
+            ca: Some("/ca.pem".into()),
+            ..EtcdAccess::default()
+        };
+        assert!(tls.validate(&https).is_ok());
+        assert!(EtcdAccess::default().validate(&http).is_ok());
+        let error = |access: EtcdAccess, endpoints: &[String]| {
+            access.validate(endpoints).unwrap_err().to_string()
+        };
+        assert!(error(tls.clone(), &http).contains("every endpoint is https://"));
+        assert!(error(EtcdAccess::default(), &https).contains("needs --etcd-ca"));
+        let half_identity = EtcdAccess {
+            cert: Some("/node.pem".into()),
+            ..tls.clone()
+        };
+        assert!(error(half_identity, &https).contains("--etcd-key"));
+        let no_password = EtcdAccess {
+            user: Some("root".into()),
+            ..tls
+        };
+        assert!(error(no_password, &https).contains("--etcd-password-file"));
     }
 
     #[test]

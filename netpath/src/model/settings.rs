@@ -95,6 +95,22 @@ pub struct Settings {
     #[arg(long)]
     #[serde(default, deserialize_with = "one_or_many")]
     pub etcd: Vec<String>,
+    /// The CA that signed etcd's certificate: etcd is spoken to over TLS
+    /// (https:// endpoints).
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// This node's client certificate for etcd (PEM; with --etcd-key).
+    #[arg(long)]
+    pub etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert (PEM).
+    #[arg(long)]
+    pub etcd_key: Option<PathBuf>,
+    /// The etcd user this node authenticates as (with --etcd-password-file).
+    #[arg(long)]
+    pub etcd_user: Option<String>,
+    /// A file holding the etcd user's password (its first line).
+    #[arg(long)]
+    pub etcd_password_file: Option<PathBuf>,
     /// This node's name on the overlay [default: the topology name].
     #[arg(long)]
     pub node: Option<String>,
@@ -168,6 +184,11 @@ impl Settings {
             } else {
                 self.etcd
             },
+            etcd_ca: self.etcd_ca.or(base.etcd_ca),
+            etcd_cert: self.etcd_cert.or(base.etcd_cert),
+            etcd_key: self.etcd_key.or(base.etcd_key),
+            etcd_user: self.etcd_user.or(base.etcd_user),
+            etcd_password_file: self.etcd_password_file.or(base.etcd_password_file),
             node: self.node.or(base.node),
             lease_ttl: self.lease_ttl.or(base.lease_ttl),
             config: self.config.or(base.config),

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     Mac, Mode, Settings, ipam,
     naming::{bridge_name, validate_container_name, validate_topology_name},
-    overlay::{DEFAULT_LEASE_TTL_S, OverlaySpec, Peers},
+    overlay::{DEFAULT_LEASE_TTL_S, EtcdAccess, OverlaySpec, Peers},
 };
 
 pub const DEFAULT_NAME: &str = "np";
@@ -375,6 +375,14 @@ fn overlay_of(topology: &str, settings: &Settings) -> Result<Option<OverlaySpec>
         (Some(_), false) => anyhow::bail!("give --peers or --etcd, not both"),
         (None, true) => anyhow::bail!(missing("--peers FILE or --etcd URL")),
     };
+    let etcd_access = EtcdAccess {
+        ca: settings.etcd_ca.clone(),
+        cert: settings.etcd_cert.clone(),
+        key: settings.etcd_key.clone(),
+        user: settings.etcd_user.clone(),
+        password_file: settings.etcd_password_file.clone(),
+    };
+    etcd_access.validate(&settings.etcd)?;
     Ok(Some(OverlaySpec {
         node: settings.node.clone().unwrap_or_else(|| topology.to_owned()),
         vni: settings.vni.with_context(|| missing("--vni"))?,
@@ -383,6 +391,7 @@ fn overlay_of(topology: &str, settings: &Settings) -> Result<Option<OverlaySpec>
             .with_context(|| missing("--overlay-network"))?,
         peers,
         lease_ttl_s: settings.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL_S),
+        etcd_access,
     }))
 }
 

@@ -9,16 +9,17 @@
 //! etcd answers again: a new lease, the key put again, a full read, a
 //! new watch.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, WatchOptions,
+    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, KeyValue, PutOptions,
+    TlsOptions, WatchOptions,
 };
 use log::{info, warn};
 
 use super::{Member, local_record, program, set_connected};
-use crate::model::overlay::{NodeRecord, Skipped};
+use crate::model::overlay::{EtcdAccess, NodeRecord, Skipped};
 
 /// How long one etcd request may take before the session is given up.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -65,9 +66,7 @@ pub async fn run(member: Member, endpoints: Vec<String>) {
 /// One connection to etcd, until it fails.
 async fn session(member: &Member, endpoints: &[String], source: &str) -> Result<()> {
     let overlay = &member.overlay;
-    let options = ConnectOptions::new()
-        .with_connect_timeout(REQUEST_TIMEOUT)
-        .with_timeout(REQUEST_TIMEOUT);
+    let options = connect_options(&overlay.etcd_access)?;
     let mut client = Client::connect(endpoints, Some(options))
         .await
         .context("connecting")?;
@@ -173,6 +172,38 @@ async fn session(member: &Member, endpoints: &[String], source: &str) -> Result<
             }
         }
     }
+}
+
+/// How to connect: the timeouts, and TLS and the user as `access` says
+/// (its files read afresh, so renewed certificates are taken at the next
+/// session).
+fn connect_options(access: &EtcdAccess) -> Result<ConnectOptions> {
+    let read = |path: &Path, what: &str| {
+        std::fs::read(path).with_context(|| format!("reading the etcd {what} {}", path.display()))
+    };
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(REQUEST_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT);
+    if access.ca.is_some() || access.cert.is_some() {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &access.ca {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca, "CA certificate")?));
+        }
+        if let (Some(cert), Some(key)) = (&access.cert, &access.key) {
+            tls = tls.identity(Identity::from_pem(
+                read(cert, "client certificate")?,
+                read(key, "client key")?,
+            ));
+        }
+        options = options.with_tls(tls);
+    }
+    if let (Some(user), Some(file)) = (&access.user, &access.password_file) {
+        let password = String::from_utf8(read(file, "password file")?)
+            .with_context(|| format!("the etcd password file {} is not text", file.display()))?;
+        let password = password.lines().next().unwrap_or_default().to_owned();
+        options = options.with_user(user.clone(), password);
+    }
+    Ok(options)
 }
 
 /// What one key offers: a node's record, or why it is none.
