@@ -36,6 +36,15 @@ impl Frame {
         self.ptr::<T>(offset).map(|ptr| unsafe { &*ptr })
     }
 
+    /// The IPv6 extension header (hop-by-hop, routing or destination
+    /// options: a next-header byte and a length in 8-byte units) at
+    /// `offset`: the header after it, and where that begins.
+    #[inline(always)]
+    pub fn ipv6_extension(&self, offset: usize) -> Result<(u8, usize), Counter> {
+        let ext: &[u8; 2] = self.at(offset)?;
+        Ok((ext[0], offset + (ext[1] as usize + 1) * 8))
+    }
+
     /// As [`Frame::at`], to rewrite the header in place (tc may write
     /// packet data: the kernel unclones the skb first).
     #[inline(always)]

@@ -111,9 +111,7 @@ fn ipv6(policy: &PortPolicy, frame: &Frame) -> Result<(), Counter> {
     let mut offset = EthHdr::LEN + Ipv6Hdr::LEN;
     if next == IPPROTO_HOPOPTS {
         // MLD reports come behind one hop-by-hop header (router alert).
-        let ext: &[u8; 2] = frame.at(offset)?;
-        next = ext[0];
-        offset += (ext[1] as usize + 1) * 8;
+        (next, offset) = frame.ipv6_extension(offset)?;
     }
     match next {
         IPPROTO_ICMPV6 => icmpv6(policy, frame, offset, payload_end, unspecified),

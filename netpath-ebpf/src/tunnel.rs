@@ -54,9 +54,7 @@ pub fn to_vxlan_port(frame: &Frame) -> Result<bool, Counter> {
                         offset += 8;
                     }
                     IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                        let ext: &[u8; 2] = frame.at(offset)?;
-                        next = ext[0];
-                        offset += (ext[1] as usize + 1) * 8;
+                        (next, offset) = frame.ipv6_extension(offset)?;
                     }
                     _ => break,
                 }
