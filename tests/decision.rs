@@ -751,157 +751,35 @@ fn a_port_that_checks_sources_sends_only_its_own() {
         let victim_ll = packets::link_local(OTHER_MAC);
         // What each frame must come to: redirected, passed to the bridge
         // or dropped, by the counter it must raise.
+        #[rustfmt::skip]
         let cases: Vec<(&str, Vec<u8>, Counter)> = vec![
             ("IPv4", eth(OTHER_MAC), Redirected),
-            (
-                "IPv6",
-                packets::ipv6_udp(OTHER_MAC, PORT_MAC, PORT_IPV6, OTHER_IPV6),
-                Redirected,
-            ),
-            (
-                "IPv6 from the link-local address",
-                packets::ipv6_udp(OTHER_MAC, PORT_MAC, ll, victim_ll),
-                Redirected,
-            ),
-            (
-                "ARP request",
-                packets::arp(1, PORT_MAC, PORT_MAC, PORT_IP, OTHER_IP),
-                PassMulticast,
-            ),
-            (
-                "ARP probe",
-                packets::arp(1, PORT_MAC, PORT_MAC, [0; 4], PORT_IP),
-                PassMulticast,
-            ),
-            (
-                "NS",
-                packets::nd(
-                    ND_NEIGHBOR_SOLICIT,
-                    PORT_MAC,
-                    ll,
-                    OTHER_IPV6,
-                    Some(PORT_MAC),
-                ),
-                PassMulticast,
-            ),
-            (
-                "DAD NS",
-                packets::nd(ND_NEIGHBOR_SOLICIT, PORT_MAC, [0; 16], PORT_IPV6, None),
-                PassMulticast,
-            ),
-            (
-                "NA",
-                packets::nd(
-                    ND_NEIGHBOR_ADVERT,
-                    PORT_MAC,
-                    PORT_IPV6,
-                    PORT_IPV6,
-                    Some(PORT_MAC),
-                ),
-                PassMulticast,
-            ),
-            (
-                "a UDP fragment",
-                packets::first_fragment(packets::IPPROTO_UDP, PORT_MAC, ll),
-                PassMulticast,
-            ),
+            ("IPv6", packets::ipv6_udp(OTHER_MAC, PORT_MAC, PORT_IPV6, OTHER_IPV6), Redirected),
+            ("IPv6 from the link-local address", packets::ipv6_udp(OTHER_MAC, PORT_MAC, ll, victim_ll), Redirected),
+            ("ARP request", packets::arp(1, PORT_MAC, PORT_MAC, PORT_IP, OTHER_IP), PassMulticast),
+            ("ARP probe", packets::arp(1, PORT_MAC, PORT_MAC, [0; 4], PORT_IP), PassMulticast),
+            ("NS", packets::nd(ND_NEIGHBOR_SOLICIT, PORT_MAC, ll, OTHER_IPV6, Some(PORT_MAC)), PassMulticast),
+            ("DAD NS", packets::nd(ND_NEIGHBOR_SOLICIT, PORT_MAC, [0; 16], PORT_IPV6, None), PassMulticast),
+            ("NA", packets::nd(ND_NEIGHBOR_ADVERT, PORT_MAC, PORT_IPV6, PORT_IPV6, Some(PORT_MAC)), PassMulticast),
+            ("a UDP fragment", packets::first_fragment(packets::IPPROTO_UDP, PORT_MAC, ll), PassMulticast),
             // The forgeries: each dropped and counted.
-            (
-                "another MAC",
-                packets::ipv4(OTHER_MAC, UNKNOWN_MAC, PORT_IP, OTHER_IP),
-                DropSpoofedMac,
-            ),
-            (
-                "another IPv4",
-                packets::ipv4(OTHER_MAC, PORT_MAC, OTHER_IP, PORT_IP),
-                DropSpoofedIp,
-            ),
-            (
-                "another IPv6",
-                packets::ipv6_udp(OTHER_MAC, PORT_MAC, OTHER_IPV6, PORT_IPV6),
-                DropSpoofedIp,
-            ),
-            (
-                "another link-local",
-                packets::ipv6_udp(OTHER_MAC, PORT_MAC, victim_ll, ll),
-                DropSpoofedIp,
-            ),
-            (
-                "ARP for another IP",
-                packets::arp(2, PORT_MAC, PORT_MAC, OTHER_IP, OTHER_IP),
-                DropSpoofedIp,
-            ),
-            (
-                "ARP for another MAC",
-                packets::arp(1, PORT_MAC, OTHER_MAC, PORT_IP, OTHER_IP),
-                DropSpoofedMac,
-            ),
-            (
-                "NA for another IP",
-                packets::nd(ND_NEIGHBOR_ADVERT, PORT_MAC, ll, OTHER_IPV6, Some(PORT_MAC)),
-                DropSpoofedIp,
-            ),
-            (
-                "NA with another MAC",
-                packets::nd(ND_NEIGHBOR_ADVERT, PORT_MAC, ll, PORT_IPV6, Some(OTHER_MAC)),
-                DropSpoofedMac,
-            ),
-            (
-                "NS with another MAC",
-                packets::nd(
-                    ND_NEIGHBOR_SOLICIT,
-                    PORT_MAC,
-                    ll,
-                    OTHER_IPV6,
-                    Some(OTHER_MAC),
-                ),
-                DropSpoofedMac,
-            ),
-            (
-                "router advertisement",
-                packets::nd(ND_ROUTER_ADVERT, PORT_MAC, ll, [0; 16], Some(PORT_MAC)),
-                DropSpoofedIp,
-            ),
-            (
-                "RA behind hop-by-hop",
-                packets::ra_behind(packets::IPPROTO_HOPOPTS, PORT_MAC, ll),
-                DropSpoofedIp,
-            ),
-            (
-                "RA behind an authentication header",
-                packets::ra_behind(packets::IPPROTO_AH, PORT_MAC, ll),
-                DropProtocol,
-            ),
-            (
-                "ICMPv6 in fragments",
-                packets::first_fragment(packets::IPPROTO_ICMPV6, PORT_MAC, ll),
-                DropProtocol,
-            ),
-            (
-                "a UDP fragment from ::",
-                packets::first_fragment(packets::IPPROTO_UDP, PORT_MAC, [0; 16]),
-                DropSpoofedIp,
-            ),
-            (
-                "UDP from ::",
-                packets::ipv6_udp(OTHER_MAC, PORT_MAC, [0; 16], OTHER_IPV6),
-                DropSpoofedIp,
-            ),
-            (
-                "802.1Q",
-                frame(
-                    OTHER_MAC,
-                    PORT_MAC,
-                    ETH_P_8021Q,
-                    &[&[0x00, 0x0a, 0x08, 0x00][..], &[0x45; 42]].concat(),
-                ),
-                DropProtocol,
-            ),
-            (
-                "unknown EtherType",
-                frame(OTHER_MAC, PORT_MAC, ETH_P_EXPERIMENTAL, &[0; 46]),
-                DropProtocol,
-            ),
+            ("another MAC", packets::ipv4(OTHER_MAC, UNKNOWN_MAC, PORT_IP, OTHER_IP), DropSpoofedMac),
+            ("another IPv4", packets::ipv4(OTHER_MAC, PORT_MAC, OTHER_IP, PORT_IP), DropSpoofedIp),
+            ("another IPv6", packets::ipv6_udp(OTHER_MAC, PORT_MAC, OTHER_IPV6, PORT_IPV6), DropSpoofedIp),
+            ("another link-local", packets::ipv6_udp(OTHER_MAC, PORT_MAC, victim_ll, ll), DropSpoofedIp),
+            ("ARP for another IP", packets::arp(2, PORT_MAC, PORT_MAC, OTHER_IP, OTHER_IP), DropSpoofedIp),
+            ("ARP for another MAC", packets::arp(1, PORT_MAC, OTHER_MAC, PORT_IP, OTHER_IP), DropSpoofedMac),
+            ("NA for another IP", packets::nd(ND_NEIGHBOR_ADVERT, PORT_MAC, ll, OTHER_IPV6, Some(PORT_MAC)), DropSpoofedIp),
+            ("NA with another MAC", packets::nd(ND_NEIGHBOR_ADVERT, PORT_MAC, ll, PORT_IPV6, Some(OTHER_MAC)), DropSpoofedMac),
+            ("NS with another MAC", packets::nd(ND_NEIGHBOR_SOLICIT, PORT_MAC, ll, OTHER_IPV6, Some(OTHER_MAC)), DropSpoofedMac),
+            ("router advertisement", packets::nd(ND_ROUTER_ADVERT, PORT_MAC, ll, [0; 16], Some(PORT_MAC)), DropSpoofedIp),
+            ("RA behind hop-by-hop", packets::ra_behind(packets::IPPROTO_HOPOPTS, PORT_MAC, ll), DropSpoofedIp),
+            ("RA behind an authentication header", packets::ra_behind(packets::IPPROTO_AH, PORT_MAC, ll), DropProtocol),
+            ("ICMPv6 in fragments", packets::first_fragment(packets::IPPROTO_ICMPV6, PORT_MAC, ll), DropProtocol),
+            ("a UDP fragment from ::", packets::first_fragment(packets::IPPROTO_UDP, PORT_MAC, [0; 16]), DropSpoofedIp),
+            ("UDP from ::", packets::ipv6_udp(OTHER_MAC, PORT_MAC, [0; 16], OTHER_IPV6), DropSpoofedIp),
+            ("802.1Q", frame(OTHER_MAC, PORT_MAC, ETH_P_8021Q, &[&[0x00, 0x0a, 0x08, 0x00][..], &[0x45; 42]].concat()), DropProtocol),
+            ("unknown EtherType", frame(OTHER_MAC, PORT_MAC, ETH_P_EXPERIMENTAL, &[0; 46]), DropProtocol),
         ];
         for (what, data, counter) in &cases {
             eprintln!("{what}: {counter:?}");
