@@ -114,6 +114,20 @@ impl Cluster {
 
     /// As [`Cluster::overlay`], each topology brought up with `extra` too.
     fn overlay_with(&self, vni: u32, containers: usize, on: &[usize], extra: &[&str]) -> Overlay {
+        self.overlay_with_each(vni, containers, on, |_| {
+            extra.iter().map(|s| s.to_string()).collect()
+        })
+    }
+
+    /// As [`Cluster::overlay`], host `i`'s topology brought up with
+    /// `extra(i)` too.
+    fn overlay_with_each(
+        &self,
+        vni: u32,
+        containers: usize,
+        on: &[usize],
+        extra: impl Fn(usize) -> Vec<String>,
+    ) -> Overlay {
         let peers = std::env::temp_dir().join(format!("netpath-peers-{}.toml", unique_name("ov")));
         std::fs::write(&peers, "").unwrap();
         let mut overlay = Overlay {
@@ -147,7 +161,8 @@ impl Cluster {
                 "--peers",
                 overlay.peers.to_str().unwrap(),
             ];
-            args.extend_from_slice(extra);
+            let extra = extra(i);
+            args.extend(extra.iter().map(String::as_str));
             let up = host.netpath(&args);
             let log = String::from_utf8_lossy(&up.stderr).into_owned();
             assert!(up.status.success(), "netpath {args:?} failed: {log}");
@@ -239,6 +254,17 @@ fn sh_ok(args: &[&str]) {
     assert!(
         out.status.success(),
         "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `ip ARGS` on `host`, which must succeed.
+fn ip_ok(host: &Host, args: &[&str]) {
+    let out = host.sh("ip", args);
+    assert!(
+        out.status.success(),
+        "ip {args:?} on {}: {}",
+        host.name,
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -561,12 +587,7 @@ fn a_frame_from_an_unknown_underlay_address_is_dropped_and_counted() {
             "permanent",
         ],
     ] {
-        let out = rogue.sh("ip", &args);
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ip_ok(rogue, &args);
     }
     let dropped = ov.overlay_counter(0, "drop_unknown_node");
     let capture = Capture::start(&target, "host 10.88.9.9");
@@ -704,6 +725,279 @@ fn vxlan_no_overlay_claims_is_dropped_and_counted() {
     }
     assert_eq!(received, 0, "a host service received unclaimed VXLAN");
     assert!(ping(&ov.ns(0, 0), &ip(1, 0)), "the overlay's own frames");
+}
+
+/// Whether this kernel has WireGuard: its own answer (`ip link add ...
+/// type wireguard` in host `host`), not netpath's.
+fn kernel_has_wireguard(host: &Host) -> bool {
+    let made = host
+        .sh("ip", &["link", "add", "npwgprobe", "type", "wireguard"])
+        .status
+        .success();
+    if made {
+        host.sh("ip", &["link", "del", "npwgprobe"]);
+    }
+    made
+}
+
+/// Packets the underlay's bridge forwarded that match `rule`, counted by an
+/// nftables rule there (outside every node and program).
+struct UnderlayCounter {
+    underlay: String,
+    table: String,
+}
+
+impl UnderlayCounter {
+    fn new(cluster: &Cluster, tag: &str, rule: &str) -> UnderlayCounter {
+        let table = format!("nptest_{tag}");
+        let script = format!(
+            "table bridge {table} {{\n chain forward {{\n  type filter hook forward priority 0;\n  {rule} counter\n }}\n}}\n"
+        );
+        sh_ok(&["ip", "netns", "exec", &cluster.underlay, "nft", &script]);
+        UnderlayCounter {
+            underlay: cluster.underlay.clone(),
+            table,
+        }
+    }
+
+    fn packets(&self) -> u64 {
+        let out = common::outside(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.underlay,
+                "nft",
+                "-j",
+                "list",
+                "table",
+                "bridge",
+                &self.table,
+            ],
+        );
+        let listed: Value = serde_json::from_slice(&out.stdout).expect("nft -j output");
+        listed["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|item| {
+                item["rule"]["expr"]
+                    .as_array()?
+                    .iter()
+                    .find_map(|e| e["counter"]["packets"].as_u64())
+            })
+            .expect("the counter's rule")
+    }
+}
+
+/// Issue 23: an overlay over WireGuard (`--wireguard-key`). On the
+/// underlay no VXLAN is seen at all, only WireGuard; and a host on the
+/// underlay that forges a node's tunnel address (so that the decap check
+/// would take the frame: its inner MAC and address are that node's
+/// container's) reaches no container, dropped and counted
+/// (`drop_unauthenticated`). A record without a WireGuard end is skipped.
+/// On a kernel without WireGuard, `up` refuses before making anything.
+#[test]
+fn the_overlay_over_wireguard_is_sealed_and_forged_tunnel_traffic_is_dropped() {
+    let cluster = Cluster::new(3);
+    let keys = common::TempDir::new("wgk");
+    let key = |i: usize| keys.0.join(format!("node{i}.key")).display().to_string();
+    if !kernel_has_wireguard(&cluster.hosts[0]) {
+        let host = &cluster.hosts[0];
+        let name = unique_name("wg");
+        let key = key(0);
+        let up = host.netpath(&[
+            "up",
+            "--name",
+            &name,
+            "--containers",
+            "1",
+            "--subnet",
+            "10.88.1.0/24",
+            "--vni",
+            "48",
+            "--underlay",
+            "192.168.77.1",
+            "--overlay-network",
+            "10.88.0.0/16",
+            "--peers",
+            "/nonexistent",
+            "--wireguard-key",
+            &key,
+        ]);
+        let log = String::from_utf8_lossy(&up.stderr);
+        assert!(
+            !up.status.success() && log.contains("this kernel has no WireGuard"),
+            "up on a kernel without WireGuard: {log}"
+        );
+        assert_eq!(
+            host.link_names(),
+            ["lo", UNDERLAY_IF],
+            "up left links behind"
+        );
+        assert!(!std::path::Path::new(&key).exists(), "up made a key");
+        assert!(!netns::exists(&format!("{name}-c0")), "up left a namespace");
+        return;
+    }
+
+    let ov = cluster.overlay_with_each(48, 1, &[0, 1], |i| vec!["--wireguard-key".into(), key(i)]);
+    for i in 0..2 {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(key(i)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "node {i}'s key file");
+        let status = ov.status(i);
+        assert_eq!(status["peers"].as_array().unwrap().len(), 1, "{status}");
+        assert_eq!(
+            status["node"]["wireguard"]["tunnel"],
+            format!("10.88.{}.1", i + 1)
+        );
+    }
+    let vxlan = UnderlayCounter::new(&cluster, "vx", "udp dport 4789");
+    let sealed = UnderlayCounter::new(&cluster, "wg", "udp dport 51820");
+    assert!(
+        ping(&ov.ns(0, 0), &ip(1, 0)),
+        "node 0 does not reach node 1"
+    );
+    let report = iperf(&ov.ns(0, 0), &ov.ns(1, 0), &ip(1, 0), 5201, &[]);
+    let sent = report["end"]["sum_received"]["bytes"].as_u64().unwrap();
+    assert!(sent > 0, "no TCP across the overlay: {report}");
+    assert_eq!(vxlan.packets(), 0, "VXLAN on the underlay, in the clear");
+    assert!(
+        sealed.packets() > 100,
+        "the overlay's traffic did not go through WireGuard: {} packets",
+        sealed.packets()
+    );
+
+    // Host 2, on the underlay, forges node 0's tunnel address: a kernel
+    // vxlan device from 10.88.1.1 to node 1's 10.88.2.1 (reached by its
+    // underlay MAC), carrying frames from node 0's container's MAC and
+    // address to node 1's container.
+    let rogue = &cluster.hosts[2];
+    let target = ov.ns(1, 0);
+    let (victim_mac, forged_mac) = (mac_of(&target), mac_of(&ov.ns(0, 0)));
+    let hex = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let node1_mac = cluster.hosts[1]
+        .links()
+        .iter()
+        .find(|l| l["ifname"] == UNDERLAY_IF)
+        .and_then(|l| l["address"].as_str().map(str::to_owned))
+        .expect("node 1's underlay MAC");
+    for args in [
+        vec!["addr", "add", "10.88.1.1/32", "dev", UNDERLAY_IF],
+        vec![
+            "route",
+            "add",
+            "10.88.2.1/32",
+            "dev",
+            UNDERLAY_IF,
+            "src",
+            "10.88.1.1",
+        ],
+        vec![
+            "neigh",
+            "add",
+            "10.88.2.1",
+            "lladdr",
+            &node1_mac,
+            "dev",
+            UNDERLAY_IF,
+            "nud",
+            "permanent",
+        ],
+        vec![
+            "link",
+            "add",
+            "rogue",
+            "type",
+            "vxlan",
+            "id",
+            "48",
+            "dstport",
+            "4789",
+            "local",
+            "10.88.1.1",
+            "remote",
+            "10.88.2.1",
+        ],
+        vec![
+            "link",
+            "set",
+            "rogue",
+            "address",
+            &hex(forged_mac),
+            "mtu",
+            "1300",
+            "up",
+        ],
+        vec!["addr", "add", &format!("{}/16", ip(0, 0)), "dev", "rogue"],
+        vec![
+            "neigh",
+            "add",
+            &ip(1, 0),
+            "lladdr",
+            &hex(victim_mac),
+            "dev",
+            "rogue",
+            "nud",
+            "permanent",
+        ],
+    ] {
+        ip_ok(rogue, &args);
+    }
+    let dropped = ov.overlay_counter(1, "drop_unauthenticated");
+    let echos = icmp_in_echos(&target);
+    let pinged = rogue.sh("ping", &["-c", "5", "-i", "0.2", "-W", "1", &ip(1, 0)]);
+    assert!(
+        !pinged.status.success(),
+        "a forged tunnel address reached a container"
+    );
+    assert_eq!(
+        icmp_in_echos(&target) - echos,
+        0,
+        "node 1's container received echo requests from a forged tunnel address"
+    );
+    let dropped = ov.overlay_counter(1, "drop_unauthenticated") - dropped;
+    assert!(
+        dropped >= 5,
+        "only {dropped} forged tunnel packets were counted"
+    );
+    eprintln!(
+        "underlay: {} WireGuard packets, no VXLAN; {dropped} forged tunnel packets dropped",
+        sealed.packets()
+    );
+
+    // A record without a WireGuard end is skipped, and says why.
+    ov.add_peers(
+        "[[node]]\nnode = \"plain\"\nvni = 48\nunderlay = \"192.168.77.3\"\nsubnets = [\"10.88.3.0/24\"]\n",
+    );
+    let skipped = ov.status(0)["skipped"].clone();
+    assert!(
+        skipped[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("offers no WireGuard end")),
+        "{skipped}"
+    );
+    assert!(
+        ping(&ov.ns(1, 0), &ip(0, 0)),
+        "the overlay after the forgery"
+    );
+
+    // Down removes the device and its guard.
+    let host = ov.topologies[0].host.clone();
+    drop(ov);
+    let links =
+        String::from_utf8_lossy(&host.sh("ip", &["-o", "link", "show"]).stdout).into_owned();
+    assert!(
+        !links.contains("npwg"),
+        "a WireGuard device stayed: {links}"
+    );
+    let tables = String::from_utf8_lossy(&host.sh("nft", &["list", "tables"]).stdout).into_owned();
+    assert!(!tables.contains("npwg"), "the guard stayed: {tables}");
 }
 
 /// VXLAN packets as a node sends them (the 8-byte header with VNI `vni`,

@@ -322,11 +322,8 @@ network_config_dir = "{networks}"
             Duration::from_secs(30),
         );
         let peer: u64 = text(&out.stdout).parse().expect("eth0's iflink");
-        let links: serde_json::Value =
-            serde_json::from_slice(&self.host.sh("ip", &["-j", "link", "show"]).stdout).unwrap();
-        links
-            .as_array()
-            .unwrap()
+        self.host
+            .links()
             .iter()
             .find(|l| l["ifindex"].as_u64() == Some(peer))
             .and_then(|l| l["ifname"].as_str())
@@ -338,15 +335,7 @@ network_config_dir = "{networks}"
     /// on the host but lo (no veth, no bridge), no pins and no record of the
     /// plugin, no namespace of podman's, no libcni cache entry.
     fn assert_nothing_left(&self, containers: &[&Container]) {
-        let links: serde_json::Value =
-            serde_json::from_slice(&self.host.sh("ip", &["-j", "link", "show"]).stdout).unwrap();
-        let names: Vec<&str> = links
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|l| l["ifname"].as_str())
-            .collect();
-        assert_eq!(names, ["lo"], "links left on the host");
+        assert_eq!(self.host.link_names(), ["lo"], "links left on the host");
         let pins = pin_dir(&cni_datapath(&self.network));
         assert!(!pins.exists(), "pins left: {}", pins.display());
         let record = store::cni::path(&self.network);

@@ -5,7 +5,7 @@
 //! DELeted and its namespace removed when dropped, so a failing test leaves
 //! no bridge, veth, pin or state behind).
 
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use netpath::{datapath::object::pin_dir, host::netns, model::naming::cni_datapath, store};
 use serde_json::{Value, json};
@@ -203,7 +203,7 @@ impl Network {
     /// A conflist named after the bridge in a directory of its own (removed
     /// on drop), as libcni reads it: this network's plugin first (its
     /// bridge and IPAM), then `chained`.
-    pub fn conflist(&self, chained: &[Value]) -> ConfDir {
+    pub fn conflist(&self, chained: &[Value]) -> super::TempDir {
         let dir = std::env::temp_dir().join(format!("netpath-conf-{}", self.bridge));
         std::fs::create_dir_all(&dir).unwrap();
         let mut plugins = vec![json!({
@@ -216,16 +216,7 @@ impl Network {
             "plugins": plugins,
         });
         std::fs::write(dir.join("10-netpath.conflist"), conflist.to_string()).unwrap();
-        ConfDir(dir)
-    }
-}
-
-/// A directory of network configurations, removed on drop.
-pub struct ConfDir(pub PathBuf);
-
-impl Drop for ConfDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        super::TempDir(dir)
     }
 }
 

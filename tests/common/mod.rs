@@ -250,6 +250,22 @@ impl Host {
             .unwrap_or_else(|e| panic!("running {program}: {e}"))
     }
 
+    /// The host's links, as `ip -j link show` has them.
+    pub fn links(&self) -> Vec<serde_json::Value> {
+        let out = self.sh("ip", &["-j", "link", "show"]);
+        let links: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("ip -j link show on {}: {e}", self.name));
+        links.as_array().cloned().unwrap_or_default()
+    }
+
+    /// The names of the host's links.
+    pub fn link_names(&self) -> Vec<String> {
+        self.links()
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// Runs `work` in this process on a thread inside the host namespace
     /// (e.g. a TCP client of something netpath serves there).
     pub fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
@@ -969,5 +985,23 @@ impl Lines {
                 panic!("{}: closed; waiting for {waiting_for}", self.what)
             }
         }
+    }
+}
+
+/// A directory (of keys, network configurations), removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// A new empty directory under the temporary directory.
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("netpath-{}", unique_name(tag)));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

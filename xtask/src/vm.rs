@@ -66,7 +66,8 @@ const SELECTION: &[(&str, &[&str])] = &[
     ("reliability", &["a_port_gone_without_run_is_no_black_hole"]),
     // Encap and decap through the collect-metadata vxlan device, the
     // underlay check, VNI isolation, the outer source address (pinned from
-    // 6.0, a warning before) and unclaimed VXLAN dropped by nftables. The etcd test is left to the native
+    // 6.0, a warning before), unclaimed VXLAN dropped by nftables, and the
+    // overlay over WireGuard (the module Debian builds). The etcd test is left to the native
     // run: its deadlines (1 s to program a change) measure etcd and the
     // control plane, not the kernel, and a TCG guest misses them.
     (
@@ -77,6 +78,7 @@ const SELECTION: &[(&str, &[&str])] = &[
             "two_overlays_on_the_same_hosts_are_isolated",
             "the_outer_source_is_the_nodes_underlay_address",
             "vxlan_no_overlay_claims_is_dropped_and_counted",
+            "the_overlay_over_wireguard_is_sealed_and_forged_tunnel_traffic_is_dropped",
         ],
     ),
     // The source check on this kernel's verifier; bridge entries that do not move.
@@ -121,6 +123,7 @@ const GUEST_MODULES: &[&str] = &[
     "nft_meta_bridge",
     "nf_conntrack_bridge",
     "vxlan",
+    "wireguard",
 ];
 
 /// Kernels named by `--kernel` (repeated, comma lists, or `all`), in order.

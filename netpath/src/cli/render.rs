@@ -243,6 +243,12 @@ pub fn overlay_status(s: &overlay::Status) -> String {
         s.device,
         join(&s.node.subnets)
     );
+    if let Some(wg) = &s.node.wireguard {
+        out.push_str(&format!(
+            "wireguard: tunnel {}  port {}  public key {}\n",
+            wg.tunnel, wg.port, wg.public_key
+        ));
+    }
     out.push_str(&format!(
         "control plane: {} ({}), lease {} (TTL {} s), last change at {}\n",
         or_dash((!s.source.is_empty()).then_some(&s.source)),
@@ -256,16 +262,17 @@ pub fn overlay_status(s: &overlay::Status) -> String {
         s.programmed_at
     ));
     out.push_str(&format!(
-        "{:<20} {:<40} {:>10}  ACCEPTED\n",
-        "NODE", "UNDERLAY", "CONTAINERS"
+        "{:<20} {:<40} {:<40} {:>10}  ACCEPTED\n",
+        "NODE", "UNDERLAY", "TUNNEL END", "CONTAINERS"
     ));
     for peer in &s.peers {
         out.push_str(&format!(
-            "{:<20} {:<40} {:>10}  {}\n",
+            "{:<20} {:<40} {:<40} {:>10}  {}\n",
             peer.node,
             peer.underlay,
+            peer.tunnel_end(),
             peer.endpoints.len(),
-            if s.accepted.contains(&peer.underlay) {
+            if s.accepted.contains(&peer.tunnel_end()) {
                 "yes"
             } else {
                 "no"

@@ -105,7 +105,7 @@ pub fn program(maps: &Maps, peers: &[NodeRecord]) -> Result<Changes> {
         peers.len()
     );
     let mut changes = Changes::default();
-    let want_nodes: Vec<NodeAddr> = peers.iter().map(|p| node_addr(p.underlay)).collect();
+    let want_nodes: Vec<NodeAddr> = peers.iter().map(|p| node_addr(p.tunnel_end())).collect();
     let mut fdb_want: BTreeMap<[u8; 6], RemoteContainer> = BTreeMap::new();
     let mut ipv4_want: BTreeMap<[u8; 4], [u8; 6]> = BTreeMap::new();
     for (peer, node) in peers.iter().zip(&want_nodes) {

@@ -1,6 +1,7 @@
 //! The machine side: netlink, network namespaces, the one plumbing that
 //! plugs a container into a bridge (used by topologies, the CNI plugin and
-//! the benchmark alike), ethtool offloads, NAT and nftables.
+//! the benchmark alike), ethtool offloads, NAT and nftables, the overlay's
+//! vxlan and WireGuard devices.
 //!
 //! "Host" is whatever network namespace netpath runs in: the machine's own,
 //! or a namespace a test (or a simulated host of an overlay) made for it.
@@ -13,3 +14,4 @@ pub mod netns;
 pub mod nft;
 pub mod plumbing;
 pub mod vxlan;
+pub mod wireguard;

@@ -138,17 +138,41 @@ where
     F: FnOnce(Handle) -> Fut + Send,
     Fut: Future<Output = Result<T>>,
 {
-    enter_path_and(ns_path, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("building a runtime for the namespace thread")?;
-        runtime.block_on(async move {
-            let (connection, handle, _) =
-                rtnetlink::new_connection().context("opening netlink socket")?;
-            tokio::spawn(connection);
-            work(handle).await
-        })
+    enter_path_and(ns_path, || with_handle(work))
+}
+
+/// Runs `work` with a netlink handle in the caller's namespace, on a
+/// thread and runtime of its own: for synchronous code (which may itself
+/// run on an async worker, where no runtime may be entered again).
+pub fn run_here<T, F, Fut>(work: F) -> Result<T>
+where
+    T: Send,
+    F: FnOnce(Handle) -> Fut + Send,
+    Fut: Future<Output = Result<T>>,
+{
+    // A new thread starts in its creator's network namespace.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| with_handle(work))
+            .join()
+            .map_err(|_| anyhow!("netlink worker thread panicked"))?
+    })
+}
+
+fn with_handle<T, F, Fut>(work: F) -> Result<T>
+where
+    F: FnOnce(Handle) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building a runtime for the netlink thread")?;
+    runtime.block_on(async move {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().context("opening netlink socket")?;
+        tokio::spawn(connection);
+        work(handle).await
     })
 }
 

@@ -308,6 +308,8 @@ impl NetConf {
             peers,
             lease_ttl_s: conf.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL_S),
             etcd_access: conf.etcd_access.clone(),
+            // Not offered to CNI networks yet (README: limits).
+            wireguard: None,
         };
         let subnets = self.ipam_subnets()?;
         if subnets.is_empty() {

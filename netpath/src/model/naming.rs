@@ -85,6 +85,12 @@ pub fn cni_host_veth(container_id: &str, ifname: &str) -> String {
     )
 }
 
+/// The WireGuard device of datapath `datapath` on an overlay: short (any
+/// datapath key fits), and netpath's by the owner alias it carries.
+pub fn wireguard_device_name(datapath: &str) -> String {
+    format!("npwg{:08x}", stable_hash(datapath.as_bytes()) as u32)
+}
+
 /// FNV-1a: a hash that is the same in every build and on every machine,
 /// for names and MACs derived from stable inputs.
 pub fn stable_hash(bytes: &[u8]) -> u64 {

@@ -39,6 +39,22 @@ pub fn container_mtu(underlay: IpAddr, underlay_mtu: u32) -> u32 {
     underlay_mtu.saturating_sub(overhead)
 }
 
+/// Bytes WireGuard adds in front of a packet over an IPv4 underlay: outer
+/// IPv4 (20), UDP (8), its data header (16) and authentication tag (16).
+pub const WIREGUARD_OVERHEAD_IPV4: u32 = 60;
+/// Over IPv6: a 40-byte outer header instead of 20.
+pub const WIREGUARD_OVERHEAD_IPV6: u32 = 80;
+
+/// The MTU of a WireGuard device over an underlay of MTU `underlay_mtu`.
+pub fn wireguard_mtu(underlay: IpAddr, underlay_mtu: u32) -> u32 {
+    let overhead = if underlay.is_ipv4() {
+        WIREGUARD_OVERHEAD_IPV4
+    } else {
+        WIREGUARD_OVERHEAD_IPV6
+    };
+    underlay_mtu.saturating_sub(overhead)
+}
+
 /// Where the other nodes of an overlay are learned from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -67,6 +83,38 @@ pub struct OverlaySpec {
     /// How this node and etcd prove who they are (none: plain HTTP).
     #[serde(default)]
     pub etcd_access: EtcdAccess,
+    /// WireGuard between the nodes (none: VXLAN straight over the underlay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireguardSpec>,
+}
+
+/// UDP port of WireGuard unless told otherwise (the one `wg` documents).
+pub const WIREGUARD_PORT: u16 = 51820;
+
+/// WireGuard between the nodes: this node's private key, and the UDP port
+/// its peers reach it on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WireguardSpec {
+    /// Base64, as `wg genkey` writes it; made (mode 0600) if missing.
+    pub key_file: PathBuf,
+    #[serde(default = "wireguard_port")]
+    pub port: u16,
+}
+
+fn wireguard_port() -> u16 {
+    WIREGUARD_PORT
+}
+
+/// A WireGuard key (32 bytes) from its base64 text, as `wg` writes it.
+pub fn decode_key(text: &str) -> Result<[u8; 32]> {
+    use base64::{Engine, prelude::BASE64_STANDARD};
+    let bytes = BASE64_STANDARD
+        .decode(text)
+        .context("the key is not base64")?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| anyhow::anyhow!("the key has {} bytes, not 32", b.len()))
 }
 
 /// How a node and etcd prove who they are to each other: TLS (the CA that
@@ -151,6 +199,24 @@ impl OverlaySpec {
         Ok(())
     }
 
+    /// Over WireGuard, the overlay network the nodes' tunnel addresses are
+    /// in: the one of the underlay's family, else the other.
+    pub fn tunnel_network(&self) -> Option<IpNet> {
+        self.network_of(self.underlay)
+            .or_else(|| self.networks.first().copied())
+    }
+
+    /// The largest container MTU an underlay of `underlay_mtu` carries: the
+    /// VXLAN encapsulation off it, and over WireGuard its own too.
+    pub fn container_mtu(&self, underlay_mtu: u32) -> u32 {
+        match (&self.wireguard, self.tunnel_network()) {
+            (Some(_), Some(tunnels)) => {
+                container_mtu(tunnels.addr(), wireguard_mtu(self.underlay, underlay_mtu))
+            }
+            _ => container_mtu(self.underlay, underlay_mtu),
+        }
+    }
+
     /// The overlay network of `addr`'s family.
     pub fn network_of(&self, addr: IpAddr) -> Option<IpNet> {
         self.networks
@@ -222,8 +288,31 @@ pub struct NodeRecord {
     pub underlay: IpAddr,
     #[serde(default)]
     pub subnets: Vec<IpNet>,
+    /// Its WireGuard end, on an overlay over WireGuard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireguardEnd>,
     #[serde(default, rename = "endpoint")]
     pub endpoints: Vec<Endpoint>,
+}
+
+/// A node's end of the WireGuard tunnels: its public key, its port (on
+/// its underlay address), and its tunnel address, the one address it
+/// sends VXLAN from and takes it at.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WireguardEnd {
+    pub public_key: String,
+    pub port: u16,
+    pub tunnel: IpAddr,
+}
+
+impl NodeRecord {
+    /// Where its VXLAN goes and comes from: its tunnel address over
+    /// WireGuard, else its underlay address.
+    pub fn tunnel_end(&self) -> IpAddr {
+        self.wireguard
+            .as_ref()
+            .map_or(self.underlay, |wireguard| wireguard.tunnel)
+    }
 }
 
 /// A static peers file: every node's record (this node's may be there too;
@@ -270,6 +359,9 @@ pub struct Local {
     pub max_nodes: usize,
     /// Most remote containers the maps hold (the remote FDB's size).
     pub max_endpoints: usize,
+    /// This node's tunnel end (see [`NodeRecord::tunnel_end`]): the
+    /// programs take one family of outer addresses.
+    pub tunnel_end: Option<IpAddr>,
 }
 
 /// The other nodes of overlay `me` among `records`, checked one by one:
@@ -324,6 +416,11 @@ pub fn vet_peers(
                 for endpoint in &record.endpoints {
                     taken.macs.insert(endpoint.mac, record.node.clone());
                 }
+                if let Some(wireguard) = &record.wireguard {
+                    taken
+                        .keys
+                        .insert(wireguard.public_key.clone(), record.node.clone());
+                }
                 vetted.peers.push(record);
             }
             Some(reason) => vetted.skipped.push(Skipped {
@@ -341,6 +438,8 @@ struct Taken {
     endpoints: usize,
     /// Their containers' MACs, with the node of each.
     macs: HashMap<Mac, String>,
+    /// Their WireGuard public keys, with the node of each.
+    keys: HashMap<String, String>,
 }
 
 /// Why `record` may not be taken beside `taken` (None: it may).
@@ -364,6 +463,9 @@ fn refusal(
             record.endpoints.len(),
             local.max_endpoints
         ));
+    }
+    if let Some(reason) = tunnel_refusal(me, local, taken, record) {
+        return Some(reason);
     }
     for slice in &record.subnets {
         if !me.networks.iter().any(|n| n.contains(slice)) {
@@ -410,6 +512,53 @@ fn refusal(
     None
 }
 
+/// Why `record`'s tunnel end may not be taken (None: it may): over
+/// WireGuard on both sides or on neither, one family of tunnel addresses,
+/// a tunnel address inside its own subnets, a key of its own.
+fn tunnel_refusal(
+    me: &OverlaySpec,
+    local: &Local,
+    taken: &Taken,
+    record: &NodeRecord,
+) -> Option<String> {
+    match (&me.wireguard, &record.wireguard) {
+        (None, None) => {}
+        (Some(_), None) => {
+            return Some(
+                "it offers no WireGuard end, and this node's overlay runs over WireGuard".into(),
+            );
+        }
+        (None, Some(_)) => {
+            return Some(
+                "it runs the overlay over WireGuard, and this node does not (give --wireguard-key)"
+                    .into(),
+            );
+        }
+        (Some(_), Some(wireguard)) => {
+            if let Err(e) = decode_key(&wireguard.public_key) {
+                return Some(format!("its WireGuard public key: {e:#}"));
+            }
+            if let Some(other) = taken.keys.get(&wireguard.public_key) {
+                return Some(format!("its WireGuard public key is node {other}'s"));
+            }
+            if !record.subnets.iter().any(|s| s.contains(&wireguard.tunnel)) {
+                return Some(format!(
+                    "its tunnel address {} is outside its subnets ({})",
+                    wireguard.tunnel,
+                    list(&record.subnets)
+                ));
+            }
+        }
+    }
+    let end = record.tunnel_end();
+    match local.tunnel_end {
+        Some(mine) if mine.is_ipv4() != end.is_ipv4() => Some(format!(
+            "its tunnel end {end} is of another family than this node's ({mine})"
+        )),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,6 +572,7 @@ mod tests {
             peers: Peers::File("/x".into()),
             lease_ttl_s: DEFAULT_LEASE_TTL_S,
             etcd_access: EtcdAccess::default(),
+            wireguard: None,
         }
     }
 
@@ -485,6 +635,7 @@ underlay = "192.168.100.3"
             macs: HashSet::from(["02:00:00:00:00:01".parse().unwrap()]),
             max_nodes: 3,
             max_endpoints: 4,
+            tunnel_end: Some("192.168.100.1".parse().unwrap()),
         }
     }
 
@@ -494,6 +645,7 @@ underlay = "192.168.100.3"
             vni: 42,
             underlay: format!("192.168.100.{n}").parse().unwrap(),
             subnets: vec![subnet.parse().unwrap()],
+            wireguard: None,
             endpoints: endpoints
                 .iter()
                 .map(|(mac, ip)| Endpoint {
@@ -518,6 +670,7 @@ underlay = "192.168.100.3"
             vni: 42,
             underlay: IpAddr::from([192, 168, (n >> 8) as u8 + 101, n as u8]),
             subnets: vec![IpNet::new(IpAddr::from([10, 88, n as u8 + 2, 0]), 24).unwrap()],
+            wireguard: None,
             endpoints: (0..250u32)
                 .map(|e| Endpoint {
                     mac: Mac([2, 0, 0, (n >> 8) as u8, n as u8, e as u8]),
@@ -545,6 +698,63 @@ underlay = "192.168.100.3"
             vetted.skipped
         );
         eprintln!("vetted 200 nodes of 250 containers in {took:?}");
+    }
+
+    /// Over WireGuard a record is taken only with a WireGuard end of its
+    /// own: a key that decodes and no other node's, a tunnel address in
+    /// its own subnets of this node's family; and WireGuard on both sides.
+    #[test]
+    fn wireguard_ends_are_vetted() {
+        let wireguard = Some(WireguardSpec {
+            key_file: "/k".into(),
+            port: WIREGUARD_PORT,
+        });
+        let sealed = OverlaySpec { wireguard, ..me() };
+        let local = Local {
+            tunnel_end: Some("10.88.1.1".parse().unwrap()),
+            ..room()
+        };
+        let key = |byte: u8| {
+            use base64::{Engine, prelude::BASE64_STANDARD};
+            BASE64_STANDARD.encode([byte; 32])
+        };
+        let end = |public_key: String, tunnel: &str| WireguardEnd {
+            public_key,
+            port: WIREGUARD_PORT,
+            tunnel: tunnel.parse().unwrap(),
+        };
+        let over = |name: &str, n: u8, wireguard: Option<WireguardEnd>| NodeRecord {
+            wireguard,
+            ..node(name, n, &format!("10.88.{n}.0/24"), &[])
+        };
+        let vetted = vet_peers(
+            &sealed,
+            &local,
+            [
+                over("b", 2, Some(end(key(2), "10.88.2.1"))),
+                over("c", 3, Some(end(key(2), "10.88.3.1"))),
+                over("d", 4, Some(end(key(4), "10.88.2.9"))),
+                over("e", 5, Some(end("short".into(), "10.88.5.1"))),
+                over("f", 6, None),
+            ],
+        );
+        assert_eq!(vetted.peers.len(), 1, "{:?}", vetted.skipped);
+        assert_eq!(vetted.peers[0].tunnel_end().to_string(), "10.88.2.1");
+        let reasons: Vec<&str> = vetted.skipped.iter().map(|s| s.reason.as_str()).collect();
+        assert!(reasons[0].contains("node b's"), "{reasons:?}");
+        assert!(reasons[1].contains("outside its subnets"), "{reasons:?}");
+        assert!(reasons[2].contains("public key"), "{reasons:?}");
+        assert!(
+            reasons[3].contains("offers no WireGuard end"),
+            "{reasons:?}"
+        );
+        let plain = vet_peers(
+            &me(),
+            &room(),
+            [over("b", 2, Some(end(key(2), "10.88.2.1")))],
+        );
+        assert!(plain.skipped[0].reason.contains("give --wireguard-key"));
+        assert_eq!(sealed.container_mtu(1500), 1390);
     }
 
     #[test]

@@ -111,6 +111,14 @@ pub struct Settings {
     /// A file holding the etcd user's password (its first line).
     #[arg(long)]
     pub etcd_password_file: Option<PathBuf>,
+    /// Run the overlay over WireGuard between the nodes, with this node's
+    /// private key from this file (base64, as `wg genkey` writes it; made,
+    /// mode 0600, if missing). Every node of the overlay needs one.
+    #[arg(long)]
+    pub wireguard_key: Option<PathBuf>,
+    /// UDP port of this node's WireGuard end [default: 51820].
+    #[arg(long)]
+    pub wireguard_port: Option<u16>,
     /// This node's name on the overlay [default: the topology name].
     #[arg(long)]
     pub node: Option<String>,
@@ -189,6 +197,8 @@ impl Settings {
             etcd_key: self.etcd_key.or(base.etcd_key),
             etcd_user: self.etcd_user.or(base.etcd_user),
             etcd_password_file: self.etcd_password_file.or(base.etcd_password_file),
+            wireguard_key: self.wireguard_key.or(base.wireguard_key),
+            wireguard_port: self.wireguard_port.or(base.wireguard_port),
             node: self.node.or(base.node),
             lease_ttl: self.lease_ttl.or(base.lease_ttl),
             config: self.config.or(base.config),

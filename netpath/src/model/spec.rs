@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     Mac, Mode, Settings, ipam,
     naming::{bridge_name, validate_container_name, validate_topology_name},
-    overlay::{DEFAULT_LEASE_TTL_S, EtcdAccess, OverlaySpec, Peers},
+    overlay::{DEFAULT_LEASE_TTL_S, EtcdAccess, OverlaySpec, Peers, WIREGUARD_PORT, WireguardSpec},
 };
 
 pub const DEFAULT_NAME: &str = "np";
@@ -383,6 +383,16 @@ fn overlay_of(topology: &str, settings: &Settings) -> Result<Option<OverlaySpec>
         password_file: settings.etcd_password_file.clone(),
     };
     etcd_access.validate(&settings.etcd)?;
+    let wireguard = match (&settings.wireguard_key, settings.wireguard_port) {
+        (Some(key_file), port) => Some(WireguardSpec {
+            // The record keeps it for `run`, which may start elsewhere.
+            key_file: std::path::absolute(key_file)
+                .with_context(|| format!("WireGuard key file {}", key_file.display()))?,
+            port: port.unwrap_or(WIREGUARD_PORT),
+        }),
+        (None, Some(_)) => anyhow::bail!("--wireguard-port needs --wireguard-key"),
+        (None, None) => None,
+    };
     Ok(Some(OverlaySpec {
         node: settings.node.clone().unwrap_or_else(|| topology.to_owned()),
         vni: settings.vni.with_context(|| missing("--vni"))?,
@@ -392,6 +402,7 @@ fn overlay_of(topology: &str, settings: &Settings) -> Result<Option<OverlaySpec>
         peers,
         lease_ttl_s: settings.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL_S),
         etcd_access,
+        wireguard,
     }))
 }
 

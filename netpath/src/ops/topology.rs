@@ -69,6 +69,9 @@ pub async fn up(handle: &Handle, spec: TopologySpec) -> Result<UpOutcome> {
         teardown(handle, &existing).await?;
     }
     check_names_free(handle, &spec, &spec.containers).await?;
+    if let Some(on) = &spec.overlay {
+        overlay::preflight(on).await?;
+    }
 
     let mut rec = TopologyRecord::asked(spec.clone());
     record::save(&rec)?;

@@ -9,9 +9,13 @@
 
 pub mod etcd;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use anyhow::{Context, Result, ensure};
+use ipnet::IpNet;
 use log::{info, warn};
 use netpath_common::NODE_CAPACITY;
 use netpath_common::OverlayConfig;
@@ -24,12 +28,13 @@ use crate::{
         hooks::{self, TcMethod},
         overlay::{self as remote, Changes, RemoteRow},
     },
-    host::{netlink, vxlan},
+    host::{netlink, netns, vxlan, wireguard},
     model::{
-        TopologySpec,
+        TopologySpec, ipam,
+        naming::{owner_alias, wireguard_device_name},
         overlay::{
-            Endpoint, Local, NodeRecord, OverlaySpec, Peers, PeersFile, Skipped, container_mtu,
-            vet_peers,
+            Endpoint, Local, NodeRecord, OverlaySpec, Peers, PeersFile, Skipped, WireguardEnd,
+            WireguardSpec, decode_key, vet_peers, wireguard_mtu,
         },
         spec::DEFAULT_MTU,
     },
@@ -99,7 +104,95 @@ pub async fn network_mtu(
 /// The largest container MTU the underlay at `overlay.underlay` carries.
 pub async fn mtu_limit(handle: &Handle, overlay: &OverlaySpec) -> Result<u32> {
     let underlay = vxlan::underlay_mtu(handle, overlay.underlay).await?;
-    Ok(container_mtu(overlay.underlay, underlay))
+    Ok(overlay.container_mtu(underlay))
+}
+
+/// Refuses, before anything is made, an overlay this host cannot carry:
+/// over WireGuard, a kernel without it or a key file that holds no key.
+pub async fn preflight(overlay: &OverlaySpec) -> Result<()> {
+    if let Some(wg) = &overlay.wireguard {
+        wireguard::probe().await?;
+        wireguard::PrivateKey::load_or_make(&wg.key_file)?;
+    }
+    Ok(())
+}
+
+/// The member's tunnel end (see [`NodeRecord::tunnel_end`]): over
+/// WireGuard its tunnel address, the gateway of its slice of the tunnel
+/// network (an address on its bridge, which no container is given), else
+/// its underlay address.
+pub fn tunnel_end(member: &Member) -> Result<IpAddr> {
+    let overlay = &member.overlay;
+    if overlay.wireguard.is_none() {
+        return Ok(overlay.underlay);
+    }
+    let network = overlay.tunnel_network();
+    let slices = local_claims_subnets(member)?;
+    let slice = slices
+        .iter()
+        .find(|s| network.is_some_and(|n| n.contains(*s)))
+        .with_context(|| {
+            format!(
+                "{}: over WireGuard the node needs a subnet in overlay network {} (its gateway is                  the node's tunnel address)",
+                member.name(),
+                network.map_or("(none)".into(), |n| n.to_string())
+            )
+        })?;
+    Ok(ipam::gateway(*slice).addr())
+}
+
+/// The member's WireGuard device: its name, and the owner mark it carries.
+fn wireguard_device(member: &Member) -> (String, String) {
+    (
+        wireguard_device_name(&member.datapath()),
+        owner_alias(&member.datapath()),
+    )
+}
+
+/// Makes the member's WireGuard device (key, port, MTU) and the guard
+/// that keeps tunnel traffic to it.
+async fn join_wireguard(handle: &Handle, member: &Member, wg: &WireguardSpec) -> Result<()> {
+    let overlay = &member.overlay;
+    let key = wireguard::PrivateKey::load_or_make(&wg.key_file)?;
+    let underlay = vxlan::underlay_mtu(handle, overlay.underlay).await?;
+    let (name, alias) = wireguard_device(member);
+    wireguard::ensure_device(
+        handle,
+        &name,
+        &alias,
+        wireguard_mtu(overlay.underlay, underlay),
+        &key,
+        wg.port,
+    )
+    .await?;
+    let network = overlay
+        .tunnel_network()
+        .context("the overlay has no network")?;
+    wireguard::guard(&name, network)
+}
+
+/// Makes the member's WireGuard peers the vetted `peers`.
+fn program_wireguard(member: &Member, peers: &[NodeRecord]) -> Result<()> {
+    let local = tunnel_end(member)?;
+    let wanted: Vec<wireguard::Peer> = peers
+        .iter()
+        .filter_map(|record| {
+            let end = record.wireguard.as_ref()?;
+            Some(wireguard::Peer {
+                // Vetting took only records whose key decodes.
+                public_key: decode_key(&end.public_key).ok()?,
+                endpoint: SocketAddr::new(record.underlay, end.port),
+                tunnel: end.tunnel,
+            })
+        })
+        .collect();
+    let (name, _) = wireguard_device(member);
+    netns::run_here(|handle| async move {
+        let device = netlink::link_by_name(&handle, &name)
+            .await?
+            .with_context(|| format!("WireGuard device {name} is missing"))?;
+        wireguard::set_peers(&handle, &device, local, &wanted).await
+    })
 }
 
 /// Puts the member's running datapath, whose containers have MTU `mtu`,
@@ -113,23 +206,28 @@ pub async fn join(handle: &Handle, member: &Member, mtu: u32) -> Result<()> {
         "MTU {mtu} is too large for the overlay: its underlay carries container frames of at most {limit} \
          bytes (the underlay's MTU less the VXLAN encapsulation); leave --mtu out or give at most {limit}"
     );
+    if let Some(wg) = &overlay.wireguard {
+        join_wireguard(handle, member, wg).await?;
+    }
     let device = vxlan::ensure_device(handle, limit).await?;
     let bridge_name = member.network.bridge();
     let bridge = netlink::link_by_name(handle, &bridge_name)
         .await?
         .with_context(|| format!("bridge {bridge_name} of {} is missing", member.network))?;
     let pin_local = remote::kernel_pins_outer_source();
-    if !pin_local {
+    // Over WireGuard the routes to the tunnel addresses name the source.
+    if !pin_local && overlay.wireguard.is_none() {
         warn_if_not_the_route_source(handle, member).await?;
     }
+    let tunnel = tunnel_end(member)?;
     let config = OverlayConfig {
         vni: overlay.vni,
         vxlan_ifindex: device.index,
         bridge_ifindex: bridge.index,
-        underlay_ipv6: overlay.underlay.is_ipv6() as u8,
+        underlay_ipv6: tunnel.is_ipv6() as u8,
         pin_local: pin_local as u8,
         _pad: [0; 2],
-        local: remote::node_addr(overlay.underlay).addr,
+        local: remote::node_addr(tunnel).addr,
     };
     remote::join(
         &member.datapath(),
@@ -249,6 +347,12 @@ pub async fn check_joined(handle: &Handle, member: &Member) -> Result<()> {
 pub async fn leave(handle: &Handle, datapath: &str, vni: u32) -> Result<()> {
     remote::leave(datapath, vxlan::DEVICE, vni)?;
     record::remove(datapath)?;
+    wireguard::remove(
+        handle,
+        &wireguard_device_name(datapath),
+        &owner_alias(datapath),
+    )
+    .await?;
     let in_use = match netlink::link_by_name(handle, vxlan::DEVICE).await? {
         Some(device) => hooks::vxlan_in_use(handle, &device.name, device.index).await?,
         None => false,
@@ -269,11 +373,20 @@ pub fn local_record(member: &Member) -> Result<NodeRecord> {
         })
         .collect();
     let overlay = &member.overlay;
+    let wireguard = match &overlay.wireguard {
+        Some(wg) => Some(WireguardEnd {
+            public_key: wireguard::PrivateKey::load_or_make(&wg.key_file)?.public(),
+            port: wg.port,
+            tunnel: tunnel_end(member)?,
+        }),
+        None => None,
+    };
     Ok(NodeRecord {
         node: overlay.node.clone(),
         vni: overlay.vni,
         underlay: overlay.underlay,
         subnets: view.overlay.map(|on| on.subnets).unwrap_or_default(),
+        wireguard,
         endpoints,
     })
 }
@@ -303,15 +416,23 @@ pub fn sync_peers_file(member: &Member) -> Result<Changes> {
 fn local_claims(member: &Member) -> Result<Local> {
     let view = member.network.view()?;
     Ok(Local {
-        subnets: view
-            .as_ref()
-            .and_then(|v| v.overlay.as_ref())
-            .map(|o| o.subnets.clone())
-            .unwrap_or_default(),
+        subnets: local_claims_subnets(member)?,
         macs: view.iter().flat_map(|v| v.ports().map(|p| p.mac)).collect(),
         max_nodes: NODE_CAPACITY as usize,
         max_endpoints: datapath::fdb_size(&member.datapath())? as usize,
+        tunnel_end: Some(tunnel_end(member)?),
     })
+}
+
+/// The member's slices of the overlay's networks, as its record has them
+/// now (a topology still coming up included).
+fn local_claims_subnets(member: &Member) -> Result<Vec<IpNet>> {
+    Ok(member
+        .network
+        .view()?
+        .and_then(|v| v.overlay)
+        .map(|o| o.subnets)
+        .unwrap_or_default())
 }
 
 /// Programs the other nodes among `records` into the member's datapath
@@ -332,6 +453,11 @@ pub fn program(
     let peers = vetted.peers;
     let mut skipped = rejected;
     skipped.extend(vetted.skipped);
+    // The tunnels before the maps: no frame goes to a node the device
+    // cannot reach yet.
+    if member.overlay.wireguard.is_some() {
+        program_wireguard(member, &peers)?;
+    }
     let changes = remote::program(&datapath::reconcile(&member.datapath())?, &peers)?;
     if changes.any() {
         info!(
@@ -446,6 +572,13 @@ pub fn status(member: &Member) -> Result<Status> {
             let mut counters = remote::counters(&maps)?;
             // The node's, not the datapath's: no overlay took them.
             counters.push(("drop_unclaimed", vxlan::unclaimed_packets()?));
+            if member.overlay.wireguard.is_some() {
+                let (device, _) = wireguard_device(member);
+                counters.push((
+                    "drop_unauthenticated",
+                    wireguard::unauthenticated_packets(&device)?,
+                ));
+            }
             counters
         },
     })
@@ -468,7 +601,7 @@ pub fn remote_entries(datapath: &str, maps: &datapath::maps::Maps) -> Result<Vec
         .map(|row| NamedRemote {
             node: peers
                 .iter()
-                .find(|p| p.underlay == row.node)
+                .find(|p| p.tunnel_end() == row.node)
                 .map(|p| p.node.clone()),
             row,
             device: vxlan::DEVICE,
