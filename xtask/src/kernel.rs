@@ -19,20 +19,31 @@ pub struct Series {
     pub name: &'static str,
     /// The Debian suite whose archive has the package.
     suite: &'static str,
-    /// Packages are `linux-image-{abi}-N-amd64-unsigned`; the newest N wins.
-    abi: &'static str,
+    /// Packages are `{prefix}N{suffix}`; the newest N wins.
+    prefix: &'static str,
+    suffix: &'static str,
 }
 
 pub const SERIES: &[Series] = &[
     Series {
         name: "5.10",
         suite: "bullseye",
-        abi: "5.10.0",
+        prefix: "linux-image-5.10.0-",
+        suffix: "-amd64-unsigned",
     },
     Series {
         name: "6.1",
         suite: "bookworm",
-        abi: "6.1.0",
+        prefix: "linux-image-6.1.0-",
+        suffix: "-amd64-unsigned",
+    },
+    // The line of Debian 13 and RHEL 10, for Debian 12 from backports:
+    // netkit built in, WireGuard a module, tcx native.
+    Series {
+        name: "6.12",
+        suite: "bookworm-backports",
+        prefix: "linux-image-6.12.",
+        suffix: "+deb12-amd64-unsigned",
     },
 ];
 
@@ -210,28 +221,21 @@ impl Apt {
     }
 
     fn newest_image(&self, series: &Series) -> Result<String> {
-        let prefix = format!("linux-image-{}-", series.abi);
+        let (prefix, suffix) = (series.prefix, series.suffix);
         let out = self
             .command("apt-cache")
-            .args(["pkgnames", &prefix])
+            .args(["pkgnames", prefix])
             .output()
             .context("apt-cache pkgnames")?;
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|name| {
-                let abi = name
-                    .strip_prefix(&prefix)?
-                    .strip_suffix("-amd64-unsigned")?;
-                Some((abi.parse::<u32>().ok()?, name.to_owned()))
+                let n = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+                Some((n.parse::<u32>().ok()?, name.to_owned()))
             })
             .max()
             .map(|(_, name)| name)
-            .with_context(|| {
-                format!(
-                    "no {prefix}N-amd64-unsigned in {} {}",
-                    self.mirror, series.suite
-                )
-            })
+            .with_context(|| format!("no {prefix}N{suffix} in {} {}", self.mirror, series.suite))
     }
 
     fn download(&self, package: &str, into: &Path) -> Result<PathBuf> {

@@ -41,7 +41,7 @@ enum Verb {
     /// matrix runs, and arguments, if any, replace its selection (BINARY or
     /// BINARY::TEST).
     Test {
-        /// 5.10, 6.1 or all; repeat or give a comma list.
+        /// 5.10, 6.1, 6.12 or all; repeat or give a comma list.
         #[arg(long = "kernel", value_delimiter = ',', conflicts_with_all = ["native", "clean_root"])]
         kernels: Vec<String>,
         /// Only this machine's kernel: no clean root, no kernel matrix.
