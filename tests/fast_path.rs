@@ -8,7 +8,7 @@ use std::{thread::sleep, time::Duration};
 
 use common::{
     BridgeForwardCounter, Host, Running, Topology, in_ns, iperf3, link_packets, ping, quiet,
-    spawn_in, state_path, verdicts, words,
+    spawn_in, state_path, unique_name, verdicts, words,
 };
 use serde_json::Value;
 
@@ -188,6 +188,58 @@ fn ipv6_neighbour_discovery_goes_through_the_bridge() {
 #[test]
 fn tc_mode_carries_bulk_traffic() {
     bulk_traffic_takes_the_fast_path("tc", &["10.112.0.0/24"], "10.112.0.3");
+}
+
+/// tc mode through tcx links (`NETPATH_TC_METHOD=tcx`, Linux 6.6+), the
+/// default being clsact: the links carry the traffic (a ping flood, the
+/// bridge's forward counter near zero), and `down` removes them. Before
+/// 6.6 the variable is ignored, with a warning, and clsact carries it.
+#[test]
+fn tc_mode_through_tcx_links_carries_the_traffic() {
+    let host = Host::new();
+    let t = Topology::adopt(&host, &unique_name("tcx"));
+    let up = host
+        .netpath_command()
+        .env(netpath::datapath::hooks::TC_METHOD_ENV, "tcx")
+        .env("RUST_LOG", "info")
+        .args([
+            "up",
+            "--name",
+            &t.name,
+            "--containers",
+            "2",
+            "--subnet",
+            "10.124.0.0/24",
+        ])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&up.stderr);
+    assert!(up.status.success(), "{log}");
+    let (attached, said) = if netpath::datapath::hooks::TcMethod::kernel_has_tcx() {
+        ("tc:netpath_tc", "attach as tcx links")
+    } else {
+        ("tc-clsact:netpath_tc", "tcx ignored")
+    };
+    assert!(log.contains(said), "up did not say {said:?}: {log}");
+    for port in t.status()["ports"].as_array().unwrap() {
+        assert_eq!(port["programs"], serde_json::json!([attached]), "{port}");
+    }
+    let bridge = BridgeForwardCounter::from_ports_of(&t);
+    let before = t.counter(&t.ns("c0"), "redirected");
+    let flood = in_ns(
+        &t.ns("c0"),
+        &["ping", "-f", "-c", "500", "-q", "10.124.0.3"],
+    );
+    assert!(flood.status.success());
+    assert!(
+        t.counter(&t.ns("c0"), "redirected") >= before + 500,
+        "the flood did not take the fast path"
+    );
+    assert!(
+        bridge.packets() <= 5,
+        "the bridge forwarded {}",
+        bridge.packets()
+    );
 }
 
 /// The check above can fail: in bridge mode the bridge carries everything.
@@ -452,7 +504,7 @@ fn the_datapath_survives_a_killed_loader_and_is_adopted() {
     assert!(again.contains("already up"), "{again}");
     // Exactly one tc program per port, attached the way this kernel (or
     // NETPATH_TC_METHOD) asks for.
-    let attached = match netpath::datapath::hooks::TcMethod::for_this_kernel() {
+    let attached = match netpath::datapath::hooks::TcMethod::chosen() {
         netpath::datapath::hooks::TcMethod::Tcx => "tc:netpath_tc",
         netpath::datapath::hooks::TcMethod::Clsact => "tc-clsact:netpath_tc",
     };
@@ -603,8 +655,8 @@ fn every_mode_switch_leaves_the_target_modes_offloads() {
 
 /// What `cargo xtask run` runs once it has built netpath: `netpath run` with
 /// every default (2 containers, 10.77.0.0/24, tc mode). Its programs carry
-/// the traffic, attached as this kernel allows; on a kernel without tcx the
-/// log says so, and everything works all the same.
+/// the traffic, attached through clsact (or as tcx links where
+/// NETPATH_TC_METHOD asks for them, which the log says).
 #[test]
 fn run_brings_up_the_default_topology_in_tc_mode() {
     let mut run = Running::start("dflt", &[]);
@@ -612,7 +664,7 @@ fn run_brings_up_the_default_topology_in_tc_mode() {
     let status = t.status();
     assert_eq!(status["mode"], "tc");
     assert_eq!(status["subnets"], serde_json::json!(["10.77.0.0/24"]));
-    let method = netpath::datapath::hooks::TcMethod::for_this_kernel();
+    let method = netpath::datapath::hooks::TcMethod::chosen();
     let attached = match method {
         netpath::datapath::hooks::TcMethod::Tcx => "tc:netpath_tc",
         netpath::datapath::hooks::TcMethod::Clsact => "tc-clsact:netpath_tc",
@@ -639,10 +691,10 @@ fn run_brings_up_the_default_topology_in_tc_mode() {
         "the bridge forwarded {} of 1000 frames",
         bridge.packets()
     );
-    if method == netpath::datapath::hooks::TcMethod::Clsact {
+    if method == netpath::datapath::hooks::TcMethod::Tcx {
         assert!(
-            run.log().contains("no tcx"),
-            "run did not say why it attached through clsact: {}",
+            run.log().contains("attach as tcx links"),
+            "run did not say it attached tcx links: {}",
             run.log()
         );
     }

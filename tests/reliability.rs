@@ -286,7 +286,7 @@ fn ip_forward(host: &Host) -> String {
 
 /// Ports of topology `name` that have netpath's tc program attached.
 fn ports_with_tc_program(host: &Host, name: &str) -> usize {
-    match hooks::TcMethod::for_this_kernel() {
+    match hooks::TcMethod::chosen() {
         // tcx links are pinned, one per port.
         hooks::TcMethod::Tcx => std::fs::read_dir(hooks::Hook::Tc.dir(&pin_dir(name)))
             .map(|d| d.count())

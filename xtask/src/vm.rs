@@ -53,6 +53,7 @@ const SELECTION: &[(&str, &[&str])] = &[
             "mode_switches_live_without_losing_the_ping",
             "every_mode_switch_leaves_the_target_modes_offloads",
             "tc_mode_carries_ipv6_bulk_traffic",
+            "tc_mode_through_tcx_links_carries_the_traffic",
             "run_brings_up_the_default_topology_in_tc_mode",
         ],
     ),

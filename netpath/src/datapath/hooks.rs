@@ -174,8 +174,8 @@ pub enum TcMethod {
     Clsact,
 }
 
-/// Overrides the choice of [`TcMethod`] (`tcx` or `clsact`): the tests take
-/// the clsact path on kernels that have tcx.
+/// Overrides the choice of [`TcMethod`]: `tcx` for tcx links (Linux 6.6+;
+/// ignored, with a warning, before), `clsact` the default.
 pub const TC_METHOD_ENV: &str = "NETPATH_TC_METHOD";
 
 /// Priority and handle of netpath's cls_bpf filter on its own ports.
@@ -183,30 +183,35 @@ const CLSACT_PRIORITY: u16 = 50;
 const CLSACT_HANDLE: TcHandle = TcHandle::new(0, 1);
 
 impl TcMethod {
-    /// For a topology: tcx where the kernel has it, clsact before 6.6.
-    pub fn for_this_kernel() -> TcMethod {
-        Self::overridden().unwrap_or_else(|| match KernelVersion::current() {
-            Ok(v) if v < KernelVersion::new(6, 6, 0) => TcMethod::Clsact,
-            _ => TcMethod::Tcx,
-        })
-    }
-
-    /// For pods that a CNI runtime adds one at a time: clsact on every
-    /// kernel. A tcx attach swaps the device's program array and waits a
-    /// full RCU grace period (`synchronize_rcu` in `tcx_link_prog_attach`)
-    /// while holding RTNL: 7-12 ms per pod on a 2-CPU VM, and every other
-    /// netlink writer on the node waits with it. A cls_bpf filter is swapped
-    /// in with an expedited grace period: under 1 ms.
-    pub fn for_pods() -> TcMethod {
+    /// For every datapath, topologies and CNI pods alike: clsact, unless
+    /// `NETPATH_TC_METHOD=tcx` asks for tcx links (Linux 6.6+). A tcx
+    /// attach swaps the device's program array and waits a full RCU grace
+    /// period (`synchronize_rcu` in `tcx_link_prog_attach`) while holding
+    /// RTNL: 13-15 ms per port on a 2-CPU VM (`up` of 128 containers: 2.2
+    /// s), in turn even from parallel threads, and every other netlink
+    /// writer on the node waits with it. A cls_bpf filter is swapped in
+    /// with an expedited grace period: under 1 ms (`up` of 128: 0.34 s).
+    pub fn chosen() -> TcMethod {
         Self::overridden().unwrap_or(TcMethod::Clsact)
     }
 
     fn overridden() -> Option<TcMethod> {
         match std::env::var(TC_METHOD_ENV).as_deref() {
             Ok("clsact") => Some(TcMethod::Clsact),
-            Ok("tcx") => Some(TcMethod::Tcx),
+            Ok("tcx") if Self::kernel_has_tcx() => Some(TcMethod::Tcx),
+            Ok("tcx") => {
+                log::warn!(
+                    "{TC_METHOD_ENV}=tcx ignored: this kernel has no tcx (Linux 6.6); attaching \
+                     through clsact"
+                );
+                None
+            }
             _ => None,
         }
+    }
+
+    pub fn kernel_has_tcx() -> bool {
+        KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
     }
 }
 

@@ -220,11 +220,12 @@ pub async fn ensure_reporting(
     let mut programs = Programs::pinned(&dir)?.context("the programs just pinned are not there")?;
     step_done(Step::MapsFilled)?;
 
-    if dp.mode == Mode::Tc && dp.tc == hooks::TcMethod::Clsact {
+    if dp.mode == Mode::Tc && dp.tc == hooks::TcMethod::Tcx {
         info!(
-            "{}: the tc programs attach through a clsact qdisc and cls_bpf filters (kernels \
-             before 6.6 have no tcx; pods attach faster this way), with the same forwarding",
-            dp.name
+            "{}: the tc programs attach as tcx links ({}=tcx; Linux 6.6+), one RCU grace period \
+             per port",
+            dp.name,
+            hooks::TC_METHOD_ENV
         );
     }
     let wanted = Hook::for_mode(dp.mode);

@@ -36,7 +36,7 @@ pub fn datapath<'a>(conf: &NetConf, attachments: impl Iterator<Item = &'a Attach
         ageing_s: DEFAULT_AGEING_S,
         fdb_size: netpath_common::FDB_CAPACITY,
         learn_limit: netpath_common::DEFAULT_LEARN_LIMIT,
-        tc: TcMethod::for_pods(),
+        tc: TcMethod::chosen(),
         ports: attachments.map(port).collect(),
     }
 }

@@ -35,7 +35,7 @@ pub fn datapath(spec: &TopologySpec) -> Datapath {
         ageing_s: spec.ageing_s,
         fdb_size: spec.fdb_size,
         learn_limit: spec.learn_limit,
-        tc: TcMethod::for_this_kernel(),
+        tc: TcMethod::chosen(),
         ports: spec.containers.iter().map(|c| port(spec, c)).collect(),
     }
 }

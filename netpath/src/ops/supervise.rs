@@ -43,6 +43,12 @@ pub async fn run(
     let name = spec.name.clone();
     let mode = spec.mode;
     let totals = Arc::new(RunTotals::default());
+    // Before anything else: a Ctrl-C while the topology comes up is kept
+    // for the loop (it then ends at once). Made later, a SIGINT in between
+    // was lost where the disposition is inherited as ignored (a background
+    // job of a shell), and `run` went on (reliability::two_loaders_on_one_topology
+    // under load: still running 30 s after Ctrl-C).
+    let mut interrupt = Interrupt::listen()?;
     let _running = Lock::acquire(&name, Purpose::Run)?;
     let ageing = Duration::from_secs(spec.ageing_s);
     let fast_path = spec.mode != Mode::Bridge;
@@ -78,7 +84,6 @@ pub async fn run(
         }
         None => None,
     };
-    let mut interrupt = Interrupt::listen()?;
     info!(
         "topology {name} running; Ctrl-C to {}",
         if keep {
@@ -168,10 +173,11 @@ pub async fn run(
 /// on the overlay, and waits for it when it is not (yet).
 pub async fn run_cni_network(bridge: String) -> Result<()> {
     let network = Network::cni(&bridge)?;
+    // Before the lock, as in `run` of a topology.
+    let mut interrupt = Interrupt::listen()?;
     let _running = Lock::acquire(&network.datapath(), Purpose::Run)
         .with_context(|| format!("running the CNI network on bridge {bridge}"))?;
     info!("CNI network on bridge {bridge}: keeping its overlay's control plane; Ctrl-C to stop");
-    let mut interrupt = Interrupt::listen()?;
     let mut running: Option<(Member, tokio::task::JoinHandle<()>)> = None;
     let mut tick = tokio::time::interval(MEMBERSHIP_CHECK_EVERY);
     loop {

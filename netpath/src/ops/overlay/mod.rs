@@ -229,12 +229,7 @@ pub async fn join(handle: &Handle, member: &Member, mtu: u32) -> Result<()> {
         _pad: [0; 2],
         local: remote::node_addr(tunnel).addr,
     };
-    remote::join(
-        &member.datapath(),
-        config,
-        &device.name,
-        TcMethod::for_this_kernel(),
-    )?;
+    remote::join(&member.datapath(), config, &device.name, TcMethod::chosen())?;
     info!(
         "{}: on overlay VNI {} as node {} ({}), vxlan device {}",
         member.name(),
