@@ -1063,3 +1063,54 @@ fn a_stale_nat_record_of_a_reused_namespace_is_ignored() {
     assert_eq!(forwarding(), "0", "down did not restore forwarding");
     assert!(!stale.exists(), "the NAT record outlived its last user");
 }
+
+/// A Ctrl-C that comes while `run` is still bringing its topology up ends
+/// it once the topology is up, even where SIGINT is inherited as ignored
+/// (a background job of a shell, as CI runs): before, the signal came
+/// before `run` listened for it and was lost, and `run` went on for good.
+#[test]
+fn a_ctrl_c_while_run_comes_up_ends_it() {
+    let host = Host::new();
+    let t = Topology::adopt(&host, &unique_name("int"));
+    let mut command = host.netpath_command();
+    command
+        .args([
+            "run",
+            "--name",
+            &t.name,
+            "--containers",
+            "2",
+            "--subnet",
+            "10.147.0.0/24",
+        ])
+        .args(["--keep"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: only the async-signal-safe signal(2) between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let run = command.spawn().unwrap();
+    // Its lock taken, it brings the topology up.
+    common::within(Duration::from_secs(10), "run taking its lock", || {
+        common::is_locked(&common::run_lock_path(&t.name))
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = common::output_within(
+        run,
+        Duration::from_secs(20),
+        "netpath run after an early Ctrl-C",
+    );
+    assert!(
+        out.status.success(),
+        "run after an early Ctrl-C: {:?}",
+        out.status
+    );
+}
