@@ -732,8 +732,9 @@ fn forwarding_program_id(t: &Topology, port: &str, hook: &str) -> u32 {
 /// Issue 14: `netpath upgrade` puts freshly loaded programs (what a newer
 /// netpath brings) on running ports in place, atomically: a tcx or XDP link
 /// update, or the clsact filter's program changed under RCU. Under a TCP
-/// stream and a UDP stream across three upgrades: the TCP stream completes
-/// (no reset), no datagram is lost, and not one IP frame goes through the
+/// stream (paced) and a UDP stream across three upgrades: the TCP stream
+/// completes (no reset), no datagram is lost on the way (the receiving
+/// socket's own overflow, counted by the kernel, aside), and not one IP frame goes through the
 /// bridge; a detach-then-attach would hand the frames of its gap to the
 /// bridge, which the fallback hides from the loss figures but not from the
 /// bridge's counter.
@@ -760,12 +761,15 @@ fn upgrade_replaces_the_programs_under_traffic_without_a_gap() {
             &format!("iifname \"{}-*\" ip daddr {subnet}", t.name),
         );
         let redirected_before = t.counter(&ports[0], "redirected");
+        let overflowed_before = common::snmp(&c1, "Udp", "RcvbufErrors");
 
         let servers = [
             iperf3::Server::start(&c1, 5301),
             iperf3::Server::start(&c1, 5302),
         ];
-        let tcp = iperf3::Client::start(&c0, &ip1, 5301, 4, &[]);
+        // Paced below what the 2 CPUs carry, so that it does not fill the
+        // receiving veth's ring, which drops the datagrams beside it.
+        let tcp = iperf3::Client::start(&c0, &ip1, 5301, 4, &["-b", "2G"]);
         let udp = iperf3::Client::start(&c0, &ip1, 5302, 4, &["-u", "-b", "20M", "-l", "512"]);
         for _ in 0..3 {
             sleep(Duration::from_millis(700));
@@ -794,10 +798,20 @@ fn upgrade_replaces_the_programs_under_traffic_without_a_gap() {
             udp["packets"].as_u64().unwrap() > 10_000,
             "{mode}: UDP {udp}"
         );
+        // What the receiving socket's full buffer dropped is no loss of the
+        // datapath's: on 2 CPUs the TCP stream and the upgrades' program
+        // loads starve the UDP reader at times (124 of 19,528 under CI).
+        let overflowed = common::snmp(&c1, "Udp", "RcvbufErrors") - overflowed_before;
+        eprintln!(
+            "{mode}: UDP across the upgrades: {} of {} lost, {overflowed} dropped by the receiving socket",
+            udp["lost_packets"], udp["packets"]
+        );
         assert_eq!(
-            udp["lost_packets"].as_u64(),
+            udp["lost_packets"]
+                .as_u64()
+                .map(|lost| lost.saturating_sub(overflowed)),
             Some(0),
-            "{mode}: datagrams lost across the upgrade: {udp}"
+            "{mode}: datagrams lost across the upgrade, {overflowed} of them by the receiving socket: {udp}"
         );
         assert_eq!(
             bridge.packets(),

@@ -331,16 +331,7 @@ impl Capture {
 /// the frames `bpf_redirect_peer` hands a veth in its link statistics
 /// (measured: 1 of 5000 decapsulated; 6.1 and 6.18 count them all).
 fn icmp_in_echos(ns: &str) -> u64 {
-    let out = in_ns(ns, &["cat", "/proc/net/snmp"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut icmp = text.lines().filter(|l| l.starts_with("Icmp:"));
-    let (names, values) = (icmp.next().unwrap_or(""), icmp.next().unwrap_or(""));
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "InEchos")
-        .and_then(|(_, value)| value.parse().ok())
-        .unwrap_or_else(|| panic!("no Icmp InEchos in {ns}'s /proc/net/snmp:\n{text}"))
+    common::snmp(ns, "Icmp", "InEchos")
 }
 
 /// A port's counters (`netpath stats --json`) on the topology.

@@ -1005,3 +1005,19 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A counter of namespace `ns`'s /proc/net/snmp: `group` (Icmp, Udp, ...)
+/// and the counter's `name` (InEchos, RcvbufErrors, ...).
+pub fn snmp(ns: &str, group: &str, name: &str) -> u64 {
+    let out = in_ns(ns, &["cat", "/proc/net/snmp"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("{group}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    let (names, values) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {group} {name} in {ns}'s /proc/net/snmp:\n{text}"))
+}
