@@ -22,6 +22,8 @@ pub struct Series {
     /// Packages are `{prefix}N{suffix}`; the newest N wins.
     prefix: &'static str,
     suffix: &'static str,
+    /// Part of `cargo xtask test`'s matrix (else only `--kernel NAME|all`).
+    pub in_suite: bool,
 }
 
 pub const SERIES: &[Series] = &[
@@ -30,20 +32,27 @@ pub const SERIES: &[Series] = &[
         suite: "bullseye",
         prefix: "linux-image-5.10.0-",
         suffix: "-amd64-unsigned",
+        in_suite: true,
     },
     Series {
         name: "6.1",
         suite: "bookworm",
         prefix: "linux-image-6.1.0-",
         suffix: "-amd64-unsigned",
+        in_suite: true,
     },
     // The line of Debian 13 and RHEL 10, for Debian 12 from backports:
-    // netkit built in, WireGuard a module, tcx native.
+    // netkit built in, WireGuard a module, tcx native. Not in the suite's
+    // matrix yet: under qemu's multi-threaded TCG this guest once died of
+    // an int3 oops in __netif_receive_skb_core (a static key being patched
+    // while another vCPU ran the code) during the hostile tests; every
+    // selected test passed there in another run.
     Series {
         name: "6.12",
         suite: "bookworm-backports",
         prefix: "linux-image-6.12.",
         suffix: "+deb12-amd64-unsigned",
+        in_suite: false,
     },
 ];
 

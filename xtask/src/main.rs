@@ -110,7 +110,10 @@ fn main() -> Result<()> {
             }
             clean_root::test()?;
             vm::test(
-                &vm::parse(&["all".to_owned()])?,
+                &kernel::SERIES
+                    .iter()
+                    .filter(|s| s.in_suite)
+                    .collect::<Vec<_>>(),
                 &[],
                 Duration::from_secs(kernel_timeout),
             )
