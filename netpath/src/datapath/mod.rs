@@ -35,7 +35,7 @@ use self::{
 };
 use crate::{
     host::netlink,
-    model::{Mac, Mode, naming, policy::source_policy},
+    model::{Mac, Mode, naming, source::source_policy},
 };
 
 /// BPF_NOEXIST: create, never overwrite.

@@ -8,7 +8,7 @@ pub mod ipam;
 pub mod mac;
 pub mod naming;
 pub mod overlay;
-pub mod policy;
+pub mod source;
 pub mod settings;
 pub mod spec;
 

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use netpath_common::PortPolicy;
 
-use super::{Mac, policy::source_policy};
+use super::{Mac, source::source_policy};
 
 /// Largest VNI (24 bits). VNI 0 means "no overlay" to the programs.
 pub const MAX_VNI: u32 = (1 << 24) - 1;
