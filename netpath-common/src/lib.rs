@@ -124,6 +124,19 @@ counters! {
         /// tunnel traffic at every other node (the inner frame is then checked
         /// there too).
         DropTunnel => "drop_tunnel",
+        /// A new flow from this port's container that a policy of type
+        /// Egress allowed (counted once per flow, not per packet).
+        PolicyEgressAllowed => "policy_egress_allowed",
+        /// Dropped: a new flow from this port's container that no policy of
+        /// type Egress selecting it allows.
+        PolicyEgressDenied => "policy_egress_denied",
+        /// A new flow to this port's container that a policy of type Ingress
+        /// allowed (counted on the port of the container it protects).
+        PolicyIngressAllowed => "policy_ingress_allowed",
+        /// Dropped: a new flow to this port's container that no policy of type
+        /// Ingress selecting it allows (counted on the protected container's
+        /// port, whichever port the frame came by).
+        PolicyIngressDenied => "policy_ingress_denied",
     }
 }
 
@@ -147,7 +160,7 @@ impl Counter {
     ];
 
     /// The reasons a frame is dropped.
-    pub const DROPPED: [Counter; 7] = [
+    pub const DROPPED: [Counter; 9] = [
         Counter::DropMalformed,
         Counter::DropBadSourceMac,
         Counter::DropSpoofedMac,
@@ -155,6 +168,8 @@ impl Counter {
         Counter::DropProtocol,
         Counter::DropLearnLimit,
         Counter::DropTunnel,
+        Counter::PolicyEgressDenied,
+        Counter::PolicyIngressDenied,
     ];
 }
 
@@ -381,9 +396,10 @@ pub struct TraceEvent {
 /// types. The loader writes it into the pinned `LAYOUT` map when it creates
 /// a datapath's maps, and refuses pins of another version instead of
 /// misreading them. Bump it with every change to a map or a type above.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 pub mod maps;
+pub mod policy;
 
 /// Program names (the BPF function names; the kernel keeps 15 bytes).
 pub mod programs {

@@ -60,6 +60,26 @@ macro_rules! datapath_maps {
             NODE_LIST => node_list: Array<$crate::NodeAddr> [$crate::NODE_CAPACITY] fixed;
             /// Overlay: the vxlan device program's counters.
             OVERLAY_STATS => overlay_stats: PerCpuArray<$crate::OverlayStats> [1] fixed;
+            /// Policy: the generation in force (see `policy`).
+            POLICY_STATE => policy_state: Array<$crate::policy::PolicyState> [1] fixed;
+            /// Policy: the containers of this node a policy isolates, by
+            /// address, with the directions it isolates them in.
+            POLICY_ENDPOINTS => policy_endpoints: HashMap<$crate::policy::PolicyEndpointKey,
+                $crate::policy::EndpointPolicy> [$crate::policy::POLICY_ENDPOINT_CAPACITY] fixed;
+            /// Policy: (container, direction, peer prefix) -> the ports allowed.
+            POLICY_PEERS => policy_peers: LpmTrie<$crate::policy::PolicyPeerKey,
+                $crate::policy::PeerRule> [$crate::policy::POLICY_PEER_CAPACITY] fixed;
+            /// Policy: (port class, protocol, port prefix) -> allowed.
+            POLICY_PORTS => policy_ports: LpmTrie<$crate::policy::PolicyPortKey, u32>
+                [$crate::policy::POLICY_PORT_CAPACITY] fixed;
+            /// Policy: the flows allowed (connection tracking). Shared by
+            /// every CPU, as a flow's packets and replies cross CPUs.
+            FLOWS => flows: LruHashMap<$crate::policy::FlowKey, $crate::policy::Flow>
+                [$crate::policy::FLOW_CAPACITY] fixed;
+            /// Policy: the ports of fragmented datagrams, from their first
+            /// fragment.
+            FRAGMENTS => fragments: LruHashMap<$crate::policy::FragmentKey,
+                $crate::policy::FragmentPorts> [$crate::policy::FRAGMENT_CAPACITY] fixed;
         }
     };
 }

@@ -12,7 +12,7 @@ use network_types::eth::EthHdr;
 use crate::{
     frame::Frame,
     maps::{CONFIG, FDB_LEARNED, FDB_STATIC, PORT_LEARNED, PORT_STATE, PORTS, REMOTE_FDB},
-    overlay, source, tunnel,
+    overlay, policy, source, tunnel,
 };
 
 /// A learned entry's timestamp is refreshed at most this often, so steady
@@ -39,6 +39,9 @@ pub enum Verdict {
     Pass(Counter),
     /// Drop it; the counter says why.
     Drop(Counter),
+    /// Drop it: a network policy denies its flow (the container that
+    /// policy protects counted it).
+    Denied,
 }
 
 /// The ingress port's per-CPU state.
@@ -139,6 +142,11 @@ pub fn decide(port: &Port, frame: &Frame) -> Verdict {
         Ok(false) => {}
         Ok(true) => return Verdict::Drop(Counter::DropTunnel),
         Err(reason) => return Verdict::Drop(reason),
+    }
+    // Before any destination: a flow to the bridge, to another node or to
+    // a local container meets the policies of both its ends alike.
+    if policy::admit(frame).is_err() {
+        return Verdict::Denied;
     }
 
     let dst = eth.dst_addr;

@@ -20,6 +20,12 @@ impl Frame {
         Frame { data, end }
     }
 
+    /// `data` and `end`, to hand the frame to a function of its own.
+    #[inline(always)]
+    pub fn bounds(&self) -> (usize, usize) {
+        (self.data, self.end)
+    }
+
     /// Bytes the program can address.
     #[inline(always)]
     pub fn len(&self) -> usize {

@@ -7,12 +7,15 @@ pub const ETH_P_ARP: [u8; 2] = 0x0806u16.to_be_bytes();
 pub const ETH_P_IPV6: [u8; 2] = 0x86ddu16.to_be_bytes();
 
 pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ROUTING: u8 = 43;
 pub const IPPROTO_FRAGMENT: u8 = 44;
 pub const IPPROTO_AH: u8 = 51;
 pub const IPPROTO_ICMPV6: u8 = 58;
 pub const IPPROTO_DSTOPTS: u8 = 60;
+pub const IPPROTO_SCTP: u8 = 132;
 pub const IPPROTO_MOBILITY: u8 = 135;
 pub const IPPROTO_HIP: u8 = 139;
 pub const IPPROTO_SHIM6: u8 = 140;

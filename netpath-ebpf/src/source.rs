@@ -17,8 +17,11 @@ use network_types::{
 
 use crate::{frame::Frame, proto::*};
 
-/// The UDP ports' bytes (the tunnel rule reads them).
-const UDP_PORTS: usize = 4;
+/// The bytes of UDP's, TCP's and SCTP's ports (the tunnel rule and policy
+/// read them).
+const PORTS: usize = 4;
+/// TCP's header up to its flags (policy reads them).
+const TCP_THROUGH_FLAGS: usize = 14;
 
 const ND_ROUTER_ADVERT: u8 = 134;
 const ND_NEIGHBOR_SOLICIT: u8 = 135;
@@ -39,7 +42,7 @@ const ND_MAX_OPTIONS: usize = 4;
 pub const HEADROOM: u32 = 128;
 
 /// How many bytes from the frame's start the decision reads (the source
-/// check, the tunnel rule) of a frame whose bytes 12 to 23 are `head`
+/// check, the tunnel rule, policy) of a frame whose bytes 12 to 23 are `head`
 /// (the EtherType, the IPv4 header's length and protocol, the IPv6 next
 /// header): the tc programs make exactly these linear. Bulk traffic (TCP)
 /// needs its network header only, UDP its ports too; the rest of the
@@ -48,15 +51,21 @@ pub const HEADROOM: u32 = 128;
 pub fn header_len(head: &[u8; 12]) -> u32 {
     let ipv4_header = ((head[2] & 0xf) as usize * 4).max(Ipv4Hdr::LEN);
     let network = match [head[0], head[1]] {
-        ETH_P_IP if head[11] == IPPROTO_UDP => ipv4_header + UDP_PORTS,
-        ETH_P_IP => Ipv4Hdr::LEN,
+        ETH_P_IP => match head[11] {
+            IPPROTO_UDP | IPPROTO_SCTP => ipv4_header + PORTS,
+            IPPROTO_TCP => ipv4_header + TCP_THROUGH_FLAGS,
+            // Errors quote the packet they are about.
+            IPPROTO_ICMP => return HEADROOM,
+            _ => Ipv4Hdr::LEN,
+        },
         ETH_P_ARP => ArpHdr::LEN,
         ETH_P_IPV6 => match head[8] {
             IPPROTO_HOPOPTS | IPPROTO_ICMPV6 | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 return HEADROOM;
             }
-            IPPROTO_FRAGMENT => Ipv6Hdr::LEN + 8 + UDP_PORTS,
-            IPPROTO_UDP => Ipv6Hdr::LEN + UDP_PORTS,
+            IPPROTO_FRAGMENT => Ipv6Hdr::LEN + 8 + TCP_THROUGH_FLAGS,
+            IPPROTO_UDP | IPPROTO_SCTP => Ipv6Hdr::LEN + PORTS,
+            IPPROTO_TCP => Ipv6Hdr::LEN + TCP_THROUGH_FLAGS,
             _ => Ipv6Hdr::LEN,
         },
         _ => 0,

@@ -95,6 +95,7 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
             port.count(reason);
             TC_ACT_SHOT
         }
+        Verdict::Denied => TC_ACT_SHOT,
     }
 }
 

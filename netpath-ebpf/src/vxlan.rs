@@ -23,7 +23,7 @@ use crate::{
     frame::Frame,
     maps::{CONFIG, NODES, OVERLAY_STATS, REMOTE_FDB},
     overlay::TUNNEL_KEY_SIZE,
-    source,
+    policy, source,
     tc::{into_container, pull_checked_headers},
 };
 
@@ -63,6 +63,11 @@ pub fn netpath_vxlan(ctx: TcContext) -> i32 {
     };
     if let Err(reason) = source::check(&sender.policy, &frame) {
         return count(overlay_reason(reason), TC_ACT_SHOT);
+    }
+    // The sender's node judged its egress; the receivers' ingress is
+    // judged here (the container it protects counts the denial).
+    if policy::admit(&frame).is_err() {
+        return TC_ACT_SHOT;
     }
     let dst = eth.dst_addr;
     if dst[0] & 1 != 0 {

@@ -51,6 +51,7 @@ pub fn netpath_xdp(ctx: XdpContext) -> u32 {
             port.count(reason);
             xdp_action::XDP_DROP
         }
+        Verdict::Denied => xdp_action::XDP_DROP,
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod cni;
 pub mod iperf3;
 pub mod packets;
+pub mod probe;
 pub mod watchdog;
 
 pub use watchdog::{waiting_for, watchdog};

@@ -82,6 +82,15 @@ const SELECTION: &[(&str, &[&str])] = &[
             "the_overlay_over_wireguard_is_sealed_and_forged_tunnel_traffic_is_dropped",
         ],
     ),
+    // Network policy: the judgement's BPF-to-BPF calls, the LPM tables and
+    // connection tracking on this kernel's verifier and maps.
+    (
+        "policy",
+        &[
+            "the_policy_case_table_holds_in_tc_mode",
+            "the_policy_case_table_holds_in_xdp_mode",
+        ],
+    ),
     // The source check on this kernel's verifier; bridge entries that do not move.
     (
         "hostile",

@@ -6,6 +6,7 @@ mod fdb;
 mod list;
 mod monitor;
 mod overlay;
+mod policy;
 mod port;
 mod render;
 mod run;
@@ -132,6 +133,10 @@ pub enum Command {
     /// node's record, the static peers file.
     #[command(subcommand)]
     Overlay(overlay::OverlayCommand),
+    /// Kubernetes NetworkPolicy for a topology's containers, enforced by
+    /// the programs: apply, list, show, delete, check.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Measure the modes against the Linux bridge and a direct veth pair.
     Bench(bench::BenchArgs),
     /// Bring a topology up (or adopt it) and run it: FDB ageing,
@@ -172,6 +177,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Port(command) => command.name().topology().map(drop)?,
         Command::Overlay(command) => command.name().network().map(drop)?,
+        Command::Policy(command) => command.name().topology().map(drop)?,
         Command::Fdb(command) => command.name().datapath().map(drop)?,
         Command::Trace(args) => args.name.datapath().map(drop)?,
     }
@@ -198,6 +204,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Trace(args) => trace::run(args).await,
         Command::Monitor { name, json } => monitor::run(&name.datapath()?, json).await,
         Command::Overlay(command) => overlay::run(command).await,
+        Command::Policy(command) => policy::run(command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Run(args) => run::run(args).await,
     }

@@ -5,7 +5,7 @@ use clap::Subcommand;
 
 use super::{NameArg, netlink_handle, require_root};
 use crate::{
-    model::{Mac, naming::port_name},
+    model::{Mac, naming::port_name, policy::Identity},
     ops::topology,
 };
 
@@ -29,6 +29,14 @@ pub enum PortCommand {
         /// topology's learn limit.
         #[arg(long)]
         no_source_check: bool,
+        /// Its namespace, which network policies' namespaceSelector
+        /// selects it by [default: default].
+        #[arg(long)]
+        namespace: Option<String>,
+        /// A label (KEY=VALUE), which network policies' podSelector selects
+        /// it by; repeat for more.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
     },
     /// Unplug a container and remove its namespace.
     Del {
@@ -56,9 +64,14 @@ pub async fn run(command: PortCommand) -> Result<()> {
             ip,
             mac,
             no_source_check,
+            namespace,
+            labels,
         } => {
+            let identity = Identity::new(namespace.as_deref(), &labels)
+                .map_err(|e| anyhow::anyhow!("port {port}: {e}"))?;
             let added =
-                topology::port_add(&handle, &name, &port, &ip, mac, !no_source_check).await?;
+                topology::port_add(&handle, &name, &port, &ip, mac, !no_source_check, identity)
+                    .await?;
             let ips: Vec<String> = added.ips.iter().map(ToString::to_string).collect();
             println!(
                 "port {} added: {} {}",

@@ -70,6 +70,34 @@ pub fn status(s: &Status) -> String {
     out
 }
 
+/// A table of left-aligned columns as wide as their widest cell, headers
+/// first; the last column is not padded.
+pub fn aligned<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = headers.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; N]| {
+        let mut out = String::new();
+        for (column, cell) in cells.iter().enumerate() {
+            if column + 1 == N {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[column]));
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(*headers);
+    for row in rows {
+        out.push_str(&line(row.each_ref().map(String::as_str)));
+    }
+    out
+}
+
 /// `list`: one row per topology and CNI network, like `cilium-dbg
 /// endpoint list`; the port names last, as they make the row long.
 pub fn list_table(listed: &[Listed]) -> String {

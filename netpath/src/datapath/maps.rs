@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use aya::maps::{
-    Array, DevMapHash, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuHashMap, RingBuf,
+    Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray, PerCpuHashMap, RingBuf,
 };
 use netpath_common::{LAYOUT_VERSION, maps};
 

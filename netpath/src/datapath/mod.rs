@@ -9,6 +9,7 @@ pub mod maps;
 pub mod memlock;
 pub mod object;
 pub mod overlay;
+pub mod policy;
 
 use std::{
     collections::HashSet,
@@ -35,7 +36,7 @@ use self::{
 };
 use crate::{
     host::netlink,
-    model::{Mac, Mode, naming, source::source_policy},
+    model::{Mac, Mode, naming, policy::EndpointRules, source::source_policy},
 };
 
 /// BPF_NOEXIST: create, never overwrite.
@@ -74,6 +75,9 @@ pub struct Datapath {
     /// How the tc mode's program is attached to new ports.
     pub tc: hooks::TcMethod,
     pub ports: Vec<Port>,
+    /// The network policies applied to it, compiled for its ports'
+    /// containers (none: no policy selects any of them).
+    pub policy: Vec<EndpointRules>,
 }
 
 /// The pinned maps of a running datapath, as they are: opening them changes
@@ -170,6 +174,13 @@ pub async fn ensure_reporting(
     mut step_done: impl FnMut(Step) -> Result<()>,
 ) -> Result<()> {
     if dp.mode == Mode::Bridge {
+        if isolates(&dp.policy) {
+            bail!(
+                "{}: bridge mode has no programs, so nothing would enforce its network policies; \
+                 use tc or xdp mode, or delete the policies first (`netpath policy delete`)",
+                dp.name
+            );
+        }
         // Detach port by port first: that restores the containers' offloads
         // after xdp mode and removes clsact filters, which no pin holds.
         let dir = pin_dir(&dp.name);
@@ -214,6 +225,9 @@ pub async fn ensure_reporting(
         ..Default::default()
     };
     fill_maps(&maps, config, dp.learn_limit, &ports)?;
+    // In force before any program attaches: a new port's container is
+    // never reachable where its policy says it is not.
+    install_policy(&maps, dp, &ports)?;
     // Pinned last: pinned programs say the datapath is running (see
     // `is_running`), and ports may join it.
     object::pin_programs(&mut ebpf, &dir)?;
@@ -243,6 +257,58 @@ pub async fn ensure_reporting(
     let names: HashSet<String> = ports.iter().map(|(p, _)| p.name.clone()).collect();
     hooks::remove_stale(&dir, &names)?;
     info!("{}: datapath {} on {} ports", dp.name, dp.mode, ports.len());
+    Ok(())
+}
+
+/// Puts the datapath's compiled policy in force in the running datapath,
+/// without touching its programs (`policy apply` and `delete`).
+pub async fn update_policy(handle: &Handle, dp: &Datapath) -> Result<()> {
+    if dp.mode == Mode::Bridge {
+        if isolates(&dp.policy) {
+            bail!(
+                "{} is in bridge mode, which has no programs to enforce network policies: switch it to \
+                 tc or xdp mode first (`netpath mode`)",
+                dp.name
+            );
+        }
+        return Ok(());
+    }
+    let maps = reconcile(&dp.name)?;
+    let mut ports = Vec::new();
+    for port in &dp.ports {
+        if let Some(link) = netlink::link_by_name(handle, &port.name).await? {
+            ports.push((port, link.index));
+        }
+    }
+    install_policy(&maps, dp, &ports)
+}
+
+/// Whether any rule isolates a container (an empty policy restricts
+/// nothing, and bridge mode can carry it).
+pub fn isolates(rules: &[EndpointRules]) -> bool {
+    rules
+        .iter()
+        .any(|r| r.ingress.is_some() || r.egress.is_some())
+}
+
+/// Puts the datapath's compiled policy in force (see `policy::install`).
+fn install_policy(maps: &Maps, dp: &Datapath, ports: &[(&Port, u32)]) -> Result<()> {
+    let port_of = |address: IpAddr| {
+        ports
+            .iter()
+            .find(|(port, _)| port.addresses.contains(&address))
+            .map(|(_, ifindex)| *ifindex)
+    };
+    let tables = policy::install(maps, &dp.policy, port_of)
+        .with_context(|| format!("{}: putting its network policies in force", dp.name))?;
+    let (containers, peers, ports) = tables.sizes();
+    if containers > 0 {
+        info!(
+            "{}: network policy isolates {containers} container addresses ({peers} peer prefixes, \
+             {ports} port prefixes)",
+            dp.name
+        );
+    }
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! What netpath is asked to build, as plain data: MACs, names, settings,
-//! topology specs and their validation, address pools, CNI configurations.
+//! topology specs and their validation, address pools, CNI configurations,
+//! Kubernetes network policies.
 //! Nothing here touches the machine (beyond reading a config file), so all
 //! of it is unit-tested without root.
 
@@ -8,8 +9,9 @@ pub mod ipam;
 pub mod mac;
 pub mod naming;
 pub mod overlay;
-pub mod source;
+pub mod policy;
 pub mod settings;
+pub mod source;
 pub mod spec;
 
 pub use mac::Mac;

@@ -148,6 +148,11 @@ pub struct ContainerSettings {
     /// false: the container routes or bridges for others, so it may send
     /// from any MAC and address (and learns, up to `learn_limit`).
     pub source_check: Option<bool>,
+    /// What network policies select it by: its namespace [default:
+    /// "default"] and labels, as a Kubernetes pod's.
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Settings {

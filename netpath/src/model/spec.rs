@@ -11,6 +11,7 @@ use super::{
     Mac, Mode, Settings, ipam,
     naming::{bridge_name, validate_container_name, validate_topology_name},
     overlay::{DEFAULT_LEASE_TTL_S, EtcdAccess, OverlaySpec, Peers, WIREGUARD_PORT, WireguardSpec},
+    policy::Identity,
 };
 
 pub const DEFAULT_NAME: &str = "np";
@@ -44,6 +45,9 @@ pub struct ContainerSpec {
     /// container that routes or bridges for others).
     #[serde(default = "enabled")]
     pub source_check: bool,
+    /// Its namespace and labels, which network policies select it by.
+    #[serde(flatten)]
+    pub identity: Identity,
 }
 
 fn enabled() -> bool {
@@ -154,11 +158,21 @@ impl TopologySpec {
         };
         for entry in settings.containers_listed {
             let mac = entry.mac.as_deref().map(str::parse).transpose()?;
+            let identity = Identity {
+                namespace: entry
+                    .namespace
+                    .unwrap_or_else(|| Identity::default().namespace),
+                labels: entry.labels,
+            };
+            identity
+                .validate()
+                .map_err(|e| anyhow::anyhow!("container {:?}: {e}", entry.name))?;
             spec.push_container(
                 &entry.name,
                 &entry.ip,
                 mac,
                 entry.source_check.unwrap_or(true),
+                identity,
             )?;
         }
         let mut index = 0;
@@ -166,7 +180,7 @@ impl TopologySpec {
             let name = format!("c{index}");
             index += 1;
             if spec.container(&name).is_none() {
-                spec.push_container(&name, &[], None, true)?;
+                spec.push_container(&name, &[], None, true, Identity::default())?;
             }
         }
         spec.validate()?;
@@ -180,6 +194,7 @@ impl TopologySpec {
         ips: &[String],
         mac: Option<Mac>,
         source_check: bool,
+        identity: Identity,
     ) -> Result<()> {
         validate_container_name(&self.name, name)?;
         ensure!(
@@ -232,6 +247,7 @@ impl TopologySpec {
             ips: chosen,
             mac,
             source_check,
+            identity,
         });
         Ok(())
     }

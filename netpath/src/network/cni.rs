@@ -9,7 +9,7 @@ use log::warn;
 use super::{Container, View};
 use crate::{
     datapath::{Datapath, Port, hooks::TcMethod},
-    model::{cni::NetConf, naming::validate_ifname, spec::DEFAULT_AGEING_S},
+    model::{cni::NetConf, naming::validate_ifname, policy::Identity, spec::DEFAULT_AGEING_S},
     store::cni::{Attachment, NetworkRecord},
 };
 
@@ -38,6 +38,7 @@ pub fn datapath<'a>(conf: &NetConf, attachments: impl Iterator<Item = &'a Attach
         learn_limit: netpath_common::DEFAULT_LEARN_LIMIT,
         tc: TcMethod::chosen(),
         ports: attachments.map(port).collect(),
+        policy: Vec::new(),
     }
 }
 
@@ -83,6 +84,8 @@ pub(super) fn view(bridge: &str) -> Result<Option<View>> {
                 id: a.container_id.clone(),
                 netns_shown: a.netns.display().to_string(),
                 port: port(a),
+                // Network policy is not offered on CNI networks yet.
+                identity: Identity::default(),
             })
             .collect(),
         overlay: rec.overlay,

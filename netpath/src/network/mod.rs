@@ -22,8 +22,12 @@ use crate::{
     model::{
         Mode,
         naming::{bridge_name, cni_datapath, validate_ifname, validate_topology_name},
+        policy::{self, Endpoint, EndpointRules, Identity},
     },
-    store::cni::{NetworkOverlay, NetworkRecord},
+    store::{
+        self,
+        cni::{NetworkOverlay, NetworkRecord},
+    },
 };
 
 /// Who adds and removes a network's containers.
@@ -79,6 +83,8 @@ pub struct Container {
     /// container's path (CNI_NETNS).
     pub netns_shown: String,
     pub port: Port,
+    /// Its namespace and labels, which network policies select it by.
+    pub identity: Identity,
 }
 
 impl Network {
@@ -232,6 +238,39 @@ impl fmt::Display for Network {
             Kind::Cni => write!(f, "the CNI network on bridge {}", self.name),
         }
     }
+}
+
+/// A container of this node as network policy sees it.
+pub fn endpoint(
+    name: &str,
+    identity: &Identity,
+    addresses: impl Iterator<Item = std::net::IpAddr>,
+) -> Endpoint {
+    Endpoint {
+        name: name.to_owned(),
+        namespace: identity.namespace.clone(),
+        labels: identity.labels.clone(),
+        addresses: addresses.collect(),
+        named_ports: Vec::new(),
+        local: true,
+    }
+}
+
+/// The policies applied to `datapath`, compiled for `containers` (this
+/// node's), with the node's own addresses on the network (`gateways`)
+/// always allowed, as Kubernetes allows a pod's node.
+pub fn compiled_policy(
+    datapath: &str,
+    containers: &[Endpoint],
+    gateways: &[IpNet],
+) -> Result<Vec<EndpointRules>> {
+    let policies = store::policy::load(datapath)?;
+    if policies.is_empty() {
+        return Ok(Vec::new());
+    }
+    let namespaces = Vec::new();
+    let node: Vec<IpNet> = gateways.iter().map(|g| IpNet::from(g.addr())).collect();
+    Ok(policy::compile(&policies, containers, &namespaces, &node))
 }
 
 impl View {

@@ -11,6 +11,7 @@ use crate::{
     model::{
         ContainerSpec, TopologySpec,
         naming::{CONTAINER_IFNAME, port_name},
+        policy::Endpoint,
     },
     store::{
         cni::NetworkOverlay,
@@ -26,9 +27,16 @@ pub(super) fn names() -> Result<Vec<String>> {
     record::names()
 }
 
-/// The datapath of a topology.
-pub fn datapath(spec: &TopologySpec) -> Datapath {
-    Datapath {
+/// The datapath of a topology, with the policies applied to it compiled
+/// for its containers.
+pub fn datapath(spec: &TopologySpec) -> Result<Datapath> {
+    let containers: Vec<Endpoint> = spec
+        .containers
+        .iter()
+        .map(|c| super::endpoint(&c.name, &c.identity, c.ips.iter().map(|ip| ip.addr())))
+        .collect();
+    let policy = super::compiled_policy(&spec.name, &containers, &spec.gateways())?;
+    Ok(Datapath {
         name: spec.name.clone(),
         bridge: spec.bridge_name(),
         mode: spec.mode,
@@ -37,7 +45,8 @@ pub fn datapath(spec: &TopologySpec) -> Datapath {
         learn_limit: spec.learn_limit,
         tc: TcMethod::chosen(),
         ports: spec.containers.iter().map(|c| port(spec, c)).collect(),
-    }
+        policy,
+    })
 }
 
 /// A topology's container: host veth and namespace both `NAME-CONTAINER`.
@@ -88,6 +97,7 @@ fn view_of(rec: &TopologyRecord) -> View {
                     id: c.name.clone(),
                     netns_shown: port.name.clone(),
                     port,
+                    identity: c.identity.clone(),
                 }
             })
             .collect(),

@@ -7,6 +7,7 @@ pub mod fault;
 pub mod fdb;
 pub mod list;
 pub mod overlay;
+pub mod policy;
 pub mod status;
 pub mod supervise;
 pub mod topology;

@@ -20,10 +20,12 @@ use crate::{
             CONTAINER_IFNAME, OWNER_ALIAS_PREFIX, container_of, owner_alias, port_name,
             validate_topology_name,
         },
+        policy::Identity,
         spec::validate_mtu,
     },
     network::topology::{datapath as datapath_of, load_complete, port as port_of},
     store::{
+        self,
         lock::{Lock, Purpose},
         topology::{self as record, TopologyRecord},
     },
@@ -51,7 +53,7 @@ pub async fn up(handle: &Handle, spec: TopologySpec) -> Result<UpOutcome> {
                         changed.join("; ")
                     );
                 }
-                datapath::ensure(handle, &datapath_of(&existing.spec)).await?;
+                datapath::ensure(handle, &datapath_of(&existing.spec)?).await?;
                 return Ok(UpOutcome::AlreadyUp);
             }
             bail!(
@@ -119,7 +121,7 @@ async fn build(handle: &Handle, rec: &TopologyRecord) -> Result<()> {
         nat::enable(&spec.name, &spec.subnets)?;
         fault::at(Point::Nat)?;
     }
-    datapath::ensure_reporting(handle, &datapath_of(&spec), |step| {
+    datapath::ensure_reporting(handle, &datapath_of(&spec)?, |step| {
         fault::at(match step {
             datapath::Step::MapsFilled => Point::Maps,
             datapath::Step::PortAttached(n) => Point::Attached(n),
@@ -189,6 +191,7 @@ async fn teardown(handle: &Handle, rec: &TopologyRecord) -> Result<()> {
     }
     plumbing::unplug(handle, &spec.bridge_name(), &spec.name, interrupted).await?;
     nat::disable(&spec.name)?;
+    store::policy::remove(&spec.name)?;
     record::remove(&spec.name)
 }
 
@@ -226,6 +229,7 @@ pub async fn down(handle: &Handle, topology: &str) -> Result<bool> {
     }
     found |= nat::table_exists(topology);
     nat::disable(topology)?;
+    store::policy::remove(topology)?;
     Ok(found)
 }
 
@@ -277,11 +281,13 @@ pub async fn port_add(
     ips: &[String],
     mac: Option<Mac>,
     source_check: bool,
+    identity: Identity,
 ) -> Result<ContainerSpec> {
     validate_topology_name(topology)?;
     let _lock = Lock::acquire(topology, Purpose::Change)?;
     let mut rec = load_complete(topology)?;
-    rec.spec.push_container(container, ips, mac, source_check)?;
+    rec.spec
+        .push_container(container, ips, mac, source_check, identity)?;
     rec.spec.validate()?;
     let added = rec.spec.containers.last().expect("just pushed").clone();
     check_names_free(handle, &rec.spec, std::slice::from_ref(&added)).await?;
@@ -295,7 +301,7 @@ pub async fn port_add(
         })?;
     let result = async {
         create_container(handle, &rec.spec, bridge.index, &added).await?;
-        datapath::ensure(handle, &datapath_of(&rec.spec)).await?;
+        datapath::ensure(handle, &datapath_of(&rec.spec)?).await?;
         record::save(&rec)
     }
     .await;
@@ -323,9 +329,9 @@ pub async fn set_mode(handle: &Handle, topology: &str, mode: Mode) -> Result<()>
     }
     let before = rec.spec.mode;
     rec.spec.mode = mode;
-    if let Err(e) = datapath::ensure(handle, &datapath_of(&rec.spec)).await {
+    if let Err(e) = datapath::ensure(handle, &datapath_of(&rec.spec)?).await {
         rec.spec.mode = before;
-        if let Err(back) = datapath::ensure(handle, &datapath_of(&rec.spec)).await {
+        if let Err(back) = datapath::ensure(handle, &datapath_of(&rec.spec)?).await {
             warn!("topology {topology}: going back to mode {before}: {back:#}");
         }
         return Err(e.context(format!(

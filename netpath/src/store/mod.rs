@@ -7,6 +7,7 @@ pub mod cni;
 pub mod lock;
 pub mod nat;
 pub mod overlay;
+pub mod policy;
 pub mod topology;
 
 use std::{fs, io::ErrorKind, path::Path};

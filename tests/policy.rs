@@ -1,0 +1,389 @@
+//! Kubernetes NetworkPolicy, enforced by the programs: a case table in the
+//! spirit of Kubernetes' network policy e2e suite, each case checking that
+//! what is allowed connects and what is denied does not (TCP, UDP, ICMP),
+//! in tc and xdp mode; bridge mode, which has no programs, refuses
+//! policies instead of ignoring them.
+//!
+//! The topology: in namespace default, `web` (app=web), `cli`
+//! (role=client) and `oth` (no labels); in namespace prod, `prd`
+//! (role=client).
+
+mod common;
+
+use std::net::IpAddr;
+
+use common::{
+    TempDir, Topology,
+    probe::{Probe, Servers, answered_all},
+};
+
+const SUBNET: &str = "10.91.0.0/24";
+const WEB: &str = "10.91.0.10";
+const CLI: &str = "10.91.0.11";
+const OTH: &str = "10.91.0.12";
+
+const CONTAINERS: &str = r#"
+[[container]]
+name = "web"
+ip = "10.91.0.10"
+labels = { app = "web" }
+[[container]]
+name = "cli"
+ip = "10.91.0.11"
+labels = { role = "client" }
+[[container]]
+name = "oth"
+ip = "10.91.0.12"
+[[container]]
+name = "prd"
+ip = "10.91.0.13"
+namespace = "prod"
+labels = { role = "client" }
+"#;
+
+/// One case: the policies in force, then probes (from, to, what, whether
+/// it must be answered).
+struct Case {
+    name: &'static str,
+    policies: &'static str,
+    probes: &'static [(&'static str, &'static str, Probe, bool)],
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "no policy: everything connects",
+        policies: "",
+        probes: &[
+            ("cli", WEB, Probe::Tcp(80), true),
+            ("oth", WEB, Probe::Udp(53), true),
+            ("prd", WEB, Probe::Icmp, true),
+        ],
+    },
+    Case {
+        name: "deny all ingress to web; web still reaches out, and its replies come back",
+        policies: r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-deny-all}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress]
+"#,
+        probes: &[
+            ("cli", WEB, Probe::Tcp(80), false),
+            ("oth", WEB, Probe::Udp(53), false),
+            ("cli", WEB, Probe::Icmp, false),
+            ("web", CLI, Probe::Tcp(80), true),
+            ("web", CLI, Probe::Udp(53), true),
+            ("web", OTH, Probe::Icmp, true),
+            ("cli", OTH, Probe::Tcp(80), true),
+        ],
+    },
+    Case {
+        name: "allow from a label, in the policy's namespace only",
+        policies: r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-clients}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {role: client}}
+"#,
+        probes: &[
+            ("cli", WEB, Probe::Tcp(80), true),
+            ("cli", WEB, Probe::Icmp, true),
+            ("oth", WEB, Probe::Tcp(80), false),
+            ("prd", WEB, Probe::Tcp(80), false),
+        ],
+    },
+    Case {
+        name: "allow a port and a port range (endPort)",
+        policies: r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-ports}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - ports:
+    - {protocol: TCP, port: 80}
+    - {protocol: TCP, port: 9000, endPort: 9100}
+"#,
+        probes: &[
+            ("oth", WEB, Probe::Tcp(80), true),
+            ("oth", WEB, Probe::Tcp(81), false),
+            ("oth", WEB, Probe::Tcp(9000), true),
+            ("oth", WEB, Probe::Tcp(9100), true),
+            ("oth", WEB, Probe::Tcp(8080), false),
+            ("oth", WEB, Probe::Udp(53), false),
+            ("oth", WEB, Probe::Icmp, false),
+        ],
+    },
+    Case {
+        name: "ipBlock with except",
+        policies: r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-block}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from:
+    - ipBlock: {cidr: 10.91.0.0/24, except: [10.91.0.11/32]}
+"#,
+        probes: &[
+            ("oth", WEB, Probe::Tcp(80), true),
+            ("prd", WEB, Probe::Udp(53), true),
+            ("cli", WEB, Probe::Tcp(80), false),
+            ("cli", WEB, Probe::Icmp, false),
+        ],
+    },
+    Case {
+        name: "egress denied but UDP 53 (in the policy's namespace)",
+        policies: r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-dns-only}
+spec:
+  podSelector: {matchLabels: {role: client}}
+  policyTypes: [Egress]
+  egress:
+  - ports:
+    - {protocol: UDP, port: 53}
+"#,
+        probes: &[
+            ("cli", WEB, Probe::Udp(53), true),
+            ("cli", WEB, Probe::Udp(5353), false),
+            ("cli", WEB, Probe::Tcp(80), false),
+            ("cli", WEB, Probe::Icmp, false),
+            // A policy selects pods of its own namespace only.
+            ("prd", OTH, Probe::Tcp(80), true),
+            ("oth", CLI, Probe::Tcp(80), true),
+        ],
+    },
+    Case {
+        name: "namespace selector",
+        policies: r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-prod}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: prod}}
+"#,
+        probes: &[
+            ("prd", WEB, Probe::Tcp(80), true),
+            ("cli", WEB, Probe::Tcp(80), false),
+            ("oth", WEB, Probe::Udp(53), false),
+        ],
+    },
+    Case {
+        name: "two policies add up",
+        policies: r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-80-from-clients}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {role: client}}
+    ports:
+    - {port: 80}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-81-from-all}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - ports:
+    - {port: 81}
+"#,
+        probes: &[
+            ("cli", WEB, Probe::Tcp(80), true),
+            ("cli", WEB, Probe::Tcp(81), true),
+            ("oth", WEB, Probe::Tcp(80), false),
+            ("oth", WEB, Probe::Tcp(81), true),
+        ],
+    },
+];
+
+/// Every case of the table in `mode`, on one topology: each case's
+/// policies replace the last's, and deleting them all restores access.
+fn case_table(mode: &str) {
+    let dir = TempDir::new("pol");
+    let config = dir.0.join("topology.toml");
+    std::fs::write(&config, CONTAINERS).unwrap();
+    let topology = Topology::up(
+        "pol",
+        &[
+            "--mode",
+            mode,
+            "--subnet",
+            SUBNET,
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let _servers: Vec<Servers> = ["web", "cli", "oth", "prd"]
+        .iter()
+        .map(|c| Servers::start(&topology.ns(c), &[80, 81, 8080, 9000, 9100], &[53, 5353]))
+        .collect();
+    let file = dir.0.join("policies.yaml");
+    let mut failures = Vec::new();
+    for case in CASES {
+        topology.netpath_ok(&["policy", "delete", "--name", &topology.name, "--all"]);
+        if !case.policies.is_empty() {
+            std::fs::write(&file, case.policies).unwrap();
+            topology.netpath_ok(&[
+                "policy",
+                "apply",
+                "--name",
+                &topology.name,
+                "-f",
+                file.to_str().unwrap(),
+            ]);
+        }
+        let probes: Vec<(String, IpAddr, Probe)> = case
+            .probes
+            .iter()
+            .map(|(from, to, probe, _)| (topology.ns(from), to.parse().unwrap(), *probe))
+            .collect();
+        let answers = answered_all(&probes);
+        for ((from, to, probe, want), got) in case.probes.iter().zip(answers) {
+            if got != *want {
+                failures.push(format!(
+                    "{mode}, {}: {probe:?} from {from} to {to}: {} (expected {})",
+                    case.name,
+                    verdict(got),
+                    verdict(*want)
+                ));
+            }
+        }
+    }
+    // Deleting the last policies restores access at once.
+    topology.netpath_ok(&["policy", "delete", "--name", &topology.name, "--all"]);
+    let probes = [(topology.ns("oth"), WEB.parse().unwrap(), Probe::Tcp(81))];
+    if answered_all(&probes) != [true] {
+        failures.push(format!(
+            "{mode}: oth cannot reach web:81 once every policy is deleted"
+        ));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The denials were the programs' (counted on the protected ports),
+    // and allowed traffic still took the fast path.
+    assert!(topology.counter(&topology.ns("web"), "policy_ingress_denied") > 0);
+    assert!(topology.counter(&topology.ns("cli"), "policy_egress_denied") > 0);
+    assert!(topology.counter(&topology.ns("web"), "policy_ingress_allowed") > 0);
+    assert!(topology.counter(&topology.ns("oth"), "redirected") > 0);
+}
+
+fn verdict(answered: bool) -> &'static str {
+    if answered { "answered" } else { "not answered" }
+}
+
+#[test]
+fn the_policy_case_table_holds_in_tc_mode() {
+    case_table("tc");
+}
+
+#[test]
+fn the_policy_case_table_holds_in_xdp_mode() {
+    case_table("xdp");
+}
+
+/// Bridge mode has no programs: a policy there would be a firewall that
+/// is not, so applying one, or switching a topology with one to bridge
+/// mode, is refused and changes nothing.
+#[test]
+fn bridge_mode_refuses_policies_instead_of_ignoring_them() {
+    let dir = TempDir::new("pob");
+    let config = dir.0.join("topology.toml");
+    std::fs::write(&config, CONTAINERS).unwrap();
+    let file = dir.0.join("deny.yaml");
+    std::fs::write(&file, CASES[1].policies).unwrap();
+    let file = file.to_str().unwrap();
+
+    let bridged = Topology::up(
+        "pob",
+        &[
+            "--mode",
+            "bridge",
+            "--subnet",
+            SUBNET,
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let out = bridged.netpath(&["policy", "apply", "--name", &bridged.name, "-f", file]);
+    assert!(!out.status.success(), "a policy was applied in bridge mode");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bridge mode"), "{err}");
+    let listed = bridged.netpath_ok(&["policy", "list", "--name", &bridged.name]);
+    assert!(listed.contains("No network policies"), "{listed}");
+    drop(bridged);
+
+    let topology = Topology::up(
+        "pob",
+        &[
+            "--mode",
+            "tc",
+            "--subnet",
+            SUBNET,
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    topology.netpath_ok(&["policy", "apply", "--name", &topology.name, "-f", file]);
+    let out = topology.netpath(&["mode", "--name", &topology.name, "bridge"]);
+    assert!(
+        !out.status.success(),
+        "a topology with policies switched to bridge mode"
+    );
+    let _servers = Servers::start(&topology.ns("web"), &[80], &[]);
+    let probes = [(topology.ns("cli"), WEB.parse().unwrap(), Probe::Tcp(80))];
+    assert_eq!(answered_all(&probes), [false], "the policy stopped holding");
+}
+
+/// An invalid document refuses the whole file: nothing of it is applied,
+/// and the error names the document and the field.
+#[test]
+fn an_invalid_policy_file_is_refused_whole() {
+    let topology = Topology::up(
+        "poi",
+        &["--mode", "tc", "--subnet", SUBNET, "--containers", "2"],
+    );
+    let dir = TempDir::new("poi");
+    let file = dir.0.join("bad.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}---\n{}",
+            CASES[1].policies,
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad}\n\
+             spec:\n  podSelector: {}\n  ingress:\n  - ports:\n    - {port: 80, endPort: 70}\n"
+        ),
+    )
+    .unwrap();
+    let out = topology.netpath(&[
+        "policy",
+        "apply",
+        "--name",
+        &topology.name,
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("document 2") && err.contains("endPort"),
+        "{err}"
+    );
+    let listed = topology.netpath_ok(&["policy", "list", "--name", &topology.name]);
+    assert!(listed.contains("No network policies"), "{listed}");
+}
