@@ -91,12 +91,10 @@ fn judge_frame(data: usize, end: usize, generation: u32) -> u32 {
         CLASS_EXEMPT => JUDGED_UNCONCERNED,
         CLASS_FLOW => {
             let tcp_flags = (class >> 8) as u8;
-            if remembered(generation, &key, false, now, tcp_flags)
-                || remembered(generation, &key, true, now, tcp_flags)
-            {
+            if known(generation, &key, now, tcp_flags) {
                 return JUDGED_ALLOWED;
             }
-            let verdict = judge_flow(generation, &key);
+            let verdict = judge_flow(generation, &key, false);
             // A FIN or RST opens nothing: only a packet that can start a
             // flow is remembered as its start.
             if verdict == JUDGED_ALLOWED && tcp_flags & (TCP_FIN | TCP_RST) == 0 {
@@ -110,27 +108,54 @@ fn judge_frame(data: usize, end: usize, generation: u32) -> u32 {
             verdict
         }
         CLASS_ERROR => {
-            if remembered(generation, &about, false, now, 0)
-                || remembered(generation, &about, true, now, 0)
-            {
+            if known(generation, &about, now, 0) {
                 return JUDGED_ALLOWED;
             }
-            judge_flow(generation, &key)
+            judge_flow(generation, &key, false)
         }
         _ => JUDGED_DENIED,
     }
 }
 
-/// Whether `key` is a flow allowed under this generation (judging it
-/// again if an older one allowed it), refreshing it. Each of these
-/// functions is a BPF-to-BPF call with a frame of its own: inlined, their
-/// keys would not fit one 512-byte frame.
+/// Whether the packet's flow (`reply`: the flow it answers) is one policy
+/// allowed: under this generation (refreshing it), or under an older one
+/// (judged again, as the flow's first packet would be now, and forgotten
+/// if the policy in force denies it).
+#[inline(always)]
+fn known(generation: u32, packet: &FlowKey, now: u64, tcp_flags: u8) -> bool {
+    for reply in [false, true] {
+        match remembered(generation, packet, reply, now, tcp_flags) {
+            FLOW_KNOWN => return true,
+            FLOW_STALE => {
+                let allowed = judge_flow(generation, packet, reply) == JUDGED_ALLOWED;
+                settle(generation, packet, reply, allowed);
+                if allowed {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+/// What connection tracking knows of a flow.
+const FLOW_UNKNOWN: u32 = 0;
+const FLOW_KNOWN: u32 = 1;
+/// Allowed under an older generation of the policy.
+const FLOW_STALE: u32 = 2;
+
+/// Looks the flow up (forgetting it if it expired) and refreshes it. Each
+/// of these functions is a BPF-to-BPF call with a frame of its own:
+/// inlined, their keys would not fit one 512-byte frame. The verifier also
+/// bounds the frames of a chain of calls together (512 bytes, each frame
+/// rounded up to 32 on Linux 5.10): hence calls only two deep below the
+/// judgement, and no copies of keys on the way.
 #[inline(never)]
-fn remembered(generation: u32, packet: &FlowKey, reply: bool, now: u64, tcp_flags: u8) -> bool {
+fn remembered(generation: u32, packet: &FlowKey, reply: bool, now: u64, tcp_flags: u8) -> u32 {
     let key = if reply { packet.reversed() } else { *packet };
-    let key = &key;
-    let Some(flow) = FLOWS.get_ptr_mut(key) else {
-        return false;
+    let Some(flow) = FLOWS.get_ptr_mut(&key) else {
+        return FLOW_UNKNOWN;
     };
     // SAFETY: a pointer from a successful lookup; every CPU may write the
     // entry, but only whole words, and a torn timestamp ages a flow early
@@ -144,17 +169,11 @@ fn remembered(generation: u32, packet: &FlowKey, reply: bool, now: u64, tcp_flag
         FLOW_OTHER_LIFETIME_NS
     };
     if now.saturating_sub(flow.last_seen_ns) > lifetime {
-        let _ = FLOWS.remove(key);
-        return false;
+        let _ = FLOWS.remove(&key);
+        return FLOW_UNKNOWN;
     }
     if flow.generation != generation {
-        // The policy changed since: the flow stays only if the new one
-        // allows it too.
-        if judge_flow(generation, key) != JUDGED_ALLOWED {
-            let _ = FLOWS.remove(key);
-            return false;
-        }
-        flow.generation = generation;
+        return FLOW_STALE;
     }
     if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         flow.state |= FLOW_CLOSING;
@@ -162,7 +181,20 @@ fn remembered(generation: u32, packet: &FlowKey, reply: bool, now: u64, tcp_flag
     } else if now.saturating_sub(flow.last_seen_ns) > REFRESH_NS {
         flow.last_seen_ns = now;
     }
-    true
+    FLOW_KNOWN
+}
+
+/// A flow an older policy allowed, judged again under this one: kept
+/// (under this generation) if it allows it, forgotten if not.
+#[inline(never)]
+fn settle(generation: u32, packet: &FlowKey, reply: bool, allowed: bool) {
+    let key = if reply { packet.reversed() } else { *packet };
+    if !allowed {
+        let _ = FLOWS.remove(&key);
+    } else if let Some(flow) = FLOWS.get_ptr_mut(&key) {
+        // SAFETY: as in remembered().
+        unsafe { (*flow).generation = generation };
+    }
 }
 
 /// Judges a new flow: the sender's egress, then the receiver's ingress,
@@ -174,7 +206,8 @@ const JUDGED_ALLOWED: u32 = 1;
 const JUDGED_DENIED: u32 = 2;
 
 #[inline(never)]
-fn judge_flow(generation: u32, key: &FlowKey) -> u32 {
+fn judge_flow(generation: u32, key: &FlowKey, reply: bool) -> u32 {
+    let (sender, receiver, _) = first_packet(key, reply);
     let endpoint = |addr: [u8; 16]| {
         let key = PolicyEndpointKey {
             generation: generation as u8,
@@ -185,8 +218,8 @@ fn judge_flow(generation: u32, key: &FlowKey) -> u32 {
         // SAFETY: read only; the loader writes whole values.
         unsafe { POLICY_ENDPOINTS.get(key) }.copied()
     };
-    let src = endpoint(key.src);
-    let dst = endpoint(key.dst);
+    let src = endpoint(*sender);
+    let dst = endpoint(*receiver);
     if src.is_none() && dst.is_none() {
         return JUDGED_UNCONCERNED;
     }
@@ -196,7 +229,7 @@ fn judge_flow(generation: u32, key: &FlowKey) -> u32 {
         let Some(end) = end.filter(|end| end.flags & isolated != 0) else {
             continue;
         };
-        let allows = allows(generation, direction, key);
+        let allows = allows(generation, direction, key, reply);
         count(end.ifindex, if allows { allowed } else { denied });
         if !allows {
             return JUDGED_DENIED;
@@ -205,15 +238,30 @@ fn judge_flow(generation: u32, key: &FlowKey) -> u32 {
     JUDGED_ALLOWED
 }
 
+/// The sender, receiver and destination port of the flow's first packet:
+/// `key`'s, or (`reply`) those of the packet `key` answers. Judging takes
+/// the key and this flag rather than a reversed copy: every frame on the
+/// deepest chain of calls counts against the verifier's 512 bytes (Linux
+/// 5.10 rounds each up to 32).
+#[inline(always)]
+fn first_packet(key: &FlowKey, reply: bool) -> (&[u8; 16], &[u8; 16], [u8; 2]) {
+    if reply {
+        (&key.dst, &key.src, key.sport)
+    } else {
+        (&key.src, &key.dst, key.dport)
+    }
+}
+
 /// Whether the rules of the flow's sender (egress) or receiver (ingress)
 /// allow it: the longest prefix of the other end's address gives the
 /// ports, and the destination port's longest prefix in them the verdict.
 #[inline(never)]
-fn allows(generation: u32, direction: u8, flow: &FlowKey) -> bool {
+fn allows(generation: u32, direction: u8, flow: &FlowKey, reply: bool) -> bool {
+    let (sender, receiver, dport) = first_packet(flow, reply);
     let (endpoint, peer) = if direction == DIRECTION_EGRESS {
-        (flow.src, flow.dst)
+        (*sender, *receiver)
     } else {
-        (flow.dst, flow.src)
+        (*receiver, *sender)
     };
     let address_bits = if flow.family == 4 { 32 } else { 128 };
     let key = Key::new(
@@ -244,7 +292,7 @@ fn allows(generation: u32, direction: u8, flow: &FlowKey) -> bool {
             protocol: flow.protocol,
             _pad: [0; 2],
             class: class.to_be_bytes(),
-            port: flow.dport,
+            port: dport,
         },
     );
     POLICY_PORTS.get(&key).is_some()
