@@ -1,8 +1,8 @@
 //! Kubernetes NetworkPolicy, enforced by the programs: a case table in the
 //! spirit of Kubernetes' network policy e2e suite, each case checking that
 //! what is allowed connects and what is denied does not (TCP, UDP, ICMP),
-//! in tc and xdp mode; bridge mode, which has no programs, refuses
-//! policies instead of ignoring them.
+//! in tc, xdp and bridge mode (where the policy's programs run alone);
+//! what a mode switch keeps; frames the host routes to a container.
 //!
 //! The topology: in namespace default, `web` (app=web), `cli`
 //! (role=client) and `oth` (no labels); in namespace prod, `prd`
@@ -265,8 +265,33 @@ fn case_table(mode: &str) {
                 ));
             }
         }
+        // (Counted before the next case: in bridge mode, deleting every
+        // policy takes the programs, and their counters, away.)
+        if case.name.starts_with("egress")
+            && topology.counter(&topology.ns("cli"), "policy_egress_denied") == 0
+        {
+            failures.push(format!(
+                "{mode}, {}: cli counted no policy_egress_denied",
+                case.name
+            ));
+        }
     }
-    // Deleting the last policies restores access at once.
+    // The denials were the programs' (counted on the protected ports),
+    // and allowed traffic still took the fast path.
+    for (port, counter) in [
+        ("web", "policy_ingress_denied"),
+        ("web", "policy_ingress_allowed"),
+    ] {
+        if topology.counter(&topology.ns(port), counter) == 0 {
+            failures.push(format!("{mode}: {port} counted no {counter}"));
+        }
+    }
+    if mode != "bridge" && topology.counter(&topology.ns("oth"), "redirected") == 0 {
+        failures.push(format!("{mode}: nothing took the fast path"));
+    }
+
+    // Deleting the last policies restores access at once (in bridge mode,
+    // the programs go with them).
     topology.netpath_ok(&["policy", "delete", "--name", &topology.name, "--all"]);
     let probes = [(topology.ns("oth"), WEB.parse().unwrap(), Probe::Tcp(81))];
     if answered_all(&probes) != [true] {
@@ -275,12 +300,6 @@ fn case_table(mode: &str) {
         ));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    // The denials were the programs' (counted on the protected ports),
-    // and allowed traffic still took the fast path.
-    assert!(topology.counter(&topology.ns("web"), "policy_ingress_denied") > 0);
-    assert!(topology.counter(&topology.ns("cli"), "policy_egress_denied") > 0);
-    assert!(topology.counter(&topology.ns("web"), "policy_ingress_allowed") > 0);
-    assert!(topology.counter(&topology.ns("oth"), "redirected") > 0);
 }
 
 fn verdict(answered: bool) -> &'static str {
@@ -297,57 +316,101 @@ fn the_policy_case_table_holds_in_xdp_mode() {
     case_table("xdp");
 }
 
-/// Bridge mode has no programs: a policy there would be a firewall that
-/// is not, so applying one, or switching a topology with one to bridge
-/// mode, is refused and changes nothing.
 #[test]
-fn bridge_mode_refuses_policies_instead_of_ignoring_them() {
-    let dir = TempDir::new("pob");
+fn the_policy_case_table_holds_in_bridge_mode() {
+    case_table("bridge");
+}
+
+/// The topology of the case table, in `mode`, with `policies` applied.
+fn with_policies(tag: &str, mode: &str, policies: &str, dir: &TempDir) -> Topology {
     let config = dir.0.join("topology.toml");
     std::fs::write(&config, CONTAINERS).unwrap();
-    let file = dir.0.join("deny.yaml");
-    std::fs::write(&file, CASES[1].policies).unwrap();
-    let file = file.to_str().unwrap();
-
-    let bridged = Topology::up(
-        "pob",
-        &[
-            "--mode",
-            "bridge",
-            "--subnet",
-            SUBNET,
-            "--config",
-            config.to_str().unwrap(),
-        ],
-    );
-    let out = bridged.netpath(&["policy", "apply", "--name", &bridged.name, "-f", file]);
-    assert!(!out.status.success(), "a policy was applied in bridge mode");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bridge mode"), "{err}");
-    let listed = bridged.netpath_ok(&["policy", "list", "--name", &bridged.name]);
-    assert!(listed.contains("No network policies"), "{listed}");
-    drop(bridged);
-
     let topology = Topology::up(
-        "pob",
+        tag,
         &[
             "--mode",
-            "tc",
+            mode,
             "--subnet",
             SUBNET,
             "--config",
             config.to_str().unwrap(),
         ],
     );
-    topology.netpath_ok(&["policy", "apply", "--name", &topology.name, "-f", file]);
-    let out = topology.netpath(&["mode", "--name", &topology.name, "bridge"]);
-    assert!(
-        !out.status.success(),
-        "a topology with policies switched to bridge mode"
-    );
+    let file = dir.0.join("policies.yaml");
+    std::fs::write(&file, policies).unwrap();
+    topology.netpath_ok(&[
+        "policy",
+        "apply",
+        "--name",
+        &topology.name,
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    topology
+}
+
+/// A mode switch never changes what is allowed: the policy holds in every
+/// mode the topology passes through, bridge mode included (where its
+/// programs stay when the forwarding ones go).
+#[test]
+fn a_mode_switch_keeps_the_policy() {
+    let dir = TempDir::new("pom");
+    let topology = with_policies("pom", "tc", CASES[2].policies, &dir);
     let _servers = Servers::start(&topology.ns("web"), &[80], &[]);
-    let probes = [(topology.ns("cli"), WEB.parse().unwrap(), Probe::Tcp(80))];
-    assert_eq!(answered_all(&probes), [false], "the policy stopped holding");
+    let probes = [
+        (topology.ns("cli"), WEB.parse().unwrap(), Probe::Tcp(80)),
+        (topology.ns("oth"), WEB.parse().unwrap(), Probe::Tcp(80)),
+    ];
+    for mode in ["tc", "bridge", "xdp", "bridge", "tc"] {
+        topology.netpath_ok(&["mode", "--name", &topology.name, mode]);
+        assert_eq!(answered_all(&probes), [true, false], "in mode {mode}");
+    }
+}
+
+/// Frames the host routes to a container (here from another topology's
+/// subnet, the host forwarding) reach it through the bridge, where no
+/// forwarding program sees them: the policy's program on the port's
+/// egress judges them.
+#[test]
+fn frames_the_host_routes_meet_the_policy() {
+    let dir = TempDir::new("por");
+    let topology = with_policies("por", "tc", CASES[1].policies, &dir);
+    let elsewhere = Topology::up_on(
+        &topology.host,
+        "pox",
+        &["--subnet", "10.92.0.0/24", "--containers", "1"],
+    );
+    let forwarding = topology.sh("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+    assert!(forwarding.status.success(), "{forwarding:?}");
+    let _servers = Servers::start(&topology.ns("web"), &[80], &[]);
+    let routed = [(elsewhere.ns("c0"), WEB.parse().unwrap(), Probe::Tcp(80))];
+    assert_eq!(
+        answered_all(&routed),
+        [false],
+        "a routed flow got past web's deny-all"
+    );
+    // Allowed by an ipBlock, the same route connects: the denial was the
+    // policy's, not the route's.
+    let file = dir.0.join("routed.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-elsewhere}\n\
+         spec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.92.0.0/24}\n",
+    )
+    .unwrap();
+    topology.netpath_ok(&[
+        "policy",
+        "apply",
+        "--name",
+        &topology.name,
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        answered_all(&routed),
+        [true],
+        "the routed flow, allowed, did not connect"
+    );
 }
 
 /// An invalid document refuses the whole file: nothing of it is applied,

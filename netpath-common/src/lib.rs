@@ -408,7 +408,10 @@ pub mod programs {
     pub const TC_FORWARD: &str = "netpath_tc";
     /// tc ingress of the node's vxlan device: decapsulated frames.
     pub const TC_VXLAN: &str = "netpath_vxlan";
-    pub const ALL: [&str; 4] = [XDP_FORWARD, XDP_PEER, TC_FORWARD, TC_VXLAN];
+    /// tc on a host-side veth, network policy only (where one isolates a
+    /// container): egress in every mode, ingress too in bridge mode.
+    pub const TC_POLICE: &str = "netpath_police";
+    pub const ALL: [&str; 5] = [XDP_FORWARD, XDP_PEER, TC_FORWARD, TC_VXLAN, TC_POLICE];
 }
 
 /// Capacity of each FDB map (static, learned); large enough for a busy host.

@@ -14,7 +14,7 @@ macro_rules! bpf_modules {
 }
 
 bpf_modules!(
-    forward, frame, maps, overlay, policy, proto, source, tc, trace, tunnel, vxlan, xdp,
+    forward, frame, maps, overlay, police, policy, proto, source, tc, trace, tunnel, vxlan, xdp,
 );
 
 #[cfg(target_arch = "bpf")]

@@ -51,6 +51,13 @@ pub enum Hook {
     /// tc ingress of the node's vxlan device: decapsulated frames, one
     /// program per overlay (by VNI).
     Vxlan,
+    /// Network policy alone on the host-side veth's egress: frames the
+    /// bridge hands the container (every mode, where a policy isolates).
+    PoliceToContainer,
+    /// Network policy alone on the host-side veth's ingress: frames from
+    /// the container (bridge mode, where a policy isolates; the other
+    /// modes' forwarding programs judge them).
+    PoliceFromContainer,
 }
 
 /// Where a hook's program runs.
@@ -72,6 +79,9 @@ pub enum Via {
     /// tc ingress: a tcx bpf_link or a clsact filter, per [`TcMethod`]
     /// (which the kernel decides).
     Tc(fn(&mut Programs) -> &mut SchedClassifier),
+    /// A clsact filter in this direction, on every kernel, with a handle
+    /// of its own ([`POLICE_HANDLE`]) beside the forwarding program's.
+    Clsact(fn(&mut Programs) -> &mut SchedClassifier, TcAttachType),
 }
 
 /// One hook: its program, where and how it attaches, where its links are
@@ -88,12 +98,14 @@ pub struct HookRow {
     /// The datapath modes whose ports have it (none: attached on joining
     /// an overlay, not per port).
     pub modes: &'static [Mode],
+    /// Attached only where a network policy isolates a container.
+    pub policy_only: bool,
 }
 
 /// Every hook, in the order a port's are attached: the container side's
 /// XDP_PASS before the host side's XDP, so that no redirect meets a
 /// device that cannot take it.
-pub const HOOKS: [HookRow; 4] = [
+pub const HOOKS: [HookRow; 6] = [
     HookRow {
         hook: Hook::XdpPeer,
         program: programs::XDP_PEER,
@@ -101,6 +113,7 @@ pub const HOOKS: [HookRow; 4] = [
         via: Via::Xdp(|p| &mut p.xdp_peer),
         pin_dir: "xdp-peer",
         modes: &[Mode::Xdp],
+        policy_only: false,
     },
     HookRow {
         hook: Hook::Xdp,
@@ -109,6 +122,7 @@ pub const HOOKS: [HookRow; 4] = [
         via: Via::Xdp(|p| &mut p.xdp_forward),
         pin_dir: "xdp",
         modes: &[Mode::Xdp],
+        policy_only: false,
     },
     HookRow {
         hook: Hook::Tc,
@@ -117,6 +131,7 @@ pub const HOOKS: [HookRow; 4] = [
         via: Via::Tc(|p| &mut p.tc_forward),
         pin_dir: "tc",
         modes: &[Mode::Tc],
+        policy_only: false,
     },
     HookRow {
         hook: Hook::Vxlan,
@@ -125,6 +140,25 @@ pub const HOOKS: [HookRow; 4] = [
         via: Via::Tc(|p| &mut p.tc_vxlan),
         pin_dir: "vxlan",
         modes: &[],
+        policy_only: false,
+    },
+    HookRow {
+        hook: Hook::PoliceToContainer,
+        program: programs::TC_POLICE,
+        at: AttachPoint::HostVeth,
+        via: Via::Clsact(|p| &mut p.tc_police, TcAttachType::Egress),
+        pin_dir: "police-out",
+        modes: &[Mode::Xdp, Mode::Tc, Mode::Bridge],
+        policy_only: true,
+    },
+    HookRow {
+        hook: Hook::PoliceFromContainer,
+        program: programs::TC_POLICE,
+        at: AttachPoint::HostVeth,
+        via: Via::Clsact(|p| &mut p.tc_police, TcAttachType::Ingress),
+        pin_dir: "police-in",
+        modes: &[Mode::Bridge],
+        policy_only: true,
     },
 ];
 
@@ -137,11 +171,12 @@ impl Hook {
             .map(|row| row.hook)
     }
 
-    /// The hooks of a port of a datapath in `mode`, in attach order.
-    pub fn for_mode(mode: Mode) -> Vec<Hook> {
+    /// The hooks of a port of a datapath in `mode`, in attach order, with
+    /// the policy hooks if `policing` (a policy isolates a container).
+    pub fn for_mode(mode: Mode, policing: bool) -> Vec<Hook> {
         HOOKS
             .iter()
-            .filter(|row| row.modes.contains(&mode))
+            .filter(|row| row.modes.contains(&mode) && (policing || !row.policy_only))
             .map(|row| row.hook)
             .collect()
     }
@@ -181,6 +216,36 @@ pub const TC_METHOD_ENV: &str = "NETPATH_TC_METHOD";
 /// Priority and handle of netpath's cls_bpf filter on its own ports.
 const CLSACT_PRIORITY: u16 = 50;
 const CLSACT_HANDLE: TcHandle = TcHandle::new(0, 1);
+/// The policy program's filter: the forwarding program's priority, its own
+/// handle, so a mode switch that attaches one before detaching the other
+/// never finds the place taken.
+const POLICE_HANDLE: TcHandle = TcHandle::new(0, 2);
+
+/// One of netpath's cls_bpf filters on a port: its direction, its handle
+/// and its program's name (how the next loader finds it).
+#[derive(Clone, Copy)]
+struct Filter {
+    direction: TcAttachType,
+    handle: TcHandle,
+    program: &'static str,
+}
+
+impl Filter {
+    /// The tc mode's forwarding program.
+    const FORWARD: Filter = Filter {
+        direction: TcAttachType::Ingress,
+        handle: CLSACT_HANDLE,
+        program: programs::TC_FORWARD,
+    };
+
+    fn police(direction: TcAttachType) -> Filter {
+        Filter {
+            direction,
+            handle: POLICE_HANDLE,
+            program: programs::TC_POLICE,
+        }
+    }
+}
 
 impl TcMethod {
     /// For every datapath, topologies and CNI pods alike: clsact, unless
@@ -238,7 +303,12 @@ pub async fn attach(
     let row = hook.row();
     let link: FdLink = match (row.via, row.at) {
         (Via::Tc(program), AttachPoint::HostVeth) if tc == TcMethod::Clsact => {
-            return attach_clsact(handle, program(programs), port, ifindex).await;
+            let filter = Filter::FORWARD;
+            return attach_clsact(handle, program(programs), port, ifindex, filter).await;
+        }
+        (Via::Clsact(program, direction), AttachPoint::HostVeth) => {
+            let filter = Filter::police(direction);
+            return attach_clsact(handle, program(programs), port, ifindex, filter).await;
         }
         (Via::Xdp(program), AttachPoint::HostVeth) => {
             let program = program(programs);
@@ -296,9 +366,10 @@ async fn attach_clsact(
     program: &mut SchedClassifier,
     port: &Port,
     ifindex: u32,
+    filter: Filter,
 ) -> Result<()> {
     let name = &port.name;
-    if update_clsact(handle, program, name, ifindex, false).await? {
+    if update_clsact(handle, program, name, ifindex, filter, false).await? {
         return Ok(());
     }
     match qdisc_add_clsact(name) {
@@ -310,16 +381,17 @@ async fn attach_clsact(
     }
     let options = NlOptions {
         priority: CLSACT_PRIORITY,
-        handle: CLSACT_HANDLE,
+        handle: filter.handle,
         classid: None,
     };
     let id = program
-        .attach_with_options(
-            name,
-            TcAttachType::Ingress,
-            TcAttachOptions::Netlink(options),
-        )
-        .with_context(|| format!("attaching tc ingress (clsact) to {name}"))?;
+        .attach_with_options(name, filter.direction, TcAttachOptions::Netlink(options))
+        .with_context(|| {
+            format!(
+                "attaching {} to tc {:?} (clsact) of {name}",
+                filter.program, filter.direction
+            )
+        })?;
     // The filter must outlive this loader: dropping the link would detach it.
     std::mem::forget(program.take_link(id)?);
     Ok(())
@@ -333,9 +405,10 @@ async fn update_clsact(
     program: &mut SchedClassifier,
     name: &str,
     ifindex: u32,
+    filter: Filter,
     force: bool,
 ) -> Result<bool> {
-    let Some(running) = clsact_program_id(handle, ifindex).await? else {
+    let Some(running) = filter_program_id(handle, ifindex, filter).await? else {
         return Ok(false);
     };
     if !force && same_instructions(running, program)? {
@@ -343,14 +416,14 @@ async fn update_clsact(
         return Ok(true);
     }
     // cls_bpf changes a filter's program under RCU: no frame goes unfiltered.
-    let link = SchedClassifierLink::attached(
-        name,
-        TcAttachType::Ingress,
-        CLSACT_PRIORITY,
-        CLSACT_HANDLE,
-        None,
-    )
-    .with_context(|| format!("finding netpath's tc filter on {name}"))?;
+    let link =
+        SchedClassifierLink::attached(name, filter.direction, CLSACT_PRIORITY, filter.handle, None)
+            .with_context(|| {
+                format!(
+                    "finding netpath's tc filter of {} on {name}",
+                    filter.program
+                )
+            })?;
     let id = program
         .attach_to_link(link)
         .with_context(|| format!("replacing the program of netpath's tc filter on {name}"))?;
@@ -379,8 +452,18 @@ pub async fn upgrade(
         let pin = hook.pin_path(pins, name);
         if pin.exists() {
             update_link(programs, &pin, name, hook, force)?;
-        } else if let (Via::Tc(program), AttachPoint::HostVeth) = (hook.row().via, hook.row().at) {
-            update_clsact(handle, program(programs), name, ifindex, force).await?;
+            continue;
+        }
+        match (hook.row().via, hook.row().at) {
+            (Via::Tc(program), AttachPoint::HostVeth) => {
+                let filter = Filter::FORWARD;
+                update_clsact(handle, program(programs), name, ifindex, filter, force).await?;
+            }
+            (Via::Clsact(program, direction), AttachPoint::HostVeth) => {
+                let filter = Filter::police(direction);
+                update_clsact(handle, program(programs), name, ifindex, filter, force).await?;
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -443,6 +526,10 @@ fn update_link(
         .with_context(|| format!("reading link {}", pin.display()))?
         .program_id();
     let replaced = match hook.row().via {
+        Via::Clsact(..) => bail!(
+            "hook {hook:?} has a filter, not a link, yet {} is pinned",
+            pin.display()
+        ),
         Via::Xdp(program) => {
             let program = program(programs);
             if !force && same_instructions(running, program)? {
@@ -477,25 +564,34 @@ fn update_link(
     Ok(())
 }
 
-/// The id of the program of netpath's cls_bpf filter on the port's ingress.
+/// The id of the program of netpath's forwarding cls_bpf filter on the
+/// port's ingress.
 pub async fn clsact_program_id(handle: &Handle, ifindex: u32) -> Result<Option<u32>> {
-    Ok(clsact_programs(handle, ifindex)
+    filter_program_id(handle, ifindex, Filter::FORWARD).await
+}
+
+/// The id of the program of netpath's `filter` on the port, if there.
+async fn filter_program_id(handle: &Handle, ifindex: u32, filter: Filter) -> Result<Option<u32>> {
+    Ok(clsact_programs(handle, ifindex, filter.direction)
         .await?
         .into_iter()
-        .find(|(_, name)| name.split(':').next() == Some(programs::TC_FORWARD))
+        .find(|(_, name)| name.split(':').next() == Some(filter.program))
         .map(|(id, _)| id))
 }
 
-/// The programs of the cls_bpf filters on a link's ingress: id and name.
-async fn clsact_programs(handle: &Handle, ifindex: u32) -> Result<Vec<(u32, String)>> {
-    let filters: Vec<_> = match handle
-        .traffic_filter(ifindex as i32)
-        .get()
-        .ingress()
-        .execute()
-        .try_collect()
-        .await
-    {
+/// The programs of the cls_bpf filters on a link's ingress or egress: id
+/// and name.
+async fn clsact_programs(
+    handle: &Handle,
+    ifindex: u32,
+    direction: TcAttachType,
+) -> Result<Vec<(u32, String)>> {
+    let request = handle.traffic_filter(ifindex as i32).get();
+    let request = match direction {
+        TcAttachType::Egress => request.egress(),
+        _ => request.ingress(),
+    };
+    let filters: Vec<_> = match request.execute().try_collect().await {
         Ok(filters) => filters,
         // No clsact qdisc (or no such device): no filter.
         Err(rtnetlink::Error::NetlinkError(_)) => return Ok(Vec::new()),
@@ -561,8 +657,13 @@ fn restore_veth_offloads(port: &Port) -> Result<()> {
 pub fn detach(pins: &Path, port: &Port, hook: Hook) -> Result<()> {
     let row = hook.row();
     // Whichever way it was attached: a datapath's ports may have either.
-    if let (Via::Tc(_), AttachPoint::HostVeth) = (row.via, row.at) {
-        match qdisc_detach_program(&port.name, TcAttachType::Ingress, row.program) {
+    let filter_direction = match (row.via, row.at) {
+        (Via::Tc(_), AttachPoint::HostVeth) => Some(TcAttachType::Ingress),
+        (Via::Clsact(_, direction), AttachPoint::HostVeth) => Some(direction),
+        _ => None,
+    };
+    if let Some(direction) = filter_direction {
+        match qdisc_detach_program(&port.name, direction, row.program) {
             Ok(()) => {}
             // Not attached, or the port (and its filter) are gone already.
             Err(TcError::IoError(e))
@@ -608,8 +709,9 @@ pub fn remove_stale(pins: &Path, ports: &HashSet<String>) -> Result<()> {
 }
 
 /// Names of the BPF programs hooked on a host-side port, as the kernel
-/// reports them: `xdp:NAME`, `tc:NAME` (tcx ingress) and `tc-clsact:NAME`
-/// (a cls_bpf filter on the clsact qdisc).
+/// reports them: `xdp:NAME`, `tc:NAME` (tcx ingress), `tc-clsact:NAME`
+/// (a cls_bpf filter on the clsact qdisc), and the policy's filters,
+/// `police-in:NAME` and `police-out:NAME`.
 pub async fn programs_on(
     handle: &Handle,
     port: &str,
@@ -629,6 +731,14 @@ pub async fn programs_on(
     }
     if let Some(id) = clsact_program_id(handle, ifindex).await? {
         out.push(format!("tc-clsact:{}", super::object::program_name(id)));
+    }
+    for (shown, direction) in [
+        ("police-in", TcAttachType::Ingress),
+        ("police-out", TcAttachType::Egress),
+    ] {
+        if let Some(id) = filter_program_id(handle, ifindex, Filter::police(direction)).await? {
+            out.push(format!("{shown}:{}", super::object::program_name(id)));
+        }
     }
     Ok(out)
 }
@@ -778,7 +888,7 @@ pub async fn vxlan_attached(
     let tcx = SchedClassifier::query_tcx(device, TcAttachType::Ingress)
         .map(|(_, programs)| programs.iter().any(|p| is_program(p.id(), &ours)))
         .unwrap_or(false);
-    let clsact = clsact_programs(handle, ifindex)
+    let clsact = clsact_programs(handle, ifindex, TcAttachType::Ingress)
         .await?
         .iter()
         .any(|(id, _)| is_program(*id, &ours));

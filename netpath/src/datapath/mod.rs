@@ -173,14 +173,8 @@ pub async fn ensure_reporting(
     dp: &Datapath,
     mut step_done: impl FnMut(Step) -> Result<()>,
 ) -> Result<()> {
-    if dp.mode == Mode::Bridge {
-        if isolates(&dp.policy) {
-            bail!(
-                "{}: bridge mode has no programs, so nothing would enforce its network policies; \
-                 use tc or xdp mode, or delete the policies first (`netpath policy delete`)",
-                dp.name
-            );
-        }
+    let policing = isolates(&dp.policy);
+    if dp.mode == Mode::Bridge && !policing {
         // Detach port by port first: that restores the containers' offloads
         // after xdp mode and removes clsact filters, which no pin holds.
         let dir = pin_dir(&dp.name);
@@ -242,7 +236,8 @@ pub async fn ensure_reporting(
             hooks::TC_METHOD_ENV
         );
     }
-    let wanted = Hook::for_mode(dp.mode);
+    // Bridge mode with a policy has the policy's programs alone.
+    let wanted = Hook::for_mode(dp.mode, policing);
     for (n, (port, ifindex)) in ports.iter().enumerate() {
         for &hook in &wanted {
             hooks::attach(handle, &mut programs, &dir, port, *ifindex, hook, dp.tc).await?;
@@ -258,29 +253,6 @@ pub async fn ensure_reporting(
     hooks::remove_stale(&dir, &names)?;
     info!("{}: datapath {} on {} ports", dp.name, dp.mode, ports.len());
     Ok(())
-}
-
-/// Puts the datapath's compiled policy in force in the running datapath,
-/// without touching its programs (`policy apply` and `delete`).
-pub async fn update_policy(handle: &Handle, dp: &Datapath) -> Result<()> {
-    if dp.mode == Mode::Bridge {
-        if isolates(&dp.policy) {
-            bail!(
-                "{} is in bridge mode, which has no programs to enforce network policies: switch it to \
-                 tc or xdp mode first (`netpath mode`)",
-                dp.name
-            );
-        }
-        return Ok(());
-    }
-    let maps = reconcile(&dp.name)?;
-    let mut ports = Vec::new();
-    for port in &dp.ports {
-        if let Some(link) = netlink::link_by_name(handle, &port.name).await? {
-            ports.push((port, link.index));
-        }
-    }
-    install_policy(&maps, dp, &ports)
 }
 
 /// Whether any rule isolates a container (an empty policy restricts
@@ -410,7 +382,7 @@ pub async fn add_port(
     let cpus = nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
     fill_port(&maps, dp.learn_limit, port, ifindex, cpus)?;
     if let Some(mut programs) = programs {
-        for hook in Hook::for_mode(dp.mode) {
+        for hook in Hook::for_mode(dp.mode, isolates(&dp.policy)) {
             hooks::attach(handle, &mut programs, &dir, port, ifindex, hook, dp.tc).await?;
         }
     }
@@ -465,7 +437,7 @@ pub async fn attach_early(
     else {
         return Ok(false);
     };
-    for hook in Hook::for_mode(dp.mode) {
+    for hook in Hook::for_mode(dp.mode, isolates(&dp.policy)) {
         hooks::attach(handle, &mut programs, &dir, port, ifindex, hook, dp.tc).await?;
     }
     Ok(true)

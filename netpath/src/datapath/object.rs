@@ -139,7 +139,11 @@ pub fn load(pins: Option<&Path>, fdb_size: u32) -> Result<Ebpf> {
             .load()
             .with_context(|| format!("verifier rejected BPF program {name}"))?;
     }
-    for name in [programs::TC_FORWARD, programs::TC_VXLAN] {
+    for name in [
+        programs::TC_FORWARD,
+        programs::TC_VXLAN,
+        programs::TC_POLICE,
+    ] {
         let tc: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
         tc.load()
             .with_context(|| format!("verifier rejected BPF program {name}"))?;
@@ -183,6 +187,8 @@ pub struct Programs {
     pub tc_forward: SchedClassifier,
     /// On the node's vxlan device, for a datapath on an overlay.
     pub tc_vxlan: SchedClassifier,
+    /// Network policy alone, on the host-side veths where one isolates.
+    pub tc_police: SchedClassifier,
 }
 
 impl Programs {
@@ -213,6 +219,7 @@ impl Programs {
             xdp_peer: xdp(programs::XDP_PEER)?,
             tc_forward: tc(programs::TC_FORWARD)?,
             tc_vxlan: tc(programs::TC_VXLAN)?,
+            tc_police: tc(programs::TC_POLICE)?,
         }))
     }
 }

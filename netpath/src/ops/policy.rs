@@ -186,10 +186,10 @@ async fn change(
 ) -> Result<()> {
     let rec = network::topology::load_complete(topology)?;
     store::policy::save(topology, after)?;
-    let result = async { datapath::update_policy(handle, &datapath_of(&rec.spec)?).await }.await;
+    let result = async { datapath::ensure(handle, &datapath_of(&rec.spec)?).await }.await;
     if let Err(e) = result {
         store::policy::save(topology, before)?;
-        if let Err(back) = datapath::update_policy(handle, &datapath_of(&rec.spec)?).await {
+        if let Err(back) = datapath::ensure(handle, &datapath_of(&rec.spec)?).await {
             log::warn!("topology {topology}: putting the previous policies back: {back:#}");
         }
         return Err(e.context(format!(

@@ -1,0 +1,27 @@
+//! tc hook on the host-side veth ends that only enforces network policy,
+//! attached only where a policy isolates a container. On the egress (every
+//! mode): frames the bridge hands a container, which no forwarding program
+//! judged (from the host's stack, a subnet it routes, a broadcast); those a
+//! container's own program judged are a known flow here, one lookup. In
+//! bridge mode also on the ingress: frames from the containers, so bridge
+//! mode enforces what the other modes do, without forwarding.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
+};
+
+use crate::{frame::Frame, policy, tc::pull_checked_headers};
+
+#[classifier]
+pub fn netpath_police(ctx: TcContext) -> i32 {
+    // Too short for the headers it announces: not IP enough to judge.
+    if pull_checked_headers(&ctx).is_err() {
+        return TC_ACT_SHOT;
+    }
+    match policy::admit(&Frame::new(ctx.data(), ctx.data_end())) {
+        Ok(()) => TC_ACT_OK,
+        Err(policy::Denied) => TC_ACT_SHOT,
+    }
+}
