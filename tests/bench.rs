@@ -14,7 +14,7 @@ use common::{Host, Lines, output_within, patience, words};
 use netpath::{datapath::object::pin_dir, host::netns, model::naming::cni_datapath, store};
 use serde_json::Value;
 
-const METRICS: [&str; 7] = [
+const METRICS: [&str; 8] = [
     "tcp1_gbps",
     "tcp1_reverse_gbps",
     "tcp4_gbps",
@@ -22,13 +22,20 @@ const METRICS: [&str; 7] = [
     "udp64_pps",
     "rtt_p50_us",
     "rtt_p99_us",
+    "connections_kps",
 ];
 const TARGETS: [&str; 4] = ["bridge", "xdp", "tc", "wire"];
 const CROSS_HOST_TARGETS: [&str; 3] = ["overlay", "vxlan", "underlay"];
 
-/// What the bench calls its beds: `nb` + pid + the target's initial.
+/// What the bench calls its beds: `nb` + pid + the target's initial
+/// (`p` for tc+policy).
 fn bed_name(pid: u32, target: &str) -> String {
-    format!("nb{}{}", pid % 10000, &target[..1])
+    let initial = if target == "tc+policy" {
+        "p"
+    } else {
+        &target[..1]
+    };
+    format!("nb{}{initial}", pid % 10000)
 }
 
 /// What is left of the beds of `targets`: links, namespaces (the overlay
@@ -60,7 +67,7 @@ fn bench_leftovers(host: &Host, pid: u32, targets: &[&str]) -> Vec<String> {
 
 /// Every metric on every target: one run, a positive median, ratios to
 /// the baseline and the bound, and a positive CPU cost (but for round
-/// trips, which have none).
+/// trips and connections, which have none).
 fn assert_every_figure(report: &Value, targets: &[&str]) {
     let rows = report["rows"].as_array().unwrap();
     for metric in METRICS {
@@ -79,7 +86,7 @@ fn assert_every_figure(report: &Value, targets: &[&str]) {
                     && row["vs_bound"].as_f64().is_some_and(|r| r > 0.0),
                 "{row}"
             );
-            if !metric.starts_with("rtt") {
+            if !metric.starts_with("rtt") && metric != "connections_kps" {
                 assert!(
                     row["cpu_median"].as_f64().unwrap() > 0.0,
                     "{metric} on {target}: no CPU cost"
@@ -140,7 +147,7 @@ fn bench_runs_end_to_end_and_reports_every_figure() {
         stdout.contains("xBRIDGE") && stdout.contains("xWIRE"),
         "no table: {stdout}"
     );
-    assert!(stderr.contains("[1/24]"), "no progress shown");
+    assert!(stderr.contains("[1/28]"), "no progress shown");
 
     let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     for key in [
@@ -170,6 +177,27 @@ fn bench_runs_end_to_end_and_reports_every_figure() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Issue 24: tc mode with a realistic policy in force beside tc without
+/// one, the bridge and the wire; the policy's time to enforcement shown;
+/// every figure positive; nothing left behind.
+#[test]
+fn policy_bench_measures_tc_with_a_policy_in_force() {
+    let host = Host::with_deadline(BENCH_DEADLINE);
+    let json =
+        std::env::temp_dir().join(format!("netpath-bench-policy-{}.json", std::process::id()));
+    let (pid, stdout, stderr) = one_round(&host, &json, &["--policy".as_ref()]);
+    assert!(stdout.contains("tc+policy"), "no tc+policy row: {stdout}");
+    assert!(
+        stderr.contains("51 policies, 500 ipBlocks applied and in force"),
+        "no enforcement time: {stderr}"
+    );
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).unwrap();
+    let targets = ["bridge", "tc", "tc+policy", "wire"];
+    assert_every_figure(&report, &targets);
+    assert_eq!(bench_leftovers(&host, pid, &targets), Vec::<String>::new());
+}
+
 /// Issue 15: between containers on two hosts, netpath's overlay, the
 /// kernel's vxlan design and the underlay, each figure positive with its
 /// ratios to the kernel design and the underlay; nothing is left behind.
@@ -183,7 +211,7 @@ fn overlay_bench_measures_across_hosts_and_leaves_nothing_behind() {
         stdout.contains("xVXLAN") && stdout.contains("xUNDERLAY"),
         "no table: {stdout}"
     );
-    assert!(stderr.contains("[1/18]"), "no progress shown: {stderr}");
+    assert!(stderr.contains("[1/21]"), "no progress shown: {stderr}");
     let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     std::fs::remove_file(&json).unwrap();
     assert_eq!(

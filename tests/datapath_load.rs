@@ -21,12 +21,7 @@ fn every_program_passes_the_verifier() {
         })
         .collect();
     loaded.sort();
-    let mut expected = vec![
-        programs::TC_FORWARD,
-        programs::TC_VXLAN,
-        programs::XDP_FORWARD,
-        programs::XDP_PEER,
-    ];
+    let mut expected = programs::ALL.to_vec();
     expected.sort();
     assert_eq!(loaded, expected);
 }

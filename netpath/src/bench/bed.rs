@@ -16,9 +16,5 @@ pub(super) struct Bed {
 
 /// `prefix` + pid + the target's initial: unique per process and target.
 pub(super) fn bench_name(prefix: &str, target: Target) -> String {
-    format!(
-        "{prefix}{}{}",
-        std::process::id() % 10000,
-        &target.to_string()[..1]
-    )
+    format!("{prefix}{}{}", std::process::id() % 10000, target.initial())
 }

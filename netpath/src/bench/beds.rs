@@ -6,18 +6,19 @@ use anyhow::{Context, Result};
 use ipnet::IpNet;
 use rtnetlink::Handle;
 
-use super::{bed::Bed, overlay, report::Target};
+use super::{bed::Bed, overlay, policy, report::Target};
 use crate::{
     host::{netns, plumbing},
     model::{Mode, Settings, TopologySpec, naming::port_name, spec::DEFAULT_MTU},
-    ops::topology,
+    network::Network,
+    ops::{self, topology},
 };
 
 pub(super) fn mode_of(target: Target) -> Option<Mode> {
     match target {
         Target::Bridge => Some(Mode::Bridge),
         Target::Xdp => Some(Mode::Xdp),
-        Target::Tc => Some(Mode::Tc),
+        Target::Tc | Target::TcPolicy => Some(Mode::Tc),
         Target::Wire | Target::Overlay | Target::Vxlan | Target::Underlay => None,
     }
 }
@@ -48,6 +49,7 @@ pub(super) async fn make_bed(
     };
     let spec = TopologySpec::resolve(settings)?;
     let server = &spec.containers[1];
+    let bed_client_ip = spec.containers[0].ips[0].addr();
     let bed = Bed {
         target,
         name: name.clone(),
@@ -56,6 +58,21 @@ pub(super) async fn make_bed(
         server_ip: server.ips[0].addr().to_string(),
     };
     topology::up(handle, spec).await?;
+    if target == Target::TcPolicy {
+        let client = &bed_client_ip;
+        let started = std::time::Instant::now();
+        ops::policy::apply(
+            handle,
+            &Network::topology(&name)?,
+            &policy::realistic_set(client),
+        )
+        .await?;
+        eprintln!(
+            "bench: {target}: {} applied and in force in {:.0} ms",
+            policy::DESCRIBED,
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+    }
     Ok(bed)
 }
 
@@ -113,7 +130,7 @@ pub(super) async fn remove_bed(handle: &Handle, bed: &Bed) -> Result<()> {
         Target::Overlay | Target::Vxlan | Target::Underlay => {
             overlay::remove_bed(&bed.name, bed.target)
         }
-        Target::Bridge | Target::Xdp | Target::Tc => {
+        Target::Bridge | Target::Xdp | Target::Tc | Target::TcPolicy => {
             topology::down(handle, &bed.name).await.map(|_| ())
         }
     }

@@ -24,7 +24,7 @@ const TEXT_SIZE: f64 = 14.9;
 /// By target, in `Target` order: bridge grey, xdp blue, tc green, wire
 /// red; across hosts alike, netpath's overlay green, the kernel's vxlan
 /// design (the baseline) grey, the underlay (the bound) red.
-const COLORS: [RGBColor; 7] = [
+const COLORS: [RGBColor; 8] = [
     RGBColor(0x7f, 0x7f, 0x7f),
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0x2c, 0xa0, 0x2c),
@@ -32,6 +32,7 @@ const COLORS: [RGBColor; 7] = [
     RGBColor(0x2c, 0xa0, 0x2c),
     RGBColor(0x7f, 0x7f, 0x7f),
     RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0xff, 0x7f, 0x0e),
 ];
 
 /// A row's median relative to the baseline's, inverted for latency so

@@ -12,6 +12,9 @@ use super::{
 };
 use crate::host::netns;
 
+/// How many tests a round runs on each bed.
+pub(super) const TESTS: usize = 7;
+
 pub(super) fn test_name(test: usize) -> &'static str {
     [
         "TCP 1 stream",
@@ -20,6 +23,7 @@ pub(super) fn test_name(test: usize) -> &'static str {
         "TCP 4 streams reverse",
         "UDP 64 B",
         "RTT",
+        "TCP connect + close",
     ][test]
 }
 
@@ -34,6 +38,7 @@ pub(super) async fn run_test(
         2 => vec![(Metric::Tcp4Gbps, tcp(bed, seconds, 4, false).await?)],
         3 => vec![(Metric::Tcp4ReverseGbps, tcp(bed, seconds, 4, true).await?)],
         4 => vec![(Metric::Udp64Pps, udp64(bed, seconds).await?)],
+        6 => vec![(Metric::ConnectionsKps, connections(bed, seconds).await?)],
         _ => {
             let (p50, p99) = rtt(bed, seconds).await?;
             vec![
@@ -176,4 +181,58 @@ pub(super) async fn rtt(bed: &Bed, seconds: u64) -> Result<(f64, f64)> {
             })
     };
     Ok((percentile("50.000")?, percentile("99.000")?))
+}
+
+/// The port the connection test listens on.
+const CONNECT_PORT: u16 = 5301;
+
+/// New TCP connections a second from the client to the server, one after
+/// another: connect, read the server's close, close (the server closes
+/// first, so the client's ports never wait in TIME_WAIT). No tool measures
+/// this (iperf3 and sockperf keep their connections), so it is a loop of
+/// our own, on threads that entered the two namespaces.
+pub(super) async fn connections(bed: &Bed, seconds: u64) -> Result<Sample> {
+    use std::{
+        io::Read,
+        net::{SocketAddr, TcpListener, TcpStream},
+    };
+    let server: SocketAddr = (bed.server_ip.parse::<std::net::IpAddr>()?, CONNECT_PORT).into();
+    let listener = netns::enter_and(&bed.server, || {
+        TcpListener::bind(server)
+            .with_context(|| format!("binding {server} for the connection test"))
+    })?;
+    // Shutting the listener down wakes its blocked accept when the test ends.
+    let waker = listener.try_clone()?;
+    let client = bed.client.clone();
+    let accepting = std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            match stream {
+                Ok(stream) => drop(stream),
+                Err(_) => break,
+            }
+        }
+    });
+    let connected = tokio::task::spawn_blocking(move || {
+        netns::enter_and(&client, || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+            let mut count = 0u64;
+            let mut buffer = [0; 1];
+            while std::time::Instant::now() < deadline {
+                let mut stream = TcpStream::connect_timeout(&server, Duration::from_secs(1))
+                    .with_context(|| format!("connecting to {server}"))?;
+                stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+                let _ = stream.read(&mut buffer);
+                count += 1;
+            }
+            Ok(count)
+        })
+    })
+    .await?;
+    // SAFETY: shutdown on a socket this function owns.
+    unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&waker), libc::SHUT_RDWR) };
+    let _ = accepting.join();
+    Ok(Sample {
+        value: connected? as f64 / seconds as f64 / 1000.0,
+        cpu: None,
+    })
 }

@@ -10,6 +10,7 @@ mod chart;
 pub mod cni;
 mod measure;
 mod overlay;
+mod policy;
 mod report;
 mod scale;
 
@@ -80,7 +81,7 @@ async fn measure(handle: &Handle, options: &Options, beds: &mut Vec<Bed>) -> Res
         .await?;
         beds.push(bed);
     }
-    let tests = 6;
+    let tests = measure::TESTS;
     let total = options.repeat * tests * beds.len();
     let per_run = options.seconds as f64 + 0.7;
     let mut samples: BTreeMap<(Metric, Target), Vec<Sample>> = BTreeMap::new();

@@ -27,6 +27,11 @@ pub enum Target {
     /// Across hosts: host to host over the underlay, the bound for any overlay.
     #[value(skip)]
     Underlay,
+    /// tc mode with a realistic network policy in force (`--policy`): 50
+    /// policies, 500 ipBlocks, ports; the measured flows allowed.
+    #[value(name = "tc-policy")]
+    #[serde(rename = "tc+policy")]
+    TcPolicy,
 }
 
 impl fmt::Display for Target {
@@ -39,6 +44,7 @@ impl fmt::Display for Target {
             Target::Overlay => "overlay",
             Target::Vxlan => "vxlan",
             Target::Underlay => "underlay",
+            Target::TcPolicy => "tc+policy",
         })
     }
 }
@@ -46,6 +52,18 @@ impl fmt::Display for Target {
 impl Target {
     /// Every target `--overlay` measures: containers on two hosts.
     pub const CROSS_HOST: [Target; 3] = [Target::Overlay, Target::Vxlan, Target::Underlay];
+
+    /// Every target `--policy` measures: tc mode without and with a policy,
+    /// against the bridge and the wire as always.
+    pub const POLICY: [Target; 4] = [Target::Bridge, Target::Tc, Target::TcPolicy, Target::Wire];
+
+    /// One letter for its throw-away topology's name, unique per target.
+    pub(super) fn initial(self) -> char {
+        match self {
+            Target::TcPolicy => 'p',
+            _ => self.to_string().chars().next().unwrap_or('x'),
+        }
+    }
 
     /// What a comparison with this target is called in the chart's heading.
     pub(super) fn described(self) -> &'static str {
@@ -57,6 +75,7 @@ impl Target {
             Target::Overlay => "netpath's overlay",
             Target::Vxlan => "the kernel's vxlan design",
             Target::Underlay => "the underlay",
+            Target::TcPolicy => "tc mode with a policy",
         }
     }
 }
@@ -97,10 +116,13 @@ pub enum Metric {
     Udp64Pps,
     RttP50Us,
     RttP99Us,
+    /// New TCP connections a second, each connected, answered with its
+    /// close, and closed (`--policy`: each is a new flow to judge).
+    ConnectionsKps,
 }
 
 impl Metric {
-    pub(super) const ALL: [Metric; 7] = [
+    pub(super) const ALL: [Metric; 8] = [
         Metric::Tcp1Gbps,
         Metric::Tcp1ReverseGbps,
         Metric::Tcp4Gbps,
@@ -108,6 +130,7 @@ impl Metric {
         Metric::Udp64Pps,
         Metric::RttP50Us,
         Metric::RttP99Us,
+        Metric::ConnectionsKps,
     ];
 
     pub(super) fn label(self) -> &'static str {
@@ -119,6 +142,7 @@ impl Metric {
             Metric::Udp64Pps => "UDP 64 B delivered (kpps)",
             Metric::RttP50Us => "request/response p50 RTT (us)",
             Metric::RttP99Us => "request/response p99 RTT (us)",
+            Metric::ConnectionsKps => "TCP connect + close (thousand/s)",
         }
     }
 
@@ -131,6 +155,7 @@ impl Metric {
             Metric::Udp64Pps => "UDP 64B pps",
             Metric::RttP50Us => "RTT p50",
             Metric::RttP99Us => "RTT p99",
+            Metric::ConnectionsKps => "conn/s",
         }
     }
 
@@ -146,7 +171,7 @@ impl Metric {
             | Metric::Tcp4Gbps
             | Metric::Tcp4ReverseGbps => Some("CPU ms per Gbit"),
             Metric::Udp64Pps => Some("CPU ns per packet"),
-            Metric::RttP50Us | Metric::RttP99Us => None,
+            Metric::RttP50Us | Metric::RttP99Us | Metric::ConnectionsKps => None,
         }
     }
 }

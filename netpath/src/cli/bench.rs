@@ -39,6 +39,11 @@ pub struct BenchArgs {
     /// host's bridge, static FDB and ARP entries) and the underlay itself.
     #[arg(long, conflicts_with_all = ["targets", "scale"])]
     overlay: bool,
+    /// Measure network policy's cost instead: tc mode without and with a
+    /// realistic policy (51 policies, 500 ipBlocks, ports) in force, against
+    /// the bridge and the wire, with new TCP connections a second.
+    #[arg(long, conflicts_with_all = ["targets", "scale", "overlay"])]
+    policy: bool,
     /// Measure pod set-up instead: ADD and DEL latency (p50, p99) of
     /// netpath-cni against the reference CNI bridge plugin
     /// (/usr/lib/cni/bridge), both with host-local IPAM, interleaved.
@@ -62,6 +67,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         plot,
         scale,
         overlay,
+        policy,
         cni,
         pods,
         concurrent,
@@ -82,6 +88,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         repeat,
         targets: if overlay {
             Target::CROSS_HOST.to_vec()
+        } else if policy {
+            Target::POLICY.to_vec()
         } else {
             targets
         },
