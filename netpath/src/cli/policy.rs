@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::{NameArg, netlink_handle, render, require_root};
 use crate::{
-    model::policy::{Decision, Judgement, NetworkPolicy, policy_key},
+    model::policy::{Decision, Direction, Judgement, NetworkPolicy, has_type, policy_key},
     ops::policy::{self, Applied},
 };
 
@@ -170,7 +170,7 @@ fn table(policies: &[NetworkPolicy]) -> String {
                 namespace.to_owned(),
                 name.to_owned(),
                 selector_text(spec.pod_selector.as_ref()),
-                types_text(&spec),
+                types_text(p),
             ]
         })
         .collect();
@@ -205,13 +205,17 @@ fn selector_text(selector: Option<&LabelSelector>) -> String {
     }
 }
 
-/// The policy's types as Kubernetes defaults them.
-fn types_text(spec: &k8s_openapi::api::networking::v1::NetworkPolicySpec) -> String {
-    match &spec.policy_types {
-        Some(types) if !types.is_empty() => types.join(","),
-        _ if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) => "Ingress,Egress".into(),
-        _ => "Ingress".into(),
-    }
+/// The policy's types as Kubernetes defaults them (the compiler's rule).
+fn types_text(policy: &NetworkPolicy) -> String {
+    let types: Vec<&str> = [
+        (Direction::Ingress, "Ingress"),
+        (Direction::Egress, "Egress"),
+    ]
+    .into_iter()
+    .filter(|(direction, _)| has_type(policy, *direction))
+    .map(|(_, name)| name)
+    .collect();
+    types.join(",")
 }
 
 /// `policy check`'s verdict, then each direction's reason.

@@ -186,7 +186,10 @@ async fn change(
 ) -> Result<()> {
     let rec = network::topology::load_complete(topology)?;
     store::policy::save(topology, after)?;
-    let result = async { datapath::ensure(handle, &datapath_of(&rec.spec)?).await }.await;
+    let result = match datapath_of(&rec.spec) {
+        Ok(dp) => datapath::ensure(handle, &dp).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = result {
         store::policy::save(topology, before)?;
         if let Err(back) = datapath::ensure(handle, &datapath_of(&rec.spec)?).await {

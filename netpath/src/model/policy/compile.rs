@@ -94,7 +94,7 @@ pub(super) fn isolating_policies<'p>(
 /// policyTypes, defaulted as the API server does when it is absent or
 /// empty: Ingress always, Egress when the policy has egress rules (at least
 /// one: `egress: []` is none, as `len(spec.Egress) != 0` in Kubernetes).
-fn has_type(policy: &NetworkPolicy, direction: Direction) -> bool {
+pub fn has_type(policy: &NetworkPolicy, direction: Direction) -> bool {
     let Some(spec) = &policy.spec else {
         return false;
     };

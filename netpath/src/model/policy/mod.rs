@@ -23,7 +23,7 @@ pub use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::{Deserialize, Serialize};
 
 pub use check::{Decision, Judgement, check};
-pub use compile::compile;
+pub use compile::{compile, has_type};
 pub use parse::{parse, validate};
 pub use table::{flatten, port_prefixes};
 
