@@ -203,13 +203,7 @@ pub async fn ensure_reporting(
         .await?
         .with_context(|| format!("bridge {} is missing", dp.bridge))?;
 
-    let mut ports = Vec::new();
-    for port in &dp.ports {
-        let link = netlink::link_by_name(handle, &port.name)
-            .await?
-            .with_context(|| format!("port {} is missing", port.name))?;
-        ports.push((port, link.index));
-    }
+    let ports = port_indexes(handle, dp).await?;
     let maps = Maps::open(&dir)?;
     forget_vanished_ports(&maps)?;
     let config = DatapathConfig {
@@ -236,23 +230,69 @@ pub async fn ensure_reporting(
             hooks::TC_METHOD_ENV
         );
     }
+    attach_hooks(handle, &mut programs, dp, &ports, step_done).await?;
+    info!("{}: datapath {} on {} ports", dp.name, dp.mode, ports.len());
+    Ok(())
+}
+
+/// Puts a changed policy in force in a running datapath: the maps (see
+/// `policy::install`), then the hooks the policy needs, with the programs
+/// pinned when the datapath was made. No object is loaded or verified, so
+/// a change is in force in milliseconds, not after the verifier has gone
+/// through every program again. A datapath with no programs pinned (bridge
+/// mode without a policy until now), and bridge mode losing its last
+/// policy (its programs go), go through [`ensure`].
+pub async fn enforce_policy(handle: &Handle, dp: &Datapath) -> Result<()> {
+    let dir = pin_dir(&dp.name);
+    let mut programs = match Programs::pinned(&dir)? {
+        Some(programs) if dp.mode != Mode::Bridge || isolates(&dp.policy) => programs,
+        _ => return ensure(handle, dp).await,
+    };
+    let ports = port_indexes(handle, dp).await?;
+    let maps = Maps::open(&dir)?;
+    // Before the hooks: a policy-only hook that attaches finds its rules.
+    install_policy(&maps, dp, &ports)?;
+    attach_hooks(handle, &mut programs, dp, &ports, |_| Ok(())).await
+}
+
+/// Each port of `dp` with the ifindex of its host veth.
+async fn port_indexes<'a>(handle: &Handle, dp: &'a Datapath) -> Result<Vec<(&'a Port, u32)>> {
+    let mut ports = Vec::new();
+    for port in &dp.ports {
+        let link = netlink::link_by_name(handle, &port.name)
+            .await?
+            .with_context(|| format!("port {} is missing", port.name))?;
+        ports.push((port, link.index));
+    }
+    Ok(ports)
+}
+
+/// Attaches the hooks of `dp`'s mode and policy to every port, new links
+/// before old ones go, then detaches every other hook and removes the
+/// links of ports that left.
+async fn attach_hooks(
+    handle: &Handle,
+    programs: &mut Programs,
+    dp: &Datapath,
+    ports: &[(&Port, u32)],
+    mut step_done: impl FnMut(Step) -> Result<()>,
+) -> Result<()> {
+    let dir = pin_dir(&dp.name);
     // Bridge mode with a policy has the policy's programs alone.
-    let wanted = Hook::for_mode(dp.mode, policing);
+    let wanted = Hook::for_mode(dp.mode, isolates(&dp.policy));
     for (n, (port, ifindex)) in ports.iter().enumerate() {
         for &hook in &wanted {
-            hooks::attach(handle, &mut programs, &dir, port, *ifindex, hook, dp.tc).await?;
+            hooks::attach(handle, programs, &dir, port, *ifindex, hook, dp.tc).await?;
         }
         step_done(Step::PortAttached(n))?;
     }
-    for (port, _) in &ports {
+    for (port, _) in ports {
         for hook in Hook::per_port().filter(|h| !wanted.contains(h)) {
             hooks::detach(&dir, port, hook)?;
         }
     }
     let names: HashSet<String> = ports.iter().map(|(p, _)| p.name.clone()).collect();
-    hooks::remove_stale(&dir, &names)?;
-    info!("{}: datapath {} on {} ports", dp.name, dp.mode, ports.len());
-    Ok(())
+    hooks::remove_stale(&dir, &names)
 }
 
 /// Whether any rule isolates a container (an empty policy restricts

@@ -187,12 +187,12 @@ async fn change(
     let rec = network::topology::load_complete(topology)?;
     store::policy::save(topology, after)?;
     let result = match datapath_of(&rec.spec) {
-        Ok(dp) => datapath::ensure(handle, &dp).await,
+        Ok(dp) => datapath::enforce_policy(handle, &dp).await,
         Err(e) => Err(e),
     };
     if let Err(e) = result {
         store::policy::save(topology, before)?;
-        if let Err(back) = datapath::ensure(handle, &datapath_of(&rec.spec)?).await {
+        if let Err(back) = datapath::enforce_policy(handle, &datapath_of(&rec.spec)?).await {
             log::warn!("topology {topology}: putting the previous policies back: {back:#}");
         }
         return Err(e.context(format!(
