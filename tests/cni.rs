@@ -1310,3 +1310,64 @@ fn a_lost_record_never_hands_out_a_live_pods_address() {
         "the second pod got the first one's address"
     );
 }
+
+/// Network policy on a CNI network: pods carry the namespace and name
+/// CNI_ARGS gives (K8S_POD_NAMESPACE, K8S_POD_NAME) and the labels of
+/// `args.cni.labels`; a policy applied to the network selects them, and a
+/// pod added later is selected as it comes.
+#[test]
+fn network_policy_selects_pods_by_the_identity_the_runtime_gives() {
+    use common::probe::{Probe, Servers, answered_all};
+    let net = Network::netpath("cnp", "10.93.7.0/24");
+    // The network's policies outlive its pods (its last DEL): removed here.
+    struct RemoveRecord(std::path::PathBuf);
+    impl Drop for RemoveRecord {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _record = RemoveRecord(store::policy::path(&cni_datapath(&net.bridge)));
+    let web = net.pod("web", "web").identified("default", &[("app", "web")]);
+    let client = net.pod("cli", "cli").identified("default", &[("role", "client")]);
+    let prod = net.pod("prd", "prd").identified("prod", &[("role", "client")]);
+    let web_ip = web.attach().ip;
+    client.attach();
+    prod.attach();
+    let _servers = Servers::start(web.ns(), &[80, 81], &[]);
+    let dir = common::TempDir::new("cnp");
+    let file = dir.0.join("policy.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-from-clients}\n\
+         spec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n\
+         \x20 - from: [{podSelector: {matchLabels: {role: client}}}]\n    ports: [{port: 80}]\n",
+    )
+    .unwrap();
+    net.host.netpath_ok(&["policy", "apply", "--name", &net.bridge, "-f", file.to_str().unwrap()]);
+    let probe = |from: &Pod, port: u16| (from.ns().to_owned(), web_ip.parse().unwrap(), Probe::Tcp(port));
+    assert_eq!(
+        answered_all(&[probe(&client, 80), probe(&client, 81), probe(&prod, 80)]),
+        [true, false, false],
+        "client:80, client:81, prod's client:80"
+    );
+    let check = net.host.netpath_ok(&[
+        "policy", "check", "--name", &net.bridge, "--from", "prd", "--to", "web", "--port", "tcp/80",
+    ]);
+    assert!(check.contains("denied"), "{check}");
+
+    // A client that comes later is let in by the ADD that plugs it.
+    let late = net.pod("lat", "late").identified("default", &[("role", "client")]);
+    late.attach();
+    assert_eq!(answered_all(&[probe(&late, 80)]), [true], "a client added later");
+    let stats = net.stats();
+    let web_denials: u64 = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|port| port["packets"]["policy_ingress_denied"].as_u64())
+        .sum();
+    assert!(web_denials > 0, "no policy_ingress_denied counted: {stats}");
+
+    net.host.netpath_ok(&["policy", "delete", "--name", &net.bridge, "--all"]);
+    assert_eq!(answered_all(&[probe(&prod, 81)]), [true], "every policy deleted");
+}

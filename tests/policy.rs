@@ -450,3 +450,74 @@ fn an_invalid_policy_file_is_refused_whole() {
     let listed = topology.netpath_ok(&["policy", "list", "--name", &topology.name]);
     assert!(listed.contains("No network policies"), "{listed}");
 }
+
+/// `trace --denied` shows the frames a policy dropped, and only those.
+#[test]
+fn denied_flows_show_in_trace() {
+    let dir = TempDir::new("pot");
+    let topology = with_policies("pot", "tc", CASES[1].policies, &dir);
+    let _servers = Servers::start(&topology.ns("web"), &[80], &[]);
+    let filter = format!("ip {WEB}");
+    let tracer = topology
+        .netpath_command()
+        .args(["trace", "--name", &topology.name, "--denied", "--count", "1"])
+        .args(["--filter", &filter])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting netpath trace");
+    std::thread::sleep(common::patience(std::time::Duration::from_millis(500)));
+    // Allowed first (web's egress, and its replies), then denied.
+    let probes = [
+        (topology.ns("web"), CLI.parse().unwrap(), Probe::Icmp),
+        (topology.ns("cli"), WEB.parse().unwrap(), Probe::Tcp(80)),
+    ];
+    assert_eq!(answered_all(&probes[..1]), [true]);
+    assert_eq!(answered_all(&probes[1..]), [false]);
+    let traced = common::output_within(
+        common::KillOnDrop(tracer),
+        std::time::Duration::from_secs(10),
+        "trace --denied of one denied connect",
+    );
+    let text = String::from_utf8_lossy(&traced.stdout);
+    assert!(traced.status.success(), "{text}{}", String::from_utf8_lossy(&traced.stderr));
+    let line = text.lines().next().unwrap_or_default();
+    assert!(
+        line.contains(&format!("{} > denied", topology.ns("cli")))
+            && line.contains(&format!("{CLI} > {WEB} TCP")),
+        "the first line traced is not the denied connect: {text}"
+    );
+}
+
+/// A policy record lost while the maps enforce it fails closed: adopting
+/// the topology refuses to switch the policy off, and the policy holds.
+#[test]
+fn a_lost_policy_record_fails_closed() {
+    let dir = TempDir::new("plr");
+    let topology = with_policies("plr", "tc", CASES[1].policies, &dir);
+    let _servers = Servers::start(&topology.ns("web"), &[80], &[]);
+    let record = format!("/run/netpath/policy/{}.json", topology.name);
+    std::fs::remove_file(&record).expect("removing the policy record");
+    let config = dir.0.join("topology.toml");
+    let out = topology.netpath(&[
+        "up",
+        "--name",
+        &topology.name,
+        "--mode",
+        "tc",
+        "--subnet",
+        SUBNET,
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("refusing to switch them off"),
+        "adopting with the record lost: {err}"
+    );
+    let denied = [(topology.ns("cli"), WEB.parse().unwrap(), Probe::Tcp(80))];
+    assert_eq!(answered_all(&denied), [false], "the policy no longer holds");
+    // Deleting the policies on purpose switches them off.
+    topology.netpath_ok(&["policy", "delete", "--name", &topology.name, "--all"]);
+    assert_eq!(answered_all(&denied), [true], "deleting every policy restored nothing");
+}

@@ -377,13 +377,17 @@ pub const TRACE_SNAPLEN: usize = 128;
 /// Size of the TRACE ring buffer (a power of two, in bytes).
 pub const TRACE_RING_BYTES: u32 = 1 << 20;
 
-/// One redirected frame, as `netpath trace` receives it.
+/// [`TraceEvent::egress`] of a frame a network policy dropped.
+pub const TRACE_DENIED: u32 = u32::MAX;
+
+/// One redirected (or denied) frame, as `netpath trace` receives it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct TraceEvent {
     /// bpf_ktime_get_ns() when the frame was redirected.
     pub timestamp_ns: u64,
     pub ingress: u32,
+    /// Where it went, or [`TRACE_DENIED`].
     pub egress: u32,
     /// Length of the frame.
     pub len: u32,
@@ -396,7 +400,7 @@ pub struct TraceEvent {
 /// types. The loader writes it into the pinned `LAYOUT` map when it creates
 /// a datapath's maps, and refuses pins of another version instead of
 /// misreading them. Bump it with every change to a map or a type above.
-pub const LAYOUT_VERSION: u32 = 9;
+pub const LAYOUT_VERSION: u32 = 10;
 
 pub mod maps;
 pub mod policy;

@@ -18,6 +18,10 @@
 //! [`PolicyState::generation`] (one word), then deletes the old one, so no
 //! packet ever sees half of each. A flow remembers the generation that
 //! judged it and is judged again under a new one.
+//!
+//! A flow has one entry for both directions: its key is normalized
+//! ([`FlowKey::normalize`]), so a packet and its reply find it in one
+//! lookup, and the entry says which way the flow was opened.
 
 /// [`EndpointPolicy::flags`]: a policy of type Ingress selects it.
 pub const ISOLATED_INGRESS: u32 = 1;
@@ -103,11 +107,11 @@ pub struct PolicyPortKey {
     pub port: [u8; 2],
 }
 
-/// A flow as connection tracking keys it: the addresses and ports of its
-/// first packet (ICMP echo: the identifier as the source port of a request
-/// and the destination port of a reply, so a reply is its request's
-/// reverse).
-#[repr(C)]
+/// A packet's flow: its addresses and ports (ICMP echo: the identifier as
+/// the source port of a request and the destination port of a reply, so a
+/// reply is its request's reverse). Aligned to 8 so the programs compare
+/// addresses a word at a time.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
     pub src: [u8; 16],
@@ -121,22 +125,36 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
-    /// The key of the other direction's packets.
-    pub const fn reversed(&self) -> FlowKey {
-        FlowKey {
-            src: self.dst,
-            dst: self.src,
-            sport: self.dport,
-            dport: self.sport,
-            protocol: self.protocol,
-            family: self.family,
-            _pad: [0; 2],
+    /// Makes this the key of the flow's entry, the same for both
+    /// directions: the end with the lower address (then port) as the
+    /// source. True if it was reversed for that.
+    #[inline(always)]
+    pub fn normalize(&mut self) -> bool {
+        let end = |addr: &[u8; 16], port: [u8; 2]| {
+            let mut high = [0; 8];
+            let mut low = [0; 8];
+            high.copy_from_slice(&addr[..8]);
+            low.copy_from_slice(&addr[8..]);
+            (
+                u64::from_be_bytes(high),
+                u64::from_be_bytes(low),
+                u16::from_be_bytes(port),
+            )
+        };
+        let reverse = end(&self.src, self.sport) > end(&self.dst, self.dport);
+        if reverse {
+            core::mem::swap(&mut self.src, &mut self.dst);
+            core::mem::swap(&mut self.sport, &mut self.dport);
         }
+        reverse
     }
 }
 
 /// [`Flow::state`]: a FIN or RST was seen; the flow ends soon.
 pub const FLOW_CLOSING: u32 = 1;
+/// [`Flow::state`]: its first packet went from the key's destination to
+/// its source (the normalized key is that packet's reverse).
+pub const FLOW_OPENED_REVERSED: u32 = 2;
 
 /// A flow policy allowed.
 #[repr(C)]
@@ -199,4 +217,49 @@ mod pod {
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for FragmentKey {}
     unsafe impl aya::Pod for FragmentPorts {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> FlowKey {
+        let mut key = FlowKey {
+            sport: sport.to_be_bytes(),
+            dport: dport.to_be_bytes(),
+            protocol: 6,
+            family: 4,
+            ..FlowKey::default()
+        };
+        key.src[..4].copy_from_slice(&src);
+        key.dst[..4].copy_from_slice(&dst);
+        key
+    }
+
+    #[test]
+    fn a_packet_and_its_reply_share_one_entry() {
+        let mut request = key([10, 0, 0, 9], 40000, [10, 0, 0, 2], 80);
+        let mut reply = key([10, 0, 0, 2], 80, [10, 0, 0, 9], 40000);
+        assert!(request.normalize());
+        assert!(!reply.normalize());
+        assert_eq!(request, reply);
+        assert_eq!(request.src[..4], [10, 0, 0, 2]);
+        assert_eq!(request.sport, 80u16.to_be_bytes());
+    }
+
+    #[test]
+    fn the_same_address_is_ordered_by_port_and_the_high_word_comes_first() {
+        let mut same = key([10, 0, 0, 2], 9, [10, 0, 0, 2], 8);
+        assert!(same.normalize());
+        assert_eq!(same.sport, 8u16.to_be_bytes());
+        let mut v6 = FlowKey {
+            family: 6,
+            ..FlowKey::default()
+        };
+        v6.src[0] = 0xfd;
+        v6.dst[15] = 0xff;
+        assert!(v6.normalize(), "fd00:: sorts after ::ff");
+        let mut again = v6;
+        assert!(!again.normalize(), "a normalized key stays as it is");
+    }
 }

@@ -40,8 +40,8 @@ pub enum Verdict {
     /// Drop it; the counter says why.
     Drop(Counter),
     /// Drop it: a network policy denies its flow (the container that
-    /// policy protects counted it).
-    Denied,
+    /// policy protects counted it), tracing it if the config says so.
+    Denied(&'static DatapathConfig),
 }
 
 /// The ingress port's per-CPU state.
@@ -146,7 +146,7 @@ pub fn decide(port: &Port, frame: &Frame) -> Verdict {
     // Before any destination: a flow to the bridge, to another node or to
     // a local container meets the policies of both its ends alike.
     if policy::admit(frame).is_err() {
-        return Verdict::Denied;
+        return Verdict::Denied(config);
     }
 
     let dst = eth.dst_addr;

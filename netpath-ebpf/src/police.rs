@@ -7,12 +7,14 @@
 //! mode enforces what the other modes do, without forwarding.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_skb_load_bytes,
     macros::classifier,
     programs::TcContext,
 };
 
-use crate::{frame::Frame, policy, tc::pull_checked_headers};
+use crate::{frame::Frame, maps::CONFIG, policy, tc::pull_checked_headers, trace};
 
 #[classifier]
 pub fn netpath_police(ctx: TcContext) -> i32 {
@@ -22,6 +24,16 @@ pub fn netpath_police(ctx: TcContext) -> i32 {
     }
     match policy::admit(&Frame::new(ctx.data(), ctx.data_end())) {
         Ok(()) => TC_ACT_OK,
-        Err(policy::Denied) => TC_ACT_SHOT,
+        Err(policy::Denied) => {
+            if let Some(config) = CONFIG.get(0) {
+                // SAFETY: the context pointer is valid for the program's
+                // run; the helper copies at most `n` bytes of this skb.
+                let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+                trace::denied(config, ifindex, ctx.len(), |to, n| unsafe {
+                    bpf_skb_load_bytes(ctx.as_ptr(), 0, to.cast(), n)
+                });
+            }
+            TC_ACT_SHOT
+        }
     }
 }

@@ -14,7 +14,7 @@ use netpath_common::{
     Counter,
     policy::{
         ALL_PORTS, DIRECTION_EGRESS, DIRECTION_INGRESS, FLOW_CLOSING, FLOW_CLOSING_LIFETIME_NS,
-        FLOW_OTHER_LIFETIME_NS, FLOW_TCP_LIFETIME_NS, Flow, FlowKey, FragmentKey, FragmentPorts,
+        FLOW_OPENED_REVERSED, FLOW_OTHER_LIFETIME_NS, FLOW_TCP_LIFETIME_NS, Flow, FlowKey, FragmentKey, FragmentPorts,
         ISOLATED_EGRESS, ISOLATED_INGRESS, PEER_KEY_FIXED_BITS, PORT_KEY_FIXED_BITS,
         PolicyEndpointKey, PolicyPeerKey, PolicyPortKey,
     },
@@ -79,71 +79,72 @@ pub fn admit(frame: &Frame) -> Result<(), Denied> {
 /// pointers through arguments).
 #[inline(never)]
 fn judge_frame(data: usize, end: usize, generation: u32) -> u32 {
-    let mut key = FlowKey::default();
+    let mut packet = FlowKey::default();
     let mut about = FlowKey::default();
     // A frame too short for the headers it announces is not IP enough to
     // judge: the source check refuses those from a container, and here
     // they are refused whatever their origin.
-    let class = classify(&Frame::new(data, end), &mut key, &mut about);
+    let class = classify(&Frame::new(data, end), &mut packet, &mut about);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     match class & 0xff {
         CLASS_EXEMPT => JUDGED_UNCONCERNED,
         CLASS_FLOW => {
             let tcp_flags = (class >> 8) as u8;
-            if known(generation, &key, now, tcp_flags) {
+            let reversed = packet.normalize();
+            if known(generation, &packet, now, tcp_flags) {
                 return JUDGED_ALLOWED;
             }
-            let verdict = judge_flow(generation, &key, false);
+            let verdict = judge_flow(generation, &packet, reversed);
             // A FIN or RST opens nothing: only a packet that can start a
             // flow is remembered as its start.
             if verdict == JUDGED_ALLOWED && tcp_flags & (TCP_FIN | TCP_RST) == 0 {
                 let flow = Flow {
                     last_seen_ns: now,
                     generation,
-                    state: 0,
+                    state: if reversed { FLOW_OPENED_REVERSED } else { 0 },
                 };
-                let _ = FLOWS.insert(&key, &flow, BPF_ANY.into());
+                let _ = FLOWS.insert(&packet, &flow, BPF_ANY.into());
             }
             verdict
         }
         CLASS_ERROR => {
+            about.normalize();
             if known(generation, &about, now, 0) {
                 return JUDGED_ALLOWED;
             }
-            judge_flow(generation, &key, false)
+            let reversed = packet.normalize();
+            judge_flow(generation, &packet, reversed)
         }
         _ => JUDGED_DENIED,
     }
 }
 
-/// Whether the packet's flow (`reply`: the flow it answers) is one policy
-/// allowed: under this generation (refreshing it), or under an older one
-/// (judged again, as the flow's first packet would be now, and forgotten
-/// if the policy in force denies it).
+/// Whether the flow of `key` (normalized) is one policy allowed: under
+/// this generation (refreshing it), or under an older one (judged again,
+/// as the flow's first packet would be now, and forgotten if the policy
+/// in force denies it).
 #[inline(always)]
-fn known(generation: u32, packet: &FlowKey, now: u64, tcp_flags: u8) -> bool {
-    for reply in [false, true] {
-        match remembered(generation, packet, reply, now, tcp_flags) {
-            FLOW_KNOWN => return true,
-            FLOW_STALE => {
-                let allowed = judge_flow(generation, packet, reply) == JUDGED_ALLOWED;
-                settle(generation, packet, reply, allowed);
-                if allowed {
-                    return true;
-                }
-            }
-            _ => {}
+fn known(generation: u32, key: &FlowKey, now: u64, tcp_flags: u8) -> bool {
+    match remembered(generation, key, now, tcp_flags) {
+        FLOW_KNOWN => true,
+        stale @ (FLOW_STALE | FLOW_STALE_OPENED_REVERSED) => {
+            let reversed = stale == FLOW_STALE_OPENED_REVERSED;
+            let allowed = judge_flow(generation, key, reversed) == JUDGED_ALLOWED;
+            settle(generation, key, allowed);
+            allowed
         }
+        _ => false,
     }
-    false
 }
 
 /// What connection tracking knows of a flow.
 const FLOW_UNKNOWN: u32 = 0;
 const FLOW_KNOWN: u32 = 1;
-/// Allowed under an older generation of the policy.
+/// Allowed under an older generation of the policy (opened from the
+/// key's source, or from its destination).
 const FLOW_STALE: u32 = 2;
+const FLOW_STALE_OPENED_REVERSED: u32 = 3;
 
 /// Looks the flow up (forgetting it if it expired) and refreshes it. Each
 /// of these functions is a BPF-to-BPF call with a frame of its own:
@@ -152,9 +153,8 @@ const FLOW_STALE: u32 = 2;
 /// rounded up to 32 on Linux 5.10): hence calls only two deep below the
 /// judgement, and no copies of keys on the way.
 #[inline(never)]
-fn remembered(generation: u32, packet: &FlowKey, reply: bool, now: u64, tcp_flags: u8) -> u32 {
-    let key = if reply { packet.reversed() } else { *packet };
-    let Some(flow) = FLOWS.get_ptr_mut(&key) else {
+fn remembered(generation: u32, key: &FlowKey, now: u64, tcp_flags: u8) -> u32 {
+    let Some(flow) = FLOWS.get_ptr_mut(key) else {
         return FLOW_UNKNOWN;
     };
     // SAFETY: a pointer from a successful lookup; every CPU may write the
@@ -169,11 +169,15 @@ fn remembered(generation: u32, packet: &FlowKey, reply: bool, now: u64, tcp_flag
         FLOW_OTHER_LIFETIME_NS
     };
     if now.saturating_sub(flow.last_seen_ns) > lifetime {
-        let _ = FLOWS.remove(&key);
+        let _ = FLOWS.remove(key);
         return FLOW_UNKNOWN;
     }
     if flow.generation != generation {
-        return FLOW_STALE;
+        return if flow.state & FLOW_OPENED_REVERSED != 0 {
+            FLOW_STALE_OPENED_REVERSED
+        } else {
+            FLOW_STALE
+        };
     }
     if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         flow.state |= FLOW_CLOSING;
@@ -187,11 +191,10 @@ fn remembered(generation: u32, packet: &FlowKey, reply: bool, now: u64, tcp_flag
 /// A flow an older policy allowed, judged again under this one: kept
 /// (under this generation) if it allows it, forgotten if not.
 #[inline(never)]
-fn settle(generation: u32, packet: &FlowKey, reply: bool, allowed: bool) {
-    let key = if reply { packet.reversed() } else { *packet };
+fn settle(generation: u32, key: &FlowKey, allowed: bool) {
     if !allowed {
-        let _ = FLOWS.remove(&key);
-    } else if let Some(flow) = FLOWS.get_ptr_mut(&key) {
+        let _ = FLOWS.remove(key);
+    } else if let Some(flow) = FLOWS.get_ptr_mut(key) {
         // SAFETY: as in remembered().
         unsafe { (*flow).generation = generation };
     }
@@ -206,8 +209,8 @@ const JUDGED_ALLOWED: u32 = 1;
 const JUDGED_DENIED: u32 = 2;
 
 #[inline(never)]
-fn judge_flow(generation: u32, key: &FlowKey, reply: bool) -> u32 {
-    let (sender, receiver, _) = first_packet(key, reply);
+fn judge_flow(generation: u32, key: &FlowKey, reversed: bool) -> u32 {
+    let (sender, receiver, _) = first_packet(key, reversed);
     let endpoint = |addr: [u8; 16]| {
         let key = PolicyEndpointKey {
             generation: generation as u8,
@@ -229,7 +232,7 @@ fn judge_flow(generation: u32, key: &FlowKey, reply: bool) -> u32 {
         let Some(end) = end.filter(|end| end.flags & isolated != 0) else {
             continue;
         };
-        let allows = allows(generation, direction, key, reply);
+        let allows = allows(generation, direction, key, reversed);
         count(end.ifindex, if allows { allowed } else { denied });
         if !allows {
             return JUDGED_DENIED;
@@ -239,13 +242,13 @@ fn judge_flow(generation: u32, key: &FlowKey, reply: bool) -> u32 {
 }
 
 /// The sender, receiver and destination port of the flow's first packet:
-/// `key`'s, or (`reply`) those of the packet `key` answers. Judging takes
-/// the key and this flag rather than a reversed copy: every frame on the
-/// deepest chain of calls counts against the verifier's 512 bytes (Linux
-/// 5.10 rounds each up to 32).
+/// `key`'s, or (`reversed`) its reverse's. Judging takes the key and this
+/// flag rather than a reversed copy: every frame on the deepest chain of
+/// calls counts against the verifier's 512 bytes (Linux 5.10 rounds each
+/// up to 32).
 #[inline(always)]
-fn first_packet(key: &FlowKey, reply: bool) -> (&[u8; 16], &[u8; 16], [u8; 2]) {
-    if reply {
+fn first_packet(key: &FlowKey, reversed: bool) -> (&[u8; 16], &[u8; 16], [u8; 2]) {
+    if reversed {
         (&key.dst, &key.src, key.sport)
     } else {
         (&key.src, &key.dst, key.dport)
@@ -256,8 +259,8 @@ fn first_packet(key: &FlowKey, reply: bool) -> (&[u8; 16], &[u8; 16], [u8; 2]) {
 /// allow it: the longest prefix of the other end's address gives the
 /// ports, and the destination port's longest prefix in them the verdict.
 #[inline(never)]
-fn allows(generation: u32, direction: u8, flow: &FlowKey, reply: bool) -> bool {
-    let (sender, receiver, dport) = first_packet(flow, reply);
+fn allows(generation: u32, direction: u8, flow: &FlowKey, reversed: bool) -> bool {
+    let (sender, receiver, dport) = first_packet(flow, reversed);
     let (endpoint, peer) = if direction == DIRECTION_EGRESS {
         (*sender, *receiver)
     } else {

@@ -95,7 +95,13 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
             port.count(reason);
             TC_ACT_SHOT
         }
-        Verdict::Denied => TC_ACT_SHOT,
+        Verdict::Denied(config) => {
+            // SAFETY: the helper copies at most `n` bytes of this skb into `to`.
+            trace::denied(config, port.ifindex(), ctx.len(), |to, n| unsafe {
+                bpf_skb_load_bytes(ctx.as_ptr(), 0, to.cast(), n)
+            });
+            TC_ACT_SHOT
+        }
     }
 }
 

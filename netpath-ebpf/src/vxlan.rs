@@ -10,8 +10,9 @@
 //! container may send.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_F_TUNINFO_IPV6, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_tunnel_key},
-    helpers::{bpf_redirect, bpf_skb_get_tunnel_key},
+    helpers::{bpf_redirect, bpf_skb_get_tunnel_key, bpf_skb_load_bytes},
     macros::classifier,
     programs::TcContext,
 };
@@ -25,6 +26,7 @@ use crate::{
     overlay::TUNNEL_KEY_SIZE,
     policy, source,
     tc::{into_container, pull_checked_headers},
+    trace,
 };
 
 #[classifier]
@@ -67,6 +69,11 @@ pub fn netpath_vxlan(ctx: TcContext) -> i32 {
     // The sender's node judged its egress; the receivers' ingress is
     // judged here (the container it protects counts the denial).
     if policy::admit(&frame).is_err() {
+        // SAFETY: the context pointer is valid for the program's run; the
+        // helper copies at most `n` bytes of this skb into `to`.
+        trace::denied(config, unsafe { (*ctx.skb.skb).ifindex }, ctx.len(), |to, n| unsafe {
+            bpf_skb_load_bytes(ctx.as_ptr(), 0, to.cast(), n)
+        });
         return TC_ACT_SHOT;
     }
     let dst = eth.dst_addr;

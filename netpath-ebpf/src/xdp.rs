@@ -51,7 +51,11 @@ pub fn netpath_xdp(ctx: XdpContext) -> u32 {
             port.count(reason);
             xdp_action::XDP_DROP
         }
-        Verdict::Denied => xdp_action::XDP_DROP,
+        Verdict::Denied(config) => {
+            let len = frame.len() as u32;
+            trace::denied(config, port.ifindex(), len, |to, n| copy_frame(&frame, to, n));
+            xdp_action::XDP_DROP
+        }
     }
 }
 

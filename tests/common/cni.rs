@@ -23,6 +23,20 @@ pub fn run(
     ifname: &str,
     conf: &Value,
 ) -> (bool, Value) {
+    run_with_args(host, command, container, netns, ifname, conf, None)
+}
+
+/// [`run`] with CNI_ARGS (`K=V;K=V`), as kubelet's runtimes pass a pod's
+/// namespace and name.
+pub fn run_with_args(
+    host: &Host,
+    command: &str,
+    container: &str,
+    netns: Option<&str>,
+    ifname: &str,
+    conf: &Value,
+    cni_args: Option<&str>,
+) -> (bool, Value) {
     let mut cmd = host.command(env!("CARGO_BIN_EXE_netpath-cni"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -35,6 +49,9 @@ pub fn run(
         .stderr(std::process::Stdio::piped());
     if let Some(ns) = netns {
         cmd.env("CNI_NETNS", ns);
+    }
+    if let Some(args) = cni_args {
+        cmd.env("CNI_ARGS", args);
     }
     let mut child = cmd.spawn().unwrap();
     std::io::Write::write_all(
@@ -157,6 +174,7 @@ impl Network {
             container: container.to_owned(),
             host: self.host.clone(),
             config: self.config.clone(),
+            cni_args: None,
         }
     }
 
@@ -253,9 +271,26 @@ pub struct Pod {
     pub container: String,
     host: Arc<Host>,
     config: Value,
+    /// CNI_ARGS of its calls.
+    cni_args: Option<String>,
 }
 
 impl Pod {
+    /// The pod as Kubernetes would name it to the plugin: its namespace
+    /// and name in CNI_ARGS, its labels in `args.cni.labels`.
+    pub fn identified(mut self, namespace: &str, labels: &[(&str, &str)]) -> Pod {
+        self.cni_args = Some(format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={}",
+            self.container
+        ));
+        let labels: Vec<Value> = labels
+            .iter()
+            .map(|(key, value)| json!({"key": key, "value": value}))
+            .collect();
+        self.config["args"] = json!({"cni": {"labels": labels}});
+        self
+    }
+
     pub fn ns(&self) -> &str {
         self.sandbox.ns()
     }
@@ -266,13 +301,14 @@ impl Pod {
 
     /// `command` for this container with `config`.
     pub fn call(&self, command: &str, config: &Value) -> (bool, Value) {
-        run(
+        run_with_args(
             &self.host,
             command,
             &self.container,
             Some(&self.path()),
             "eth0",
             config,
+            self.cni_args.as_deref(),
         )
     }
 

@@ -80,6 +80,9 @@ const SELECTION: &[(&str, &[&str])] = &[
             "the_outer_source_is_the_nodes_underlay_address",
             "vxlan_no_overlay_claims_is_dropped_and_counted",
             "the_overlay_over_wireguard_is_sealed_and_forged_tunnel_traffic_is_dropped",
+            // Network policy across nodes: ingress judged by the vxlan
+            // device's program, remote pods selected by their records.
+            "network_policy_holds_across_the_overlay",
         ],
     ),
     // Network policy: the judgement's BPF-to-BPF calls, the LPM tables and

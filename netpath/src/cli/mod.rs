@@ -133,8 +133,9 @@ pub enum Command {
     /// node's record, the static peers file.
     #[command(subcommand)]
     Overlay(overlay::OverlayCommand),
-    /// Kubernetes NetworkPolicy for a topology's containers, enforced by
-    /// the programs: apply, list, show, delete, check.
+    /// Kubernetes NetworkPolicy for a topology's containers or a CNI
+    /// network's pods, enforced by the programs: apply, list, show, delete,
+    /// check.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
     /// Measure the modes against the Linux bridge and a direct veth pair.
@@ -177,7 +178,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Port(command) => command.name().topology().map(drop)?,
         Command::Overlay(command) => command.name().network().map(drop)?,
-        Command::Policy(command) => command.name().topology().map(drop)?,
+        Command::Policy(command) => command.name().network().map(drop)?,
         Command::Fdb(command) => command.name().datapath().map(drop)?,
         Command::Trace(args) => args.name.datapath().map(drop)?,
     }

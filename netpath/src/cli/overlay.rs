@@ -62,6 +62,7 @@ pub async fn run(command: OverlayCommand) -> Result<()> {
         OverlayCommand::Sync { .. } => {
             require_root()?;
             let changes = overlay::sync_peers_file(&member)?;
+            crate::ops::policy::refresh(&member.network)?;
             println!(
                 "{}: {} nodes added, {} removed; {} remote entries added, {} removed",
                 member.name(),

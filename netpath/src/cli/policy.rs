@@ -1,5 +1,5 @@
-//! `policy apply|list|show|delete|check`: Kubernetes NetworkPolicy for a
-//! topology's containers.
+//! `policy apply|list|show|delete|check`: Kubernetes NetworkPolicy for the
+//! containers of a topology or the pods of a CNI network.
 
 use std::{io::Read, path::PathBuf};
 
@@ -47,12 +47,12 @@ pub enum PolicyCommand {
         name: NameArg,
         #[arg(required_unless_present = "all")]
         policies: Vec<String>,
-        /// Every policy of the topology.
+        /// Every policy of the network.
         #[arg(long, conflicts_with = "policies")]
         all: bool,
     },
-    /// Whether a new flow between two containers would be allowed, and by
-    /// which policies.
+    /// Whether a new flow between two containers (a topology's names, a CNI
+    /// network's container IDs) would be allowed, and by which policies.
     Check {
         #[command(flatten)]
         name: NameArg,

@@ -37,6 +37,10 @@ pub enum PortCommand {
         /// it by; repeat for more.
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
+        /// A port it declares by name, which policies' named ports mean
+        /// (PROTOCOL defaults to tcp); repeat for more.
+        #[arg(long = "named-port", value_name = "NAME=PROTOCOL/PORT")]
+        named_ports: Vec<String>,
     },
     /// Unplug a container and remove its namespace.
     Del {
@@ -66,8 +70,9 @@ pub async fn run(command: PortCommand) -> Result<()> {
             no_source_check,
             namespace,
             labels,
+            named_ports,
         } => {
-            let identity = Identity::new(namespace.as_deref(), &labels)
+            let identity = Identity::new(namespace.as_deref(), &labels, &named_ports)
                 .map_err(|e| anyhow::anyhow!("port {port}: {e}"))?;
             let added =
                 topology::port_add(&handle, &name, &port, &ip, mac, !no_source_check, identity)

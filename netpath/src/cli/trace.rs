@@ -25,6 +25,9 @@ pub struct TraceArgs {
     /// 'mac XX:XX:XX:XX:XX:XX' or 'ip ADDRESS'.
     #[arg(long)]
     filter: Option<trace::Filter>,
+    /// Only frames a network policy denied (shown as going to "denied").
+    #[arg(long)]
+    denied: bool,
 }
 
 pub async fn run(args: TraceArgs) -> Result<()> {
@@ -43,6 +46,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         count: args.count,
         write: args.write,
         filter: args.filter,
+        denied_only: args.denied,
     };
     let summary = trace::run(&name, options, &|i| names.name(i), |line| {
         println!("{line}")

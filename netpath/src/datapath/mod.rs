@@ -255,6 +255,27 @@ pub async fn enforce_policy(handle: &Handle, dp: &Datapath) -> Result<()> {
     attach_hooks(handle, &mut programs, dp, &ports, |_| Ok(())).await
 }
 
+/// Puts `dp`'s compiled policy in force in the maps alone, for a change
+/// that isolates no other container here: the overlay's other nodes and
+/// their containers changed, so the same policies allow other remote
+/// addresses. (Whether a container is isolated depends on the policies
+/// that select it, never on a peer, so the hooks stay as they are.)
+pub fn refresh_policy(dp: &Datapath) -> Result<()> {
+    if dp.mode == Mode::Bridge && !isolates(&dp.policy) {
+        return Ok(()); // no programs, and nothing to enforce
+    }
+    let maps = Maps::open(&pin_dir(&dp.name))?;
+    let ports: Vec<(&Port, u32)> = dp
+        .ports
+        .iter()
+        .filter_map(|port| {
+            let ifindex = nix::net::if_::if_nametoindex(port.name.as_str()).ok()?;
+            Some((port, ifindex))
+        })
+        .collect();
+    install_policy(&maps, dp, &ports)
+}
+
 /// Each port of `dp` with the ifindex of its host veth.
 async fn port_indexes<'a>(handle: &Handle, dp: &'a Datapath) -> Result<Vec<(&'a Port, u32)>> {
     let mut ports = Vec::new();

@@ -2,7 +2,7 @@
 //! on stdin, the CNI_* environment, and the spec's error codes. Parsing and
 //! validation only; the commands themselves are in `ops::cni`.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use anyhow::{Context, bail};
 use ipnet::IpNet;
@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::{
     Mac, Mode, ipam, naming, one_or_many,
     overlay::{DEFAULT_LEASE_TTL_S, EtcdAccess, OverlaySpec, Peers},
+    policy::Identity,
 };
 
 /// Oldest first: the last is the newest, which VERSION reports.
@@ -112,7 +113,16 @@ pub struct RuntimeConfig {
     /// The `mac` capability.
     #[serde(default)]
     pub mac: Option<String>,
+    /// containerd's `io.kubernetes.cri.pod-annotations` capability: the
+    /// pod's annotations, of which [`LABELS_ANNOTATION`] carries labels.
+    #[serde(default, rename = "io.kubernetes.cri.pod-annotations")]
+    pub pod_annotations: BTreeMap<String, String>,
 }
+
+/// The pod annotation whose value gives a pod's labels to network policy
+/// (`app=web,tier=front`): containerd hands a CNI plugin the annotations,
+/// never the labels, and there is no API server here to ask.
+pub const LABELS_ANNOTATION: &str = "netpath.io/labels";
 
 /// What the runtime asked the container's interface to have, from
 /// `runtimeConfig`, else `args.cni`, else CNI_ARGS (`IP=`, `MAC=`), the
@@ -277,6 +287,46 @@ impl NetConf {
             })
             .transpose()?;
         Ok(Requested { ips, mac })
+    }
+
+    /// The pod's namespace, labels and name, which network policies select
+    /// it by, checked as Kubernetes checks them:
+    /// - the namespace and name from CNI_ARGS `K8S_POD_NAMESPACE` and
+    ///   `K8S_POD_NAME`, as kubelet's runtimes pass them (namespace
+    ///   `default` without);
+    /// - labels from `args.cni.labels` (`[{"key": "app", "value": "web"}]`,
+    ///   CNI's conventions for labels in the configuration) and from the
+    ///   pod annotation [`LABELS_ANNOTATION`] (containerd's
+    ///   `io.kubernetes.cri.pod-annotations` capability), the annotation's
+    ///   winning a key both give.
+    pub fn pod_identity(&self, env: &Env) -> CniResult<(Identity, Option<String>)> {
+        let invalid = |msg: String| CniError::new(CniError::INVALID_CONFIG, msg);
+        let cni_arg = |key: &str| env.args.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        let mut labels: Vec<String> = self
+            .args
+            .as_ref()
+            .and_then(|a| a["cni"]["labels"].as_array())
+            .into_iter()
+            .flatten()
+            .map(|label| match (label["key"].as_str(), label["value"].as_str()) {
+                (Some(key), Some(value)) => Ok(format!("{key}={value}")),
+                _ => Err(invalid(format!(
+                    "args.cni.labels: {label} is not {{\"key\": ..., \"value\": ...}}"
+                ))),
+            })
+            .collect::<CniResult<_>>()?;
+        if let Some(annotation) = self.runtime_config.pod_annotations.get(LABELS_ANNOTATION) {
+            labels.extend(
+                annotation
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|label| !label.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        let identity = Identity::new(cni_arg("K8S_POD_NAMESPACE"), &labels, &[])
+            .map_err(|e| invalid(format!("the pod's identity: {e}")))?;
+        Ok((identity, cni_arg("K8S_POD_NAME").map(str::to_owned)))
     }
 
     /// The overlay the pods are on, checked: complete, peers or etcd,
@@ -604,6 +654,39 @@ mod tests {
             _ => None,
         };
         Env::from_vars(vars).unwrap()
+    }
+
+    #[test]
+    fn the_pods_identity_comes_from_cni_args_the_labels_arg_and_the_annotation() {
+        let identity = |extra: Value, args: Option<&str>| {
+            NetConf::parse(&conf(extra))
+                .unwrap()
+                .pod_identity(&env(args))
+                .map_err(|e| (e.code, e.msg))
+        };
+        let (none, pod) = identity(json!({}), None).unwrap();
+        assert_eq!((none, pod), (Identity::default(), None));
+        let (pod, name) = identity(
+            json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"},
+                                               {"key": "tier", "value": "front"}]}},
+                   "runtimeConfig": {"io.kubernetes.cri.pod-annotations":
+                                     {"netpath.io/labels": "tier=back, team=a", "other": "x"}}}),
+            Some("IgnoreUnknown=1;K8S_POD_NAMESPACE=prod;K8S_POD_NAME=web-0"),
+        )
+        .unwrap();
+        assert_eq!(pod.namespace, "prod");
+        assert_eq!(name.as_deref(), Some("web-0"));
+        let labels: Vec<(&str, &str)> = pod
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(labels, [("app", "web"), ("team", "a"), ("tier", "back")]);
+        let (code, msg) = identity(json!({}), Some("K8S_POD_NAMESPACE=Not_A_Label")).unwrap_err();
+        assert_eq!(code, CniError::INVALID_CONFIG);
+        assert!(msg.contains("Not_A_Label"), "{msg}");
+        let (_, msg) = identity(json!({"args": {"cni": {"labels": ["app=web"]}}}), None).unwrap_err();
+        assert!(msg.contains("args.cni.labels"), "{msg}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use netpath_common::PortPolicy;
 
-use super::{Mac, source::source_policy};
+use super::{Mac, policy::Identity, source::source_policy};
 
 /// Largest VNI (24 bits). VNI 0 means "no overlay" to the programs.
 pub const MAX_VNI: u32 = (1 << 24) - 1;
@@ -256,6 +256,11 @@ pub struct Endpoint {
     /// own addresses. Records without it are of containers that check.
     #[serde(default = "checks", skip_serializing_if = "is_checked")]
     pub source_check: bool,
+    /// Its namespace, labels and named ports, which the other nodes'
+    /// network policies select it by (records without them: namespace
+    /// default, no labels).
+    #[serde(flatten)]
+    pub identity: Identity,
 }
 
 fn checks() -> bool {
@@ -508,6 +513,9 @@ fn refusal(
         if let Err(reason) = sender_policy(record, endpoint) {
             return Some(reason);
         }
+        if let Err(reason) = endpoint.identity.validate() {
+            return Some(format!("its container {mac}: {reason}"));
+        }
     }
     None
 }
@@ -652,6 +660,7 @@ underlay = "192.168.100.3"
                     mac: mac.parse().unwrap(),
                     ips: vec![ip.parse().unwrap()],
                     source_check: true,
+                    identity: Identity::default(),
                 })
                 .collect(),
         }
@@ -676,6 +685,7 @@ underlay = "192.168.100.3"
                     mac: Mac([2, 0, 0, (n >> 8) as u8, n as u8, e as u8]),
                     ips: vec![IpAddr::from([10, 88, n as u8 + 2, e as u8 + 2])],
                     source_check: true,
+                    identity: Identity::default(),
                 })
                 .collect(),
         };

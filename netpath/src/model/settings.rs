@@ -153,6 +153,10 @@ pub struct ContainerSettings {
     pub namespace: Option<String>,
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The ports it declares by name, which policies' named ports mean,
+    /// e.g. `[{ name = "http", port = 80 }]` (protocol TCP unless given).
+    #[serde(default)]
+    pub named_ports: Vec<crate::model::policy::NamedPort>,
 }
 
 impl Settings {

@@ -163,6 +163,7 @@ impl TopologySpec {
                     .namespace
                     .unwrap_or_else(|| Identity::default().namespace),
                 labels: entry.labels,
+                named_ports: entry.named_ports,
             };
             identity
                 .validate()

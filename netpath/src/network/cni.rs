@@ -2,14 +2,20 @@
 //! bridge, kept in /run/netpath/cni/BRIDGE.json; its containers are known
 //! by the runtime's container ID and interface, their namespaces by path.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use ipnet::IpNet;
 use log::warn;
 
 use super::{Container, View};
 use crate::{
     datapath::{Datapath, Port, hooks::TcMethod},
-    model::{cni::NetConf, naming::validate_ifname, policy::Identity, spec::DEFAULT_AGEING_S},
+    model::{
+        Mode,
+        cni::NetConf,
+        naming::{cni_datapath, validate_ifname},
+        policy::Endpoint,
+        spec::DEFAULT_AGEING_S,
+    },
     store::cni::{Attachment, NetworkRecord},
 };
 
@@ -27,19 +33,65 @@ pub(super) fn bridges() -> Result<Vec<String>> {
         .collect())
 }
 
-/// The datapath of the network `conf` configures, with `attachments`.
-pub fn datapath<'a>(conf: &NetConf, attachments: impl Iterator<Item = &'a Attachment>) -> Datapath {
-    Datapath {
-        name: conf.datapath_name(),
-        bridge: conf.bridge.clone(),
-        mode: conf.mode(),
+/// The datapath of the network `conf` configures, with `attachments`, and
+/// the network policies applied to it compiled for their pods.
+pub fn datapath<'a>(
+    conf: &NetConf,
+    attachments: impl Iterator<Item = &'a Attachment>,
+) -> Result<Datapath> {
+    build(&conf.bridge, conf.mode(), attachments.collect())
+}
+
+/// The datapath of the CNI network on `bridge` as its record has it: its
+/// pods, in the mode the last ADD's configuration set.
+pub fn recorded_datapath(bridge: &str) -> Result<Datapath> {
+    let rec = NetworkRecord::load(bridge)?;
+    let mode = rec.mode.with_context(|| {
+        format!(
+            "the CNI network on bridge {bridge} has no pod added by this netpath yet, so its mode \
+             is not known: ADD a pod first"
+        )
+    })?;
+    // A pod whose veth is gone (killed without DEL) has no port to judge
+    // for; the next ADD, DEL or GC forgets it.
+    let live = rec
+        .attachments
+        .iter()
+        .filter(|a| nix::net::if_::if_nametoindex(a.host_veth.as_str()).is_ok())
+        .collect();
+    build(bridge, mode, live)
+}
+
+fn build(bridge: &str, mode: Mode, attachments: Vec<&Attachment>) -> Result<Datapath> {
+    let name = cni_datapath(bridge);
+    let pods: Vec<Endpoint> = attachments
+        .iter()
+        .map(|a| super::endpoint(pod_name(a), &a.identity, a.ips.iter().map(IpNet::addr)))
+        .collect();
+    let mut gateways: Vec<IpNet> = attachments
+        .iter()
+        .flat_map(|a| a.gateways.iter().map(|gateway| IpNet::from(*gateway)))
+        .collect();
+    gateways.sort();
+    gateways.dedup();
+    let policy = super::compiled_policy(&name, &pods, &gateways)?;
+    Ok(Datapath {
+        name,
+        bridge: bridge.to_owned(),
+        mode,
         ageing_s: DEFAULT_AGEING_S,
         fdb_size: netpath_common::FDB_CAPACITY,
         learn_limit: netpath_common::DEFAULT_LEARN_LIMIT,
         tc: TcMethod::chosen(),
-        ports: attachments.map(port).collect(),
-        policy: Vec::new(),
-    }
+        ports: attachments.into_iter().map(port).collect(),
+        policy,
+    })
+}
+
+/// What policy calls a pod: its name from the runtime, else its container
+/// ID.
+fn pod_name(a: &Attachment) -> &str {
+    a.pod.as_deref().unwrap_or(&a.container_id)
 }
 
 /// A pod's port: its source is always checked (a pod that routes for
@@ -84,8 +136,7 @@ pub(super) fn view(bridge: &str) -> Result<Option<View>> {
                 id: a.container_id.clone(),
                 netns_shown: a.netns.display().to_string(),
                 port: port(a),
-                // Network policy is not offered on CNI networks yet.
-                identity: Identity::default(),
+                identity: a.identity.clone(),
             })
             .collect(),
         overlay: rec.overlay,

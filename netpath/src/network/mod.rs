@@ -18,10 +18,10 @@ use rtnetlink::Handle;
 use serde::Serialize;
 
 use crate::{
-    datapath::Port,
+    datapath::{Datapath, Port},
     model::{
         Mode,
-        naming::{bridge_name, cni_datapath, validate_ifname, validate_topology_name},
+        naming::{self, bridge_name, cni_datapath, validate_ifname, validate_topology_name},
         policy::{self, Endpoint, EndpointRules, Identity},
     },
     store::{
@@ -191,6 +191,16 @@ impl Network {
         }
     }
 
+    /// Its datapath as its record has it now, with the network policies
+    /// applied to it compiled: a topology that is up, a CNI network with
+    /// a pod added.
+    pub fn datapath_now(&self) -> Result<Datapath> {
+        match self.kind {
+            Kind::Topology => topology::datapath(&topology::load_complete(&self.name)?.spec),
+            Kind::Cni => cni::recorded_datapath(&self.name),
+        }
+    }
+
     /// Its place on its overlay now, or an error naming the fix.
     pub fn overlay(&self) -> Result<NetworkOverlay> {
         let view = self.load()?;
@@ -251,14 +261,16 @@ pub fn endpoint(
         namespace: identity.namespace.clone(),
         labels: identity.labels.clone(),
         addresses: addresses.collect(),
-        named_ports: Vec::new(),
+        named_ports: identity.named_ports.clone(),
         local: true,
     }
 }
 
 /// The policies applied to `datapath`, compiled for `containers` (this
 /// node's), with the node's own addresses on the network (`gateways`)
-/// always allowed, as Kubernetes allows a pod's node.
+/// always allowed, as Kubernetes allows a pod's node. Selectors select
+/// the containers of the overlay's other nodes too, as their records last
+/// programmed name them (see `ops::overlay::program`).
 pub fn compiled_policy(
     datapath: &str,
     containers: &[Endpoint],
@@ -266,11 +278,58 @@ pub fn compiled_policy(
 ) -> Result<Vec<EndpointRules>> {
     let policies = store::policy::load(datapath)?;
     if policies.is_empty() {
+        refuse_if_record_lost(datapath)?;
         return Ok(Vec::new());
     }
+    let mut endpoints = containers.to_vec();
+    endpoints.extend(remote_endpoints(datapath)?);
     let namespaces = Vec::new();
     let node: Vec<IpNet> = gateways.iter().map(|g| IpNet::from(g.addr())).collect();
-    Ok(policy::compile(&policies, containers, &namespaces, &node))
+    Ok(policy::compile(&policies, &endpoints, &namespaces, &node))
+}
+
+/// Fails closed when the maps enforce a policy whose record is gone (the
+/// state directory damaged, a file deleted by hand): compiling nothing
+/// would switch every container's policy off in silence.
+fn refuse_if_record_lost(datapath: &str) -> Result<()> {
+    if store::policy::is_recorded(datapath) {
+        return Ok(());
+    }
+    let Ok(maps) = crate::datapath::maps(datapath) else {
+        return Ok(()); // not running: nothing enforced
+    };
+    let generation = crate::datapath::policy::generation(&maps)?;
+    if generation != 0 {
+        bail!(
+            "{}: its maps enforce network policies (generation {generation}) whose record \
+             {} is gone; refusing to switch them off. Apply them again (`netpath policy apply`), \
+             or switch them off (`netpath policy delete --all`)",
+            naming::describe_datapath(datapath),
+            store::policy::path(datapath).display()
+        );
+    }
+    Ok(())
+}
+
+/// The containers of the overlay's other nodes, as policy sees them: peers
+/// whose `local` is false, named `NODE/MAC`.
+fn remote_endpoints(datapath: &str) -> Result<Vec<Endpoint>> {
+    let peers = store::overlay::load(datapath)?
+        .map(|record| record.peers)
+        .unwrap_or_default();
+    Ok(peers
+        .iter()
+        .flat_map(|node| {
+            node.endpoints.iter().map(|remote| Endpoint {
+                local: false,
+                ..endpoint(
+                    &format!("{}/{}", node.node, remote.mac),
+                    &remote.identity,
+                    remote.ips.iter().copied(),
+                )
+            })
+        })
+        .collect())
 }
 
 impl View {

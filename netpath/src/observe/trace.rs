@@ -1,5 +1,6 @@
 //! `netpath trace`: the frames the fast path redirected (which tcpdump on a
-//! host veth never sees), as tcpdump-like lines or a pcap file.
+//! host veth never sees) and those a network policy denied, as
+//! tcpdump-like lines or a pcap file.
 
 use std::{
     fs::File,
@@ -12,7 +13,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use bytes::{Bytes, BytesMut};
-use netpath_common::{Counter, TRACE_SNAPLEN, TraceEvent};
+use netpath_common::{Counter, TRACE_DENIED, TRACE_SNAPLEN, TraceEvent};
 use pcap_file::{
     DataLink,
     pcap::{PcapHeader, PcapPacket, PcapWriter},
@@ -57,6 +58,8 @@ pub struct Options {
     pub count: Option<usize>,
     pub write: Option<PathBuf>,
     pub filter: Option<Filter>,
+    /// Only frames a network policy denied.
+    pub denied_only: bool,
 }
 
 /// A decoded view of a captured frame.
@@ -169,7 +172,10 @@ fn describe(
     let mut line = format!(
         "{h:02}:{m:02}:{s:02}.{micros:06} {} > {} {} > {}, ethertype 0x{:04x}, length {}",
         name_of(event.ingress),
-        name_of(event.egress),
+        match event.egress {
+            TRACE_DENIED => "denied".to_owned(),
+            egress => name_of(egress),
+        },
         frame.src,
         frame.dst,
         frame.ethertype,
@@ -232,7 +238,7 @@ fn frames_lost(maps: &Maps) -> Result<u64> {
         .sum())
 }
 
-/// Hands redirected frames to `show` (as tcpdump-like lines), or writes them
+/// Hands redirected (and denied) frames to `show` (as tcpdump-like lines), or writes them
 /// to the pcap file of `options.write`, until `count` are done or Ctrl-C.
 /// One tracer per datapath: a second is refused.
 pub async fn run(
@@ -272,6 +278,7 @@ pub async fn run(
             };
             if options.port.is_some_and(|p| p != event.ingress)
                 || options.filter.as_ref().is_some_and(|f| !frame.matches(f))
+                || (options.denied_only && event.egress != TRACE_DENIED)
             {
                 continue;
             }

@@ -1,6 +1,7 @@
-//! The network policies of a topology (`netpath policy ...`): Kubernetes
-//! NetworkPolicy objects, kept per datapath (`store::policy`) and put in
-//! force by compiling them for the topology's containers. A change is
+//! The network policies of a network (`netpath policy ...`), a topology
+//! or a CNI network alike: Kubernetes NetworkPolicy objects, kept per
+//! datapath (`store::policy`) and put in force by compiling them for the
+//! network's containers. A change is
 //! checked whole before anything is kept, made under the datapath's lock,
 //! and undone if the datapath refuses it, so the policy in force is always
 //! one that was asked for, whole.
@@ -11,8 +12,11 @@ use serde::Serialize;
 
 use crate::{
     datapath,
-    model::policy::{self, Decision, Endpoint, NetworkPolicy, Protocol, policy_key},
-    network::{self, Network, topology::datapath as datapath_of},
+    model::{
+        Mode,
+        policy::{self, Decision, Endpoint, NetworkPolicy, Protocol, policy_key},
+    },
+    network::{self, Kind, Network},
     store::{
         self,
         lock::{Lock, Purpose},
@@ -37,9 +41,8 @@ pub async fn apply(
     network: &Network,
     text: &str,
 ) -> Result<Vec<(String, Applied)>> {
-    let topology = policy_network(network)?;
     let incoming = policy::parse(text)?;
-    let _lock = Lock::acquire(&network.datapath(), Purpose::Change)?;
+    let _lock = Lock::acquire_waiting(&network.datapath(), Purpose::Change, LOCK_PATIENCE)?;
     let before = store::policy::load(&network.datapath())?;
     let mut after = before.clone();
     let mut outcome = Vec::new();
@@ -58,7 +61,7 @@ pub async fn apply(
         };
         outcome.push((key, applied));
     }
-    change(handle, topology, &before, &after).await?;
+    change(handle, network, &before, &after).await?;
     Ok(outcome)
 }
 
@@ -70,8 +73,7 @@ pub async fn delete(
     names: &[String],
     all: bool,
 ) -> Result<Vec<String>> {
-    let topology = policy_network(network)?;
-    let _lock = Lock::acquire(&network.datapath(), Purpose::Change)?;
+    let _lock = Lock::acquire_waiting(&network.datapath(), Purpose::Change, LOCK_PATIENCE)?;
     let before = store::policy::load(&network.datapath())?;
     let keys: Vec<String> = if all {
         before.iter().map(policy_key).collect()
@@ -89,13 +91,31 @@ pub async fn delete(
         .filter(|p| !keys.contains(&policy_key(p)))
         .cloned()
         .collect();
-    change(handle, topology, &before, &after).await?;
+    change(handle, network, &before, &after).await?;
     Ok(keys)
 }
 
+/// Puts the policies of `network` in force again after the overlay's
+/// other nodes changed (their containers' addresses, namespaces and
+/// labels, which selectors select): compiled anew and written to the maps,
+/// under the datapath's lock. For the overlay's control plane, which holds
+/// no lock; nothing to do where no policy is applied.
+pub fn refresh(network: &Network) -> Result<()> {
+    if store::policy::load(&network.datapath())?.is_empty() {
+        return Ok(());
+    }
+    let _lock = Lock::acquire_waiting(&network.datapath(), Purpose::Change, LOCK_PATIENCE)?;
+    datapath::refresh_policy(&network.datapath_now()?)
+        .with_context(|| format!("{network}: compiling its network policies for the new peers"))
+}
+
+/// How long a policy change waits for another change in progress (an
+/// `up`, a CNI ADD) to finish.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The policies of `network`, as applied.
 pub fn list(network: &Network) -> Result<Vec<NetworkPolicy>> {
-    policy_network(network)?;
+    network.load()?;
     store::policy::load(&network.datapath())
 }
 
@@ -159,14 +179,6 @@ pub fn parse_port(text: &str) -> Result<(Protocol, u16)> {
     Ok((protocol, port))
 }
 
-/// The topology name of `network`: policies are for topologies for now.
-fn policy_network(network: &Network) -> Result<&str> {
-    network.topology_name().context(
-        "network policy is offered for topologies; CNI networks need the pods' namespaces and \
-         labels from the runtime first",
-    )
-}
-
 /// `NAME` means `default/NAME`, as kubectl's default namespace.
 fn qualified(name: &str) -> String {
     if name.contains('/') {
@@ -176,28 +188,51 @@ fn qualified(name: &str) -> String {
     }
 }
 
-/// Keeps `after` and puts it in force in the running topology; if the
+/// Keeps `after` and puts it in force in the running network; if the
 /// datapath refuses it, `before` is kept and put back.
 async fn change(
     handle: &Handle,
-    topology: &str,
+    network: &Network,
     before: &[NetworkPolicy],
     after: &[NetworkPolicy],
 ) -> Result<()> {
-    let rec = network::topology::load_complete(topology)?;
-    store::policy::save(topology, after)?;
-    let result = match datapath_of(&rec.spec) {
-        Ok(dp) => datapath::enforce_policy(handle, &dp).await,
+    let datapath = network.datapath();
+    let was_recorded = store::policy::is_recorded(&datapath);
+    store::policy::save(&datapath, after)?;
+    let result = match network.datapath_now() {
+        Ok(dp) => enforce(handle, network, &dp).await,
         Err(e) => Err(e),
     };
     if let Err(e) = result {
-        store::policy::save(topology, before)?;
-        if let Err(back) = datapath::enforce_policy(handle, &datapath_of(&rec.spec)?).await {
-            log::warn!("topology {topology}: putting the previous policies back: {back:#}");
+        // A record that was lost stays lost: an empty one would say the
+        // policies the maps still enforce were deleted.
+        if was_recorded {
+            store::policy::save(&datapath, before)?;
+        } else {
+            store::policy::remove(&datapath)?;
+        }
+        let back = match network.datapath_now() {
+            Ok(dp) => enforce(handle, network, &dp).await,
+            Err(e) => Err(e),
+        };
+        if let Err(back) = back {
+            log::warn!("{network}: putting the previous policies back: {back:#}");
         }
         return Err(e.context(format!(
-            "topology {topology}: the policies in force are still the previous ones"
+            "{network}: the policies in force are still the previous ones"
         )));
     }
     Ok(())
+}
+
+/// Puts `dp`'s compiled policies in force; a CNI network in bridge mode
+/// is refused, as its pods have no programs to judge their flows.
+async fn enforce(handle: &Handle, network: &Network, dp: &datapath::Datapath) -> Result<()> {
+    if network.kind() == Kind::Cni && dp.mode == Mode::Bridge {
+        bail!(
+            "{network} is in bridge mode, where its pods have no programs to judge their flows: \
+             network policy on a CNI network needs \"mode\": \"tc\" or \"xdp\" in its conflist"
+        );
+    }
+    datapath::enforce_policy(handle, dp).await
 }

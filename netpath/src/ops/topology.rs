@@ -359,6 +359,8 @@ pub async fn port_del(handle: &Handle, topology: &str, container: &str) -> Resul
     remove_container(handle, topology, &container, false).await?;
     if datapath::is_running(topology) {
         datapath::reconcile(topology)?;
+        // Its addresses leave the policies' rules, as allowed peers too.
+        datapath::refresh_policy(&datapath_of(&rec.spec)?)?;
     }
     record::save(&rec)
 }

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{STATE_DIR, atomic, record_names};
-use crate::model::{Mac, overlay::OverlaySpec};
+use crate::model::{Mac, Mode, overlay::OverlaySpec, policy::Identity};
 
 /// One container the plugin attached.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -26,6 +26,13 @@ pub struct Attachment {
     pub mac: Mac,
     pub ips: Vec<IpNet>,
     pub gateways: Vec<IpAddr>,
+    /// The pod's name, as the runtime gave it (K8S_POD_NAME).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The pod's namespace and labels, which network policies select it
+    /// by (see `NetConf::pod_identity`).
+    #[serde(default, flatten)]
+    pub identity: Identity,
 }
 
 /// An ADD under way: it wires its container without holding the network's
@@ -85,6 +92,10 @@ pub struct NetworkRecord {
     /// conflist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay: Option<NetworkOverlay>,
+    /// The mode of its datapath, as the last ADD's configuration set it:
+    /// what a network policy applied between ADDs is enforced in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
 }
 
 /// A CNI network on an overlay.

@@ -16,7 +16,7 @@ struct PolicyRecord {
     policies: Vec<NetworkPolicy>,
 }
 
-fn path(datapath: &str) -> PathBuf {
+pub fn path(datapath: &str) -> PathBuf {
     PathBuf::from(STATE_DIR)
         .join("policy")
         .join(format!("{datapath}.json"))
@@ -29,15 +29,20 @@ pub fn load(datapath: &str) -> Result<Vec<NetworkPolicy>> {
         .policies)
 }
 
-/// Replaces the policies of `datapath` (none: the record goes).
+/// Replaces the policies of `datapath`. No policies is a record too, so
+/// that a record that is gone is told apart from policies deleted (see
+/// [`is_recorded`]).
 pub fn save(datapath: &str, policies: &[NetworkPolicy]) -> Result<()> {
-    if policies.is_empty() {
-        return remove(datapath);
-    }
     let record = PolicyRecord {
         policies: policies.to_vec(),
     };
     atomic::write_json(&path(datapath), &record)
+}
+
+/// Whether `datapath` has a policy record: policies were applied to it
+/// since it came up (and maybe deleted since).
+pub fn is_recorded(datapath: &str) -> bool {
+    path(datapath).exists()
 }
 
 pub fn remove(datapath: &str) -> Result<()> {

@@ -32,11 +32,16 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// The label Kubernetes puts on every namespace, naming it.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
-/// The transport protocols a NetworkPolicy port can name.
+/// The transport protocols a NetworkPolicy port can name: `TCP`, `UDP`,
+/// `SCTP` as Kubernetes writes them (lowercase is taken too).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
+    #[serde(alias = "tcp")]
     Tcp,
+    #[serde(alias = "udp")]
     Udp,
+    #[serde(alias = "sctp")]
     Sctp,
 }
 
@@ -74,12 +79,40 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// A port a container declares by name (Kubernetes' containerPort name), for named ports in policies.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A port a container declares by name (a Kubernetes containerPort with
+/// a name), which policies' named ports mean: `{ name = "http", port = 80,
+/// protocol = "TCP" }` in a `[[container]]`, `--named-port http=tcp/80`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NamedPort {
     pub name: String,
+    #[serde(default = "tcp")]
     pub protocol: Protocol,
     pub port: u16,
+}
+
+fn tcp() -> Protocol {
+    Protocol::Tcp
+}
+
+impl FromStr for NamedPort {
+    type Err = String;
+
+    /// `NAME=PROTOCOL/PORT` or `NAME=PORT` (TCP), e.g. `dns=udp/53`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let shape = || format!("named port {text:?} is not NAME=PROTOCOL/PORT (e.g. http=tcp/80)");
+        let (name, port) = text.split_once('=').ok_or_else(shape)?;
+        let (protocol, port) = match port.split_once('/') {
+            Some((protocol, port)) => (protocol.parse()?, port),
+            None => (Protocol::Tcp, port),
+        };
+        let port = port.parse().map_err(|_| shape())?;
+        Ok(NamedPort {
+            name: name.to_owned(),
+            protocol,
+            port,
+        })
+    }
 }
 
 /// A container as policy sees it.
@@ -112,15 +145,18 @@ impl Endpoint {
     }
 }
 
-/// What policies select a container by, as Kubernetes gives a pod: its
-/// namespace and labels (a topology's `[[container]]` and `port add` set
-/// them).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What policies know a container by, as Kubernetes knows a pod: its
+/// namespace and labels, which selectors select, and the ports it
+/// declares by name (a topology's `[[container]]` and `port add` set them;
+/// an overlay's node records carry them to the other nodes).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Identity {
     #[serde(default = "default_namespace")]
     pub namespace: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub named_ports: Vec<NamedPort>,
 }
 
 impl Default for Identity {
@@ -128,6 +164,7 @@ impl Default for Identity {
         Identity {
             namespace: default_namespace(),
             labels: BTreeMap::new(),
+            named_ports: Vec::new(),
         }
     }
 }
@@ -137,12 +174,21 @@ fn default_namespace() -> String {
 }
 
 impl Identity {
-    /// An identity from a namespace (None: [`DEFAULT_NAMESPACE`]) and
-    /// `KEY=VALUE` labels, validated as Kubernetes validates them.
-    pub fn new(namespace: Option<&str>, labels: &[String]) -> Result<Identity, String> {
+    /// An identity from a namespace (None: [`DEFAULT_NAMESPACE`]),
+    /// `KEY=VALUE` labels and `NAME=PROTOCOL/PORT` named ports, validated
+    /// as Kubernetes validates them.
+    pub fn new(
+        namespace: Option<&str>,
+        labels: &[String],
+        named_ports: &[String],
+    ) -> Result<Identity, String> {
         let mut identity = Identity {
             namespace: namespace.unwrap_or(DEFAULT_NAMESPACE).to_owned(),
             labels: BTreeMap::new(),
+            named_ports: named_ports
+                .iter()
+                .map(|text| text.parse())
+                .collect::<Result<_, _>>()?,
         };
         for label in labels {
             let (key, value) = label
@@ -175,13 +221,29 @@ impl Identity {
             };
             if !is_label_name(name) {
                 return Err(format!(
-                    "label key {key:?} is not a qualified name (at most 63 letters, digits, '-', '_', '.',                      beginning and ending with a letter or digit)"
+                    "label key {key:?} is not a qualified name (at most 63 letters, digits, '-', \
+                     '_', '.', beginning and ending with a letter or digit)"
                 ));
             }
             if !value.is_empty() && !is_label_name(value) {
                 return Err(format!(
                     "label {key}={value}: the value is not a valid label value"
                 ));
+            }
+        }
+        for (n, named) in self.named_ports.iter().enumerate() {
+            if !parse::is_port_name(&named.name) {
+                return Err(format!(
+                    "named port {:?} is no IANA service name (1 to 15 lowercase letters, digits \
+                     and single '-', at least one letter)",
+                    named.name
+                ));
+            }
+            if named.port == 0 {
+                return Err(format!("named port {}: the port must be 1 to 65535", named.name));
+            }
+            if self.named_ports[..n].iter().any(|earlier| earlier.name == named.name) {
+                return Err(format!("named port {} is declared twice", named.name));
             }
         }
         Ok(())

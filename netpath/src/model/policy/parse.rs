@@ -164,7 +164,7 @@ pub(super) fn is_dns1123_subdomain(text: &str) -> bool {
 }
 
 /// Kubernetes' IANA_SVC_NAME, what a named port must be.
-fn is_port_name(text: &str) -> bool {
+pub(super) fn is_port_name(text: &str) -> bool {
     let allowed = text
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');

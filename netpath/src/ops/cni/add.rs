@@ -98,8 +98,13 @@ impl Placement {
 }
 
 /// The datapath of the live attachments (and `joining`): what a full
-/// `datapath::ensure` may be asked to attach.
-pub(super) fn live_datapath(conf: &NetConf, rec: &NetworkRecord, joining: &Attachment) -> Datapath {
+/// `datapath::ensure` may be asked to attach, with the network's policies
+/// compiled for their pods.
+pub(super) fn live_datapath(
+    conf: &NetConf,
+    rec: &NetworkRecord,
+    joining: &Attachment,
+) -> anyhow::Result<Datapath> {
     datapath_of(
         conf,
         rec.attachments
@@ -126,6 +131,7 @@ pub(super) async fn add(call: &Call<'_>) -> CniResult<Value> {
         ));
     }
     let requested = conf.requested(env)?;
+    let (identity, pod) = conf.pod_identity(env)?;
     let placement = Placement::of(handle, conf).await?;
     let lock = take_lock(&conf.datapath_name())?;
     let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
@@ -167,6 +173,8 @@ pub(super) async fn add(call: &Call<'_>) -> CniResult<Value> {
                 let addresses = (a.ips.clone(), a.gateways.clone());
                 let a = Attachment {
                     netns: netns_path,
+                    pod,
+                    identity,
                     ..a
                 };
                 return plug_or_undo(call, (lock, rec), a, Some(addresses), &placement).await;
@@ -208,6 +216,8 @@ pub(super) async fn add(call: &Call<'_>) -> CniResult<Value> {
         mac,
         ips: Vec::new(),
         gateways: Vec::new(),
+        pod,
+        identity,
     };
     plug_or_undo(call, (lock, rec), attachment, addresses, &placement).await
 }
@@ -293,7 +303,7 @@ pub(super) async fn plug(
             None => host_local_add(conf_bytes, env).await,
         }
     };
-    let dp = datapath_of(conf, std::iter::empty());
+    let dp = datapath_of(conf, std::iter::empty()).map_err(CniError::io)?;
     let pair = plumbing::Plug {
         host_veth: &a.host_veth,
         netns: &a.netns,
@@ -348,7 +358,7 @@ pub(super) async fn plug(
     {
         overlay::sync_peers_file(member).map_err(CniError::io)?;
     }
-    let dp = live_datapath(conf, &rec, a);
+    let dp = live_datapath(conf, &rec, a).map_err(CniError::io)?;
     if loaded {
         restore_ports(handle, &dp, &rec)
             .await
@@ -357,9 +367,31 @@ pub(super) async fn plug(
     datapath::add_port(handle, &dp, &port_of(a), host.index, attached)
         .await
         .map_err(CniError::io)?;
+    enforce_policy(handle, &dp).await.map_err(CniError::io)?;
     rec.attachments.push(a.clone());
+    rec.mode = Some(dp.mode);
     rec.save(&conf.bridge).map_err(CniError::io)?;
     Ok(host.mac)
+}
+
+/// Puts the network's policies, compiled with the pods of `dp`, in force
+/// (a pod that comes or goes changes what selectors select). Nothing to do
+/// where no policy was ever applied; refused in bridge mode, where the
+/// pods have no programs to enforce them.
+pub(super) async fn enforce_policy(handle: &Handle, dp: &Datapath) -> anyhow::Result<()> {
+    if !crate::store::policy::is_recorded(&dp.name) {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        dp.mode != Mode::Bridge || !datapath::isolates(&dp.policy),
+        "{}: network policies isolate its pods, and bridge mode has no programs to enforce them: \
+         use \"mode\": \"tc\" or \"xdp\" in the conflist, or delete the policies",
+        dp.name
+    );
+    if dp.mode == Mode::Bridge {
+        return Ok(());
+    }
+    datapath::enforce_policy(handle, dp).await
 }
 
 /// The ports of the live pods in `rec`, filled and attached again in the

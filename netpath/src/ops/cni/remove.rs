@@ -4,7 +4,7 @@
 use log::{info, warn};
 use rtnetlink::Handle;
 
-use super::{Call, addresses::release, describe, is_live, take_lock};
+use super::{Call, add::enforce_policy, addresses::release, describe, is_live, take_lock};
 use crate::{
     datapath,
     host::plumbing,
@@ -12,7 +12,7 @@ use crate::{
         cni::{CniError, CniResult, NetConf, ValidAttachment},
         naming::cni_host_veth,
     },
-    network::cni::port as port_of,
+    network::cni::{datapath as datapath_of, port as port_of},
     ops::overlay,
     store::cni::{Attachment, NetworkRecord, Reservation},
 };
@@ -200,6 +200,10 @@ pub(super) async fn del(call: &Call<'_>) -> CniResult<()> {
             let a = rec.attachments.remove(i);
             let ifindex = nix::net::if_::if_nametoindex(a.host_veth.as_str()).ok();
             datapath::forget_port_entries(&conf.datapath_name(), ifindex).map_err(CniError::io)?;
+            // Its addresses leave the policies' rules, as allowed peers too.
+            let others = datapath_of(conf, rec.attachments.iter().filter(|a| is_live(a)))
+                .map_err(CniError::io)?;
+            enforce_policy(handle, &others).await.map_err(CniError::io)?;
             rec.save(&conf.bridge).map_err(CniError::io)?;
             drop(lock);
             take_off(call, &a, Removal::Whole).await

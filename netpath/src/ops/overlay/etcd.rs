@@ -284,5 +284,5 @@ fn program_offered(
     let records = nodes.values().filter_map(|o| o.clone().ok()).collect();
     let refused = nodes.values().filter_map(|o| o.clone().err()).collect();
     program(member, records, refused, source.into(), true, Some(lease))?;
-    Ok(())
+    crate::ops::policy::refresh(&member.network)
 }

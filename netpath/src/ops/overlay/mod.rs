@@ -360,11 +360,13 @@ pub async fn leave(handle: &Handle, datapath: &str, vni: u32) -> Result<()> {
 pub fn local_record(member: &Member) -> Result<NodeRecord> {
     let view = member.network.load()?;
     let endpoints = view
-        .ports()
-        .map(|port| Endpoint {
-            mac: port.mac,
-            ips: port.addresses.clone(),
-            source_check: port.source_check,
+        .containers
+        .iter()
+        .map(|container| Endpoint {
+            mac: container.port.mac,
+            ips: container.port.addresses.clone(),
+            source_check: container.port.source_check,
+            identity: container.identity.clone(),
         })
         .collect();
     let overlay = &member.overlay;
@@ -510,6 +512,8 @@ pub async fn control_plane(member: Member) {
                     seen = now;
                     if let Err(e) = sync_peers_file(&member) {
                         warn!("{}: {e:#}; keeping the peers as they were", member.name());
+                    } else if let Err(e) = super::policy::refresh(&member.network) {
+                        warn!("{e:#}; the policies allow the peers as they were");
                     }
                 }
             }
