@@ -28,12 +28,13 @@ const TARGETS: [&str; 4] = ["bridge", "xdp", "tc", "wire"];
 const CROSS_HOST_TARGETS: [&str; 3] = ["overlay", "vxlan", "underlay"];
 
 /// What the bench calls its beds: `nb` + pid + the target's initial
-/// (`p` for tc+policy).
+/// (`p` for tc+policy, `n` for bridge+nft, `i` for bridge+iptables).
 fn bed_name(pid: u32, target: &str) -> String {
-    let initial = if target == "tc+policy" {
-        "p"
-    } else {
-        &target[..1]
+    let initial = match target {
+        "tc+policy" => "p",
+        "bridge+nft" => "n",
+        "bridge+iptables" => "i",
+        _ => &target[..1],
     };
     format!("nb{}{initial}", pid % 10000)
 }
@@ -178,24 +179,80 @@ fn bench_runs_end_to_end_and_reports_every_figure() {
 }
 
 /// Issue 24: tc mode with a realistic policy in force beside tc without
-/// one, the bridge and the wire; the policy's time to enforcement shown;
-/// every figure positive; nothing left behind.
+/// one, the bridge and the wire, and beside its rivals, the bridge with the
+/// same policy in nftables and in iptables (br_netfilter); the policy's
+/// time to enforcement shown; every figure positive, with its ratios to
+/// both rivals; nothing left behind, the host's br_netfilter setting and
+/// nftables tables as they were.
 #[test]
 fn policy_bench_measures_tc_with_a_policy_in_force() {
     let host = Host::with_deadline(BENCH_DEADLINE);
+    let call_iptables = || {
+        host.run(|| std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables").ok())
+    };
+    let (sysctl_before, tables_before) =
+        (call_iptables(), host.sh("nft", &["list", "tables"]).stdout);
     let json =
         std::env::temp_dir().join(format!("netpath-bench-policy-{}.json", std::process::id()));
     let (pid, stdout, stderr) = one_round(&host, &json, &["--policy".as_ref()]);
-    assert!(stdout.contains("tc+policy"), "no tc+policy row: {stdout}");
+    for row in ["tc+policy", "bridge+nft", "bridge+iptables"] {
+        assert!(stdout.contains(row), "no {row} row: {stdout}");
+    }
+    assert!(
+        stdout.contains("xNFT") && stdout.contains("xIPT"),
+        "no rival ratios: {stdout}"
+    );
     assert!(
         stderr.contains("51 policies, 500 ipBlocks applied and in force"),
         "no enforcement time: {stderr}"
     );
+    for rival in ["bridge+nft", "bridge+iptables"] {
+        assert!(
+            stderr.contains(&format!(
+                "bench: {rival}: 51 policies, 500 ipBlocks in force"
+            )),
+            "{rival}: no policy in force: {stderr}"
+        );
+    }
     let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     std::fs::remove_file(&json).unwrap();
-    let targets = ["bridge", "tc", "tc+policy", "wire"];
+    let targets = [
+        "bridge",
+        "bridge+nft",
+        "bridge+iptables",
+        "tc",
+        "tc+policy",
+        "wire",
+    ];
     assert_every_figure(&report, &targets);
+    assert_eq!(
+        report["rivals"],
+        serde_json::json!(["bridge+nft", "bridge+iptables"])
+    );
+    for row in report["rows"].as_array().unwrap() {
+        for rival in ["bridge+nft", "bridge+iptables"] {
+            assert!(
+                row["vs_rivals"][rival].as_f64().is_some_and(|r| r > 0.0),
+                "no ratio to {rival}: {row}"
+            );
+        }
+    }
+    assert_eq!(
+        report["notes"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
     assert_eq!(bench_leftovers(&host, pid, &targets), Vec::<String>::new());
+    assert_eq!(
+        call_iptables(),
+        sysctl_before,
+        "the host's br_netfilter setting changed"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&host.sh("nft", &["list", "tables"]).stdout),
+        String::from_utf8_lossy(&tables_before),
+        "nftables tables left on the host"
+    );
 }
 
 /// Issue 15: between containers on two hosts, netpath's overlay, the

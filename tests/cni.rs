@@ -1327,9 +1327,15 @@ fn network_policy_selects_pods_by_the_identity_the_runtime_gives() {
         }
     }
     let _record = RemoveRecord(store::policy::path(&cni_datapath(&net.bridge)));
-    let web = net.pod("web", "web").identified("default", &[("app", "web")]);
-    let client = net.pod("cli", "cli").identified("default", &[("role", "client")]);
-    let prod = net.pod("prd", "prd").identified("prod", &[("role", "client")]);
+    let web = net
+        .pod("web", "web")
+        .identified("default", &[("app", "web")]);
+    let client = net
+        .pod("cli", "cli")
+        .identified("default", &[("role", "client")]);
+    let prod = net
+        .pod("prd", "prd")
+        .identified("prod", &[("role", "client")]);
     let web_ip = web.attach().ip;
     client.attach();
     prod.attach();
@@ -1343,22 +1349,50 @@ fn network_policy_selects_pods_by_the_identity_the_runtime_gives() {
          \x20 - from: [{podSelector: {matchLabels: {role: client}}}]\n    ports: [{port: 80}]\n",
     )
     .unwrap();
-    net.host.netpath_ok(&["policy", "apply", "--name", &net.bridge, "-f", file.to_str().unwrap()]);
-    let probe = |from: &Pod, port: u16| (from.ns().to_owned(), web_ip.parse().unwrap(), Probe::Tcp(port));
+    net.host.netpath_ok(&[
+        "policy",
+        "apply",
+        "--name",
+        &net.bridge,
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    let probe = |from: &Pod, port: u16| {
+        (
+            from.ns().to_owned(),
+            web_ip.parse().unwrap(),
+            Probe::Tcp(port),
+        )
+    };
     assert_eq!(
         answered_all(&[probe(&client, 80), probe(&client, 81), probe(&prod, 80)]),
         [true, false, false],
         "client:80, client:81, prod's client:80"
     );
     let check = net.host.netpath_ok(&[
-        "policy", "check", "--name", &net.bridge, "--from", "prd", "--to", "web", "--port", "tcp/80",
+        "policy",
+        "check",
+        "--name",
+        &net.bridge,
+        "--from",
+        "prd",
+        "--to",
+        "web",
+        "--port",
+        "tcp/80",
     ]);
     assert!(check.contains("denied"), "{check}");
 
     // A client that comes later is let in by the ADD that plugs it.
-    let late = net.pod("lat", "late").identified("default", &[("role", "client")]);
+    let late = net
+        .pod("lat", "late")
+        .identified("default", &[("role", "client")]);
     late.attach();
-    assert_eq!(answered_all(&[probe(&late, 80)]), [true], "a client added later");
+    assert_eq!(
+        answered_all(&[probe(&late, 80)]),
+        [true],
+        "a client added later"
+    );
     let stats = net.stats();
     let web_denials: u64 = stats
         .as_array()
@@ -1368,6 +1402,11 @@ fn network_policy_selects_pods_by_the_identity_the_runtime_gives() {
         .sum();
     assert!(web_denials > 0, "no policy_ingress_denied counted: {stats}");
 
-    net.host.netpath_ok(&["policy", "delete", "--name", &net.bridge, "--all"]);
-    assert_eq!(answered_all(&[probe(&prod, 81)]), [true], "every policy deleted");
+    net.host
+        .netpath_ok(&["policy", "delete", "--name", &net.bridge, "--all"]);
+    assert_eq!(
+        answered_all(&[probe(&prod, 81)]),
+        [true],
+        "every policy deleted"
+    );
 }

@@ -1299,7 +1299,14 @@ fn apply_policies(t: &Topology, dir: &common::TempDir, yaml: &str) {
     t.netpath_ok(&["policy", "delete", "--name", &t.name, "--all"]);
     let file = dir.0.join(format!("{}.yaml", t.name));
     std::fs::write(&file, yaml).unwrap();
-    t.netpath_ok(&["policy", "apply", "--name", &t.name, "-f", file.to_str().unwrap()]);
+    t.netpath_ok(&[
+        "policy",
+        "apply",
+        "--name",
+        &t.name,
+        "-f",
+        file.to_str().unwrap(),
+    ]);
 }
 
 /// Network policy across the overlay: a node's policies select the other
@@ -1456,7 +1463,15 @@ spec:
     );
     // (Before its record comes, host 0 drops its frames anyway: it knows
     // no such container. After, only the policy compiled anew lets it in.)
-    h1.netpath_ok(&["port", "add", "--name", &h1.name, "late", "--label", "role=client"]);
+    h1.netpath_ok(&[
+        "port",
+        "add",
+        "--name",
+        &h1.name,
+        "late",
+        "--label",
+        "role=client",
+    ]);
     let late = h1.ns("late");
     ov.add_peers(&h1.netpath_ok(&["overlay", "export", "--name", &h1.name]));
     probe(
@@ -1469,7 +1484,10 @@ spec:
 
     // Deleting every policy restores access.
     h0.netpath_ok(&["policy", "delete", "--name", &h0.name, "--all"]);
-    probe(&[(&stranger, &web, Probe::Tcp(81), true)], "every policy deleted");
+    probe(
+        &[(&stranger, &web, Probe::Tcp(81), true)],
+        "every policy deleted",
+    );
 }
 
 /// etcd in a host of the cluster of its own, on the underlay; killed (and

@@ -460,7 +460,14 @@ fn denied_flows_show_in_trace() {
     let filter = format!("ip {WEB}");
     let tracer = topology
         .netpath_command()
-        .args(["trace", "--name", &topology.name, "--denied", "--count", "1"])
+        .args([
+            "trace",
+            "--name",
+            &topology.name,
+            "--denied",
+            "--count",
+            "1",
+        ])
         .args(["--filter", &filter])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -480,7 +487,11 @@ fn denied_flows_show_in_trace() {
         "trace --denied of one denied connect",
     );
     let text = String::from_utf8_lossy(&traced.stdout);
-    assert!(traced.status.success(), "{text}{}", String::from_utf8_lossy(&traced.stderr));
+    assert!(
+        traced.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&traced.stderr)
+    );
     let line = text.lines().next().unwrap_or_default();
     assert!(
         line.contains(&format!("{} > denied", topology.ns("cli")))
@@ -519,5 +530,9 @@ fn a_lost_policy_record_fails_closed() {
     assert_eq!(answered_all(&denied), [false], "the policy no longer holds");
     // Deleting the policies on purpose switches them off.
     topology.netpath_ok(&["policy", "delete", "--name", &topology.name, "--all"]);
-    assert_eq!(answered_all(&denied), [true], "deleting every policy restored nothing");
+    assert_eq!(
+        answered_all(&denied),
+        [true],
+        "deleting every policy restored nothing"
+    );
 }

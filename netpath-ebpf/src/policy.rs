@@ -92,8 +92,8 @@ fn judge_frame(data: usize, end: usize, generation: u32) -> u32 {
         CLASS_FLOW => {
             let tcp_flags = (class >> 8) as u8;
             let reversed = packet.normalize();
-            if known(generation, &packet, now, tcp_flags) {
-                return JUDGED_ALLOWED;
+            if let Some(verdict) = known(generation, &packet, now, tcp_flags) {
+                return verdict;
             }
             let verdict = judge_flow(generation, &packet, reversed);
             // A FIN or RST opens nothing: only a packet that can start a
@@ -110,8 +110,8 @@ fn judge_frame(data: usize, end: usize, generation: u32) -> u32 {
         }
         CLASS_ERROR => {
             about.normalize();
-            if known(generation, &about, now, 0) {
-                return JUDGED_ALLOWED;
+            if let Some(verdict) = known(generation, &about, now, 0) {
+                return verdict;
             }
             let reversed = packet.normalize();
             judge_flow(generation, &packet, reversed)
@@ -120,21 +120,22 @@ fn judge_frame(data: usize, end: usize, generation: u32) -> u32 {
     }
 }
 
-/// Whether the flow of `key` (normalized) is one policy allowed: under
-/// this generation (refreshing it), or under an older one (judged again,
-/// as the flow's first packet would be now, and forgotten if the policy
-/// in force denies it).
+/// The verdict on a packet of the remembered flow of `key` (normalized):
+/// allowed under this generation (refreshed), or under an older one and
+/// judged again, as the flow's first packet would be now: kept if the
+/// policy in force allows it, else forgotten and this packet denied (its
+/// flow is cut, and the one judgement counted once). None: no such flow.
 #[inline(always)]
-fn known(generation: u32, key: &FlowKey, now: u64, tcp_flags: u8) -> bool {
+fn known(generation: u32, key: &FlowKey, now: u64, tcp_flags: u8) -> Option<u32> {
     match remembered(generation, key, now, tcp_flags) {
-        FLOW_KNOWN => true,
+        FLOW_KNOWN => Some(JUDGED_ALLOWED),
         stale @ (FLOW_STALE | FLOW_STALE_OPENED_REVERSED) => {
             let reversed = stale == FLOW_STALE_OPENED_REVERSED;
             let allowed = judge_flow(generation, key, reversed) == JUDGED_ALLOWED;
             settle(generation, key, allowed);
-            allowed
+            Some(if allowed { JUDGED_ALLOWED } else { JUDGED_DENIED })
         }
-        _ => false,
+        _ => None,
     }
 }
 
@@ -518,7 +519,9 @@ fn first_fragment(key: &FlowKey, id: u32) {
 }
 
 /// A fragment after the first: the flow of the first one, if it was seen
-/// (and passed); else ports zero, which only a rule for every port allows.
+/// (whatever its verdict: a later fragment of a denied datagram is judged
+/// by the same ports, so denied too); else ports zero, which only a rule
+/// for every port allows.
 #[inline(always)]
 fn later_fragment(key: &mut FlowKey, id: u32) {
     // SAFETY: read only.

@@ -12,6 +12,11 @@ pub(super) struct Bed {
     pub client: String,
     pub server: String,
     pub server_ip: String,
+    /// Sysctls the bed changed in a namespace of its own, with their
+    /// values before, restored when it is removed.
+    pub restore: Vec<(String, String)>,
+    /// How it was built where the kernel decided, for the report.
+    pub note: Option<String>,
 }
 
 /// `prefix` + pid + the target's initial: unique per process and target.

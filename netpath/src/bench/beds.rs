@@ -1,12 +1,13 @@
 //! The throw-away beds measured over: a topology in one of netpath's modes
 //! (the bridge mode is the Linux bridge alone), the wire, two namespaces
-//! joined by one veth pair, or two hosts on an underlay (`overlay.rs`).
+//! joined by one veth pair, the bridge with a policy in nftables or
+//! iptables (`firewalled.rs`), or two hosts on an underlay (`overlay.rs`).
 
 use anyhow::{Context, Result};
 use ipnet::IpNet;
 use rtnetlink::Handle;
 
-use super::{bed::Bed, overlay, policy, report::Target};
+use super::{bed::Bed, firewalled, overlay, policy, report::Target};
 use crate::{
     host::{netns, plumbing},
     model::{Mode, Settings, TopologySpec, naming::port_name, spec::DEFAULT_MTU},
@@ -16,7 +17,7 @@ use crate::{
 
 pub(super) fn mode_of(target: Target) -> Option<Mode> {
     match target {
-        Target::Bridge => Some(Mode::Bridge),
+        Target::Bridge | Target::BridgeNft | Target::BridgeIptables => Some(Mode::Bridge),
         Target::Xdp => Some(Mode::Xdp),
         Target::Tc | Target::TcPolicy => Some(Mode::Tc),
         Target::Wire | Target::Overlay | Target::Vxlan | Target::Underlay => None,
@@ -32,6 +33,9 @@ pub(super) async fn make_bed(
     containers: usize,
     fdb_size: u32,
 ) -> Result<Bed> {
+    if matches!(target, Target::BridgeNft | Target::BridgeIptables) {
+        return firewalled::make_bed(name, target, index, fdb_size);
+    }
     let subnet = format!("10.250.{index}.0/24");
     let Some(mode) = mode_of(target) else {
         return match target {
@@ -56,6 +60,8 @@ pub(super) async fn make_bed(
         client: port_name(&name, &spec.containers[0].name),
         server: port_name(&name, &server.name),
         server_ip: server.ips[0].addr().to_string(),
+        restore: Vec::new(),
+        note: None,
     };
     topology::up(handle, spec).await?;
     if target == Target::TcPolicy {
@@ -95,6 +101,8 @@ pub(super) fn make_wire(name: &str, subnet: &str) -> Result<Bed> {
         client: a.clone(),
         server: b.clone(),
         server_ip: b_ip.addr().to_string(),
+        restore: Vec::new(),
+        note: None,
     };
     netns::create(&a)?;
     netns::create(&b)?;
@@ -130,6 +138,7 @@ pub(super) async fn remove_bed(handle: &Handle, bed: &Bed) -> Result<()> {
         Target::Overlay | Target::Vxlan | Target::Underlay => {
             overlay::remove_bed(&bed.name, bed.target)
         }
+        Target::BridgeNft | Target::BridgeIptables => firewalled::remove_bed(bed),
         Target::Bridge | Target::Xdp | Target::Tc | Target::TcPolicy => {
             topology::down(handle, &bed.name).await.map(|_| ())
         }

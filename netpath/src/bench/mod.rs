@@ -1,5 +1,7 @@
 //! `netpath bench`: netpath's modes against the Linux bridge and a direct
 //! veth pair (the wire), measured in one run, interleaved, as medians; with
+//! `--policy`, tc mode with a policy against the bridge with the same policy
+//! in nftables and in iptables as well; with
 //! `--overlay`, netpath's overlay between containers on two hosts against
 //! the kernel's vxlan design and the underlay alike; and with `--cni`, pod
 //! set-up latency of netpath-cni against the reference CNI bridge plugin.
@@ -8,6 +10,7 @@ mod bed;
 mod beds;
 mod chart;
 pub mod cni;
+mod firewalled;
 mod measure;
 mod overlay;
 mod policy;
@@ -126,5 +129,6 @@ async fn measure(handle: &Handle, options: &Options, beds: &mut Vec<Bed>) -> Res
         reference,
         rows: rows(&samples, reference),
         scale,
+        notes: beds.iter().filter_map(|bed| bed.note.clone()).collect(),
     })
 }

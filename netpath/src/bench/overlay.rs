@@ -125,6 +125,8 @@ fn build(name: &str, target: Target) -> Result<Bed> {
             client: host_ns(name, 0),
             server: host_ns(name, 1),
             server_ip: underlay_ip(1).to_string(),
+            restore: Vec::new(),
+            note: None,
         }),
     }
 }
@@ -225,6 +227,8 @@ fn build_overlay(name: &str) -> Result<Bed> {
         client: container(0).0,
         server: container(1).0,
         server_ip: container(1).1.to_string(),
+        restore: Vec::new(),
+        note: None,
     })
 }
 
@@ -299,6 +303,8 @@ fn build_kernel_vxlan(name: &str) -> Result<Bed> {
         client: kernel_container_ns(name, 0),
         server: kernel_container_ns(name, 1),
         server_ip: kernel_container_ip(1).addr().to_string(),
+        restore: Vec::new(),
+        note: None,
     })
 }
 

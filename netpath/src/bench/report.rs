@@ -12,6 +12,17 @@ use serde::Serialize;
 pub enum Target {
     /// The Linux bridge alone (netpath's `bridge` mode).
     Bridge,
+    /// The Linux bridge with `--policy`'s policy in force as nftables
+    /// rules (sets; the bridge family's forward hook, or through
+    /// br_netfilter where the kernel has no bridge connection tracking).
+    #[value(name = "bridge-nft")]
+    #[serde(rename = "bridge+nft")]
+    BridgeNft,
+    /// The Linux bridge with `--policy`'s policy in force as iptables rules
+    /// in FORWARD, through br_netfilter.
+    #[value(name = "bridge-iptables")]
+    #[serde(rename = "bridge+iptables")]
+    BridgeIptables,
     Xdp,
     Tc,
     /// Two namespaces joined by one veth pair: the bound for any veth datapath.
@@ -38,6 +49,8 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Target::Bridge => "bridge",
+            Target::BridgeNft => "bridge+nft",
+            Target::BridgeIptables => "bridge+iptables",
             Target::Xdp => "xdp",
             Target::Tc => "tc",
             Target::Wire => "wire",
@@ -54,13 +67,36 @@ impl Target {
     pub const CROSS_HOST: [Target; 3] = [Target::Overlay, Target::Vxlan, Target::Underlay];
 
     /// Every target `--policy` measures: tc mode without and with a policy,
-    /// against the bridge and the wire as always.
-    pub const POLICY: [Target; 4] = [Target::Bridge, Target::Tc, Target::TcPolicy, Target::Wire];
+    /// against the bridge and the wire as always, and against the bridge
+    /// with the same policy in nftables and in iptables (its rivals).
+    pub const POLICY: [Target; 6] = [
+        Target::Bridge,
+        Target::BridgeNft,
+        Target::BridgeIptables,
+        Target::Tc,
+        Target::TcPolicy,
+        Target::Wire,
+    ];
+
+    /// The designs netpath with a policy is compared with beside the
+    /// baseline: the bridge with the same policy in the kernel's firewalls.
+    pub const POLICY_RIVALS: [Target; 2] = [Target::BridgeNft, Target::BridgeIptables];
+
+    /// Its name in a ratio's column heading: `x` + this.
+    pub(super) fn column(self) -> String {
+        match self {
+            Target::BridgeNft => "NFT".into(),
+            Target::BridgeIptables => "IPT".into(),
+            _ => self.to_string().to_uppercase(),
+        }
+    }
 
     /// One letter for its throw-away topology's name, unique per target.
     pub(super) fn initial(self) -> char {
         match self {
             Target::TcPolicy => 'p',
+            Target::BridgeNft => 'n',
+            Target::BridgeIptables => 'i',
             _ => self.to_string().chars().next().unwrap_or('x'),
         }
     }
@@ -69,6 +105,8 @@ impl Target {
     pub(super) fn described(self) -> &'static str {
         match self {
             Target::Bridge => "the Linux bridge",
+            Target::BridgeNft => "the bridge with the policy in nftables",
+            Target::BridgeIptables => "the bridge with the policy in iptables",
             Target::Xdp => "xdp mode",
             Target::Tc => "tc mode",
             Target::Wire => "the veth wire",
@@ -86,6 +124,10 @@ impl Target {
 pub struct Reference {
     pub baseline: Target,
     pub bound: Target,
+    /// More designs every row is compared with (`--policy`: the bridge
+    /// with the same policy in nftables and in iptables).
+    #[serde(skip_serializing_if = "<[Target]>::is_empty")]
+    pub rivals: &'static [Target],
 }
 
 impl Reference {
@@ -96,11 +138,19 @@ impl Reference {
             Reference {
                 baseline: Target::Vxlan,
                 bound: Target::Underlay,
+                rivals: &[],
             }
         } else {
+            let rivals: &'static [Target] =
+                if targets.iter().any(|t| Target::POLICY_RIVALS.contains(t)) {
+                    &Target::POLICY_RIVALS
+                } else {
+                    &[]
+                };
             Reference {
                 baseline: Target::Bridge,
                 bound: Target::Wire,
+                rivals,
             }
         }
     }
@@ -195,6 +245,9 @@ pub struct Row {
     /// The median over the baseline's (see [`Reference`]).
     pub vs_baseline: Option<f64>,
     pub vs_bound: Option<f64>,
+    /// The median over each rival's (see [`Reference::rivals`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub vs_rivals: BTreeMap<Target, f64>,
     pub cpu_vs_baseline: Option<f64>,
 }
 
@@ -219,6 +272,10 @@ pub struct Report {
     pub reference: Reference,
     pub rows: Vec<Row>,
     pub scale: Vec<ScaleRow>,
+    /// How beds were built where the kernel decided it (e.g. which hook
+    /// the nftables baseline's rules run in).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The running kernel's release, for the report's heading.
@@ -291,6 +348,11 @@ pub(super) fn rows(
                 cpu_median,
                 vs_baseline: ratio(reference.baseline),
                 vs_bound: ratio(reference.bound),
+                vs_rivals: reference
+                    .rivals
+                    .iter()
+                    .filter_map(|rival| ratio(*rival).map(|r| (*rival, r)))
+                    .collect(),
                 cpu_vs_baseline,
             }
         })
@@ -307,8 +369,21 @@ pub fn table(report: &Report) -> String {
         report.reference.baseline.to_string().to_uppercase(),
         report.reference.bound.to_string().to_uppercase(),
     );
+    let width = report
+        .rows
+        .iter()
+        .map(|r| r.target.to_string().len())
+        .max()
+        .unwrap_or(0)
+        .max(8);
+    let rivals: String = report
+        .reference
+        .rivals
+        .iter()
+        .map(|rival| format!(" {:>9}", format!("x{}", rival.column())))
+        .collect();
     out.push_str(&format!(
-        "{:<32} {:<8} {:>10} {:>9} {:>9}  {:>10} {:>9}  {}\n",
+        "{:<32} {:<width$} {:>10} {:>9} {:>9}{rivals}  {:>10} {:>9}  {}\n",
         "TEST",
         "TARGET",
         "MEDIAN",
@@ -323,8 +398,14 @@ pub fn table(report: &Report) -> String {
             .unwrap_or_else(|| "-".into())
     };
     for row in &report.rows {
+        let rivals: String = report
+            .reference
+            .rivals
+            .iter()
+            .map(|rival| format!(" {:>9}", f(row.vs_rivals.get(rival).copied(), 3)))
+            .collect();
         out.push_str(&format!(
-            "{:<32} {:<8} {:>10.2} {:>9} {:>9}  {:>10} {:>9}  {}\n",
+            "{:<32} {:<width$} {:>10.2} {:>9} {:>9}{rivals}  {:>10} {:>9}  {}\n",
             row.label,
             row.target.to_string(),
             row.median,
@@ -360,6 +441,9 @@ pub fn table(report: &Report) -> String {
         }
     }
     out.push_str(&format!("UDP generator: {}\n", report.udp_generator));
+    for note in &report.notes {
+        out.push_str(&format!("{note}\n"));
+    }
     out
 }
 
@@ -451,6 +535,38 @@ mod tests {
         );
     }
 
+    #[test]
+    fn policy_rows_carry_ratios_to_the_bridge_with_the_policy_in_nft_and_iptables() {
+        let mut samples = BTreeMap::new();
+        for (target, kpps) in [
+            (Target::Bridge, 200.0),
+            (Target::BridgeNft, 160.0),
+            (Target::BridgeIptables, 100.0),
+            (Target::TcPolicy, 400.0),
+            (Target::Wire, 500.0),
+        ] {
+            samples.insert((Metric::Udp64Pps, target), vec![sample(kpps, None)]);
+        }
+        let reference = Reference::for_targets(&Target::POLICY);
+        assert_eq!(reference.rivals, Target::POLICY_RIVALS);
+        assert!(
+            Reference::for_targets(&[Target::Bridge, Target::Tc])
+                .rivals
+                .is_empty()
+        );
+        let rows = rows(&samples, reference);
+        let netpath = rows.iter().find(|r| r.target == Target::TcPolicy).unwrap();
+        assert_eq!(netpath.vs_rivals[&Target::BridgeNft], 2.5);
+        assert_eq!(netpath.vs_rivals[&Target::BridgeIptables], 4.0);
+        let json = serde_json::to_value(netpath).unwrap();
+        assert_eq!(json["vs_rivals"]["bridge+iptables"], 4.0);
+        let table = table(&report(reference, rows));
+        let line = table.lines().find(|l| l.contains("tc+policy")).unwrap();
+        assert!(table.contains("xNFT") && table.contains("xIPT"), "{table}");
+        assert!(line.contains("2.500") && line.contains("4.000"), "{table}");
+        assert!(table.contains("bridge+iptables "), "{table}");
+    }
+
     fn report(reference: Reference, rows: Vec<Row>) -> Report {
         Report {
             kernel: "k".into(),
@@ -461,6 +577,7 @@ mod tests {
             reference,
             rows,
             scale: Vec::new(),
+            notes: Vec::new(),
         }
     }
 }

@@ -41,7 +41,9 @@ pub struct BenchArgs {
     overlay: bool,
     /// Measure network policy's cost instead: tc mode without and with a
     /// realistic policy (51 policies, 500 ipBlocks, ports) in force, against
-    /// the bridge and the wire, with new TCP connections a second.
+    /// the bridge and the wire, and against the bridge with the same policy
+    /// in nftables and in iptables (br_netfilter), with new TCP connections
+    /// a second.
     #[arg(long, conflicts_with_all = ["targets", "scale", "overlay"])]
     policy: bool,
     /// Measure pod set-up instead: ADD and DEL latency (p50, p99) of

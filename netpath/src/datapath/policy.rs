@@ -3,10 +3,10 @@
 //! in force, switched to in one word, then the old generation deleted, so
 //! a change is atomic for every packet.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{borrow::BorrowMut, collections::BTreeMap, net::IpAddr};
 
 use anyhow::{Context, Result};
-use aya::maps::lpm_trie::Key;
+use aya::maps::{HashMap, LpmTrie, MapData, lpm_trie::Key};
 use netpath_common::policy::{
     ALL_PORTS, DIRECTION_EGRESS, DIRECTION_INGRESS, EndpointPolicy, ISOLATED_EGRESS,
     ISOLATED_INGRESS, PEER_KEY_FIXED_BITS, PORT_KEY_FIXED_BITS, PeerRule, PolicyEndpointKey,
@@ -112,25 +112,44 @@ impl Tables {
     }
 
     fn write(&self, maps: &Maps) -> Result<()> {
+        self.write_to(
+            &mut maps.policy_ports()?,
+            &mut maps.policy_peers()?,
+            &mut maps.policy_endpoints()?,
+        )
+    }
+
+    /// Writes the entries into these handles of the three rule maps:
+    /// [`install`] gives the pinned ones; a test may give a loaded
+    /// object's own, so the programs it runs read exactly what the loader
+    /// writes.
+    pub fn write_to<P, Q, E>(
+        &self,
+        ports: &mut LpmTrie<P, PolicyPortKey, u32>,
+        peers: &mut LpmTrie<Q, PolicyPeerKey, PeerRule>,
+        endpoints: &mut HashMap<E, PolicyEndpointKey, EndpointPolicy>,
+    ) -> Result<()>
+    where
+        P: BorrowMut<MapData>,
+        Q: BorrowMut<MapData>,
+        E: BorrowMut<MapData>,
+    {
         let full = |map: &str| {
             format!(
                 "writing map {map} (it holds the policy in force and the new one while they change over: \
                  fewer containers or rules per policy fit)"
             )
         };
-        let mut ports = maps.policy_ports()?;
         for (key, value) in &self.ports {
             ports
                 .insert(key, value, 0)
                 .with_context(|| full("POLICY_PORTS"))?;
         }
-        let mut peers = maps.policy_peers()?;
         for (key, value) in &self.peers {
             peers
                 .insert(key, value, 0)
                 .with_context(|| full("POLICY_PEERS"))?;
         }
-        let mut endpoints = maps.policy_endpoints()?;
         for (key, value) in &self.endpoints {
             endpoints
                 .insert(key, value, 0)

@@ -301,19 +301,26 @@ impl NetConf {
     ///   winning a key both give.
     pub fn pod_identity(&self, env: &Env) -> CniResult<(Identity, Option<String>)> {
         let invalid = |msg: String| CniError::new(CniError::INVALID_CONFIG, msg);
-        let cni_arg = |key: &str| env.args.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        let cni_arg = |key: &str| {
+            env.args
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
         let mut labels: Vec<String> = self
             .args
             .as_ref()
             .and_then(|a| a["cni"]["labels"].as_array())
             .into_iter()
             .flatten()
-            .map(|label| match (label["key"].as_str(), label["value"].as_str()) {
-                (Some(key), Some(value)) => Ok(format!("{key}={value}")),
-                _ => Err(invalid(format!(
-                    "args.cni.labels: {label} is not {{\"key\": ..., \"value\": ...}}"
-                ))),
-            })
+            .map(
+                |label| match (label["key"].as_str(), label["value"].as_str()) {
+                    (Some(key), Some(value)) => Ok(format!("{key}={value}")),
+                    _ => Err(invalid(format!(
+                        "args.cni.labels: {label} is not {{\"key\": ..., \"value\": ...}}"
+                    ))),
+                },
+            )
             .collect::<CniResult<_>>()?;
         if let Some(annotation) = self.runtime_config.pod_annotations.get(LABELS_ANNOTATION) {
             labels.extend(
@@ -685,7 +692,8 @@ mod tests {
         let (code, msg) = identity(json!({}), Some("K8S_POD_NAMESPACE=Not_A_Label")).unwrap_err();
         assert_eq!(code, CniError::INVALID_CONFIG);
         assert!(msg.contains("Not_A_Label"), "{msg}");
-        let (_, msg) = identity(json!({"args": {"cni": {"labels": ["app=web"]}}}), None).unwrap_err();
+        let (_, msg) =
+            identity(json!({"args": {"cni": {"labels": ["app=web"]}}}), None).unwrap_err();
         assert!(msg.contains("args.cni.labels"), "{msg}");
     }
 

@@ -240,9 +240,15 @@ impl Identity {
                 ));
             }
             if named.port == 0 {
-                return Err(format!("named port {}: the port must be 1 to 65535", named.name));
+                return Err(format!(
+                    "named port {}: the port must be 1 to 65535",
+                    named.name
+                ));
             }
-            if self.named_ports[..n].iter().any(|earlier| earlier.name == named.name) {
+            if self.named_ports[..n]
+                .iter()
+                .any(|earlier| earlier.name == named.name)
+            {
                 return Err(format!("named port {} is declared twice", named.name));
             }
         }

@@ -203,7 +203,9 @@ pub(super) async fn del(call: &Call<'_>) -> CniResult<()> {
             // Its addresses leave the policies' rules, as allowed peers too.
             let others = datapath_of(conf, rec.attachments.iter().filter(|a| is_live(a)))
                 .map_err(CniError::io)?;
-            enforce_policy(handle, &others).await.map_err(CniError::io)?;
+            enforce_policy(handle, &others)
+                .await
+                .map_err(CniError::io)?;
             rec.save(&conf.bridge).map_err(CniError::io)?;
             drop(lock);
             take_off(call, &a, Removal::Whole).await
