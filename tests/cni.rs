@@ -9,6 +9,7 @@ use common::{
     BridgeForwardCounter, Host, RawSocket,
     cni::{self, Attached, Network, Pod, Sandbox, first_ip},
     frame, in_ns, outside, ping,
+    probe::{Probe, Servers, answered},
 };
 use netpath::{
     datapath::object::pin_dir,
@@ -481,7 +482,10 @@ fn build_cni_client() -> std::path::PathBuf {
 
 /// libcni, the library container runtimes use, runs a conflist with
 /// netpath-cni followed by the standard portmap plugin (chained: it gets
-/// netpath's result as prevResult).
+/// netpath's result as prevResult), with the `portMappings` capability a
+/// runtime passes: each pod's port 80 published on a port of the host,
+/// which answers from the pod (the host listens on neither), and DEL takes
+/// the mappings away.
 #[test]
 fn libcni_drives_the_plugin_in_a_chain() {
     let client = build_cni_client();
@@ -494,11 +498,24 @@ fn libcni_drives_the_plugin_in_a_chain() {
         .unwrap()
         .to_owned();
     let cni_path = format!("{}:/usr/lib/cni", plugin_dir.display());
+    // Sandbox i's port 80 on the host's port 18080 + i.
+    let host_port = |i: usize| 18080 + i as u16;
     // libcni's `verb` of every sandbox, which must succeed; its stdouts.
+    // CHECK goes without the mappings: Debian's portmap (1.1.1) fails
+    // CHECK on a pod without IPv6, looking for ip6tables chains it never
+    // made (containernetworking/plugins#819); kubelet's runtimes never
+    // call CHECK.
     let run = |verb: &str, sandboxes: &[Sandbox]| -> Vec<Vec<u8>> {
         sandboxes
             .iter()
-            .map(|sandbox| {
+            .enumerate()
+            .map(|(i, sandbox)| {
+                let published = match verb {
+                    "check" => json!({}),
+                    _ => json!({"portMappings": [
+                        {"hostPort": host_port(i), "containerPort": 80, "protocol": "tcp"}
+                    ]}),
+                };
                 let out = host
                     .command(&client)
                     .args([
@@ -508,6 +525,7 @@ fn libcni_drives_the_plugin_in_a_chain() {
                         &sandbox.path(),
                     ])
                     .env("CNI_PATH", &cni_path)
+                    .env("CNI_CAPABILITY_ARGS", published.to_string())
                     .output()
                     .unwrap();
                 assert!(
@@ -527,9 +545,27 @@ fn libcni_drives_the_plugin_in_a_chain() {
         .collect();
     assert_eq!(addresses, ["10.184.0.2", "10.184.0.3"]);
     assert!(ping(sandboxes[0].ns(), &addresses[1]));
+    let _servers: Vec<Servers> = sandboxes
+        .iter()
+        .map(|sandbox| Servers::start(sandbox.ns(), &[80], &[]))
+        .collect();
+    let gateway: std::net::IpAddr = "10.184.0.1".parse().unwrap();
+    for i in 0..sandboxes.len() {
+        assert!(
+            answered(&host.name, gateway, Probe::Tcp(host_port(i))),
+            "the host's port {} did not reach pod {i}'s port 80 (portmap's DNAT)",
+            host_port(i)
+        );
+    }
     run("check", &sandboxes);
     run("del", &sandboxes);
     net.assert_gone();
+    let nat = host.sh("iptables", &["-w", "-t", "nat", "-S"]);
+    let nat = String::from_utf8_lossy(&nat.stdout);
+    assert!(
+        !nat.contains("CNI-DN-"),
+        "portmap's chains outlived DEL:\n{nat}"
+    );
 }
 
 /// netpath IPAM over an IPv4 and an IPv6 subnet: the result lists both
@@ -1339,6 +1375,36 @@ fn network_policy_selects_pods_by_the_identity_the_runtime_gives() {
     let web_ip = web.attach().ip;
     client.attach();
     prod.attach();
+    // The pods as the runtime named them, in `list` and `status`.
+    let listed: Value = serde_json::from_str(&net.host.netpath_ok(&["list", "--json"])).unwrap();
+    let ours = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == net.bridge.as_str())
+        .unwrap_or_else(|| panic!("{} not listed: {listed}", net.bridge));
+    assert_eq!(
+        ours["containers"],
+        json!(["default/web-pod", "default/cli-pod", "prod/prd-pod"]),
+        "{ours}"
+    );
+    let status: Value =
+        serde_json::from_str(
+            &net.host
+                .netpath_ok(&["status", "--name", &net.bridge, "--json"]),
+        )
+        .unwrap();
+    let shown: Vec<&str> = status["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["container"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        shown,
+        ["default/web-pod", "default/cli-pod", "prod/prd-pod"],
+        "{status}"
+    );
     let _servers = Servers::start(web.ns(), &[80, 81], &[]);
     let dir = common::TempDir::new("cnp");
     let file = dir.0.join("policy.yaml");

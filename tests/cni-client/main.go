@@ -3,10 +3,14 @@
 // loads the network's conflist from CONFDIR and runs the whole plugin chain
 // for NETNS, finding plugins in CNI_PATH, as cnitool does. cnitool itself is
 // not packaged in Debian; libcni is (golang-github-appc-cni-dev).
+// CNI_CAPABILITY_ARGS, if set, is a JSON object of capability arguments
+// (e.g. {"portMappings": [...]}), which libcni passes as runtimeConfig to
+// the plugins whose conflist entry declares the capability, as runtimes do.
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -27,6 +31,12 @@ func main() {
 	}
 	cni := libcni.NewCNIConfig(filepath.SplitList(os.Getenv("CNI_PATH")), nil)
 	rt := &libcni.RuntimeConf{ContainerID: "cni-client-" + filepath.Base(netns), NetNS: netns, IfName: "eth0"}
+	if args := os.Getenv("CNI_CAPABILITY_ARGS"); args != "" {
+		if err := json.Unmarshal([]byte(args), &rt.CapabilityArgs); err != nil {
+			fmt.Fprintln(os.Stderr, "CNI_CAPABILITY_ARGS:", err)
+			os.Exit(2)
+		}
+	}
 	ctx := context.Background()
 	switch verb {
 	case "add":

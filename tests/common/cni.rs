@@ -277,11 +277,14 @@ pub struct Pod {
 
 impl Pod {
     /// The pod as Kubernetes would name it to the plugin: its namespace
-    /// and name in CNI_ARGS, its labels in `args.cni.labels`.
+    /// and name in CNI_ARGS (the name: its container ID with `-pod`, so a
+    /// test sees which of the two netpath shows), its labels in
+    /// `args.cni.labels`.
     pub fn identified(mut self, namespace: &str, labels: &[(&str, &str)]) -> Pod {
         self.cni_args = Some(format!(
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={}",
-            self.container
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={}-pod;\
+             K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID=uid-{}",
+            self.container, self.container, self.container
         ));
         let labels: Vec<Value> = labels
             .iter()

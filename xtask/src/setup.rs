@@ -44,13 +44,15 @@ const DEBIAN_TOOLS: &[(&str, &str, &[Need])] = &[
     ("ethtool", "ethtool", &[Need::Test]),
     ("bpftool", "bpftool", &[Need::Test]),
     ("tcpdump", "tcpdump", &[Need::Test]),
-    // The standard CNI plugins the CNI tests chain with, and iptables for portmap.
+    // The standard CNI plugins: the CNI tests chain with them, `bench
+    // --cni` measures against the reference bridge plugin. iptables for
+    // portmap, and `bench --policy`'s bridge+iptables baseline.
     (
         "/usr/lib/cni/host-local",
         "containernetworking-plugins",
-        &[Need::Test],
+        &[Need::Bench, Need::Test],
     ),
-    ("iptables", "iptables", &[Need::Test]),
+    ("iptables", "iptables", &[Need::Bench, Need::Test]),
     // A CNI client for the tests: libcni, built with Debian's Go.
     ("go", "golang-go", &[Need::Test]),
     (

@@ -52,7 +52,8 @@ pub enum PolicyCommand {
         all: bool,
     },
     /// Whether a new flow between two containers (a topology's names, a CNI
-    /// network's container IDs) would be allowed, and by which policies.
+    /// network's pod names or container IDs) would be allowed, and by
+    /// which policies.
     Check {
         #[command(flatten)]
         name: NameArg,

@@ -52,13 +52,14 @@ pub fn status(s: &Status) -> String {
     );
     out.push_str(&format!("datapath: {}\n", s.datapath));
     out.push_str(&format!(
-        "{:<16} {:>8}  {:<16} {:<7} {:<18} {:<32} PROGRAMS\n",
-        "PORT", "IFINDEX", "NETNS", "IFNAME", "MAC", "IPS"
+        "{:<16} {:<24} {:>8}  {:<16} {:<7} {:<18} {:<32} PROGRAMS\n",
+        "PORT", "CONTAINER", "IFINDEX", "NETNS", "IFNAME", "MAC", "IPS"
     ));
     for p in &s.ports {
         out.push_str(&format!(
-            "{:<16} {:>8}  {:<16} {:<7} {:<18} {:<32} {}\n",
+            "{:<16} {:<24} {:>8}  {:<16} {:<7} {:<18} {:<32} {}\n",
             p.name,
+            p.container,
             or_dash(p.ifindex),
             p.netns,
             p.ifname,
@@ -99,7 +100,8 @@ pub fn aligned<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> Str
 }
 
 /// `list`: one row per topology and CNI network, like `cilium-dbg
-/// endpoint list`; the port names last, as they make the row long.
+/// endpoint list`; the ports with their containers last, as they make
+/// the row long.
 pub fn list_table(listed: &[Listed]) -> String {
     if listed.is_empty() {
         return "No datapaths.\n".into();
@@ -114,7 +116,7 @@ pub fn list_table(listed: &[Listed]) -> String {
         "MODE",
         "STATE",
         "PORTS",
-        "PORT NAMES",
+        "PORT (CONTAINER)",
     ]);
     for l in listed {
         out.push_str(&row([
@@ -124,10 +126,19 @@ pub fn list_table(listed: &[Listed]) -> String {
             &or_dash(l.mode),
             if l.complete { "up" } else { "half-built" },
             &l.ports.len().to_string(),
-            &join(&l.ports),
+            &join(&ports_and_containers(l)),
         ]));
     }
     out
+}
+
+/// "np-c0 (default/c0)" for each port.
+fn ports_and_containers(l: &Listed) -> Vec<String> {
+    l.ports
+        .iter()
+        .zip(&l.containers)
+        .map(|(port, container)| format!("{port} ({container})"))
+        .collect()
 }
 
 /// `fdb dump --json`: the fields of `bridge -j fdb show` that apply;
@@ -346,6 +357,7 @@ mod tests {
                 mode: Some(Mode::Tc),
                 complete: true,
                 ports: vec!["np-c0".into(), "np-c1".into()],
+                containers: vec!["default/c0".into(), "web/c1".into()],
             },
             Listed {
                 name: "half".into(),
@@ -354,6 +366,7 @@ mod tests {
                 mode: Some(Mode::Xdp),
                 complete: false,
                 ports: vec!["half-c0".into()],
+                containers: vec!["default/c0".into()],
             },
             Listed {
                 name: "np-cni0".into(),
@@ -362,6 +375,7 @@ mod tests {
                 mode: None,
                 complete: true,
                 ports: Vec::new(),
+                containers: Vec::new(),
             },
         ]
     }
@@ -372,7 +386,7 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 4, "{table}");
         assert!(
-            lines[0].starts_with("NAME ") && lines[0].ends_with("PORTS  PORT NAMES"),
+            lines[0].starts_with("NAME ") && lines[0].ends_with("PORTS  PORT (CONTAINER)"),
             "{table}"
         );
         // Every column starts where its heading does.
@@ -387,7 +401,10 @@ mod tests {
                 assert_eq!(line[column..].split(' ').next(), Some(cell), "{table}");
             }
         }
-        assert!(lines[1].ends_with("    2  np-c0,np-c1"), "{table}");
+        assert!(
+            lines[1].ends_with("    2  np-c0 (default/c0),np-c1 (web/c1)"),
+            "{table}"
+        );
         assert!(lines[3].ends_with("    0  -"), "{table}");
         assert_eq!(list_table(&[]), "No datapaths.\n");
     }
@@ -398,7 +415,8 @@ mod tests {
         assert_eq!(
             json[0],
             json!({"name": "np", "kind": "topology", "bridge": "np-br", "mode": "tc",
-                   "complete": true, "ports": ["np-c0", "np-c1"]})
+                   "complete": true, "ports": ["np-c0", "np-c1"],
+                   "containers": ["default/c0", "web/c1"]})
         );
         assert_eq!(json[2]["kind"], "cni");
         assert_eq!(json[2]["mode"], Value::Null);

@@ -203,7 +203,7 @@ pub async fn ensure_reporting(
         .await?
         .with_context(|| format!("bridge {} is missing", dp.bridge))?;
 
-    let ports = port_indexes(handle, dp).await?;
+    let ports = port_indexes(dp)?;
     let maps = Maps::open(&dir)?;
     forget_vanished_ports(&maps)?;
     let config = DatapathConfig {
@@ -248,10 +248,12 @@ pub async fn enforce_policy(handle: &Handle, dp: &Datapath) -> Result<()> {
         Some(programs) if dp.mode != Mode::Bridge || isolates(&dp.policy) => programs,
         _ => return ensure(handle, dp).await,
     };
-    let ports = port_indexes(handle, dp).await?;
+    let ports = port_indexes(dp)?;
     let maps = Maps::open(&dir)?;
     // Before the hooks: a policy-only hook that attaches finds its rules.
     install_policy(&maps, dp, &ports)?;
+    // Hooks already there with these programs are left as they are (a
+    // query each, no attach): most changes only needed the maps.
     attach_hooks(handle, &mut programs, dp, &ports, |_| Ok(())).await
 }
 
@@ -265,27 +267,24 @@ pub fn refresh_policy(dp: &Datapath) -> Result<()> {
         return Ok(()); // no programs, and nothing to enforce
     }
     let maps = Maps::open(&pin_dir(&dp.name))?;
-    let ports: Vec<(&Port, u32)> = dp
-        .ports
-        .iter()
-        .filter_map(|port| {
-            let ifindex = nix::net::if_::if_nametoindex(port.name.as_str()).ok()?;
-            Some((port, ifindex))
-        })
-        .collect();
-    install_policy(&maps, dp, &ports)
+    install_policy(&maps, dp, &port_indexes(dp)?)
 }
 
-/// Each port of `dp` with the ifindex of its host veth.
-async fn port_indexes<'a>(handle: &Handle, dp: &'a Datapath) -> Result<Vec<(&'a Port, u32)>> {
-    let mut ports = Vec::new();
-    for port in &dp.ports {
-        let link = netlink::link_by_name(handle, &port.name)
-            .await?
-            .with_context(|| format!("port {} is missing", port.name))?;
-        ports.push((port, link.index));
-    }
-    Ok(ports)
+/// Each port of `dp` with the ifindex of its host veth (in the caller's
+/// network namespace).
+fn port_indexes(dp: &Datapath) -> Result<Vec<(&Port, u32)>> {
+    dp.ports
+        .iter()
+        .map(|port| {
+            let ifindex = nix::net::if_::if_nametoindex(port.name.as_str()).with_context(|| {
+                format!(
+                    "{}: port {} is missing (run `netpath status` to see which ports exist)",
+                    dp.name, port.name
+                )
+            })?;
+            Ok((port, ifindex))
+        })
+        .collect()
 }
 
 /// Attaches the hooks of `dp`'s mode and policy to every port, new links

@@ -17,7 +17,6 @@
 
 use std::{
     fmt::Write as _,
-    io::Write as _,
     process::{Command, Stdio},
 };
 
@@ -187,49 +186,15 @@ pub fn remove(owner: &str) -> Result<()> {
     }
 }
 
+/// Applies `script` atomically, beside the chains already there.
 fn restore(script: &str) -> Result<()> {
-    let mut child = Command::new("iptables-restore")
-        .args(["-w", "--noflush"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running iptables-restore (install iptables)")?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "iptables-restore failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    super::script::feed("iptables-restore", &["-w", "--noflush"], script, "iptables")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::policy::PortRange;
-
-    fn rule(peer: &str, ports: Ports) -> Rule {
-        Rule {
-            peer: peer.parse().unwrap(),
-            ports,
-            policy: "default/p".into(),
-        }
-    }
-
-    fn range(protocol: Protocol, first: u16, last: u16) -> PortRange {
-        PortRange {
-            protocol,
-            first,
-            last,
-        }
-    }
+    use crate::model::policy::testing::{allow, range};
 
     #[test]
     fn the_script_jumps_bridged_packets_to_per_container_chains_after_conntrack() {
@@ -238,8 +203,8 @@ mod tests {
                 endpoint: "default/c0".into(),
                 address: "10.0.0.2".parse().unwrap(),
                 ingress: Some(vec![
-                    rule("10.0.0.1/32", Ports::All),
-                    rule(
+                    allow("10.0.0.1/32", Ports::All),
+                    allow(
                         "172.16.0.0/24",
                         Ports::only(vec![
                             range(Protocol::Tcp, 8000, 8000),
@@ -247,7 +212,7 @@ mod tests {
                             range(Protocol::Udp, 53, 53),
                         ]),
                     ),
-                    rule("fd00::/64", Ports::All),
+                    allow("fd00::/64", Ports::All),
                 ]),
                 egress: None,
             },
@@ -255,7 +220,7 @@ mod tests {
                 endpoint: "default/c1".into(),
                 address: "10.0.0.3".parse().unwrap(),
                 ingress: None,
-                egress: Some(vec![rule(
+                egress: Some(vec![allow(
                     "0.0.0.0/0",
                     Ports::only(vec![range(Protocol::Udp, 53, 53)]),
                 )]),
@@ -297,7 +262,7 @@ COMMIT
             .collect::<Vec<_>>();
         let mut with_range = ranges.clone();
         with_range.push(range(Protocol::Tcp, 1000, 1010));
-        let matches = rule_matches(&rule("10.0.0.0/8", Ports::only(with_range)));
+        let matches = rule_matches(&allow("10.0.0.0/8", Ports::only(with_range)));
         assert_eq!(matches.len(), 2, "{matches:?}");
         assert!(matches[0].ends_with(",140"), "{matches:?}");
         assert_eq!(matches[1], " -p tcp --dport 1000:1010");

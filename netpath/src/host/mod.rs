@@ -16,5 +16,6 @@ pub mod netns;
 pub mod nft;
 pub mod nft_policy;
 pub mod plumbing;
+pub mod script;
 pub mod vxlan;
 pub mod wireguard;

@@ -4,34 +4,13 @@
 //! (all or nothing) and read as users write rules, and its JSON output is
 //! the stable interface the nftables project documents for programs.
 
-use std::{
-    io::Write,
-    process::{Command, Stdio},
-};
+use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 /// Runs an nft script atomically.
 pub fn run(script: &str) -> Result<()> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running nft (install nftables, or run `cargo xtask setup`)")?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "nft failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    super::script::feed("nft", &["-f", "-"], script, "nftables")
 }
 
 /// Whether table `family name` exists.

@@ -292,15 +292,7 @@ fn interval(v6: bool, first: u128, last: u128) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::policy::{PortRange, Protocol};
-
-    fn rule(peer: &str, ports: Ports) -> Rule {
-        Rule {
-            peer: peer.parse().unwrap(),
-            ports,
-            policy: "default/p".into(),
-        }
-    }
+    use crate::model::policy::{PortRange, Protocol, testing::allow};
 
     fn tcp(first: u16, last: u16) -> PortRange {
         PortRange {
@@ -329,8 +321,8 @@ mod tests {
             endpoint(
                 "10.0.0.2",
                 Some(vec![
-                    rule("10.0.0.1/32", Ports::All),
-                    rule(
+                    allow("10.0.0.1/32", Ports::All),
+                    allow(
                         "172.16.0.0/24",
                         Ports::only(vec![tcp(80, 80), tcp(30000, 32767)]),
                     ),
@@ -382,11 +374,11 @@ table bridge netpath-policy-nb1n {
     #[test]
     fn nested_and_adjacent_prefixes_become_disjoint_intervals() {
         let rules = [
-            rule("10.0.0.0/8", Ports::only(vec![tcp(80, 80)])),
-            rule("10.1.0.0/16", Ports::only(vec![tcp(443, 443)])),
-            rule("11.0.0.0/8", Ports::only(vec![tcp(80, 80)])),
-            rule("12.0.0.0/8", Ports::All),
-            rule("12.0.0.0/16", Ports::only(vec![tcp(22, 22)])),
+            allow("10.0.0.0/8", Ports::only(vec![tcp(80, 80)])),
+            allow("10.1.0.0/16", Ports::only(vec![tcp(443, 443)])),
+            allow("11.0.0.0/8", Ports::only(vec![tcp(80, 80)])),
+            allow("12.0.0.0/8", Ports::All),
+            allow("12.0.0.0/16", Ports::only(vec![tcp(22, 22)])),
         ];
         let (by_port, all) = elements("10.9.9.9".parse().unwrap(), &rules);
         assert_eq!(
@@ -410,7 +402,7 @@ table bridge netpath-policy-nb1n {
         assert_eq!(interval(false, 8, 12), "0.0.0.8-0.0.0.12");
         let rules = vec![endpoint(
             "fd00::2",
-            Some(vec![rule("fd00::/64", Ports::All)]),
+            Some(vec![allow("fd00::/64", Ports::All)]),
             None,
         )];
         let script = script("o", Family::Bridge, &rules);

@@ -134,6 +134,7 @@ pub(super) fn view(bridge: &str) -> Result<Option<View>> {
             .iter()
             .map(|a| Container {
                 id: a.container_id.clone(),
+                name: pod_name(a).to_owned(),
                 netns_shown: a.netns.display().to_string(),
                 port: port(a),
                 identity: a.identity.clone(),

@@ -79,6 +79,10 @@ pub struct Container {
     /// What the user calls it: a topology's container name, a CNI
     /// container ID.
     pub id: String,
+    /// What policies, `policy check` and `status` call it: a topology's
+    /// container name; a CNI pod's name as the runtime gave it
+    /// (K8S_POD_NAME), else its container ID.
+    pub name: String,
     /// Its namespace as shown: a topology container's name, a CNI
     /// container's path (CNI_NETNS).
     pub netns_shown: String,

@@ -95,6 +95,7 @@ fn view_of(rec: &TopologyRecord) -> View {
                 let port = port(spec, c);
                 Container {
                     id: c.name.clone(),
+                    name: c.name.clone(),
                     netns_shown: port.name.clone(),
                     port,
                     identity: c.identity.clone(),

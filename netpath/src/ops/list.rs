@@ -24,6 +24,9 @@ pub struct Listed {
     pub complete: bool,
     /// Host-side veths, one per container.
     pub ports: Vec<String>,
+    /// Their containers, "namespace/name" (see `network::Container::name`),
+    /// in the same order.
+    pub containers: Vec<String>,
 }
 
 /// Topologies first, then CNI networks, each sorted by name.
@@ -35,6 +38,11 @@ pub async fn list(handle: &Handle) -> Result<Vec<Listed>> {
             continue;
         };
         let ports: Vec<String> = view.ports().map(|p| p.name.clone()).collect();
+        let containers = view
+            .containers
+            .iter()
+            .map(|c| format!("{}/{}", c.identity.namespace, c.name))
+            .collect();
         let mode = match view.mode {
             Some(mode) => Some(mode),
             None => mode_on_ports(handle, ports.iter().map(String::as_str)).await?,
@@ -46,6 +54,7 @@ pub async fn list(handle: &Handle) -> Result<Vec<Listed>> {
             mode,
             complete: view.complete,
             ports,
+            containers,
         });
     }
     Ok(listed)

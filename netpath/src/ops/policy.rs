@@ -144,13 +144,15 @@ pub fn check(
     let endpoints: Vec<Endpoint> = view
         .containers
         .iter()
-        .map(|c| network::endpoint(&c.id, &c.identity, c.port.addresses.iter().copied()))
+        .map(|c| network::endpoint(&c.name, &c.identity, c.port.addresses.iter().copied()))
         .collect();
-    let find = |name: &str| {
-        endpoints
+    // A CNI pod by its name, or by its container ID.
+    let find = |wanted: &str| {
+        view.containers
             .iter()
-            .find(|e| e.name == name)
-            .with_context(|| format!("{network} has no container {name}"))
+            .position(|c| c.name == wanted || c.id == wanted)
+            .map(|i| &endpoints[i])
+            .with_context(|| format!("{network} has no container {wanted}"))
     };
     Ok(policy::check(
         &policies,

@@ -25,6 +25,9 @@ pub struct BridgeStatus {
 pub struct PortStatus {
     /// Host-side veth.
     pub name: String,
+    /// The container as policies select it: "namespace/name" (a CNI pod's
+    /// as the runtime gave them).
+    pub container: String,
     pub ifindex: Option<u32>,
     /// The container's namespace: its name for a topology, its path
     /// (CNI_NETNS) for a CNI container.
@@ -117,6 +120,7 @@ async fn port_status(handle: &Handle, container: &Container) -> Result<PortStatu
     programs.extend(peer_xdp.map(|id| format!("peer-xdp:{}", program_name(id))));
     Ok(PortStatus {
         name: port.name.clone(),
+        container: format!("{}/{}", container.identity.namespace, container.name),
         ifindex: host.map(|l| l.index),
         netns: container.netns_shown.clone(),
         ifname: port.ifname.clone(),

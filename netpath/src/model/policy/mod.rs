@@ -14,7 +14,7 @@ mod parse;
 mod select;
 mod table;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr, str::FromStr};
 

@@ -63,15 +63,7 @@ pub fn port_prefixes(first: u16, last: u16) -> Vec<(u16, u8)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::policy::{PortRange, Protocol};
-
-    fn rule(peer: &str, ports: Ports, policy: &str) -> Rule {
-        Rule {
-            peer: peer.parse().unwrap(),
-            ports,
-            policy: policy.into(),
-        }
-    }
+    use crate::model::policy::{PortRange, Protocol, testing::rule};
 
     fn tcp(first: u16, last: u16) -> Ports {
         Ports::Only(vec![PortRange {

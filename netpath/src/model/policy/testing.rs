@@ -1,4 +1,6 @@
-//! Builders shared by the unit tests of the policy module.
+//! Builders shared by the unit tests of the policy module and of what
+//! compiles its rules into firewalls (`host::nft_policy`,
+//! `host::iptables_policy`).
 
 use super::{
     Endpoint, EndpointRules, NamedPort, NetworkPolicy, PortRange, Ports, Protocol, Rule, parse,
@@ -60,6 +62,11 @@ pub fn rule(peer: &str, ports: Ports, policy: &str) -> Rule {
         ports,
         policy: policy.into(),
     }
+}
+
+/// A rule of policy "default/p", where which policy does not matter.
+pub fn allow(peer: &str, ports: Ports) -> Rule {
+    rule(peer, ports, "default/p")
 }
 
 /// The compiled rules of endpoint `key` at `address`.
