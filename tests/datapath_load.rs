@@ -8,7 +8,7 @@ use netpath_common::programs;
 #[test]
 fn every_program_passes_the_verifier() {
     common::require_root();
-    let ebpf = netpath::datapath::object::load(None, netpath_common::FDB_CAPACITY)
+    let ebpf = netpath::datapath::object::load(None, netpath_common::FDB_CAPACITY, &programs::ALL)
         .expect("loading the BPF object");
     let mut loaded: Vec<&str> = ebpf
         .programs()

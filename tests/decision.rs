@@ -191,7 +191,8 @@ struct Datapath {
 fn datapath() -> MutexGuard<'static, Datapath> {
     static SHARED: OnceLock<Mutex<Datapath>> = OnceLock::new();
     let shared = SHARED.get_or_init(|| {
-        let ebpf = netpath::datapath::object::load(None, FDB_SIZE).expect("loading the BPF object");
+        let ebpf = netpath::datapath::object::load(None, FDB_SIZE, &netpath_common::programs::ALL)
+            .expect("loading the BPF object");
         Mutex::new(Datapath { ebpf })
     });
     // A failed test poisons the lock; the reset makes the datapath good again.

@@ -207,11 +207,18 @@ impl Host {
         match (&row, line) {
             (None, None) => {}
             (Some(row), Some(line)) => {
-                let ports: Vec<&str> = row["ports"]
-                    .as_array()
-                    .unwrap()
+                let strings = |key: &str| -> Vec<String> {
+                    row[key]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|p| p.as_str().unwrap().to_owned())
+                        .collect()
+                };
+                let ports: Vec<String> = strings("ports")
                     .iter()
-                    .map(|p| p.as_str().unwrap())
+                    .zip(strings("containers"))
+                    .map(|(port, container)| format!("{port}({container})"))
                     .collect();
                 let shown = |key: &str| row[key].as_str().unwrap_or("-").to_owned();
                 let expected = [

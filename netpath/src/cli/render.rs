@@ -116,7 +116,7 @@ pub fn list_table(listed: &[Listed]) -> String {
         "MODE",
         "STATE",
         "PORTS",
-        "PORT (CONTAINER)",
+        "PORT(CONTAINER)",
     ]);
     for l in listed {
         out.push_str(&row([
@@ -132,12 +132,13 @@ pub fn list_table(listed: &[Listed]) -> String {
     out
 }
 
-/// "np-c0 (default/c0)" for each port.
+/// "np-c0(default/c0)" for each port: no blank inside a cell, so the
+/// table splits on whitespace as `ip`'s and `bridge`'s do.
 fn ports_and_containers(l: &Listed) -> Vec<String> {
     l.ports
         .iter()
         .zip(&l.containers)
-        .map(|(port, container)| format!("{port} ({container})"))
+        .map(|(port, container)| format!("{port}({container})"))
         .collect()
 }
 
@@ -386,7 +387,7 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 4, "{table}");
         assert!(
-            lines[0].starts_with("NAME ") && lines[0].ends_with("PORTS  PORT (CONTAINER)"),
+            lines[0].starts_with("NAME ") && lines[0].ends_with("PORTS  PORT(CONTAINER)"),
             "{table}"
         );
         // Every column starts where its heading does.
@@ -402,7 +403,7 @@ mod tests {
             }
         }
         assert!(
-            lines[1].ends_with("    2  np-c0 (default/c0),np-c1 (web/c1)"),
+            lines[1].ends_with("    2  np-c0(default/c0),np-c1(web/c1)"),
             "{table}"
         );
         assert!(lines[3].ends_with("    0  -"), "{table}");

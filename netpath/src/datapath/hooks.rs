@@ -75,13 +75,41 @@ pub enum AttachPoint {
 #[derive(Clone, Copy)]
 pub enum Via {
     /// An XDP bpf_link, in driver mode.
-    Xdp(fn(&mut Programs) -> &mut Xdp),
+    Xdp(fn(&mut Programs) -> &mut Option<Xdp>),
     /// tc ingress: a tcx bpf_link or a clsact filter, per [`TcMethod`]
     /// (which the kernel decides).
-    Tc(fn(&mut Programs) -> &mut SchedClassifier),
+    Tc(fn(&mut Programs) -> &mut Option<SchedClassifier>),
     /// A clsact filter in this direction, on every kernel, with a handle
     /// of its own ([`POLICE_HANDLE`]) beside the forwarding program's.
-    Clsact(fn(&mut Programs) -> &mut SchedClassifier, TcAttachType),
+    Clsact(
+        fn(&mut Programs) -> &mut Option<SchedClassifier>,
+        TcAttachType,
+    ),
+}
+
+/// `hook`'s program, which its caller made sure is loaded (see
+/// [`programs_of`]).
+fn loaded<T>(program: &mut Option<T>, hook: Hook) -> Result<&mut T> {
+    program.as_mut().with_context(|| {
+        format!(
+            "program {} of hook {hook:?} is not pinned with the datapath's programs \
+             (made by another netpath? `netpath upgrade --name NAME` loads it)",
+            hook.row().program
+        )
+    })
+}
+
+/// The programs `hooks` take, each once: what a datapath with those hooks
+/// loads (the others cost a verifier's walk for nothing).
+pub fn programs_of(hooks: &[Hook]) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    for hook in hooks {
+        let name = hook.row().program;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
 }
 
 /// One hook: its program, where and how it attaches, where its links are
@@ -304,14 +332,16 @@ pub async fn attach(
     let link: FdLink = match (row.via, row.at) {
         (Via::Tc(program), AttachPoint::HostVeth) if tc == TcMethod::Clsact => {
             let filter = Filter::FORWARD;
-            return attach_clsact(handle, program(programs), port, ifindex, filter).await;
+            let program = loaded(program(programs), hook)?;
+            return attach_clsact(handle, program, port, ifindex, filter).await;
         }
         (Via::Clsact(program, direction), AttachPoint::HostVeth) => {
             let filter = Filter::police(direction);
-            return attach_clsact(handle, program(programs), port, ifindex, filter).await;
+            let program = loaded(program(programs), hook)?;
+            return attach_clsact(handle, program, port, ifindex, filter).await;
         }
         (Via::Xdp(program), AttachPoint::HostVeth) => {
-            let program = program(programs);
+            let program = loaded(program(programs), hook)?;
             let id = program
                 .attach_to_if_index(ifindex, XdpMode::Driver)
                 .with_context(|| format!("attaching XDP to {name}"))?;
@@ -321,7 +351,7 @@ pub async fn attach(
                 .context("XDP link is not a bpf_link")?
         }
         (Via::Xdp(program), AttachPoint::ContainerSide) => {
-            let program = program(programs);
+            let program = loaded(program(programs), hook)?;
             // An ifindex is resolved in the caller's namespace: attach from inside.
             netns::enter_path_and(&port.netns, || {
                 let index = nix::net::if_::if_nametoindex(port.ifname.as_str())
@@ -343,7 +373,7 @@ pub async fn attach(
             })?
         }
         (Via::Tc(program), AttachPoint::HostVeth) => {
-            let program = program(programs);
+            let program = loaded(program(programs), hook)?;
             let id = program
                 .attach(name, TcAttachType::Ingress)
                 .with_context(|| format!("attaching tc ingress to {name}"))?;
@@ -454,14 +484,18 @@ pub async fn upgrade(
             update_link(programs, &pin, name, hook, force)?;
             continue;
         }
+        // A program the datapath never loaded has no filter to upgrade.
         match (hook.row().via, hook.row().at) {
             (Via::Tc(program), AttachPoint::HostVeth) => {
-                let filter = Filter::FORWARD;
-                update_clsact(handle, program(programs), name, ifindex, filter, force).await?;
+                if let Some(program) = program(programs) {
+                    update_clsact(handle, program, name, ifindex, Filter::FORWARD, force).await?;
+                }
             }
             (Via::Clsact(program, direction), AttachPoint::HostVeth) => {
-                let filter = Filter::police(direction);
-                update_clsact(handle, program(programs), name, ifindex, filter, force).await?;
+                if let Some(program) = program(programs) {
+                    let filter = Filter::police(direction);
+                    update_clsact(handle, program, name, ifindex, filter, force).await?;
+                }
             }
             _ => {}
         }
@@ -531,7 +565,7 @@ fn update_link(
             pin.display()
         ),
         Via::Xdp(program) => {
-            let program = program(programs);
+            let program = loaded(program(programs), hook)?;
             if !force && same_instructions(running, program)? {
                 return Ok(());
             }
@@ -544,7 +578,7 @@ fn update_link(
             program.info()?.id()
         }
         Via::Tc(program) => {
-            let program = program(programs);
+            let program = loaded(program(programs), hook)?;
             if !force && same_instructions(running, program)? {
                 return Ok(());
             }
@@ -776,7 +810,7 @@ pub fn attach_vxlan(
     let Via::Tc(program) = Hook::Vxlan.row().via else {
         bail!("the vxlan device's hook is a tc one");
     };
-    let program = program(programs);
+    let program = loaded(program(programs), Hook::Vxlan)?;
     if tc == TcMethod::Clsact {
         match qdisc_add_clsact(device) {
             Ok(()) => {}
@@ -878,11 +912,11 @@ pub async fn vxlan_attached(
     device: &str,
     ifindex: u32,
 ) -> Result<bool> {
-    let Some(programs) = Programs::pinned(pins)? else {
+    let Some(decap) = Programs::pinned(pins, &[programs::TC_VXLAN])?.and_then(|p| p.tc_vxlan)
+    else {
         return Ok(false);
     };
-    let ours = programs
-        .tc_vxlan
+    let ours = decap
         .info()
         .with_context(|| format!("reading the pinned decap program in {}", pins.display()))?;
     let tcx = SchedClassifier::query_tcx(device, TcAttachType::Ingress)

@@ -198,7 +198,13 @@ pub async fn ensure_reporting(
     }
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
 
-    let mut ebpf = object::load(Some(&dir), dp.fdb_size)?;
+    // The programs of the hooks this mode and policy have, and the decap
+    // program of an overlay the datapath is on (see `overlay::join`).
+    let mut wanted = programs_needed(dp);
+    if Programs::pinned_names(&dir).contains(&programs::TC_VXLAN) {
+        wanted.push(programs::TC_VXLAN);
+    }
+    let mut ebpf = object::load(Some(&dir), dp.fdb_size, &wanted)?;
     let bridge = netlink::link_by_name(handle, &dp.bridge)
         .await?
         .with_context(|| format!("bridge {} is missing", dp.bridge))?;
@@ -218,8 +224,9 @@ pub async fn ensure_reporting(
     install_policy(&maps, dp, &ports)?;
     // Pinned last: pinned programs say the datapath is running (see
     // `is_running`), and ports may join it.
-    object::pin_programs(&mut ebpf, &dir)?;
-    let mut programs = Programs::pinned(&dir)?.context("the programs just pinned are not there")?;
+    object::pin_programs(&mut ebpf, &dir, &wanted, true)?;
+    let mut programs =
+        Programs::pinned(&dir, &wanted)?.context("the programs just pinned are not there")?;
     step_done(Step::MapsFilled)?;
 
     if dp.mode == Mode::Tc && dp.tc == hooks::TcMethod::Tcx {
@@ -237,17 +244,22 @@ pub async fn ensure_reporting(
 
 /// Puts a changed policy in force in a running datapath: the maps (see
 /// `policy::install`), then the hooks the policy needs, with the programs
-/// pinned when the datapath was made. No object is loaded or verified, so
-/// a change is in force in milliseconds, not after the verifier has gone
-/// through every program again. A datapath with no programs pinned (bridge
-/// mode without a policy until now), and bridge mode losing its last
-/// policy (its programs go), go through [`ensure`].
+/// pinned when the datapath was made. Nothing is loaded or verified but,
+/// for the first policy that isolates a container, the policy's own
+/// program, so a change is in force in milliseconds, not after the
+/// verifier has gone through every program again. A datapath with no
+/// programs pinned (bridge mode without a policy until now), and bridge
+/// mode losing its last policy (its programs go), go through [`ensure`].
 pub async fn enforce_policy(handle: &Handle, dp: &Datapath) -> Result<()> {
     let dir = pin_dir(&dp.name);
-    let mut programs = match Programs::pinned(&dir)? {
-        Some(programs) if dp.mode != Mode::Bridge || isolates(&dp.policy) => programs,
-        _ => return ensure(handle, dp).await,
-    };
+    let running = !Programs::pinned_names(&dir).is_empty();
+    if !running || (dp.mode == Mode::Bridge && !isolates(&dp.policy)) {
+        return ensure(handle, dp).await;
+    }
+    let needed = programs_needed(dp);
+    object::load_missing(&dir, dp.fdb_size, &needed)?;
+    let mut programs =
+        Programs::pinned(&dir, &needed)?.context("the programs just pinned are not there")?;
     let ports = port_indexes(dp)?;
     let maps = Maps::open(&dir)?;
     // Before the hooks: a policy-only hook that attaches finds its rules.
@@ -266,17 +278,24 @@ pub fn refresh_policy(dp: &Datapath) -> Result<()> {
     if dp.mode == Mode::Bridge && !isolates(&dp.policy) {
         return Ok(()); // no programs, and nothing to enforce
     }
+    // A port that vanished (`port del` of another one runs this) has no
+    // traffic to judge; its entries went with it.
+    let present: Vec<(&Port, u32)> = dp
+        .ports
+        .iter()
+        .filter_map(|port| Some((port, ifindex_of(port).ok()?)))
+        .collect();
     let maps = Maps::open(&pin_dir(&dp.name))?;
-    install_policy(&maps, dp, &port_indexes(dp)?)
+    install_policy(&maps, dp, &present)
 }
 
 /// Each port of `dp` with the ifindex of its host veth (in the caller's
-/// network namespace).
+/// network namespace); every port must be there.
 fn port_indexes(dp: &Datapath) -> Result<Vec<(&Port, u32)>> {
     dp.ports
         .iter()
         .map(|port| {
-            let ifindex = nix::net::if_::if_nametoindex(port.name.as_str()).with_context(|| {
+            let ifindex = ifindex_of(port).with_context(|| {
                 format!(
                     "{}: port {} is missing (run `netpath status` to see which ports exist)",
                     dp.name, port.name
@@ -285,6 +304,10 @@ fn port_indexes(dp: &Datapath) -> Result<Vec<(&Port, u32)>> {
             Ok((port, ifindex))
         })
         .collect()
+}
+
+fn ifindex_of(port: &Port) -> nix::Result<u32> {
+    nix::net::if_::if_nametoindex(port.name.as_str())
 }
 
 /// Attaches the hooks of `dp`'s mode and policy to every port, new links
@@ -313,6 +336,12 @@ async fn attach_hooks(
     }
     let names: HashSet<String> = ports.iter().map(|(p, _)| p.name.clone()).collect();
     hooks::remove_stale(&dir, &names)
+}
+
+/// The programs of the hooks `dp`'s ports have in its mode, with its
+/// policy: the ones it loads.
+fn programs_needed(dp: &Datapath) -> Vec<&'static str> {
+    hooks::programs_of(&Hook::for_mode(dp.mode, isolates(&dp.policy)))
 }
 
 /// Whether any rule isolates a container (an empty policy restricts
@@ -428,7 +457,7 @@ pub async fn add_port(
     let programs = if attached {
         None
     } else {
-        match Programs::pinned(&dir)? {
+        match Programs::pinned(&dir, &programs_needed(dp))? {
             Some(programs) => Some(programs),
             None => return ensure(handle, dp).await,
         }
@@ -453,7 +482,7 @@ pub async fn add_port(
 /// Whether the datapath `name` is running: its programs pinned, which its
 /// making does last, after its maps are pinned and filled.
 pub fn is_running(name: &str) -> bool {
-    Programs::are_pinned(&pin_dir(name))
+    !Programs::pinned_names(&pin_dir(name)).is_empty()
 }
 
 /// Makes a datapath that does not exist, with no port yet: its object
@@ -491,7 +520,7 @@ pub async fn attach_early(
 ) -> Result<bool> {
     let dir = pin_dir(&dp.name);
     let Some(mut programs) = (dp.mode != Mode::Bridge)
-        .then(|| Programs::pinned(&dir))
+        .then(|| Programs::pinned(&dir, &programs_needed(dp)))
         .transpose()?
         .flatten()
     else {
@@ -648,9 +677,12 @@ pub async fn upgrade(handle: &Handle, datapath: &str, force: bool) -> Result<usi
     let dir = pin_dir(datapath);
     let live = reconcile(datapath)?;
     let fdb_size = fdb_size(datapath)?;
-    let mut ebpf = object::load(Some(&dir), fdb_size)?;
-    object::pin_programs(&mut ebpf, &dir)?;
-    let mut programs = Programs::pinned(&dir)?.context("the programs just pinned are not there")?;
+    // The programs it has, this binary's instead.
+    let names = Programs::pinned_names(&dir);
+    let mut ebpf = object::load(Some(&dir), fdb_size, &names)?;
+    object::pin_programs(&mut ebpf, &dir, &names, false)?;
+    let mut programs =
+        Programs::pinned(&dir, &names)?.context("the programs just pinned are not there")?;
     let ports: Vec<u32> = live
         .ports()?
         .iter()

@@ -66,10 +66,13 @@ pub fn learned_capacity(fdb_size: u32) -> Result<u32> {
     Ok(fdb_size + (cpus as u32 + 1) * LRU_LOCAL_FREE)
 }
 
-/// Loads the object and every program in it, with maps created fresh
-/// (`pins` = None) or opened from / pinned to the given directory, whose
-/// layout version is checked first (and written when the maps are new).
-pub fn load(pins: Option<&Path>, fdb_size: u32) -> Result<Ebpf> {
+/// Loads the object and the programs named in `names` (the verifier
+/// only sees those: every program costs a datapath's making its own walk,
+/// and the one a datapath does not use need not be paid for; see
+/// [`Programs::needed`]), with maps created fresh (`pins` = None) or opened
+/// from / pinned to the given directory, whose layout version is checked
+/// first (and written when the maps are new).
+pub fn load(pins: Option<&Path>, fdb_size: u32, names: &[&str]) -> Result<Ebpf> {
     if OBJECT.is_empty() {
         bail!(
             "this netpath was built without its BPF object (a `cargo build` before `cargo xtask build`): \
@@ -133,22 +136,33 @@ pub fn load(pins: Option<&Path>, fdb_size: u32) -> Result<Ebpf> {
             .set(0, LAYOUT_VERSION, 0)
             .context("writing map LAYOUT")?;
     }
-    for name in [programs::XDP_FORWARD, programs::XDP_PEER] {
-        let program: &mut Xdp = program_mut(&mut ebpf, name)?;
-        program
-            .load()
-            .with_context(|| format!("verifier rejected BPF program {name}"))?;
-    }
-    for name in [
-        programs::TC_FORWARD,
-        programs::TC_VXLAN,
-        programs::TC_POLICE,
-    ] {
-        let tc: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
-        tc.load()
-            .with_context(|| format!("verifier rejected BPF program {name}"))?;
+    for &name in names {
+        let loaded = match name {
+            programs::XDP_FORWARD | programs::XDP_PEER => {
+                program_mut::<Xdp>(&mut ebpf, name)?.load()
+            }
+            _ => program_mut::<SchedClassifier>(&mut ebpf, name)?.load(),
+        };
+        loaded.with_context(|| format!("verifier rejected BPF program {name}"))?;
     }
     Ok(ebpf)
+}
+
+/// Loads the programs in `names` a running datapath (pinned in `pins`)
+/// has not pinned yet, with its maps, and pins them beside the others: a
+/// datapath gains the program of a hook it did not have (a first policy,
+/// joining an overlay) without the others being loaded again.
+pub fn load_missing(pins: &Path, fdb_size: u32, names: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|name| !programs_dir(pins).join(name).exists())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut ebpf = load(Some(pins), fdb_size, &missing)?;
+    pin_programs(&mut ebpf, pins, &missing, false)
 }
 
 /// Where the loaded programs are pinned, one file each by program name.
@@ -156,9 +170,11 @@ fn programs_dir(pins: &Path) -> PathBuf {
     pins.join("programs")
 }
 
-/// Pins the object's programs in the datapath's directory, replacing the
-/// pins of an earlier load (links attached to those keep their program).
-pub fn pin_programs(ebpf: &mut Ebpf, pins: &Path) -> Result<()> {
+/// Pins the object's loaded programs `names` in the datapath's directory,
+/// replacing the pins of an earlier load (links attached to those keep
+/// their program); with `only`, unpins every other program, which the
+/// datapath no longer uses.
+pub fn pin_programs(ebpf: &mut Ebpf, pins: &Path, names: &[&str], only: bool) -> Result<()> {
     let dir = programs_dir(pins);
     // Like the maps, the programs are root's alone.
     fs::DirBuilder::new()
@@ -168,9 +184,13 @@ pub fn pin_programs(ebpf: &mut Ebpf, pins: &Path) -> Result<()> {
         .with_context(|| format!("creating {}", dir.display()))?;
     for name in programs::ALL {
         let pin = dir.join(name);
-        if pin.exists() {
+        let loaded = names.contains(&name);
+        if pin.exists() && (loaded || only) {
             fs::remove_file(&pin)
                 .with_context(|| format!("unpinning program {}", pin.display()))?;
+        }
+        if !loaded {
+            continue;
         }
         ebpf.program_mut(name)
             .with_context(|| format!("BPF object has no program {name}"))?
@@ -180,39 +200,51 @@ pub fn pin_programs(ebpf: &mut Ebpf, pins: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The datapath's loaded programs, opened from their pins.
+/// The datapath's loaded programs, opened from their pins: those of the
+/// hooks it has (see [`Programs::needed`]), the others None.
 pub struct Programs {
-    pub xdp_forward: Xdp,
-    pub xdp_peer: Xdp,
-    pub tc_forward: SchedClassifier,
+    pub xdp_forward: Option<Xdp>,
+    pub xdp_peer: Option<Xdp>,
+    pub tc_forward: Option<SchedClassifier>,
     /// On the node's vxlan device, for a datapath on an overlay.
-    pub tc_vxlan: SchedClassifier,
+    pub tc_vxlan: Option<SchedClassifier>,
     /// Network policy alone, on the host-side veths where one isolates.
-    pub tc_police: SchedClassifier,
+    pub tc_police: Option<SchedClassifier>,
 }
 
 impl Programs {
-    /// Whether every program is pinned in `pins`.
-    pub fn are_pinned(pins: &Path) -> bool {
+    /// The programs a datapath pinned in `pins` has pinned.
+    pub fn pinned_names(pins: &Path) -> Vec<&'static str> {
         let dir = programs_dir(pins);
-        programs::ALL.iter().all(|name| dir.join(name).exists())
+        programs::ALL
+            .into_iter()
+            .filter(|name| dir.join(name).exists())
+            .collect()
     }
 
-    /// Opens the programs pinned in `pins`, or None when some are not pinned
-    /// (a datapath made by a netpath that did not pin its programs).
-    pub fn pinned(pins: &Path) -> Result<Option<Programs>> {
-        if !Self::are_pinned(pins) {
+    /// Opens the programs pinned in `pins`, or None when one of `needed` is
+    /// not pinned (a datapath made without the hook that needs it, or by a
+    /// netpath that did not pin its programs).
+    pub fn pinned(pins: &Path, needed: &[&str]) -> Result<Option<Programs>> {
+        let dir = programs_dir(pins);
+        if !needed.iter().all(|name| dir.join(name).exists()) {
             return Ok(None);
         }
-        let dir = programs_dir(pins);
         let open_error =
             |name: &str| format!("opening pinned program {}", dir.join(name).display());
         let xdp = |name: &str| {
-            Xdp::from_pin(dir.join(name), XdpAttachType::Interface)
-                .with_context(|| open_error(name))
+            let pin = dir.join(name);
+            pin.exists()
+                .then(|| {
+                    Xdp::from_pin(pin, XdpAttachType::Interface).with_context(|| open_error(name))
+                })
+                .transpose()
         };
         let tc = |name: &str| {
-            SchedClassifier::from_pin(dir.join(name)).with_context(|| open_error(name))
+            let pin = dir.join(name);
+            pin.exists()
+                .then(|| SchedClassifier::from_pin(pin).with_context(|| open_error(name)))
+                .transpose()
         };
         Ok(Some(Programs {
             xdp_forward: xdp(programs::XDP_FORWARD)?,

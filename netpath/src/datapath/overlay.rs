@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use netpath_common::{
-    FdbKey, NODE_CAPACITY, NodeAddr, OverlayConfig, OverlayCounter, RemoteContainer,
+    FdbKey, NODE_CAPACITY, NodeAddr, OverlayConfig, OverlayCounter, RemoteContainer, programs,
 };
 use serde::Serialize;
 
@@ -18,7 +18,7 @@ use super::{
     fdb::Fdb,
     hooks::{self, TcMethod},
     maps::Maps,
-    object::{Programs, pin_dir},
+    object::{self, Programs, pin_dir},
 };
 use crate::model::{
     Mac,
@@ -66,8 +66,11 @@ pub fn join(datapath: &str, overlay: OverlayConfig, device: &str, tc: TcMethod) 
     let mut current = config.get(&0, 0).context("reading map CONFIG")?;
     current.overlay = overlay;
     config.set(0, current, 0).context("writing map CONFIG")?;
-    let mut programs = Programs::pinned(&dir)?
-        .with_context(|| format!("datapath {datapath} has no pinned programs"))?;
+    // A datapath joins its first overlay without its decap program.
+    let decap = [programs::TC_VXLAN];
+    object::load_missing(&dir, super::fdb_size(datapath)?, &decap)?;
+    let mut programs = Programs::pinned(&dir, &decap)?
+        .with_context(|| format!("datapath {datapath} has no pinned decap program"))?;
     hooks::attach_vxlan(&mut programs, &dir, device, overlay.vni, tc)
 }
 
