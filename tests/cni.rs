@@ -819,6 +819,62 @@ fn del_without_the_namespace_removes_everything() {
     );
 }
 
+/// Issue 25: a runtime killed while it set a pod's sandbox up (containerd
+/// SIGKILLed during the CNI ADD) may not know that sandbox when it starts
+/// again, so it never DELs it, and the kubelet asks for the pod anew. The
+/// ADD of the pod's next sandbox (the same K8S_POD_UID, another container
+/// ID) forgets the forgotten one: its veth (alive, in a namespace still
+/// there), its FDB entry and port state go with its record (which holds
+/// its address for netpath's IPAM). Another pod stays, and the new sandbox
+/// reaches it on the fast path.
+#[test]
+fn a_pods_next_sandbox_replaces_the_one_its_runtime_forgot() {
+    let net = Network::netpath("rp", "10.193.0.0/24");
+    let host = net.host.clone();
+    let bridge = &net.bridge;
+    let forgotten = net
+        .pod("0", "sandbox-0")
+        .identified("prod", &[])
+        .of_uid("uid-web");
+    let other = net
+        .pod("1", "sandbox-1")
+        .identified("prod", &[])
+        .of_uid("uid-db");
+    let next = net
+        .pod("2", "sandbox-2")
+        .identified("prod", &[])
+        .of_uid("uid-web");
+    let forgotten_attached = forgotten.attach();
+    let other_attached = other.attach();
+    let next_attached = next.attach();
+    assert_eq!(
+        recorded_containers(bridge),
+        ["sandbox-1", "sandbox-2"],
+        "the forgotten sandbox's attachment is still recorded"
+    );
+    assert!(
+        !host.link_names().contains(&forgotten_attached.host_veth),
+        "the forgotten sandbox's veth {} is still there",
+        forgotten_attached.host_veth
+    );
+    let left = leftovers_in_maps(bridge, &forgotten_attached);
+    assert!(left.is_empty(), "the forgotten sandbox left {left:?}");
+    let before = redirected_from(&cni_datapath(bridge), next_attached.ifindex);
+    assert!(
+        ping(next.ns(), &other_attached.ip),
+        "the new sandbox cannot reach another pod"
+    );
+    assert!(
+        redirected_from(&cni_datapath(bridge), next_attached.ifindex) > before,
+        "not on the fast path"
+    );
+    assert_only_kept_ports(
+        &net,
+        &[forgotten_attached],
+        &[other_attached, next_attached],
+    );
+}
+
 /// Host veth names are a 32-bit hash of container ID and interface, and
 /// pod46b89/eth0 and pod9fbd4/eth0 share one (npaeee28dd). A DEL for the
 /// never-added pod9fbd4 succeeds, as a DEL of what is not there does, and

@@ -283,14 +283,25 @@ impl Pod {
     pub fn identified(mut self, namespace: &str, labels: &[(&str, &str)]) -> Pod {
         self.cni_args = Some(format!(
             "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={}-pod;\
-             K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID=uid-{}",
-            self.container, self.container, self.container
+             K8S_POD_INFRA_CONTAINER_ID={}",
+            self.container, self.container
         ));
         let labels: Vec<Value> = labels
             .iter()
             .map(|(key, value)| json!({"key": key, "value": value}))
             .collect();
         self.config["args"] = json!({"cni": {"labels": labels}});
+        self
+    }
+
+    /// The pod's UID in CNI_ARGS too (K8S_POD_UID), as containerd passes
+    /// it; after [`Pod::identified`].
+    pub fn of_uid(mut self, uid: &str) -> Pod {
+        let args = self
+            .cni_args
+            .take()
+            .unwrap_or_else(|| "IgnoreUnknown=1".into());
+        self.cni_args = Some(format!("{args};K8S_POD_UID={uid}"));
         self
     }
 

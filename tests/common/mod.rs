@@ -5,9 +5,11 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod cni;
+pub mod containerd;
 pub mod iperf3;
 pub mod packets;
 pub mod probe;
+pub mod runtime;
 pub mod watchdog;
 
 pub use watchdog::{waiting_for, watchdog};

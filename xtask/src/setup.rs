@@ -65,6 +65,10 @@ const DEBIAN_TOOLS: &[(&str, &str, &[Need])] = &[
     // satisfy podman's "crun | runc" with crun, which refuses hybrid cgroups.
     ("podman", "podman", &[Need::Test]),
     ("runc", "runc", &[Need::Test]),
+    // The other runtime driving the plugin (tests/containerd.rs): Debian's
+    // containerd, which ships the daemon (its CRI plugin) and ctr.
+    ("containerd", "containerd", &[Need::Test]),
+    ("ctr", "containerd", &[Need::Test]),
     // The kernel matrix: qemu boots the kernels, busybox is the initramfs,
     // kmod builds modules.dep (and is the guest's modprobe), xz unpacks the
     // kernel image.
@@ -73,7 +77,7 @@ const DEBIAN_TOOLS: &[(&str, &str, &[Need])] = &[
         "qemu-system-x86",
         &[Need::KernelMatrix],
     ),
-    // Also the podman test's container image (with iperf3 copied in).
+    // Also the container image of the podman and containerd tests.
     (
         "/bin/busybox",
         "busybox-static",

@@ -301,12 +301,6 @@ impl NetConf {
     ///   winning a key both give.
     pub fn pod_identity(&self, env: &Env) -> CniResult<(Identity, Option<String>)> {
         let invalid = |msg: String| CniError::new(CniError::INVALID_CONFIG, msg);
-        let cni_arg = |key: &str| {
-            env.args
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.as_str())
-        };
         let mut labels: Vec<String> = self
             .args
             .as_ref()
@@ -331,9 +325,9 @@ impl NetConf {
                     .map(str::to_owned),
             );
         }
-        let identity = Identity::new(cni_arg("K8S_POD_NAMESPACE"), &labels, &[])
+        let identity = Identity::new(env.arg("K8S_POD_NAMESPACE"), &labels, &[])
             .map_err(|e| invalid(format!("the pod's identity: {e}")))?;
-        Ok((identity, cni_arg("K8S_POD_NAME").map(str::to_owned)))
+        Ok((identity, env.arg("K8S_POD_NAME").map(str::to_owned)))
     }
 
     /// The overlay the pods are on, checked: complete, peers or etcd,
@@ -503,6 +497,14 @@ impl Env {
             path,
             args,
         })
+    }
+
+    /// The value of `key` in CNI_ARGS, if the runtime passed it.
+    pub fn arg(&self, key: &str) -> Option<&str> {
+        self.args
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -29,6 +29,11 @@ pub struct Attachment {
     /// The pod's name, as the runtime gave it (K8S_POD_NAME).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// The pod's UID, as the runtime gave it (K8S_POD_UID): a later
+    /// sandbox of the same pod replaces this attachment (an ADD forgets
+    /// the ones of the pod's earlier sandboxes, see `forget_replaced`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
     /// The pod's namespace and labels, which network policies select it
     /// by (see `NetConf::pod_identity`).
     #[serde(default, flatten)]

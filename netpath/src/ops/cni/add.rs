@@ -12,7 +12,7 @@ use super::{
     addresses::{Addresses, allocate, host_local_add},
     check::verify,
     describe, is_live,
-    remove::{Removal, forget_stale, remove_attachment, take_off},
+    remove::{Removal, forget_replaced, forget_stale, remove_attachment, take_off},
     result::result_json,
     take_lock,
 };
@@ -132,11 +132,15 @@ pub(super) async fn add(call: &Call<'_>) -> CniResult<Value> {
     }
     let requested = conf.requested(env)?;
     let (identity, pod) = conf.pod_identity(env)?;
+    let pod_uid = env.arg("K8S_POD_UID").map(str::to_owned);
     let placement = Placement::of(handle, conf).await?;
     let lock = take_lock(&conf.datapath_name())?;
     let mut rec = NetworkRecord::load(&conf.bridge).map_err(CniError::io)?;
     let me = (env.container_id.as_str(), env.ifname.as_str());
     forget_stale(call, &mut rec, Some(me)).await?;
+    if let Some(uid) = &pod_uid {
+        forget_replaced(call, &mut rec, me, uid).await?;
+    }
     if rec.containers() > 0 && rec.overlay != placement.overlay {
         return Err(CniError::new(
             CniError::INVALID_CONFIG,
@@ -174,6 +178,7 @@ pub(super) async fn add(call: &Call<'_>) -> CniResult<Value> {
                 let a = Attachment {
                     netns: netns_path,
                     pod,
+                    pod_uid,
                     identity,
                     ..a
                 };
@@ -217,6 +222,7 @@ pub(super) async fn add(call: &Call<'_>) -> CniResult<Value> {
         ips: Vec::new(),
         gateways: Vec::new(),
         pod,
+        pod_uid,
         identity,
     };
     plug_or_undo(call, (lock, rec), attachment, addresses, &placement).await

@@ -131,6 +131,62 @@ pub(super) async fn forget_stale(
     rec.save(bridge).map_err(CniError::io)
 }
 
+/// Forgets the attachments of the earlier sandboxes of the pod that an ADD
+/// is for: on this network and interface, with the pod's UID
+/// (K8S_POD_UID), under another container ID. A runtime killed in the
+/// middle of a sandbox's set-up (containerd SIGKILLed while the chain's ADD
+/// runs) may not know that sandbox when it starts again, so it never DELs
+/// it, and the kubelet asks for the pod's sandbox anew. The dead attempt's
+/// veth lives on in its namespace (still mounted), so it is not stale, and
+/// its port, veth and addresses would stay for good. The kubelet stops a
+/// pod's sandbox before it starts another (one sandbox per pod at a time),
+/// so an attachment of the same pod under another ID is one that nobody
+/// will DEL. A failure is logged and left for the next call, as for stale
+/// attachments.
+pub(super) async fn forget_replaced(
+    call: &Call<'_>,
+    rec: &mut NetworkRecord,
+    me: (&str, &str),
+    pod_uid: &str,
+) -> CniResult<()> {
+    let bridge = &call.conf.bridge;
+    let replaced: Vec<Attachment> = rec
+        .attachments
+        .iter()
+        .filter(|a| {
+            a.pod_uid.as_deref() == Some(pod_uid)
+                && a.network == call.conf.name
+                && a.ifname == me.1
+                && a.container_id != me.0
+        })
+        .cloned()
+        .collect();
+    if replaced.is_empty() {
+        return Ok(());
+    }
+    for a in replaced {
+        match remove_attachment(call, &a, Removal::Whole).await {
+            Ok(()) => {
+                info!(
+                    "{bridge}: forgot container {} ({}): an earlier sandbox of pod {} (UID {pod_uid}), \
+                     which container {} replaces",
+                    a.container_id,
+                    a.host_veth,
+                    a.pod.as_deref().unwrap_or("-"),
+                    me.0
+                );
+                rec.attachments.retain(|x| x != &a);
+            }
+            Err(e) => warn!(
+                "{bridge}: could not forget container {} ({}), an earlier sandbox of pod UID {pod_uid}: {}; \
+                 the next ADD of the pod tries again",
+                a.container_id, a.host_veth, e.msg
+            ),
+        }
+    }
+    rec.save(bridge).map_err(CniError::io)
+}
+
 /// Removes what a container has without an attachment in the record: its
 /// veth (if there, and the plugin's; `interrupted`: an ADD that died may
 /// not have marked it yet), while host-local releases its addresses. No
