@@ -64,11 +64,7 @@ fn bulk_traffic_takes_the_fast_path(mode: &str, subnets: &[&str], ip1: &str) {
     let flood = in_ns(&c0, &["ping", "-f", "-c", "2000", "-q", ip1]);
     assert!(flood.status.success());
     for (name, report) in [("TCP", &tcp), ("TCP -R", &tcp_reverse)] {
-        let bps = report["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .unwrap();
-        println!("{mode}: {name} {:.2} Gbit/s", bps / 1e9);
-        assert!(bps > 1e8, "{mode}: {name} only {bps} bit/s");
+        iperf3::assert_bulk_tcp(&format!("{mode}: {name}"), report);
     }
     let udp_received = udp["end"]["sum"]["packets"].as_u64().unwrap()
         - udp["end"]["sum"]["lost_packets"].as_u64().unwrap_or(0);

@@ -123,3 +123,17 @@ pub fn run(
     server.finish();
     report
 }
+
+/// Asserts that a TCP test carried bulk traffic (at least 1 MB: hundreds of
+/// full-sized segments, enough for the tests' share-of-the-bridge checks
+/// to mean something) and prints its rate. The rate is only printed, never
+/// asserted: a kernel-matrix VM on a busy runner carries a fraction of what
+/// it does on a quiet one; speed is the benchmark's business.
+#[track_caller]
+pub fn assert_bulk_tcp(what: &str, report: &Value) {
+    let received = &report["end"]["sum_received"];
+    let bytes = received["bytes"].as_u64().unwrap_or(0);
+    let bps = received["bits_per_second"].as_f64().unwrap_or(0.0);
+    println!("{what} {:.2} Gbit/s, {bytes} bytes", bps / 1e9);
+    assert!(bytes >= 1_000_000, "{what}: only {bytes} bytes crossed");
+}
