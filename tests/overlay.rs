@@ -19,8 +19,8 @@ use std::{
 };
 
 use common::{
-    BridgeForwardCounter, Host, Topology, cni, in_ns, link_packets, output_within, packets,
-    parse_mac, ping, spawn_in, unique_name, verdicts, within, words,
+    BridgeForwardCounter, Host, Topology, capture::Capture, cni, in_ns, link_packets,
+    output_within, packets, parse_mac, ping, spawn_in, unique_name, verdicts, within, words,
 };
 use netpath::host::netns;
 use serde_json::{Value, json};
@@ -281,49 +281,6 @@ fn run_within(ns: &str, args: &[&str], secs: u64) -> Output {
 /// An iperf3 run of 2 s between two containers: the client's report.
 fn iperf(client: &str, server: &str, to: &str, port: u16, extra: &[&str]) -> Value {
     common::iperf3::run(client, server, to, port, 2, extra)
-}
-
-/// What a container receives that matches a tcpdump filter, for a few
-/// seconds from now (capturing by the time `start` returns).
-struct Capture(common::KillOnDrop);
-
-impl Capture {
-    fn start(ns: &str, filter: &str) -> Capture {
-        let capture = Self::start_quick(ns, filter);
-        std::thread::sleep(common::patience(Duration::from_secs(1)));
-        capture
-    }
-
-    /// Without waiting for tcpdump to be ready (the next `start` does).
-    fn start_quick(ns: &str, filter: &str) -> Capture {
-        // Long enough for `start`'s wait and the traffic after it, on a
-        // slow machine too.
-        let seconds = common::patience(Duration::from_secs(8))
-            .as_secs()
-            .to_string();
-        Capture(common::KillOnDrop(spawn_in(
-            ns,
-            &[
-                "timeout", &seconds, "tcpdump", "-i", "eth0", "-n", "-l", filter,
-            ],
-        )))
-    }
-
-    /// The frames captured, once the capture ended (a tcpdump that did
-    /// not capture fails the test: no capture is not "nothing seen").
-    fn frames(self) -> Vec<String> {
-        let out = output_within(self.0, Duration::from_secs(15), "tcpdump");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains("listening on eth0") && stderr.contains("packets captured"),
-            "tcpdump did not capture: {stderr}"
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_owned)
-            .collect()
-    }
 }
 
 /// Echo requests the IP stack of namespace `ns` received (`/proc/net/snmp`).
@@ -1238,11 +1195,14 @@ fn two_overlays_on_the_same_hosts_are_isolated() {
     let blue = cluster.overlay(43, 2, &[0, 1]);
     // Unicast to a remote container of red, then broadcast (ARP for an
     // address nobody has, flooded to red's nodes): blue sees none of it.
-    let captures: Vec<Capture> = (0..2)
-        .flat_map(|i| (0..2).map(move |c| (i, c)))
-        .map(|(i, c)| Capture::start_quick(&blue.ns(i, c), "arp or icmp"))
-        .collect();
-    let red_peer = Capture::start(&red.ns(1, 0), "arp or icmp");
+    let mut captures = Capture::start_all(&[
+        (red.ns(1, 0), "arp or icmp"),
+        (blue.ns(0, 0), "arp or icmp"),
+        (blue.ns(0, 1), "arp or icmp"),
+        (blue.ns(1, 0), "arp or icmp"),
+        (blue.ns(1, 1), "arp or icmp"),
+    ]);
+    let red_peer = captures.remove(0);
     assert!(
         ping(&red.ns(0, 0), &ip(1, 0)),
         "red cannot reach its own remote container"

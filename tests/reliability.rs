@@ -4,14 +4,14 @@
 mod common;
 
 use std::{
-    process::{Child, Stdio},
+    process::Stdio,
     thread::sleep,
     time::{Duration, Instant},
 };
 
 use common::{
-    BridgeForwardCounter, Host, Running, Topology, frame, in_ns, iperf3, link_packets, outside,
-    parse_mac, ping, send_raw_frames, spawn_in, unique_name, words,
+    BridgeForwardCounter, Host, Running, Topology, capture::Capture, frame, in_ns, iperf3,
+    link_packets, outside, parse_mac, ping, send_raw_frames, spawn_in, unique_name, words,
 };
 use netpath::{
     datapath::{
@@ -670,32 +670,11 @@ fn topologies_are_isolated_and_pins_are_private() {
     let a_mac = parse_mac(a.status()["ports"][0]["mac"].as_str().unwrap());
     let unknown_before = a.counter(&a.ns("c0"), "pass_unknown");
     // Watch B's containers for any frame from A's c0.
-    let captures: Vec<Child> = ["c0", "c1"]
-        .iter()
-        .map(|c| {
-            let filter = format!(
-                "ether src {}",
-                a.status()["ports"][0]["mac"].as_str().unwrap()
-            );
-            spawn_in(
-                &b.ns(c),
-                &[
-                    "timeout",
-                    "-s",
-                    "INT",
-                    "3",
-                    "tcpdump",
-                    "-n",
-                    "-i",
-                    "eth0",
-                    "-w",
-                    "/dev/null",
-                    &filter,
-                ],
-            )
-        })
-        .collect();
-    sleep(Duration::from_millis(1000));
+    let filter = format!(
+        "ether src {}",
+        a.status()["ports"][0]["mac"].as_str().unwrap()
+    );
+    let captures = Capture::start_all(&[(b.ns("c0"), &filter), (b.ns("c1"), &filter)]);
     let frames: Vec<Vec<u8>> = b_macs
         .iter()
         .flat_map(|m| {
@@ -703,13 +682,11 @@ fn topologies_are_isolated_and_pins_are_private() {
         })
         .collect();
     assert_eq!(send_raw_frames(&a.ns("c0"), "eth0", &frames), 100);
-    for capture in captures {
-        // `timeout 3` ends tcpdump; a capture still running later hangs.
-        let out = common::output_within(capture, Duration::from_secs(20), "tcpdump");
-        let report = String::from_utf8_lossy(&out.stderr).into_owned();
+    for (capture, c) in captures.into_iter().zip(["c0", "c1"]) {
+        let seen = capture.frames();
         assert!(
-            report.contains("0 packets captured"),
-            "frames of topology {} reached topology {}: {report}",
+            seen.is_empty(),
+            "frames of topology {} reached {c} of topology {}: {seen:?}",
             a.name,
             b.name
         );

@@ -4,6 +4,7 @@
 //! host) down even when the test fails.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod capture;
 pub mod cni;
 pub mod containerd;
 pub mod iperf3;
