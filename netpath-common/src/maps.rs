@@ -18,7 +18,7 @@
 macro_rules! datapath_maps {
     ($row:ident) => {
         $row! {
-            /// One u32: the [`LAYOUT_VERSION`](crate::LAYOUT_VERSION) of the
+            /// One u32: the [`LAYOUT_VERSION`]($crate::LAYOUT_VERSION) of the
             /// pins, written by the loader; the programs never read it.
             LAYOUT => layout: Array<u32> [1] fixed;
             /// The datapath's mode and the overlay's devices and VNI.

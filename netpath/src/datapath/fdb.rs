@@ -119,7 +119,7 @@ impl Fdb {
     /// they learn and forget, but the LRU map evicts without telling them
     /// (a port whose entries were evicted would stay at its limit and drop
     /// every new MAC for good), and the read-then-write here and in
-    /// [`Fdb::remove_learned`] can lose a program's change made meanwhile.
+    /// `Fdb::remove_learned` can lose a program's change made meanwhile.
     /// The reconciler calls this, so a count is exact again at every sweep.
     pub fn recount(&mut self) -> Result<usize> {
         let mut held: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();

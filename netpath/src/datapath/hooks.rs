@@ -80,7 +80,7 @@ pub enum Via {
     /// (which the kernel decides).
     Tc(fn(&mut Programs) -> &mut Option<SchedClassifier>),
     /// A clsact filter in this direction, on every kernel, with a handle
-    /// of its own ([`POLICE_HANDLE`]) beside the forwarding program's.
+    /// of its own (`POLICE_HANDLE`) beside the forwarding program's.
     Clsact(
         fn(&mut Programs) -> &mut Option<SchedClassifier>,
         TcAttachType,

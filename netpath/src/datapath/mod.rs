@@ -166,7 +166,7 @@ pub async fn ensure(handle: &Handle, dp: &Datapath) -> Result<()> {
     ensure_reporting(handle, dp, |_| Ok(())).await
 }
 
-/// [`ensure`], telling `step_done` after each step; an error from it stops
+/// [`ensure()`], telling `step_done` after each step; an error from it stops
 /// `ensure` there (`up`'s fault points, see `ops::fault`).
 pub async fn ensure_reporting(
     handle: &Handle,
@@ -249,7 +249,7 @@ pub async fn ensure_reporting(
 /// program, so a change is in force in milliseconds, not after the
 /// verifier has gone through every program again. A datapath with no
 /// programs pinned (bridge mode without a policy until now), and bridge
-/// mode losing its last policy (its programs go), go through [`ensure`].
+/// mode losing its last policy (its programs go), go through [`ensure()`].
 pub async fn enforce_policy(handle: &Handle, dp: &Datapath) -> Result<()> {
     let dir = pin_dir(&dp.name);
     let running = !Programs::pinned_names(&dir).is_empty();
@@ -441,7 +441,7 @@ fn fill_port(maps: &Maps, learn_limit: u32, port: &Port, ifindex: u32, cpus: usi
 /// (unless [`attach_early`] attached them), with the programs pinned when
 /// the datapath was made, so no object is loaded or verified and no other
 /// port is looked at. A datapath that is not running yet (or whose
-/// programs are not pinned) is made with [`ensure`] over `dp`'s ports,
+/// programs are not pinned) is made with [`ensure()`] over `dp`'s ports,
 /// which must include `port`.
 pub async fn add_port(
     handle: &Handle,

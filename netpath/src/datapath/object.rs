@@ -69,7 +69,7 @@ pub fn learned_capacity(fdb_size: u32) -> Result<u32> {
 /// Loads the object and the programs named in `names` (the verifier
 /// only sees those: every program costs a datapath's making its own walk,
 /// and the one a datapath does not use need not be paid for; see
-/// [`Programs::needed`]), with maps created fresh (`pins` = None) or opened
+/// `programs_needed` in `datapath`), with maps created fresh (`pins` = None) or opened
 /// from / pinned to the given directory, whose layout version is checked
 /// first (and written when the maps are new).
 pub fn load(pins: Option<&Path>, fdb_size: u32, names: &[&str]) -> Result<Ebpf> {
@@ -201,7 +201,7 @@ pub fn pin_programs(ebpf: &mut Ebpf, pins: &Path, names: &[&str], only: bool) ->
 }
 
 /// The datapath's loaded programs, opened from their pins: those of the
-/// hooks it has (see [`Programs::needed`]), the others None.
+/// hooks it has (see `programs_needed` in `datapath`), the others None.
 pub struct Programs {
     pub xdp_forward: Option<Xdp>,
     pub xdp_peer: Option<Xdp>,

@@ -105,31 +105,35 @@ pub fn script(owner: &str, family: Family, rules: &[EndpointRules]) -> String {
             let (by_port, every_port) = elements(endpoint.address, allowed);
             let _ = writeln!(chains, "  chain {chain} {{");
             let _ = writeln!(chains, "    # {} {}", endpoint.endpoint, endpoint.address);
-            if !by_port.is_empty() {
+            // Peers on given ports, then peers on every port: an
+            // interval set each, matched on what it is keyed by.
+            let by_port_key = format!(
+                "{} . inet_proto . inet_service",
+                addr_type(endpoint.address)
+            );
+            for (set, key, matched, elements) in [
+                (
+                    chain.clone(),
+                    by_port_key.as_str(),
+                    format!("{peer_field} . meta l4proto . th dport"),
+                    &by_port,
+                ),
+                (
+                    format!("{chain}_all"),
+                    addr_type(endpoint.address),
+                    peer_field.to_owned(),
+                    &every_port,
+                ),
+            ] {
+                if elements.is_empty() {
+                    continue;
+                }
                 let _ = write!(
                     sets,
-                    "  set {chain} {{\n    type {} . inet_proto . inet_service\n    flags interval\n    elements = {{ {} }}\n  }}\n",
-                    addr_type(endpoint.address),
-                    by_port.join(", ")
+                    "  set {set} {{\n    type {key}\n    flags interval\n    elements = {{ {} }}\n  }}\n",
+                    elements.join(", ")
                 );
-                let _ = writeln!(
-                    chains,
-                    "    {ip} {peer_field} . meta l4proto . th dport @{chain} {}",
-                    way.allowed()
-                );
-            }
-            if !every_port.is_empty() {
-                let _ = write!(
-                    sets,
-                    "  set {chain}_all {{\n    type {}\n    flags interval\n    elements = {{ {} }}\n  }}\n",
-                    addr_type(endpoint.address),
-                    every_port.join(", ")
-                );
-                let _ = writeln!(
-                    chains,
-                    "    {ip} {peer_field} @{chain}_all {}",
-                    way.allowed()
-                );
+                let _ = writeln!(chains, "    {ip} {matched} @{set} {}", way.allowed());
             }
             let _ = writeln!(chains, "    drop\n  }}");
             let v6 = usize::from(endpoint.address.is_ipv6());
@@ -292,15 +296,10 @@ fn interval(v6: bool, first: u128, last: u128) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::policy::{PortRange, Protocol, testing::allow};
-
-    fn tcp(first: u16, last: u16) -> PortRange {
-        PortRange {
-            protocol: Protocol::Tcp,
-            first,
-            last,
-        }
-    }
+    use crate::model::policy::{
+        Protocol,
+        testing::{allow, range, tcp},
+    };
 
     fn endpoint(
         address: &str,
@@ -324,7 +323,10 @@ mod tests {
                     allow("10.0.0.1/32", Ports::All),
                     allow(
                         "172.16.0.0/24",
-                        Ports::only(vec![tcp(80, 80), tcp(30000, 32767)]),
+                        Ports::only(vec![
+                            range(Protocol::Tcp, 80, 80),
+                            range(Protocol::Tcp, 30000, 32767),
+                        ]),
                     ),
                 ]),
                 None,
@@ -374,11 +376,11 @@ table bridge netpath-policy-nb1n {
     #[test]
     fn nested_and_adjacent_prefixes_become_disjoint_intervals() {
         let rules = [
-            allow("10.0.0.0/8", Ports::only(vec![tcp(80, 80)])),
-            allow("10.1.0.0/16", Ports::only(vec![tcp(443, 443)])),
-            allow("11.0.0.0/8", Ports::only(vec![tcp(80, 80)])),
+            allow("10.0.0.0/8", tcp(80)),
+            allow("10.1.0.0/16", tcp(443)),
+            allow("11.0.0.0/8", tcp(80)),
             allow("12.0.0.0/8", Ports::All),
-            allow("12.0.0.0/16", Ports::only(vec![tcp(22, 22)])),
+            allow("12.0.0.0/16", tcp(22)),
         ];
         let (by_port, all) = elements("10.9.9.9".parse().unwrap(), &rules);
         assert_eq!(
