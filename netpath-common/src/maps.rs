@@ -58,6 +58,10 @@ macro_rules! datapath_maps {
             /// Overlay: the other nodes as a list, for head-end replication
             /// of broadcast; the first entry of family 0 ends it.
             NODE_LIST => node_list: Array<$crate::NodeAddr> [$crate::NODE_CAPACITY] fixed;
+            /// Overlay: the flooding program (`programs::TC_FLOOD`) in slot
+            /// 0, set by the loader when a datapath joins an overlay; the
+            /// port program tail-calls it for a broadcast to other nodes.
+            FLOOD => flood: ProgramArray [1] fixed;
             /// Overlay: the vxlan device program's counters.
             OVERLAY_STATS => overlay_stats: PerCpuArray<$crate::OverlayStats> [1] fixed;
             /// Policy: the generation in force (see `policy`).

@@ -33,8 +33,9 @@ pub enum Verdict {
     /// node, whose MAC this is: answer it here (tc only).
     AnswerArp([u8; 6]),
     /// Overlay: broadcast or multicast. To the bridge (the local
-    /// containers) and a copy to every other node (tc only).
-    Flood(&'static OverlayConfig),
+    /// containers) and a copy to every other node (tc only, by the
+    /// flooding program, which reads the overlay's config itself).
+    Flood,
     /// Let the bridge handle it; the counter says why.
     Pass(Counter),
     /// Drop it; the counter says why.
@@ -163,7 +164,7 @@ pub fn decide(port: &Port, frame: &Frame) -> Verdict {
         if !port.take_flood_budget() {
             return Verdict::Pass(Counter::PassFloodLimited);
         }
-        return Verdict::Flood(&config.overlay);
+        return Verdict::Flood;
     }
     if config.bridge_mac == dst {
         return Verdict::Pass(Counter::PassHost);

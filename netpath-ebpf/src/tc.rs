@@ -12,6 +12,7 @@ use netpath_common::Counter;
 use crate::{
     forward::{Port, Verdict, decide},
     frame::Frame,
+    maps::FLOOD,
     overlay, source, trace,
 };
 
@@ -82,9 +83,13 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
                 TC_ACT_SHOT
             }
         }
-        Verdict::Flood(config) => {
-            overlay::flood(&ctx, config);
+        Verdict::Flood => {
             port.count(Counter::Flooded);
+            // SAFETY: the FLOOD slot holds a tc program, as this one is;
+            // it ends the run with the frame's own verdict.
+            unsafe { FLOOD.tail_call(&ctx, 0) };
+            // Only with the slot empty (a datapath joining its overlay):
+            // the bridge floods the frame to this node's ports alone.
             TC_ACT_OK
         }
         Verdict::Pass(reason) => {

@@ -39,7 +39,7 @@ pub fn netpath_xdp(ctx: XdpContext) -> u32 {
         }
         // The loader puts overlays in tc mode only (XDP cannot set tunnel
         // keys): never met here, and the bridge is the safe answer.
-        Verdict::Tunnel(..) | Verdict::AnswerArp(_) | Verdict::Flood(_) => {
+        Verdict::Tunnel(..) | Verdict::AnswerArp(_) | Verdict::Flood => {
             port.count(Counter::PassUnknown);
             xdp_action::XDP_PASS
         }

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use aya::maps::{
-    Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray, PerCpuHashMap, RingBuf,
+    Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray, PerCpuHashMap,
+    ProgramArray, RingBuf,
 };
 use netpath_common::{LAYOUT_VERSION, maps};
 

@@ -199,11 +199,15 @@ pub async fn ensure_reporting(
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
 
     // The programs of the hooks this mode and policy have, and the decap
-    // program of an overlay the datapath is on (see `overlay::join`).
+    // and flooding programs of an overlay the datapath is on (see
+    // `overlay::join`).
     let mut wanted = programs_needed(dp);
-    if Programs::pinned_names(&dir).contains(&programs::TC_VXLAN) {
-        wanted.push(programs::TC_VXLAN);
-    }
+    let pinned = Programs::pinned_names(&dir);
+    wanted.extend(
+        overlay::PROGRAMS
+            .into_iter()
+            .filter(|name| pinned.contains(name)),
+    );
     let mut ebpf = object::load(Some(&dir), dp.fdb_size, &wanted)?;
     let bridge = netlink::link_by_name(handle, &dp.bridge)
         .await?

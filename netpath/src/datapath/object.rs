@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
-    maps::Array,
+    maps::{Array, ProgramArray},
     programs::{SchedClassifier, Xdp},
 };
 use aya_obj::programs::XdpAttachType;
@@ -145,7 +145,25 @@ pub fn load(pins: Option<&Path>, fdb_size: u32, names: &[&str]) -> Result<Ebpf> 
         };
         loaded.with_context(|| format!("verifier rejected BPF program {name}"))?;
     }
+    if names.contains(&programs::TC_FLOOD) {
+        set_flood_slot(&mut ebpf)?;
+    }
     Ok(ebpf)
+}
+
+/// Puts the loaded flooding program in the FLOOD slot the port program
+/// tail-calls (the pinned map keeps it there; a reload replaces it).
+fn set_flood_slot(ebpf: &mut Ebpf) -> Result<()> {
+    let flood = program_mut::<SchedClassifier>(ebpf, programs::TC_FLOOD)?
+        .fd()
+        .context("the flooding program is not loaded")?
+        .try_clone()
+        .context("duplicating the flooding program's fd")?;
+    let mut slot: ProgramArray<_> = ProgramArray::try_from(
+        ebpf.map_mut(maps::FLOOD)
+            .context("the BPF object has no FLOOD map")?,
+    )?;
+    slot.set(0, &flood, 0).context("writing map FLOOD")
 }
 
 /// Loads the programs in `names` a running datapath (pinned in `pins`)

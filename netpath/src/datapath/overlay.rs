@@ -57,6 +57,11 @@ pub fn kernel_pins_outer_source() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 0, 0))
 }
 
+/// The programs a datapath on an overlay has beside its ports' own: the
+/// vxlan device's (decap), and the flooding program the port program
+/// tail-calls.
+pub const PROGRAMS: [&str; 2] = [programs::TC_VXLAN, programs::TC_FLOOD];
+
 /// Puts a running datapath on an overlay: its settings in CONFIG and its
 /// program on the node's vxlan device (whose ifindex is `vxlan`).
 pub fn join(datapath: &str, overlay: OverlayConfig, device: &str, tc: TcMethod) -> Result<()> {
@@ -66,10 +71,9 @@ pub fn join(datapath: &str, overlay: OverlayConfig, device: &str, tc: TcMethod) 
     let mut current = config.get(&0, 0).context("reading map CONFIG")?;
     current.overlay = overlay;
     config.set(0, current, 0).context("writing map CONFIG")?;
-    // A datapath joins its first overlay without its decap program.
-    let decap = [programs::TC_VXLAN];
-    object::load_missing(&dir, super::fdb_size(datapath)?, &decap)?;
-    let mut programs = Programs::pinned(&dir, &decap)?
+    // A datapath joins its first overlay without these programs.
+    object::load_missing(&dir, super::fdb_size(datapath)?, &PROGRAMS)?;
+    let mut programs = Programs::pinned(&dir, &PROGRAMS)?
         .with_context(|| format!("datapath {datapath} has no pinned decap program"))?;
     hooks::attach_vxlan(&mut programs, &dir, device, overlay.vni, tc)
 }
