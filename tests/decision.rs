@@ -29,8 +29,8 @@ use common::{
 };
 use netpath::{datapath::policy::Tables, model::policy as model};
 use netpath_common::{
-    Counter, DatapathConfig, FLOOD_BUDGET, FdbEntry, FdbKey, OverlayConfig, PORT_SOURCE_CHECK,
-    PortPolicy, PortState, VXLAN_PORT, maps,
+    Counter, DatapathConfig, FLOOD_BUDGET, FdbEntry, FdbKey, NODE_CAPACITY, NodeAddr,
+    OverlayConfig, PORT_SOURCE_CHECK, PortPolicy, PortState, VXLAN_PORT, maps,
     policy::{
         EndpointPolicy, FLOW_CLOSING, Flow, FlowKey, FragmentKey, FragmentPorts, PeerRule,
         PolicyEndpointKey, PolicyPeerKey, PolicyPortKey, PolicyState,
@@ -235,7 +235,23 @@ impl Datapath {
             ports.remove(key).unwrap();
         }
         ports.insert(OTHER, PORT, None, 0).expect("devmap entry");
+        self.set_nodes(0);
         self.clear_policy();
+    }
+
+    /// The overlay's node list: `count` IPv4 nodes, 192.0.2.1 on, then the
+    /// end marker (family 0).
+    fn set_nodes(&mut self, count: u32) {
+        let mut list: Array<_, NodeAddr> =
+            Array::try_from(self.ebpf.map_mut(maps::NODE_LIST).unwrap()).unwrap();
+        for index in 0..NODE_CAPACITY {
+            let mut node = NodeAddr::default();
+            if index < count {
+                node.addr[..4].copy_from_slice(&[192, 0, 2, 1 + index as u8]);
+                node.family = 4;
+            }
+            list.set(index, node, 0).unwrap();
+        }
     }
 
     fn set_config(&mut self, config: DatapathConfig) {
@@ -630,6 +646,59 @@ fn broadcast_copies_to_other_nodes_stay_within_the_ports_budget() {
             ],
         );
     });
+}
+
+/// On an overlay of more nodes than one run of the flooding program copies
+/// to (it tail-calls itself for every FLOOD_CHUNK nodes), a broadcast is
+/// copied to every node once: each copy leaves by the overlay's device,
+/// `lo` here, whose own counter (the kernel's, not the programs') says how
+/// many went. 21 nodes: two whole chunks of 8 and part of a third.
+#[test]
+fn a_broadcast_is_copied_to_every_node_of_a_large_overlay() {
+    in_private_netns(|| {
+        let mut dp = datapath();
+        let nodes = 21;
+        dp.set_nodes(nodes);
+        dp.set_config(DatapathConfig {
+            bridge_mac: BRIDGE_MAC,
+            learning: 1,
+            ageing_ns: AGEING_NS,
+            overlay: OverlayConfig {
+                vni: 42,
+                vxlan_ifindex: LO,
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let up = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(up.success(), "ip link set lo up: {up}");
+        let before = lo_sent();
+        assert_eq!(dp.tc(&eth(BROADCAST)).unwrap(), TC_ACT_OK);
+        let copies = lo_sent() - before;
+        assert_eq!(
+            copies,
+            u64::from(nodes),
+            "copies of one broadcast to {nodes} nodes"
+        );
+        dp.assert_counters(PORT, &[(Counter::Flooded, 1)]);
+    });
+}
+
+/// The ifindex of `lo` in every network namespace.
+const LO: u32 = 1;
+
+/// Packets `lo` of the calling thread's namespace has sent, as the kernel
+/// counts them (`ip` runs in the thread's namespace).
+fn lo_sent() -> u64 {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "-s", "link", "show", "dev", "lo"])
+        .output()
+        .unwrap();
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    links[0]["stats64"]["tx"]["packets"].as_u64().unwrap()
 }
 
 #[test]

@@ -10,6 +10,7 @@ use aya_ebpf::{
 use netpath_common::Counter;
 
 use crate::{
+    flood,
     forward::{Port, Verdict, decide},
     frame::Frame,
     maps::FLOOD,
@@ -85,9 +86,13 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
         }
         Verdict::Flood => {
             port.count(Counter::Flooded);
-            // SAFETY: the FLOOD slot holds a tc program, as this one is;
-            // it ends the run with the frame's own verdict.
-            unsafe { FLOOD.tail_call(&ctx, 0) };
+            // SAFETY: the context pointer is valid for the program's run;
+            // the FLOOD slot holds a tc program, as this one is, which ends
+            // the run with the frame's own verdict.
+            unsafe {
+                (*ctx.skb.skb).cb[flood::NEXT_NODE_CB] = 0;
+                FLOOD.tail_call(&ctx, 0);
+            }
             // Only with the slot empty (a datapath joining its overlay):
             // the bridge floods the frame to this node's ports alone.
             TC_ACT_OK
