@@ -667,13 +667,11 @@ fn topologies_are_isolated_and_pins_are_private() {
         .iter()
         .map(|p| parse_mac(p["mac"].as_str().unwrap()))
         .collect();
-    let a_mac = parse_mac(a.status()["ports"][0]["mac"].as_str().unwrap());
+    let a_mac_text = a.status()["ports"][0]["mac"].as_str().unwrap().to_owned();
+    let a_mac = parse_mac(&a_mac_text);
     let unknown_before = a.counter(&a.ns("c0"), "pass_unknown");
     // Watch B's containers for any frame from A's c0.
-    let filter = format!(
-        "ether src {}",
-        a.status()["ports"][0]["mac"].as_str().unwrap()
-    );
+    let filter = format!("ether src {a_mac_text}");
     let captures = Capture::start_all(&[(b.ns("c0"), &filter), (b.ns("c1"), &filter)]);
     let frames: Vec<Vec<u8>> = b_macs
         .iter()

@@ -66,13 +66,16 @@ pub const PROGRAMS: [&str; 2] = [programs::TC_VXLAN, programs::TC_FLOOD];
 /// program on the node's vxlan device (whose ifindex is `vxlan`).
 pub fn join(datapath: &str, overlay: OverlayConfig, device: &str, tc: TcMethod) -> Result<()> {
     let dir = pin_dir(datapath);
+    // A datapath joins its first overlay without these programs. Loaded
+    // before CONFIG names the overlay: the port program then never meets a
+    // broadcast to flood with the flooding slot still empty, and a load the
+    // verifier refuses leaves the datapath off any overlay.
+    object::load_missing(&dir, super::fdb_size(datapath)?, &PROGRAMS)?;
     let maps = Maps::open(&dir)?;
     let mut config = maps.config()?;
     let mut current = config.get(&0, 0).context("reading map CONFIG")?;
     current.overlay = overlay;
     config.set(0, current, 0).context("writing map CONFIG")?;
-    // A datapath joins its first overlay without these programs.
-    object::load_missing(&dir, super::fdb_size(datapath)?, &PROGRAMS)?;
     let mut programs = Programs::pinned(&dir, &PROGRAMS)?
         .with_context(|| format!("datapath {datapath} has no pinned decap program"))?;
     hooks::attach_vxlan(&mut programs, &dir, device, overlay.vni, tc)
