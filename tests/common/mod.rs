@@ -837,6 +837,19 @@ impl BridgeForwardCounter {
         )
     }
 
+    /// Counts the IPv4 frames forwarded from a port of the topology: what
+    /// the fast path must carry. ARP, and the IPv6 the containers' kernels
+    /// send of their own accord after a link comes up (router
+    /// solicitations, MLD reports, late in a slow guest), take the bridge
+    /// by design.
+    pub fn ipv4_from_ports_of(topology: &Topology) -> Self {
+        Self::new(
+            &topology.host,
+            &topology.name,
+            &format!("iifname \"{}-*\" ether type ip", topology.name),
+        )
+    }
+
     pub fn packets(&self) -> u64 {
         let out = self
             .host
