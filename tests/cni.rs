@@ -1532,3 +1532,125 @@ fn network_policy_selects_pods_by_the_identity_the_runtime_gives() {
         "every policy deleted"
     );
 }
+
+/// The `bandwidth` capability (rates in bits per second, as containerd
+/// passes a pod's `kubernetes.io/{ingress,egress}-bandwidth` annotations):
+/// what the pod sends holds its egress rate, and what it is sent holds its
+/// ingress rate on both paths, a redirect from another pod and the bridge
+/// (from the host), while a pod without limits on the same bridge runs far
+/// faster; each drop is counted on the limited pod's port. In bridge mode
+/// the capability is refused (code 7), leaving nothing.
+#[test]
+fn a_pods_bandwidth_holds_both_ways_on_every_path() {
+    const EGRESS: f64 = 40e6;
+    const INGRESS: f64 = 20e6;
+    let net = Network::netpath("cw", "10.187.0.0/24");
+    let host = net.host.clone();
+    let mut limited = net.config.clone();
+    // A burst of 25 ms of the rate (the bucket is at least 200 ms deep, or
+    // TCP falls far below the rate), and containerd's "no burst given".
+    limited["runtimeConfig"] = json!({"bandwidth": {
+        "egressRate": EGRESS as u64, "egressBurst": 1_000_000,
+        "ingressRate": INGRESS as u64, "ingressBurst": u32::MAX,
+    }});
+    let slow = net.pod("a", "ctr-slow");
+    let (ok, out) = slow.call("ADD", &limited);
+    assert!(ok, "{out}");
+    let slow_port = Attached::from_result(&host, "ctr-slow", &out);
+    let (fast, other) = (net.pod("b", "ctr-fast"), net.pod("c", "ctr-other"));
+    let (fast_ip, other_ip) = (fast.attach().ip, other.attach().ip);
+    let status: Value =
+        serde_json::from_str(&host.netpath_ok(&["status", "--name", &net.bridge, "--json"]))
+            .unwrap();
+    let shown: Vec<&Value> = status["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["bandwidth"])
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            &limited["runtimeConfig"]["bandwidth"],
+            &Value::Null,
+            &Value::Null
+        ],
+        "status: {status}"
+    );
+
+    // 3 s, the first left out: the bucket's burst is not the rate.
+    let rate = |client: &str, server: &str, ip: &str, port: u16| -> f64 {
+        let report = common::iperf3::run(client, server, ip, port, 3, &["-O", "1"]);
+        report["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap()
+    };
+    let sent = rate(slow.ns(), fast.ns(), &fast_ip, 5301);
+    let received = rate(fast.ns(), slow.ns(), &slow_port.ip, 5302);
+    let from_host = rate(&host.name, slow.ns(), &slow_port.ip, 5303);
+    let unlimited = rate(fast.ns(), other.ns(), &other_ip, 5304);
+    println!(
+        "limited pod: sends {:.1} Mbit/s (egress {}), is sent {:.1} Mbit/s by a pod and {:.1} \
+         by the host (ingress {}); unlimited pods {:.1} Mbit/s",
+        sent / 1e6,
+        EGRESS / 1e6,
+        received / 1e6,
+        from_host / 1e6,
+        INGRESS / 1e6,
+        unlimited / 1e6
+    );
+    for (what, got, limit) in [
+        ("sent by the limited pod", sent, EGRESS),
+        ("sent to it by a pod", received, INGRESS),
+        (
+            "sent to it by the host, through the bridge",
+            from_host,
+            INGRESS,
+        ),
+    ] {
+        assert!(
+            got <= limit * 1.1 && got >= limit * 0.5,
+            "{what}: {:.1} Mbit/s against a limit of {:.1}",
+            got / 1e6,
+            limit / 1e6
+        );
+    }
+    assert!(
+        unlimited > 5.0 * EGRESS,
+        "two pods without limits carried only {:.1} Mbit/s: the limit is not the pod's alone",
+        unlimited / 1e6
+    );
+    let stats = net.stats();
+    let counters = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == slow_port.host_veth.as_str())
+        .map(|p| p["packets"].clone())
+        .expect("the limited pod's port in stats");
+    for counter in ["drop_egress_rate", "drop_ingress_rate"] {
+        assert!(
+            counters[counter].as_u64().unwrap() > 0,
+            "{counter} not counted: {counters}"
+        );
+    }
+
+    // Bridge mode has no program to hold a rate.
+    let mut bridge_mode = limited.clone();
+    bridge_mode["mode"] = json!("bridge");
+    let refused = net.pod("d", "ctr-refused");
+    let (ok, out) = refused.call("ADD", &bridge_mode);
+    assert!(!ok && out["code"] == 7, "{out}");
+    assert!(
+        !host
+            .sh(
+                "ip",
+                &["link", "show", &cni_host_veth("ctr-refused", "eth0")]
+            )
+            .status
+            .success(),
+        "the refused ADD left its veth"
+    );
+    drop((slow, fast, other, refused));
+    net.assert_gone();
+}

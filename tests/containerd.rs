@@ -21,12 +21,15 @@ use common::{
     within,
 };
 use netpath::model::naming::cni_host_veth;
+use serde_json::{Value, json};
 
 /// Two pods (RunPodSandbox, as the kubelet asks) on a netpath-cni network
 /// reach each other over the fast path; netpath records each pod's
-/// namespace, name and UID from containerd's CNI_ARGS; StopPodSandbox and
-/// RemovePodSandbox (DEL) leave no veth, bridge, pin, record, address or
-/// namespace.
+/// namespace, name and UID from containerd's CNI_ARGS, and a third pod's
+/// rate limits from its `kubernetes.io/*-bandwidth` annotations (the
+/// `bandwidth` capability: `tests/cni.rs` measures them); StopPodSandbox
+/// and RemovePodSandbox (DEL) leave no veth, bridge, pin, record, address
+/// or namespace.
 #[test]
 fn cri_pods_talk_over_the_fast_path_and_leave_nothing() {
     let options = Options {
@@ -54,9 +57,50 @@ fn cri_pods_talk_over_the_fast_path_and_leave_nothing() {
         },
     );
 
+    let mut limited = containerd.pod_spec("c");
+    limited.annotations.extend([
+        (
+            "kubernetes.io/ingress-bandwidth".to_owned(),
+            "10M".to_owned(),
+        ),
+        (
+            "kubernetes.io/egress-bandwidth".to_owned(),
+            "20M".to_owned(),
+        ),
+    ]);
+    let c = containerd.run_pod(&limited, 0);
+    let status: Value = serde_json::from_str(&containerd.host.netpath_ok(&[
+        "status",
+        "--name",
+        &containerd.network,
+        "--json",
+    ]))
+    .unwrap();
+    let rates: Vec<(Value, Value)> = status["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["bandwidth"]["ingressRate"].clone(),
+                p["bandwidth"]["egressRate"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rates,
+        [
+            (Value::Null, Value::Null),
+            (Value::Null, Value::Null),
+            (json!(10_000_000), json!(20_000_000))
+        ],
+        "the annotations of pod c are not its rates: {status}"
+    );
+
     containerd.remove_pod(&a.id);
     containerd.remove_pod(&b.id);
-    containerd.assert_nothing_left(&network, &[&a, &b]);
+    containerd.remove_pod(&c.id);
+    containerd.assert_nothing_left(&network, &[&a, &b, &c]);
 }
 
 /// `ctr run --rm --cni` in the foreground on the netpath conflist (ctr reads

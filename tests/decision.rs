@@ -36,6 +36,7 @@ use netpath_common::{
         PolicyEndpointKey, PolicyPeerKey, PolicyPortKey, PolicyState,
     },
     programs,
+    rate::{MIN_BURST_BYTES, PortRates, RateLimit},
 };
 
 /// The ingress port: `lo` of the test's namespace, the device test_run
@@ -237,6 +238,27 @@ impl Datapath {
         ports.insert(OTHER, PORT, None, 0).expect("devmap entry");
         self.set_nodes(0);
         self.clear_policy();
+        let mut limits = self.rate_limits();
+        for key in limits.keys().collect::<Result<Vec<_>, _>>().unwrap() {
+            limits.remove(&key).unwrap();
+        }
+    }
+
+    fn rate_limits(&mut self) -> HashMap<&mut aya::maps::MapData, u32, PortRates> {
+        HashMap::try_from(self.ebpf.map_mut(maps::RATE_LIMITS).unwrap()).unwrap()
+    }
+
+    /// Gives port `ifindex` these limits, and tells the programs (CONFIG)
+    /// that some port has limits.
+    fn set_rates(&mut self, ifindex: u32, rates: PortRates) {
+        self.rate_limits().insert(ifindex, rates, 0).unwrap();
+        self.set_config(DatapathConfig {
+            bridge_mac: BRIDGE_MAC,
+            learning: 1,
+            ageing_ns: AGEING_NS,
+            rate_limits: 1,
+            ..Default::default()
+        });
     }
 
     /// The overlay's node list: `count` IPv4 nodes, 192.0.2.1 on, then the
@@ -2341,6 +2363,80 @@ spec:
                     (Counter::PolicyIngressAllowed, 1),
                     (Counter::PolicyIngressDenied, 1),
                 ],
+            );
+        }
+    });
+}
+
+/// A port's rate limits, in the programs both hooks share: at 1 kB/s a
+/// bucket holds the least the loader gives one (96 KiB, a GSO packet), so
+/// a run of frames to another port passes that many bytes and drops the
+/// rest, counted on the limited port: the sender for its egress rate, the
+/// destination for its ingress rate. An exhausted bucket drops in XDP too;
+/// with CONFIG saying no port has limits, the map is not read.
+#[test]
+fn rate_limits_pass_the_bucket_then_drop_counting_on_the_limited_port() {
+    in_private_netns(|| {
+        let slow = RateLimit::new(8_000, 0).unwrap();
+        let data = eth(OTHER_MAC);
+        let fits = MIN_BURST_BYTES / data.len() as u64;
+        let runs = 2 * fits as u32;
+        for (limited, way) in [(PORT, "egress"), (OTHER, "ingress")] {
+            let mut dp = datapath();
+            let rates = match way {
+                "egress" => PortRates {
+                    egress: slow,
+                    ..Default::default()
+                },
+                _ => PortRates {
+                    ingress: slow,
+                    ..Default::default()
+                },
+            };
+            dp.set_rates(limited, rates);
+            dp.tc_repeated(&data, runs).expect("tc test run");
+            let (sender, receiver) = (dp.counters(PORT), dp.counters(OTHER));
+            let redirected = sender[Counter::Redirected as usize];
+            let dropped = match way {
+                "egress" => sender[Counter::DropEgressRate as usize],
+                _ => receiver[Counter::DropIngressRate as usize],
+            };
+            // A frame's worth of time may pass during the runs.
+            assert!(
+                (fits..=fits + 1).contains(&redirected),
+                "{way}: {redirected} frames passed, the bucket holds {fits}"
+            );
+            assert_eq!(
+                redirected + dropped,
+                u64::from(runs),
+                "{way}: drops not counted on the limited port"
+            );
+            // The bucket is empty now: XDP drops too.
+            dp.set_rates(
+                limited,
+                PortRates {
+                    egress: RateLimit {
+                        next_ns: u64::MAX / 2,
+                        ..slow
+                    },
+                    ingress: RateLimit {
+                        next_ns: u64::MAX / 2,
+                        ..slow
+                    },
+                },
+            );
+            assert_eq!(dp.xdp(&data).expect("xdp test run"), XDP_DROP, "{way}: xdp");
+            // Limits in the map, but CONFIG says there are none.
+            dp.set_config(DatapathConfig {
+                bridge_mac: BRIDGE_MAC,
+                learning: 1,
+                ageing_ns: AGEING_NS,
+                ..Default::default()
+            });
+            assert_eq!(
+                dp.tc(&data).expect("tc test run"),
+                TC_ACT_REDIRECT,
+                "{way}: flag off"
             );
         }
     });

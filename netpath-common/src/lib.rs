@@ -137,6 +137,13 @@ counters! {
         /// Ingress selecting it allows (counted on the protected container's
         /// port, whichever port the frame came by).
         PolicyIngressDenied => "policy_ingress_denied",
+        /// Dropped: over the rate this port's container may send at (the
+        /// CNI `bandwidth` capability's egress rate).
+        DropEgressRate => "drop_egress_rate",
+        /// Dropped: over the rate this port's container may be sent at (the
+        /// `bandwidth` capability's ingress rate), whichever port or device
+        /// the frame came by.
+        DropIngressRate => "drop_ingress_rate",
     }
 }
 
@@ -160,7 +167,7 @@ impl Counter {
     ];
 
     /// The reasons a frame is dropped.
-    pub const DROPPED: [Counter; 9] = [
+    pub const DROPPED: [Counter; 11] = [
         Counter::DropMalformed,
         Counter::DropBadSourceMac,
         Counter::DropSpoofedMac,
@@ -170,6 +177,8 @@ impl Counter {
         Counter::DropTunnel,
         Counter::PolicyEgressDenied,
         Counter::PolicyIngressDenied,
+        Counter::DropEgressRate,
+        Counter::DropIngressRate,
     ];
 }
 
@@ -283,7 +292,9 @@ pub struct DatapathConfig {
     pub bridge_mac: [u8; 6],
     /// Non-zero: learn source MACs of frames from the ports.
     pub learning: u8,
-    pub _pad: u8,
+    /// Non-zero: some port has a rate limit (`maps::RATE_LIMITS`), so the
+    /// programs look them up; zero spares every frame that lookup.
+    pub rate_limits: u8,
     /// Learned entries not refreshed for this long are ignored (and removed).
     pub ageing_ns: u64,
     /// Copy redirected frames to the TRACE ring buffer until this
@@ -401,10 +412,11 @@ pub struct TraceEvent {
 /// types. The loader writes it into the pinned `LAYOUT` map when it creates
 /// a datapath's maps, and refuses pins of another version instead of
 /// misreading them. Bump it with every change to a map or a type above.
-pub const LAYOUT_VERSION: u32 = 11;
+pub const LAYOUT_VERSION: u32 = 12;
 
 pub mod maps;
 pub mod policy;
+pub mod rate;
 
 /// Program names (the BPF function names; the kernel keeps 15 bytes).
 pub mod programs {
@@ -455,4 +467,5 @@ mod pod {
     unsafe impl aya::Pod for NodeAddr {}
     unsafe impl aya::Pod for RemoteContainer {}
     unsafe impl aya::Pod for OverlayStats {}
+    unsafe impl aya::Pod for rate::PortRates {}
 }

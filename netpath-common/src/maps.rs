@@ -36,6 +36,11 @@ macro_rules! datapath_maps {
             PORT_LEARNED => port_learned: HashMap<u32, u32> [$crate::PORT_CAPACITY] fixed;
             /// Destination ports for XDP redirect: ifindex -> ifindex.
             PORTS => ports: DevMapHash [$crate::PORT_CAPACITY] fixed;
+            /// Ports with a rate limit (either way): ifindex -> the limits and
+            /// the policers' state, shared by every CPU. Looked up only while
+            /// `DatapathConfig::rate_limits` is set.
+            RATE_LIMITS => rate_limits: HashMap<u32, $crate::rate::PortRates>
+                [$crate::PORT_CAPACITY] fixed;
             /// Per-port, per-CPU policy and counters, keyed by the ingress
             /// ifindex. A frame from a port not in here is not netpath's: it
             /// goes to the bridge.

@@ -12,7 +12,7 @@ use network_types::eth::EthHdr;
 use crate::{
     frame::Frame,
     maps::{CONFIG, FDB_LEARNED, FDB_STATIC, PORT_LEARNED, PORT_STATE, PORTS, REMOTE_FDB},
-    overlay, policy, source, tunnel,
+    overlay, policy, rate, source, tunnel,
 };
 
 /// A learned entry's timestamp is refreshed at most this often, so steady
@@ -40,6 +40,9 @@ pub enum Verdict {
     Pass(Counter),
     /// Drop it; the counter says why.
     Drop(Counter),
+    /// Drop it: over a container's rate limit (that container's port
+    /// counted it).
+    Limited,
     /// Drop it: a network policy denies its flow (the container that
     /// policy protects counted it), tracing it if the config says so.
     Denied(&'static DatapathConfig),
@@ -105,13 +108,14 @@ impl Port {
     }
 }
 
-/// Decides what happens to `frame`, which arrived on `port`. Costs two
+/// Decides what happens to `frame` (`len` bytes, GSO packets whole), which
+/// arrived on `port`. Costs two
 /// hash lookups in the common case (port, static destination), plus the
 /// hook's check that the destination is still there: frames from the
 /// port's own container need no learning, and the clock is read only for
 /// learned entries.
 #[inline(always)]
-pub fn decide(port: &Port, frame: &Frame) -> Verdict {
+pub fn decide(port: &Port, frame: &Frame, len: u32) -> Verdict {
     let eth: &EthHdr = match frame.at(0) {
         Ok(eth) => eth,
         Err(reason) => return Verdict::Drop(reason),
@@ -149,6 +153,10 @@ pub fn decide(port: &Port, frame: &Frame) -> Verdict {
     if policy::admit(frame).is_err() {
         return Verdict::Denied(config);
     }
+    // Only what the policy let through costs the container its rate.
+    if !rate::admit_from(config, port.ifindex, len) {
+        return Verdict::Limited;
+    }
 
     let dst = eth.dst_addr;
     let on_overlay = config.overlay.vni != 0;
@@ -181,6 +189,9 @@ pub fn decide(port: &Port, frame: &Frame) -> Verdict {
     };
     if local.ifindex == port.ifindex {
         return Verdict::Pass(Counter::PassHairpin);
+    }
+    if !rate::admit_to(config, local.ifindex, len) {
+        return Verdict::Limited;
     }
     Verdict::Redirect(local, config)
 }

@@ -14,8 +14,8 @@ macro_rules! bpf_modules {
 }
 
 bpf_modules!(
-    flood, forward, frame, maps, overlay, police, policy, proto, source, tc, trace, tunnel, vxlan,
-    xdp,
+    flood, forward, frame, maps, overlay, police, policy, proto, rate, source, tc, trace, tunnel,
+    vxlan, xdp,
 );
 
 #[cfg(target_arch = "bpf")]

@@ -1,10 +1,12 @@
-//! tc hook on the host-side veth ends that only enforces network policy,
-//! attached only where a policy isolates a container. On the egress (every
-//! mode): frames the bridge hands a container, which no forwarding program
+//! tc hook on the host-side veth ends that only enforces network policy
+//! and rate limits, attached only where a policy isolates a container or
+//! a container has an ingress rate limit. On the egress (every mode):
+//! frames the bridge hands a container, which no forwarding program
 //! judged (from the host's stack, a subnet it routes, a broadcast); those a
 //! container's own program judged are a known flow here, one lookup. In
-//! bridge mode also on the ingress: frames from the containers, so bridge
-//! mode enforces what the other modes do, without forwarding.
+//! bridge mode also on the ingress (policy only: the loader refuses rate
+//! limits in bridge mode): frames from the containers, so bridge mode
+//! enforces what the other modes do, without forwarding.
 
 use aya_ebpf::{
     EbpfContext,
@@ -14,7 +16,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::{frame::Frame, maps::CONFIG, policy, tc::pull_checked_headers, trace};
+use crate::{frame::Frame, maps::CONFIG, policy, rate, tc::pull_checked_headers, trace};
 
 #[classifier]
 pub fn netpath_police(ctx: TcContext) -> i32 {
@@ -23,7 +25,16 @@ pub fn netpath_police(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     }
     match policy::admit(&Frame::new(ctx.data(), ctx.data_end())) {
-        Ok(()) => TC_ACT_OK,
+        Ok(()) => {
+            // Frames reach a container by the bridge as they do by a
+            // redirect: at the container's one ingress rate.
+            // SAFETY: the context pointer is valid for the program's run.
+            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+            match CONFIG.get(0) {
+                Some(config) if !rate::admit_to(config, ifindex, ctx.len()) => TC_ACT_SHOT,
+                _ => TC_ACT_OK,
+            }
+        }
         Err(policy::Denied) => {
             if let Some(config) = CONFIG.get(0) {
                 // SAFETY: the context pointer is valid for the program's

@@ -40,7 +40,7 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     }
     let mut frame = Frame::new(ctx.data(), ctx.data_end());
-    match decide(&port, &frame) {
+    match decide(&port, &frame, ctx.len()) {
         Verdict::Redirect(dst, config) => {
             // bpf_redirect_peer() accepts any ifindex (a missing device
             // drops the frame after the program): ask the devmap first.
@@ -105,6 +105,7 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
             port.count(reason);
             TC_ACT_SHOT
         }
+        Verdict::Limited => TC_ACT_SHOT,
         Verdict::Denied(config) => {
             // SAFETY: the helper copies at most `n` bytes of this skb into `to`.
             trace::denied(config, port.ifindex(), ctx.len(), |to, n| unsafe {

@@ -24,7 +24,7 @@ use crate::{
     frame::Frame,
     maps::{CONFIG, NODES, OVERLAY_STATS, REMOTE_FDB},
     overlay::TUNNEL_KEY_SIZE,
-    policy, source,
+    policy, rate, source,
     tc::{into_container, pull_checked_headers},
     trace,
 };
@@ -91,6 +91,9 @@ pub fn netpath_vxlan(ctx: TcContext) -> i32 {
         return count(OverlayCounter::DropNoPort, TC_ACT_SHOT);
     };
     let port = port.ifindex;
+    if !rate::admit_to(config, port, ctx.len()) {
+        return TC_ACT_SHOT; // the port counted it
+    }
     if !into_container(&ctx, port) {
         return count(OverlayCounter::DropNoPort, TC_ACT_SHOT);
     }

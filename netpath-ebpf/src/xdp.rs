@@ -16,7 +16,7 @@ pub fn netpath_xdp(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let frame = Frame::new(ctx.data(), ctx.data_end());
-    match decide(&port, &frame) {
+    match decide(&port, &frame, frame.len() as u32) {
         // The redirect looks the port up in the devmap itself, no lookup of
         // our own first: a port that is gone is missing there, and the
         // helper then returns the flags' low bits, XDP_PASS (since 5.3).
@@ -51,6 +51,7 @@ pub fn netpath_xdp(ctx: XdpContext) -> u32 {
             port.count(reason);
             xdp_action::XDP_DROP
         }
+        Verdict::Limited => xdp_action::XDP_DROP,
         Verdict::Denied(config) => {
             let len = frame.len() as u32;
             trace::denied(config, port.ifindex(), len, |to, n| copy_frame(&frame, to, n));

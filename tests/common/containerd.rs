@@ -104,6 +104,8 @@ pub struct PodSpec {
     pub name: String,
     pub namespace: String,
     pub uid: String,
+    /// The pod's annotations (`kubernetes.io/egress-bandwidth`, say).
+    pub annotations: HashMap<String, String>,
 }
 
 /// A pod sandbox containerd runs.
@@ -183,11 +185,14 @@ impl Containerd {
     /// The CNI configuration of the pods: netpath-cni in tc mode with its
     /// own IPAM, then (with `hold`) the hold step.
     pub fn conflist(&self, options: &Options) -> Value {
+        // A Kubernetes node's: containerd passes the pod's bandwidth
+        // annotations to the plugins that declare the capability.
         let mut plugins = vec![json!({
             "type": "netpath-cni",
             "bridge": self.network,
             "mode": "tc",
             "ipam": {"type": "netpath", "subnet": options.subnet},
+            "capabilities": {"bandwidth": true},
         })];
         if options.hold {
             plugins.push(json!({"type": "netpath-test-hold"}));
@@ -481,6 +486,7 @@ disabled_plugins = [
             uid: format!("uid-{name}"),
             name,
             namespace: POD_NAMESPACE.to_owned(),
+            annotations: HashMap::new(),
         }
     }
 
@@ -505,6 +511,7 @@ disabled_plugins = [
             }),
             hostname: spec.name.clone(),
             labels,
+            annotations: spec.annotations.clone(),
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: self.cgroup_parent(),
                 ..Default::default()

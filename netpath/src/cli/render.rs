@@ -52,12 +52,12 @@ pub fn status(s: &Status) -> String {
     );
     out.push_str(&format!("datapath: {}\n", s.datapath));
     out.push_str(&format!(
-        "{:<16} {:<24} {:>8}  {:<16} {:<7} {:<18} {:<32} PROGRAMS\n",
-        "PORT", "CONTAINER", "IFINDEX", "NETNS", "IFNAME", "MAC", "IPS"
+        "{:<16} {:<24} {:>8}  {:<16} {:<7} {:<18} {:<32} {:<16} PROGRAMS\n",
+        "PORT", "CONTAINER", "IFINDEX", "NETNS", "IFNAME", "MAC", "IPS", "RATE"
     ));
     for p in &s.ports {
         out.push_str(&format!(
-            "{:<16} {:<24} {:>8}  {:<16} {:<7} {:<18} {:<32} {}\n",
+            "{:<16} {:<24} {:>8}  {:<16} {:<7} {:<18} {:<32} {:<16} {}\n",
             p.name,
             p.container,
             or_dash(p.ifindex),
@@ -65,6 +65,7 @@ pub fn status(s: &Status) -> String {
             p.ifname,
             or_dash(p.mac),
             join(&p.ips),
+            p.bandwidth.describe(),
             join(&p.programs)
         ));
     }

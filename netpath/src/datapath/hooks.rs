@@ -126,8 +126,11 @@ pub struct HookRow {
     /// The datapath modes whose ports have it (none: attached on joining
     /// an overlay, not per port).
     pub modes: &'static [Mode],
-    /// Attached only where a network policy isolates a container.
+    /// Attached only where a network policy isolates a container...
     pub policy_only: bool,
+    /// ... or, for this one, on the port of a container with an ingress
+    /// rate limit (frames the bridge hands it pay the rate too).
+    pub ingress_rate: bool,
 }
 
 /// Every hook, in the order a port's are attached: the container side's
@@ -142,6 +145,7 @@ pub const HOOKS: [HookRow; 6] = [
         pin_dir: "xdp-peer",
         modes: &[Mode::Xdp],
         policy_only: false,
+        ingress_rate: false,
     },
     HookRow {
         hook: Hook::Xdp,
@@ -151,6 +155,7 @@ pub const HOOKS: [HookRow; 6] = [
         pin_dir: "xdp",
         modes: &[Mode::Xdp],
         policy_only: false,
+        ingress_rate: false,
     },
     HookRow {
         hook: Hook::Tc,
@@ -160,6 +165,7 @@ pub const HOOKS: [HookRow; 6] = [
         pin_dir: "tc",
         modes: &[Mode::Tc],
         policy_only: false,
+        ingress_rate: false,
     },
     HookRow {
         hook: Hook::Vxlan,
@@ -169,6 +175,7 @@ pub const HOOKS: [HookRow; 6] = [
         pin_dir: "vxlan",
         modes: &[],
         policy_only: false,
+        ingress_rate: false,
     },
     HookRow {
         hook: Hook::PoliceToContainer,
@@ -178,6 +185,7 @@ pub const HOOKS: [HookRow; 6] = [
         pin_dir: "police-out",
         modes: &[Mode::Xdp, Mode::Tc, Mode::Bridge],
         policy_only: true,
+        ingress_rate: true,
     },
     HookRow {
         hook: Hook::PoliceFromContainer,
@@ -187,6 +195,7 @@ pub const HOOKS: [HookRow; 6] = [
         pin_dir: "police-in",
         modes: &[Mode::Bridge],
         policy_only: true,
+        ingress_rate: false,
     },
 ];
 
@@ -205,6 +214,21 @@ impl Hook {
         HOOKS
             .iter()
             .filter(|row| row.modes.contains(&mode) && (policing || !row.policy_only))
+            .map(|row| row.hook)
+            .collect()
+    }
+
+    /// The hooks of `port` in a datapath in `mode`: [`Hook::for_mode`]'s,
+    /// and the one that holds its container's ingress rate on the bridge's
+    /// frames if it has such a limit.
+    pub fn for_port(mode: Mode, isolating: bool, port: &Port) -> Vec<Hook> {
+        let limited = port.bandwidth.limits_ingress();
+        HOOKS
+            .iter()
+            .filter(|row| {
+                row.modes.contains(&mode)
+                    && (isolating || !row.policy_only || (limited && row.ingress_rate))
+            })
             .map(|row| row.hook)
             .collect()
     }

@@ -36,7 +36,9 @@ use self::{
 };
 use crate::{
     host::netlink,
-    model::{Mac, Mode, naming, policy::EndpointRules, source::source_policy},
+    model::{
+        Mac, Mode, bandwidth::Bandwidth, naming, policy::EndpointRules, source::source_policy,
+    },
 };
 
 /// BPF_NOEXIST: create, never overwrite.
@@ -58,6 +60,8 @@ pub struct Port {
     /// Frames must come from `mac` and `addresses` (off for containers
     /// that route or bridge for others: those learn, up to a limit).
     pub source_check: bool,
+    /// The container's rate limits (pods: the CNI `bandwidth` capability).
+    pub bandwidth: Bandwidth,
 }
 
 /// Everything the datapath needs: a set of ports sharing one bridge, one
@@ -147,6 +151,7 @@ fn drop_port_entries(maps: &Maps, ifindex: u32) -> Result<usize> {
     let _ = maps.ports()?.remove(ifindex);
     let _ = maps.port_state()?.remove(&ifindex);
     let _ = maps.port_learned()?.remove(&ifindex);
+    let _ = maps.rate_limits()?.remove(&ifindex);
     Ok(entries)
 }
 
@@ -326,14 +331,15 @@ async fn attach_hooks(
 ) -> Result<()> {
     let dir = pin_dir(&dp.name);
     // Bridge mode with a policy has the policy's programs alone.
-    let wanted = Hook::for_mode(dp.mode, isolates(&dp.policy));
+    let isolating = isolates(&dp.policy);
     for (n, (port, ifindex)) in ports.iter().enumerate() {
-        for &hook in &wanted {
+        for hook in Hook::for_port(dp.mode, isolating, port) {
             hooks::attach(handle, programs, &dir, port, *ifindex, hook, dp.tc).await?;
         }
         step_done(Step::PortAttached(n))?;
     }
     for (port, _) in ports {
+        let wanted = Hook::for_port(dp.mode, isolating, port);
         for hook in Hook::per_port().filter(|h| !wanted.contains(h)) {
             hooks::detach(&dir, port, hook)?;
         }
@@ -343,9 +349,10 @@ async fn attach_hooks(
 }
 
 /// The programs of the hooks `dp`'s ports have in its mode, with its
-/// policy: the ones it loads.
+/// policy and its containers' rate limits: the ones it loads.
 fn programs_needed(dp: &Datapath) -> Vec<&'static str> {
-    hooks::programs_of(&Hook::for_mode(dp.mode, isolates(&dp.policy)))
+    let limited = dp.ports.iter().any(|p| p.bandwidth.limits_ingress());
+    hooks::programs_of(&Hook::for_mode(dp.mode, isolates(&dp.policy) || limited))
 }
 
 /// Whether any rule isolates a container (an empty policy restricts
@@ -438,7 +445,35 @@ fn fill_port(maps: &Maps, learn_limit: u32, port: &Port, ifindex: u32, cpus: usi
                 )
             })?;
     }
+    fill_rates(maps, port, ifindex)?;
     fdb::Fdb::open(maps)?.add_static(port.mac, ifindex)
+}
+
+/// The port's rate limits, in force before its static FDB entry sends it
+/// anything; the programs look them up once CONFIG says some port has
+/// one (never unset: a lookup that misses costs little).
+fn fill_rates(maps: &Maps, port: &Port, ifindex: u32) -> Result<()> {
+    let mut limits = maps.rate_limits()?;
+    if !port.bandwidth.limits() {
+        let _ = limits.remove(&ifindex);
+        return Ok(());
+    }
+    limits
+        .insert(ifindex, port.bandwidth.rates(), 0)
+        .with_context(|| {
+            format!(
+                "adding port {} (ifindex {ifindex}) to map RATE_LIMITS",
+                port.name
+            )
+        })?;
+    let mut config = maps.config()?;
+    let mut value = config.get(&0, 0).context("reading map CONFIG")?;
+    if value.rate_limits == 0 {
+        value.rate_limits = 1;
+        config.set(0, value, 0).context("writing map CONFIG")?;
+    }
+    info!("{}: rate limits {}", port.name, port.bandwidth.describe());
+    Ok(())
 }
 
 /// Adds one port to a running datapath: its map entries, and its links
@@ -474,9 +509,25 @@ pub async fn add_port(
     }
     let cpus = nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
     fill_port(&maps, dp.learn_limit, port, ifindex, cpus)?;
+    let wanted = Hook::for_port(dp.mode, isolates(&dp.policy), port);
     if let Some(mut programs) = programs {
-        for hook in Hook::for_mode(dp.mode, isolates(&dp.policy)) {
+        for hook in wanted {
             hooks::attach(handle, &mut programs, &dir, port, ifindex, hook, dp.tc).await?;
+        }
+    } else {
+        // What attach_early could not know: the hook of the port's own
+        // ingress rate, whose program a datapath loads with the first
+        // container that has one (under the network's lock, as here).
+        let early = Hook::for_mode(dp.mode, isolates(&dp.policy));
+        let late: Vec<Hook> = wanted.into_iter().filter(|h| !early.contains(h)).collect();
+        if !late.is_empty() {
+            let needed = hooks::programs_of(&late);
+            object::load_missing(&dir, dp.fdb_size, &needed)?;
+            let mut programs = Programs::pinned(&dir, &needed)?
+                .context("the programs just pinned are not there")?;
+            for hook in late {
+                hooks::attach(handle, &mut programs, &dir, port, ifindex, hook, dp.tc).await?;
+            }
         }
     }
     info!("{}: port {} joined ({} mode)", dp.name, port.name, dp.mode);

@@ -10,7 +10,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    Mac, Mode, ipam, naming, one_or_many,
+    Mac, Mode,
+    bandwidth::Bandwidth,
+    ipam, naming, one_or_many,
     overlay::{DEFAULT_LEASE_TTL_S, EtcdAccess, OverlaySpec, Peers},
     policy::Identity,
 };
@@ -117,6 +119,9 @@ pub struct RuntimeConfig {
     /// pod's annotations, of which [`LABELS_ANNOTATION`] carries labels.
     #[serde(default, rename = "io.kubernetes.cri.pod-annotations")]
     pub pod_annotations: BTreeMap<String, String>,
+    /// The `bandwidth` capability: the container's rate limits.
+    #[serde(default)]
+    pub bandwidth: Option<Bandwidth>,
 }
 
 /// The pod annotation whose value gives a pod's labels to network policy
@@ -397,6 +402,22 @@ impl NetConf {
     /// Whether the runtime speaks CNI 1.1 (STATUS, GC, `mtu`).
     pub fn is_1_1(&self) -> bool {
         self.cni_version == VERSION_1_1
+    }
+
+    /// The container's rate limits (the `bandwidth` capability), refused
+    /// (code 7) where the datapath cannot hold them.
+    pub fn bandwidth(&self) -> CniResult<Bandwidth> {
+        let invalid = |msg: String| CniError::new(CniError::INVALID_CONFIG, msg);
+        let bandwidth = self.runtime_config.bandwidth.unwrap_or_default();
+        bandwidth.validate().map_err(invalid)?;
+        if bandwidth.limits() && self.mode() == Mode::Bridge {
+            return Err(invalid(format!(
+                "bandwidth ({}): bridge mode attaches no program to hold a rate limit: use \"mode\": \"tc\" \
+                 or \"xdp\", or chain the reference bandwidth plugin after netpath-cni",
+                bandwidth.describe()
+            )));
+        }
+        Ok(bandwidth)
     }
 
     pub fn mode(&self) -> Mode {

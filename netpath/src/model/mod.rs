@@ -4,6 +4,7 @@
 //! Nothing here touches the machine (beyond reading a config file), so all
 //! of it is unit-tested without root.
 
+pub mod bandwidth;
 pub mod cni;
 pub mod ipam;
 pub mod mac;

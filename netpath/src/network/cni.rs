@@ -104,6 +104,7 @@ pub fn port(a: &Attachment) -> Port {
         mac: a.mac,
         addresses: a.ips.iter().map(|ip| ip.addr()).collect(),
         source_check: true,
+        bandwidth: a.bandwidth,
     }
 }
 

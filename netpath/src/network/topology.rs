@@ -59,6 +59,7 @@ pub fn port(spec: &TopologySpec, c: &ContainerSpec) -> Port {
         mac: c.mac,
         addresses: c.ips.iter().map(|ip| ip.addr()).collect(),
         source_check: c.source_check,
+        bandwidth: Default::default(),
     }
 }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::{
     datapath::{self, hooks, object::program_name},
     host::{netlink, netns},
-    model::{Mac, Mode},
+    model::{Mac, Mode, bandwidth::Bandwidth},
     network::{Container, Kind, Network},
 };
 
@@ -35,6 +35,10 @@ pub struct PortStatus {
     pub ifname: String,
     pub mac: Option<Mac>,
     pub ips: Vec<IpNet>,
+    /// Its container's rate limits, as the `bandwidth` capability gave
+    /// them (bits per second; none: no limit).
+    #[serde(skip_serializing_if = "Bandwidth::is_unlimited")]
+    pub bandwidth: Bandwidth,
     /// BPF programs on the host-side veth (`xdp:NAME`, `tc:NAME`) and on
     /// the container's interface (`peer-xdp:NAME`).
     pub programs: Vec<String>,
@@ -126,6 +130,7 @@ async fn port_status(handle: &Handle, container: &Container) -> Result<PortStatu
         ifname: port.ifname.clone(),
         mac,
         ips,
+        bandwidth: port.bandwidth,
         programs,
     })
 }

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{STATE_DIR, atomic, record_names};
-use crate::model::{Mac, Mode, overlay::OverlaySpec, policy::Identity};
+use crate::model::{Mac, Mode, bandwidth::Bandwidth, overlay::OverlaySpec, policy::Identity};
 
 /// One container the plugin attached.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -38,6 +38,9 @@ pub struct Attachment {
     /// by (see `NetConf::pod_identity`).
     #[serde(default, flatten)]
     pub identity: Identity,
+    /// Its rate limits, as the runtime asked (the `bandwidth` capability).
+    #[serde(default, skip_serializing_if = "Bandwidth::is_unlimited")]
+    pub bandwidth: Bandwidth,
 }
 
 /// An ADD under way: it wires its container without holding the network's

@@ -131,6 +131,7 @@ pub(super) async fn add(call: &Call<'_>) -> CniResult<Value> {
         ));
     }
     let requested = conf.requested(env)?;
+    let bandwidth = conf.bandwidth()?;
     let (identity, pod) = conf.pod_identity(env)?;
     let pod_uid = env.arg("K8S_POD_UID").map(str::to_owned);
     let placement = Placement::of(handle, conf).await?;
@@ -180,6 +181,7 @@ pub(super) async fn add(call: &Call<'_>) -> CniResult<Value> {
                     pod,
                     pod_uid,
                     identity,
+                    bandwidth,
                     ..a
                 };
                 return plug_or_undo(call, (lock, rec), a, Some(addresses), &placement).await;
@@ -224,6 +226,7 @@ pub(super) async fn add(call: &Call<'_>) -> CniResult<Value> {
         pod,
         pod_uid,
         identity,
+        bandwidth,
     };
     plug_or_undo(call, (lock, rec), attachment, addresses, &placement).await
 }
