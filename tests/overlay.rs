@@ -278,11 +278,6 @@ fn run_within(ns: &str, args: &[&str], secs: u64) -> Output {
     )
 }
 
-/// An iperf3 run of 2 s between two containers: the client's report.
-fn iperf(client: &str, server: &str, to: &str, port: u16, extra: &[&str]) -> Value {
-    common::iperf3::run(client, server, to, port, 2, extra)
-}
-
 /// Echo requests the IP stack of namespace `ns` received (`/proc/net/snmp`).
 /// The receiver's own count on every kernel: Debian's 5.10 does not count
 /// the frames `bpf_redirect_peer` hands a veth in its link statistics
@@ -384,9 +379,9 @@ fn three_hosts_carry_ping_tcp_and_udp_on_the_fast_path() {
     assert!(said.contains("message too long"), "ping said: {said}");
 
     // Bulk traffic between hosts.
-    let tcp = iperf(&ov.ns(0, 0), &ov.ns(1, 0), &ip(1, 0), 5201, &[]);
-    let tcp_back = iperf(&ov.ns(0, 0), &ov.ns(1, 0), &ip(1, 0), 5202, &["-R"]);
-    let udp = iperf(
+    let tcp = common::iperf3::brief(&ov.ns(0, 0), &ov.ns(1, 0), &ip(1, 0), 5201, &[]);
+    let tcp_back = common::iperf3::brief(&ov.ns(0, 0), &ov.ns(1, 0), &ip(1, 0), 5202, &["-R"]);
+    let udp = common::iperf3::brief(
         &ov.ns(1, 1),
         &ov.ns(2, 1),
         &ip(2, 1),
@@ -802,7 +797,7 @@ fn the_overlay_over_wireguard_is_sealed_and_forged_tunnel_traffic_is_dropped() {
         ping(&ov.ns(0, 0), &ip(1, 0)),
         "node 0 does not reach node 1"
     );
-    let report = iperf(&ov.ns(0, 0), &ov.ns(1, 0), &ip(1, 0), 5201, &[]);
+    let report = common::iperf3::brief(&ov.ns(0, 0), &ov.ns(1, 0), &ip(1, 0), 5201, &[]);
     let sent = report["end"]["sum_received"]["bytes"].as_u64().unwrap();
     assert!(sent > 0, "no TCP across the overlay: {report}");
     assert_eq!(vxlan.packets(), 0, "VXLAN on the underlay, in the clear");

@@ -107,6 +107,19 @@ impl Client {
     }
 }
 
+/// [`run`] for 2 s: the tests that check where bulk traffic goes, not how
+/// fast it is.
+#[track_caller]
+pub fn brief(
+    client_ns: &str,
+    server_ns: &str,
+    server_ip: &str,
+    port: u16,
+    extra: &[&str],
+) -> Value {
+    run(client_ns, server_ns, server_ip, port, 2, extra)
+}
+
 /// One iperf3 test from `client_ns` to a server in `server_ns` reached at
 /// `server_ip`: the client's report.
 #[track_caller]

@@ -211,11 +211,7 @@ impl Hook {
     /// The hooks of a port of a datapath in `mode`, in attach order, with
     /// the policy hooks if `policing` (a policy isolates a container).
     pub fn for_mode(mode: Mode, policing: bool) -> Vec<Hook> {
-        HOOKS
-            .iter()
-            .filter(|row| row.modes.contains(&mode) && (policing || !row.policy_only))
-            .map(|row| row.hook)
-            .collect()
+        Self::of_mode(mode, |row| policing || !row.policy_only)
     }
 
     /// The hooks of `port` in a datapath in `mode`: [`Hook::for_mode`]'s,
@@ -223,12 +219,16 @@ impl Hook {
     /// frames if it has such a limit.
     pub fn for_port(mode: Mode, isolating: bool, port: &Port) -> Vec<Hook> {
         let limited = port.bandwidth.limits_ingress();
+        Self::of_mode(mode, |row| {
+            isolating || !row.policy_only || (limited && row.ingress_rate)
+        })
+    }
+
+    /// The hooks of `mode` that `keep` keeps, in attach order.
+    fn of_mode(mode: Mode, keep: impl Fn(&HookRow) -> bool) -> Vec<Hook> {
         HOOKS
             .iter()
-            .filter(|row| {
-                row.modes.contains(&mode)
-                    && (isolating || !row.policy_only || (limited && row.ingress_rate))
-            })
+            .filter(|row| row.modes.contains(&mode) && keep(row))
             .map(|row| row.hook)
             .collect()
     }
