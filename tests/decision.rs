@@ -422,8 +422,8 @@ impl Datapath {
             .program(name)
             .unwrap_or_else(|| panic!("no program {name}"));
         let fd = match name {
-            programs::TC_FORWARD => <&SchedClassifier>::try_from(program).unwrap().fd(),
-            _ => <&Xdp>::try_from(program).unwrap().fd(),
+            programs::XDP_FORWARD | programs::XDP_PEER => <&Xdp>::try_from(program).unwrap().fd(),
+            _ => <&SchedClassifier>::try_from(program).unwrap().fd(),
         };
         fd.unwrap().as_fd().as_raw_fd()
     }
@@ -440,6 +440,16 @@ impl Datapath {
             ..Default::default()
         };
         test_run_repeated(self.fd(programs::TC_FORWARD), data, &ctx, repeat)
+    }
+
+    /// The police program's verdict on `data` leaving by `PORT`'s host
+    /// veth toward its container (the hook on its egress).
+    fn police(&self, data: &[u8]) -> io::Result<u32> {
+        let ctx = SkBuff {
+            ifindex: PORT,
+            ..Default::default()
+        };
+        test_run(self.fd(programs::TC_POLICE), data, &ctx)
     }
 
     /// Frames in the trace ring buffer, which this takes out.
@@ -2439,5 +2449,84 @@ fn rate_limits_pass_the_bucket_then_drop_counting_on_the_limited_port() {
                 "{way}: flag off"
             );
         }
+    });
+}
+
+/// The police program on a host veth's egress (frames the bridge hands a
+/// container: from the host, Services) holds the container's ingress rate
+/// as the forwarding programs do: frames pass while its bucket has room,
+/// then are dropped and counted on its port; without a limit, or with
+/// CONFIG saying no port has one, they pass.
+#[test]
+fn the_police_program_holds_a_containers_ingress_rate_on_the_bridges_frames() {
+    in_private_netns(|| {
+        let mut dp = datapath();
+        let data = packets::ipv4(PORT_MAC, BRIDGE_MAC, OTHER_IP, PORT_IP);
+        assert_eq!(
+            dp.police(&data).expect("police test run"),
+            TC_ACT_OK,
+            "no limit"
+        );
+        let slow = RateLimit::new(8_000, 0).unwrap();
+        dp.set_rates(
+            PORT,
+            PortRates {
+                ingress: slow,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            dp.police(&data).expect("police test run"),
+            TC_ACT_OK,
+            "a full bucket"
+        );
+        let empty = RateLimit {
+            next_ns: u64::MAX / 2,
+            ..slow
+        };
+        dp.set_rates(
+            PORT,
+            PortRates {
+                ingress: empty,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            dp.police(&data).expect("police test run"),
+            TC_ACT_SHOT,
+            "an empty bucket"
+        );
+        dp.assert_counters(PORT, &[(Counter::DropIngressRate, 1)]);
+        // The egress rate is the forwarding program's: not held here.
+        dp.set_rates(
+            PORT,
+            PortRates {
+                egress: empty,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            dp.police(&data).expect("police test run"),
+            TC_ACT_OK,
+            "egress limit"
+        );
+        dp.set_rates(
+            PORT,
+            PortRates {
+                ingress: empty,
+                ..Default::default()
+            },
+        );
+        dp.set_config(DatapathConfig {
+            bridge_mac: BRIDGE_MAC,
+            learning: 1,
+            ageing_ns: AGEING_NS,
+            ..Default::default()
+        });
+        assert_eq!(
+            dp.police(&data).expect("police test run"),
+            TC_ACT_OK,
+            "flag off"
+        );
     });
 }
