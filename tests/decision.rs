@@ -202,17 +202,23 @@ fn datapath() -> MutexGuard<'static, Datapath> {
     dp
 }
 
+/// The config of [`Datapath::reset`]'s topology: the bridge's MAC,
+/// learning on, no overlay, no tracing, no port with a rate limit.
+fn topology_config() -> DatapathConfig {
+    DatapathConfig {
+        bridge_mac: BRIDGE_MAC,
+        learning: 1,
+        ageing_ns: AGEING_NS,
+        ..Default::default()
+    }
+}
+
 impl Datapath {
     /// One topology: two ports that check their sources, with a static FDB
     /// entry each, the bridge's MAC, learning on, no policy; nothing else in
     /// any map, every counter 0.
     fn reset(&mut self) {
-        self.set_config(DatapathConfig {
-            bridge_mac: BRIDGE_MAC,
-            learning: 1,
-            ageing_ns: AGEING_NS,
-            ..Default::default()
-        });
+        self.set_config(topology_config());
         let mut states: PerCpuHashMap<_, u32, PortState> =
             PerCpuHashMap::try_from(self.ebpf.map_mut(maps::PORT_STATE).unwrap()).unwrap();
         for key in states.keys().collect::<Result<Vec<_>, _>>().unwrap() {
@@ -253,11 +259,8 @@ impl Datapath {
     fn set_rates(&mut self, ifindex: u32, rates: PortRates) {
         self.rate_limits().insert(ifindex, rates, 0).unwrap();
         self.set_config(DatapathConfig {
-            bridge_mac: BRIDGE_MAC,
-            learning: 1,
-            ageing_ns: AGEING_NS,
             rate_limits: 1,
-            ..Default::default()
+            ..topology_config()
         });
     }
 
@@ -2437,12 +2440,7 @@ fn rate_limits_pass_the_bucket_then_drop_counting_on_the_limited_port() {
             );
             assert_eq!(dp.xdp(&data).expect("xdp test run"), XDP_DROP, "{way}: xdp");
             // Limits in the map, but CONFIG says there are none.
-            dp.set_config(DatapathConfig {
-                bridge_mac: BRIDGE_MAC,
-                learning: 1,
-                ageing_ns: AGEING_NS,
-                ..Default::default()
-            });
+            dp.set_config(topology_config());
             assert_eq!(
                 dp.tc(&data).expect("tc test run"),
                 TC_ACT_REDIRECT,
@@ -2517,12 +2515,7 @@ fn the_police_program_holds_a_containers_ingress_rate_on_the_bridges_frames() {
                 ..Default::default()
             },
         );
-        dp.set_config(DatapathConfig {
-            bridge_mac: BRIDGE_MAC,
-            learning: 1,
-            ageing_ns: AGEING_NS,
-            ..Default::default()
-        });
+        dp.set_config(topology_config());
         assert_eq!(
             dp.police(&data).expect("police test run"),
             TC_ACT_OK,
