@@ -332,14 +332,17 @@ async fn attach_hooks(
     let dir = pin_dir(&dp.name);
     // Bridge mode with a policy has the policy's programs alone.
     let isolating = isolates(&dp.policy);
-    for (n, (port, ifindex)) in ports.iter().enumerate() {
-        for hook in Hook::for_port(dp.mode, isolating, port) {
+    let wanted: Vec<Vec<Hook>> = ports
+        .iter()
+        .map(|(port, _)| Hook::for_port(dp.mode, isolating, port))
+        .collect();
+    for (n, ((port, ifindex), port_hooks)) in ports.iter().zip(&wanted).enumerate() {
+        for &hook in port_hooks {
             hooks::attach(handle, programs, &dir, port, *ifindex, hook, dp.tc).await?;
         }
         step_done(Step::PortAttached(n))?;
     }
-    for (port, _) in ports {
-        let wanted = Hook::for_port(dp.mode, isolating, port);
+    for ((port, _), wanted) in ports.iter().zip(&wanted) {
         for hook in Hook::per_port().filter(|h| !wanted.contains(h)) {
             hooks::detach(&dir, port, hook)?;
         }
