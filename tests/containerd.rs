@@ -142,15 +142,24 @@ fn ctr_run_cni_containers_talk_over_the_fast_path_and_leave_nothing() {
         names.push(name);
         ips.push(ip.unwrap());
     }
-    // ctr names the CNI container ID NAMESPACE-ID; no Kubernetes pod.
-    let record = containerd.record();
+    // ctr names the CNI container ID NAMESPACE-ID; no Kubernetes pod. The
+    // ADD records the attachment last, after it addressed the container.
     for id in ids {
         let full = format!("{}-{id}", containerd.ctr_namespace());
-        let a = record
-            .attachments
-            .iter()
-            .find(|a| a.container_id == full)
-            .unwrap_or_else(|| panic!("netpath has no attachment of {full}"));
+        let mut attachment = None;
+        within(
+            Duration::from_secs(10),
+            &format!("netpath recording the attachment of {full}"),
+            || {
+                attachment = containerd
+                    .record()
+                    .attachments
+                    .into_iter()
+                    .find(|a| a.container_id == full);
+                attachment.is_some()
+            },
+        );
+        let a = attachment.expect("found within the deadline");
         assert_eq!(a.pod, None, "{full}: a pod name without K8S_POD_NAME");
     }
     assert_fast_path(

@@ -17,7 +17,9 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuHashMap, PerCpuValues, RingBuf},
+    maps::{
+        Array, DevMapHash, HashMap, LpmTrie, PerCpuHashMap, PerCpuValues, ProgramArray, RingBuf,
+    },
     programs::{SchedClassifier, Xdp},
     util::nr_cpus,
 };
@@ -252,9 +254,29 @@ impl Datapath {
         ports.insert(OTHER, PORT, None, 0).expect("devmap entry");
         self.set_nodes(0);
         self.clear_policy();
+        self.fill_policy_slots(true);
         let mut limits = self.rate_limits();
         for key in limits.keys().collect::<Result<Vec<_>, _>>().unwrap() {
             limits.remove(&key).unwrap();
+        }
+    }
+
+    /// Puts the judging variants in the slots their programs tail-call
+    /// them through while a policy is in force, as the loader does, or
+    /// (`filled` false) empties those slots.
+    fn fill_policy_slots(&mut self, filled: bool) {
+        let judging = programs::TAIL_CALLED
+            .iter()
+            .filter(|tail| programs::ALL_WITH_POLICY.contains(&tail.program));
+        for tail in judging {
+            let program = self.ebpf.program(tail.program).unwrap().fd().unwrap();
+            let program = program.try_clone().unwrap();
+            let mut slots = ProgramArray::try_from(self.ebpf.map_mut(tail.map).unwrap()).unwrap();
+            if filled {
+                slots.set(tail.slot, &program, 0).unwrap();
+            } else {
+                slots.clear_index(&tail.slot).unwrap();
+            }
         }
     }
 
@@ -1757,6 +1779,38 @@ fn without_a_policy_in_force_every_frame_is_decided_as_before() {
             dp.expect(hook, &denied);
             dp.assert_counters(PORT, &[(Counter::PolicyEgressDenied, 5)]);
             dp.assert_counters(OTHER, &[(Counter::PolicyEgressDenied, 1)]);
+        }
+    });
+}
+
+/// The forwarding programs leave policy to their judging variants, which
+/// they tail-call while one is in force: with those slots empty (a
+/// loader's bug, or pins changed behind its back), a frame a policy
+/// allows is dropped and counted, never let through unjudged. With the
+/// slots filled, the same frame is judged and redirected. (Broken once:
+/// the programs passed the frame on to the bridge with the slot empty.)
+#[test]
+fn with_a_policy_in_force_and_no_judging_program_every_frame_is_dropped_and_counted() {
+    with_two_ports(|| {
+        for hook in Hook::BOTH {
+            let syn = || tcp(client(CLIENT_PORT), web(80), TCP_SYN);
+            let mut dp = two_port_datapath();
+            dp.enforce(WEB_TCP_80);
+            dp.fill_policy_slots(false);
+            dp.expect(hook, &[("SYN to port 80", PORT, syn(), Verdict::Drop)]);
+            dp.assert_counters(PORT, &[(Counter::DropPolicyUnloaded, 1)]);
+            assert!(
+                dp.flows().is_empty(),
+                "{hook:?}: a flow remembered unjudged"
+            );
+
+            dp.fill_policy_slots(true);
+            dp.expect(hook, &[("SYN to port 80", PORT, syn(), Verdict::Redirect)]);
+            dp.assert_counters(
+                PORT,
+                &[(Counter::DropPolicyUnloaded, 1), (Counter::Redirected, 1)],
+            );
+            dp.assert_counters(OTHER, &[(Counter::PolicyIngressAllowed, 1)]);
         }
     });
 }

@@ -144,6 +144,10 @@ counters! {
         /// `bandwidth` capability's ingress rate), whichever port or device
         /// the frame came by.
         DropIngressRate => "drop_ingress_rate",
+        /// Dropped: a network policy is in force and its judging program
+        /// is not in its slot (the loader fills the slot before it puts a
+        /// policy in force: only a change behind its back gets here).
+        DropPolicyUnloaded => "drop_policy_unloaded",
     }
 }
 
@@ -366,6 +370,9 @@ counters! {
         /// Dropped: neither IPv4, IPv6 nor ARP inside, or an IPv6 header chain
         /// the check cannot see through.
         DropProtocol => "drop_protocol",
+        /// Dropped: a network policy is in force and the judging variant
+        /// of the vxlan device's program is not in its slot.
+        DropPolicyUnloaded => "drop_policy_unloaded",
     }
 }
 
@@ -412,7 +419,7 @@ pub struct TraceEvent {
 /// types. The loader writes it into the pinned `LAYOUT` map when it creates
 /// a datapath's maps, and refuses pins of another version instead of
 /// misreading them. Bump it with every change to a map or a type above.
-pub const LAYOUT_VERSION: u32 = 12;
+pub const LAYOUT_VERSION: u32 = 13;
 
 pub mod maps;
 pub mod policy;
@@ -431,14 +438,75 @@ pub mod programs {
     /// Head-end replication of an overlay's broadcast, tail-called by
     /// `TC_FORWARD` through the FLOOD map: attached to no hook.
     pub const TC_FLOOD: &str = "netpath_flood";
-    pub const ALL: [&str; 6] = [
+    /// The forwarding programs with network policy judged: what
+    /// `XDP_FORWARD`, `TC_FORWARD` and `TC_VXLAN` tail-call while a policy
+    /// is in force (see [`TAIL_CALLED`]). The judgement is nine tenths of
+    /// what the verifier walks: a datapath loads these with its first
+    /// policy, not with its first port.
+    pub const XDP_FORWARD_POLICY: &str = "netpath_xdp_pol";
+    pub const TC_FORWARD_POLICY: &str = "netpath_tc_pol";
+    pub const TC_VXLAN_POLICY: &str = "netpath_vxl_pol";
+    pub const ALL: [&str; 9] = [
         XDP_FORWARD,
         XDP_PEER,
         TC_FORWARD,
         TC_VXLAN,
         TC_POLICE,
         TC_FLOOD,
+        XDP_FORWARD_POLICY,
+        TC_FORWARD_POLICY,
+        TC_VXLAN_POLICY,
     ];
+
+    /// A program attached to no hook, run by a tail call through a slot of
+    /// a program array map; the loader fills the slot when it loads the
+    /// program.
+    pub struct TailCall {
+        pub program: &'static str,
+        pub map: &'static str,
+        pub slot: u32,
+    }
+
+    /// Slots of `POLICY_TC` (the tc programs' judging variants).
+    pub const POLICY_SLOT_FORWARD: u32 = 0;
+    pub const POLICY_SLOT_VXLAN: u32 = 1;
+
+    /// Every tail-called program, with its slot.
+    pub const TAIL_CALLED: [TailCall; 4] = [
+        TailCall {
+            program: TC_FLOOD,
+            map: crate::maps::FLOOD,
+            slot: 0,
+        },
+        TailCall {
+            program: TC_FORWARD_POLICY,
+            map: crate::maps::POLICY_TC,
+            slot: POLICY_SLOT_FORWARD,
+        },
+        TailCall {
+            program: TC_VXLAN_POLICY,
+            map: crate::maps::POLICY_TC,
+            slot: POLICY_SLOT_VXLAN,
+        },
+        TailCall {
+            program: XDP_FORWARD_POLICY,
+            map: crate::maps::POLICY_XDP,
+            slot: 0,
+        },
+    ];
+
+    /// Every judging variant.
+    pub const ALL_WITH_POLICY: [&str; 3] = [XDP_FORWARD_POLICY, TC_FORWARD_POLICY, TC_VXLAN_POLICY];
+
+    /// The judging variant of `program`, if it has one.
+    pub fn with_policy(program: &str) -> Option<&'static str> {
+        match program {
+            XDP_FORWARD => Some(XDP_FORWARD_POLICY),
+            TC_FORWARD => Some(TC_FORWARD_POLICY),
+            TC_VXLAN => Some(TC_VXLAN_POLICY),
+            _ => None,
+        }
+    }
 }
 
 /// Capacity of each FDB map (static, learned); large enough for a busy host.

@@ -69,6 +69,13 @@ macro_rules! datapath_maps {
             FLOOD => flood: ProgramArray [1] fixed;
             /// Overlay: the vxlan device program's counters.
             OVERLAY_STATS => overlay_stats: PerCpuArray<$crate::OverlayStats> [1] fixed;
+            /// Policy: the judging variants of the tc programs
+            /// (`programs::TAIL_CALLED`: the port program's in slot 0, the
+            /// vxlan device's in 1), which they tail-call while a policy is
+            /// in force.
+            POLICY_TC => policy_tc: ProgramArray [2] fixed;
+            /// Policy: the XDP port program's judging variant, in slot 0.
+            POLICY_XDP => policy_xdp: ProgramArray [1] fixed;
             /// Policy: the generation in force (see `policy`).
             POLICY_STATE => policy_state: Array<$crate::policy::PolicyState> [1] fixed;
             /// Policy: the containers of this node a policy isolates, by

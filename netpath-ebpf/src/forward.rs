@@ -109,13 +109,14 @@ impl Port {
 }
 
 /// Decides what happens to `frame` (`len` bytes, GSO packets whole), which
-/// arrived on `port`. Costs two
+/// arrived on `port`, judging network policy if `POLICY` (the judging
+/// variants of the programs; the others leave it to them). Costs two
 /// hash lookups in the common case (port, static destination), plus the
 /// hook's check that the destination is still there: frames from the
 /// port's own container need no learning, and the clock is read only for
 /// learned entries.
 #[inline(always)]
-pub fn decide(port: &Port, frame: &Frame, len: u32) -> Verdict {
+pub fn decide<const POLICY: bool>(port: &Port, frame: &Frame, len: u32) -> Verdict {
     let eth: &EthHdr = match frame.at(0) {
         Ok(eth) => eth,
         Err(reason) => return Verdict::Drop(reason),
@@ -150,7 +151,7 @@ pub fn decide(port: &Port, frame: &Frame, len: u32) -> Verdict {
     }
     // Before any destination: a flow to the bridge, to another node or to
     // a local container meets the policies of both its ends alike.
-    if policy::admit(frame).is_err() {
+    if POLICY && policy::admit(frame).is_err() {
         return Verdict::Denied(config);
     }
     // Only what the policy let through costs the container its rate.

@@ -130,10 +130,11 @@ pub fn set_tunnel(ctx: &TcContext, overlay: &OverlayConfig, node: &NodeAddr) -> 
 /// Nodes one run of the flooding program copies a frame to; it tail-calls
 /// itself for the next ones. The verifier walks this many slots per load
 /// (256 slots in one loop cost 170-240 ms on 6.18, far more under TCG),
-/// and a frame may take 33 tail calls: the port program's, then one per
-/// chunk after the first.
+/// and a frame may take 33 tail calls: to the port program's judging
+/// variant while a policy is in force, from it to the first chunk, then
+/// one per chunk after the first.
 pub const FLOOD_CHUNK: u32 = 8;
-const _: () = assert!(NODE_CAPACITY / FLOOD_CHUNK <= 33);
+const _: () = assert!(1 + NODE_CAPACITY / FLOOD_CHUNK <= 33);
 
 /// Head-end replication of nodes `first..first + FLOOD_CHUNK` of the list:
 /// a copy of the frame to each, with its own tunnel key. Whether the list

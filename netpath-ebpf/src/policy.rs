@@ -53,6 +53,15 @@ enum Kind {
     Error,
 }
 
+/// Whether a policy is in force. The forwarding programs then hand every
+/// frame to their judging variant (`programs::TAIL_CALLED`), which calls
+/// [`admit`]: the judgement is most of what the verifier walks, and a
+/// datapath without a policy never loads it.
+#[inline(always)]
+pub fn in_force() -> bool {
+    POLICY_STATE.get(0).is_some_and(|state| state.generation != 0)
+}
+
 /// Whether `frame` may pass under the policy in force (always, when there
 /// is none: one array lookup).
 #[inline(always)]

@@ -7,14 +7,14 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use netpath_common::Counter;
+use netpath_common::{Counter, programs::POLICY_SLOT_FORWARD};
 
 use crate::{
     flood,
     forward::{Port, Verdict, decide},
     frame::Frame,
-    maps::FLOOD,
-    overlay, source, trace,
+    maps::{FLOOD, POLICY_TC},
+    overlay, policy, source, trace,
 };
 
 /// `skb->pkt_type` values (linux/if_packet.h).
@@ -23,10 +23,30 @@ const PACKET_OTHERHOST: u32 = 3;
 
 #[classifier]
 pub fn netpath_tc(ctx: TcContext) -> i32 {
+    forward::<false>(ctx)
+}
+
+/// `netpath_tc` judging network policy too: tail-called by it while a
+/// policy is in force.
+#[classifier]
+pub fn netpath_tc_pol(ctx: TcContext) -> i32 {
+    forward::<true>(ctx)
+}
+
+#[inline(always)]
+fn forward<const POLICY: bool>(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
     let Some(port) = Port::lookup(unsafe { (*ctx.skb.skb).ifindex }) else {
         return TC_ACT_OK;
     };
+    if !POLICY && policy::in_force() {
+        // SAFETY: the slot holds a tc program (the loader's), which ends
+        // the run with the frame's verdict.
+        unsafe { POLICY_TC.tail_call(&ctx, POLICY_SLOT_FORWARD) };
+        // The loader fills the slot before it puts a policy in force.
+        port.count(Counter::DropPolicyUnloaded);
+        return TC_ACT_SHOT;
+    }
     // The receive path took an 802.1Q tag out of the frame before this
     // hook (XDP still sees it in the frame): a tagged frame is refused
     // here as the check refuses it there.
@@ -40,7 +60,7 @@ pub fn netpath_tc(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     }
     let mut frame = Frame::new(ctx.data(), ctx.data_end());
-    match decide(&port, &frame, ctx.len()) {
+    match decide::<POLICY>(&port, &frame, ctx.len()) {
         Verdict::Redirect(dst, config) => {
             // bpf_redirect_peer() accepts any ifindex (a missing device
             // drops the frame after the program): ask the devmap first.

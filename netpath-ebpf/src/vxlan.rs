@@ -16,13 +16,13 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use netpath_common::{Counter, FdbKey, NodeAddr, OverlayCounter};
+use netpath_common::{Counter, FdbKey, NodeAddr, OverlayCounter, programs::POLICY_SLOT_VXLAN};
 use network_types::eth::EthHdr;
 
 use crate::{
     forward::{Local, Port, local_port},
     frame::Frame,
-    maps::{CONFIG, NODES, OVERLAY_STATS, REMOTE_FDB},
+    maps::{CONFIG, NODES, OVERLAY_STATS, POLICY_TC, REMOTE_FDB},
     overlay::TUNNEL_KEY_SIZE,
     policy, rate, source,
     tc::{into_container, pull_checked_headers},
@@ -31,12 +31,31 @@ use crate::{
 
 #[classifier]
 pub fn netpath_vxlan(ctx: TcContext) -> i32 {
+    decapsulated::<false>(ctx)
+}
+
+/// `netpath_vxlan` judging network policy too: tail-called by it while a
+/// policy is in force.
+#[classifier]
+pub fn netpath_vxl_pol(ctx: TcContext) -> i32 {
+    decapsulated::<true>(ctx)
+}
+
+#[inline(always)]
+fn decapsulated<const POLICY: bool>(ctx: TcContext) -> i32 {
     let Some(config) = CONFIG.get(0) else {
         return TC_ACT_UNSPEC;
     };
     let overlay = &config.overlay;
     if overlay.vni == 0 {
         return TC_ACT_UNSPEC;
+    }
+    if !POLICY && policy::in_force() {
+        // SAFETY: the slot holds a tc program (the loader's), which ends
+        // the run with the frame's verdict.
+        unsafe { POLICY_TC.tail_call(&ctx, POLICY_SLOT_VXLAN) };
+        // The loader fills the slot before it puts a policy in force.
+        return count(OverlayCounter::DropPolicyUnloaded, TC_ACT_SHOT);
     }
     let Some(node) = tunnel_source(&ctx, overlay.underlay_ipv6 != 0, overlay.vni) else {
         return TC_ACT_UNSPEC; // another overlay's frame
@@ -68,7 +87,7 @@ pub fn netpath_vxlan(ctx: TcContext) -> i32 {
     }
     // The sender's node judged its egress; the receivers' ingress is
     // judged here (the container it protects counts the denial).
-    if policy::admit(&frame).is_err() {
+    if POLICY && policy::admit(&frame).is_err() {
         // SAFETY: the context pointer is valid for the program's run; the
         // helper copies at most `n` bytes of this skb into `to`.
         trace::denied(config, unsafe { (*ctx.skb.skb).ifindex }, ctx.len(), |to, n| unsafe {

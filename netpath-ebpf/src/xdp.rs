@@ -6,17 +6,37 @@ use netpath_common::{Counter, TRACE_SNAPLEN};
 use crate::{
     forward::{Port, Verdict, decide},
     frame::Frame,
-    maps::PORTS,
-    trace,
+    maps::{POLICY_XDP, PORTS},
+    policy, trace,
 };
 
 #[xdp]
 pub fn netpath_xdp(ctx: XdpContext) -> u32 {
+    forward::<false>(ctx)
+}
+
+/// `netpath_xdp` judging network policy too: tail-called by it while a
+/// policy is in force.
+#[xdp]
+pub fn netpath_xdp_pol(ctx: XdpContext) -> u32 {
+    forward::<true>(ctx)
+}
+
+#[inline(always)]
+fn forward<const POLICY: bool>(ctx: XdpContext) -> u32 {
     let Some(port) = Port::lookup(ctx.ingress_ifindex() as u32) else {
         return xdp_action::XDP_PASS;
     };
+    if !POLICY && policy::in_force() {
+        // SAFETY: the slot holds an XDP program (the loader's), which ends
+        // the run with the frame's verdict.
+        unsafe { POLICY_XDP.tail_call(&ctx, 0) };
+        // The loader fills the slot before it puts a policy in force.
+        port.count(Counter::DropPolicyUnloaded);
+        return xdp_action::XDP_DROP;
+    }
     let frame = Frame::new(ctx.data(), ctx.data_end());
-    match decide(&port, &frame, frame.len() as u32) {
+    match decide::<POLICY>(&port, &frame, frame.len() as u32) {
         // The redirect looks the port up in the devmap itself, no lookup of
         // our own first: a port that is gone is missing there, and the
         // helper then returns the flags' low bits, XDP_PASS (since 5.3).

@@ -203,16 +203,7 @@ pub async fn ensure_reporting(
     }
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
 
-    // The programs of the hooks this mode and policy have, and the decap
-    // and flooding programs of an overlay the datapath is on (see
-    // `overlay::join`).
-    let mut wanted = programs_needed(dp);
-    let pinned = Programs::pinned_names(&dir);
-    wanted.extend(
-        overlay::PROGRAMS
-            .into_iter()
-            .filter(|name| pinned.contains(name)),
-    );
+    let wanted = programs_wanted(dp);
     let mut ebpf = object::load(Some(&dir), dp.fdb_size, &wanted)?;
     let bridge = netlink::link_by_name(handle, &dp.bridge)
         .await?
@@ -265,7 +256,7 @@ pub async fn enforce_policy(handle: &Handle, dp: &Datapath) -> Result<()> {
     if !running || (dp.mode == Mode::Bridge && !isolates(&dp.policy)) {
         return ensure(handle, dp).await;
     }
-    let needed = programs_needed(dp);
+    let needed = programs_wanted(dp);
     object::load_missing(&dir, dp.fdb_size, &needed)?;
     let mut programs =
         Programs::pinned(&dir, &needed)?.context("the programs just pinned are not there")?;
@@ -352,10 +343,30 @@ async fn attach_hooks(
 }
 
 /// The programs of the hooks `dp`'s ports have in its mode, with its
-/// policy and its containers' rate limits: the ones it loads.
+/// policy and its containers' rate limits, and the judging variants of
+/// those that have one while a policy isolates a container: the ones its
+/// ports need.
 fn programs_needed(dp: &Datapath) -> Vec<&'static str> {
     let limited = dp.ports.iter().any(|p| p.bandwidth.limits_ingress());
-    hooks::programs_of(&Hook::for_mode(dp.mode, isolates(&dp.policy) || limited))
+    let isolating = isolates(&dp.policy);
+    object::with_policy_variants(
+        &hooks::programs_of(&Hook::for_mode(dp.mode, isolating || limited)),
+        isolating,
+    )
+}
+
+/// The programs `dp` loads: its ports' (see [`programs_needed`]), and the
+/// decap and flooding programs of an overlay it is on (see
+/// `overlay::join`), with the decap program's judging variant.
+fn programs_wanted(dp: &Datapath) -> Vec<&'static str> {
+    let mut wanted = programs_needed(dp);
+    let pinned = Programs::pinned_names(&pin_dir(&dp.name));
+    let overlay: Vec<&str> = overlay::PROGRAMS
+        .into_iter()
+        .filter(|name| pinned.contains(name))
+        .collect();
+    wanted.extend(object::with_policy_variants(&overlay, isolates(&dp.policy)));
+    wanted
 }
 
 /// Whether any rule isolates a container (an empty policy restricts

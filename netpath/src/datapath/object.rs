@@ -80,17 +80,16 @@ pub fn load(pins: Option<&Path>, fdb_size: u32, names: &[&str]) -> Result<Ebpf> 
         );
     }
     super::memlock::raise_for_bpf()?;
-    let mut loader = EbpfLoader::new();
-    // The kernel's BTF (megabytes, parsed on every load: most of the time a
-    // datapath takes to load, which the first pod of a CNI network waits
-    // for) only serves CO-RE relocations, which the programs do not use.
-    // Should they gain some, the kernel's BTF is read again.
+    // The kernel's BTF only serves CO-RE relocations, which the programs do
+    // not use. Should they gain some, the kernel's BTF is read again.
     let core_relocations = aya_obj::Object::parse(OBJECT)
         .context("parsing the BPF object")?
         .has_btf_relocations();
-    if !core_relocations {
-        loader.btf(None);
-    }
+    let mut loader = if core_relocations {
+        EbpfLoader::new()
+    } else {
+        loader_without_btf()
+    };
     for row in maps::ALL {
         match row.sizing {
             Sizing::Fixed => {}
@@ -137,33 +136,97 @@ pub fn load(pins: Option<&Path>, fdb_size: u32, names: &[&str]) -> Result<Ebpf> 
             .context("writing map LAYOUT")?;
     }
     for &name in names {
-        let loaded = match name {
-            programs::XDP_FORWARD | programs::XDP_PEER => {
-                program_mut::<Xdp>(&mut ebpf, name)?.load()
-            }
-            _ => program_mut::<SchedClassifier>(&mut ebpf, name)?.load(),
+        let loaded = if is_xdp(name) {
+            program_mut::<Xdp>(&mut ebpf, name)?.load()
+        } else {
+            program_mut::<SchedClassifier>(&mut ebpf, name)?.load()
         };
         loaded.with_context(|| format!("verifier rejected BPF program {name}"))?;
     }
-    if names.contains(&programs::TC_FLOOD) {
-        set_flood_slot(&mut ebpf)?;
+    for tail in &programs::TAIL_CALLED {
+        if names.contains(&tail.program) {
+            set_tail_call_slot(&mut ebpf, tail)?;
+        }
     }
     Ok(ebpf)
 }
 
-/// Puts the loaded flooding program in the FLOOD slot the port program
-/// tail-calls (the pinned map keeps it there; a reload replaces it).
-fn set_flood_slot(ebpf: &mut Ebpf) -> Result<()> {
-    let flood = program_mut::<SchedClassifier>(ebpf, programs::TC_FLOOD)?
+fn is_xdp(program: &str) -> bool {
+    matches!(
+        program,
+        programs::XDP_FORWARD | programs::XDP_PEER | programs::XDP_FORWARD_POLICY
+    )
+}
+
+/// The kernel's BTF, where aya reads it.
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// A loader without the kernel's BTF. aya 0.14's `EbpfLoader::new()`
+/// reads and parses it, megabytes, 20-30 ms here (the largest part of a
+/// network's first ADD once the judgement of policy is not verified with
+/// it), although netpath loads without it, and offers no way around:
+/// aya 0.15 parses it only when a load needs it (aya-rs/aya#1639), but
+/// needs Rust 1.98. So the loader is made on a thread of its own, in a
+/// mount namespace of its own where /dev/null is bound over the BTF: the
+/// read finds nothing, and the loader has none, as `btf(None)` would
+/// leave it. The namespace goes with the thread. Where that cannot be
+/// done, the BTF is parsed and dropped.
+fn loader_without_btf() -> EbpfLoader<'static> {
+    let made = std::thread::spawn(|| -> nix::Result<EbpfLoader<'static>> {
+        use nix::{
+            mount::{MsFlags, mount},
+            sched::{CloneFlags, unshare},
+        };
+        unshare(CloneFlags::CLONE_NEWNS)?;
+        // Private first: a bind mount here must not reach the host's
+        // namespace, with which `/` may share its mounts.
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )?;
+        mount(
+            Some("/dev/null"),
+            KERNEL_BTF,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
+        Ok(EbpfLoader::new())
+    })
+    .join();
+    match made {
+        Ok(Ok(loader)) => loader,
+        _ => {
+            let mut loader = EbpfLoader::new();
+            loader.btf(None);
+            loader
+        }
+    }
+}
+
+/// Puts a loaded tail-called program in its slot (the pinned map keeps
+/// it there; a reload replaces it).
+fn set_tail_call_slot(ebpf: &mut Ebpf, tail: &programs::TailCall) -> Result<()> {
+    let program = ebpf
+        .program(tail.program)
+        .with_context(|| format!("BPF object has no program {}", tail.program))?
         .fd()
-        .context("the flooding program is not loaded")?
+        .with_context(|| format!("program {} is not loaded", tail.program))?
         .try_clone()
-        .context("duplicating the flooding program's fd")?;
-    let mut slot: ProgramArray<_> = ProgramArray::try_from(
-        ebpf.map_mut(maps::FLOOD)
-            .context("the BPF object has no FLOOD map")?,
+        .with_context(|| format!("duplicating program {}'s fd", tail.program))?;
+    let mut slots: ProgramArray<_> = ProgramArray::try_from(
+        ebpf.map_mut(tail.map)
+            .with_context(|| format!("the BPF object has no map {}", tail.map))?,
     )?;
-    slot.set(0, &flood, 0).context("writing map FLOOD")
+    slots.set(tail.slot, &program, 0).with_context(|| {
+        format!(
+            "writing slot {} of map {} ({})",
+            tail.slot, tail.map, tail.program
+        )
+    })
 }
 
 /// Loads the programs in `names` a running datapath (pinned in `pins`)
@@ -181,6 +244,26 @@ pub fn load_missing(pins: &Path, fdb_size: u32, names: &[&str]) -> Result<()> {
     }
     let mut ebpf = load(Some(pins), fdb_size, &missing)?;
     pin_programs(&mut ebpf, pins, &missing, false)
+}
+
+/// `names` and, if `judging`, the judging variant of each that has one
+/// (`programs::with_policy`): a datapath loads those with its first policy
+/// that isolates a container, so a datapath without one, and its first
+/// port, never wait for the verifier to walk the judgement.
+pub fn with_policy_variants(names: &[&'static str], judging: bool) -> Vec<&'static str> {
+    let variants = names
+        .iter()
+        .filter(|_| judging)
+        .filter_map(|name| programs::with_policy(name));
+    names.iter().copied().chain(variants).collect()
+}
+
+/// Whether a datapath pinned in `pins` has its judging variants (a policy
+/// isolated a container since it was made).
+pub fn has_policy_variants(pins: &Path) -> bool {
+    Programs::pinned_names(pins)
+        .iter()
+        .any(|name| programs::ALL_WITH_POLICY.contains(name))
 }
 
 /// Where the loaded programs are pinned, one file each by program name.

@@ -70,7 +70,10 @@ pub fn join(datapath: &str, overlay: OverlayConfig, device: &str, tc: TcMethod) 
     // before CONFIG names the overlay: the port program then never meets a
     // broadcast to flood with the flooding slot still empty, and a load the
     // verifier refuses leaves the datapath off any overlay.
-    object::load_missing(&dir, super::fdb_size(datapath)?, &PROGRAMS)?;
+    // With a policy in force, the decap program hands frames to its
+    // judging variant: loaded with it.
+    let needed = object::with_policy_variants(&PROGRAMS, object::has_policy_variants(&dir));
+    object::load_missing(&dir, super::fdb_size(datapath)?, &needed)?;
     let maps = Maps::open(&dir)?;
     let mut config = maps.config()?;
     let mut current = config.get(&0, 0).context("reading map CONFIG")?;
