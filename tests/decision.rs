@@ -267,15 +267,15 @@ impl Datapath {
     fn fill_policy_slots(&mut self, filled: bool) {
         let judging = programs::TAIL_CALLED
             .iter()
-            .filter(|tail| programs::ALL_WITH_POLICY.contains(&tail.program));
+            .filter(|tail| programs::is_judging_variant(tail.program));
         for tail in judging {
-            let program = self.ebpf.program(tail.program).unwrap().fd().unwrap();
-            let program = program.try_clone().unwrap();
-            let mut slots = ProgramArray::try_from(self.ebpf.map_mut(tail.map).unwrap()).unwrap();
             if filled {
-                slots.set(tail.slot, &program, 0).unwrap();
+                netpath::datapath::object::fill_tail_call_slot(&mut self.ebpf, tail).unwrap();
             } else {
-                slots.clear_index(&tail.slot).unwrap();
+                ProgramArray::try_from(self.ebpf.map_mut(tail.map).unwrap())
+                    .unwrap()
+                    .clear_index(&tail.slot)
+                    .unwrap();
             }
         }
     }

@@ -495,17 +495,27 @@ pub mod programs {
         },
     ];
 
-    /// Every judging variant.
-    pub const ALL_WITH_POLICY: [&str; 3] = [XDP_FORWARD_POLICY, TC_FORWARD_POLICY, TC_VXLAN_POLICY];
+    /// Each program that leaves policy to a judging variant, and that
+    /// variant.
+    pub const JUDGING_VARIANTS: [(&str, &str); 3] = [
+        (XDP_FORWARD, XDP_FORWARD_POLICY),
+        (TC_FORWARD, TC_FORWARD_POLICY),
+        (TC_VXLAN, TC_VXLAN_POLICY),
+    ];
 
     /// The judging variant of `program`, if it has one.
     pub fn with_policy(program: &str) -> Option<&'static str> {
-        match program {
-            XDP_FORWARD => Some(XDP_FORWARD_POLICY),
-            TC_FORWARD => Some(TC_FORWARD_POLICY),
-            TC_VXLAN => Some(TC_VXLAN_POLICY),
-            _ => None,
-        }
+        JUDGING_VARIANTS
+            .iter()
+            .find(|(base, _)| *base == program)
+            .map(|(_, variant)| *variant)
+    }
+
+    /// Whether `program` is a judging variant.
+    pub fn is_judging_variant(program: &str) -> bool {
+        JUDGING_VARIANTS
+            .iter()
+            .any(|(_, variant)| *variant == program)
     }
 }
 

@@ -158,17 +158,19 @@ fn icmpv6(
     let kind: &u8 = frame.at(offset)?;
     match *kind {
         // A container is no router.
-        ND_ROUTER_ADVERT | ND_REDIRECT => Err(Counter::DropSpoofedIp),
-        ND_NEIGHBOR_SOLICIT => nd_options(policy, frame, offset + ND_FIXED_LEN, payload_end),
+        ND_ROUTER_ADVERT | ND_REDIRECT => return Err(Counter::DropSpoofedIp),
+        ND_NEIGHBOR_SOLICIT => {}
         ND_NEIGHBOR_ADVERT => {
             let target: &[u8; 16] = frame.at(offset + 8)?;
             if unspecified || !own_ipv6(policy, target) {
                 return Err(Counter::DropSpoofedIp);
             }
-            nd_options(policy, frame, offset + ND_FIXED_LEN, payload_end)
         }
-        _ => Ok(()),
+        _ => return Ok(()),
     }
+    // One walk of the options for both messages: the verifier walks each
+    // place the loop is written once more.
+    nd_options(policy, frame, offset + ND_FIXED_LEN, payload_end)
 }
 
 /// Every link-layer address option must carry the port's MAC: the

@@ -145,7 +145,7 @@ pub fn load(pins: Option<&Path>, fdb_size: u32, names: &[&str]) -> Result<Ebpf> 
     }
     for tail in &programs::TAIL_CALLED {
         if names.contains(&tail.program) {
-            set_tail_call_slot(&mut ebpf, tail)?;
+            fill_tail_call_slot(&mut ebpf, tail)?;
         }
     }
     Ok(ebpf)
@@ -209,7 +209,7 @@ fn loader_without_btf() -> EbpfLoader<'static> {
 
 /// Puts a loaded tail-called program in its slot (the pinned map keeps
 /// it there; a reload replaces it).
-fn set_tail_call_slot(ebpf: &mut Ebpf, tail: &programs::TailCall) -> Result<()> {
+pub fn fill_tail_call_slot(ebpf: &mut Ebpf, tail: &programs::TailCall) -> Result<()> {
     let program = ebpf
         .program(tail.program)
         .with_context(|| format!("BPF object has no program {}", tail.program))?
@@ -263,7 +263,7 @@ pub fn with_policy_variants(names: &[&'static str], judging: bool) -> Vec<&'stat
 pub fn has_policy_variants(pins: &Path) -> bool {
     Programs::pinned_names(pins)
         .iter()
-        .any(|name| programs::ALL_WITH_POLICY.contains(name))
+        .any(|name| programs::is_judging_variant(name))
 }
 
 /// Where the loaded programs are pinned, one file each by program name.
