@@ -199,7 +199,14 @@ fn loader_without_btf() -> EbpfLoader<'static> {
     .join();
     match made {
         Ok(Ok(loader)) => loader,
-        _ => {
+        failed => {
+            log::debug!(
+                "could not hide the kernel's BTF from the loader ({}): parsing it",
+                match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "its thread panicked".to_owned(),
+                }
+            );
             let mut loader = EbpfLoader::new();
             loader.btf(None);
             loader
