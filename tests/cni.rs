@@ -1542,9 +1542,23 @@ fn network_policy_selects_pods_by_the_identity_the_runtime_gives() {
 /// the capability is refused (code 7), leaving nothing.
 #[test]
 fn a_pods_bandwidth_holds_both_ways_on_every_path() {
+    bandwidth_holds_both_ways("tc", "10.187.0.0/24");
+}
+
+/// As above on netkit pairs, where a frame redirected to the limited pod
+/// passes its primary device's egress, the policy program's hook too: the
+/// pod still gets its whole ingress rate (paid once, not twice).
+#[test]
+#[ignore = "netkit mode needs a kernel with netkit (Linux 6.7+, CONFIG_NETKIT): the 6.12 guest of the kernel matrix runs it"]
+fn a_pods_bandwidth_holds_both_ways_on_netkit_pairs() {
+    bandwidth_holds_both_ways("netkit", "10.197.0.0/24");
+}
+
+fn bandwidth_holds_both_ways(mode: &str, subnet: &str) {
     const EGRESS: f64 = 40e6;
     const INGRESS: f64 = 20e6;
-    let net = Network::netpath("cw", "10.187.0.0/24");
+    let mut net = Network::netpath("cw", subnet);
+    net.config["mode"] = json!(mode);
     let host = net.host.clone();
     let mut limited = net.config.clone();
     // A burst of 25 ms of the rate (the bucket is at least 200 ms deep, or
@@ -1590,8 +1604,8 @@ fn a_pods_bandwidth_holds_both_ways_on_every_path() {
     let from_host = rate(&host.name, slow.ns(), &slow_port.ip, 5303);
     let unlimited = rate(fast.ns(), other.ns(), &other_ip, 5304);
     println!(
-        "limited pod: sends {:.1} Mbit/s (egress {}), is sent {:.1} Mbit/s by a pod and {:.1} \
-         by the host (ingress {}); unlimited pods {:.1} Mbit/s",
+        "{mode}: limited pod: sends {:.1} Mbit/s (egress {}), is sent {:.1} Mbit/s by a pod and \
+         {:.1} by the host (ingress {}); unlimited pods {:.1} Mbit/s",
         sent / 1e6,
         EGRESS / 1e6,
         received / 1e6,
@@ -1608,8 +1622,10 @@ fn a_pods_bandwidth_holds_both_ways_on_every_path() {
             INGRESS,
         ),
     ] {
+        // Under 0.7 of the limit is a rate paid twice (half of it), or TCP
+        // starved by a bucket too shallow.
         assert!(
-            got <= limit * 1.1 && got >= limit * 0.5,
+            got <= limit * 1.1 && got >= limit * 0.7,
             "{what}: {:.1} Mbit/s against a limit of {:.1}",
             got / 1e6,
             limit / 1e6

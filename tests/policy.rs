@@ -311,6 +311,15 @@ fn the_policy_case_table_holds_in_tc_mode() {
     case_table("tc");
 }
 
+/// On netkit pairs a redirected frame passes the destination's primary
+/// device, whose egress the policy's program holds too: judged once there
+/// (see `TC_INDEX_JUDGED`), the bridge's frames judged as in tc mode.
+#[test]
+#[ignore = "netkit mode needs a kernel with netkit (Linux 6.7+, CONFIG_NETKIT): the 6.12 guest of the kernel matrix runs it"]
+fn the_policy_case_table_holds_in_netkit_mode() {
+    case_table("netkit");
+}
+
 #[test]
 fn the_policy_case_table_holds_in_xdp_mode() {
     case_table("xdp");

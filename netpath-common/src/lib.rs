@@ -308,7 +308,22 @@ pub struct DatapathConfig {
     pub trace_until_ns: u64,
     /// The overlay this datapath's containers are on (`vni` 0: none).
     pub overlay: OverlayConfig,
+    /// Non-zero: the ports are netkit devices (netkit mode). The forwarding
+    /// program runs in the container's transmit then, where the kernel
+    /// refuses bpf_redirect_peer() (it takes it at tc ingress only): a
+    /// frame for another container is sent out of that container's
+    /// primary device instead, marked [`TC_INDEX_JUDGED`].
+    pub netkit: u8,
+    pub _pad: [u8; 7],
 }
+
+/// `skb->tc_index` of a frame a netkit datapath's forwarding program judged
+/// and sent out of another container's primary device, whose egress the
+/// policy's program holds too: that program passes it on unjudged (once is
+/// enough: a rate paid twice would halve it). The forwarding program sets
+/// `tc_index` on every frame it sees, so no container can forge the mark;
+/// nothing else in Linux 6.7+ (netkit's kernels) uses the field.
+pub const TC_INDEX_JUDGED: u32 = 0x6e70;
 
 /// How a datapath reaches containers on other nodes: through the node's
 /// one collect-metadata vxlan device, with its own VNI.
@@ -419,7 +434,7 @@ pub struct TraceEvent {
 /// types. The loader writes it into the pinned `LAYOUT` map when it creates
 /// a datapath's maps, and refuses pins of another version instead of
 /// misreading them. Bump it with every change to a map or a type above.
-pub const LAYOUT_VERSION: u32 = 13;
+pub const LAYOUT_VERSION: u32 = 14;
 
 pub mod maps;
 pub mod policy;

@@ -16,10 +16,21 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
+use netpath_common::TC_INDEX_JUDGED;
+
 use crate::{frame::Frame, maps::CONFIG, policy, rate, tc::pull_checked_headers, trace};
 
 #[classifier]
 pub fn netpath_police(ctx: TcContext) -> i32 {
+    // A netkit datapath's forwarding program judged this frame already on
+    // its way here (see TC_INDEX_JUDGED), and cleared the mark on every
+    // other.
+    // SAFETY: the context pointer is valid for the program's run.
+    let skb = unsafe { &mut *ctx.skb.skb };
+    if skb.tc_index == TC_INDEX_JUDGED && CONFIG.get(0).is_some_and(|c| c.netkit != 0) {
+        skb.tc_index = 0;
+        return TC_ACT_OK;
+    }
     // Too short for the headers it announces: not IP enough to judge.
     if pull_checked_headers(&ctx).is_err() {
         return TC_ACT_SHOT;

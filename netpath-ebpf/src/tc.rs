@@ -1,4 +1,7 @@
-//! tc (tcx) ingress hook on the host-side veth ends.
+//! tc hook of the ports: tc ingress (clsact or tcx) on the host-side veth
+//! ends, or in netkit mode the netkit peer hook, which runs as the
+//! container transmits. The same program serves both; only how a frame
+//! enters another container differs ([`into_container`]).
 
 use aya_ebpf::{
     EbpfContext,
@@ -7,7 +10,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use netpath_common::{Counter, programs::POLICY_SLOT_FORWARD};
+use netpath_common::{Counter, DatapathConfig, TC_INDEX_JUDGED, programs::POLICY_SLOT_FORWARD};
 
 use crate::{
     flood,
@@ -39,6 +42,9 @@ fn forward<const POLICY: bool>(ctx: TcContext) -> i32 {
     let Some(port) = Port::lookup(unsafe { (*ctx.skb.skb).ifindex }) else {
         return TC_ACT_OK;
     };
+    // No frame leaves here with another's mark (see TC_INDEX_JUDGED).
+    // SAFETY: the context pointer is valid for the program's run.
+    unsafe { (*ctx.skb.skb).tc_index = 0 };
     if !POLICY && policy::in_force() {
         // SAFETY: the slot holds a tc program (the loader's), which ends
         // the run with the frame's verdict.
@@ -64,7 +70,7 @@ fn forward<const POLICY: bool>(ctx: TcContext) -> i32 {
         Verdict::Redirect(dst, config) => {
             // bpf_redirect_peer() accepts any ifindex (a missing device
             // drops the frame after the program): ask the devmap first.
-            if dst.alive() && into_container(&ctx, dst.ifindex) {
+            if dst.alive() && deliver(&ctx, config, dst.ifindex) {
                 port.count(Counter::Redirected);
                 // SAFETY: the helper copies at most `n` bytes of this skb into `to`.
                 trace::redirected(config, &port, dst.ifindex, ctx.len(), |to, n| unsafe {
@@ -162,11 +168,32 @@ pub fn pull_checked_headers(ctx: &TcContext) -> Result<(), i64> {
     ctx.pull_data(want)
 }
 
-/// Sends the skb into the container behind host-side veth `port` (its
-/// peer), straight into its namespace, skipping the host veth and the
-/// backlog queue; false if the helper refused. The caller checked that the
-/// port is alive: the helper accepts any ifindex (the kernel would drop the
-/// frame later for one naming no device).
+/// Sends the skb into the container behind port `port` from this hook.
+/// At tc ingress, [`into_container`]. In netkit mode this program runs in
+/// the sending container's transmit instead, where the kernel drops a peer
+/// redirect: the frame leaves by the destination's primary device, whose
+/// transmit hands it to the container (one backlog queue, as a veth's),
+/// marked as judged.
+#[inline(always)]
+fn deliver(ctx: &TcContext, config: &DatapathConfig, port: u32) -> bool {
+    if config.netkit == 0 {
+        return into_container(ctx, port);
+    }
+    // SAFETY: the context pointer is valid for the program's run; the
+    // helper takes plain integers.
+    unsafe {
+        (*ctx.skb.skb).tc_index = TC_INDEX_JUDGED;
+        bpf_redirect(port, 0) as i32 == TC_ACT_REDIRECT
+    }
+}
+
+/// Sends the skb into the container behind host-side port `port` (its
+/// peer: a veth's or a netkit primary's), straight into its namespace,
+/// skipping the host device and the backlog queue; false if the helper
+/// refused. Only from tc ingress (the kernel drops a peer redirect from
+/// anywhere else). The caller checked that the port is alive: the helper
+/// accepts any ifindex (the kernel would drop the frame later for one
+/// naming no device).
 #[inline(always)]
 pub fn into_container(ctx: &TcContext, port: u32) -> bool {
     // The frame arrived addressed to a container's MAC, not to the device

@@ -43,6 +43,15 @@ pub fn require_root() {
     );
 }
 
+/// Whether the running kernel has netkit devices, asked of the kernel's
+/// own symbols rather than of netpath (whose probe the netkit tests check).
+pub fn kernel_has_netkit() -> bool {
+    std::fs::read_to_string("/proc/kallsyms")
+        .expect("reading /proc/kallsyms")
+        .lines()
+        .any(|line| line.split_whitespace().nth(2) == Some("netkit_xmit"))
+}
+
 /// A fixed wait of a test, scaled by NETPATH_TEST_SLOW (a whole number,
 /// default 1) where everything runs slower: the kernel matrix sets it, as
 /// its guests run under qemu without KVM.

@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     build, initramfs,
-    kernel::{self, Kernel, SERIES, Series},
+    kernel::{self, Kernel, SERIES, Selection, Series},
 };
 
 /// The integration tests the matrix runs: binary, then exact test names.
@@ -108,6 +108,23 @@ const SELECTION: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// What the kernel with netkit (6.12) runs: netkit mode carrying TCP, UDP
+/// and ping past the bridge with every frame judged, the default mode
+/// picking netkit and saying so, and network policy and a pod's rates held
+/// on netkit pairs (the forwarding program judges a redirected frame once,
+/// the policy's program on the primary's egress the bridge's frames).
+const NETKIT_SELECTION: &[(&str, &[&str])] = &[
+    (
+        "fast_path",
+        &[
+            "netkit_mode_carries_bulk_traffic",
+            "run_brings_up_the_default_topology_in_tc_mode",
+        ],
+    ),
+    ("policy", &["the_policy_case_table_holds_in_netkit_mode"]),
+    ("cni", &["a_pods_bandwidth_holds_both_ways_on_netkit_pairs"]),
+];
+
 /// Test binaries of the selection a kernel cannot run, and why; the report
 /// lists them as not run, never as passed.
 const NOT_ON: &[(&str, &str, &str)] = &[(
@@ -195,35 +212,47 @@ pub fn test(kernels: &[&'static Series], only: &[String], timeout: Duration) -> 
             "cargo xtask test --kernel shares the host's / with qemu and needs root: run it as root, e.g. `sudo -E cargo xtask test --kernel 6.1`"
         );
     }
-    let runs = test_binaries(only)?;
-    let kernels = kernels
+    let executables = test_binaries()?;
+    let guests = kernels
         .iter()
-        .map(|series| Ok((*series, kernel::get(series)?)))
+        .map(|series| {
+            let chosen = match (only.is_empty(), series.selection) {
+                (false, _) => chosen_by(only),
+                (true, Selection::Matrix) => listed(SELECTION),
+                (true, Selection::Netkit) => listed(NETKIT_SELECTION),
+            };
+            Ok((*series, kernel::get(series)?, runs(chosen, &executables)?))
+        })
         .collect::<Result<Vec<_>>>()?;
-    // Side by side, as many at once as the host has cores: a TCG guest
-    // keeps about one host core busy whatever its vCPUs (measured: 393
-    // CPU-seconds of qemu in 383 s of wall time), so one after the other
-    // they leave the other cores idle.
+    // Side by side, as many at once as the host has cores, each core taking
+    // the next kernel when its guest is done: a TCG guest keeps about one
+    // host core busy whatever its vCPUs (measured: 393 CPU-seconds of qemu
+    // in 383 s of wall time), so one after the other they leave the other
+    // cores idle.
     let at_once = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut outcomes = Vec::new();
-    for batch in kernels.chunks(at_once) {
-        let finished: Vec<Result<Outcome>> = std::thread::scope(|scope| {
-            let guests: Vec<_> = batch
-                .iter()
-                .map(|(series, kernel)| {
-                    let runs = &runs;
-                    scope.spawn(move || run_kernel(series, kernel, runs, timeout))
+    let next = std::sync::Mutex::new(guests.iter());
+    let outcomes: Vec<Result<Outcome>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..at_once.min(guests.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let guest = next.lock().expect("a runner panicked").next();
+                        let Some((series, kernel, runs)) = guest else {
+                            return done;
+                        };
+                        done.push(run_kernel(series, kernel, runs, timeout));
+                    }
                 })
-                .collect();
-            guests
-                .into_iter()
-                .map(|guest| guest.join().expect("a guest's runner panicked"))
-                .collect()
-        });
-        for outcome in finished {
-            outcomes.push(outcome?);
-        }
-    }
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a guest's runner panicked"))
+            .collect()
+    });
+    let mut outcomes = outcomes.into_iter().collect::<Result<Vec<_>>>()?;
+    outcomes.sort_by_key(|o| SERIES.iter().position(|s| s.name == o.series));
     report(&outcomes);
     if outcomes
         .iter()
@@ -239,7 +268,7 @@ pub fn test(kernels: &[&'static Series], only: &[String], timeout: Duration) -> 
 
 /// `cargo test --no-run` builds the test binaries (and the netpath binary
 /// they run); cargo prints where each binary is.
-fn test_binaries(only: &[String]) -> Result<Vec<TestRun>> {
+fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
     let out = build::cargo("stable")
         .args([
             "test",
@@ -269,30 +298,44 @@ fn test_binaries(only: &[String]) -> Result<Vec<TestRun>> {
             executables.push((name.to_owned(), PathBuf::from(path)));
         }
     }
-    let selection: Vec<(String, Vec<String>)> = if only.is_empty() {
-        SELECTION
-            .iter()
-            .map(|(binary, tests)| {
-                (
-                    binary.to_string(),
-                    tests.iter().map(|t| t.to_string()).collect(),
-                )
-            })
-            .collect()
-    } else {
-        let mut chosen: Vec<(String, Vec<String>)> = Vec::new();
-        for spec in only {
-            let (binary, test) = match spec.split_once("::") {
-                Some((b, t)) => (b, Some(t.to_owned())),
-                None => (spec.as_str(), None),
-            };
-            match chosen.iter_mut().find(|(b, _)| b == binary) {
-                Some((_, tests)) => tests.extend(test),
-                None => chosen.push((binary.to_owned(), test.into_iter().collect())),
-            }
+    Ok(executables)
+}
+
+/// A selection as binaries and test names.
+fn listed(selection: &[(&str, &[&str])]) -> Vec<(String, Vec<String>)> {
+    selection
+        .iter()
+        .map(|(binary, tests)| {
+            (
+                binary.to_string(),
+                tests.iter().map(|t| t.to_string()).collect(),
+            )
+        })
+        .collect()
+}
+
+/// `--kernel`'s arguments, `BINARY` or `BINARY::TEST`, as binaries and test
+/// names.
+fn chosen_by(only: &[String]) -> Vec<(String, Vec<String>)> {
+    let mut chosen: Vec<(String, Vec<String>)> = Vec::new();
+    for spec in only {
+        let (binary, test) = match spec.split_once("::") {
+            Some((b, t)) => (b, Some(t.to_owned())),
+            None => (spec.as_str(), None),
+        };
+        match chosen.iter_mut().find(|(b, _)| b == binary) {
+            Some((_, tests)) => tests.extend(test),
+            None => chosen.push((binary.to_owned(), test.into_iter().collect())),
         }
-        chosen
-    };
+    }
+    chosen
+}
+
+/// The runs of `selection`'s binaries, found among `executables`.
+fn runs(
+    selection: Vec<(String, Vec<String>)>,
+    executables: &[(String, PathBuf)],
+) -> Result<Vec<TestRun>> {
     selection
         .into_iter()
         .map(|(name, filters)| {
@@ -303,7 +346,7 @@ fn test_binaries(only: &[String]) -> Result<Vec<TestRun>> {
                 .with_context(|| {
                     format!(
                         "no integration test binary {name} (known: {})",
-                        known(&executables)
+                        known(executables)
                     )
                 })?;
             Ok(TestRun {
@@ -424,8 +467,34 @@ fn run_kernel(
 /// Stage two, run by the host's /bin/sh as PID 1 of the guest in the new
 /// root: fresh kernel filesystems, the kernel's modules, then the tests.
 fn stage_two(kernel: &Kernel, runs: &[&TestRun]) -> String {
+    let mut script = guest_setup(kernel);
+    for run in runs {
+        // Ignored tests need a kernel the host may not have (netkit's):
+        // a guest that has it runs them when named.
+        let exact = if run.filters.is_empty() {
+            ""
+        } else {
+            " --exact --include-ignored"
+        };
+        script.push_str(&format!(
+            "echo \"vm: {name}\"\n({exe} --test-threads=1 --show-output{exact} {filters} 2>&1; echo $? > /vmout/{name}.rc) | tee /vmout/{name}.log\n",
+            name = run.name,
+            exe = run.executable.display(),
+            filters = run.filters.join(" "),
+        ));
+    }
+    script.push_str(POWER_OFF);
+    script
+}
+
+/// The end of every guest's script: marks it done and powers the guest off.
+const POWER_OFF: &str = "echo done > /vmout/exit\nsync\necho o > /proc/sysrq-trigger\nsleep 10\n";
+
+/// The start of every guest's script: file systems, the kernel's modules,
+/// the checkout as the working directory.
+fn guest_setup(kernel: &Kernel) -> String {
     let workdir = build::workspace_root().join("netpath");
-    let mut script = format!(
+    format!(
         r#"export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTRACE=1 NETPATH_TEST_SLOW={slow}
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -455,22 +524,60 @@ cd {workdir}
         guest_modules = GUEST_MODULES.join(" "),
         workdir = workdir.display(),
         slow = TEST_SLOWDOWN,
-    );
-    for run in runs {
-        let exact = if run.filters.is_empty() {
-            ""
-        } else {
-            " --exact"
-        };
-        script.push_str(&format!(
-            "echo \"vm: {name}\"\n({exe} --test-threads=1 --show-output{exact} {filters} 2>&1; echo $? > /vmout/{name}.rc) | tee /vmout/{name}.log\n",
-            name = run.name,
-            exe = run.executable.display(),
-            filters = run.filters.join(" "),
-        ));
+    )
+}
+
+/// `netpath bench ARGS` inside `series`' kernel: its report on this
+/// terminal and in the guest's share (`--json` and `--plot` paths are the
+/// guest's, which sees the host's `/` read-only but /tmp).
+pub fn bench(series: &'static Series, args: &[String], timeout: Duration) -> Result<()> {
+    if !crate::is_root() {
+        bail!(
+            "cargo xtask bench --kernel shares the host's / with qemu and needs root: run it as root"
+        );
     }
-    script.push_str("echo done > /vmout/exit\nsync\necho o > /proc/sysrq-trigger\nsleep 10\n");
-    script
+    let kernel = kernel::get(series)?;
+    let dir = results_root().join(format!("{}-bench", series.name));
+    let share = dir.join("share");
+    let _ = fs::remove_dir_all(&share);
+    fs::create_dir_all(&share).with_context(|| format!("creating {}", share.display()))?;
+    let initrd = dir.join("initramfs.cpio");
+    initramfs::build(&kernel, &initrd)?;
+    let quoted: Vec<String> = args
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect();
+    let mut script = guest_setup(&kernel);
+    script.push_str(&format!(
+        "({netpath} bench {args} 2>&1; echo $? > /vmout/bench.rc) | tee /vmout/bench.log\n",
+        netpath = build::netpath_binary().display(),
+        args = quoted.join(" "),
+    ));
+    script.push_str(POWER_OFF);
+    fs::write(share.join("run.sh"), script)?;
+    eprintln!(
+        "kernel {}: booting {} (TCG) for netpath bench",
+        series.name, kernel.release
+    );
+    let mut qemu = qemu(&kernel, &initrd, &share)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64 (cargo xtask setup installs qemu-system-x86)")?;
+    let console = copy_console(&mut qemu, series.name, &dir.join("console.log"))?;
+    let problem = wait_with_timeout(&mut qemu, timeout)?;
+    let _ = console.join();
+    let rc = fs::read_to_string(share.join("bench.rc")).unwrap_or_default();
+    match (problem, rc.trim()) {
+        (None, "0") => Ok(()),
+        (problem, rc) => bail!(
+            "netpath bench in the {} guest failed (exit {rc:?}{}; log {})",
+            series.name,
+            problem.map(|p| format!(", {p}")).unwrap_or_default(),
+            share.join("bench.log").display()
+        ),
+    }
 }
 
 fn qemu(kernel: &Kernel, initrd: &Path, share: &Path) -> Command {

@@ -20,6 +20,7 @@ pub(super) fn mode_of(target: Target) -> Option<Mode> {
         Target::Bridge | Target::BridgeNft | Target::BridgeIptables => Some(Mode::Bridge),
         Target::Xdp => Some(Mode::Xdp),
         Target::Tc | Target::TcPolicy => Some(Mode::Tc),
+        Target::Netkit => Some(Mode::Netkit),
         Target::Wire | Target::Overlay | Target::Vxlan | Target::Underlay => None,
     }
 }
@@ -121,6 +122,7 @@ pub(super) fn make_wire(name: &str, subnet: &str) -> Result<Bed> {
             addresses: &[b_ip],
             gateways: &[],
             source_check: false,
+            netkit: false,
         };
         plumbing::plug(&h, &wire).await.map(drop)
     })?;
@@ -139,7 +141,7 @@ pub(super) async fn remove_bed(handle: &Handle, bed: &Bed) -> Result<()> {
             overlay::remove_bed(&bed.name, bed.target)
         }
         Target::BridgeNft | Target::BridgeIptables => firewalled::remove_bed(bed),
-        Target::Bridge | Target::Xdp | Target::Tc | Target::TcPolicy => {
+        Target::Bridge | Target::Xdp | Target::Tc | Target::Netkit | Target::TcPolicy => {
             topology::down(handle, &bed.name).await.map(|_| ())
         }
     }

@@ -22,16 +22,17 @@ const FONT: &str = "sans-serif";
 const TITLE_SIZE: f64 = 18.6;
 const TEXT_SIZE: f64 = 14.9;
 /// By target, in `Target` order: bridge grey, the bridge with the policy
-/// in nftables dark grey and in iptables brown, xdp blue, tc green, wire
-/// red; across hosts alike, netpath's overlay green, the kernel's vxlan
-/// design (the baseline) grey, the underlay (the bound) red; tc with a
-/// policy orange.
-const COLORS: [RGBColor; 10] = [
+/// in nftables dark grey and in iptables brown, xdp blue, tc green, netkit
+/// purple, wire red; across hosts alike, netpath's overlay green, the
+/// kernel's vxlan design (the baseline) grey, the underlay (the bound) red;
+/// tc with a policy orange.
+const COLORS: [RGBColor; 11] = [
     RGBColor(0x7f, 0x7f, 0x7f),
     RGBColor(0x40, 0x40, 0x40),
     RGBColor(0x8c, 0x56, 0x4b),
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0x94, 0x67, 0xbd),
     RGBColor(0xd6, 0x27, 0x28),
     RGBColor(0x2c, 0xa0, 0x2c),
     RGBColor(0x7f, 0x7f, 0x7f),

@@ -25,6 +25,9 @@ pub enum Target {
     BridgeIptables,
     Xdp,
     Tc,
+    /// netkit mode (Linux 6.7+ with CONFIG_NETKIT): netkit pairs, the tc
+    /// program on their peer hook.
+    Netkit,
     /// Two namespaces joined by one veth pair: the bound for any veth datapath.
     Wire,
     /// Across hosts (`--overlay`, not a `--targets` choice): netpath's
@@ -53,6 +56,7 @@ impl fmt::Display for Target {
             Target::BridgeIptables => "bridge+iptables",
             Target::Xdp => "xdp",
             Target::Tc => "tc",
+            Target::Netkit => "netkit",
             Target::Wire => "wire",
             Target::Overlay => "overlay",
             Target::Vxlan => "vxlan",
@@ -97,6 +101,7 @@ impl Target {
             Target::TcPolicy => 'p',
             Target::BridgeNft => 'n',
             Target::BridgeIptables => 'i',
+            Target::Netkit => 'k',
             _ => self.to_string().chars().next().unwrap_or('x'),
         }
     }
@@ -109,6 +114,7 @@ impl Target {
             Target::BridgeIptables => "the bridge with the policy in iptables",
             Target::Xdp => "xdp mode",
             Target::Tc => "tc mode",
+            Target::Netkit => "netkit mode",
             Target::Wire => "the veth wire",
             Target::Overlay => "netpath's overlay",
             Target::Vxlan => "the kernel's vxlan design",

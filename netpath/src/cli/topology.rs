@@ -6,23 +6,30 @@ use super::{netlink_handle, require_root};
 use crate::{
     model::{Mode, Settings, TopologySpec},
     ops::{
-        overlay,
+        self, overlay,
         topology::{self, UpOutcome},
     },
+    store::topology as record,
 };
 
 /// The spec `up` and `run` build: containers on an overlay get the MTU
 /// the underlay carries for them, unless --mtu says otherwise.
+/// Without a mode, the one the topology has if it is up, else the
+/// kernel's best (see `ops::default_mode`).
 pub(super) async fn resolve(settings: Settings) -> Result<TopologySpec> {
     let settings = settings.with_file()?;
-    let asked = settings.mtu;
+    let (asked_mtu, asked_mode) = (settings.mtu, settings.mode);
     let mut spec = TopologySpec::resolve(settings)?;
     require_root()?;
-    if spec.overlay.is_some() {
-        let handle = netlink_handle().await?;
-        spec.mtu = overlay::network_mtu(&handle, spec.overlay.as_ref(), asked).await?;
-        spec.validate()?;
+    let handle = netlink_handle().await?;
+    if asked_mode.is_none() {
+        let recorded = record::load(&spec.name)?.map(|r| r.spec.mode);
+        spec.mode = ops::default_mode(&handle, &spec.name, recorded).await?;
     }
+    if spec.overlay.is_some() {
+        spec.mtu = overlay::network_mtu(&handle, spec.overlay.as_ref(), asked_mtu).await?;
+    }
+    spec.validate()?;
     Ok(spec)
 }
 

@@ -33,7 +33,7 @@ use rtnetlink::{
     packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption},
 };
 
-use super::{Port, object::Programs};
+use super::{Port, netkit, object::Programs};
 use crate::{
     host::{ethtool, netns},
     model::Mode,
@@ -48,6 +48,9 @@ pub enum Hook {
     XdpPeer,
     /// tc ingress forwarding program on the host-side veth.
     Tc,
+    /// The same program on the peer hook of a netkit pair (netkit mode):
+    /// it runs as the container transmits.
+    Netkit,
     /// tc ingress of the node's vxlan device: decapsulated frames, one
     /// program per overlay (by VNI).
     Vxlan,
@@ -63,7 +66,8 @@ pub enum Hook {
 /// Where a hook's program runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachPoint {
-    /// The port's host-side veth.
+    /// The port's host-side device: a veth end, or a netkit pair's
+    /// primary device (which holds both of the pair's hooks).
     HostVeth,
     /// The container's interface, inside its namespace.
     ContainerSide,
@@ -79,6 +83,8 @@ pub enum Via {
     /// tc ingress: a tcx bpf_link or a clsact filter, per [`TcMethod`]
     /// (which the kernel decides).
     Tc(fn(&mut Programs) -> &mut Option<SchedClassifier>),
+    /// A netkit link on the pair's peer hook (Linux 6.7+), pinned.
+    NetkitPeer(fn(&mut Programs) -> &mut Option<SchedClassifier>),
     /// A clsact filter in this direction, on every kernel, with a handle
     /// of its own (`POLICE_HANDLE`) beside the forwarding program's.
     Clsact(
@@ -136,7 +142,7 @@ pub struct HookRow {
 /// Every hook, in the order a port's are attached: the container side's
 /// XDP_PASS before the host side's XDP, so that no redirect meets a
 /// device that cannot take it.
-pub const HOOKS: [HookRow; 6] = [
+pub const HOOKS: [HookRow; 7] = [
     HookRow {
         hook: Hook::XdpPeer,
         program: programs::XDP_PEER,
@@ -168,6 +174,16 @@ pub const HOOKS: [HookRow; 6] = [
         ingress_rate: false,
     },
     HookRow {
+        hook: Hook::Netkit,
+        program: programs::TC_FORWARD,
+        at: AttachPoint::HostVeth,
+        via: Via::NetkitPeer(|p| &mut p.tc_forward),
+        pin_dir: "netkit",
+        modes: &[Mode::Netkit],
+        policy_only: false,
+        ingress_rate: false,
+    },
+    HookRow {
         hook: Hook::Vxlan,
         program: programs::TC_VXLAN,
         at: AttachPoint::VxlanDevice,
@@ -183,7 +199,7 @@ pub const HOOKS: [HookRow; 6] = [
         at: AttachPoint::HostVeth,
         via: Via::Clsact(|p| &mut p.tc_police, TcAttachType::Egress),
         pin_dir: "police-out",
-        modes: &[Mode::Xdp, Mode::Tc, Mode::Bridge],
+        modes: &[Mode::Xdp, Mode::Tc, Mode::Netkit, Mode::Bridge],
         policy_only: true,
         ingress_rate: true,
     },
@@ -396,6 +412,10 @@ pub async fn attach(
                 )
             })?
         }
+        (Via::NetkitPeer(program), AttachPoint::HostVeth) => {
+            let program = loaded(program(programs), hook)?;
+            return netkit::attach_peer(program.fd()?, name, ifindex, &pin);
+        }
         (Via::Tc(program), AttachPoint::HostVeth) => {
             let program = loaded(program(programs), hook)?;
             let id = program
@@ -588,6 +608,14 @@ fn update_link(
             "hook {hook:?} has a filter, not a link, yet {} is pinned",
             pin.display()
         ),
+        Via::NetkitPeer(program) => {
+            let program = loaded(program(programs), hook)?;
+            if !force && same_instructions(running, program)? {
+                return Ok(());
+            }
+            netkit::update(pin, program.fd()?)?;
+            program.info()?.id()
+        }
         Via::Xdp(program) => {
             let program = loaded(program(programs), hook)?;
             if !force && same_instructions(running, program)? {
@@ -768,8 +796,9 @@ pub fn remove_stale(pins: &Path, ports: &HashSet<String>) -> Result<()> {
 
 /// Names of the BPF programs hooked on a host-side port, as the kernel
 /// reports them: `xdp:NAME`, `tc:NAME` (tcx ingress), `tc-clsact:NAME`
-/// (a cls_bpf filter on the clsact qdisc), and the policy's filters,
-/// `police-in:NAME` and `police-out:NAME`.
+/// (a cls_bpf filter on the clsact qdisc), `netkit:NAME` (a netkit pair's
+/// peer hook), and the policy's filters, `police-in:NAME` and
+/// `police-out:NAME`.
 pub async fn programs_on(
     handle: &Handle,
     port: &str,
@@ -790,6 +819,11 @@ pub async fn programs_on(
     if let Some(id) = clsact_program_id(handle, ifindex).await? {
         out.push(format!("tc-clsact:{}", super::object::program_name(id)));
     }
+    out.extend(
+        netkit::peer_programs(ifindex)
+            .into_iter()
+            .map(|id| format!("netkit:{}", super::object::program_name(id))),
+    );
     for (shown, direction) in [
         ("police-in", TcAttachType::Ingress),
         ("police-out", TcAttachType::Egress),

@@ -7,6 +7,7 @@ pub mod fdb;
 pub mod hooks;
 pub mod maps;
 pub mod memlock;
+mod netkit;
 pub mod object;
 pub mod overlay;
 pub mod policy;
@@ -216,6 +217,7 @@ pub async fn ensure_reporting(
         bridge_mac: bridge.mac.map(|m| m.0).unwrap_or_default(),
         learning: 1,
         ageing_ns: dp.ageing_s * 1_000_000_000,
+        netkit: u8::from(dp.mode == Mode::Netkit),
         ..Default::default()
     };
     fill_maps(&maps, config, dp.learn_limit, &ports)?;
@@ -621,6 +623,9 @@ pub fn describe(mode: Mode) -> &'static str {
         Mode::Xdp => {
             "XDP + devmap redirect; carries all unicast between containers, with TSO and tx checksum offload off in the containers (XDP on veth cannot pass GSO packets or pending checksums), so TCP costs more CPU than in tc mode"
         }
+        Mode::Netkit => {
+            "netkit pairs, the tc program on each pair's peer hook (as the container transmits) + bpf_redirect out of the destination's primary device; carries all unicast between containers, GSO packets included"
+        }
         Mode::Bridge => "no programs: the Linux bridge forwards everything",
     }
 }
@@ -795,6 +800,7 @@ pub async fn check_port(
             format!("tc:{}", programs::TC_FORWARD),
             format!("tc-clsact:{}", programs::TC_FORWARD),
         ],
+        Mode::Netkit => vec![format!("netkit:{}", programs::TC_FORWARD)],
     };
     let attached = hooks::programs_on(handle, &host.name, host.index, host.xdp_prog_id).await?;
     ensure!(

@@ -6,13 +6,13 @@ use anyhow::{Context, Result};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan,
-    RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkNetkit, LinkUnspec, LinkVeth,
+    LinkVxlan, RouteMessageBuilder,
     packet_route::{
         address::{AddressAttribute, AddressFlags},
         link::{
-            AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
-            LinkInfo, LinkMessage, LinkXdp,
+            AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoNetkit, InfoVeth,
+            LinkAttribute, LinkInfo, LinkMessage, LinkXdp, NetkitMode,
         },
         neighbour::{NeighbourFlags, NeighbourState},
     },
@@ -161,11 +161,26 @@ pub async fn set_alias(handle: &Handle, link: &Link, alias: &str) -> Result<Link
     })
 }
 
-/// The far end of a veth pair: created directly inside a namespace.
+/// The far end of a veth or netkit pair: created directly inside a
+/// namespace.
 pub struct VethPeer<'a> {
     pub netns_fd: i32,
     pub name: &'a str,
     pub mac: Option<Mac>,
+}
+
+impl VethPeer<'_> {
+    /// Its part of the request that creates the pair.
+    fn message(&self, mtu: u32) -> LinkMessage {
+        let mut msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(self.name.to_owned())
+            .mtu(mtu)
+            .setns_by_fd(self.netns_fd);
+        if let Some(mac) = self.mac {
+            msg = msg.address(mac.0.to_vec());
+        }
+        msg.build()
+    }
 }
 
 /// Creates a veth pair with MTU `mtu` on both ends: `name` here (enslaved
@@ -177,17 +192,60 @@ pub async fn create_veth(
     mtu: u32,
     peer: VethPeer<'_>,
 ) -> Result<Link> {
-    let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
-        .name(peer.name.to_owned())
-        .mtu(mtu)
-        .setns_by_fd(peer.netns_fd);
-    if let Some(mac) = peer.mac {
-        peer_msg = peer_msg.address(mac.0.to_vec());
+    let msg = LinkVeth::new(name, peer.name)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.message(mtu))));
+    create_pair(handle, msg, "veth", name, bridge, mtu).await
+}
+
+/// Creates a netkit pair in L2 mode (Ethernet frames, so a bridge can take
+/// the primary and ARP works as on veth), `name` the primary device here
+/// (enslaved to `bridge` if given, and up), `peer` inside its namespace.
+/// Both default to passing frames on when no program decides.
+pub async fn create_netkit(
+    handle: &Handle,
+    name: &str,
+    bridge: Option<u32>,
+    mtu: u32,
+    peer: VethPeer<'_>,
+) -> Result<Link> {
+    let msg =
+        LinkNetkit::new(name, peer.name, NetkitMode::L2).set_info_data(InfoData::Netkit(vec![
+            InfoNetkit::Mode(NetkitMode::L2),
+            InfoNetkit::Peer(peer.message(mtu)),
+        ]));
+    create_pair(handle, msg, "netkit", name, bridge, mtu).await
+}
+
+/// Whether this kernel makes netkit devices (Linux 6.7+ built with
+/// CONFIG_NETKIT, which cannot be a module). Asked without creating
+/// anything: a request for a netkit pair in a mode no kernel has is
+/// refused for the mode where netkit exists, and for the kind (EOPNOTSUPP,
+/// "Unknown device type") where it does not.
+pub async fn kernel_has_netkit(handle: &Handle) -> Result<bool> {
+    const PROBE: &str = "np-nkprobe";
+    let msg = LinkNetkit::new(PROBE, "np-nkprobe-p", NetkitMode::Other(u32::MAX)).build();
+    match handle.link().add(msg).execute().await {
+        Err(e) if is_errno(&e, libc::EOPNOTSUPP) => Ok(false),
+        Err(_) => Ok(true),
+        Ok(()) => {
+            // A kernel that took the mode: the pair exists, remove it.
+            if let Some(link) = link_by_name(handle, PROBE).await? {
+                delete_link(handle, link.index).await?;
+            }
+            Ok(true)
+        }
     }
-    let mut msg = LinkVeth::new(name, peer.name)
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
-        .mtu(mtu)
-        .up();
+}
+
+async fn create_pair<T>(
+    handle: &Handle,
+    msg: LinkMessageBuilder<T>,
+    kind: &str,
+    name: &str,
+    bridge: Option<u32>,
+    mtu: u32,
+) -> Result<Link> {
+    let mut msg = msg.mtu(mtu).up();
     if let Some(bridge) = bridge {
         msg = msg.controller(bridge);
     }
@@ -196,10 +254,10 @@ pub async fn create_veth(
         .add(msg.build())
         .execute()
         .await
-        .with_context(|| format!("creating veth pair {name}"))?;
+        .with_context(|| format!("creating {kind} pair {name}"))?;
     link_by_name(handle, name)
         .await?
-        .with_context(|| format!("veth {name} vanished after creation"))
+        .with_context(|| format!("{kind} {name} vanished after creation"))
 }
 
 pub async fn set_up(handle: &Handle, index: u32) -> Result<()> {

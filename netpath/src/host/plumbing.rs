@@ -1,5 +1,5 @@
-//! Plugging a container in and out: a veth pair whose far end is created
-//! directly inside the container's namespace, the host end on a bridge and
+//! Plugging a container in and out: a veth pair (a netkit pair in netkit
+//! mode) whose far end is created directly inside the container's namespace, the host end on a bridge and
 //! marked as its owner's, and the container side addressed and routed.
 
 use std::{net::IpAddr, os::fd::AsRawFd, path::Path};
@@ -38,6 +38,8 @@ pub struct Plug<'a> {
     /// The container sends only from its own MAC and addresses (see
     /// `datapath::Port::source_check`).
     pub source_check: bool,
+    /// A netkit pair (netkit mode), else a veth pair.
+    pub netkit: bool,
 }
 
 /// Creates and configures the pair; returns the host end. On failure the
@@ -65,7 +67,11 @@ pub async fn create_pair(handle: &Handle, p: &Plug<'_>) -> Result<netlink::Link>
         name: p.ifname,
         mac: p.mac,
     };
-    let host = netlink::create_veth(handle, p.host_veth, p.bridge, p.mtu, peer).await?;
+    let host = if p.netkit {
+        netlink::create_netkit(handle, p.host_veth, p.bridge, p.mtu, peer).await?
+    } else {
+        netlink::create_veth(handle, p.host_veth, p.bridge, p.mtu, peer).await?
+    };
     let alias = match p.container {
         Some((id, ifname)) => pod_alias(p.owner, id, ifname),
         None => owner_alias(p.owner),

@@ -350,9 +350,10 @@ impl NetConf {
             ),
         };
         conf.etcd_access.validate(&conf.etcd)?;
-        if self.mode() != Mode::Tc {
+        if !self.mode().forwards_in_tc() {
             bail!(
-                "an overlay needs mode tc: only tc programs can set the tunnel key of a frame (mode {})",
+                "an overlay needs mode tc or netkit: only tc programs can set the tunnel key of a \
+                 frame (mode {})",
                 self.mode()
             );
         }

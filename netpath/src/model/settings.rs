@@ -19,12 +19,29 @@ pub enum Mode {
     Xdp,
     /// tc ingress on the host-side veth ends, bpf_redirect_peer.
     Tc,
+    /// Containers plugged through netkit pairs (Linux 6.7+ with
+    /// CONFIG_NETKIT) instead of veth, the tc program on the netkit peer
+    /// hook (it runs as the container transmits).
+    Netkit,
     /// No programs: the Linux bridge forwards everything.
     Bridge,
 }
 
 impl Mode {
+    /// Where nothing says which and the kernel has no netkit (see
+    /// `host::netkit::default_mode`, which picks netkit where it has).
     pub const DEFAULT: Mode = Mode::Tc;
+
+    /// Whether its containers are plugged through netkit pairs, not veth.
+    pub fn uses_netkit(self) -> bool {
+        self == Mode::Netkit
+    }
+
+    /// Whether a container's frames meet the tc forwarding program (tc and
+    /// netkit: the same program, at tc ingress or netkit's peer hook).
+    pub fn forwards_in_tc(self) -> bool {
+        matches!(self, Mode::Tc | Mode::Netkit)
+    }
 }
 
 impl fmt::Display for Mode {
@@ -32,6 +49,7 @@ impl fmt::Display for Mode {
         f.write_str(match self {
             Mode::Xdp => "xdp",
             Mode::Tc => "tc",
+            Mode::Netkit => "netkit",
             Mode::Bridge => "bridge",
         })
     }
@@ -52,7 +70,7 @@ pub struct Settings {
     #[arg(long)]
     #[serde(default, deserialize_with = "one_or_many")]
     pub subnet: Vec<String>,
-    /// Datapath mode [default: tc].
+    /// Datapath mode [default: netkit where the kernel has it, else tc].
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
     /// Forward and masquerade the subnets to the outside (IPv4 and IPv6);

@@ -259,9 +259,9 @@ impl TopologySpec {
         validate_mtu(self.mode, self.mtu, &self.subnets)?;
         if let Some(overlay) = &self.overlay {
             ensure!(
-                self.mode == Mode::Tc,
-                "an overlay needs --mode tc: only tc programs can set the tunnel key of a frame \
-                 (XDP cannot), and bridge mode has no programs"
+                self.mode.forwards_in_tc(),
+                "an overlay needs --mode tc or netkit: only tc programs can set the tunnel key of \
+                 a frame (XDP cannot), and bridge mode has no programs"
             );
             overlay.validate(&self.subnets)?;
         }

@@ -151,8 +151,8 @@ pub(super) async fn mode_on_ports<'a>(
 }
 
 /// The mode a host veth's programs (as [`hooks::programs_on`] names them)
-/// show: an XDP program is xdp mode, a tc one (tcx or clsact) tc mode, none
-/// the bridge alone.
+/// show: an XDP program is xdp mode, a tc one (tcx or clsact) tc mode, one
+/// on a netkit pair's peer hook netkit mode, none the bridge alone.
 fn mode_shown_by(programs: &[String]) -> Mode {
     let hooked = |hook: &str| {
         programs
@@ -163,6 +163,8 @@ fn mode_shown_by(programs: &[String]) -> Mode {
         Mode::Xdp
     } else if hooked("tc") || hooked("tc-clsact") {
         Mode::Tc
+    } else if hooked("netkit") {
+        Mode::Netkit
     } else {
         Mode::Bridge
     }
@@ -180,6 +182,7 @@ mod tests {
         assert_eq!(shown(&["xdp:xdp_forward", "peer-xdp:xdp_pass"]), Mode::Xdp);
         assert_eq!(shown(&["tc:tc_forward"]), Mode::Tc);
         assert_eq!(shown(&["tc-clsact:tc_forward"]), Mode::Tc);
+        assert_eq!(shown(&["netkit:tc_forward"]), Mode::Netkit);
         // The container side's XDP_PASS program alone is no xdp mode.
         assert_eq!(shown(&["peer-xdp:xdp_pass"]), Mode::Bridge);
         assert_eq!(shown(&[]), Mode::Bridge);

@@ -71,6 +71,7 @@ pub async fn up(handle: &Handle, spec: TopologySpec) -> Result<UpOutcome> {
         teardown(handle, &existing).await?;
     }
     check_names_free(handle, &spec, &spec.containers).await?;
+    super::require_mode(handle, &spec.name, spec.mode).await?;
     if let Some(on) = &spec.overlay {
         overlay::preflight(on).await?;
     }
@@ -157,6 +158,7 @@ async fn create_container(
             addresses: &spec.container_addresses(c),
             gateways: &gateways,
             source_check: c.source_check,
+            netkit: spec.mode.uses_netkit(),
         },
     )
     .await
@@ -321,7 +323,23 @@ pub async fn set_mode(handle: &Handle, topology: &str, mode: Mode) -> Result<()>
     let _lock = Lock::acquire(topology, Purpose::Change)?;
     let mut rec = load_complete(topology)?;
     validate_mtu(mode, rec.spec.mtu, &rec.spec.subnets)?;
-    if rec.spec.overlay.is_some() && mode != Mode::Tc {
+    if rec.spec.mode.uses_netkit() != mode.uses_netkit() {
+        bail!(
+            "topology {topology} has {} pairs, and mode {mode} needs {}: a mode switch keeps the \
+             containers' devices; take it down and up with --mode {mode}",
+            if rec.spec.mode.uses_netkit() {
+                "netkit"
+            } else {
+                "veth"
+            },
+            if mode.uses_netkit() {
+                "netkit pairs"
+            } else {
+                "veth pairs"
+            },
+        );
+    }
+    if rec.spec.overlay.is_some() && !mode.forwards_in_tc() {
         bail!(
             "topology {topology} is on an overlay, which needs tc mode (only tc programs set tunnel keys); \
              take it down and up without the overlay to use mode {mode}"

@@ -325,6 +325,7 @@ pub(super) async fn plug(
         addresses: &[],
         gateways: &[],
         source_check: true,
+        netkit: dp.mode.uses_netkit(),
     };
     let member = placement.member(conf).map_err(CniError::io)?;
     let wiring = async {

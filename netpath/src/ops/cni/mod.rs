@@ -25,10 +25,33 @@ use crate::{
         overlay::OverlaySpec,
     },
     store::{
-        cni::Attachment,
+        cni::{Attachment, NetworkRecord},
         lock::{Lock, Purpose},
     },
 };
+
+/// Gives a configuration without a mode the network's (the mode its pods
+/// were added in), or for a new network the kernel's best (see
+/// `ops::default_mode`); refuses an ADD in netkit mode where the kernel
+/// has no netkit, before anything changes.
+async fn settle_mode(handle: &Handle, conf: &mut NetConf, env: &Env) -> CniResult<()> {
+    let owner = conf.datapath_name();
+    if conf.mode.is_none() {
+        let recorded = NetworkRecord::load(&conf.bridge)
+            .map_err(CniError::io)?
+            .mode;
+        let mode = super::default_mode(handle, &owner, recorded)
+            .await
+            .map_err(CniError::io)?;
+        conf.mode = Some(mode);
+    }
+    if env.command == "ADD" {
+        super::require_mode(handle, &owner, conf.mode())
+            .await
+            .map_err(|e| CniError::new(CniError::INVALID_CONFIG, format!("{e:#}")))?;
+    }
+    Ok(())
+}
 
 /// Runtimes call the plugin for many containers at once: each waits its turn.
 const LOCK_PATIENCE: Duration = Duration::from_secs(60);
@@ -77,7 +100,7 @@ pub async fn run(env_vars: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (Va
     if env.command == "VERSION" {
         return (version(), 0);
     }
-    let conf = match NetConf::parse(stdin) {
+    let mut conf = match NetConf::parse(stdin) {
         Ok(conf) => conf,
         Err(e) => return (e.to_json(newest), 1),
     };
@@ -100,6 +123,9 @@ pub async fn run(env_vars: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (Va
         }
         Err(e) => return (CniError::io(e.into()).to_json(&version), 1),
     };
+    if let Err(e) = settle_mode(&handle, &mut conf, &env).await {
+        return (e.to_json(&version), 1);
+    }
     let call = Call {
         handle: &handle,
         conf: &conf,
