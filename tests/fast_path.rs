@@ -14,10 +14,15 @@ use serde_json::Value;
 
 /// `ethtool -S` counter of a host-side veth.
 fn ethtool_stat(host: &Host, dev: &str, name: &str) -> u64 {
-    let out = String::from_utf8_lossy(&host.sh("ethtool", &["-S", dev]).stdout).into_owned();
-    out.lines()
+    ethtool_sum(&host.sh("ethtool", &["-S", dev]), &[name])
+}
+
+/// The sum of the counters `names` in the output of one `ethtool -S`.
+fn ethtool_sum(ethtool: &std::process::Output, names: &[&str]) -> u64 {
+    String::from_utf8_lossy(&ethtool.stdout)
+        .lines()
         .filter_map(|l| l.trim().split_once(": "))
-        .filter(|(k, _)| *k == name)
+        .filter(|(k, _)| names.contains(k))
         .map(|(_, v)| v.trim().parse::<u64>().unwrap())
         .sum()
 }
@@ -31,19 +36,8 @@ fn veth_ring_drops(host: &Host, port: &str, ns: &str) -> u64 {
         "rx_queue_0_xdp_drops",
         "tx_queue_0_xdp_xmit_errors",
     ];
-    let inside =
-        String::from_utf8_lossy(&in_ns(ns, &["ethtool", "-S", "eth0"]).stdout).into_owned();
-    let inside: u64 = inside
-        .lines()
-        .filter_map(|l| l.trim().split_once(": "))
-        .filter(|(k, _)| RING_DROPS.contains(k))
-        .map(|(_, v)| v.trim().parse::<u64>().unwrap())
-        .sum();
-    let outside: u64 = RING_DROPS
-        .iter()
-        .map(|name| ethtool_stat(host, port, name))
-        .sum();
-    inside + outside
+    ethtool_sum(&in_ns(ns, &["ethtool", "-S", "eth0"]), &RING_DROPS)
+        + ethtool_sum(&host.sh("ethtool", &["-S", port]), &RING_DROPS)
 }
 
 /// Drives TCP both ways, UDP and a ping flood from c0 to c1 and checks that

@@ -9,7 +9,12 @@
 //! work without them), packets of a remembered flow and their replies, and
 //! ICMP errors about a remembered flow.
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_ANY,
+    helpers::bpf_ktime_get_ns,
+    maps::{ProgramArray, lpm_trie::Key},
+};
 use netpath_common::{
     Counter,
     policy::{
@@ -60,6 +65,27 @@ enum Kind {
 #[inline(always)]
 pub fn in_force() -> bool {
     POLICY_STATE.get(0).is_some_and(|state| state.generation != 0)
+}
+
+/// Hands the frame to the program's judging variant, in slot `slot` of
+/// `variants`, while a policy is in force (the variant ends the run with
+/// the frame's verdict). Returns whether the caller must drop the frame
+/// (and count it as `DropPolicyUnloaded`): a policy is in force and the
+/// slot is empty, which the loader, filling it first, never leaves. The
+/// judging variants themselves (`POLICY`) judge and hand nothing on.
+#[inline(always)]
+pub fn hand_to_judge<const POLICY: bool, C: EbpfContext>(
+    ctx: &C,
+    variants: &ProgramArray,
+    slot: u32,
+) -> bool {
+    if POLICY || !in_force() {
+        return false;
+    }
+    // SAFETY: the loader fills the slot with a program of the caller's
+    // type, which ends the run with the frame's verdict.
+    unsafe { variants.tail_call(ctx, slot) };
+    true
 }
 
 /// Whether `frame` may pass under the policy in force (always, when there

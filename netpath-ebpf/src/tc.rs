@@ -45,11 +45,7 @@ fn forward<const POLICY: bool>(ctx: TcContext) -> i32 {
     // No frame leaves here with another's mark (see TC_INDEX_JUDGED).
     // SAFETY: the context pointer is valid for the program's run.
     unsafe { (*ctx.skb.skb).tc_index = 0 };
-    if !POLICY && policy::in_force() {
-        // SAFETY: the slot holds a tc program (the loader's), which ends
-        // the run with the frame's verdict.
-        unsafe { POLICY_TC.tail_call(&ctx, POLICY_SLOT_FORWARD) };
-        // The loader fills the slot before it puts a policy in force.
+    if policy::hand_to_judge::<POLICY, _>(&ctx, &POLICY_TC, POLICY_SLOT_FORWARD) {
         port.count(Counter::DropPolicyUnloaded);
         return TC_ACT_SHOT;
     }

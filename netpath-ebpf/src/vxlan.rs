@@ -50,11 +50,7 @@ fn decapsulated<const POLICY: bool>(ctx: TcContext) -> i32 {
     if overlay.vni == 0 {
         return TC_ACT_UNSPEC;
     }
-    if !POLICY && policy::in_force() {
-        // SAFETY: the slot holds a tc program (the loader's), which ends
-        // the run with the frame's verdict.
-        unsafe { POLICY_TC.tail_call(&ctx, POLICY_SLOT_VXLAN) };
-        // The loader fills the slot before it puts a policy in force.
+    if policy::hand_to_judge::<POLICY, _>(&ctx, &POLICY_TC, POLICY_SLOT_VXLAN) {
         return count(OverlayCounter::DropPolicyUnloaded, TC_ACT_SHOT);
     }
     let Some(node) = tunnel_source(&ctx, overlay.underlay_ipv6 != 0, overlay.vni) else {

@@ -27,11 +27,7 @@ fn forward<const POLICY: bool>(ctx: XdpContext) -> u32 {
     let Some(port) = Port::lookup(ctx.ingress_ifindex() as u32) else {
         return xdp_action::XDP_PASS;
     };
-    if !POLICY && policy::in_force() {
-        // SAFETY: the slot holds an XDP program (the loader's), which ends
-        // the run with the frame's verdict.
-        unsafe { POLICY_XDP.tail_call(&ctx, 0) };
-        // The loader fills the slot before it puts a policy in force.
+    if policy::hand_to_judge::<POLICY, _>(&ctx, &POLICY_XDP, 0) {
         port.count(Counter::DropPolicyUnloaded);
         return xdp_action::XDP_DROP;
     }
