@@ -12,7 +12,7 @@ use common::{
     probe::{Probe, Servers, answered},
 };
 use netpath::{
-    datapath::object::pin_dir,
+    datapath::object::{MapSizes, pin_dir},
     host::netns,
     model::naming::{cni_datapath, cni_host_veth},
     store,
@@ -142,6 +142,13 @@ fn version_add_check_del_as_a_runtime_drives_them() {
     );
 
     assert_found_by_its_bridge(&host, bridge, &[&ra, &rb]);
+    // Every pod's source is checked, so none learns: the learned FDB (an
+    // LRU map, preallocated whole when the first pod comes) holds only the
+    // LRU's per-CPU batches.
+    assert_eq!(
+        MapSizes::pinned(&pin_dir(&cni_datapath(bridge))).unwrap(),
+        MapSizes::new(netpath_common::FDB_CAPACITY, false).unwrap()
+    );
 
     let (ok, out) = a.check(&ra);
     assert!(ok, "{out}");

@@ -3,12 +3,14 @@
 
 mod common;
 
+use netpath::datapath::object::MapSizes;
 use netpath_common::programs;
 
 #[test]
 fn every_program_passes_the_verifier() {
     common::require_root();
-    let ebpf = netpath::datapath::object::load(None, netpath_common::FDB_CAPACITY, &programs::ALL)
+    let sizes = MapSizes::new(netpath_common::FDB_CAPACITY, true).unwrap();
+    let ebpf = netpath::datapath::object::load(None, sizes, &programs::ALL)
         .expect("loading the BPF object");
     let mut loaded: Vec<&str> = ebpf
         .programs()

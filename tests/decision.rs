@@ -20,7 +20,6 @@ use aya::{
     maps::{
         Array, DevMapHash, HashMap, LpmTrie, PerCpuHashMap, PerCpuValues, ProgramArray, RingBuf,
     },
-    programs::{SchedClassifier, Xdp},
     util::nr_cpus,
 };
 use common::{
@@ -29,7 +28,10 @@ use common::{
         self, ETH_P_ARP, ETH_P_IP, ND_NEIGHBOR_ADVERT, ND_NEIGHBOR_SOLICIT, ND_ROUTER_ADVERT,
     },
 };
-use netpath::{datapath::policy::Tables, model::policy as model};
+use netpath::{
+    datapath::{object::MapSizes, policy::Tables},
+    model::policy as model,
+};
 use netpath_common::{
     Counter, DatapathConfig, FLOOD_BUDGET, FdbEntry, FdbKey, NODE_CAPACITY, NodeAddr,
     OverlayConfig, PORT_SOURCE_CHECK, PortPolicy, PortState, VXLAN_PORT, maps,
@@ -194,7 +196,8 @@ struct Datapath {
 fn datapath() -> MutexGuard<'static, Datapath> {
     static SHARED: OnceLock<Mutex<Datapath>> = OnceLock::new();
     let shared = SHARED.get_or_init(|| {
-        let ebpf = netpath::datapath::object::load(None, FDB_SIZE, &netpath_common::programs::ALL)
+        let sizes = MapSizes::new(FDB_SIZE, true).unwrap();
+        let ebpf = netpath::datapath::object::load(None, sizes, &netpath_common::programs::ALL)
             .expect("loading the BPF object");
         Mutex::new(Datapath { ebpf })
     });
@@ -450,15 +453,13 @@ impl Datapath {
     }
 
     fn fd(&self, name: &str) -> i32 {
-        let program = self
-            .ebpf
+        self.ebpf
             .program(name)
-            .unwrap_or_else(|| panic!("no program {name}"));
-        let fd = match name {
-            programs::XDP_FORWARD | programs::XDP_PEER => <&Xdp>::try_from(program).unwrap().fd(),
-            _ => <&SchedClassifier>::try_from(program).unwrap().fd(),
-        };
-        fd.unwrap().as_fd().as_raw_fd()
+            .unwrap_or_else(|| panic!("no program {name}"))
+            .fd()
+            .unwrap()
+            .as_fd()
+            .as_raw_fd()
     }
 
     /// The tc program's verdict on `data` arriving on `PORT`.

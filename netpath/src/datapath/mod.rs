@@ -75,6 +75,8 @@ pub struct Datapath {
     pub mode: Mode,
     pub ageing_s: u64,
     pub fdb_size: u32,
+    /// Whether any port may ever learn (see `object::MapSizes::new`).
+    pub learning: bool,
     /// Most learned FDB entries per port.
     pub learn_limit: u32,
     /// How the tc mode's program is attached to new ports.
@@ -205,7 +207,8 @@ pub async fn ensure_reporting(
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
 
     let wanted = programs_wanted(dp);
-    let mut ebpf = object::load(Some(&dir), dp.fdb_size, &wanted)?;
+    let sizes = object::MapSizes::new(dp.fdb_size, dp.learning)?;
+    let mut ebpf = object::load(Some(&dir), sizes, &wanted)?;
     let bridge = netlink::link_by_name(handle, &dp.bridge)
         .await?
         .with_context(|| format!("bridge {} is missing", dp.bridge))?;
@@ -259,7 +262,7 @@ pub async fn enforce_policy(handle: &Handle, dp: &Datapath) -> Result<()> {
         return ensure(handle, dp).await;
     }
     let needed = programs_wanted(dp);
-    object::load_missing(&dir, dp.fdb_size, &needed)?;
+    object::load_missing(&dir, &needed)?;
     let mut programs =
         Programs::pinned(&dir, &needed)?.context("the programs just pinned are not there")?;
     let ports = port_indexes(dp)?;
@@ -538,7 +541,7 @@ pub async fn add_port(
         let late: Vec<Hook> = wanted.into_iter().filter(|h| !early.contains(h)).collect();
         if !late.is_empty() {
             let needed = hooks::programs_of(&late);
-            object::load_missing(&dir, dp.fdb_size, &needed)?;
+            object::load_missing(&dir, &needed)?;
             let mut programs = Programs::pinned(&dir, &needed)?
                 .context("the programs just pinned are not there")?;
             for hook in late {
@@ -733,12 +736,7 @@ pub fn forget_port_entries(datapath: &str, ifindex: Option<u32>) -> Result<()> {
 /// The FDB size the running datapath `datapath` was made with (its static
 /// and remote FDBs hold as many entries).
 pub fn fdb_size(datapath: &str) -> Result<u32> {
-    let dir = pin_dir(datapath);
-    Ok(
-        aya::maps::MapInfo::from_pin(dir.join(netpath_common::maps::FDB_STATIC))
-            .with_context(|| format!("reading the FDB size of {}", dir.display()))?
-            .max_entries(),
-    )
+    Ok(object::MapSizes::pinned(&pin_dir(datapath))?.fdb)
 }
 
 /// Gives every port of a running datapath this binary's programs, each
@@ -750,10 +748,9 @@ pub fn fdb_size(datapath: &str) -> Result<u32> {
 pub async fn upgrade(handle: &Handle, datapath: &str, force: bool) -> Result<usize> {
     let dir = pin_dir(datapath);
     let live = reconcile(datapath)?;
-    let fdb_size = fdb_size(datapath)?;
     // The programs it has, this binary's instead.
     let names = Programs::pinned_names(&dir);
-    let mut ebpf = object::load(Some(&dir), fdb_size, &names)?;
+    let mut ebpf = object::load(Some(&dir), object::MapSizes::pinned(&dir)?, &names)?;
     object::pin_programs(&mut ebpf, &dir, &names, false)?;
     let mut programs =
         Programs::pinned(&dir, &names)?.context("the programs just pinned are not there")?;

@@ -73,7 +73,7 @@ pub fn join(datapath: &str, overlay: OverlayConfig, device: &str, tc: TcMethod) 
     // With a policy in force, the decap program hands frames to its
     // judging variant: loaded with it.
     let needed = object::with_policy_variants(&PROGRAMS, object::has_policy_variants(&dir));
-    object::load_missing(&dir, super::fdb_size(datapath)?, &needed)?;
+    object::load_missing(&dir, &needed)?;
     let maps = Maps::open(&dir)?;
     let mut config = maps.config()?;
     let mut current = config.get(&0, 0).context("reading map CONFIG")?;

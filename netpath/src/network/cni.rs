@@ -81,6 +81,8 @@ fn build(bridge: &str, mode: Mode, attachments: Vec<&Attachment>) -> Result<Data
         mode,
         ageing_s: DEFAULT_AGEING_S,
         fdb_size: netpath_common::FDB_CAPACITY,
+        // Every pod's source is checked (see `port`): none learns.
+        learning: false,
         learn_limit: netpath_common::DEFAULT_LEARN_LIMIT,
         tc: TcMethod::chosen(),
         ports: attachments.into_iter().map(port).collect(),

@@ -42,6 +42,8 @@ pub fn datapath(spec: &TopologySpec) -> Result<Datapath> {
         mode: spec.mode,
         ageing_s: spec.ageing_s,
         fdb_size: spec.fdb_size,
+        // A container that routes for others (now or by `port add`) learns.
+        learning: true,
         learn_limit: spec.learn_limit,
         tc: TcMethod::chosen(),
         ports: spec.containers.iter().map(|c| port(spec, c)).collect(),
