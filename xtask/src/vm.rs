@@ -392,30 +392,16 @@ fn run_kernel(
         })
         .collect();
     let runs = runs.as_slice();
-    let dir = results_root().join(series.name);
-    let share = dir.join("share");
-    let _ = fs::remove_dir_all(&share);
-    fs::create_dir_all(&share).with_context(|| format!("creating {}", share.display()))?;
-    let initrd = dir.join("initramfs.cpio");
-    initramfs::build(kernel, &initrd)?;
-    fs::write(share.join("run.sh"), stage_two(kernel, runs))?;
-
-    eprintln!(
-        "kernel {}: booting {} (TCG), timeout {} s",
-        series.name,
-        kernel.release,
-        timeout.as_secs()
-    );
     let started = Instant::now();
-    let mut qemu = qemu(kernel, &initrd, &share)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting qemu-system-x86_64 (cargo xtask setup installs qemu-system-x86)")?;
-    let console = copy_console(&mut qemu, series.name, &dir.join("console.log"))?;
-    let problem = wait_with_timeout(&mut qemu, timeout)?;
-    let _ = console.join();
+    let share = results_root().join(series.name).join("share");
+    let problem = boot(
+        series,
+        kernel,
+        &share,
+        &stage_two(kernel, runs),
+        "the selected tests",
+        timeout,
+    )?;
     let wall = started.elapsed();
 
     let mut outcome = Outcome {
@@ -537,12 +523,9 @@ pub fn bench(series: &'static Series, args: &[String], timeout: Duration) -> Res
         );
     }
     let kernel = kernel::get(series)?;
-    let dir = results_root().join(format!("{}-bench", series.name));
-    let share = dir.join("share");
-    let _ = fs::remove_dir_all(&share);
-    fs::create_dir_all(&share).with_context(|| format!("creating {}", share.display()))?;
-    let initrd = dir.join("initramfs.cpio");
-    initramfs::build(&kernel, &initrd)?;
+    let share = results_root()
+        .join(format!("{}-bench", series.name))
+        .join("share");
     let quoted: Vec<String> = args
         .iter()
         .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
@@ -554,20 +537,7 @@ pub fn bench(series: &'static Series, args: &[String], timeout: Duration) -> Res
         args = quoted.join(" "),
     ));
     script.push_str(POWER_OFF);
-    fs::write(share.join("run.sh"), script)?;
-    eprintln!(
-        "kernel {}: booting {} (TCG) for netpath bench",
-        series.name, kernel.release
-    );
-    let mut qemu = qemu(&kernel, &initrd, &share)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting qemu-system-x86_64 (cargo xtask setup installs qemu-system-x86)")?;
-    let console = copy_console(&mut qemu, series.name, &dir.join("console.log"))?;
-    let problem = wait_with_timeout(&mut qemu, timeout)?;
-    let _ = console.join();
+    let problem = boot(series, &kernel, &share, &script, "netpath bench", timeout)?;
     let rc = fs::read_to_string(share.join("bench.rc")).unwrap_or_default();
     match (problem, rc.trim()) {
         (None, "0") => Ok(()),
@@ -621,6 +591,42 @@ fn qemu(kernel: &Kernel, initrd: &Path, share: &Path) -> Command {
         share.display()
     ));
     cmd
+}
+
+/// Boots `kernel` with `script` as the guest's second stage, its results
+/// in `share` (emptied first; the guest's `/vmout`), and waits for the
+/// guest to power off or for `timeout`; returns what went wrong, if
+/// anything.
+fn boot(
+    series: &Series,
+    kernel: &Kernel,
+    share: &Path,
+    script: &str,
+    what: &str,
+    timeout: Duration,
+) -> Result<Option<String>> {
+    let dir = share.parent().context("a share has a parent directory")?;
+    let _ = fs::remove_dir_all(share);
+    fs::create_dir_all(share).with_context(|| format!("creating {}", share.display()))?;
+    let initrd = dir.join("initramfs.cpio");
+    initramfs::build(kernel, &initrd)?;
+    fs::write(share.join("run.sh"), script)?;
+    eprintln!(
+        "kernel {}: booting {} (TCG) for {what}, timeout {} s",
+        series.name,
+        kernel.release,
+        timeout.as_secs()
+    );
+    let mut qemu = qemu(kernel, &initrd, share)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64 (cargo xtask setup installs qemu-system-x86)")?;
+    let console = copy_console(&mut qemu, series.name, &dir.join("console.log"))?;
+    let problem = wait_with_timeout(&mut qemu, timeout)?;
+    let _ = console.join();
+    Ok(problem)
 }
 
 /// Shows the guest's console with a `[K]` prefix and keeps it in `log`.

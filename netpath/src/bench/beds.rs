@@ -9,7 +9,7 @@ use rtnetlink::Handle;
 
 use super::{bed::Bed, firewalled, overlay, policy, report::Target};
 use crate::{
-    host::{netns, plumbing},
+    host::{netlink, netns, plumbing},
     model::{Mode, Settings, TopologySpec, naming::port_name, spec::DEFAULT_MTU},
     network::Network,
     ops::{self, topology},
@@ -122,7 +122,7 @@ pub(super) fn make_wire(name: &str, subnet: &str) -> Result<Bed> {
             addresses: &[b_ip],
             gateways: &[],
             source_check: false,
-            netkit: false,
+            kind: netlink::PairKind::Veth,
         };
         plumbing::plug(&h, &wire).await.map(drop)
     })?;

@@ -157,7 +157,7 @@ fn build_underlay(name: &str) -> Result<()> {
                 addresses: &[address],
                 gateways: &[],
                 source_check: false,
-                netkit: false,
+                kind: netlink::PairKind::Veth,
             };
             plumbing::plug(&h, &port)
                 .await
@@ -257,7 +257,7 @@ fn build_kernel_vxlan(name: &str) -> Result<Bed> {
                 addresses: &[kernel_container_ip(side)],
                 gateways: &[],
                 source_check: false,
-                netkit: false,
+                kind: netlink::PairKind::Veth,
             };
             plumbing::plug(&h, &veth).await?;
             let underlay = netlink::link_by_name(&h, UNDERLAY_IF)

@@ -18,7 +18,7 @@ use rtnetlink::{
     },
 };
 
-use crate::model::Mac;
+use crate::model::{Mac, Mode};
 
 /// A link as netpath needs to see it.
 #[derive(Clone, Debug)]
@@ -183,37 +183,53 @@ impl VethPeer<'_> {
     }
 }
 
-/// Creates a veth pair with MTU `mtu` on both ends: `name` here (enslaved
-/// to `bridge` if given, and up) and `peer` inside its namespace.
-pub async fn create_veth(
-    handle: &Handle,
-    name: &str,
-    bridge: Option<u32>,
-    mtu: u32,
-    peer: VethPeer<'_>,
-) -> Result<Link> {
-    let msg = LinkVeth::new(name, peer.name)
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.message(mtu))));
-    create_pair(handle, msg, "veth", name, bridge, mtu).await
+/// What a container's pair of devices is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairKind {
+    Veth,
+    /// In L2 mode (Ethernet frames, so a bridge can take the primary and
+    /// ARP works as on veth), both ends passing frames on when no program
+    /// decides.
+    Netkit,
 }
 
-/// Creates a netkit pair in L2 mode (Ethernet frames, so a bridge can take
-/// the primary and ARP works as on veth), `name` the primary device here
-/// (enslaved to `bridge` if given, and up), `peer` inside its namespace.
-/// Both default to passing frames on when no program decides.
-pub async fn create_netkit(
+impl PairKind {
+    /// The pairs a datapath in `mode` plugs its containers in with.
+    pub fn of(mode: Mode) -> PairKind {
+        if mode.uses_netkit() {
+            PairKind::Netkit
+        } else {
+            PairKind::Veth
+        }
+    }
+}
+
+/// Creates a pair of `kind` with MTU `mtu` on both ends: `name` here (a
+/// netkit pair's primary; enslaved to `bridge` if given, and up) and `peer`
+/// inside its namespace.
+pub async fn create_pair(
     handle: &Handle,
+    kind: PairKind,
     name: &str,
     bridge: Option<u32>,
     mtu: u32,
     peer: VethPeer<'_>,
 ) -> Result<Link> {
-    let msg =
-        LinkNetkit::new(name, peer.name, NetkitMode::L2).set_info_data(InfoData::Netkit(vec![
-            InfoNetkit::Mode(NetkitMode::L2),
-            InfoNetkit::Peer(peer.message(mtu)),
-        ]));
-    create_pair(handle, msg, "netkit", name, bridge, mtu).await
+    let peer_msg = peer.message(mtu);
+    match kind {
+        PairKind::Veth => {
+            let msg = LinkVeth::new(name, peer.name)
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)));
+            add_pair(handle, msg, "veth", name, bridge, mtu).await
+        }
+        PairKind::Netkit => {
+            let msg =
+                LinkNetkit::new(name, peer.name, NetkitMode::L2).set_info_data(InfoData::Netkit(
+                    vec![InfoNetkit::Mode(NetkitMode::L2), InfoNetkit::Peer(peer_msg)],
+                ));
+            add_pair(handle, msg, "netkit", name, bridge, mtu).await
+        }
+    }
 }
 
 /// Whether this kernel makes netkit devices (Linux 6.7+ built with
@@ -237,7 +253,7 @@ pub async fn kernel_has_netkit(handle: &Handle) -> Result<bool> {
     }
 }
 
-async fn create_pair<T>(
+async fn add_pair<T>(
     handle: &Handle,
     msg: LinkMessageBuilder<T>,
     kind: &str,

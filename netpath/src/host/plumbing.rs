@@ -38,8 +38,8 @@ pub struct Plug<'a> {
     /// The container sends only from its own MAC and addresses (see
     /// `datapath::Port::source_check`).
     pub source_check: bool,
-    /// A netkit pair (netkit mode), else a veth pair.
-    pub netkit: bool,
+    /// What the pair is (see `netlink::PairKind::of` a mode).
+    pub kind: netlink::PairKind,
 }
 
 /// Creates and configures the pair; returns the host end. On failure the
@@ -67,11 +67,7 @@ pub async fn create_pair(handle: &Handle, p: &Plug<'_>) -> Result<netlink::Link>
         name: p.ifname,
         mac: p.mac,
     };
-    let host = if p.netkit {
-        netlink::create_netkit(handle, p.host_veth, p.bridge, p.mtu, peer).await?
-    } else {
-        netlink::create_veth(handle, p.host_veth, p.bridge, p.mtu, peer).await?
-    };
+    let host = netlink::create_pair(handle, p.kind, p.host_veth, p.bridge, p.mtu, peer).await?;
     let alias = match p.container {
         Some((id, ifname)) => pod_alias(p.owner, id, ifname),
         None => owner_alias(p.owner),

@@ -158,7 +158,7 @@ async fn create_container(
             addresses: &spec.container_addresses(c),
             gateways: &gateways,
             source_check: c.source_check,
-            netkit: spec.mode.uses_netkit(),
+            kind: netlink::PairKind::of(spec.mode),
         },
     )
     .await

@@ -325,7 +325,7 @@ pub(super) async fn plug(
         addresses: &[],
         gateways: &[],
         source_check: true,
-        netkit: dp.mode.uses_netkit(),
+        kind: netlink::PairKind::of(dp.mode),
     };
     let member = placement.member(conf).map_err(CniError::io)?;
     let wiring = async {
