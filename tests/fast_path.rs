@@ -707,11 +707,12 @@ fn every_mode_switch_leaves_the_target_modes_offloads() {
 }
 
 /// What `cargo xtask run` runs once it has built netpath: `netpath run` with
-/// every default (2 containers, 10.77.0.0/24, tc mode). Its programs carry
-/// the traffic, attached through clsact (or as tcx links where
-/// NETPATH_TC_METHOD asks for them, which the log says).
+/// every default (2 containers, 10.77.0.0/24, and the kernel's default
+/// mode: netkit where the kernel has it, else tc). Its programs carry the
+/// traffic, attached as netkit links, or in tc mode through clsact (as tcx
+/// links where NETPATH_TC_METHOD asks for them, which the log says).
 #[test]
-fn run_brings_up_the_default_topology_in_tc_mode() {
+fn run_brings_up_the_default_topology_in_the_kernels_default_mode() {
     let mut run = Running::start("dflt", &[]);
     let t = &run.topology;
     let status = t.status();

@@ -42,7 +42,9 @@ fn forward<const POLICY: bool>(ctx: TcContext) -> i32 {
     let Some(port) = Port::lookup(unsafe { (*ctx.skb.skb).ifindex }) else {
         return TC_ACT_OK;
     };
-    // No frame leaves here with another's mark (see TC_INDEX_JUDGED).
+    // No frame leaves here with another's mark (see TC_INDEX_JUDGED). Only
+    // a netkit datapath honours the mark, but the clear is one store into
+    // the skb, cheaper than asking the config which datapath this is.
     // SAFETY: the context pointer is valid for the program's run.
     unsafe { (*ctx.skb.skb).tc_index = 0 };
     if policy::hand_to_judge::<POLICY, _>(&ctx, &POLICY_TC, POLICY_SLOT_FORWARD) {

@@ -235,14 +235,20 @@ pub async fn create_pair(
 /// Whether this kernel makes netkit devices (Linux 6.7+ built with
 /// CONFIG_NETKIT, which cannot be a module). Asked without creating
 /// anything: a request for a netkit pair in a mode no kernel has is
-/// refused for the mode where netkit exists, and for the kind (EOPNOTSUPP,
-/// "Unknown device type") where it does not.
+/// refused for the mode where netkit exists (EINVAL, or ERANGE where the
+/// attribute's policy bounds it), and for the kind (EOPNOTSUPP, "Unknown
+/// device type") where it does not. Any other refusal (EPERM without
+/// CAP_NET_ADMIN, say) answers neither way and is passed on.
 pub async fn kernel_has_netkit(handle: &Handle) -> Result<bool> {
     const PROBE: &str = "np-nkprobe";
     let msg = LinkNetkit::new(PROBE, "np-nkprobe-p", NetkitMode::Other(u32::MAX)).build();
     match handle.link().add(msg).execute().await {
         Err(e) if is_errno(&e, libc::EOPNOTSUPP) => Ok(false),
-        Err(_) => Ok(true),
+        Err(e) if is_errno(&e, libc::EINVAL) || is_errno(&e, libc::ERANGE) => Ok(true),
+        Err(e) => Err(e).context(
+            "asking the kernel whether it makes netkit devices (a netkit link of an invalid \
+             mode, named np-nkprobe, which the kernel should refuse)",
+        ),
         Ok(()) => {
             // A kernel that took the mode: the pair exists, remove it.
             if let Some(link) = link_by_name(handle, PROBE).await? {

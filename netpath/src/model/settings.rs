@@ -28,8 +28,9 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// Where nothing says which and the kernel has no netkit (see
-    /// `host::netkit::default_mode`, which picks netkit where it has).
+    /// A spec's mode where its settings name none. Only the benches' and
+    /// tests' specs keep it: `up` and `run` put the kernel's default there
+    /// (`ops::default_mode`: netkit where the kernel has it).
     pub const DEFAULT: Mode = Mode::Tc;
 
     /// Whether its containers are plugged through netkit pairs, not veth.

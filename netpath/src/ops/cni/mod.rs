@@ -32,23 +32,24 @@ use crate::{
 
 /// Gives a configuration without a mode the network's (the mode its pods
 /// were added in), or for a new network the kernel's best (see
-/// `ops::default_mode`); refuses an ADD in netkit mode where the kernel
-/// has no netkit, before anything changes.
+/// `ops::default_mode`); refuses an ADD that asks for netkit mode where
+/// the kernel has no netkit, before anything changes.
 async fn settle_mode(handle: &Handle, conf: &mut NetConf, env: &Env) -> CniResult<()> {
     let owner = conf.datapath_name();
-    if conf.mode.is_none() {
-        let recorded = NetworkRecord::load(&conf.bridge)
-            .map_err(CniError::io)?
-            .mode;
-        let mode = super::default_mode(handle, &owner, recorded)
+    match conf.mode {
+        None => {
+            let recorded = NetworkRecord::load(&conf.bridge)
+                .map_err(CniError::io)?
+                .mode;
+            let mode = super::default_mode(handle, &owner, recorded)
+                .await
+                .map_err(CniError::io)?;
+            conf.mode = Some(mode);
+        }
+        Some(asked) if env.command == "ADD" => super::require_mode(handle, &owner, asked)
             .await
-            .map_err(CniError::io)?;
-        conf.mode = Some(mode);
-    }
-    if env.command == "ADD" {
-        super::require_mode(handle, &owner, conf.mode())
-            .await
-            .map_err(|e| CniError::new(CniError::INVALID_CONFIG, format!("{e:#}")))?;
+            .map_err(|e| CniError::new(CniError::INVALID_CONFIG, format!("{e:#}")))?,
+        Some(_) => {}
     }
     Ok(())
 }
