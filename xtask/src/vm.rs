@@ -54,7 +54,7 @@ const SELECTION: &[(&str, &[&str])] = &[
             "every_mode_switch_leaves_the_target_modes_offloads",
             "tc_mode_carries_ipv6_bulk_traffic",
             "tc_mode_through_tcx_links_carries_the_traffic",
-            "run_brings_up_the_default_topology_in_tc_mode",
+            "run_brings_up_the_default_topology_in_the_kernels_default_mode",
         ],
     ),
     (
@@ -118,7 +118,7 @@ const NETKIT_SELECTION: &[(&str, &[&str])] = &[
         "fast_path",
         &[
             "netkit_mode_carries_bulk_traffic",
-            "run_brings_up_the_default_topology_in_tc_mode",
+            "run_brings_up_the_default_topology_in_the_kernels_default_mode",
         ],
     ),
     ("policy", &["the_policy_case_table_holds_in_netkit_mode"]),
@@ -550,46 +550,42 @@ pub fn bench(series: &'static Series, args: &[String], timeout: Duration) -> Res
     }
 }
 
-fn qemu(kernel: &Kernel, initrd: &Path, share: &Path) -> Command {
+fn qemu(series: &Series, kernel: &Kernel, initrd: &Path, share: &Path) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     // KVM here is a software module without vmx/svm: qemu aborts with it.
-    cmd.args([
-        "-accel",
-        "tcg,thread=multi",
-        "-cpu",
-        "max",
-        "-m",
-        "2G",
-        "-smp",
-        "2",
-    ])
-    .args([
-        "-nographic",
-        "-no-reboot",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-        "-nic",
-        "none",
-    ])
-    .arg("-kernel")
-    .arg(&kernel.image)
-    .arg("-initrd")
-    .arg(initrd)
-    // panic=-1: a guest that panics reboots, which -no-reboot turns into exit.
-    .args([
-        "-append",
-        "console=ttyS0 panic=-1 loglevel=4 mitigations=off",
-    ])
-    .args([
-        "-virtfs",
-        "local,path=/,mount_tag=root,readonly=on,multidevs=remap,security_model=none",
-    ])
-    .arg("-virtfs")
-    .arg(format!(
-        "local,path={},mount_tag=out,security_model=none",
-        share.display()
-    ));
+    let accel = if series.one_tcg_thread {
+        "tcg,thread=single"
+    } else {
+        "tcg,thread=multi"
+    };
+    cmd.args(["-accel", accel, "-cpu", "max", "-m", "2G", "-smp", "2"])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+            "-nic",
+            "none",
+        ])
+        .arg("-kernel")
+        .arg(&kernel.image)
+        .arg("-initrd")
+        .arg(initrd)
+        // panic=-1: a guest that panics reboots, which -no-reboot turns into exit.
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 loglevel=4 mitigations=off",
+        ])
+        .args([
+            "-virtfs",
+            "local,path=/,mount_tag=root,readonly=on,multidevs=remap,security_model=none",
+        ])
+        .arg("-virtfs")
+        .arg(format!(
+            "local,path={},mount_tag=out,security_model=none",
+            share.display()
+        ));
     cmd
 }
 
@@ -612,12 +608,17 @@ fn boot(
     initramfs::build(kernel, &initrd)?;
     fs::write(share.join("run.sh"), script)?;
     eprintln!(
-        "kernel {}: booting {} (TCG) for {what}, timeout {} s",
+        "kernel {}: booting {} (TCG{}) for {what}, timeout {} s",
         series.name,
         kernel.release,
+        if series.one_tcg_thread {
+            ", one thread"
+        } else {
+            ""
+        },
         timeout.as_secs()
     );
-    let mut qemu = qemu(kernel, &initrd, share)
+    let mut qemu = qemu(series, kernel, &initrd, share)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
