@@ -186,7 +186,7 @@ impl Counter {
     ];
 }
 
-/// Addresses a port may send from, per family (unused slots are zero).
+/// Addresses a port may send from, per family.
 pub const PORT_IPV4_SLOTS: usize = 4;
 /// The IPv6 slots hold the container's link-local address too.
 pub const PORT_IPV6_SLOTS: usize = 4;
@@ -195,13 +195,128 @@ pub const PORT_IPV6_SLOTS: usize = 4;
 /// addresses. Off for containers that route or bridge for others.
 pub const PORT_SOURCE_CHECK: u32 = 1;
 
+/// An IPv4 prefix as the source check compares it, made by the loader so
+/// the check is one AND and one compare per slot: an address is inside if
+/// `address & mask == net`, the bytes of all three read as native-endian
+/// integers (a bytewise mask needs no byte swap). An empty slot has bits
+/// of `net` outside `mask`, so no address is inside it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Slot {
+    pub net: u32,
+    pub mask: u32,
+}
+
+impl Ipv4Slot {
+    pub const EMPTY: Ipv4Slot = Ipv4Slot {
+        net: u32::MAX,
+        mask: 0,
+    };
+
+    /// `prefix`/`len` (`len` at most 32; bits of `prefix` past it are ignored).
+    pub const fn new(prefix: [u8; 4], len: u8) -> Self {
+        let mask = match len {
+            0 => 0,
+            _ => u32::MAX << (32 - len as u32),
+        };
+        let mask = u32::from_ne_bytes(mask.to_be_bytes());
+        Ipv4Slot {
+            net: u32::from_ne_bytes(prefix) & mask,
+            mask,
+        }
+    }
+
+    /// The prefix and its length; None for an empty slot.
+    pub const fn prefix(&self) -> Option<([u8; 4], u8)> {
+        if self.net & !self.mask != 0 {
+            return None;
+        }
+        Some((self.net.to_ne_bytes(), self.mask.count_ones() as u8))
+    }
+
+    /// Whether `address` (its bytes as one native-endian u32) is inside.
+    #[inline(always)]
+    pub const fn contains(&self, address: u32) -> bool {
+        address & self.mask == self.net
+    }
+}
+
+/// An IPv6 prefix as the source check compares it: [`Ipv4Slot`]'s rule on
+/// the address's two halves (see [`Ipv6Slot::halves`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv6Slot {
+    pub net: [u64; 2],
+    pub mask: [u64; 2],
+}
+
+impl Ipv6Slot {
+    pub const EMPTY: Ipv6Slot = Ipv6Slot {
+        net: [u64::MAX; 2],
+        mask: [0; 2],
+    };
+
+    /// `prefix`/`len` (`len` at most 128; bits of `prefix` past it are ignored).
+    pub const fn new(prefix: [u8; 16], len: u8) -> Self {
+        let mask = match len {
+            0 => 0,
+            _ => u128::MAX << (128 - len as u32),
+        };
+        let mask = Self::halves(&mask.to_be_bytes());
+        let prefix = Self::halves(&prefix);
+        Ipv6Slot {
+            net: [prefix[0] & mask[0], prefix[1] & mask[1]],
+            mask,
+        }
+    }
+
+    /// The prefix and its length; None for an empty slot.
+    pub const fn prefix(&self) -> Option<([u8; 16], u8)> {
+        if self.net[0] & !self.mask[0] != 0 || self.net[1] & !self.mask[1] != 0 {
+            return None;
+        }
+        let (high, low) = (self.net[0].to_ne_bytes(), self.net[1].to_ne_bytes());
+        let mut bytes = [0; 16];
+        let mut i = 0;
+        while i < 8 {
+            bytes[i] = high[i];
+            bytes[8 + i] = low[i];
+            i += 1;
+        }
+        let len = self.mask[0].count_ones() + self.mask[1].count_ones();
+        Some((bytes, len as u8))
+    }
+
+    /// An address's bytes as two native-endian u64, as the slots hold theirs.
+    #[inline(always)]
+    pub const fn halves(address: &[u8; 16]) -> [u64; 2] {
+        let (high, low) = address.split_at(8);
+        let mut h = [0; 8];
+        let mut l = [0; 8];
+        let mut i = 0;
+        while i < 8 {
+            h[i] = high[i];
+            l[i] = low[i];
+            i += 1;
+        }
+        [u64::from_ne_bytes(h), u64::from_ne_bytes(l)]
+    }
+
+    /// Whether the address with `halves` is inside.
+    #[inline(always)]
+    pub const fn contains(&self, halves: [u64; 2]) -> bool {
+        (((halves[0] & self.mask[0]) ^ self.net[0]) | ((halves[1] & self.mask[1]) ^ self.net[1]))
+            == 0
+    }
+}
+
 /// What a port may send, set by the loader; also what a container on
 /// another node may send, checked on the frames decapsulated from it.
 /// Each address slot is a prefix: a container's own address is a /32 or a
 /// /128; a remote container that routes for others may send from its
-/// node's subnets. A slot of length 0 is empty (it matches nothing).
+/// node's subnets.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortPolicy {
     /// MAC of the container behind the port: frames from it need no learning.
     pub mac: [u8; 6],
@@ -209,12 +324,23 @@ pub struct PortPolicy {
     pub flags: u32,
     /// Most learned FDB entries the port may hold at once.
     pub learn_limit: u32,
-    pub ipv4: [[u8; 4]; PORT_IPV4_SLOTS],
-    pub ipv6: [[u8; 16]; PORT_IPV6_SLOTS],
-    /// The prefix length of each slot of `ipv4` (0: empty).
-    pub ipv4_len: [u8; PORT_IPV4_SLOTS],
-    /// The prefix length of each slot of `ipv6` (0: empty).
-    pub ipv6_len: [u8; PORT_IPV6_SLOTS],
+    pub ipv4: [Ipv4Slot; PORT_IPV4_SLOTS],
+    pub ipv6: [Ipv6Slot; PORT_IPV6_SLOTS],
+}
+
+/// No MAC, no flags, every slot empty (a zeroed slot would hold every
+/// address).
+impl Default for PortPolicy {
+    fn default() -> Self {
+        PortPolicy {
+            mac: [0; 6],
+            _pad: [0; 2],
+            flags: 0,
+            learn_limit: 0,
+            ipv4: [Ipv4Slot::EMPTY; PORT_IPV4_SLOTS],
+            ipv6: [Ipv6Slot::EMPTY; PORT_IPV6_SLOTS],
+        }
+    }
 }
 
 impl PortPolicy {
@@ -225,10 +351,9 @@ impl PortPolicy {
     /// Lets the port send from `prefix`/`len` (1..=32); false if every
     /// IPv4 slot is taken or the length is out of range.
     pub fn allow_ipv4(&mut self, prefix: [u8; 4], len: u8) -> bool {
-        match self.ipv4_len.iter().position(|l| *l == 0) {
+        match self.ipv4.iter().position(|s| s.prefix().is_none()) {
             Some(slot) if (1..=32).contains(&len) => {
-                self.ipv4[slot] = prefix;
-                self.ipv4_len[slot] = len;
+                self.ipv4[slot] = Ipv4Slot::new(prefix, len);
                 true
             }
             _ => false,
@@ -238,10 +363,9 @@ impl PortPolicy {
     /// Lets the port send from `prefix`/`len` (1..=128); false if every
     /// IPv6 slot is taken or the length is out of range.
     pub fn allow_ipv6(&mut self, prefix: [u8; 16], len: u8) -> bool {
-        match self.ipv6_len.iter().position(|l| *l == 0) {
+        match self.ipv6.iter().position(|s| s.prefix().is_none()) {
             Some(slot) if (1..=128).contains(&len) => {
-                self.ipv6[slot] = prefix;
-                self.ipv6_len[slot] = len;
+                self.ipv6[slot] = Ipv6Slot::new(prefix, len);
                 true
             }
             _ => false,
@@ -434,7 +558,7 @@ pub struct TraceEvent {
 /// types. The loader writes it into the pinned `LAYOUT` map when it creates
 /// a datapath's maps, and refuses pins of another version instead of
 /// misreading them. Bump it with every change to a map or a type above.
-pub const LAYOUT_VERSION: u32 = 14;
+pub const LAYOUT_VERSION: u32 = 15;
 
 pub mod maps;
 pub mod policy;
@@ -561,4 +685,72 @@ mod pod {
     unsafe impl aya::Pod for RemoteContainer {}
     unsafe impl aya::Pod for OverlayStats {}
     unsafe impl aya::Pod for rate::PortRates {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv4_slot_holds_its_prefix_and_nothing_else() {
+        let slot = Ipv4Slot::new([10, 88, 2, 7], 24);
+        assert_eq!(slot.prefix(), Some(([10, 88, 2, 0], 24)));
+        let inside = |a: [u8; 4]| slot.contains(u32::from_ne_bytes(a));
+        assert!(inside([10, 88, 2, 0]) && inside([10, 88, 2, 255]));
+        assert!(!inside([10, 88, 3, 1]) && !inside([11, 88, 2, 1]));
+        let host = Ipv4Slot::new([10, 88, 2, 7], 32);
+        assert!(host.contains(u32::from_ne_bytes([10, 88, 2, 7])));
+        assert!(!host.contains(u32::from_ne_bytes([10, 88, 2, 6])));
+        assert_eq!(Ipv4Slot::EMPTY.prefix(), None);
+        for a in [[0; 4], [255; 4], [10, 88, 2, 7]] {
+            assert!(!Ipv4Slot::EMPTY.contains(u32::from_ne_bytes(a)));
+        }
+    }
+
+    #[test]
+    fn an_ipv6_slot_holds_its_prefix_and_nothing_else() {
+        let net: [u8; 16] = [0xfd, 0, 0, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+        let inside = |slot: &Ipv6Slot, a: [u8; 16]| slot.contains(Ipv6Slot::halves(&a));
+        // Lengths inside the high half, at its end, and in the low half.
+        for len in [48u8, 64, 120, 128] {
+            let slot = Ipv6Slot::new(net, len);
+            let mut first = net;
+            for bit in len as usize..128 {
+                first[bit / 8] &= !(0x80 >> (bit % 8));
+            }
+            assert_eq!(slot.prefix(), Some((first, len)), "/{len}");
+            assert!(inside(&slot, net), "/{len}");
+            // The last bit of the prefix flipped: outside.
+            let mut outside = net;
+            outside[(len as usize - 1) / 8] ^= 0x80 >> ((len as usize - 1) % 8);
+            assert!(!inside(&slot, outside), "/{len}");
+            // A bit past the prefix flipped: inside.
+            if len < 128 {
+                let mut within = net;
+                within[len as usize / 8] ^= 0x80 >> (len as usize % 8);
+                assert!(inside(&slot, within), "/{len}");
+            }
+        }
+        assert_eq!(Ipv6Slot::EMPTY.prefix(), None);
+        assert!(!inside(&Ipv6Slot::EMPTY, [0; 16]) && !inside(&Ipv6Slot::EMPTY, [0xff; 16]));
+    }
+
+    #[test]
+    fn a_policys_slots_start_empty_and_fill_in_order() {
+        let mut policy = PortPolicy::default();
+        assert!(policy.ipv4.iter().all(|s| s.prefix().is_none()));
+        assert!(policy.ipv6.iter().all(|s| s.prefix().is_none()));
+        assert!(!policy.allow_ipv4([10, 0, 0, 1], 0) && !policy.allow_ipv4([10, 0, 0, 1], 33));
+        for i in 0..PORT_IPV4_SLOTS as u8 {
+            assert!(policy.allow_ipv4([10, 0, 0, i], 32));
+        }
+        assert!(!policy.allow_ipv4([10, 0, 0, 9], 32), "a fifth IPv4 slot");
+        assert_eq!(policy.ipv4[2].prefix(), Some(([10, 0, 0, 2], 32)));
+        assert!(policy.allow_ipv6([0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 128));
+        assert!(!policy.allow_ipv6([0; 16], 129));
+        assert_eq!(
+            policy.ipv6.iter().filter(|s| s.prefix().is_some()).count(),
+            1
+        );
+    }
 }

@@ -8,7 +8,7 @@
 //! header is bounds-checked against the frame's end first, and a frame too
 //! short for the header it announces is malformed.
 
-use netpath_common::{Counter, PORT_IPV4_SLOTS, PORT_IPV6_SLOTS, PortPolicy};
+use netpath_common::{Counter, Ipv6Slot, PORT_IPV4_SLOTS, PORT_IPV6_SLOTS, PortPolicy};
 use network_types::{
     arp::ArpHdr,
     eth::EthHdr,
@@ -30,9 +30,8 @@ const ND_REDIRECT: u8 = 137;
 /// ND option types carrying a link-layer address (RFC 4861 4.6.1).
 const ND_OPT_SOURCE_LL: u8 = 1;
 const ND_OPT_TARGET_LL: u8 = 2;
-/// Bytes before the options of an NS or NA: type, code, checksum,
-/// reserved/flags, target address.
-const ND_FIXED_LEN: usize = 24;
+/// Bytes before the options of an NS or NA.
+const ND_FIXED_LEN: usize = core::mem::size_of::<NdMessage>();
 /// Options looked at per ND message; a real one carries one or two.
 const ND_MAX_OPTIONS: usize = 4;
 
@@ -109,9 +108,10 @@ fn arp(policy: &PortPolicy, arp: &ArpHdr) -> Result<(), Counter> {
 #[inline(always)]
 fn ipv6(policy: &PortPolicy, frame: &Frame) -> Result<(), Counter> {
     let ip: &Ipv6Hdr = frame.at(EthHdr::LEN)?;
+    let source = Ipv6Slot::halves(&ip.src_addr);
     // Duplicate address detection and early MLD reports come from `::`.
-    let unspecified = ip.src_addr == [0; 16];
-    if !unspecified && !own_ipv6(policy, &ip.src_addr) {
+    let unspecified = source == [0; 2];
+    if !unspecified && !own_ipv6(policy, source) {
         return Err(Counter::DropSpoofedIp);
     }
     // Ethernet may pad a frame: the IPv6 payload ends where its header says.
@@ -159,18 +159,38 @@ fn icmpv6(
     match *kind {
         // A container is no router.
         ND_ROUTER_ADVERT | ND_REDIRECT => return Err(Counter::DropSpoofedIp),
-        ND_NEIGHBOR_SOLICIT => {}
-        ND_NEIGHBOR_ADVERT => {
-            let target: &[u8; 16] = frame.at(offset + 8)?;
-            if unspecified || !own_ipv6(policy, target) {
-                return Err(Counter::DropSpoofedIp);
-            }
-        }
+        ND_NEIGHBOR_SOLICIT | ND_NEIGHBOR_ADVERT => {}
         _ => return Ok(()),
     }
-    // One walk of the options for both messages: the verifier walks each
-    // place the loop is written once more.
+    // Both messages' fixed part read as one: the verifier then knows the
+    // same of the frame after either, and walks the options once for both.
+    let message: &NdMessage = frame.at(offset)?;
+    if message.kind == ND_NEIGHBOR_ADVERT
+        && (unspecified || !own_ipv6(policy, Ipv6Slot::halves(&message.target)))
+    {
+        return Err(Counter::DropSpoofedIp);
+    }
     nd_options(policy, frame, offset + ND_FIXED_LEN, payload_end)
+}
+
+/// A neighbour solicitation or advertisement up to its options.
+#[repr(C)]
+struct NdMessage {
+    kind: u8,
+    code: u8,
+    checksum: [u8; 2],
+    flags: [u8; 4],
+    target: [u8; 16],
+}
+
+/// An ND option's first 8 bytes: every option has 8 or more (its length
+/// counts 8-byte units, and 0 is invalid), and a link-layer address option
+/// on Ethernet has exactly these.
+#[repr(C)]
+struct NdOption {
+    kind: u8,
+    units: u8,
+    mac: [u8; 6],
 }
 
 /// Every link-layer address option must carry the port's MAC: the
@@ -186,19 +206,20 @@ fn nd_options(
         if offset >= payload_end {
             return Ok(());
         }
-        let option: &[u8; 2] = frame.at(offset)?;
-        let (kind, units) = (option[0], option[1] as usize);
-        if units == 0 {
+        // Eight bytes whatever the option's kind: every path through the
+        // loop then knows the same of the frame, so the verifier walks
+        // each round once, not once per kind of the rounds before.
+        let option: &NdOption = frame.at(offset)?;
+        if option.units == 0 {
             // RFC 4861: a zero-length option is invalid; the kernel drops the message.
             return Err(Counter::DropMalformed);
         }
-        if kind == ND_OPT_SOURCE_LL || kind == ND_OPT_TARGET_LL {
-            let mac: &[u8; 6] = frame.at(offset + 2)?;
-            if *mac != policy.mac {
-                return Err(Counter::DropSpoofedMac);
-            }
+        if (option.kind == ND_OPT_SOURCE_LL || option.kind == ND_OPT_TARGET_LL)
+            && option.mac != policy.mac
+        {
+            return Err(Counter::DropSpoofedMac);
         }
-        offset += units * 8;
+        offset += option.units as usize * 8;
     }
     // More options than a real message carries: one further could hide a
     // forged address.
@@ -213,52 +234,29 @@ fn nd_options(
 /// unspecified address: 0.0.0.0 is no claim).
 #[inline(always)]
 fn own_ipv4(policy: &PortPolicy, address: [u8; 4]) -> bool {
-    if address == [0; 4] {
+    let address = u32::from_ne_bytes(address);
+    if address == 0 {
         return false;
     }
-    let address = u32::from_be_bytes(address);
     for slot in 0..PORT_IPV4_SLOTS {
-        let len = policy.ipv4_len[slot] as u32;
-        if len == 0 || len > 32 {
-            continue;
-        }
-        if (address ^ u32::from_be_bytes(policy.ipv4[slot])) & (u32::MAX << (32 - len)) == 0 {
+        if policy.ipv4[slot].contains(address) {
             return true;
         }
     }
     false
 }
 
-/// Whether `address` lies in one of the policy's IPv6 slots (never `::`).
+/// Whether the address with `halves` (see [`Ipv6Slot::halves`]) lies in
+/// one of the policy's IPv6 slots (never `::`).
 #[inline(always)]
-fn own_ipv6(policy: &PortPolicy, address: &[u8; 16]) -> bool {
-    if *address == [0; 16] {
+fn own_ipv6(policy: &PortPolicy, halves: [u64; 2]) -> bool {
+    if halves == [0; 2] {
         return false;
     }
-    let (high, low) = halves(address);
     for slot in 0..PORT_IPV6_SLOTS {
-        let len = policy.ipv6_len[slot] as u32;
-        if len == 0 || len > 128 {
-            continue;
-        }
-        let (own_high, own_low) = halves(&policy.ipv6[slot]);
-        let inside = if len <= 64 {
-            (high ^ own_high) & (u64::MAX << (64 - len)) == 0
-        } else {
-            high == own_high && (low ^ own_low) & (u64::MAX << (128 - len)) == 0
-        };
-        if inside {
+        if policy.ipv6[slot].contains(halves) {
             return true;
         }
     }
     false
-}
-
-#[inline(always)]
-fn halves(address: &[u8; 16]) -> (u64, u64) {
-    let mut high = [0; 8];
-    let mut low = [0; 8];
-    high.copy_from_slice(&address[..8]);
-    low.copy_from_slice(&address[8..]);
-    (u64::from_be_bytes(high), u64::from_be_bytes(low))
 }

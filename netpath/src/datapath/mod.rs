@@ -653,16 +653,16 @@ pub fn held_addresses(datapath: &str) -> Result<HashSet<IpAddr>> {
         let Some(policy) = per_cpu.iter().next().map(|state| state.policy) else {
             continue;
         };
-        for (address, len) in policy.ipv4.iter().zip(policy.ipv4_len) {
-            if len == 32 {
-                held.insert(IpAddr::from(*address));
-            }
-        }
-        for (address, len) in policy.ipv6.iter().zip(policy.ipv6_len) {
-            if len == 128 {
-                held.insert(IpAddr::from(*address));
-            }
-        }
+        let ipv4 = policy.ipv4.iter().filter_map(|s| s.prefix());
+        let ipv6 = policy.ipv6.iter().filter_map(|s| s.prefix());
+        held.extend(
+            ipv4.filter(|(_, len)| *len == 32)
+                .map(|(a, _)| IpAddr::from(a)),
+        );
+        held.extend(
+            ipv6.filter(|(_, len)| *len == 128)
+                .map(|(a, _)| IpAddr::from(a)),
+        );
     }
     Ok(held)
 }

@@ -806,12 +806,17 @@ underlay = "192.168.100.3"
         let policy = sender_policy(&record, &endpoint).unwrap();
         assert_eq!(policy.flags, netpath_common::PORT_SOURCE_CHECK);
         assert_eq!(policy.mac, endpoint.mac.0);
+        let ipv4 = policy.ipv4.map(|s| s.prefix());
         assert_eq!(
-            (policy.ipv4[0], policy.ipv4_len),
-            ([10, 88, 2, 2], [32, 0, 0, 0])
+            (ipv4[0], ipv4.iter().flatten().count()),
+            (Some(([10, 88, 2, 2], 32)), 1)
         );
-        assert_eq!(policy.ipv6[0], endpoint.mac.ipv6_link_local().octets());
-        assert_eq!(policy.ipv6_len, [128, 0, 0, 0]);
+        let ipv6 = policy.ipv6.map(|s| s.prefix());
+        let link_local = endpoint.mac.ipv6_link_local().octets();
+        assert_eq!(
+            (ipv6[0], ipv6.iter().flatten().count()),
+            (Some((link_local, 128)), 1)
+        );
 
         let router = Endpoint {
             source_check: false,
@@ -819,9 +824,10 @@ underlay = "192.168.100.3"
         };
         let policy = sender_policy(&record, &router).unwrap();
         assert_eq!(policy.flags, 0);
+        let ipv4 = policy.ipv4.map(|s| s.prefix());
         assert_eq!(
-            (policy.ipv4[0], policy.ipv4_len),
-            ([10, 88, 2, 0], [24, 0, 0, 0])
+            (ipv4[0], ipv4.iter().flatten().count()),
+            (Some(([10, 88, 2, 0], 24)), 1)
         );
 
         let crowded = Endpoint {
