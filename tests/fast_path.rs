@@ -583,17 +583,13 @@ fn mode_switches_live_without_losing_the_ping() {
         &t.ns("c0"),
         &words("ping -c 250 -i 0.02 -W 1 -q 10.122.0.3"),
     );
-    for mode in ["tc", "bridge", "xdp"] {
+    let modes = ["tc", "bridge", "xdp"];
+    for mode in modes {
         sleep(Duration::from_millis(1000));
         t.netpath_ok(&["mode", "--name", &t.name, mode]);
         assert_eq!(t.status()["mode"], mode);
     }
-    let (received, summary) = pings_received(pinger);
-    assert!(
-        received >= 247,
-        "lost {} pings while switching modes: {summary}",
-        250 - received
-    );
+    assert_few_lost(pinger, 250, modes.len() as u64);
     // On a slow (emulated) machine the pinger may be done before the last
     // switch: ping once more in the final mode.
     assert!(ping(&t.ns("c0"), "10.122.0.3"));
@@ -601,6 +597,23 @@ fn mode_switches_live_without_losing_the_ping() {
         t.counter(&t.ns("c0"), "redirected") > 0,
         "nothing redirected after the switches: {:?}",
         t.program_counters()
+    );
+}
+
+/// Pings a switch of mode may lose. Natively a switch loses none or one
+/// (0-1 of 250 over three switches, 20 ms apart); in a TCG guest, where a
+/// switch takes many times longer, one can cost two (4 of 250 over three
+/// switches on Debian's 6.1.0-50, in two matrix runs in a row).
+const PINGS_LOST_PER_SWITCH: u64 = 3;
+
+/// The `ping -q` child that sent `sent` pings across `switches` switches
+/// of mode lost at most [`PINGS_LOST_PER_SWITCH`] per switch.
+fn assert_few_lost(pinger: std::process::Child, sent: u64, switches: u64) {
+    let (received, summary) = pings_received(pinger);
+    assert!(
+        sent - received <= PINGS_LOST_PER_SWITCH * switches,
+        "lost {} pings in {switches} switches: {summary}",
+        sent - received
     );
 }
 
@@ -698,12 +711,7 @@ fn every_mode_switch_leaves_the_target_modes_offloads() {
             );
         }
     }
-    let (received, summary) = pings_received(pinger);
-    assert!(
-        500 - received <= 3 * switches,
-        "lost {} pings in {switches} switches: {summary}",
-        500 - received
-    );
+    assert_few_lost(pinger, 500, switches);
 }
 
 /// What `cargo xtask run` runs once it has built netpath: `netpath run` with
