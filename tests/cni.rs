@@ -144,10 +144,10 @@ fn version_add_check_del_as_a_runtime_drives_them() {
     assert_found_by_its_bridge(&host, bridge, &[&ra, &rb]);
     // Every pod's source is checked, so none learns: the learned FDB (an
     // LRU map, preallocated whole when the first pod comes) holds only the
-    // LRU's per-CPU batches.
+    // LRU's per-CPU batches. Off an overlay, the remote maps hold one entry.
     assert_eq!(
         MapSizes::pinned(&pin_dir(&cni_datapath(bridge))).unwrap(),
-        MapSizes::new(netpath_common::FDB_CAPACITY, false).unwrap()
+        MapSizes::new(netpath_common::FDB_CAPACITY, false, false).unwrap()
     );
 
     let (ok, out) = a.check(&ra);

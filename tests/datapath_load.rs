@@ -9,7 +9,7 @@ use netpath_common::programs;
 #[test]
 fn every_program_passes_the_verifier() {
     common::require_root();
-    let sizes = MapSizes::new(netpath_common::FDB_CAPACITY, true).unwrap();
+    let sizes = MapSizes::new(netpath_common::FDB_CAPACITY, true, true).unwrap();
     let ebpf = netpath::datapath::object::load(None, sizes, &programs::ALL)
         .expect("loading the BPF object");
     let mut loaded: Vec<&str> = ebpf

@@ -196,7 +196,7 @@ struct Datapath {
 fn datapath() -> MutexGuard<'static, Datapath> {
     static SHARED: OnceLock<Mutex<Datapath>> = OnceLock::new();
     let shared = SHARED.get_or_init(|| {
-        let sizes = MapSizes::new(FDB_SIZE, true).unwrap();
+        let sizes = MapSizes::new(FDB_SIZE, true, true).unwrap();
         let ebpf = netpath::datapath::object::load(None, sizes, &netpath_common::programs::ALL)
             .expect("loading the BPF object");
         Mutex::new(Datapath { ebpf })

@@ -8,8 +8,9 @@
 //! A row: the map's name (also its pin's file name), `=>` the loader's
 //! accessor, `:` its kind with key and value types, the size in brackets
 //! (entries, or bytes for a ring buffer), and who sets the size at load:
-//! `fixed` (the table's), `fdb` (the datapath's FDB size) or `learned` (the
-//! learned FDB's, derived from it). A macro, not a list of constants,
+//! `fixed` (the table's), `fdb` (the datapath's FDB size), `learned` (the
+//! learned FDB's, derived from it) or `remote` (the FDB size on an overlay,
+//! else one entry). A macro, not a list of constants,
 //! because the BPF side needs statics of aya-ebpf's types and the loader
 //! typed handles of aya's, and neither crate can see the other's.
 
@@ -52,11 +53,11 @@ macro_rules! datapath_maps {
             /// Overlay: containers on other nodes, MAC -> their node and what
             /// they may send, written only by the loader (the control plane).
             REMOTE_FDB => remote_fdb: HashMap<$crate::FdbKey, $crate::RemoteContainer>
-                [$crate::FDB_CAPACITY] fdb;
+                [$crate::FDB_CAPACITY] remote;
             /// Overlay: IPv4 address of a container on another node -> its
             /// MAC, so the programs answer ARP for it instead of flooding
             /// the request to every node.
-            REMOTE_IPV4 => remote_ipv4: HashMap<[u8; 4], [u8; 6]> [$crate::FDB_CAPACITY] fdb;
+            REMOTE_IPV4 => remote_ipv4: HashMap<[u8; 4], [u8; 6]> [$crate::FDB_CAPACITY] remote;
             /// Overlay: the other nodes; decapsulated frames from any other
             /// underlay address are dropped.
             NODES => nodes: HashMap<$crate::NodeAddr, u32> [$crate::NODE_CAPACITY] fixed;
@@ -109,6 +110,10 @@ pub enum Sizing {
     Fdb,
     /// The learned FDB's, derived from the FDB size.
     Learned,
+    /// The FDB size on an overlay, else one entry: the remote containers'
+    /// maps of a datapath that joins none stay empty (an overlay is joined
+    /// when the datapath is made, never later).
+    Remote,
 }
 
 /// One map of the table, as the loader iterates them.
@@ -131,6 +136,7 @@ macro_rules! names {
     (@sizing fixed) => { Sizing::Fixed };
     (@sizing fdb) => { Sizing::Fdb };
     (@sizing learned) => { Sizing::Learned };
+    (@sizing remote) => { Sizing::Remote };
 }
 
 datapath_maps!(names);

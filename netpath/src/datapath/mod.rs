@@ -77,6 +77,9 @@ pub struct Datapath {
     pub fdb_size: u32,
     /// Whether any port may ever learn (see `object::MapSizes::new`).
     pub learning: bool,
+    /// Whether it joins an overlay (when it is made: see
+    /// `object::MapSizes::new`).
+    pub overlay: bool,
     /// Most learned FDB entries per port.
     pub learn_limit: u32,
     /// How the tc mode's program is attached to new ports.
@@ -207,7 +210,7 @@ pub async fn ensure_reporting(
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
 
     let wanted = programs_wanted(dp);
-    let sizes = object::MapSizes::new(dp.fdb_size, dp.learning)?;
+    let sizes = object::MapSizes::new(dp.fdb_size, dp.learning, dp.overlay)?;
     let mut ebpf = object::load(Some(&dir), sizes, &wanted)?;
     let bridge = netlink::link_by_name(handle, &dp.bridge)
         .await?

@@ -73,6 +73,8 @@ pub struct MapSizes {
     pub fdb: u32,
     /// The learned FDB's.
     pub learned: u32,
+    /// The remote containers' (an overlay's).
+    pub remote: u32,
 }
 
 impl MapSizes {
@@ -80,11 +82,14 @@ impl MapSizes {
     /// may learn (a topology's container that routes for others), else
     /// only the LRU's per-CPU batches: a CNI network's pods all have their
     /// sources checked and learn nothing, and an LRU map is preallocated
-    /// whole (65,920 entries took 2.8 ms of the first pod's ADD).
-    pub fn new(fdb_size: u32, learning: bool) -> Result<Self> {
+    /// whole (65,920 entries took 2.8 ms of the first pod's ADD). The
+    /// remote containers' maps as large as the FDB on an `overlay`, else
+    /// one entry (their bucket arrays took 1.2 ms of it).
+    pub fn new(fdb_size: u32, learning: bool, overlay: bool) -> Result<Self> {
         Ok(MapSizes {
             fdb: fdb_size,
             learned: learned_capacity(if learning { fdb_size } else { 0 })?,
+            remote: if overlay { fdb_size } else { 1 },
         })
     }
 
@@ -99,6 +104,7 @@ impl MapSizes {
         Ok(MapSizes {
             fdb: entries(maps::FDB_STATIC)?,
             learned: entries(maps::FDB_LEARNED)?,
+            remote: entries(maps::REMOTE_FDB)?,
         })
     }
 }
@@ -136,6 +142,9 @@ pub fn load(pins: Option<&Path>, sizes: MapSizes, names: &[&str]) -> Result<Ebpf
             }
             Sizing::Learned => {
                 loader.map_max_entries(row.name, sizes.learned);
+            }
+            Sizing::Remote => {
+                loader.map_max_entries(row.name, sizes.remote);
             }
         }
     }

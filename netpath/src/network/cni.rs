@@ -39,7 +39,8 @@ pub fn datapath<'a>(
     conf: &NetConf,
     attachments: impl Iterator<Item = &'a Attachment>,
 ) -> Result<Datapath> {
-    build(&conf.bridge, conf.mode(), attachments.collect())
+    let overlay = conf.overlay_spec()?.is_some();
+    build(&conf.bridge, conf.mode(), overlay, attachments.collect())
 }
 
 /// The datapath of the CNI network on `bridge` as its record has it: its
@@ -59,10 +60,15 @@ pub fn recorded_datapath(bridge: &str) -> Result<Datapath> {
         .iter()
         .filter(|a| nix::net::if_::if_nametoindex(a.host_veth.as_str()).is_ok())
         .collect();
-    build(bridge, mode, live)
+    build(bridge, mode, rec.overlay.is_some(), live)
 }
 
-fn build(bridge: &str, mode: Mode, attachments: Vec<&Attachment>) -> Result<Datapath> {
+fn build(
+    bridge: &str,
+    mode: Mode,
+    overlay: bool,
+    attachments: Vec<&Attachment>,
+) -> Result<Datapath> {
     let name = cni_datapath(bridge);
     let pods: Vec<Endpoint> = attachments
         .iter()
@@ -83,6 +89,7 @@ fn build(bridge: &str, mode: Mode, attachments: Vec<&Attachment>) -> Result<Data
         fdb_size: netpath_common::FDB_CAPACITY,
         // Every pod's source is checked (see `port`): none learns.
         learning: false,
+        overlay,
         learn_limit: netpath_common::DEFAULT_LEARN_LIMIT,
         tc: TcMethod::chosen(),
         ports: attachments.into_iter().map(port).collect(),

@@ -44,6 +44,7 @@ pub fn datapath(spec: &TopologySpec) -> Result<Datapath> {
         fdb_size: spec.fdb_size,
         // A container that routes for others (now or by `port add`) learns.
         learning: true,
+        overlay: spec.overlay.is_some(),
         learn_limit: spec.learn_limit,
         tc: TcMethod::chosen(),
         ports: spec.containers.iter().map(|c| port(spec, c)).collect(),
