@@ -1478,6 +1478,14 @@ fn network_policy_selects_pods_by_the_identity_the_runtime_gives() {
          \x20 - from: [{podSelector: {matchLabels: {role: client}}}]\n    ports: [{port: 80}]\n",
     )
     .unwrap();
+    // The policy's flow table (an LRU map, which the kernel makes whole)
+    // holds one entry until the first policy loads the judging programs,
+    // the only ones that use it; then it is made anew, full size.
+    let flows = || {
+        let pin = pin_dir(&cni_datapath(&net.bridge)).join(netpath_common::maps::FLOWS);
+        aya::maps::MapInfo::from_pin(&pin).unwrap().max_entries()
+    };
+    assert_eq!(flows(), 1, "the flow table before any policy");
     net.host.netpath_ok(&[
         "policy",
         "apply",
@@ -1486,6 +1494,11 @@ fn network_policy_selects_pods_by_the_identity_the_runtime_gives() {
         "-f",
         file.to_str().unwrap(),
     ]);
+    assert_eq!(
+        flows(),
+        netpath_common::policy::FLOW_CAPACITY,
+        "the flow table once a policy is in force"
+    );
     let probe = |from: &Pod, port: u16| {
         (
             from.ns().to_owned(),

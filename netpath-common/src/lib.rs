@@ -558,7 +558,7 @@ pub struct TraceEvent {
 /// types. The loader writes it into the pinned `LAYOUT` map when it creates
 /// a datapath's maps, and refuses pins of another version instead of
 /// misreading them. Bump it with every change to a map or a type above.
-pub const LAYOUT_VERSION: u32 = 15;
+pub const LAYOUT_VERSION: u32 = 16;
 
 pub mod maps;
 pub mod policy;
@@ -571,21 +571,24 @@ pub mod programs {
     pub const TC_FORWARD: &str = "netpath_tc";
     /// tc ingress of the node's vxlan device: decapsulated frames.
     pub const TC_VXLAN: &str = "netpath_vxlan";
-    /// tc on a host-side veth, network policy only (where one isolates a
-    /// container): egress in every mode, ingress too in bridge mode.
+    /// tc on a host-side veth, network policy and ingress rates only (where
+    /// a policy isolates a container or a container has an ingress rate):
+    /// egress in every mode, ingress too in bridge mode.
     pub const TC_POLICE: &str = "netpath_police";
     /// Head-end replication of an overlay's broadcast, tail-called by
     /// `TC_FORWARD` through the FLOOD map: attached to no hook.
     pub const TC_FLOOD: &str = "netpath_flood";
-    /// The forwarding programs with network policy judged: what
-    /// `XDP_FORWARD`, `TC_FORWARD` and `TC_VXLAN` tail-call while a policy
-    /// is in force (see [`TAIL_CALLED`]). The judgement is nine tenths of
-    /// what the verifier walks: a datapath loads these with its first
-    /// policy, not with its first port.
+    /// The programs with network policy judged: what `XDP_FORWARD`,
+    /// `TC_FORWARD`, `TC_VXLAN` and `TC_POLICE` tail-call while a policy is
+    /// in force (see [`TAIL_CALLED`]). The judgement is nine tenths of what
+    /// the verifier walks, and only it uses the policy's LRU maps, which
+    /// the kernel makes whole: a datapath loads these, and makes those
+    /// maps full size, with its first policy, not with its first port.
     pub const XDP_FORWARD_POLICY: &str = "netpath_xdp_pol";
     pub const TC_FORWARD_POLICY: &str = "netpath_tc_pol";
     pub const TC_VXLAN_POLICY: &str = "netpath_vxl_pol";
-    pub const ALL: [&str; 9] = [
+    pub const TC_POLICE_POLICY: &str = "netpath_plc_pol";
+    pub const ALL: [&str; 10] = [
         XDP_FORWARD,
         XDP_PEER,
         TC_FORWARD,
@@ -595,6 +598,7 @@ pub mod programs {
         XDP_FORWARD_POLICY,
         TC_FORWARD_POLICY,
         TC_VXLAN_POLICY,
+        TC_POLICE_POLICY,
     ];
 
     /// A program attached to no hook, run by a tail call through a slot of
@@ -609,9 +613,10 @@ pub mod programs {
     /// Slots of `POLICY_TC` (the tc programs' judging variants).
     pub const POLICY_SLOT_FORWARD: u32 = 0;
     pub const POLICY_SLOT_VXLAN: u32 = 1;
+    pub const POLICY_SLOT_POLICE: u32 = 2;
 
     /// Every tail-called program, with its slot.
-    pub const TAIL_CALLED: [TailCall; 4] = [
+    pub const TAIL_CALLED: [TailCall; 5] = [
         TailCall {
             program: TC_FLOOD,
             map: crate::maps::FLOOD,
@@ -632,14 +637,20 @@ pub mod programs {
             map: crate::maps::POLICY_XDP,
             slot: 0,
         },
+        TailCall {
+            program: TC_POLICE_POLICY,
+            map: crate::maps::POLICY_TC,
+            slot: POLICY_SLOT_POLICE,
+        },
     ];
 
     /// Each program that leaves policy to a judging variant, and that
     /// variant.
-    pub const JUDGING_VARIANTS: [(&str, &str); 3] = [
+    pub const JUDGING_VARIANTS: [(&str, &str); 4] = [
         (XDP_FORWARD, XDP_FORWARD_POLICY),
         (TC_FORWARD, TC_FORWARD_POLICY),
         (TC_VXLAN, TC_VXLAN_POLICY),
+        (TC_POLICE, TC_POLICE_POLICY),
     ];
 
     /// The judging variant of `program`, if it has one.

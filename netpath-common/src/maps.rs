@@ -9,8 +9,9 @@
 //! accessor, `:` its kind with key and value types, the size in brackets
 //! (entries, or bytes for a ring buffer), and who sets the size at load:
 //! `fixed` (the table's), `fdb` (the datapath's FDB size), `learned` (the
-//! learned FDB's, derived from it) or `remote` (the FDB size on an overlay,
-//! else one entry). A macro, not a list of constants,
+//! learned FDB's, derived from it), `remote` (the FDB size on an overlay,
+//! else one entry) or `judgement` (the table's once the judging programs
+//! are loaded, else one entry). A macro, not a list of constants,
 //! because the BPF side needs statics of aya-ebpf's types and the loader
 //! typed handles of aya's, and neither crate can see the other's.
 
@@ -72,9 +73,9 @@ macro_rules! datapath_maps {
             OVERLAY_STATS => overlay_stats: PerCpuArray<$crate::OverlayStats> [1] fixed;
             /// Policy: the judging variants of the tc programs
             /// (`programs::TAIL_CALLED`: the port program's in slot 0, the
-            /// vxlan device's in 1), which they tail-call while a policy is
-            /// in force.
-            POLICY_TC => policy_tc: ProgramArray [2] fixed;
+            /// vxlan device's in 1, the police program's in 2), which they
+            /// tail-call while a policy is in force.
+            POLICY_TC => policy_tc: ProgramArray [3] fixed;
             /// Policy: the XDP port program's judging variant, in slot 0.
             POLICY_XDP => policy_xdp: ProgramArray [1] fixed;
             /// Policy: the generation in force (see `policy`).
@@ -92,11 +93,11 @@ macro_rules! datapath_maps {
             /// Policy: the flows allowed (connection tracking). Shared by
             /// every CPU, as a flow's packets and replies cross CPUs.
             FLOWS => flows: LruHashMap<$crate::policy::FlowKey, $crate::policy::Flow>
-                [$crate::policy::FLOW_CAPACITY] fixed;
+                [$crate::policy::FLOW_CAPACITY] judgement;
             /// Policy: the ports of fragmented datagrams, from their first
             /// fragment.
             FRAGMENTS => fragments: LruHashMap<$crate::policy::FragmentKey,
-                $crate::policy::FragmentPorts> [$crate::policy::FRAGMENT_CAPACITY] fixed;
+                $crate::policy::FragmentPorts> [$crate::policy::FRAGMENT_CAPACITY] judgement;
         }
     };
 }
@@ -114,6 +115,10 @@ pub enum Sizing {
     /// maps of a datapath that joins none stay empty (an overlay is joined
     /// when the datapath is made, never later).
     Remote,
+    /// The table's size once the judging programs are loaded (they alone
+    /// use the map), else one entry; the loader makes the map anew, full
+    /// size, with the first of them (see `programs::JUDGING_VARIANTS`).
+    Judgement,
 }
 
 /// One map of the table, as the loader iterates them.
@@ -137,6 +142,7 @@ macro_rules! names {
     (@sizing fdb) => { Sizing::Fdb };
     (@sizing learned) => { Sizing::Learned };
     (@sizing remote) => { Sizing::Remote };
+    (@sizing judgement) => { Sizing::Judgement };
 }
 
 datapath_maps!(names);

@@ -16,12 +16,30 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use netpath_common::TC_INDEX_JUDGED;
+use netpath_common::{TC_INDEX_JUDGED, programs::POLICY_SLOT_POLICE};
 
-use crate::{frame::Frame, maps::CONFIG, policy, rate, tc::pull_checked_headers, trace};
+use crate::{
+    frame::Frame,
+    maps::{CONFIG, POLICY_TC},
+    policy, rate,
+    tc::pull_checked_headers,
+    trace,
+};
 
 #[classifier]
 pub fn netpath_police(ctx: TcContext) -> i32 {
+    police::<false>(ctx)
+}
+
+/// `netpath_police` judging network policy too: tail-called by it while a
+/// policy is in force.
+#[classifier]
+pub fn netpath_plc_pol(ctx: TcContext) -> i32 {
+    police::<true>(ctx)
+}
+
+#[inline(always)]
+fn police<const POLICY: bool>(ctx: TcContext) -> i32 {
     // A netkit datapath's forwarding program judged this frame already on
     // its way here (see TC_INDEX_JUDGED), and cleared the mark on every
     // other.
@@ -31,22 +49,15 @@ pub fn netpath_police(ctx: TcContext) -> i32 {
         skb.tc_index = 0;
         return TC_ACT_OK;
     }
-    // Too short for the headers it announces: not IP enough to judge.
-    if pull_checked_headers(&ctx).is_err() {
+    if policy::hand_to_judge::<POLICY, _>(&ctx, &POLICY_TC, POLICY_SLOT_POLICE) {
         return TC_ACT_SHOT;
     }
-    match policy::admit(&Frame::new(ctx.data(), ctx.data_end())) {
-        Ok(()) => {
-            // Frames reach a container by the bridge as they do by a
-            // redirect: at the container's one ingress rate.
-            // SAFETY: the context pointer is valid for the program's run.
-            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-            match CONFIG.get(0) {
-                Some(config) if !rate::admit_to(config, ifindex, ctx.len()) => TC_ACT_SHOT,
-                _ => TC_ACT_OK,
-            }
+    if POLICY {
+        // Too short for the headers it announces: not IP enough to judge.
+        if pull_checked_headers(&ctx).is_err() {
+            return TC_ACT_SHOT;
         }
-        Err(policy::Denied) => {
+        if policy::admit(&Frame::new(ctx.data(), ctx.data_end())).is_err() {
             if let Some(config) = CONFIG.get(0) {
                 // SAFETY: the context pointer is valid for the program's
                 // run; the helper copies at most `n` bytes of this skb.
@@ -55,7 +66,15 @@ pub fn netpath_police(ctx: TcContext) -> i32 {
                     bpf_skb_load_bytes(ctx.as_ptr(), 0, to.cast(), n)
                 });
             }
-            TC_ACT_SHOT
+            return TC_ACT_SHOT;
         }
+    }
+    // Frames reach a container by the bridge as they do by a redirect: at
+    // the container's one ingress rate.
+    // SAFETY: the context pointer is valid for the program's run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    match CONFIG.get(0) {
+        Some(config) if !rate::admit_to(config, ifindex, ctx.len()) => TC_ACT_SHOT,
+        _ => TC_ACT_OK,
     }
 }

@@ -133,6 +133,7 @@ pub fn load(pins: Option<&Path>, sizes: MapSizes, names: &[&str]) -> Result<Ebpf
     } else {
         loader_without_btf()
     };
+    let judging = names.iter().any(|name| programs::is_judging_variant(name));
     for row in maps::ALL {
         match row.sizing {
             Sizing::Fixed => {}
@@ -146,11 +147,18 @@ pub fn load(pins: Option<&Path>, sizes: MapSizes, names: &[&str]) -> Result<Ebpf
             Sizing::Remote => {
                 loader.map_max_entries(row.name, sizes.remote);
             }
+            Sizing::Judgement if judging => {}
+            Sizing::Judgement => {
+                loader.map_max_entries(row.name, 1);
+            }
         }
     }
     let fresh = match pins {
         Some(dir) => {
             check_layout(dir, Some(sizes.fdb))?;
+            if judging {
+                make_judgement_maps_anew(dir)?;
+            }
             for row in maps::ALL {
                 loader.map_pin_path(row.name, dir.join(row.name));
             }
@@ -195,6 +203,29 @@ pub fn load(pins: Option<&Path>, sizes: MapSizes, names: &[&str]) -> Result<Ebpf
         }
     }
     Ok(ebpf)
+}
+
+/// Unpins the judgement's maps that a datapath made before it loaded a
+/// judging program (one entry each: see `Sizing::Judgement`), so that the
+/// load about to load the first makes them anew, full size. No program
+/// loaded before uses them: only the judging programs do.
+fn make_judgement_maps_anew(dir: &Path) -> Result<()> {
+    for row in maps::ALL
+        .iter()
+        .filter(|row| row.sizing == Sizing::Judgement)
+    {
+        let pin = dir.join(row.name);
+        if !pin.exists() {
+            continue;
+        }
+        let entries = aya::maps::MapInfo::from_pin(&pin)
+            .with_context(|| format!("reading the size of {}", pin.display()))?
+            .max_entries();
+        if entries == 1 {
+            fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn is_xdp(program: &str) -> bool {
