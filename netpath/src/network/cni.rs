@@ -39,8 +39,12 @@ pub fn datapath<'a>(
     conf: &NetConf,
     attachments: impl Iterator<Item = &'a Attachment>,
 ) -> Result<Datapath> {
-    let overlay = conf.overlay_spec()?.is_some();
-    build(&conf.bridge, conf.mode(), overlay, attachments.collect())
+    build(
+        &conf.bridge,
+        conf.mode(),
+        conf.overlay.is_some(),
+        attachments.collect(),
+    )
 }
 
 /// The datapath of the CNI network on `bridge` as its record has it: its
