@@ -10,7 +10,7 @@ use plotters::{
     style::text_anchor::{HPos, Pos, VPos},
 };
 
-use super::report::{Metric, Report, Row, Target};
+use super::report::{Metric, Report, Row, Target, extremes};
 
 const SIZE: (u32, u32) = (980, 420);
 /// Heights of the heading above the plot and the legend below it.
@@ -50,8 +50,23 @@ fn relative(row: &Row) -> f64 {
     }
 }
 
+/// The worst and the best run of a row on [`relative`]'s scale: the
+/// whisker over its bar.
+fn relative_range(row: &Row) -> Option<(f64, f64)> {
+    let baseline = row.median / row.vs_baseline.filter(|v| *v > 0.0)?;
+    let scaled = row.runs.iter().map(|run| {
+        if row.metric.higher_is_better() {
+            run.value / baseline
+        } else {
+            baseline / run.value
+        }
+    });
+    extremes(scaled)
+}
+
 /// A grouped bar chart: per metric, one bar per target, relative to the
-/// baseline (the line at 1.0).
+/// baseline (the line at 1.0), a whisker over each from its worst run to
+/// its best.
 pub fn svg(report: &Report) -> Result<String> {
     let mut out = String::new();
     {
@@ -70,7 +85,12 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report) -> DrawResul
     targets.sort();
     targets.dedup();
     let groups = Metric::ALL.len() as f64;
-    let max = report.rows.iter().map(relative).fold(1.2_f64, f64::max) * 1.1;
+    let max = report
+        .rows
+        .iter()
+        .map(|row| relative_range(row).map_or(relative(row), |(_, high)| high))
+        .fold(1.2_f64, f64::max)
+        * 1.1;
 
     root.fill(&WHITE)?;
     let (heading, rest) = root.split_vertically(HEADING);
@@ -86,7 +106,7 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report) -> DrawResul
     ))?;
     heading.draw(&Text::new(
         format!(
-            "kernel {}, {} CPUs, medians of {} runs of {} s",
+            "kernel {}, {} CPUs, medians of {} runs of {} s; whiskers: worst to best run",
             report.kernel, report.cpus, report.repeat, report.seconds
         ),
         (60, 28),
@@ -129,6 +149,16 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report) -> DrawResul
             ))
         });
         chart.draw_series(bars)?;
+        let whiskers = Metric::ALL.iter().enumerate().filter_map(|(g, metric)| {
+            let row = report
+                .rows
+                .iter()
+                .find(|r| r.metric == *metric && r.target == *target)?;
+            let (low, high) = relative_range(row)?;
+            let x = g as f64 + 0.1 + i as f64 * bar_w + bar_w * 0.475;
+            Some(PathElement::new(vec![(x, low), (x, high)], BLACK))
+        });
+        chart.draw_series(whiskers)?;
         // Below the plot, where no bar can hide it.
         let x = 60 + i as i32 * 110;
         legend.draw(&Rectangle::new([(x, 8), (x + 14, 22)], color.filled()))?;
@@ -197,5 +227,31 @@ mod tests {
                 .count()
         };
         assert_eq!(filled(COLORS[Target::Tc as usize]), 3, "{svg}");
+    }
+
+    #[test]
+    fn whiskers_span_the_worst_and_the_best_run_relative_to_the_baseline() {
+        let runs = |values: &[f64]| -> Vec<Sample> {
+            values
+                .iter()
+                .map(|&value| Sample { value, cpu: None })
+                .collect()
+        };
+        let mut samples = BTreeMap::new();
+        samples.insert((Metric::Tcp1Gbps, Target::Bridge), runs(&[10.0]));
+        samples.insert((Metric::Tcp1Gbps, Target::Tc), runs(&[16.0, 14.0, 15.0]));
+        samples.insert((Metric::RttP50Us, Target::Bridge), runs(&[40.0]));
+        samples.insert((Metric::RttP50Us, Target::Tc), runs(&[20.0, 32.0]));
+        let rows = rows(&samples, Reference::for_targets(&[Target::Bridge]));
+        let tc = |metric| {
+            let row = rows
+                .iter()
+                .find(|r| r.metric == metric && r.target == Target::Tc)
+                .unwrap();
+            relative_range(row).unwrap()
+        };
+        assert_eq!(tc(Metric::Tcp1Gbps), (1.4, 1.6));
+        // Latency inverted: the slowest run is the lowest point.
+        assert_eq!(tc(Metric::RttP50Us), (1.25, 2.0));
     }
 }

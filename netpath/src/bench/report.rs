@@ -246,6 +246,10 @@ pub struct Row {
     pub target: Target,
     pub runs: Vec<Sample>,
     pub median: f64,
+    /// How far the runs lie apart: (largest - smallest) / median, 0 for one
+    /// run. A ratio between two targets nearer 1 than their spreads is
+    /// within the run-to-run noise.
+    pub spread: f64,
     pub cpu_unit: Option<&'static str>,
     pub cpu_median: Option<f64>,
     /// The median over the baseline's (see [`Reference`]).
@@ -317,6 +321,23 @@ pub(super) fn percentile(values: &mut [f64], p: f64) -> f64 {
     values[rank.clamp(1, values.len()) - 1]
 }
 
+/// The smallest and the largest of `values`; None for none.
+pub(super) fn extremes(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+    values.fold(None, |range, v| match range {
+        None => Some((v, v)),
+        Some((low, high)) => Some((f64::min(low, v), f64::max(high, v))),
+    })
+}
+
+/// (largest - smallest) / median of the runs' values; 0 for no runs or a
+/// median of 0.
+fn spread(runs: &[Sample], median: f64) -> f64 {
+    match extremes(runs.iter().map(|s| s.value)) {
+        Some((low, high)) if median != 0.0 => (high - low) / median,
+        _ => 0.0,
+    }
+}
+
 pub(super) fn rows(
     samples: &BTreeMap<(Metric, Target), Vec<Sample>>,
     reference: Reference,
@@ -350,6 +371,7 @@ pub(super) fn rows(
                 target: *target,
                 runs: runs.clone(),
                 median,
+                spread: spread(runs, median),
                 cpu_unit: metric.cpu_unit(),
                 cpu_median,
                 vs_baseline: ratio(reference.baseline),
@@ -368,7 +390,8 @@ pub(super) fn rows(
 /// The aligned result table: one row per metric and target.
 pub fn table(report: &Report) -> String {
     let mut out = format!(
-        "netpath bench: kernel {}, {} CPUs, {} s x {} runs (medians; ratios from the same run)\n",
+        "netpath bench: kernel {}, {} CPUs, {} s x {} runs (medians; ratios from the same run; \
+         SPREAD: the runs' range over the median)\n",
         report.kernel, report.cpus, report.seconds, report.repeat
     );
     let (baseline, bound) = (
@@ -389,10 +412,11 @@ pub fn table(report: &Report) -> String {
         .map(|rival| format!(" {:>9}", format!("x{}", rival.column())))
         .collect();
     out.push_str(&format!(
-        "{:<32} {:<width$} {:>10} {:>9} {:>9}{rivals}  {:>10} {:>9}  {}\n",
+        "{:<32} {:<width$} {:>10} {:>7} {:>9} {:>9}{rivals}  {:>10} {:>9}  {}\n",
         "TEST",
         "TARGET",
         "MEDIAN",
+        "SPREAD",
         format!("x{baseline}"),
         format!("x{bound}"),
         "CPU",
@@ -411,10 +435,11 @@ pub fn table(report: &Report) -> String {
             .map(|rival| format!(" {:>9}", f(row.vs_rivals.get(rival).copied(), 3)))
             .collect();
         out.push_str(&format!(
-            "{:<32} {:<width$} {:>10.2} {:>9} {:>9}{rivals}  {:>10} {:>9}  {}\n",
+            "{:<32} {:<width$} {:>10.2} {:>6.0}% {:>9} {:>9}{rivals}  {:>10} {:>9}  {}\n",
             row.label,
             row.target.to_string(),
             row.median,
+            row.spread * 100.0,
             f(row.vs_baseline, 3),
             f(row.vs_bound, 3),
             f(row.cpu_median, 2),
@@ -501,8 +526,11 @@ mod tests {
         assert_eq!(tc.vs_baseline, Some(21.0 / 11.0));
         assert_eq!(tc.vs_bound, Some(1.0));
         assert_eq!(tc.cpu_vs_baseline, Some(45.0 / 90.0));
+        let bridge = rows.iter().find(|r| r.target == Target::Bridge).unwrap();
+        assert_eq!(bridge.spread, 2.0 / 11.0);
         let wire = rows.iter().find(|r| r.target == Target::Wire).unwrap();
         assert_eq!((wire.cpu_median, wire.cpu_vs_baseline), (None, None));
+        assert_eq!(wire.spread, 0.0);
         let table = table(&report(reference, rows));
         assert!(
             table.contains("TCP 1 stream (Gbit/s)")
@@ -511,6 +539,8 @@ mod tests {
                 && table.contains("CPUxBR"),
             "{table}"
         );
+        let bridge_line = table.lines().find(|l| l.contains("bridge")).unwrap();
+        assert!(bridge_line.contains(" 18% "), "{table}");
     }
 
     #[test]
