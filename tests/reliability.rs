@@ -808,6 +808,44 @@ fn bad_input_to_every_verb() {
     assert_eq!(t.status()["ports"].as_array().unwrap().len(), 2);
 }
 
+/// `ip netns exec` runs netpath in a mount namespace of its own, with a
+/// /sys of its own and no bpffs on /sys/fs/bpf: pins made there would go
+/// when the command exits, and the datapath's links and FDB with them.
+/// `up` refuses, names the way around, and leaves nothing behind.
+#[test]
+fn up_under_ip_netns_exec_is_refused_with_the_way_around() {
+    let host = Host::new();
+    let name = unique_name("nsx");
+    let out = outside(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &host.name,
+            env!("CARGO_BIN_EXE_netpath"),
+            "up",
+            "--name",
+            &name,
+            "--containers",
+            "2",
+            "--subnet",
+            "10.155.0.0/24",
+            "--mode",
+            "tc",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "up under ip netns exec worked: {err}"
+    );
+    assert!(
+        err.contains("nsenter --net=") && err.contains("its parent does not share"),
+        "the refusal does not say why or what to do: {err}"
+    );
+    assert_eq!(host.leftovers(&name), Vec::<String>::new());
+}
+
 /// A `--name` that would reach outside netpath's directories (`../x`) is
 /// refused by every verb before any file is touched.
 #[test]

@@ -35,21 +35,48 @@ pub fn pin_dir(datapath: &str) -> PathBuf {
     Path::new(BPFFS).join("netpath").join(datapath)
 }
 
-/// Mounts bpffs on /sys/fs/bpf if it is not there yet.
+/// Mounts bpffs on /sys/fs/bpf if it is not there yet, but not in a mount
+/// namespace made for this command (one its parent does not share, as `ip
+/// netns exec` makes, with a /sys of its own): a bpffs mounted there would
+/// go when the command exits, and with its pins the programs' links and the
+/// FDB: the datapath would stop, and the next command would find nothing.
 pub fn ensure_bpffs() -> Result<()> {
     let mounted = statfs(BPFFS).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC);
-    if !mounted {
-        fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
-        nix::mount::mount(
-            Some("bpf"),
-            BPFFS,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .with_context(|| format!("mounting bpffs on {BPFFS}"))?;
+    if mounted {
+        return Ok(());
     }
-    Ok(())
+    if !shares_parents_mount_namespace() {
+        bail!(
+            "{BPFFS} holds no bpffs in this command's mount namespace, which its parent does \
+             not share: a bpffs mounted here would vanish with this command, and with it the \
+             datapath's pins (maps and links). `ip netns exec` makes such a namespace, with a \
+             /sys of its own and no bpffs on it: enter only the network namespace instead \
+             (`nsenter --net=/run/netns/NAME netpath ...`)"
+        );
+    }
+    fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+    nix::mount::mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting bpffs on {BPFFS}"))
+}
+
+/// Whether this process shares its parent's mount namespace; true where
+/// that cannot be read (nothing to compare with: mount as before).
+fn shares_parents_mount_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let namespace = |pid: String| fs::metadata(format!("/proc/{pid}/ns/mnt")).map(|m| m.ino());
+    match (
+        namespace("self".into()),
+        namespace(nix::unistd::getppid().to_string()),
+    ) {
+        (Ok(mine), Ok(parents)) => mine == parents,
+        _ => true,
+    }
 }
 
 /// What the kernel's common LRU takes aside per CPU (`LOCAL_FREE_TARGET` in
