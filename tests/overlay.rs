@@ -494,6 +494,47 @@ fn three_hosts_carry_ping_tcp_and_udp_on_the_fast_path() {
     }
 }
 
+/// `netpath upgrade` replaces an overlay's decap program on the node's
+/// vxlan device too, not only the ports' programs (it had left the old one
+/// there), and the overlay carries traffic through the new one.
+#[test]
+fn upgrade_replaces_the_decap_program_on_the_vxlan_device() {
+    let cluster = Cluster::new(2);
+    let ov = cluster.overlay(49, 1, &[0, 1]);
+    let host = &cluster.hosts[1];
+    let decap_program = || {
+        let out = host.sh("bpftool", &["-j", "net", "show", "dev", "netpath-vxlan"]);
+        let shown: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "bpftool net show: {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        let ids: Vec<u64> = shown[0]["tc"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["id"].as_u64())
+            .collect();
+        assert_eq!(ids.len(), 1, "one overlay, one decap program: {shown}");
+        ids[0]
+    };
+    let before = decap_program();
+    let t = &ov.topologies[1];
+    t.netpath_ok(&["upgrade", "--name", &t.name, "--force"]);
+    let after = decap_program();
+    assert_ne!(before, after, "the decap program {before} was not replaced");
+    let decapsulated = ov.overlay_counter(1, "decapsulated");
+    assert!(
+        ping(&ov.ns(0, 0), &ip(1, 0)),
+        "no ping across after the upgrade"
+    );
+    assert!(
+        ov.overlay_counter(1, "decapsulated") > decapsulated,
+        "the new decap program did not carry the ping"
+    );
+}
+
 #[test]
 fn a_frame_from_an_unknown_underlay_address_is_dropped_and_counted() {
     let cluster = Cluster::new(3);

@@ -83,6 +83,9 @@ const SELECTION: &[(&str, &[&str])] = &[
             // Network policy across nodes: ingress judged by the vxlan
             // device's program, remote pods selected by their records.
             "network_policy_holds_across_the_overlay",
+            // `upgrade` replacing the decap program: a clsact filter's
+            // before 6.6, a tcx link's after.
+            "upgrade_replaces_the_decap_program_on_the_vxlan_device",
         ],
     ),
     // Network policy: the judgement's BPF-to-BPF calls, the LPM tables and

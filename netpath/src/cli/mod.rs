@@ -121,7 +121,8 @@ pub enum Command {
         mode: crate::model::Mode,
     },
     /// Replace the BPF programs on every port of a running topology or CNI
-    /// network with this netpath's, atomically, without stopping traffic.
+    /// network (and on an overlay its decap program on the node's vxlan
+    /// device) with this netpath's, atomically, without stopping traffic.
     Upgrade {
         #[command(flatten)]
         name: NameArg,

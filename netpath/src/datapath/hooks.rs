@@ -878,15 +878,7 @@ pub fn attach_vxlan(
         // A filter of this VNI already there is a datapath's that lost its
         // pins (a filter holds its program itself): it gets the new program
         // (replacing fails where there is no filter to replace).
-        if let Ok(stale) = SchedClassifierLink::attached(
-            device,
-            TcAttachType::Ingress,
-            CLSACT_PRIORITY,
-            vxlan_handle(vni),
-            None,
-        ) && let Ok(id) = program.attach_to_link(stale)
-        {
-            std::mem::forget(program.take_link(id)?);
+        if replace_vxlan_filter(program, device, vni).is_ok() {
             return Ok(());
         }
         let options = NlOptions {
@@ -915,6 +907,53 @@ pub fn attach_vxlan(
     fs::create_dir_all(pins.join("links")).context("creating the links directory")?;
     link.pin(&pin)
         .with_context(|| format!("pinning link {}", pin.display()))?;
+    Ok(())
+}
+
+/// Puts `program` into the clsact filter of VNI `vni` on the vxlan device
+/// `device` (cls_bpf changes it under RCU: no frame goes unfiltered).
+fn replace_vxlan_filter(program: &mut SchedClassifier, device: &str, vni: u32) -> Result<()> {
+    let filter = SchedClassifierLink::attached(
+        device,
+        TcAttachType::Ingress,
+        CLSACT_PRIORITY,
+        vxlan_handle(vni),
+        None,
+    )
+    .with_context(|| format!("finding the tc filter of VNI {vni} on {device}"))?;
+    let id = program.attach_to_link(filter).with_context(|| {
+        format!("replacing the program of the tc filter of VNI {vni} on {device}")
+    })?;
+    // Dropping the link would delete the filter; `detach_vxlan` removes it.
+    std::mem::forget(program.take_link(id)?);
+    Ok(())
+}
+
+/// Gives a datapath's hook on the vxlan device `device` `programs`' decap
+/// program where it differs (with `force` even where it is the same): its
+/// pinned tcx link, or else its clsact filter of VNI `vni`, whose program
+/// is replaced either way (filters are listed by program name, which every
+/// overlay's filter on the device shares).
+pub fn upgrade_vxlan(
+    programs: &mut Programs,
+    pins: &Path,
+    device: &str,
+    vni: u32,
+    force: bool,
+) -> Result<()> {
+    let pin = vxlan_pin(pins);
+    if pin.exists() {
+        return update_link(programs, &pin, device, Hook::Vxlan, force);
+    }
+    let Via::Tc(program) = Hook::Vxlan.row().via else {
+        bail!("the vxlan device's hook is a tc one");
+    };
+    let program = loaded(program(programs), Hook::Vxlan)?;
+    replace_vxlan_filter(program, device, vni)?;
+    info!(
+        "{device}: the tc filter of VNI {vni} upgraded to program {}",
+        program.info()?.id()
+    );
     Ok(())
 }
 

@@ -776,6 +776,27 @@ pub async fn upgrade(handle: &Handle, datapath: &str, force: bool) -> Result<usi
         )
         .await?;
     }
+    // The decap program on the node's vxlan device, on an overlay.
+    let overlay = live
+        .config()?
+        .get(&0, 0)
+        .context("reading map CONFIG")?
+        .overlay;
+    if overlay.vni != 0 {
+        let device = nix::net::if_::if_indextoname(overlay.vxlan_ifindex).with_context(|| {
+            format!(
+                "the vxlan device (ifindex {}) of datapath {datapath} has no name",
+                overlay.vxlan_ifindex
+            )
+        })?;
+        hooks::upgrade_vxlan(
+            &mut programs,
+            &dir,
+            &device.to_string_lossy(),
+            overlay.vni,
+            force,
+        )?;
+    }
     info!(
         "{datapath}: {} ports run this netpath's programs",
         ports.len()
