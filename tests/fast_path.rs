@@ -161,20 +161,7 @@ fn netkit_mode_carries_bulk_traffic() {
         "--mode",
         "netkit",
     ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "up --mode netkit worked without netkit"
-    );
-    assert!(
-        err.contains("mode netkit needs netkit devices"),
-        "the refusal does not say why: {err}"
-    );
-    assert!(
-        host.leftovers(&name).is_empty(),
-        "{:?}",
-        host.leftovers(&name)
-    );
+    host.assert_refused(&out, &name, &["mode netkit needs netkit devices"]);
 }
 
 #[test]

@@ -834,16 +834,11 @@ fn up_under_ip_netns_exec_is_refused_with_the_way_around() {
             "tc",
         ],
     );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "up under ip netns exec worked: {err}"
+    host.assert_refused(
+        &out,
+        &name,
+        &["its parent does not share", "nsenter --net="],
     );
-    assert!(
-        err.contains("nsenter --net=") && err.contains("its parent does not share"),
-        "the refusal does not say why or what to do: {err}"
-    );
-    assert_eq!(host.leftovers(&name), Vec::<String>::new());
 }
 
 /// A `--name` that would reach outside netpath's directories (`../x`) is

@@ -161,6 +161,21 @@ impl Host {
             .expect("running netpath")
     }
 
+    /// `out`, a netpath command about topology `name`, was refused with an
+    /// error that says each of `says`, and left nothing of `name` behind.
+    #[track_caller]
+    pub fn assert_refused(&self, out: &Output, name: &str, says: &[&str]) {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "not refused: {err}");
+        for said in says {
+            assert!(
+                err.contains(said),
+                "the refusal does not say {said:?}: {err}"
+            );
+        }
+        assert_eq!(self.leftovers(name), Vec::<String>::new());
+    }
+
     /// A crashed runtime: namespace `ns` goes without anyone telling
     /// netpath; returns once the kernel has taken its veth's host end,
     /// `host_veth`, with it.

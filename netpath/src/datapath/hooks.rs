@@ -850,6 +850,14 @@ fn vxlan_handle(vni: u32) -> TcHandle {
     TcHandle::new((vni >> 16) as u16, (vni & 0xffff) as u16)
 }
 
+/// The vxlan hook's program among `programs`.
+fn vxlan_program(programs: &mut Programs) -> Result<&mut SchedClassifier> {
+    let Via::Tc(program) = Hook::Vxlan.row().via else {
+        bail!("the vxlan device's hook is a tc one");
+    };
+    loaded(program(programs), Hook::Vxlan)
+}
+
 /// Attaches the vxlan hook's program (a datapath's `netpath_vxlan`) to the ingress of
 /// the node's vxlan device `device`, after the programs of the overlays
 /// there already: each takes its VNI's frames and passes the rest on. A
@@ -865,10 +873,7 @@ pub fn attach_vxlan(
     if pin.exists() {
         return Ok(());
     }
-    let Via::Tc(program) = Hook::Vxlan.row().via else {
-        bail!("the vxlan device's hook is a tc one");
-    };
-    let program = loaded(program(programs), Hook::Vxlan)?;
+    let program = vxlan_program(programs)?;
     if tc == TcMethod::Clsact {
         match qdisc_add_clsact(device) {
             Ok(()) => {}
@@ -945,10 +950,7 @@ pub fn upgrade_vxlan(
     if pin.exists() {
         return update_link(programs, &pin, device, Hook::Vxlan, force);
     }
-    let Via::Tc(program) = Hook::Vxlan.row().via else {
-        bail!("the vxlan device's hook is a tc one");
-    };
-    let program = loaded(program(programs), Hook::Vxlan)?;
+    let program = vxlan_program(programs)?;
     replace_vxlan_filter(program, device, vni)?;
     info!(
         "{device}: the tc filter of VNI {vni} upgraded to program {}",
