@@ -11,7 +11,7 @@ use aya::maps::{
     Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray, PerCpuHashMap,
     ProgramArray, RingBuf,
 };
-use netpath_common::{LAYOUT_VERSION, maps};
+use netpath_common::{DatapathConfig, LAYOUT_VERSION, maps};
 
 /// Whether the BPF object's map `name` is a row of the table. The loader
 /// refuses an object with any other, which would go unpinned.
@@ -35,6 +35,13 @@ impl Maps {
         Ok(Maps {
             dir: dir.to_owned(),
         })
+    }
+
+    /// The datapath's settings as CONFIG holds them now (one entry).
+    pub fn current_config(&self) -> Result<DatapathConfig> {
+        self.config()?
+            .get(&0, 0)
+            .with_context(|| format!("reading map CONFIG in {}", self.dir.display()))
     }
 
     fn open_map<T>(&self, name: &str) -> Result<T>

@@ -675,11 +675,7 @@ pub fn pinned_config(datapath: &str) -> Result<Option<DatapathConfig>> {
     if !pin_dir(datapath).exists() {
         return Ok(None);
     }
-    let config = maps(datapath)?
-        .config()?
-        .get(&0, 0)
-        .with_context(|| format!("reading map CONFIG of {datapath}"))?;
-    Ok(Some(config))
+    maps(datapath)?.current_config().map(Some)
 }
 
 /// Detaches everything and removes the datapath's pins.
@@ -777,11 +773,7 @@ pub async fn upgrade(handle: &Handle, datapath: &str, force: bool) -> Result<usi
         .await?;
     }
     // The decap program on the node's vxlan device, on an overlay.
-    let overlay = live
-        .config()?
-        .get(&0, 0)
-        .context("reading map CONFIG")?
-        .overlay;
+    let overlay = live.current_config()?.overlay;
     if overlay.vni != 0 {
         let device = nix::net::if_::if_indextoname(overlay.vxlan_ifindex).with_context(|| {
             format!(

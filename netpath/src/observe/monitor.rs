@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
@@ -98,12 +98,7 @@ pub async fn run(
     mut on_event: impl FnMut(&Event) -> Result<()>,
 ) -> Result<()> {
     let maps = datapath::maps(topology)?;
-    let ageing_s = maps
-        .config()?
-        .get(&0, 0)
-        .context("reading map CONFIG")?
-        .ageing_ns
-        / 1_000_000_000;
+    let ageing_s = maps.current_config()?.ageing_ns / 1_000_000_000;
     let fdb = Fdb::open(&maps)?;
     let mut before = snapshot(&fdb)?;
     eprintln!(
