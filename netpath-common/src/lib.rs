@@ -571,6 +571,10 @@ pub mod programs {
     pub const TC_FORWARD: &str = "netpath_tc";
     /// tc ingress of the node's vxlan device: decapsulated frames.
     pub const TC_VXLAN: &str = "netpath_vxlan";
+    /// tc ingress (tcx) of the interface that holds the node's underlay
+    /// address: VXLAN to local containers, decapsulated without the vxlan
+    /// device.
+    pub const TC_UNDERLAY: &str = "netpath_uldecap";
     /// tc on a host-side veth, network policy and ingress rates only (where
     /// a policy isolates a container or a container has an ingress rate):
     /// egress in every mode, ingress too in bridge mode.
@@ -588,11 +592,12 @@ pub mod programs {
     pub const TC_FORWARD_POLICY: &str = "netpath_tc_pol";
     pub const TC_VXLAN_POLICY: &str = "netpath_vxl_pol";
     pub const TC_POLICE_POLICY: &str = "netpath_plc_pol";
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         XDP_FORWARD,
         XDP_PEER,
         TC_FORWARD,
         TC_VXLAN,
+        TC_UNDERLAY,
         TC_POLICE,
         TC_FLOOD,
         XDP_FORWARD_POLICY,

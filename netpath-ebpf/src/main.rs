@@ -15,7 +15,7 @@ macro_rules! bpf_modules {
 
 bpf_modules!(
     flood, forward, frame, maps, overlay, police, policy, proto, rate, source, tc, trace, tunnel,
-    vxlan, xdp,
+    underlay, vxlan, xdp,
 );
 
 #[cfg(target_arch = "bpf")]

@@ -7,7 +7,7 @@
 //! in tc mode only (the loader refuses the rest).
 
 use aya_ebpf::{
-    bindings::{BPF_F_TUNINFO_IPV6, bpf_tunnel_key},
+    bindings::{BPF_F_TUNINFO_IPV6, BPF_F_ZERO_CSUM_TX, bpf_tunnel_key},
     helpers::{bpf_clone_redirect, bpf_skb_set_tunnel_key},
     programs::TcContext,
 };
@@ -83,7 +83,8 @@ pub fn set_tunnel(ctx: &TcContext, overlay: &OverlayConfig, node: &NodeAddr) -> 
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     key.tunnel_id = overlay.vni;
     key.tunnel_ttl = TUNNEL_TTL;
-    let flags = if node.family == 6 {
+    let ipv6 = node.family == 6;
+    let flags = if ipv6 {
         // The kernel copies IPv6 addresses as they are (network order).
         // SAFETY: remote_ipv6 is 16 bytes, as is the address.
         unsafe {
@@ -98,14 +99,18 @@ pub fn set_tunnel(ctx: &TcContext, overlay: &OverlayConfig, node: &NodeAddr) -> 
         // IPv4 goes in host order.
         key.__bindgen_anon_1.remote_ipv4 =
             u32::from_be_bytes([node.addr[0], node.addr[1], node.addr[2], node.addr[3]]);
-        0
+        // No outer UDP checksum, as Linux's vxlan sends over IPv4 by
+        // default (RFC 7348 says so too; the inner frame has its own): the
+        // receiving node's underlay hook then takes the packet without
+        // checking one (see `underlay`).
+        BPF_F_ZERO_CSUM_TX as u64
     };
     // The outer source: this node's underlay address, as the other nodes
     // know it, not whichever address the route to the node prefers (with
     // a second address on the underlay, the peers would drop everything).
     let size = if overlay.pin_local != 0 {
         let local = &overlay.local;
-        if flags != 0 {
+        if ipv6 {
             // SAFETY: local_ipv6 is 16 bytes, as is the address.
             unsafe {
                 core::ptr::copy_nonoverlapping(

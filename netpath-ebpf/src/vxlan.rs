@@ -16,7 +16,9 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use netpath_common::{Counter, FdbKey, NodeAddr, OverlayCounter, programs::POLICY_SLOT_VXLAN};
+use netpath_common::{
+    Counter, DatapathConfig, FdbKey, NodeAddr, OverlayCounter, programs::POLICY_SLOT_VXLAN,
+};
 use network_types::eth::EthHdr;
 
 use crate::{
@@ -56,13 +58,32 @@ fn decapsulated<const POLICY: bool>(ctx: TcContext) -> i32 {
     let Some(node) = tunnel_source(&ctx, overlay.underlay_ipv6 != 0, overlay.vni) else {
         return TC_ACT_UNSPEC; // another overlay's frame
     };
-    // Only nodes of this overlay may put frames into its containers: a
-    // forged VXLAN packet from anywhere on the underlay must not.
-    // SAFETY: read only.
-    if unsafe { NODES.get(node) }.is_none() {
+    if !is_node(node) {
         return count(OverlayCounter::DropUnknownNode, TC_ACT_SHOT);
     }
-    if pull_checked_headers(&ctx).is_err() {
+    from_node::<POLICY>(&ctx, config, node)
+}
+
+/// Whether `node` is one of this overlay's: only they may put frames into
+/// its containers (a forged VXLAN packet from anywhere on the underlay
+/// must not).
+#[inline(always)]
+pub fn is_node(node: NodeAddr) -> bool {
+    // SAFETY: read only.
+    unsafe { NODES.get(node) }.is_some()
+}
+
+/// The decision on a frame that node `node` (one of the overlay's) sent,
+/// decapsulated, for both places that decapsulate: the vxlan device's hook
+/// and the underlay's ([`crate::underlay`]).
+#[inline(always)]
+pub fn from_node<const POLICY: bool>(
+    ctx: &TcContext,
+    config: &DatapathConfig,
+    node: NodeAddr,
+) -> i32 {
+    let overlay = &config.overlay;
+    if pull_checked_headers(ctx).is_err() {
         return count(OverlayCounter::DropMalformed, TC_ACT_SHOT);
     }
     let frame = Frame::new(ctx.data(), ctx.data_end());
@@ -109,7 +130,7 @@ fn decapsulated<const POLICY: bool>(ctx: TcContext) -> i32 {
     if !rate::admit_to(config, port, ctx.len()) {
         return TC_ACT_SHOT; // the port counted it
     }
-    if !into_container(&ctx, port) {
+    if !into_container(ctx, port) {
         return count(OverlayCounter::DropNoPort, TC_ACT_SHOT);
     }
     if let Some(port) = Port::state(port) {

@@ -54,6 +54,9 @@ pub enum Hook {
     /// tc ingress of the node's vxlan device: decapsulated frames, one
     /// program per overlay (by VNI).
     Vxlan,
+    /// tc ingress of the interface that holds the node's underlay address:
+    /// VXLAN to the overlay's containers, decapsulated by the program.
+    Underlay,
     /// Network policy alone on the host-side veth's egress: frames the
     /// bridge hands the container (every mode, where a policy isolates).
     PoliceToContainer,
@@ -73,6 +76,18 @@ pub enum AttachPoint {
     ContainerSide,
     /// The node's one vxlan device, shared by every overlay.
     VxlanDevice,
+    /// The interface that holds the node's underlay address: not
+    /// netpath's, so always a tcx link (Linux 6.6+), which leaves the
+    /// device's qdiscs, filters and other links as they are.
+    UnderlayDevice,
+}
+
+impl AttachPoint {
+    /// Whether every port has a hook here (the rest are the node's, one a
+    /// datapath on an overlay).
+    fn per_port(self) -> bool {
+        matches!(self, AttachPoint::HostVeth | AttachPoint::ContainerSide)
+    }
 }
 
 /// How a hook attaches, and which of the loaded programs it takes.
@@ -142,7 +157,7 @@ pub struct HookRow {
 /// Every hook, in the order a port's are attached: the container side's
 /// XDP_PASS before the host side's XDP, so that no redirect meets a
 /// device that cannot take it.
-pub const HOOKS: [HookRow; 7] = [
+pub const HOOKS: [HookRow; 8] = [
     HookRow {
         hook: Hook::XdpPeer,
         program: programs::XDP_PEER,
@@ -194,6 +209,16 @@ pub const HOOKS: [HookRow; 7] = [
         ingress_rate: false,
     },
     HookRow {
+        hook: Hook::Underlay,
+        program: programs::TC_UNDERLAY,
+        at: AttachPoint::UnderlayDevice,
+        via: Via::Tc(|p| &mut p.tc_underlay),
+        pin_dir: "underlay",
+        modes: &[],
+        policy_only: false,
+        ingress_rate: false,
+    },
+    HookRow {
         hook: Hook::PoliceToContainer,
         program: programs::TC_POLICE,
         at: AttachPoint::HostVeth,
@@ -220,7 +245,7 @@ impl Hook {
     pub fn per_port() -> impl Iterator<Item = Hook> {
         HOOKS
             .iter()
-            .filter(|row| row.at != AttachPoint::VxlanDevice)
+            .filter(|row| row.at.per_port())
             .map(|row| row.hook)
     }
 
@@ -902,6 +927,12 @@ pub fn attach_vxlan(
         std::mem::forget(program.take_link(id)?);
         return Ok(());
     }
+    attach_tcx_pinned(program, device, &pin)
+}
+
+/// Attaches `program` to `device`'s tc ingress as a tcx link, after the
+/// programs there, pinned at `pin`.
+fn attach_tcx_pinned(program: &mut SchedClassifier, device: &str, pin: &Path) -> Result<()> {
     let id = program
         .attach(device, TcAttachType::Ingress)
         .with_context(|| format!("attaching tc ingress to {device}"))?;
@@ -909,10 +940,56 @@ pub fn attach_vxlan(
         .take_link(id)?
         .try_into()
         .context("tc link is not a bpf_link (kernel without tcx?)")?;
-    fs::create_dir_all(pins.join("links")).context("creating the links directory")?;
-    link.pin(&pin)
+    if let Some(links) = pin.parent() {
+        fs::create_dir_all(links)
+            .with_context(|| format!("creating the links directory {}", links.display()))?;
+    }
+    link.pin(pin)
         .with_context(|| format!("pinning link {}", pin.display()))?;
     Ok(())
+}
+
+/// Attaches the underlay hook's program (a datapath's `netpath_uldecap`)
+/// to `device`, the interface that holds the node's underlay address, as a
+/// pinned tcx link; one that is pinned already is kept. Each overlay's
+/// program takes its own VNI's packets and passes the rest on.
+pub fn attach_underlay(programs: &mut Programs, pins: &Path, device: &str) -> Result<()> {
+    let pin = Hook::Underlay.dir(pins);
+    if pin.exists() {
+        return Ok(());
+    }
+    let Via::Tc(program) = Hook::Underlay.row().via else {
+        bail!("the underlay's hook is a tc one");
+    };
+    attach_tcx_pinned(loaded(program(programs), Hook::Underlay)?, device, &pin)
+}
+
+/// Gives a datapath's underlay hook, if it has one, `programs`' program
+/// where it differs (with `force` even where it is the same).
+pub fn upgrade_underlay(programs: &mut Programs, pins: &Path, force: bool) -> Result<()> {
+    let pin = Hook::Underlay.dir(pins);
+    if !pin.exists() {
+        return Ok(());
+    }
+    update_link(programs, &pin, "the underlay", Hook::Underlay, force)
+}
+
+/// Unpins (and so detaches) a datapath's underlay hook, if it has one.
+pub fn detach_underlay(pins: &Path) -> Result<()> {
+    let pin = Hook::Underlay.dir(pins);
+    if !pin.exists() {
+        return Ok(());
+    }
+    unpin_link(&pin)
+}
+
+/// Unpins the link pinned at `pin`, which detaches it (no one else holds it).
+fn unpin_link(pin: &Path) -> Result<()> {
+    PinnedLink::from_pin(pin)
+        .with_context(|| format!("opening pinned link {}", pin.display()))?
+        .unpin()
+        .map(drop)
+        .with_context(|| format!("unpinning {}", pin.display()))
 }
 
 /// Puts `program` into the clsact filter of VNI `vni` on the vxlan device
@@ -965,11 +1042,7 @@ pub fn upgrade_vxlan(
 pub fn detach_vxlan(pins: &Path, device: &str, vni: u32) -> Result<()> {
     let pin = vxlan_pin(pins);
     if pin.exists() {
-        return PinnedLink::from_pin(&pin)
-            .with_context(|| format!("opening pinned link {}", pin.display()))?
-            .unpin()
-            .map(drop)
-            .with_context(|| format!("unpinning {}", pin.display()));
+        return unpin_link(&pin);
     }
     let filter = SchedClassifierLink::attached(
         device,

@@ -364,12 +364,13 @@ fn programs_needed(dp: &Datapath) -> Vec<&'static str> {
 }
 
 /// The programs `dp` loads: its ports' (see [`programs_needed`]), and the
-/// decap and flooding programs of an overlay it is on (see
-/// `overlay::join`), with the decap program's judging variant.
+/// decap (vxlan device and underlay) and flooding programs of an overlay
+/// it is on (see `overlay::join`), with the decap program's judging
+/// variant.
 fn programs_wanted(dp: &Datapath) -> Vec<&'static str> {
     let mut wanted = programs_needed(dp);
     let pinned = Programs::pinned_names(&pin_dir(&dp.name));
-    let overlay: Vec<&str> = overlay::PROGRAMS
+    let overlay: Vec<&str> = overlay::programs(true)
         .into_iter()
         .filter(|name| pinned.contains(name))
         .collect();
@@ -788,6 +789,7 @@ pub async fn upgrade(handle: &Handle, datapath: &str, force: bool) -> Result<usi
             overlay.vni,
             force,
         )?;
+        hooks::upgrade_underlay(&mut programs, &dir, force)?;
     }
     info!(
         "{datapath}: {} ports run this netpath's programs",

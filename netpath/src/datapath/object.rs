@@ -420,6 +420,9 @@ pub struct Programs {
     pub tc_forward: Option<SchedClassifier>,
     /// On the node's vxlan device, for a datapath on an overlay.
     pub tc_vxlan: Option<SchedClassifier>,
+    /// On the interface that holds the underlay address, for a datapath on
+    /// an overlay where the kernel has tcx.
+    pub tc_underlay: Option<SchedClassifier>,
     /// Network policy alone, on the host-side veths where one isolates.
     pub tc_police: Option<SchedClassifier>,
 }
@@ -463,6 +466,7 @@ impl Programs {
             xdp_peer: xdp(programs::XDP_PEER)?,
             tc_forward: tc(programs::TC_FORWARD)?,
             tc_vxlan: tc(programs::TC_VXLAN)?,
+            tc_underlay: tc(programs::TC_UNDERLAY)?,
             tc_police: tc(programs::TC_POLICE)?,
         }))
     }

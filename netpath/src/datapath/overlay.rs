@@ -58,13 +58,28 @@ pub fn kernel_pins_outer_source() -> bool {
 }
 
 /// The programs a datapath on an overlay has beside its ports' own: the
-/// vxlan device's (decap), and the flooding program the port program
-/// tail-calls.
-pub const PROGRAMS: [&str; 2] = [programs::TC_VXLAN, programs::TC_FLOOD];
+/// vxlan device's (decap), the flooding program the port program
+/// tail-calls, and with `underlay` the underlay's (decap without the vxlan
+/// device).
+pub fn programs(underlay: bool) -> Vec<&'static str> {
+    let mut names = vec![programs::TC_VXLAN, programs::TC_FLOOD];
+    if underlay {
+        names.push(programs::TC_UNDERLAY);
+    }
+    names
+}
 
-/// Puts a running datapath on an overlay: its settings in CONFIG and its
-/// program on the node's vxlan device (whose ifindex is `vxlan`).
-pub fn join(datapath: &str, overlay: OverlayConfig, device: &str, tc: TcMethod) -> Result<()> {
+/// Puts a running datapath on an overlay: its settings in CONFIG, its
+/// program on the node's vxlan device `device`, and with `underlay` its
+/// program on that interface too (the one that holds the underlay
+/// address), which takes VXLAN to the local containers before the stack.
+pub fn join(
+    datapath: &str,
+    overlay: OverlayConfig,
+    device: &str,
+    underlay: Option<&str>,
+    tc: TcMethod,
+) -> Result<()> {
     let dir = pin_dir(datapath);
     // A datapath joins its first overlay without these programs. Loaded
     // before CONFIG names the overlay: the port program then never meets a
@@ -72,22 +87,29 @@ pub fn join(datapath: &str, overlay: OverlayConfig, device: &str, tc: TcMethod) 
     // verifier refuses leaves the datapath off any overlay.
     // With a policy in force, the decap program hands frames to its
     // judging variant: loaded with it.
-    let needed = object::with_policy_variants(&PROGRAMS, object::has_policy_variants(&dir));
+    let wanted = programs(underlay.is_some());
+    let needed = object::with_policy_variants(&wanted, object::has_policy_variants(&dir));
     object::load_missing(&dir, &needed)?;
     let maps = Maps::open(&dir)?;
     let mut config = maps.config()?;
     let mut current = config.get(&0, 0).context("reading map CONFIG")?;
     current.overlay = overlay;
     config.set(0, current, 0).context("writing map CONFIG")?;
-    let mut programs = Programs::pinned(&dir, &PROGRAMS)?
+    let mut programs = Programs::pinned(&dir, &wanted)?
         .with_context(|| format!("datapath {datapath} has no pinned decap program"))?;
-    hooks::attach_vxlan(&mut programs, &dir, device, overlay.vni, tc)
+    hooks::attach_vxlan(&mut programs, &dir, device, overlay.vni, tc)?;
+    if let Some(underlay) = underlay {
+        hooks::attach_underlay(&mut programs, &dir, underlay)?;
+    }
+    Ok(())
 }
 
-/// Takes a datapath's program off the vxlan device (its maps go with the
-/// datapath).
+/// Takes a datapath's programs off the vxlan device and the underlay (its
+/// maps go with the datapath).
 pub fn leave(datapath: &str, device: &str, vni: u32) -> Result<()> {
-    hooks::detach_vxlan(&pin_dir(datapath), device, vni)
+    let dir = pin_dir(datapath);
+    hooks::detach_underlay(&dir)?;
+    hooks::detach_vxlan(&dir, device, vni)
 }
 
 /// What [`program`] changed.

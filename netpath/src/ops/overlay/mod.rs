@@ -229,7 +229,14 @@ pub async fn join(handle: &Handle, member: &Member, mtu: u32) -> Result<()> {
         _pad: [0; 2],
         local: remote::node_addr(tunnel).addr,
     };
-    remote::join(&member.datapath(), config, &device.name, TcMethod::chosen())?;
+    let underlay = underlay_hook_device(handle, member, tunnel).await?;
+    remote::join(
+        &member.datapath(),
+        config,
+        &device.name,
+        underlay.as_deref(),
+        TcMethod::chosen(),
+    )?;
     info!(
         "{}: on overlay VNI {} as node {} ({}), vxlan device {}",
         member.name(),
@@ -253,6 +260,55 @@ pub async fn join(handle: &Handle, member: &Member, mtu: u32) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `off` keeps a datapath's underlay hook off: VXLAN then goes up the
+/// stack to the vxlan device, through the host's netfilter hooks, which the
+/// underlay hook's packets pass by.
+pub const UNDERLAY_DECAP_ENV: &str = "NETPATH_UNDERLAY_DECAP";
+
+/// The interface that gets the datapath's underlay hook (see
+/// `datapath::overlay::join`): the one that holds the tunnel address
+/// `tunnel`, or None, the log saying why (the vxlan device's hook then
+/// decapsulates everything, as it does what the underlay hook leaves).
+async fn underlay_hook_device(
+    handle: &Handle,
+    member: &Member,
+    tunnel: IpAddr,
+) -> Result<Option<String>> {
+    let name = member.name();
+    let unsupported = if std::env::var(UNDERLAY_DECAP_ENV).as_deref() == Ok("off") {
+        Some(format!("{UNDERLAY_DECAP_ENV}=off"))
+    } else if member.overlay.wireguard.is_some() {
+        Some("the overlay runs over WireGuard".to_string())
+    } else if tunnel.is_ipv6() {
+        Some("the underlay is IPv6".to_string())
+    } else if !TcMethod::kernel_has_tcx() {
+        Some("this kernel has no tcx links (Linux 6.6)".to_string())
+    } else {
+        None
+    };
+    let link = match unsupported {
+        Some(_) => None,
+        None => netlink::link_with_address(handle, tunnel).await?,
+    };
+    let why_not = match (&unsupported, &link) {
+        (Some(why), _) => why.clone(),
+        (None, None) => format!("no interface holds {tunnel}"),
+        (None, Some(link)) if link.mac.is_none() => {
+            format!("{} carries no Ethernet header", link.name)
+        }
+        (None, Some(link)) => {
+            info!(
+                "{name}: VXLAN to its containers decapsulated at {}'s tc ingress (tcx), \
+                 before the stack; the rest by the vxlan device",
+                link.name
+            );
+            return Ok(Some(link.name.clone()));
+        }
+    };
+    info!("{name}: VXLAN decapsulated by the vxlan device alone ({why_not})");
+    Ok(None)
 }
 
 /// Before Linux 6.0 the outer source address is the route's choice: the
