@@ -1103,6 +1103,20 @@ fn the_overlay_over_wireguard_is_sealed_and_forged_tunnel_traffic_is_dropped() {
 fn send_vxlan(ns: &str, to: SocketAddr, vni: u32, frames: &[Vec<u8>], copies: usize) {
     netns::enter_and(ns, || {
         let socket = UdpSocket::bind("0.0.0.0:0")?;
+        // No UDP checksum, as nodes send: where the kernel has tcx the
+        // underlay hook judges these (the vxlan device's hook before).
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket and an int option of the right size.
+        let set = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        anyhow::ensure!(set == 0, "SO_NO_CHECK: {}", std::io::Error::last_os_error());
         for frame in frames {
             for _ in 0..copies {
                 let mut packet = vec![0x08, 0, 0, 0];
