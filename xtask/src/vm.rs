@@ -86,6 +86,9 @@ const SELECTION: &[(&str, &[&str])] = &[
             // `upgrade` replacing the decap program: a clsact filter's
             // before 6.6, a tcx link's after.
             "upgrade_replaces_the_decap_program_on_the_vxlan_device",
+            // Before tcx (6.6), no underlay hook: the vxlan device
+            // decapsulates everything.
+            "vxlan_to_containers_is_decapsulated_on_the_underlay_not_by_the_vxlan_device",
         ],
     ),
     // Network policy: the judgement's BPF-to-BPF calls, the LPM tables and
@@ -115,7 +118,9 @@ const SELECTION: &[(&str, &[&str])] = &[
 /// and ping past the bridge with every frame judged, the default mode
 /// picking netkit and saying so, and network policy and a pod's rates held
 /// on netkit pairs (the forwarding program judges a redirected frame once,
-/// the policy's program on the primary's egress the bridge's frames).
+/// the policy's program on the primary's egress the bridge's frames); and,
+/// with tcx there, the overlay's underlay hook: it decapsulates past the
+/// vxlan device, and its checks of the inner frame hold on this verifier.
 const NETKIT_SELECTION: &[(&str, &[&str])] = &[
     (
         "fast_path",
@@ -126,6 +131,13 @@ const NETKIT_SELECTION: &[(&str, &[&str])] = &[
     ),
     ("policy", &["the_policy_case_table_holds_in_netkit_mode"]),
     ("cni", &["a_pods_bandwidth_holds_both_ways_on_netkit_pairs"]),
+    (
+        "overlay",
+        &[
+            "vxlan_to_containers_is_decapsulated_on_the_underlay_not_by_the_vxlan_device",
+            "decap_checks_the_inner_frame_as_the_senders_port_would",
+        ],
+    ),
 ];
 
 /// Test binaries of the selection a kernel cannot run, and why; the report
