@@ -591,7 +591,13 @@ fn vxlan_to_containers_is_decapsulated_on_the_underlay_not_by_the_vxlan_device()
         assert!(device >= 2000, "the vxlan device received {device} of 2000");
         return;
     }
-    // ARP and the like still go through the device.
+    // ARP and the like still go through the device. The programs' own
+    // count agrees.
+    let at_underlay = ov.overlay_counter(1, "decapsulated_at_underlay");
+    assert!(
+        at_underlay >= 2000,
+        "decapsulated_at_underlay {at_underlay}"
+    );
     assert!(
         device <= 20,
         "the vxlan device received {device} of 2000 echoes"

@@ -512,14 +512,19 @@ counters! {
         /// Dropped: a network policy is in force and the judging variant
         /// of the vxlan device's program is not in its slot.
         DropPolicyUnloaded => "drop_policy_unloaded",
+        /// Of `decapsulated`, those the underlay interface's program took
+        /// (the rest came through the vxlan device).
+        DecapsulatedAtUnderlay => "decapsulated_at_underlay",
     }
 }
 
+/// The counters of [`OverlayCounter`]. Its size is that of the layout
+/// before `decapsulated_at_underlay`, which took the place of a padding
+/// word that programs never wrote: pins of that layout stay readable.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct OverlayStats {
     pub packets: [u64; OverlayCounter::COUNT],
-    pub _pad: u64,
 }
 
 /// Most nodes of one overlay; also the bound of the flooding loop, which
@@ -557,7 +562,10 @@ pub struct TraceEvent {
 /// Version of the layout of the maps: their names, types, key and value
 /// types. The loader writes it into the pinned `LAYOUT` map when it creates
 /// a datapath's maps, and refuses pins of another version instead of
-/// misreading them. Bump it with every change to a map or a type above.
+/// misreading them. Bump it with every change to a map or a type above
+/// (one that only gives meaning to bytes no program wrote, as
+/// `OverlayStats`' padding word becoming a counter, reads old pins right
+/// and keeps it).
 pub const LAYOUT_VERSION: u32 = 16;
 
 pub mod maps;

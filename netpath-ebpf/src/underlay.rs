@@ -18,13 +18,14 @@
 use aya_ebpf::{
     bindings::{
         BPF_CSUM_LEVEL_DEC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_DECAP_L3_IPV6,
-        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_UNSPEC, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
     helpers::{bpf_csum_level, bpf_set_hash_invalid},
     macros::classifier,
     programs::TcContext,
 };
-use netpath_common::{DatapathConfig, NodeAddr, VXLAN_PORT};
+use netpath_common::{DatapathConfig, NodeAddr, OverlayCounter, VXLAN_PORT};
 
 use crate::{
     maps::CONFIG,
@@ -76,9 +77,12 @@ pub fn netpath_uldecap(ctx: TcContext) -> i32 {
     if ctx
         .adjust_room(-(REMOVED as i32), BPF_ADJ_ROOM_MAC, flags)
         .is_err()
-        || ctx.store(0, &inner, 0).is_err()
     {
         return TC_ACT_UNSPEC;
+    }
+    // Half decapsulated, the frame must not reach the host's stack.
+    if ctx.store(0, &inner, 0).is_err() {
+        return vxlan::count(OverlayCounter::DropMalformed, TC_ACT_SHOT);
     }
     // As the kernel's tunnel receive does: a checksum the NIC vouched for
     // was the outer one (the stack then checks the inner), and the hash was
@@ -89,7 +93,11 @@ pub fn netpath_uldecap(ctx: TcContext) -> i32 {
         bpf_csum_level(ctx.skb.skb, BPF_CSUM_LEVEL_DEC as u64);
         bpf_set_hash_invalid(ctx.skb.skb);
     }
-    vxlan::from_node::<false>(&ctx, config, node)
+    let verdict = vxlan::from_node::<false>(&ctx, config, node);
+    if verdict == TC_ACT_REDIRECT {
+        vxlan::count(OverlayCounter::DecapsulatedAtUnderlay, verdict);
+    }
+    verdict
 }
 
 /// The sending node and the inner Ethernet header of a packet this hook

@@ -183,8 +183,9 @@ fn overlay_reason(reason: Counter) -> OverlayCounter {
     }
 }
 
+/// Counts `counter` in OVERLAY_STATS and returns `action`.
 #[inline(always)]
-fn count(counter: OverlayCounter, action: i32) -> i32 {
+pub fn count(counter: OverlayCounter, action: i32) -> i32 {
     if let Some(stats) = OVERLAY_STATS.get_ptr_mut(0) {
         // SAFETY: per-CPU value; only this CPU writes it while the program runs.
         unsafe { (*stats).packets[counter as usize] += 1 };
