@@ -198,6 +198,14 @@ fn monitor_reports_learned_and_aged_out_entries() {
             "permanent",
         ],
     );
+    // What the router sent while it was being set up (before `quiet`)
+    // may have been learned already, and the monitor would then see that
+    // entry age out but never the ping below learn it: wait for it to go.
+    common::within(
+        patience(Duration::from_secs(10)),
+        &format!("{mac} gone from the FDB before monitoring"),
+        || !t.fdb().iter().any(|row| row["mac"] == mac.as_str()),
+    );
     let mut monitor = KillOnDrop(
         t.netpath_command()
             .args(["monitor", "--name", &t.name, "--json"])

@@ -587,10 +587,13 @@ fn vxlan_to_containers_is_decapsulated_on_the_underlay_not_by_the_vxlan_device()
         echoes >= 2000 && underlay >= 2000,
         "{echoes} echoes, {underlay} on the underlay"
     );
+    let hook = ov.status(1)["underlay_hook"].clone();
     if !tcx {
         assert!(device >= 2000, "the vxlan device received {device} of 2000");
+        assert_eq!(hook, Value::Null, "overlay status names an underlay hook");
         return;
     }
+    assert_eq!(hook, UNDERLAY_IF, "overlay status: the hook's interface");
     // ARP and the like still go through the device. The programs' own
     // count agrees.
     let at_underlay = ov.overlay_counter(1, "decapsulated_at_underlay");

@@ -284,6 +284,13 @@ pub fn overlay_status(s: &overlay::Status) -> String {
         s.device,
         join(&s.node.subnets)
     );
+    out.push_str(&match &s.underlay_hook {
+        Some(interface) => format!(
+            "decap: {interface}'s tc ingress (unicast to containers), {} (the rest)\n",
+            s.device
+        ),
+        None => format!("decap: {}\n", s.device),
+    });
     if let Some(wg) = &s.node.wireguard {
         out.push_str(&format!(
             "wireguard: tunnel {}  port {}  public key {}\n",

@@ -594,6 +594,10 @@ pub fn set_connected(datapath: &str, connected: bool, lease: Option<i64>) -> Res
 pub struct Status {
     pub node: NodeRecord,
     pub device: String,
+    /// The interface whose tc ingress decapsulates VXLAN to the containers
+    /// before the stack (the underlay hook), or None: the vxlan device
+    /// decapsulates all.
+    pub underlay_hook: Option<String>,
     pub source: String,
     pub connected: bool,
     pub lease: Option<i64>,
@@ -614,6 +618,7 @@ pub fn status(member: &Member) -> Result<Status> {
     Ok(Status {
         node: local_record(member)?,
         device: vxlan::DEVICE.into(),
+        underlay_hook: underlay_hook_interface(member)?,
         source: rec.source,
         connected: rec.connected,
         lease: rec.lease,
@@ -637,6 +642,32 @@ pub fn status(member: &Member) -> Result<Status> {
             counters
         },
     })
+}
+
+/// The interface that has the datapath's underlay hook: the one that holds
+/// its tunnel address (the link's own record holds no name to read).
+fn underlay_hook_interface(member: &Member) -> Result<Option<String>> {
+    let pins = datapath::object::pin_dir(&member.datapath());
+    if !hooks::Hook::Underlay.dir(&pins).exists() {
+        return Ok(None);
+    }
+    let tunnel = tunnel_end(member)?;
+    let holder = nix::ifaddrs::getifaddrs()
+        .context("listing the interfaces' addresses")?
+        .find(|entry| {
+            let address = entry.address.as_ref();
+            let v4 = address
+                .and_then(|a| a.as_sockaddr_in())
+                .map(|a| IpAddr::from(a.ip()));
+            let v6 = address
+                .and_then(|a| a.as_sockaddr_in6())
+                .map(|a| IpAddr::from(a.ip()));
+            v4.or(v6) == Some(tunnel)
+        })
+        .map(|entry| entry.interface_name);
+    Ok(Some(holder.unwrap_or_else(|| {
+        format!("(no interface holds {tunnel})")
+    })))
 }
 
 /// A remote FDB entry with the name of its node, for `fdb dump`.
