@@ -238,8 +238,18 @@ pub async fn create_pair(
 /// refused for the mode where netkit exists (EINVAL, or ERANGE where the
 /// attribute's policy bounds it), and for the kind (EOPNOTSUPP, "Unknown
 /// device type") where it does not. Any other refusal (EPERM without
-/// CAP_NET_ADMIN, say) answers neither way and is passed on.
+/// CAP_NET_ADMIN, say) answers neither way and is passed on. The answer
+/// holds for the process: `up` without a mode asks for the default mode and
+/// then checks the mode it got, and asks the kernel once.
 pub async fn kernel_has_netkit(handle: &Handle) -> Result<bool> {
+    static ANSWER: tokio::sync::OnceCell<bool> = tokio::sync::OnceCell::const_new();
+    ANSWER
+        .get_or_try_init(|| probe_netkit(handle))
+        .await
+        .copied()
+}
+
+async fn probe_netkit(handle: &Handle) -> Result<bool> {
     const PROBE: &str = "np-nkprobe";
     let msg = LinkNetkit::new(PROBE, "np-nkprobe-p", NetkitMode::Other(u32::MAX)).build();
     match handle.link().add(msg).execute().await {
